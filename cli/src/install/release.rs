@@ -1,0 +1,129 @@
+//! An installed release on disk: `bin/immutant-server`, `config/`, `deployments/`, and a record
+//! of where it came from; staging one atomically, and linking `current` to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::locations::SERVER_BINARY;
+
+/// The configs every install has, as this source tree ships them. A tarball's own win.
+const DEFAULT_CONFIGS: [(&str, &str); 2] = [
+    (
+        "standalone.toml",
+        include_str!("../../../server/config/standalone.toml"),
+    ),
+    (
+        "standalone-ha.toml",
+        include_str!("../../../server/config/standalone-ha.toml"),
+    ),
+];
+
+/// The record of an install, kept in its folder.
+const RECORD: &str = "install.toml";
+
+/// Where an install came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallRecord {
+    pub version: String,
+    /// Such as `source /path/to/tree` or `https://example.com/immutant-server.tar.gz`.
+    pub from: String,
+}
+
+/// A server ready to install: its binary and, from a tarball, its own config folder.
+#[derive(Debug)]
+pub struct Artifact {
+    pub binary: PathBuf,
+    pub configs: Option<PathBuf>,
+    pub record: InstallRecord,
+}
+
+/// Whether `dir` holds an install.
+pub fn is_installed(dir: &Path) -> bool {
+    dir.join(SERVER_BINARY).is_file()
+}
+
+/// The record of the install in `dir`, if it has one.
+pub fn record(dir: &Path) -> Option<InstallRecord> {
+    toml::from_str(&std::fs::read_to_string(dir.join(RECORD)).ok()?).ok()
+}
+
+/// The version a server binary reports (`immutant-server X` from `--version`).
+pub fn server_version(binary: &Path) -> Result<String> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.trim().strip_prefix("immutant-server ") {
+        Some(version) if output.status.success() && !version.is_empty() => Ok(version.to_string()),
+        _ => bail!(
+            "{} is not an immutant-server binary: `--version` printed '{}'",
+            binary.display(),
+            text.trim()
+        ),
+    }
+}
+
+/// Installs `artifact` into `dir`, replacing what is there: everything is put together in a
+/// folder beside it first, so `dir` is never half-written.
+pub fn stage(artifact: &Artifact, dir: &Path) -> Result<()> {
+    let parent = dir
+        .parent()
+        .context("an install dir needs a parent folder")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot write in {}", parent.display()))?;
+    let root = staging.path();
+    for folder in ["bin", "config", "deployments"] {
+        std::fs::create_dir_all(root.join(folder))?;
+    }
+    let binary = root.join(SERVER_BINARY);
+    std::fs::copy(&artifact.binary, &binary)
+        .with_context(|| format!("cannot copy {}", artifact.binary.display()))?;
+    set_executable(&binary)?;
+    for (name, text) in DEFAULT_CONFIGS {
+        std::fs::write(root.join("config").join(name), text)?;
+    }
+    if let Some(configs) = &artifact.configs {
+        for entry in std::fs::read_dir(configs)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), root.join("config").join(entry.file_name()))?;
+        }
+    }
+    std::fs::write(root.join(RECORD), toml::to_string(&artifact.record)?)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, dir)
+        .with_context(|| format!("cannot move the install into {}", dir.display()))?;
+    Ok(())
+}
+
+/// Points the `current` link at `target`, replacing the old link in one step.
+pub fn link_current(current: &Path, target: &Path) -> Result<()> {
+    if std::fs::read_link(current).is_ok_and(|old| old == target) {
+        return Ok(());
+    }
+    let fresh = current.with_extension(format!("new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fresh);
+    std::os::unix::fs::symlink(target, &fresh)
+        .with_context(|| format!("cannot create {}", fresh.display()))?;
+    std::fs::rename(&fresh, current)
+        .with_context(|| format!("cannot replace {}", current.display()))?;
+    println!("Linking {} to {}", current.display(), target.display());
+    Ok(())
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))
+}

@@ -1,0 +1,120 @@
+//! `cargo-immutant`: the `cargo immutant` subcommand. Cargo runs it as
+//! `cargo-immutant immutant ARGS`; it also works when called directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use cargo_immutant::install::{self, InstallRequest};
+use cargo_immutant::locations::Locations;
+use cargo_immutant::{env, list, run, version};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo-immutant",
+    bin_name = "cargo immutant",
+    version,
+    about = "Install, run and deploy to Immutant, the Rust application server",
+    after_help = "Installs live under $IMMUTANT_BASE_DIR (default: your data dir); the one in use is \
+                  $IMMUTANT_HOME (default: <base>/current)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install a server: built from this CLI's source tree, or prebuilt with --from.
+    Install {
+        /// The version to install; it must be the one the source gives.
+        version: Option<String>,
+        /// Install here instead of <base>/releases/<version> (such an install is not linked).
+        dir: Option<PathBuf>,
+        /// A prebuilt immutant-server binary or .tar.gz release, by path or http(s) URL
+        /// (a URL is verified against <URL>.sha256).
+        #[arg(long, value_name = "PATH|URL")]
+        from: Option<String>,
+        /// Reinstall a version that is already installed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the installed server in the foreground (installing one first if there is none).
+    ///
+    /// Its own options become server arguments: --clustered is --server-config=standalone-ha.toml,
+    /// --offset N (-o) is -Djboss.socket.binding.port-offset=N, --node-name X (-n) is
+    /// -Djboss.node.name=X, --log-level L is -Djboss.logging.level=L. Every other argument goes to
+    /// the server as it is: `cargo immutant run --help` shows the server's help.
+    #[command(disable_help_flag = true)]
+    Run {
+        /// [--clustered] [--offset N] [--node-name X] [--log-level L] [SERVER ARGS...]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// Show where things are; with a key, print only that path.
+    Env {
+        /// One of base-dir, immutant-home, server, deployments.
+        key: Option<String>,
+    },
+    /// List deployments, or with --installs the installed versions.
+    List {
+        /// List the installed versions, `*` marking the one in use.
+        #[arg(short, long)]
+        installs: bool,
+    },
+    /// Show the CLI's and the installed server's versions.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("immutant") {
+        args.remove(1);
+    }
+    let cli = Cli::parse_from(args);
+    match execute(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<u8> {
+    let locations = Locations::from_env()?;
+    if let Some(variable) = locations.base_from {
+        eprintln!(
+            "Using Immutant base dir from {variable}: {}",
+            locations.base.display()
+        );
+    }
+    match command {
+        Command::Install {
+            version,
+            dir,
+            from,
+            force,
+        } => {
+            install::install(
+                &locations,
+                &InstallRequest {
+                    version,
+                    dir,
+                    from,
+                    force,
+                },
+            )?;
+        }
+        Command::Run { args } => {
+            let code = run::run(&locations, &run::server_args(&args)?)?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
+        Command::Env { key } => env::print(&locations, key.as_deref())?,
+        Command::List { installs: true } => list::print_installs(&locations)?,
+        Command::List { installs: false } => list::print_deployments(&locations)?,
+        Command::Version => version::print(&locations),
+    }
+    Ok(0)
+}

@@ -1,0 +1,369 @@
+//! A node's configuration: its properties, and the config file (`standalone.toml` or
+//! `standalone-ha.toml` in the install's `config/`) they are resolved into.
+
+mod placeholders;
+pub mod properties;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use placeholders::Resolver;
+pub use properties::{KNOWN_PROPERTIES, Properties};
+
+/// What can be wrong with a node's properties or config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value '{value}' for property {name}: expected {expected}")]
+    InvalidProperty {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error(
+        "{file} asks for ${{{name}}}, which is not set: pass -D{name}=VALUE or give a default as ${{{name}:VALUE}}"
+    )]
+    UnresolvedProperty { file: String, name: String },
+    #[error("{file}: '{text}' opens a placeholder with ${{ but never closes it with }}")]
+    UnterminatedPlaceholder { file: String, text: String },
+    #[error(
+        "there is no config {name} in {dir}; the configs there are: {available} (pick one with --server-config=NAME)"
+    )]
+    ConfigNotFound {
+        name: String,
+        dir: PathBuf,
+        available: String,
+    },
+    #[error("cannot read the config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid {key} '{value}' in {file}: expected {expected}")]
+    InvalidValue {
+        file: String,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error(
+        "jboss.socket.binding.port-offset={offset} pushes the {port_name} port {port} past 65535; use an offset of at most {max}"
+    )]
+    PortOutOfRange {
+        port_name: &'static str,
+        port: u16,
+        offset: u16,
+        max: u16,
+    },
+}
+
+/// The config a node runs with, every placeholder resolved and every value checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    /// The config file's name, such as `standalone.toml`.
+    pub name: String,
+    pub path: PathBuf,
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub port_offset: u16,
+    /// The HTTP port, offset applied.
+    pub http_port: u16,
+    /// The management port, offset applied.
+    pub management_port: u16,
+    #[serde(serialize_with = "serialize_level")]
+    pub log_level: tracing::Level,
+    pub deployments: PathBuf,
+    /// Present in `standalone-ha.toml`: the node is meant to join a cluster.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a clustered node finds its peers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub multicast_address: IpAddr,
+    pub multicast_port: u16,
+}
+
+impl ServerConfig {
+    /// The socket the HTTP port binds.
+    pub fn http_address(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.http_port)
+    }
+
+    /// The socket the management port binds.
+    pub fn management_address(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.management_port)
+    }
+
+    /// Loads the config named `name` (a file in `<home>/config`, with or without `.toml`, or a
+    /// path) and resolves it against `properties`. Also returns the property names it refers to.
+    pub fn load(
+        name: &str,
+        properties: &Properties,
+    ) -> Result<(ServerConfig, Vec<String>), ConfigError> {
+        let home = properties.home();
+        let path = config_path(&home, name)?;
+        let file = path
+            .file_name()
+            .map_or_else(|| name.to_string(), |f| f.to_string_lossy().into_owned());
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut document: toml::Value =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+        let mut resolver = Resolver::new(properties, &file);
+        resolver.resolve_document(&mut document)?;
+        let referenced = resolver.referenced.into_iter().collect();
+        let parsed = ConfigFile::deserialize(document).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let config = parsed.into_config(file, path, &home)?;
+        Ok((config, referenced))
+    }
+}
+
+/// Where the config named `name` is: a path if it looks like one, else a file in `<home>/config`.
+fn config_path(home: &Path, name: &str) -> Result<PathBuf, ConfigError> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let dir = home.join("config");
+    let candidates = [dir.join(name), dir.join(format!("{name}.toml"))];
+    if let Some(found) = candidates.into_iter().find(|path| path.is_file()) {
+        return Ok(found);
+    }
+    let mut available: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|file| file.ends_with(".toml"))
+        .collect();
+    available.sort();
+    Err(ConfigError::ConfigNotFound {
+        name: name.to_string(),
+        dir,
+        available: if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        },
+    })
+}
+
+/// The config file as written, after placeholders are resolved.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ConfigFile {
+    node: NodeSection,
+    interfaces: InterfacesSection,
+    socket_binding_group: SocketBindingSection,
+    logging: LoggingSection,
+    deployment_scanner: ScannerSection,
+    cluster: Option<ClusterConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct NodeSection {
+    name: String,
+    data_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct InterfacesSection {
+    bind_address: IpAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SocketBindingSection {
+    port_offset: u16,
+    http: u16,
+    management_http: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct LoggingSection {
+    level: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ScannerSection {
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    fn into_config(
+        self,
+        file: String,
+        path: PathBuf,
+        home: &Path,
+    ) -> Result<ServerConfig, ConfigError> {
+        let bindings = &self.socket_binding_group;
+        let offset = bindings.port_offset;
+        let ports = [
+            ("HTTP", bindings.http),
+            ("management", bindings.management_http),
+        ];
+        let (port_name, highest) = ports
+            .into_iter()
+            .max_by_key(|(_, port)| *port)
+            .unwrap_or(("HTTP", 0));
+        if highest.checked_add(offset).is_none() {
+            return Err(ConfigError::PortOutOfRange {
+                port_name,
+                port: highest,
+                offset,
+                max: u16::MAX - highest,
+            });
+        }
+        let (http_port, management_port) =
+            (bindings.http + offset, bindings.management_http + offset);
+        let log_level = properties::parse_log_level(&self.logging.level).ok_or_else(|| {
+            ConfigError::InvalidValue {
+                file: file.clone(),
+                key: "logging.level",
+                value: self.logging.level.clone(),
+                expected: "one of TRACE, DEBUG, INFO, WARN, ERROR",
+            }
+        })?;
+        if let Some(cluster) = &self.cluster
+            && !cluster.multicast_address.is_multicast()
+        {
+            return Err(ConfigError::InvalidValue {
+                file,
+                key: "cluster.multicast-address",
+                value: cluster.multicast_address.to_string(),
+                expected: "a multicast address such as 230.0.0.4",
+            });
+        }
+        Ok(ServerConfig {
+            name: file,
+            path,
+            node_name: self.node.name,
+            data_dir: absolute(&self.node.data_dir),
+            bind_address: self.interfaces.bind_address,
+            port_offset: offset,
+            http_port,
+            management_port,
+            log_level,
+            deployments: home.join(self.deployment_scanner.path),
+            cluster: self.cluster,
+        })
+    }
+}
+
+/// A path made absolute against the working directory, so that logs and the management API
+/// show where things really are.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn serialize_level<S: serde::Serializer>(
+    level: &tracing::Level,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(level.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An install holding the shipped configs.
+    fn install() -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        let config = home.path().join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        for name in ["standalone.toml", "standalone-ha.toml"] {
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(name);
+            std::fs::copy(shipped, config.join(name)).unwrap();
+        }
+        home
+    }
+
+    fn load(home: &Path, name: &str, given: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
+        let properties = Properties::new(
+            given.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            home.to_path_buf(),
+        )?;
+        ServerConfig::load(name, &properties).map(|(config, _)| config)
+    }
+
+    #[test]
+    fn shipped_configs_load_with_defaults() {
+        let home = install();
+        let config = load(home.path(), "standalone.toml", &[]).unwrap();
+        assert_eq!(config.http_port, 8080);
+        assert_eq!(config.management_port, 9990);
+        assert_eq!(config.bind_address.to_string(), "127.0.0.1");
+        assert_eq!(config.data_dir, home.path().join("data"));
+        assert_eq!(config.deployments, home.path().join("deployments"));
+        assert!(config.cluster.is_none());
+        let ha = load(home.path(), "standalone-ha", &[]).unwrap();
+        assert_eq!(
+            ha.cluster.unwrap().multicast_address.to_string(),
+            "230.0.0.4"
+        );
+    }
+
+    #[test]
+    fn offset_shifts_every_port() {
+        let home = install();
+        let config = load(
+            home.path(),
+            "standalone.toml",
+            &[("jboss.socket.binding.port-offset", "100")],
+        )
+        .unwrap();
+        assert_eq!((config.http_port, config.management_port), (8180, 10090));
+    }
+
+    #[test]
+    fn an_offset_past_the_last_port_is_refused() {
+        let home = install();
+        let error = load(
+            home.path(),
+            "standalone.toml",
+            &[("jboss.socket.binding.port-offset", "60000")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("jboss.socket.binding.port-offset=60000"),
+            "{error}"
+        );
+        assert!(error.contains("55545"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_config_lists_the_ones_there() {
+        let home = install();
+        let error = load(home.path(), "standalone-ha.xml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("standalone-ha.toml, standalone.toml"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! Node properties: the `-Dname=value` settings a node is started with, the ones it knows,
+//! their defaults, and how each one's value is checked.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use super::ConfigError;
+
+/// What kind of value a known property takes; decides how a value is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropertyKind {
+    /// Any non-empty text.
+    Text,
+    /// A filesystem path.
+    Path,
+    /// An IP address the node can bind.
+    Address,
+    /// An IPv4 or IPv6 multicast group.
+    MulticastAddress,
+    /// A TCP port, 1-65535.
+    Port,
+    /// A shift applied to every port, 0-65535.
+    PortOffset,
+    /// A log level, by JBoss's names (TRACE, DEBUG, INFO, WARN, ERROR) or tracing's.
+    LogLevel,
+}
+
+/// Where a known property's default comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum PropertyDefault {
+    /// A fixed value.
+    Value(&'static str),
+    /// This machine's host name.
+    HostName,
+    /// The install the server binary belongs to (the parent of its `bin/`).
+    Home,
+    /// `<jboss.home.dir>/data`.
+    HomeData,
+}
+
+/// A property the node honours.
+#[derive(Debug)]
+pub struct KnownProperty {
+    pub name: &'static str,
+    pub kind: PropertyKind,
+    pub default: PropertyDefault,
+    pub help: &'static str,
+}
+
+/// Every property the node honours, in the order `--help` lists them.
+pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
+    KnownProperty {
+        name: "jboss.node.name",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::HostName,
+        help: "the node's name, unique in its cluster",
+    },
+    KnownProperty {
+        name: "jboss.home.dir",
+        kind: PropertyKind::Path,
+        default: PropertyDefault::Home,
+        help: "the install: its config/ and deployments/",
+    },
+    KnownProperty {
+        name: "jboss.server.data.dir",
+        kind: PropertyKind::Path,
+        default: PropertyDefault::HomeData,
+        help: "where the node persists everything; locked while it runs",
+    },
+    KnownProperty {
+        name: "jboss.bind.address",
+        kind: PropertyKind::Address,
+        default: PropertyDefault::Value("127.0.0.1"),
+        help: "the address every port binds (also -b)",
+    },
+    KnownProperty {
+        name: "jboss.socket.binding.port-offset",
+        kind: PropertyKind::PortOffset,
+        default: PropertyDefault::Value("0"),
+        help: "added to every port, to run several nodes on one host",
+    },
+    KnownProperty {
+        name: "jboss.http.port",
+        kind: PropertyKind::Port,
+        default: PropertyDefault::Value("8080"),
+        help: "the HTTP port for web apps, before the offset",
+    },
+    KnownProperty {
+        name: "jboss.management.http.port",
+        kind: PropertyKind::Port,
+        default: PropertyDefault::Value("9990"),
+        help: "the management API's port, before the offset",
+    },
+    KnownProperty {
+        name: "jboss.default.multicast.address",
+        kind: PropertyKind::MulticastAddress,
+        default: PropertyDefault::Value("230.0.0.4"),
+        help: "the multicast group clustered nodes find each other on",
+    },
+    KnownProperty {
+        name: "jboss.logging.level",
+        kind: PropertyKind::LogLevel,
+        default: PropertyDefault::Value("INFO"),
+        help: "TRACE, DEBUG, INFO, WARN or ERROR",
+    },
+];
+
+/// Looks a known property up by name.
+pub fn known(name: &str) -> Option<&'static KnownProperty> {
+    KNOWN_PROPERTIES.iter().find(|p| p.name == name)
+}
+
+/// The known property whose name is nearest to `name`, if any is near enough to be a typo.
+pub fn nearest_known(name: &str) -> Option<&'static str> {
+    KNOWN_PROPERTIES
+        .iter()
+        .map(|p| (p.name, strsim::jaro_winkler(name, p.name)))
+        .filter(|(_, score)| *score > 0.85)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(known, _)| known)
+}
+
+/// The properties of one node: those given on its command line, over the known defaults.
+#[derive(Debug, Clone)]
+pub struct Properties {
+    given: BTreeMap<String, String>,
+    home: PathBuf,
+    host_name: String,
+}
+
+impl Properties {
+    /// Checks the given properties and puts them over the defaults. `home` is the install the
+    /// server binary belongs to, used unless `jboss.home.dir` is given.
+    pub fn new(
+        given: impl IntoIterator<Item = (String, String)>,
+        home: PathBuf,
+    ) -> Result<Self, ConfigError> {
+        let given: BTreeMap<String, String> = given.into_iter().collect();
+        for (name, value) in &given {
+            if let Some(property) = known(name) {
+                check_value(property, value)?;
+            }
+        }
+        Ok(Properties {
+            given,
+            home,
+            host_name: gethostname::gethostname().to_string_lossy().into_owned(),
+        })
+    }
+
+    /// The value of a property: given, else its default; `None` for an unknown property not given.
+    pub fn get(&self, name: &str) -> Option<String> {
+        if let Some(value) = self.given.get(name) {
+            return Some(value.clone());
+        }
+        known(name).map(|property| self.default_of(property))
+    }
+
+    /// The install this node runs from.
+    pub fn home(&self) -> PathBuf {
+        PathBuf::from(
+            self.get("jboss.home.dir")
+                .expect("jboss.home.dir is a known property"),
+        )
+    }
+
+    /// Every property: each known one with its value, and each one given on the command line.
+    pub fn all(&self) -> BTreeMap<String, String> {
+        let mut all: BTreeMap<String, String> = KNOWN_PROPERTIES
+            .iter()
+            .map(|p| (p.name.to_string(), self.default_of(p)))
+            .collect();
+        all.extend(self.given.clone());
+        all
+    }
+
+    /// The names given on the command line that the node does not know, if they look like they
+    /// were meant for it (`jboss.*` and `immutant.*`).
+    pub fn unknown_given(&self) -> impl Iterator<Item = &str> {
+        self.given.keys().map(String::as_str).filter(|name| {
+            (name.starts_with("jboss.") || name.starts_with("immutant.")) && known(name).is_none()
+        })
+    }
+
+    fn default_of(&self, property: &KnownProperty) -> String {
+        match property.default {
+            PropertyDefault::Value(value) => value.to_string(),
+            PropertyDefault::HostName => self.host_name.clone(),
+            PropertyDefault::Home => self.home.display().to_string(),
+            PropertyDefault::HomeData => data_dir_under(&self.home()).display().to_string(),
+        }
+    }
+}
+
+fn data_dir_under(home: &Path) -> PathBuf {
+    home.join("data")
+}
+
+/// Checks one value of a known property, with an error that names both.
+fn check_value(property: &KnownProperty, value: &str) -> Result<(), ConfigError> {
+    let expected = match property.kind {
+        PropertyKind::Text | PropertyKind::Path if value.trim().is_empty() => {
+            Some("a non-empty value")
+        }
+        PropertyKind::Text | PropertyKind::Path => None,
+        PropertyKind::Address => value
+            .parse::<IpAddr>()
+            .err()
+            .map(|_| "an IP address such as 127.0.0.1"),
+        PropertyKind::MulticastAddress => match value.parse::<IpAddr>() {
+            Ok(address) if address.is_multicast() => None,
+            _ => Some("a multicast address such as 230.0.0.4"),
+        },
+        PropertyKind::Port => match value.parse::<u16>() {
+            Ok(port) if port > 0 => None,
+            _ => Some("a port number from 1 to 65535"),
+        },
+        PropertyKind::PortOffset => value
+            .parse::<u16>()
+            .err()
+            .map(|_| "a whole number from 0 to 65535"),
+        PropertyKind::LogLevel => parse_log_level(value)
+            .is_none()
+            .then_some("one of TRACE, DEBUG, INFO, WARN, ERROR"),
+    };
+    match expected {
+        None => Ok(()),
+        Some(expected) => Err(ConfigError::InvalidProperty {
+            name: property.name.to_string(),
+            value: value.to_string(),
+            expected,
+        }),
+    }
+}
+
+/// Reads a log level by JBoss's names as well as tracing's, in any case.
+pub fn parse_log_level(value: &str) -> Option<tracing::Level> {
+    match value.to_ascii_uppercase().as_str() {
+        "TRACE" | "ALL" | "FINEST" | "FINER" => Some(tracing::Level::TRACE),
+        "DEBUG" | "FINE" | "CONFIG" => Some(tracing::Level::DEBUG),
+        "INFO" => Some(tracing::Level::INFO),
+        "WARN" | "WARNING" => Some(tracing::Level::WARN),
+        "ERROR" | "SEVERE" | "FATAL" => Some(tracing::Level::ERROR),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(given: &[(&str, &str)]) -> Result<Properties, ConfigError> {
+        Properties::new(
+            given.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            PathBuf::from("/opt/immutant"),
+        )
+    }
+
+    #[test]
+    fn defaults_fill_in_what_is_not_given() {
+        let p = props(&[("jboss.node.name", "one")]).unwrap();
+        assert_eq!(p.get("jboss.node.name").unwrap(), "one");
+        assert_eq!(p.get("jboss.socket.binding.port-offset").unwrap(), "0");
+        assert_eq!(
+            p.get("jboss.server.data.dir").unwrap(),
+            "/opt/immutant/data"
+        );
+        assert_eq!(p.get("no.such.thing"), None);
+    }
+
+    #[test]
+    fn data_dir_default_follows_a_given_home() {
+        let p = props(&[("jboss.home.dir", "/srv/imm")]).unwrap();
+        assert_eq!(p.get("jboss.server.data.dir").unwrap(), "/srv/imm/data");
+    }
+
+    #[test]
+    fn bad_values_name_the_property_and_the_value() {
+        for (name, value) in [
+            ("jboss.socket.binding.port-offset", "abc"),
+            ("jboss.socket.binding.port-offset", "-1"),
+            ("jboss.bind.address", "not-an-address"),
+            ("jboss.default.multicast.address", "10.0.0.1"),
+            ("jboss.http.port", "0"),
+            ("jboss.logging.level", "LOUD"),
+            ("jboss.node.name", " "),
+        ] {
+            let message = props(&[(name, value)]).unwrap_err().to_string();
+            assert!(
+                message.contains(name) && message.contains(value),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn typos_find_the_nearest_known_name() {
+        assert_eq!(nearest_known("jboss.nod.name"), Some("jboss.node.name"));
+        assert_eq!(
+            nearest_known("jboss.socket.binding.portoffset"),
+            Some("jboss.socket.binding.port-offset")
+        );
+        assert_eq!(nearest_known("completely.different"), None);
+    }
+
+    #[test]
+    fn unknown_given_only_reports_our_namespaces() {
+        let p = props(&[
+            ("jboss.nod.name", "x"),
+            ("app.greeting", "hi"),
+            ("immutant.foo", "1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            p.unknown_given().collect::<Vec<_>>(),
+            ["immutant.foo", "jboss.nod.name"]
+        );
+    }
+}

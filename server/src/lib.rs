@@ -1,0 +1,65 @@
+//! # immutant-server
+//!
+//! The Immutant node: what JBoss AS7 with Immutant's modules was, as one Rust binary. A node
+//! reads its properties and config (`config`), locks its data dir and binds its ports (`node`),
+//! and answers on its HTTP port (`web`) and its management port (`management`) until SIGINT or
+//! SIGTERM stops it gracefully (`shutdown`).
+//!
+//! Start from [`start`], which `main` calls with the parsed command line ([`args`]).
+
+pub mod args;
+pub mod config;
+pub mod logging;
+pub mod management;
+pub mod node;
+pub mod shutdown;
+pub mod web;
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use args::ServerArgs;
+use config::{Properties, ServerConfig, properties};
+use node::NodeError;
+use shutdown::Signals;
+
+/// This server's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs a node from its command line until a signal stops it. `started` is when the process
+/// began. Errors are ready to show the user as they are.
+pub fn start(args: ServerArgs, started: Instant) -> Result<(), NodeError> {
+    let properties = Properties::new(args.given_properties(), default_home())?;
+    let (config, referenced) = ServerConfig::load(&args.server_config, &properties)?;
+    logging::init(config.log_level);
+    for name in properties
+        .unknown_given()
+        .filter(|name| !referenced.iter().any(|r| r == name))
+    {
+        match properties::nearest_known(name) {
+            Some(known) => warn!("unknown property {name}; did you mean {known}?"),
+            None => warn!(
+                "unknown property {name}; `immutant-server --help` lists the properties a node knows"
+            ),
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(NodeError::Runtime)?;
+    runtime.block_on(async {
+        let mut signals = Signals::listen().map_err(NodeError::Runtime)?;
+        node::run(config, &properties, started, async move {
+            signals.recv().await.to_string()
+        })
+        .await
+    })
+}
+
+/// The install this binary belongs to: the parent of the `bin/` it sits in.
+fn default_home() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let bin = exe.parent().unwrap_or(std::path::Path::new("."));
+    match bin.file_name() {
+        Some(name) if name == "bin" => bin.parent().unwrap_or(bin).to_path_buf(),
+        _ => bin.to_path_buf(),
+    }
+}

@@ -1,0 +1,68 @@
+//! The management API: JSON about the node on its management port (9990 plus the offset).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::config::ServerConfig;
+
+/// What the management API knows about its node.
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub config: ServerConfig,
+    pub properties: BTreeMap<String, String>,
+    pub started: Instant,
+}
+
+/// The answer to `GET /`.
+#[derive(Debug, Serialize)]
+struct NodeReport {
+    name: String,
+    version: &'static str,
+    pid: u32,
+    uptime_ms: u128,
+    config: String,
+    bind_address: String,
+    ports: Ports,
+    data_dir: PathBuf,
+    deployments: PathBuf,
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Ports {
+    offset: u16,
+    http: u16,
+    management: u16,
+}
+
+/// The management API's routes.
+pub fn router(info: Arc<NodeInfo>) -> Router {
+    Router::new().route("/", get(node)).with_state(info)
+}
+
+async fn node(State(info): State<Arc<NodeInfo>>) -> Json<NodeReport> {
+    let config = &info.config;
+    Json(NodeReport {
+        name: config.node_name.clone(),
+        version: crate::VERSION,
+        pid: std::process::id(),
+        uptime_ms: info.started.elapsed().as_millis(),
+        config: config.name.clone(),
+        bind_address: config.bind_address.to_string(),
+        ports: Ports {
+            offset: config.port_offset,
+            http: config.http_port,
+            management: config.management_port,
+        },
+        data_dir: config.data_dir.clone(),
+        deployments: config.deployments.clone(),
+        properties: info.properties.clone(),
+    })
+}

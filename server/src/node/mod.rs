@@ -1,0 +1,122 @@
+//! A node's life: lock its data dir, bind its ports, serve until asked to stop, stop gracefully.
+
+mod data_dir;
+mod ports;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::config::{ConfigError, Properties, ServerConfig};
+use crate::management::{self, NodeInfo};
+use crate::shutdown::Shutdown;
+use crate::web;
+pub use data_dir::DataDirLock;
+
+/// Why a node could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "cannot use the data dir {path}: {source}; choose another with -Djboss.server.data.dir=DIR"
+    )]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the data dir {path} is in use by {holder}; give this node a data dir of its own with -Djboss.server.data.dir=DIR"
+    )]
+    DataDirInUse { path: PathBuf, holder: String },
+    #[error(
+        "the {name} port {address} is already in use, perhaps by another node; shift this node's ports with -Djboss.socket.binding.port-offset=100"
+    )]
+    PortInUse {
+        name: &'static str,
+        address: SocketAddr,
+    },
+    #[error(
+        "cannot bind {address}: that address is not on this machine; set -Djboss.bind.address (or -b) to one of its addresses"
+    )]
+    AddressNotLocal { address: SocketAddr },
+    #[error("cannot bind the {name} port {address}: {source}")]
+    Bind {
+        name: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the {name} server failed: {source}")]
+    Serve {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot start the node's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Boots a node, serves until `stop` resolves (with the reason, such as the signal's name), then
+/// stops it gracefully. `started` is when the process began, for the boot time.
+pub async fn run(
+    config: ServerConfig,
+    properties: &Properties,
+    started: Instant,
+    stop: impl Future<Output = String>,
+) -> Result<(), NodeError> {
+    let lock = DataDirLock::acquire(&config.data_dir, &config.node_name)?;
+    let http = ports::bind("HTTP", config.http_address()).await?;
+    let management = ports::bind("management", config.management_address()).await?;
+
+    let shutdown = Shutdown::new();
+    let info = Arc::new(NodeInfo {
+        config: config.clone(),
+        properties: properties.all(),
+        started,
+    });
+    let servers = [
+        ("HTTP", http, web::router(config.node_name.clone())),
+        ("management", management, management::router(info)),
+    ]
+    .map(|(name, listener, router)| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(|source| NodeError::Serve { name, source })
+        })
+    });
+
+    info!(
+        "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {})",
+        crate::VERSION,
+        config.node_name,
+        started.elapsed().as_millis(),
+        config.name,
+        config.http_address(),
+        config.management_address(),
+        config.data_dir.display(),
+    );
+
+    let reason = stop.await;
+    let stopping = Instant::now();
+    info!("Stopping node {} ({reason})", config.node_name);
+    shutdown.cancel();
+    for server in servers {
+        server.await.map_err(|error| NodeError::Serve {
+            name: "node",
+            source: std::io::Error::other(error),
+        })??;
+    }
+    drop(lock);
+    info!(
+        "Node {} stopped in {} ms",
+        config.node_name,
+        stopping.elapsed().as_millis()
+    );
+    Ok(())
+}
