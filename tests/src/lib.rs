@@ -1,1 +1,286 @@
-pub fn x() {}
+//! # immutant-e2e
+//!
+//! Support for the end-to-end tests in `tests/tests/`: the real `cargo-immutant` and
+//! `immutant-server` binaries, a temporary base dir per test (never the user's), processes whose
+//! output can be waited on, and free port offsets. Nothing here stands in for a part of
+//! Immutant: every test drives the real CLI and real nodes over real sockets and signals.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The binaries under test, built once per test process.
+pub struct Binaries {
+    pub cli: PathBuf,
+    pub server: PathBuf,
+}
+
+/// Builds `cargo-immutant` and `immutant-server` (a no-op when they are fresh) and finds them
+/// beside this test's own executable.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "cargo-immutant", "-p", "immutant-server"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries under test failed");
+        let exe = std::env::current_exe().expect("the test knows its path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps");
+        Binaries {
+            cli: profile_dir.join("cargo-immutant"),
+            server: profile_dir.join("immutant-server"),
+        }
+    })
+}
+
+/// The checkout these tests belong to.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// A temporary Immutant base dir, removed when dropped.
+pub struct Base {
+    dir: tempfile::TempDir,
+}
+
+impl Base {
+    /// An empty base: nothing installed.
+    pub fn empty() -> Self {
+        Base {
+            dir: tempfile::Builder::new()
+                .prefix("immutant-e2e-")
+                .tempdir()
+                .expect("a temp dir"),
+        }
+    }
+
+    /// A base with the freshly built server installed (from its path, which is quick) and linked.
+    pub fn installed() -> Self {
+        let base = Base::empty();
+        let output = base
+            .cli(["install", "--from"])
+            .arg(&binaries().server)
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            output.status.success(),
+            "install failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        base
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `cargo-immutant ARGS` with this base, and no Immutant home from the environment.
+    pub fn cli<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new(&binaries().cli);
+        command
+            .args(args)
+            .env("IMMUTANT_BASE_DIR", self.path())
+            .env_remove("IMMUTANT_HOME")
+            .env("NO_PROXY", "127.0.0.1,localhost");
+        command
+    }
+
+    /// A data dir of its own for the node called `name`.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.path().join("nodes").join(name)
+    }
+
+    /// Starts `cargo-immutant run ARGS` with this base.
+    pub fn run<I, S>(&self, args: I) -> Proc
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = self.cli(["run"]);
+        command.args(args);
+        Proc::spawn(command)
+    }
+}
+
+/// A running process whose standard output and error are collected, line by line, as they come.
+pub struct Proc {
+    child: Child,
+    output: Arc<(Mutex<Vec<String>>, Condvar)>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `command` with its output collected.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the process starts");
+        let output = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        collect(stdout, output.clone());
+        collect(stderr, output.clone());
+        Proc {
+            child,
+            output,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Every line so far, standard output and error interleaved as they came.
+    pub fn lines(&self) -> Vec<String> {
+        self.output.0.lock().unwrap().clone()
+    }
+
+    /// Everything so far, one string.
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Waits until a line contains `needle` and returns it; fails the test with the output so
+    /// far if none does within `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lines, arrived) = &*self.output;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if let Some(line) = guard.iter().find(|line| line.contains(needle)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no line with {needle:?} within {timeout:?}; output:\n{}",
+                guard.join("\n")
+            );
+            guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the process to exit, failing the test if it has not within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .status
+                .or_else(|| self.child.try_wait().expect("waitable"))
+            {
+                self.status = Some(status);
+                // Let the collectors take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {timeout:?}; output:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, output: Arc<(Mutex<Vec<String>>, Condvar)>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let (lines, arrived) = &*output;
+            lines.lock().unwrap().push(line);
+            arrived.notify_all();
+        }
+    });
+}
+
+/// A port offset whose HTTP and management ports are free now and that no other test in this
+/// process has been given.
+pub fn free_offset() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    // Start somewhere that depends on the process, so test binaries run side by side (as
+    // nextest does) rarely meet; step by 100 so that no offset's HTTP port is another's
+    // management port.
+    let seed = std::process::id() % 400;
+    (0..400u32)
+        .map(|step| (1000 + (seed + step) % 400 * 100) as u16)
+        .find(|offset| {
+            !given.contains(offset) && port_free(8080 + offset) && port_free(9990 + offset)
+        })
+        .inspect(|offset| {
+            given.insert(*offset);
+        })
+        .expect("a free port offset")
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// `GET http://127.0.0.1:PORT/` as JSON.
+pub fn get_json(port: u16) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    runtime.block_on(async {
+        let url = format!("http://127.0.0.1:{port}/");
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await;
+        let text = response
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {url} is not JSON ({e}): {text}"))
+    })
+}
+
+/// How long a test waits for something a node does at once; generous, for slow machines.
+pub const PATIENCE: Duration = Duration::from_secs(30);
