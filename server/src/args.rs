@@ -61,11 +61,6 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
 }
 
 fn properties_help() -> String {
-    let width = KNOWN_PROPERTIES
-        .iter()
-        .map(|p| p.name.len())
-        .max()
-        .unwrap_or(0);
     let mut help = String::from("Properties (-Dname=value), with their defaults:\n");
     for property in KNOWN_PROPERTIES {
         let default = match property.default {
@@ -75,8 +70,8 @@ fn properties_help() -> String {
             PropertyDefault::HomeData => "<jboss.home.dir>/data",
         };
         help.push_str(&format!(
-            "  {:width$}  {} [default: {}]\n",
-            property.name, property.help, default
+            "  {} (default: {default})\n      {}\n",
+            property.name, property.help
         ));
     }
     help.push_str("\nApps can read every property, including ones of their own.");

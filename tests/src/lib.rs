@@ -19,27 +19,32 @@ pub struct Binaries {
     pub server: PathBuf,
 }
 
-/// Builds `cargo-immutant` and `immutant-server` (a no-op when they are fresh) and finds them
-/// beside this test's own executable.
+/// Builds `cargo-immutant` and `immutant-server` (a no-op when they are fresh). They get a
+/// target dir of their own: built beside the tests, cargo would resolve their dependencies'
+/// features differently from the test build each time, and rebuild both over and over.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
+        let root = workspace_root();
+        let target = root.join("target").join("e2e");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "cargo-immutant", "-p", "immutant-server"])
-            .current_dir(workspace_root())
+            .args([
+                "build",
+                "-p",
+                "cargo-immutant",
+                "-p",
+                "immutant-server",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(&root)
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the binaries under test failed");
-        let exe = std::env::current_exe().expect("the test knows its path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("tests run from target/<profile>/deps");
         Binaries {
-            cli: profile_dir.join("cargo-immutant"),
-            server: profile_dir.join("immutant-server"),
+            cli: target.join("debug").join("cargo-immutant"),
+            server: target.join("debug").join("immutant-server"),
         }
     })
 }
@@ -120,10 +125,20 @@ impl Base {
     }
 }
 
+/// Which stream a line came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// Lines as they came, and a signal for each new one.
+type Output = Arc<(Mutex<Vec<(Stream, String)>>, Condvar)>;
+
 /// A running process whose standard output and error are collected, line by line, as they come.
 pub struct Proc {
     child: Child,
-    output: Arc<(Mutex<Vec<String>>, Condvar)>,
+    output: Output,
     status: Option<ExitStatus>,
 }
 
@@ -139,8 +154,8 @@ impl Proc {
         let output = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
-        collect(stdout, output.clone());
-        collect(stderr, output.clone());
+        collect(Stream::Out, stdout, output.clone());
+        collect(Stream::Err, stderr, output.clone());
         Proc {
             child,
             output,
@@ -154,7 +169,23 @@ impl Proc {
 
     /// Every line so far, standard output and error interleaved as they came.
     pub fn lines(&self) -> Vec<String> {
-        self.output.0.lock().unwrap().clone()
+        self.output
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, line)| line.clone())
+            .collect()
+    }
+
+    /// The lines so far on standard output alone.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        let lines = self.output.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|(stream, _)| *stream == Stream::Out)
+            .map(|(_, line)| line.clone())
+            .collect()
     }
 
     /// Everything so far, one string.
@@ -169,15 +200,17 @@ impl Proc {
         let (lines, arrived) = &*self.output;
         let mut guard = lines.lock().unwrap();
         loop {
-            if let Some(line) = guard.iter().find(|line| line.contains(needle)) {
+            if let Some((_, line)) = guard.iter().find(|(_, line)| line.contains(needle)) {
                 return line.clone();
             }
             let now = Instant::now();
-            assert!(
-                now < deadline,
-                "no line with {needle:?} within {timeout:?}; output:\n{}",
-                guard.join("\n")
-            );
+            if now >= deadline {
+                let text: Vec<&str> = guard.iter().map(|(_, line)| line.as_str()).collect();
+                panic!(
+                    "no line with {needle:?} within {timeout:?}; output:\n{}",
+                    text.join("\n")
+                );
+            }
             guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
         }
     }
@@ -220,12 +253,12 @@ impl Drop for Proc {
     }
 }
 
-fn collect(stream: impl Read + Send + 'static, output: Arc<(Mutex<Vec<String>>, Condvar)>) {
+fn collect(stream: Stream, reader: impl Read + Send + 'static, output: Output) {
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
+        for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
             let (lines, arrived) = &*output;
-            lines.lock().unwrap().push(line);
+            lines.lock().unwrap().push((stream, line));
             arrived.notify_all();
         }
     });

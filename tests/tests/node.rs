@@ -233,3 +233,50 @@ fn a_node_killed_with_sigkill_leaves_no_lock_behind() {
     let restarted = base.run([format!("--offset={}", free_offset()), data]);
     restarted.wait_for(BOOTED, PATIENCE);
 }
+
+#[test]
+fn run_prints_the_exact_first_line() {
+    let base = Base::installed();
+    let offset = free_offset();
+    let data = base.data_dir("first");
+    let node = base.run([
+        "--clustered".to_string(),
+        "--offset".into(),
+        offset.to_string(),
+        "--node-name=first".into(),
+        format!("-Djboss.server.data.dir={}", data.display()),
+        "-Dapp.motto=stay calm".into(),
+    ]);
+    node.wait_for(BOOTED, PATIENCE);
+    let server = base.path().join("current/bin/immutant-server");
+    assert_eq!(
+        node.stdout_lines()[0],
+        format!(
+            "Starting Immutant: {} --server-config=standalone-ha.toml -Djboss.socket.binding.port-offset={offset} \
+             -Djboss.node.name=first -Djboss.server.data.dir={} '-Dapp.motto=stay calm'",
+            server.display(),
+            data.display()
+        )
+    );
+    node.wait_for("config standalone-ha.toml", Duration::ZERO);
+}
+
+#[test]
+fn run_help_prints_the_servers_help() {
+    let base = Base::installed();
+    let mut help = base.run(["--help"]);
+    assert!(help.wait_exit(PATIENCE).success(), "{}", help.text());
+    let text = help.text();
+    for expected in [
+        "Usage: immutant-server",
+        "--server-config",
+        "-b <ADDRESS>",
+        "jboss.socket.binding.port-offset",
+        "jboss.socket.binding.port-offset (default: 0)",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the help lacks {expected:?}:\n{text}"
+        );
+    }
+}

@@ -93,6 +93,9 @@ fn fetch(from: &str, scratch: &Path) -> Result<Artifact> {
         let configs = Some(root.join("config")).filter(|dir| dir.is_dir());
         (root.join(crate::locations::SERVER_BINARY), configs)
     } else {
+        if is_url {
+            release::set_executable(&file)?;
+        }
         (file, None)
     };
     let version = release::server_version(&binary)?;
