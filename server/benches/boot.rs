@@ -1,1 +1,99 @@
-fn main() {}
+//! Node boot-to-ready time and idle memory.
+//!
+//! `cargo bench -p immutant-server --bench boot` starts a release node 21 times from a fresh
+//! install layout and reports the medians of: the time from spawning the process to its boot line
+//! (every port bound, ready to serve), and its resident memory (VmRSS) after a second idle.
+//! Targets (DESIGN.md): under 100 ms and under 25 MB.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TRIALS: usize = 21;
+
+fn main() {
+    let install = tempfile::tempdir().expect("a temp dir");
+    let home = install.path();
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    std::fs::create_dir_all(home.join("config")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_immutant-server"),
+        home.join("bin/immutant-server"),
+    )
+    .unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["standalone.toml", "standalone-ha.toml"] {
+        std::fs::copy(shipped.join(name), home.join("config").join(name)).unwrap();
+    }
+    let offset = free_offset();
+
+    let mut boot_ms = Vec::new();
+    let mut rss_kb = Vec::new();
+    for trial in 0..TRIALS {
+        let started = Instant::now();
+        let mut node = Command::new(home.join("bin/immutant-server"))
+            .arg(format!(
+                "-Djboss.server.data.dir={}",
+                home.join(format!("data-{trial}")).display()
+            ))
+            .arg(format!("-Djboss.socket.binding.port-offset={offset}"))
+            .arg("-Djboss.node.name=bench")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the node starts");
+        let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+        let booted = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("started in"));
+        assert!(booted, "the node did not boot");
+        boot_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_secs(1));
+        rss_kb.push(rss_kb_of(node.id()));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+        let status = node.wait().unwrap();
+        assert!(status.success(), "the node did not stop cleanly: {status}");
+    }
+    println!(
+        "boot to ready: median {:.1} ms (min {:.1}, max {:.1}) over {TRIALS} starts",
+        median(&mut boot_ms),
+        boot_ms[0],
+        boot_ms[TRIALS - 1]
+    );
+    println!(
+        "idle RSS:      median {:.1} MB (min {:.1}, max {:.1})",
+        median(&mut rss_kb) / 1024.0,
+        rss_kb[0] / 1024.0,
+        rss_kb[TRIALS - 1] / 1024.0
+    );
+}
+
+/// Sorts `values` and returns the middle one.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn rss_kb_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a Linux /proc");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+fn free_offset() -> u16 {
+    (1000..40_000u16)
+        .step_by(100)
+        .find(|offset| {
+            [8080, 9990]
+                .iter()
+                .all(|port| TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
+        })
+        .expect("a free port offset")
+}
