@@ -1,11 +1,41 @@
 //! # immutant-protocol
 //!
-//! The frames an Immutant node and the apps it runs exchange over each app's Unix socket.
-//! Both sides build on this crate: the node (`immutant-server`) and the SDK (`immutant`).
+//! The frames an Immutant node and the apps it runs exchange over each app's Unix socket. Both
+//! sides build on this crate: the node (`immutant-server`) and the SDK (`immutant`).
 //! `docs/protocol.md` describes the same frames for anyone writing an SDK in another language.
 //!
-//! For now the crate holds what both sides must agree on before the first frame: the protocol's
-//! version, which a node and an app compare when they connect.
+//! A frame is a JSON [`Header`] that says what it is, and a body of raw bytes (a message's
+//! payload), so that payloads are never escaped or copied into JSON:
+//!
+//! ```text
+//! u32 big-endian: length of everything after it (4 + header length + body length)
+//! u32 big-endian: header length
+//! header: UTF-8 JSON, an object whose "op" names the frame
+//! body: the rest, raw bytes (empty for most frames)
+//! ```
+//!
+//! Requests from the app carry an `id`; the node answers each with a frame carrying the same id.
+//! Either side may write many frames before reading any answer: that is how publishes batch.
+
+mod codec;
+mod frames;
+mod outbox;
+
+pub use codec::{FrameCodec, ProtocolError};
+pub use frames::*;
+pub use outbox::{Outbox, Outgoing, write_frames};
 
 /// The protocol's version. A node refuses an app that speaks another one.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The environment variable holding the number of the app's end of its socket, inherited from
+/// the node.
+pub const SOCKET_FD_VAR: &str = "IMMUTANT_SOCKET_FD";
+/// The environment variable holding the app's deployment name.
+pub const APP_VAR: &str = "IMMUTANT_APP";
+/// The environment variable holding the node's name.
+pub const NODE_VAR: &str = "IMMUTANT_NODE";
+/// The environment variable holding every node property, as a JSON object of strings.
+pub const PROPERTIES_VAR: &str = "IMMUTANT_PROPERTIES";
+/// The environment variable holding the app's settings (`[package.metadata.immutant]`), as JSON.
+pub const SETTINGS_VAR: &str = "IMMUTANT_SETTINGS";

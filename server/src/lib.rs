@@ -2,15 +2,20 @@
 //!
 //! The Immutant node: what JBoss AS7 with Immutant's modules was, as one Rust binary. A node
 //! reads its properties and config (`config`), locks its data dir and binds its ports (`node`),
-//! and answers on its HTTP port (`web`) and its management port (`management`) until SIGINT or
-//! SIGTERM stops it gracefully (`shutdown`).
+//! deploys the apps in its install's deployments folder (`deploy`) and runs each as a
+//! supervised process (`apps`) with durable messaging (`messaging`), and answers on its HTTP
+//! port (`web`) and its management port (`management`) until SIGINT or SIGTERM stops it
+//! gracefully (`shutdown`).
 //!
 //! Start from [`start`], which `main` calls with the parsed command line ([`args`]).
 
+pub mod apps;
 pub mod args;
 pub mod config;
+pub mod deploy;
 pub mod logging;
 pub mod management;
+pub mod messaging;
 pub mod node;
 pub mod shutdown;
 pub mod web;

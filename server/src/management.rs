@@ -10,14 +10,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::apps::Apps;
 use crate::config::ServerConfig;
+use crate::messaging::Broker;
 
 /// What the management API knows about its node.
-#[derive(Debug)]
 pub struct NodeInfo {
     pub config: ServerConfig,
     pub properties: BTreeMap<String, String>,
     pub started: Instant,
+    pub apps: Arc<Apps>,
+    pub broker: Arc<Broker>,
 }
 
 /// The answer to `GET /`.
@@ -44,7 +47,11 @@ struct Ports {
 
 /// The management API's routes.
 pub fn router(info: Arc<NodeInfo>) -> Router {
-    Router::new().route("/", get(node)).with_state(info)
+    Router::new()
+        .route("/", get(node))
+        .route("/deployments", get(deployments))
+        .route("/queues", get(queues))
+        .with_state(info)
 }
 
 async fn node(State(info): State<Arc<NodeInfo>>) -> Json<NodeReport> {
@@ -65,4 +72,17 @@ async fn node(State(info): State<Arc<NodeInfo>>) -> Json<NodeReport> {
         deployments: config.deployments.clone(),
         properties: info.properties.clone(),
     })
+}
+
+/// Every deployment: its status (with the reason when failed), process, daemons and the last
+/// lines of its stderr.
+async fn deployments(
+    State(info): State<Arc<NodeInfo>>,
+) -> Json<Vec<crate::apps::DeploymentReport>> {
+    Json(info.apps.reports())
+}
+
+/// Every queue: depth, in flight, consumers, delivered, dead-lettered, expired.
+async fn queues(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::messaging::QueueStats>> {
+    Json(info.broker.stats())
 }

@@ -24,6 +24,8 @@ pub enum PropertyKind {
     PortOffset,
     /// A log level, by JBoss's names (TRACE, DEBUG, INFO, WARN, ERROR) or tracing's.
     LogLevel,
+    /// A positive number of bytes.
+    Bytes,
 }
 
 /// Where a known property's default comes from.
@@ -97,6 +99,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         kind: PropertyKind::MulticastAddress,
         default: PropertyDefault::Value("230.0.0.4"),
         help: "the multicast group clustered nodes find each other on",
+    },
+    KnownProperty {
+        name: "immutant.messaging.max-message-size",
+        kind: PropertyKind::Bytes,
+        default: PropertyDefault::Value("16777216"),
+        help: "the largest message payload, in bytes (16 MiB)",
     },
     KnownProperty {
         name: "jboss.logging.level",
@@ -220,6 +228,10 @@ fn check_value(property: &KnownProperty, value: &str) -> Result<(), ConfigError>
             .parse::<u16>()
             .err()
             .map(|_| "a whole number from 0 to 65535"),
+        PropertyKind::Bytes => match value.parse::<u64>() {
+            Ok(bytes) if bytes > 0 => None,
+            _ => Some("a number of bytes, above 0"),
+        },
         PropertyKind::LogLevel => parse_log_level(value)
             .is_none()
             .then_some("one of TRACE, DEBUG, INFO, WARN, ERROR"),

@@ -2,6 +2,7 @@
 
 mod data_dir;
 mod ports;
+mod registry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,10 +12,12 @@ use std::time::Instant;
 
 use tracing::info;
 
+use crate::apps::{AppContext, Apps};
 use crate::config::{ConfigError, Properties, ServerConfig};
 use crate::management::{self, NodeInfo};
+use crate::messaging::{Broker, MessagingError};
 use crate::shutdown::Shutdown;
-use crate::web;
+use crate::{deploy, web};
 pub use data_dir::DataDirLock;
 
 /// Why a node could not start or run.
@@ -57,6 +60,8 @@ pub enum NodeError {
     },
     #[error("cannot start the node's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Messaging(#[from] MessagingError),
 }
 
 /// Boots a node, serves until `stop` resolves (with the reason, such as the signal's name), then
@@ -71,11 +76,32 @@ pub async fn run(
     let http = ports::bind("HTTP", config.http_address()).await?;
     let management = ports::bind("management", config.management_address()).await?;
 
+    let max_message_size = properties
+        .get("immutant.messaging.max-message-size")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(16 * 1024 * 1024);
+    let broker = Arc::new(Broker::open(&config.data_dir, max_message_size)?);
+    let all_properties = properties.all();
+    let apps = Arc::new(Apps::new(AppContext::new(
+        broker.clone(),
+        config.node_name.clone(),
+        serde_json::to_string(&all_properties).unwrap_or_default(),
+        config.deployments.clone(),
+    )));
+    let registration = registry::Registration::record(&properties.home(), &config);
+
     let shutdown = Shutdown::new();
+    let scanner = {
+        let (deployments, apps, shutdown) =
+            (config.deployments.clone(), apps.clone(), shutdown.clone());
+        tokio::spawn(async move { deploy::watch(&deployments, apps, shutdown).await })
+    };
     let info = Arc::new(NodeInfo {
         config: config.clone(),
-        properties: properties.all(),
+        properties: all_properties,
         started,
+        apps: apps.clone(),
+        broker: broker.clone(),
     });
     let servers = [
         ("HTTP", http, web::router(config.node_name.clone())),
@@ -106,6 +132,10 @@ pub async fn run(
     let stopping = Instant::now();
     info!("Stopping node {} ({reason})", config.node_name);
     shutdown.cancel();
+    let _ = scanner.await;
+    apps.stop_all().await;
+    broker.flush().await;
+    drop(registration);
     for server in servers {
         server.await.map_err(|error| NodeError::Serve {
             name: "node",

@@ -1,0 +1,169 @@
+//! The frames themselves: what each header says.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A frame: its header, and its body (a message's payload, or empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub header: Header,
+    pub body: Bytes,
+}
+
+/// Queue or topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DestinationKind {
+    Queue,
+    Topic,
+}
+
+/// How a message is published. Every field has the default HornetQ gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct PublishOptions {
+    /// 0 (lowest) to 9 (highest); 4 by default.
+    pub priority: u8,
+    /// Milliseconds the message lives; none by default (forever).
+    pub ttl_ms: Option<u64>,
+    /// Whether the message is on disk before the publish is confirmed; true by default.
+    pub persistent: bool,
+    pub properties: BTreeMap<String, String>,
+    pub correlation_id: Option<String>,
+    /// `application/json` for serde payloads, `application/octet-stream` for bytes.
+    pub content_type: String,
+    /// Where a reply should go. An app sets it to `"@"` (itself) for a request; the node puts
+    /// in the address that reaches that app.
+    pub reply_to: Option<String>,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            priority: 4,
+            ttl_ms: None,
+            persistent: true,
+            properties: BTreeMap::new(),
+            correlation_id: None,
+            content_type: JSON.to_string(),
+            reply_to: None,
+        }
+    }
+}
+
+/// The content type of serde payloads.
+pub const JSON: &str = "application/json";
+/// The content type of raw payloads.
+pub const BYTES: &str = "application/octet-stream";
+
+/// A message as it is delivered (its payload is the frame's body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MessageHeader {
+    /// The message's id on its node.
+    pub id: u64,
+    pub destination: String,
+    pub priority: u8,
+    pub properties: BTreeMap<String, String>,
+    pub correlation_id: Option<String>,
+    pub content_type: String,
+    pub reply_to: Option<String>,
+    /// 1 on the first delivery, 2 on the first redelivery, and so on.
+    pub delivery_count: u32,
+    /// Unix time in milliseconds.
+    pub published_at_ms: u64,
+}
+
+/// Every frame, by its `op`. App-to-node requests carry an `id` that the node's answer repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Header {
+    // ---- app to node ----
+    /// The app's first frame.
+    Hello { protocol: u32, pid: u32 },
+    /// Starts a destination (idempotent). Answered by `ok`.
+    Start {
+        id: u64,
+        destination: String,
+        kind: DestinationKind,
+    },
+    /// Publishes the body. Answered by `ok` once the message is accepted (on disk if persistent).
+    Publish {
+        id: u64,
+        destination: String,
+        #[serde(default)]
+        options: PublishOptions,
+    },
+    /// Registers a consumer: up to `concurrency` messages are delivered to it at once. A topic
+    /// subscriber with a `client-id` is durable. Answered by `ok`; the consumer's id is `id`.
+    Listen {
+        id: u64,
+        destination: String,
+        concurrency: u32,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    /// Removes the consumer registered by the `listen` with id `consumer`. Answered by `ok`.
+    Unlisten { id: u64, consumer: u64 },
+    /// The handler of a delivery succeeded: the message is done with.
+    Ack { delivery: u64 },
+    /// The handler of a delivery failed: the message is redelivered, or dead-lettered after
+    /// 10 deliveries.
+    Nack { delivery: u64, reason: String },
+    /// Takes one message, waiting up to `timeout-ms` (none: forever). Answered by `receipt`.
+    Receive {
+        id: u64,
+        destination: String,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    /// Registers a daemon. Answered by `ok`; the node then sends `start-daemon` when this app
+    /// should run it.
+    RegisterDaemon {
+        id: u64,
+        name: String,
+        singleton: bool,
+    },
+    /// A daemon started or stopped running.
+    DaemonStatus { name: String, running: bool },
+    /// The app has set itself up and runs.
+    Ready {},
+    /// The app has stopped everything after a `stop`, and exits.
+    Stopped {},
+
+    // ---- node to app ----
+    /// The answer to `hello`.
+    Welcome {
+        node: String,
+        app: String,
+        max_message_size: u64,
+    },
+    /// A request succeeded.
+    Ok { id: u64 },
+    /// A request failed; `message` says why and what to do.
+    Error { id: u64, message: String },
+    /// A message for the consumer `consumer`; the body is its payload. Acknowledge it with
+    /// `ack` or `nack` and `delivery`. A reply to a request comes with consumer 0.
+    Deliver {
+        consumer: u64,
+        delivery: u64,
+        message: MessageHeader,
+    },
+    /// The answer to `receive`: a message (the body is its payload, already acknowledged), or
+    /// none if the timeout passed.
+    Receipt {
+        id: u64,
+        message: Option<MessageHeader>,
+    },
+    /// Run the daemon `name`; `epoch` grows with every start in the cluster (a fencing token).
+    StartDaemon { name: String, epoch: u64 },
+    /// Stop the daemon `name` (it now runs elsewhere).
+    StopDaemon { name: String },
+    /// Stop: run every daemon's stop (each within `timeout-ms`), finish in-flight handlers,
+    /// answer `stopped`, and exit.
+    Stop { timeout_ms: u64 },
+}

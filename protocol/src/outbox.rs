@@ -1,0 +1,50 @@
+//! Writing frames to a socket from many tasks: each sends into an [`Outbox`]; one writer task
+//! writes them in order, flushing only when none are waiting, so frames sent together (many
+//! publishes, many deliveries) leave in one write.
+
+use futures_util::SinkExt;
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedWrite;
+
+use crate::{Frame, FrameCodec, ProtocolError};
+
+/// What the writer takes: a frame, or a request to say when everything before it is written.
+pub enum Outgoing {
+    Frame(Frame),
+    Flush(oneshot::Sender<()>),
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Outgoing::Frame(frame)
+    }
+}
+
+/// Where frames for one peer go.
+pub type Outbox = mpsc::UnboundedSender<Outgoing>;
+
+/// Writes what arrives on `outgoing` until every [`Outbox`] is dropped or the socket fails.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: FramedWrite<W, FrameCodec>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+) -> Result<(), ProtocolError> {
+    let mut next = outgoing.recv().await;
+    while let Some(item) = next {
+        match item {
+            Outgoing::Frame(frame) => writer.feed(frame).await?,
+            Outgoing::Flush(flushed) => {
+                writer.flush().await?;
+                let _ = flushed.send(());
+            }
+        }
+        next = match outgoing.try_recv() {
+            Ok(item) => Some(item),
+            Err(_) => {
+                writer.flush().await?;
+                outgoing.recv().await
+            }
+        };
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The app: its connection to the node, what the node told it, and its life from bootstrap to
+//! stop.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use immutant_protocol::{APP_VAR, Frame, Header, PROPERTIES_VAR, SETTINGS_VAR};
+use tokio_util::task::TaskTracker;
+
+use crate::connection::Connection;
+use crate::daemon::{Daemon, DaemonBuilder};
+use crate::messaging::{Queue, Topic};
+use crate::{Error, Result};
+
+/// An app running in a node. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    connection: Connection,
+    /// Every handler the app's listeners run, so a stop can wait for them to finish.
+    handlers: TaskTracker,
+    properties: std::sync::Arc<BTreeMap<String, String>>,
+    settings: std::sync::Arc<serde_json::Value>,
+}
+
+impl App {
+    /// Connects to the node that started this process. Fails with a clear error outside a node.
+    pub async fn connect() -> Result<App> {
+        if std::env::var_os(APP_VAR).is_none() {
+            return Err(Error::NotInNode(APP_VAR));
+        }
+        let connection = Connection::connect().await?;
+        let properties = std::env::var(PROPERTIES_VAR)
+            .ok()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        let settings = std::env::var(SETTINGS_VAR)
+            .ok()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Ok(App {
+            connection,
+            handlers: TaskTracker::new(),
+            properties: std::sync::Arc::new(properties),
+            settings: std::sync::Arc::new(settings),
+        })
+    }
+
+    /// The app's deployment name.
+    pub fn name(&self) -> &str {
+        &self.connection.welcome().app
+    }
+
+    /// The name of the node the app runs on.
+    pub fn node_name(&self) -> &str {
+        &self.connection.welcome().node
+    }
+
+    /// A property of the node (`-Dname=value`, or a default), such as `jboss.node.name`.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties.get(name).map(String::as_str)
+    }
+
+    /// Every property of the node.
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.properties
+    }
+
+    /// The app's settings: `[package.metadata.immutant]` of its Cargo.toml, as JSON.
+    pub fn settings(&self) -> &serde_json::Value {
+        &self.settings
+    }
+
+    /// Starts the queue `name` (if it is not started yet) and returns it.
+    pub async fn queue(&self, name: &str) -> Result<Queue> {
+        Queue::start(self.connection.clone(), self.handlers.clone(), name).await
+    }
+
+    /// Starts the topic `name` (if it is not started yet) and returns it.
+    pub async fn topic(&self, name: &str) -> Result<Topic> {
+        Topic::start(self.connection.clone(), self.handlers.clone(), name).await
+    }
+
+    /// A daemon to register: `app.daemon("name", d).singleton(false).start().await`.
+    pub fn daemon<D: Daemon>(&self, name: &str, daemon: D) -> DaemonBuilder {
+        DaemonBuilder::new(self.connection.clone(), name, daemon)
+    }
+
+    /// Hands control to the node until it stops the app (at undeploy, redeploy or node
+    /// shutdown). Then every daemon's stop runs, listeners stop taking messages, and handlers
+    /// that are running finish before this returns.
+    pub async fn run(self) -> Result<()> {
+        self.connection.send(Frame::new(Header::Ready {}))?;
+        let limit = Duration::from_millis(self.connection.stop_requested().await);
+        self.connection
+            .daemons()
+            .stop_all(&self.connection, limit)
+            .await;
+        for consumer in self.connection.consumer_ids() {
+            self.connection.remove_consumer(consumer);
+            let id = self.connection.next_id();
+            let _ = self
+                .connection
+                .request(id, Frame::new(Header::Unlisten { id, consumer }))
+                .await;
+        }
+        self.handlers.close();
+        if tokio::time::timeout(limit, self.handlers.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "immutant: handlers still running after {limit:?}; their messages will be redelivered"
+            );
+        }
+        self.connection.finish(Frame::new(Header::Stopped {})).await;
+        Ok(())
+    }
+}

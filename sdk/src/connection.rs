@@ -1,0 +1,306 @@
+//! The app's connection to its node: one socket, a writer that batches frames, a reader that
+//! routes each frame to whoever waits for it.
+
+use std::collections::HashMap;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use immutant_protocol::{
+    Frame, FrameCodec, Header, MessageHeader, Outbox, Outgoing, PROTOCOL_VERSION, SOCKET_FD_VAR,
+    write_frames,
+};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::daemon::Daemons;
+use crate::{Error, Result};
+
+/// A message handed to the app: its header and payload.
+pub type Delivered = (MessageHeader, Bytes);
+
+/// An answer to a request: nothing, a message (for `receive`), or the node's refusal.
+type Answer = std::result::Result<Option<Delivered>, String>;
+
+/// What the node said when the app connected.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    pub node: String,
+    pub app: String,
+    pub max_message_size: u64,
+}
+
+/// A delivery for a consumer: the delivery's number (to ack) and the message.
+pub struct Delivery {
+    pub delivery: u64,
+    pub message: MessageHeader,
+    pub body: Bytes,
+}
+
+/// The shared end of the connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    out: Outbox,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<Delivery>>>,
+    replies: Mutex<HashMap<String, oneshot::Sender<Delivered>>>,
+    daemons: Daemons,
+    /// Set to the stop's timeout when the node asks the app to stop.
+    stop: watch::Sender<Option<u64>>,
+    welcome: Welcome,
+}
+
+/// Frames can hold a message of the node's limit plus its header.
+const HEADER_ROOM: usize = 64 * 1024;
+
+impl Connection {
+    /// Connects over the socket the node handed down, and says hello.
+    pub async fn connect() -> Result<Connection> {
+        let fd: i32 = std::env::var(SOCKET_FD_VAR)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .ok_or(Error::NotInNode(SOCKET_FD_VAR))?;
+        // SAFETY: the node started this process with its end of the socket at this descriptor,
+        // and nothing else in the process owns it.
+        let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+        socket.set_nonblocking(true)?;
+        let (read, write) = UnixStream::from_std(socket)?.into_split();
+        let mut reader = FramedRead::new(read, FrameCodec::new(usize::MAX));
+        let mut writer = FramedWrite::new(write, FrameCodec::new(usize::MAX));
+        writer
+            .send(Frame::new(Header::Hello {
+                protocol: PROTOCOL_VERSION,
+                pid: std::process::id(),
+            }))
+            .await?;
+        let welcome = match reader.next().await {
+            Some(Ok(Frame {
+                header:
+                    Header::Welcome {
+                        node,
+                        app,
+                        max_message_size,
+                    },
+                ..
+            })) => Welcome {
+                node,
+                app,
+                max_message_size,
+            },
+            Some(Ok(Frame {
+                header: Header::Error { message, .. },
+                ..
+            })) => return Err(Error::Node(message)),
+            Some(Err(error)) => return Err(error.into()),
+            _ => return Err(Error::Closed),
+        };
+        let limit = welcome.max_message_size as usize + HEADER_ROOM;
+        *reader.decoder_mut() = FrameCodec::new(limit);
+        *writer.encoder_mut() = FrameCodec::new(limit);
+
+        let (out, outgoing) = mpsc::unbounded_channel();
+        let connection = Connection {
+            inner: Arc::new(Inner {
+                out,
+                next_id: AtomicU64::new(1),
+                pending: Mutex::new(HashMap::new()),
+                consumers: Mutex::new(HashMap::new()),
+                replies: Mutex::new(HashMap::new()),
+                daemons: Daemons::default(),
+                stop: watch::channel(None).0,
+                welcome,
+            }),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = write_frames(writer, outgoing).await {
+                eprintln!("immutant: cannot write to the node ({error}); exiting");
+                std::process::exit(1);
+            }
+        });
+        tokio::spawn(connection.clone().read_frames(reader));
+        Ok(connection)
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.inner.welcome
+    }
+
+    pub fn daemons(&self) -> &Daemons {
+        &self.inner.daemons
+    }
+
+    /// A fresh request id.
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a frame that needs no answer.
+    pub fn send(&self, frame: Frame) -> Result<()> {
+        self.inner
+            .out
+            .send(Outgoing::Frame(frame))
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Sends a request (whose header carries `id`) and waits for the node's answer.
+    pub async fn request(&self, id: u64, frame: Frame) -> Result<Option<Delivered>> {
+        let (answer, answered) = oneshot::channel();
+        lock(&self.inner.pending).insert(id, answer);
+        self.send(frame)?;
+        match answered.await {
+            Ok(Ok(delivered)) => Ok(delivered),
+            Ok(Err(message)) => Err(Error::Node(message)),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Routes the deliveries for consumer `id` to `deliveries`.
+    pub fn add_consumer(&self, id: u64, deliveries: mpsc::UnboundedSender<Delivery>) {
+        lock(&self.inner.consumers).insert(id, deliveries);
+    }
+
+    /// Stops routing deliveries to consumer `id`.
+    pub fn remove_consumer(&self, id: u64) {
+        lock(&self.inner.consumers).remove(&id);
+    }
+
+    /// The ids of every consumer.
+    pub fn consumer_ids(&self) -> Vec<u64> {
+        lock(&self.inner.consumers).keys().copied().collect()
+    }
+
+    /// Waits for the reply whose correlation id is `correlation_id`.
+    pub fn expect_reply(&self, correlation_id: String) -> oneshot::Receiver<Delivered> {
+        let (reply, replied) = oneshot::channel();
+        lock(&self.inner.replies).insert(correlation_id, reply);
+        replied
+    }
+
+    /// Forgets a reply no one waits for any more.
+    pub fn forget_reply(&self, correlation_id: &str) {
+        lock(&self.inner.replies).remove(correlation_id);
+    }
+
+    /// Resolves when the node asks the app to stop, with the time each daemon's stop may take.
+    pub async fn stop_requested(&self) -> u64 {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            if let Some(timeout_ms) = *stop.borrow_and_update() {
+                return timeout_ms;
+            }
+            if stop.changed().await.is_err() {
+                return 0;
+            }
+        }
+    }
+
+    /// Sends the last frame and waits until everything written has reached the socket.
+    pub async fn finish(&self, last: Frame) {
+        let _ = self.send(last);
+        let (flushed, done) = oneshot::channel();
+        if self.inner.out.send(Outgoing::Flush(flushed)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    async fn read_frames(
+        self,
+        mut reader: FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
+    ) {
+        while let Some(frame) = reader.next().await {
+            match frame {
+                Ok(frame) => self.route(frame),
+                Err(error) => {
+                    eprintln!("immutant: the node's socket failed ({error}); exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
+        // The node is gone (killed, or it stopped without asking us): nothing is left to do.
+        if self.inner.stop.borrow().is_none() {
+            eprintln!("immutant: the node went away; exiting");
+            std::process::exit(1);
+        }
+    }
+
+    fn route(&self, frame: Frame) {
+        let Frame { header, body } = frame;
+        match header {
+            Header::Ok { id } => self.answer(id, Ok(None)),
+            Header::Error { id, message } => self.answer(id, Err(message)),
+            Header::Receipt { id, message } => {
+                self.answer(id, Ok(message.map(|message| (message, body))))
+            }
+            Header::Deliver {
+                consumer: 0,
+                message,
+                ..
+            } => {
+                let waiting = message
+                    .correlation_id
+                    .as_ref()
+                    .and_then(|id| lock(&self.inner.replies).remove(id));
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send((message, body));
+                }
+            }
+            Header::Deliver {
+                consumer,
+                delivery,
+                message,
+            } => {
+                let consumers = lock(&self.inner.consumers);
+                let delivered = consumers.get(&consumer).map(|deliveries| {
+                    deliveries.send(Delivery {
+                        delivery,
+                        message,
+                        body,
+                    })
+                });
+                drop(consumers);
+                if !matches!(delivered, Some(Ok(()))) {
+                    let _ = self.send(Frame::new(Header::Nack {
+                        delivery,
+                        reason: "the consumer is gone".to_string(),
+                    }));
+                }
+            }
+            Header::StartDaemon { name, epoch } => self.inner.daemons.start(self, &name, epoch),
+            Header::StopDaemon { name } => {
+                let connection = self.clone();
+                tokio::spawn(async move {
+                    connection
+                        .inner
+                        .daemons
+                        .stop(&connection, &name, None)
+                        .await
+                });
+            }
+            Header::Stop { timeout_ms } => {
+                self.inner.stop.send_replace(Some(timeout_ms));
+            }
+            _ => {}
+        }
+    }
+
+    fn answer(&self, id: u64, answer: Answer) {
+        if let Some(waiting) = lock(&self.inner.pending).remove(&id) {
+            let _ = waiting.send(answer);
+        }
+    }
+}
+
+/// Locks a mutex, even one a panicking thread held: the maps behind these stay consistent.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,262 @@
+//! Apps: each deployment runs as a supervised child process of the node, talking to it over an
+//! inherited Unix socket ([`connection`]); a crash restarts it with backoff, and five crashes in
+//! a row mark it failed ([`supervisor`]).
+
+mod connection;
+mod supervisor;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::deploy::Descriptor;
+use crate::messaging::{Broker, Outbox};
+
+/// How long an app's daemons may take to stop (Immutant's limit).
+pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
+
+/// What every app of this node shares.
+pub struct AppContext {
+    pub broker: Arc<Broker>,
+    pub node_name: String,
+    /// Every node property, as the JSON object apps get in their environment.
+    pub properties_json: String,
+    pub deployments_dir: PathBuf,
+    next_connection: AtomicU64,
+}
+
+impl AppContext {
+    pub fn new(
+        broker: Arc<Broker>,
+        node_name: String,
+        properties_json: String,
+        deployments_dir: PathBuf,
+    ) -> Self {
+        AppContext {
+            broker,
+            node_name,
+            properties_json,
+            deployments_dir,
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    fn next_connection(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Where a deployment is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
+pub enum Status {
+    /// Its process is starting or restarting and has not said it is ready.
+    Deploying,
+    Running,
+    /// It crashed five times in a row, or could not start; the reason says why.
+    Failed(String),
+    Stopped(String),
+}
+
+/// A daemon as the management API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonState {
+    pub singleton: bool,
+    pub running: bool,
+}
+
+/// One deployment and what is known of it.
+pub struct Deployment {
+    pub name: String,
+    descriptor: Mutex<Option<Descriptor>>,
+    status: Mutex<Status>,
+    daemons: Mutex<BTreeMap<String, DaemonState>>,
+    stderr_tail: Mutex<VecDeque<String>>,
+    outbox: Mutex<Option<Outbox>>,
+    pid: Mutex<Option<u32>>,
+    restarts: AtomicU64,
+}
+
+/// The lines of an app's stderr kept to explain a failure.
+const STDERR_TAIL: usize = 20;
+
+/// What the management API shows of a deployment.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub status: Status,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    pub artifact: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    pub daemons: BTreeMap<String, DaemonState>,
+    pub stderr_tail: Vec<String>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Deployment {
+    fn new(name: &str) -> Self {
+        Deployment {
+            name: name.to_string(),
+            descriptor: Mutex::new(None),
+            status: Mutex::new(Status::Deploying),
+            daemons: Mutex::new(BTreeMap::new()),
+            stderr_tail: Mutex::new(VecDeque::new()),
+            outbox: Mutex::new(None),
+            pid: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    fn set_status(&self, status: Status) {
+        *lock(&self.status) = status;
+    }
+
+    fn remember_stderr(&self, line: &str) {
+        let mut tail = lock(&self.stderr_tail);
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_string());
+    }
+
+    fn report(&self) -> DeploymentReport {
+        let descriptor = lock(&self.descriptor).clone();
+        DeploymentReport {
+            name: self.name.clone(),
+            status: lock(&self.status).clone(),
+            pid: *lock(&self.pid),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            artifact: descriptor.as_ref().map(|d| d.artifact.clone()),
+            root: descriptor.and_then(|d| d.root),
+            daemons: lock(&self.daemons).clone(),
+            stderr_tail: lock(&self.stderr_tail).iter().cloned().collect(),
+        }
+    }
+}
+
+/// A deployment's supervisor, and how to stop it.
+struct Running {
+    stop: oneshot::Sender<()>,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+}
+
+/// Every deployment of this node. Changes to one deployment happen in the order they were
+/// asked for; different deployments change independently.
+pub struct Apps {
+    context: Arc<AppContext>,
+    deployments: Mutex<BTreeMap<String, Arc<Deployment>>>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Running>>>>>,
+}
+
+impl Apps {
+    pub fn new(context: AppContext) -> Self {
+        Apps {
+            context: Arc::new(context),
+            deployments: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Option<Running>>> {
+        lock(&self.slots)
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Deploys (or redeploys) `name` from its descriptor's text: the old process, if any, is
+    /// stopped gracefully before the new one starts.
+    pub fn deploy(self: &Arc<Self>, name: &str, text: &str) {
+        let deployment = Arc::new(Deployment::new(name));
+        let parsed = Descriptor::parse(text).and_then(|descriptor| {
+            if descriptor.name == name {
+                Ok(descriptor)
+            } else {
+                Err(format!(
+                    "the descriptor {name}.toml names the app '{}'; the names must match",
+                    descriptor.name
+                ))
+            }
+        });
+        let slot = self.slot(name);
+        let apps = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut running = slot.lock().await;
+            if let Some(old) = running.take() {
+                tracing::info!("Redeploying {}", deployment.name);
+                old.stop().await;
+            }
+            lock(&apps.deployments).insert(deployment.name.clone(), deployment.clone());
+            match parsed {
+                Ok(descriptor) => {
+                    *lock(&deployment.descriptor) = Some(descriptor.clone());
+                    let (stop, stopped) = oneshot::channel();
+                    let done = tokio::spawn(supervisor::supervise(
+                        deployment,
+                        descriptor,
+                        apps.context.clone(),
+                        stopped,
+                    ));
+                    *running = Some(Running { stop, done });
+                }
+                Err(reason) => {
+                    tracing::error!("cannot deploy {}: {reason}", deployment.name);
+                    deployment.set_status(Status::Failed(reason));
+                }
+            }
+        });
+    }
+
+    /// Undeploys `name`: its process is stopped gracefully (its daemons' stop runs).
+    pub fn undeploy(self: &Arc<Self>, name: &str) {
+        let slot = self.slot(name);
+        let apps = Arc::clone(self);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut running = slot.lock().await;
+            if let Some(old) = running.take() {
+                old.stop().await;
+            }
+            lock(&apps.deployments).remove(&name);
+            tracing::info!("Undeployed \"{name}\"");
+        });
+    }
+
+    /// Stops every app gracefully, all at once (at node shutdown).
+    pub async fn stop_all(&self) {
+        let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
+        let stops = slots.into_iter().map(|slot| async move {
+            if let Some(running) = slot.lock().await.take() {
+                running.stop().await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// What the management API shows of every deployment.
+    pub fn reports(&self) -> Vec<DeploymentReport> {
+        lock(&self.deployments)
+            .values()
+            .map(|deployment| deployment.report())
+            .collect()
+    }
+}

@@ -1,0 +1,221 @@
+//! Supervising one deployment's process: start it with its end of a socket, relay its output
+//! with its name in front, restart it with exponential backoff when it crashes, mark it failed
+//! after five crashes in a row, and stop it gracefully when asked.
+
+use std::os::fd::AsRawFd;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use immutant_protocol::{
+    APP_VAR, Frame, Header, NODE_VAR, PROPERTIES_VAR, SETTINGS_VAR, SOCKET_FD_VAR,
+};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, Status, connection, lock};
+use crate::deploy::Descriptor;
+
+/// Crashes in a row that mark a deployment failed.
+const MAX_CRASHES: u32 = 5;
+/// A process that ran this long before crashing starts the count again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// The first wait before a restart; each crash in a row doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The descriptor the app's end of the socket has in the app.
+const APP_SOCKET_FD: i32 = 3;
+
+/// Runs the deployment until `stop` fires.
+pub async fn supervise(
+    deployment: Arc<Deployment>,
+    descriptor: Descriptor,
+    context: Arc<AppContext>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut crashes = 0;
+    loop {
+        deployment.set_status(Status::Deploying);
+        let started = Instant::now();
+        let mut child = match spawn(&deployment, &descriptor, &context) {
+            Ok(child) => child,
+            Err(reason) => {
+                error!("cannot start {}: {reason}", deployment.name);
+                deployment.set_status(Status::Failed(reason));
+                let _ = stop.await;
+                return;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let reason = match status {
+                    Ok(status) if status.success() => {
+                        info!("{} exited on its own", deployment.name);
+                        deployment.set_status(Status::Stopped("the app exited on its own".to_string()));
+                        let _ = stop.await;
+                        return;
+                    }
+                    Ok(status) => describe(status),
+                    Err(error) => format!("was lost ({error})"),
+                };
+                if started.elapsed() > STABLE_AFTER {
+                    crashes = 0;
+                }
+                crashes += 1;
+                if crashes >= MAX_CRASHES {
+                    let tail: Vec<String> = lock(&deployment.stderr_tail).iter().cloned().collect();
+                    let reason = format!("{} {reason}, {crashes} times in a row; its last output on stderr: {}", deployment.name, tail.join(" | "));
+                    error!("{reason}");
+                    deployment.set_status(Status::Failed(reason));
+                    let _ = stop.await;
+                    return;
+                }
+                let backoff = FIRST_BACKOFF * 2u32.pow(crashes - 1);
+                warn!("{} {reason}; restarting it in {} ms", deployment.name, backoff.as_millis());
+                deployment.restarts.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => {
+                        deployment.set_status(Status::Stopped("undeployed".to_string()));
+                        return;
+                    }
+                }
+            }
+            _ = &mut stop => {
+                stop_gracefully(&deployment, &mut child).await;
+                deployment.set_status(Status::Stopped("undeployed".to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// Starts the app's process with its end of a fresh socket pair as descriptor 3.
+fn spawn(
+    deployment: &Arc<Deployment>,
+    descriptor: &Descriptor,
+    context: &Arc<AppContext>,
+) -> Result<Child, String> {
+    let artifact = descriptor.artifact_path(&context.deployments_dir);
+    if !artifact.is_file() {
+        return Err(format!(
+            "its artifact {} is missing; deploy it again with `cargo immutant deploy`",
+            artifact.display()
+        ));
+    }
+    let (node_end, app_end) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| format!("cannot make its socket: {e}"))?;
+    let app_fd = app_end.as_raw_fd();
+    let settings = serde_json::to_string(&descriptor.settings).unwrap_or_else(|_| "{}".to_string());
+    let workdir = descriptor
+        .root
+        .clone()
+        .filter(|root| root.is_dir())
+        .unwrap_or_else(|| context.deployments_dir.clone());
+    let mut command = Command::new(&artifact);
+    command
+        .env(SOCKET_FD_VAR, APP_SOCKET_FD.to_string())
+        .env(APP_VAR, &deployment.name)
+        .env(NODE_VAR, &context.node_name)
+        .env(PROPERTIES_VAR, &context.properties_json)
+        .env(SETTINGS_VAR, settings)
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C meant for the node reaches the app only as the
+        // node's graceful stop.
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let moved = if app_fd == APP_SOCKET_FD {
+                libc::fcntl(APP_SOCKET_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(app_fd, APP_SOCKET_FD)
+            };
+            if moved == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", artifact.display()))?;
+    drop(app_end);
+    *lock(&deployment.pid) = child.id();
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(relay(deployment.clone(), stdout, false));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(relay(deployment.clone(), stderr, true));
+    }
+    let socket = node_end
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(node_end))
+        .map_err(|error| format!("cannot use its socket: {error}"))?;
+    tokio::spawn(connection::serve(
+        socket,
+        deployment.clone(),
+        context.clone(),
+    ));
+    Ok(child)
+}
+
+/// Prints each line the app writes, with its name in front; keeps the last ones of stderr.
+async fn relay(deployment: Arc<Deployment>, stream: impl AsyncRead + Unpin, stderr: bool) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if stderr {
+            deployment.remember_stderr(&line);
+        }
+        info!("[{}] {line}", deployment.name);
+    }
+}
+
+/// Asks the app to stop (daemons' stop, in-flight handlers finish), then kills it if it has not
+/// exited in time.
+async fn stop_gracefully(deployment: &Deployment, child: &mut Child) {
+    let outbox = lock(&deployment.outbox).clone();
+    let asked = outbox.is_some_and(|outbox| {
+        outbox
+            .send(
+                Frame::new(Header::Stop {
+                    timeout_ms: DAEMON_STOP_LIMIT_MS,
+                })
+                .into(),
+            )
+            .is_ok()
+    });
+    let patience = if asked {
+        // Daemons' stops, then handlers, each within the limit.
+        Duration::from_millis(2 * DAEMON_STOP_LIMIT_MS + 5_000)
+    } else {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        Duration::from_secs(5)
+    };
+    if tokio::time::timeout(patience, child.wait()).await.is_err() {
+        warn!(
+            "{} did not stop within {} s; killing it",
+            deployment.name,
+            patience.as_secs()
+        );
+        let _ = child.kill().await;
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "ended".to_string(),
+    }
+}

@@ -1,0 +1,749 @@
+//! Messaging with HornetQ's semantics: queues and topics, persistent messages on disk before a
+//! publish returns ([`journal`]), delivery to consumers round robin with acknowledgement,
+//! redelivery when a handler fails or its app dies, and `/queue/DLQ` after 10 deliveries.
+//!
+//! A topic is a set of subscription queues, one per subscriber: durable ones (with a client id)
+//! are journaled and outlive their subscriber; the others go away with it.
+
+pub mod journal;
+mod message;
+mod queue;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOptions};
+use tracing::warn;
+
+use journal::{Journal, JournalError, JournalOp, Recovered};
+pub use message::Message;
+use message::now_ms;
+pub use queue::QueueStats;
+use queue::{ConsumerKey, QueueRole, QueueState};
+
+/// Where failed messages go.
+pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
+/// Deliveries a message gets before it is dead-lettered.
+pub const MAX_DELIVERIES: u32 = 10;
+
+pub use immutant_protocol::Outbox;
+
+/// Sends a frame to an app; one that has gone away is cleaned up by `disconnect`.
+fn send(outbox: &Outbox, frame: Frame) {
+    let _ = outbox.send(frame.into());
+}
+
+/// Why a messaging request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    #[error(
+        "the destination {0} was never started; start it first, as app.queue(\"{0}\") or app.topic(\"{0}\")"
+    )]
+    NotStarted(String),
+    #[error("{name} is a {is}, not a {asked}; use another name for the {asked}")]
+    KindMismatch {
+        name: String,
+        is: &'static str,
+        asked: &'static str,
+    },
+    #[error(
+        "'{0}' is not a destination name: use a name like /queue/work or /topic/news, not empty and not starting with @"
+    )]
+    BadName(String),
+    #[error(
+        "a message of {size} bytes is over the limit of {limit} bytes; send less, or raise -Dimmutant.messaging.max-message-size"
+    )]
+    TooLarge { size: usize, limit: u64 },
+    #[error("priority {0} is out of range: use 0 (lowest) to 9 (highest)")]
+    BadPriority(u8),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// One node's messaging.
+pub struct Broker {
+    journal: Journal,
+    state: Mutex<State>,
+    next_seq: AtomicU64,
+    max_message_size: u64,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, QueueState>,
+    /// Each topic's subscription queues.
+    topics: HashMap<String, Vec<String>>,
+    consumers: HashMap<ConsumerKey, Consumer>,
+    in_flight: HashMap<u64, InFlight>,
+    outboxes: HashMap<u64, Outbox>,
+    next_delivery: u64,
+}
+
+struct Consumer {
+    queue: String,
+    outbox: Outbox,
+    /// How many more messages it may be handed before it acknowledges some.
+    credit: u32,
+    /// For a `receive`: the request to answer with the one message it takes.
+    receive: Option<u64>,
+}
+
+struct InFlight {
+    queue: String,
+    consumer: ConsumerKey,
+    message: Message,
+}
+
+impl Broker {
+    /// Opens the journal in `data_dir` and puts back every message it holds.
+    pub fn open(data_dir: &Path, max_message_size: u64) -> Result<Broker, MessagingError> {
+        let (journal, recovered) = Journal::open(&data_dir.join("journal.redb"))?;
+        let next_seq = AtomicU64::new(recovered.max_seq + 1);
+        let mut state = State::default();
+        state.queues.insert(
+            DEAD_LETTER_QUEUE.to_string(),
+            QueueState::new(QueueRole::Queue),
+        );
+        state.restore(recovered);
+        Ok(Broker {
+            journal,
+            state: Mutex::new(state),
+            next_seq,
+            max_message_size,
+        })
+    }
+
+    /// Waits until every change sent to the journal so far is on disk.
+    pub async fn flush(&self) {
+        if let Err(error) = self.journal.commit(Vec::new()).await {
+            warn!("the journal could not flush: {error}");
+        }
+    }
+
+    /// The largest payload a message may carry.
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a destination; starting one that exists does nothing.
+    pub async fn start(&self, name: &str, kind: DestinationKind) -> Result<(), MessagingError> {
+        if name.is_empty() || name.starts_with('@') {
+            return Err(MessagingError::BadName(name.to_string()));
+        }
+        {
+            let mut state = self.lock();
+            match (state.kind_of(name), kind) {
+                (Some(existing), asked) if existing == asked => return Ok(()),
+                (Some(existing), asked) => {
+                    return Err(MessagingError::KindMismatch {
+                        name: name.to_string(),
+                        is: kind_name(existing),
+                        asked: kind_name(asked),
+                    });
+                }
+                (None, DestinationKind::Queue) => {
+                    state
+                        .queues
+                        .insert(name.to_string(), QueueState::new(QueueRole::Queue));
+                }
+                (None, DestinationKind::Topic) => {
+                    state.topics.insert(name.to_string(), Vec::new());
+                }
+            }
+        }
+        tracing::info!("Starting {}: {name}", kind_name(kind));
+        let value = Bytes::from_static(kind_name(kind).as_bytes());
+        self.journal
+            .commit(vec![JournalOp::PutMeta {
+                key: format!("destination:{name}"),
+                value,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// Registers an app's connection, so that replies can reach it.
+    pub fn connect(&self, connection: u64, outbox: Outbox) {
+        self.lock().outboxes.insert(connection, outbox);
+    }
+
+    /// Forgets an app's connection: its consumers go, and the messages it had not acknowledged
+    /// are redelivered to others.
+    pub fn disconnect(&self, connection: u64) {
+        let mut state = self.lock();
+        state.outboxes.remove(&connection);
+        let keys: Vec<ConsumerKey> = state
+            .consumers
+            .keys()
+            .filter(|key| key.0 == connection)
+            .copied()
+            .collect();
+        for key in keys {
+            state.remove_consumer(key);
+        }
+        let orphans: Vec<u64> = state
+            .in_flight
+            .iter()
+            .filter(|(_, in_flight)| in_flight.consumer.0 == connection)
+            .map(|(delivery, _)| *delivery)
+            .collect();
+        for delivery in orphans {
+            if let Some(in_flight) = state.in_flight.remove(&delivery) {
+                let reason = "the app ended before acknowledging it";
+                self.return_message(&mut state, &in_flight.queue, in_flight.message, reason);
+            }
+        }
+        let names: Vec<String> = state.queues.keys().cloned().collect();
+        for name in names {
+            self.dispatch(&mut state, &name);
+        }
+    }
+
+    /// Publishes a message from the app on `connection`. A persistent one is on disk when this
+    /// returns.
+    pub async fn publish(
+        &self,
+        connection: u64,
+        destination: &str,
+        mut options: PublishOptions,
+        body: Bytes,
+    ) -> Result<(), MessagingError> {
+        if body.len() as u64 > self.max_message_size {
+            return Err(MessagingError::TooLarge {
+                size: body.len(),
+                limit: self.max_message_size,
+            });
+        }
+        if options.priority > 9 {
+            return Err(MessagingError::BadPriority(options.priority));
+        }
+        if options.reply_to.as_deref() == Some("@") {
+            options.reply_to = Some(format!("@{connection}"));
+        }
+        let published_at_ms = now_ms();
+        let message = Message {
+            header: MessageHeader {
+                id: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                destination: destination.to_string(),
+                priority: options.priority,
+                properties: options.properties,
+                correlation_id: options.correlation_id,
+                content_type: options.content_type,
+                reply_to: options.reply_to,
+                delivery_count: 0,
+                published_at_ms,
+            },
+            body,
+            persistent: options.persistent,
+            expires_at_ms: options
+                .ttl_ms
+                .filter(|ttl| *ttl > 0)
+                .map(|ttl| published_at_ms + ttl),
+        };
+        if let Some(target) = destination.strip_prefix('@') {
+            self.reply(target, message);
+            return Ok(());
+        }
+        let targets = self.lock().targets(destination)?;
+        if message.persistent {
+            let record = message.to_record();
+            let ops: Vec<JournalOp> = targets
+                .iter()
+                .filter(|(_, durable)| *durable)
+                .map(|(queue, _)| JournalOp::Put {
+                    queue: queue.clone(),
+                    seq: message.header.id,
+                    record: record.clone(),
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.journal.commit(ops).await?;
+            }
+        }
+        let mut state = self.lock();
+        for (queue, _) in targets {
+            if let Some(state_queue) = state.queues.get_mut(&queue) {
+                state_queue.enqueue(message.clone());
+                self.dispatch(&mut state, &queue);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a reply straight to the app that asked (`@<connection>`); dropped if it is gone.
+    fn reply(&self, target: &str, message: Message) {
+        let state = self.lock();
+        let outbox = target
+            .parse::<u64>()
+            .ok()
+            .and_then(|connection| state.outboxes.get(&connection));
+        if let Some(outbox) = outbox {
+            send(
+                &outbox,
+                Frame::with_body(
+                    Header::Deliver {
+                        consumer: 0,
+                        delivery: 0,
+                        message: message.header,
+                    },
+                    message.body,
+                ),
+            );
+        }
+    }
+
+    /// Registers a consumer: a listener on a queue, or a subscriber to a topic (durable with a
+    /// client id).
+    pub async fn listen(
+        &self,
+        key: ConsumerKey,
+        destination: &str,
+        concurrency: u32,
+        client_id: Option<&str>,
+    ) -> Result<(), MessagingError> {
+        self.add_consumer(key, destination, concurrency, client_id, None)
+            .await
+    }
+
+    /// Takes one message for the request `key.1`, answered with a `receipt` when one comes, or
+    /// with none after `timeout`.
+    pub async fn receive(
+        self: &Arc<Self>,
+        key: ConsumerKey,
+        destination: &str,
+        timeout: Option<Duration>,
+        client_id: Option<&str>,
+    ) -> Result<(), MessagingError> {
+        self.add_consumer(key, destination, 1, client_id, Some(key.1))
+            .await?;
+        if let Some(timeout) = timeout {
+            let broker = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let mut state = broker.lock();
+                if state
+                    .consumers
+                    .get(&key)
+                    .is_some_and(|consumer| consumer.receive.is_some())
+                {
+                    if let Some(consumer) = state.remove_consumer(key) {
+                        send(
+                            &consumer.outbox,
+                            Frame::new(Header::Receipt {
+                                id: key.1,
+                                message: None,
+                            }),
+                        );
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn add_consumer(
+        &self,
+        key: ConsumerKey,
+        destination: &str,
+        credit: u32,
+        client_id: Option<&str>,
+        receive: Option<u64>,
+    ) -> Result<(), MessagingError> {
+        let durable_subscription = {
+            let mut state = self.lock();
+            let outbox = state
+                .outboxes
+                .get(&key.0)
+                .cloned()
+                .ok_or_else(|| MessagingError::NotStarted(destination.to_string()))?;
+            let (queue, created) = state.queue_for(key, destination, client_id)?;
+            if let Some(state_queue) = state.queues.get_mut(&queue) {
+                state_queue.add_consumer(key);
+            }
+            state.consumers.insert(
+                key,
+                Consumer {
+                    queue: queue.clone(),
+                    outbox,
+                    credit: credit.max(1),
+                    receive,
+                },
+            );
+            self.dispatch(&mut state, &queue);
+            (created && client_id.is_some()).then_some(queue)
+        };
+        if let Some(queue) = durable_subscription {
+            self.journal
+                .commit(vec![JournalOp::PutMeta {
+                    key: format!("subscription:{queue}"),
+                    value: Bytes::copy_from_slice(destination.as_bytes()),
+                }])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a consumer; its unacknowledged messages stay with the app until it answers.
+    pub fn unlisten(&self, key: ConsumerKey) {
+        self.lock().remove_consumer(key);
+    }
+
+    /// The app's handler succeeded: the message is done with.
+    pub fn ack(&self, connection: u64, delivery: u64) {
+        let mut state = self.lock();
+        let Some(in_flight) = state.take_in_flight(connection, delivery) else {
+            return;
+        };
+        if let Some(queue) = state.queues.get_mut(&in_flight.queue) {
+            queue.delivered += 1;
+            if in_flight.message.persistent && queue.is_durable() {
+                self.journal.submit(vec![JournalOp::Delete {
+                    queue: in_flight.queue.clone(),
+                    seq: in_flight.message.header.id,
+                }]);
+            }
+        }
+        self.dispatch(&mut state, &in_flight.queue);
+    }
+
+    /// The app's handler failed: the message is redelivered, or dead-lettered.
+    pub fn nack(&self, connection: u64, delivery: u64, reason: &str) {
+        let mut state = self.lock();
+        let Some(in_flight) = state.take_in_flight(connection, delivery) else {
+            return;
+        };
+        self.return_message(&mut state, &in_flight.queue, in_flight.message, reason);
+        self.dispatch(&mut state, &in_flight.queue);
+    }
+
+    /// What the management API shows of every queue.
+    pub fn stats(&self) -> Vec<QueueStats> {
+        let state = self.lock();
+        let mut stats: Vec<QueueStats> = state
+            .queues
+            .iter()
+            .map(|(name, queue)| QueueStats {
+                name: name.clone(),
+                kind: match queue.role {
+                    QueueRole::Queue => "queue",
+                    QueueRole::Subscription { durable: true, .. } => "durable-subscription",
+                    QueueRole::Subscription { durable: false, .. } => "subscription",
+                },
+                depth: queue.depth(),
+                in_flight: state
+                    .in_flight
+                    .values()
+                    .filter(|f| &f.queue == name)
+                    .count(),
+                consumers: queue.consumer_count(),
+                delivered: queue.delivered,
+                dead_lettered: queue.dead_lettered,
+                expired: queue.expired,
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// Puts a message back in line after a failed delivery, or moves it to the dead letter
+    /// queue once it has had its 10 deliveries.
+    fn return_message(&self, state: &mut State, queue_name: &str, message: Message, reason: &str) {
+        let durable = state
+            .queues
+            .get(queue_name)
+            .is_some_and(QueueState::is_durable);
+        if message.header.delivery_count < MAX_DELIVERIES {
+            if let Some(queue) = state.queues.get_mut(queue_name) {
+                queue.enqueue(message);
+            }
+            return;
+        }
+        warn!(
+            "message {} on {queue_name} failed {} deliveries, moving it to {DEAD_LETTER_QUEUE}: {reason}",
+            message.header.id, message.header.delivery_count
+        );
+        let mut dead = message.clone();
+        dead.header.id = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        dead.header.delivery_count = 0;
+        dead.header
+            .properties
+            .insert("dead-letter-reason".to_string(), reason.to_string());
+        dead.header.properties.insert(
+            "original-destination".to_string(),
+            message.header.destination.clone(),
+        );
+        dead.header.destination = DEAD_LETTER_QUEUE.to_string();
+        let mut ops = Vec::new();
+        if message.persistent && durable {
+            ops.push(JournalOp::Delete {
+                queue: queue_name.to_string(),
+                seq: message.header.id,
+            });
+        }
+        if dead.persistent {
+            ops.push(JournalOp::Put {
+                queue: DEAD_LETTER_QUEUE.to_string(),
+                seq: dead.header.id,
+                record: dead.to_record(),
+            });
+        }
+        self.journal.submit(ops);
+        if let Some(queue) = state.queues.get_mut(queue_name) {
+            queue.dead_lettered += 1;
+        }
+        if let Some(dlq) = state.queues.get_mut(DEAD_LETTER_QUEUE) {
+            dlq.enqueue(dead);
+        }
+        self.dispatch(state, DEAD_LETTER_QUEUE);
+    }
+
+    /// Hands the queue's waiting messages to its consumers while they have credit.
+    fn dispatch(&self, state: &mut State, queue_name: &str) {
+        let State {
+            queues,
+            consumers,
+            in_flight,
+            next_delivery,
+            ..
+        } = state;
+        let Some(queue) = queues.get_mut(queue_name) else {
+            return;
+        };
+        let now = now_ms();
+        while queue.depth() > 0 {
+            let Some(key) = queue.consumers_in_turn().find(|key| {
+                consumers
+                    .get(key)
+                    .is_some_and(|consumer| consumer.credit > 0)
+            }) else {
+                break;
+            };
+            let Some(mut message) = queue.next_message() else {
+                break;
+            };
+            if message.is_expired(now) {
+                queue.expired += 1;
+                if message.persistent && queue.is_durable() {
+                    self.journal.submit(vec![JournalOp::Delete {
+                        queue: queue_name.to_string(),
+                        seq: message.header.id,
+                    }]);
+                }
+                continue;
+            }
+            message.header.delivery_count += 1;
+            queue.served(key);
+            let Some(consumer) = consumers.get_mut(&key) else {
+                break;
+            };
+            if let Some(request) = consumer.receive {
+                // A receive takes its message acknowledged.
+                queue.delivered += 1;
+                if message.persistent && queue.is_durable() {
+                    self.journal.submit(vec![JournalOp::Delete {
+                        queue: queue_name.to_string(),
+                        seq: message.header.id,
+                    }]);
+                }
+                send(
+                    &consumer.outbox,
+                    Frame::with_body(
+                        Header::Receipt {
+                            id: request,
+                            message: Some(message.header),
+                        },
+                        message.body,
+                    ),
+                );
+                consumers.remove(&key);
+                queue.remove_consumer(key);
+                continue;
+            }
+            consumer.credit -= 1;
+            *next_delivery += 1;
+            let delivery = *next_delivery;
+            send(
+                &consumer.outbox,
+                Frame::with_body(
+                    Header::Deliver {
+                        consumer: key.1,
+                        delivery,
+                        message: message.header.clone(),
+                    },
+                    message.body.clone(),
+                ),
+            );
+            in_flight.insert(
+                delivery,
+                InFlight {
+                    queue: queue_name.to_string(),
+                    consumer: key,
+                    message,
+                },
+            );
+        }
+    }
+}
+
+fn kind_name(kind: DestinationKind) -> &'static str {
+    match kind {
+        DestinationKind::Queue => "queue",
+        DestinationKind::Topic => "topic",
+    }
+}
+
+impl State {
+    /// Puts back what the journal held.
+    fn restore(&mut self, recovered: Recovered) {
+        for (key, value) in &recovered.meta {
+            let value = String::from_utf8_lossy(value);
+            if let Some(name) = key.strip_prefix("destination:") {
+                match value.as_ref() {
+                    "topic" => {
+                        self.topics.entry(name.to_string()).or_default();
+                    }
+                    _ => {
+                        self.queues
+                            .entry(name.to_string())
+                            .or_insert_with(|| QueueState::new(QueueRole::Queue));
+                    }
+                }
+            }
+        }
+        for (key, topic) in &recovered.meta {
+            if let Some(queue) = key.strip_prefix("subscription:") {
+                let topic = String::from_utf8_lossy(topic).into_owned();
+                self.topics
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(queue.to_string());
+                self.queues.insert(
+                    queue.to_string(),
+                    QueueState::new(QueueRole::Subscription {
+                        topic,
+                        durable: true,
+                    }),
+                );
+            }
+        }
+        for (queue, records) in recovered.messages {
+            let state = self
+                .queues
+                .entry(queue.clone())
+                .or_insert_with(|| QueueState::new(QueueRole::Queue));
+            for (_, record) in records {
+                match Message::from_record(record) {
+                    Some(message) => state.enqueue(message),
+                    None => warn!("a damaged message on {queue} in the journal was skipped"),
+                }
+            }
+        }
+    }
+
+    fn kind_of(&self, name: &str) -> Option<DestinationKind> {
+        if self.topics.contains_key(name) {
+            Some(DestinationKind::Topic)
+        } else if self
+            .queues
+            .get(name)
+            .is_some_and(|queue| queue.role == QueueRole::Queue)
+        {
+            Some(DestinationKind::Queue)
+        } else {
+            None
+        }
+    }
+
+    /// The queues a message published to `destination` goes to, each with whether it is
+    /// journaled.
+    fn targets(&self, destination: &str) -> Result<Vec<(String, bool)>, MessagingError> {
+        match self.kind_of(destination) {
+            Some(DestinationKind::Queue) => Ok(vec![(destination.to_string(), true)]),
+            Some(DestinationKind::Topic) => Ok(self.topics[destination]
+                .iter()
+                .filter_map(|queue| {
+                    self.queues
+                        .get(queue)
+                        .map(|state| (queue.clone(), state.is_durable()))
+                })
+                .collect()),
+            None => Err(MessagingError::NotStarted(destination.to_string())),
+        }
+    }
+
+    /// The queue a consumer of `destination` reads: the queue itself, or its own subscription
+    /// to the topic (created if new, which the second value says).
+    fn queue_for(
+        &mut self,
+        key: ConsumerKey,
+        destination: &str,
+        client_id: Option<&str>,
+    ) -> Result<(String, bool), MessagingError> {
+        match self.kind_of(destination) {
+            Some(DestinationKind::Queue) => Ok((destination.to_string(), false)),
+            Some(DestinationKind::Topic) => {
+                let (queue, durable) = match client_id {
+                    Some(client) => (format!("{destination}@{client}"), true),
+                    None => (format!("{destination}#{}.{}", key.0, key.1), false),
+                };
+                if self.queues.contains_key(&queue) {
+                    return Ok((queue, false));
+                }
+                let role = QueueRole::Subscription {
+                    topic: destination.to_string(),
+                    durable,
+                };
+                self.queues.insert(queue.clone(), QueueState::new(role));
+                self.topics
+                    .entry(destination.to_string())
+                    .or_default()
+                    .push(queue.clone());
+                Ok((queue, true))
+            }
+            None => Err(MessagingError::NotStarted(destination.to_string())),
+        }
+    }
+
+    /// Removes a consumer, and its subscription if that was not durable.
+    fn remove_consumer(&mut self, key: ConsumerKey) -> Option<Consumer> {
+        let consumer = self.consumers.remove(&key)?;
+        let Some(queue) = self.queues.get_mut(&consumer.queue) else {
+            return Some(consumer);
+        };
+        queue.remove_consumer(key);
+        if let QueueRole::Subscription {
+            topic,
+            durable: false,
+        } = &queue.role
+        {
+            let topic = topic.clone();
+            self.queues.remove(&consumer.queue);
+            if let Some(subscriptions) = self.topics.get_mut(&topic) {
+                subscriptions.retain(|queue| *queue != consumer.queue);
+            }
+        }
+        Some(consumer)
+    }
+
+    /// Takes a delivery the app on `connection` answered, giving its consumer the credit back.
+    fn take_in_flight(&mut self, connection: u64, delivery: u64) -> Option<InFlight> {
+        if self.in_flight.get(&delivery)?.consumer.0 != connection {
+            return None;
+        }
+        let in_flight = self.in_flight.remove(&delivery)?;
+        if let Some(consumer) = self.consumers.get_mut(&in_flight.consumer) {
+            consumer.credit += 1;
+        }
+        Some(in_flight)
+    }
+}

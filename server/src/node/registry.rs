@@ -1,0 +1,60 @@
+//! The install's record of its running nodes: `<home>/nodes/<name>.json` while a node runs, so
+//! that `cargo immutant list` can ask each one how its deployments are. A node killed with
+//! `kill -9` leaves its file behind; readers check that its pid still lives.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::ServerConfig;
+
+/// What a running node tells about itself.
+#[derive(Serialize)]
+struct NodeRecord<'a> {
+    name: &'a str,
+    pid: u32,
+    management: String,
+    data_dir: &'a Path,
+}
+
+/// A node's entry, removed when dropped.
+pub struct Registration {
+    path: PathBuf,
+}
+
+impl Registration {
+    /// Records the node in `<home>/nodes/`. Failing to is only worth a warning: the node runs
+    /// the same without it.
+    pub fn record(home: &Path, config: &ServerConfig) -> Option<Registration> {
+        let dir = home.join("nodes");
+        let path = dir.join(format!("{}.json", config.node_name));
+        let record = NodeRecord {
+            name: &config.node_name,
+            pid: std::process::id(),
+            management: format!("http://{}", config.management_address()),
+            data_dir: &config.data_dir,
+        };
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(
+                &path,
+                serde_json::to_vec_pretty(&record).unwrap_or_default(),
+            )
+        });
+        match written {
+            Ok(()) => Some(Registration { path }),
+            Err(error) => {
+                tracing::warn!(
+                    "cannot record this node in {} ({error}); `cargo immutant list` will not see it",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
