@@ -75,6 +75,12 @@ impl App {
         Queue::start(self.connection.clone(), self.handlers.clone(), name).await
     }
 
+    /// The queue `name` as another app started it, without starting it: publishing to it is
+    /// refused if no app ever did.
+    pub fn lookup_queue(&self, name: &str) -> Queue {
+        Queue::lookup(self.connection.clone(), self.handlers.clone(), name)
+    }
+
     /// Starts the topic `name` (if it is not started yet) and returns it.
     pub async fn topic(&self, name: &str) -> Result<Topic> {
         Topic::start(self.connection.clone(), self.handlers.clone(), name).await

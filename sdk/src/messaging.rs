@@ -175,6 +175,15 @@ impl Queue {
         Ok(Queue { destination })
     }
 
+    pub(crate) fn lookup(connection: Connection, tracker: TaskTracker, name: &str) -> Self {
+        let destination = Destination {
+            connection,
+            tracker,
+            name: name.to_string(),
+        };
+        Queue { destination }
+    }
+
     pub fn name(&self) -> &str {
         &self.destination.name
     }

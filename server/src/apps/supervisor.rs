@@ -38,6 +38,8 @@ pub async fn supervise(
     let mut crashes = 0;
     loop {
         deployment.set_status(Status::Deploying);
+        // A failure is explained by what its last run said.
+        lock(&deployment.stderr_tail).clear();
         let started = Instant::now();
         let mut child = match spawn(&deployment, &descriptor, &context) {
             Ok(child) => child,
@@ -66,7 +68,11 @@ pub async fn supervise(
                 crashes += 1;
                 if crashes >= MAX_CRASHES {
                     let tail: Vec<String> = lock(&deployment.stderr_tail).iter().cloned().collect();
-                    let reason = format!("{} {reason}, {crashes} times in a row; its last output on stderr: {}", deployment.name, tail.join(" | "));
+                    let reason = format!(
+                        "{} {reason}, {crashes} times in a row; its last output on stderr: {}",
+                        deployment.name,
+                        tail.join(" | ")
+                    );
                     error!("{reason}");
                     deployment.set_status(Status::Failed(reason));
                     let _ = stop.await;
