@@ -258,15 +258,17 @@ impl Connection {
                 message,
             } => {
                 let consumers = lock(&self.inner.consumers);
-                let delivered = consumers.get(&consumer).map(|deliveries| {
-                    deliveries.send(Delivery {
-                        delivery,
-                        message,
-                        body,
-                    })
+                let delivered = consumers.get(&consumer).is_some_and(|deliveries| {
+                    deliveries
+                        .send(Delivery {
+                            delivery,
+                            message,
+                            body,
+                        })
+                        .is_ok()
                 });
                 drop(consumers);
-                if !matches!(delivered, Some(Ok(()))) {
+                if !delivered {
                     let _ = self.send(Frame::new(Header::Nack {
                         delivery,
                         reason: "the consumer is gone".to_string(),

@@ -5,35 +5,26 @@
 //! (every port bound, ready to serve), and its resident memory (VmRSS) after a second idle.
 //! Targets (DESIGN.md): under 100 ms and under 25 MB.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{TempInstall, free_offset, median};
 
 const TRIALS: usize = 21;
 
 fn main() {
-    let install = tempfile::tempdir().expect("a temp dir");
-    let home = install.path();
-    std::fs::create_dir_all(home.join("bin")).unwrap();
-    std::fs::create_dir_all(home.join("config")).unwrap();
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_immutant-server"),
-        home.join("bin/immutant-server"),
-    )
-    .unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    for name in ["standalone.toml", "standalone-ha.toml"] {
-        std::fs::copy(shipped.join(name), home.join("config").join(name)).unwrap();
-    }
+    let install = TempInstall::new();
+    let home = install.home();
     let offset = free_offset();
 
     let mut boot_ms = Vec::new();
     let mut rss_kb = Vec::new();
     for trial in 0..TRIALS {
         let started = Instant::now();
-        let mut node = Command::new(home.join("bin/immutant-server"))
+        let mut node = Command::new(install.server())
             .arg(format!(
                 "-Djboss.server.data.dir={}",
                 home.join(format!("data-{trial}")).display()
@@ -71,12 +62,6 @@ fn main() {
     );
 }
 
-/// Sorts `values` and returns the middle one.
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn rss_kb_of(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a Linux /proc");
     status
@@ -85,15 +70,4 @@ fn rss_kb_of(pid: u32) -> f64 {
         .and_then(|value| value.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
         .expect("VmRSS in /proc/PID/status")
-}
-
-fn free_offset() -> u16 {
-    (1000..40_000u16)
-        .step_by(100)
-        .find(|offset| {
-            [8080, 9990]
-                .iter()
-                .all(|port| TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
-        })
-        .expect("a free port offset")
 }

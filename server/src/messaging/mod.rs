@@ -289,7 +289,7 @@ impl Broker {
             .and_then(|connection| state.outboxes.get(&connection));
         if let Some(outbox) = outbox {
             send(
-                &outbox,
+                outbox,
                 Frame::with_body(
                     Header::Deliver {
                         consumer: 0,
@@ -331,20 +331,16 @@ impl Broker {
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
                 let mut state = broker.lock();
-                if state
+                let waiting = state
                     .consumers
                     .get(&key)
-                    .is_some_and(|consumer| consumer.receive.is_some())
-                {
-                    if let Some(consumer) = state.remove_consumer(key) {
-                        send(
-                            &consumer.outbox,
-                            Frame::new(Header::Receipt {
-                                id: key.1,
-                                message: None,
-                            }),
-                        );
-                    }
+                    .is_some_and(|consumer| consumer.receive.is_some());
+                if let Some(consumer) = waiting.then(|| state.remove_consumer(key)).flatten() {
+                    let receipt = Header::Receipt {
+                        id: key.1,
+                        message: None,
+                    };
+                    send(&consumer.outbox, Frame::new(receipt));
                 }
             });
         }
