@@ -6,11 +6,21 @@
 //! - [`locations`]: where the base dir, the Immutant home and the server are;
 //! - [`install`]: builds or fetches a server and installs it under `<base>/releases`;
 //! - [`run`]: runs the installed server in the foreground;
+//! - [`new`]: scaffolds an app from a template;
+//! - [`deploy`], [`undeploy`]: put an app into the home's deployments folder, and take it out;
+//!   [`descriptor`] is the format of what they write there;
+//! - [`archive`]: packs an app into a file that deploys without its project;
 //! - [`env`], [`list`], [`version`]: tell what is where.
 
+pub mod archive;
+pub mod deploy;
+pub mod descriptor;
 pub mod env;
+pub mod http;
 pub mod install;
 pub mod list;
 pub mod locations;
+pub mod new;
 pub mod run;
+pub mod undeploy;
 pub mod version;

@@ -1,8 +1,10 @@
 //! `list`: what is deployed to the Immutant home, and (`--installs`) which versions are installed.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
+use serde::Deserialize;
 
 use crate::install::release;
 use crate::locations::Locations;
@@ -49,21 +51,109 @@ fn installs(locations: &Locations) -> Vec<PathBuf> {
     dirs
 }
 
-/// Prints what is in the home's deployments folder.
+/// Prints each deployment in the home's deployments folder with its status on every running
+/// node of the install.
 pub fn print_deployments(locations: &Locations) -> Result<()> {
     println!(
         "The following applications are deployed to {}:",
         locations.home.display()
     );
+    let nodes = running_nodes(locations);
+    let reports = crate::http::block_on(async {
+        let client = crate::http::client(Some(Duration::from_secs(3)))?;
+        let asks = nodes.iter().map(|node| deployments_on(&client, node));
+        anyhow::Ok(futures_util::future::join_all(asks).await)
+    })??;
+    for name in deployment_names(locations) {
+        let statuses: Vec<String> = nodes
+            .iter()
+            .zip(&reports)
+            .map(|(node, report)| format!("{}: {}", node.name, status_of(report, &name)))
+            .collect();
+        let status = if statuses.is_empty() {
+            "no node is running".to_string()
+        } else {
+            statuses.join("; ")
+        };
+        println!("  {name:<40} (status: {status})");
+    }
+    Ok(())
+}
+
+/// The deployment names: the descriptors' file names, without `.toml`.
+fn deployment_names(locations: &Locations) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(locations.deployments())
         .into_iter()
         .flatten()
         .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter_map(|entry| {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let name = file.strip_suffix(".toml")?;
+            (!name.starts_with('.')).then(|| name.to_string())
+        })
         .collect();
     names.sort();
-    for name in names {
-        println!("  {name}");
+    names
+}
+
+/// A node of this install, as it recorded itself in `<home>/nodes/`.
+#[derive(Debug, Deserialize)]
+struct NodeRecord {
+    name: String,
+    pid: i32,
+    management: String,
+}
+
+/// The nodes whose records say they run and whose process lives.
+fn running_nodes(locations: &Locations) -> Vec<NodeRecord> {
+    let mut nodes: Vec<NodeRecord> = std::fs::read_dir(locations.home.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
+        // SAFETY: signal 0 only asks whether the process exists.
+        .filter(|node: &NodeRecord| unsafe { libc::kill(node.pid, 0) } == 0)
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
+}
+
+/// What a node's management API says of one deployment.
+#[derive(Debug, Deserialize)]
+struct DeploymentReport {
+    name: String,
+    status: String,
+    reason: Option<String>,
+}
+
+async fn deployments_on(
+    client: &reqwest::Client,
+    node: &NodeRecord,
+) -> Result<Vec<DeploymentReport>, String> {
+    let url = format!("{}/deployments", node.management);
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    let body = response.bytes().await.map_err(|error| error.to_string())?;
+    serde_json::from_slice(&body).map_err(|error| error.to_string())
+}
+
+fn status_of(report: &Result<Vec<DeploymentReport>, String>, name: &str) -> String {
+    match report {
+        Err(error) => format!("unreachable ({error})"),
+        Ok(deployments) => match deployments
+            .iter()
+            .find(|deployment| deployment.name == name)
+        {
+            None => "not deployed yet".to_string(),
+            Some(DeploymentReport {
+                status,
+                reason: Some(reason),
+                ..
+            }) => format!("{status}: {reason}"),
+            Some(DeploymentReport { status, .. }) => status.clone(),
+        },
     }
-    Ok(())
 }

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
-use cargo_immutant::{env, list, run, version};
-use clap::{Parser, Subcommand};
+use cargo_immutant::{archive, env, list, new, run, undeploy, version};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +53,41 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// Generate a new app, NAME/ in the current folder, from a template.
+    New {
+        /// The app's name: its folder's and its crate's.
+        name: String,
+        /// The template to generate it from.
+        #[arg(long, default_value = new::DEFAULT_TEMPLATE)]
+        template: String,
+    },
+    /// Build the app in release mode and deploy it to the install's deployments folder, which
+    /// every node of the install watches (installing a server first if there is none).
+    Deploy {
+        #[command(flatten)]
+        app: AppOptions,
+        /// Deploy this archive, made by `cargo immutant archive`, instead of building a project.
+        #[arg(long, value_name = "FILE", conflicts_with = "path")]
+        archive: Option<PathBuf>,
+        /// The app's project folder.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Remove deployments, and the artifacts only they used.
+    Undeploy {
+        /// The deployments to remove, by name; `*` and `?` match any characters and one
+        /// (default: the package name in ./Cargo.toml).
+        glob: Option<String>,
+    },
+    /// Build the app in release mode and pack it into <target dir>/<name>.ima, which
+    /// `deploy --archive` deploys without the project.
+    Archive {
+        #[command(flatten)]
+        app: AppOptions,
+        /// The app's project folder.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
     /// Show where things are; with a key, print only that path.
     Env {
         /// One of base-dir, immutant-home, server, deployments.
@@ -65,6 +101,30 @@ enum Command {
     },
     /// Show the CLI's and the installed server's versions.
     Version,
+}
+
+/// Settings of a deployment that win over the project's `[package.metadata.immutant]`.
+#[derive(Debug, Args)]
+struct AppOptions {
+    /// The deployment's name (default: the package's).
+    #[arg(long)]
+    name: Option<String>,
+    /// The web context the app is mounted under (default: /<name>).
+    #[arg(long)]
+    context_path: Option<String>,
+    /// A host the app's web handlers answer for; repeat it for several.
+    #[arg(long)]
+    virtual_host: Vec<String>,
+}
+
+impl From<AppOptions> for Overrides {
+    fn from(options: AppOptions) -> Self {
+        Overrides {
+            name: options.name,
+            context_path: options.context_path,
+            virtual_host: options.virtual_host,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,6 +170,22 @@ fn execute(command: Command) -> Result<u8> {
         Command::Run { args } => {
             let code = run::run(&locations, &run::server_args(&args)?)?;
             return Ok(u8::try_from(code).unwrap_or(1));
+        }
+        Command::New { name, template } => {
+            new::new(&locations, &name, &template)?;
+        }
+        Command::Deploy { app, archive, path } => {
+            let source = match archive {
+                Some(file) => deploy::Source::Archive(file),
+                None => deploy::Source::Project(path),
+            };
+            deploy::deploy(&locations, &source, &app.into())?;
+        }
+        Command::Undeploy { glob } => {
+            undeploy::undeploy(&locations, glob.as_deref())?;
+        }
+        Command::Archive { app, path } => {
+            archive::archive(&path, &app.into())?;
         }
         Command::Env { key } => env::print(&locations, key.as_deref())?,
         Command::List { installs: true } => list::print_installs(&locations)?,

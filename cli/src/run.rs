@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::install::{self, InstallRequest};
+use crate::install;
 use crate::locations::Locations;
 
 /// Turns `run`'s own options into server arguments, keeping every other argument as it is and
@@ -50,21 +50,8 @@ pub fn server_args(args: &[String]) -> Result<Vec<String>> {
 /// Runs the server with `args` (already rewritten) until it exits, and returns the exit code to
 /// leave with. Installs a server first if there is none.
 pub fn run(locations: &Locations, args: &[String]) -> Result<i32> {
+    install::ensure_installed(locations)?;
     let server = locations.server();
-    if !server.is_file() {
-        if let Some(variable) = locations.home_from {
-            bail!(
-                "{variable} is {}, which has no {}; point it at an install or unset it",
-                locations.home.display(),
-                crate::locations::SERVER_BINARY
-            );
-        }
-        eprintln!(
-            "No Immutant installed, installing one built from {}",
-            install::SourceTree::of_this_cli().root.display()
-        );
-        install::install(locations, &InstallRequest::default())?;
-    }
     println!(
         "Starting Immutant: {} {}",
         server.display(),

@@ -51,6 +51,7 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/", get(node))
         .route("/deployments", get(deployments))
         .route("/queues", get(queues))
+        .route("/daemons", get(daemons))
         .with_state(info)
 }
 
@@ -85,4 +86,28 @@ async fn deployments(
 /// Every queue: depth, in flight, consumers, delivered, dead-lettered, expired.
 async fn queues(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::messaging::QueueStats>> {
     Json(info.broker.stats())
+}
+
+/// A daemon, and the app it belongs to.
+#[derive(Debug, Serialize)]
+struct DaemonReport {
+    app: String,
+    name: String,
+    #[serde(flatten)]
+    state: crate::apps::DaemonState,
+}
+
+/// Every daemon of every deployment, running or not.
+async fn daemons(State(info): State<Arc<NodeInfo>>) -> Json<Vec<DaemonReport>> {
+    let reports = info.apps.reports().into_iter().flat_map(|deployment| {
+        deployment
+            .daemons
+            .into_iter()
+            .map(move |(name, state)| DaemonReport {
+                app: deployment.name.clone(),
+                name,
+                state,
+            })
+    });
+    Json(reports.collect())
 }

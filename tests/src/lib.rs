@@ -291,13 +291,18 @@ fn port_free(port: u16) -> bool {
 
 /// `GET http://127.0.0.1:PORT/` as JSON.
 pub fn get_json(port: u16) -> serde_json::Value {
+    get_json_at(port, "")
+}
+
+/// `GET http://127.0.0.1:PORT/PATH` as JSON.
+pub fn get_json_at(port: u16, path: &str) -> serde_json::Value {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     let _ = rustls::crypto::ring::default_provider().install_default();
     runtime.block_on(async {
-        let url = format!("http://127.0.0.1:{port}/");
+        let url = format!("http://127.0.0.1:{port}/{path}");
         let response = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -317,3 +322,11 @@ pub fn get_json(port: u16) -> serde_json::Value {
 
 /// How long a test waits for something a node does at once; generous, for slow machines.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The target dir that the apps the tests build share (give it to the CLI as
+/// `CARGO_TARGET_DIR`), so that each test does not build an app from scratch. Apps that tests
+/// build at the same time need package names of their own: each build replaces
+/// `release/<package>` there.
+pub fn apps_target_dir() -> PathBuf {
+    workspace_root().join("target").join("e2e-apps")
+}

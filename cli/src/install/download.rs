@@ -14,18 +14,11 @@ use crate::locations::SERVER_BINARY;
 /// Downloads `url` into `dir` and verifies it against `<url>.sha256`. Nothing is returned
 /// unless the checksum matches.
 pub fn download(url: &str, dir: &Path) -> Result<PathBuf> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the download")?;
-    runtime.block_on(download_verified(url, dir))
+    crate::http::block_on(download_verified(url, dir))?
 }
 
 async fn download_verified(url: &str, dir: &Path) -> Result<PathBuf> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("cargo-immutant/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+    let client = crate::http::client(None)?;
     let checksum_url = format!("{url}.sha256");
     let expected = get(&client, &checksum_url)
         .await

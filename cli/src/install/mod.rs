@@ -27,6 +27,27 @@ pub struct InstallRequest {
     pub force: bool,
 }
 
+/// Makes sure the home has a server: when it has none, installs one built from this CLI's
+/// source tree, and says so. `run`, `new` and `deploy` need one.
+pub fn ensure_installed(locations: &Locations) -> Result<()> {
+    if locations.server().is_file() {
+        return Ok(());
+    }
+    if let Some(variable) = locations.home_from {
+        bail!(
+            "{variable} is {}, which has no {}; point it at an install or unset it",
+            locations.home.display(),
+            crate::locations::SERVER_BINARY
+        );
+    }
+    eprintln!(
+        "No Immutant installed, installing one built from {}",
+        SourceTree::of_this_cli().root.display()
+    );
+    install(locations, &InstallRequest::default())?;
+    Ok(())
+}
+
 /// Installs a server as `request` says, and returns its folder.
 pub fn install(locations: &Locations, request: &InstallRequest) -> Result<PathBuf> {
     let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;

@@ -1,10 +1,12 @@
-//! An installed release on disk: `bin/immutant-server`, `config/`, `deployments/`, and a record
-//! of where it came from; staging one atomically, and linking `current` to it.
+//! An installed release on disk: `bin/immutant-server`, `config/`, `deployments/`, the SDK's
+//! sources under `sources/`, and a record of where it came from; staging one atomically, and
+//! linking `current` to it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use include_dir::{Dir, DirEntry, include_dir};
 use serde::{Deserialize, Serialize};
 
 use crate::locations::SERVER_BINARY;
@@ -20,6 +22,16 @@ const DEFAULT_CONFIGS: [(&str, &str); 2] = [
         include_str!("../../../server/config/standalone-ha.toml"),
     ),
 ];
+
+/// The crates an app builds against, as this source tree has them, by folder name: the SDK and
+/// the protocol crate it depends on (as `../protocol`, so they keep their places side by side).
+static SOURCES: [(&str, Dir<'static>); 2] = [
+    ("sdk", include_dir!("$CARGO_MANIFEST_DIR/../sdk")),
+    ("protocol", include_dir!("$CARGO_MANIFEST_DIR/../protocol")),
+];
+
+/// The folder of an install that holds [`SOURCES`].
+const SOURCES_DIR: &str = "sources";
 
 /// The record of an install, kept in its folder.
 const RECORD: &str = "install.toml";
@@ -38,6 +50,11 @@ pub struct Artifact {
     pub binary: PathBuf,
     pub configs: Option<PathBuf>,
     pub record: InstallRecord,
+}
+
+/// Where the install in `dir` keeps the SDK's sources, for apps' `immutant` dependency.
+pub fn sdk_sources(dir: &Path) -> PathBuf {
+    dir.join(SOURCES_DIR).join("sdk")
 }
 
 /// Whether `dir` holds an install.
@@ -96,6 +113,9 @@ pub fn stage(artifact: &Artifact, dir: &Path) -> Result<()> {
             std::fs::copy(entry.path(), root.join("config").join(entry.file_name()))?;
         }
     }
+    for (name, files) in &SOURCES {
+        write_sources(files, &root.join(SOURCES_DIR).join(name))?;
+    }
     std::fs::write(root.join(RECORD), toml::to_string(&artifact.record)?)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir)
@@ -104,6 +124,23 @@ pub fn stage(artifact: &Artifact, dir: &Path) -> Result<()> {
     let staged = staging.keep();
     std::fs::rename(&staged, dir)
         .with_context(|| format!("cannot move the install into {}", dir.display()))?;
+    Ok(())
+}
+
+/// Writes the crate `files` into `dir`, leaving out its build output (`target/`).
+fn write_sources(files: &Dir, dir: &Path) -> Result<()> {
+    let folder = dir.join(files.path());
+    std::fs::create_dir_all(&folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    for entry in files.entries() {
+        let path = dir.join(entry.path());
+        match entry {
+            DirEntry::Dir(_) if entry.path() == Path::new("target") => {}
+            DirEntry::Dir(folder) => write_sources(folder, dir)?,
+            DirEntry::File(file) => std::fs::write(&path, file.contents())
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        }
+    }
     Ok(())
 }
 

@@ -30,6 +30,7 @@ async fn main() -> immutant::Result<()> {
         "reader" => read_news(&app).await?,
         "publisher" => publish_news(&app).await?,
         "errors" => refusals(&app).await?,
+        "ordering" => ordering(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -98,6 +99,33 @@ async fn request_reply(app: &App) -> immutant::Result<()> {
         .await?;
     let reply: String = echo.request(&"hello", Duration::from_secs(10)).await?;
     println!("reply: {reply}");
+    let inbox = app.queue("/queue/inbox").await?;
+    let nothing: Option<String> = inbox.receive(Some(Duration::from_millis(200))).await?;
+    println!("receive on an empty queue: {nothing:?}");
+    inbox.publish(&"parcel").await?;
+    let parcel: Option<String> = inbox.receive(Some(Duration::from_secs(10))).await?;
+    println!("receive: {parcel:?}");
+    Ok(())
+}
+
+/// Messages wait by priority, and one past its ttl is never delivered.
+async fn ordering(app: &App) -> immutant::Result<()> {
+    let queue = app.queue("/queue/ordering").await?;
+    let with = |priority, ttl_ms| PublishOptions {
+        priority,
+        ttl_ms,
+        ..PublishOptions::default()
+    };
+    queue.publish_with(&"low", with(1, None)).await?;
+    queue.publish_with(&"expired", with(9, Some(1))).await?;
+    queue.publish_with(&"high", with(9, None)).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    queue
+        .listen(|item: String| async move {
+            println!("ordered: {item}");
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
 
