@@ -4,12 +4,11 @@
 //! `undeploy` share with it: reading and building an app's project, and keeping the deployments
 //! folder tidy under its lock.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -170,7 +169,6 @@ fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<()> {
 /// Takes the deployments folder's lock, so that two deploys or undeploys never interleave (one
 /// could otherwise remove the artifact the other is about to name). Held until the file closes.
 pub fn lock(deployments: &Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
     let path = deployments.join(".lock");
     let file = File::options()
         .create(true)
@@ -178,11 +176,8 @@ pub fn lock(deployments: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock has no memory-safety preconditions; the descriptor is open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == -1 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot lock {}", path.display()));
-    }
+    file.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
     Ok(file)
 }
 
@@ -246,7 +241,7 @@ impl Project {
         }
         let manifest = std::fs::canonicalize(&manifest)
             .with_context(|| format!("cannot resolve {}", manifest.display()))?;
-        let output = Command::new(cargo())
+        let output = crate::cargo::command()
             .args(["metadata", "--no-deps", "--format-version", "1"])
             .arg("--manifest-path")
             .arg(&manifest)
@@ -356,7 +351,7 @@ impl Project {
     /// Builds the app in release mode, cargo's progress and errors showing, and returns its
     /// binary.
     pub fn build(&self) -> Result<PathBuf> {
-        let mut child = Command::new(cargo())
+        let mut child = crate::cargo::command()
             .args([
                 "build",
                 "--release",
@@ -395,10 +390,6 @@ impl Project {
         }
         binary.with_context(|| format!("cargo built no binary {} for {}", self.bin, self.package))
     }
-}
-
-fn cargo() -> OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
 #[derive(Deserialize)]

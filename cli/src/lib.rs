@@ -13,6 +13,7 @@
 //! - [`env`], [`list`], [`version`]: tell what is where.
 
 pub mod archive;
+pub mod cargo;
 pub mod deploy;
 pub mod descriptor;
 pub mod env;

@@ -59,15 +59,16 @@ impl FromMessage for Raw {
     }
 }
 
-/// A queue or topic, started on the node.
+/// What a destination needs to talk to the node: the connection, the app's handler tracker,
+/// and its name.
 #[derive(Clone)]
-struct Destination {
+struct Endpoint {
     connection: Connection,
     tracker: TaskTracker,
     name: String,
 }
 
-impl Destination {
+impl Endpoint {
     async fn start(
         connection: Connection,
         tracker: TaskTracker,
@@ -81,7 +82,7 @@ impl Destination {
             kind,
         });
         connection.request(id, frame).await?;
-        Ok(Destination {
+        Ok(Endpoint {
             connection,
             tracker,
             name: name.to_string(),
@@ -152,46 +153,84 @@ impl Destination {
     }
 }
 
-/// A queue: each message goes to one consumer.
-#[derive(Clone)]
-pub struct Queue {
-    destination: Destination,
+/// What a [`Destination`] is: [`QueueKind`] or [`TopicKind`].
+pub trait Kind: Send + Sync + 'static {
+    const KIND: DestinationKind;
 }
+
+/// Marks a destination as a queue: each message goes to one consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueKind;
+
+/// Marks a destination as a topic: each message goes to every subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicKind;
+
+impl Kind for QueueKind {
+    const KIND: DestinationKind = DestinationKind::Queue;
+}
+
+impl Kind for TopicKind {
+    const KIND: DestinationKind = DestinationKind::Topic;
+}
+
+/// A queue or a topic on the node. Both publish alike; a [`Queue`] also listens, receives,
+/// requests and responds, a [`Topic`] has subscribers.
+pub struct Destination<K> {
+    endpoint: Endpoint,
+    _kind: std::marker::PhantomData<K>,
+}
+
+impl<K> Clone for Destination<K> {
+    fn clone(&self) -> Self {
+        Destination {
+            endpoint: self.endpoint.clone(),
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A queue: each message goes to one consumer.
+pub type Queue = Destination<QueueKind>;
 
 /// A topic: each message goes to every subscriber.
-#[derive(Clone)]
-pub struct Topic {
-    destination: Destination,
-}
+pub type Topic = Destination<TopicKind>;
 
-impl Queue {
+impl<K: Kind> Destination<K> {
+    /// Starts the destination on the node (if it is not started yet).
     pub(crate) async fn start(
         connection: Connection,
         tracker: TaskTracker,
         name: &str,
     ) -> Result<Self> {
-        let destination =
-            Destination::start(connection, tracker, name, DestinationKind::Queue).await?;
-        Ok(Queue { destination })
+        let endpoint = Endpoint::start(connection, tracker, name, K::KIND).await?;
+        Ok(Self::of(endpoint))
     }
 
+    /// The destination `name` without starting it.
     pub(crate) fn lookup(connection: Connection, tracker: TaskTracker, name: &str) -> Self {
-        let destination = Destination {
+        Self::of(Endpoint {
             connection,
             tracker,
             name: name.to_string(),
-        };
-        Queue { destination }
+        })
+    }
+
+    fn of(endpoint: Endpoint) -> Self {
+        Destination {
+            endpoint,
+            _kind: std::marker::PhantomData,
+        }
     }
 
     pub fn name(&self) -> &str {
-        &self.destination.name
+        &self.endpoint.name
     }
 
     /// Publishes a serde value as JSON, persistent and at priority 4. Returns once the node has
     /// it on disk.
     pub async fn publish<T: Serialize + ?Sized>(&self, payload: &T) -> Result<()> {
-        self.destination
+        self.endpoint
             .publish_with(payload, PublishOptions::default())
             .await
     }
@@ -203,7 +242,7 @@ impl Queue {
         payload: &T,
         options: PublishOptions,
     ) -> Result<()> {
-        self.destination.publish_with(payload, options).await
+        self.endpoint.publish_with(payload, options).await
     }
 
     /// Publishes raw bytes.
@@ -212,11 +251,11 @@ impl Queue {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<()> {
-        self.destination
-            .publish_bytes(payload.into(), options)
-            .await
+        self.endpoint.publish_bytes(payload.into(), options).await
     }
+}
 
+impl Queue {
     /// Calls `handler` with each message; a message is acknowledged when its handler returns
     /// `Ok`, and redelivered when it fails (dead-lettered to `/queue/DLQ` after 10 deliveries).
     /// Set `.concurrency(n)` before awaiting to handle up to n messages at once.
@@ -226,7 +265,7 @@ impl Queue {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        Listen::new(self.destination.clone(), None, handler)
+        Listen::new(self.endpoint.clone(), None, handler)
     }
 
     /// Takes one message, waiting up to `timeout` (`None`: forever); `None` if none came.
@@ -234,7 +273,7 @@ impl Queue {
         &self,
         timeout: Option<Duration>,
     ) -> Result<Option<T>> {
-        match self.destination.receive(timeout, None).await? {
+        match self.endpoint.receive(timeout, None).await? {
             Some(message) => Ok(Some(message.decode()?)),
             None => Ok(None),
         }
@@ -242,7 +281,7 @@ impl Queue {
 
     /// Takes one message whole, waiting up to `timeout`.
     pub async fn receive_message(&self, timeout: Option<Duration>) -> Result<Option<Message>> {
-        self.destination.receive(timeout, None).await
+        self.endpoint.receive(timeout, None).await
     }
 
     /// Publishes `payload` as a request and waits up to `timeout` for the reply of a
@@ -259,7 +298,7 @@ impl Queue {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let reply = self
-            .destination
+            .endpoint
             .connection
             .expect_reply(correlation_id.clone());
         let mut options = PublishOptions {
@@ -270,12 +309,12 @@ impl Queue {
         options
             .properties
             .insert("synchronous".to_string(), "true".to_string());
-        self.destination.publish_with(payload, options).await?;
+        self.endpoint.publish_with(payload, options).await?;
         match tokio::time::timeout(timeout, reply).await {
             Ok(Ok((_, body))) => Ok(serde_json::from_slice(&body)?),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => {
-                self.destination.connection.forget_reply(&correlation_id);
+                self.endpoint.connection.forget_reply(&correlation_id);
                 Err(Error::Timeout(timeout))
             }
         }
@@ -293,7 +332,7 @@ impl Queue {
         Fut: Future<Output = Result<R, BoxError>> + Send + 'static,
     {
         let handler = std::sync::Arc::new(handler);
-        let destination = self.destination.clone();
+        let destination = self.endpoint.clone();
         let responder = move |Raw(message): Raw| -> RespondFuture {
             let handler = handler.clone();
             let destination = destination.clone();
@@ -303,7 +342,7 @@ impl Queue {
                 let Some(reply_to) = message.header.reply_to.clone() else {
                     return Ok(());
                 };
-                let reply = Destination {
+                let reply = Endpoint {
                     name: reply_to,
                     ..destination
                 };
@@ -316,7 +355,7 @@ impl Queue {
                 Ok(())
             })
         };
-        Listen::new(self.destination.clone(), None, responder)
+        Listen::new(self.endpoint.clone(), None, responder)
     }
 }
 
@@ -324,47 +363,6 @@ impl Queue {
 pub type RespondFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 impl Topic {
-    pub(crate) async fn start(
-        connection: Connection,
-        tracker: TaskTracker,
-        name: &str,
-    ) -> Result<Self> {
-        let destination =
-            Destination::start(connection, tracker, name, DestinationKind::Topic).await?;
-        Ok(Topic { destination })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.destination.name
-    }
-
-    /// Publishes a serde value as JSON to every subscriber.
-    pub async fn publish<T: Serialize + ?Sized>(&self, payload: &T) -> Result<()> {
-        self.destination
-            .publish_with(payload, PublishOptions::default())
-            .await
-    }
-
-    /// Publishes a serde value with options.
-    pub async fn publish_with<T: Serialize + ?Sized>(
-        &self,
-        payload: &T,
-        options: PublishOptions,
-    ) -> Result<()> {
-        self.destination.publish_with(payload, options).await
-    }
-
-    /// Publishes raw bytes.
-    pub async fn publish_bytes(
-        &self,
-        payload: impl Into<Bytes>,
-        options: PublishOptions,
-    ) -> Result<()> {
-        self.destination
-            .publish_bytes(payload.into(), options)
-            .await
-    }
-
     /// Calls `handler` with each message published from now on while this app runs.
     pub fn subscribe<T, F, Fut>(&self, handler: F) -> Listen<T, F>
     where
@@ -372,7 +370,7 @@ impl Topic {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        Listen::new(self.destination.clone(), None, handler)
+        Listen::new(self.endpoint.clone(), None, handler)
     }
 
     /// Subscribes durably as `client_id`: messages published while the subscriber is away wait
@@ -383,17 +381,13 @@ impl Topic {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        Listen::new(
-            self.destination.clone(),
-            Some(client_id.to_string()),
-            handler,
-        )
+        Listen::new(self.endpoint.clone(), Some(client_id.to_string()), handler)
     }
 }
 
 /// A listener being set up; await it to start listening.
 pub struct Listen<T, F> {
-    destination: Destination,
+    destination: Endpoint,
     client_id: Option<String>,
     concurrency: u32,
     handler: F,
@@ -401,7 +395,7 @@ pub struct Listen<T, F> {
 }
 
 impl<T, F> Listen<T, F> {
-    fn new(destination: Destination, client_id: Option<String>, handler: F) -> Self {
+    fn new(destination: Endpoint, client_id: Option<String>, handler: F) -> Self {
         Listen {
             destination,
             client_id,

@@ -113,6 +113,15 @@ impl Base {
         self.path().join("nodes").join(name)
     }
 
+    /// `run` arguments for a node called `name` at `offset`, with a data dir of its own.
+    pub fn node_args(&self, name: &str, offset: u16) -> Vec<String> {
+        vec![
+            format!("--node-name={name}"),
+            format!("--offset={offset}"),
+            format!("-Djboss.server.data.dir={}", self.data_dir(name).display()),
+        ]
+    }
+
     /// Starts `cargo-immutant run ARGS` with this base.
     pub fn run<I, S>(&self, args: I) -> Proc
     where

@@ -55,11 +55,7 @@ fn new_project(base: &Base, name: &str) -> PathBuf {
 
 /// A node of the base's install, at a free offset, with a data dir of its own.
 fn start_node(base: &Base, name: &str, offset: u16, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        format!("--node-name={name}"),
-        format!("--offset={offset}"),
-        format!("-Djboss.server.data.dir={}", base.data_dir(name).display()),
-    ];
+    let mut args = base.node_args(name, offset);
     args.extend(extra.iter().map(|arg| arg.to_string()));
     let node = base.run(args);
     node.wait_for("started in", PATIENCE);

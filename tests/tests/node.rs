@@ -181,15 +181,7 @@ fn an_argument_with_spaces_reaches_the_server_whole() {
 fn ctrl_c_stops_the_node_gracefully_with_exit_code_0() {
     let base = Base::installed();
     let offset = free_offset();
-    let mut node = base.run([
-        "-n".into(),
-        "calm".into(),
-        format!("--offset={offset}"),
-        format!(
-            "-Djboss.server.data.dir={}",
-            base.data_dir("calm").display()
-        ),
-    ]);
+    let mut node = base.run(base.node_args("calm", offset));
     node.wait_for(BOOTED, PATIENCE);
     node.signal(libc::SIGINT);
     let status = node.wait_exit(PATIENCE);
@@ -197,15 +189,7 @@ fn ctrl_c_stops_the_node_gracefully_with_exit_code_0() {
     node.wait_for("Stopping node calm (SIGINT)", Duration::ZERO);
     node.wait_for("Node calm stopped", Duration::ZERO);
     // The ports and the data dir are free again at once.
-    let mut again = base.run([
-        "-n".into(),
-        "calm".into(),
-        format!("--offset={offset}"),
-        format!(
-            "-Djboss.server.data.dir={}",
-            base.data_dir("calm").display()
-        ),
-    ]);
+    let mut again = base.run(base.node_args("calm", offset));
     again.wait_for(BOOTED, PATIENCE);
     again.signal(libc::SIGTERM);
     assert_eq!(

@@ -2,7 +2,6 @@
 //! follows cargo's JSON messages.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,7 +44,7 @@ impl SourceTree {
             );
         }
         let host = host_triple()?;
-        let output = Command::new(cargo())
+        let output = crate::cargo::command()
             .args([
                 "metadata",
                 "--format-version",
@@ -78,7 +77,7 @@ impl SourceTree {
             .expect("a valid template")
             .progress_chars("=> "),
         );
-        let mut child = Command::new(cargo())
+        let mut child = crate::cargo::command()
             .args([
                 "build",
                 "--release",
@@ -192,10 +191,6 @@ impl BuildPlan {
             artifacts,
         })
     }
-}
-
-fn cargo() -> OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
 fn host_triple() -> Result<String> {
