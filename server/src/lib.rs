@@ -11,6 +11,7 @@
 
 pub mod apps;
 pub mod args;
+pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod logging;
@@ -18,6 +19,7 @@ pub mod management;
 pub mod messaging;
 pub mod node;
 pub mod shutdown;
+pub mod singleton;
 pub mod web;
 
 use std::time::Instant;

@@ -401,3 +401,25 @@ fn install_from_a_url_verifies_the_checksum() {
     );
     assert_layout(&other.path().join("releases").join(version()));
 }
+
+#[test]
+fn a_forced_reinstall_keeps_the_deployments() {
+    let base = Base::installed();
+    let descriptor = base.path().join("current/deployments/kept.toml");
+    std::fs::write(&descriptor, "name = \"kept\"\n").unwrap();
+    let output = base
+        .cli(["install", "--force", "--from"])
+        .arg(&binaries().server)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("Installed Immutant"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&descriptor).unwrap(),
+        "name = \"kept\"\n"
+    );
+}

@@ -118,6 +118,13 @@ pub fn stage(artifact: &Artifact, dir: &Path) -> Result<()> {
     }
     std::fs::write(root.join(RECORD), toml::to_string(&artifact.record)?)?;
     if dir.exists() {
+        // A reinstall keeps what the install holds besides the server: its deployments.
+        let deployments = dir.join("deployments");
+        if deployments.is_dir() {
+            std::fs::remove_dir(root.join("deployments"))?;
+            std::fs::rename(&deployments, root.join("deployments"))
+                .with_context(|| format!("cannot keep the deployments of {}", dir.display()))?;
+        }
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("cannot replace {}", dir.display()))?;
     }

@@ -12,7 +12,13 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{info, warn};
 
 use super::{AppContext, DaemonState, Deployment, Status, lock};
+use crate::cluster::Cluster;
 use crate::messaging::MessagingError;
+use crate::shutdown::Shutdown;
+use crate::singleton::SingletonElection;
+
+/// How long a node waits, once elected, before it starts an app's singletons.
+const SETTLE_TIME: Duration = Duration::from_millis(250);
 
 /// Room for a frame's header besides the largest payload.
 const HEADER_ROOM: usize = 64 * 1024;
@@ -62,10 +68,12 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         outbox,
         deployment: deployment.clone(),
         context: context.clone(),
+        ended: Shutdown::new(),
     };
     while let Some(Ok(frame)) = frames.next().await {
         session.handle(frame).await;
     }
+    session.ended.cancel();
     context.broker.disconnect(connection);
     *lock(&deployment.outbox) = None;
     for daemon in lock(&deployment.daemons).values_mut() {
@@ -79,6 +87,8 @@ struct Session {
     outbox: Outbox,
     deployment: Arc<Deployment>,
     context: Arc<AppContext>,
+    /// Cancelled when the app's connection ends.
+    ended: Shutdown,
 }
 
 impl Session {
@@ -164,8 +174,9 @@ impl Session {
                     },
                 );
                 self.answer(id, Ok(()));
-                // A standalone node runs every daemon, singletons included.
-                self.send(Header::StartDaemon { name, epoch: 1 });
+                if let Some(epoch) = self.start_epoch(singleton) {
+                    self.send(Header::StartDaemon { name, epoch });
+                }
             }
             Header::DaemonStatus { name, running } => {
                 if let Some(daemon) = lock(&self.deployment.daemons).get_mut(&name) {
@@ -175,9 +186,24 @@ impl Session {
             Header::Ready {} => {
                 self.deployment.set_status(Status::Running);
                 info!("Deployed \"{}\"", self.deployment.name);
+                if let Some(cluster) = &self.context.cluster {
+                    let (deployment, outbox) = (self.deployment.clone(), self.outbox.clone());
+                    let (cluster, ended) = (cluster.clone(), self.ended.clone());
+                    tokio::spawn(follow_singletons(deployment, cluster, outbox, ended));
+                }
             }
             _ => {}
         }
+    }
+
+    /// The epoch to start a daemon under now, if it should start now: a daemon that is not a
+    /// singleton, or any daemon of a standalone node, at once; a singleton once this node is
+    /// elected to run the app's singletons.
+    fn start_epoch(&self, singleton: bool) -> Option<u64> {
+        if !singleton || self.context.cluster.is_none() {
+            return Some(1);
+        }
+        *lock(&self.deployment.singleton_epoch)
     }
 
     fn send(&self, header: Header) {
@@ -198,4 +224,63 @@ fn answer(id: u64, outcome: Result<(), MessagingError>) -> Frame {
             message: error.to_string(),
         },
     })
+}
+
+/// While the app runs, tells the cluster it runs here and starts or stops its singleton daemons
+/// as this node wins or loses the election for them.
+async fn follow_singletons(
+    deployment: Arc<Deployment>,
+    cluster: Arc<Cluster>,
+    outbox: Outbox,
+    ended: Shutdown,
+) {
+    cluster.set_app(&deployment.name, true).await;
+    let election = SingletonElection::new(cluster.singleton_quorum());
+    let mut view = cluster.view();
+    loop {
+        let mut epoch = election.here(&view.borrow_and_update(), &deployment.name);
+        if epoch.is_some() && lock(&deployment.singleton_epoch).is_none() {
+            // Let the view settle before taking over: a member that deployed the app at the
+            // same moment may be older, and its news a gossip round away.
+            tokio::select! {
+                _ = tokio::time::sleep(SETTLE_TIME) => {}
+                _ = ended.cancelled() => break,
+            }
+            epoch = election.here(&view.borrow_and_update(), &deployment.name);
+        }
+        let previous = std::mem::replace(&mut *lock(&deployment.singleton_epoch), epoch);
+        if previous != epoch {
+            let singletons: Vec<String> = lock(&deployment.daemons)
+                .iter()
+                .filter(|(_, daemon)| daemon.singleton)
+                .map(|(name, _)| name.clone())
+                .collect();
+            match epoch {
+                Some(epoch) => {
+                    info!(
+                        "The singletons of {} run on this node now (epoch {epoch})",
+                        deployment.name
+                    );
+                    for name in singletons {
+                        let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch }).into());
+                    }
+                }
+                None => {
+                    info!(
+                        "The singletons of {} no longer run on this node",
+                        deployment.name
+                    );
+                    for name in singletons {
+                        let _ = outbox.send(Frame::new(Header::StopDaemon { name }).into());
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { break },
+            _ = ended.cancelled() => break,
+        }
+    }
+    *lock(&deployment.singleton_epoch) = None;
+    cluster.set_app(&deployment.name, false).await;
 }

@@ -14,8 +14,10 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
 use crate::messaging::{Broker, Outbox};
+use crate::singleton::SingletonElection;
 
 /// How long an app's daemons may take to stop (Immutant's limit).
 pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
@@ -27,6 +29,8 @@ pub struct AppContext {
     /// Every node property, as the JSON object apps get in their environment.
     pub properties_json: String,
     pub deployments_dir: PathBuf,
+    /// The cluster this node is in, if it is clustered.
+    pub cluster: Option<Arc<Cluster>>,
     next_connection: AtomicU64,
 }
 
@@ -36,14 +40,29 @@ impl AppContext {
         node_name: String,
         properties_json: String,
         deployments_dir: PathBuf,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
         AppContext {
             broker,
             node_name,
             properties_json,
             deployments_dir,
+            cluster,
             next_connection: AtomicU64::new(1),
         }
+    }
+
+    /// The node that runs `app`'s singletons: in a cluster the elected one, if any; on a
+    /// standalone node, this one.
+    fn singletons_on(&self, app: &str) -> Option<String> {
+        let Some(cluster) = &self.cluster else {
+            return Some(self.node_name.clone());
+        };
+        let view = cluster.view().borrow().clone();
+        let election = SingletonElection::new(cluster.singleton_quorum());
+        election
+            .master(&view, app)
+            .map(|(member, _)| member.name.clone())
     }
 
     fn next_connection(&self) -> u64 {
@@ -78,6 +97,8 @@ pub struct Deployment {
     daemons: Mutex<BTreeMap<String, DaemonState>>,
     stderr_tail: Mutex<VecDeque<String>>,
     outbox: Mutex<Option<Outbox>>,
+    /// The epoch this node runs the app's singleton daemons under, while it does.
+    singleton_epoch: Mutex<Option<u64>>,
     pid: Mutex<Option<u32>>,
     restarts: AtomicU64,
 }
@@ -96,6 +117,8 @@ pub struct DeploymentReport {
     pub artifact: Option<PathBuf>,
     pub root: Option<PathBuf>,
     pub daemons: BTreeMap<String, DaemonState>,
+    /// The node its singleton daemons run on, if it has any and they run.
+    pub singletons_on: Option<String>,
     pub stderr_tail: Vec<String>,
 }
 
@@ -114,6 +137,7 @@ impl Deployment {
             daemons: Mutex::new(BTreeMap::new()),
             stderr_tail: Mutex::new(VecDeque::new()),
             outbox: Mutex::new(None),
+            singleton_epoch: Mutex::new(None),
             pid: Mutex::new(None),
             restarts: AtomicU64::new(0),
         }
@@ -131,8 +155,10 @@ impl Deployment {
         tail.push_back(line.to_string());
     }
 
-    fn report(&self) -> DeploymentReport {
+    fn report(&self, context: &AppContext) -> DeploymentReport {
         let descriptor = lock(&self.descriptor).clone();
+        let daemons = lock(&self.daemons).clone();
+        let has_singletons = daemons.values().any(|daemon| daemon.singleton);
         DeploymentReport {
             name: self.name.clone(),
             status: lock(&self.status).clone(),
@@ -140,7 +166,10 @@ impl Deployment {
             restarts: self.restarts.load(Ordering::Relaxed),
             artifact: descriptor.as_ref().map(|d| d.artifact.clone()),
             root: descriptor.and_then(|d| d.root),
-            daemons: lock(&self.daemons).clone(),
+            daemons,
+            singletons_on: has_singletons
+                .then(|| context.singletons_on(&self.name))
+                .flatten(),
             stderr_tail: lock(&self.stderr_tail).iter().cloned().collect(),
         }
     }
@@ -256,7 +285,7 @@ impl Apps {
     pub fn reports(&self) -> Vec<DeploymentReport> {
         lock(&self.deployments)
             .values()
-            .map(|deployment| deployment.report())
+            .map(|deployment| deployment.report(&self.context))
             .collect()
     }
 }

@@ -84,12 +84,31 @@ pub struct ServerConfig {
     pub cluster: Option<ClusterConfig>,
 }
 
-/// How a clustered node finds its peers.
+/// How a clustered node finds its peers, as `[cluster]` of the config says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ClusterSection {
+    name: String,
+    port: u16,
+    multicast_address: IpAddr,
+    multicast_port: u16,
+    seeds: String,
+    singleton_quorum: u32,
+}
+
+/// How a clustered node finds its peers.
+#[derive(Debug, Clone, Serialize)]
 pub struct ClusterConfig {
+    /// Only nodes with the same cluster name join each other.
+    pub name: String,
+    /// The cluster port (gossip over UDP, peer links over TCP), offset applied.
+    pub port: u16,
     pub multicast_address: IpAddr,
     pub multicast_port: u16,
+    /// Other nodes' cluster addresses, where multicast is not wanted.
+    pub seeds: Vec<String>,
+    /// The members a side of the cluster must see for its singletons to run.
+    pub singleton_quorum: u32,
 }
 
 impl ServerConfig {
@@ -173,7 +192,7 @@ struct ConfigFile {
     socket_binding_group: SocketBindingSection,
     logging: LoggingSection,
     deployment_scanner: ScannerSection,
-    cluster: Option<ClusterConfig>,
+    cluster: Option<ClusterSection>,
 }
 
 #[derive(Deserialize)]
@@ -244,16 +263,10 @@ impl ConfigFile {
                 expected: "one of TRACE, DEBUG, INFO, WARN, ERROR",
             }
         })?;
-        if let Some(cluster) = &self.cluster
-            && !cluster.multicast_address.is_multicast()
-        {
-            return Err(ConfigError::InvalidValue {
-                file,
-                key: "cluster.multicast-address",
-                value: cluster.multicast_address.to_string(),
-                expected: "a multicast address such as 230.0.0.4",
-            });
-        }
+        let cluster = match self.cluster {
+            Some(cluster) => Some(cluster.into_config(&file, offset)?),
+            None => None,
+        };
         Ok(ServerConfig {
             name: file,
             path,
@@ -265,7 +278,41 @@ impl ConfigFile {
             management_port,
             log_level,
             deployments: home.join(self.deployment_scanner.path),
-            cluster: self.cluster,
+            cluster,
+        })
+    }
+}
+
+impl ClusterSection {
+    fn into_config(self, file: &str, offset: u16) -> Result<ClusterConfig, ConfigError> {
+        let invalid = |key, value: String, expected| ConfigError::InvalidValue {
+            file: file.to_string(),
+            key,
+            value,
+            expected,
+        };
+        if !self.multicast_address.is_multicast() {
+            let value = self.multicast_address.to_string();
+            return Err(invalid(
+                "cluster.multicast-address",
+                value,
+                "a multicast address such as 230.0.0.4",
+            ));
+        }
+        let seeds = properties::parse_seeds(&self.seeds).ok_or_else(|| {
+            invalid(
+                "cluster.seeds",
+                self.seeds.clone(),
+                "host:port addresses separated by commas",
+            )
+        })?;
+        Ok(ClusterConfig {
+            name: self.name,
+            port: self.port + offset,
+            multicast_address: self.multicast_address,
+            multicast_port: self.multicast_port,
+            seeds,
+            singleton_quorum: self.singleton_quorum.max(1),
         })
     }
 }

@@ -26,6 +26,10 @@ pub enum PropertyKind {
     LogLevel,
     /// A positive number of bytes.
     Bytes,
+    /// A whole number above 0.
+    Count,
+    /// Comma-separated host:port addresses, or nothing.
+    Seeds,
 }
 
 /// Where a known property's default comes from.
@@ -99,6 +103,24 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         kind: PropertyKind::MulticastAddress,
         default: PropertyDefault::Value("230.0.0.4"),
         help: "the multicast group clustered nodes find each other on",
+    },
+    KnownProperty {
+        name: "immutant.cluster.name",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value("immutant"),
+        help: "nodes form a cluster with the nodes of the same cluster name",
+    },
+    KnownProperty {
+        name: "immutant.cluster.seeds",
+        kind: PropertyKind::Seeds,
+        default: PropertyDefault::Value(""),
+        help: "host:port,... of other nodes' cluster ports, for networks without multicast",
+    },
+    KnownProperty {
+        name: "immutant.singleton.quorum",
+        kind: PropertyKind::Count,
+        default: PropertyDefault::Value("1"),
+        help: "singletons run only where at least this many members see each other",
     },
     KnownProperty {
         name: "immutant.messaging.max-message-size",
@@ -228,6 +250,13 @@ fn check_value(property: &KnownProperty, value: &str) -> Result<(), ConfigError>
             .parse::<u16>()
             .err()
             .map(|_| "a whole number from 0 to 65535"),
+        PropertyKind::Count => match value.parse::<u32>() {
+            Ok(count) if count > 0 => None,
+            _ => Some("a whole number above 0"),
+        },
+        PropertyKind::Seeds => parse_seeds(value).is_none().then_some(
+            "host:port addresses separated by commas, such as 127.0.0.1:7600,127.0.0.1:7700",
+        ),
         PropertyKind::Bytes => match value.parse::<u64>() {
             Ok(bytes) if bytes > 0 => None,
             _ => Some("a number of bytes, above 0"),
@@ -244,6 +273,21 @@ fn check_value(property: &KnownProperty, value: &str) -> Result<(), ConfigError>
             expected,
         }),
     }
+}
+
+/// Reads a seed list: `host:port` addresses separated by commas (empty: none).
+pub fn parse_seeds(value: &str) -> Option<Vec<String>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .map(|seed| match seed.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Some(seed.to_string())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Reads a log level by JBoss's names as well as tracing's, in any case.

@@ -21,7 +21,7 @@ use tracing::warn;
 
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
-use message::now_ms;
+pub use message::now_ms;
 pub use queue::QueueStats;
 use queue::{ConsumerKey, QueueRole, QueueState};
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::apps::{AppContext, Apps};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{ConfigError, Properties, ServerConfig};
 use crate::management::{self, NodeInfo};
 use crate::messaging::{Broker, MessagingError};
@@ -62,6 +63,8 @@ pub enum NodeError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Messaging(#[from] MessagingError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// Boots a node, serves until `stop` resolves (with the reason, such as the signal's name), then
@@ -82,11 +85,17 @@ pub async fn run(
         .unwrap_or(16 * 1024 * 1024);
     let broker = Arc::new(Broker::open(&config.data_dir, max_message_size)?);
     let all_properties = properties.all();
+    let cluster = match &config.cluster {
+        // The node's generation is when it started: a restarted node is the youngest member.
+        Some(settings) => Some(Cluster::join(&config, settings, crate::messaging::now_ms()).await?),
+        None => None,
+    };
     let apps = Arc::new(Apps::new(AppContext::new(
         broker.clone(),
         config.node_name.clone(),
         serde_json::to_string(&all_properties).unwrap_or_default(),
         config.deployments.clone(),
+        cluster.clone(),
     )));
     let registration = registry::Registration::record(&properties.home(), &config);
 
@@ -117,8 +126,14 @@ pub async fn run(
         })
     });
 
+    let clustering = config.cluster.as_ref().map_or_else(String::new, |cluster| {
+        format!(
+            ", cluster {} on {}:{}",
+            cluster.name, config.bind_address, cluster.port
+        )
+    });
     info!(
-        "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {})",
+        "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {}{clustering})",
         crate::VERSION,
         config.node_name,
         started.elapsed().as_millis(),
@@ -128,12 +143,24 @@ pub async fn run(
         config.data_dir.display(),
     );
 
-    let reason = stop.await;
+    let name_clash = async {
+        match &cluster {
+            Some(cluster) => cluster.name_clash().await,
+            None => std::future::pending().await,
+        }
+    };
+    let (reason, failure) = tokio::select! {
+        reason = stop => (reason, None),
+        clash = name_clash => ("its name is taken".to_string(), Some(clash)),
+    };
     let stopping = Instant::now();
     info!("Stopping node {} ({reason})", config.node_name);
     shutdown.cancel();
     let _ = scanner.await;
     apps.stop_all().await;
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     broker.flush().await;
     drop(registration);
     for server in servers {
@@ -148,5 +175,8 @@ pub async fn run(
         config.node_name,
         stopping.elapsed().as_millis()
     );
-    Ok(())
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
 }

@@ -1,0 +1,268 @@
+//! Clustering: nodes started with `standalone-ha.toml` find each other ([`discovery`] by
+//! multicast, or seeds), agree on who is alive through gossip with phi-accrual failure detection
+//! (the chitchat library, on the cluster port), and share small state: each member's start time,
+//! management URL and running apps. From that every member computes the same [`View`], oldest
+//! first, which singletons are elected on.
+
+mod discovery;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
+    spawn_chitchat,
+};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{ClusterConfig, ServerConfig};
+use view::{APP_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY};
+pub use view::{Member, View};
+
+/// How often members gossip. Failure detection follows from it: a member silent for about
+/// eight rounds is dead.
+const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a second live node with this node's name may be seen before this node gives up.
+const NAME_CLASH_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a leaving node lets its goodbye spread.
+const GOODBYE_TIME: Duration = Duration::from_millis(300);
+
+/// Why a node cannot be, or stay, in its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "cannot gossip on the cluster port {address}: {reason}; if another node uses it, shift this node's ports with -Djboss.socket.binding.port-offset=100"
+    )]
+    Gossip { address: SocketAddr, reason: String },
+    #[error(
+        "another live node in the cluster is named '{name}' (at {other}); give each node its own name with -Djboss.node.name"
+    )]
+    NameClash { name: String, other: SocketAddr },
+}
+
+/// This node's membership in its cluster.
+pub struct Cluster {
+    handle: ChitchatHandle,
+    view: watch::Receiver<View>,
+    clash: watch::Receiver<Option<SocketAddr>>,
+    config: ClusterConfig,
+    node_name: String,
+}
+
+impl Cluster {
+    /// Joins the cluster that `node`'s config names: starts gossiping, announcing itself by
+    /// multicast and to the seeds, and following the view.
+    pub async fn join(
+        node: &ServerConfig,
+        config: &ClusterConfig,
+        generation: u64,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let gossip_addr = SocketAddr::new(node.bind_address, config.port);
+        let chitchat_id = ChitchatId::new(node.node_name.clone(), generation, gossip_addr);
+        let settings = ChitchatConfig {
+            chitchat_id,
+            cluster_id: config.name.clone(),
+            gossip_interval: GOSSIP_INTERVAL,
+            listen_addr: gossip_addr,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig::new(
+                8.0,
+                1000,
+                Duration::from_secs(10),
+                GOSSIP_INTERVAL,
+                Duration::from_secs(3600),
+            ),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
+                state.get(LEAVING_KEY).is_none()
+            })),
+            protocol_version: ProtocolVersion::V1,
+        };
+        let management = format!("http://{}", node.management_address());
+        let handle = spawn_chitchat(
+            settings,
+            vec![(MANAGEMENT_KEY.to_string(), management)],
+            &UdpTransport,
+        )
+        .await
+        .map_err(|error| ClusterError::Gossip {
+            address: gossip_addr,
+            reason: error.to_string(),
+        })?;
+
+        let (view_tx, view) = watch::channel(View::default());
+        let (clash_tx, clash) = watch::channel(None);
+        let live = handle.chitchat().lock().await.live_nodes_watcher();
+        let me = (node.node_name.clone(), generation, gossip_addr);
+        tokio::spawn(follow_view(live, me, view_tx, clash_tx));
+        let cluster = Arc::new(Cluster {
+            handle,
+            view,
+            clash,
+            config: config.clone(),
+            node_name: node.node_name.clone(),
+        });
+        cluster.discover(node, gossip_addr);
+        Ok(cluster)
+    }
+
+    /// Announces this node by multicast and gossips with every node of the cluster heard.
+    fn discover(self: &Arc<Self>, node: &ServerConfig, gossip_addr: SocketAddr) {
+        let config = &self.config;
+        let group = SocketAddr::new(config.multicast_address, config.multicast_port);
+        match discovery::open(
+            config.multicast_address,
+            config.multicast_port,
+            node.bind_address,
+        ) {
+            Ok(socket) => {
+                let cluster = Arc::clone(self);
+                let (name, node_name) = (config.name.clone(), node.node_name.clone());
+                tokio::spawn(async move {
+                    discovery::run(socket, group, name, node_name, gossip_addr, |peer| {
+                        // A handshake; from then on gossip keeps the two in touch.
+                        let _ = cluster.handle.gossip(peer);
+                    })
+                    .await;
+                });
+            }
+            Err(error) if config.seeds.is_empty() => warn!(
+                "multicast discovery on {group} is unavailable ({error}); this node finds no peers unless given -Dimmutant.cluster.seeds"
+            ),
+            Err(error) => {
+                info!("multicast discovery on {group} is unavailable ({error}); using the seeds")
+            }
+        }
+    }
+
+    /// The view, as it changes.
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// The members a side of the cluster needs for its singletons to run.
+    pub fn singleton_quorum(&self) -> u32 {
+        self.config.singleton_quorum
+    }
+
+    /// Tells the cluster whether `app` is deployed and running here.
+    pub async fn set_app(&self, app: &str, running: bool) {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        let key = format!("{APP_KEY_PREFIX}{app}");
+        if running {
+            chitchat.self_node_state().set(key, "running");
+        } else {
+            chitchat.self_node_state().delete(&key);
+        }
+    }
+
+    /// Resolves if another live node has this node's name; the node must then stop.
+    pub async fn name_clash(&self) -> ClusterError {
+        let mut clash = self.clash.clone();
+        loop {
+            if let Some(other) = *clash.borrow_and_update() {
+                return ClusterError::NameClash {
+                    name: self.node_name.clone(),
+                    other,
+                };
+            }
+            if clash.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Leaves at once: the other members drop this node from their views as soon as the
+    /// goodbye reaches them, without waiting to detect it.
+    pub async fn leave(&self) {
+        self.handle
+            .chitchat()
+            .lock()
+            .await
+            .self_node_state()
+            .set(LEAVING_KEY, "true");
+        tokio::time::sleep(GOODBYE_TIME).await;
+        let _ = self.handle.initiate_shutdown();
+    }
+}
+
+/// Turns chitchat's live nodes into views, logs each change once, and watches for an older live
+/// node with this node's name (`me` is this node's name, generation and gossip address): the
+/// younger of two namesakes gives way.
+async fn follow_view(
+    mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    me: (String, u64, SocketAddr),
+    views: watch::Sender<View>,
+    clash: watch::Sender<Option<SocketAddr>>,
+) {
+    let (self_name, self_generation, self_addr) = me;
+    let mut clash_since: Option<tokio::time::Instant> = None;
+    loop {
+        let view = {
+            let nodes = live.borrow_and_update();
+            View::new(
+                nodes
+                    .iter()
+                    .map(|(id, state)| member(id, state, self_addr))
+                    .collect(),
+            )
+        };
+        let twin = view
+            .members
+            .iter()
+            .find(|member| {
+                member.name == self_name
+                    && member.gossip_addr != self_addr
+                    && (member.generation, member.gossip_addr) < (self_generation, self_addr)
+            })
+            .map(|member| member.gossip_addr);
+        match (twin, clash_since) {
+            (Some(other), Some(since)) if since.elapsed() > NAME_CLASH_PATIENCE => {
+                error!("another live node in the cluster is named '{self_name}' (at {other})");
+                clash.send_replace(Some(other));
+            }
+            (Some(_), None) => clash_since = Some(tokio::time::Instant::now()),
+            (None, _) => clash_since = None,
+            _ => {}
+        }
+        // A view without this node is its own goodbye: nothing to tell.
+        let leaving = !view.members.iter().any(|member| member.is_self);
+        if !leaving && *views.borrow() != view {
+            if views.borrow().names() != view.names() {
+                info!("Cluster view: {view}");
+            }
+            views.send_replace(view);
+        }
+        // Recheck a suspected twin even if nothing changes meanwhile.
+        let recheck = tokio::time::sleep(if clash_since.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3600)
+        });
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            _ = recheck => {}
+        }
+    }
+}
+
+fn member(id: &ChitchatId, state: &NodeState, self_addr: SocketAddr) -> Member {
+    Member {
+        name: id.node_id.to_string(),
+        generation: id.generation_id,
+        gossip_addr: id.gossip_advertise_addr,
+        management: state.get(MANAGEMENT_KEY).map(str::to_string),
+        apps: state
+            .key_values()
+            .filter_map(|(key, _)| key.strip_prefix(APP_KEY_PREFIX).map(str::to_string))
+            .collect(),
+        is_self: id.gossip_advertise_addr == self_addr,
+    }
+}

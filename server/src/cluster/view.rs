@@ -1,0 +1,104 @@
+//! The cluster's view: its live members, oldest first, as every member computes it from the
+//! gossiped state, and what each member has deployed.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+/// The gossiped key of an app a member has deployed and running.
+pub const APP_KEY_PREFIX: &str = "app:";
+/// The gossiped key a member sets as it leaves gracefully.
+pub const LEAVING_KEY: &str = "leaving";
+/// The gossiped key holding a member's management URL.
+pub const MANAGEMENT_KEY: &str = "management";
+
+/// A live member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub name: String,
+    /// When the member started (unix ms): the older, the lower. A restarted node is younger
+    /// than every member that kept running.
+    pub generation: u64,
+    pub gossip_addr: SocketAddr,
+    pub management: Option<String>,
+    /// The apps it has deployed and running.
+    pub apps: BTreeSet<String>,
+    /// Whether this member is the node computing the view.
+    pub is_self: bool,
+}
+
+/// The live members, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct View {
+    pub members: Vec<Member>,
+}
+
+impl View {
+    /// A view of `members` in age order (generation, then name: the JGroups coordinator rule).
+    pub fn new(mut members: Vec<Member>) -> Self {
+        members.sort_by(|a, b| (a.generation, &a.name).cmp(&(b.generation, &b.name)));
+        View { members }
+    }
+
+    /// The oldest live member that has `app` deployed.
+    pub fn oldest_with(&self, app: &str) -> Option<&Member> {
+        self.members.iter().find(|member| member.apps.contains(app))
+    }
+
+    /// The names of the members, oldest first.
+    pub fn names(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .map(|member| member.name.as_str())
+            .collect()
+    }
+}
+
+impl fmt::Display for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.names();
+        match names.first() {
+            Some(oldest) => write!(
+                f,
+                "[{}] ({} members, oldest {oldest})",
+                names.join(", "),
+                names.len()
+            ),
+            None => write!(f, "[] (no members)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, generation: u64, apps: &[&str]) -> Member {
+        Member {
+            name: name.to_string(),
+            generation,
+            gossip_addr: "127.0.0.1:7600".parse().unwrap(),
+            management: None,
+            apps: apps.iter().map(|app| app.to_string()).collect(),
+            is_self: false,
+        }
+    }
+
+    #[test]
+    fn the_oldest_member_with_the_app_is_found() {
+        let view = View::new(vec![
+            member("two", 20, &["example"]),
+            member("one", 10, &[]),
+            member("three", 30, &["example"]),
+        ]);
+        assert_eq!(view.names(), ["one", "two", "three"]);
+        assert_eq!(view.oldest_with("example").unwrap().name, "two");
+        assert!(view.oldest_with("other").is_none());
+        assert_eq!(
+            view.to_string(),
+            "[one, two, three] (3 members, oldest one)"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Clustered nodes: `run --clustered` nodes find each other by multicast on 127.0.0.1, agree on a
+//! view, run each app's singleton daemons on the oldest member, and fail them over when that
+//! member is killed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use immutant_e2e::{Base, PATIENCE, Proc, apps_target_dir, free_offset, get_json, get_json_at};
+
+/// Long enough for a first release build of an app and its dependencies on a slow machine.
+const BUILD_PATIENCE: Duration = Duration::from_secs(600);
+/// The failover bound the tests hold nodes to (the benchmark measures the real time).
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+
+/// A cluster name no other test uses, so clusters of tests running at once stay apart.
+fn cluster_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "e2e-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The seed app, generated and deployed to the base's install.
+fn deploy_example(base: &Base) -> PathBuf {
+    let projects = base.path().join("projects");
+    std::fs::create_dir_all(&projects).unwrap();
+    let new = base
+        .cli(["new", "example"])
+        .current_dir(&projects)
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let project = projects.join("example");
+    let deploy = base
+        .cli(["deploy"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", apps_target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    project
+}
+
+/// A clustered node of the base's install.
+fn clustered(base: &Base, name: &str, offset: u16, cluster: &str) -> Proc {
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args(name, offset));
+    args.push(format!("-Dimmutant.cluster.name={cluster}"));
+    let node = base.run(args);
+    node.wait_for("started in", PATIENCE);
+    node
+}
+
+/// Whether the node's last word on the app's singletons is that they run there.
+fn runs_singletons(node: &Proc) -> bool {
+    node.lines()
+        .iter()
+        .rev()
+        .find(|line| line.contains("The singletons of example"))
+        .is_some_and(|line| line.contains("run on this node now"))
+}
+
+#[test]
+fn the_singleton_runs_on_one_node_and_fails_over_when_it_is_killed() {
+    let base = Base::installed();
+    deploy_example(&base);
+    let cluster = cluster_name();
+    let (one_offset, two_offset) = (free_offset(), free_offset());
+    let one = clustered(&base, "one", one_offset, &cluster);
+    let two = clustered(&base, "two", two_offset, &cluster);
+    one.wait_for("Cluster view: [one, two]", PATIENCE);
+    two.wait_for("Cluster view: [one, two]", PATIENCE);
+    one.wait_for("[example] sending: 2", BUILD_PATIENCE);
+    two.wait_for("Deployed \"example\"", PATIENCE);
+    assert!(
+        runs_singletons(&one),
+        "the oldest member runs the singleton"
+    );
+    assert!(!runs_singletons(&two), "and only it:\n{}", two.text());
+    for offset in [one_offset, two_offset] {
+        let deployments = get_json_at(9990 + offset, "deployments");
+        assert_eq!(deployments[0]["singletons_on"], "one", "{deployments}");
+    }
+
+    let pid = get_json(9990 + one_offset)["pid"].as_i64().unwrap() as i32;
+    let killed = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    two.wait_for(
+        "The singletons of example run on this node now",
+        FAILOVER_BOUND,
+    );
+    println!("failover took {:?}", killed.elapsed());
+    two.wait_for("[example] sending: 0", PATIENCE);
+    assert_eq!(
+        get_json_at(9990 + two_offset, "deployments")[0]["singletons_on"],
+        "two"
+    );
+
+    // The killed node comes back as the youngest member: the singleton stays where it is.
+    drop(one);
+    let again = clustered(&base, "one", one_offset, &cluster);
+    again.wait_for("Cluster view: [two, one]", PATIENCE);
+    again.wait_for("Deployed \"example\"", BUILD_PATIENCE);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(runs_singletons(&two), "no fail-back:\n{}", two.text());
+    assert!(!runs_singletons(&again), "no fail-back:\n{}", again.text());
+}
+
+#[test]
+fn a_graceful_stop_hands_the_singleton_over_at_once() {
+    let base = Base::installed();
+    deploy_example(&base);
+    let cluster = cluster_name();
+    let (one_offset, two_offset) = (free_offset(), free_offset());
+    let mut one = clustered(&base, "one", one_offset, &cluster);
+    let two = clustered(&base, "two", two_offset, &cluster);
+    two.wait_for("Cluster view: [one, two]", PATIENCE);
+    one.wait_for("[example] sending: 1", BUILD_PATIENCE);
+    two.wait_for("Deployed \"example\"", PATIENCE);
+
+    one.signal(libc::SIGTERM);
+    assert_eq!(one.wait_exit(PATIENCE).code(), Some(0), "{}", one.text());
+    one.wait_for("[example] Stopping daemon: counter", Duration::ZERO);
+    two.wait_for(
+        "The singletons of example run on this node now",
+        FAILOVER_BOUND,
+    );
+    two.wait_for("Cluster view: [two]", PATIENCE);
+}
+
+#[test]
+fn two_live_nodes_with_one_name_are_refused() {
+    let base = Base::installed();
+    let cluster = cluster_name();
+    let first = clustered(&base, "twin", free_offset(), &cluster);
+    let mut args = vec![
+        "--clustered".to_string(),
+        format!("--offset={}", free_offset()),
+    ];
+    args.push(format!(
+        "-Djboss.server.data.dir={}",
+        base.data_dir("twin-2").display()
+    ));
+    args.push("--node-name=twin".to_string());
+    args.push(format!("-Dimmutant.cluster.name={cluster}"));
+    let mut second = base.run(args);
+    assert!(!second.wait_exit(PATIENCE).success(), "{}", second.text());
+    second.wait_for(
+        "another live node in the cluster is named 'twin'",
+        Duration::ZERO,
+    );
+    second.wait_for("-Djboss.node.name", Duration::ZERO);
+    // The first one keeps running.
+    assert!(
+        first
+            .lines()
+            .iter()
+            .all(|line| !line.contains("Stopping node"))
+    );
+}
