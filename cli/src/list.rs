@@ -70,11 +70,20 @@ pub fn print_deployments(locations: &Locations) -> Result<()> {
             .zip(&reports)
             .map(|(node, report)| format!("{}: {}", node.name, status_of(report, &name)))
             .collect();
-        let status = if statuses.is_empty() {
+        let mut status = if statuses.is_empty() {
             "no node is running".to_string()
         } else {
             statuses.join("; ")
         };
+        let singletons = reports
+            .iter()
+            .flatten()
+            .flatten()
+            .find(|report| report.name == name)
+            .and_then(|report| report.singletons_on.as_deref());
+        if let Some(node) = singletons {
+            status.push_str(&format!("; singletons on {node}"));
+        }
         println!("  {name:<40} (status: {status})");
     }
     Ok(())
@@ -124,6 +133,7 @@ struct DeploymentReport {
     name: String,
     status: String,
     reason: Option<String>,
+    singletons_on: Option<String>,
 }
 
 async fn deployments_on(

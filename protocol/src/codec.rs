@@ -1,6 +1,10 @@
 //! Reading and writing frames on a byte stream.
 
+use std::marker::PhantomData;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{Frame, Header};
@@ -18,24 +22,29 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
 }
 
-/// Frames on a byte stream, refusing any longer than `max_frame` bytes.
-#[derive(Debug, Clone)]
-pub struct FrameCodec {
+/// Frames on a byte stream, refusing any longer than `max_frame` bytes. The headers are the
+/// app protocol's unless `H` says otherwise (nodes use the same framing between themselves).
+#[derive(Debug)]
+pub struct FrameCodec<H = Header> {
     max_frame: usize,
+    _header: PhantomData<fn() -> H>,
 }
 
-impl FrameCodec {
+impl<H> FrameCodec<H> {
     /// A codec for frames of at most `max_frame` bytes (headers and bodies together).
     pub fn new(max_frame: usize) -> Self {
-        FrameCodec { max_frame }
+        FrameCodec {
+            max_frame,
+            _header: PhantomData,
+        }
     }
 }
 
-impl Decoder for FrameCodec {
-    type Item = Frame;
+impl<H: DeserializeOwned> Decoder for FrameCodec<H> {
+    type Item = Frame<H>;
     type Error = ProtocolError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame<H>>, ProtocolError> {
         if src.len() < 4 {
             return Ok(None);
         }
@@ -65,7 +74,7 @@ impl Decoder for FrameCodec {
                 frame: size,
             });
         }
-        let header: Header = serde_json::from_slice(&frame[..header_len])?;
+        let header: H = serde_json::from_slice(&frame[..header_len])?;
         frame.advance(header_len);
         Ok(Some(Frame {
             header,
@@ -74,10 +83,10 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<Frame> for FrameCodec {
+impl<H: Serialize> Encoder<Frame<H>> for FrameCodec<H> {
     type Error = ProtocolError;
 
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn encode(&mut self, frame: Frame<H>, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         let header = serde_json::to_vec(&frame.header)?;
         let size = 4 + header.len() + frame.body.len();
         if size > self.max_frame {
@@ -95,9 +104,9 @@ impl Encoder<Frame> for FrameCodec {
     }
 }
 
-impl Frame {
+impl<H> Frame<H> {
     /// A frame with no body.
-    pub fn new(header: Header) -> Self {
+    pub fn new(header: H) -> Self {
         Frame {
             header,
             body: Bytes::new(),
@@ -105,7 +114,7 @@ impl Frame {
     }
 
     /// A frame with a body.
-    pub fn with_body(header: Header, body: Bytes) -> Self {
+    pub fn with_body(header: H, body: Bytes) -> Self {
         Frame { header, body }
     }
 }
@@ -116,7 +125,7 @@ mod tests {
 
     #[test]
     fn frames_survive_the_trip_whole_and_in_pieces() {
-        let mut codec = FrameCodec::new(1024);
+        let mut codec = FrameCodec::<Header>::new(1024);
         let mut wire = BytesMut::new();
         let frame = Frame::with_body(
             Header::Ack { delivery: 7 },
@@ -141,7 +150,9 @@ mod tests {
     fn an_oversized_frame_is_refused_before_it_is_read() {
         let mut wire = BytesMut::new();
         wire.put_u32(10_000);
-        let error = FrameCodec::new(1024).decode(&mut wire).unwrap_err();
+        let error = FrameCodec::<Header>::new(1024)
+            .decode(&mut wire)
+            .unwrap_err();
         assert!(matches!(
             error,
             ProtocolError::TooLarge {

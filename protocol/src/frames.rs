@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// A frame: its header, and its body (a message's payload, or empty).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    pub header: Header,
+pub struct Frame<H = Header> {
+    pub header: H,
     pub body: Bytes,
 }
 

@@ -3,31 +3,32 @@
 //! publishes, many deliveries) leave in one write.
 
 use futures_util::SinkExt;
+use serde::Serialize;
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedWrite;
 
-use crate::{Frame, FrameCodec, ProtocolError};
+use crate::{Frame, FrameCodec, Header, ProtocolError};
 
 /// What the writer takes: a frame, or a request to say when everything before it is written.
-pub enum Outgoing {
-    Frame(Frame),
+pub enum Outgoing<H = Header> {
+    Frame(Frame<H>),
     Flush(oneshot::Sender<()>),
 }
 
-impl From<Frame> for Outgoing {
-    fn from(frame: Frame) -> Self {
+impl<H> From<Frame<H>> for Outgoing<H> {
+    fn from(frame: Frame<H>) -> Self {
         Outgoing::Frame(frame)
     }
 }
 
 /// Where frames for one peer go.
-pub type Outbox = mpsc::UnboundedSender<Outgoing>;
+pub type Outbox<H = Header> = mpsc::UnboundedSender<Outgoing<H>>;
 
 /// Writes what arrives on `outgoing` until every [`Outbox`] is dropped or the socket fails.
-pub async fn write_frames<W: AsyncWrite + Unpin>(
-    mut writer: FramedWrite<W, FrameCodec>,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+pub async fn write_frames<W: AsyncWrite + Unpin, H: Serialize>(
+    mut writer: FramedWrite<W, FrameCodec<H>>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing<H>>,
 ) -> Result<(), ProtocolError> {
     let mut next = outgoing.recv().await;
     while let Some(item) = next {

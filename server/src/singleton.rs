@@ -53,6 +53,7 @@ mod tests {
             gossip_addr: "127.0.0.1:7600".parse().unwrap(),
             management: None,
             apps: ["example".to_string()].into(),
+            interest: Default::default(),
             is_self,
         }
     }

@@ -170,3 +170,180 @@ fn two_live_nodes_with_one_name_are_refused() {
             .all(|line| !line.contains("Stopping node"))
     );
 }
+
+/// The numbers after `marker` in a node's lines (`[example] received: 7`).
+fn numbers(node: &Proc, marker: &str) -> Vec<u64> {
+    node.lines()
+        .iter()
+        .filter_map(|line| line.split(marker).nth(1))
+        .filter_map(|rest| rest.trim().parse().ok())
+        .collect()
+}
+
+/// How many times each number appears.
+fn counts(numbers: impl IntoIterator<Item = u64>) -> std::collections::HashMap<u64, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for n in numbers {
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+}
+
+/// DESIGN.md's journey, as a new user types it: two clustered nodes of one install (names one and
+/// two, their own data dirs, the second at offset 100), one deploy.
+#[test]
+fn the_seed_tutorial_boom_youre_a_cluster() {
+    let base = Base::installed();
+    let projects = base.path().join("projects");
+    std::fs::create_dir_all(&projects).unwrap();
+    let new = base
+        .cli(["new", "example"])
+        .current_dir(&projects)
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let example = projects.join("example");
+    let node_command = |name: &str, extra: &[&str]| {
+        let mut command = base.cli(["run", "--clustered"]);
+        command
+            .arg(format!("-Djboss.node.name={name}"))
+            .arg(format!(
+                "-Djboss.server.data.dir={}",
+                base.path().join(name).display()
+            ))
+            .args(extra)
+            .current_dir(&example);
+        command
+    };
+    let one = Proc::spawn(node_command("one", &[]));
+    one.wait_for("started in", PATIENCE);
+    let two = Proc::spawn(node_command(
+        "two",
+        &["-Djboss.socket.binding.port-offset=100"],
+    ));
+    two.wait_for("started in", PATIENCE);
+    let deploy = base
+        .cli(["deploy"])
+        .current_dir(&example)
+        .env("CARGO_TARGET_DIR", apps_target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+
+    // Both nodes deploy the app; the daemon runs on exactly one; both receive.
+    one.wait_for("Deployed \"example\"", BUILD_PATIENCE);
+    two.wait_for("Deployed \"example\"", PATIENCE);
+    let deadline = Instant::now() + PATIENCE;
+    while numbers(&one, "received: ").len() < 2 || numbers(&two, "received: ").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both nodes receive:\n{}\n----\n{}",
+            one.text(),
+            two.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (master, master_offset, survivor, survivor_offset) =
+        match (runs_singletons(&one), runs_singletons(&two)) {
+            (true, false) => (one, 0, two, 100),
+            (false, true) => (two, 100, one, 0),
+            _ => panic!(
+                "the daemon must run on exactly one node:\n{}\n----\n{}",
+                one.text(),
+                two.text()
+            ),
+        };
+    let list = base.cli(["list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        listed.contains("one: running; two: running; singletons on"),
+        "{listed}"
+    );
+
+    // Kill -9 the daemon's node: the other starts the daemon and receives what follows.
+    let pid = get_json(9990 + master_offset)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    survivor.wait_for(
+        "The singletons of example run on this node now",
+        FAILOVER_BOUND,
+    );
+    let taken_over_at = survivor.lines().len();
+    survivor.wait_for("[example] sending: 3", PATIENCE);
+    let before_restart = master.lines();
+    drop(master);
+
+    // Restart the killed node as it was started: it receives again, and the daemon stays.
+    let master_name = if master_offset == 0 { "one" } else { "two" };
+    let extra: &[&str] = if master_offset == 0 {
+        &[]
+    } else {
+        &["-Djboss.socket.binding.port-offset=100"]
+    };
+    let restarted = Proc::spawn(node_command(master_name, extra));
+    restarted.wait_for("Deployed \"example\"", PATIENCE);
+    let deadline = Instant::now() + PATIENCE;
+    while numbers(&restarted, "received: ").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node receives:\n{}",
+            restarted.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(runs_singletons(&survivor), "no fail-back");
+    assert!(
+        !runs_singletons(&restarted),
+        "no fail-back:\n{}",
+        restarted.text()
+    );
+    assert_eq!(
+        get_json_at(9990 + survivor_offset, "deployments")[0]["singletons_on"],
+        if master_offset == 0 { "two" } else { "one" }
+    );
+    assert!(
+        survivor.lines()[taken_over_at..]
+            .iter()
+            .any(|line| line.contains("received:"))
+    );
+
+    // No number is lost: each one sent is received at least as often as it was sent.
+    let all_lines = |procs: &[&Proc]| -> Vec<String> {
+        let mut lines = before_restart.clone();
+        for proc in procs {
+            lines.extend(proc.lines());
+        }
+        lines
+    };
+    let count = |lines: &[String], marker: &str| {
+        counts(
+            lines
+                .iter()
+                .filter_map(|line| line.split(marker).nth(1))
+                .filter_map(|rest| rest.trim().parse().ok()),
+        )
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let lines = all_lines(&[&survivor, &restarted]);
+        let (sent, received) = (count(&lines, "sending: "), count(&lines, "received: "));
+        let missing: Vec<u64> = sent
+            .iter()
+            .filter(|(n, times)| received.get(n).copied().unwrap_or(0) < **times)
+            .map(|(n, _)| *n)
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never received: {missing:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -60,7 +60,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         _ => return,
     }
 
-    let connection = context.next_connection();
+    let connection = context.broker.next_connection();
     context.broker.connect(connection, outbox.clone());
     *lock(&deployment.outbox) = Some(outbox.clone());
     let session = Session {
@@ -235,6 +235,10 @@ async fn follow_singletons(
     ended: Shutdown,
 ) {
     cluster.set_app(&deployment.name, true).await;
+    tokio::select! {
+        _ = cluster.discovered() => {}
+        _ = ended.cancelled() => return,
+    }
     let election = SingletonElection::new(cluster.singleton_quorum());
     let mut view = cluster.view();
     loop {

@@ -31,7 +31,6 @@ pub struct AppContext {
     pub deployments_dir: PathBuf,
     /// The cluster this node is in, if it is clustered.
     pub cluster: Option<Arc<Cluster>>,
-    next_connection: AtomicU64,
 }
 
 impl AppContext {
@@ -48,7 +47,6 @@ impl AppContext {
             properties_json,
             deployments_dir,
             cluster,
-            next_connection: AtomicU64::new(1),
         }
     }
 
@@ -63,10 +61,6 @@ impl AppContext {
         election
             .master(&view, app)
             .map(|(member, _)| member.name.clone())
-    }
-
-    fn next_connection(&self) -> u64 {
-        self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 }
 

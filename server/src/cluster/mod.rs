@@ -5,9 +5,10 @@
 //! first, which singletons are elected on.
 
 mod discovery;
+pub mod links;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ServerConfig};
-use view::{APP_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY};
+use view::{APP_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY};
 pub use view::{Member, View};
 
 /// How often members gossip. Failure detection follows from it: a member silent for about
@@ -29,6 +30,9 @@ pub use view::{Member, View};
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a second live node with this node's name may be seen before this node gives up.
 const NAME_CLASH_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a new node listens for the cluster before it may run singletons: long enough to hear
+/// a few beacons, so that it does not start what an older member already runs.
+const DISCOVERY_TIME: Duration = Duration::from_millis(1500);
 /// How long a leaving node lets its goodbye spread.
 const GOODBYE_TIME: Duration = Duration::from_millis(300);
 
@@ -52,6 +56,9 @@ pub struct Cluster {
     clash: watch::Receiver<Option<SocketAddr>>,
     config: ClusterConfig,
     node_name: String,
+    /// When this node started: its age in the cluster.
+    generation: u64,
+    joined: tokio::time::Instant,
 }
 
 impl Cluster {
@@ -107,6 +114,8 @@ impl Cluster {
             clash,
             config: config.clone(),
             node_name: node.node_name.clone(),
+            generation,
+            joined: tokio::time::Instant::now(),
         });
         cluster.discover(node, gossip_addr);
         Ok(cluster)
@@ -146,6 +155,11 @@ impl Cluster {
         self.view.clone()
     }
 
+    /// Resolves once this node has listened for the cluster long enough to know its members.
+    pub async fn discovered(&self) {
+        tokio::time::sleep_until(self.joined + DISCOVERY_TIME).await;
+    }
+
     /// The members a side of the cluster needs for its singletons to run.
     pub fn singleton_quorum(&self) -> u32 {
         self.config.singleton_quorum
@@ -160,6 +174,20 @@ impl Cluster {
             chitchat.self_node_state().set(key, "running");
         } else {
             chitchat.self_node_state().delete(&key);
+        }
+    }
+
+    /// Tells the cluster which destinations this node's apps consume from now (`told` is what
+    /// it said before).
+    pub async fn set_interest(&self, told: &BTreeSet<String>, interest: &BTreeSet<String>) {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        for gone in told.difference(interest) {
+            state.delete(&format!("{INTEREST_KEY_PREFIX}{gone}"));
+        }
+        for new in interest.difference(told) {
+            state.set(format!("{INTEREST_KEY_PREFIX}{new}"), "1");
         }
     }
 
@@ -259,10 +287,16 @@ fn member(id: &ChitchatId, state: &NodeState, self_addr: SocketAddr) -> Member {
         generation: id.generation_id,
         gossip_addr: id.gossip_advertise_addr,
         management: state.get(MANAGEMENT_KEY).map(str::to_string),
-        apps: state
-            .key_values()
-            .filter_map(|(key, _)| key.strip_prefix(APP_KEY_PREFIX).map(str::to_string))
-            .collect(),
+        apps: keys_with_prefix(state, APP_KEY_PREFIX),
+        interest: keys_with_prefix(state, INTEREST_KEY_PREFIX),
         is_self: id.gossip_advertise_addr == self_addr,
     }
+}
+
+/// The rest of each of a member's keys that start with `prefix`.
+fn keys_with_prefix(state: &NodeState, prefix: &str) -> BTreeSet<String> {
+    state
+        .key_values()
+        .filter_map(|(key, _)| key.strip_prefix(prefix).map(str::to_string))
+        .collect()
 }

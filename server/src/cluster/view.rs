@@ -9,6 +9,8 @@ use serde::Serialize;
 
 /// The gossiped key of an app a member has deployed and running.
 pub const APP_KEY_PREFIX: &str = "app:";
+/// The gossiped key of a destination a member's apps consume from.
+pub const INTEREST_KEY_PREFIX: &str = "interest:";
 /// The gossiped key a member sets as it leaves gracefully.
 pub const LEAVING_KEY: &str = "leaving";
 /// The gossiped key holding a member's management URL.
@@ -25,6 +27,8 @@ pub struct Member {
     pub management: Option<String>,
     /// The apps it has deployed and running.
     pub apps: BTreeSet<String>,
+    /// The queues and topics its apps consume from.
+    pub interest: BTreeSet<String>,
     /// Whether this member is the node computing the view.
     pub is_self: bool,
 }
@@ -82,6 +86,7 @@ mod tests {
             gossip_addr: "127.0.0.1:7600".parse().unwrap(),
             management: None,
             apps: apps.iter().map(|app| app.to_string()).collect(),
+            interest: BTreeSet::new(),
             is_self: false,
         }
     }

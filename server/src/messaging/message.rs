@@ -12,6 +12,11 @@ pub struct Message {
     pub persistent: bool,
     /// Unix time in milliseconds after which the message is dropped undelivered.
     pub expires_at_ms: Option<u64>,
+    /// Whether another node forwarded it here, for this node's consumers.
+    pub forwarded: bool,
+    /// For a forwarded message, who forwarded it: `<node>@<generation>/<id>`, the same on
+    /// every retry of one forward.
+    pub origin: Option<String>,
 }
 
 /// What the journal keeps besides the payload.
@@ -20,6 +25,10 @@ pub struct Message {
 struct StoredHeader {
     header: MessageHeader,
     expires_at_ms: Option<u64>,
+    #[serde(default)]
+    forwarded: bool,
+    #[serde(default)]
+    origin: Option<String>,
 }
 
 impl Message {
@@ -28,6 +37,8 @@ impl Message {
         let header = serde_json::to_vec(&StoredHeader {
             header: self.header.clone(),
             expires_at_ms: self.expires_at_ms,
+            forwarded: self.forwarded,
+            origin: self.origin.clone(),
         })
         .expect("a message header is plain data");
         let mut record = BytesMut::with_capacity(4 + header.len() + self.body.len());
@@ -53,6 +64,8 @@ impl Message {
             body: record,
             persistent: true,
             expires_at_ms: stored.expires_at_ms,
+            forwarded: stored.forwarded,
+            origin: stored.origin,
         })
     }
 
@@ -91,11 +104,15 @@ mod tests {
             body: Bytes::from_static(b"\x00\x01payload"),
             persistent: true,
             expires_at_ms: Some(77),
+            forwarded: true,
+            origin: Some("one@1/7".into()),
         };
         let read = Message::from_record(message.to_record()).unwrap();
         assert_eq!(read.header, message.header);
         assert_eq!(read.body, message.body);
         assert_eq!(read.expires_at_ms, Some(77));
+        assert_eq!(read.origin.as_deref(), Some("one@1/7"));
+        assert!(read.forwarded);
         assert!(Message::from_record(Bytes::from_static(b"\x00\x00\x00\xffxx")).is_none());
     }
 }

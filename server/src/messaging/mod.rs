@@ -5,6 +5,7 @@
 //! A topic is a set of subscription queues, one per subscriber: durable ones (with a client id)
 //! are journaled and outlive their subscriber; the others go away with it.
 
+mod bridge;
 pub mod journal;
 mod message;
 mod queue;
@@ -17,8 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOptions};
+use tokio::sync::mpsc;
 use tracing::warn;
 
+pub use bridge::Forward;
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
 pub use message::now_ms;
@@ -69,6 +72,7 @@ pub struct Broker {
     journal: Journal,
     state: Mutex<State>,
     next_seq: AtomicU64,
+    next_connection: AtomicU64,
     max_message_size: u64,
 }
 
@@ -81,11 +85,23 @@ struct State {
     in_flight: HashMap<u64, InFlight>,
     outboxes: HashMap<u64, Outbox>,
     next_delivery: u64,
+    /// What other nodes forwarded here, by origin, so that a retried forward is taken once.
+    seen: bridge::Seen,
+    /// When each queue last had a consumer of an app of this node, while it has none.
+    unattended_since: HashMap<String, std::time::Instant>,
+}
+
+/// Where a consumer's messages go.
+enum Sink {
+    /// An app of this node, over its socket.
+    App(Outbox),
+    /// Another node, over the link to it: a bridge that forwards what the round robin gives it.
+    Peer(mpsc::UnboundedSender<Forward>),
 }
 
 struct Consumer {
     queue: String,
-    outbox: Outbox,
+    sink: Sink,
     /// How many more messages it may be handed before it acknowledges some.
     credit: u32,
     /// For a `receive`: the request to answer with the one message it takes.
@@ -113,6 +129,7 @@ impl Broker {
             journal,
             state: Mutex::new(state),
             next_seq,
+            next_connection: AtomicU64::new(1),
             max_message_size,
         })
     }
@@ -170,6 +187,11 @@ impl Broker {
             }])
             .await?;
         Ok(())
+    }
+
+    /// A number for a new connection (an app's, or a link to another node).
+    pub fn next_connection(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Registers an app's connection, so that replies can reach it.
@@ -249,6 +271,8 @@ impl Broker {
                 .ttl_ms
                 .filter(|ttl| *ttl > 0)
                 .map(|ttl| published_at_ms + ttl),
+            forwarded: false,
+            origin: None,
         };
         if let Some(target) = destination.strip_prefix('@') {
             self.reply(target, message);
@@ -335,12 +359,16 @@ impl Broker {
                     .consumers
                     .get(&key)
                     .is_some_and(|consumer| consumer.receive.is_some());
-                if let Some(consumer) = waiting.then(|| state.remove_consumer(key)).flatten() {
+                if let Some(Consumer {
+                    sink: Sink::App(outbox),
+                    ..
+                }) = waiting.then(|| state.remove_consumer(key)).flatten()
+                {
                     let receipt = Header::Receipt {
                         id: key.1,
                         message: None,
                     };
-                    send(&consumer.outbox, Frame::new(receipt));
+                    send(&outbox, Frame::new(receipt));
                 }
             });
         }
@@ -370,7 +398,7 @@ impl Broker {
                 key,
                 Consumer {
                     queue: queue.clone(),
-                    outbox,
+                    sink: Sink::App(outbox),
                     credit: credit.max(1),
                     receive,
                 },
@@ -515,12 +543,18 @@ impl Broker {
         let Some(queue) = queues.get_mut(queue_name) else {
             return;
         };
+        // Where a bridge forwards to: the queue itself, or for a topic's subscription, the topic.
+        let (destination, topic) = match &queue.role {
+            QueueRole::Subscription { topic, .. } => (topic.clone(), true),
+            QueueRole::Queue => (queue_name.to_string(), false),
+        };
         let now = now_ms();
-        while queue.depth() > 0 {
+        while let Some(forwarded) = queue.peek().map(|message| message.forwarded) {
+            // A message another node forwarded here is for this node's apps alone.
             let Some(key) = queue.consumers_in_turn().find(|key| {
-                consumers
-                    .get(key)
-                    .is_some_and(|consumer| consumer.credit > 0)
+                consumers.get(key).is_some_and(|consumer| {
+                    consumer.credit > 0 && !(forwarded && matches!(consumer.sink, Sink::Peer(_)))
+                })
             }) else {
                 break;
             };
@@ -537,11 +571,32 @@ impl Broker {
                 }
                 continue;
             }
-            message.header.delivery_count += 1;
             queue.served(key);
             let Some(consumer) = consumers.get_mut(&key) else {
                 break;
             };
+            let outbox = match &consumer.sink {
+                Sink::App(outbox) => outbox,
+                Sink::Peer(forwards) => {
+                    consumer.credit -= 1;
+                    *next_delivery += 1;
+                    let forward = Forward {
+                        delivery: *next_delivery,
+                        destination: destination.clone(),
+                        topic,
+                        message: message.clone(),
+                    };
+                    let _ = forwards.send(forward);
+                    let in_flight_message = InFlight {
+                        queue: queue_name.to_string(),
+                        consumer: key,
+                        message,
+                    };
+                    in_flight.insert(*next_delivery, in_flight_message);
+                    continue;
+                }
+            };
+            message.header.delivery_count += 1;
             if let Some(request) = consumer.receive {
                 // A receive takes its message acknowledged.
                 queue.delivered += 1;
@@ -551,16 +606,11 @@ impl Broker {
                         seq: message.header.id,
                     }]);
                 }
-                send(
-                    &consumer.outbox,
-                    Frame::with_body(
-                        Header::Receipt {
-                            id: request,
-                            message: Some(message.header),
-                        },
-                        message.body,
-                    ),
-                );
+                let receipt = Header::Receipt {
+                    id: request,
+                    message: Some(message.header),
+                };
+                send(outbox, Frame::with_body(receipt, message.body));
                 consumers.remove(&key);
                 queue.remove_consumer(key);
                 continue;
@@ -568,17 +618,12 @@ impl Broker {
             consumer.credit -= 1;
             *next_delivery += 1;
             let delivery = *next_delivery;
-            send(
-                &consumer.outbox,
-                Frame::with_body(
-                    Header::Deliver {
-                        consumer: key.1,
-                        delivery,
-                        message: message.header.clone(),
-                    },
-                    message.body.clone(),
-                ),
-            );
+            let deliver = Header::Deliver {
+                consumer: key.1,
+                delivery,
+                message: message.header.clone(),
+            };
+            send(outbox, Frame::with_body(deliver, message.body.clone()));
             in_flight.insert(
                 delivery,
                 InFlight {
@@ -639,7 +684,12 @@ impl State {
                 .or_insert_with(|| QueueState::new(QueueRole::Queue));
             for (_, record) in records {
                 match Message::from_record(record) {
-                    Some(message) => state.enqueue(message),
+                    Some(message) => {
+                        if let Some(origin) = &message.origin {
+                            self.seen.insert(origin.clone());
+                        }
+                        state.enqueue(message)
+                    }
                     None => warn!("a damaged message on {queue} in the journal was skipped"),
                 }
             }

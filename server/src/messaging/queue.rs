@@ -75,6 +75,27 @@ impl QueueState {
         );
     }
 
+    /// The next message in line, left there.
+    pub fn peek(&self) -> Option<&Message> {
+        self.ready.first_key_value().map(|(_, message)| message)
+    }
+
+    /// Lets the messages other nodes forwarded here move on to nodes with consumers, as if they
+    /// had been published here (redistribution, once this node's consumers are gone).
+    pub fn release_forwarded(&mut self) -> usize {
+        let mut released = 0;
+        for message in self.ready.values_mut().filter(|message| message.forwarded) {
+            message.forwarded = false;
+            released += 1;
+        }
+        released
+    }
+
+    /// Whether any of the consumers is one of `consumers`.
+    pub fn has_consumer_in(&self, consumers: impl Fn(&ConsumerKey) -> bool) -> bool {
+        self.consumers.iter().any(consumers)
+    }
+
     /// Takes the next message in line.
     pub fn next_message(&mut self) -> Option<Message> {
         self.ready.pop_first().map(|(_, message)| message)

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::apps::{AppContext, Apps};
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{ConfigError, Properties, ServerConfig};
 use crate::management::{self, NodeInfo};
 use crate::messaging::{Broker, MessagingError};
@@ -85,9 +85,16 @@ pub async fn run(
         .unwrap_or(16 * 1024 * 1024);
     let broker = Arc::new(Broker::open(&config.data_dir, max_message_size)?);
     let all_properties = properties.all();
+    let shutdown = Shutdown::new();
     let cluster = match &config.cluster {
-        // The node's generation is when it started: a restarted node is the youngest member.
-        Some(settings) => Some(Cluster::join(&config, settings, crate::messaging::now_ms()).await?),
+        Some(settings) => {
+            let address = std::net::SocketAddr::new(config.bind_address, settings.port);
+            let links = ports::bind("cluster", address).await?;
+            // The node's generation is when it started: a restarted node is the youngest member.
+            let cluster = Cluster::join(&config, settings, crate::messaging::now_ms()).await?;
+            cluster::links::start(links, cluster.clone(), broker.clone(), shutdown.clone());
+            Some(cluster)
+        }
         None => None,
     };
     let apps = Arc::new(Apps::new(AppContext::new(
@@ -99,7 +106,6 @@ pub async fn run(
     )));
     let registration = registry::Registration::record(&properties.home(), &config);
 
-    let shutdown = Shutdown::new();
     let scanner = {
         let (deployments, apps, shutdown) =
             (config.deployments.clone(), apps.clone(), shutdown.clone());

@@ -1,0 +1,282 @@
+//! Peer links: a TCP connection from this node to each other member, on the cluster port, that
+//! carries the messages this node forwards there (store and forward: the other node answers
+//! `forwarded` once the message is on its disk). The same frames as the app protocol, with the
+//! headers below. Links follow the view: one opens for each new member and closes with it.
+//!
+//! The link manager also keeps the bridges in the broker matching what each member consumes, and
+//! tells the cluster what this node consumes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use immutant_protocol::{Frame, FrameCodec, MessageHeader, Outbox, write_frames};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, warn};
+
+use super::{Cluster, Member};
+use crate::messaging::{Broker, Forward, Message};
+use crate::shutdown::Shutdown;
+
+/// How often the manager brings links and bridges in line with the view.
+const TICK: Duration = Duration::from_millis(200);
+/// Room for a frame's header besides the largest payload.
+const HEADER_ROOM: usize = 64 * 1024;
+
+/// What nodes say to each other over a link.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+enum LinkHeader {
+    /// The first frame: who is calling.
+    Hello { cluster: String, node: String },
+    /// A message for `destination` (a topic if `topic`); the body is its payload. `origin`
+    /// names the forward, the same on every retry.
+    Forward {
+        delivery: u64,
+        destination: String,
+        topic: bool,
+        origin: String,
+        message: MessageHeader,
+        persistent: bool,
+        expires_at_ms: Option<u64>,
+    },
+    /// The forward `delivery` is stored on the other node.
+    Forwarded { delivery: u64 },
+}
+
+/// Starts accepting links on `listener` (the cluster port), and the manager that opens links to
+/// the members.
+pub fn start(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    shutdown: Shutdown,
+) {
+    let limit = broker.max_message_size() as usize + HEADER_ROOM;
+    {
+        let (cluster, broker, shutdown) = (cluster.clone(), broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, _)) => {
+                            tokio::spawn(serve(socket, cluster.config.name.clone(), broker.clone(), limit));
+                        }
+                        Err(error) => warn!("cannot accept a peer link: {error}"),
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    tokio::spawn(manage(cluster, broker, shutdown, limit));
+}
+
+/// The receiving end of a link: stores each forwarded message, then says so.
+async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: usize) {
+    let (read, write) = socket.into_split();
+    let mut frames = FramedRead::new(read, FrameCodec::<LinkHeader>::new(limit));
+    let (outbox, outgoing): (Outbox<LinkHeader>, _) = mpsc::unbounded_channel();
+    tokio::spawn(write_frames(
+        FramedWrite::new(write, FrameCodec::new(limit)),
+        outgoing,
+    ));
+    match frames.next().await {
+        Some(Ok(Frame {
+            header: LinkHeader::Hello {
+                cluster: theirs, ..
+            },
+            ..
+        })) if theirs == cluster => {}
+        _ => return,
+    }
+    while let Some(Ok(Frame { header, body })) = frames.next().await {
+        let LinkHeader::Forward {
+            delivery,
+            destination,
+            topic,
+            origin,
+            message,
+            persistent,
+            expires_at_ms,
+        } = header
+        else {
+            continue;
+        };
+        let broker = broker.clone();
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let message = Message {
+                header: message,
+                body,
+                persistent,
+                expires_at_ms,
+                forwarded: true,
+                origin: None,
+            };
+            match broker
+                .accept_forward(origin, &destination, topic, message)
+                .await
+            {
+                Ok(()) => {
+                    let _ = outbox.send(Frame::new(LinkHeader::Forwarded { delivery }).into());
+                }
+                // Unanswered, the forward goes back in line at the sender and comes again.
+                Err(error) => debug!("a forward to {destination} was refused: {error}"),
+            }
+        });
+    }
+}
+
+/// A link to a member (by name and generation): its task, and where to tell it what the member
+/// consumes. Dropping the sender ends the link.
+struct Link {
+    task: JoinHandle<()>,
+    interest: mpsc::UnboundedSender<BTreeSet<String>>,
+}
+
+/// Keeps one link per other member, the bridges matching each member's interest, this node's
+/// interest in the cluster's state, and redistribution going.
+async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, limit: usize) {
+    let mut links: HashMap<(String, u64), Link> = HashMap::new();
+    let mut told = BTreeSet::new();
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let interest = broker.interest();
+        if interest != told {
+            cluster.set_interest(&told, &interest).await;
+            told = interest;
+        }
+        let view = cluster.view().borrow().clone();
+        let peers: Vec<&Member> = view
+            .members
+            .iter()
+            .filter(|member| !member.is_self)
+            .collect();
+        // A member gone from the view: its link returns what was on its way, and ends.
+        links.retain(|id, _| {
+            peers
+                .iter()
+                .any(|member| (member.name.clone(), member.generation) == *id)
+        });
+        for member in peers {
+            let id = (member.name.clone(), member.generation);
+            let link = links.entry(id).or_insert_with(|| {
+                let (interest, wanted) = mpsc::unbounded_channel();
+                let task = tokio::spawn(run_link(
+                    cluster.clone(),
+                    broker.clone(),
+                    member.name.clone(),
+                    member.gossip_addr,
+                    wanted,
+                    limit,
+                ));
+                Link { task, interest }
+            });
+            let _ = link.interest.send(member.interest.clone());
+        }
+        broker.redistribute();
+    }
+    // The node is stopping: what is on its way stays in the journal.
+    for link in links.into_values() {
+        link.task.abort();
+    }
+}
+
+/// Runs the link to one member: connects (again and again, while the member lives), and
+/// forwards what its bridges are given. Ends when `interest` closes.
+async fn run_link(
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    peer: String,
+    address: SocketAddr,
+    mut interest: mpsc::UnboundedReceiver<BTreeSet<String>>,
+    limit: usize,
+) {
+    let mut wanted = BTreeSet::new();
+    while !interest.is_closed() {
+        let Ok(socket) = TcpStream::connect(address).await else {
+            tokio::time::sleep(TICK).await;
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let connection = broker.next_connection();
+        let (read, write) = socket.into_split();
+        let mut writer = FramedWrite::new(write, FrameCodec::<LinkHeader>::new(limit));
+        let mut reader = FramedRead::new(read, FrameCodec::<LinkHeader>::new(limit));
+        let hello = LinkHeader::Hello {
+            cluster: cluster.config.name.clone(),
+            node: cluster.node_name.clone(),
+        };
+        if writer.send(Frame::new(hello)).await.is_err() {
+            continue;
+        }
+        let (forwards, mut forwarded) = mpsc::unbounded_channel::<Forward>();
+        broker.set_bridges(connection, &peer, &forwards, &wanted);
+        loop {
+            tokio::select! {
+                forward = forwarded.recv() => {
+                    let Some(forward) = forward else { break };
+                    // Forwards given together leave in one write.
+                    if writer.feed(forward_frame(&cluster, forward)).await.is_err() {
+                        break;
+                    }
+                    if forwarded.is_empty() && writer.flush().await.is_err() {
+                        break;
+                    }
+                }
+                answer = reader.next() => match answer {
+                    Some(Ok(Frame { header: LinkHeader::Forwarded { delivery }, .. })) => broker.ack(connection, delivery),
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+                latest = interest.recv() => {
+                    let Some(latest) = latest else { break };
+                    if latest != wanted {
+                        wanted = latest;
+                        broker.set_bridges(connection, &peer, &forwards, &wanted);
+                    }
+                }
+            }
+        }
+        // What was on its way comes back in line, for the next link or another node.
+        broker.disconnect(connection);
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+fn forward_frame(cluster: &Cluster, forward: Forward) -> Frame<LinkHeader> {
+    let Forward {
+        delivery,
+        destination,
+        topic,
+        message,
+    } = forward;
+    let origin = format!(
+        "{}@{}/{}",
+        cluster.node_name, cluster.generation, message.header.id
+    );
+    Frame::with_body(
+        LinkHeader::Forward {
+            delivery,
+            destination,
+            topic,
+            origin,
+            persistent: message.persistent,
+            expires_at_ms: message.expires_at_ms,
+            message: message.header,
+        },
+        Bytes::clone(&message.body),
+    )
+}

@@ -1,0 +1,285 @@
+//! Messaging across the cluster, HornetQ's ON_DEMAND way: each node keeps its own copy of each
+//! queue; another node that has consumers on a queue is one more consumer here, a bridge, in
+//! the same round robin as the local ones. What the round robin gives a bridge is forwarded over
+//! the link to that node, which stores it before it says so; only then is it done with here
+//! (store and forward). A retried forward carries the same origin, and is taken once.
+//!
+//! A node whose consumers have gone lets the messages forwarded to it move on after a second
+//! (redistribution). A topic's subscribers on other nodes get a subscription here, whose bridge
+//! forwards each message to their node's topic.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::journal::JournalOp;
+use super::message::Message;
+use super::queue::{ConsumerKey, QueueRole, QueueState};
+use super::{Broker, Consumer, MessagingError, Sink, State};
+
+/// How many forwards a bridge may have waiting for the other node at once.
+const BRIDGE_WINDOW: u32 = 256;
+/// How long a queue without local consumers keeps what was forwarded to it.
+pub const REDISTRIBUTION_DELAY: Duration = Duration::from_secs(1);
+/// How many forward origins a node remembers.
+const SEEN_LIMIT: usize = 20_000;
+/// The consumer ids bridges get on a peer's connection: one per destination, from here up.
+const FIRST_BRIDGE_ID: u64 = 1;
+
+/// A message for another node: what the bridge with `delivery` was handed, for `destination`
+/// there (a queue, or with `topic`, a topic).
+#[derive(Debug)]
+pub struct Forward {
+    pub delivery: u64,
+    pub destination: String,
+    pub topic: bool,
+    pub message: Message,
+}
+
+/// The origins of recent forwards, oldest first out.
+#[derive(Default)]
+pub struct Seen {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    pub fn contains(&self, origin: &str) -> bool {
+        self.set.contains(origin)
+    }
+
+    pub fn insert(&mut self, origin: String) {
+        if self.set.insert(origin.clone()) {
+            self.order.push_back(origin);
+            if self.order.len() > SEEN_LIMIT
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// The destinations this node's apps consume from: queues they listen to or receive from,
+    /// and topics they subscribe to (durable subscribers count while they are away). Other
+    /// nodes forward these here.
+    pub fn interest(&self) -> BTreeSet<String> {
+        let state = self.lock();
+        let mut interest = BTreeSet::new();
+        for consumer in state
+            .consumers
+            .values()
+            .filter(|consumer| matches!(consumer.sink, Sink::App(_)))
+        {
+            if let Some(queue) = state.queues.get(&consumer.queue) {
+                interest.insert(match &queue.role {
+                    QueueRole::Queue => consumer.queue.clone(),
+                    QueueRole::Subscription { topic, .. } => topic.clone(),
+                });
+            }
+        }
+        for queue in state.queues.values() {
+            if let QueueRole::Subscription {
+                topic,
+                durable: true,
+            } = &queue.role
+            {
+                interest.insert(topic.clone());
+            }
+        }
+        interest
+    }
+
+    /// Makes the bridges to the peer on `connection` what its interest says: one consumer per
+    /// queue here that it consumes from, and one subscription per topic it subscribes to.
+    pub fn set_bridges(
+        &self,
+        connection: u64,
+        peer: &str,
+        forwards: &mpsc::UnboundedSender<Forward>,
+        interest: &BTreeSet<String>,
+    ) {
+        let mut state = self.lock();
+        let wanted: Vec<(String, bool)> = interest
+            .iter()
+            .filter_map(|destination| match state.kind_of(destination) {
+                Some(immutant_protocol::DestinationKind::Queue) => {
+                    Some((destination.clone(), false))
+                }
+                Some(immutant_protocol::DestinationKind::Topic) => {
+                    Some((destination.clone(), true))
+                }
+                None => None,
+            })
+            .collect();
+        let bridge_queue = |destination: &str, topic: bool| {
+            if topic {
+                format!("{destination}#bridge.{peer}")
+            } else {
+                destination.to_string()
+            }
+        };
+        let wanted_queues: HashSet<String> = wanted
+            .iter()
+            .map(|(d, topic)| bridge_queue(d, *topic))
+            .collect();
+        let stale: Vec<ConsumerKey> = state
+            .consumers
+            .iter()
+            .filter(|(key, consumer)| {
+                key.0 == connection && !wanted_queues.contains(&consumer.queue)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in stale {
+            state.remove_consumer(key);
+        }
+        let mut next_id = FIRST_BRIDGE_ID
+            + state
+                .consumers
+                .keys()
+                .filter(|key| key.0 == connection)
+                .map(|key| key.1)
+                .max()
+                .unwrap_or(0);
+        for (destination, topic) in wanted {
+            let queue = bridge_queue(&destination, topic);
+            if state
+                .consumers
+                .iter()
+                .any(|(key, consumer)| key.0 == connection && consumer.queue == queue)
+            {
+                continue;
+            }
+            if topic {
+                let role = QueueRole::Subscription {
+                    topic: destination.clone(),
+                    durable: false,
+                };
+                state.queues.insert(queue.clone(), QueueState::new(role));
+                state
+                    .topics
+                    .entry(destination.clone())
+                    .or_default()
+                    .push(queue.clone());
+            }
+            let key = (connection, next_id);
+            next_id += 1;
+            if let Some(state_queue) = state.queues.get_mut(&queue) {
+                state_queue.add_consumer(key);
+            }
+            state.consumers.insert(
+                key,
+                Consumer {
+                    queue: queue.clone(),
+                    sink: Sink::Peer(forwards.clone()),
+                    credit: BRIDGE_WINDOW,
+                    receive: None,
+                },
+            );
+            self.dispatch(&mut state, &queue);
+        }
+    }
+
+    /// Takes a message another node forwarded (`origin` names the forward): stores it for this
+    /// node's consumers of `destination` and returns once it is on disk. A forward seen before
+    /// is taken once.
+    pub async fn accept_forward(
+        &self,
+        origin: String,
+        destination: &str,
+        topic: bool,
+        mut message: Message,
+    ) -> Result<(), MessagingError> {
+        let targets = {
+            let state = self.lock();
+            if state.seen.contains(&origin) {
+                return Ok(());
+            }
+            let targets = state.targets(destination)?;
+            // A topic's message goes to this node's subscribers only, not on to other nodes.
+            match topic {
+                true => targets
+                    .into_iter()
+                    .filter(|(queue, _)| !queue.contains("#bridge."))
+                    .collect(),
+                false => targets,
+            }
+        };
+        message.header.id = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        message.forwarded = true;
+        message.origin = Some(origin.clone());
+        if message.persistent {
+            let record = message.to_record();
+            let ops: Vec<JournalOp> = targets
+                .iter()
+                .filter(|(_, durable)| *durable)
+                .map(|(queue, _)| JournalOp::Put {
+                    queue: queue.clone(),
+                    seq: message.header.id,
+                    record: record.clone(),
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.journal.commit(ops).await?;
+            }
+        }
+        let mut state = self.lock();
+        state.seen.insert(origin);
+        for (queue, _) in targets {
+            if let Some(state_queue) = state.queues.get_mut(&queue) {
+                state_queue.enqueue(message.clone());
+                self.dispatch(&mut state, &queue);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets what was forwarded to a queue move on once the queue has had no consumer of this
+    /// node's apps for [`REDISTRIBUTION_DELAY`]. Called every few hundred milliseconds.
+    pub fn redistribute(&self) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let names: Vec<String> = state.queues.keys().cloned().collect();
+        for name in names {
+            let attended = state.is_attended(&name);
+            let since = match attended {
+                true => {
+                    state.unattended_since.remove(&name);
+                    continue;
+                }
+                false => *state.unattended_since.entry(name.clone()).or_insert(now),
+            };
+            let released = match state.queues.get_mut(&name) {
+                Some(queue) if now.duration_since(since) >= REDISTRIBUTION_DELAY => {
+                    queue.release_forwarded()
+                }
+                _ => 0,
+            };
+            if released > 0 {
+                tracing::info!(
+                    "Redistributing {released} messages of {name} to nodes with consumers"
+                );
+                self.dispatch(&mut state, &name);
+            }
+        }
+    }
+}
+
+impl State {
+    /// Whether an app of this node consumes from the queue `name`.
+    fn is_attended(&self, name: &str) -> bool {
+        let Some(queue) = self.queues.get(name) else {
+            return false;
+        };
+        queue.has_consumer_in(|key| {
+            self.consumers
+                .get(key)
+                .is_some_and(|consumer| matches!(consumer.sink, Sink::App(_)))
+        })
+    }
+}
