@@ -46,10 +46,12 @@ enum Command {
     /// Its own options become server arguments: --clustered is --server-config=standalone-ha.toml,
     /// --offset N (-o) is -Djboss.socket.binding.port-offset=N, --node-name X (-n) is
     /// -Djboss.node.name=X, --log-level L is -Djboss.logging.level=L. Every other argument goes to
-    /// the server as it is: `cargo immutant run --help` shows the server's help.
+    /// the server as it is: `cargo immutant run --help` shows the server's help. `--nodes N`
+    /// starts N nodes of the install instead (one, two, ... at offsets 0, 100, ..., data dirs in
+    /// <base>/nodes/), their output prefixed with their names: a local cluster with --clustered.
     #[command(disable_help_flag = true)]
     Run {
-        /// [--clustered] [--offset N] [--node-name X] [--log-level L] [SERVER ARGS...]
+        /// [--clustered] [--nodes N] [--offset N] [--node-name X] [--log-level L] [SERVER ARGS...]
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
@@ -168,7 +170,7 @@ fn execute(command: Command) -> Result<u8> {
             )?;
         }
         Command::Run { args } => {
-            let code = run::run(&locations, &run::server_args(&args)?)?;
+            let code = run::run(&locations, &run::plan(&args)?)?;
             return Ok(u8::try_from(code).unwrap_or(1));
         }
         Command::New { name, template } => {

@@ -1,8 +1,11 @@
 //! `run`: starts the installed server in the foreground, its options rewritten as lein-immutant
-//! rewrote them, every other argument passed on whole, and signals passed on to it.
+//! rewrote them, every other argument passed on whole, and signals passed on to it. With
+//! `--nodes N` it starts a local cluster of N nodes from the same install instead.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
@@ -11,11 +14,25 @@ use signal_hook::iterator::Signals;
 use crate::install;
 use crate::locations::Locations;
 
+/// What `run` was asked for: the server's arguments, and how many nodes to start.
+#[derive(Debug, PartialEq)]
+pub struct RunPlan {
+    pub args: Vec<String>,
+    /// `--nodes N`: a local cluster of N nodes.
+    pub nodes: Option<usize>,
+}
+
+/// The names of the nodes of a local cluster, in order.
+const NODE_NAMES: [&str; 9] = [
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
+
 /// Turns `run`'s own options into server arguments, keeping every other argument as it is and
 /// where it is: `--clustered`, `--offset N`, `--node-name X`, `--log-level L` (also as
-/// `--opt=value`, and `-o`, `-n` for the short forms).
-pub fn server_args(args: &[String]) -> Result<Vec<String>> {
+/// `--opt=value`, and `-o`, `-n` for the short forms); `--nodes N` is `run`'s own.
+pub fn plan(args: &[String]) -> Result<RunPlan> {
     let mut out = Vec::with_capacity(args.len());
+    let mut nodes = None;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if arg == "--clustered" {
@@ -27,9 +44,10 @@ pub fn server_args(args: &[String]) -> Result<Vec<String>> {
             None => (arg.as_str(), None),
         };
         let property = match option {
-            "--offset" | "-o" => "jboss.socket.binding.port-offset",
-            "--node-name" | "-n" => "jboss.node.name",
-            "--log-level" => "jboss.logging.level",
+            "--offset" | "-o" => Some("jboss.socket.binding.port-offset"),
+            "--node-name" | "-n" => Some("jboss.node.name"),
+            "--log-level" => Some("jboss.logging.level"),
+            "--nodes" => None,
             _ => {
                 out.push(arg.clone());
                 continue;
@@ -42,26 +60,110 @@ pub fn server_args(args: &[String]) -> Result<Vec<String>> {
                 None => bail!("{option} needs a value, as in `{option} VALUE`"),
             },
         };
-        out.push(format!("-D{property}={value}"));
+        match property {
+            Some(property) => out.push(format!("-D{property}={value}")),
+            None => nodes = Some(node_count(&value)?),
+        }
     }
-    Ok(out)
+    if nodes.is_some()
+        && out.iter().any(|arg| {
+            arg.starts_with("-Djboss.node.name=")
+                || arg.starts_with("-Djboss.socket.binding.port-offset=")
+        })
+    {
+        bail!(
+            "--nodes names the nodes and gives them their offsets itself; leave out --node-name and --offset"
+        );
+    }
+    Ok(RunPlan { args: out, nodes })
 }
 
-/// Runs the server with `args` (already rewritten) until it exits, and returns the exit code to
-/// leave with. Installs a server first if there is none.
-pub fn run(locations: &Locations, args: &[String]) -> Result<i32> {
+fn node_count(value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(count) if (1..=NODE_NAMES.len()).contains(&count) => Ok(count),
+        _ => bail!(
+            "--nodes takes a number of nodes from 1 to {}, not '{value}'",
+            NODE_NAMES.len()
+        ),
+    }
+}
+
+/// Runs what `plan` says until every server exits, and returns the exit code to leave with.
+/// Installs a server first if there is none.
+pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
     install::ensure_installed(locations)?;
     let server = locations.server();
-    println!(
-        "Starting Immutant: {} {}",
-        server.display(),
-        display_args(args)
-    );
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).context("cannot listen for signals")?;
+    let handle = signals.handle();
+    let mut children = Vec::new();
+    match plan.nodes {
+        None => {
+            println!(
+                "Starting Immutant: {} {}",
+                server.display(),
+                display_args(&plan.args)
+            );
+            children.push(spawn(&server, &plan.args, false)?);
+        }
+        Some(count) => {
+            for (index, name) in NODE_NAMES.iter().take(count).enumerate() {
+                let mut args = plan.args.clone();
+                args.push(format!("-Djboss.node.name={name}"));
+                args.push(format!(
+                    "-Djboss.socket.binding.port-offset={}",
+                    index * 100
+                ));
+                let data = locations.base.join("nodes").join(name);
+                args.push(format!("-Djboss.server.data.dir={}", data.display()));
+                println!(
+                    "[{name}] Starting Immutant: {} {}",
+                    server.display(),
+                    display_args(&args)
+                );
+                let mut child = spawn(&server, &args, true)?;
+                relay(name, child.stdout.take(), std::io::stdout);
+                relay(name, child.stderr.take(), std::io::stderr);
+                children.push(child);
+            }
+        }
+    }
+    let pids: Vec<libc::pid_t> = children
+        .iter()
+        .map(|child| child.id() as libc::pid_t)
+        .collect();
+    let forwarder = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            for pid in &pids {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(*pid, signal) };
+            }
+        }
+    });
+    let mut code = 0;
+    for child in &mut children {
+        let status = child.wait().context("lost track of a server")?;
+        let exit = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        if code == 0 {
+            code = exit;
+        }
+    }
+    handle.close();
+    let _ = forwarder.join();
+    Ok(code)
+}
 
-    // The server gets its own process group so that a terminal's Ctrl-C reaches it once, through
-    // us; and it is told to stop if we die, so it never outlives `run`.
-    let mut command = Command::new(&server);
+/// Starts a server in a process group of its own, so that a terminal's Ctrl-C reaches it once,
+/// through us; it is told to stop if we die, so it never outlives `run`. With `piped`, its
+/// output comes to us.
+fn spawn(server: &Path, args: &[String], piped: bool) -> Result<Child> {
+    let mut command = Command::new(server);
     command.args(args).process_group(0);
+    if piped {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
     // SAFETY: prctl is async-signal-safe, and is all that runs between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -71,25 +173,23 @@ pub fn run(locations: &Locations, args: &[String]) -> Result<i32> {
             Ok(())
         });
     }
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).context("cannot listen for signals")?;
-    let handle = signals.handle();
-    let mut child = command
+    command
         .spawn()
-        .with_context(|| format!("cannot start {}", server.display()))?;
-    let pid = child.id() as libc::pid_t;
-    let forwarder = std::thread::spawn(move || {
-        for signal in signals.forever() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, signal) };
+        .with_context(|| format!("cannot start {}", server.display()))
+}
+
+/// Copies each line of a node's output to ours, with the node's name in front.
+fn relay<W: Write + 'static>(
+    name: &'static str,
+    stream: Option<impl Read + Send + 'static>,
+    out: fn() -> W,
+) {
+    let Some(stream) = stream else { return };
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = writeln!(out(), "[{name}] {line}");
         }
     });
-    let status = child.wait().context("lost track of the server")?;
-    handle.close();
-    let _ = forwarder.join();
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// The arguments as a shell would need them: plain where that is unambiguous (as lein-immutant
@@ -117,7 +217,7 @@ mod tests {
     use super::*;
 
     fn rewrite(args: &[&str]) -> Result<Vec<String>> {
-        server_args(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        plan(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>()).map(|plan| plan.args)
     }
 
     #[test]
@@ -160,6 +260,26 @@ mod tests {
     fn arguments_are_shown_plain_unless_they_need_quotes() {
         let args = ["-Dx=1", "-Dgreeting=hello world", ""].map(String::from);
         assert_eq!(display_args(&args), "-Dx=1 '-Dgreeting=hello world' ''");
+    }
+
+    #[test]
+    fn nodes_is_runs_own_and_excludes_naming_the_node() {
+        let args = ["--clustered", "--nodes", "3"].map(String::from);
+        assert_eq!(
+            plan(&args).unwrap(),
+            RunPlan {
+                args: vec!["--server-config=standalone-ha.toml".to_string()],
+                nodes: Some(3)
+            }
+        );
+        let error = plan(&["--nodes=3", "-n", "x"].map(String::from))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("leave out --node-name"), "{error}");
+        let error = plan(&["--nodes=0"].map(String::from))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("from 1 to 9"), "{error}");
     }
 
     #[test]

@@ -193,6 +193,7 @@ fn counts(numbers: impl IntoIterator<Item = u64>) -> std::collections::HashMap<u
 /// two, their own data dirs, the second at offset 100), one deploy.
 #[test]
 fn the_seed_tutorial_boom_youre_a_cluster() {
+    let _ports = DEFAULT_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let base = Base::installed();
     let projects = base.path().join("projects");
     std::fs::create_dir_all(&projects).unwrap();
@@ -346,4 +347,215 @@ fn the_seed_tutorial_boom_youre_a_cluster() {
         assert!(Instant::now() < deadline, "never received: {missing:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Tests that use the default ports (offsets 0, 100, 200) take turns.
+static DEFAULT_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_local_cluster_in_one_command() {
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let base = Base::installed();
+    let cluster = cluster_name();
+    let mut nodes = base.run([
+        "--clustered".to_string(),
+        "--nodes".into(),
+        "3".into(),
+        format!("-Dimmutant.cluster.name={cluster}"),
+    ]);
+    for name in ["one", "two", "three"] {
+        nodes.wait_for(&format!("[{name}] Starting Immutant:"), PATIENCE);
+        let deadline = Instant::now() + PATIENCE;
+        while !nodes
+            .lines()
+            .iter()
+            .any(|line| line.starts_with(&format!("[{name}]")) && line.contains("(3 members"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never saw three members:\n{}",
+                nodes.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            base.path()
+                .join("nodes")
+                .join(name)
+                .join("node.lock")
+                .is_file(),
+            "{name} has its data dir under the base"
+        );
+    }
+    assert_eq!(get_json(9990 + 200)["name"], "three");
+    nodes.signal(libc::SIGINT);
+    assert_eq!(
+        nodes.wait_exit(PATIENCE).code(),
+        Some(0),
+        "{}",
+        nodes.text()
+    );
+    for name in ["one", "two", "three"] {
+        nodes.wait_for(&format!("Node {name} stopped"), Duration::ZERO);
+    }
+}
+
+/// The node whose last word on the app's singletons is that they run there, if any.
+fn master<'a>(nodes: &'a [(String, u16, Proc)]) -> Option<&'a (String, u16, Proc)> {
+    nodes.iter().find(|(_, _, node)| runs_singletons(node))
+}
+
+fn kill_9(offset: u16) {
+    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn rolling_kills_move_the_singleton_and_quorum_keeps_a_lone_node_from_running_it() {
+    let base = Base::installed();
+    deploy_example(&base);
+    let cluster = cluster_name();
+    let quorum = "-Dimmutant.singleton.quorum=2".to_string();
+    let mut nodes: Vec<(String, u16, Proc)> = ["one", "two", "three"]
+        .into_iter()
+        .map(|name| {
+            let offset = free_offset();
+            let mut args = vec![
+                "--clustered".to_string(),
+                quorum.clone(),
+                format!("-Dimmutant.cluster.name={cluster}"),
+            ];
+            args.extend(base.node_args(name, offset));
+            let node = base.run(args);
+            (name.to_string(), offset, node)
+        })
+        .collect();
+    for (_, _, node) in &nodes {
+        node.wait_for("(3 members", PATIENCE);
+        node.wait_for("Deployed \"example\"", BUILD_PATIENCE);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while master(&nodes).is_none() {
+        assert!(Instant::now() < deadline, "no node runs the singleton");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Kill whichever node runs the singleton, twice: with two members left (the quorum) it
+    // moves; with one left, it runs nowhere.
+    let first = master(&nodes).unwrap().0.clone();
+    let offset = nodes.iter().find(|(name, _, _)| *name == first).unwrap().1;
+    kill_9(offset);
+    nodes.retain(|(name, _, _)| *name != first);
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    while master(&nodes).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the singleton did not move after {first} was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = master(&nodes).unwrap().0.clone();
+    let offset = nodes.iter().find(|(name, _, _)| *name == second).unwrap().1;
+    kill_9(offset);
+    nodes.retain(|(name, _, _)| *name != second);
+    let (last_name, last_offset, last) = &nodes[0];
+    last.wait_for("(1 members", PATIENCE);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !runs_singletons(last),
+        "{last_name} runs the singleton alone, below the quorum:\n{}",
+        last.text()
+    );
+    assert!(get_json_at(9990 + last_offset, "deployments")[0]["singletons_on"].is_null());
+}
+
+#[test]
+fn a_stopped_node_is_removed_and_rejoins_with_the_singleton_running_once() {
+    let base = Base::installed();
+    deploy_example(&base);
+    let cluster = cluster_name();
+    let (one_offset, two_offset) = (free_offset(), free_offset());
+    let one = clustered(&base, "one", one_offset, &cluster);
+    let two = clustered(&base, "two", two_offset, &cluster);
+    two.wait_for("Cluster view: [one, two]", PATIENCE);
+    one.wait_for("[example] sending: 1", BUILD_PATIENCE);
+    two.wait_for("Deployed \"example\"", PATIENCE);
+
+    let pid = get_json(9990 + one_offset)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    two.wait_for(
+        "Cluster view: [two] (1 members",
+        Duration::from_secs(5) + PATIENCE / 6,
+    );
+    two.wait_for(
+        "The singletons of example run on this node now",
+        FAILOVER_BOUND,
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let rejoined = two.lines().len();
+    let deadline = Instant::now() + PATIENCE;
+    while !two.lines()[rejoined..]
+        .iter()
+        .any(|line| line.contains("Cluster view: [one, two]"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "one did not rejoin:\n{}",
+            two.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        [&one, &two]
+            .iter()
+            .filter(|node| runs_singletons(node))
+            .count(),
+        1,
+        "the singleton runs exactly once:\n{}\n----\n{}",
+        one.text(),
+        two.text()
+    );
+}
+
+#[test]
+fn static_seeds_form_a_cluster_without_multicast() {
+    let base = Base::installed();
+    let cluster = cluster_name();
+    let (one_offset, two_offset) = (free_offset(), free_offset());
+    // Each node on a multicast group of its own: they can only meet through the seed.
+    let one = base.run(
+        [
+            vec![
+                "--clustered".to_string(),
+                format!("-Dimmutant.cluster.name={cluster}"),
+            ],
+            vec!["-Djboss.default.multicast.address=230.0.0.61".to_string()],
+            base.node_args("one", one_offset),
+        ]
+        .concat(),
+    );
+    one.wait_for("started in", PATIENCE);
+    let two = base.run(
+        [
+            vec![
+                "--clustered".to_string(),
+                format!("-Dimmutant.cluster.name={cluster}"),
+            ],
+            vec!["-Djboss.default.multicast.address=230.0.0.62".to_string()],
+            vec![format!(
+                "-Dimmutant.cluster.seeds=127.0.0.1:{}",
+                7600 + one_offset
+            )],
+            base.node_args("two", two_offset),
+        ]
+        .concat(),
+    );
+    two.wait_for("Cluster view: [one, two]", PATIENCE);
+    one.wait_for("Cluster view: [one, two]", PATIENCE);
 }

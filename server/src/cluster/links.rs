@@ -27,6 +27,8 @@ use crate::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
 const TICK: Duration = Duration::from_millis(200);
+/// How long each attempt to verify a suspected member may take.
+const VERIFY_TIMEOUT: Duration = Duration::from_millis(100);
 /// Room for a frame's header besides the largest payload.
 const HEADER_ROOM: usize = 64 * 1024;
 
@@ -174,11 +176,11 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
             let id = (member.name.clone(), member.generation);
             let link = links.entry(id).or_insert_with(|| {
                 let (interest, wanted) = mpsc::unbounded_channel();
+                let peer = (member.name.clone(), member.generation, member.gossip_addr);
                 let task = tokio::spawn(run_link(
                     cluster.clone(),
                     broker.clone(),
-                    member.name.clone(),
-                    member.gossip_addr,
+                    peer,
                     wanted,
                     limit,
                 ));
@@ -199,8 +201,7 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
 async fn run_link(
     cluster: Arc<Cluster>,
     broker: Arc<Broker>,
-    peer: String,
-    address: SocketAddr,
+    (peer, generation, address): (String, u64, SocketAddr),
     mut interest: mpsc::UnboundedReceiver<BTreeSet<String>>,
     limit: usize,
 ) {
@@ -252,8 +253,23 @@ async fn run_link(
         }
         // What was on its way comes back in line, for the next link or another node.
         broker.disconnect(connection);
-        tokio::time::sleep(TICK).await;
+        // A link that drops and cannot be opened again is a member killed: its socket closed.
+        if !answers(address).await && !interest.is_closed() {
+            cluster.suspect(&peer, generation);
+        }
     }
+}
+
+/// Whether a member's cluster port takes a connection again within a short verification (what
+/// JGroups' VERIFY_SUSPECT did).
+async fn answers(address: SocketAddr) -> bool {
+    for _ in 0..3 {
+        if let Ok(Ok(_)) = tokio::time::timeout(VERIFY_TIMEOUT, TcpStream::connect(address)).await {
+            return true;
+        }
+        tokio::time::sleep(VERIFY_TIMEOUT).await;
+    }
+    false
 }
 
 fn forward_frame(cluster: &Cluster, forward: Forward) -> Frame<LinkHeader> {

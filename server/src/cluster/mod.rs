@@ -30,6 +30,9 @@ pub use view::{Member, View};
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a second live node with this node's name may be seen before this node gives up.
 const NAME_CLASH_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a member whose link dropped is kept out of the view unless gossip confirms it is
+/// dead: a member that keeps gossiping after that was wrongly suspected, and comes back.
+const SUSPICION_TIME: Duration = Duration::from_secs(3);
 /// How long a new node listens for the cluster before it may run singletons: long enough to hear
 /// a few beacons, so that it does not start what an older member already runs.
 const DISCOVERY_TIME: Duration = Duration::from_millis(1500);
@@ -59,6 +62,9 @@ pub struct Cluster {
     /// When this node started: its age in the cluster.
     generation: u64,
     joined: tokio::time::Instant,
+    /// Members whose link dropped and could not be opened again, by name and generation, with
+    /// when: out of the view at once, before gossip notices (what FD_SOCK did for JGroups).
+    suspects: watch::Sender<BTreeMap<(String, u64), tokio::time::Instant>>,
 }
 
 impl Cluster {
@@ -107,7 +113,8 @@ impl Cluster {
         let (clash_tx, clash) = watch::channel(None);
         let live = handle.chitchat().lock().await.live_nodes_watcher();
         let me = (node.node_name.clone(), generation, gossip_addr);
-        tokio::spawn(follow_view(live, me, view_tx, clash_tx));
+        let (suspects, suspected) = watch::channel(BTreeMap::new());
+        tokio::spawn(follow_view(live, suspected, me, view_tx, clash_tx));
         let cluster = Arc::new(Cluster {
             handle,
             view,
@@ -116,6 +123,7 @@ impl Cluster {
             node_name: node.node_name.clone(),
             generation,
             joined: tokio::time::Instant::now(),
+            suspects,
         });
         cluster.discover(node, gossip_addr);
         Ok(cluster)
@@ -153,6 +161,15 @@ impl Cluster {
     /// The view, as it changes.
     pub fn view(&self) -> watch::Receiver<View> {
         self.view.clone()
+    }
+
+    /// Takes the member `name` of `generation` out of the view now: its link dropped and it does
+    /// not answer.
+    pub fn suspect(&self, name: &str, generation: u64) {
+        warn!("lost the link to {name}, which does not answer; it is out of the view");
+        self.suspects.send_modify(|suspects| {
+            suspects.insert((name.to_string(), generation), tokio::time::Instant::now());
+        });
     }
 
     /// Resolves once this node has listened for the cluster long enough to know its members.
@@ -226,6 +243,7 @@ impl Cluster {
 /// younger of two namesakes gives way.
 async fn follow_view(
     mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    mut suspects: watch::Receiver<BTreeMap<(String, u64), tokio::time::Instant>>,
     me: (String, u64, SocketAddr),
     views: watch::Sender<View>,
     clash: watch::Sender<Option<SocketAddr>>,
@@ -233,12 +251,19 @@ async fn follow_view(
     let (self_name, self_generation, self_addr) = me;
     let mut clash_since: Option<tokio::time::Instant> = None;
     loop {
+        let suspected: Vec<(String, u64)> = suspects
+            .borrow_and_update()
+            .iter()
+            .filter(|(_, since)| since.elapsed() < SUSPICION_TIME)
+            .map(|(member, _)| member.clone())
+            .collect();
         let view = {
             let nodes = live.borrow_and_update();
             View::new(
                 nodes
                     .iter()
                     .map(|(id, state)| member(id, state, self_addr))
+                    .filter(|member| !suspected.contains(&(member.name.clone(), member.generation)))
                     .collect(),
             )
         };
@@ -268,14 +293,15 @@ async fn follow_view(
             }
             views.send_replace(view);
         }
-        // Recheck a suspected twin even if nothing changes meanwhile.
-        let recheck = tokio::time::sleep(if clash_since.is_some() {
+        // Recheck a suspected twin, or a suspicion running out, even if nothing else changes.
+        let recheck = tokio::time::sleep(if clash_since.is_some() || !suspected.is_empty() {
             Duration::from_millis(500)
         } else {
             Duration::from_secs(3600)
         });
         tokio::select! {
             changed = live.changed() => if changed.is_err() { return },
+            _ = suspects.changed() => {}
             _ = recheck => {}
         }
     }
