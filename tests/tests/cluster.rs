@@ -403,7 +403,7 @@ fn a_local_cluster_in_one_command() {
 }
 
 /// The node whose last word on the app's singletons is that they run there, if any.
-fn master<'a>(nodes: &'a [(String, u16, Proc)]) -> Option<&'a (String, u16, Proc)> {
+fn master(nodes: &[(String, u16, Proc)]) -> Option<&(String, u16, Proc)> {
     nodes.iter().find(|(_, _, node)| runs_singletons(node))
 }
 
