@@ -18,7 +18,7 @@ const TRIALS: usize = 21;
 fn main() {
     let install = TempInstall::new();
     let home = install.home();
-    let offset = free_offset();
+    let offset = free_offset(1000);
 
     let mut boot_ms = Vec::new();
     let mut rss_kb = Vec::new();

@@ -193,7 +193,9 @@ fn counts(numbers: impl IntoIterator<Item = u64>) -> std::collections::HashMap<u
 /// two, their own data dirs, the second at offset 100), one deploy.
 #[test]
 fn the_seed_tutorial_boom_youre_a_cluster() {
-    let _ports = DEFAULT_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let base = Base::installed();
     let projects = base.path().join("projects");
     std::fs::create_dir_all(&projects).unwrap();
