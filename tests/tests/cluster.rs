@@ -561,3 +561,55 @@ fn static_seeds_form_a_cluster_without_multicast() {
     two.wait_for("Cluster view: [one, two]", PATIENCE);
     one.wait_for("Cluster view: [one, two]", PATIENCE);
 }
+
+/// The probe app, deployed under `name` to the base's install.
+fn deploy_probe(base: &Base, name: &str) {
+    let probe = immutant_e2e::workspace_root().join("tests/apps/probe");
+    let deploy = base
+        .cli(["deploy", "--name", name])
+        .arg(probe)
+        .env("CARGO_TARGET_DIR", apps_target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+}
+
+#[test]
+fn topics_reach_subscribers_on_every_node() {
+    let base = Base::installed();
+    deploy_probe(&base, "herald");
+    let cluster = cluster_name();
+    let one = clustered(&base, "one", free_offset(), &cluster);
+    let two = clustered(&base, "two", free_offset(), &cluster);
+    for node in [&one, &two] {
+        node.wait_for("[herald] heard: one:", BUILD_PATIENCE);
+        node.wait_for("[herald] heard: two:", PATIENCE);
+    }
+}
+
+#[test]
+fn messages_go_to_the_node_that_has_consumers() {
+    let base = Base::installed();
+    deploy_probe(&base, "drain");
+    let cluster = cluster_name();
+    let one = base.run(
+        [
+            vec![
+                "--clustered".to_string(),
+                format!("-Dimmutant.cluster.name={cluster}"),
+            ],
+            vec!["-Dprobe.drain=listen".to_string()],
+            base.node_args("one", free_offset()),
+        ]
+        .concat(),
+    );
+    let two = clustered(&base, "two", free_offset(), &cluster);
+    two.wait_for("[drain] queued: two-9", BUILD_PATIENCE);
+    for n in 0..10 {
+        one.wait_for(&format!("[drain] drained: two-{n}"), PATIENCE);
+    }
+}

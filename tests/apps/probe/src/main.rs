@@ -31,6 +31,8 @@ async fn main() -> immutant::Result<()> {
         "publisher" => publish_news(&app).await?,
         "errors" => refusals(&app).await?,
         "ordering" => ordering(&app).await?,
+        "herald" => herald(&app).await?,
+        "drain" => drain(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -105,6 +107,50 @@ async fn request_reply(app: &App) -> immutant::Result<()> {
     inbox.publish(&"parcel").await?;
     let parcel: Option<String> = inbox.receive(Some(Duration::from_secs(10))).await?;
     println!("receive: {parcel:?}");
+    Ok(())
+}
+
+/// Publishes `<node>:<n>` to /topic/heralds three times a second, and prints what it hears.
+async fn herald(app: &App) -> immutant::Result<()> {
+    let heralds = app.topic("/topic/heralds").await?;
+    heralds
+        .subscribe(|item: String| async move {
+            println!("heard: {item}");
+            Ok(())
+        })
+        .await?;
+    let node = app.node_name().to_string();
+    tokio::spawn(async move {
+        for n in 0u64.. {
+            let _ = heralds.publish(&format!("{node}:{n}")).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    Ok(())
+}
+
+/// On the node given `-Dprobe.drain=listen`, listens to /queue/drain; on the others, publishes
+/// ten messages there once the cluster has had time to form.
+async fn drain(app: &App) -> immutant::Result<()> {
+    let queue = app.queue("/queue/drain").await?;
+    if app.property("probe.drain") == Some("listen") {
+        queue
+            .listen(|item: String| async move {
+                println!("drained: {item}");
+                Ok(())
+            })
+            .await?;
+        return Ok(());
+    }
+    let node = app.node_name().to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for n in 0..10 {
+            if queue.publish(&format!("{node}-{n}")).await.is_ok() {
+                println!("queued: {node}-{n}");
+            }
+        }
+    });
     Ok(())
 }
 
