@@ -77,6 +77,17 @@ pub struct Daemons {
     slots: std::sync::Mutex<HashMap<String, Slot>>,
 }
 
+tokio::task_local! {
+    static EPOCH: u64;
+}
+
+/// The fencing epoch the running daemon was started under, inside its `start`: it grows with
+/// every handover of a singleton in the cluster, so work stamped with an older epoch is stale.
+/// `None` outside a daemon's `start`.
+pub fn epoch() -> Option<u64> {
+    EPOCH.try_with(|epoch| *epoch).ok()
+}
+
 /// The longest a daemon's stop may take when the node does not say.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
 
@@ -92,7 +103,7 @@ impl Daemons {
     }
 
     /// Starts the daemon `name` on a task of its own, as the node asked.
-    pub fn start(&self, connection: &Connection, name: &str, _epoch: u64) {
+    pub fn start(&self, connection: &Connection, name: &str, epoch: u64) {
         let mut slots = lock(&self.slots);
         let Some(slot) = slots.get_mut(name) else {
             return;
@@ -113,7 +124,7 @@ impl Daemons {
             running: true,
         }));
         slot.running = Some(tokio::spawn(async move {
-            daemon.start().await;
+            EPOCH.scope(epoch, daemon.start()).await;
             let _ = connection.send(Frame::new(Header::DaemonStatus {
                 name,
                 running: false,

@@ -254,7 +254,19 @@ fn undeploy_runs_the_daemons_stop_and_a_redeploy_replaces_the_process() {
         .into_iter()
         .rfind(|line| line.contains("worker started in pid"))
         .unwrap();
-    let pid = |line: &str| line.rsplit(' ').next().unwrap().to_string();
+    let pid = |line: &str| {
+        line.split("pid ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        first.ends_with("under epoch 1"),
+        "a standalone node starts daemons under epoch 1: {first}"
+    );
     assert_ne!(pid(&first), pid(&second), "a redeploy runs a new process");
 
     let undeployed = base.cli(["undeploy", "daemon"]).output().unwrap();

@@ -84,7 +84,11 @@ struct Worker {
 
 impl Daemon for Worker {
     async fn start(&self) {
-        println!("worker started in pid {}", std::process::id());
+        let epoch = immutant::daemon::epoch().unwrap_or_default();
+        println!(
+            "worker started in pid {} under epoch {epoch}",
+            std::process::id()
+        );
         self.stop.notified().await;
     }
 
