@@ -97,11 +97,27 @@ fn the_singleton_runs_on_one_node_and_fails_over_when_it_is_killed() {
     let killed = Instant::now();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    two.wait_for(
+    let taken = two.wait_for(
         "The singletons of example run on this node now",
         FAILOVER_BOUND,
     );
     println!("failover took {:?}", killed.elapsed());
+    let given = one.wait_for(
+        "The singletons of example run on this node now",
+        Duration::ZERO,
+    );
+    let epoch = |line: &str| -> u64 {
+        line.split("(epoch ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        epoch(&taken) > epoch(&given),
+        "each handover carries a greater fencing epoch"
+    );
     two.wait_for("[example] sending: 0", PATIENCE);
     assert_eq!(
         get_json_at(9990 + two_offset, "deployments")[0]["singletons_on"],
