@@ -113,6 +113,42 @@ impl Base {
         self.path().join("nodes").join(name)
     }
 
+    /// `cargo immutant new NAME` in the base's projects folder; returns the project.
+    pub fn new_project(&self, name: &str) -> PathBuf {
+        let projects = self.path().join("projects");
+        std::fs::create_dir_all(&projects).unwrap();
+        let output = self
+            .cli(["new", name])
+            .current_dir(&projects)
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            output.status.success(),
+            "new failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        projects.join(name)
+    }
+
+    /// `cargo immutant deploy [--name NAME] PROJECT`, which must succeed; apps build in the
+    /// shared [`apps_target_dir`].
+    pub fn deploy(&self, project: &Path, name: Option<&str>) {
+        let mut command = self.cli(["deploy"]);
+        if let Some(name) = name {
+            command.args(["--name", name]);
+        }
+        let output = command
+            .arg(project)
+            .env("CARGO_TARGET_DIR", apps_target_dir())
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            output.status.success(),
+            "deploy failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// `run` arguments for a node called `name` at `offset`, with a data dir of its own.
     pub fn node_args(&self, name: &str, offset: u16) -> Vec<String> {
         vec![
@@ -331,6 +367,32 @@ pub fn get_json_at(port: u16, path: &str) -> serde_json::Value {
 
 /// How long a test waits for something a node does at once; generous, for slow machines.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Long enough for a first release build of an app and its dependencies on a slow machine.
+pub const BUILD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The app the tests deploy under many names; it does what its name says.
+pub fn probe() -> PathBuf {
+    workspace_root().join("tests/apps/probe")
+}
+
+/// The numbers after `marker` in `lines` (`[example] received: 7`), in order.
+pub fn numbers_after(lines: &[String], marker: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|line| line.split(marker).nth(1))
+        .filter_map(|rest| rest.trim().parse().ok())
+        .collect()
+}
+
+/// How many times each number appears.
+pub fn counts(numbers: impl IntoIterator<Item = u64>) -> std::collections::HashMap<u64, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for n in numbers {
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+}
 
 /// The target dir that the apps the tests build share (give it to the CLI as
 /// `CARGO_TARGET_DIR`), so that each test does not build an app from scratch. Apps that tests

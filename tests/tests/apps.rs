@@ -2,56 +2,12 @@
 //! daemons at undeploy and redeploy, request/respond, durable topics and what the node refuses.
 //! Every app is built and deployed with the real `cargo immutant`, and runs under a real node.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use immutant_e2e::{
-    Base, PATIENCE, Proc, apps_target_dir, free_offset, get_json, get_json_at, workspace_root,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, counts, free_offset, get_json, get_json_at,
+    numbers_after, probe,
 };
-
-/// Long enough for a first release build of an app and its dependencies on a slow machine.
-const BUILD_PATIENCE: Duration = Duration::from_secs(600);
-
-/// The app the tests deploy under many names; it does what its name says.
-fn probe() -> PathBuf {
-    workspace_root().join("tests/apps/probe")
-}
-
-/// `cargo immutant deploy [--name NAME] PROJECT`, which must succeed.
-fn deploy(base: &Base, project: &Path, name: Option<&str>) {
-    let mut command = base.cli(["deploy"]);
-    if let Some(name) = name {
-        command.args(["--name", name]);
-    }
-    let output = command
-        .arg(project)
-        .env("CARGO_TARGET_DIR", apps_target_dir())
-        .output()
-        .expect("the CLI runs");
-    assert!(
-        output.status.success(),
-        "deploy failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// `cargo immutant new NAME` in the base's projects folder; returns the project.
-fn new_project(base: &Base, name: &str) -> PathBuf {
-    let projects = base.path().join("projects");
-    std::fs::create_dir_all(&projects).unwrap();
-    let output = base
-        .cli(["new", name])
-        .current_dir(&projects)
-        .output()
-        .expect("the CLI runs");
-    assert!(
-        output.status.success(),
-        "new failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    projects.join(name)
-}
 
 /// A node of the base's install, at a free offset, with a data dir of its own.
 fn start_node(base: &Base, name: &str, offset: u16, extra: &[&str]) -> Proc {
@@ -60,23 +16,6 @@ fn start_node(base: &Base, name: &str, offset: u16, extra: &[&str]) -> Proc {
     let node = base.run(args);
     node.wait_for("started in", PATIENCE);
     node
-}
-
-/// The numbers in lines like `[example] received: 7`, in order.
-fn numbers_after(node: &Proc, marker: &str) -> Vec<u64> {
-    node.lines()
-        .iter()
-        .filter_map(|line| line.split(marker).nth(1))
-        .filter_map(|rest| rest.trim().parse().ok())
-        .collect()
-}
-
-fn counts(numbers: &[u64]) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for n in numbers {
-        *counts.entry(*n).or_default() += 1;
-    }
-    counts
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `timeout`.
@@ -94,20 +33,20 @@ fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 #[test]
 fn the_seed_app_receives_what_its_daemon_sends_in_order() {
     let base = Base::installed();
-    let project = new_project(&base, "example");
-    deploy(&base, &project, None);
+    let project = base.new_project("example");
+    base.deploy(&project, None);
     let node = start_node(&base, "solo", free_offset(), &[]);
     node.wait_for("[example] received: 3", BUILD_PATIENCE);
     node.wait_for("[example] Starting daemon: counter", Duration::ZERO);
-    let received = numbers_after(&node, "received: ");
+    let received = numbers_after(&node.lines(), "received: ");
     assert_eq!(received[..4], [0, 1, 2, 3], "in order, from 0");
 }
 
 #[test]
 fn a_node_killed_with_sigkill_loses_no_message_whose_publish_returned() {
     let base = Base::installed();
-    let project = new_project(&base, "example");
-    deploy(&base, &project, None);
+    let project = base.new_project("example");
+    base.deploy(&project, None);
     let offset = free_offset();
     let first = start_node(&base, "durable", offset, &[]);
     first.wait_for("[example] sending: 4", BUILD_PATIENCE);
@@ -115,8 +54,8 @@ fn a_node_killed_with_sigkill_loses_no_message_whose_publish_returned() {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(500));
-    let sent_before = numbers_after(&first, "sending: ");
-    let received_before = numbers_after(&first, "received: ");
+    let sent_before = numbers_after(&first.lines(), "sending: ");
+    let received_before = numbers_after(&first.lines(), "received: ");
     drop(first);
 
     let second = start_node(&base, "durable", offset, &[]);
@@ -125,19 +64,37 @@ fn a_node_killed_with_sigkill_loses_no_message_whose_publish_returned() {
     // Every number sent in either life is received at least as often as it was sent, and at
     // most once more (a delivery the kill interrupted comes again).
     eventually("every sent number received", PATIENCE, || {
-        let sent = counts(&[sent_before.clone(), numbers_after(&second, "sending: ")].concat());
+        let sent = counts(
+            [
+                sent_before.clone(),
+                numbers_after(&second.lines(), "sending: "),
+            ]
+            .concat(),
+        );
         let received = counts(
-            &[
+            [
                 received_before.clone(),
-                numbers_after(&second, "received: "),
+                numbers_after(&second.lines(), "received: "),
             ]
             .concat(),
         );
         sent.iter()
             .all(|(n, times)| received.get(n).copied().unwrap_or(0) >= *times)
     });
-    let sent = counts(&[sent_before.clone(), numbers_after(&second, "sending: ")].concat());
-    let received = counts(&[received_before, numbers_after(&second, "received: ")].concat());
+    let sent = counts(
+        [
+            sent_before.clone(),
+            numbers_after(&second.lines(), "sending: "),
+        ]
+        .concat(),
+    );
+    let received = counts(
+        [
+            received_before,
+            numbers_after(&second.lines(), "received: "),
+        ]
+        .concat(),
+    );
     for (n, times) in received {
         assert!(
             times <= sent.get(&n).copied().unwrap_or(0) + 1,
@@ -149,14 +106,14 @@ fn a_node_killed_with_sigkill_loses_no_message_whose_publish_returned() {
 #[test]
 fn a_listener_that_always_fails_sends_its_message_to_the_dead_letter_queue() {
     let base = Base::installed();
-    deploy(&base, &probe(), Some("dlq"));
+    base.deploy(&probe(), Some("dlq"));
     let offset = free_offset();
     let node = start_node(&base, "dlq", offset, &[]);
     node.wait_for(
         "[dlq] dead-lettered: doomed because the handler always fails",
         BUILD_PATIENCE,
     );
-    let attempts = numbers_after(&node, "attempt ");
+    let attempts = numbers_after(&node.lines(), "attempt ");
     assert_eq!(
         attempts,
         (1..=10).collect::<Vec<u64>>(),
@@ -176,8 +133,8 @@ fn a_listener_that_always_fails_sends_its_message_to_the_dead_letter_queue() {
 #[test]
 fn a_crashing_app_is_restarted_and_one_that_always_crashes_ends_up_failed() {
     let base = Base::installed();
-    deploy(&base, &probe(), Some("crashonce"));
-    deploy(&base, &probe(), Some("crashloop"));
+    base.deploy(&probe(), Some("crashonce"));
+    base.deploy(&probe(), Some("crashloop"));
     let offset = free_offset();
     let probe_dir = base.path().join("probe");
     std::fs::create_dir_all(&probe_dir).unwrap();
@@ -232,7 +189,7 @@ fn a_crashing_app_is_restarted_and_one_that_always_crashes_ends_up_failed() {
 #[test]
 fn undeploy_runs_the_daemons_stop_and_a_redeploy_replaces_the_process() {
     let base = Base::installed();
-    deploy(&base, &probe(), Some("daemon"));
+    base.deploy(&probe(), Some("daemon"));
     let offset = free_offset();
     let node = start_node(&base, "daemons", offset, &[]);
     let first = node.wait_for("[daemon] worker started in pid", BUILD_PATIENCE);
@@ -240,7 +197,7 @@ fn undeploy_runs_the_daemons_stop_and_a_redeploy_replaces_the_process() {
     assert_eq!(daemons[0]["app"], "daemon");
     assert_eq!(daemons[0]["name"], "worker");
     assert_eq!(daemons[0]["running"], true);
-    deploy(&base, &probe(), Some("daemon"));
+    base.deploy(&probe(), Some("daemon"));
     node.wait_for("[daemon] worker stopped cleanly", PATIENCE);
     eventually("a second worker", PATIENCE, || {
         node.lines()
@@ -292,9 +249,9 @@ fn undeploy_runs_the_daemons_stop_and_a_redeploy_replaces_the_process() {
 #[test]
 fn requests_get_replies_and_durable_subscribers_get_what_came_while_away() {
     let base = Base::installed();
-    deploy(&base, &probe(), Some("reqrep"));
-    deploy(&base, &probe(), Some("reader"));
-    deploy(&base, &probe(), Some("publisher"));
+    base.deploy(&probe(), Some("reqrep"));
+    base.deploy(&probe(), Some("reader"));
+    base.deploy(&probe(), Some("publisher"));
     let node = start_node(&base, "topics", free_offset(), &[]);
     node.wait_for("[reqrep] reply: echo: hello", BUILD_PATIENCE);
     node.wait_for("[reqrep] receive on an empty queue: None", PATIENCE);
@@ -304,13 +261,13 @@ fn requests_get_replies_and_durable_subscribers_get_what_came_while_away() {
     let undeployed = base.cli(["undeploy", "reader"]).output().unwrap();
     assert!(undeployed.status.success());
     node.wait_for("Undeployed \"reader\"", PATIENCE);
-    let away_from = numbers_after(&node, "published: news-")
+    let away_from = numbers_after(&node.lines(), "published: news-")
         .into_iter()
         .max()
         .unwrap()
         + 1;
     node.wait_for(&format!("published: news-{}", away_from + 3), PATIENCE);
-    deploy(&base, &probe(), Some("reader"));
+    base.deploy(&probe(), Some("reader"));
     for n in away_from..=away_from + 3 {
         node.wait_for(&format!("[reader] news: news-{n}"), PATIENCE);
     }
@@ -323,8 +280,8 @@ fn requests_get_replies_and_durable_subscribers_get_what_came_while_away() {
 #[test]
 fn priorities_ttl_size_limit_and_unstarted_destinations() {
     let base = Base::installed();
-    deploy(&base, &probe(), Some("errors"));
-    deploy(&base, &probe(), Some("ordering"));
+    base.deploy(&probe(), Some("errors"));
+    base.deploy(&probe(), Some("ordering"));
     let node = start_node(
         &base,
         "limits",

@@ -2,14 +2,14 @@
 //! view, run each app's singleton daemons on the oldest member, and fail them over when that
 //! member is killed.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use immutant_e2e::{Base, PATIENCE, Proc, apps_target_dir, free_offset, get_json, get_json_at};
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, counts, free_offset, get_json,
+    get_json_at, numbers_after, probe,
+};
 
-/// Long enough for a first release build of an app and its dependencies on a slow machine.
-const BUILD_PATIENCE: Duration = Duration::from_secs(600);
 /// The failover bound the tests hold nodes to (the benchmark measures the real time).
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
@@ -24,32 +24,9 @@ fn cluster_name() -> String {
 }
 
 /// The seed app, generated and deployed to the base's install.
-fn deploy_example(base: &Base) -> PathBuf {
-    let projects = base.path().join("projects");
-    std::fs::create_dir_all(&projects).unwrap();
-    let new = base
-        .cli(["new", "example"])
-        .current_dir(&projects)
-        .output()
-        .unwrap();
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
-    );
-    let project = projects.join("example");
-    let deploy = base
-        .cli(["deploy"])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", apps_target_dir())
-        .output()
-        .unwrap();
-    assert!(
-        deploy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deploy.stderr)
-    );
-    project
+fn deploy_example(base: &Base) {
+    let project = base.new_project("example");
+    base.deploy(&project, None);
 }
 
 /// A clustered node of the base's install.
@@ -187,24 +164,6 @@ fn two_live_nodes_with_one_name_are_refused() {
     );
 }
 
-/// The numbers after `marker` in a node's lines (`[example] received: 7`).
-fn numbers(node: &Proc, marker: &str) -> Vec<u64> {
-    node.lines()
-        .iter()
-        .filter_map(|line| line.split(marker).nth(1))
-        .filter_map(|rest| rest.trim().parse().ok())
-        .collect()
-}
-
-/// How many times each number appears.
-fn counts(numbers: impl IntoIterator<Item = u64>) -> std::collections::HashMap<u64, usize> {
-    let mut counts = std::collections::HashMap::new();
-    for n in numbers {
-        *counts.entry(n).or_default() += 1;
-    }
-    counts
-}
-
 /// DESIGN.md's journey, as a new user types it: two clustered nodes of one install (names one and
 /// two, their own data dirs, the second at offset 100), one deploy.
 #[test]
@@ -213,19 +172,8 @@ fn the_seed_tutorial_boom_youre_a_cluster() {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let base = Base::installed();
-    let projects = base.path().join("projects");
-    std::fs::create_dir_all(&projects).unwrap();
-    let new = base
-        .cli(["new", "example"])
-        .current_dir(&projects)
-        .output()
-        .unwrap();
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
-    );
-    let example = projects.join("example");
+    // cargo immutant new example && cd example
+    let example = base.new_project("example");
     let node_command = |name: &str, extra: &[&str]| {
         let mut command = base.cli(["run", "--clustered"]);
         command
@@ -261,7 +209,9 @@ fn the_seed_tutorial_boom_youre_a_cluster() {
     one.wait_for("Deployed \"example\"", BUILD_PATIENCE);
     two.wait_for("Deployed \"example\"", PATIENCE);
     let deadline = Instant::now() + PATIENCE;
-    while numbers(&one, "received: ").len() < 2 || numbers(&two, "received: ").len() < 2 {
+    while numbers_after(&one.lines(), "received: ").len() < 2
+        || numbers_after(&two.lines(), "received: ").len() < 2
+    {
         assert!(
             Instant::now() < deadline,
             "both nodes receive:\n{}\n----\n{}",
@@ -310,7 +260,7 @@ fn the_seed_tutorial_boom_youre_a_cluster() {
     let restarted = Proc::spawn(node_command(master_name, extra));
     restarted.wait_for("Deployed \"example\"", PATIENCE);
     let deadline = Instant::now() + PATIENCE;
-    while numbers(&restarted, "received: ").is_empty() {
+    while numbers_after(&restarted.lines(), "received: ").is_empty() {
         assert!(
             Instant::now() < deadline,
             "the restarted node receives:\n{}",
@@ -342,14 +292,7 @@ fn the_seed_tutorial_boom_youre_a_cluster() {
         }
         lines
     };
-    let count = |lines: &[String], marker: &str| {
-        counts(
-            lines
-                .iter()
-                .filter_map(|line| line.split(marker).nth(1))
-                .filter_map(|rest| rest.trim().parse().ok()),
-        )
-    };
+    let count = |lines: &[String], marker: &str| counts(numbers_after(lines, marker));
     let deadline = Instant::now() + PATIENCE;
     loop {
         let lines = all_lines(&[&survivor, &restarted]);
@@ -578,26 +521,10 @@ fn static_seeds_form_a_cluster_without_multicast() {
     one.wait_for("Cluster view: [one, two]", PATIENCE);
 }
 
-/// The probe app, deployed under `name` to the base's install.
-fn deploy_probe(base: &Base, name: &str) {
-    let probe = immutant_e2e::workspace_root().join("tests/apps/probe");
-    let deploy = base
-        .cli(["deploy", "--name", name])
-        .arg(probe)
-        .env("CARGO_TARGET_DIR", apps_target_dir())
-        .output()
-        .unwrap();
-    assert!(
-        deploy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deploy.stderr)
-    );
-}
-
 #[test]
 fn topics_reach_subscribers_on_every_node() {
     let base = Base::installed();
-    deploy_probe(&base, "herald");
+    base.deploy(&probe(), Some("herald"));
     let cluster = cluster_name();
     let one = clustered(&base, "one", free_offset(), &cluster);
     let two = clustered(&base, "two", free_offset(), &cluster);
@@ -610,7 +537,7 @@ fn topics_reach_subscribers_on_every_node() {
 #[test]
 fn messages_go_to_the_node_that_has_consumers() {
     let base = Base::installed();
-    deploy_probe(&base, "drain");
+    base.deploy(&probe(), Some("drain"));
     let cluster = cluster_name();
     let one = base.run(
         [
