@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::journal::JournalOp;
 use super::message::Message;
 use super::queue::{ConsumerKey, QueueRole, QueueState};
 use super::{Broker, Consumer, MessagingError, Sink, State};
@@ -213,29 +212,8 @@ impl Broker {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         message.forwarded = true;
         message.origin = Some(origin.clone());
-        if message.persistent {
-            let record = message.to_record();
-            let ops: Vec<JournalOp> = targets
-                .iter()
-                .filter(|(_, durable)| *durable)
-                .map(|(queue, _)| JournalOp::Put {
-                    queue: queue.clone(),
-                    seq: message.header.id,
-                    record: record.clone(),
-                })
-                .collect();
-            if !ops.is_empty() {
-                self.journal.commit(ops).await?;
-            }
-        }
-        let mut state = self.lock();
-        state.seen.insert(origin);
-        for (queue, _) in targets {
-            if let Some(state_queue) = state.queues.get_mut(&queue) {
-                state_queue.enqueue(message.clone());
-                self.dispatch(&mut state, &queue);
-            }
-        }
+        self.store(targets, message).await?;
+        self.lock().seen.insert(origin);
         Ok(())
     }
 

@@ -279,6 +279,16 @@ impl Broker {
             return Ok(());
         }
         let targets = self.lock().targets(destination)?;
+        self.store(targets, message).await
+    }
+
+    /// Puts `message` on each of `targets` (queues, each with whether it is journaled): on disk
+    /// first for the journaled ones if it is persistent, then in line for their consumers.
+    async fn store(
+        &self,
+        targets: Vec<(String, bool)>,
+        message: Message,
+    ) -> Result<(), MessagingError> {
         if message.persistent {
             let record = message.to_record();
             let ops: Vec<JournalOp> = targets
