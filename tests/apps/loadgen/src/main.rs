@@ -1,7 +1,9 @@
 //! loadgen: durable queue load for the messaging benchmark. Deployed as `consumer`, it listens to
 //! /queue/bench with concurrency 4 and reports throughput and publish-to-handler latency once it
-//! has every message; deployed as `producer`, it publishes 1 KB persistent messages from several
-//! concurrent publishers. `-Dloadgen.messages` and `-Dloadgen.publishers` size the run.
+//! has every message (or, with `-Dloadgen.report=idle`, once no message has come for a second:
+//! in a cluster each node's consumer gets a share); deployed as `producer`, it publishes 1 KB
+//! persistent messages from several concurrent publishers. `-Dloadgen.messages` and
+//! `-Dloadgen.publishers` size the run.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +21,10 @@ async fn main() -> immutant::Result<()> {
     match app.name() {
         "consumer" => {
             let latencies = Arc::new(Mutex::new(Vec::with_capacity(messages)));
+            let on_idle = app.property("loadgen.report") == Some("idle");
+            if on_idle {
+                tokio::spawn(report_when_idle(latencies.clone()));
+            }
             queue
                 .listen(move |Raw(message)| {
                     let latencies = latencies.clone();
@@ -27,7 +33,7 @@ async fn main() -> immutant::Result<()> {
                         let latency = now_nanos().saturating_sub(sent);
                         let mut latencies = latencies.lock().unwrap();
                         latencies.push((sent, latency));
-                        if latencies.len() == messages {
+                        if !on_idle && latencies.len() == messages {
                             report(&mut latencies);
                         }
                         Ok(())
@@ -36,6 +42,8 @@ async fn main() -> immutant::Result<()> {
                 .concurrency(4)
                 .await?;
         }
+        // A node given no publishers (-Dloadgen.publishers=0) only consumes.
+        "producer" if setting(&app, "loadgen.publishers", 8) == 0 => {}
         "producer" => {
             let publishers: usize = setting(&app, "loadgen.publishers", 8);
             tokio::spawn(async move {
@@ -70,14 +78,39 @@ async fn main() -> immutant::Result<()> {
     app.run().await
 }
 
+/// Reports once messages have come and then none for a second.
+async fn report_when_idle(latencies: Arc<Mutex<Vec<(u128, u128)>>>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut latencies = latencies.lock().unwrap();
+        if !latencies.is_empty() && latencies.len() == seen {
+            let last_handled = latencies
+                .iter()
+                .map(|(sent, latency)| sent + latency)
+                .max()
+                .unwrap_or(0);
+            report_until(&mut latencies, last_handled);
+            return;
+        }
+        seen = latencies.len();
+    }
+}
+
 /// Prints throughput (first publish to last handler) and latency percentiles.
 fn report(latencies: &mut [(u128, u128)]) {
+    report_until(latencies, now_nanos());
+}
+
+/// Prints throughput from the first publish to `last_handled`, latency percentiles, and the
+/// window (in unix nanoseconds) so that reports of several nodes can be combined.
+fn report_until(latencies: &mut [(u128, u128)], last_handled: u128) {
     let first_sent = latencies.iter().map(|(sent, _)| *sent).min().unwrap_or(0);
-    let seconds = Duration::from_nanos((now_nanos() - first_sent) as u64).as_secs_f64();
+    let seconds = Duration::from_nanos((last_handled - first_sent) as u64).as_secs_f64();
     latencies.sort_by_key(|(_, latency)| *latency);
     let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].1 as f64 / 1e6;
     println!(
-        "consumed {} messages in {seconds:.2} s: {:.0} msg/s; publish-to-handler latency p50 {:.2} ms, p99 {:.2} ms",
+        "consumed {} messages in {seconds:.2} s: {:.0} msg/s; publish-to-handler latency p50 {:.2} ms, p99 {:.2} ms; window {first_sent} {last_handled}",
         latencies.len(),
         latencies.len() as f64 / seconds,
         percentile(0.50),
