@@ -147,13 +147,16 @@ impl Daemons {
         };
         println!("Stopping daemon: {name}");
         let limit = limit.unwrap_or(STOP_LIMIT);
+        let mut task = task;
         let stopped = tokio::time::timeout(limit, async {
             daemon.stop().await;
-            let _ = task.await;
+            let _ = (&mut task).await;
         })
         .await;
         if stopped.is_err() {
-            eprintln!("Timed out waiting for daemon {name} to stop");
+            // A singleton that will not stop must not keep running beside its successor.
+            eprintln!("Timed out waiting for daemon {name} to stop; abandoning it");
+            task.abort();
         }
         let _ = connection.send(Frame::new(Header::DaemonStatus {
             name: name.to_string(),

@@ -1,10 +1,10 @@
 //! Singletons: all singleton daemons of an app run on the oldest live member that has the app
 //! running (JGroups' coordinator rule, as Immutant's HA singletons did). A node that rejoins is
 //! the youngest, so nothing moves back to it. A side of a partition that sees fewer members than
-//! the quorum runs none. Each handover carries a fencing epoch: the new master's start time,
-//! which only grows from one master to the next.
+//! the quorum runs none. Each start carries a fencing epoch: the time the node took the
+//! singletons over, which grows from one start to the next however the role moves.
 
-use crate::cluster::View;
+use crate::cluster::{Member, View};
 
 /// Decides where singletons run, the same way on every member.
 #[derive(Debug, Clone, Copy)]
@@ -19,25 +19,17 @@ impl SingletonElection {
         }
     }
 
-    /// The member that runs `app`'s singletons in `view`, with the epoch it runs them under;
-    /// none below the quorum.
-    pub fn master<'v>(
-        &self,
-        view: &'v View,
-        app: &str,
-    ) -> Option<(&'v crate::cluster::Member, u64)> {
+    /// The member that runs `app`'s singletons in `view`; none below the quorum.
+    pub fn master<'v>(&self, view: &'v View, app: &str) -> Option<&'v Member> {
         if (view.members.len() as u32) < self.quorum {
             return None;
         }
         view.oldest_with(app)
-            .map(|member| (member, member.generation))
     }
 
-    /// The epoch under which this node should run `app`'s singletons now, if it should.
-    pub fn here(&self, view: &View, app: &str) -> Option<u64> {
-        self.master(view, app)
-            .filter(|(member, _)| member.is_self)
-            .map(|(_, epoch)| epoch)
+    /// Whether this node should run `app`'s singletons now.
+    pub fn here(&self, view: &View, app: &str) -> bool {
+        self.master(view, app).is_some_and(|member| member.is_self)
     }
 }
 
@@ -62,21 +54,21 @@ mod tests {
     fn the_oldest_member_runs_the_singletons_and_a_rejoined_one_does_not() {
         let election = SingletonElection::new(1);
         let view = View::new(vec![member("one", 10, false), member("two", 20, true)]);
-        assert_eq!(election.here(&view, "example"), None);
-        // one dies: two takes over under its own epoch.
+        assert!(!election.here(&view, "example"));
+        // one dies: two takes over.
         let after = View::new(vec![member("two", 20, true)]);
-        assert_eq!(election.here(&after, "example"), Some(20));
+        assert!(election.here(&after, "example"));
         // one comes back, younger than two: nothing moves.
         let rejoined = View::new(vec![member("two", 20, true), member("one", 30, false)]);
-        assert_eq!(election.here(&rejoined, "example"), Some(20));
+        assert!(election.here(&rejoined, "example"));
     }
 
     #[test]
     fn below_the_quorum_no_one_runs_them() {
         let election = SingletonElection::new(2);
         let alone = View::new(vec![member("one", 10, true)]);
-        assert_eq!(election.here(&alone, "example"), None);
+        assert!(!election.here(&alone, "example"));
         let pair = View::new(vec![member("one", 10, true), member("two", 20, false)]);
-        assert_eq!(election.here(&pair, "example"), Some(10));
+        assert!(election.here(&pair, "example"));
     }
 }

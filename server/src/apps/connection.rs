@@ -25,7 +25,7 @@ const HEADER_ROOM: usize = 64 * 1024;
 
 /// Serves one app's socket until it closes.
 pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc<AppContext>) {
-    let limit = context.broker.max_message_size() as usize + HEADER_ROOM;
+    let limit = (context.broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
     let (read, write) = socket.into_split();
     let mut frames = FramedRead::new(read, FrameCodec::new(limit));
     let (outbox, outgoing) = mpsc::unbounded_channel();
@@ -242,41 +242,42 @@ async fn follow_singletons(
     let election = SingletonElection::new(cluster.singleton_quorum());
     let mut view = cluster.view();
     loop {
-        let mut epoch = election.here(&view.borrow_and_update(), &deployment.name);
-        if epoch.is_some() && lock(&deployment.singleton_epoch).is_none() {
+        let mut elected = election.here(&view.borrow_and_update(), &deployment.name);
+        let running = lock(&deployment.singleton_epoch).is_some();
+        if elected && !running {
             // Let the view settle before taking over: a member that deployed the app at the
             // same moment may be older, and its news a gossip round away.
             tokio::select! {
                 _ = tokio::time::sleep(SETTLE_TIME) => {}
                 _ = ended.cancelled() => break,
             }
-            epoch = election.here(&view.borrow_and_update(), &deployment.name);
+            elected = election.here(&view.borrow_and_update(), &deployment.name);
         }
-        let previous = std::mem::replace(&mut *lock(&deployment.singleton_epoch), epoch);
-        if previous != epoch {
+        if elected != running {
             let singletons: Vec<String> = lock(&deployment.daemons)
                 .iter()
                 .filter(|(_, daemon)| daemon.singleton)
                 .map(|(name, _)| name.clone())
                 .collect();
-            match epoch {
-                Some(epoch) => {
-                    info!(
-                        "The singletons of {} run on this node now (epoch {epoch})",
-                        deployment.name
-                    );
-                    for name in singletons {
-                        let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch }).into());
-                    }
+            if elected {
+                // The fencing epoch: when this node took over, later than any start before it.
+                let epoch = crate::messaging::now_ms();
+                *lock(&deployment.singleton_epoch) = Some(epoch);
+                info!(
+                    "The singletons of {} run on this node now (epoch {epoch})",
+                    deployment.name
+                );
+                for name in singletons {
+                    let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch }).into());
                 }
-                None => {
-                    info!(
-                        "The singletons of {} no longer run on this node",
-                        deployment.name
-                    );
-                    for name in singletons {
-                        let _ = outbox.send(Frame::new(Header::StopDaemon { name }).into());
-                    }
+            } else {
+                *lock(&deployment.singleton_epoch) = None;
+                info!(
+                    "The singletons of {} no longer run on this node",
+                    deployment.name
+                );
+                for name in singletons {
+                    let _ = outbox.send(Frame::new(Header::StopDaemon { name }).into());
                 }
             }
         }

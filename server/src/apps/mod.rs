@@ -60,7 +60,7 @@ impl AppContext {
         let election = SingletonElection::new(cluster.singleton_quorum());
         election
             .master(&view, app)
-            .map(|(member, _)| member.name.clone())
+            .map(|member| member.name.clone())
     }
 }
 

@@ -27,6 +27,8 @@ use crate::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
 const TICK: Duration = Duration::from_millis(200);
+/// How long a write to a peer may take before the link is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each attempt to verify a suspected member may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_millis(100);
 /// Room for a frame's header besides the largest payload.
@@ -51,6 +53,8 @@ enum LinkHeader {
     },
     /// The forward `delivery` is stored on the other node.
     Forwarded { delivery: u64 },
+    /// The other node could not store the forward `delivery`.
+    Refused { delivery: u64, reason: String },
 }
 
 /// Starts accepting links on `listener` (the cluster port), and the manager that opens links to
@@ -61,7 +65,7 @@ pub fn start(
     broker: Arc<Broker>,
     shutdown: Shutdown,
 ) {
-    let limit = broker.max_message_size() as usize + HEADER_ROOM;
+    let limit = (broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
     {
         let (cluster, broker, shutdown) = (cluster.clone(), broker.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -130,8 +134,14 @@ async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: u
                 Ok(()) => {
                     let _ = outbox.send(Frame::new(LinkHeader::Forwarded { delivery }).into());
                 }
-                // Unanswered, the forward goes back in line at the sender and comes again.
-                Err(error) => debug!("a forward to {destination} was refused: {error}"),
+                Err(error) => {
+                    debug!("a forward to {destination} was refused: {error}");
+                    let refused = LinkHeader::Refused {
+                        delivery,
+                        reason: error.to_string(),
+                    };
+                    let _ = outbox.send(Frame::new(refused).into());
+                }
             }
         });
     }
@@ -229,25 +239,34 @@ async fn run_link(
             tokio::select! {
                 forward = forwarded.recv() => {
                     let Some(forward) = forward else { break };
-                    // Forwards given together leave in one write.
-                    if writer.feed(forward_frame(&cluster, forward)).await.is_err() {
+                    // Forwards given together leave in one write; a peer that takes nothing for
+                    // a while (hung) gets its link closed, and its forwards go elsewhere.
+                    let frame = forward_frame(&cluster, forward);
+                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, writer.feed(frame)).await, Ok(Ok(()))) {
                         break;
                     }
-                    if forwarded.is_empty() && writer.flush().await.is_err() {
+                    if forwarded.is_empty()
+                        && !matches!(tokio::time::timeout(WRITE_TIMEOUT, writer.flush()).await, Ok(Ok(())))
+                    {
                         break;
                     }
                 }
                 answer = reader.next() => match answer {
                     Some(Ok(Frame { header: LinkHeader::Forwarded { delivery }, .. })) => broker.ack(connection, delivery),
+                    // What was on its way goes back in line when the link starts again.
+                    Some(Ok(Frame { header: LinkHeader::Refused { reason, .. }, .. })) => {
+                        warn!("{peer} refused a forwarded message ({reason}); linking again");
+                        break;
+                    }
                     Some(Ok(_)) => {}
                     _ => break,
                 },
                 latest = interest.recv() => {
+                    // Every tick, not only on a change: a destination started here since the
+                    // last one gets its bridge now.
                     let Some(latest) = latest else { break };
-                    if latest != wanted {
-                        wanted = latest;
-                        broker.set_bridges(connection, &peer, &forwards, &wanted);
-                    }
+                    wanted = latest;
+                    broker.set_bridges(connection, &peer, &forwards, &wanted);
                 }
             }
         }

@@ -48,6 +48,11 @@ impl Seen {
         self.set.contains(origin)
     }
 
+    /// Forgets an origin whose message could not be stored, so that its retry is taken.
+    pub fn forget(&mut self, origin: &str) {
+        self.set.remove(origin);
+    }
+
     pub fn insert(&mut self, origin: String) {
         if self.set.insert(origin.clone()) {
             self.order.push_back(origin);
@@ -115,7 +120,9 @@ impl Broker {
             .collect();
         let bridge_queue = |destination: &str, topic: bool| {
             if topic {
-                format!("{destination}#bridge.{peer}")
+                // One per link: a peer that restarts gets a new one, and the old one goes with
+                // the old link.
+                format!("{destination}#bridge.{peer}.{connection}")
             } else {
                 destination.to_string()
             }
@@ -193,11 +200,13 @@ impl Broker {
         mut message: Message,
     ) -> Result<(), MessagingError> {
         let targets = {
-            let state = self.lock();
+            let mut state = self.lock();
             if state.seen.contains(&origin) {
                 return Ok(());
             }
             let targets = state.targets(destination)?;
+            // Taken now, so that a retry arriving while this one is stored is not stored too.
+            state.seen.insert(origin.clone());
             // A topic's message goes to this node's subscribers only, not on to other nodes.
             match topic {
                 true => targets
@@ -212,9 +221,11 @@ impl Broker {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         message.forwarded = true;
         message.origin = Some(origin.clone());
-        self.store(targets, message).await?;
-        self.lock().seen.insert(origin);
-        Ok(())
+        let stored = self.store(targets, message).await;
+        if stored.is_err() {
+            self.lock().seen.forget(&origin);
+        }
+        stored
     }
 
     /// Lets what was forwarded to a queue move on once the queue has had no consumer of this

@@ -69,6 +69,17 @@ impl Message {
         })
     }
 
+    /// Whether the message is for this node's apps alone: one another node forwarded here, or a
+    /// request whose reply address (`@<connection>`) only means something on this node.
+    pub fn is_local_only(&self) -> bool {
+        self.forwarded
+            || self
+                .header
+                .reply_to
+                .as_deref()
+                .is_some_and(|to| to.starts_with('@'))
+    }
+
     /// Whether the message has outlived its ttl at `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|expires| expires <= now_ms)

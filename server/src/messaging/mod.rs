@@ -559,11 +559,11 @@ impl Broker {
             QueueRole::Queue => (queue_name.to_string(), false),
         };
         let now = now_ms();
-        while let Some(forwarded) = queue.peek().map(|message| message.forwarded) {
-            // A message another node forwarded here is for this node's apps alone.
+        let mut received = false;
+        while let Some(local_only) = queue.peek().map(Message::is_local_only) {
             let Some(key) = queue.consumers_in_turn().find(|key| {
                 consumers.get(key).is_some_and(|consumer| {
-                    consumer.credit > 0 && !(forwarded && matches!(consumer.sink, Sink::Peer(_)))
+                    consumer.credit > 0 && !(local_only && matches!(consumer.sink, Sink::Peer(_)))
                 })
             }) else {
                 break;
@@ -623,6 +623,7 @@ impl Broker {
                 send(outbox, Frame::with_body(receipt, message.body));
                 consumers.remove(&key);
                 queue.remove_consumer(key);
+                received = true;
                 continue;
             }
             consumer.credit -= 1;
@@ -642,6 +643,10 @@ impl Broker {
                     message,
                 },
             );
+        }
+        // A receive from a topic had a subscription of its own, done with now.
+        if received {
+            state.drop_unused_subscription(queue_name);
         }
     }
 }
@@ -767,6 +772,24 @@ impl State {
                 Ok((queue, true))
             }
             None => Err(MessagingError::NotStarted(destination.to_string())),
+        }
+    }
+
+    /// Removes the subscription `queue` if it is not durable and has no consumer left.
+    fn drop_unused_subscription(&mut self, queue: &str) {
+        let Some(state) = self.queues.get(queue) else {
+            return;
+        };
+        if let QueueRole::Subscription {
+            topic,
+            durable: false,
+        } = &state.role
+            && state.consumer_count() == 0
+        {
+            if let Some(subscriptions) = self.topics.get_mut(topic) {
+                subscriptions.retain(|subscription| subscription != queue);
+            }
+            self.queues.remove(queue);
         }
     }
 
