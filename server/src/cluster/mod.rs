@@ -168,6 +168,8 @@ impl Cluster {
     pub fn suspect(&self, name: &str, generation: u64) {
         warn!("lost the link to {name}, which does not answer; it is out of the view");
         self.suspects.send_modify(|suspects| {
+            // Suspicions that ran out are done with.
+            suspects.retain(|_, since| since.elapsed() < SUSPICION_TIME);
             suspects.insert((name.to_string(), generation), tokio::time::Instant::now());
         });
     }

@@ -233,6 +233,12 @@ impl Broker {
     pub fn redistribute(&self) {
         let mut state = self.lock();
         let now = Instant::now();
+        let State {
+            queues,
+            unattended_since,
+            ..
+        } = &mut *state;
+        unattended_since.retain(|name, _| queues.contains_key(name));
         let names: Vec<String> = state.queues.keys().cloned().collect();
         for name in names {
             let attended = state.is_attended(&name);

@@ -30,6 +30,8 @@ use queue::{ConsumerKey, QueueRole, QueueState};
 
 /// Where failed messages go.
 pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
+/// The longest failure reason a dead-lettered message keeps.
+const MAX_REASON_CHARS: usize = 1024;
 /// Deliveries a message gets before it is dead-lettered.
 pub const MAX_DELIVERIES: u32 = 10;
 
@@ -159,6 +161,14 @@ impl Broker {
         }
         {
             let mut state = self.lock();
+            // A topic's subscription is a queue of this name; it is not the app's to start.
+            if state
+                .queues
+                .get(name)
+                .is_some_and(|queue| queue.role != QueueRole::Queue)
+            {
+                return Err(MessagingError::BadName(name.to_string()));
+            }
             match (state.kind_of(name), kind) {
                 (Some(existing), asked) if existing == asked => return Ok(()),
                 (Some(existing), asked) => {
@@ -452,6 +462,11 @@ impl Broker {
 
     /// The app's handler failed: the message is redelivered, or dead-lettered.
     pub fn nack(&self, connection: u64, delivery: u64, reason: &str) {
+        // The reason travels with the message if it is dead-lettered: keep it a sensible size.
+        let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
+            Some((end, _)) => &reason[..end],
+            None => reason,
+        };
         let mut state = self.lock();
         let Some(in_flight) = state.take_in_flight(connection, delivery) else {
             return;
