@@ -556,3 +556,26 @@ fn messages_go_to_the_node_that_has_consumers() {
         one.wait_for(&format!("[drain] drained: two-{n}"), PATIENCE);
     }
 }
+
+#[test]
+fn a_request_is_answered_by_a_responder_on_another_node() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("asker"));
+    let cluster = cluster_name();
+    let _one = base.run(
+        [
+            vec![
+                "--clustered".to_string(),
+                format!("-Dimmutant.cluster.name={cluster}"),
+            ],
+            vec!["-Dprobe.respond=yes".to_string()],
+            base.node_args("one", free_offset()),
+        ]
+        .concat(),
+    );
+    let two = clustered(&base, "two", free_offset(), &cluster);
+    two.wait_for(
+        "[asker] answer: ping from two answered by one",
+        BUILD_PATIENCE,
+    );
+}

@@ -22,7 +22,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
 use super::{Cluster, Member};
-use crate::messaging::{Broker, Forward, Message};
+use crate::messaging::{Broker, Forward, Message, Reply};
 use crate::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
@@ -55,6 +55,11 @@ enum LinkHeader {
     Forwarded { delivery: u64 },
     /// The other node could not store the forward `delivery`.
     Refused { delivery: u64, reason: String },
+    /// A reply for the app on `connection` of the other node; the body is its payload.
+    Reply {
+        connection: u64,
+        message: MessageHeader,
+    },
 }
 
 /// Starts accepting links on `listener` (the cluster port), and the manager that opens links to
@@ -104,6 +109,14 @@ async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: u
         _ => return,
     }
     while let Some(Ok(Frame { header, body })) = frames.next().await {
+        if let LinkHeader::Reply {
+            connection,
+            message,
+        } = header
+        {
+            broker.reply(connection, Message::reply(message, body));
+            continue;
+        }
         let LinkHeader::Forward {
             delivery,
             destination,
@@ -152,6 +165,7 @@ async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: u
 struct Link {
     task: JoinHandle<()>,
     interest: mpsc::UnboundedSender<BTreeSet<String>>,
+    replies: mpsc::UnboundedSender<Reply>,
 }
 
 /// Keeps one link per other member, the bridges matching each member's interest, this node's
@@ -160,9 +174,20 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
     let mut links: HashMap<(String, u64), Link> = HashMap::new();
     let mut told = BTreeSet::new();
     let mut ticker = tokio::time::interval(TICK);
+    let (replies, mut replies_out) = mpsc::unbounded_channel();
+    broker.route_replies(replies);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            reply = replies_out.recv() => {
+                // A reply for an app on another node goes over the link to it.
+                if let Some(reply) = reply
+                    && let Some(link) = links.iter().find(|((name, _), _)| *name == reply.node).map(|(_, link)| link)
+                {
+                    let _ = link.replies.send(reply);
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         }
         let interest = broker.interest();
@@ -186,15 +211,21 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
             let id = (member.name.clone(), member.generation);
             let link = links.entry(id).or_insert_with(|| {
                 let (interest, wanted) = mpsc::unbounded_channel();
+                let (replies, replies_in) = mpsc::unbounded_channel();
                 let peer = (member.name.clone(), member.generation, member.gossip_addr);
+                let channels = (wanted, replies_in);
                 let task = tokio::spawn(run_link(
                     cluster.clone(),
                     broker.clone(),
                     peer,
-                    wanted,
+                    channels,
                     limit,
                 ));
-                Link { task, interest }
+                Link {
+                    task,
+                    interest,
+                    replies,
+                }
             });
             let _ = link.interest.send(member.interest.clone());
         }
@@ -212,7 +243,10 @@ async fn run_link(
     cluster: Arc<Cluster>,
     broker: Arc<Broker>,
     (peer, generation, address): (String, u64, SocketAddr),
-    mut interest: mpsc::UnboundedReceiver<BTreeSet<String>>,
+    (mut interest, mut replies): (
+        mpsc::UnboundedReceiver<BTreeSet<String>>,
+        mpsc::UnboundedReceiver<Reply>,
+    ),
     limit: usize,
 ) {
     let mut wanted = BTreeSet::new();
@@ -261,6 +295,13 @@ async fn run_link(
                     Some(Ok(_)) => {}
                     _ => break,
                 },
+                reply = replies.recv() => {
+                    let Some(Reply { connection, message, .. }) = reply else { break };
+                    let frame = Frame::with_body(LinkHeader::Reply { connection, message: message.header }, message.body);
+                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, writer.send(frame)).await, Ok(Ok(()))) {
+                        break;
+                    }
+                }
                 latest = interest.recv() => {
                     // Every tick, not only on a change: a destination started here since the
                     // last one gets its bridge now.

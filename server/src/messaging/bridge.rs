@@ -36,6 +36,14 @@ pub struct Forward {
     pub message: Message,
 }
 
+/// A reply for the app on `connection` of the node `node`.
+#[derive(Debug)]
+pub struct Reply {
+    pub node: String,
+    pub connection: u64,
+    pub message: Message,
+}
+
 /// The origins of recent forwards, oldest first out.
 #[derive(Default)]
 pub struct Seen {
@@ -66,6 +74,11 @@ impl Seen {
 }
 
 impl Broker {
+    /// Sends replies for apps on other nodes to `replies` (the links) from now on.
+    pub fn route_replies(&self, replies: mpsc::UnboundedSender<Reply>) {
+        self.lock().replies = Some(replies);
+    }
+
     /// The destinations this node's apps consume from: queues they listen to or receive from,
     /// and topics they subscribe to (durable subscribers count while they are away). Other
     /// nodes forward these here.
@@ -173,6 +186,7 @@ impl Broker {
             }
             let key = (connection, next_id);
             next_id += 1;
+            tracing::debug!("bridge {key:?} to {peer} for {queue}");
             if let Some(state_queue) = state.queues.get_mut(&queue) {
                 state_queue.add_consumer(key);
             }
@@ -276,5 +290,50 @@ impl State {
                 .get(key)
                 .is_some_and(|consumer| matches!(consumer.sink, Sink::App(_)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bytes::Bytes;
+    use immutant_protocol::{DestinationKind, PublishOptions};
+    use tokio::sync::mpsc;
+
+    use super::super::Broker;
+
+    #[tokio::test]
+    async fn a_bridge_takes_its_turn_with_requests_and_plain_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(dir.path(), "one", 1024).unwrap();
+        broker
+            .start("/queue/ask", DestinationKind::Queue)
+            .await
+            .unwrap();
+        let (forwards, mut forwarded) = mpsc::unbounded_channel();
+        let interest = BTreeSet::from(["/queue/ask".to_string()]);
+        broker.set_bridges(100, "two", &forwards, &interest);
+        let request = PublishOptions {
+            reply_to: Some("@".to_string()),
+            correlation_id: Some("c1".to_string()),
+            ..PublishOptions::default()
+        };
+        broker
+            .publish(1, "/queue/ask", request, Bytes::from_static(b"\"ping\""))
+            .await
+            .unwrap();
+        broker
+            .publish(
+                1,
+                "/queue/ask",
+                PublishOptions::default(),
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        let first = forwarded.try_recv().expect("the request is forwarded");
+        assert_eq!(first.message.header.reply_to.as_deref(), Some("@one/1"));
+        assert!(forwarded.try_recv().is_ok(), "so is the plain message");
     }
 }

@@ -69,15 +69,21 @@ impl Message {
         })
     }
 
-    /// Whether the message is for this node's apps alone: one another node forwarded here, or a
-    /// request whose reply address (`@<connection>`) only means something on this node.
+    /// A reply that came from another node, for an app of this one.
+    pub fn reply(header: MessageHeader, body: Bytes) -> Message {
+        Message {
+            header,
+            body,
+            persistent: false,
+            expires_at_ms: None,
+            forwarded: true,
+            origin: None,
+        }
+    }
+
+    /// Whether the message is for this node's apps alone: one another node forwarded here.
     pub fn is_local_only(&self) -> bool {
         self.forwarded
-            || self
-                .header
-                .reply_to
-                .as_deref()
-                .is_some_and(|to| to.starts_with('@'))
     }
 
     /// Whether the message has outlived its ttl at `now_ms`.

@@ -21,7 +21,7 @@ use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOp
 use tokio::sync::mpsc;
 use tracing::warn;
 
-pub use bridge::Forward;
+pub use bridge::{Forward, Reply};
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
 pub use message::now_ms;
@@ -71,6 +71,8 @@ pub enum MessagingError {
 
 /// One node's messaging.
 pub struct Broker {
+    /// This node's name, which reply addresses carry.
+    node_name: String,
     journal: Journal,
     state: Mutex<State>,
     next_seq: AtomicU64,
@@ -91,6 +93,8 @@ struct State {
     seen: bridge::Seen,
     /// When each queue last had a consumer of an app of this node, while it has none.
     unattended_since: HashMap<String, std::time::Instant>,
+    /// Where replies for apps on other nodes go (the cluster's links), in a cluster.
+    replies: Option<mpsc::UnboundedSender<Reply>>,
 }
 
 /// Where a consumer's messages go.
@@ -118,7 +122,11 @@ struct InFlight {
 
 impl Broker {
     /// Opens the journal in `data_dir` and puts back every message it holds.
-    pub fn open(data_dir: &Path, max_message_size: u64) -> Result<Broker, MessagingError> {
+    pub fn open(
+        data_dir: &Path,
+        node_name: &str,
+        max_message_size: u64,
+    ) -> Result<Broker, MessagingError> {
         let (journal, recovered) = Journal::open(&data_dir.join("journal.redb"))?;
         let next_seq = AtomicU64::new(recovered.max_seq + 1);
         let mut state = State::default();
@@ -128,6 +136,7 @@ impl Broker {
         );
         state.restore(recovered);
         Ok(Broker {
+            node_name: node_name.to_string(),
             journal,
             state: Mutex::new(state),
             next_seq,
@@ -260,7 +269,7 @@ impl Broker {
             return Err(MessagingError::BadPriority(options.priority));
         }
         if options.reply_to.as_deref() == Some("@") {
-            options.reply_to = Some(format!("@{connection}"));
+            options.reply_to = Some(format!("@{}/{connection}", self.node_name));
         }
         let published_at_ms = now_ms();
         let message = Message {
@@ -285,7 +294,7 @@ impl Broker {
             origin: None,
         };
         if let Some(target) = destination.strip_prefix('@') {
-            self.reply(target, message);
+            self.route_reply(target, message);
             return Ok(());
         }
         let targets = self.lock().targets(destination)?;
@@ -324,13 +333,30 @@ impl Broker {
         Ok(())
     }
 
-    /// Hands a reply straight to the app that asked (`@<connection>`); dropped if it is gone.
-    fn reply(&self, target: &str, message: Message) {
+    /// Sends a reply to `<node>/<connection>` (the requester's address, `@` taken off): to the
+    /// app on this node, or over the link to its node. A reply no one can take is dropped.
+    fn route_reply(&self, target: &str, message: Message) {
+        let Some((node, connection)) = target.split_once('/') else {
+            return;
+        };
+        let Ok(connection) = connection.parse::<u64>() else {
+            return;
+        };
+        if node == self.node_name {
+            self.reply(connection, message);
+        } else if let Some(replies) = self.lock().replies.as_ref() {
+            let _ = replies.send(Reply {
+                node: node.to_string(),
+                connection,
+                message,
+            });
+        }
+    }
+
+    /// Hands a reply straight to the app on `connection`; dropped if it is gone.
+    pub fn reply(&self, connection: u64, message: Message) {
         let state = self.lock();
-        let outbox = target
-            .parse::<u64>()
-            .ok()
-            .and_then(|connection| state.outboxes.get(&connection));
+        let outbox = state.outboxes.get(&connection);
         if let Some(outbox) = outbox {
             send(
                 outbox,

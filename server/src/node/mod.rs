@@ -83,7 +83,11 @@ pub async fn run(
         .get("immutant.messaging.max-message-size")
         .and_then(|value| value.parse().ok())
         .unwrap_or(16 * 1024 * 1024);
-    let broker = Arc::new(Broker::open(&config.data_dir, max_message_size)?);
+    let broker = Arc::new(Broker::open(
+        &config.data_dir,
+        &config.node_name,
+        max_message_size,
+    )?);
     let all_properties = properties.all();
     let shutdown = Shutdown::new();
     let cluster = match &config.cluster {

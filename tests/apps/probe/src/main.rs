@@ -33,6 +33,7 @@ async fn main() -> immutant::Result<()> {
         "ordering" => ordering(&app).await?,
         "herald" => herald(&app).await?,
         "drain" => drain(&app).await?,
+        "asker" => ask_across(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -153,6 +154,33 @@ async fn drain(app: &App) -> immutant::Result<()> {
             if queue.publish(&format!("{node}-{n}")).await.is_ok() {
                 println!("queued: {node}-{n}");
             }
+        }
+    });
+    Ok(())
+}
+
+/// On the node given `-Dprobe.respond=yes`, answers on /queue/ask; on the others, asks there
+/// once the cluster has had time to form, so that the question and its answer cross nodes.
+async fn ask_across(app: &App) -> immutant::Result<()> {
+    let queue = app.queue("/queue/ask").await?;
+    let node = app.node_name().to_string();
+    if app.property("probe.respond") == Some("yes") {
+        queue
+            .respond(move |question: String| {
+                let node = node.clone();
+                async move { Ok(format!("{question} answered by {node}")) }
+            })
+            .await?;
+        return Ok(());
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        match queue
+            .request::<_, String>(&format!("ping from {node}"), Duration::from_secs(20))
+            .await
+        {
+            Ok(answer) => println!("answer: {answer}"),
+            Err(error) => println!("no answer: {error}"),
         }
     });
     Ok(())
