@@ -31,9 +31,15 @@ fn deploy_example(base: &Base) {
 
 /// A clustered node of the base's install.
 fn clustered(base: &Base, name: &str, offset: u16, cluster: &str) -> Proc {
+    clustered_with(base, name, offset, cluster, &[])
+}
+
+/// A clustered node of the base's install, with more arguments.
+fn clustered_with(base: &Base, name: &str, offset: u16, cluster: &str, extra: &[String]) -> Proc {
     let mut args = vec!["--clustered".to_string()];
     args.extend(base.node_args(name, offset));
     args.push(format!("-Dimmutant.cluster.name={cluster}"));
+    args.extend_from_slice(extra);
     let node = base.run(args);
     node.wait_for("started in", PATIENCE);
     node
@@ -490,33 +496,10 @@ fn static_seeds_form_a_cluster_without_multicast() {
     let cluster = cluster_name();
     let (one_offset, two_offset) = (free_offset(), free_offset());
     // Each node on a multicast group of its own: they can only meet through the seed.
-    let one = base.run(
-        [
-            vec![
-                "--clustered".to_string(),
-                format!("-Dimmutant.cluster.name={cluster}"),
-            ],
-            vec!["-Djboss.default.multicast.address=230.0.0.61".to_string()],
-            base.node_args("one", one_offset),
-        ]
-        .concat(),
-    );
-    one.wait_for("started in", PATIENCE);
-    let two = base.run(
-        [
-            vec![
-                "--clustered".to_string(),
-                format!("-Dimmutant.cluster.name={cluster}"),
-            ],
-            vec!["-Djboss.default.multicast.address=230.0.0.62".to_string()],
-            vec![format!(
-                "-Dimmutant.cluster.seeds=127.0.0.1:{}",
-                7600 + one_offset
-            )],
-            base.node_args("two", two_offset),
-        ]
-        .concat(),
-    );
+    let group = |n: u8| format!("-Djboss.default.multicast.address=230.0.0.{n}");
+    let one = clustered_with(&base, "one", one_offset, &cluster, &[group(61)]);
+    let seed = format!("-Dimmutant.cluster.seeds=127.0.0.1:{}", 7600 + one_offset);
+    let two = clustered_with(&base, "two", two_offset, &cluster, &[group(62), seed]);
     two.wait_for("Cluster view: [one, two]", PATIENCE);
     one.wait_for("Cluster view: [one, two]", PATIENCE);
 }
@@ -539,17 +522,8 @@ fn messages_go_to_the_node_that_has_consumers() {
     let base = Base::installed();
     base.deploy(&probe(), Some("drain"));
     let cluster = cluster_name();
-    let one = base.run(
-        [
-            vec![
-                "--clustered".to_string(),
-                format!("-Dimmutant.cluster.name={cluster}"),
-            ],
-            vec!["-Dprobe.drain=listen".to_string()],
-            base.node_args("one", free_offset()),
-        ]
-        .concat(),
-    );
+    let listen = ["-Dprobe.drain=listen".to_string()];
+    let one = clustered_with(&base, "one", free_offset(), &cluster, &listen);
     let two = clustered(&base, "two", free_offset(), &cluster);
     two.wait_for("[drain] queued: two-9", BUILD_PATIENCE);
     for n in 0..10 {
@@ -562,17 +536,8 @@ fn a_request_is_answered_by_a_responder_on_another_node() {
     let base = Base::installed();
     base.deploy(&probe(), Some("asker"));
     let cluster = cluster_name();
-    let _one = base.run(
-        [
-            vec![
-                "--clustered".to_string(),
-                format!("-Dimmutant.cluster.name={cluster}"),
-            ],
-            vec!["-Dprobe.respond=yes".to_string()],
-            base.node_args("one", free_offset()),
-        ]
-        .concat(),
-    );
+    let respond = ["-Dprobe.respond=yes".to_string()];
+    let _one = clustered_with(&base, "one", free_offset(), &cluster, &respond);
     let two = clustered(&base, "two", free_offset(), &cluster);
     two.wait_for(
         "[asker] answer: ping from two answered by one",

@@ -187,19 +187,13 @@ impl Broker {
             let key = (connection, next_id);
             next_id += 1;
             tracing::debug!("bridge {key:?} to {peer} for {queue}");
-            if let Some(state_queue) = state.queues.get_mut(&queue) {
-                state_queue.add_consumer(key);
-            }
-            state.consumers.insert(
-                key,
-                Consumer {
-                    queue: queue.clone(),
-                    sink: Sink::Peer(forwards.clone()),
-                    credit: BRIDGE_WINDOW,
-                    receive: None,
-                },
-            );
-            self.dispatch(&mut state, &queue);
+            let consumer = Consumer {
+                queue,
+                sink: Sink::Peer(forwards.clone()),
+                credit: BRIDGE_WINDOW,
+                receive: None,
+            };
+            self.attach(&mut state, key, consumer);
         }
     }
 

@@ -437,19 +437,13 @@ impl Broker {
                 .cloned()
                 .ok_or_else(|| MessagingError::NotStarted(destination.to_string()))?;
             let (queue, created) = state.queue_for(key, destination, client_id)?;
-            if let Some(state_queue) = state.queues.get_mut(&queue) {
-                state_queue.add_consumer(key);
-            }
-            state.consumers.insert(
-                key,
-                Consumer {
-                    queue: queue.clone(),
-                    sink: Sink::App(outbox),
-                    credit: credit.max(1),
-                    receive,
-                },
-            );
-            self.dispatch(&mut state, &queue);
+            let consumer = Consumer {
+                queue: queue.clone(),
+                sink: Sink::App(outbox),
+                credit: credit.max(1),
+                receive,
+            };
+            self.attach(&mut state, key, consumer);
             (created && client_id.is_some()).then_some(queue)
         };
         if let Some(queue) = durable_subscription {
@@ -580,6 +574,16 @@ impl Broker {
             dlq.enqueue(dead);
         }
         self.dispatch(state, DEAD_LETTER_QUEUE);
+    }
+
+    /// Adds a consumer to its queue, and hands it what waits there.
+    fn attach(&self, state: &mut State, key: ConsumerKey, consumer: Consumer) {
+        let queue = consumer.queue.clone();
+        if let Some(state_queue) = state.queues.get_mut(&queue) {
+            state_queue.add_consumer(key);
+        }
+        state.consumers.insert(key, consumer);
+        self.dispatch(state, &queue);
     }
 
     /// Hands the queue's waiting messages to its consumers while they have credit.
