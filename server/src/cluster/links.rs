@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use immutant_protocol::{Frame, FrameCodec, MessageHeader, Outbox, write_frames};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
@@ -164,7 +164,7 @@ async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: u
 /// consumes. Dropping the sender ends the link.
 struct Link {
     task: JoinHandle<()>,
-    interest: mpsc::UnboundedSender<BTreeSet<String>>,
+    interest: watch::Sender<BTreeSet<String>>,
     replies: mpsc::UnboundedSender<Reply>,
 }
 
@@ -210,7 +210,7 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
         for member in peers {
             let id = (member.name.clone(), member.generation);
             let link = links.entry(id).or_insert_with(|| {
-                let (interest, wanted) = mpsc::unbounded_channel();
+                let (interest, wanted) = watch::channel(BTreeSet::new());
                 let (replies, replies_in) = mpsc::unbounded_channel();
                 let peer = (member.name.clone(), member.generation, member.gossip_addr);
                 let channels = (wanted, replies_in);
@@ -227,7 +227,8 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
                     replies,
                 }
             });
-            let _ = link.interest.send(member.interest.clone());
+            // Sent every tick, changed or not: see `run_link`.
+            link.interest.send_replace(member.interest.clone());
         }
         broker.redistribute();
     }
@@ -244,13 +245,13 @@ async fn run_link(
     broker: Arc<Broker>,
     (peer, generation, address): (String, u64, SocketAddr),
     (mut interest, mut replies): (
-        mpsc::UnboundedReceiver<BTreeSet<String>>,
+        watch::Receiver<BTreeSet<String>>,
         mpsc::UnboundedReceiver<Reply>,
     ),
     limit: usize,
 ) {
-    let mut wanted = BTreeSet::new();
-    while !interest.is_closed() {
+    // The member is in the view while the manager keeps the sender.
+    while interest.has_changed().is_ok() {
         let Ok(socket) = TcpStream::connect(address).await else {
             tokio::time::sleep(TICK).await;
             continue;
@@ -268,6 +269,7 @@ async fn run_link(
             continue;
         }
         let (forwards, mut forwarded) = mpsc::unbounded_channel::<Forward>();
+        let wanted = interest.borrow_and_update().clone();
         broker.set_bridges(connection, &peer, &forwards, &wanted);
         loop {
             tokio::select! {
@@ -302,11 +304,13 @@ async fn run_link(
                         break;
                     }
                 }
-                latest = interest.recv() => {
+                changed = interest.changed() => {
                     // Every tick, not only on a change: a destination started here since the
                     // last one gets its bridge now.
-                    let Some(latest) = latest else { break };
-                    wanted = latest;
+                    if changed.is_err() {
+                        break;
+                    }
+                    let wanted = interest.borrow_and_update().clone();
                     broker.set_bridges(connection, &peer, &forwards, &wanted);
                 }
             }
@@ -314,7 +318,7 @@ async fn run_link(
         // What was on its way comes back in line, for the next link or another node.
         broker.disconnect(connection);
         // A link that drops and cannot be opened again is a member killed: its socket closed.
-        if !answers(address).await && !interest.is_closed() {
+        if !answers(address).await && interest.has_changed().is_ok() {
             cluster.suspect(&peer, generation);
         }
     }
