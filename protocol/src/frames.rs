@@ -153,11 +153,14 @@ pub enum Header {
         delivery: u64,
         message: MessageHeader,
     },
-    /// The answer to `receive`: a message (the body is its payload, already acknowledged), or
-    /// none if the timeout passed.
+    /// The answer to `receive`: a message (the body is its payload; acknowledge it with `ack`
+    /// and `delivery` once it is taken, `nack` if no one waits for it any more), or none if the
+    /// timeout passed.
     Receipt {
         id: u64,
         message: Option<MessageHeader>,
+        #[serde(default)]
+        delivery: Option<u64>,
     },
     /// Run the daemon `name`; `epoch` grows with every start in the cluster (a fencing token).
     StartDaemon { name: String, epoch: u64 },

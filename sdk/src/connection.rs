@@ -234,10 +234,29 @@ impl Connection {
     fn route(&self, frame: Frame) {
         let Frame { header, body } = frame;
         match header {
-            Header::Ok { id } => self.answer(id, Ok(None)),
-            Header::Error { id, message } => self.answer(id, Err(message)),
-            Header::Receipt { id, message } => {
-                self.answer(id, Ok(message.map(|message| (message, body))))
+            Header::Ok { id } => {
+                self.answer(id, Ok(None));
+            }
+            Header::Error { id, message } => {
+                self.answer(id, Err(message));
+            }
+            Header::Receipt {
+                id,
+                message,
+                delivery,
+            } => {
+                let taken = self.answer(id, Ok(message.map(|message| (message, body))));
+                // A message no one waits for any more goes back to the queue.
+                if let Some(delivery) = delivery {
+                    let settled = match taken {
+                        true => Header::Ack { delivery },
+                        false => Header::Nack {
+                            delivery,
+                            reason: "the receiver stopped waiting".to_string(),
+                        },
+                    };
+                    let _ = self.send(Frame::new(settled));
+                }
             }
             Header::Deliver {
                 consumer: 0,
@@ -293,10 +312,10 @@ impl Connection {
         }
     }
 
-    fn answer(&self, id: u64, answer: Answer) {
-        if let Some(waiting) = lock(&self.inner.pending).remove(&id) {
-            let _ = waiting.send(answer);
-        }
+    /// Hands the answer to request `id` to whoever waits for it; false if no one does.
+    fn answer(&self, id: u64, answer: Answer) -> bool {
+        let waiting = lock(&self.inner.pending).remove(&id);
+        waiting.is_some_and(|waiting| waiting.send(answer).is_ok())
     }
 }
 

@@ -413,6 +413,7 @@ impl Broker {
                     let receipt = Header::Receipt {
                         id: key.1,
                         message: None,
+                        delivery: None,
                     };
                     send(&outbox, Frame::new(receipt));
                 }
@@ -652,34 +653,28 @@ impl Broker {
                 }
             };
             message.header.delivery_count += 1;
+            *next_delivery += 1;
+            let delivery = *next_delivery;
             if let Some(request) = consumer.receive {
-                // A receive takes its message acknowledged.
-                queue.delivered += 1;
-                if message.persistent && queue.is_durable() {
-                    self.journal.submit(vec![JournalOp::Delete {
-                        queue: queue_name.to_string(),
-                        seq: message.header.id,
-                    }]);
-                }
+                // A receive takes one message, in flight until the app says it was taken.
                 let receipt = Header::Receipt {
                     id: request,
-                    message: Some(message.header),
+                    message: Some(message.header.clone()),
+                    delivery: Some(delivery),
                 };
-                send(outbox, Frame::with_body(receipt, message.body));
+                send(outbox, Frame::with_body(receipt, message.body.clone()));
                 consumers.remove(&key);
                 queue.remove_consumer(key);
                 received = true;
-                continue;
+            } else {
+                consumer.credit -= 1;
+                let deliver = Header::Deliver {
+                    consumer: key.1,
+                    delivery,
+                    message: message.header.clone(),
+                };
+                send(outbox, Frame::with_body(deliver, message.body.clone()));
             }
-            consumer.credit -= 1;
-            *next_delivery += 1;
-            let delivery = *next_delivery;
-            let deliver = Header::Deliver {
-                consumer: key.1,
-                delivery,
-                message: message.header.clone(),
-            };
-            send(outbox, Frame::with_body(deliver, message.body.clone()));
             in_flight.insert(
                 delivery,
                 InFlight {
@@ -869,5 +864,63 @@ impl State {
             consumer.credit += 1;
         }
         Some(in_flight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use immutant_protocol::{DestinationKind, Header, Outgoing, PublishOptions};
+    use tokio::sync::mpsc;
+
+    use super::Broker;
+
+    #[tokio::test]
+    async fn a_received_message_no_one_takes_goes_back_to_its_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Arc::new(Broker::open(dir.path(), "one", 1024).unwrap());
+        broker
+            .start("/queue/a", DestinationKind::Queue)
+            .await
+            .unwrap();
+        let (outbox, mut frames) = mpsc::unbounded_channel();
+        broker.connect(1, outbox);
+        broker
+            .publish(
+                1,
+                "/queue/a",
+                PublishOptions::default(),
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        broker
+            .receive((1, 7), "/queue/a", None, None)
+            .await
+            .unwrap();
+        let Some(Outgoing::Frame(frame)) = frames.recv().await else {
+            panic!("a receipt")
+        };
+        let Header::Receipt {
+            id: 7,
+            delivery: Some(delivery),
+            ..
+        } = frame.header
+        else {
+            panic!("a receipt with its delivery: {:?}", frame.header)
+        };
+        let depth = |broker: &Broker| {
+            broker
+                .stats()
+                .into_iter()
+                .find(|q| q.name == "/queue/a")
+                .unwrap()
+                .depth
+        };
+        assert_eq!(depth(&broker), 0);
+        broker.nack(1, delivery, "the receiver stopped waiting");
+        assert_eq!(depth(&broker), 1, "back in line");
     }
 }
