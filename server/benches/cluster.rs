@@ -30,18 +30,7 @@ fn main() {
             let second = free_offset(first + 100);
             [first, second, free_offset(second + 100)]
         };
-        let args = |name: &str, offset: u16| {
-            vec![
-                "--server-config=standalone-ha.toml".to_string(),
-                format!("-Djboss.node.name={name}"),
-                format!("-Djboss.socket.binding.port-offset={offset}"),
-                format!(
-                    "-Djboss.server.data.dir={}",
-                    install.home().join(name).display()
-                ),
-                format!("-Dimmutant.cluster.name={cluster}"),
-            ]
-        };
+        let args = |name: &str, offset: u16| install.clustered_args(name, offset, &cluster);
         let first = install.start(&args("first", offsets[0]));
         first.wait_for("Starting daemon: worker");
 

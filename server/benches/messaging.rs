@@ -72,19 +72,13 @@ fn run_clustered(loadgen: &Path, messages: &str, publishers: &str, run: usize) -
         .iter()
         .zip(offsets)
         .map(|((name, publishers), offset)| {
-            install.start(&[
-                "--server-config=standalone-ha.toml".to_string(),
-                format!("-Djboss.node.name={name}"),
-                format!("-Djboss.socket.binding.port-offset={offset}"),
-                format!(
-                    "-Djboss.server.data.dir={}",
-                    install.home().join(name).display()
-                ),
-                format!("-Dimmutant.cluster.name={cluster}"),
+            let mut args = install.clustered_args(name, offset, &cluster);
+            args.extend([
                 format!("-Dloadgen.messages={messages}"),
                 format!("-Dloadgen.publishers={publishers}"),
                 "-Dloadgen.report=idle".to_string(),
-            ])
+            ]);
+            install.start(&args)
         })
         .collect();
     for node in &nodes {

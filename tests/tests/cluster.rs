@@ -29,6 +29,18 @@ fn deploy_example(base: &Base) {
     base.deploy(&project, None);
 }
 
+/// The seed app deployed to a fresh install, and two clustered nodes of it, one and two:
+/// the base, the cluster's name, their offsets, and the nodes.
+fn example_pair() -> (Base, String, [u16; 2], Proc, Proc) {
+    let base = Base::installed();
+    deploy_example(&base);
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let one = clustered(&base, "one", offsets[0], &cluster);
+    let two = clustered(&base, "two", offsets[1], &cluster);
+    (base, cluster, offsets, one, two)
+}
+
 /// A clustered node of the base's install.
 fn clustered(base: &Base, name: &str, offset: u16, cluster: &str) -> Proc {
     clustered_with(base, name, offset, cluster, &[])
@@ -56,12 +68,7 @@ fn runs_singletons(node: &Proc) -> bool {
 
 #[test]
 fn the_singleton_runs_on_one_node_and_fails_over_when_it_is_killed() {
-    let base = Base::installed();
-    deploy_example(&base);
-    let cluster = cluster_name();
-    let (one_offset, two_offset) = (free_offset(), free_offset());
-    let one = clustered(&base, "one", one_offset, &cluster);
-    let two = clustered(&base, "two", two_offset, &cluster);
+    let (base, cluster, [one_offset, two_offset], one, two) = example_pair();
     one.wait_for("Cluster view: [one, two]", PATIENCE);
     two.wait_for("Cluster view: [one, two]", PATIENCE);
     one.wait_for("[example] sending: 2", BUILD_PATIENCE);
@@ -441,12 +448,7 @@ fn rolling_kills_move_the_singleton_and_quorum_keeps_a_lone_node_from_running_it
 
 #[test]
 fn a_stopped_node_is_removed_and_rejoins_with_the_singleton_running_once() {
-    let base = Base::installed();
-    deploy_example(&base);
-    let cluster = cluster_name();
-    let (one_offset, two_offset) = (free_offset(), free_offset());
-    let one = clustered(&base, "one", one_offset, &cluster);
-    let two = clustered(&base, "two", two_offset, &cluster);
+    let (_base, _, [one_offset, _], one, two) = example_pair();
     two.wait_for("Cluster view: [one, two]", PATIENCE);
     one.wait_for("[example] sending: 1", BUILD_PATIENCE);
     two.wait_for("Deployed \"example\"", PATIENCE);

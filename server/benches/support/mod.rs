@@ -54,6 +54,20 @@ impl TempInstall {
         std::fs::write(deployments.join(format!("{name}.toml")), descriptor).unwrap();
     }
 
+    /// Arguments for a clustered node `name` of `cluster` at `offset`, with a data dir of its own.
+    pub fn clustered_args(&self, name: &str, offset: u16, cluster: &str) -> Vec<String> {
+        vec![
+            "--server-config=standalone-ha.toml".to_string(),
+            format!("-Djboss.node.name={name}"),
+            format!("-Djboss.socket.binding.port-offset={offset}"),
+            format!(
+                "-Djboss.server.data.dir={}",
+                self.home().join(name).display()
+            ),
+            format!("-Dimmutant.cluster.name={cluster}"),
+        ]
+    }
+
     /// Starts a node of this install with `args`.
     pub fn start(&self, args: &[String]) -> Node {
         let mut child = Command::new(self.server())
