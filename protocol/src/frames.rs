@@ -130,6 +130,37 @@ pub enum Header {
     },
     /// A daemon started or stopped running.
     DaemonStatus { name: String, running: bool },
+    /// Schedules the job `name` (replacing one of that name). Answered by `ok`, or by `error`
+    /// saying what is wrong with the spec. The node sends `fire-job` when it should run.
+    Schedule {
+        id: u64,
+        name: String,
+        spec: crate::JobSpec,
+        singleton: bool,
+    },
+    /// Unschedules the job `name`. Answered by `found`.
+    Unschedule { id: u64, name: String },
+    /// A firing of a job ended; `error` is why it failed.
+    JobDone {
+        name: String,
+        run: u64,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// Opens the cache `name`. Answered by `cache-opened`.
+    OpenCache {
+        id: u64,
+        name: String,
+        open: crate::Open,
+        #[serde(default)]
+        options: crate::CacheOptions,
+    },
+    /// An operation on the cache `cache` (the body as `call` says). Answered by `cache-reply`.
+    CacheCall {
+        id: u64,
+        cache: String,
+        call: crate::CacheOp,
+    },
     /// The app has set itself up and runs.
     Ready {},
     /// The app has stopped everything after a `stop`, and exits.
@@ -144,6 +175,28 @@ pub enum Header {
     },
     /// A request succeeded.
     Ok { id: u64 },
+    /// A request about something by name succeeded; `found` says whether it existed.
+    Found { id: u64, found: bool },
+    /// The answer to `open-cache`: the cache's options, or none if `lookup` found no cache.
+    CacheOpened {
+        id: u64,
+        options: Option<crate::CacheOptions>,
+    },
+    /// The answer to `cache-call`; the body is the value when `outcome.found`.
+    CacheReply {
+        id: u64,
+        outcome: crate::CacheOutcome,
+    },
+    /// Run the job `name` now: the firing `run` (counted from 1 across the cluster), due at
+    /// `scheduled-ms` and sent at `fired-ms` (Unix milliseconds), under the fencing `epoch`.
+    /// Answer with `job-done`.
+    FireJob {
+        name: String,
+        run: u64,
+        scheduled_ms: u64,
+        fired_ms: u64,
+        epoch: u64,
+    },
     /// A request failed; `message` says why and what to do.
     Error { id: u64, message: String },
     /// A message for the consumer `consumer`; the body is its payload. Acknowledge it with

@@ -17,12 +17,16 @@
 //! Requests from the app carry an `id`; the node answers each with a frame carrying the same id.
 //! Either side may write many frames before reading any answer: that is how publishes batch.
 
+mod cache;
 mod codec;
 mod frames;
+mod jobs;
 mod outbox;
 
+pub use cache::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 pub use codec::{FrameCodec, ProtocolError};
 pub use frames::*;
+pub use jobs::JobSpec;
 pub use outbox::{Outbox, Outgoing, write_frames};
 
 /// The protocol's version. A node refuses an app that speaks another one.

@@ -11,6 +11,7 @@
 
 pub mod apps;
 pub mod args;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod deploy;

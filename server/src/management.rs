@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::apps::Apps;
+use crate::cache::Caches;
 use crate::config::ServerConfig;
 use crate::messaging::Broker;
 
@@ -21,6 +22,7 @@ pub struct NodeInfo {
     pub started: Instant,
     pub apps: Arc<Apps>,
     pub broker: Arc<Broker>,
+    pub caches: Arc<Caches>,
 }
 
 /// The answer to `GET /`.
@@ -52,6 +54,7 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/deployments", get(deployments))
         .route("/queues", get(queues))
         .route("/daemons", get(daemons))
+        .route("/caches", get(caches))
         .with_state(info)
 }
 
@@ -110,4 +113,9 @@ async fn daemons(State(info): State<Arc<NodeInfo>>) -> Json<Vec<DaemonReport>> {
             })
     });
     Json(reports.collect())
+}
+
+/// Every cache open on this node: mode, entries held here, hits and misses.
+async fn caches(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::cache::CacheStats>> {
+    Json(info.caches.stats())
 }

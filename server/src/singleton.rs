@@ -46,6 +46,7 @@ mod tests {
             management: None,
             apps: ["example".to_string()].into(),
             interest: Default::default(),
+            caches: Default::default(),
             is_self,
         }
     }

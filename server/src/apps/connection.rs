@@ -183,6 +183,35 @@ impl Session {
                     daemon.running = running;
                 }
             }
+            Header::OpenCache {
+                id,
+                name,
+                open,
+                options,
+            } => {
+                let caches = self.context.caches.clone();
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    let header = match caches.open(&name, open, options).await {
+                        Ok(options) => Header::CacheOpened { id, options },
+                        Err(error) => refusal(id, error),
+                    };
+                    let _ = outbox.send(Frame::new(header).into());
+                });
+            }
+            Header::CacheCall { id, cache, call } => {
+                let caches = self.context.caches.clone();
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    let frame = match caches.call(&cache, call, frame.body).await {
+                        Ok((outcome, value)) => {
+                            Frame::with_body(Header::CacheReply { id, outcome }, value)
+                        }
+                        Err(error) => Frame::new(refusal(id, error)),
+                    };
+                    let _ = outbox.send(frame.into());
+                });
+            }
             Header::Ready {} => {
                 self.deployment.set_status(Status::Running);
                 info!("Deployed \"{}\"", self.deployment.name);
@@ -219,11 +248,16 @@ impl Session {
 fn answer(id: u64, outcome: Result<(), MessagingError>) -> Frame {
     Frame::new(match outcome {
         Ok(()) => Header::Ok { id },
-        Err(error) => Header::Error {
-            id,
-            message: error.to_string(),
-        },
+        Err(error) => refusal(id, error),
     })
+}
+
+/// The header refusing request `id`, saying why.
+fn refusal(id: u64, error: impl std::fmt::Display) -> Header {
+    Header::Error {
+        id,
+        message: error.to_string(),
+    }
 }
 
 /// While the app runs, tells the cluster it runs here and starts or stops its singleton daemons

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cache::Caches;
 use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
 use crate::messaging::{Broker, Outbox};
@@ -25,6 +26,7 @@ pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
 /// What every app of this node shares.
 pub struct AppContext {
     pub broker: Arc<Broker>,
+    pub caches: Arc<Caches>,
     pub node_name: String,
     /// Every node property, as the JSON object apps get in their environment.
     pub properties_json: String,
@@ -36,6 +38,7 @@ pub struct AppContext {
 impl AppContext {
     pub fn new(
         broker: Arc<Broker>,
+        caches: Arc<Caches>,
         node_name: String,
         properties_json: String,
         deployments_dir: PathBuf,
@@ -43,6 +46,7 @@ impl AppContext {
     ) -> Self {
         AppContext {
             broker,
+            caches,
             node_name,
             properties_json,
             deployments_dir,

@@ -4,7 +4,8 @@
 //! headers below. Links follow the view: one opens for each new member and closes with it.
 //!
 //! The link manager also keeps the bridges in the broker matching what each member consumes, and
-//! tells the cluster what this node consumes.
+//! tells the cluster what this node consumes. Cache requests travel the same links: the caller
+//! numbers each, and the other node answers with that number.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
 use super::{Cluster, Member};
+use crate::cache::Caches;
+use crate::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
 use crate::messaging::{Broker, Forward, Message, Reply};
 use crate::shutdown::Shutdown;
 
@@ -60,6 +63,22 @@ enum LinkHeader {
         connection: u64,
         message: MessageHeader,
     },
+    /// A request about the cache `cache`, answered by `cache-answer` with the same `id`.
+    CacheRequest {
+        id: u64,
+        cache: String,
+        request: PeerRequest,
+    },
+    /// The answer to the cache request `id`.
+    CacheAnswer { id: u64, answer: PeerAnswer },
+}
+
+/// What the links need besides the cluster.
+#[derive(Clone)]
+pub struct LinkServices {
+    pub broker: Arc<Broker>,
+    pub caches: Arc<Caches>,
+    pub peers: Arc<Peers>,
 }
 
 /// Starts accepting links on `listener` (the cluster port), and the manager that opens links to
@@ -67,18 +86,18 @@ enum LinkHeader {
 pub fn start(
     listener: TcpListener,
     cluster: Arc<Cluster>,
-    broker: Arc<Broker>,
+    services: LinkServices,
     shutdown: Shutdown,
 ) {
-    let limit = (broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
+    let limit = (services.broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
     {
-        let (cluster, broker, shutdown) = (cluster.clone(), broker.clone(), shutdown.clone());
+        let (cluster, services, shutdown) = (cluster.clone(), services.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((socket, _)) => {
-                            tokio::spawn(serve(socket, cluster.config.name.clone(), broker.clone(), limit));
+                            tokio::spawn(serve(socket, cluster.config.name.clone(), services.clone(), limit));
                         }
                         Err(error) => warn!("cannot accept a peer link: {error}"),
                     },
@@ -87,11 +106,13 @@ pub fn start(
             }
         });
     }
-    tokio::spawn(manage(cluster, broker, shutdown, limit));
+    tokio::spawn(manage(cluster, services, shutdown, limit));
 }
 
-/// The receiving end of a link: stores each forwarded message, then says so.
-async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: usize) {
+/// The receiving end of a link: stores each forwarded message, then says so; answers cache
+/// requests.
+async fn serve(socket: TcpStream, cluster: String, services: LinkServices, limit: usize) {
+    let LinkServices { broker, caches, .. } = services;
     let (read, write) = socket.into_split();
     let mut frames = FramedRead::new(read, FrameCodec::<LinkHeader>::new(limit));
     let (outbox, outgoing): (Outbox<LinkHeader>, _) = mpsc::unbounded_channel();
@@ -99,16 +120,27 @@ async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: u
         FramedWrite::new(write, FrameCodec::new(limit)),
         outgoing,
     ));
-    match frames.next().await {
+    let from = match frames.next().await {
         Some(Ok(Frame {
-            header: LinkHeader::Hello {
-                cluster: theirs, ..
-            },
+            header:
+                LinkHeader::Hello {
+                    cluster: theirs,
+                    node,
+                },
             ..
-        })) if theirs == cluster => {}
+        })) if theirs == cluster => node,
         _ => return,
-    }
+    };
     while let Some(Ok(Frame { header, body })) = frames.next().await {
+        if let LinkHeader::CacheRequest { id, cache, request } = header {
+            let (caches, outbox, from) = (caches.clone(), outbox.clone(), from.clone());
+            tokio::spawn(async move {
+                let (answer, body) = caches.serve(&from, &cache, request, body).await;
+                let frame = Frame::with_body(LinkHeader::CacheAnswer { id, answer }, body);
+                let _ = outbox.send(frame.into());
+            });
+            continue;
+        }
         if let LinkHeader::Reply {
             connection,
             message,
@@ -163,6 +195,7 @@ async fn serve(socket: TcpStream, cluster: String, broker: Arc<Broker>, limit: u
 /// A link to a member (by name and generation): its task, and where to tell it what the member
 /// consumes. Dropping the sender ends the link.
 struct Link {
+    name: String,
     task: JoinHandle<()>,
     interest: watch::Sender<BTreeSet<String>>,
     replies: mpsc::UnboundedSender<Reply>,
@@ -170,7 +203,8 @@ struct Link {
 
 /// Keeps one link per other member, the bridges matching each member's interest, this node's
 /// interest in the cluster's state, and redistribution going.
-async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, limit: usize) {
+async fn manage(cluster: Arc<Cluster>, services: LinkServices, shutdown: Shutdown, limit: usize) {
+    let broker = services.broker.clone();
     let mut links: HashMap<(String, u64), Link> = HashMap::new();
     let mut told = BTreeSet::new();
     let mut ticker = tokio::time::interval(TICK);
@@ -202,18 +236,24 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
             .filter(|member| !member.is_self)
             .collect();
         // A member gone from the view: its link returns what was on its way, and ends.
-        links.retain(|id, _| {
-            peers
+        links.retain(|id, link| {
+            let live = peers
                 .iter()
-                .any(|member| (member.name.clone(), member.generation) == *id)
+                .any(|member| (member.name.clone(), member.generation) == *id);
+            if !live {
+                services.peers.unlink(&link.name);
+            }
+            live
         });
         for member in peers {
             let id = (member.name.clone(), member.generation);
             let link = links.entry(id).or_insert_with(|| {
                 let (interest, wanted) = watch::channel(BTreeSet::new());
                 let (replies, replies_in) = mpsc::unbounded_channel();
+                let (calls, calls_in) = mpsc::unbounded_channel();
+                services.peers.link(&member.name, calls);
                 let peer = (member.name.clone(), member.generation, member.gossip_addr);
-                let channels = (wanted, replies_in);
+                let channels = (wanted, replies_in, calls_in);
                 let task = tokio::spawn(run_link(
                     cluster.clone(),
                     broker.clone(),
@@ -222,6 +262,7 @@ async fn manage(cluster: Arc<Cluster>, broker: Arc<Broker>, shutdown: Shutdown, 
                     limit,
                 ));
                 Link {
+                    name: member.name.clone(),
                     task,
                     interest,
                     replies,
@@ -244,12 +285,14 @@ async fn run_link(
     cluster: Arc<Cluster>,
     broker: Arc<Broker>,
     (peer, generation, address): (String, u64, SocketAddr),
-    (mut interest, mut replies): (
+    (mut interest, mut replies, mut calls): (
         watch::Receiver<BTreeSet<String>>,
         mpsc::UnboundedReceiver<Reply>,
+        mpsc::UnboundedReceiver<PeerCall>,
     ),
     limit: usize,
 ) {
+    let mut next_call = 0u64;
     // The member is in the view while the manager keeps the sender.
     while interest.has_changed().is_ok() {
         let Ok(socket) = TcpStream::connect(address).await else {
@@ -271,6 +314,10 @@ async fn run_link(
         let (forwards, mut forwarded) = mpsc::unbounded_channel::<Forward>();
         let wanted = interest.borrow_and_update().clone();
         broker.set_bridges(connection, &peer, &forwards, &wanted);
+        // Cache requests waiting for their answers; dropped (failing their callers) when the
+        // link drops.
+        let mut pending: HashMap<u64, tokio::sync::oneshot::Sender<(PeerAnswer, Bytes)>> =
+            HashMap::new();
         loop {
             tokio::select! {
                 forward = forwarded.recv() => {
@@ -294,9 +341,23 @@ async fn run_link(
                         warn!("{peer} refused a forwarded message ({reason}); linking again");
                         break;
                     }
+                    Some(Ok(Frame { header: LinkHeader::CacheAnswer { id, answer }, body })) => {
+                        if let Some(caller) = pending.remove(&id) {
+                            let _ = caller.send((answer, body));
+                        }
+                    }
                     Some(Ok(_)) => {}
                     _ => break,
                 },
+                Some(call) = calls.recv() => {
+                    next_call += 1;
+                    let PeerCall { cache, request, body, answer } = call;
+                    pending.insert(next_call, answer);
+                    let frame = Frame::with_body(LinkHeader::CacheRequest { id: next_call, cache, request }, body);
+                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, writer.send(frame)).await, Ok(Ok(()))) {
+                        break;
+                    }
+                }
                 reply = replies.recv() => {
                     let Some(Reply { connection, message, .. }) = reply else { break };
                     let frame = Frame::with_body(LinkHeader::Reply { connection, message: message.header }, message.body);

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ServerConfig};
-use view::{APP_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY};
+use view::{APP_KEY_PREFIX, CACHE_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY};
 pub use view::{Member, View};
 
 /// How often members gossip. Failure detection follows from it: a member silent for about
@@ -196,6 +196,16 @@ impl Cluster {
         }
     }
 
+    /// Tells the cluster that this node holds the cache `name`.
+    pub async fn set_cache(&self, name: &str, options: &immutant_protocol::CacheOptions) {
+        let options = serde_json::to_string(options).unwrap_or_default();
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        chitchat
+            .self_node_state()
+            .set(format!("{CACHE_KEY_PREFIX}{name}"), options);
+    }
+
     /// Tells the cluster which destinations this node's apps consume from now (`told` is what
     /// it said before).
     pub async fn set_interest(&self, told: &BTreeSet<String>, interest: &BTreeSet<String>) {
@@ -317,6 +327,13 @@ fn member(id: &ChitchatId, state: &NodeState, self_addr: SocketAddr) -> Member {
         management: state.get(MANAGEMENT_KEY).map(str::to_string),
         apps: keys_with_prefix(state, APP_KEY_PREFIX),
         interest: keys_with_prefix(state, INTEREST_KEY_PREFIX),
+        caches: state
+            .key_values()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix(CACHE_KEY_PREFIX)?;
+                Some((name.to_string(), serde_json::from_str(value).ok()?))
+            })
+            .collect(),
         is_self: id.gossip_advertise_addr == self_addr,
     }
 }

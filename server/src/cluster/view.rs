@@ -1,7 +1,9 @@
 //! The cluster's view: its live members, oldest first, as every member computes it from the
 //! gossiped state, and what each member has deployed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use immutant_protocol::CacheOptions;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -11,6 +13,8 @@ use serde::Serialize;
 pub const APP_KEY_PREFIX: &str = "app:";
 /// The gossiped key of a destination a member's apps consume from.
 pub const INTEREST_KEY_PREFIX: &str = "interest:";
+/// The gossiped key of a cache a member holds; its value is the cache's options, as JSON.
+pub const CACHE_KEY_PREFIX: &str = "cache:";
 /// The gossiped key a member sets as it leaves gracefully.
 pub const LEAVING_KEY: &str = "leaving";
 /// The gossiped key holding a member's management URL.
@@ -29,6 +33,8 @@ pub struct Member {
     pub apps: BTreeSet<String>,
     /// The queues and topics its apps consume from.
     pub interest: BTreeSet<String>,
+    /// The caches it holds, with their options.
+    pub caches: BTreeMap<String, CacheOptions>,
     /// Whether this member is the node computing the view.
     pub is_self: bool,
 }
@@ -87,6 +93,7 @@ mod tests {
             management: None,
             apps: apps.iter().map(|app| app.to_string()).collect(),
             interest: BTreeSet::new(),
+            caches: BTreeMap::new(),
             is_self: false,
         }
     }

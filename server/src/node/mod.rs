@@ -13,6 +13,9 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::apps::{AppContext, Apps};
+use crate::cache::Caches;
+use crate::cache::peer::Peers;
+use crate::cluster::links::LinkServices;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{ConfigError, Properties, ServerConfig};
 use crate::management::{self, NodeInfo};
@@ -90,19 +93,37 @@ pub async fn run(
     )?);
     let all_properties = properties.all();
     let shutdown = Shutdown::new();
-    let cluster = match &config.cluster {
+    // The node's generation is when it started: a restarted node is the youngest member.
+    let generation = crate::messaging::now_ms();
+    let peers = Arc::new(Peers::default());
+    let (cluster, links) = match &config.cluster {
         Some(settings) => {
             let address = std::net::SocketAddr::new(config.bind_address, settings.port);
             let links = ports::bind("cluster", address).await?;
-            // The node's generation is when it started: a restarted node is the youngest member.
-            let cluster = Cluster::join(&config, settings, crate::messaging::now_ms()).await?;
-            cluster::links::start(links, cluster.clone(), broker.clone(), shutdown.clone());
-            Some(cluster)
+            let cluster = Cluster::join(&config, settings, generation).await?;
+            (Some(cluster), Some(links))
         }
-        None => None,
+        None => (None, None),
     };
+    let caches = Caches::start(
+        &config.node_name,
+        generation,
+        cluster.clone(),
+        peers.clone(),
+        config.data_dir.clone(),
+        shutdown.clone(),
+    );
+    if let (Some(cluster), Some(links)) = (&cluster, links) {
+        let services = LinkServices {
+            broker: broker.clone(),
+            caches: caches.clone(),
+            peers,
+        };
+        cluster::links::start(links, cluster.clone(), services, shutdown.clone());
+    }
     let apps = Arc::new(Apps::new(AppContext::new(
         broker.clone(),
+        caches.clone(),
         config.node_name.clone(),
         serde_json::to_string(&all_properties).unwrap_or_default(),
         config.deployments.clone(),
@@ -121,6 +142,7 @@ pub async fn run(
         started,
         apps: apps.clone(),
         broker: broker.clone(),
+        caches,
     });
     let servers = [
         ("HTTP", http, web::router(config.node_name.clone())),

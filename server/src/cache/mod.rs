@@ -1,0 +1,687 @@
+//! Caches, in Infinispan's modes. Names are cluster-wide: a cache opened on one node is the
+//! same cache on every member that opens it.
+//!
+//! - `local`: each node has its own entries (every cache of a standalone node is local);
+//! - `replicated`: every member that has the cache holds every entry; writes go through the
+//!   oldest of them (the primary), which applies them and copies them to the others;
+//! - `distributed`: each key lives on `owners` members chosen by rendezvous hashing over the
+//!   members that have the cache; writes go through the first of them;
+//! - `invalidated`: each node has its own entries, and a write removes the key elsewhere.
+//!
+//! A synchronous write returns once every owner has it. A node that opens a cache the cluster
+//! already has receives every entry before it serves a read (state transfer), and when members
+//! come or go, distributed entries move to their new owners.
+
+pub mod peer;
+mod persist;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Open};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::cluster::Cluster;
+use crate::messaging::now_ms;
+use crate::shutdown::Shutdown;
+use peer::{PeerAnswer, PeerRequest, Peers, pack, unpack};
+use persist::Persistence;
+use store::{Entry, Store};
+
+/// How many times a write looks for its primary owner before giving up.
+const ROUTE_ATTEMPTS: u32 = 40;
+/// How long a write waits for the view to change after its primary did not answer.
+const ROUTE_RETRY: Duration = Duration::from_millis(100);
+/// How often expired entries are swept away.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the view must stay still before distributed entries move.
+const REBALANCE_SETTLE: Duration = Duration::from_millis(200);
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no cache named '{0}' is open on this node; open it first (App::cache)")]
+    NotOpen(String),
+    #[error(
+        "a cache named '{name}' exists already ({mode}); use lookup_or_create to share it, or clear it to empty it"
+    )]
+    Exists { name: String, mode: CacheMode },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the member {0} cannot be reached")]
+    Unreachable(String),
+    #[error(
+        "no owner of key '{key}' in cache '{cache}' answers; the cluster may be changing, try again"
+    )]
+    Unavailable { cache: String, key: String },
+    #[error("{node} could not carry out the cache operation: {reason}")]
+    Remote { node: String, reason: String },
+    #[error("the cache storage failed: {0}")]
+    Storage(String),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One cache on this node.
+struct Cache {
+    name: String,
+    options: CacheOptions,
+    store: Mutex<Store>,
+    /// Members that joined the cache through this node and that gossip may not show yet.
+    joined: Mutex<BTreeSet<String>>,
+    persistence: Option<Persistence>,
+    /// Held from a write to its save, so that the disk sees writes in their order.
+    saving: tokio::sync::Mutex<()>,
+}
+
+/// What the management API shows of a cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStats {
+    pub name: String,
+    pub mode: CacheMode,
+    /// How many members hold each entry (distributed caches).
+    pub owners: Option<u32>,
+    pub persist: bool,
+    /// Entries held on this node.
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Every cache of this node.
+pub struct Caches {
+    node: String,
+    generation: u64,
+    cluster: Option<Arc<Cluster>>,
+    peers: Arc<Peers>,
+    data_dir: PathBuf,
+    persistence: Mutex<Option<Persistence>>,
+    caches: Mutex<BTreeMap<String, Arc<Cache>>>,
+    /// Opens one cache at a time, so that two apps opening one name get one cache.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Caches {
+    /// The caches of the node `node` (of `generation`), with sweeping of expired entries and,
+    /// in a cluster, rebalancing going until `shutdown`.
+    pub fn start(
+        node: &str,
+        generation: u64,
+        cluster: Option<Arc<Cluster>>,
+        peers: Arc<Peers>,
+        data_dir: PathBuf,
+        shutdown: Shutdown,
+    ) -> Arc<Caches> {
+        let caches = Arc::new(Caches {
+            node: node.to_string(),
+            generation,
+            cluster,
+            peers,
+            data_dir,
+            persistence: Mutex::new(None),
+            caches: Mutex::new(BTreeMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(caches.clone().sweep(shutdown.clone()));
+        if caches.cluster.is_some() {
+            tokio::spawn(caches.clone().rebalance(shutdown));
+        }
+        caches
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Cache>> {
+        lock(&self.caches).get(name).cloned()
+    }
+
+    /// Opens the cache `name` as `open` says; answers its options (those it was created with,
+    /// when it exists), or none if `lookup` found no cache.
+    pub async fn open(
+        &self,
+        name: &str,
+        open: Open,
+        options: CacheOptions,
+    ) -> Result<Option<CacheOptions>, CacheError> {
+        if name.trim().is_empty() {
+            return Err(CacheError::Invalid(
+                "a cache needs a name; give it one, such as \"sessions\"".to_string(),
+            ));
+        }
+        if options.owners == 0 {
+            return Err(CacheError::Invalid(format!(
+                "cache '{name}' cannot have 0 owners; give each entry at least 1 (2 by default)"
+            )));
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(cache) = self.get(name) {
+            return match open {
+                Open::Create => Err(CacheError::Exists {
+                    name: name.to_string(),
+                    mode: cache.options.mode,
+                }),
+                Open::Lookup | Open::LookupOrCreate => Ok(Some(cache.options.clone())),
+            };
+        }
+        let elsewhere = self.cluster.as_ref().and_then(|cluster| {
+            let view = cluster.view().borrow().clone();
+            view.members
+                .iter()
+                .find_map(|member| member.caches.get(name).cloned())
+        });
+        match (open, elsewhere) {
+            (Open::Create, Some(existing)) => Err(CacheError::Exists {
+                name: name.to_string(),
+                mode: existing.mode,
+            }),
+            (Open::Lookup, None) => Ok(None),
+            (_, Some(existing)) => self.begin(name, existing).await.map(Some),
+            (_, None) => self.begin(name, options).await.map(Some),
+        }
+    }
+
+    /// Starts the cache on this node: reads what it persisted, receives the cluster's entries,
+    /// then tells the cluster it holds the cache.
+    async fn begin(
+        &self,
+        name: &str,
+        mut options: CacheOptions,
+    ) -> Result<CacheOptions, CacheError> {
+        if self.cluster.is_none() && options.mode != CacheMode::Local {
+            warn!(
+                "cache {name}: {} caches need a cluster; it is local on this standalone node",
+                options.mode
+            );
+            options.mode = CacheMode::Local;
+        }
+        let persistence = options.persist.then(|| self.persistence()).transpose()?;
+        let cache = Arc::new(Cache {
+            name: name.to_string(),
+            options: options.clone(),
+            store: Mutex::new(Store::default()),
+            joined: Mutex::new(BTreeSet::new()),
+            persistence,
+            saving: tokio::sync::Mutex::new(()),
+        });
+        let now = now_ms();
+        if let Some(persistence) = &cache.persistence {
+            let mut store = lock(&cache.store);
+            for (key, entry) in persistence.load(name, now)? {
+                store.merge(key, entry, now);
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            if matches!(options.mode, CacheMode::Replicated | CacheMode::Distributed) {
+                self.transfer_state(&cache).await;
+            }
+            lock(&self.caches).insert(name.to_string(), cache);
+            cluster.set_cache(name, &options).await;
+        } else {
+            lock(&self.caches).insert(name.to_string(), cache);
+        }
+        Ok(options)
+    }
+
+    /// Joins the cache on every member that holds it, taking in every entry they have.
+    async fn transfer_state(&self, cache: &Cache) {
+        let holders: Vec<String> = self
+            .view_members()
+            .into_iter()
+            .filter(|(name, caches)| *name != self.node && caches.contains(&cache.name))
+            .map(|(name, _)| name)
+            .collect();
+        for holder in holders {
+            for attempt in 0..10 {
+                let call =
+                    self.peers
+                        .call(&holder, &cache.name, PeerRequest::Join {}, Bytes::new());
+                match call.await {
+                    Ok((PeerAnswer::Entries { entries }, values)) => {
+                        self.merge(cache, entries, values).await;
+                        break;
+                    }
+                    answer => {
+                        debug!(
+                            "joining cache {} on {holder} (attempt {attempt}): {answer:?}",
+                            cache.name
+                        );
+                        tokio::time::sleep(ROUTE_RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The members of the view (this node first if the view is empty) with their caches.
+    fn view_members(&self) -> Vec<(String, BTreeSet<String>)> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let view = cluster.view().borrow().clone();
+        view.members
+            .into_iter()
+            .map(|member| (member.name, member.caches.into_keys().collect()))
+            .collect()
+    }
+
+    fn persistence(&self) -> Result<Persistence, CacheError> {
+        let mut persistence = lock(&self.persistence);
+        if let Some(opened) = &*persistence {
+            return Ok(opened.clone());
+        }
+        let opened = Persistence::open(&self.data_dir)?;
+        *persistence = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Carries out `op` on the cache `name` for an app of this node.
+    pub async fn call(
+        &self,
+        name: &str,
+        op: CacheOp,
+        body: Bytes,
+    ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        let cache = self
+            .get(name)
+            .ok_or_else(|| CacheError::NotOpen(name.to_string()))?;
+        match (cache.options.mode, &op) {
+            (CacheMode::Local, _) => self.execute(&cache, &op, body, &[]).await,
+            (CacheMode::Invalidated, _) => {
+                let done = self.execute(&cache, &op, body, &[]).await?;
+                if done.0.applied {
+                    let keys: Vec<String> = match op.key() {
+                        Some(key) => vec![key.to_string()],
+                        None => Vec::new(),
+                    };
+                    let others = self.holders(&cache);
+                    let request = match op {
+                        CacheOp::Clear {} => PeerRequest::Op { call: op },
+                        _ => PeerRequest::Invalidate { keys },
+                    };
+                    self.send_all(&cache, &others, request, Bytes::new()).await;
+                }
+                Ok(done)
+            }
+            (_, CacheOp::Clear {}) => {
+                let done = self.execute(&cache, &op, body, &[]).await?;
+                let others = self.holders(&cache);
+                self.send_all(&cache, &others, PeerRequest::Op { call: op }, Bytes::new())
+                    .await;
+                Ok(done)
+            }
+            _ => self.route(&cache, op, body).await,
+        }
+    }
+
+    /// Sends `request` to each of `nodes` but this one, and waits for them if the cache is
+    /// synchronous. A member that cannot be reached is leaving the view: it is not waited for.
+    async fn send_all(&self, cache: &Cache, nodes: &[String], request: PeerRequest, body: Bytes) {
+        let calls: Vec<_> = nodes
+            .iter()
+            .filter(|node| **node != self.node)
+            .map(|node| {
+                let (peers, node, name) = (self.peers.clone(), node.clone(), cache.name.clone());
+                let (request, body) = (request.clone(), body.clone());
+                async move { peers.call(&node, &name, request, body).await }
+            })
+            .collect();
+        let all = futures_util::future::join_all(calls);
+        if cache.options.sync {
+            all.await;
+        } else {
+            tokio::spawn(all);
+        }
+    }
+
+    /// Sends a keyed operation to its primary owner, this node or another; tries again while
+    /// the view changes under it.
+    async fn route(
+        &self,
+        cache: &Cache,
+        op: CacheOp,
+        body: Bytes,
+    ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        let key = op.key().unwrap_or_default().to_string();
+        for _ in 0..ROUTE_ATTEMPTS {
+            let owners = self.owners(cache, &key);
+            if let CacheOp::Get { .. } = op
+                && owners.contains(&self.node)
+            {
+                return Ok(self.read(cache, &key));
+            }
+            let primary = owners.first().cloned().unwrap_or_else(|| self.node.clone());
+            if primary == self.node {
+                return self.execute(cache, &op, body, &owners).await;
+            }
+            let request = PeerRequest::Op { call: op.clone() };
+            match self
+                .peers
+                .call(&primary, &cache.name, request, body.clone())
+                .await
+            {
+                Ok((PeerAnswer::Done { outcome }, value)) => return Ok((outcome, value)),
+                Ok((PeerAnswer::Failed { reason }, _)) => {
+                    debug!("{primary} cannot take a write to {}: {reason}", cache.name);
+                }
+                Ok((PeerAnswer::Entries { .. }, _)) | Err(_) => {}
+            }
+            tokio::time::sleep(ROUTE_RETRY).await;
+        }
+        Err(CacheError::Unavailable {
+            cache: cache.name.clone(),
+            key,
+        })
+    }
+
+    fn read(&self, cache: &Cache, key: &str) -> (CacheOutcome, Bytes) {
+        let value = lock(&cache.store).get(key, now_ms());
+        let outcome = CacheOutcome {
+            found: value.is_some(),
+            applied: false,
+        };
+        (outcome, value.unwrap_or_default())
+    }
+
+    /// Carries out `op` here as its primary owner, saves what changed if the cache persists,
+    /// and copies it to the other `owners`.
+    async fn execute(
+        &self,
+        cache: &Cache,
+        op: &CacheOp,
+        body: Bytes,
+        owners: &[String],
+    ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        let saving = match &cache.persistence {
+            Some(_) => Some(cache.saving.lock().await),
+            None => None,
+        };
+        let executed =
+            lock(&cache.store).execute(op, body, cache.options.expiry, self.generation, now_ms());
+        if let Some(persistence) = &cache.persistence {
+            persistence
+                .save(&cache.name, executed.changes.clone())
+                .await?;
+        }
+        drop(saving);
+        if !executed.changes.is_empty() && owners.iter().any(|owner| *owner != self.node) {
+            let (entries, values) = pack(&executed.changes);
+            self.send_all(cache, owners, PeerRequest::Apply { entries }, values)
+                .await;
+        }
+        Ok((executed.outcome, executed.value))
+    }
+
+    /// Takes in copies from another node: those newer than this node's.
+    async fn merge(&self, cache: &Cache, entries: Vec<peer::WireEntry>, values: Bytes) {
+        let now = now_ms();
+        let Some(entries) = unpack(entries, values, now) else {
+            warn!(
+                "cache {}: a copy from another node was cut short",
+                cache.name
+            );
+            return;
+        };
+        let _saving = match &cache.persistence {
+            Some(_) => Some(cache.saving.lock().await),
+            None => None,
+        };
+        let newer: Vec<(String, Entry)> = {
+            let mut store = lock(&cache.store);
+            entries
+                .into_iter()
+                .filter(|(key, entry)| store.merge(key.clone(), entry.clone(), now))
+                .collect()
+        };
+        if let Some(persistence) = &cache.persistence
+            && let Err(error) = persistence.save(&cache.name, newer).await
+        {
+            warn!("cache {}: {error}", cache.name);
+        }
+    }
+
+    /// Answers a request from the member `from` about the cache `name`.
+    pub async fn serve(
+        &self,
+        from: &str,
+        name: &str,
+        request: PeerRequest,
+        body: Bytes,
+    ) -> (PeerAnswer, Bytes) {
+        let Some(cache) = self.get(name) else {
+            let reason = format!("cache '{name}' is not open on {}", self.node);
+            return (PeerAnswer::Failed { reason }, Bytes::new());
+        };
+        let done = |outcome| (PeerAnswer::Done { outcome }, Bytes::new());
+        match request {
+            PeerRequest::Op {
+                call: CacheOp::Get { key },
+            } => {
+                let (outcome, value) = self.read(&cache, &key);
+                (PeerAnswer::Done { outcome }, value)
+            }
+            PeerRequest::Op { call } => {
+                // A clear reaches every holder from the node that asked for it.
+                let owners = match call.key() {
+                    Some(key) => self.owners(&cache, key),
+                    None => Vec::new(),
+                };
+                match self.execute(&cache, &call, body, &owners).await {
+                    Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
+                    Err(error) => {
+                        let reason = error.to_string();
+                        (PeerAnswer::Failed { reason }, Bytes::new())
+                    }
+                }
+            }
+            PeerRequest::Apply { entries } => {
+                self.merge(&cache, entries, body).await;
+                done(CacheOutcome::default())
+            }
+            PeerRequest::Invalidate { keys } => {
+                let mut store = lock(&cache.store);
+                for key in keys {
+                    store.invalidate(&key);
+                }
+                done(CacheOutcome::default())
+            }
+            PeerRequest::Join {} => {
+                lock(&cache.joined).insert(from.to_string());
+                let (entries, values) = pack(&lock(&cache.store).snapshot());
+                (PeerAnswer::Entries { entries }, values)
+            }
+        }
+    }
+
+    /// The members that hold `cache`, oldest first (this node included).
+    fn holders(&self, cache: &Cache) -> Vec<String> {
+        let joined = lock(&cache.joined).clone();
+        let holders: Vec<String> = self
+            .view_members()
+            .into_iter()
+            .filter(|(name, caches)| {
+                *name == self.node || caches.contains(&cache.name) || joined.contains(name)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if holders.is_empty() {
+            vec![self.node.clone()]
+        } else {
+            holders
+        }
+    }
+
+    /// The members that hold `key` of `cache`, its primary owner first.
+    fn owners(&self, cache: &Cache, key: &str) -> Vec<String> {
+        let holders = self.holders(cache);
+        match cache.options.mode {
+            CacheMode::Distributed => rendezvous(key, holders, cache.options.owners as usize),
+            CacheMode::Replicated => holders,
+            CacheMode::Local | CacheMode::Invalidated => vec![self.node.clone()],
+        }
+    }
+
+    /// Every cache of this node, for the management API.
+    pub fn stats(&self) -> Vec<CacheStats> {
+        let now = now_ms();
+        lock(&self.caches)
+            .values()
+            .map(|cache| {
+                let store = lock(&cache.store);
+                CacheStats {
+                    name: cache.name.clone(),
+                    mode: cache.options.mode,
+                    owners: (cache.options.mode == CacheMode::Distributed)
+                        .then_some(cache.options.owners),
+                    persist: cache.options.persist,
+                    entries: store.len(now),
+                    hits: store.hits,
+                    misses: store.misses,
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets expired entries (and deletes them from disk) every second.
+    async fn sweep(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
+            let now = now_ms();
+            for cache in caches {
+                let gone = lock(&cache.store).sweep(now);
+                if let Some(persistence) = &cache.persistence {
+                    let removals = gone
+                        .into_iter()
+                        .map(|key| (key, Entry::removed()))
+                        .collect();
+                    if let Err(error) = persistence.save(&cache.name, removals).await {
+                        warn!("cache {}: {error}", cache.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the members holding a distributed cache change, gives each entry to its new owners
+    /// and drops those this node no longer owns, so that every entry has its copies again.
+    async fn rebalance(self: Arc<Self>, shutdown: Shutdown) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let mut view = cluster.view();
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        loop {
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            tokio::time::sleep(REBALANCE_SETTLE).await;
+            view.borrow_and_update();
+            let members: BTreeSet<String> = self
+                .view_members()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
+            for cache in caches {
+                lock(&cache.joined).retain(|name| members.contains(name));
+                if cache.options.mode != CacheMode::Distributed {
+                    continue;
+                }
+                let holders = self.holders(&cache);
+                if seen.get(&cache.name) == Some(&holders) {
+                    continue;
+                }
+                seen.insert(cache.name.clone(), holders);
+                self.hand_over(&cache).await;
+            }
+        }
+    }
+
+    /// Copies each entry held here to its owners, then drops those this node does not own.
+    async fn hand_over(&self, cache: &Cache) {
+        let snapshot = lock(&cache.store).snapshot();
+        let mut by_owner: HashMap<String, Vec<(String, Entry)>> = HashMap::new();
+        for (key, entry) in snapshot {
+            for owner in self.owners(cache, &key) {
+                if owner != self.node {
+                    by_owner
+                        .entry(owner)
+                        .or_default()
+                        .push((key.clone(), entry.clone()));
+                }
+            }
+        }
+        let copies = by_owner.into_iter().map(|(owner, entries)| {
+            let (entries, values) = pack(&entries);
+            let peers = self.peers.clone();
+            async move {
+                peers
+                    .call(&owner, &cache.name, PeerRequest::Apply { entries }, values)
+                    .await
+                    .is_ok()
+            }
+        });
+        let copied = futures_util::future::join_all(copies).await;
+        if copied.iter().all(|ok| *ok) {
+            let mut store = lock(&cache.store);
+            store.retain(|key| self.owners(cache, key).contains(&self.node));
+        }
+    }
+}
+
+/// The `count` members that own `key`: those scoring highest for it (rendezvous hashing), so
+/// that a member coming or going moves only the keys it owns or comes to own.
+fn rendezvous(key: &str, members: Vec<String>, count: usize) -> Vec<String> {
+    let score = |member: &String| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (key, member).hash(&mut hasher);
+        hasher.finish()
+    };
+    let mut ranked: Vec<(u64, String)> = members
+        .into_iter()
+        .map(|member| (score(&member), member))
+        .collect();
+    ranked.sort_by(|a, b| b.cmp(a));
+    ranked
+        .into_iter()
+        .take(count)
+        .map(|(_, member)| member)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_keys_of_a_member_that_goes() {
+        let members: Vec<String> = ["one", "two", "three"].map(String::from).to_vec();
+        let keys: Vec<String> = (0..200).map(|n| format!("key-{n}")).collect();
+        let before: Vec<Vec<String>> = keys
+            .iter()
+            .map(|key| rendezvous(key, members.clone(), 2))
+            .collect();
+        assert!(before.iter().all(|owners| owners.len() == 2));
+        let survivors: Vec<String> = ["one", "three"].map(String::from).to_vec();
+        for (key, owners) in keys.iter().zip(&before) {
+            let after = rendezvous(key, survivors.clone(), 2);
+            // Every key still has two owners, and a key "two" did not own keeps its owners.
+            assert_eq!(after.len(), 2);
+            if !owners.contains(&"two".to_string()) {
+                assert_eq!(&after, owners);
+            }
+        }
+    }
+}

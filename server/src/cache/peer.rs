@@ -1,0 +1,174 @@
+//! What nodes ask each other about caches over the peer links, and how entries travel: their
+//! metadata in the frame's header, their values one after another in its body.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use immutant_protocol::{CacheOp, CacheOutcome};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::CacheError;
+use super::store::{Entry, Version};
+
+/// How long a node waits for another to answer a cache request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request on its way to another node, and where its answer goes.
+pub struct PeerCall {
+    pub cache: String,
+    pub request: PeerRequest,
+    pub body: Bytes,
+    pub answer: oneshot::Sender<(PeerAnswer, Bytes)>,
+}
+
+/// The links to the other members, by name, as cache requests see them.
+#[derive(Default)]
+pub struct Peers {
+    links: Mutex<HashMap<String, mpsc::UnboundedSender<PeerCall>>>,
+}
+
+impl Peers {
+    /// The link to `node` takes calls from now on.
+    pub fn link(&self, node: &str, calls: mpsc::UnboundedSender<PeerCall>) {
+        super::lock(&self.links).insert(node.to_string(), calls);
+    }
+
+    /// The link to `node` is gone.
+    pub fn unlink(&self, node: &str) {
+        super::lock(&self.links).remove(node);
+    }
+
+    /// Asks `node` to carry out `request` on `cache`, and waits for its answer.
+    pub async fn call(
+        &self,
+        node: &str,
+        cache: &str,
+        request: PeerRequest,
+        body: Bytes,
+    ) -> Result<(PeerAnswer, Bytes), CacheError> {
+        let unreachable = || CacheError::Unreachable(node.to_string());
+        let (answer, answered) = oneshot::channel();
+        let call = PeerCall {
+            cache: cache.to_string(),
+            request,
+            body,
+            answer,
+        };
+        let link = super::lock(&self.links).get(node).cloned();
+        link.ok_or_else(unreachable)?
+            .send(call)
+            .map_err(|_| unreachable())?;
+        match tokio::time::timeout(CALL_TIMEOUT, answered).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => Err(unreachable()),
+        }
+    }
+}
+
+/// A request from one node to another about one cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PeerRequest {
+    /// Carry out `call` as the key's primary owner (the body as the app sent it).
+    Op { call: CacheOp },
+    /// Store these copies if they are newer (the body holds their values).
+    Apply { entries: Vec<WireEntry> },
+    /// Drop these keys: they were written elsewhere (an invalidated cache).
+    Invalidate { keys: Vec<String> },
+    /// The caller now holds the cache: include it in writes from now on, and answer with every
+    /// entry held here.
+    Join {},
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PeerAnswer {
+    /// Done; for `op`, the outcome (and the value in the body).
+    Done { outcome: CacheOutcome },
+    /// Every entry held (the body holds their values).
+    Entries { entries: Vec<WireEntry> },
+    /// The request could not be carried out.
+    Failed { reason: String },
+}
+
+/// An entry's metadata on the wire (or on disk); `len` is none for a removed key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WireEntry {
+    pub key: String,
+    pub version: Version,
+    pub len: Option<u64>,
+    pub expires_at_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+}
+
+/// Entries as metadata and one body.
+pub fn pack(entries: &[(String, Entry)]) -> (Vec<WireEntry>, Bytes) {
+    let mut body = BytesMut::new();
+    let metas = entries
+        .iter()
+        .map(|(key, entry)| {
+            if let Some(value) = &entry.value {
+                body.extend_from_slice(value);
+            }
+            WireEntry {
+                key: key.clone(),
+                version: entry.version,
+                len: entry.value.as_ref().map(|value| value.len() as u64),
+                expires_at_ms: entry.expires_at_ms,
+                idle_ms: entry.idle_ms,
+            }
+        })
+        .collect();
+    (metas, body.freeze())
+}
+
+/// Entries back from metadata and a body; none if the body is shorter than they say.
+pub fn unpack(metas: Vec<WireEntry>, mut body: Bytes, now: u64) -> Option<Vec<(String, Entry)>> {
+    metas
+        .into_iter()
+        .map(|meta| {
+            let value = match meta.len {
+                Some(len) if (len as usize) <= body.len() => Some(body.split_to(len as usize)),
+                Some(_) => return None,
+                None => None,
+            };
+            let entry = Entry {
+                value,
+                version: meta.version,
+                expires_at_ms: meta.expires_at_ms,
+                idle_ms: meta.idle_ms,
+                touched_ms: now,
+            };
+            Some((meta.key, entry))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_the_wire() {
+        let entry = |value: Option<&'static str>, counter| Entry {
+            value: value.map(|text: &'static str| Bytes::from_static(text.as_bytes())),
+            version: Version { counter, writer: 7 },
+            expires_at_ms: Some(100),
+            idle_ms: None,
+            touched_ms: 5,
+        };
+        let entries = vec![
+            ("a".to_string(), entry(Some("one"), 1)),
+            ("b".to_string(), entry(None, 2)),
+            ("c".to_string(), entry(Some("three"), 3)),
+        ];
+        let (metas, body) = pack(&entries);
+        assert_eq!(unpack(metas.clone(), body.clone(), 5).unwrap(), entries);
+        assert!(unpack(metas, body.slice(..4), 5).is_none());
+    }
+}
