@@ -85,8 +85,65 @@ pub fn print_deployments(locations: &Locations) -> Result<()> {
             status.push_str(&format!("; singletons on {node}"));
         }
         println!("  {name:<40} (status: {status})");
+        for line in job_lines(&reports, &name) {
+            println!("      {line}");
+        }
     }
     Ok(())
+}
+
+/// A line for each job of the deployment `name`: its schedule, where it fires, when it fires
+/// next and how its last run went, as the node firing it tells.
+fn job_lines(reports: &[Result<Vec<DeploymentReport>, String>], name: &str) -> Vec<String> {
+    let deployments: Vec<&DeploymentReport> = reports
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|report| report.name == name)
+        .collect();
+    let mut names: Vec<&str> = deployments
+        .iter()
+        .flat_map(|report| report.jobs.iter().map(|job| job.name.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    let seconds = |ms: u64| (ms as i64 - now) as f64 / 1000.0;
+    names
+        .into_iter()
+        .filter_map(|job| {
+            let (deployment, report) = deployments
+                .iter()
+                .flat_map(|d| d.jobs.iter().map(move |j| (*d, j)))
+                .filter(|(_, j)| j.name == job)
+                .max_by_key(|(_, j)| j.fires_here)?;
+            let place = match (report.singleton, &deployment.singletons_on) {
+                (false, _) => "fires on every node".to_string(),
+                (true, Some(node)) => format!("singleton, fires on {node}"),
+                (true, None) => "singleton, fires nowhere yet".to_string(),
+            };
+            let mut line = format!("job {job}: {} ({place})", report.schedule);
+            match report.next_ms {
+                Some(next) => line.push_str(&format!("; next in {:.1} s", seconds(next).max(0.0))),
+                None if report.done => line.push_str("; done"),
+                None => {}
+            }
+            if let Some(last) = &report.last {
+                let outcome = match (last.outcome.as_str(), &last.reason) {
+                    (outcome, Some(reason)) => format!("{outcome}: {reason}"),
+                    (outcome, None) => outcome.to_string(),
+                };
+                line.push_str(&format!(
+                    "; last run #{} {:.1} s ago: {outcome}",
+                    last.run,
+                    -seconds(last.fired_ms)
+                ));
+            }
+            Some(line)
+        })
+        .collect()
 }
 
 /// The deployment names: the descriptors' file names, without `.toml`.
@@ -134,6 +191,28 @@ struct DeploymentReport {
     status: String,
     reason: Option<String>,
     singletons_on: Option<String>,
+    #[serde(default)]
+    jobs: Vec<JobReport>,
+}
+
+/// What a node's management API says of a job.
+#[derive(Debug, Deserialize)]
+struct JobReport {
+    name: String,
+    schedule: String,
+    singleton: bool,
+    fires_here: bool,
+    next_ms: Option<u64>,
+    done: bool,
+    last: Option<LastRun>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LastRun {
+    run: u64,
+    fired_ms: u64,
+    outcome: String,
+    reason: Option<String>,
 }
 
 async fn deployments_on(

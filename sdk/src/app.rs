@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use immutant_protocol::{APP_VAR, Frame, Header, PROPERTIES_VAR, SETTINGS_VAR};
+use immutant_protocol::{APP_VAR, Frame, Header, Open, PROPERTIES_VAR, SETTINGS_VAR};
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{Cache, CacheBuilder};
 use crate::connection::Connection;
 use crate::daemon::{Daemon, DaemonBuilder};
+use crate::jobs::JobBuilder;
 use crate::messaging::{Queue, Topic};
 use crate::{Error, Result};
 
@@ -84,6 +86,27 @@ impl App {
     /// Starts the topic `name` (if it is not started yet) and returns it.
     pub async fn topic(&self, name: &str) -> Result<Topic> {
         Topic::start(self.connection.clone(), self.handlers.clone(), name).await
+    }
+
+    /// A cache to open: `app.cache("name").mode(CacheMode::Replicated).lookup_or_create().await`.
+    pub fn cache(&self, name: &str) -> CacheBuilder {
+        CacheBuilder::new(self.connection.clone(), name)
+    }
+
+    /// The cache `name` if it exists in the cluster, with the options it was made with.
+    pub async fn lookup_cache(&self, name: &str) -> Result<Option<Cache>> {
+        let options = Default::default();
+        Cache::open(self.connection.clone(), name, Open::Lookup, options).await
+    }
+
+    /// A job to schedule: `app.job("name").cron("*/5 * * * * ?").schedule(f).await`.
+    pub fn job(&self, name: &str) -> JobBuilder {
+        JobBuilder::new(self.connection.clone(), name)
+    }
+
+    /// Unschedules the job `name`; true if it was scheduled.
+    pub async fn unschedule(&self, name: &str) -> Result<bool> {
+        crate::jobs::unschedule(&self.connection, name).await
     }
 
     /// A daemon to register: `app.daemon("name", d).singleton(false).start().await`.

@@ -17,13 +17,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::daemon::Daemons;
+use crate::jobs::{JobRun, Jobs, time_of};
 use crate::{Error, Result};
 
 /// A message handed to the app: its header and payload.
 pub type Delivered = (MessageHeader, Bytes);
 
-/// An answer to a request: nothing, a message (for `receive`), or the node's refusal.
-type Answer = std::result::Result<Option<Delivered>, String>;
+/// An answer to a request: the node's answering frame, or its refusal.
+type Answer = std::result::Result<Frame, String>;
 
 /// What the node said when the app connected.
 #[derive(Debug, Clone)]
@@ -53,6 +54,7 @@ struct Inner {
     consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<Delivery>>>,
     replies: Mutex<HashMap<String, oneshot::Sender<Delivered>>>,
     daemons: Daemons,
+    jobs: Jobs,
     /// Set to the stop's timeout when the node asks the app to stop.
     stop: watch::Sender<Option<u64>>,
     welcome: Welcome,
@@ -115,6 +117,7 @@ impl Connection {
                 consumers: Mutex::new(HashMap::new()),
                 replies: Mutex::new(HashMap::new()),
                 daemons: Daemons::default(),
+                jobs: Jobs::default(),
                 stop: watch::channel(None).0,
                 welcome,
             }),
@@ -137,6 +140,10 @@ impl Connection {
         &self.inner.daemons
     }
 
+    pub fn jobs(&self) -> &Jobs {
+        &self.inner.jobs
+    }
+
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
@@ -150,16 +157,28 @@ impl Connection {
             .map_err(|_| Error::Closed)
     }
 
-    /// Sends a request (whose header carries `id`) and waits for the node's answer.
-    pub async fn request(&self, id: u64, frame: Frame) -> Result<Option<Delivered>> {
+    /// Sends a request (whose header carries `id`) and waits for the node's answering frame.
+    pub async fn call(&self, id: u64, frame: Frame) -> Result<Frame> {
         let (answer, answered) = oneshot::channel();
         lock(&self.inner.pending).insert(id, answer);
         self.send(frame)?;
         match answered.await {
-            Ok(Ok(delivered)) => Ok(delivered),
+            Ok(Ok(frame)) => Ok(frame),
             Ok(Err(message)) => Err(Error::Node(message)),
             Err(_) => Err(Error::Closed),
         }
+    }
+
+    /// Sends a request and waits for the node's answer: nothing, or a message (for `receive`).
+    pub async fn request(&self, id: u64, frame: Frame) -> Result<Option<Delivered>> {
+        let answer = self.call(id, frame).await?;
+        Ok(match answer.header {
+            Header::Receipt {
+                message: Some(message),
+                ..
+            } => Some((message, answer.body)),
+            _ => None,
+        })
     }
 
     /// Routes the deliveries for consumer `id` to `deliveries`.
@@ -232,20 +251,18 @@ impl Connection {
     }
 
     fn route(&self, frame: Frame) {
-        let Frame { header, body } = frame;
-        match header {
-            Header::Ok { id } => {
-                self.answer(id, Ok(None));
+        match frame.header {
+            Header::Ok { id }
+            | Header::Found { id, .. }
+            | Header::CacheOpened { id, .. }
+            | Header::CacheReply { id, .. } => {
+                self.answer(id, Ok(frame));
             }
             Header::Error { id, message } => {
                 self.answer(id, Err(message));
             }
-            Header::Receipt {
-                id,
-                message,
-                delivery,
-            } => {
-                let taken = self.answer(id, Ok(message.map(|message| (message, body))));
+            Header::Receipt { id, delivery, .. } => {
+                let taken = self.answer(id, Ok(frame));
                 // A message no one waits for any more goes back to the queue.
                 if let Some(delivery) = delivery {
                     let settled = match taken {
@@ -258,6 +275,13 @@ impl Connection {
                     let _ = self.send(Frame::new(settled));
                 }
             }
+            header => self.route_delivery(header, frame.body),
+        }
+    }
+
+    /// Routes what the node sends unasked: deliveries, replies, daemon and job orders.
+    fn route_delivery(&self, header: Header, body: Bytes) {
+        match header {
             Header::Deliver {
                 consumer: 0,
                 message,
@@ -304,6 +328,22 @@ impl Connection {
                         .stop(&connection, &name, None)
                         .await
                 });
+            }
+            Header::FireJob {
+                name,
+                run,
+                scheduled_ms,
+                fired_ms,
+                epoch,
+            } => {
+                let run = JobRun {
+                    name,
+                    run,
+                    scheduled: time_of(scheduled_ms),
+                    fired: time_of(fired_ms),
+                    epoch,
+                };
+                self.inner.jobs.fire(self, run);
             }
             Header::Stop { timeout_ms } => {
                 self.inner.stop.send_replace(Some(timeout_ms));

@@ -22,16 +22,21 @@
 //!
 //! - [`messaging`]: [`Queue`] and [`Topic`]: publish, listen, receive, request and respond.
 //! - [`daemon`]: long-running services with a start and a stop; singletons in a cluster.
+//! - [`jobs`]: jobs the node fires on a cron schedule or at intervals; singletons in a cluster.
+//! - [`cache`]: local, replicated or distributed caches shared across the cluster.
 //!
 //! The node runs the app as a child process and the two talk over an inherited Unix socket
 //! with the frames of [`immutant_protocol`] (see `docs/protocol.md`).
 
 mod app;
+pub mod cache;
 mod connection;
 pub mod daemon;
+pub mod jobs;
 pub mod messaging;
 
 pub use app::App;
+pub use cache::Cache;
 pub use daemon::Daemon;
 pub use immutant_protocol::{BYTES, JSON, PROTOCOL_VERSION, PublishOptions};
 pub use messaging::{Message, Queue, Topic};

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod deploy;
+pub mod jobs;
 pub mod logging;
 pub mod management;
 pub mod messaging;

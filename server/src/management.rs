@@ -55,6 +55,7 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/queues", get(queues))
         .route("/daemons", get(daemons))
         .route("/caches", get(caches))
+        .route("/jobs", get(jobs))
         .with_state(info)
 }
 
@@ -113,6 +114,35 @@ async fn daemons(State(info): State<Arc<NodeInfo>>) -> Json<Vec<DaemonReport>> {
             })
     });
     Json(reports.collect())
+}
+
+/// A job, the app it belongs to, and the node it fires on.
+#[derive(Debug, Serialize)]
+struct JobListing {
+    app: String,
+    /// The node that fires it: for a singleton, the node running the app's singletons (none
+    /// while none does); otherwise this one.
+    fires_on: Option<String>,
+    #[serde(flatten)]
+    job: crate::jobs::JobReport,
+}
+
+/// Every job of every deployment: where it fires, its next firing, and its last run.
+async fn jobs(State(info): State<Arc<NodeInfo>>) -> Json<Vec<JobListing>> {
+    let node = info.config.node_name.clone();
+    let listings = info.apps.reports().into_iter().flat_map(|deployment| {
+        let (app, singletons_on) = (deployment.name, deployment.singletons_on);
+        let node = node.clone();
+        deployment.jobs.into_iter().map(move |job| JobListing {
+            app: app.clone(),
+            fires_on: match job.singleton {
+                true => singletons_on.clone(),
+                false => Some(node.clone()),
+            },
+            job,
+        })
+    });
+    Json(listings.collect())
 }
 
 /// Every cache open on this node: mode, entries held here, hits and misses.

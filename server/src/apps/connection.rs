@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::{AppContext, DaemonState, Deployment, Status, lock};
 use crate::cluster::Cluster;
+use crate::jobs::JobContext;
 use crate::messaging::MessagingError;
 use crate::shutdown::Shutdown;
 use crate::singleton::SingletonElection;
@@ -63,17 +64,32 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
     let connection = context.broker.next_connection();
     context.broker.connect(connection, outbox.clone());
     *lock(&deployment.outbox) = Some(outbox.clone());
+    let build = lock(&deployment.descriptor)
+        .as_ref()
+        .and_then(|descriptor| descriptor.artifact.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let jobs = JobContext {
+        app: deployment.name.clone(),
+        build,
+        outbox: outbox.clone(),
+        singleton_epoch: deployment.singleton_epoch.subscribe(),
+        caches: context.cluster.as_ref().map(|_| context.caches.clone()),
+        misfire_threshold_ms: context.misfire_threshold_ms,
+    };
     let session = Session {
         connection,
         outbox,
         deployment: deployment.clone(),
         context: context.clone(),
+        jobs,
         ended: Shutdown::new(),
     };
     while let Some(Ok(frame)) = frames.next().await {
         session.handle(frame).await;
     }
     session.ended.cancel();
+    deployment.jobs.stop_all();
     context.broker.disconnect(connection);
     *lock(&deployment.outbox) = None;
     for daemon in lock(&deployment.daemons).values_mut() {
@@ -87,6 +103,8 @@ struct Session {
     outbox: Outbox,
     deployment: Arc<Deployment>,
     context: Arc<AppContext>,
+    /// What the app's jobs need.
+    jobs: JobContext,
     /// Cancelled when the app's connection ends.
     ended: Shutdown,
 }
@@ -183,6 +201,33 @@ impl Session {
                     daemon.running = running;
                 }
             }
+            Header::Schedule {
+                id,
+                name,
+                spec,
+                singleton,
+            } => {
+                let scheduled = self
+                    .deployment
+                    .jobs
+                    .schedule(&self.jobs, &name, spec, singleton);
+                let header = match scheduled {
+                    Ok(()) => Header::Ok { id },
+                    Err(error) => refusal(id, error),
+                };
+                self.send(header);
+            }
+            Header::Unschedule { id, name } => {
+                let (deployment, jobs) = (self.deployment.clone(), self.jobs.clone());
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    let found = deployment.jobs.unschedule(&jobs, &name).await;
+                    let _ = outbox.send(Frame::new(Header::Found { id, found }).into());
+                });
+            }
+            Header::JobDone { name, run, error } => {
+                self.deployment.jobs.finished(&name, run, error);
+            }
             Header::OpenCache {
                 id,
                 name,
@@ -232,7 +277,7 @@ impl Session {
         if !singleton || self.context.cluster.is_none() {
             return Some(1);
         }
-        *lock(&self.deployment.singleton_epoch)
+        *self.deployment.singleton_epoch.borrow()
     }
 
     fn send(&self, header: Header) {
@@ -277,7 +322,7 @@ async fn follow_singletons(
     let mut view = cluster.view();
     loop {
         let mut elected = election.here(&view.borrow_and_update(), &deployment.name);
-        let running = lock(&deployment.singleton_epoch).is_some();
+        let running = deployment.singleton_epoch.borrow().is_some();
         if elected && !running {
             // Let the view settle before taking over: a member that deployed the app at the
             // same moment may be older, and its news a gossip round away.
@@ -296,7 +341,7 @@ async fn follow_singletons(
             if elected {
                 // The fencing epoch: when this node took over, later than any start before it.
                 let epoch = crate::messaging::now_ms();
-                *lock(&deployment.singleton_epoch) = Some(epoch);
+                deployment.singleton_epoch.send_replace(Some(epoch));
                 info!(
                     "The singletons of {} run on this node now (epoch {epoch})",
                     deployment.name
@@ -305,7 +350,7 @@ async fn follow_singletons(
                     let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch }).into());
                 }
             } else {
-                *lock(&deployment.singleton_epoch) = None;
+                deployment.singleton_epoch.send_replace(None);
                 info!(
                     "The singletons of {} no longer run on this node",
                     deployment.name
@@ -320,6 +365,6 @@ async fn follow_singletons(
             _ = ended.cancelled() => break,
         }
     }
-    *lock(&deployment.singleton_epoch) = None;
+    deployment.singleton_epoch.send_replace(None);
     cluster.set_app(&deployment.name, false).await;
 }

@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::cache::Caches;
 use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
+use crate::jobs::{AppJobs, JobReport};
 use crate::messaging::{Broker, Outbox};
 use crate::singleton::SingletonElection;
 
@@ -33,6 +34,8 @@ pub struct AppContext {
     pub deployments_dir: PathBuf,
     /// The cluster this node is in, if it is clustered.
     pub cluster: Option<Arc<Cluster>>,
+    /// How late a job's firing may run before it counts as misfired.
+    pub misfire_threshold_ms: u64,
 }
 
 impl AppContext {
@@ -43,6 +46,7 @@ impl AppContext {
         properties_json: String,
         deployments_dir: PathBuf,
         cluster: Option<Arc<Cluster>>,
+        misfire_threshold_ms: u64,
     ) -> Self {
         AppContext {
             broker,
@@ -51,6 +55,7 @@ impl AppContext {
             properties_json,
             deployments_dir,
             cluster,
+            misfire_threshold_ms,
         }
     }
 
@@ -95,8 +100,10 @@ pub struct Deployment {
     daemons: Mutex<BTreeMap<String, DaemonState>>,
     stderr_tail: Mutex<VecDeque<String>>,
     outbox: Mutex<Option<Outbox>>,
-    /// The epoch this node runs the app's singleton daemons under, while it does.
-    singleton_epoch: Mutex<Option<u64>>,
+    /// The epoch this node runs the app's singletons under, while it does.
+    singleton_epoch: watch::Sender<Option<u64>>,
+    /// The jobs the app scheduled.
+    jobs: AppJobs,
     pid: Mutex<Option<u32>>,
     restarts: AtomicU64,
 }
@@ -115,12 +122,14 @@ pub struct DeploymentReport {
     pub artifact: Option<PathBuf>,
     pub root: Option<PathBuf>,
     pub daemons: BTreeMap<String, DaemonState>,
-    /// The node its singleton daemons run on, if it has any and they run.
+    /// The node its singletons (daemons and jobs) run on, if it has any and they run.
     pub singletons_on: Option<String>,
+    /// Its scheduled jobs.
+    pub jobs: Vec<JobReport>,
     pub stderr_tail: Vec<String>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -135,7 +144,8 @@ impl Deployment {
             daemons: Mutex::new(BTreeMap::new()),
             stderr_tail: Mutex::new(VecDeque::new()),
             outbox: Mutex::new(None),
-            singleton_epoch: Mutex::new(None),
+            singleton_epoch: watch::channel(None).0,
+            jobs: AppJobs::default(),
             pid: Mutex::new(None),
             restarts: AtomicU64::new(0),
         }
@@ -156,7 +166,9 @@ impl Deployment {
     fn report(&self, context: &AppContext) -> DeploymentReport {
         let descriptor = lock(&self.descriptor).clone();
         let daemons = lock(&self.daemons).clone();
-        let has_singletons = daemons.values().any(|daemon| daemon.singleton);
+        let jobs = self.jobs.reports();
+        let has_singletons =
+            daemons.values().any(|daemon| daemon.singleton) || jobs.iter().any(|job| job.singleton);
         DeploymentReport {
             name: self.name.clone(),
             status: lock(&self.status).clone(),
@@ -168,6 +180,7 @@ impl Deployment {
             singletons_on: has_singletons
                 .then(|| context.singletons_on(&self.name))
                 .flatten(),
+            jobs,
             stderr_tail: lock(&self.stderr_tail).iter().cloned().collect(),
         }
     }

@@ -129,6 +129,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "the largest message payload, in bytes (16 MiB)",
     },
     KnownProperty {
+        name: "immutant.jobs.misfire-threshold",
+        kind: PropertyKind::Count,
+        default: PropertyDefault::Value("60000"),
+        help: "milliseconds a job's firing may run late; later than that it runs once, now",
+    },
+    KnownProperty {
         name: "jboss.logging.level",
         kind: PropertyKind::LogLevel,
         default: PropertyDefault::Value("INFO"),

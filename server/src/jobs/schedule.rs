@@ -330,7 +330,7 @@ fn next_cron(cron: &Cron, from_ms: u64) -> Option<u64> {
 
 /// `ms` since the epoch as local time, e.g. "2026-11-27 16:00:00".
 fn local_time(ms: u64) -> String {
-    let format = if ms % 1000 == 0 {
+    let format = if ms.is_multiple_of(1000) {
         "%Y-%m-%d %H:%M:%S"
     } else {
         "%Y-%m-%d %H:%M:%S%.3f"
@@ -352,7 +352,7 @@ fn duration(ms: u64) -> String {
         ("m", 60_000),
         ("s", 1000),
     ] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

@@ -128,6 +128,10 @@ pub async fn run(
         serde_json::to_string(&all_properties).unwrap_or_default(),
         config.deployments.clone(),
         cluster.clone(),
+        properties
+            .get("immutant.jobs.misfire-threshold")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(60_000),
     )));
     let registration = registry::Registration::record(&properties.home(), &config);
 

@@ -1,0 +1,359 @@
+//! Scheduled jobs: the node keeps each job's [`schedule`] and tells the app when to run it
+//! (`fire-job`); the app answers how the run went (`job-done`).
+//!
+//! In a cluster a singleton job fires only where the app's singletons run (the oldest member
+//! with the app), and starts there the moment that node is elected. Its progress (how many
+//! times it fired, and when the last firing was due) lives in a replicated cache that every
+//! member with the app holds, and is written before each firing: the node taking over resumes
+//! from it, so no firing happens twice and a `repeat` is never exceeded. Firings late by less
+//! than the misfire threshold run late; one later than that runs once, now (Quartz's
+//! fire-once-now), and the schedule goes on from there.
+
+pub mod schedule;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use immutant_protocol::{CacheMode, CacheOp, CacheOptions, Frame, Header, JobSpec, Open};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::apps::lock;
+use crate::cache::{CacheError, Caches};
+use crate::messaging::{Outbox, now_ms};
+pub use schedule::{Schedule, ScheduleError};
+
+/// How long a job waits before trying again when its progress cannot be recorded.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// How the last firing of a job went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "kebab-case")]
+pub enum Outcome {
+    Running,
+    Ok,
+    Failed(String),
+}
+
+/// The last firing of a job on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub run: u64,
+    pub scheduled_ms: u64,
+    pub fired_ms: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// A job as the management API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub name: String,
+    pub schedule: String,
+    pub singleton: bool,
+    /// Whether this node fires it now.
+    pub fires_here: bool,
+    /// When it fires next, if it fires here.
+    pub next_ms: Option<u64>,
+    /// The last firing on this node.
+    pub last: Option<LastRun>,
+    /// Whether it has fired all the times it will.
+    pub done: bool,
+}
+
+/// What a job's task keeps up to date for the management API.
+#[derive(Debug, Default)]
+struct JobStatus {
+    fires_here: bool,
+    next_ms: Option<u64>,
+    last: Option<LastRun>,
+    done: bool,
+}
+
+/// A scheduled job: its task and status.
+struct Job {
+    description: String,
+    singleton: bool,
+    status: Arc<Mutex<JobStatus>>,
+    task: JoinHandle<()>,
+}
+
+/// How far a job has got, as recorded for the whole cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Progress {
+    /// The schedule and the build of the app it belongs to: a new schedule, or a new build of
+    /// the app, starts again from the beginning.
+    spec: JobSpec,
+    build: String,
+    fired: u64,
+    /// When the last firing was due (or ran, after a misfire): the next one follows it.
+    last_ms: u64,
+}
+
+/// What every job of an app's connection needs.
+#[derive(Clone)]
+pub struct JobContext {
+    pub app: String,
+    /// The app's artifact's name: which build of the app this is.
+    pub build: String,
+    pub outbox: Outbox,
+    /// The epoch this node runs the app's singletons under, while it does; always `Some(1)`
+    /// where jobs need no election (standalone).
+    pub singleton_epoch: watch::Receiver<Option<u64>>,
+    /// The caches, when clustered: where singleton jobs record their progress.
+    pub caches: Option<Arc<Caches>>,
+    pub misfire_threshold_ms: u64,
+}
+
+/// The jobs of one app's connection.
+#[derive(Default)]
+pub struct AppJobs {
+    jobs: Mutex<BTreeMap<String, Job>>,
+}
+
+impl AppJobs {
+    /// Schedules (or reschedules) the job `name`.
+    pub fn schedule(
+        &self,
+        context: &JobContext,
+        name: &str,
+        spec: JobSpec,
+        singleton: bool,
+    ) -> Result<(), ScheduleError> {
+        let schedule = Schedule::parse(&spec, now_ms())?;
+        let status = Arc::new(Mutex::new(JobStatus::default()));
+        // A singleton in a cluster fires where it is elected, and records its progress there.
+        let coordination = context.caches.clone().filter(|_| singleton);
+        let firing = Firing {
+            name: name.to_string(),
+            spec,
+            schedule: schedule.clone(),
+            context: context.clone(),
+            status: status.clone(),
+        };
+        let task = tokio::spawn(firing.run(coordination));
+        let job = Job {
+            description: schedule.describe(),
+            singleton,
+            status,
+            task,
+        };
+        if let Some(old) = lock(&self.jobs).insert(name.to_string(), job) {
+            old.task.abort();
+        }
+        Ok(())
+    }
+
+    /// Unschedules the job `name` and forgets its progress; false if there was no such job.
+    pub async fn unschedule(&self, context: &JobContext, name: &str) -> bool {
+        let Some(job) = lock(&self.jobs).remove(name) else {
+            return false;
+        };
+        job.task.abort();
+        if let Some(caches) = &context.caches {
+            let remove = CacheOp::Remove {
+                key: name.to_string(),
+            };
+            let _ = caches
+                .call(&progress_cache(&context.app), remove, Bytes::new())
+                .await;
+        }
+        true
+    }
+
+    /// The app says how a firing went.
+    pub fn finished(&self, name: &str, run: u64, error: Option<String>) {
+        if let Some(job) = lock(&self.jobs).get(name) {
+            let mut status = lock(&job.status);
+            if let Some(last) = status.last.as_mut().filter(|last| last.run == run) {
+                last.outcome = match error {
+                    Some(reason) => Outcome::Failed(reason),
+                    None => Outcome::Ok,
+                };
+            }
+        }
+    }
+
+    /// The app is gone: its jobs stop firing here.
+    pub fn stop_all(&self) {
+        for (_, job) in std::mem::take(&mut *lock(&self.jobs)) {
+            job.task.abort();
+        }
+    }
+
+    pub fn reports(&self) -> Vec<JobReport> {
+        lock(&self.jobs)
+            .iter()
+            .map(|(name, job)| {
+                let status = lock(&job.status);
+                JobReport {
+                    name: name.clone(),
+                    schedule: job.description.clone(),
+                    singleton: job.singleton,
+                    fires_here: status.fires_here,
+                    next_ms: status.next_ms,
+                    last: status.last.clone(),
+                    done: status.done,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The replicated cache where an app's singleton jobs record their progress.
+fn progress_cache(app: &str) -> String {
+    format!("immutant.jobs/{app}")
+}
+
+/// One job's firing loop.
+struct Firing {
+    name: String,
+    spec: JobSpec,
+    schedule: Schedule,
+    context: JobContext,
+    status: Arc<Mutex<JobStatus>>,
+}
+
+impl Firing {
+    /// Fires the job on its schedule while this node should: with `coordination`, only while
+    /// elected, recording its progress in the cluster; without, always, keeping it in memory.
+    async fn run(self, coordination: Option<Arc<Caches>>) {
+        let elected = coordination.is_some();
+        let mut epochs = self.context.singleton_epoch.clone();
+        let mut local: Option<Progress> = None;
+        loop {
+            let epoch = match elected {
+                true => *epochs.borrow_and_update(),
+                false => Some(1),
+            };
+            let Some(epoch) = epoch else {
+                *lock(&self.status) = JobStatus {
+                    last: lock(&self.status).last.take(),
+                    ..JobStatus::default()
+                };
+                if epochs.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let progress = match &coordination {
+                Some(caches) => match self.recorded(caches).await {
+                    Ok(progress) => progress,
+                    Err(error) => {
+                        warn!("job {} of {}: {error}", self.name, self.context.app);
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                },
+                None => local.clone(),
+            };
+            let (fired, next) = match &progress {
+                Some(progress) => (
+                    progress.fired,
+                    self.schedule.after(progress.last_ms, progress.fired),
+                ),
+                None => (0, self.schedule.first()),
+            };
+            {
+                let mut status = lock(&self.status);
+                status.fires_here = true;
+                status.next_ms = next;
+                status.done = next.is_none();
+            }
+            let Some(due) = next else {
+                // Done: nothing more to fire, unless the role moves and comes back.
+                if epochs.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            };
+            let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = epochs.changed(), if elected => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let now = now_ms();
+            // Beyond the threshold, one run now, and on from now: no flood of catch-up runs.
+            let misfired = now.saturating_sub(due) > self.context.misfire_threshold_ms;
+            let next_progress = Progress {
+                spec: self.spec.clone(),
+                build: self.context.build.clone(),
+                fired: fired + 1,
+                last_ms: if misfired { now } else { due },
+            };
+            // Recorded before it fires: a node taking over never fires it again.
+            match &coordination {
+                Some(caches) => {
+                    if let Err(error) = self.record(caches, &next_progress).await {
+                        warn!("job {} of {}: {error}", self.name, self.context.app);
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                    if *epochs.borrow() != Some(epoch) {
+                        continue;
+                    }
+                }
+                None => local = Some(next_progress),
+            }
+            let fire = Header::FireJob {
+                name: self.name.clone(),
+                run: fired + 1,
+                scheduled_ms: due,
+                fired_ms: now,
+                epoch,
+            };
+            let _ = self.context.outbox.send(Frame::new(fire).into());
+            lock(&self.status).last = Some(LastRun {
+                run: fired + 1,
+                scheduled_ms: due,
+                fired_ms: now,
+                outcome: Outcome::Running,
+            });
+        }
+    }
+
+    /// The progress the cluster recorded for this job and build, if any.
+    async fn recorded(&self, caches: &Caches) -> Result<Option<Progress>, CacheError> {
+        let name = self.open_progress(caches).await?;
+        let get = CacheOp::Get {
+            key: self.name.clone(),
+        };
+        let (outcome, value) = caches.call(&name, get, Bytes::new()).await?;
+        let progress = outcome
+            .found
+            .then(|| serde_json::from_slice::<Progress>(&value).ok())
+            .flatten();
+        Ok(progress
+            .filter(|progress| progress.spec == self.spec && progress.build == self.context.build))
+    }
+
+    async fn record(&self, caches: &Caches, progress: &Progress) -> Result<(), CacheError> {
+        let name = self.open_progress(caches).await?;
+        let put = CacheOp::Put {
+            key: self.name.clone(),
+            expiry: None,
+        };
+        let value = Bytes::from(serde_json::to_vec(progress).unwrap_or_default());
+        caches.call(&name, put, value).await.map(|_| ())
+    }
+
+    /// Opens the app's progress cache (replicated, synchronous) on this node.
+    async fn open_progress(&self, caches: &Caches) -> Result<String, CacheError> {
+        let name = progress_cache(&self.context.app);
+        let options = CacheOptions {
+            mode: CacheMode::Replicated,
+            ..CacheOptions::default()
+        };
+        caches.open(&name, Open::LookupOrCreate, options).await?;
+        Ok(name)
+    }
+}
