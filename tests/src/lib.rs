@@ -115,10 +115,16 @@ impl Base {
 
     /// `cargo immutant new NAME` in the base's projects folder; returns the project.
     pub fn new_project(&self, name: &str) -> PathBuf {
+        self.new_project_from(name, "default")
+    }
+
+    /// `cargo immutant new NAME --template TEMPLATE` in the base's projects folder; returns
+    /// the project.
+    pub fn new_project_from(&self, name: &str, template: &str) -> PathBuf {
         let projects = self.path().join("projects");
         std::fs::create_dir_all(&projects).unwrap();
         let output = self
-            .cli(["new", name])
+            .cli(["new", name, "--template", template])
             .current_dir(&projects)
             .output()
             .expect("the CLI runs");
@@ -400,4 +406,41 @@ pub fn counts(numbers: impl IntoIterator<Item = u64>) -> std::collections::HashM
 /// `release/<package>` there.
 pub fn apps_target_dir() -> PathBuf {
     workspace_root().join("target").join("e2e-apps")
+}
+
+/// A cluster name no other test uses, so clusters of tests running at once stay apart.
+pub fn cluster_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("e2e-{}-{next}", std::process::id())
+}
+
+/// A clustered node of the base's install, started.
+pub fn clustered(base: &Base, name: &str, offset: u16, cluster: &str) -> Proc {
+    clustered_with(base, name, offset, cluster, &[])
+}
+
+/// A clustered node of the base's install, with more arguments, started.
+pub fn clustered_with(
+    base: &Base,
+    name: &str,
+    offset: u16,
+    cluster: &str,
+    extra: &[String],
+) -> Proc {
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args(name, offset));
+    args.push(format!("-Dimmutant.cluster.name={cluster}"));
+    args.extend_from_slice(extra);
+    let node = base.run(args);
+    node.wait_for("started in", PATIENCE);
+    node
+}
+
+/// Kills the node at `offset` (the server itself, found through its management API) with
+/// SIGKILL.
+pub fn kill_9(offset: u16) {
+    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }

@@ -2,26 +2,15 @@
 //! view, run each app's singleton daemons on the oldest member, and fail them over when that
 //! member is killed.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, counts, free_offset, get_json,
-    get_json_at, numbers_after, probe,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered, clustered_with,
+    counts, free_offset, get_json, get_json_at, kill_9, numbers_after, probe,
 };
 
 /// The failover bound the tests hold nodes to (the benchmark measures the real time).
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
-
-/// A cluster name no other test uses, so clusters of tests running at once stay apart.
-fn cluster_name() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "e2e-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// The seed app, generated and deployed to the base's install.
 fn deploy_example(base: &Base) {
@@ -39,22 +28,6 @@ fn example_pair() -> (Base, String, [u16; 2], Proc, Proc) {
     let one = clustered(&base, "one", offsets[0], &cluster);
     let two = clustered(&base, "two", offsets[1], &cluster);
     (base, cluster, offsets, one, two)
-}
-
-/// A clustered node of the base's install.
-fn clustered(base: &Base, name: &str, offset: u16, cluster: &str) -> Proc {
-    clustered_with(base, name, offset, cluster, &[])
-}
-
-/// A clustered node of the base's install, with more arguments.
-fn clustered_with(base: &Base, name: &str, offset: u16, cluster: &str, extra: &[String]) -> Proc {
-    let mut args = vec!["--clustered".to_string()];
-    args.extend(base.node_args(name, offset));
-    args.push(format!("-Dimmutant.cluster.name={cluster}"));
-    args.extend_from_slice(extra);
-    let node = base.run(args);
-    node.wait_for("started in", PATIENCE);
-    node
 }
 
 /// Whether the node's last word on the app's singletons is that they run there.
@@ -379,12 +352,6 @@ fn a_local_cluster_in_one_command() {
 /// The node whose last word on the app's singletons is that they run there, if any.
 fn master(nodes: &[(String, u16, Proc)]) -> Option<&(String, u16, Proc)> {
     nodes.iter().find(|(_, _, node)| runs_singletons(node))
-}
-
-fn kill_9(offset: u16) {
-    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use immutant::cache::{CacheMode, Expiry};
+use immutant::jobs::JobRun;
 use immutant::messaging::Raw;
 use immutant::{App, Daemon, PublishOptions};
 use tokio::sync::Notify;
@@ -34,6 +36,12 @@ async fn main() -> immutant::Result<()> {
         "herald" => herald(&app).await?,
         "drain" => drain(&app).await?,
         "asker" => ask_across(&app).await?,
+        "ticker" => ticker(&app).await?,
+        "repeater" => repeater(&app).await?,
+        "badcron" => bad_cron(&app).await?,
+        "swapper" => swapper(&app).await?,
+        "sharer" => sharer(&app).await?,
+        "expiry" => expiry(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -258,5 +266,162 @@ async fn refusals(app: &App) -> immutant::Result<()> {
         Ok(()) => println!("unstarted destination accepted"),
         Err(error) => println!("unstarted destination refused: {error}"),
     }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch of a job's time.
+fn unix_ms(time: std::time::SystemTime) -> u128 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
+}
+
+/// Prints what a firing of a job saw.
+fn print_run(label: &str, node: &str, run: &JobRun) {
+    println!(
+        "{label} run={} scheduled={} fired={} epoch={} node={node}",
+        run.run,
+        unix_ms(run.scheduled),
+        unix_ms(run.fired),
+        run.epoch
+    );
+}
+
+/// A singleton job firing every second.
+async fn ticker(app: &App) -> immutant::Result<()> {
+    let node = app.node_name().to_string();
+    app.job("tick")
+        .cron("*/1 * * * * ?")
+        .schedule(move |run| {
+            print_run("tick", &node, &run);
+            async { Ok(()) }
+        })
+        .await
+}
+
+/// A singleton job firing every second, 6 times in all.
+async fn repeater(app: &App) -> immutant::Result<()> {
+    let node = app.node_name().to_string();
+    app.job("six")
+        .every(Duration::from_secs(1))
+        .repeat(5)
+        .schedule(move |run| {
+            print_run("repeat", &node, &run);
+            async { Ok(()) }
+        })
+        .await
+}
+
+/// Schedules a job with an invalid cron expression, and prints the refusal.
+async fn bad_cron(app: &App) -> immutant::Result<()> {
+    let refused = app
+        .job("broken")
+        .cron("*/5 * 25 * * ?")
+        .schedule(|_| async { Ok(()) })
+        .await;
+    match refused {
+        Ok(()) => println!("bad cron accepted"),
+        Err(error) => println!("refused: {error}"),
+    }
+    Ok(())
+}
+
+/// Adds 1 to the distributed counter `total` `-Dprobe.swaps` times (100 by default), 10 at a
+/// time, then prints the total it sees until it stops changing.
+async fn swapper(app: &App) -> immutant::Result<()> {
+    let counters = app.cache("counters").lookup_or_create().await?;
+    let swaps: u64 = app
+        .property("probe.swaps")
+        .and_then(|swaps| swaps.parse().ok())
+        .unwrap_or(100);
+    // Give the other members time to join before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let workers: Vec<_> = (0..10)
+        .map(|_| {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                for _ in 0..swaps / 10 {
+                    counters
+                        .swap("total", |total: Option<u64>| total.unwrap_or(0) + 1)
+                        .await?;
+                }
+                Ok::<(), immutant::Error>(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a swap worker panicked")?;
+    }
+    println!("swaps done");
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            let total: Option<u64> = counters.get("total").await.ok().flatten();
+            if total != seen {
+                println!("total: {}", total.unwrap_or(0));
+                seen = total;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Shares the replicated cache `shared`: the first node to get there writes ten entries; every
+/// node then says who wrote them and how many it sees.
+async fn sharer(app: &App) -> immutant::Result<()> {
+    let shared = app
+        .cache("shared")
+        .mode(CacheMode::Replicated)
+        .lookup_or_create()
+        .await?;
+    let node = app.node_name().to_string();
+    if shared.put_if_absent("writer", &node).await?.is_none() {
+        for n in 0..10 {
+            shared.put(format!("entry-{n}"), &n).await?;
+        }
+    }
+    let writer: Option<String> = shared.get("writer").await?;
+    let mut entries = 0;
+    for n in 0..10 {
+        if shared.get::<u32>(format!("entry-{n}")).await?.is_some() {
+            entries += 1;
+        }
+    }
+    println!(
+        "shared: writer={} entries={entries}",
+        writer.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Entries with a time to live: one for the cache's ttl, one for its own.
+async fn expiry(app: &App) -> immutant::Result<()> {
+    let brief = app
+        .cache("brief")
+        .ttl(Duration::from_millis(500))
+        .lookup_or_create()
+        .await?;
+    brief.put("short", &"lived").await?;
+    let own = Expiry {
+        ttl_ms: Some(3_000),
+        idle_ms: None,
+    };
+    brief.put_with("longer", &"lived", own).await?;
+    let exists = match app.cache("brief").create().await {
+        Ok(_) => "accepted".to_string(),
+        Err(error) => error.to_string(),
+    };
+    println!(
+        "fresh: {:?} {:?}",
+        brief.get::<String>("short").await?,
+        brief.get::<String>("longer").await?
+    );
+    println!("create again: {exists}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    println!(
+        "later: {:?} {:?}",
+        brief.get::<String>("short").await?,
+        brief.get::<String>("longer").await?
+    );
     Ok(())
 }

@@ -1,0 +1,239 @@
+//! Scheduled jobs: cron and interval jobs fired by real nodes, singletons across a real
+//! cluster, failover by kill -9, and the `jobs` template.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, free_offset, get_json_at,
+    kill_9, numbers_after, probe,
+};
+
+/// The failover bound the tests hold nodes to (the benchmark measures the real time).
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+
+/// A firing a probe printed: `<label> run=R scheduled=S fired=F epoch=E node=N`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Firing {
+    scheduled: u64,
+    run: u64,
+    fired: u64,
+    epoch: u64,
+    node: String,
+}
+
+/// Every firing labelled `label` in the nodes' output.
+fn firings(nodes: &[&Proc], label: &str) -> Vec<Firing> {
+    let marker = format!("{label} run=");
+    let mut firings: Vec<Firing> = nodes
+        .iter()
+        .flat_map(|node| node.stdout_lines())
+        .filter_map(|line| {
+            let rest = line.split(&marker).nth(1)?;
+            let field = |name: &str| {
+                rest.split_whitespace()
+                    .find_map(|part| part.strip_prefix(&format!("{name}=")))
+                    .map(str::to_string)
+            };
+            Some(Firing {
+                run: rest.split_whitespace().next()?.parse().ok()?,
+                scheduled: field("scheduled")?.parse().ok()?,
+                fired: field("fired")?.parse().ok()?,
+                epoch: field("epoch")?.parse().ok()?,
+                node: field("node")?,
+            })
+        })
+        .collect();
+    firings.sort();
+    firings
+}
+
+/// Waits until the nodes' output holds at least `count` firings labelled `label`.
+fn wait_for_firings(nodes: &[&Proc], label: &str, count: usize, timeout: Duration) -> Vec<Firing> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = firings(nodes, label);
+        if seen.len() >= count {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} firings of {label} did not come within {timeout:?}; saw {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that no tick was fired twice, across every node.
+fn assert_each_tick_once(firings: &[Firing]) {
+    let ticks: BTreeSet<u64> = firings.iter().map(|firing| firing.scheduled).collect();
+    assert_eq!(
+        ticks.len(),
+        firings.len(),
+        "a tick fired twice: {firings:#?}"
+    );
+}
+
+#[test]
+fn a_node_fires_jobs_refuses_bad_cron_and_shows_its_jobs() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("ticker"));
+    base.deploy(&probe(), Some("badcron"));
+    let offset = free_offset();
+    let node = base.run(base.node_args("solo", offset));
+    let refused = node.wait_for("refused:", BUILD_PATIENCE);
+    assert!(
+        refused.contains(r#"invalid cron expression "*/5 * 25 * * ?": field 3 (hour) is "25""#),
+        "the error points at the bad field: {refused}"
+    );
+    let ticks = wait_for_firings(&[&node], "tick", 4, PATIENCE);
+    assert_each_tick_once(&ticks);
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1].scheduled - pair[0].scheduled, 1000, "one a second");
+    }
+    for tick in &ticks {
+        assert!(tick.scheduled % 1000 == 0, "ticks fall on whole seconds");
+        assert!(
+            tick.fired >= tick.scheduled,
+            "no tick fires early: {tick:?}"
+        );
+    }
+
+    let jobs = get_json_at(9990 + offset, "jobs");
+    let job = &jobs[0];
+    assert_eq!(job["app"], "ticker", "{jobs}");
+    assert_eq!(job["name"], "tick");
+    assert_eq!(job["schedule"], "*/1 * * * * ?");
+    assert_eq!(job["fires_on"], "solo");
+    assert!(job["next_ms"].as_u64().is_some(), "{jobs}");
+    assert_eq!(job["last"]["outcome"], "ok", "{jobs}");
+
+    let list = base.cli(["list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("job tick: */1 * * * * ? (singleton, fires on solo); next in"),
+        "{list}"
+    );
+    assert!(list.contains("last run #"), "{list}");
+}
+
+#[test]
+fn a_singleton_cron_job_fires_once_per_tick_across_three_nodes_and_fails_over() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("ticker"));
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset(), free_offset()];
+    let one = clustered(&base, "one", offsets[0], &cluster);
+    let two = clustered(&base, "two", offsets[1], &cluster);
+    let three = clustered(&base, "three", offsets[2], &cluster);
+    let all = [&one, &two, &three];
+    let first = wait_for_firings(&all, "tick", 1, BUILD_PATIENCE);
+    // Ten seconds of ticks, counted over every node's output.
+    let started = first[0].scheduled;
+    std::thread::sleep(Duration::from_secs(10));
+    let ticks = firings(&all, "tick");
+    assert_each_tick_once(&ticks);
+    let in_window = ticks
+        .iter()
+        .filter(|tick| tick.scheduled > started && tick.scheduled <= started + 10_000)
+        .count();
+    assert!(
+        (9..=10).contains(&in_window),
+        "one firing a tick over 10 s: {ticks:#?}"
+    );
+    let firing_node = ticks.last().unwrap().node.clone();
+    assert!(
+        ticks.iter().all(|tick| tick.node == firing_node),
+        "one node fires them all: {ticks:#?}"
+    );
+
+    let index = ["one", "two", "three"]
+        .iter()
+        .position(|name| *name == firing_node)
+        .unwrap();
+    let killed_at = Instant::now();
+    kill_9(offsets[index]);
+    let before = ticks.len();
+    let after = wait_for_firings(&all, "tick", before + 3, FAILOVER_BOUND + PATIENCE);
+    assert!(
+        killed_at.elapsed() < FAILOVER_BOUND + Duration::from_secs(3),
+        "the job went on within {FAILOVER_BOUND:?}"
+    );
+    assert_each_tick_once(&after);
+    let successor = after.last().unwrap();
+    assert_ne!(successor.node, firing_node, "{after:#?}");
+    assert!(
+        successor.epoch > ticks.last().unwrap().epoch,
+        "a new epoch: {after:#?}"
+    );
+    assert!(
+        after.windows(2).all(|pair| pair[1].run == pair[0].run + 1),
+        "the count of firings goes on: {after:#?}"
+    );
+}
+
+#[test]
+fn a_job_repeated_5_times_fires_exactly_6_times_across_a_failover() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("repeater"));
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let one = clustered(&base, "one", offsets[0], &cluster);
+    let two = clustered(&base, "two", offsets[1], &cluster);
+    let fired = wait_for_firings(&[&one, &two], "repeat", 2, BUILD_PATIENCE);
+    assert!(
+        fired.iter().all(|firing| firing.node == "one"),
+        "{fired:#?}"
+    );
+    kill_9(offsets[0]);
+    let all = wait_for_firings(&[&one, &two], "repeat", 6, FAILOVER_BOUND + PATIENCE);
+    // Time for a seventh firing, were there one.
+    std::thread::sleep(Duration::from_secs(3));
+    let all_after = firings(&[&one, &two], "repeat");
+    assert_eq!(all_after, all, "no firing after the sixth");
+    let runs: Vec<u64> = all.iter().map(|firing| firing.run).collect();
+    assert_eq!(runs, [1, 2, 3, 4, 5, 6], "{all:#?}");
+    assert!(all.iter().any(|firing| firing.node == "two"), "{all:#?}");
+}
+
+#[test]
+fn the_jobs_template_counter_only_increases_across_kill_9_of_any_node() {
+    let base = Base::installed();
+    let project = base.new_project_from("tally", "jobs");
+    base.deploy(&project, None);
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let mut one = clustered(&base, "one", offsets[0], &cluster);
+    let two = clustered(&base, "two", offsets[1], &cluster);
+    one.wait_for("[tally] count: 3", BUILD_PATIENCE);
+
+    // Kill the node counting; the other goes on.
+    kill_9(offsets[0]);
+    let _ = one.wait_exit(PATIENCE);
+    let counted = numbers_after(&one.stdout_lines(), "[tally] count:");
+    let last = *counted.last().unwrap();
+    two.wait_for(
+        &format!("[tally] count: {}", last + 2),
+        FAILOVER_BOUND + PATIENCE,
+    );
+
+    // It comes back, and then the other one dies: the count goes on again.
+    let again = clustered(&base, "one", offsets[0], &cluster);
+    again.wait_for("Deployed \"tally\"", PATIENCE);
+    std::thread::sleep(Duration::from_secs(2));
+    kill_9(offsets[1]);
+    let counted_two = numbers_after(&two.stdout_lines(), "[tally] count:");
+    let last_two = *counted_two.last().unwrap();
+    again.wait_for(
+        &format!("[tally] count: {}", last_two + 2),
+        FAILOVER_BOUND + PATIENCE,
+    );
+
+    let mut all = counted;
+    all.extend(counted_two);
+    all.extend(numbers_after(&again.stdout_lines(), "[tally] count:"));
+    assert!(
+        all.windows(2).all(|pair| pair[1] > pair[0]),
+        "the count only ever increases: {all:?}"
+    );
+}
