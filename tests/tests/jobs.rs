@@ -64,13 +64,24 @@ fn wait_for_firings(nodes: &[&Proc], label: &str, count: usize, timeout: Duratio
     }
 }
 
+/// What the nodes said about the cluster and their singletons, to explain a failure.
+fn story(nodes: &[&Proc]) -> String {
+    nodes
+        .iter()
+        .flat_map(|node| node.lines())
+        .filter(|line| line.contains("Cluster view") || line.contains("singletons of"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Asserts that no tick was fired twice, across every node.
-fn assert_each_tick_once(firings: &[Firing]) {
+fn assert_each_tick_once(nodes: &[&Proc], firings: &[Firing]) {
     let ticks: BTreeSet<u64> = firings.iter().map(|firing| firing.scheduled).collect();
     assert_eq!(
         ticks.len(),
         firings.len(),
-        "a tick fired twice: {firings:#?}"
+        "a tick fired twice: {firings:#?}\n{}",
+        story(nodes)
     );
 }
 
@@ -87,7 +98,7 @@ fn a_node_fires_jobs_refuses_bad_cron_and_shows_its_jobs() {
         "the error points at the bad field: {refused}"
     );
     let ticks = wait_for_firings(&[&node], "tick", 4, PATIENCE);
-    assert_each_tick_once(&ticks);
+    assert_each_tick_once(&[&node], &ticks);
     for pair in ticks.windows(2) {
         assert_eq!(pair[1].scheduled - pair[0].scheduled, 1000, "one a second");
     }
@@ -132,7 +143,7 @@ fn a_singleton_cron_job_fires_once_per_tick_across_three_nodes_and_fails_over() 
     let started = first[0].scheduled;
     std::thread::sleep(Duration::from_secs(10));
     let ticks = firings(&all, "tick");
-    assert_each_tick_once(&ticks);
+    assert_each_tick_once(&all, &ticks);
     let in_window = ticks
         .iter()
         .filter(|tick| tick.scheduled > started && tick.scheduled <= started + 10_000)
@@ -159,7 +170,7 @@ fn a_singleton_cron_job_fires_once_per_tick_across_three_nodes_and_fails_over() 
         killed_at.elapsed() < FAILOVER_BOUND + Duration::from_secs(3),
         "the job went on within {FAILOVER_BOUND:?}"
     );
-    assert_each_tick_once(&after);
+    assert_each_tick_once(&all, &after);
     let successor = after.last().unwrap();
     assert_ne!(successor.node, firing_node, "{after:#?}");
     assert!(
@@ -190,7 +201,12 @@ fn a_job_repeated_5_times_fires_exactly_6_times_across_a_failover() {
     // Time for a seventh firing, were there one.
     std::thread::sleep(Duration::from_secs(3));
     let all_after = firings(&[&one, &two], "repeat");
-    assert_eq!(all_after, all, "no firing after the sixth");
+    assert_eq!(
+        all_after,
+        all,
+        "no firing after the sixth\n{}",
+        story(&[&one, &two])
+    );
     let runs: Vec<u64> = all.iter().map(|firing| firing.run).collect();
     assert_eq!(runs, [1, 2, 3, 4, 5, 6], "{all:#?}");
     assert!(all.iter().any(|firing| firing.node == "two"), "{all:#?}");

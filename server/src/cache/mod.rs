@@ -79,6 +79,8 @@ struct Cache {
     store: Mutex<Store>,
     /// Members that joined the cache through this node and that gossip may not show yet.
     joined: Mutex<BTreeSet<String>>,
+    /// Members this node has taken every entry from (a replicated cache).
+    synced: Mutex<BTreeSet<String>>,
     persistence: Option<Persistence>,
     /// Held from a write to its save, so that the disk sees writes in their order.
     saving: tokio::sync::Mutex<()>,
@@ -208,6 +210,7 @@ impl Caches {
             options: options.clone(),
             store: Mutex::new(Store::default()),
             joined: Mutex::new(BTreeSet::new()),
+            synced: Mutex::new(BTreeSet::new()),
             persistence,
             saving: tokio::sync::Mutex::new(()),
         });
@@ -239,22 +242,28 @@ impl Caches {
             .map(|(name, _)| name)
             .collect();
         for holder in holders {
-            for attempt in 0..10 {
-                let call =
-                    self.peers
-                        .call(&holder, &cache.name, PeerRequest::Join {}, Bytes::new());
-                match call.await {
-                    Ok((PeerAnswer::Entries { entries }, values)) => {
-                        self.merge(cache, entries, values).await;
-                        break;
-                    }
-                    answer => {
-                        debug!(
-                            "joining cache {} on {holder} (attempt {attempt}): {answer:?}",
-                            cache.name
-                        );
-                        tokio::time::sleep(ROUTE_RETRY).await;
-                    }
+            self.join(cache, &holder).await;
+        }
+    }
+
+    /// Joins the cache on `holder`, taking in every entry it has; tries for a second.
+    async fn join(&self, cache: &Cache, holder: &str) {
+        for attempt in 0..10 {
+            let call = self
+                .peers
+                .call(holder, &cache.name, PeerRequest::Join {}, Bytes::new());
+            match call.await {
+                Ok((PeerAnswer::Entries { entries }, values)) => {
+                    self.merge(cache, entries, values).await;
+                    lock(&cache.synced).insert(holder.to_string());
+                    return;
+                }
+                answer => {
+                    debug!(
+                        "joining cache {} on {holder} (attempt {attempt}): {answer:?}",
+                        cache.name
+                    );
+                    tokio::time::sleep(ROUTE_RETRY).await;
                 }
             }
         }
@@ -596,6 +605,10 @@ impl Caches {
             let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
             for cache in caches {
                 lock(&cache.joined).retain(|name| members.contains(name));
+                lock(&cache.synced).retain(|name| members.contains(name));
+                if cache.options.mode == CacheMode::Replicated {
+                    self.sync(&cache).await;
+                }
                 if cache.options.mode != CacheMode::Distributed {
                     continue;
                 }
@@ -606,6 +619,21 @@ impl Caches {
                 seen.insert(cache.name.clone(), holders);
                 self.hand_over(&cache).await;
             }
+        }
+    }
+
+    /// Takes in the entries of every holder of a replicated cache that this node has not
+    /// joined: members that made the cache before they saw each other (at start, or on either
+    /// side of a partition) end up with the same entries.
+    async fn sync(&self, cache: &Cache) {
+        let synced = lock(&cache.synced).clone();
+        let unsynced: Vec<String> = self
+            .holders(cache)
+            .into_iter()
+            .filter(|holder| *holder != self.node && !synced.contains(holder))
+            .collect();
+        for holder in unsynced {
+            self.join(cache, &holder).await;
         }
     }
 

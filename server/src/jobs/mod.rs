@@ -225,16 +225,28 @@ impl Firing {
         let elected = coordination.is_some();
         let mut epochs = self.context.singleton_epoch.clone();
         let mut local: Option<Progress> = None;
+        // Every member with the job holds its progress, so that whichever takes over has it.
+        if let Some(caches) = &coordination {
+            while let Err(error) = self.open_progress(caches).await {
+                warn!("job {} of {}: {error}", self.name, self.context.app);
+                tokio::time::sleep(RETRY).await;
+            }
+        }
         loop {
             let epoch = match elected {
                 true => *epochs.borrow_and_update(),
                 false => Some(1),
             };
             let Some(epoch) = epoch else {
-                *lock(&self.status) = JobStatus {
-                    last: lock(&self.status).last.take(),
-                    ..JobStatus::default()
-                };
+                {
+                    // Not firing here: only the last run on this node is left to show.
+                    let mut status = lock(&self.status);
+                    let last = status.last.take();
+                    *status = JobStatus {
+                        last,
+                        ..JobStatus::default()
+                    };
+                }
                 if epochs.changed().await.is_err() {
                     return;
                 }
@@ -256,6 +268,10 @@ impl Firing {
                     progress.fired,
                     self.schedule.after(progress.last_ms, progress.fired),
                 ),
+                // A cron job that never fired starts from now, wherever it was scheduled.
+                None if self.spec.cron.is_some() => {
+                    (0, self.schedule.after(now_ms().saturating_sub(1), 0))
+                }
                 None => (0, self.schedule.first()),
             };
             {

@@ -1,0 +1,85 @@
+//! Caches: expiry and `create` on a standalone node, concurrent compare-and-swap from every
+//! node of a cluster, and a joining node that receives what was written before it came.
+
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, clustered_with, free_offset,
+    get_json_at, probe,
+};
+
+#[test]
+fn entries_expire_and_create_does_not_wipe_an_existing_cache() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("expiry"));
+    let offset = free_offset();
+    let node = base.run(base.node_args("solo", offset));
+    let fresh = node.wait_for("fresh:", BUILD_PATIENCE);
+    assert!(
+        fresh.ends_with(r#"fresh: Some("lived") Some("lived")"#),
+        "{fresh}"
+    );
+    let again = node.wait_for("create again:", PATIENCE);
+    assert!(
+        again.contains("a cache named 'brief' exists already (local); use lookup_or_create"),
+        "{again}"
+    );
+    let later = node.wait_for("later:", PATIENCE);
+    assert!(
+        later.ends_with(r#"later: None Some("lived")"#),
+        "the cache's ttl expired one entry; the other's own ttl did not: {later}"
+    );
+    let caches = get_json_at(9990 + offset, "caches");
+    let brief = caches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|cache| cache["name"] == "brief")
+        .unwrap_or_else(|| panic!("{caches}"));
+    // A standalone node keeps a distributed cache local.
+    assert_eq!(brief["mode"], "local", "{caches}");
+    assert_eq!(brief["hits"], 3, "{caches}");
+    assert_eq!(brief["misses"], 1, "{caches}");
+}
+
+#[test]
+fn concurrent_swaps_from_every_node_lose_no_update() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("swapper"));
+    let cluster = cluster_name();
+    let swaps = ["-Dprobe.swaps=100".to_string()];
+    let nodes: Vec<_> = ["one", "two", "three"]
+        .into_iter()
+        .map(|name| clustered_with(&base, name, free_offset(), &cluster, &swaps))
+        .collect();
+    for node in &nodes {
+        node.wait_for("[swapper] swaps done", BUILD_PATIENCE);
+    }
+    // Every node sees every increment: 3 nodes x 100.
+    for node in &nodes {
+        node.wait_for("[swapper] total: 300", PATIENCE);
+    }
+}
+
+#[test]
+fn a_joining_node_reads_entries_written_before_it_joined() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("sharer"));
+    let cluster = cluster_name();
+    let one = clustered(&base, "one", free_offset(), &cluster);
+    one.wait_for("[sharer] shared: writer=one entries=10", BUILD_PATIENCE);
+    let two_offset = free_offset();
+    let two = clustered(&base, "two", two_offset, &cluster);
+    two.wait_for("[sharer] shared: writer=one entries=10", PATIENCE);
+    let caches = get_json_at(9990 + two_offset, "caches");
+    let shared = caches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|cache| cache["name"] == "shared")
+        .unwrap_or_else(|| panic!("{caches}"));
+    assert_eq!(shared["mode"], "replicated", "{caches}");
+    assert_eq!(
+        shared["entries"], 11,
+        "ten entries and the writer: {caches}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+}
