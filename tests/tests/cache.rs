@@ -81,5 +81,4 @@ fn a_joining_node_reads_entries_written_before_it_joined() {
         shared["entries"], 11,
         "ten entries and the writer: {caches}"
     );
-    std::thread::sleep(Duration::from_millis(100));
 }

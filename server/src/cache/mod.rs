@@ -163,6 +163,11 @@ impl Caches {
                 "cache '{name}' cannot have 0 owners; give each entry at least 1 (2 by default)"
             )));
         }
+        // A node that has just started first listens for the cluster: a cache the cluster
+        // has must be joined, not made anew.
+        if let Some(cluster) = &self.cluster {
+            cluster.discovered().await;
+        }
         let _opening = self.opening.lock().await;
         if let Some(cache) = self.get(name) {
             return match open {
