@@ -3,7 +3,7 @@
 
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, clustered_with, free_offset,
-    get_json_at, probe,
+    get_json_at, kill_9, probe,
 };
 
 #[test]
@@ -38,6 +38,19 @@ fn entries_expire_and_create_does_not_wipe_an_existing_cache() {
     assert_eq!(brief["mode"], "local", "{caches}");
     assert_eq!(brief["hits"], 3, "{caches}");
     assert_eq!(brief["misses"], 1, "{caches}");
+}
+
+#[test]
+fn a_persisted_cache_outlives_a_restart_of_its_node() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("persister"));
+    let offset = free_offset();
+    let mut node = base.run(base.node_args("solo", offset));
+    node.wait_for("[persister] boots: 1", BUILD_PATIENCE);
+    kill_9(offset);
+    let _ = node.wait_exit(PATIENCE);
+    let again = base.run(base.node_args("solo", offset));
+    again.wait_for("[persister] boots: 2", PATIENCE);
 }
 
 #[test]

@@ -42,6 +42,7 @@ async fn main() -> immutant::Result<()> {
         "swapper" => swapper(&app).await?,
         "sharer" => sharer(&app).await?,
         "expiry" => expiry(&app).await?,
+        "persister" => persister(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -423,5 +424,20 @@ async fn expiry(app: &App) -> immutant::Result<()> {
         brief.get::<String>("short").await?,
         brief.get::<String>("longer").await?
     );
+    Ok(())
+}
+
+/// Counts its starts in a persisted cache: the count outlives a restart of the node.
+async fn persister(app: &App) -> immutant::Result<()> {
+    let kept = app
+        .cache("kept")
+        .mode(CacheMode::Local)
+        .persist(true)
+        .lookup_or_create()
+        .await?;
+    let boots = kept
+        .swap("boots", |boots: Option<u64>| boots.unwrap_or(0) + 1)
+        .await?;
+    println!("boots: {boots}");
     Ok(())
 }
