@@ -3,7 +3,9 @@
 //! has every message (or, with `-Dloadgen.report=idle`, once no message has come for a second:
 //! in a cluster each node's consumer gets a share); deployed as `producer`, it publishes 1 KB
 //! persistent messages from several concurrent publishers. `-Dloadgen.messages` and
-//! `-Dloadgen.publishers` size the run.
+//! `-Dloadgen.publishers` size the run. The cache and jobs loads are in [`bench`].
+
+mod bench;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -73,6 +75,8 @@ async fn main() -> immutant::Result<()> {
                 );
             });
         }
+        "cacheload" => bench::cache_load(&app).await?,
+        "jobclock" => bench::job_clock(&app).await?,
         other => eprintln!("loadgen does not know what '{other}' should do"),
     }
     app.run().await
