@@ -95,3 +95,69 @@ fn a_joining_node_reads_entries_written_before_it_joined() {
         "ten entries and the writer: {caches}"
     );
 }
+
+/// The entries the nodes at `offsets` hold of the cache `name`, together.
+fn entries_held(offsets: &[u16], name: &str) -> u64 {
+    offsets
+        .iter()
+        .map(|offset| {
+            let caches = get_json_at(9990 + offset, "caches");
+            caches
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|cache| cache["name"] == name)
+                .and_then(|cache| cache["entries"].as_u64())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn a_dead_owner_leaves_every_distributed_entry_with_two_copies() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("distributor"));
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset(), free_offset()];
+    let nodes: Vec<_> = ["one", "two", "three"]
+        .into_iter()
+        .zip(offsets)
+        .map(|(name, offset)| clustered(&base, name, offset, &cluster))
+        .collect();
+    for node in &nodes {
+        node.wait_for("[distributor] readable: 30", BUILD_PATIENCE);
+    }
+    // 30 entries and the writer's name, two copies of each.
+    let copies = 2 * 31;
+    wait_until(
+        || entries_held(&offsets, "spread") == copies,
+        "two copies of each entry",
+    );
+    kill_9(offsets[1]);
+    let survivors = [offsets[0], offsets[2]];
+    wait_until(
+        || entries_held(&survivors, "spread") == copies,
+        "two copies of each entry on the survivors",
+    );
+    for node in [&nodes[0], &nodes[2]] {
+        let readable = node
+            .stdout_lines()
+            .into_iter()
+            .filter(|line| line.contains("[distributor] readable:"))
+            .last()
+            .unwrap();
+        assert!(readable.ends_with("readable: 30"), "{readable}");
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after 15 s.
+fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within 15 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -253,3 +253,33 @@ fn the_jobs_template_counter_only_increases_across_kill_9_of_any_node() {
         "the count only ever increases: {all:?}"
     );
 }
+
+#[test]
+fn a_firing_later_than_the_misfire_threshold_runs_once_not_once_per_missed_tick() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("ticker"));
+    let offset = free_offset();
+    let mut args = base.node_args("solo", offset);
+    args.push("-Dimmutant.jobs.misfire-threshold=500".to_string());
+    let node = base.run(args);
+    let before = wait_for_firings(&[&node], "tick", 3, BUILD_PATIENCE);
+    // The node sleeps through three ticks and more.
+    let pid = get_json_at(9990 + offset, "")["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(3_500));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let after = wait_for_firings(&[&node], "tick", before.len() + 3, PATIENCE);
+    let missed = after[before.len()].clone();
+    assert!(
+        missed.fired - missed.scheduled > 500,
+        "the first tick after the pause is the misfire: {after:#?}"
+    );
+    let next = &after[before.len() + 1];
+    assert!(
+        next.scheduled > missed.fired && next.fired - next.scheduled < 500,
+        "one run for the missed ticks, then on time from then: {after:#?}"
+    );
+    assert_each_tick_once(&[&node], &after);
+}

@@ -43,6 +43,7 @@ async fn main() -> immutant::Result<()> {
         "sharer" => sharer(&app).await?,
         "expiry" => expiry(&app).await?,
         "persister" => persister(&app).await?,
+        "distributor" => distributor(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -439,5 +440,34 @@ async fn persister(app: &App) -> immutant::Result<()> {
         .swap("boots", |boots: Option<u64>| boots.unwrap_or(0) + 1)
         .await?;
     println!("boots: {boots}");
+    Ok(())
+}
+
+/// Shares the distributed cache `spread` (two owners a key): the first node to get there writes
+/// 30 entries; every node then prints how many it can read, whenever that changes.
+async fn distributor(app: &App) -> immutant::Result<()> {
+    let spread = app.cache("spread").lookup_or_create().await?;
+    let node = app.node_name().to_string();
+    if spread.put_if_absent("writer", &node).await?.is_none() {
+        for n in 0..30 {
+            spread.put(format!("entry-{n}"), &n).await?;
+        }
+    }
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            let mut readable = 0;
+            for n in 0..30 {
+                if let Ok(Some(_)) = spread.get::<u32>(format!("entry-{n}")).await {
+                    readable += 1;
+                }
+            }
+            if seen != Some(readable) {
+                println!("readable: {readable}");
+                seen = Some(readable);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
     Ok(())
 }
