@@ -143,8 +143,7 @@ fn a_dead_owner_leaves_every_distributed_entry_with_two_copies() {
         let readable = node
             .stdout_lines()
             .into_iter()
-            .filter(|line| line.contains("[distributor] readable:"))
-            .last()
+            .rfind(|line| line.contains("[distributor] readable:"))
             .unwrap();
         assert!(readable.ends_with("readable: 30"), "{readable}");
     }
