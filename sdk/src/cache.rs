@@ -271,13 +271,7 @@ impl Cache {
     }
 
     async fn run(&self, call: CacheOp, body: Bytes) -> Result<(CacheOutcome, Bytes)> {
-        let limit = self.connection.welcome().max_message_size;
-        if body.len() as u64 > limit {
-            return Err(Error::TooLarge {
-                size: body.len(),
-                limit,
-            });
-        }
+        self.connection.check_size(body.len())?;
         let id = self.connection.next_id();
         let request = Header::CacheCall {
             id,

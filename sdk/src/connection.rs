@@ -144,6 +144,15 @@ impl Connection {
         &self.inner.jobs
     }
 
+    /// Refuses a payload of `size` bytes if it is over the node's limit.
+    pub fn check_size(&self, size: usize) -> Result<()> {
+        let limit = self.inner.welcome.max_message_size;
+        if size as u64 > limit {
+            return Err(Error::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)

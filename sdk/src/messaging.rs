@@ -90,13 +90,7 @@ impl Endpoint {
     }
 
     async fn publish_body(&self, body: Bytes, options: PublishOptions) -> Result<()> {
-        let limit = self.connection.welcome().max_message_size;
-        if body.len() as u64 > limit {
-            return Err(Error::TooLarge {
-                size: body.len(),
-                limit,
-            });
-        }
+        self.connection.check_size(body.len())?;
         let id = self.connection.next_id();
         let frame = Frame::with_body(
             Header::Publish {

@@ -27,17 +27,11 @@ fn entries_expire_and_create_does_not_wipe_an_existing_cache() {
         later.ends_with(r#"later: None Some("lived")"#),
         "the cache's ttl expired one entry; the other's own ttl did not: {later}"
     );
-    let caches = get_json_at(9990 + offset, "caches");
-    let brief = caches
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|cache| cache["name"] == "brief")
-        .unwrap_or_else(|| panic!("{caches}"));
+    let brief = cache_stats(offset, "brief");
     // A standalone node keeps a distributed cache local.
-    assert_eq!(brief["mode"], "local", "{caches}");
-    assert_eq!(brief["hits"], 3, "{caches}");
-    assert_eq!(brief["misses"], 1, "{caches}");
+    assert_eq!(brief["mode"], "local", "{brief}");
+    assert_eq!(brief["hits"], 3, "{brief}");
+    assert_eq!(brief["misses"], 1, "{brief}");
 }
 
 #[test]
@@ -82,34 +76,29 @@ fn a_joining_node_reads_entries_written_before_it_joined() {
     let two_offset = free_offset();
     let two = clustered(&base, "two", two_offset, &cluster);
     two.wait_for("[sharer] shared: writer=one entries=10", PATIENCE);
-    let caches = get_json_at(9990 + two_offset, "caches");
-    let shared = caches
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|cache| cache["name"] == "shared")
-        .unwrap_or_else(|| panic!("{caches}"));
-    assert_eq!(shared["mode"], "replicated", "{caches}");
+    let shared = cache_stats(two_offset, "shared");
+    assert_eq!(shared["mode"], "replicated", "{shared}");
     assert_eq!(
         shared["entries"], 11,
-        "ten entries and the writer: {caches}"
+        "ten entries and the writer: {shared}"
     );
+}
+
+/// What the management API of the node at `offset` says of the cache `name` (null if none).
+fn cache_stats(offset: u16, name: &str) -> serde_json::Value {
+    let caches = get_json_at(9990 + offset, "caches");
+    caches
+        .as_array()
+        .and_then(|caches| caches.iter().find(|cache| cache["name"] == name))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The entries the nodes at `offsets` hold of the cache `name`, together.
 fn entries_held(offsets: &[u16], name: &str) -> u64 {
     offsets
         .iter()
-        .map(|offset| {
-            let caches = get_json_at(9990 + offset, "caches");
-            caches
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|cache| cache["name"] == name)
-                .and_then(|cache| cache["entries"].as_u64())
-                .unwrap_or(0)
-        })
+        .map(|offset| cache_stats(*offset, name)["entries"].as_u64().unwrap_or(0))
         .sum()
 }
 
