@@ -3,9 +3,10 @@
 //! The Immutant node: what JBoss AS7 with Immutant's modules was, as one Rust binary. A node
 //! reads its properties and config (`config`), locks its data dir and binds its ports (`node`),
 //! deploys the apps in its install's deployments folder (`deploy`) and runs each as a
-//! supervised process (`apps`) with durable messaging (`messaging`), and answers on its HTTP
-//! port (`web`) and its management port (`management`) until SIGINT or SIGTERM stops it
-//! gracefully (`shutdown`).
+//! supervised process (`apps`) with durable messaging (`messaging`), scheduled jobs (`jobs`)
+//! and caches (`cache`), and answers on its HTTP port (`web`) and its management port
+//! (`management`) until SIGINT or SIGTERM stops it gracefully (`shutdown`). Clustered, it joins
+//! its peers (`cluster`) and runs singletons where it is elected (`singleton`).
 //!
 //! Start from [`start`], which `main` calls with the parsed command line ([`args`]).
 
