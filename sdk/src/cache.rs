@@ -207,10 +207,23 @@ impl Cache {
         new: &V,
     ) -> Result<bool> {
         let (expected, new) = (encode(expected)?, encode(new)?);
-        self.replace_bytes(key_of(key)?, expected, new).await
+        let (outcome, _) = self.set_if(key_of(key)?, Some(expected), new).await?;
+        Ok(outcome.applied)
     }
 
-    async fn replace_bytes(&self, key: String, expected: Bytes, new: Bytes) -> Result<bool> {
+    /// Sets `key` to `new` if its value is `expected` (none: if it has none). When it does not,
+    /// the answer holds the value the key has (if `found`).
+    async fn set_if(
+        &self,
+        key: String,
+        expected: Option<Bytes>,
+        new: Bytes,
+    ) -> Result<(CacheOutcome, Bytes)> {
+        let Some(expected) = expected else {
+            return self
+                .run(CacheOp::PutIfAbsent { key, expiry: None }, new)
+                .await;
+        };
         let op = CacheOp::Replace {
             key,
             expected_len: expected.len() as u64,
@@ -219,8 +232,7 @@ impl Cache {
         let mut body = BytesMut::with_capacity(expected.len() + new.len());
         body.extend_from_slice(&expected);
         body.extend_from_slice(&new);
-        let (outcome, _) = self.run(op, body.freeze()).await?;
-        Ok(outcome.applied)
+        self.run(op, body.freeze()).await
     }
 
     /// Removes `key`; true if it had a value.
@@ -245,28 +257,21 @@ impl Cache {
         F: FnMut(Option<V>) -> V,
     {
         let key = key_of(key)?;
+        let get = CacheOp::Get { key: key.clone() };
+        let (outcome, value) = self.run(get, Bytes::new()).await?;
+        let mut current = outcome.found.then_some(value);
         loop {
-            let get = CacheOp::Get { key: key.clone() };
-            let (outcome, current) = self.run(get, Bytes::new()).await?;
-            let value = if outcome.found {
-                Some(serde_json::from_slice(&current)?)
-            } else {
-                None
-            };
-            let new = f(value);
-            let encoded = encode(&new)?;
-            let written = if outcome.found {
-                self.replace_bytes(key.clone(), current, encoded).await?
-            } else {
-                let op = CacheOp::PutIfAbsent {
-                    key: key.clone(),
-                    expiry: None,
-                };
-                self.run(op, encoded).await?.0.applied
-            };
-            if written {
+            let old = current
+                .as_ref()
+                .map(|bytes| serde_json::from_slice(bytes))
+                .transpose()?;
+            let new = f(old);
+            let (outcome, now) = self.set_if(key.clone(), current, encode(&new)?).await?;
+            if outcome.applied {
                 return Ok(new);
             }
+            // Another writer got there first: go again from the value it left.
+            current = outcome.found.then_some(now);
         }
     }
 

@@ -19,6 +19,7 @@ mod store;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -84,6 +85,9 @@ struct Cache {
     persistence: Option<Persistence>,
     /// Held from a write to its save, so that the disk sees writes in their order.
     saving: tokio::sync::Mutex<()>,
+    /// Set once the cache has taken in the cluster's entries: until then it takes copies from
+    /// the other holders, but serves no reads, writes or joins.
+    ready: AtomicBool,
 }
 
 /// What the management API shows of a cache.
@@ -103,7 +107,9 @@ pub struct CacheStats {
 /// Every cache of this node.
 pub struct Caches {
     node: String,
-    generation: u64,
+    /// This node in entry versions: its generation, then a hash of its name to tell apart
+    /// two nodes started in the same millisecond.
+    writer: u64,
     cluster: Option<Arc<Cluster>>,
     peers: Arc<Peers>,
     data_dir: PathBuf,
@@ -126,7 +132,7 @@ impl Caches {
     ) -> Arc<Caches> {
         let caches = Arc::new(Caches {
             node: node.to_string(),
-            generation,
+            writer: writer_id(node, generation),
             cluster,
             peers,
             data_dir,
@@ -162,6 +168,9 @@ impl Caches {
             return Err(CacheError::Invalid(format!(
                 "cache '{name}' cannot have 0 owners; give each entry at least 1 (2 by default)"
             )));
+        }
+        if let Some(cache) = self.get(name).filter(|_| open != Open::Create) {
+            return Ok(Some(cache.options.clone()));
         }
         // A node that has just started first listens for the cluster: a cache the cluster
         // has must be joined, not made anew.
@@ -218,6 +227,7 @@ impl Caches {
             synced: Mutex::new(BTreeSet::new()),
             persistence,
             saving: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
         });
         let now = now_ms();
         if let Some(persistence) = &cache.persistence {
@@ -226,14 +236,16 @@ impl Caches {
                 store.merge(key, entry, now);
             }
         }
+        // Visible before the transfer, so that writes copied here meanwhile are not lost.
+        lock(&self.caches).insert(name.to_string(), cache.clone());
         if let Some(cluster) = &self.cluster {
             if matches!(options.mode, CacheMode::Replicated | CacheMode::Distributed) {
                 self.transfer_state(&cache).await;
             }
-            lock(&self.caches).insert(name.to_string(), cache);
+            cache.ready.store(true, Ordering::Release);
             cluster.set_cache(name, &options).await;
         } else {
-            lock(&self.caches).insert(name.to_string(), cache);
+            cache.ready.store(true, Ordering::Release);
         }
         Ok(options)
     }
@@ -251,15 +263,23 @@ impl Caches {
         }
     }
 
-    /// Joins the cache on `holder`, taking in every entry it has; tries for a second.
+    /// Joins the cache on `holder`, taking in every entry it has, page by page; tries for a
+    /// second.
     async fn join(&self, cache: &Cache, holder: &str) {
+        let mut after = None;
         for attempt in 0..10 {
-            let call = self
-                .peers
-                .call(holder, &cache.name, PeerRequest::Join {}, Bytes::new());
+            let request = PeerRequest::Join {
+                after: after.clone(),
+            };
+            let call = self.peers.call(holder, &cache.name, request, Bytes::new());
             match call.await {
-                Ok((PeerAnswer::Entries { entries }, values)) => {
+                Ok((PeerAnswer::Entries { entries, more }, values)) => {
+                    let last = entries.last().map(|entry| entry.key.clone());
                     self.merge(cache, entries, values).await;
+                    if more && last.is_some() {
+                        after = last;
+                        continue;
+                    }
                     lock(&cache.synced).insert(holder.to_string());
                     return;
                 }
@@ -307,9 +327,9 @@ impl Caches {
             .get(name)
             .ok_or_else(|| CacheError::NotOpen(name.to_string()))?;
         match (cache.options.mode, &op) {
-            (CacheMode::Local, _) => self.execute(&cache, &op, body, &[]).await,
+            (CacheMode::Local, _) => self.execute(&cache, &op, body, false).await,
             (CacheMode::Invalidated, _) => {
-                let done = self.execute(&cache, &op, body, &[]).await?;
+                let done = self.execute(&cache, &op, body, false).await?;
                 if done.0.applied {
                     let keys: Vec<String> = match op.key() {
                         Some(key) => vec![key.to_string()],
@@ -325,7 +345,7 @@ impl Caches {
                 Ok(done)
             }
             (_, CacheOp::Clear {}) => {
-                let done = self.execute(&cache, &op, body, &[]).await?;
+                let done = self.execute(&cache, &op, body, false).await?;
                 let others = self.holders(&cache);
                 self.send_all(&cache, &others, PeerRequest::Op { call: op }, Bytes::new())
                     .await;
@@ -338,21 +358,40 @@ impl Caches {
     /// Sends `request` to each of `nodes` but this one, and waits for them if the cache is
     /// synchronous. A member that cannot be reached is leaving the view: it is not waited for.
     async fn send_all(&self, cache: &Cache, nodes: &[String], request: PeerRequest, body: Bytes) {
-        let calls: Vec<_> = nodes
+        let mut pending: Vec<String> = nodes
             .iter()
             .filter(|node| **node != self.node)
-            .map(|node| {
-                let (peers, node, name) = (self.peers.clone(), node.clone(), cache.name.clone());
-                let (request, body) = (request.clone(), body.clone());
-                async move { peers.call(&node, &name, request, body).await }
-            })
+            .cloned()
             .collect();
-        let all = futures_util::future::join_all(calls);
-        if cache.options.sync {
-            all.await;
-        } else {
-            tokio::spawn(all);
+        let call = |node: String| {
+            let (peers, name) = (self.peers.clone(), cache.name.clone());
+            let (request, body) = (request.clone(), body.clone());
+            async move {
+                let answer = peers.call(&node, &name, request, body).await;
+                (node, matches!(answer, Ok((PeerAnswer::Done { .. }, _))))
+            }
+        };
+        if !cache.options.sync {
+            tokio::spawn(futures_util::future::join_all(
+                pending.into_iter().map(call),
+            ));
+            return;
         }
+        // A member that did not take the copy is asked again while it is still a holder.
+        for _ in 0..ROUTE_ATTEMPTS {
+            let answers = futures_util::future::join_all(pending.into_iter().map(call)).await;
+            let holders = self.holders(cache);
+            pending = answers
+                .into_iter()
+                .filter(|(node, done)| !done && holders.contains(node))
+                .map(|(node, _)| node)
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            tokio::time::sleep(ROUTE_RETRY).await;
+        }
+        warn!("cache {}: {pending:?} did not take a copy", cache.name);
     }
 
     /// Sends a keyed operation to its primary owner, this node or another; tries again while
@@ -373,7 +412,7 @@ impl Caches {
             }
             let primary = owners.first().cloned().unwrap_or_else(|| self.node.clone());
             if primary == self.node {
-                return self.execute(cache, &op, body, &owners).await;
+                return self.execute(cache, &op, body, true).await;
             }
             let request = PeerRequest::Op { call: op.clone() };
             match self
@@ -405,29 +444,35 @@ impl Caches {
     }
 
     /// Carries out `op` here as its primary owner, saves what changed if the cache persists,
-    /// and copies it to the other `owners`.
+    /// and, if `replicate`, copies it to the key's other owners. The owners are counted after
+    /// the write: a member joining meanwhile either is among them or has the write in the
+    /// entries it was given.
     async fn execute(
         &self,
         cache: &Cache,
         op: &CacheOp,
         body: Bytes,
-        owners: &[String],
+        replicate: bool,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
         let saving = match &cache.persistence {
             Some(_) => Some(cache.saving.lock().await),
             None => None,
         };
         let executed =
-            lock(&cache.store).execute(op, body, cache.options.expiry, self.generation, now_ms());
+            lock(&cache.store).execute(op, body, cache.options.expiry, self.writer, now_ms());
         if let Some(persistence) = &cache.persistence {
             persistence
                 .save(&cache.name, executed.changes.clone())
                 .await?;
         }
         drop(saving);
-        if !executed.changes.is_empty() && owners.iter().any(|owner| *owner != self.node) {
+        let owners = match op.key() {
+            Some(key) if replicate && !executed.changes.is_empty() => self.owners(cache, key),
+            _ => Vec::new(),
+        };
+        if owners.iter().any(|owner| *owner != self.node) {
             let (entries, values) = pack(&executed.changes);
-            self.send_all(cache, owners, PeerRequest::Apply { entries }, values)
+            self.send_all(cache, &owners, PeerRequest::Apply { entries }, values)
                 .await;
         }
         Ok((executed.outcome, executed.value))
@@ -473,6 +518,10 @@ impl Caches {
             let reason = format!("cache '{name}' is not open on {}", self.node);
             return (PeerAnswer::Failed { reason }, Bytes::new());
         };
+        if !cache.ready.load(Ordering::Acquire) && !matches!(request, PeerRequest::Apply { .. }) {
+            let reason = format!("cache '{name}' is still joining on {}", self.node);
+            return (PeerAnswer::Failed { reason }, Bytes::new());
+        }
         let done = |outcome| (PeerAnswer::Done { outcome }, Bytes::new());
         match request {
             PeerRequest::Op {
@@ -483,11 +532,8 @@ impl Caches {
             }
             PeerRequest::Op { call } => {
                 // A clear reaches every holder from the node that asked for it.
-                let owners = match call.key() {
-                    Some(key) => self.owners(&cache, key),
-                    None => Vec::new(),
-                };
-                match self.execute(&cache, &call, body, &owners).await {
+                let replicate = call.key().is_some();
+                match self.execute(&cache, &call, body, replicate).await {
                     Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
                     Err(error) => {
                         let reason = error.to_string();
@@ -500,16 +546,28 @@ impl Caches {
                 done(CacheOutcome::default())
             }
             PeerRequest::Invalidate { keys } => {
-                let mut store = lock(&cache.store);
-                for key in keys {
-                    store.invalidate(&key);
+                let _saving = cache.saving.lock().await;
+                {
+                    let mut store = lock(&cache.store);
+                    for key in &keys {
+                        store.invalidate(key);
+                    }
+                }
+                if let Some(persistence) = &cache.persistence {
+                    let removals = keys.into_iter().map(|key| (key, Entry::removed()));
+                    if let Err(error) = persistence.save(&cache.name, removals.collect()).await {
+                        warn!("cache {}: {error}", cache.name);
+                    }
                 }
                 done(CacheOutcome::default())
             }
-            PeerRequest::Join {} => {
+            PeerRequest::Join { after } => {
+                // Joined first, then the snapshot: a write either reaches the joiner as a copy
+                // or is in the snapshot.
                 lock(&cache.joined).insert(from.to_string());
-                let (entries, values) = pack(&lock(&cache.store).snapshot());
-                (PeerAnswer::Entries { entries }, values)
+                let (page, more) = page_after(lock(&cache.store).snapshot(), after.as_deref());
+                let (entries, values) = pack(&page);
+                (PeerAnswer::Entries { entries, more }, values)
             }
         }
     }
@@ -573,6 +631,7 @@ impl Caches {
             let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
             let now = now_ms();
             for cache in caches {
+                let _saving = cache.saving.lock().await;
                 let gone = lock(&cache.store).sweep(now);
                 if let Some(persistence) = &cache.persistence {
                     let removals = gone
@@ -621,8 +680,10 @@ impl Caches {
                 if seen.get(&cache.name) == Some(&holders) {
                     continue;
                 }
-                seen.insert(cache.name.clone(), holders);
-                self.hand_over(&cache).await;
+                // Tried again at the next change of the view if a copy did not get through.
+                if self.hand_over(&cache).await {
+                    seen.insert(cache.name.clone(), holders);
+                }
             }
         }
     }
@@ -643,35 +704,86 @@ impl Caches {
     }
 
     /// Copies each entry held here to its owners, then drops those this node does not own.
-    async fn hand_over(&self, cache: &Cache) {
+    /// Returns whether every copy got through (only then are entries dropped).
+    async fn hand_over(&self, cache: &Cache) -> bool {
         let snapshot = lock(&cache.store).snapshot();
         let mut by_owner: HashMap<String, Vec<(String, Entry)>> = HashMap::new();
+        let mut not_mine = Vec::new();
         for (key, entry) in snapshot {
-            for owner in self.owners(cache, &key) {
-                if owner != self.node {
-                    by_owner
-                        .entry(owner)
-                        .or_default()
-                        .push((key.clone(), entry.clone()));
-                }
+            let owners = self.owners(cache, &key);
+            if !owners.contains(&self.node) {
+                not_mine.push(key.clone());
+            }
+            for owner in owners.into_iter().filter(|owner| *owner != self.node) {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((key.clone(), entry.clone()));
             }
         }
-        let copies = by_owner.into_iter().map(|(owner, entries)| {
-            let (entries, values) = pack(&entries);
-            let peers = self.peers.clone();
-            async move {
-                peers
-                    .call(&owner, &cache.name, PeerRequest::Apply { entries }, values)
-                    .await
-                    .is_ok()
-            }
+        let copies = by_owner.into_iter().flat_map(|(owner, entries)| {
+            pages(entries).into_iter().map(move |page| {
+                let (entries, values) = pack(&page);
+                let (peers, owner) = (self.peers.clone(), owner.clone());
+                async move {
+                    let request = PeerRequest::Apply { entries };
+                    let answer = peers.call(&owner, &cache.name, request, values).await;
+                    matches!(answer, Ok((PeerAnswer::Done { .. }, _)))
+                }
+            })
         });
         let copied = futures_util::future::join_all(copies).await;
-        if copied.iter().all(|ok| *ok) {
+        let all = copied.iter().all(|ok| *ok);
+        if all {
             let mut store = lock(&cache.store);
-            store.retain(|key| self.owners(cache, key).contains(&self.node));
+            for key in not_mine {
+                store.invalidate(&key);
+            }
         }
+        all
     }
+}
+
+/// A node's part in entry versions: its generation, then 16 bits of its name's hash.
+fn writer_id(node: &str, generation: u64) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    node.hash(&mut hasher);
+    (generation << 16) | (hasher.finish() & 0xffff)
+}
+
+/// How many bytes of values go in one frame between nodes, well under the frame limit.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Entries in pages of about [`PAGE_BYTES`] each.
+fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
+    let mut pages = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in entries {
+        let size = entry.0.len() + entry.1.value.as_ref().map_or(0, Bytes::len);
+        if bytes + size > PAGE_BYTES && bytes > 0 {
+            pages.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        pages.last_mut().expect("there is a page").push(entry);
+    }
+    pages
+}
+
+/// The page of `snapshot`'s entries (in key order) after the key `after`, and whether more
+/// follow it.
+fn page_after(
+    mut snapshot: Vec<(String, Entry)>,
+    after: Option<&str>,
+) -> (Vec<(String, Entry)>, bool) {
+    snapshot.sort_by(|a, b| a.0.cmp(&b.0));
+    let rest: Vec<(String, Entry)> = snapshot
+        .into_iter()
+        .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
+        .collect();
+    let mut pages = pages(rest).into_iter();
+    let page = pages.next().unwrap_or_default();
+    (page, pages.next().is_some())
 }
 
 /// The `count` members that own `key`: those scoring highest for it (rendezvous hashing), so

@@ -36,9 +36,15 @@ impl Peers {
         super::lock(&self.links).insert(node.to_string(), calls);
     }
 
-    /// The link to `node` is gone.
-    pub fn unlink(&self, node: &str) {
-        super::lock(&self.links).remove(node);
+    /// The link `calls` to `node` is gone (a newer link to a restarted `node` stays).
+    pub fn unlink(&self, node: &str, calls: &mpsc::UnboundedSender<PeerCall>) {
+        let mut links = super::lock(&self.links);
+        if links
+            .get(node)
+            .is_some_and(|linked| linked.same_channel(calls))
+        {
+            links.remove(node);
+        }
     }
 
     /// Asks `node` to carry out `request` on `cache`, and waits for its answer.
@@ -78,9 +84,12 @@ pub enum PeerRequest {
     Apply { entries: Vec<WireEntry> },
     /// Drop these keys: they were written elsewhere (an invalidated cache).
     Invalidate { keys: Vec<String> },
-    /// The caller now holds the cache: include it in writes from now on, and answer with every
-    /// entry held here.
-    Join {},
+    /// The caller now holds the cache: include it in writes from now on, and answer with the
+    /// entries held here, a page at a time: those whose keys come after `after`.
+    Join {
+        #[serde(default)]
+        after: Option<String>,
+    },
 }
 
 /// The answer to a [`PeerRequest`].
@@ -89,8 +98,8 @@ pub enum PeerRequest {
 pub enum PeerAnswer {
     /// Done; for `op`, the outcome (and the value in the body).
     Done { outcome: CacheOutcome },
-    /// Every entry held (the body holds their values).
-    Entries { entries: Vec<WireEntry> },
+    /// A page of the entries held (the body holds their values); `more` if others follow.
+    Entries { entries: Vec<WireEntry>, more: bool },
     /// The request could not be carried out.
     Failed { reason: String },
 }

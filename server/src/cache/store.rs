@@ -21,6 +21,19 @@ pub struct Version {
     pub writer: u64,
 }
 
+impl Version {
+    /// The version of a write by `writer` at `now` to a key whose version was `previous`: past
+    /// it, and never below the time, so that a key written again after its entry was swept
+    /// away (expired, or a tombstone forgotten) still beats copies elsewhere.
+    pub fn after(previous: Option<Version>, writer: u64, now: u64) -> Version {
+        let counter = previous.map_or(0, |version| version.counter) + 1;
+        Version {
+            counter: counter.max(now),
+            writer,
+        }
+    }
+}
+
 /// One key's value (or its removal) with its version and expiry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -95,16 +108,10 @@ impl Store {
         let previous = current.clone().unwrap_or_default();
         let write = |value: Option<Bytes>, expiry: &Option<Expiry>| {
             let expiry = expiry.unwrap_or(defaults);
-            let counter = self
-                .entries
-                .get(key)
-                .map_or(0, |entry| entry.version.counter);
+            let previous = self.entries.get(key).map(|entry| entry.version);
             Entry {
                 value,
-                version: Version {
-                    counter: counter + 1,
-                    writer,
-                },
+                version: Version::after(previous, writer, now),
                 expires_at_ms: expiry.ttl_ms.map(|ttl| now.saturating_add(ttl)),
                 idle_ms: expiry.idle_ms,
                 touched_ms: now,
@@ -169,10 +176,7 @@ impl Store {
         for (key, entry) in &mut self.entries {
             if entry.live(now).is_some() {
                 entry.value = None;
-                entry.version = Version {
-                    counter: entry.version.counter + 1,
-                    writer,
-                };
+                entry.version = Version::after(Some(entry.version), writer, now);
                 entry.touched_ms = now;
                 changes.push((key.clone(), entry.clone()));
             }
@@ -211,11 +215,6 @@ impl Store {
             .iter()
             .map(|(key, entry)| (key.clone(), entry.clone()))
             .collect()
-    }
-
-    /// Keeps only the keys `keep` says to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.entries.retain(|key, _| keep(key));
     }
 
     /// Forgets expired entries and old tombstones; returns their keys.

@@ -196,6 +196,7 @@ async fn serve(socket: TcpStream, cluster: String, services: LinkServices, limit
 /// consumes. Dropping the sender ends the link.
 struct Link {
     name: String,
+    calls: mpsc::UnboundedSender<PeerCall>,
     task: JoinHandle<()>,
     interest: watch::Sender<BTreeSet<String>>,
     replies: mpsc::UnboundedSender<Reply>,
@@ -241,7 +242,7 @@ async fn manage(cluster: Arc<Cluster>, services: LinkServices, shutdown: Shutdow
                 .iter()
                 .any(|member| (member.name.clone(), member.generation) == *id);
             if !live {
-                services.peers.unlink(&link.name);
+                services.peers.unlink(&link.name, &link.calls);
             }
             live
         });
@@ -251,7 +252,7 @@ async fn manage(cluster: Arc<Cluster>, services: LinkServices, shutdown: Shutdow
                 let (interest, wanted) = watch::channel(BTreeSet::new());
                 let (replies, replies_in) = mpsc::unbounded_channel();
                 let (calls, calls_in) = mpsc::unbounded_channel();
-                services.peers.link(&member.name, calls);
+                services.peers.link(&member.name, calls.clone());
                 let peer = (member.name.clone(), member.generation, member.gossip_addr);
                 let channels = (wanted, replies_in, calls_in);
                 let task = tokio::spawn(run_link(
@@ -263,6 +264,7 @@ async fn manage(cluster: Arc<Cluster>, services: LinkServices, shutdown: Shutdow
                 ));
                 Link {
                     name: member.name.clone(),
+                    calls,
                     task,
                     interest,
                     replies,
@@ -350,6 +352,10 @@ async fn run_link(
                     _ => break,
                 },
                 Some(call) = calls.recv() => {
+                    // A caller that gave up waiting does not want its call made late.
+                    if call.answer.is_closed() {
+                        continue;
+                    }
                     next_call += 1;
                     let PeerCall { cache, request, body, answer } = call;
                     pending.insert(next_call, answer);

@@ -29,6 +29,8 @@ pub use schedule::{Schedule, ScheduleError};
 
 /// How long a job waits before trying again when its progress cannot be recorded.
 const RETRY: Duration = Duration::from_millis(200);
+/// How long a job waits to read its progress again after another node recorded it first.
+const RECORD_RETRY: Duration = Duration::from_millis(20);
 
 /// How the last firing of a job went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -252,16 +254,17 @@ impl Firing {
                 }
                 continue;
             };
-            let progress = match &coordination {
+            // What the cluster recorded, as it is stored (to swap it for the next record).
+            let (progress, stored) = match &coordination {
                 Some(caches) => match self.recorded(caches).await {
-                    Ok(progress) => progress,
+                    Ok(recorded) => recorded,
                     Err(error) => {
                         warn!("job {} of {}: {error}", self.name, self.context.app);
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }
                 },
-                None => local.clone(),
+                None => (local.clone(), None),
             };
             let (fired, next) = match &progress {
                 Some(progress) => (
@@ -309,10 +312,19 @@ impl Firing {
             // Recorded before it fires: a node taking over never fires it again.
             match &coordination {
                 Some(caches) => {
-                    if let Err(error) = self.record(caches, &next_progress).await {
-                        warn!("job {} of {}: {error}", self.name, self.context.app);
-                        tokio::time::sleep(RETRY).await;
-                        continue;
+                    // A compare and swap: if another node recorded this firing first (two
+                    // masters for a moment), this one does not fire it.
+                    match self.record(caches, stored, &next_progress).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tokio::time::sleep(RECORD_RETRY).await;
+                            continue;
+                        }
+                        Err(error) => {
+                            warn!("job {} of {}: {error}", self.name, self.context.app);
+                            tokio::time::sleep(RETRY).await;
+                            continue;
+                        }
                     }
                     if *epochs.borrow() != Some(epoch) {
                         continue;
@@ -338,28 +350,54 @@ impl Firing {
     }
 
     /// The progress the cluster recorded for this job and build, if any.
-    async fn recorded(&self, caches: &Caches) -> Result<Option<Progress>, CacheError> {
-        let name = self.open_progress(caches).await?;
+    /// The progress the cluster recorded for this job and build, if any, and the record as
+    /// it is stored (whatever it is for).
+    async fn recorded(
+        &self,
+        caches: &Caches,
+    ) -> Result<(Option<Progress>, Option<Bytes>), CacheError> {
         let get = CacheOp::Get {
             key: self.name.clone(),
         };
-        let (outcome, value) = caches.call(&name, get, Bytes::new()).await?;
-        let progress = outcome
-            .found
-            .then(|| serde_json::from_slice::<Progress>(&value).ok())
-            .flatten();
-        Ok(progress
-            .filter(|progress| progress.spec == self.spec && progress.build == self.context.build))
+        let (outcome, value) = caches
+            .call(&progress_cache(&self.context.app), get, Bytes::new())
+            .await?;
+        if !outcome.found {
+            return Ok((None, None));
+        }
+        let progress = serde_json::from_slice::<Progress>(&value)
+            .ok()
+            .filter(|progress| progress.spec == self.spec && progress.build == self.context.build);
+        Ok((progress, Some(value)))
     }
 
-    async fn record(&self, caches: &Caches, progress: &Progress) -> Result<(), CacheError> {
-        let name = self.open_progress(caches).await?;
-        let put = CacheOp::Put {
-            key: self.name.clone(),
-            expiry: None,
+    /// Records `progress` in place of `stored` (or where there was none); false if the record
+    /// had changed meanwhile.
+    async fn record(
+        &self,
+        caches: &Caches,
+        stored: Option<Bytes>,
+        progress: &Progress,
+    ) -> Result<bool, CacheError> {
+        let key = self.name.clone();
+        let value = serde_json::to_vec(progress).unwrap_or_default();
+        let (op, body) = match stored {
+            Some(stored) => {
+                let op = CacheOp::Replace {
+                    key,
+                    expected_len: stored.len() as u64,
+                    expiry: None,
+                };
+                (op, Bytes::from([stored.as_ref(), &value].concat()))
+            }
+            None => (
+                CacheOp::PutIfAbsent { key, expiry: None },
+                Bytes::from(value),
+            ),
         };
-        let value = Bytes::from(serde_json::to_vec(progress).unwrap_or_default());
-        caches.call(&name, put, value).await.map(|_| ())
+        let cache = progress_cache(&self.context.app);
+        let (outcome, _) = caches.call(&cache, op, body).await?;
+        Ok(outcome.applied)
     }
 
     /// Opens the app's progress cache (replicated, synchronous) on this node.
