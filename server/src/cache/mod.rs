@@ -408,7 +408,14 @@ impl Caches {
             if let CacheOp::Get { .. } = op
                 && owners.contains(&self.node)
             {
-                return Ok(self.read(cache, &key));
+                let read = self.read(cache, &key);
+                if read.0.found || cache.options.mode != CacheMode::Distributed {
+                    return Ok(read);
+                }
+                return Ok(self
+                    .read_elsewhere(cache, &key, &owners)
+                    .await
+                    .unwrap_or(read));
             }
             let primary = owners.first().cloned().unwrap_or_else(|| self.node.clone());
             if primary == self.node {
@@ -420,7 +427,15 @@ impl Caches {
                 .call(&primary, &cache.name, request, body.clone())
                 .await
             {
-                Ok((PeerAnswer::Done { outcome }, value)) => return Ok((outcome, value)),
+                Ok((PeerAnswer::Done { outcome }, value)) => {
+                    if let CacheOp::Get { .. } = op
+                        && !outcome.found
+                        && let Some(found) = self.read_elsewhere(cache, &key, &owners[1..]).await
+                    {
+                        return Ok(found);
+                    }
+                    return Ok((outcome, value));
+                }
                 Ok((PeerAnswer::Failed { reason }, _)) => {
                     debug!("{primary} cannot take a write to {}: {reason}", cache.name);
                 }
@@ -432,6 +447,30 @@ impl Caches {
             cache: cache.name.clone(),
             key,
         })
+    }
+
+    /// The value of `key` on one of the other `owners`, if one has it: while entries move to
+    /// new owners after a member went, a key may not have reached its new owner yet.
+    async fn read_elsewhere(
+        &self,
+        cache: &Cache,
+        key: &str,
+        owners: &[String],
+    ) -> Option<(CacheOutcome, Bytes)> {
+        for owner in owners.iter().filter(|owner| **owner != self.node) {
+            let get = PeerRequest::Op {
+                call: CacheOp::Get {
+                    key: key.to_string(),
+                },
+            };
+            if let Ok((PeerAnswer::Done { outcome }, value)) =
+                self.peers.call(owner, &cache.name, get, Bytes::new()).await
+                && outcome.found
+            {
+                return Some((outcome, value));
+            }
+        }
+        None
     }
 
     fn read(&self, cache: &Cache, key: &str) -> (CacheOutcome, Bytes) {
