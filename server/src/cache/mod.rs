@@ -169,7 +169,11 @@ impl Caches {
                 "cache '{name}' cannot have 0 owners; give each entry at least 1 (2 by default)"
             )));
         }
-        if let Some(cache) = self.get(name).filter(|_| open != Open::Create) {
+        // Already open here (and done joining): nothing to wait for.
+        if let Some(cache) = self.get(name)
+            && open != Open::Create
+            && cache.ready.load(Ordering::Acquire)
+        {
             return Ok(Some(cache.options.clone()));
         }
         // A node that has just started first listens for the cluster: a cache the cluster
