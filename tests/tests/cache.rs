@@ -84,6 +84,19 @@ fn a_joining_node_reads_entries_written_before_it_joined() {
     );
 }
 
+#[test]
+fn a_write_to_an_invalidated_cache_removes_the_key_on_the_other_nodes() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("invalidator"));
+    let cluster = cluster_name();
+    let one = clustered(&base, "one", free_offset(), &cluster);
+    one.wait_for(r#"[invalidator] k: Some("one")"#, BUILD_PATIENCE);
+    let two = clustered(&base, "two", free_offset(), &cluster);
+    two.wait_for(r#"[invalidator] k: Some("two")"#, PATIENCE);
+    // Two's write took the key away from one, which keeps no stale copy.
+    one.wait_for("[invalidator] k: None", PATIENCE);
+}
+
 /// What the management API of the node at `offset` says of the cache `name` (null if none).
 fn cache_stats(offset: u16, name: &str) -> serde_json::Value {
     let caches = get_json_at(9990 + offset, "caches");

@@ -44,6 +44,7 @@ async fn main() -> immutant::Result<()> {
         "expiry" => expiry(&app).await?,
         "persister" => persister(&app).await?,
         "distributor" => distributor(&app).await?,
+        "invalidator" => invalidator(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -467,6 +468,29 @@ async fn distributor(app: &App) -> immutant::Result<()> {
                 seen = Some(readable);
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Writes its node's name under `k` in the invalidated cache `near`, then prints the value it
+/// has for `k` whenever that changes: a write on another node removes it here.
+async fn invalidator(app: &App) -> immutant::Result<()> {
+    let near = app
+        .cache("near")
+        .mode(CacheMode::Invalidated)
+        .lookup_or_create()
+        .await?;
+    near.put("k", &app.node_name()).await?;
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            let value: Option<String> = near.get("k").await.ok().flatten();
+            if seen.as_ref() != Some(&value) {
+                println!("k: {value:?}");
+                seen = Some(value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     Ok(())
