@@ -14,10 +14,11 @@
 
 pub mod peer;
 mod persist;
+mod placement;
+mod rebalance;
 mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +34,8 @@ use crate::messaging::now_ms;
 use crate::shutdown::Shutdown;
 use peer::{PeerAnswer, PeerRequest, Peers, pack, unpack};
 use persist::Persistence;
+use placement::writer_id;
+use rebalance::page_after;
 use store::{Entry, Store};
 
 /// How many times a write looks for its primary owner before giving up.
@@ -41,8 +44,6 @@ const ROUTE_ATTEMPTS: u32 = 40;
 const ROUTE_RETRY: Duration = Duration::from_millis(100);
 /// How often expired entries are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the view must stay still before distributed entries move.
-const REBALANCE_SETTLE: Duration = Duration::from_millis(200);
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -296,18 +297,6 @@ impl Caches {
                 }
             }
         }
-    }
-
-    /// The members of the view (this node first if the view is empty) with their caches.
-    fn view_members(&self) -> Vec<(String, BTreeSet<String>)> {
-        let Some(cluster) = &self.cluster else {
-            return Vec::new();
-        };
-        let view = cluster.view().borrow().clone();
-        view.members
-            .into_iter()
-            .map(|member| (member.name, member.caches.into_keys().collect()))
-            .collect()
     }
 
     fn persistence(&self) -> Result<Persistence, CacheError> {
@@ -615,34 +604,6 @@ impl Caches {
         }
     }
 
-    /// The members that hold `cache`, oldest first (this node included).
-    fn holders(&self, cache: &Cache) -> Vec<String> {
-        let joined = lock(&cache.joined).clone();
-        let holders: Vec<String> = self
-            .view_members()
-            .into_iter()
-            .filter(|(name, caches)| {
-                *name == self.node || caches.contains(&cache.name) || joined.contains(name)
-            })
-            .map(|(name, _)| name)
-            .collect();
-        if holders.is_empty() {
-            vec![self.node.clone()]
-        } else {
-            holders
-        }
-    }
-
-    /// The members that hold `key` of `cache`, its primary owner first.
-    fn owners(&self, cache: &Cache, key: &str) -> Vec<String> {
-        let holders = self.holders(cache);
-        match cache.options.mode {
-            CacheMode::Distributed => rendezvous(key, holders, cache.options.owners as usize),
-            CacheMode::Replicated => holders,
-            CacheMode::Local | CacheMode::Invalidated => vec![self.node.clone()],
-        }
-    }
-
     /// Every cache of this node, for the management API.
     pub fn stats(&self) -> Vec<CacheStats> {
         let now = now_ms();
@@ -685,190 +646,6 @@ impl Caches {
                         warn!("cache {}: {error}", cache.name);
                     }
                 }
-            }
-        }
-    }
-
-    /// When the members holding a distributed cache change, gives each entry to its new owners
-    /// and drops those this node no longer owns, so that every entry has its copies again.
-    async fn rebalance(self: Arc<Self>, shutdown: Shutdown) {
-        let Some(cluster) = self.cluster.clone() else {
-            return;
-        };
-        let mut view = cluster.view();
-        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
-        loop {
-            tokio::select! {
-                changed = view.changed() => if changed.is_err() { return },
-                _ = shutdown.cancelled() => return,
-            }
-            tokio::time::sleep(REBALANCE_SETTLE).await;
-            view.borrow_and_update();
-            let members: BTreeSet<String> = self
-                .view_members()
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
-            let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
-            for cache in caches {
-                lock(&cache.joined).retain(|name| members.contains(name));
-                lock(&cache.synced).retain(|name| members.contains(name));
-                if cache.options.mode == CacheMode::Replicated {
-                    self.sync(&cache).await;
-                }
-                if cache.options.mode != CacheMode::Distributed {
-                    continue;
-                }
-                let holders = self.holders(&cache);
-                if seen.get(&cache.name) == Some(&holders) {
-                    continue;
-                }
-                // Tried again at the next change of the view if a copy did not get through.
-                if self.hand_over(&cache).await {
-                    seen.insert(cache.name.clone(), holders);
-                }
-            }
-        }
-    }
-
-    /// Takes in the entries of every holder of a replicated cache that this node has not
-    /// joined: members that made the cache before they saw each other (at start, or on either
-    /// side of a partition) end up with the same entries.
-    async fn sync(&self, cache: &Cache) {
-        let synced = lock(&cache.synced).clone();
-        let unsynced: Vec<String> = self
-            .holders(cache)
-            .into_iter()
-            .filter(|holder| *holder != self.node && !synced.contains(holder))
-            .collect();
-        for holder in unsynced {
-            self.join(cache, &holder).await;
-        }
-    }
-
-    /// Copies each entry held here to its owners, then drops those this node does not own.
-    /// Returns whether every copy got through (only then are entries dropped).
-    async fn hand_over(&self, cache: &Cache) -> bool {
-        let snapshot = lock(&cache.store).snapshot();
-        let mut by_owner: HashMap<String, Vec<(String, Entry)>> = HashMap::new();
-        let mut not_mine = Vec::new();
-        for (key, entry) in snapshot {
-            let owners = self.owners(cache, &key);
-            if !owners.contains(&self.node) {
-                not_mine.push(key.clone());
-            }
-            for owner in owners.into_iter().filter(|owner| *owner != self.node) {
-                by_owner
-                    .entry(owner)
-                    .or_default()
-                    .push((key.clone(), entry.clone()));
-            }
-        }
-        let copies = by_owner.into_iter().flat_map(|(owner, entries)| {
-            pages(entries).into_iter().map(move |page| {
-                let (entries, values) = pack(&page);
-                let (peers, owner) = (self.peers.clone(), owner.clone());
-                async move {
-                    let request = PeerRequest::Apply { entries };
-                    let answer = peers.call(&owner, &cache.name, request, values).await;
-                    matches!(answer, Ok((PeerAnswer::Done { .. }, _)))
-                }
-            })
-        });
-        let copied = futures_util::future::join_all(copies).await;
-        let all = copied.iter().all(|ok| *ok);
-        if all {
-            let mut store = lock(&cache.store);
-            for key in not_mine {
-                store.invalidate(&key);
-            }
-        }
-        all
-    }
-}
-
-/// A node's part in entry versions: its generation, then 16 bits of its name's hash.
-fn writer_id(node: &str, generation: u64) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    node.hash(&mut hasher);
-    (generation << 16) | (hasher.finish() & 0xffff)
-}
-
-/// How many bytes of values go in one frame between nodes, well under the frame limit.
-const PAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Entries in pages of about [`PAGE_BYTES`] each.
-fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
-    let mut pages = vec![Vec::new()];
-    let mut bytes = 0;
-    for entry in entries {
-        let size = entry.0.len() + entry.1.value.as_ref().map_or(0, Bytes::len);
-        if bytes + size > PAGE_BYTES && bytes > 0 {
-            pages.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += size;
-        pages.last_mut().expect("there is a page").push(entry);
-    }
-    pages
-}
-
-/// The page of `snapshot`'s entries (in key order) after the key `after`, and whether more
-/// follow it.
-fn page_after(
-    mut snapshot: Vec<(String, Entry)>,
-    after: Option<&str>,
-) -> (Vec<(String, Entry)>, bool) {
-    snapshot.sort_by(|a, b| a.0.cmp(&b.0));
-    let rest: Vec<(String, Entry)> = snapshot
-        .into_iter()
-        .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
-        .collect();
-    let mut pages = pages(rest).into_iter();
-    let page = pages.next().unwrap_or_default();
-    (page, pages.next().is_some())
-}
-
-/// The `count` members that own `key`: those scoring highest for it (rendezvous hashing), so
-/// that a member coming or going moves only the keys it owns or comes to own.
-fn rendezvous(key: &str, members: Vec<String>, count: usize) -> Vec<String> {
-    let score = |member: &String| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        (key, member).hash(&mut hasher);
-        hasher.finish()
-    };
-    let mut ranked: Vec<(u64, String)> = members
-        .into_iter()
-        .map(|member| (score(&member), member))
-        .collect();
-    ranked.sort_by(|a, b| b.cmp(a));
-    ranked
-        .into_iter()
-        .take(count)
-        .map(|(_, member)| member)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rendezvous_moves_only_the_keys_of_a_member_that_goes() {
-        let members: Vec<String> = ["one", "two", "three"].map(String::from).to_vec();
-        let keys: Vec<String> = (0..200).map(|n| format!("key-{n}")).collect();
-        let before: Vec<Vec<String>> = keys
-            .iter()
-            .map(|key| rendezvous(key, members.clone(), 2))
-            .collect();
-        assert!(before.iter().all(|owners| owners.len() == 2));
-        let survivors: Vec<String> = ["one", "three"].map(String::from).to_vec();
-        for (key, owners) in keys.iter().zip(&before) {
-            let after = rendezvous(key, survivors.clone(), 2);
-            // Every key still has two owners, and a key "two" did not own keeps its owners.
-            assert_eq!(after.len(), 2);
-            if !owners.contains(&"two".to_string()) {
-                assert_eq!(&after, owners);
             }
         }
     }

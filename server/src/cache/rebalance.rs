@@ -1,0 +1,151 @@
+//! Keeping copies where they belong as members come and go: distributed entries move to their
+//! new owners, and replicated caches made apart merge.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use immutant_protocol::CacheMode;
+
+use super::peer::{PeerAnswer, PeerRequest, pack};
+use super::store::Entry;
+use super::{Cache, Caches, lock};
+use crate::shutdown::Shutdown;
+
+/// How long the view must stay still before distributed entries move.
+const REBALANCE_SETTLE: Duration = Duration::from_millis(200);
+
+impl Caches {
+    /// When the members holding a distributed cache change, gives each entry to its new owners
+    /// and drops those this node no longer owns, so that every entry has its copies again.
+    pub(super) async fn rebalance(self: Arc<Self>, shutdown: Shutdown) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let mut view = cluster.view();
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        loop {
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            tokio::time::sleep(REBALANCE_SETTLE).await;
+            view.borrow_and_update();
+            let members: BTreeSet<String> = self
+                .view_members()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
+            for cache in caches {
+                lock(&cache.joined).retain(|name| members.contains(name));
+                lock(&cache.synced).retain(|name| members.contains(name));
+                if cache.options.mode == CacheMode::Replicated {
+                    self.sync(&cache).await;
+                }
+                if cache.options.mode != CacheMode::Distributed {
+                    continue;
+                }
+                let holders = self.holders(&cache);
+                if seen.get(&cache.name) == Some(&holders) {
+                    continue;
+                }
+                // Tried again at the next change of the view if a copy did not get through.
+                if self.hand_over(&cache).await {
+                    seen.insert(cache.name.clone(), holders);
+                }
+            }
+        }
+    }
+
+    /// Takes in the entries of every holder of a replicated cache that this node has not
+    /// joined: members that made the cache before they saw each other (at start, or on either
+    /// side of a partition) end up with the same entries.
+    async fn sync(&self, cache: &Cache) {
+        let synced = lock(&cache.synced).clone();
+        let unsynced: Vec<String> = self
+            .holders(cache)
+            .into_iter()
+            .filter(|holder| *holder != self.node && !synced.contains(holder))
+            .collect();
+        for holder in unsynced {
+            self.join(cache, &holder).await;
+        }
+    }
+
+    /// Copies each entry held here to its owners, then drops those this node does not own.
+    /// Returns whether every copy got through (only then are entries dropped).
+    async fn hand_over(&self, cache: &Cache) -> bool {
+        let snapshot = lock(&cache.store).snapshot();
+        let mut by_owner: HashMap<String, Vec<(String, Entry)>> = HashMap::new();
+        let mut not_mine = Vec::new();
+        for (key, entry) in snapshot {
+            let owners = self.owners(cache, &key);
+            if !owners.contains(&self.node) {
+                not_mine.push(key.clone());
+            }
+            for owner in owners.into_iter().filter(|owner| *owner != self.node) {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((key.clone(), entry.clone()));
+            }
+        }
+        let copies = by_owner.into_iter().flat_map(|(owner, entries)| {
+            pages(entries).into_iter().map(move |page| {
+                let (entries, values) = pack(&page);
+                let (peers, owner) = (self.peers.clone(), owner.clone());
+                async move {
+                    let request = PeerRequest::Apply { entries };
+                    let answer = peers.call(&owner, &cache.name, request, values).await;
+                    matches!(answer, Ok((PeerAnswer::Done { .. }, _)))
+                }
+            })
+        });
+        let copied = futures_util::future::join_all(copies).await;
+        let all = copied.iter().all(|ok| *ok);
+        if all {
+            let mut store = lock(&cache.store);
+            for key in not_mine {
+                store.invalidate(&key);
+            }
+        }
+        all
+    }
+}
+
+/// How many bytes of values go in one frame between nodes, well under the frame limit.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Entries in pages of about [`PAGE_BYTES`] each.
+fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
+    let mut pages = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in entries {
+        let size = entry.0.len() + entry.1.value.as_ref().map_or(0, Bytes::len);
+        if bytes + size > PAGE_BYTES && bytes > 0 {
+            pages.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        pages.last_mut().expect("there is a page").push(entry);
+    }
+    pages
+}
+
+/// The page of `snapshot`'s entries (in key order) after the key `after`, and whether more
+/// follow it.
+pub(super) fn page_after(
+    mut snapshot: Vec<(String, Entry)>,
+    after: Option<&str>,
+) -> (Vec<(String, Entry)>, bool) {
+    snapshot.sort_by(|a, b| a.0.cmp(&b.0));
+    let rest: Vec<(String, Entry)> = snapshot
+        .into_iter()
+        .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
+        .collect();
+    let mut pages = pages(rest).into_iter();
+    let page = pages.next().unwrap_or_default();
+    (page, pages.next().is_some())
+}
