@@ -501,6 +501,45 @@ fn messages_go_to_the_node_that_has_consumers() {
 }
 
 #[test]
+fn messages_left_on_a_node_whose_consumers_went_move_to_the_nodes_that_consume() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("fickle"));
+    let cluster = cluster_name();
+    let slow = ["-Dprobe.fickle=slow".to_string()];
+    let one = clustered_with(&base, "one", free_offset(), &cluster, &slow);
+    let two = clustered(&base, "two", free_offset(), &cluster);
+    two.wait_for("[fickle] fickle published 30", BUILD_PATIENCE);
+    one.wait_for("[fickle] fickle stopped listening", PATIENCE);
+    one.wait_for("Redistributing", PATIENCE);
+    let consumed = |node: &Proc| {
+        node.stdout_lines()
+            .iter()
+            .filter_map(|line| line.split("[fickle] fickle ").nth(1))
+            .filter_map(|rest| rest.split(" consumed").next()?.parse::<u64>().ok())
+            .collect::<Vec<u64>>()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut all = consumed(&one);
+        all.extend(consumed(&two));
+        let seen = counts(all.iter().copied());
+        if seen.len() == 30 {
+            assert!(
+                seen.values().all(|times| *times == 1),
+                "each once: {seen:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "all 30 consumed: {seen:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !consumed(&one).is_empty(),
+        "the slow node took its share first"
+    );
+}
+
+#[test]
 fn a_request_is_answered_by_a_responder_on_another_node() {
     let base = Base::installed();
     base.deploy(&probe(), Some("asker"));

@@ -45,6 +45,7 @@ async fn main() -> immutant::Result<()> {
         "persister" => persister(&app).await?,
         "distributor" => distributor(&app).await?,
         "invalidator" => invalidator(&app).await?,
+        "fickle" => fickle(&app).await?,
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
@@ -492,6 +493,42 @@ async fn invalidator(app: &App) -> immutant::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    });
+    Ok(())
+}
+
+/// On the node given `-Dprobe.fickle=slow`, consumes /queue/fickle slowly for two seconds and
+/// then stops; on the others, consumes it quickly and publishes 30 messages there once the
+/// cluster has had time to form. What was forwarded to the slow node and not consumed there
+/// moves on to the others once it has had no consumer for a second.
+async fn fickle(app: &App) -> immutant::Result<()> {
+    let queue = app.queue("/queue/fickle").await?;
+    let node = app.node_name().to_string();
+    let slow = app.property("probe.fickle") == Some("slow");
+    let listener = queue
+        .listen(move |n: u32| {
+            let node = node.clone();
+            async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                println!("fickle {n} consumed on {node}");
+                Ok(())
+            }
+        })
+        .await?;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if slow {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = listener.unlisten().await;
+            println!("fickle stopped listening");
+            return;
+        }
+        for n in 0..30u32 {
+            let _ = queue.publish(&n).await;
+        }
+        println!("fickle published 30");
     });
     Ok(())
 }
