@@ -118,18 +118,23 @@ impl Caches {
 /// How many bytes of values go in one frame between nodes, well under the frame limit.
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Entries in pages of about [`PAGE_BYTES`] each.
+/// Entries in pages of about [`PAGE_BYTES`] each (an entry larger than that has a page of its
+/// own).
 fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
-    let mut pages = vec![Vec::new()];
+    let mut pages: Vec<Vec<(String, Entry)>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {
         let size = entry.0.len() + entry.1.value.as_ref().map_or(0, Bytes::len);
-        if bytes + size > PAGE_BYTES && bytes > 0 {
-            pages.push(Vec::new());
-            bytes = 0;
+        match pages.last_mut() {
+            Some(page) if bytes + size <= PAGE_BYTES => {
+                bytes += size;
+                page.push(entry);
+            }
+            _ => {
+                bytes = size;
+                pages.push(vec![entry]);
+            }
         }
-        bytes += size;
-        pages.last_mut().expect("there is a page").push(entry);
     }
     pages
 }
@@ -148,4 +153,43 @@ pub(super) fn page_after(
     let mut pages = pages(rest).into_iter();
     let page = pages.next().unwrap_or_default();
     (page, pages.next().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::store::Version;
+
+    #[test]
+    fn a_large_snapshot_goes_in_pages_that_cover_every_entry_once() {
+        let entry = |size: usize| Entry {
+            value: Some(Bytes::from(vec![0u8; size])),
+            version: Version::default(),
+            expires_at_ms: None,
+            idle_ms: None,
+            touched_ms: 0,
+        };
+        let snapshot: Vec<(String, Entry)> = (0..5)
+            .map(|n| (format!("key-{n}"), entry(3 * 1024 * 1024)))
+            .chain((0..10).map(|n| (format!("small-{n}"), entry(10))))
+            .collect();
+        let mut after: Option<String> = None;
+        let mut seen = Vec::new();
+        loop {
+            let (page, more) = page_after(snapshot.clone(), after.as_deref());
+            let bytes: usize = page
+                .iter()
+                .map(|(_, e)| e.value.as_ref().map_or(0, Bytes::len))
+                .sum();
+            assert!(bytes <= PAGE_BYTES, "a page of {bytes} bytes");
+            seen.extend(page.iter().map(|(key, _)| key.clone()));
+            after = page.last().map(|(key, _)| key.clone());
+            if !more {
+                break;
+            }
+        }
+        let mut expected: Vec<String> = snapshot.into_iter().map(|(key, _)| key).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+    }
 }
