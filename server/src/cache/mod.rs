@@ -585,11 +585,10 @@ impl Caches {
                         store.invalidate(key);
                     }
                 }
-                if let Some(persistence) = &cache.persistence {
-                    let removals = keys.into_iter().map(|key| (key, Entry::removed()));
-                    if let Err(error) = persistence.save(&cache.name, removals.collect()).await {
-                        warn!("cache {}: {error}", cache.name);
-                    }
+                if let Some(persistence) = &cache.persistence
+                    && let Err(error) = persistence.forget(&cache.name, keys).await
+                {
+                    warn!("cache {}: {error}", cache.name);
                 }
                 done(CacheOutcome::default())
             }
@@ -637,14 +636,10 @@ impl Caches {
             for cache in caches {
                 let _saving = cache.saving.lock().await;
                 let gone = lock(&cache.store).sweep(now);
-                if let Some(persistence) = &cache.persistence {
-                    let removals = gone
-                        .into_iter()
-                        .map(|key| (key, Entry::removed()))
-                        .collect();
-                    if let Err(error) = persistence.save(&cache.name, removals).await {
-                        warn!("cache {}: {error}", cache.name);
-                    }
+                if let Some(persistence) = &cache.persistence
+                    && let Err(error) = persistence.forget(&cache.name, gone).await
+                {
+                    warn!("cache {}: {error}", cache.name);
                 }
             }
         }

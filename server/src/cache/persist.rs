@@ -59,32 +59,54 @@ impl Persistence {
         Ok(entries)
     }
 
-    /// Saves `changes` to `cache` (removed keys are deleted), on disk when this returns.
+    /// Saves `changes` to `cache`, removals (tombstones) included, so that a restarted node
+    /// still knows a key was removed; on disk when this returns.
     pub async fn save(&self, cache: &str, changes: Vec<(String, Entry)>) -> Result<(), CacheError> {
+        let changes = changes
+            .into_iter()
+            .map(|(key, entry)| (key, Some(entry)))
+            .collect();
+        self.write(cache, changes).await
+    }
+
+    /// Deletes `keys` of `cache` from disk (expired entries, forgotten tombstones).
+    pub async fn forget(&self, cache: &str, keys: Vec<String>) -> Result<(), CacheError> {
+        self.write(cache, keys.into_iter().map(|key| (key, None)).collect())
+            .await
+    }
+
+    async fn write(
+        &self,
+        cache: &str,
+        changes: Vec<(String, Option<Entry>)>,
+    ) -> Result<(), CacheError> {
         if changes.is_empty() {
             return Ok(());
         }
         let (this, cache) = (self.clone(), cache.to_string());
-        tokio::task::spawn_blocking(move || this.write(&cache, &changes))
+        tokio::task::spawn_blocking(move || this.commit(&cache, &changes))
             .await
             .map_err(|e| self.failed(e))?
     }
 
-    fn write(&self, cache: &str, changes: &[(String, Entry)]) -> Result<(), CacheError> {
+    fn commit(&self, cache: &str, changes: &[(String, Option<Entry>)]) -> Result<(), CacheError> {
         let transaction = self.database.begin_write().map_err(|e| self.failed(e))?;
         {
             let mut table = transaction
                 .open_table(ENTRIES)
                 .map_err(|e| self.failed(e))?;
-            for change in changes {
-                let key = (cache, change.0.as_str());
-                if change.1.value.is_some() {
-                    let record = encode(change);
-                    table
-                        .insert(key, record.as_ref())
-                        .map_err(|e| self.failed(e))?;
-                } else {
-                    table.remove(key).map_err(|e| self.failed(e))?;
+            for (name, change) in changes {
+                let key = (cache, name.as_str());
+                match change {
+                    Some(entry) => {
+                        let record = encode(name, entry);
+                        table
+                            .insert(key, record.as_ref())
+                            .map_err(|e| self.failed(e))?;
+                    }
+                    None => {
+                        table.remove(key).map_err(|e| self.failed(e))?;
+                    }
                 }
             }
         }
@@ -92,8 +114,8 @@ impl Persistence {
     }
 }
 
-fn encode(entry: &(String, Entry)) -> Bytes {
-    let (mut metas, value) = pack(std::slice::from_ref(entry));
+fn encode(key: &str, entry: &Entry) -> Bytes {
+    let (mut metas, value) = pack(&[(key.to_string(), entry.clone())]);
     let meta = serde_json::to_vec(&metas.pop()).unwrap_or_default();
     let mut record = BytesMut::with_capacity(4 + meta.len() + value.len());
     record.put_u32(meta.len() as u32);
@@ -116,7 +138,7 @@ mod tests {
     use crate::cache::store::Version;
 
     #[tokio::test]
-    async fn saved_entries_load_back_and_removed_ones_do_not() {
+    async fn saved_entries_and_removals_load_back_and_forgotten_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let persistence = Persistence::open(dir.path()).unwrap();
         let entry = |value: Option<&'static str>| Entry {
@@ -135,12 +157,16 @@ mod tests {
         ];
         persistence.save("c", saved.clone()).await.unwrap();
         persistence.save("other", saved.clone()).await.unwrap();
+        let removal = ("b".to_string(), entry(None));
+        persistence.save("c", vec![removal.clone()]).await.unwrap();
         persistence
-            .save("c", vec![("b".to_string(), entry(None))])
+            .forget("other", vec!["a".to_string()])
             .await
             .unwrap();
         drop(persistence);
         let reopened = Persistence::open(dir.path()).unwrap();
-        assert_eq!(reopened.load("c", 0).unwrap(), saved[..1]);
+        // The removal is remembered as a tombstone; a forgotten key is gone.
+        assert_eq!(reopened.load("c", 0).unwrap(), [saved[0].clone(), removal]);
+        assert_eq!(reopened.load("other", 0).unwrap(), saved[1..]);
     }
 }

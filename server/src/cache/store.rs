@@ -47,17 +47,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A removal, as saved to disk.
-    pub fn removed() -> Entry {
-        Entry {
-            value: None,
-            version: Version::default(),
-            expires_at_ms: None,
-            idle_ms: None,
-            touched_ms: 0,
-        }
-    }
-
     /// The value, unless removed or expired at `now`.
     fn live(&self, now: u64) -> Option<&Bytes> {
         let expired = self.expires_at_ms.is_some_and(|at| now >= at)
