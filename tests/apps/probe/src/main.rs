@@ -46,6 +46,16 @@ async fn main() -> immutant::Result<()> {
         "distributor" => distributor(&app).await?,
         "invalidator" => invalidator(&app).await?,
         "fickle" => fickle(&app).await?,
+        "fastjob" => {
+            let node = app.node_name().to_string();
+            app.job("fast")
+                .every(Duration::from_millis(100))
+                .schedule(move |run| {
+                    print_run("fast", &node, &run);
+                    async { Ok(()) }
+                })
+                .await?;
+        }
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
