@@ -97,6 +97,11 @@ fn a_node_fires_jobs_refuses_bad_cron_and_shows_its_jobs() {
         refused.contains(r#"invalid cron expression "*/5 * 25 * * ?": field 3 (hour) is "25""#),
         "the error points at the bad field: {refused}"
     );
+    let never = node.wait_for("never:", PATIENCE);
+    assert!(
+        never.contains("the job would never fire (once in 1s, until "),
+        "{never}"
+    );
     let ticks = wait_for_firings(&[&node], "tick", 4, PATIENCE);
     assert_each_tick_once(&[&node], &ticks);
     for pair in ticks.windows(2) {

@@ -126,7 +126,14 @@ impl AppJobs {
         spec: JobSpec,
         singleton: bool,
     ) -> Result<(), ScheduleError> {
+        if name.trim().is_empty() {
+            return Err(ScheduleError::NoName);
+        }
         let schedule = Schedule::parse(&spec, now_ms())?;
+        if schedule.first().is_none() {
+            let schedule = schedule.describe();
+            return Err(ScheduleError::NeverFires { schedule });
+        }
         let status = Arc::new(Mutex::new(JobStatus::default()));
         // A singleton in a cluster fires where it is elected, and records its progress there.
         let coordination = context.caches.clone().filter(|_| singleton);

@@ -72,6 +72,14 @@ pub enum ScheduleError {
     /// A cron expression whose fields pass one by one, but not together.
     #[error("invalid cron expression {expression:?}: {reason}")]
     CronInvalid { expression: String, reason: String },
+    /// A schedule with no firing left (Quartz: "the given trigger will never fire").
+    #[error(
+        "the job would never fire ({schedule}): its `until` is before its first firing, or its          cron expression matches no time to come"
+    )]
+    NeverFires { schedule: String },
+    /// A job without a name.
+    #[error("a job needs a name, such as \"report\"")]
+    NoName,
 }
 
 /// A cron field: its name, its value range, and that range said for people.

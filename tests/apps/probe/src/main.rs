@@ -336,6 +336,17 @@ async fn bad_cron(app: &App) -> immutant::Result<()> {
         Ok(()) => println!("bad cron accepted"),
         Err(error) => println!("refused: {error}"),
     }
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    let never = app
+        .job("late")
+        .after(Duration::from_secs(1))
+        .until(past)
+        .schedule(|_| async { Ok(()) })
+        .await;
+    match never {
+        Ok(()) => println!("a job that never fires accepted"),
+        Err(error) => println!("never: {error}"),
+    }
     Ok(())
 }
 
