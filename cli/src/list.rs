@@ -126,7 +126,7 @@ fn job_lines(reports: &[Result<Vec<DeploymentReport>, String>], name: &str) -> V
             };
             let mut line = format!("job {job}: {} ({place})", report.schedule);
             match report.next_ms {
-                Some(next) => line.push_str(&format!("; next in {:.1} s", seconds(next).max(0.0))),
+                Some(next) => line.push_str(&format!("; next in {}", span(seconds(next)))),
                 None if report.done => line.push_str("; done"),
                 None => {}
             }
@@ -136,9 +136,9 @@ fn job_lines(reports: &[Result<Vec<DeploymentReport>, String>], name: &str) -> V
                     (outcome, None) => outcome.to_string(),
                 };
                 line.push_str(&format!(
-                    "; last run #{} {:.1} s ago: {outcome}",
+                    "; last run #{} {} ago: {outcome}",
                     last.run,
-                    -seconds(last.fired_ms)
+                    span(-seconds(last.fired_ms))
                 ));
             }
             Some(line)
@@ -244,5 +244,31 @@ fn status_of(report: &Result<Vec<DeploymentReport>, String>, name: &str) -> Stri
             }) => format!("{status}: {reason}"),
             Some(DeploymentReport { status, .. }) => status.clone(),
         },
+    }
+}
+
+/// A span of `seconds` for people: "0.4 s", "12m 5s", "5h 3m", "2d 3h".
+fn span(seconds: f64) -> String {
+    let seconds = seconds.max(0.0);
+    let whole = seconds as u64;
+    match whole {
+        0..60 => format!("{seconds:.1} s"),
+        60..3600 => format!("{}m {}s", whole / 60, whole % 60),
+        3600..86400 => format!("{}h {}m", whole / 3600, whole % 3600 / 60),
+        _ => format!("{}d {}h", whole / 86400, whole % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span;
+
+    #[test]
+    fn spans_read_as_people_say_them() {
+        assert_eq!(span(0.44), "0.4 s");
+        assert_eq!(span(-1.0), "0.0 s");
+        assert_eq!(span(725.0), "12m 5s");
+        assert_eq!(span(5.0 * 3600.0 + 180.0), "5h 3m");
+        assert_eq!(span(2.0 * 86400.0 + 3.0 * 3600.0), "2d 3h");
     }
 }
