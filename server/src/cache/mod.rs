@@ -268,17 +268,19 @@ impl Caches {
         }
     }
 
-    /// Joins the cache on `holder`, taking in every entry it has, page by page; tries for a
-    /// second.
+    /// Joins the cache on `holder`, taking in every entry it has, page by page; gives up after
+    /// ten failures in a row (about a second without an answer).
     async fn join(&self, cache: &Cache, holder: &str) {
         let mut after = None;
-        for attempt in 0..10 {
+        let mut failures = 0;
+        while failures < 10 {
             let request = PeerRequest::Join {
                 after: after.clone(),
             };
             let call = self.peers.call(holder, &cache.name, request, Bytes::new());
             match call.await {
                 Ok((PeerAnswer::Entries { entries, more }, values)) => {
+                    failures = 0;
                     let last = entries.last().map(|entry| entry.key.clone());
                     self.merge(cache, entries, values).await;
                     if more && last.is_some() {
@@ -289,10 +291,8 @@ impl Caches {
                     return;
                 }
                 answer => {
-                    debug!(
-                        "joining cache {} on {holder} (attempt {attempt}): {answer:?}",
-                        cache.name
-                    );
+                    failures += 1;
+                    debug!("joining cache {} on {holder}: {answer:?}", cache.name);
                     tokio::time::sleep(ROUTE_RETRY).await;
                 }
             }
@@ -361,7 +361,9 @@ impl Caches {
             let (request, body) = (request.clone(), body.clone());
             async move {
                 let answer = peers.call(&node, &name, request, body).await;
-                (node, matches!(answer, Ok((PeerAnswer::Done { .. }, _))))
+                let holds = !matches!(answer, Ok((PeerAnswer::NotOpen {}, _)));
+                let done = matches!(answer, Ok((PeerAnswer::Done { .. }, _)));
+                (node, done, holds)
             }
         };
         if !cache.options.sync {
@@ -373,11 +375,17 @@ impl Caches {
         // A member that did not take the copy is asked again while it is still a holder.
         for _ in 0..ROUTE_ATTEMPTS {
             let answers = futures_util::future::join_all(pending.into_iter().map(call)).await;
+            // A node that does not hold the cache (it restarted) wants no copy.
+            for (node, _, holds) in &answers {
+                if !holds {
+                    lock(&cache.joined).remove(node);
+                }
+            }
             let holders = self.holders(cache);
             pending = answers
                 .into_iter()
-                .filter(|(node, done)| !done && holders.contains(node))
-                .map(|(node, _)| node)
+                .filter(|(node, done, holds)| !done && *holds && holders.contains(node))
+                .map(|(node, _, _)| node)
                 .collect();
             if pending.is_empty() {
                 return;
@@ -401,14 +409,7 @@ impl Caches {
             if let CacheOp::Get { .. } = op
                 && owners.contains(&self.node)
             {
-                let read = self.read(cache, &key);
-                if read.0.found || cache.options.mode != CacheMode::Distributed {
-                    return Ok(read);
-                }
-                return Ok(self
-                    .read_elsewhere(cache, &key, &owners)
-                    .await
-                    .unwrap_or(read));
+                return Ok(self.read_owned(cache, &key).await);
             }
             let primary = owners.first().cloned().unwrap_or_else(|| self.node.clone());
             if primary == self.node {
@@ -420,19 +421,11 @@ impl Caches {
                 .call(&primary, &cache.name, request, body.clone())
                 .await
             {
-                Ok((PeerAnswer::Done { outcome }, value)) => {
-                    if let CacheOp::Get { .. } = op
-                        && !outcome.found
-                        && let Some(found) = self.read_elsewhere(cache, &key, &owners[1..]).await
-                    {
-                        return Ok(found);
-                    }
-                    return Ok((outcome, value));
-                }
+                Ok((PeerAnswer::Done { outcome }, value)) => return Ok((outcome, value)),
                 Ok((PeerAnswer::Failed { reason }, _)) => {
                     debug!("{primary} cannot take a write to {}: {reason}", cache.name);
                 }
-                Ok((PeerAnswer::Entries { .. }, _)) | Err(_) => {}
+                Ok((PeerAnswer::Entries { .. } | PeerAnswer::NotOpen {}, _)) | Err(_) => {}
             }
             tokio::time::sleep(ROUTE_RETRY).await;
         }
@@ -442,8 +435,25 @@ impl Caches {
         })
     }
 
-    /// The value of `key` on one of the other `owners`, if one has it: while entries move to
-    /// new owners after a member went, a key may not have reached its new owner yet.
+    /// The value of `key` as an owner reads it: its own copy, or, for a distributed cache
+    /// where this node has never had the key, the copy of another owner: while entries move to
+    /// new owners after a member went, a key may not have reached this one yet. (A key this
+    /// node saw removed is not looked for elsewhere.)
+    async fn read_owned(&self, cache: &Cache, key: &str) -> (CacheOutcome, Bytes) {
+        let read = self.read(cache, key);
+        if read.0.found
+            || cache.options.mode != CacheMode::Distributed
+            || lock(&cache.store).has_entry(key)
+        {
+            return read;
+        }
+        let owners = self.owners(cache, key);
+        self.read_elsewhere(cache, key, &owners)
+            .await
+            .unwrap_or(read)
+    }
+
+    /// The value of `key` on one of the other `owners`, if one has it.
     async fn read_elsewhere(
         &self,
         cache: &Cache,
@@ -451,10 +461,8 @@ impl Caches {
         owners: &[String],
     ) -> Option<(CacheOutcome, Bytes)> {
         for owner in owners.iter().filter(|owner| **owner != self.node) {
-            let get = PeerRequest::Op {
-                call: CacheOp::Get {
-                    key: key.to_string(),
-                },
+            let get = PeerRequest::Read {
+                key: key.to_string(),
             };
             if let Ok((PeerAnswer::Done { outcome }, value)) =
                 self.peers.call(owner, &cache.name, get, Bytes::new()).await
@@ -547,8 +555,7 @@ impl Caches {
         body: Bytes,
     ) -> (PeerAnswer, Bytes) {
         let Some(cache) = self.get(name) else {
-            let reason = format!("cache '{name}' is not open on {}", self.node);
-            return (PeerAnswer::Failed { reason }, Bytes::new());
+            return (PeerAnswer::NotOpen {}, Bytes::new());
         };
         if !cache.ready.load(Ordering::Acquire) && !matches!(request, PeerRequest::Apply { .. }) {
             let reason = format!("cache '{name}' is still joining on {}", self.node);
@@ -559,6 +566,10 @@ impl Caches {
             PeerRequest::Op {
                 call: CacheOp::Get { key },
             } => {
+                let (outcome, value) = self.read_owned(&cache, &key).await;
+                (PeerAnswer::Done { outcome }, value)
+            }
+            PeerRequest::Read { key } => {
                 let (outcome, value) = self.read(&cache, &key);
                 (PeerAnswer::Done { outcome }, value)
             }

@@ -80,6 +80,8 @@ impl Peers {
 pub enum PeerRequest {
     /// Carry out `call` as the key's primary owner (the body as the app sent it).
     Op { call: CacheOp },
+    /// The value of `key` here, as this node holds it (no looking elsewhere).
+    Read { key: String },
     /// Store these copies if they are newer (the body holds their values).
     Apply { entries: Vec<WireEntry> },
     /// Drop these keys: they were written elsewhere (an invalidated cache).
@@ -102,6 +104,8 @@ pub enum PeerAnswer {
     Entries { entries: Vec<WireEntry>, more: bool },
     /// The request could not be carried out.
     Failed { reason: String },
+    /// The node does not hold the cache (any more: it may have restarted).
+    NotOpen {},
 }
 
 /// An entry's metadata on the wire (or on disk); `len` is none for a removed key.

@@ -9,12 +9,14 @@ use bytes::Bytes;
 use immutant_protocol::CacheMode;
 
 use super::peer::{PeerAnswer, PeerRequest, pack};
-use super::store::Entry;
+use super::store::{Entry, Version};
 use super::{Cache, Caches, lock};
 use crate::shutdown::Shutdown;
 
 /// How long the view must stay still before distributed entries move.
 const REBALANCE_SETTLE: Duration = Duration::from_millis(200);
+/// How often a hand-over or merge that did not get through is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Caches {
     /// When the members holding a distributed cache change, gives each entry to its new owners
@@ -26,8 +28,10 @@ impl Caches {
         let mut view = cluster.view();
         let mut seen: HashMap<String, Vec<String>> = HashMap::new();
         loop {
+            // On every change of the view, and every second for what did not get through.
             tokio::select! {
                 changed = view.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(RETRY_INTERVAL) => {}
                 _ = shutdown.cancelled() => return,
             }
             tokio::time::sleep(REBALANCE_SETTLE).await;
@@ -51,7 +55,7 @@ impl Caches {
                 if seen.get(&cache.name) == Some(&holders) {
                     continue;
                 }
-                // Tried again at the next change of the view if a copy did not get through.
+                // Tried again in a second if a copy did not get through.
                 if self.hand_over(&cache).await {
                     seen.insert(cache.name.clone(), holders);
                 }
@@ -83,7 +87,7 @@ impl Caches {
         for (key, entry) in snapshot {
             let owners = self.owners(cache, &key);
             if !owners.contains(&self.node) {
-                not_mine.push(key.clone());
+                not_mine.push((key.clone(), entry.version));
             }
             for owner in owners.into_iter().filter(|owner| *owner != self.node) {
                 by_owner
@@ -92,30 +96,59 @@ impl Caches {
                     .push((key.clone(), entry.clone()));
             }
         }
-        let copies = by_owner.into_iter().flat_map(|(owner, entries)| {
-            pages(entries).into_iter().map(move |page| {
+        // Owners in parallel, each one's pages one after another (so that none waits in line
+        // past its timeout).
+        let copies = by_owner.into_iter().map(|(owner, entries)| async move {
+            for page in pages(entries) {
                 let (entries, values) = pack(&page);
-                let (peers, owner) = (self.peers.clone(), owner.clone());
-                async move {
-                    let request = PeerRequest::Apply { entries };
-                    let answer = peers.call(&owner, &cache.name, request, values).await;
-                    matches!(answer, Ok((PeerAnswer::Done { .. }, _)))
+                let request = PeerRequest::Apply { entries };
+                let answer = self.peers.call(&owner, &cache.name, request, values).await;
+                if !matches!(answer, Ok((PeerAnswer::Done { .. }, _))) {
+                    return false;
                 }
-            })
+            }
+            true
         });
         let copied = futures_util::future::join_all(copies).await;
         let all = copied.iter().all(|ok| *ok);
         if all {
-            let mut store = lock(&cache.store);
-            for key in not_mine {
-                store.invalidate(&key);
-            }
+            self.drop_given_away(cache, not_mine).await;
         }
         all
     }
+
+    /// Drops the entries handed over (`given`: keys and the versions handed over) that this
+    /// node still does not own and that were not written since, from memory and from disk.
+    async fn drop_given_away(&self, cache: &Cache, given: Vec<(String, Version)>) {
+        let _saving = cache.saving.lock().await;
+        let dropped: Vec<String> = {
+            let mut store = lock(&cache.store);
+            let dropped: Vec<String> = given
+                .into_iter()
+                .filter(|(key, version)| {
+                    store.version_of(key) == Some(*version)
+                        && !self.owners(cache, key).contains(&self.node)
+                })
+                .map(|(key, _)| key)
+                .collect();
+            for key in &dropped {
+                store.invalidate(key);
+            }
+            dropped
+        };
+        if let Some(persistence) = &cache.persistence
+            && let Err(error) = persistence.forget(&cache.name, dropped).await
+        {
+            tracing::warn!("cache {}: {error}", cache.name);
+        }
+    }
 }
 
-/// How many bytes of values go in one frame between nodes, well under the frame limit.
+/// About how many bytes of JSON metadata an entry adds to a frame's header.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// How many bytes (keys, values and their metadata) go in one frame between nodes, well under
+/// the frame limit (the 16 MiB message size and a header).
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Entries in pages of about [`PAGE_BYTES`] each (an entry larger than that has a page of its
@@ -124,7 +157,9 @@ fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
     let mut pages: Vec<Vec<(String, Entry)>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {
-        let size = entry.0.len() + entry.1.value.as_ref().map_or(0, Bytes::len);
+        // The key twice (header and body) and the entry's JSON metadata in the header.
+        let size =
+            2 * entry.0.len() + ENTRY_OVERHEAD + entry.1.value.as_ref().map_or(0, Bytes::len);
         match pages.last_mut() {
             Some(page) if bytes + size <= PAGE_BYTES => {
                 bytes += size;

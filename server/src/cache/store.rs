@@ -152,6 +152,16 @@ impl Store {
         value
     }
 
+    /// The version of this node's entry for `key`, if it has one.
+    pub fn version_of(&self, key: &str) -> Option<Version> {
+        self.entries.get(key).map(|entry| entry.version)
+    }
+
+    /// Whether this node has any entry for `key`: a value (live or expired) or a removal.
+    pub fn has_entry(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// The live value of `key`, without counting it as a read.
     fn peek(&self, key: &str, now: u64) -> Option<Bytes> {
         self.entries

@@ -234,6 +234,9 @@ impl Firing {
         let elected = coordination.is_some();
         let mut epochs = self.context.singleton_epoch.clone();
         let mut local: Option<Progress> = None;
+        // The record as the primary answered a compare and swap that failed: read again from it,
+        // not from this node's copy, which may be behind.
+        let mut answered: Option<(Option<Progress>, Option<Bytes>)> = None;
         // Every member with the job holds its progress, so that whichever takes over has it.
         if let Some(caches) = &coordination {
             while let Err(error) = self.open_progress(caches).await {
@@ -262,8 +265,9 @@ impl Firing {
                 continue;
             };
             // What the cluster recorded, as it is stored (to swap it for the next record).
-            let (progress, stored) = match &coordination {
-                Some(caches) => match self.recorded(caches).await {
+            let (progress, stored) = match (&coordination, answered.take()) {
+                (Some(_), Some(answered)) => answered,
+                (Some(caches), None) => match self.recorded(caches).await {
                     Ok(recorded) => recorded,
                     Err(error) => {
                         warn!("job {} of {}: {error}", self.name, self.context.app);
@@ -271,7 +275,7 @@ impl Firing {
                         continue;
                     }
                 },
-                None => (local.clone(), None),
+                (None, _) => (local.clone(), None),
             };
             let (fired, next) = match &progress {
                 Some(progress) => (
@@ -322,8 +326,9 @@ impl Firing {
                     // A compare and swap: if another node recorded this firing first (two
                     // masters for a moment), this one does not fire it.
                     match self.record(caches, stored, &next_progress).await {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(None) => {}
+                        Ok(Some(current)) => {
+                            answered = Some(current);
                             tokio::time::sleep(RECORD_RETRY).await;
                             continue;
                         }
@@ -369,23 +374,27 @@ impl Firing {
         let (outcome, value) = caches
             .call(&progress_cache(&self.context.app), get, Bytes::new())
             .await?;
-        if !outcome.found {
-            return Ok((None, None));
-        }
-        let progress = serde_json::from_slice::<Progress>(&value)
-            .ok()
-            .filter(|progress| progress.spec == self.spec && progress.build == self.context.build);
-        Ok((progress, Some(value)))
+        Ok(self.decode(outcome.found.then_some(value)))
     }
 
-    /// Records `progress` in place of `stored` (or where there was none); false if the record
-    /// had changed meanwhile.
+    /// A stored record, and the progress it holds for this job and build (none if it is for
+    /// another schedule or build).
+    fn decode(&self, stored: Option<Bytes>) -> (Option<Progress>, Option<Bytes>) {
+        let progress = stored
+            .as_ref()
+            .and_then(|value| serde_json::from_slice::<Progress>(value).ok())
+            .filter(|progress| progress.spec == self.spec && progress.build == self.context.build);
+        (progress, stored)
+    }
+
+    /// Records `progress` in place of `stored` (or where there was none). If the record had
+    /// changed meanwhile, nothing is written and the answer is the record as it is now.
     async fn record(
         &self,
         caches: &Caches,
         stored: Option<Bytes>,
         progress: &Progress,
-    ) -> Result<bool, CacheError> {
+    ) -> Result<Option<(Option<Progress>, Option<Bytes>)>, CacheError> {
         let key = self.name.clone();
         let value = serde_json::to_vec(progress).unwrap_or_default();
         let (op, body) = match stored {
@@ -403,8 +412,8 @@ impl Firing {
             ),
         };
         let cache = progress_cache(&self.context.app);
-        let (outcome, _) = caches.call(&cache, op, body).await?;
-        Ok(outcome.applied)
+        let (outcome, current) = caches.call(&cache, op, body).await?;
+        Ok((!outcome.applied).then(|| self.decode(outcome.found.then_some(current))))
     }
 
     /// Opens the app's progress cache (replicated, synchronous) on this node.

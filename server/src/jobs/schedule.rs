@@ -74,7 +74,8 @@ pub enum ScheduleError {
     CronInvalid { expression: String, reason: String },
     /// A schedule with no firing left (Quartz: "the given trigger will never fire").
     #[error(
-        "the job would never fire ({schedule}): its `until` is before its first firing, or its          cron expression matches no time to come"
+        "the job would never fire ({schedule}): its `until` is before its first firing, or its \
+         cron expression matches no time to come"
     )]
     NeverFires { schedule: String },
     /// A job without a name.
