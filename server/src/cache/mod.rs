@@ -35,7 +35,7 @@ use crate::shutdown::Shutdown;
 use peer::{PeerAnswer, PeerRequest, Peers, pack, unpack};
 use persist::Persistence;
 use placement::writer_id;
-use rebalance::page_after;
+use rebalance::{page_after, page_bytes};
 use store::{Entry, Store};
 
 /// How many times a write looks for its primary owner before giving up.
@@ -111,6 +111,8 @@ pub struct Caches {
     /// This node in entry versions: its generation, then a hash of its name to tell apart
     /// two nodes started in the same millisecond.
     writer: u64,
+    /// How many bytes of entries go in one frame to another node.
+    page_bytes: usize,
     cluster: Option<Arc<Cluster>>,
     peers: Arc<Peers>,
     data_dir: PathBuf,
@@ -121,19 +123,22 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// The caches of the node `node` (of `generation`), with sweeping of expired entries and,
-    /// in a cluster, rebalancing going until `shutdown`.
+    /// The caches of the node `node` (of `generation`, its frames to other nodes carrying up
+    /// to `max_message_size` bytes), with sweeping of expired entries and, in a cluster,
+    /// rebalancing going until `shutdown`.
     pub fn start(
         node: &str,
         generation: u64,
         cluster: Option<Arc<Cluster>>,
         peers: Arc<Peers>,
         data_dir: PathBuf,
+        max_message_size: u64,
         shutdown: Shutdown,
     ) -> Arc<Caches> {
         let caches = Arc::new(Caches {
             node: node.to_string(),
             writer: writer_id(node, generation),
+            page_bytes: page_bytes(max_message_size),
             cluster,
             peers,
             data_dir,
@@ -607,7 +612,8 @@ impl Caches {
                 // Joined first, then the snapshot: a write either reaches the joiner as a copy
                 // or is in the snapshot.
                 lock(&cache.joined).insert(from.to_string());
-                let (page, more) = page_after(lock(&cache.store).snapshot(), after.as_deref());
+                let snapshot = lock(&cache.store).snapshot();
+                let (page, more) = page_after(snapshot, after.as_deref(), self.page_bytes);
                 let (entries, values) = pack(&page);
                 (PeerAnswer::Entries { entries, more }, values)
             }

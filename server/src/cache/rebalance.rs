@@ -99,7 +99,7 @@ impl Caches {
         // Owners in parallel, each one's pages one after another (so that none waits in line
         // past its timeout).
         let copies = by_owner.into_iter().map(|(owner, entries)| async move {
-            for page in pages(entries) {
+            for page in pages(entries, self.page_bytes) {
                 let (entries, values) = pack(&page);
                 let request = PeerRequest::Apply { entries };
                 let answer = self.peers.call(&owner, &cache.name, request, values).await;
@@ -147,13 +147,18 @@ impl Caches {
 /// About how many bytes of JSON metadata an entry adds to a frame's header.
 const ENTRY_OVERHEAD: usize = 160;
 
-/// How many bytes (keys, values and their metadata) go in one frame between nodes, well under
-/// the frame limit (the 16 MiB message size and a header).
+/// How many bytes (keys, values and their metadata) go in one frame between nodes at most.
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Entries in pages of about [`PAGE_BYTES`] each (an entry larger than that has a page of its
+/// How many bytes go in one page for nodes whose frames carry up to `max_message_size` bytes:
+/// well under it.
+pub(super) fn page_bytes(max_message_size: u64) -> usize {
+    PAGE_BYTES.min((max_message_size / 2) as usize)
+}
+
+/// Entries in pages of about `limit` bytes each (an entry larger than that has a page of its
 /// own).
-fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
+fn pages(entries: Vec<(String, Entry)>, limit: usize) -> Vec<Vec<(String, Entry)>> {
     let mut pages: Vec<Vec<(String, Entry)>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {
@@ -161,7 +166,7 @@ fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
         let size =
             2 * entry.0.len() + ENTRY_OVERHEAD + entry.1.value.as_ref().map_or(0, Bytes::len);
         match pages.last_mut() {
-            Some(page) if bytes + size <= PAGE_BYTES => {
+            Some(page) if bytes + size <= limit => {
                 bytes += size;
                 page.push(entry);
             }
@@ -174,18 +179,19 @@ fn pages(entries: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
     pages
 }
 
-/// The page of `snapshot`'s entries (in key order) after the key `after`, and whether more
-/// follow it.
+/// The page (of about `limit` bytes) of `snapshot`'s entries in key order after the key
+/// `after`, and whether more follow it.
 pub(super) fn page_after(
     mut snapshot: Vec<(String, Entry)>,
     after: Option<&str>,
+    limit: usize,
 ) -> (Vec<(String, Entry)>, bool) {
     snapshot.sort_by(|a, b| a.0.cmp(&b.0));
     let rest: Vec<(String, Entry)> = snapshot
         .into_iter()
         .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
         .collect();
-    let mut pages = pages(rest).into_iter();
+    let mut pages = pages(rest, limit).into_iter();
     let page = pages.next().unwrap_or_default();
     (page, pages.next().is_some())
 }
@@ -211,7 +217,7 @@ mod tests {
         let mut after: Option<String> = None;
         let mut seen = Vec::new();
         loop {
-            let (page, more) = page_after(snapshot.clone(), after.as_deref());
+            let (page, more) = page_after(snapshot.clone(), after.as_deref(), PAGE_BYTES);
             let bytes: usize = page
                 .iter()
                 .map(|(_, e)| e.value.as_ref().map_or(0, Bytes::len))

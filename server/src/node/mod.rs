@@ -111,6 +111,7 @@ pub async fn run(
         cluster.clone(),
         peers.clone(),
         config.data_dir.clone(),
+        max_message_size,
         shutdown.clone(),
     );
     if let (Some(cluster), Some(links)) = (&cluster, links) {
