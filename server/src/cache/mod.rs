@@ -62,8 +62,6 @@ pub enum CacheError {
         "no owner of key '{key}' in cache '{cache}' answers; the cluster may be changing, try again"
     )]
     Unavailable { cache: String, key: String },
-    #[error("{node} could not carry out the cache operation: {reason}")]
-    Remote { node: String, reason: String },
     #[error("the cache storage failed: {0}")]
     Storage(String),
 }
@@ -198,7 +196,8 @@ impl Caches {
             };
         }
         let elsewhere = self.cluster.as_ref().and_then(|cluster| {
-            let view = cluster.view().borrow().clone();
+            let view = cluster.view();
+            let view = view.borrow();
             view.members
                 .iter()
                 .find_map(|member| member.caches.get(name).cloned())
@@ -262,12 +261,9 @@ impl Caches {
 
     /// Joins the cache on every member that holds it, taking in every entry they have.
     async fn transfer_state(&self, cache: &Cache) {
-        let holders: Vec<String> = self
-            .view_members()
-            .into_iter()
-            .filter(|(name, caches)| *name != self.node && caches.contains(&cache.name))
-            .map(|(name, _)| name)
-            .collect();
+        let holders = self.members_where(|member| {
+            member.name != self.node && member.caches.contains_key(&cache.name)
+        });
         for holder in holders {
             self.join(cache, &holder).await;
         }

@@ -2,37 +2,37 @@
 //! (all of them for a replicated cache, the oldest first; `owners` of them by rendezvous hashing
 //! for a distributed one).
 
-use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 
 use immutant_protocol::CacheMode;
 
 use super::{Cache, Caches, lock};
+use crate::cluster::Member;
 
 impl Caches {
-    /// The members of the view (this node first if the view is empty) with their caches.
-    pub(super) fn view_members(&self) -> Vec<(String, BTreeSet<String>)> {
+    /// The names of the members of the view, oldest first, that `keep` picks (none on a
+    /// standalone node). Read in place: this runs on every write.
+    pub(super) fn members_where(&self, keep: impl Fn(&Member) -> bool) -> Vec<String> {
         let Some(cluster) = &self.cluster else {
             return Vec::new();
         };
-        let view = cluster.view().borrow().clone();
+        let view = cluster.view();
+        let view = view.borrow();
         view.members
-            .into_iter()
-            .map(|member| (member.name, member.caches.into_keys().collect()))
+            .iter()
+            .filter(|member| keep(member))
+            .map(|member| member.name.clone())
             .collect()
     }
 
     /// The members that hold `cache`, oldest first (this node included).
     pub(super) fn holders(&self, cache: &Cache) -> Vec<String> {
         let joined = lock(&cache.joined).clone();
-        let holders: Vec<String> = self
-            .view_members()
-            .into_iter()
-            .filter(|(name, caches)| {
-                *name == self.node || caches.contains(&cache.name) || joined.contains(name)
-            })
-            .map(|(name, _)| name)
-            .collect();
+        let holders = self.members_where(|member| {
+            member.name == self.node
+                || member.caches.contains_key(&cache.name)
+                || joined.contains(&member.name)
+        });
         if holders.is_empty() {
             vec![self.node.clone()]
         } else {

@@ -36,11 +36,7 @@ impl Caches {
             }
             tokio::time::sleep(REBALANCE_SETTLE).await;
             view.borrow_and_update();
-            let members: BTreeSet<String> = self
-                .view_members()
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
+            let members: BTreeSet<String> = self.members_where(|_| true).into_iter().collect();
             let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
             for cache in caches {
                 lock(&cache.joined).retain(|name| members.contains(name));

@@ -417,13 +417,13 @@ impl Firing {
     }
 
     /// Opens the app's progress cache (replicated, synchronous) on this node.
-    async fn open_progress(&self, caches: &Caches) -> Result<String, CacheError> {
-        let name = progress_cache(&self.context.app);
+    async fn open_progress(&self, caches: &Caches) -> Result<(), CacheError> {
         let options = CacheOptions {
             mode: CacheMode::Replicated,
             ..CacheOptions::default()
         };
+        let name = progress_cache(&self.context.app);
         caches.open(&name, Open::LookupOrCreate, options).await?;
-        Ok(name)
+        Ok(())
     }
 }

@@ -377,18 +377,33 @@ async fn swapper(app: &App) -> immutant::Result<()> {
         worker.await.expect("a swap worker panicked")?;
     }
     println!("swaps done");
-    tokio::spawn(async move {
-        let mut seen = None;
-        loop {
+    print_changes(Duration::from_millis(200), move || {
+        let counters = counters.clone();
+        async move {
             let total: Option<u64> = counters.get("total").await.ok().flatten();
-            if total != seen {
-                println!("total: {}", total.unwrap_or(0));
-                seen = total;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            format!("total: {}", total.unwrap_or(0))
         }
     });
     Ok(())
+}
+
+/// Prints the line `line` makes, every `every`, whenever it differs from the last one.
+fn print_changes<F, Fut>(every: Duration, line: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let now = line().await;
+            if last.as_ref() != Some(&now) {
+                println!("{now}");
+                last = Some(now);
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 /// Shares the replicated cache `shared`: the first node to get there writes ten entries; every
@@ -476,20 +491,16 @@ async fn distributor(app: &App) -> immutant::Result<()> {
             spread.put(format!("entry-{n}"), &n).await?;
         }
     }
-    tokio::spawn(async move {
-        let mut seen = None;
-        loop {
+    print_changes(Duration::from_millis(300), move || {
+        let spread = spread.clone();
+        async move {
             let mut readable = 0;
             for n in 0..30 {
                 if let Ok(Some(_)) = spread.get::<u32>(format!("entry-{n}")).await {
                     readable += 1;
                 }
             }
-            if seen != Some(readable) {
-                println!("readable: {readable}");
-                seen = Some(readable);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            format!("readable: {readable}")
         }
     });
     Ok(())
@@ -504,15 +515,11 @@ async fn invalidator(app: &App) -> immutant::Result<()> {
         .lookup_or_create()
         .await?;
     near.put("k", &app.node_name()).await?;
-    tokio::spawn(async move {
-        let mut seen = None;
-        loop {
+    print_changes(Duration::from_millis(100), move || {
+        let near = near.clone();
+        async move {
             let value: Option<String> = near.get("k").await.ok().flatten();
-            if seen.as_ref() != Some(&value) {
-                println!("k: {value:?}");
-                seen = Some(value);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            format!("k: {value:?}")
         }
     });
     Ok(())
