@@ -161,6 +161,9 @@ pub enum Header {
         cache: String,
         call: crate::CacheOp,
     },
+    /// The app serves HTTP on its web socket (`IMMUTANT_WEB_FD`). Answered by `ok`; the node
+    /// routes requests for the app's context path to it once the app is `ready`.
+    Web { id: u64 },
     /// The app has set itself up and runs.
     Ready {},
     /// The app has stopped everything after a `stop`, and exits.
@@ -172,6 +175,10 @@ pub enum Header {
         node: String,
         app: String,
         max_message_size: u64,
+        /// Where the app's web handler is mounted (`/` or `/name`): requests reach it with
+        /// this prefix taken off their path.
+        #[serde(default = "root_context")]
+        context_path: String,
     },
     /// A request succeeded.
     Ok { id: u64 },
@@ -222,4 +229,8 @@ pub enum Header {
     /// Stop: run every daemon's stop (each within `timeout-ms`), finish in-flight handlers,
     /// answer `stopped`, and exit.
     Stop { timeout_ms: u64 },
+}
+
+fn root_context() -> String {
+    "/".to_string()
 }

@@ -22,6 +22,9 @@ pub struct App {
     handlers: TaskTracker,
     properties: std::sync::Arc<BTreeMap<String, String>>,
     settings: std::sync::Arc<serde_json::Value>,
+    /// The web server, once a handler is mounted.
+    #[cfg(feature = "web")]
+    web: std::sync::Arc<tokio::sync::Mutex<Option<crate::web::WebServer>>>,
 }
 
 impl App {
@@ -44,6 +47,8 @@ impl App {
             handlers: TaskTracker::new(),
             properties: std::sync::Arc::new(properties),
             settings: std::sync::Arc::new(settings),
+            #[cfg(feature = "web")]
+            web: Default::default(),
         })
     }
 
@@ -99,6 +104,21 @@ impl App {
         Cache::open(self.connection.clone(), name, Open::Lookup, options).await
     }
 
+    /// Mounts `router` as the app's web handler: the node serves it at the app's context path
+    /// once the app is ready (see [`crate::web`]). Any tower service of HTTP requests can be
+    /// mounted as `Router::new().fallback_service(service)`.
+    #[cfg(feature = "web")]
+    pub async fn web(&self, router: crate::web::axum::Router) -> Result<()> {
+        let mut web = self.web.lock().await;
+        *web = Some(crate::web::WebServer::start(&self.connection, router).await?);
+        Ok(())
+    }
+
+    /// Where the app's web handler is mounted (`/` or `/name`).
+    pub fn context_path(&self) -> &str {
+        &self.connection.welcome().context_path
+    }
+
     /// A job to schedule: `app.job("name").cron("*/5 * * * * ?").schedule(f).await`.
     pub fn job(&self, name: &str) -> JobBuilder {
         JobBuilder::new(self.connection.clone(), name)
@@ -120,6 +140,11 @@ impl App {
     pub async fn run(self) -> Result<()> {
         self.connection.send(Frame::new(Header::Ready {}))?;
         let limit = Duration::from_millis(self.connection.stop_requested().await);
+        // Web requests in flight finish first: they may use what the daemons provide.
+        #[cfg(feature = "web")]
+        if let Some(web) = self.web.lock().await.take() {
+            web.stop(limit).await;
+        }
         self.connection
             .daemons()
             .stop_all(&self.connection, limit)

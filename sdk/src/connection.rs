@@ -32,6 +32,8 @@ pub struct Welcome {
     pub node: String,
     pub app: String,
     pub max_message_size: u64,
+    /// Where the app's web handler is mounted.
+    pub context_path: String,
 }
 
 /// A delivery for a consumer: the delivery's number (to ack) and the message.
@@ -90,12 +92,14 @@ impl Connection {
                         node,
                         app,
                         max_message_size,
+                        context_path,
                     },
                 ..
             })) => Welcome {
                 node,
                 app,
                 max_message_size,
+                context_path,
             },
             Some(Ok(Frame {
                 header: Header::Error { message, .. },

@@ -24,6 +24,7 @@
 //! - [`daemon`]: long-running services with a start and a stop; singletons in a cluster.
 //! - [`jobs`]: jobs the node fires on a cron schedule or at intervals; singletons in a cluster.
 //! - [`cache`]: local, replicated or distributed caches shared across the cluster.
+//! - `web` (with the `web` feature): an axum router served at the app's context path.
 //!
 //! The node runs the app as a child process and the two talk over an inherited Unix socket
 //! with the frames of [`immutant_protocol`] (see `docs/protocol.md`).
@@ -34,6 +35,8 @@ mod connection;
 pub mod daemon;
 pub mod jobs;
 pub mod messaging;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use app::App;
 pub use cache::Cache;

@@ -139,11 +139,17 @@ impl Base {
     /// `cargo immutant deploy [--name NAME] PROJECT`, which must succeed; apps build in the
     /// shared [`apps_target_dir`].
     pub fn deploy(&self, project: &Path, name: Option<&str>) {
-        let mut command = self.cli(["deploy"]);
-        if let Some(name) = name {
-            command.args(["--name", name]);
+        match name {
+            Some(name) => self.deploy_with(project, &["--name", name]),
+            None => self.deploy_with(project, &[]),
         }
-        let output = command
+    }
+
+    /// `cargo immutant deploy OPTIONS PROJECT`, which must succeed.
+    pub fn deploy_with(&self, project: &Path, options: &[&str]) {
+        let output = self
+            .cli(["deploy"])
+            .args(options)
             .arg(project)
             .env("CARGO_TARGET_DIR", apps_target_dir())
             .output()
@@ -413,6 +419,32 @@ pub fn cluster_name() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("e2e-{}-{next}", std::process::id())
+}
+
+/// A node of the base's install, at `offset`, with a data dir of its own, started.
+pub fn start_node(base: &Base, name: &str, offset: u16, extra: &[&str]) -> Proc {
+    let mut args = base.node_args(name, offset);
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let node = base.run(args);
+    node.wait_for("started in", PATIENCE);
+    node
+}
+
+/// Polls `check` until it holds, failing the test with `what` after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The app the web tests deploy; it shows what it was sent and how.
+pub fn webprobe() -> PathBuf {
+    workspace_root().join("tests/apps/webprobe")
 }
 
 /// A clustered node of the base's install, started.

@@ -2,33 +2,12 @@
 //! daemons at undeploy and redeploy, request/respond, durable topics and what the node refuses.
 //! Every app is built and deployed with the real `cargo immutant`, and runs under a real node.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, counts, free_offset, get_json, get_json_at,
-    numbers_after, probe,
+    BUILD_PATIENCE, Base, PATIENCE, counts, eventually, free_offset, get_json, get_json_at,
+    numbers_after, probe, start_node,
 };
-
-/// A node of the base's install, at a free offset, with a data dir of its own.
-fn start_node(base: &Base, name: &str, offset: u16, extra: &[&str]) -> Proc {
-    let mut args = base.node_args(name, offset);
-    args.extend(extra.iter().map(|arg| arg.to_string()));
-    let node = base.run(args);
-    node.wait_for("started in", PATIENCE);
-    node
-}
-
-/// Polls `check` until it holds, failing the test with `what` after `timeout`.
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn the_seed_app_receives_what_its_daemon_sends_in_order() {

@@ -2,6 +2,7 @@
 //! (messaging through the broker, daemons, readiness) until the app goes away.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -44,6 +45,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
                 node: context.node_name.clone(),
                 app: deployment.name.clone(),
                 max_message_size: context.broker.max_message_size(),
+                context_path: deployment.context_path(),
             };
             let _ = outbox.send(Frame::new(welcome).into());
         }
@@ -76,6 +78,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         singleton_epoch: deployment.singleton_epoch.subscribe(),
         caches: context.cluster.as_ref().map(|_| context.caches.clone()),
         misfire_threshold_ms: context.misfire_threshold_ms,
+        exclusive: deployment.exclusive.subscribe(),
     };
     let session = Session {
         connection,
@@ -85,6 +88,14 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         jobs,
         ended: Shutdown::new(),
     };
+    if !*deployment.exclusive.borrow() {
+        tokio::spawn(start_daemons_when_exclusive(
+            deployment.clone(),
+            session.outbox.clone(),
+            context.cluster.is_some(),
+            session.ended.clone(),
+        ));
+    }
     while let Some(Ok(frame)) = frames.next().await {
         session.handle(frame).await;
     }
@@ -257,7 +268,24 @@ impl Session {
                     let _ = outbox.send(frame.into());
                 });
             }
+            Header::Web { id } => {
+                let deployment = &self.deployment;
+                deployment.web.store(true, Ordering::Relaxed);
+                let hosts = deployment.virtual_hosts();
+                self.context
+                    .web
+                    .mount(&deployment.name, &deployment.context_path(), &hosts);
+                if *deployment.status.borrow() == Status::Running {
+                    self.serve_web();
+                }
+                self.answer(id, Ok(()));
+            }
             Header::Ready {} => {
+                // Web requests go to this process before anyone hears it is ready (a redeploy
+                // stops the old process then).
+                if self.deployment.web.load(Ordering::Relaxed) {
+                    self.serve_web();
+                }
                 self.deployment.set_status(Status::Running);
                 info!("Deployed \"{}\"", self.deployment.name);
                 if let Some(cluster) = &self.context.cluster {
@@ -274,10 +302,20 @@ impl Session {
     /// singleton, or any daemon of a standalone node, at once; a singleton once this node is
     /// elected to run the app's singletons.
     fn start_epoch(&self, singleton: bool) -> Option<u64> {
+        if !*self.deployment.exclusive.borrow() {
+            return None;
+        }
         if !singleton || self.context.cluster.is_none() {
             return Some(1);
         }
         *self.deployment.singleton_epoch.borrow()
+    }
+
+    /// Routes the app's web requests to this process.
+    fn serve_web(&self) {
+        if let Some(backend) = lock(&self.deployment.backend).clone() {
+            self.context.web.up(&self.deployment.name, backend);
+        }
     }
 
     fn send(&self, header: Header) {
@@ -305,6 +343,29 @@ fn refusal(id: u64, error: impl std::fmt::Display) -> Header {
     }
 }
 
+/// Starts the daemons that need no election once the app's earlier process on this node has
+/// stopped (a web app's redeploy runs both for a moment).
+async fn start_daemons_when_exclusive(
+    deployment: Arc<Deployment>,
+    outbox: Outbox,
+    clustered: bool,
+    ended: Shutdown,
+) {
+    let mut exclusive = deployment.exclusive.subscribe();
+    tokio::select! {
+        _ = exclusive.wait_for(|exclusive| *exclusive) => {}
+        _ = ended.cancelled() => return,
+    }
+    let free: Vec<String> = lock(&deployment.daemons)
+        .iter()
+        .filter(|(_, daemon)| !daemon.singleton || !clustered)
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in free {
+        let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch: 1 }).into());
+    }
+}
+
 /// While the app runs, tells the cluster it runs here and starts or stops its singleton daemons
 /// as this node wins or loses the election for them.
 async fn follow_singletons(
@@ -314,9 +375,17 @@ async fn follow_singletons(
     ended: Shutdown,
 ) {
     cluster.set_app(&deployment.name, true).await;
+    let mut exclusive = deployment.exclusive.subscribe();
+    let ready = async {
+        cluster.discovered().await;
+        let _ = exclusive.wait_for(|exclusive| *exclusive).await;
+    };
     tokio::select! {
-        _ = cluster.discovered() => {}
-        _ = ended.cancelled() => return,
+        _ = ready => {}
+        _ = ended.cancelled() => {
+            cluster.set_app(&deployment.name, false).await;
+            return;
+        }
     }
     let election = SingletonElection::new(cluster.singleton_quorum());
     let mut view = cluster.view();

@@ -20,6 +20,7 @@ use crate::deploy::Descriptor;
 use crate::jobs::{AppJobs, JobReport};
 use crate::messaging::{Broker, Outbox};
 use crate::singleton::SingletonElection;
+use crate::web::{Backend, Web};
 
 /// How long an app's daemons may take to stop (Immutant's limit).
 pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
@@ -36,29 +37,11 @@ pub struct AppContext {
     pub cluster: Option<Arc<Cluster>>,
     /// How late a job's firing may run before it counts as misfired.
     pub misfire_threshold_ms: u64,
+    /// Where the apps' web handlers are mounted.
+    pub web: Arc<Web>,
 }
 
 impl AppContext {
-    pub fn new(
-        broker: Arc<Broker>,
-        caches: Arc<Caches>,
-        node_name: String,
-        properties_json: String,
-        deployments_dir: PathBuf,
-        cluster: Option<Arc<Cluster>>,
-        misfire_threshold_ms: u64,
-    ) -> Self {
-        AppContext {
-            broker,
-            caches,
-            node_name,
-            properties_json,
-            deployments_dir,
-            cluster,
-            misfire_threshold_ms,
-        }
-    }
-
     /// The node that runs `app`'s singletons: in a cluster the elected one, if any; on a
     /// standalone node, this one.
     fn singletons_on(&self, app: &str) -> Option<String> {
@@ -96,7 +79,7 @@ pub struct DaemonState {
 pub struct Deployment {
     pub name: String,
     descriptor: Mutex<Option<Descriptor>>,
-    status: Mutex<Status>,
+    status: watch::Sender<Status>,
     daemons: Mutex<BTreeMap<String, DaemonState>>,
     stderr_tail: Mutex<VecDeque<String>>,
     outbox: Mutex<Option<Outbox>>,
@@ -104,6 +87,13 @@ pub struct Deployment {
     singleton_epoch: watch::Sender<Option<u64>>,
     /// The jobs the app scheduled.
     jobs: AppJobs,
+    /// False while the process of an earlier deployment of the app still runs on this node
+    /// (a web app's redeploy overlaps the two): until then this one's daemons and jobs wait.
+    exclusive: watch::Sender<bool>,
+    /// The web server of the app's current process.
+    backend: Mutex<Option<Arc<Backend>>>,
+    /// Whether the app mounted a web handler.
+    web: std::sync::atomic::AtomicBool,
     pid: Mutex<Option<u32>>,
     restarts: AtomicU64,
 }
@@ -122,6 +112,8 @@ pub struct DeploymentReport {
     pub artifact: Option<PathBuf>,
     pub root: Option<PathBuf>,
     pub daemons: BTreeMap<String, DaemonState>,
+    /// Where its web handler is mounted, if it mounted one.
+    pub web: Option<String>,
     /// The node its singletons (daemons and jobs) run on, if it has any and they run.
     pub singletons_on: Option<String>,
     /// Its scheduled jobs.
@@ -136,23 +128,51 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Deployment {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, exclusive: bool) -> Self {
         Deployment {
             name: name.to_string(),
             descriptor: Mutex::new(None),
-            status: Mutex::new(Status::Deploying),
+            status: watch::channel(Status::Deploying).0,
             daemons: Mutex::new(BTreeMap::new()),
             stderr_tail: Mutex::new(VecDeque::new()),
             outbox: Mutex::new(None),
             singleton_epoch: watch::channel(None).0,
             jobs: AppJobs::default(),
+            exclusive: watch::channel(exclusive).0,
+            backend: Mutex::new(None),
+            web: Default::default(),
             pid: Mutex::new(None),
             restarts: AtomicU64::new(0),
         }
     }
 
     fn set_status(&self, status: Status) {
-        *lock(&self.status) = status;
+        self.status.send_replace(status);
+    }
+
+    /// Where the app's web handler is (or would be) mounted: its descriptor's context path,
+    /// else `/<name>`.
+    fn context_path(&self) -> String {
+        lock(&self.descriptor)
+            .as_ref()
+            .and_then(|descriptor| descriptor.context_path.clone())
+            .unwrap_or_else(|| format!("/{}", self.name))
+    }
+
+    /// The virtual hosts its web handler answers (none: every host).
+    fn virtual_hosts(&self) -> Vec<String> {
+        lock(&self.descriptor)
+            .as_ref()
+            .map(|descriptor| descriptor.virtual_host.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the app is ready, or has failed or stopped trying.
+    async fn settled(&self) {
+        let mut status = self.status.subscribe();
+        let _ = status
+            .wait_for(|status| !matches!(status, Status::Deploying))
+            .await;
     }
 
     fn remember_stderr(&self, line: &str) {
@@ -171,12 +191,17 @@ impl Deployment {
             daemons.values().any(|daemon| daemon.singleton) || jobs.iter().any(|job| job.singleton);
         DeploymentReport {
             name: self.name.clone(),
-            status: lock(&self.status).clone(),
+            status: self.status.borrow().clone(),
             pid: *lock(&self.pid),
             restarts: self.restarts.load(Ordering::Relaxed),
             artifact: descriptor.as_ref().map(|d| d.artifact.clone()),
             root: descriptor.and_then(|d| d.root),
             daemons,
+            web: self
+                .web
+                .load(Ordering::Relaxed)
+                .then(|| context.web.mounted_at(&self.name))
+                .flatten(),
             singletons_on: has_singletons
                 .then(|| context.singletons_on(&self.name))
                 .flatten(),
@@ -223,10 +248,11 @@ impl Apps {
             .clone()
     }
 
-    /// Deploys (or redeploys) `name` from its descriptor's text: the old process, if any, is
-    /// stopped gracefully before the new one starts.
+    /// Deploys (or redeploys) `name` from its descriptor's text. The old process, if any, is
+    /// stopped gracefully before the new one starts; but a web app's new process starts first,
+    /// takes the new requests once it is ready, and the old one stops when its requests in
+    /// flight have finished.
     pub fn deploy(self: &Arc<Self>, name: &str, text: &str) {
-        let deployment = Arc::new(Deployment::new(name));
         let parsed = Descriptor::parse(text).and_then(|descriptor| {
             if descriptor.name == name {
                 Ok(descriptor)
@@ -239,19 +265,27 @@ impl Apps {
         });
         let slot = self.slot(name);
         let apps = Arc::clone(self);
+        let name = name.to_string();
         tokio::spawn(async move {
             let mut running = slot.lock().await;
-            if let Some(old) = running.take() {
-                tracing::info!("Redeploying {}", deployment.name);
-                old.stop().await;
-            }
-            lock(&apps.deployments).insert(deployment.name.clone(), deployment.clone());
+            let old = running.take();
+            let overlap = old.is_some() && apps.context.web.serving(&name) && parsed.is_ok();
+            let old = match old {
+                Some(old) if !overlap => {
+                    tracing::info!("Redeploying {name}");
+                    old.stop().await;
+                    None
+                }
+                old => old,
+            };
+            let deployment = Arc::new(Deployment::new(&name, old.is_none()));
+            lock(&apps.deployments).insert(name.clone(), deployment.clone());
             match parsed {
                 Ok(descriptor) => {
                     *lock(&deployment.descriptor) = Some(descriptor.clone());
                     let (stop, stopped) = oneshot::channel();
                     let done = tokio::spawn(supervisor::supervise(
-                        deployment,
+                        deployment.clone(),
                         descriptor,
                         apps.context.clone(),
                         stopped,
@@ -259,14 +293,33 @@ impl Apps {
                     *running = Some(Running { stop, done });
                 }
                 Err(reason) => {
-                    tracing::error!("cannot deploy {}: {reason}", deployment.name);
+                    tracing::error!("cannot deploy {name}: {reason}");
                     deployment.set_status(Status::Failed(reason));
+                }
+            }
+            if let Some(old) = old {
+                tracing::info!(
+                    "Redeploying {name}: the new process takes requests once it is ready"
+                );
+                deployment.settled().await;
+                old.stop().await;
+                deployment.exclusive.send_replace(true);
+                // The old process's route is the new one's only if the new one mounted too.
+                match deployment.status.borrow().clone() {
+                    _ if !deployment.web.load(Ordering::Relaxed) => {
+                        apps.context.web.unmount(&name);
+                    }
+                    Status::Failed(why) | Status::Stopped(why) => {
+                        apps.context.web.set_down(&name, &why);
+                    }
+                    _ => {}
                 }
             }
         });
     }
 
-    /// Undeploys `name`: its process is stopped gracefully (its daemons' stop runs).
+    /// Undeploys `name`: its web requests in flight finish, then its process is stopped
+    /// gracefully (its daemons' stop runs).
     pub fn undeploy(self: &Arc<Self>, name: &str) {
         let slot = self.slot(name);
         let apps = Arc::clone(self);
@@ -276,6 +329,7 @@ impl Apps {
             if let Some(old) = running.take() {
                 old.stop().await;
             }
+            apps.context.web.unmount(&name);
             lock(&apps.deployments).remove(&name);
             tracing::info!("Undeployed \"{name}\"");
         });

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use immutant_protocol::{
-    APP_VAR, Frame, Header, NODE_VAR, PROPERTIES_VAR, SETTINGS_VAR, SOCKET_FD_VAR,
+    APP_VAR, Frame, Header, NODE_VAR, PROPERTIES_VAR, SETTINGS_VAR, SOCKET_FD_VAR, WEB_FD_VAR,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -27,6 +27,11 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The descriptor the app's end of the socket has in the app.
 const APP_SOCKET_FD: i32 = 3;
+/// The descriptor the app's web socket (listening) has in the app.
+const APP_WEB_FD: i32 = 4;
+/// Descriptors at or above this are free in a child about to exec: where its inherited
+/// sockets wait before they move to 3 and 4.
+const SPARE_FD: i32 = 10;
 
 /// Runs the deployment until `stop` fires.
 pub async fn supervise(
@@ -55,6 +60,7 @@ pub async fn supervise(
                 let reason = match status {
                     Ok(status) if status.success() => {
                         info!("{} exited on its own", deployment.name);
+                        web_down(&deployment, &context, "it exited on its own");
                         deployment.set_status(Status::Stopped("the app exited on its own".to_string()));
                         let _ = stop.await;
                         return;
@@ -74,11 +80,14 @@ pub async fn supervise(
                         tail.join(" | ")
                     );
                     error!("{reason}");
+                    web_down(&deployment, &context, &format!("it failed: {reason}"));
                     deployment.set_status(Status::Failed(reason));
                     let _ = stop.await;
                     return;
                 }
                 let backoff = FIRST_BACKOFF * 2u32.pow(crashes - 1);
+                let why = format!("it {reason} and restarts in {} ms", backoff.as_millis());
+                web_down(&deployment, &context, &why);
                 warn!("{} {reason}; restarting it in {} ms", deployment.name, backoff.as_millis());
                 deployment.restarts.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
@@ -90,6 +99,7 @@ pub async fn supervise(
                 }
             }
             _ = &mut stop => {
+                drain(&deployment, &context).await;
                 stop_gracefully(&deployment, &mut child).await;
                 deployment.set_status(Status::Stopped("undeployed".to_string()));
                 return;
@@ -113,7 +123,9 @@ fn spawn(
     }
     let (node_end, app_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot make its socket: {e}"))?;
+    let (web_listener, backend) = context.web.sockets.listen()?;
     let app_fd = app_end.as_raw_fd();
+    let web_fd = web_listener.as_raw_fd();
     let settings = serde_json::to_string(&descriptor.settings).unwrap_or_else(|_| "{}".to_string());
     let workdir = descriptor
         .root
@@ -123,6 +135,7 @@ fn spawn(
     let mut command = Command::new(&artifact);
     command
         .env(SOCKET_FD_VAR, APP_SOCKET_FD.to_string())
+        .env(WEB_FD_VAR, APP_WEB_FD.to_string())
         .env(APP_VAR, &deployment.name)
         .env(NODE_VAR, &context.node_name)
         .env(PROPERTIES_VAR, &context.properties_json)
@@ -138,12 +151,13 @@ fn spawn(
     // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            let moved = if app_fd == APP_SOCKET_FD {
-                libc::fcntl(APP_SOCKET_FD, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(app_fd, APP_SOCKET_FD)
-            };
-            if moved == -1 {
+            // Out of the way first (closed at exec), so that neither lands on the other's place.
+            let spare = [app_fd, web_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, SPARE_FD));
+            let moved = [
+                libc::dup2(spare[0], APP_SOCKET_FD),
+                libc::dup2(spare[1], APP_WEB_FD),
+            ];
+            if spare.contains(&-1) || moved.contains(&-1) {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -153,6 +167,8 @@ fn spawn(
         .spawn()
         .map_err(|error| format!("cannot run {}: {error}", artifact.display()))?;
     drop(app_end);
+    drop(web_listener);
+    *lock(&deployment.backend) = Some(backend);
     *lock(&deployment.pid) = child.id();
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(relay(deployment.clone(), stdout, false));
@@ -170,6 +186,34 @@ fn spawn(
         context.clone(),
     ));
     Ok(child)
+}
+
+/// The app's process no longer serves web requests: they are told `why`.
+fn web_down(deployment: &Deployment, context: &AppContext, why: &str) {
+    if let Some(backend) = lock(&deployment.backend).take() {
+        context.web.down(&deployment.name, &backend, why);
+    }
+}
+
+/// Before the app is asked to stop: no new web requests go to it (unless they go to a newer
+/// process of the app already), and those in flight finish, within the daemons' limit.
+async fn drain(deployment: &Deployment, context: &AppContext) {
+    let Some(backend) = lock(&deployment.backend).clone() else {
+        return;
+    };
+    context
+        .web
+        .down(&deployment.name, &backend, "it is stopping");
+    let limit = Duration::from_millis(DAEMON_STOP_LIMIT_MS);
+    if !backend.drained(limit).await {
+        warn!(
+            "{} still had {} web requests in flight after {} s; stopping it anyway",
+            deployment.name,
+            backend.in_flight(),
+            limit.as_secs()
+        );
+    }
+    lock(&deployment.backend).take();
 }
 
 /// Prints each line the app writes, with its name in front; keeps the last ones of stderr.

@@ -65,6 +65,8 @@ pub struct Cluster {
     /// Members whose link dropped and could not be opened again, by name and generation, with
     /// when: out of the view at once, before gossip notices (what FD_SOCK did for JGroups).
     suspects: watch::Sender<BTreeMap<(String, u64), tokio::time::Instant>>,
+    /// How many processes of each app run here: two overlap while a web app is redeployed.
+    app_processes: std::sync::Mutex<BTreeMap<String, usize>>,
 }
 
 impl Cluster {
@@ -124,6 +126,7 @@ impl Cluster {
             generation,
             joined: tokio::time::Instant::now(),
             suspects,
+            app_processes: Default::default(),
         });
         cluster.discover(node, gossip_addr);
         Ok(cluster)
@@ -184,11 +187,21 @@ impl Cluster {
         self.config.singleton_quorum
     }
 
-    /// Tells the cluster whether `app` is deployed and running here.
+    /// Tells the cluster that a process of `app` runs here (`running`) or no longer does: the
+    /// app runs here while any of its processes does.
     pub async fn set_app(&self, app: &str, running: bool) {
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
         let key = format!("{APP_KEY_PREFIX}{app}");
+        let running = {
+            let mut processes = crate::apps::lock(&self.app_processes);
+            let count = processes.entry(app.to_string()).or_default();
+            *count = match running {
+                true => *count + 1,
+                false => count.saturating_sub(1),
+            };
+            *count > 0
+        };
         if running {
             chitchat.self_node_state().set(key, "running");
         } else {

@@ -109,6 +109,8 @@ pub struct JobContext {
     /// The caches, when clustered: where singleton jobs record their progress.
     pub caches: Option<Arc<Caches>>,
     pub misfire_threshold_ms: u64,
+    /// False while an earlier process of the app still runs on this node: jobs wait for it.
+    pub exclusive: watch::Receiver<bool>,
 }
 
 /// The jobs of one app's connection.
@@ -232,6 +234,12 @@ impl Firing {
     /// elected, recording its progress in the cluster; without, always, keeping it in memory.
     async fn run(self, coordination: Option<Arc<Caches>>) {
         let elected = coordination.is_some();
+        let _ = self
+            .context
+            .exclusive
+            .clone()
+            .wait_for(|exclusive| *exclusive)
+            .await;
         let mut epochs = self.context.singleton_epoch.clone();
         let mut local: Option<Progress> = None;
         // The record as the primary answered a compare and swap that failed: read again from it,

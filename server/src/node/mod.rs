@@ -122,18 +122,27 @@ pub async fn run(
         };
         cluster::links::start(links, cluster.clone(), services, shutdown.clone());
     }
-    let apps = Arc::new(Apps::new(AppContext::new(
-        broker.clone(),
-        caches.clone(),
-        config.node_name.clone(),
-        serde_json::to_string(&all_properties).unwrap_or_default(),
-        config.deployments.clone(),
-        cluster.clone(),
-        properties
+    let web = Arc::new(
+        web::Web::new(config.node_name.clone(), config.data_dir.join("web")).map_err(|source| {
+            NodeError::DataDir {
+                path: config.data_dir.join("web"),
+                source,
+            }
+        })?,
+    );
+    let apps = Arc::new(Apps::new(AppContext {
+        broker: broker.clone(),
+        caches: caches.clone(),
+        node_name: config.node_name.clone(),
+        properties_json: serde_json::to_string(&all_properties).unwrap_or_default(),
+        deployments_dir: config.deployments.clone(),
+        cluster: cluster.clone(),
+        misfire_threshold_ms: properties
             .get("immutant.jobs.misfire-threshold")
             .and_then(|value| value.parse().ok())
             .unwrap_or(60_000),
-    )));
+        web: web.clone(),
+    }));
     let registration = registry::Registration::record(&properties.home(), &config);
 
     let scanner = {
@@ -150,13 +159,14 @@ pub async fn run(
         caches,
     });
     let servers = [
-        ("HTTP", http, web::router(config.node_name.clone())),
+        ("HTTP", http, web::router(web)),
         ("management", management, management::router(info)),
     ]
     .map(|(name, listener, router)| {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
                 .map_err(|source| NodeError::Serve { name, source })

@@ -1,0 +1,93 @@
+//! Web: the app's HTTP handler, which its node serves at the app's context path (`/<name>` by
+//! default, or `context-path` in `[package.metadata.immutant]`) and virtual hosts.
+//!
+//! ```no_run
+//! use immutant::web::axum::{Router, routing::get};
+//!
+//! # async fn example() -> immutant::Result<()> {
+//! let app = immutant::App::connect().await?;
+//! app.web(Router::new().route("/", get(|| async { "hello" }))).await?;
+//! app.run().await
+//! # }
+//! ```
+//!
+//! The handler sees each path relative to the context path (a request for `/example/hi`
+//! reaches the app of `/example` as `/hi`); [`ContextPath`], in every request's extensions,
+//! and the `X-Forwarded-Prefix` header say what was taken off, for links. The node passes
+//! `X-Forwarded-For`, `-Proto` and `-Host` too. Bodies stream both ways and WebSocket upgrades
+//! pass through. The node reaches the app over a Unix socket it made for this process alone:
+//! no TCP port is opened.
+//!
+//! When the node stops the app, the web server stops taking connections and lets the requests
+//! in flight finish (within the stop's limit) before daemons are stopped.
+
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use immutant_protocol::{Frame, Header, WEB_FD_VAR};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::connection::Connection;
+use crate::{Error, Result};
+
+pub use axum;
+
+/// The context path the app is mounted at (`/` or `/name`), in every request's extensions:
+/// `Extension(ContextPath(prefix))` in a handler's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextPath(pub String);
+
+/// The app's web server, while it runs.
+pub(crate) struct WebServer {
+    stop: watch::Sender<bool>,
+    done: JoinHandle<()>,
+}
+
+impl WebServer {
+    /// Serves `router` on the socket the node handed down, and tells the node.
+    pub(crate) async fn start(connection: &Connection, router: Router) -> Result<WebServer> {
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        if TAKEN.swap(true, Ordering::SeqCst) {
+            return Err(Error::Node(
+                "this app has mounted a web handler already; merge your routers into one (Router::merge or Router::nest) and mount that".to_string(),
+            ));
+        }
+        let fd: i32 = std::env::var(WEB_FD_VAR)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .ok_or(Error::NotInNode(WEB_FD_VAR))?;
+        // SAFETY: the node started this process with a listening socket at this descriptor,
+        // and nothing else in the process owns it (TAKEN).
+        let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let context_path = ContextPath(connection.welcome().context_path.clone());
+        let router = router.layer(axum::Extension(context_path));
+        let (stop, mut stopped) = watch::channel(false);
+        let done = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let serving = axum::serve(listener, router.into_make_service())
+                .with_graceful_shutdown(stopped)
+                .await;
+            if let Err(error) = serving {
+                eprintln!("immutant: the web server failed: {error}");
+            }
+        });
+        let id = connection.next_id();
+        connection.call(id, Frame::new(Header::Web { id })).await?;
+        Ok(WebServer { stop, done })
+    }
+
+    /// Stops taking requests and waits, up to `limit`, for those in flight to finish.
+    pub(crate) async fn stop(self, limit: Duration) {
+        self.stop.send_replace(true);
+        if tokio::time::timeout(limit, self.done).await.is_err() {
+            eprintln!("immutant: web requests still running after {limit:?}; stopping anyway");
+        }
+    }
+}

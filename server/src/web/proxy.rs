@@ -1,0 +1,352 @@
+//! Forwarding one request to the app that serves it: the path made relative to the app's
+//! context, the proxy headers set, bodies streamed both ways, WebSocket (and any other HTTP/1.1)
+//! upgrades tunnelled through, and pages that say why when no app can answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::Web;
+use super::backend::{Backend, InFlight};
+use super::routes::{Route, Target};
+
+/// Seconds a client is told to wait before it retries an app that is down.
+const RETRY_AFTER_SECONDS: &str = "2";
+
+/// Headers that belong to one connection, not to the request: never passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Answers `request`, which came from `client`, with the app that serves it or a page that
+/// says why none does.
+pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -> Response<Body> {
+    let host = request_host(&request);
+    let path = request.uri().path().to_string();
+    let route = {
+        let routes = web.routes();
+        let Some(route) = routes.find(&host, &path) else {
+            let contexts: Vec<String> = routes
+                .for_host(&host)
+                .iter()
+                .map(|route| route.describe())
+                .collect();
+            return not_found(&web.node_name, &host, &path, &contexts);
+        };
+        route.clone()
+    };
+    match &route.target {
+        Target::Up(backend) => forward(&web.node_name, backend, &route, client, request).await,
+        Target::Starting => unavailable(&web.node_name, &route.app, "it is starting"),
+        Target::Down(why) => unavailable(&web.node_name, &route.app, why),
+    }
+}
+
+/// The request's host, lower case and without a port: its `Host` header, or the authority of
+/// its URI (HTTP/2).
+fn request_host(request: &Request<Body>) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(host).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.split(':').next().unwrap_or(host)
+}
+
+async fn forward(
+    node: &str,
+    backend: &Arc<Backend>,
+    route: &Route,
+    client: SocketAddr,
+    mut request: Request<Body>,
+) -> Response<Body> {
+    let in_flight = backend.begin();
+    let upgrade = is_upgrade(request.headers())
+        .then(|| request.extensions_mut().remove::<OnUpgrade>())
+        .flatten();
+    let (mut parts, body) = request.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        let authority = parts.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    parts.uri = relative_uri(&parts.uri, route);
+    parts.version = Version::HTTP_11;
+    let scheme = "http";
+    remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    set_forwarded(
+        &mut parts.headers,
+        client,
+        scheme,
+        host,
+        &route.context_path,
+    );
+    let outgoing = Request::from_parts(parts, body);
+
+    let mut response = match backend.client.request(outgoing).await {
+        Ok(response) => response,
+        Err(error) if error.is_connect() => {
+            return unavailable(node, &route.app, "its process does not answer");
+        }
+        Err(error) => {
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &format!("{} failed to answer", route.app),
+                &format!(
+                    "The app {} did not answer this request: {error}.",
+                    route.app
+                ),
+            );
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = upgrade {
+            let app_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_side, app_side, in_flight));
+        }
+        return response.map(|_| Body::empty());
+    }
+    remove_hop_by_hop(response.headers_mut(), false);
+    // The request stays in flight until its response body has gone out (or the client left).
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _ = &in_flight;
+            frame
+        }))
+    })
+}
+
+/// Carries bytes both ways between an upgraded client connection and the app's, until either
+/// closes.
+async fn tunnel(client_side: OnUpgrade, app_side: OnUpgrade, _in_flight: InFlight) {
+    let (Ok(client_side), Ok(app_side)) = (client_side.await, app_side.await) else {
+        return;
+    };
+    let _ =
+        tokio::io::copy_bidirectional(&mut TokioIo::new(client_side), &mut TokioIo::new(app_side))
+            .await;
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Takes out the headers that belong to one connection (and those the `Connection` header
+/// names); an upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !(upgrading && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The URI the app sees: its path relative to the context path, and the query.
+fn relative_uri(uri: &Uri, route: &Route) -> Uri {
+    let path = route.relative(uri.path());
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    // The authority only names the pool: the connection goes to the app's socket.
+    format!("http://app{path_and_query}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("http://app/"))
+}
+
+/// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there),
+/// the scheme, the host it asked for, and the context path taken off.
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    scheme: &'static str,
+    host: Option<HeaderValue>,
+    context_path: &str,
+) {
+    let for_ = match headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(list) => format!("{list}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&for_) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    match host {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host.clone());
+            headers.insert(header::HOST, host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+    match HeaderValue::from_str(context_path) {
+        Ok(prefix) if context_path != "/" => {
+            headers.insert("x-forwarded-prefix", prefix);
+        }
+        _ => {
+            headers.remove("x-forwarded-prefix");
+        }
+    }
+}
+
+/// 503 for an app that cannot answer now, saying which and why.
+fn unavailable(node: &str, app: &str, why: &str) -> Response<Body> {
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("{app} is unavailable"),
+        &format!("The app {app} on node {node} cannot answer now: {why}. Try again in a moment."),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+/// 404 for a path no app is mounted at, naming the contexts that are.
+fn not_found(node: &str, host: &str, path: &str, contexts: &[String]) -> Response<Body> {
+    let mounted = match contexts {
+        [] => "No web application is mounted on this node.".to_string(),
+        contexts => format!(
+            "Mounted here: {}.",
+            contexts
+                .iter()
+                .map(|context| context.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let host = match host {
+        "" => String::new(),
+        host => format!(" for host {host}"),
+    };
+    page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        &format!("Immutant node {node}: no web application is mounted at {path}{host}. {mounted}"),
+    )
+}
+
+/// A small HTML page with a title and one paragraph.
+fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status} {title}</title></head>\n<body><h1>{title}</h1>\n<p>{}</p></body></html>\n",
+        escape(text),
+        title = escape(title)
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Body::from(html))
+        .unwrap_or_default()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        remove_hop_by_hop(&mut headers, false);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert!(headers.get(header::UPGRADE).is_none());
+        assert_eq!(headers.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&headers));
+        remove_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(headers.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_add_to_what_a_proxy_before_said() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let host = Some(HeaderValue::from_static("example.com:8080"));
+        set_forwarded(&mut headers, client, "http", host, "/app");
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-host"], "example.com:8080");
+        assert_eq!(headers["x-forwarded-prefix"], "/app");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn hosts_lose_their_ports() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        assert_eq!(escape("<script>&\""), "&lt;script&gt;&amp;&quot;");
+    }
+}

@@ -1,0 +1,350 @@
+//! Web apps on a node: requests routed by virtual host and context path to the app's process,
+//! the proxy headers, HTTP/2, WebSockets, bodies streamed both ways without the node holding
+//! them, 503 while an app is down, and redeploys and undeploys that fail no request.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, eventually, free_offset, get_json, get_json_at, start_node,
+    webprobe,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A response's body as JSON.
+async fn json(
+    response: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> serde_json::Value {
+    let text = response.await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Waits until `url` answers 200 (the app is deployed and ready).
+fn wait_until_served(url: &str, timeout: Duration) {
+    let runtime = runtime();
+    let client = client();
+    eventually(&format!("{url} answering 200"), timeout, || {
+        runtime.block_on(async {
+            let response = client.get(url).send().await;
+            response.is_ok_and(|response| response.status() == 200)
+        })
+    });
+}
+
+/// The pid of the process of `app`, as the node's management API says.
+fn app_pid(management: u16, app: &str) -> Option<i32> {
+    let deployments = get_json_at(management, "deployments");
+    deployments.as_array()?.iter().find(|d| d["name"] == app)?["pid"]
+        .as_i64()
+        .map(|pid| pid as i32)
+}
+
+/// The most memory (resident, in KiB) the process `pid` has held.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn requests_go_to_the_app_of_their_host_and_longest_context_path() {
+    let base = Base::installed();
+    let project = webprobe();
+    base.deploy(&project, Some("alpha"));
+    base.deploy_with(
+        &project,
+        &["--name", "deep", "--context-path", "/alpha/deep"],
+    );
+    base.deploy_with(
+        &project,
+        &[
+            "--name",
+            "shop",
+            "--context-path",
+            "/",
+            "--virtual-host",
+            "shop.test",
+        ],
+    );
+    let offset = free_offset();
+    let node = start_node(&base, "webnode", offset, &[]);
+    let http = format!("http://127.0.0.1:{}", 8080 + offset);
+    wait_until_served(&format!("{http}/alpha/"), BUILD_PATIENCE);
+    wait_until_served(&format!("{http}/alpha/deep/"), PATIENCE);
+    node.wait_for("web mounted at /alpha", PATIENCE);
+
+    let runtime = runtime();
+    runtime.block_on(async {
+        let client = client();
+        let get = |path: &str, host: Option<&str>| {
+            let mut request = client.get(format!("{http}{path}"));
+            if let Some(host) = host {
+                request = request.header("host", host);
+            }
+            request.send()
+        };
+
+        // The app sees its path relative to its context, and the proxy headers.
+        let seen: serde_json::Value = json(get("/alpha/request?x=1", None)).await;
+        assert_eq!(seen["path"], "/request");
+        assert_eq!(seen["query"], "x=1");
+        assert_eq!(seen["context-path"], "/alpha");
+        let headers = &seen["headers"];
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-prefix"], "/alpha");
+        assert_eq!(
+            headers["x-forwarded-host"],
+            format!("127.0.0.1:{}", 8080 + offset)
+        );
+
+        // The longest context path wins; a bare context path is the app's root.
+        let deep: serde_json::Value = json(get("/alpha/deep/request", None)).await;
+        assert_eq!(deep["context-path"], "/alpha/deep");
+        assert_eq!(deep["path"], "/request");
+        let bare = get("/alpha", None).await.unwrap();
+        assert_eq!(bare.status(), 200);
+        assert_eq!(bare.text().await.unwrap(), "hello from webnode\n");
+
+        // A virtual host sees its own apps only.
+        let shop: serde_json::Value = json(get("/request", Some("shop.test"))).await;
+        assert_eq!(shop["context-path"], "/");
+        assert_eq!(shop["path"], "/request");
+        assert_eq!(shop["host"], "shop.test");
+        let elsewhere = get("/alpha/", Some("SHOP.test:80")).await.unwrap();
+        assert_eq!(
+            elsewhere.status(),
+            404,
+            "the shop app has no /alpha/ of its own"
+        );
+
+        // A path no app is mounted at is not found, and the page names what is mounted.
+        let missing = get("/nowhere", None).await.unwrap();
+        assert_eq!(missing.status(), 404);
+        let page = missing.text().await.unwrap();
+        assert!(page.contains("/nowhere"), "{page}");
+        assert!(
+            page.contains("/alpha") && page.contains("/alpha/deep"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("shop.test"),
+            "other hosts' apps stay unnamed: {page}"
+        );
+
+        // HTTP/2 from a client that speaks it from the start.
+        let h2 = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let response = h2.get(format!("{http}/alpha/")).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.text().await.unwrap(), "hello from webnode\n");
+
+        // WebSockets pass through.
+        let url = format!("ws://127.0.0.1:{}/alpha/ws", 8080 + offset);
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        for n in 0..3 {
+            socket
+                .send(Message::text(format!("ping {n}")))
+                .await
+                .unwrap();
+            let echo = socket.next().await.unwrap().unwrap();
+            assert_eq!(
+                echo.into_text().unwrap().as_str(),
+                format!("echo: ping {n}")
+            );
+        }
+        socket.close(None).await.unwrap();
+    });
+
+    // An app that is down answers 503, saying which and why, until it is back.
+    let management = 9990 + offset;
+    let pid = app_pid(management, "alpha").unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (status, retry_after, page) = runtime.block_on(async {
+        let response = client().get(format!("{http}/alpha/")).send().await.unwrap();
+        let retry = response.headers().get("retry-after").cloned();
+        (response.status(), retry, response.text().await.unwrap())
+    });
+    assert_eq!(status, 503, "{page}");
+    assert!(retry_after.is_some(), "Retry-After is set");
+    assert!(
+        page.contains("alpha") && page.contains("killed by signal 9"),
+        "{page}"
+    );
+    wait_until_served(&format!("{http}/alpha/"), PATIENCE);
+    assert_ne!(
+        app_pid(management, "alpha"),
+        Some(pid),
+        "a new process serves"
+    );
+    let deployments = get_json_at(management, "deployments");
+    let alpha = deployments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "alpha")
+        .unwrap();
+    assert_eq!(alpha["web"], "/alpha");
+}
+
+#[test]
+fn large_bodies_stream_through_the_node_without_filling_its_memory() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    const CHUNK: usize = 256 * 1024;
+    let base = Base::installed();
+    base.deploy(&webprobe(), Some("bulk"));
+    let offset = free_offset();
+    let _node = start_node(&base, "bulknode", offset, &[]);
+    let http = format!("http://127.0.0.1:{}", 8080 + offset);
+    wait_until_served(&format!("{http}/bulk/"), BUILD_PATIENCE);
+
+    runtime().block_on(async {
+        let chunks = futures_util::stream::iter(0..SIZE / CHUNK as u64).map(|n| {
+            let chunk: Vec<u8> = (0..CHUNK).map(|i| (n as usize * CHUNK + i) as u8).collect();
+            Ok::<_, std::io::Error>(chunk)
+        });
+        let answer = client()
+            .post(format!("{http}/bulk/upload"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let expected_sum: u64 = (0..SIZE).map(|offset| offset as u8 as u64).sum();
+        assert_eq!(answer, format!("{SIZE} {expected_sum}"));
+
+        let response = client()
+            .get(format!("{http}/bulk/download?size={SIZE}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.bytes_stream();
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.unwrap();
+            for (i, byte) in chunk.iter().enumerate() {
+                assert_eq!(
+                    *byte,
+                    (received + i as u64) as u8,
+                    "byte {}",
+                    received + i as u64
+                );
+            }
+            received += chunk.len() as u64;
+        }
+        assert_eq!(received, SIZE);
+    });
+
+    let management = 9990 + offset;
+    let node_pid = get_json(management)["pid"].as_i64().unwrap() as i32;
+    let app = app_pid(management, "bulk").unwrap();
+    for (what, pid) in [("the node", node_pid), ("the app", app)] {
+        let peak = peak_rss_kib(pid);
+        assert!(
+            peak < 128 * 1024,
+            "{what} held {peak} KiB at its peak while 256 MiB went through each way"
+        );
+    }
+}
+
+#[test]
+fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish() {
+    let base = Base::installed();
+    let project = webprobe();
+    base.deploy(&project, Some("steady"));
+    let offset = free_offset();
+    let node = start_node(&base, "steadynode", offset, &[]);
+    let http = format!("http://127.0.0.1:{}", 8080 + offset);
+    wait_until_served(&format!("{http}/steady/"), BUILD_PATIENCE);
+    let first = app_pid(9990 + offset, "steady").unwrap();
+
+    let runtime = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let pids = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, ok, failed, pids) = (stop.clone(), ok.clone(), failed.clone(), pids.clone());
+            let url = format!("{http}/steady/slow?ms=20");
+            runtime.spawn(async move {
+                let client = client();
+                while !stop.load(Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(response) if response.status() == 200 => {
+                            let pid = response.text().await.unwrap_or_default();
+                            pids.lock().unwrap().insert(pid);
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(response) => {
+                            eprintln!("failed: {}", response.status());
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            eprintln!("failed: {error}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    base.deploy(&project, Some("steady"));
+    eventually("the new process serving", PATIENCE, || {
+        app_pid(9990 + offset, "steady").is_some_and(|pid| pid != first)
+            && pids.lock().unwrap().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        runtime.block_on(task).unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(ok.load(Ordering::Relaxed) > 50, "the load ran");
+    node.wait_for("[steady] web mounted at /steady", Duration::ZERO);
+
+    // An undeploy lets the request in flight finish before the app stops.
+    let slow = runtime.spawn({
+        let url = format!("{http}/steady/slow?ms=1500");
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let output = base.cli(["undeploy", "steady"]).output().unwrap();
+    assert!(output.status.success());
+    let (status, _) = runtime.block_on(slow).unwrap();
+    assert_eq!(status, 200, "the request in flight finished");
+    node.wait_for("Undeployed \"steady\"", PATIENCE);
+    let gone = runtime
+        .block_on(client().get(format!("{http}/steady/")).send())
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+}
