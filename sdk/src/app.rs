@@ -114,6 +114,14 @@ impl App {
         Ok(())
     }
 
+    /// HTTP sessions for the app's web handler, replicated in a cluster (see
+    /// [`crate::web::sessions`]): `router.layer(app.sessions().layer().await?)`.
+    #[cfg(feature = "web")]
+    pub fn sessions(&self) -> crate::web::sessions::SessionsBuilder {
+        let cache = self.cache(&format!("immutant.web.sessions/{}", self.name()));
+        crate::web::sessions::SessionsBuilder::new(cache, self.node_name(), self.context_path())
+    }
+
     /// Where the app's web handler is mounted (`/` or `/name`).
     pub fn context_path(&self) -> &str {
         &self.connection.welcome().context_path

@@ -193,8 +193,18 @@ impl Cache {
         key: impl Serialize,
         value: &V,
     ) -> Result<Option<V>> {
+        self.put_if_absent_with(key, value, None).await
+    }
+
+    /// [`Cache::put_if_absent`], with an expiry of its own (if given) for what it stores.
+    pub async fn put_if_absent_with<V: Serialize + DeserializeOwned>(
+        &self,
+        key: impl Serialize,
+        value: &V,
+        expiry: Option<Expiry>,
+    ) -> Result<Option<V>> {
         let key = key_of(key)?;
-        let op = CacheOp::PutIfAbsent { key, expiry: None };
+        let op = CacheOp::PutIfAbsent { key, expiry };
         let (outcome, existing) = self.run(op, encode(value)?).await?;
         decode((!outcome.applied).then_some(existing))
     }

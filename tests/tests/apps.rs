@@ -145,7 +145,8 @@ fn a_crashing_app_is_restarted_and_one_that_always_crashes_ends_up_failed() {
         failed["reason"]
             .as_str()
             .unwrap()
-            .contains("always broken: the probe cannot find its config")
+            .contains("always broken: the probe cannot find its config"),
+        "{failed}"
     );
 
     let list = base.cli(["list"]).output().unwrap();

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, eventually, free_offset, get_json, get_json_at, start_node,
-    webprobe,
+    BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, eventually, free_offset, get_json,
+    get_json_at, kill_9, start_node, webprobe,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -347,4 +347,98 @@ fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish()
         .block_on(client().get(format!("{http}/steady/")).send())
         .unwrap();
     assert_eq!(gone.status(), 404);
+}
+
+/// `GET url` with the session cookie `cookie` (if any): the body, and the session cookie the
+/// response set (if it set one), whole, with its attributes.
+async fn visit(url: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut request = client().get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    let set = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with("JSESSIONID="))
+        .map(str::to_string);
+    (response.text().await.unwrap(), set)
+}
+
+/// The `name=value` part of a Set-Cookie.
+fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+#[test]
+fn a_session_outlives_the_node_that_made_it() {
+    let base = Base::installed();
+    base.deploy(&webprobe(), Some("sessions"));
+    let cluster = cluster_name();
+    let (one, two) = (free_offset(), free_offset());
+    let first = clustered(&base, "one", one, &cluster);
+    let second = clustered(&base, "two", two, &cluster);
+    first.wait_for("Cluster view: [one, two]", PATIENCE);
+    let url = |offset: u16| format!("http://127.0.0.1:{}/sessions/visits", 8080 + offset);
+    wait_until_served(&url(one), BUILD_PATIENCE);
+    wait_until_served(&url(two), PATIENCE);
+
+    runtime().block_on(async {
+        // A new session, made on one: its cookie names the node and the servlet attributes.
+        let (body, set) = visit(&url(one), None).await;
+        assert_eq!(body, "1 one");
+        let set = set.expect("a session cookie");
+        let cookie = pair(&set);
+        assert!(
+            cookie.ends_with(".one"),
+            "the route is the node's name: {set}"
+        );
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/sessions"] {
+            assert!(set.contains(attribute), "{attribute} in {set}");
+        }
+        assert!(!set.contains("Secure"), "not over http: {set}");
+
+        // The same cookie, alternately to each node, as Immutant's own cluster test did.
+        assert_eq!(visit(&url(two), Some(&cookie)).await.0, "2 two");
+        assert_eq!(visit(&url(one), Some(&cookie)).await.0, "3 one");
+
+        // Cycling the id (after a login) keeps what the session holds under a new id.
+        let (_, set) = visit(&url(one).replace("visits", "login"), Some(&cookie)).await;
+        let cycled = pair(&set.expect("a new cookie"));
+        assert_ne!(cycled, cookie);
+        assert_eq!(visit(&url(two), Some(&cycled)).await.0, "4 two");
+        let (stale, _) = visit(&url(two), Some(&cookie)).await;
+        assert_eq!(stale, "1 two", "the old id is gone");
+
+        // A client's own word that it came over https is not taken (only a proxy in front
+        // would know), so the cookie stays as it is for http.
+        let response = client()
+            .get(url(two))
+            .header("x-forwarded-proto", "https")
+            .send()
+            .await
+            .unwrap();
+        let set = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(!set.contains("Secure"), "{set}");
+    });
+
+    // The node that made the session dies: the other still has it.
+    let cookie = runtime().block_on(async {
+        let (body, set) = visit(&url(one), None).await;
+        assert_eq!(body, "1 one");
+        let cookie = pair(&set.unwrap());
+        assert_eq!(visit(&url(one), Some(&cookie)).await.0, "2 one");
+        cookie
+    });
+    kill_9(one);
+    drop(first);
+    second.wait_for("Cluster view: [two]", PATIENCE);
+    let (body, _) = runtime().block_on(visit(&url(two), Some(&cookie)));
+    assert_eq!(body, "3 two", "the session made on one goes on on two");
 }

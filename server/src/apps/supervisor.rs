@@ -46,8 +46,8 @@ pub async fn supervise(
         // A failure is explained by what its last run said.
         lock(&deployment.stderr_tail).clear();
         let started = Instant::now();
-        let mut child = match spawn(&deployment, &descriptor, &context) {
-            Ok(child) => child,
+        let (mut child, stderr_read) = match spawn(&deployment, &descriptor, &context) {
+            Ok(spawned) => spawned,
             Err(reason) => {
                 error!("cannot start {}: {reason}", deployment.name);
                 deployment.set_status(Status::Failed(reason));
@@ -57,6 +57,8 @@ pub async fn supervise(
         };
         tokio::select! {
             status = child.wait() => {
+                // What it said last explains why it ended: read it all first.
+                let _ = tokio::time::timeout(Duration::from_secs(1), stderr_read).await;
                 let reason = match status {
                     Ok(status) if status.success() => {
                         info!("{} exited on its own", deployment.name);
@@ -108,12 +110,13 @@ pub async fn supervise(
     }
 }
 
-/// Starts the app's process with its end of a fresh socket pair as descriptor 3.
+/// Starts the app's process with its end of a fresh socket pair as descriptor 3 and its web
+/// socket as 4; also returns the task reading its stderr, which ends when the process does.
 fn spawn(
     deployment: &Arc<Deployment>,
     descriptor: &Descriptor,
     context: &Arc<AppContext>,
-) -> Result<Child, String> {
+) -> Result<(Child, tokio::task::JoinHandle<()>), String> {
     let artifact = descriptor.artifact_path(&context.deployments_dir);
     if !artifact.is_file() {
         return Err(format!(
@@ -173,9 +176,10 @@ fn spawn(
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(relay(deployment.clone(), stdout, false));
     }
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(relay(deployment.clone(), stderr, true));
-    }
+    let stderr_read = match child.stderr.take() {
+        Some(stderr) => tokio::spawn(relay(deployment.clone(), stderr, true)),
+        None => tokio::spawn(async {}),
+    };
     let socket = node_end
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(node_end))
@@ -185,7 +189,7 @@ fn spawn(
         deployment.clone(),
         context.clone(),
     ));
-    Ok(child)
+    Ok((child, stderr_read))
 }
 
 /// The app's process no longer serves web requests: they are told `why`.

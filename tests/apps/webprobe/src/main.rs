@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use immutant::web::ContextPath;
+use immutant::web::sessions::Session;
 
 #[tokio::main]
 async fn main() -> immutant::Result<()> {
@@ -24,7 +25,10 @@ async fn main() -> immutant::Result<()> {
         .route("/slow", get(slow))
         .route("/upload", post(upload))
         .route("/download", get(download))
-        .route("/ws", get(websocket));
+        .route("/ws", get(websocket))
+        .route("/visits", get(visits))
+        .route("/login", get(login))
+        .layer(app.sessions().layer().await?);
     app.web(router).await?;
     println!("web mounted at {}", app.context_path());
     app.run().await
@@ -83,6 +87,19 @@ async fn download(Query(query): Query<BTreeMap<String, u64>>) -> Response {
         Ok::<_, std::io::Error>(Bytes::from(chunk))
     }));
     axum::body::Body::from_stream(chunks).into_response()
+}
+
+/// Counts the session's visits: `<n> <node>`.
+async fn visits(session: Session) -> String {
+    let n: u64 = session.get("visits").await.ok().flatten().unwrap_or(0) + 1;
+    let _ = session.insert("visits", n).await;
+    format!("{n} {}", std::env::var("IMMUTANT_NODE").unwrap_or_default())
+}
+
+/// Gives the session a new id, as an app does after a login; the visits stay.
+async fn login(session: Session) -> &'static str {
+    let _ = session.cycle_id().await;
+    "logged in"
 }
 
 /// Echoes every text and binary message.

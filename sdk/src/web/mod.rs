@@ -35,6 +35,8 @@ use crate::{Error, Result};
 
 pub use axum;
 
+pub mod sessions;
+
 /// The context path the app is mounted at (`/` or `/name`), in every request's extensions:
 /// `Extension(ContextPath(prefix))` in a handler's arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
