@@ -442,3 +442,28 @@ fn a_session_outlives_the_node_that_made_it() {
     let (body, _) = runtime().block_on(visit(&url(two), Some(&cookie)));
     assert_eq!(body, "3 two", "the session made on one goes on on two");
 }
+
+#[test]
+fn the_web_template_counts_visits_in_the_session() {
+    let base = Base::installed();
+    let project = base.new_project_from("webtpl", "web");
+    base.deploy(&project, None);
+    let offset = free_offset();
+    let _node = start_node(&base, "tplnode", offset, &[]);
+    let page = format!("http://127.0.0.1:{}/webtpl/", 8080 + offset);
+    wait_until_served(&page, BUILD_PATIENCE);
+    runtime().block_on(async {
+        let (html, set) = visit(&page, None).await;
+        assert!(html.contains("<strong id=\"visits\">1</strong>"), "{html}");
+        let cookie = pair(&set.unwrap());
+        let (html, _) = visit(&page, Some(&cookie)).await;
+        assert!(html.contains("<strong id=\"visits\">2</strong>"), "{html}");
+        assert!(
+            html.contains("<strong id=\"node\">tplnode</strong>"),
+            "{html}"
+        );
+        let (api, _) = visit(&format!("{page}api"), Some(&cookie)).await;
+        let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+        assert_eq!(api, serde_json::json!({"visits": 3, "node": "tplnode"}));
+    });
+}
