@@ -208,6 +208,17 @@ fn requests_go_to_the_app_of_their_host_and_longest_context_path() {
         .find(|d| d["name"] == "alpha")
         .unwrap();
     assert_eq!(alpha["web"], "/alpha");
+
+    // A redeploy that moves the app moves its route, and the app hears of it.
+    base.deploy_with(&project, &["--name", "alpha", "--context-path", "/moved/"]);
+    wait_until_served(&format!("{http}/moved/"), PATIENCE);
+    runtime.block_on(async {
+        let seen: serde_json::Value =
+            json(client().get(format!("{http}/moved/request")).send()).await;
+        assert_eq!(seen["context-path"], "/moved");
+        let old = client().get(format!("{http}/alpha/")).send().await.unwrap();
+        assert_eq!(old.status(), 404, "nothing is left at the old path");
+    });
 }
 
 #[test]

@@ -23,7 +23,8 @@
 //!
 //! The cookie is `JSESSIONID=<id>.<node>`: the node's name is the route that mod_cluster and
 //! Java balancers keep a session's requests on. It is `HttpOnly`, `SameSite=Lax`, `Secure`
-//! when the request came over https (`X-Forwarded-Proto`), and scoped to the context path. A
+//! when the node says the request came over https (`X-Forwarded-Proto`; a node serving plain
+//! HTTP says `http` whatever the client claims), and scoped to the context path. A
 //! session lapses after 30 minutes without a request (the servlet default) unless
 //! [`SessionsBuilder::idle_timeout`] says otherwise. `Session::cycle_id` gives a session a new
 //! id (after a login).
@@ -164,25 +165,29 @@ where
 /// `JSESSIONID=<id>`.
 fn unroute_cookies(headers: &mut HeaderMap) {
     let prefix = format!("{COOKIE_NAME}=");
-    for value in headers.get_all(COOKIE).iter().cloned().collect::<Vec<_>>() {
-        let Ok(text) = value.to_str() else { continue };
-        if !text.contains(&prefix) {
-            continue;
-        }
-        let rewritten: Vec<String> = text
-            .split(';')
-            .map(|pair| {
-                let pair = pair.trim();
-                match pair.strip_prefix(&prefix) {
-                    Some(id) => format!("{prefix}{}", id.split('.').next().unwrap_or(id)),
-                    None => pair.to_string(),
-                }
-            })
-            .collect();
-        headers.remove(COOKIE);
-        if let Ok(value) = HeaderValue::from_str(&rewritten.join("; ")) {
-            headers.append(COOKIE, value);
-        }
+    let unrouted: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|value| match value.to_str() {
+            Ok(text) if text.contains(&prefix) => {
+                let pairs: Vec<String> = text
+                    .split(';')
+                    .map(|pair| {
+                        let pair = pair.trim();
+                        match pair.strip_prefix(&prefix) {
+                            Some(id) => format!("{prefix}{}", id.split('.').next().unwrap_or(id)),
+                            None => pair.to_string(),
+                        }
+                    })
+                    .collect();
+                HeaderValue::from_str(&pairs.join("; ")).unwrap_or_else(|_| value.clone())
+            }
+            _ => value.clone(),
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for value in unrouted {
+        headers.append(COOKIE, value);
     }
 }
 
@@ -297,6 +302,20 @@ mod tests {
         );
         unroute_cookies(&mut headers);
         assert_eq!(headers[COOKIE], "a=1; JSESSIONID=abc; b=2");
+    }
+
+    #[test]
+    fn every_cookie_header_is_kept() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(COOKIE, HeaderValue::from_static("JSESSIONID=abc.one"));
+        unroute_cookies(&mut headers);
+        let values: Vec<&str> = headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(values, ["a=1", "JSESSIONID=abc"]);
     }
 
     #[test]

@@ -271,10 +271,7 @@ impl Session {
             Header::Web { id } => {
                 let deployment = &self.deployment;
                 deployment.web.store(true, Ordering::Relaxed);
-                let hosts = deployment.virtual_hosts();
-                self.context
-                    .web
-                    .mount(&deployment.name, &deployment.context_path(), &hosts);
+                self.context.web.mount(&deployment.mount());
                 if *deployment.status.borrow() == Status::Running {
                     self.serve_web();
                 }
@@ -314,7 +311,7 @@ impl Session {
     /// Routes the app's web requests to this process.
     fn serve_web(&self) {
         if let Some(backend) = lock(&self.deployment.backend).clone() {
-            self.context.web.up(&self.deployment.name, backend);
+            self.context.web.up(&self.deployment.mount(), backend);
         }
     }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
@@ -20,7 +21,7 @@ use crate::deploy::Descriptor;
 use crate::jobs::{AppJobs, JobReport};
 use crate::messaging::{Broker, Outbox};
 use crate::singleton::SingletonElection;
-use crate::web::{Backend, Web};
+use crate::web::{Backend, Mount, Web, normalize_context_path};
 
 /// How long an app's daemons may take to stop (Immutant's limit).
 pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
@@ -78,6 +79,9 @@ pub struct DaemonState {
 /// One deployment and what is known of it.
 pub struct Deployment {
     pub name: String,
+    /// Deployments are numbered in the order they were made: a newer one of an app wins its
+    /// web route.
+    serial: u64,
     descriptor: Mutex<Option<Descriptor>>,
     status: watch::Sender<Status>,
     daemons: Mutex<BTreeMap<String, DaemonState>>,
@@ -129,8 +133,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Deployment {
     fn new(name: &str, exclusive: bool) -> Self {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
         Deployment {
             name: name.to_string(),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             descriptor: Mutex::new(None),
             status: watch::channel(Status::Deploying).0,
             daemons: Mutex::new(BTreeMap::new()),
@@ -153,18 +159,22 @@ impl Deployment {
     /// Where the app's web handler is (or would be) mounted: its descriptor's context path,
     /// else `/<name>`.
     fn context_path(&self) -> String {
-        lock(&self.descriptor)
-            .as_ref()
-            .and_then(|descriptor| descriptor.context_path.clone())
-            .unwrap_or_else(|| format!("/{}", self.name))
+        let descriptor = lock(&self.descriptor);
+        let given = descriptor.as_ref().and_then(|d| d.context_path.as_deref());
+        normalize_context_path(given.unwrap_or(&self.name))
     }
 
-    /// The virtual hosts its web handler answers (none: every host).
-    fn virtual_hosts(&self) -> Vec<String> {
-        lock(&self.descriptor)
-            .as_ref()
-            .map(|descriptor| descriptor.virtual_host.clone())
-            .unwrap_or_default()
+    /// Where this deployment mounts its web handler: its context path and virtual hosts.
+    fn mount(&self) -> Mount {
+        Mount {
+            app: self.name.clone(),
+            serial: self.serial,
+            context_path: self.context_path(),
+            hosts: lock(&self.descriptor)
+                .as_ref()
+                .map(|descriptor| descriptor.virtual_host.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// Waits until the app is ready, or has failed or stopped trying.
@@ -274,6 +284,8 @@ impl Apps {
                 Some(old) if !overlap => {
                     tracing::info!("Redeploying {name}");
                     old.stop().await;
+                    // The new deployment mounts where it says, if it mounts at all.
+                    apps.context.web.unmount(&name);
                     None
                 }
                 old => old,
@@ -301,18 +313,19 @@ impl Apps {
                 tracing::info!(
                     "Redeploying {name}: the new process takes requests once it is ready"
                 );
-                deployment.settled().await;
+                // An app that never says it is ready does not keep the old one serving forever.
+                let patience = Duration::from_millis(3 * DAEMON_STOP_LIMIT_MS);
+                let _ = tokio::time::timeout(patience, deployment.settled()).await;
                 old.stop().await;
                 deployment.exclusive.send_replace(true);
-                // The old process's route is the new one's only if the new one mounted too.
-                match deployment.status.borrow().clone() {
-                    _ if !deployment.web.load(Ordering::Relaxed) => {
-                        apps.context.web.unmount(&name);
-                    }
-                    Status::Failed(why) | Status::Stopped(why) => {
-                        apps.context.web.set_down(&name, &why);
-                    }
-                    _ => {}
+                // The old process's route passes to the new one only if the new one mounted a
+                // handler too; if it did but never got ready, requests are told why.
+                let status = deployment.status.borrow().clone();
+                match status {
+                    _ if !deployment.web.load(Ordering::Relaxed) => apps.context.web.unmount(&name),
+                    Status::Running => {}
+                    Status::Deploying => apps.context.web.set_down(&name, "it is starting"),
+                    _ => apps.context.web.set_down(&name, supervisor::FAILED_PAGE),
                 }
             }
         });

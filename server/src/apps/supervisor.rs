@@ -29,6 +29,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const APP_SOCKET_FD: i32 = 3;
 /// The descriptor the app's web socket (listening) has in the app.
 const APP_WEB_FD: i32 = 4;
+/// What a web page says of a failed app: the reason itself, with the app's last stderr lines,
+/// is for the node's log and the management API, not for whoever asks over HTTP.
+pub const FAILED_PAGE: &str =
+    "it failed: it crashed again and again (the node's log and `cargo immutant list` say why)";
 /// Descriptors at or above this are free in a child about to exec: where its inherited
 /// sockets wait before they move to 3 and 4.
 const SPARE_FD: i32 = 10;
@@ -82,7 +86,7 @@ pub async fn supervise(
                         tail.join(" | ")
                     );
                     error!("{reason}");
-                    web_down(&deployment, &context, &format!("it failed: {reason}"));
+                    web_down(&deployment, &context, FAILED_PAGE);
                     deployment.set_status(Status::Failed(reason));
                     let _ = stop.await;
                     return;
@@ -156,12 +160,13 @@ fn spawn(
         command.pre_exec(move || {
             // Out of the way first (closed at exec), so that neither lands on the other's place.
             let spare = [app_fd, web_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, SPARE_FD));
-            let moved = [
-                libc::dup2(spare[0], APP_SOCKET_FD),
-                libc::dup2(spare[1], APP_WEB_FD),
-            ];
-            if spare.contains(&-1) || moved.contains(&-1) {
+            if spare.contains(&-1) {
                 return Err(std::io::Error::last_os_error());
+            }
+            for (from, to) in spare.into_iter().zip([APP_SOCKET_FD, APP_WEB_FD]) {
+                if libc::dup2(from, to) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

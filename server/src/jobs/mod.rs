@@ -232,14 +232,17 @@ struct Firing {
 impl Firing {
     /// Fires the job on its schedule while this node should: with `coordination`, only while
     /// elected, recording its progress in the cluster; without, always, keeping it in memory.
-    async fn run(self, coordination: Option<Arc<Caches>>) {
+    async fn run(mut self, coordination: Option<Arc<Caches>>) {
         let elected = coordination.is_some();
-        let _ = self
-            .context
-            .exclusive
-            .clone()
-            .wait_for(|exclusive| *exclusive)
-            .await;
+        let mut exclusive = self.context.exclusive.clone();
+        if !*exclusive.borrow_and_update() {
+            // The app's earlier process fired the job until now: the schedule starts from
+            // when this one may fire, not from when the app asked for it.
+            let _ = exclusive.wait_for(|exclusive| *exclusive).await;
+            if let Ok(schedule) = Schedule::parse(&self.spec, now_ms()) {
+                self.schedule = schedule;
+            }
+        }
         let mut epochs = self.context.singleton_epoch.clone();
         let mut local: Option<Progress> = None;
         // The record as the primary answered a compare and swap that failed: read again from it,

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -99,10 +99,6 @@ impl Backend {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Counts a request in flight until the guard is dropped (its response sent, or its
     /// tunnel closed).
     pub fn begin(self: &Arc<Self>) -> InFlight {
@@ -138,6 +134,12 @@ impl Drop for Backend {
 
 /// A request in flight to a backend.
 pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Backend {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

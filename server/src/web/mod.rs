@@ -6,7 +6,7 @@
 //! A mounted app's route lives as long as its deployment: `Starting` until the app is ready,
 //! `Up` while a process serves it, `Down` (503, saying why) while it restarts or after it
 //! failed. A redeploy switches the route to the new process once it is ready, and the old one
-//! is stopped only when the requests it was serving have finished.
+//! is stopped once the requests it was serving have finished (within the stop limit).
 
 mod backend;
 mod proxy;
@@ -54,38 +54,24 @@ impl Web {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `app` has mounted a handler at `context_path` for `hosts` (none: every host): until it
-    /// is ready, requests for it are told it is starting. A route it already has (an earlier
-    /// process still serving, during a redeploy) is left as it is.
-    pub fn mount(&self, app: &str, context_path: &str, hosts: &[String]) {
+    /// A deployment of an app has mounted a handler: until it is ready, requests for the
+    /// app are told it is starting. A route the app has already (an earlier process still
+    /// serving, during a redeploy) is left as it is.
+    pub fn mount(&self, mount: &Mount) {
         let mut routes = self.routes_mut();
-        if routes.get_mut(app).is_some() {
-            return;
+        if routes.get(&mount.app).is_none() {
+            insert(&mut routes, mount, Target::Starting);
         }
-        let route = Route {
-            app: app.to_string(),
-            context_path: normalize_context_path(context_path),
-            hosts: hosts.iter().map(|host| host.to_ascii_lowercase()).collect(),
-            target: Target::Starting,
-        };
-        if let Some(other) = routes.clash(&route) {
-            warn!(
-                "{app} and {} are both mounted at {}; requests go to the one whose name sorts first",
-                other.app,
-                route.describe()
-            );
-        }
-        routes.insert(route);
     }
 
-    /// `app`'s process behind `backend` is ready: new requests go to it. Returns the backend
-    /// that served the app until now, if another did, for the caller to drain.
-    pub fn up(&self, app: &str, backend: Arc<Backend>) -> Option<Arc<Backend>> {
+    /// The deployment's process behind `backend` is ready: new requests go to it, at the
+    /// context path and hosts this deployment has. An older deployment of the app (whose
+    /// process restarted while a newer one took over) does not take the route back.
+    pub fn up(&self, mount: &Mount, backend: Arc<Backend>) {
         let mut routes = self.routes_mut();
-        let route = routes.get_mut(app)?;
-        match std::mem::replace(&mut route.target, Target::Up(backend.clone())) {
-            Target::Up(old) if !Arc::ptr_eq(&old, &backend) => Some(old),
-            _ => None,
+        match routes.get_mut(&mount.app) {
+            Some(route) if route.serial > mount.serial => {}
+            _ => insert(&mut routes, mount, Target::Up(backend)),
         }
     }
 
@@ -118,19 +104,51 @@ impl Web {
             .is_some_and(|route| matches!(route.target, Target::Up(_)))
     }
 
-    /// Unmounts `app`: its requests are not found from now on. Returns the backend that was
-    /// serving it, for the caller to drain.
-    pub fn unmount(&self, app: &str) -> Option<Arc<Backend>> {
-        match self.routes_mut().remove(app)?.target {
-            Target::Up(backend) => Some(backend),
-            _ => None,
-        }
+    /// Unmounts `app`: its requests are not found from now on.
+    pub fn unmount(&self, app: &str) {
+        self.routes_mut().remove(app);
     }
 
     /// The context path and hosts `app` is mounted at, if it is.
     pub fn mounted_at(&self, app: &str) -> Option<String> {
         self.routes().get(app).map(|route| route.describe())
     }
+}
+
+/// Where a deployment of an app mounts its handler. Deployments of one app are numbered in the
+/// order they were made (`serial`): the route belongs to the newest that is ready.
+pub struct Mount {
+    pub app: String,
+    pub serial: u64,
+    /// `/` or `/name` (see [`normalize_context_path`]).
+    pub context_path: String,
+    /// The virtual hosts (none: every host).
+    pub hosts: Vec<String>,
+}
+
+/// Mounts (or mounts again) the app of `mount`, at its context path and hosts, sending its
+/// requests to `target`; warns when another app is mounted at the same place.
+fn insert(routes: &mut Routes, mount: &Mount, target: Target) {
+    let route = Route {
+        app: mount.app.clone(),
+        serial: mount.serial,
+        context_path: normalize_context_path(&mount.context_path),
+        hosts: mount
+            .hosts
+            .iter()
+            .map(|host| host.to_ascii_lowercase())
+            .collect(),
+        target,
+    };
+    if let Some(other) = routes.clash(&route) {
+        warn!(
+            "{} and {} are both mounted at {}; requests go to the one whose name sorts first",
+            route.app,
+            other.app,
+            route.describe()
+        );
+    }
+    routes.insert(route);
 }
 
 /// The HTTP port's routes: every request goes to the app mounted for it.

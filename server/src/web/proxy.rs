@@ -13,7 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::Web;
-use super::backend::{Backend, InFlight};
+use super::backend::InFlight;
 use super::routes::{Route, Target};
 
 /// Seconds a client is told to wait before it retries an app that is down.
@@ -36,7 +36,7 @@ const HOP_BY_HOP: [&str; 8] = [
 pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -> Response<Body> {
     let host = request_host(&request);
     let path = request.uri().path().to_string();
-    let route = {
+    let (route, in_flight) = {
         let routes = web.routes();
         let Some(route) = routes.find(&host, &path) else {
             let contexts: Vec<String> = routes
@@ -46,12 +46,20 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
                 .collect();
             return not_found(&web.node_name, &host, &path, &contexts);
         };
-        route.clone()
+        // Counted in flight before the routes are let go: a drain that begins after this
+        // (it must take the routes to do so) waits for this request.
+        let in_flight = match &route.target {
+            Target::Up(backend) => Some(backend.begin()),
+            _ => None,
+        };
+        (route.clone(), in_flight)
     };
-    match &route.target {
-        Target::Up(backend) => forward(&web.node_name, backend, &route, client, request).await,
-        Target::Starting => unavailable(&web.node_name, &route.app, "it is starting"),
-        Target::Down(why) => unavailable(&web.node_name, &route.app, why),
+    match (&route.target, in_flight) {
+        (Target::Up(_), Some(in_flight)) => {
+            forward(&web.node_name, in_flight, &route, client, request).await
+        }
+        (Target::Down(why), _) => unavailable(&web.node_name, &route.app, why),
+        _ => unavailable(&web.node_name, &route.app, "it is starting"),
     }
 }
 
@@ -76,12 +84,11 @@ fn strip_port(host: &str) -> &str {
 
 async fn forward(
     node: &str,
-    backend: &Arc<Backend>,
+    in_flight: InFlight,
     route: &Route,
     client: SocketAddr,
     mut request: Request<Body>,
 ) -> Response<Body> {
-    let in_flight = backend.begin();
     let upgrade = is_upgrade(request.headers())
         .then(|| request.extensions_mut().remove::<OnUpgrade>())
         .flatten();
@@ -90,7 +97,17 @@ async fn forward(
         let authority = parts.uri.authority()?;
         HeaderValue::from_str(authority.as_str()).ok()
     });
-    parts.uri = relative_uri(&parts.uri, route);
+    let Some(uri) = relative_uri(&parts.uri, route) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request's target is not a path this node can pass on.",
+        );
+    };
+    parts.uri = uri;
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     parts.version = Version::HTTP_11;
     let scheme = "http";
     remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
@@ -103,7 +120,7 @@ async fn forward(
     );
     let outgoing = Request::from_parts(parts, body);
 
-    let mut response = match backend.client.request(outgoing).await {
+    let mut response = match in_flight.backend().client.request(outgoing).await {
         Ok(response) => response,
         Err(error) if error.is_connect() => {
             return unavailable(node, &route.app, "its process does not answer");
@@ -127,10 +144,11 @@ async fn forward(
         return response.map(|_| Body::empty());
     }
     remove_hop_by_hop(response.headers_mut(), false);
-    // The request stays in flight until its response body has gone out (or the client left).
+    // The request stays in flight until its response body has gone out (or the client left):
+    // the body owns the guard, which is dropped with it.
     response.map(|body| {
         Body::new(body.map_frame(move |frame| {
-            let _ = &in_flight;
+            let _guard = &in_flight;
             frame
         }))
     })
@@ -182,20 +200,39 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 }
 
 /// The URI the app sees: its path relative to the context path, and the query.
-fn relative_uri(uri: &Uri, route: &Route) -> Uri {
+fn relative_uri(uri: &Uri, route: &Route) -> Option<Uri> {
     let path = route.relative(uri.path());
+    if !path.starts_with('/') {
+        return None;
+    }
     let path_and_query = match uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
     // The authority only names the pool: the connection goes to the app's socket.
-    format!("http://app{path_and_query}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("http://app/"))
+    format!("http://app{path_and_query}").parse().ok()
 }
 
-/// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there),
-/// the scheme, the host it asked for, and the context path taken off.
+/// HTTP/2 may split `Cookie` into one header per cookie; HTTP/1.1 wants them in one
+/// (RFC 9113, 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    if cookies.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_str(&cookies.join("; ")) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
+/// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there,
+/// whose earlier entries are only what the client says), the scheme, the host it asked for,
+/// and the context path taken off. Other headers a client could use to pass itself off as
+/// someone else (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`) are dropped.
 fn set_forwarded(
     headers: &mut HeaderMap,
     client: SocketAddr,
@@ -212,6 +249,9 @@ fn set_forwarded(
     };
     if let Ok(value) = HeaderValue::from_str(&for_) {
         headers.insert("x-forwarded-for", value);
+    }
+    for unsaid in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+        headers.remove(unsaid);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     match host {
@@ -336,6 +376,16 @@ mod tests {
         assert_eq!(headers["x-forwarded-host"], "example.com:8080");
         assert_eq!(headers["x-forwarded-prefix"], "/app");
         assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn http2_cookie_headers_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("JSESSIONID=x.one"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(headers[header::COOKIE], "a=1; JSESSIONID=x.one");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum Target {
 #[derive(Clone)]
 pub struct Route {
     pub app: String,
+    /// Which deployment of the app the route belongs to (see [`super::Mount`]).
+    pub serial: u64,
     /// `/` or `/name`, never with a slash at the end.
     pub context_path: String,
     /// The virtual hosts it answers (lower case, no port); none: every host.
@@ -87,7 +89,11 @@ impl Routes {
         self.for_host(host)
             .into_iter()
             .filter(|route| route.covers(path))
-            .max_by_key(|route| route.context_path.len())
+            // The longest context path; of two alike, the name that sorts first.
+            .max_by(|a, b| {
+                let longer = a.context_path.len().cmp(&b.context_path.len());
+                longer.then_with(|| b.app.cmp(&a.app))
+            })
     }
 
     /// The route of `app`, if it is mounted.
@@ -100,19 +106,15 @@ impl Routes {
         self.routes.iter_mut().find(|route| route.app == app)
     }
 
-    /// Mounts `route`, replacing the app's route if it had one; returns the one replaced.
-    pub fn insert(&mut self, route: Route) -> Option<Route> {
-        let old = self.remove(&route.app);
+    /// Mounts `route`, replacing the app's route if it had one.
+    pub fn insert(&mut self, route: Route) {
+        self.remove(&route.app);
         self.routes.push(route);
-        // Ties (two apps on one context) go to the name that sorts first, every time.
-        self.routes.sort_by(|a, b| a.app.cmp(&b.app));
-        old
     }
 
-    /// Unmounts `app`; returns its route.
-    pub fn remove(&mut self, app: &str) -> Option<Route> {
-        let index = self.routes.iter().position(|route| route.app == app)?;
-        Some(self.routes.remove(index))
+    /// Unmounts `app`.
+    pub fn remove(&mut self, app: &str) {
+        self.routes.retain(|route| route.app != app);
     }
 
     /// Another app mounted at the same context path and hosts as `route`, if any.
@@ -138,6 +140,7 @@ mod tests {
     fn route(app: &str, context_path: &str, hosts: &[&str]) -> Route {
         Route {
             app: app.to_string(),
+            serial: 1,
             context_path: context_path.to_string(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             target: Target::Starting,
@@ -175,6 +178,12 @@ mod tests {
         ]);
         assert_eq!(routes.find("shop.example", "/x").unwrap().app, "shop");
         assert_eq!(routes.find("localhost", "/x").unwrap().app, "any");
+    }
+
+    #[test]
+    fn of_two_apps_at_one_context_the_name_that_sorts_first_wins() {
+        let routes = routes(&[route("zeta", "/x", &[]), route("alpha", "/x", &[])]);
+        assert_eq!(routes.find("localhost", "/x").unwrap().app, "alpha");
     }
 
     #[test]
