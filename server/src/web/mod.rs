@@ -9,7 +9,7 @@
 //! is stopped once the requests it was serving have finished (within the stop limit).
 
 mod backend;
-mod proxy;
+pub(crate) mod proxy;
 mod routes;
 
 use std::net::SocketAddr;

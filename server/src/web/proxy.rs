@@ -65,7 +65,7 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
 
 /// The request's host, lower case and without a port: its `Host` header, or the authority of
 /// its URI (HTTP/2).
-fn request_host(request: &Request<Body>) -> String {
+pub(crate) fn request_host(request: &Request<Body>) -> String {
     let host = request
         .headers()
         .get(header::HOST)
@@ -89,80 +89,93 @@ async fn forward(
     client: SocketAddr,
     mut request: Request<Body>,
 ) -> Response<Body> {
-    let upgrade = is_upgrade(request.headers())
-        .then(|| request.extensions_mut().remove::<OnUpgrade>())
-        .flatten();
-    let (mut parts, body) = request.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        let authority = parts.uri.authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
-    let Some(uri) = relative_uri(&parts.uri, route) else {
+    let Some(uri) = relative_uri(request.uri(), route) else {
         return page(
             StatusCode::BAD_REQUEST,
             "Bad request",
             "The request's target is not a path this node can pass on.",
         );
     };
-    parts.uri = uri;
-    if parts.version == Version::HTTP_2 {
-        join_cookies(&mut parts.headers);
-    }
-    parts.version = Version::HTTP_11;
-    let scheme = "http";
-    remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
-    set_forwarded(
-        &mut parts.headers,
-        client,
-        scheme,
-        host,
-        &route.context_path,
-    );
-    let outgoing = Request::from_parts(parts, body);
-
-    let mut response = match in_flight.backend().client.request(outgoing).await {
-        Ok(response) => response,
+    let upgrade = prepare(&mut request, client, &route.context_path);
+    *request.uri_mut() = uri;
+    match in_flight.backend().client.request(request).await {
+        Ok(response) => respond(response, upgrade, in_flight),
         Err(error) if error.is_connect() => {
-            return unavailable(node, &route.app, "its process does not answer");
+            unavailable(node, &route.app, "its process does not answer")
         }
-        Err(error) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &format!("{} failed to answer", route.app),
-                &format!(
-                    "The app {} did not answer this request: {error}.",
-                    route.app
-                ),
-            );
-        }
-    };
+        Err(error) => page(
+            StatusCode::BAD_GATEWAY,
+            &format!("{} failed to answer", route.app),
+            &format!(
+                "The app {} did not answer this request: {error}.",
+                route.app
+            ),
+        ),
+    }
+}
+
+/// Makes a client's request ready to pass on as HTTP/1.1: its cookies in one header, the
+/// headers of its connection out, the `X-Forwarded-*` headers in (`prefix` is the context path
+/// taken off, if any), its `Host` kept. Returns the client's side of the upgrade it asks for.
+pub(crate) fn prepare(
+    request: &mut Request<Body>,
+    client: SocketAddr,
+    prefix: &str,
+) -> Option<OnUpgrade> {
+    let upgrade = is_upgrade(request.headers())
+        .then(|| request.extensions_mut().remove::<OnUpgrade>())
+        .flatten();
+    let host = request.headers().get(header::HOST).cloned().or_else(|| {
+        let authority = request.uri().authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    if request.version() == Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    remove_hop_by_hop(headers, upgrade.is_some());
+    set_forwarded(headers, client, "http", host, prefix);
+    upgrade
+}
+
+/// Passes a response back to the client: an upgrade becomes a tunnel between the client and
+/// the server that answered; otherwise the body streams through. `guard` lives as long as the
+/// exchange (the response's body, or the tunnel).
+pub(crate) fn respond<G: Send + 'static>(
+    mut response: Response<hyper::body::Incoming>,
+    upgrade: Option<OnUpgrade>,
+    guard: G,
+) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = upgrade {
-            let app_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_side, app_side, in_flight));
+            let server_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_side, server_side, guard));
         }
         return response.map(|_| Body::empty());
     }
     remove_hop_by_hop(response.headers_mut(), false);
-    // The request stays in flight until its response body has gone out (or the client left):
-    // the body owns the guard, which is dropped with it.
+    // The body owns the guard, which is dropped with it: when it has gone out, or the client
+    // left.
     response.map(|body| {
         Body::new(body.map_frame(move |frame| {
-            let _guard = &in_flight;
+            let _guard = &guard;
             frame
         }))
     })
 }
 
-/// Carries bytes both ways between an upgraded client connection and the app's, until either
-/// closes.
-async fn tunnel(client_side: OnUpgrade, app_side: OnUpgrade, _in_flight: InFlight) {
-    let (Ok(client_side), Ok(app_side)) = (client_side.await, app_side.await) else {
+/// Carries bytes both ways between an upgraded client connection and the server's, until
+/// either closes.
+async fn tunnel<G>(client_side: OnUpgrade, server_side: OnUpgrade, _guard: G) {
+    let (Ok(client_side), Ok(server_side)) = (client_side.await, server_side.await) else {
         return;
     };
-    let _ =
-        tokio::io::copy_bidirectional(&mut TokioIo::new(client_side), &mut TokioIo::new(app_side))
-            .await;
+    let _ = tokio::io::copy_bidirectional(
+        &mut TokioIo::new(client_side),
+        &mut TokioIo::new(server_side),
+    )
+    .await;
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -274,7 +287,7 @@ fn set_forwarded(
 }
 
 /// 503 for an app that cannot answer now, saying which and why.
-fn unavailable(node: &str, app: &str, why: &str) -> Response<Body> {
+pub(crate) fn unavailable(node: &str, app: &str, why: &str) -> Response<Body> {
     let mut response = page(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!("{app} is unavailable"),
@@ -312,7 +325,7 @@ fn not_found(node: &str, host: &str, path: &str, contexts: &[String]) -> Respons
 }
 
 /// A small HTML page with a title and one paragraph.
-fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
+pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
     let html = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status} {title}</title></head>\n<body><h1>{title}</h1>\n<p>{}</p></body></html>\n",
         escape(text),
@@ -325,7 +338,7 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
