@@ -1,7 +1,9 @@
 //! The node's command line, as JBoss's `standalone.sh` took it: `-Dname=value`,
 //! `--server-config=NAME`, `-b ADDRESS`.
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use std::net::IpAddr;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::KNOWN_PROPERTIES;
 use crate::config::properties::PropertyDefault;
@@ -31,6 +33,47 @@ pub struct ServerArgs {
     /// The address every port binds; the same as -Djboss.bind.address=ADDRESS.
     #[arg(short = 'b', value_name = "ADDRESS")]
     pub bind_address: Option<String>,
+
+    /// Run as something other than a node.
+    #[command(subcommand)]
+    pub role: Option<Role>,
+}
+
+/// What else the binary can be.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Runs a balancer in front of clustered nodes (what httpd with mod_cluster was): it
+    /// advertises itself, learns nodes and their contexts by MCMP, and proxies requests to them.
+    Balancer(BalancerArgs),
+}
+
+/// The arguments of `immutant-server balancer`.
+#[derive(Debug, Args)]
+pub struct BalancerArgs {
+    /// The port clients send their requests to.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// The port nodes send MCMP to (mod_cluster's management protocol).
+    #[arg(long, default_value_t = 6666)]
+    pub mcmp_port: u16,
+
+    /// The address both ports bind.
+    #[arg(short = 'b', long = "bind", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Who may send MCMP: addresses or networks (address/bits), comma-separated.
+    #[arg(long, default_value = "127.0.0.0/8,::1", value_parser = crate::balancer::parse_allow)]
+    pub allow: std::vec::Vec<(IpAddr, u8)>,
+
+    /// Do not advertise the balancer by multicast (nodes then need it in
+    /// -Dimmutant.modcluster.proxies).
+    #[arg(long)]
+    pub no_advertise: bool,
+
+    /// TRACE, DEBUG, INFO, WARN or ERROR.
+    #[arg(long, default_value = "INFO", value_parser = parse_level)]
+    pub log_level: tracing::Level,
 }
 
 impl ServerArgs {
@@ -58,6 +101,11 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
             "'{text}' is not NAME=VALUE; set a property as -Dname=value"
         )),
     }
+}
+
+fn parse_level(text: &str) -> Result<tracing::Level, String> {
+    crate::config::properties::parse_log_level(text)
+        .ok_or_else(|| format!("'{text}' is not a log level: TRACE, DEBUG, INFO, WARN or ERROR"))
 }
 
 fn properties_help() -> String {

@@ -12,6 +12,7 @@
 
 pub mod apps;
 pub mod args;
+pub mod balancer;
 pub mod cache;
 pub mod cluster;
 pub mod config;
@@ -40,6 +41,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Runs a node from its command line until a signal stops it. `started` is when the process
 /// began. Errors are ready to show the user as they are.
 pub fn start(args: ServerArgs, started: Instant) -> Result<(), NodeError> {
+    if let Some(args::Role::Balancer(balancer)) = args.role {
+        return start_balancer(balancer);
+    }
     let properties = Properties::new(args.given_properties(), default_home())?;
     let (config, referenced) = ServerConfig::load(&args.server_config, &properties)?;
     logging::init(config.log_level);
@@ -61,6 +65,23 @@ pub fn start(args: ServerArgs, started: Instant) -> Result<(), NodeError> {
             signals.recv().await.to_string()
         })
         .await
+    })
+}
+
+/// Runs a balancer until a signal stops it.
+fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
+    logging::init(args.log_level);
+    let config = balancer::BalancerConfig {
+        bind: args.bind,
+        port: args.port,
+        mcmp_port: args.mcmp_port,
+        allow: args.allow,
+        advertise: !args.no_advertise,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(NodeError::Runtime)?;
+    runtime.block_on(async {
+        let mut signals = Signals::listen().map_err(NodeError::Runtime)?;
+        balancer::run(config, async move { signals.recv().await.to_string() }).await
     })
 }
 

@@ -5,6 +5,7 @@
 //! first, which singletons are elected on.
 
 mod discovery;
+pub use discovery::open as multicast_socket;
 pub mod links;
 pub mod view;
 

@@ -1,0 +1,422 @@
+//! The balancer: what httpd with mod_cluster was for AS7 clusters, in the same binary as the
+//! node. It advertises itself by multicast ([`advertise`]); nodes send it MCMP ([`mcmp`]):
+//! who they are, which contexts they serve, and how loaded they are; it keeps that in its
+//! [`table`] and proxies each client request to a node that serves it ([`proxy`]): sticky by
+//! the session's route, new sessions to the node with the most room. Its MCMP port takes
+//! commands only from the addresses it is told (loopback by default), as httpd's `Require`
+//! did; it also serves a status page there (HTML at `/`, JSON at `/status.json`).
+
+mod advertise;
+pub mod mcmp;
+mod proxy;
+pub mod table;
+
+pub use advertise::{
+    GROUP as ADVERTISE_GROUP, PORT as ADVERTISE_PORT, parse as parse_advertisement,
+};
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{Method, Response, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::node::NodeError;
+use crate::shutdown::Shutdown;
+use table::Table;
+
+/// How a balancer runs.
+#[derive(Debug, Clone)]
+pub struct BalancerConfig {
+    /// The address both ports bind.
+    pub bind: IpAddr,
+    /// Where clients' requests come.
+    pub port: u16,
+    /// Where nodes send MCMP.
+    pub mcmp_port: u16,
+    /// Who may send MCMP: addresses, or networks as `address/bits`.
+    pub allow: Vec<(IpAddr, u8)>,
+    /// Whether to advertise by multicast.
+    pub advertise: bool,
+}
+
+/// How often nodes send STATUS; a node unheard for three times this is passed over.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the balancer checks that it reaches each node.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A running balancer.
+pub struct Balancer {
+    table: Mutex<Table>,
+    /// The pool of connections to the nodes.
+    client: Client<HttpConnector, Body>,
+    /// When it started, in microseconds since the epoch: the `id` of its STATUS answers.
+    started_us: u128,
+}
+
+impl Balancer {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        crate::apps::lock(&self.table)
+    }
+
+    fn silence(&self) -> Duration {
+        3 * STATUS_INTERVAL
+    }
+}
+
+/// Parses `address[/bits],...`, as `--allow` takes it.
+pub fn parse_allow(text: &str) -> Result<Vec<(IpAddr, u8)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (address, bits) = item.split_once('/').unwrap_or((item, ""));
+            let address: IpAddr = address
+                .parse()
+                .map_err(|_| format!("'{item}' is not an address or address/bits"))?;
+            let most = if address.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                "" => most,
+                bits => bits
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|bits| *bits <= most)
+                    .ok_or_else(|| format!("'{item}' has no valid prefix length (0-{most})"))?,
+            };
+            Ok((address, bits))
+        })
+        .collect()
+}
+
+/// Whether `peer` is in one of the `allow`ed networks.
+fn allowed(allow: &[(IpAddr, u8)], peer: IpAddr) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    allow.iter().any(|&(network, bits)| match (network, peer) {
+        (IpAddr::V4(n), IpAddr::V4(p)) => {
+            let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
+            u32::from(n) & mask == u32::from(p) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(p)) => {
+            let mask = u128::MAX.checked_shl(128 - bits as u32).unwrap_or(0);
+            u128::from(n) & mask == u128::from(p) & mask
+        }
+        _ => false,
+    })
+}
+
+/// Runs a balancer until `stop` resolves.
+pub async fn run(
+    config: BalancerConfig,
+    stop: impl Future<Output = String>,
+) -> Result<(), NodeError> {
+    let http = crate::node::bind_port("HTTP", SocketAddr::new(config.bind, config.port)).await?;
+    let mcmp_address = SocketAddr::new(config.bind, config.mcmp_port);
+    let mcmp = crate::node::bind_port("MCMP", mcmp_address).await?;
+    let balancer = Arc::new(Balancer {
+        table: Mutex::new(Table::default()),
+        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        started_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros(),
+    });
+    let shutdown = Shutdown::new();
+    tokio::spawn(check_health(balancer.clone(), shutdown.clone()));
+    if config.advertise {
+        tokio::spawn(advertise(config.bind, mcmp_address, shutdown.clone()));
+    }
+    let proxying = {
+        let balancer = balancer.clone();
+        Router::new().fallback(
+            move |ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request| {
+                proxy::handle(balancer.clone(), client, request)
+            },
+        )
+    };
+    let managing = {
+        let (balancer, allow) = (balancer.clone(), Arc::new(config.allow.clone()));
+        Router::new().fallback(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request| {
+                manage(balancer.clone(), allow.clone(), peer, request)
+            },
+        )
+    };
+    let servers =
+        [("HTTP", http, proxying), ("MCMP", mcmp, managing)].map(|(name, listener, router)| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+                    .map_err(|source| NodeError::Serve { name, source })
+            })
+        });
+    info!(
+        "Immutant balancer {} started (http http://{}:{}, mcmp http://{mcmp_address}, advertising {})",
+        crate::VERSION,
+        config.bind,
+        config.port,
+        if config.advertise {
+            "on 224.0.1.105:23364"
+        } else {
+            "off"
+        }
+    );
+    let reason = stop.await;
+    info!("Stopping the balancer ({reason})");
+    shutdown.cancel();
+    for server in servers {
+        server.await.map_err(|error| NodeError::Serve {
+            name: "balancer",
+            source: std::io::Error::other(error),
+        })??;
+    }
+    Ok(())
+}
+
+/// The MCMP port: commands from the allowed addresses, and the status page.
+async fn manage(
+    balancer: Arc<Balancer>,
+    allow: Arc<Vec<(IpAddr, u8)>>,
+    peer: SocketAddr,
+    request: Request,
+) -> Response<Body> {
+    let method = request.method().as_str().to_ascii_uppercase();
+    if !allowed(&allow, peer.ip()) {
+        warn!("refused {method} from {peer}: not an allowed address");
+        let mut refusal = mcmp::response(Err(mcmp::McmpError {
+            kind: "GENERAL",
+            message: format!(
+                "GENERAL: {} may not manage this balancer; start it with --allow to let it",
+                peer.ip()
+            ),
+        }));
+        *refusal.status_mut() = StatusCode::FORBIDDEN;
+        return refusal;
+    }
+    if request.method() == Method::GET {
+        return status_page(&balancer, request.uri().path());
+    }
+    if !mcmp::COMMANDS.contains(&method.as_str()) {
+        return mcmp::response(Err(mcmp::McmpError {
+            kind: "SYNTAX",
+            message: "SYNTAX: Command is not supported".to_string(),
+        }));
+    }
+    let path = request.uri().path().to_string();
+    let wildcard = path == "*" || path.ends_with("/*");
+    let body = match axum::body::to_bytes(request.into_body(), mcmp::MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            return mcmp::response(Err(mcmp::McmpError {
+                kind: "SYNTAX",
+                message: format!("SYNTAX: {method} can't read POST data"),
+            }));
+        }
+    };
+    let answer = mcmp::execute(
+        &mut balancer.table(),
+        &method,
+        wildcard,
+        &body,
+        balancer.started_us,
+    );
+    if answer.is_ok() && !["STATUS", "PING", "INFO", "DUMP", "VERSION"].contains(&method.as_str()) {
+        info!(
+            "MCMP {method}{}: {}",
+            if wildcard { " /*" } else { "" },
+            String::from_utf8_lossy(&body)
+        );
+    }
+    mcmp::response(answer)
+}
+
+/// What the status page shows.
+#[derive(Serialize)]
+struct Status {
+    nodes: Vec<NodeStatus>,
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    #[serde(flatten)]
+    node: table::Node,
+    in_flight: usize,
+    contexts: Vec<ContextStatus>,
+}
+
+#[derive(Serialize)]
+struct ContextStatus {
+    #[serde(flatten)]
+    context: table::Context,
+    in_flight: usize,
+}
+
+fn status(balancer: &Balancer) -> Status {
+    use std::sync::atomic::Ordering;
+    let table = balancer.table();
+    let nodes = table
+        .nodes()
+        .map(|node| NodeStatus {
+            node: node.clone(),
+            in_flight: node.in_flight.load(Ordering::SeqCst),
+            contexts: table
+                .contexts()
+                .filter(|context| context.route == node.route)
+                .map(|context| ContextStatus {
+                    context: context.clone(),
+                    in_flight: context.in_flight.load(Ordering::SeqCst),
+                })
+                .collect(),
+        })
+        .collect();
+    Status { nodes }
+}
+
+/// `/status.json`, or the page at any other path.
+fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
+    let status = status(balancer);
+    if path == "/status.json" {
+        let json = serde_json::to_string_pretty(&status).unwrap_or_default();
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json))
+            .unwrap_or_default();
+    }
+    use crate::web::proxy::escape;
+    let mut rows = String::new();
+    for node in &status.nodes {
+        let health = match (node.node.healthy, node.node.load) {
+            (false, _) => "unreachable",
+            (true, -1) => "broken",
+            (true, 0) => "standby",
+            _ => "up",
+        };
+        rows.push_str(&format!(
+            "<tr class=\"node\"><th>{}</th><td>{}</td><td>{health}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&node.node.route),
+            escape(&node.node.address()),
+            node.node.load,
+            node.node.elected,
+            node.in_flight
+        ));
+        for context in &node.contexts {
+            rows.push_str(&format!(
+                "<tr class=\"context\"><td></td><td>{} ({})</td><td>{}</td><td></td><td>{}</td><td>{}</td></tr>\n",
+                escape(&context.context.path),
+                escape(&context.context.aliases.join(", ")),
+                serde_json::to_value(context.context.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                context.context.requests,
+                context.in_flight
+            ));
+        }
+    }
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Immutant balancer</title>\n<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{padding:4px 10px;text-align:left;border-bottom:1px solid #ddd}}tr.node{{background:#f4f4f4}}</style></head>\n<body><h1>Immutant balancer {}</h1>\n<table><tr><th>node</th><th>address / context</th><th>state</th><th>load factor</th><th>requests</th><th>in flight</th></tr>\n{rows}</table>\n<p><a href=\"/status.json\">as JSON</a></p></body></html>\n",
+        crate::VERSION
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Body::from(html))
+        .unwrap_or_default()
+}
+
+/// Checks every couple of seconds that each node's HTTP port takes connections: one that does
+/// not is passed over until it does again.
+async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let nodes: Vec<(String, String)> = balancer
+            .table()
+            .nodes()
+            .map(|node| (node.route.clone(), node.address()))
+            .collect();
+        for (route, address) in nodes {
+            let reached = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(&address),
+            )
+            .await
+            .is_ok_and(|connected| connected.is_ok());
+            let mut table = balancer.table();
+            if table
+                .node(&route)
+                .is_some_and(|node| node.healthy != reached)
+            {
+                match reached {
+                    true => info!("node {route} answers again"),
+                    false => warn!("node {route} does not answer at {address}; passing it over"),
+                }
+            }
+            table.set_healthy(&route, reached);
+        }
+    }
+}
+
+/// Advertises the balancer's MCMP address on mod_cluster's group, through the bind address's
+/// interface, every 10 s.
+async fn advertise(bind: IpAddr, mcmp: SocketAddr, shutdown: Shutdown) {
+    let group = IpAddr::V4(advertise::GROUP);
+    let socket = match crate::cluster::multicast_socket(group, advertise::PORT, bind) {
+        Ok(socket) => socket,
+        Err(error) => {
+            warn!(
+                "cannot advertise the balancer on 224.0.1.105:23364 ({error}); list it in the nodes' -Dimmutant.modcluster.proxies"
+            );
+            return;
+        }
+    };
+    let server = advertise::server_id();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut ticker = tokio::time::interval(advertise::INTERVAL);
+    for sequence in 1u64.. {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let date = chrono::Utc::now()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let datagram = advertise::datagram(&server, mcmp, sequence, &date, &host);
+        let target = SocketAddr::new(group, advertise::PORT);
+        if let Err(error) = socket.send_to(datagram.as_bytes(), target).await {
+            tracing::debug!("cannot send an advertisement: {error}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowed_addresses_may_manage() {
+        let allow = parse_allow("127.0.0.0/8, ::1, 10.1.2.3").unwrap();
+        assert!(allowed(&allow, "127.0.0.1".parse().unwrap()));
+        assert!(allowed(&allow, "127.9.9.9".parse().unwrap()));
+        assert!(allowed(&allow, "::1".parse().unwrap()));
+        assert!(allowed(&allow, "::ffff:127.0.0.1".parse().unwrap()));
+        assert!(allowed(&allow, "10.1.2.3".parse().unwrap()));
+        assert!(!allowed(&allow, "10.1.2.4".parse().unwrap()));
+        assert!(!allowed(&allow, "192.168.1.1".parse().unwrap()));
+        assert!(parse_allow("nonsense").is_err());
+        assert!(parse_allow("10.0.0.0/33").is_err());
+    }
+}
