@@ -10,9 +10,11 @@
 //! - [`deploy`], [`undeploy`]: put an app into the home's deployments folder, and take it out;
 //!   [`descriptor`] is the format of what they write there;
 //! - [`archive`]: packs an app into a file that deploys without its project;
-//! - [`env`], [`list`], [`version`]: tell what is where.
+//! - [`env`], [`list`], [`version`]: tell what is where;
+//! - [`balancer`]: runs a balancer in front of clustered nodes, and shows what it knows.
 
 pub mod archive;
+pub mod balancer;
 pub mod cargo;
 pub mod deploy;
 pub mod descriptor;

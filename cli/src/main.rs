@@ -8,7 +8,7 @@ use anyhow::Result;
 use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
-use cargo_immutant::{archive, env, list, new, run, undeploy, version};
+use cargo_immutant::{archive, balancer, env, list, new, run, undeploy, version};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -103,6 +103,40 @@ enum Command {
     },
     /// Show the CLI's and the installed server's versions.
     Version,
+    /// Run a balancer in front of clustered nodes, in the foreground (what httpd with
+    /// mod_cluster was): nodes learn of it by its multicast advertisements (or
+    /// -Dimmutant.modcluster.proxies) and tell it their contexts and load; it sends each
+    /// request to a node that serves it, keeping sessions on their node.
+    ///
+    /// Other arguments go to the server's `balancer`: --allow ADDR[/BITS],... (who may send it
+    /// MCMP; loopback by default), --no-advertise, -b ADDRESS, --log-level L.
+    #[command(args_conflicts_with_subcommands = true)]
+    Balancer {
+        #[command(subcommand)]
+        action: Option<BalancerAction>,
+        /// The port clients send requests to.
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The port nodes send MCMP to.
+        #[arg(long, default_value_t = balancer::DEFAULT_MCMP_PORT)]
+        mcmp_port: u16,
+        /// [--allow ADDR[/BITS],...] [--no-advertise] [-b ADDRESS] [--log-level L]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BalancerAction {
+    /// Show every node a running balancer knows, with its contexts, state, load and requests.
+    Status {
+        /// The balancer's MCMP port.
+        #[arg(long, default_value_t = balancer::DEFAULT_MCMP_PORT)]
+        mcmp_port: u16,
+        /// The balancer's host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
 }
 
 /// Settings of a deployment that win over the project's `[package.metadata.immutant]`.
@@ -193,6 +227,24 @@ fn execute(command: Command) -> Result<u8> {
         Command::List { installs: true } => list::print_installs(&locations)?,
         Command::List { installs: false } => list::print_deployments(&locations)?,
         Command::Version => version::print(&locations),
+        Command::Balancer {
+            action: Some(BalancerAction::Status { mcmp_port, host }),
+            ..
+        } => balancer::print_status(&host, mcmp_port)?,
+        Command::Balancer {
+            action: None,
+            port,
+            mcmp_port,
+            args,
+        } => {
+            let options = balancer::BalancerOptions {
+                port: Some(port),
+                mcmp_port: Some(mcmp_port),
+                args,
+            };
+            let code = balancer::run(&locations, &options)?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
     }
     Ok(0)
 }

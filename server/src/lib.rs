@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod logging;
 pub mod management;
 pub mod messaging;
+pub mod modcluster;
 pub mod node;
 pub mod shutdown;
 pub mod singleton;

@@ -135,6 +135,24 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "milliseconds a job's firing may run late; later than that it runs once, now",
     },
     KnownProperty {
+        name: "immutant.modcluster.proxies",
+        kind: PropertyKind::Seeds,
+        default: PropertyDefault::Value(""),
+        help: "host:port,... of balancers' MCMP ports, besides those heard advertising",
+    },
+    KnownProperty {
+        name: "immutant.modcluster.balancer",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value("mycluster"),
+        help: "the balancer (in mod_cluster's sense) this node's contexts join",
+    },
+    KnownProperty {
+        name: "immutant.modcluster.status-interval",
+        kind: PropertyKind::Count,
+        default: PropertyDefault::Value("10000"),
+        help: "milliseconds between the load reports (STATUS) a node sends each balancer",
+    },
+    KnownProperty {
         name: "jboss.logging.level",
         kind: PropertyKind::LogLevel,
         default: PropertyDefault::Value("INFO"),

@@ -71,6 +71,47 @@ pub enum NodeError {
     Cluster(#[from] ClusterError),
 }
 
+/// How the node speaks to balancers, if it does: when it is clustered (and listens for their
+/// advertisements) or has balancers listed in `immutant.modcluster.proxies`.
+fn modcluster_config(
+    config: &ServerConfig,
+    properties: &Properties,
+) -> Option<crate::modcluster::ModClusterConfig> {
+    let proxies = properties
+        .get("immutant.modcluster.proxies")
+        .and_then(|proxies| crate::config::properties::parse_seeds(&proxies))
+        .unwrap_or_default();
+    if config.cluster.is_none() && proxies.is_empty() {
+        return None;
+    }
+    let mut http = config.http_address();
+    if http.ip().is_unspecified() {
+        // Balancers need an address they can reach; the node answers on every one.
+        http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let number = |name: &str, default: u64| {
+        properties
+            .get(name)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    Some(crate::modcluster::ModClusterConfig {
+        identity: crate::modcluster::Identity {
+            route: config.node_name.clone(),
+            http,
+            balancer: properties
+                .get("immutant.modcluster.balancer")
+                .unwrap_or_else(|| "mycluster".to_string()),
+        },
+        proxies,
+        advertise_on: config.cluster.as_ref().map(|_| config.bind_address),
+        status_interval: std::time::Duration::from_millis(number(
+            "immutant.modcluster.status-interval",
+            10_000,
+        )),
+    })
+}
+
 /// Boots a node, serves until `stop` resolves (with the reason, such as the signal's name), then
 /// stops it gracefully. `started` is when the process began, for the boot time.
 pub async fn run(
@@ -145,6 +186,8 @@ pub async fn run(
         web: web.clone(),
     }));
     let registration = registry::Registration::record(&properties.home(), &config);
+    let balancers = modcluster_config(&config, properties)
+        .map(|settings| crate::modcluster::start(settings, web.clone(), shutdown.clone()));
 
     let scanner = {
         let (deployments, apps, shutdown) =
@@ -206,6 +249,10 @@ pub async fn run(
     shutdown.cancel();
     let _ = scanner.await;
     apps.stop_all().await;
+    if let Some(balancers) = balancers {
+        // Each balancer is told the node leaves (a few seconds at most).
+        let _ = balancers.await;
+    }
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }

@@ -12,9 +12,13 @@ mod backend;
 pub(crate) mod proxy;
 mod routes;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use axum::Router;
 use axum::body::Body;
@@ -29,6 +33,33 @@ pub struct Web {
     node_name: String,
     routes: RwLock<Routes>,
     pub sockets: SocketDir,
+    /// Bumped whenever the routes change, for balancers to hear of it at once.
+    changes: watch::Sender<u64>,
+    /// What an operator said of each context for balancers (enable, disable, stop), by
+    /// context path; enabled unless said otherwise.
+    control: Mutex<BTreeMap<String, Control>>,
+}
+
+/// What balancers may send a context of this node, as an operator says (mod_cluster's
+/// enable, disable and stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Control {
+    /// Every request.
+    Enabled,
+    /// Requests of the sessions it has; no new sessions.
+    Disabled,
+    /// No requests.
+    Stopped,
+}
+
+/// A context as balancers are told of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Published {
+    pub context_path: String,
+    /// Its virtual hosts, or JBoss's `default-host` and `localhost` for an app that names none.
+    pub aliases: Vec<String>,
+    pub state: Control,
 }
 
 impl Web {
@@ -39,6 +70,8 @@ impl Web {
             node_name,
             routes: RwLock::new(Routes::default()),
             sockets: SocketDir::open(sockets)?,
+            changes: watch::channel(0).0,
+            control: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -48,10 +81,83 @@ impl Web {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The routes, to change: whoever follows the changes hears of it once the guard is gone.
     fn routes_mut(&self) -> RwLockWriteGuard<'_, Routes> {
+        self.changes.send_modify(|version| *version += 1);
         self.routes
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hears of every change to the routes or their control.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Every context as balancers should know it now: enabled (or as an operator said) while a
+    /// process serves it, stopped while none does.
+    pub fn published(&self) -> Vec<Published> {
+        let control = crate::apps::lock(&self.control).clone();
+        let mut published: Vec<Published> = self
+            .routes()
+            .all()
+            .map(|route| Published {
+                context_path: route.context_path.clone(),
+                aliases: match route.hosts.is_empty() {
+                    true => vec!["default-host".to_string(), "localhost".to_string()],
+                    false => route.hosts.clone(),
+                },
+                state: match route.target {
+                    Target::Up(_) => control
+                        .get(&route.context_path)
+                        .copied()
+                        .unwrap_or(Control::Enabled),
+                    _ => Control::Stopped,
+                },
+            })
+            .collect();
+        published.sort();
+        published
+    }
+
+    /// An operator's word on a context (`None`: every context): balancers hear of it at once.
+    /// False if no app is mounted there.
+    pub fn set_control(&self, context_path: Option<&str>, state: Control) -> bool {
+        let contexts: Vec<String> = match context_path {
+            Some(path) => vec![normalize_context_path(path)],
+            None => self
+                .routes()
+                .all()
+                .map(|r| r.context_path.clone())
+                .collect(),
+        };
+        let mounted = self
+            .routes()
+            .all()
+            .any(|r| contexts.contains(&r.context_path));
+        if mounted {
+            let mut control = crate::apps::lock(&self.control);
+            for context in contexts {
+                match state {
+                    Control::Enabled => control.remove(&context),
+                    state => control.insert(context, state),
+                };
+            }
+            drop(control);
+            self.changes.send_modify(|version| *version += 1);
+        }
+        mounted
+    }
+
+    /// The web requests in flight on this node now.
+    pub fn in_flight(&self) -> usize {
+        self.routes()
+            .all()
+            .filter_map(|route| match &route.target {
+                Target::Up(backend) => Some(backend.in_flight()),
+                _ => None,
+            })
+            .sum()
     }
 
     /// A deployment of an app has mounted a handler: until it is ready, requests for the

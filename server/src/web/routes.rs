@@ -96,6 +96,11 @@ impl Routes {
             })
     }
 
+    /// Every route.
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
     /// The route of `app`, if it is mounted.
     pub fn get(&self, app: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.app == app)

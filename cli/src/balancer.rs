@@ -1,0 +1,142 @@
+//! `balancer`: runs the install's server as a balancer in front of clustered nodes (what httpd
+//! with mod_cluster was), and `balancer status` shows what a running one knows.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::locations::Locations;
+use crate::run::{self, RunPlan};
+
+/// How `balancer` runs one.
+#[derive(Debug, Default)]
+pub struct BalancerOptions {
+    pub port: Option<u16>,
+    pub mcmp_port: Option<u16>,
+    /// Everything else, for the server's `balancer` (`--allow`, `--no-advertise`, `-b`, ...).
+    pub args: Vec<String>,
+}
+
+/// The balancer's MCMP port when none is given (the one Immutant's docs used for httpd).
+pub const DEFAULT_MCMP_PORT: u16 = 6666;
+
+/// Runs a balancer in the foreground until it is stopped; returns its exit code.
+pub fn run(locations: &Locations, options: &BalancerOptions) -> Result<i32> {
+    let mut args = vec!["balancer".to_string()];
+    if let Some(port) = options.port {
+        args.extend(["--port".to_string(), port.to_string()]);
+    }
+    if let Some(port) = options.mcmp_port {
+        args.extend(["--mcmp-port".to_string(), port.to_string()]);
+    }
+    args.extend(options.args.iter().cloned());
+    run::run(locations, &RunPlan { args, nodes: None })
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Node {
+    route: String,
+    host: String,
+    port: u16,
+    load: i32,
+    healthy: bool,
+    elected: u64,
+    in_flight: usize,
+    contexts: Vec<NodeContext>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeContext {
+    path: String,
+    aliases: Vec<String>,
+    state: String,
+    requests: u64,
+    in_flight: usize,
+}
+
+/// Prints every node the balancer at `host:mcmp_port` knows, with its contexts.
+pub fn print_status(host: &str, mcmp_port: u16) -> Result<()> {
+    let url = format!("http://{host}:{mcmp_port}/status.json");
+    let text = crate::http::block_on(async {
+        let client = crate::http::client(Some(Duration::from_secs(5)))?;
+        let response = client.get(&url).send().await.with_context(|| {
+            format!("no balancer answers at {host}:{mcmp_port}; start one with `cargo immutant balancer`, or give its --mcmp-port")
+        })?;
+        if !response.status().is_success() {
+            bail!(
+                "the balancer at {host}:{mcmp_port} answered {}; is this address allowed to manage it (its --allow)?",
+                response.status()
+            );
+        }
+        response
+            .text()
+            .await
+            .context("the balancer's answer broke off")
+    })??;
+    let status: Status = serde_json::from_str(&text)
+        .with_context(|| format!("{url} did not answer as a balancer does"))?;
+    print!("{}", render(&status));
+    Ok(())
+}
+
+fn render(status: &Status) -> String {
+    if status.nodes.is_empty() {
+        return "The balancer knows no node yet: nodes tell it about themselves when they run with --clustered (or list it in -Dimmutant.modcluster.proxies).\n".to_string();
+    }
+    let mut out = String::new();
+    for node in &status.nodes {
+        let state = match (node.healthy, node.load) {
+            (false, _) => "unreachable".to_string(),
+            (true, -1) => "broken".to_string(),
+            (true, 0) => "standby".to_string(),
+            (true, load) => format!("up, load factor {load}"),
+        };
+        out.push_str(&format!(
+            "{} at {}:{} ({state}; {} requests, {} in flight)\n",
+            node.route, node.host, node.port, node.elected, node.in_flight
+        ));
+        for context in &node.contexts {
+            out.push_str(&format!(
+                "    {:<24} {:<9} on {} ({} requests, {} in flight)\n",
+                context.path,
+                context.state,
+                context.aliases.join(", "),
+                context.requests,
+                context.in_flight
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_each_node_and_its_contexts() {
+        let status: Status = serde_json::from_str(
+            r#"{"nodes":[{"route":"one","host":"127.0.0.1","port":8080,"load":90,"healthy":true,"elected":3,"in_flight":1,
+            "contexts":[{"path":"/app","aliases":["default-host","localhost"],"state":"enabled","requests":3,"in_flight":1}]}]}"#,
+        )
+        .unwrap();
+        let text = render(&status);
+        assert!(
+            text.starts_with(
+                "one at 127.0.0.1:8080 (up, load factor 90; 3 requests, 1 in flight)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("/app"), "{text}");
+        assert!(
+            text.contains("enabled   on default-host, localhost (3 requests, 1 in flight)"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The node's side of mod_cluster: it tells every balancer it knows who it is, which contexts
+//! it serves and how loaded it is, in MCMP (mod_cluster's management protocol), as AS7's
+//! `ClusterListener` did, so that httpd with `mod_proxy_cluster` or `cargo immutant balancer`
+//! configures itself. Balancers are the ones listed in `immutant.modcluster.proxies`, and, on
+//! a clustered node, those heard advertising on mod_cluster's group (224.0.1.105:23364)
+//! through the bind address's interface.
+//!
+//! To each balancer a node sends CONFIG (its route, the node's name, and its HTTP address),
+//! then ENABLE-APP for each context a process serves, and from then on what changes, at once:
+//! STOP-APP for a context no process serves, DISABLE-APP and STOP-APP when an operator says so,
+//! REMOVE-APP for one unmounted; STATUS with its load factor every 10 s. A balancer that
+//! refuses a command (it restarted, and forgot the node) gets CONFIG and every context again.
+//! At a graceful stop the node sends REMOVE-APP for all of its contexts.
+
+mod load;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::shutdown::Shutdown;
+use crate::web::{Control, Published, Web};
+
+/// Who this node is to its balancers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `JVMRoute`: the node's name.
+    pub route: String,
+    /// Its HTTP address, as balancers reach it.
+    pub http: SocketAddr,
+    /// The balancer (mod_cluster's name for a group of nodes) its contexts join.
+    pub balancer: String,
+}
+
+/// How the node speaks to balancers.
+#[derive(Debug, Clone)]
+pub struct ModClusterConfig {
+    pub identity: Identity,
+    /// Balancers' MCMP addresses given by property.
+    pub proxies: Vec<String>,
+    /// Listen for balancers' advertisements on this interface (a clustered node).
+    pub advertise_on: Option<IpAddr>,
+    pub status_interval: Duration,
+}
+
+/// The contexts a balancer has been told of, as it was told.
+type Told = BTreeMap<(String, Vec<String>), Control>;
+
+/// Starts speaking MCMP to every balancer, listed or heard of; the task returned ends once every
+/// balancer has been told the node is gone (at `shutdown`).
+pub fn start(
+    config: ModClusterConfig,
+    web: Arc<Web>,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client: Client<HttpConnector, Body> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let known: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let mut links = JoinSet::new();
+        let link = |proxy: String, links: &mut JoinSet<()>| {
+            if crate::apps::lock(&known).insert(proxy.clone()) {
+                info!("Telling the balancer at {proxy} about this node's web apps");
+                let link = Link {
+                    proxy,
+                    config: config.clone(),
+                    client: client.clone(),
+                    web: web.clone(),
+                };
+                links.spawn(link.run(shutdown.clone()));
+            }
+        };
+        for proxy in &config.proxies {
+            link(proxy.clone(), &mut links);
+        }
+        let mut heard = match config.advertise_on {
+            Some(interface) => listen_for_advertisements(interface),
+            None => None,
+        };
+        loop {
+            let advertised = async {
+                match heard.as_mut() {
+                    Some(heard) => heard.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                proxy = advertised => match proxy {
+                    Some(proxy) => link(proxy.to_string(), &mut links),
+                    None => heard = None,
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        while links.join_next().await.is_some() {}
+    })
+}
+
+/// The MCMP addresses balancers advertise, as they are heard.
+fn listen_for_advertisements(
+    interface: IpAddr,
+) -> Option<tokio::sync::mpsc::UnboundedReceiver<SocketAddr>> {
+    let group = IpAddr::V4(crate::balancer::ADVERTISE_GROUP);
+    let socket = match crate::cluster::multicast_socket(
+        group,
+        crate::balancer::ADVERTISE_PORT,
+        interface,
+    ) {
+        Ok(socket) => socket,
+        Err(error) => {
+            warn!(
+                "cannot listen for balancers' advertisements on 224.0.1.105:23364 ({error}); list balancers in -Dimmutant.modcluster.proxies"
+            );
+            return None;
+        }
+    };
+    let (found, heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let Ok((length, _)) = socket.recv_from(&mut buffer).await else {
+                return;
+            };
+            let text = String::from_utf8_lossy(&buffer[..length]);
+            if let Some(proxy) = crate::balancer::parse_advertisement(&text)
+                && found.send(proxy).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Some(heard)
+}
+
+/// This node's conversation with one balancer.
+struct Link {
+    proxy: String,
+    config: ModClusterConfig,
+    client: Client<HttpConnector, Body>,
+    web: Arc<Web>,
+}
+
+/// Why a command did not go through.
+#[derive(Debug)]
+enum Refusal {
+    /// The balancer could not be reached.
+    Unreachable(String),
+    /// It answered with an error (`Type` and `Mess` say which).
+    Refused(String),
+}
+
+impl Link {
+    async fn run(self, shutdown: Shutdown) {
+        let mut changes = self.web.changes();
+        let mut ticker = tokio::time::interval(self.config.status_interval);
+        // None: the balancer must be told everything (again).
+        let mut told: Option<Told> = None;
+        let mut reachable = true;
+        loop {
+            let status_due = tokio::select! {
+                _ = ticker.tick() => true,
+                _ = changes.changed() => false,
+                _ = shutdown.cancelled() => break,
+            };
+            let outcome = self.tell(&mut told, status_due).await;
+            match (outcome, reachable) {
+                (Ok(()), false) => {
+                    info!("The balancer at {} hears this node again", self.proxy);
+                    reachable = true;
+                }
+                (Err(Refusal::Unreachable(error)), true) => {
+                    warn!(
+                        "cannot reach the balancer at {} ({error}); trying again every {} s",
+                        self.proxy,
+                        self.config.status_interval.as_secs()
+                    );
+                    reachable = false;
+                    told = None;
+                }
+                (Err(Refusal::Refused(why)), _) => {
+                    // It forgot this node (a restart): tell it everything, now.
+                    debug!(
+                        "the balancer at {} refused: {why}; telling it everything again",
+                        self.proxy
+                    );
+                    told = None;
+                    if let Err(error) = self.tell(&mut told, true).await {
+                        debug!("the balancer at {} still refuses: {error:?}", self.proxy);
+                        told = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let route = format!("JVMRoute={}", encode(&self.config.identity.route));
+        let farewell = self.send("REMOVE-APP", true, route);
+        if tokio::time::timeout(Duration::from_secs(2), farewell)
+            .await
+            .is_err()
+        {
+            warn!(
+                "the balancer at {} did not hear that this node leaves",
+                self.proxy
+            );
+        }
+    }
+
+    /// Brings the balancer up to date: CONFIG if it knows nothing yet, then every context that
+    /// changed; STATUS too if `status_due`.
+    async fn tell(&self, told: &mut Option<Told>, status_due: bool) -> Result<(), Refusal> {
+        let identity = &self.config.identity;
+        let route = encode(&identity.route);
+        if told.is_none() {
+            let body = format!(
+                "JVMRoute={route}&Balancer={}&Host={}&Port={}&StickySessionForce=No&Type=http",
+                encode(&self.config.identity.balancer),
+                encode(&identity.http.ip().to_string()),
+                identity.http.port()
+            );
+            self.send("CONFIG", false, body).await?;
+            *told = Some(Told::new());
+        }
+        let sent = told.as_mut().unwrap_or_else(|| unreachable!("set above"));
+        let now: Told = self
+            .web
+            .published()
+            .into_iter()
+            .map(
+                |Published {
+                     context_path,
+                     aliases,
+                     state,
+                 }| ((context_path, aliases), state),
+            )
+            .collect();
+        let gone: Vec<_> = sent
+            .keys()
+            .filter(|key| !now.contains_key(*key))
+            .cloned()
+            .collect();
+        for (context, aliases) in gone {
+            self.send("REMOVE-APP", false, app_body(&route, &context, &aliases))
+                .await?;
+            sent.remove(&(context, aliases));
+        }
+        for (key, state) in &now {
+            if sent.get(key) == Some(state) {
+                continue;
+            }
+            let command = match state {
+                Control::Enabled => "ENABLE-APP",
+                Control::Disabled => "DISABLE-APP",
+                Control::Stopped => "STOP-APP",
+            };
+            self.send(command, false, app_body(&route, &key.0, &key.1))
+                .await?;
+            sent.insert(key.clone(), *state);
+        }
+        if status_due {
+            let load = load::factor(self.web.in_flight());
+            self.send("STATUS", false, format!("JVMRoute={route}&Load={load}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one command (`/*` if `wildcard`) and reads its answer's body.
+    async fn send(&self, command: &str, wildcard: bool, body: String) -> Result<String, Refusal> {
+        let path = if wildcard { "/*" } else { "/" };
+        let method = Method::from_bytes(command.as_bytes())
+            .map_err(|error| Refusal::Refused(error.to_string()))?;
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.proxy))
+            .header(header::USER_AGENT, "ClusterListener/1.0")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .map_err(|error| Refusal::Refused(error.to_string()))?;
+        let answer = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .map_err(|_| Refusal::Unreachable("no answer within 5 s".to_string()))?
+            .map_err(|error| Refusal::Unreachable(error.to_string()))?;
+        let status = answer.status();
+        let message = answer
+            .headers()
+            .get("mess")
+            .and_then(|mess| mess.to_str().ok())
+            .map(str::to_string);
+        let text = answer
+            .into_body()
+            .collect()
+            .await
+            .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
+            .unwrap_or_default();
+        match status {
+            StatusCode::OK => Ok(text),
+            status => Err(Refusal::Refused(format!(
+                "{command}: {status}: {}",
+                message.unwrap_or(text)
+            ))),
+        }
+    }
+}
+
+/// The body of an app command: the node, the context's aliases, the context.
+fn app_body(route: &str, context: &str, aliases: &[String]) -> String {
+    format!(
+        "JVMRoute={route}&Alias={}&Context={}",
+        encode(&aliases.join(",")),
+        encode(context)
+    )
+}
+
+/// Form-encodes a value: everything but letters, digits and `-._~` as `%XX`.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_encoded_as_forms_encode_them() {
+        assert_eq!(encode("/app"), "%2Fapp");
+        assert_eq!(encode("default-host,localhost"), "default-host%2Clocalhost");
+        assert_eq!(
+            app_body("one", "/", &["shop.test".to_string()]),
+            "JVMRoute=one&Alias=shop.test&Context=%2F"
+        );
+    }
+}
