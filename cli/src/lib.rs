@@ -11,11 +11,13 @@
 //!   [`descriptor`] is the format of what they write there;
 //! - [`archive`]: packs an app into a file that deploys without its project;
 //! - [`env`], [`list`], [`version`]: tell what is where;
-//! - [`balancer`]: runs a balancer in front of clustered nodes, and shows what it knows.
+//! - [`balancer`]: runs a balancer in front of clustered nodes, and shows what it knows;
+//!   [`control`] enables, disables and stops nodes' web contexts at their balancers.
 
 pub mod archive;
 pub mod balancer;
 pub mod cargo;
+pub mod control;
 pub mod deploy;
 pub mod descriptor;
 pub mod env;

@@ -164,14 +164,16 @@ fn deployment_names(locations: &Locations) -> Vec<String> {
 
 /// A node of this install, as it recorded itself in `<home>/nodes/`.
 #[derive(Debug, Deserialize)]
-struct NodeRecord {
-    name: String,
-    pid: i32,
-    management: String,
+pub(crate) struct NodeRecord {
+    pub name: String,
+    pub pid: i32,
+    pub management: String,
+    /// Where it keeps its data, its management token among them.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The nodes whose records say they run and whose process lives.
-fn running_nodes(locations: &Locations) -> Vec<NodeRecord> {
+pub(crate) fn running_nodes(locations: &Locations) -> Vec<NodeRecord> {
     let mut nodes: Vec<NodeRecord> = std::fs::read_dir(locations.home.join("nodes"))
         .into_iter()
         .flatten()

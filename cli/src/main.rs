@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use cargo_immutant::control::{self, Action};
 use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
@@ -103,6 +104,12 @@ enum Command {
     },
     /// Show the CLI's and the installed server's versions.
     Version,
+    /// Let balancers send a node's contexts every request again (undoes disable and stop).
+    Enable(Target),
+    /// Send no new sessions to a node's contexts; requests of sessions they have still come.
+    Disable(Target),
+    /// Send no request at all to a node's contexts; waits until those in flight have finished.
+    Stop(Target),
     /// Run a balancer in front of clustered nodes, in the foreground (what httpd with
     /// mod_cluster was): nodes learn of it by its multicast advertisements (or
     /// -Dimmutant.modcluster.proxies) and tell it their contexts and load; it sends each
@@ -124,6 +131,17 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+}
+
+/// Which contexts of which nodes a control applies to.
+#[derive(Debug, Args)]
+struct Target {
+    /// The node (default: every running node of the install).
+    #[arg(long)]
+    node: Option<String>,
+    /// The context path (default: every context of the node).
+    #[arg(long)]
+    context: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +245,9 @@ fn execute(command: Command) -> Result<u8> {
         Command::List { installs: true } => list::print_installs(&locations)?,
         Command::List { installs: false } => list::print_deployments(&locations)?,
         Command::Version => version::print(&locations),
+        Command::Enable(target) => apply(&locations, Action::Enable, target)?,
+        Command::Disable(target) => apply(&locations, Action::Disable, target)?,
+        Command::Stop(target) => apply(&locations, Action::Stop, target)?,
         Command::Balancer {
             action: Some(BalancerAction::Status { mcmp_port, host }),
             ..
@@ -247,4 +268,13 @@ fn execute(command: Command) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn apply(locations: &Locations, action: Action, target: Target) -> Result<()> {
+    control::control(
+        locations,
+        action,
+        target.node.as_deref(),
+        target.context.as_deref(),
+    )
 }

@@ -1,14 +1,18 @@
 //! The management API: JSON about the node on its management port (9990 plus the offset).
+//! Reading is open to whoever reaches the port (loopback by default); a change (`POST`) needs
+//! the node's management token, which the node writes at boot to `management.token` in its
+//! data dir, readable by its user alone, as `Authorization: Bearer <token>`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apps::Apps;
 use crate::cache::Caches;
@@ -23,6 +27,53 @@ pub struct NodeInfo {
     pub apps: Arc<Apps>,
     pub broker: Arc<Broker>,
     pub caches: Arc<Caches>,
+    pub web: Arc<crate::web::Web>,
+    /// What a change must carry.
+    pub token: ManagementToken,
+}
+
+/// The secret a change to the node must carry, kept in a file of the data dir that only the
+/// node's user can read.
+#[derive(Clone)]
+pub struct ManagementToken(String);
+
+impl ManagementToken {
+    /// The token file's name in the data dir.
+    pub const FILE: &str = "management.token";
+
+    /// Makes a fresh token and writes it to `<data_dir>/management.token` (mode 0600).
+    pub fn create(data_dir: &std::path::Path) -> std::io::Result<ManagementToken> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let path = data_dir.join(Self::FILE);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(token.as_bytes())?;
+        Ok(ManagementToken(token))
+    }
+
+    /// Whether `headers` carry the token.
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared in full whatever differs, so that timing tells nothing.
+        given.len() == self.0.len()
+            && given
+                .bytes()
+                .zip(self.0.bytes())
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+                == 0
+    }
 }
 
 /// The answer to `GET /`.
@@ -56,6 +107,8 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/daemons", get(daemons))
         .route("/caches", get(caches))
         .route("/jobs", get(jobs))
+        .route("/web", get(web))
+        .route("/web/{action}", post(control_web))
         .with_state(info)
 }
 
@@ -148,4 +201,58 @@ async fn jobs(State(info): State<Arc<NodeInfo>>) -> Json<Vec<JobListing>> {
 /// Every cache open on this node: mode, entries held here, hits and misses.
 async fn caches(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::cache::CacheStats>> {
     Json(info.caches.stats())
+}
+
+/// Every web context of the node: where it is mounted, whether a process serves it, what
+/// balancers may send it, and the requests in flight.
+async fn web(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::web::ContextReport>> {
+    Json(info.web.contexts())
+}
+
+/// Which context a control applies to; none: every context of the node.
+#[derive(Debug, Deserialize)]
+struct ControlQuery {
+    context: Option<String>,
+}
+
+/// `POST /web/enable|disable|stop[?context=/path]`: what balancers may send the context, told
+/// to them at once.
+async fn control_web(
+    State(info): State<Arc<NodeInfo>>,
+    Path(action): Path<String>,
+    Query(query): Query<ControlQuery>,
+    headers: HeaderMap,
+) -> (StatusCode, String) {
+    if !info.token.admits(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "a change needs the node's management token (in {}/{}) as `Authorization: Bearer <token>`\n",
+                info.config.data_dir.display(),
+                ManagementToken::FILE
+            ),
+        );
+    }
+    let control = match action.as_str() {
+        "enable" => crate::web::Control::Enabled,
+        "disable" => crate::web::Control::Disabled,
+        "stop" => crate::web::Control::Stopped,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no such action '{other}': use enable, disable or stop\n"),
+            );
+        }
+    };
+    match info.web.set_control(query.context.as_deref(), control) {
+        true => (StatusCode::OK, "ok\n".to_string()),
+        false => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no web app is mounted at {} on node {}\n",
+                query.context.as_deref().unwrap_or("any context"),
+                info.config.node_name
+            ),
+        ),
+    }
 }

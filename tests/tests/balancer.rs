@@ -171,3 +171,161 @@ fn a_session_sticks_to_its_node_and_follows_when_the_node_dies() {
     let (body, _) = runtime.block_on(visit(&url, Some(&cookie)));
     assert_eq!(body, format!("7 {other}"));
 }
+
+/// The state of `context` on `route` at the balancer.
+fn context_state(mcmp: u16, route: &str, context: &str) -> Option<String> {
+    let status = status(mcmp);
+    let node = status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|node| node["route"] == route)?;
+    let found = node["contexts"]
+        .as_array()?
+        .iter()
+        .find(|c| c["path"] == context)?;
+    found["state"].as_str().map(str::to_string)
+}
+
+#[test]
+fn disable_keeps_sessions_where_they_are_and_stop_drains_then_sends_nothing() {
+    let base = Base::installed();
+    let context = format!("/ctl{}", std::process::id());
+    base.deploy_with(
+        &webprobe(),
+        &["--name", "ctlprobe", "--context-path", &context],
+    );
+    let (lb, one, two) = (free_offset(), free_offset(), free_offset());
+    let (port, mcmp) = (8080 + lb, 9990 + lb);
+    let _front = balancer(&base, port, mcmp);
+    let cluster = cluster_name();
+    // A STATUS a minute apart: what reaches the balancer sooner was sent at once.
+    let settings = [
+        format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"),
+        "-Dimmutant.modcluster.status-interval=60000".to_string(),
+    ];
+    let _first = clustered_with(&base, "one", one, &cluster, &settings);
+    let _second = clustered_with(&base, "two", two, &cluster, &settings);
+    eventually("both nodes enabled at the balancer", BUILD_PATIENCE, || {
+        enabled(mcmp, &context) == ["one", "two"]
+    });
+    let url = format!("http://127.0.0.1:{port}{context}/visits");
+    let runtime = runtime();
+    let control = |action: &str, node: &str| {
+        let output = base
+            .cli([action, "--node", node, "--context", &context])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "{action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text
+    };
+
+    // A session on one.
+    let cookie = runtime.block_on(async {
+        loop {
+            let (body, set) = visit(&url, None).await;
+            if body.ends_with(" one") {
+                break set.unwrap();
+            }
+        }
+    });
+
+    // Disabled on one: its session stays, new sessions go to two.
+    let said = control("disable", "one");
+    assert!(
+        said.contains(&format!("Disabled {context} on one")),
+        "{said}"
+    );
+    eventually(
+        "one's context disabled at the balancer",
+        Duration::from_secs(5),
+        || context_state(mcmp, "one", &context).as_deref() == Some("disabled"),
+    );
+    runtime.block_on(async {
+        assert_eq!(
+            visit(&url, Some(&cookie)).await.0,
+            "2 one",
+            "the sticky session stays"
+        );
+        for _ in 0..4 {
+            let (body, _) = visit(&url, None).await;
+            assert_eq!(body, "1 two", "new sessions go to the enabled node");
+        }
+    });
+
+    // Stopped on one while a request is in flight there: the stop waits for it, then nothing
+    // more goes to one; the session goes on on two.
+    let slow = runtime.spawn({
+        let (url, cookie) = (
+            format!("http://127.0.0.1:{port}{context}/slow?ms=1500"),
+            cookie.clone(),
+        );
+        async move {
+            let response = client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            response.status()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let said = control("stop", "one");
+    assert!(said.contains("drained"), "{said}");
+    assert!(
+        slow.is_finished(),
+        "stop said drained only after the request in flight finished"
+    );
+    assert_eq!(runtime.block_on(slow).unwrap(), 200);
+    assert_eq!(
+        context_state(mcmp, "one", &context).as_deref(),
+        Some("stopped")
+    );
+    assert_eq!(runtime.block_on(visit(&url, Some(&cookie))).0, "3 two");
+
+    // Enabled again: one takes requests again.
+    control("enable", "one");
+    eventually(
+        "one's context enabled again",
+        Duration::from_secs(5),
+        || context_state(mcmp, "one", &context).as_deref() == Some("enabled"),
+    );
+    let (body, _) = runtime.block_on(visit(&url, Some(&format!("JSESSIONID=unknown.one"))));
+    assert_eq!(body, "1 one", "a session routed to one reaches it again");
+}
+
+#[test]
+fn a_clustered_node_finds_an_advertising_balancer_by_itself() {
+    let base = Base::installed();
+    let context = format!("/adv{}", std::process::id());
+    base.deploy_with(
+        &webprobe(),
+        &["--name", "advprobe", "--context-path", &context],
+    );
+    let (lb, one) = (free_offset(), free_offset());
+    let (port, mcmp) = (8080 + lb, 9990 + lb);
+    let args = [
+        "balancer",
+        "--port",
+        &port.to_string(),
+        "--mcmp-port",
+        &mcmp.to_string(),
+    ];
+    let front = Proc::spawn(base.cli(args));
+    front.wait_for("advertising on 224.0.1.105:23364", PATIENCE);
+    let _node = clustered_with(&base, "adv", one, &cluster_name(), &[]);
+    // Advertisements come every 10 s; the node hears the next one.
+    eventually("the node enabled at the balancer", BUILD_PATIENCE, || {
+        enabled(mcmp, &context) == ["adv"]
+    });
+    let (body, _) = runtime().block_on(visit(
+        &format!("http://127.0.0.1:{port}{context}/visits"),
+        None,
+    ));
+    assert_eq!(body, "1 adv");
+}

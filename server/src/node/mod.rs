@@ -201,6 +201,13 @@ pub async fn run(
         apps: apps.clone(),
         broker: broker.clone(),
         caches,
+        web: web.clone(),
+        token: crate::management::ManagementToken::create(&config.data_dir).map_err(|source| {
+            NodeError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?,
     });
     let servers = [
         ("HTTP", http, web::router(web)),

@@ -53,6 +53,20 @@ pub enum Control {
     Stopped,
 }
 
+/// A mounted context, as the management API shows it.
+#[derive(Debug, Serialize)]
+pub struct ContextReport {
+    pub app: String,
+    pub context_path: String,
+    pub hosts: Vec<String>,
+    /// Whether a process serves it.
+    pub serving: bool,
+    /// What balancers may send it, as an operator said.
+    pub control: Control,
+    /// Requests being served now.
+    pub in_flight: usize,
+}
+
 /// A context as balancers are told of it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Published {
@@ -147,6 +161,28 @@ impl Web {
             self.changes.send_modify(|version| *version += 1);
         }
         mounted
+    }
+
+    /// Every mounted context as the management API shows it.
+    pub fn contexts(&self) -> Vec<ContextReport> {
+        let control = crate::apps::lock(&self.control).clone();
+        self.routes()
+            .all()
+            .map(|route| ContextReport {
+                app: route.app.clone(),
+                context_path: route.context_path.clone(),
+                hosts: route.hosts.clone(),
+                serving: matches!(route.target, Target::Up(_)),
+                control: control
+                    .get(&route.context_path)
+                    .copied()
+                    .unwrap_or(Control::Enabled),
+                in_flight: match &route.target {
+                    Target::Up(backend) => backend.in_flight(),
+                    _ => 0,
+                },
+            })
+            .collect()
     }
 
     /// The web requests in flight on this node now.

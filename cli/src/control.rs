@@ -1,0 +1,201 @@
+//! `enable`, `disable`, `stop`: what balancers may send a node's web contexts, as fine-grained
+//! as mod_cluster's control: `disable` takes no new sessions (sticky ones are still served),
+//! `stop` takes no request at all once the requests in flight have finished (and says when
+//! they have), `enable` undoes both. Each node is told through its management port, with the
+//! token it keeps in its data dir, and tells its balancers at once.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::list::{NodeRecord, running_nodes};
+use crate::locations::Locations;
+
+/// How long `stop` waits for a context's requests in flight to finish.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What to do to the contexts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Enable,
+    Disable,
+    Stop,
+}
+
+impl Action {
+    fn path(self) -> &'static str {
+        match self {
+            Action::Enable => "enable",
+            Action::Disable => "disable",
+            Action::Stop => "stop",
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Action::Enable => "Enabled",
+            Action::Disable => "Disabled",
+            Action::Stop => "Stopped",
+        }
+    }
+}
+
+/// A web context as a node's management API shows it.
+#[derive(Debug, Deserialize)]
+struct WebContext {
+    context_path: String,
+    in_flight: usize,
+}
+
+/// Does `action` to `context` (every context if none) on `node` (every running node of the
+/// install if none).
+pub fn control(
+    locations: &Locations,
+    action: Action,
+    node: Option<&str>,
+    context: Option<&str>,
+) -> Result<()> {
+    let nodes: Vec<NodeRecord> = running_nodes(locations)
+        .into_iter()
+        .filter(|record| node.is_none_or(|name| record.name == name))
+        .collect();
+    if nodes.is_empty() {
+        match node {
+            Some(name) => bail!(
+                "no node named '{name}' of {} is running; `cargo immutant list` shows the nodes",
+                locations.home.display()
+            ),
+            None => bail!(
+                "no node of {} is running; start one with `cargo immutant run`",
+                locations.home.display()
+            ),
+        }
+    }
+    crate::http::block_on(async {
+        let client = crate::http::client(Some(Duration::from_secs(10)))?;
+        for record in &nodes {
+            tell(&client, record, action, context).await?;
+            let what = context.unwrap_or("every context");
+            if action == Action::Stop {
+                drain(&client, record, context).await?;
+                println!(
+                    "{} {what} on {}: drained, no request in flight",
+                    action.done(),
+                    record.name
+                );
+            } else {
+                println!("{} {what} on {}", action.done(), record.name);
+            }
+        }
+        Ok(())
+    })?
+}
+
+async fn tell(
+    client: &reqwest::Client,
+    record: &NodeRecord,
+    action: Action,
+    context: Option<&str>,
+) -> Result<()> {
+    let token_file = record.data_dir.join("management.token");
+    let token = std::fs::read_to_string(&token_file).with_context(|| {
+        format!(
+            "cannot read node {}'s management token {}; run this as the user that runs the node",
+            record.name,
+            token_file.display()
+        )
+    })?;
+    let query = context.map_or(String::new(), |context| {
+        format!("?context={}", encode(context))
+    });
+    let response = client
+        .post(format!(
+            "{}/web/{}{query}",
+            record.management,
+            action.path()
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "node {} does not answer at {}",
+                record.name, record.management
+            )
+        })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("node {} refused: {}", record.name, text.trim());
+    }
+    Ok(())
+}
+
+/// Waits until no request is in flight on the stopped contexts of the node.
+async fn drain(client: &reqwest::Client, record: &NodeRecord, context: Option<&str>) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let text = client
+            .get(format!("{}/web", record.management))
+            .send()
+            .await
+            .with_context(|| format!("node {} stopped answering", record.name))?
+            .text()
+            .await
+            .with_context(|| format!("node {}'s answer broke off", record.name))?;
+        let contexts: Vec<WebContext> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "node {} answered in a way this CLI does not know",
+                record.name
+            )
+        })?;
+        let in_flight: usize = contexts
+            .iter()
+            .filter(|c| context.is_none_or(|path| same_context(&c.context_path, path)))
+            .map(|c| c.in_flight)
+            .sum();
+        if in_flight == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > DRAIN_PATIENCE {
+            bail!(
+                "node {} still has {in_flight} requests in flight after {} s; they go on, but no new one reaches it",
+                record.name,
+                DRAIN_PATIENCE.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a node's context path is the one the user named (with or without slashes around).
+fn same_context(mounted: &str, named: &str) -> bool {
+    mounted.trim_matches('/') == named.trim().trim_matches('/')
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_match_with_or_without_slashes() {
+        assert!(same_context("/app", "app/"));
+        assert!(same_context("/", "/"));
+        assert!(!same_context("/app", "/apple"));
+        assert_eq!(encode("/a b&c"), "/a%20b%26c");
+    }
+}
