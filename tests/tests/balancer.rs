@@ -295,7 +295,7 @@ fn disable_keeps_sessions_where_they_are_and_stop_drains_then_sends_nothing() {
         Duration::from_secs(5),
         || context_state(mcmp, "one", &context).as_deref() == Some("enabled"),
     );
-    let (body, _) = runtime.block_on(visit(&url, Some(&format!("JSESSIONID=unknown.one"))));
+    let (body, _) = runtime.block_on(visit(&url, Some("JSESSIONID=unknown.one")));
     assert_eq!(body, "1 one", "a session routed to one reaches it again");
 }
 
