@@ -19,7 +19,7 @@ async fn main() -> immutant::Result<()> {
             get(move |session: Session| async move {
                 let visits = visit(&session).await;
                 Html(format!(
-                    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{{name}}</title></head>\n<body><h1>{{name}}</h1>\n<p>You have been here <strong id=\"visits\">{visits}</strong> times.</p>\n<p>This page was served by node <strong id=\"node\">{node}</strong>.</p></body></html>\n"
+                    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{{name}}</title>\n<style>body{{font-family:sans-serif;max-width:40em;margin:3em auto;color:#222}}strong{{color:#b3261e}}</style></head>\n<body><h1>{{name}}</h1>\n<p>You have been here <strong id=\"visits\">{visits}</strong> times.</p>\n<p>This page was served by node <strong id=\"node\">{node}</strong>.</p></body></html>\n"
                 ))
             }),
         )
