@@ -186,8 +186,11 @@ pub async fn run(
         web: web.clone(),
     }));
     let registration = registry::Registration::record(&properties.home(), &config);
+    // Balancers hear the node leave before it stops taking requests, so none is sent to it
+    // while it stops.
+    let leaving = Shutdown::new();
     let balancers = modcluster_config(&config, properties)
-        .map(|settings| crate::modcluster::start(settings, web.clone(), shutdown.clone()));
+        .map(|settings| crate::modcluster::start(settings, web.clone(), leaving.clone()));
 
     let scanner = {
         let (deployments, apps, shutdown) =
@@ -253,13 +256,14 @@ pub async fn run(
     };
     let stopping = Instant::now();
     info!("Stopping node {} ({reason})", config.node_name);
-    shutdown.cancel();
-    let _ = scanner.await;
-    apps.stop_all().await;
+    leaving.cancel();
     if let Some(balancers) = balancers {
         // Each balancer is told the node leaves (a few seconds at most).
         let _ = balancers.await;
     }
+    shutdown.cancel();
+    let _ = scanner.await;
+    apps.stop_all().await;
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }

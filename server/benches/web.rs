@@ -1,0 +1,294 @@
+//! Web throughput and failover, side by side in one run, with `wrk` (Debian's package):
+//!
+//! - requests/s and p99 latency of a small handler (the web probe's `/`) through the node's
+//!   HTTP port; through nginx (Debian's package) proxying to the same app process over the same
+//!   Unix socket, with keep-alive; and through the balancer to two clustered nodes;
+//! - the failover gap: a client sending its session's requests one after another through the
+//!   balancer while the node the session sticks to is killed with SIGKILL (requests failed, and
+//!   the longest a request took), and the same with a graceful stop (SIGTERM) under load from
+//!   eight clients (requests failed: the target is none).
+//!
+//! `cargo bench -p immutant-server --bench web` builds tests/apps/webprobe and runs everything
+//! in a throwaway install of the release server, binding 127.0.0.1. It needs `wrk` and `nginx`
+//! (`apt-get install wrk nginx`).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use support::{TempInstall, build_app, free_offset};
+
+/// How long each throughput run lasts, and with how many connections.
+const DURATION: &str = "10s";
+const CONNECTIONS: &str = "64";
+
+fn main() {
+    let webprobe = build_app("webprobe");
+    let install = TempInstall::new();
+    install.deploy(&webprobe, "bench");
+
+    // One standalone node.
+    let offset = free_offset(2000);
+    let node = install.start(&[
+        format!("-Djboss.socket.binding.port-offset={offset}"),
+        format!("-Djboss.server.data.dir={}", install.home().join("solo").display()),
+        "-Djboss.node.name=solo".to_string(),
+    ]);
+    node.wait_for("Deployed \"bench\"");
+    let direct = format!("http://127.0.0.1:{}/bench/", 8080 + offset);
+    let socket = std::fs::read_dir(install.home().join("solo/web"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "sock"))
+        .expect("the app's web socket");
+    let nginx_port = 8080 + free_offset(offset + 100);
+    let nginx = Nginx::start(&install, nginx_port, &socket);
+    let through_nginx = format!("http://127.0.0.1:{nginx_port}/bench/");
+    wait_until_answers(&through_nginx);
+
+    let node_numbers = wrk(&direct);
+    let nginx_numbers = wrk(&through_nginx);
+    drop(nginx);
+    node.stop();
+
+    // Two clustered nodes behind the balancer.
+    let lb = free_offset(offset + 200);
+    let (port, mcmp) = (8080 + lb, 9990 + lb);
+    let _balancer = install.start(&[
+        "balancer".to_string(),
+        "--port".to_string(),
+        port.to_string(),
+        "--mcmp-port".to_string(),
+        mcmp.to_string(),
+        "--no-advertise".to_string(),
+    ]);
+    let cluster = format!("webbench-{}", std::process::id());
+    let offsets = [free_offset(lb + 100), free_offset(lb + 200)];
+    let nodes: Vec<_> = ["one", "two"]
+        .iter()
+        .zip(offsets)
+        .map(|(name, offset)| {
+            let mut args = install.clustered_args(name, offset, &cluster);
+            args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
+            args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
+            let node = install.start(&args);
+            node.wait_for("Deployed \"bench\"");
+            Some(node)
+        })
+        .collect();
+    let mut nodes = nodes;
+    let balanced = format!("http://127.0.0.1:{port}/bench/");
+    wait_until_answers(&balanced);
+    std::thread::sleep(Duration::from_secs(2));
+    let balancer_numbers = wrk(&balanced);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let visits = format!("http://127.0.0.1:{port}/bench/visits");
+    // SIGKILL of the session's node, one request after another.
+    let (cookie, sticky) = runtime.block_on(session(&visits));
+    let victim = nodes[index_of(&sticky)].take().unwrap();
+    let killed = runtime.block_on(sequential_through(&visits, &cookie, Duration::from_millis(1500), move || {
+        victim.signal(libc::SIGKILL);
+        drop(victim);
+    }));
+
+    // Restart the killed node, then a graceful stop of the session's node under load.
+    let restarted = {
+        let name = if sticky == "one" { "one" } else { "two" };
+        let mut args = install.clustered_args(name, offsets[index_of(&sticky)], &cluster);
+        args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
+        args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
+        let node = install.start(&args);
+        node.wait_for("Deployed \"bench\"");
+        node
+    };
+    nodes[index_of(&sticky)] = Some(restarted);
+    std::thread::sleep(Duration::from_secs(3));
+    let (cookie, sticky) = runtime.block_on(session(&visits));
+    let victim = nodes[index_of(&sticky)].take().unwrap();
+    let graceful = runtime.block_on(concurrent_through(&visits, &cookie, move || victim.stop()));
+
+    println!("\nthroughput ({CONNECTIONS} connections, {DURATION}, wrk on the same 2 cores):");
+    println!("  node's HTTP port        {node_numbers}");
+    println!("  nginx -> same app       {nginx_numbers}");
+    println!("  balancer -> two nodes   {balancer_numbers}");
+    println!("failover through the balancer:");
+    println!("  SIGKILL of the sticky node, sequential requests: {killed}");
+    println!("  SIGTERM of the sticky node, 8 clients:          {graceful}");
+}
+
+fn index_of(node: &str) -> usize {
+    if node == "one" { 0 } else { 1 }
+}
+
+/// Runs wrk against `url`; returns "N req/s, p99 X".
+fn wrk(url: &str) -> String {
+    let output = Command::new("wrk")
+        .args(["-t2", "-c", CONNECTIONS, "-d", DURATION, "--latency", url])
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rate = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .map(str::trim)
+        .unwrap_or("?");
+    let p99 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("99%"))
+        .map(str::trim)
+        .unwrap_or("?");
+    let errors = text
+        .lines()
+        .find(|line| line.contains("Non-2xx") || line.contains("Socket errors"))
+        .map(|line| format!(" ({})", line.trim()))
+        .unwrap_or_default();
+    format!("{rate} req/s, p99 {p99}{errors}")
+}
+
+fn wait_until_answers(url: &str) {
+    for _ in 0..200 {
+        let answered = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|status| status.success());
+        if answered {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never answered");
+}
+
+fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// GET with an optional cookie: the status, the body, and the session cookie set.
+async fn get(
+    client: &Client<HttpConnector, Body>,
+    url: &str,
+    cookie: Option<&str>,
+) -> Result<(u16, String, Option<String>), String> {
+    let mut request = hyper::Request::get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = client
+        .request(request.body(Body::empty()).unwrap())
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status().as_u16();
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or("").to_string());
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned(), set))
+}
+
+/// A new session: its cookie, and the node it sticks to.
+async fn session(url: &str) -> (String, String) {
+    let (_, body, set) = get(&client(), url, None).await.expect("a session");
+    let node = body.split(' ').nth(1).unwrap_or("").to_string();
+    (set.expect("a session cookie"), node)
+}
+
+/// Sends the session's requests one after another for 4 s, doing `fault` after `at`; says how
+/// many failed and the longest one took.
+async fn sequential_through(url: &str, cookie: &str, at: Duration, fault: impl FnOnce() + Send + 'static) -> String {
+    let client = client();
+    let started = Instant::now();
+    let mut fault = Some(fault);
+    let (mut sent, mut failed, mut longest) = (0u64, 0u64, Duration::ZERO);
+    while started.elapsed() < Duration::from_secs(4) {
+        if started.elapsed() >= at
+            && let Some(fault) = fault.take()
+        {
+            std::thread::spawn(fault);
+        }
+        let begun = Instant::now();
+        let outcome = get(&client, url, Some(cookie)).await;
+        longest = longest.max(begun.elapsed());
+        sent += 1;
+        if !matches!(outcome, Ok((200, _, _))) {
+            failed += 1;
+        }
+    }
+    format!("{failed} of {sent} failed; longest request {:.0} ms", longest.as_secs_f64() * 1000.0)
+}
+
+/// Eight clients send the session's requests for 4 s; `fault` happens after 1.5 s.
+async fn concurrent_through(url: &str, cookie: &str, fault: impl FnOnce() + Send + 'static) -> String {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            let (url, cookie) = (url.to_string(), cookie.to_string());
+            tokio::spawn(async move {
+                let client = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = get(&client, &url, Some(&cookie)).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(outcome, Ok((200, _, _))) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopping = std::thread::spawn(fault);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let _ = stopping.join();
+    format!("{} of {} failed", failed.load(Ordering::Relaxed), sent.load(Ordering::Relaxed))
+}
+
+/// nginx in the foreground, proxying `/bench/` to the app's socket with keep-alive.
+struct Nginx(std::process::Child);
+
+impl Nginx {
+    fn start(install: &TempInstall, port: u16, socket: &std::path::Path) -> Nginx {
+        let dir = install.home().join("nginx");
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let config = format!(
+            "daemon off;\nuser root;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  upstream app {{ server unix:{socket}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location /bench/ {{\n      proxy_pass http://app/;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Forwarded-Proto http;\n      proxy_set_header X-Forwarded-Prefix /bench;\n    }}\n  }}\n}}\n",
+            dir = dir.display(),
+            socket = socket.display()
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx starts (apt-get install nginx)");
+        Nginx(child)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
+        let _ = self.0.wait();
+    }
+}
