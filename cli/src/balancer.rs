@@ -45,7 +45,8 @@ struct Node {
     host: String,
     port: u16,
     load: i32,
-    healthy: bool,
+    /// `up`, `standby`, `broken`, `silent` or `unreachable`, as the balancer sees it.
+    state: String,
     elected: u64,
     in_flight: usize,
     contexts: Vec<NodeContext>,
@@ -91,11 +92,9 @@ fn render(status: &Status) -> String {
     }
     let mut out = String::new();
     for node in &status.nodes {
-        let state = match (node.healthy, node.load) {
-            (false, _) => "unreachable".to_string(),
-            (true, -1) => "broken".to_string(),
-            (true, 0) => "standby".to_string(),
-            (true, load) => format!("up, load factor {load}"),
+        let state = match node.state.as_str() {
+            "up" => format!("up, load factor {}", node.load),
+            other => other.to_string(),
         };
         out.push_str(&format!(
             "{} at {}:{} ({state}; {} requests, {} in flight)\n",
@@ -122,7 +121,7 @@ mod tests {
     #[test]
     fn status_shows_each_node_and_its_contexts() {
         let status: Status = serde_json::from_str(
-            r#"{"nodes":[{"route":"one","host":"127.0.0.1","port":8080,"load":90,"healthy":true,"elected":3,"in_flight":1,
+            r#"{"nodes":[{"route":"one","host":"127.0.0.1","port":8080,"load":90,"state":"up","elected":3,"in_flight":1,
             "contexts":[{"path":"/app","aliases":["default-host","localhost"],"state":"enabled","requests":3,"in_flight":1}]}]}"#,
         )
         .unwrap();

@@ -39,7 +39,10 @@ fn main() {
     let offset = free_offset(2000);
     let node = install.start(&[
         format!("-Djboss.socket.binding.port-offset={offset}"),
-        format!("-Djboss.server.data.dir={}", install.home().join("solo").display()),
+        format!(
+            "-Djboss.server.data.dir={}",
+            install.home().join("solo").display()
+        ),
         "-Djboss.node.name=solo".to_string(),
     ]);
     node.wait_for("Deployed \"bench\"");
@@ -96,10 +99,15 @@ fn main() {
     // SIGKILL of the session's node, one request after another.
     let (cookie, sticky) = runtime.block_on(session(&visits));
     let victim = nodes[index_of(&sticky)].take().unwrap();
-    let killed = runtime.block_on(sequential_through(&visits, &cookie, Duration::from_millis(1500), move || {
-        victim.signal(libc::SIGKILL);
-        drop(victim);
-    }));
+    let killed = runtime.block_on(sequential_through(
+        &visits,
+        &cookie,
+        Duration::from_millis(1500),
+        move || {
+            victim.signal(libc::SIGKILL);
+            drop(victim);
+        },
+    ));
 
     // Restart the killed node, then a graceful stop of the session's node under load.
     let restarted = {
@@ -193,8 +201,16 @@ async fn get(
         .get("set-cookie")
         .and_then(|value| value.to_str().ok())
         .map(|value| value.split(';').next().unwrap_or("").to_string());
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?;
-    Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned(), set))
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        set,
+    ))
 }
 
 /// A new session: its cookie, and the node it sticks to.
@@ -206,7 +222,12 @@ async fn session(url: &str) -> (String, String) {
 
 /// Sends the session's requests one after another for 4 s, doing `fault` after `at`; says how
 /// many failed and the longest one took.
-async fn sequential_through(url: &str, cookie: &str, at: Duration, fault: impl FnOnce() + Send + 'static) -> String {
+async fn sequential_through(
+    url: &str,
+    cookie: &str,
+    at: Duration,
+    fault: impl FnOnce() + Send + 'static,
+) -> String {
     let client = client();
     let started = Instant::now();
     let mut fault = Some(fault);
@@ -225,11 +246,18 @@ async fn sequential_through(url: &str, cookie: &str, at: Duration, fault: impl F
             failed += 1;
         }
     }
-    format!("{failed} of {sent} failed; longest request {:.0} ms", longest.as_secs_f64() * 1000.0)
+    format!(
+        "{failed} of {sent} failed; longest request {:.0} ms",
+        longest.as_secs_f64() * 1000.0
+    )
 }
 
 /// Eight clients send the session's requests for 4 s; `fault` happens after 1.5 s.
-async fn concurrent_through(url: &str, cookie: &str, fault: impl FnOnce() + Send + 'static) -> String {
+async fn concurrent_through(
+    url: &str,
+    cookie: &str,
+    fault: impl FnOnce() + Send + 'static,
+) -> String {
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let clients: Vec<_> = (0..8)
@@ -256,7 +284,11 @@ async fn concurrent_through(url: &str, cookie: &str, fault: impl FnOnce() + Send
         let _ = client.await;
     }
     let _ = stopping.join();
-    format!("{} of {} failed", failed.load(Ordering::Relaxed), sent.load(Ordering::Relaxed))
+    format!(
+        "{} of {} failed",
+        failed.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed)
+    )
 }
 
 /// nginx in the foreground, proxying `/bench/` to the app's socket with keep-alive.

@@ -209,6 +209,9 @@ async fn web(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::web::ContextR
     Json(info.web.contexts())
 }
 
+/// How long a control waits for every balancer to hear of it.
+const BALANCER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Which context a control applies to; none: every context of the node.
 #[derive(Debug, Deserialize)]
 struct ControlQuery {
@@ -245,8 +248,16 @@ async fn control_web(
         }
     };
     match info.web.set_control(query.context.as_deref(), control) {
-        true => (StatusCode::OK, "ok\n".to_string()),
-        false => (
+        // Answered once every balancer has heard (a stop is then in effect there).
+        Some(version) => match info.web.balancers_told(version, BALANCER_PATIENCE).await {
+            true => (StatusCode::OK, "ok\n".to_string()),
+            false => (
+                StatusCode::OK,
+                "ok, but a balancer has not heard yet (it is unreachable); it hears when it is back\n"
+                    .to_string(),
+            ),
+        },
+        None => (
             StatusCode::NOT_FOUND,
             format!(
                 "no web app is mounted at {} on node {}\n",

@@ -42,8 +42,9 @@ pub fn digest(date: &str, sequence: u64, server: &str) -> String {
     md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The MCMP address an advertisement names, if it is one (a `200` datagram whose digest
-/// holds).
+/// The MCMP address an advertisement names, if it is one: a `200` datagram whose digest is
+/// right. Without a security key the digest only shows the datagram is well formed, not who
+/// sent it.
 pub fn parse(datagram: &str) -> Option<SocketAddr> {
     let mut lines = datagram.split("\r\n");
     let status = lines.next()?;

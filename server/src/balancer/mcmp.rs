@@ -10,7 +10,7 @@ use std::fmt::Write;
 use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 
-use super::table::{ContextState, NodeConfig, Table};
+use super::table::{ContextState, NodeConfig, Refused, Table};
 
 /// The protocol version `mod_manager` says it speaks.
 pub const VERSION: &str = "0.2.1";
@@ -77,6 +77,9 @@ impl Parameters {
         let mut pairs = Vec::new();
         for pair in text.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').ok_or_else(unparsable)?;
+            if !name.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
+                return Err(unparsable());
+            }
             let value = decode(value).ok_or_else(unparsable)?;
             if value.contains(['<', '>', '"', '\'', '\r', '\n']) {
                 return Err(unparsable());
@@ -202,7 +205,8 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
         (true, false) => return Err(syntax("Context without Alias")),
         _ => {}
     }
-    table.configure(NodeConfig {
+    check_contexts(&aliases, &contexts)?;
+    let configured = table.configure(NodeConfig {
         route: route.to_string(),
         balancer: balancer.to_ascii_lowercase(),
         domain: parameters.get("domain").unwrap_or_default().to_string(),
@@ -210,8 +214,25 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
         port,
         scheme,
     });
+    match configured {
+        Err(Refused::RouteTaken) => {
+            return Err(McmpError {
+                kind: "MEM",
+                message: format!("MEM: Node with \"{route}\" JVMRoute already exists"),
+            });
+        }
+        Err(Refused::Full) => {
+            return Err(McmpError {
+                kind: "MEM",
+                message: format!("MEM: Can't update or insert node with \"{route}\" JVMRoute"),
+            });
+        }
+        Ok(()) => {}
+    }
     for context in &contexts {
-        table.set_context(route, context, &aliases, ContextState::Stopped);
+        table
+            .set_context(route, context, &aliases, ContextState::Stopped)
+            .ok_or_else(|| context_full(route))?;
     }
     Ok(String::new())
 }
@@ -240,15 +261,7 @@ fn app(
         (true, false) => return Err(syntax("Context without Alias")),
         _ => {}
     }
-    if aliases.iter().any(|alias| alias.len() > MAX_ALIAS) {
-        return Err(syntax("Alias field too big"));
-    }
-    if contexts
-        .iter()
-        .any(|context| context.len() > MAX_CONTEXT || !context.starts_with('/'))
-    {
-        return Err(syntax("Context field too big"));
-    }
+    check_contexts(&aliases, &contexts)?;
     if table.node(route).is_none() {
         return Err(unknown_node(route));
     }
@@ -258,10 +271,10 @@ fn app(
             Some(state) => {
                 requests += table
                     .set_context(route, context, &aliases, state)
-                    .unwrap_or(0)
+                    .ok_or_else(|| context_full(route))?;
             }
             None => {
-                table.remove_context(route, context);
+                table.remove_context(route, context, &aliases);
             }
         }
     }
@@ -274,6 +287,27 @@ fn app(
         ),
         _ => String::new(),
     })
+}
+
+/// Aliases and contexts as `mod_manager` takes them: each short enough, contexts paths.
+fn check_contexts(aliases: &[String], contexts: &[String]) -> Result<(), McmpError> {
+    if aliases.iter().any(|alias| alias.len() > MAX_ALIAS) {
+        return Err(syntax("Alias field too big"));
+    }
+    if contexts.iter().any(|context| context.len() > MAX_CONTEXT) {
+        return Err(syntax("Context field too big"));
+    }
+    if contexts.iter().any(|context| !context.starts_with('/')) {
+        return Err(syntax("Context must be a path, starting with /"));
+    }
+    Ok(())
+}
+
+fn context_full(route: &str) -> McmpError {
+    McmpError {
+        kind: "MEM",
+        message: format!("MEM: Can't update or insert context for node with \"{route}\" JVMRoute"),
+    }
 }
 
 fn status(table: &mut Table, parameters: &Parameters, started_us: u128) -> Answer {
@@ -356,11 +390,7 @@ pub fn info(table: &Table) -> String {
     }
     for (index, context) in contexts.iter().enumerate() {
         let node = table.node(&context.route).map_or(0, |node| node.id);
-        let status = match context.state {
-            ContextState::Enabled => "ENABLED",
-            ContextState::Disabled => "DISABLED",
-            ContextState::Stopped => "STOPPED",
-        };
+        let status = context.state.name().to_ascii_uppercase();
         let _ = writeln!(
             out,
             "Context: [{node}:{}:{}], Context: {}, Status: {status}",
@@ -409,11 +439,8 @@ fn dump(table: &Table) -> String {
                 index + 1
             );
         }
-        let status = match context.state {
-            ContextState::Enabled => 1,
-            ContextState::Disabled => 2,
-            ContextState::Stopped => 3,
-        };
+        // mod_manager's numbers for the states.
+        let status = context.state as u8 + 1;
         let _ = writeln!(
             out,
             "context: {} [{}] vhost: {} node: {node} status: {status}",
@@ -466,6 +493,20 @@ mod tests {
         let body = "JVMRoute=one&Balancer=mycluster&Host=127.0.0.1&Port=8080&StickySessionForce=No&Type=http";
         assert_eq!(run(&mut table, "CONFIG", false, body), Ok(String::new()));
         table
+    }
+
+    #[test]
+    fn a_live_node_keeps_its_route() {
+        let mut table = configured();
+        let impostor = "JVMRoute=one&Host=10.9.9.9&Port=8080&Type=http";
+        assert_eq!(
+            run(&mut table, "CONFIG", false, impostor)
+                .unwrap_err()
+                .message,
+            "MEM: Node with \"one\" JVMRoute already exists"
+        );
+        assert!(run(&mut table, "STATUS", false, "JVMRoute=one&Load=5\r\nX=1").is_err());
+        assert!(run(&mut table, "STATUS", false, "JVMRoute=one&Lo\nad=5").is_err());
     }
 
     #[test]

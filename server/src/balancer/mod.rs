@@ -49,8 +49,6 @@ pub struct BalancerConfig {
     pub advertise: bool,
 }
 
-/// How often nodes send STATUS; a node unheard for three times this is passed over.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the balancer checks that it reaches each node.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -66,10 +64,6 @@ pub struct Balancer {
 impl Balancer {
     fn table(&self) -> MutexGuard<'_, Table> {
         crate::apps::lock(&self.table)
-    }
-
-    fn silence(&self) -> Duration {
-        3 * STATUS_INTERVAL
     }
 }
 
@@ -126,7 +120,12 @@ pub async fn run(
     let mcmp = crate::node::bind_port("MCMP", mcmp_address).await?;
     let balancer = Arc::new(Balancer {
         table: Mutex::new(Table::default()),
-        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        client: Client::builder(TokioExecutor::new()).build({
+            // A node whose host is gone is passed over in a second, not in minutes.
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_secs(1)));
+            connector
+        }),
         started_us: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -235,8 +234,9 @@ async fn manage(
         balancer.started_us,
     );
     if answer.is_ok() && !["STATUS", "PING", "INFO", "DUMP", "VERSION"].contains(&method.as_str()) {
+        // Quoted: a node's words do not make lines of their own in the log.
         info!(
-            "MCMP {method}{}: {}",
+            "MCMP {method}{}: {:?}",
             if wildcard { " /*" } else { "" },
             String::from_utf8_lossy(&body)
         );
@@ -254,6 +254,8 @@ struct Status {
 struct NodeStatus {
     #[serde(flatten)]
     node: table::Node,
+    /// `up`, `standby`, `broken`, `silent` or `unreachable`.
+    state: &'static str,
     in_flight: usize,
     contexts: Vec<ContextStatus>,
 }
@@ -272,6 +274,7 @@ fn status(balancer: &Balancer) -> Status {
         .nodes()
         .map(|node| NodeStatus {
             node: node.clone(),
+            state: node.state(),
             in_flight: node.in_flight.load(Ordering::SeqCst),
             contexts: table
                 .contexts()
@@ -299,16 +302,11 @@ fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
     use crate::web::proxy::escape;
     let mut rows = String::new();
     for node in &status.nodes {
-        let health = match (node.node.healthy, node.node.load) {
-            (false, _) => "unreachable",
-            (true, -1) => "broken",
-            (true, 0) => "standby",
-            _ => "up",
-        };
         rows.push_str(&format!(
-            "<tr class=\"node\"><th>{}</th><td>{}</td><td>{health}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr class=\"node\"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&node.node.route),
             escape(&node.node.address()),
+            node.state,
             node.node.load,
             node.node.elected,
             node.in_flight
@@ -318,7 +316,7 @@ fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
                 "<tr class=\"context\"><td></td><td>{} ({})</td><td>{}</td><td></td><td>{}</td><td>{}</td></tr>\n",
                 escape(&context.context.path),
                 escape(&context.context.aliases.join(", ")),
-                serde_json::to_value(context.context.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                context.context.state.name(),
                 context.context.requests,
                 context.in_flight
             ));
@@ -348,13 +346,15 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
             .nodes()
             .map(|node| (node.route.clone(), node.address()))
             .collect();
-        for (route, address) in nodes {
-            let reached = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(&address),
-            )
-            .await
-            .is_ok_and(|connected| connected.is_ok());
+        // Every node at once: a dead one costs its second, not everyone's.
+        let checks = nodes.into_iter().map(|(route, address)| async move {
+            let connecting = tokio::net::TcpStream::connect(address.clone());
+            let reached = tokio::time::timeout(Duration::from_secs(1), connecting)
+                .await
+                .is_ok_and(|connected| connected.is_ok());
+            (route, address, reached)
+        });
+        for (route, address, reached) in futures_util::future::join_all(checks).await {
             let mut table = balancer.table();
             if table
                 .node(&route)

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap};
@@ -28,68 +27,68 @@ pub async fn handle(
     let sticky = session_route(request.headers(), &path);
     // Only a request without a body, of a method that means the same sent twice, may go to a
     // second node when the first refuses it.
-    let retryable = is_idempotent(request.method()) && has_no_body(request.headers());
+    let retryable = is_idempotent(request.method())
+        && http_body::Body::size_hint(request.body()).exact() == Some(0);
     let upgrade = prepare(&mut request, client, "/");
     let (parts, body) = request.into_parts();
     let mut body = Some(body);
     let mut tried: Vec<String> = Vec::new();
     loop {
-        let target =
-            balancer
-                .table()
-                .choose(&host, &path, sticky.as_deref(), &tried, balancer.silence());
+        let (target, known) = {
+            let mut table = balancer.table();
+            let target = table.choose(&host, &path, sticky.as_deref(), &tried);
+            (target, table.covers(&path))
+        };
         let Some(target) = target else {
-            return match tried.is_empty() {
-                true => no_node(&host, &path),
-                false => page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "No node answers",
-                    &format!("No node that serves {path} took the request; try again in a moment."),
-                ),
+            return match known {
+                false => no_node(&host, &path),
+                true => unavailable(&path),
             };
         };
-        let guard = Guard::new(&[&target.node_in_flight, &target.context_in_flight]);
+        let Some(uri) = node_uri(&target.address, &parts.uri) else {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The request's target is not a path this balancer can pass on.",
+            );
+        };
         let mut outgoing = Request::from_parts(parts.clone(), Body::empty());
-        *outgoing.uri_mut() = node_uri(&target.address, &parts.uri);
+        *outgoing.uri_mut() = uri;
         if let Some(body) = body.take() {
             *outgoing.body_mut() = body;
         }
         match balancer.client.request(outgoing).await {
-            Ok(response) => return respond(response, upgrade, guard),
-            Err(error) if error.is_connect() => {
-                tracing::warn!(
-                    "node {} refused a request ({error}); taking it out",
-                    target.route
-                );
-                balancer.table().set_healthy(&target.route, false);
+            // The target, counting the request in flight, lives as long as the exchange.
+            Ok(response) => return respond(response, upgrade, target),
+            Err(error) => {
+                if error.is_connect() {
+                    tracing::warn!(
+                        "node {} refused a request ({error}); passing it over",
+                        target.route
+                    );
+                    balancer.table().set_healthy(&target.route, false);
+                }
+                // A request that means the same sent twice goes to another node, whether the
+                // node refused it or died while it had it.
                 if !retryable {
                     return page(
                         StatusCode::BAD_GATEWAY,
-                        "The node is gone",
+                        "The node failed to answer",
                         &format!(
-                            "Node {} did not take the request; send it again.",
+                            "Node {} did not answer this request ({error}); send it again.",
                             target.route
                         ),
                     );
                 }
-                tried.push(target.route);
-            }
-            Err(error) => {
-                return page(
-                    StatusCode::BAD_GATEWAY,
-                    "The node failed to answer",
-                    &format!(
-                        "Node {} did not answer this request: {error}.",
-                        target.route
-                    ),
-                );
+                tried.push(target.route.clone());
             }
         }
     }
 }
 
-/// The node's route a request's session names: the part after the last `.` of its
-/// `JSESSIONID` cookie, or of a `;jsessionid=` path parameter.
+/// The node's route a request's session names: the part after the first `.` of its
+/// `JSESSIONID` cookie, or of a `;jsessionid=` path parameter (a route may hold dots, as a
+/// host name does; an id never does).
 fn session_route(headers: &HeaderMap, path: &str) -> Option<String> {
     let from_cookie = headers
         .get_all(header::COOKIE)
@@ -109,7 +108,7 @@ fn session_route(headers: &HeaderMap, path: &str) -> Option<String> {
         )
     };
     let id = from_cookie.or_else(from_path)?;
-    let (_, route) = id.rsplit_once('.')?;
+    let (_, route) = id.split_once('.')?;
     (!route.is_empty()).then(|| route.to_string())
 }
 
@@ -117,19 +116,24 @@ fn is_idempotent(method: &Method) -> bool {
     [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
 }
 
-fn has_no_body(headers: &HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|length| length == "0")
+/// The request's target at the node: the same path and query.
+fn node_uri(address: &str, uri: &Uri) -> Option<Uri> {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{address}{path_and_query}").parse().ok()
 }
 
-/// The request's target at the node: the same path and query.
-fn node_uri(address: &str, uri: &Uri) -> Uri {
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{address}{path_and_query}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("http://invalid/"))
+/// 503 for a path that nodes serve, when none of them can take the request now.
+fn unavailable(path: &str) -> Response<Body> {
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "No node can answer",
+        &format!("No node that serves {path} can take the request now; try again in a moment."),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("2"),
+    );
+    response
 }
 
 fn no_node(host: &str, path: &str) -> Response<Body> {
@@ -138,26 +142,6 @@ fn no_node(host: &str, path: &str) -> Response<Body> {
         "Not found",
         &format!("No node has an application enabled at {path} for host {host}."),
     )
-}
-
-/// Counts a request in flight (to its node and its context) while it lasts.
-struct Guard(Vec<Arc<AtomicUsize>>);
-
-impl Guard {
-    fn new(counters: &[&Arc<AtomicUsize>]) -> Guard {
-        for counter in counters {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-        Guard(counters.iter().map(|c| Arc::clone(c)).collect())
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for counter in &self.0 {
-            counter.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -179,16 +163,21 @@ mod tests {
             Some("two")
         );
         assert_eq!(session_route(&none, "/app/x").as_deref(), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("JSESSIONID=abc.web1.example.com"),
+        );
+        assert_eq!(
+            session_route(&headers, "/app").as_deref(),
+            Some("web1.example.com")
+        );
         headers.insert(header::COOKIE, HeaderValue::from_static("JSESSIONID=abc"));
         assert_eq!(session_route(&headers, "/app").as_deref(), None);
     }
 
     #[test]
-    fn only_bodiless_idempotent_requests_are_sent_again() {
-        let mut headers = HeaderMap::new();
-        assert!(is_idempotent(&Method::GET) && has_no_body(&headers));
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
-        assert!(!has_no_body(&headers));
-        assert!(!is_idempotent(&Method::POST));
+    fn only_idempotent_methods_are_sent_again() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::HEAD));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PUT));
     }
 }

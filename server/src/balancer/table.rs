@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -48,23 +48,35 @@ impl Node {
         }
     }
 
+    /// How it is, in a word: `up`, `standby` (load factor 0), `broken` (-1), `silent` (no
+    /// STATUS lately) or `unreachable`.
+    pub fn state(&self) -> &'static str {
+        match (self.healthy, self.load) {
+            (false, _) => "unreachable",
+            _ if self.last_heard.elapsed() >= SILENCE => "silent",
+            (true, -1) => "broken",
+            (true, 0) => "standby",
+            _ => "up",
+        }
+    }
+
     /// Whether the node takes requests: reachable, heard from lately, not broken.
-    fn usable(&self, silence: Duration) -> bool {
-        self.healthy && self.load > 0 && self.last_heard.elapsed() < silence
+    fn usable(&self) -> bool {
+        self.healthy && self.load > 0 && self.last_heard.elapsed() < SILENCE
     }
 }
 
-/// What a node's context takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ContextState {
-    /// Every request.
-    Enabled,
-    /// Only requests of sessions it has already (no new sessions).
-    Disabled,
-    /// None.
-    Stopped,
-}
+/// What a node's context takes: every request, only those of its sessions, or none. The same
+/// three states a node's operator sets.
+pub use crate::web::Control as ContextState;
+
+/// The most nodes, and contexts, a balancer keeps (mod_manager's `Maxnode` and `Maxcontext`
+/// are smaller): beyond them, CONFIG and the app commands are refused.
+pub const MAX_NODES: usize = 100;
+pub const MAX_CONTEXTS: usize = 1000;
+
+/// How long a node may go without STATUS before it is passed over.
+pub const SILENCE: Duration = Duration::from_secs(30);
 
 /// A context of a node.
 #[derive(Debug, Clone, Serialize)]
@@ -90,14 +102,30 @@ impl Context {
     }
 }
 
-/// Where one request goes.
-#[derive(Debug, Clone)]
+/// Where one request goes. It counts as in flight to its node and its context (what STOP-APP
+/// answers, and what the choice of a node weighs) until dropped.
+#[derive(Debug)]
 pub struct Target {
     pub route: String,
     pub address: String,
-    /// Counted in flight to the node and to its context while the request lasts.
-    pub node_in_flight: Arc<AtomicUsize>,
-    pub context_in_flight: Arc<AtomicUsize>,
+    counters: [Arc<AtomicUsize>; 2],
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        for counter in &self.counters {
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Why a node was refused.
+#[derive(Debug, PartialEq)]
+pub enum Refused {
+    /// Another live node has this route.
+    RouteTaken,
+    /// The table is full.
+    Full,
 }
 
 /// Every node and context the balancer knows.
@@ -105,7 +133,7 @@ pub struct Target {
 pub struct Table {
     nodes: BTreeMap<String, Node>,
     contexts: Vec<Context>,
-    next_id: AtomicU64,
+    next_id: u64,
 }
 
 /// A node's settings, as CONFIG gives them.
@@ -121,11 +149,23 @@ pub struct NodeConfig {
 
 impl Table {
     /// CONFIG: a node is (again) what `config` says. Its contexts are forgotten: a node sends
-    /// ENABLE-APP for each of its contexts after CONFIG.
-    pub fn configure(&mut self, config: NodeConfig) {
+    /// ENABLE-APP for each of its contexts after CONFIG. Refused if another node that is alive
+    /// (heard lately, at another address) has the route, or if the table is full.
+    pub fn configure(&mut self, config: NodeConfig) -> Result<(), Refused> {
         let id = match self.nodes.get(&config.route) {
+            Some(node)
+                if (node.host != config.host || node.port != config.port)
+                    && node.healthy
+                    && node.last_heard.elapsed() < SILENCE =>
+            {
+                return Err(Refused::RouteTaken);
+            }
             Some(node) => node.id,
-            None => self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            None if self.nodes.len() >= MAX_NODES => return Err(Refused::Full),
+            None => {
+                self.next_id += 1;
+                self.next_id
+            }
         };
         self.contexts
             .retain(|context| context.route != config.route);
@@ -147,6 +187,7 @@ impl Table {
                 in_flight: Arc::default(),
             },
         );
+        Ok(())
     }
 
     pub fn node(&self, route: &str) -> Option<&Node> {
@@ -181,7 +222,8 @@ impl Table {
     }
 
     /// ENABLE-APP, DISABLE-APP or STOP-APP for one context of a node (made if new), with its
-    /// aliases. Answers the requests in flight to it. None if the node is unknown.
+    /// aliases. Answers the requests in flight to it. None if the node is unknown or the table
+    /// is full.
     pub fn set_context(
         &mut self,
         route: &str,
@@ -190,6 +232,13 @@ impl Table {
         state: ContextState,
     ) -> Option<usize> {
         self.nodes.get(route)?;
+        let known = self
+            .contexts
+            .iter()
+            .any(|c| c.route == route && c.path == path);
+        if !known && self.contexts.len() >= MAX_CONTEXTS {
+            return None;
+        }
         let aliases: Vec<String> = aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
         let found = self.contexts.iter_mut().find(|c| {
             c.route == route && c.path == path && (aliases.is_empty() || c.aliases == aliases)
@@ -225,12 +274,15 @@ impl Table {
     }
 
     /// REMOVE-APP for one context. False if the node is unknown.
-    pub fn remove_context(&mut self, route: &str, path: &str) -> bool {
+    pub fn remove_context(&mut self, route: &str, path: &str, aliases: &[String]) -> bool {
         if !self.nodes.contains_key(route) {
             return false;
         }
-        self.contexts
-            .retain(|c| !(c.route == route && c.path == path));
+        // Two virtual hosts of a node may have the same path: the aliases say which goes.
+        let aliases: Vec<String> = aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
+        self.contexts.retain(|c| {
+            !(c.route == route && c.path == path && (aliases.is_empty() || c.aliases == aliases))
+        });
         true
     }
 
@@ -242,15 +294,13 @@ impl Table {
 
     /// Where a request for `host` and `path` goes: to `sticky`'s node if it has the context
     /// enabled or disabled (its sessions stay there), else to the node with the context
-    /// enabled that has the most room; never to one in `tried`. `silence` is how long a node
-    /// may go unheard before it is passed over.
+    /// enabled that has the most room; never to one in `tried`.
     pub fn choose(
         &mut self,
         host: &str,
         path: &str,
         sticky: Option<&str>,
         tried: &[String],
-        silence: Duration,
     ) -> Option<Target> {
         // Contexts for the host: those that name it; if none does, those of the default host
         // (as JBoss nodes name it); if none is, all.
@@ -266,10 +316,7 @@ impl Table {
                     && context.covers(path)
                     && context.state != ContextState::Stopped
                     && !tried.contains(&context.route)
-                    && self
-                        .nodes
-                        .get(&context.route)
-                        .is_some_and(|node| node.usable(silence))
+                    && self.nodes.get(&context.route).is_some_and(Node::usable)
             })
             .collect();
         let longest = candidates
@@ -291,23 +338,34 @@ impl Table {
                 .iter()
                 .copied()
                 .filter(|&i| self.contexts[i].state == ContextState::Enabled)
-                // The least busy for its room: requests in flight per unit of load factor.
+                // The least busy for its room (requests in flight per point of load factor, in
+                // coarse steps, so that nodes with about the same room count as equal); of
+                // equals, the one sent the fewest requests.
                 .min_by_key(|&i| {
                     let node = &self.nodes[&self.contexts[i].route];
                     let busy = node.in_flight.load(Ordering::SeqCst) as u64 + 1;
-                    (busy * 10_000 / node.load.max(1) as u64, node.elected)
+                    (busy * 100 / node.load.max(1) as u64, node.elected)
                 })
         })?;
         let context = &mut self.contexts[chosen];
         context.requests += 1;
         let node = self.nodes.get_mut(&context.route)?;
         node.elected += 1;
+        // Counted while the table is held, so that a STOP-APP answered after this sees it.
+        let counters = [node.in_flight.clone(), context.in_flight.clone()];
+        for counter in &counters {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
         Some(Target {
             route: node.route.clone(),
             address: node.address(),
-            node_in_flight: node.in_flight.clone(),
-            context_in_flight: context.in_flight.clone(),
+            counters,
         })
+    }
+
+    /// Whether some node has a context at `path` for `host`, usable or not.
+    pub fn covers(&self, path: &str) -> bool {
+        self.contexts.iter().any(|context| context.covers(path))
     }
 }
 
@@ -315,19 +373,19 @@ impl Table {
 mod tests {
     use super::*;
 
-    const SILENCE: Duration = Duration::from_secs(30);
-
     fn table(nodes: &[(&str, i32)]) -> Table {
         let mut table = Table::default();
         for (route, load) in nodes {
-            table.configure(NodeConfig {
-                route: route.to_string(),
-                balancer: "mycluster".into(),
-                domain: String::new(),
-                host: "127.0.0.1".into(),
-                port: 8080,
-                scheme: "http".into(),
-            });
+            table
+                .configure(NodeConfig {
+                    route: route.to_string(),
+                    balancer: "mycluster".into(),
+                    domain: String::new(),
+                    host: "127.0.0.1".into(),
+                    port: 8080,
+                    scheme: "http".into(),
+                })
+                .unwrap();
             table.status(route, *load);
             table.set_context(route, "/app", &[], ContextState::Enabled);
         }
@@ -335,18 +393,18 @@ mod tests {
     }
 
     fn route(target: Option<Target>) -> Option<String> {
-        target.map(|t| t.route)
+        target.map(|t| t.route.clone())
     }
 
     #[test]
     fn a_session_stays_on_its_node_and_new_ones_go_where_there_is_room() {
         let mut table = table(&[("one", 10), ("two", 90)]);
         assert_eq!(
-            route(table.choose("h", "/app/x", None, &[], SILENCE)).as_deref(),
+            route(table.choose("h", "/app/x", None, &[])).as_deref(),
             Some("two")
         );
         assert_eq!(
-            route(table.choose("h", "/app/x", Some("one"), &[], SILENCE)).as_deref(),
+            route(table.choose("h", "/app/x", Some("one"), &[])).as_deref(),
             Some("one")
         );
     }
@@ -357,17 +415,17 @@ mod tests {
         table.set_context("one", "/app", &[], ContextState::Disabled);
         for _ in 0..5 {
             assert_eq!(
-                route(table.choose("h", "/app", None, &[], SILENCE)).as_deref(),
+                route(table.choose("h", "/app", None, &[])).as_deref(),
                 Some("two")
             );
         }
         assert_eq!(
-            route(table.choose("h", "/app", Some("one"), &[], SILENCE)).as_deref(),
+            route(table.choose("h", "/app", Some("one"), &[])).as_deref(),
             Some("one")
         );
         table.set_context("one", "/app", &[], ContextState::Stopped);
         assert_eq!(
-            route(table.choose("h", "/app", Some("one"), &[], SILENCE)).as_deref(),
+            route(table.choose("h", "/app", Some("one"), &[])).as_deref(),
             Some("two")
         );
     }
@@ -377,13 +435,13 @@ mod tests {
         let mut table = table(&[("one", 50), ("two", 50)]);
         table.set_healthy("one", false);
         assert_eq!(
-            route(table.choose("h", "/app", Some("one"), &[], SILENCE)).as_deref(),
+            route(table.choose("h", "/app", Some("one"), &[])).as_deref(),
             Some("two")
         );
         table.set_healthy("one", true);
         let tried = ["two".to_string()];
         assert_eq!(
-            route(table.choose("h", "/app", Some("two"), &tried, SILENCE)).as_deref(),
+            route(table.choose("h", "/app", Some("two"), &tried)).as_deref(),
             Some("one")
         );
     }
@@ -391,10 +449,10 @@ mod tests {
     #[test]
     fn contexts_cover_whole_segments_and_aliases_pick_hosts() {
         let mut table = table(&[("one", 50)]);
-        assert!(table.choose("h", "/apple", None, &[], SILENCE).is_none());
+        assert!(table.choose("h", "/apple", None, &[]).is_none());
         assert!(
             table
-                .choose("h", "/app;jsessionid=x.one", None, &[], SILENCE)
+                .choose("h", "/app;jsessionid=x.one", None, &[])
                 .is_some()
         );
         table.set_context(
@@ -405,8 +463,48 @@ mod tests {
         );
         assert!(
             table
-                .choose("shop.test", "/app", None, &[], SILENCE)
+                .choose("shop.test", "/app", None, &[])
                 .is_some_and(|t| t.route == "one")
+        );
+    }
+
+    #[test]
+    fn nodes_with_about_the_same_room_take_turns() {
+        let mut table = table(&[("one", 100), ("two", 99)]);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            seen.insert(route(table.choose("h", "/app", None, &[])).unwrap());
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+
+    #[test]
+    fn a_live_node_keeps_its_route_from_another_address() {
+        let mut table = table(&[("one", 50)]);
+        let impostor = NodeConfig {
+            route: "one".into(),
+            balancer: "mycluster".into(),
+            domain: String::new(),
+            host: "10.9.9.9".into(),
+            port: 8080,
+            scheme: "http".into(),
+        };
+        assert_eq!(table.configure(impostor), Err(Refused::RouteTaken));
+        assert_eq!(table.node("one").unwrap().host, "127.0.0.1");
+    }
+
+    #[test]
+    fn a_request_counts_in_flight_while_its_target_lives() {
+        let mut table = table(&[("one", 50)]);
+        let target = table.choose("h", "/app", None, &[]).unwrap();
+        assert_eq!(
+            table.set_context("one", "/app", &[], ContextState::Stopped),
+            Some(1)
+        );
+        drop(target);
+        assert_eq!(
+            table.set_context("one", "/app", &[], ContextState::Stopped),
+            Some(0)
         );
     }
 
@@ -414,7 +512,7 @@ mod tests {
     fn a_node_that_leaves_takes_its_contexts() {
         let mut table = table(&[("one", 50)]);
         assert!(table.remove_node("one"));
-        assert!(table.choose("h", "/app", None, &[], SILENCE).is_none());
+        assert!(table.choose("h", "/app", None, &[]).is_none());
         assert_eq!(table.contexts().count(), 0);
     }
 }

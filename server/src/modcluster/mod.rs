@@ -8,15 +8,16 @@
 //! To each balancer a node sends CONFIG (its route, the node's name, and its HTTP address),
 //! then ENABLE-APP for each context a process serves, and from then on what changes, at once:
 //! STOP-APP for a context no process serves, DISABLE-APP and STOP-APP when an operator says so,
-//! REMOVE-APP for one unmounted; STATUS with its load factor every 10 s. A balancer that
-//! refuses a command (it restarted, and forgot the node) gets CONFIG and every context again.
-//! At a graceful stop the node sends REMOVE-APP for all of its contexts.
+//! REMOVE-APP for one unmounted; STATUS with its load factor every 10 s. A balancer that does
+//! not know the node (it restarted) gets CONFIG and every context again, at once; a command it
+//! refuses for itself (a context it cannot take) is said in the log, and the rest goes on. At a
+//! graceful stop the node sends REMOVE-APP for all of its contexts.
 
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -56,6 +57,9 @@ pub struct ModClusterConfig {
 /// The contexts a balancer has been told of, as it was told.
 type Told = BTreeMap<(String, Vec<String>), Control>;
 
+/// The most balancers a node speaks to: what advertisements can add stops there.
+const MAX_BALANCERS: usize = 16;
+
 /// Starts speaking MCMP to every balancer, listed or heard of; the task returned ends once every
 /// balancer has been told the node is gone (at `shutdown`).
 pub fn start(
@@ -66,19 +70,20 @@ pub fn start(
     tokio::spawn(async move {
         let client: Client<HttpConnector, Body> =
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let known: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let mut known = BTreeSet::new();
         let mut links = JoinSet::new();
-        let link = |proxy: String, links: &mut JoinSet<()>| {
-            if crate::apps::lock(&known).insert(proxy.clone()) {
-                info!("Telling the balancer at {proxy} about this node's web apps");
-                let link = Link {
-                    proxy,
-                    config: config.clone(),
-                    client: client.clone(),
-                    web: web.clone(),
-                };
-                links.spawn(link.run(shutdown.clone()));
+        let mut link = |proxy: String, links: &mut JoinSet<()>| {
+            if known.len() >= MAX_BALANCERS || !known.insert(proxy.clone()) {
+                return;
             }
+            info!("Telling the balancer at {proxy} about this node's web apps");
+            let link = Link {
+                proxy,
+                config: config.clone(),
+                client: client.clone(),
+                web: web.clone(),
+            };
+            links.spawn(link.run(shutdown.clone()));
         };
         for proxy in &config.proxies {
             link(proxy.clone(), &mut links);
@@ -106,16 +111,14 @@ pub fn start(
     })
 }
 
-/// The MCMP addresses balancers advertise, as they are heard.
+/// The MCMP addresses balancers advertise, as they are heard: only an advertisement sent from
+/// the address it names counts (one host cannot send the node to another).
 fn listen_for_advertisements(
     interface: IpAddr,
 ) -> Option<tokio::sync::mpsc::UnboundedReceiver<SocketAddr>> {
     let group = IpAddr::V4(crate::balancer::ADVERTISE_GROUP);
-    let socket = match crate::cluster::multicast_socket(
-        group,
-        crate::balancer::ADVERTISE_PORT,
-        interface,
-    ) {
+    let port = crate::balancer::ADVERTISE_PORT;
+    let socket = match crate::cluster::multicast_socket(group, port, interface) {
         Ok(socket) => socket,
         Err(error) => {
             warn!(
@@ -128,13 +131,18 @@ fn listen_for_advertisements(
     tokio::spawn(async move {
         let mut buffer = vec![0u8; 4096];
         loop {
-            let Ok((length, _)) = socket.recv_from(&mut buffer).await else {
+            let Ok((length, from)) = socket.recv_from(&mut buffer).await else {
                 return;
             };
             let text = String::from_utf8_lossy(&buffer[..length]);
-            if let Some(proxy) = crate::balancer::parse_advertisement(&text)
-                && found.send(proxy).is_err()
-            {
+            let Some(proxy) = crate::balancer::parse_advertisement(&text) else {
+                continue;
+            };
+            if proxy.ip() != from.ip() {
+                debug!("ignored an advertisement from {from} naming {proxy}");
+                continue;
+            }
+            if found.send(proxy).is_err() {
                 return;
             }
         }
@@ -155,7 +163,9 @@ struct Link {
 enum Refusal {
     /// The balancer could not be reached.
     Unreachable(String),
-    /// It answered with an error (`Type` and `Mess` say which).
+    /// It does not know this node (it restarted, or dropped it): it must be told everything.
+    Forgotten,
+    /// It refused the command itself (`Type` and `Mess` say why).
     Refused(String),
 }
 
@@ -165,41 +175,44 @@ impl Link {
         let mut ticker = tokio::time::interval(self.config.status_interval);
         // None: the balancer must be told everything (again).
         let mut told: Option<Told> = None;
-        let mut reachable = true;
+        // What went wrong last, said once until it is mended.
+        let mut trouble: Option<String> = None;
         loop {
             let status_due = tokio::select! {
                 _ = ticker.tick() => true,
                 _ = changes.changed() => false,
                 _ = shutdown.cancelled() => break,
             };
-            let outcome = self.tell(&mut told, status_due).await;
-            match (outcome, reachable) {
-                (Ok(()), false) => {
-                    info!("The balancer at {} hears this node again", self.proxy);
-                    reachable = true;
-                }
-                (Err(Refusal::Unreachable(error)), true) => {
-                    warn!(
-                        "cannot reach the balancer at {} ({error}); trying again every {} s",
-                        self.proxy,
-                        self.config.status_interval.as_secs()
-                    );
-                    reachable = false;
-                    told = None;
-                }
-                (Err(Refusal::Refused(why)), _) => {
-                    // It forgot this node (a restart): tell it everything, now.
-                    debug!(
-                        "the balancer at {} refused: {why}; telling it everything again",
-                        self.proxy
-                    );
-                    told = None;
-                    if let Err(error) = self.tell(&mut told, true).await {
-                        debug!("the balancer at {} still refuses: {error:?}", self.proxy);
-                        told = None;
+            let version = *changes.borrow_and_update();
+            let mut outcome = self.tell(&mut told, status_due).await;
+            if matches!(outcome, Err(Refusal::Forgotten)) {
+                // It forgot this node: tell it everything, now.
+                told = None;
+                outcome = self.tell(&mut told, true).await;
+            }
+            match outcome {
+                Ok(()) => {
+                    self.web.told(&self.proxy, version);
+                    if trouble.take().is_some() {
+                        info!("The balancer at {} hears this node again", self.proxy);
                     }
                 }
-                _ => {}
+                Err(refusal) => {
+                    told = None;
+                    let said = match refusal {
+                        Refusal::Unreachable(error) => format!("cannot reach it ({error})"),
+                        Refusal::Refused(why) => format!("it refuses this node: {why}"),
+                        Refusal::Forgotten => "it does not take this node's CONFIG".to_string(),
+                    };
+                    if trouble.as_ref() != Some(&said) {
+                        warn!(
+                            "the balancer at {}: {said}; trying again every {} s",
+                            self.proxy,
+                            self.config.status_interval.as_secs()
+                        );
+                        trouble = Some(said);
+                    }
+                }
             }
         }
         let route = format!("JVMRoute={}", encode(&self.config.identity.route));
@@ -216,42 +229,53 @@ impl Link {
     }
 
     /// Brings the balancer up to date: CONFIG if it knows nothing yet, then every context that
-    /// changed; STATUS too if `status_due`.
+    /// changed; STATUS too if `status_due`. A context the balancer refuses is said in the log
+    /// and not sent again until it changes; the others go on.
     async fn tell(&self, told: &mut Option<Told>, status_due: bool) -> Result<(), Refusal> {
         let identity = &self.config.identity;
         let route = encode(&identity.route);
         if told.is_none() {
             let body = format!(
                 "JVMRoute={route}&Balancer={}&Host={}&Port={}&StickySessionForce=No&Type=http",
-                encode(&self.config.identity.balancer),
-                encode(&identity.http.ip().to_string()),
+                encode(&identity.balancer),
+                encode(&self.host().to_string()),
                 identity.http.port()
             );
-            self.send("CONFIG", false, body).await?;
+            match self.send("CONFIG", false, body).await {
+                Ok(_) => {}
+                // CONFIG itself refused is not a node the balancer forgot.
+                Err(Refusal::Forgotten) => return Err(Refusal::Refused("CONFIG".to_string())),
+                Err(refusal) => return Err(refusal),
+            }
             *told = Some(Told::new());
         }
-        let sent = told.as_mut().unwrap_or_else(|| unreachable!("set above"));
+        let Some(sent) = told.as_mut() else {
+            return Ok(());
+        };
         let now: Told = self
             .web
             .published()
             .into_iter()
-            .map(
-                |Published {
-                     context_path,
-                     aliases,
-                     state,
-                 }| ((context_path, aliases), state),
-            )
+            .map(|published| {
+                let Published {
+                    context_path,
+                    aliases,
+                    state,
+                } = published;
+                ((context_path, aliases), state)
+            })
             .collect();
         let gone: Vec<_> = sent
             .keys()
             .filter(|key| !now.contains_key(*key))
             .cloned()
             .collect();
-        for (context, aliases) in gone {
-            self.send("REMOVE-APP", false, app_body(&route, &context, &aliases))
-                .await?;
-            sent.remove(&(context, aliases));
+        for key in gone {
+            self.refused_alone(
+                self.send("REMOVE-APP", false, app_body(&route, &key.0, &key.1))
+                    .await,
+            )?;
+            sent.remove(&key);
         }
         for (key, state) in &now {
             if sent.get(key) == Some(state) {
@@ -262,8 +286,10 @@ impl Link {
                 Control::Disabled => "DISABLE-APP",
                 Control::Stopped => "STOP-APP",
             };
-            self.send(command, false, app_body(&route, &key.0, &key.1))
-                .await?;
+            self.refused_alone(
+                self.send(command, false, app_body(&route, &key.0, &key.1))
+                    .await,
+            )?;
             sent.insert(key.clone(), *state);
         }
         if status_due {
@@ -272,6 +298,35 @@ impl Link {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A command's outcome, where a refusal of that command alone is only said in the log.
+    fn refused_alone(&self, outcome: Result<String, Refusal>) -> Result<(), Refusal> {
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(Refusal::Refused(why)) => {
+                warn!("the balancer at {} refused {why}", self.proxy);
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The address balancers reach this node's HTTP port at: its bind address, or, for a node
+    /// bound to every address, the one it reaches this balancer from.
+    fn host(&self) -> IpAddr {
+        let http = self.config.identity.http;
+        if !http.ip().is_unspecified() {
+            return http.ip();
+        }
+        // Connecting a UDP socket sends nothing; it only picks the route, and so the address.
+        let local = std::net::UdpSocket::bind((http.ip(), 0))
+            .and_then(|socket| {
+                socket.connect(&self.proxy)?;
+                socket.local_addr()
+            })
+            .map(|address| address.ip());
+        local.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     }
 
     /// Sends one command (`/*` if `wildcard`) and reads its answer's body.
@@ -302,11 +357,14 @@ impl Link {
             .await
             .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
             .unwrap_or_default();
-        match status {
-            StatusCode::OK => Ok(text),
-            status => Err(Refusal::Refused(format!(
-                "{command}: {status}: {}",
-                message.unwrap_or(text)
+        match (status, message) {
+            (StatusCode::OK, _) => Ok(text),
+            (_, Some(message)) if message.starts_with("MEM: Can't read node") => {
+                Err(Refusal::Forgotten)
+            }
+            (status, message) => Err(Refusal::Refused(format!(
+                "{command} ({status}: {})",
+                message.unwrap_or_else(|| text.trim().chars().take(200).collect())
             ))),
         }
     }

@@ -35,22 +35,35 @@ pub struct Web {
     pub sockets: SocketDir,
     /// Bumped whenever the routes change, for balancers to hear of it at once.
     changes: watch::Sender<u64>,
+    /// The change each balancer (by MCMP address) has been told of last.
+    told: watch::Sender<BTreeMap<String, u64>>,
     /// What an operator said of each context for balancers (enable, disable, stop), by
     /// context path; enabled unless said otherwise.
     control: Mutex<BTreeMap<String, Control>>,
 }
 
 /// What balancers may send a context of this node, as an operator says (mod_cluster's
-/// enable, disable and stop).
+/// enable, disable and stop), and what a balancer sends a node's context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Control {
     /// Every request.
-    Enabled,
+    Enabled = 0,
     /// Requests of the sessions it has; no new sessions.
-    Disabled,
+    Disabled = 1,
     /// No requests.
-    Stopped,
+    Stopped = 2,
+}
+
+impl Control {
+    /// Its name, as JSON and pages show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Control::Enabled => "enabled",
+            Control::Disabled => "disabled",
+            Control::Stopped => "stopped",
+        }
+    }
 }
 
 /// A mounted context, as the management API shows it.
@@ -85,6 +98,7 @@ impl Web {
             routes: RwLock::new(Routes::default()),
             sockets: SocketDir::open(sockets)?,
             changes: watch::channel(0).0,
+            told: watch::channel(BTreeMap::new()).0,
             control: Mutex::new(BTreeMap::new()),
         })
     }
@@ -96,16 +110,34 @@ impl Web {
     }
 
     /// The routes, to change: whoever follows the changes hears of it once the guard is gone.
-    fn routes_mut(&self) -> RwLockWriteGuard<'_, Routes> {
-        self.changes.send_modify(|version| *version += 1);
-        self.routes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn routes_mut(&self) -> RoutesMut<'_> {
+        RoutesMut {
+            routes: self
+                .routes
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            changes: &self.changes,
+        }
     }
 
-    /// Hears of every change to the routes or their control.
+    /// Hears of every change to the routes or their control (a number that grows).
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// The balancer at `proxy` has been told everything up to change `version`.
+    pub fn told(&self, proxy: &str, version: u64) {
+        self.told.send_modify(|told| {
+            told.insert(proxy.to_string(), version);
+        });
+    }
+
+    /// Waits, up to `limit`, until every balancer this node speaks to has been told of change
+    /// `version`; false if one had not by then.
+    pub async fn balancers_told(&self, version: u64, limit: std::time::Duration) -> bool {
+        let mut told = self.told.subscribe();
+        let all = told.wait_for(|told| told.values().all(|seen| *seen >= version));
+        tokio::time::timeout(limit, all).await.is_ok()
     }
 
     /// Every context as balancers should know it now: enabled (or as an operator said) while a
@@ -118,7 +150,10 @@ impl Web {
             .map(|route| Published {
                 context_path: route.context_path.clone(),
                 aliases: match route.hosts.is_empty() {
-                    true => vec!["default-host".to_string(), "localhost".to_string()],
+                    true => vec![
+                        crate::balancer::table::DEFAULT_HOST.to_string(),
+                        "localhost".to_string(),
+                    ],
                     false => route.hosts.clone(),
                 },
                 state: match route.target {
@@ -135,8 +170,9 @@ impl Web {
     }
 
     /// An operator's word on a context (`None`: every context): balancers hear of it at once.
-    /// False if no app is mounted there.
-    pub fn set_control(&self, context_path: Option<&str>, state: Control) -> bool {
+    /// Answers the change's number (see [`Web::balancers_told`]), or none if no app is mounted
+    /// there.
+    pub fn set_control(&self, context_path: Option<&str>, state: Control) -> Option<u64> {
         let contexts: Vec<String> = match context_path {
             Some(path) => vec![normalize_context_path(path)],
             None => self
@@ -149,18 +185,19 @@ impl Web {
             .routes()
             .all()
             .any(|r| contexts.contains(&r.context_path));
-        if mounted {
-            let mut control = crate::apps::lock(&self.control);
-            for context in contexts {
-                match state {
-                    Control::Enabled => control.remove(&context),
-                    state => control.insert(context, state),
-                };
-            }
-            drop(control);
-            self.changes.send_modify(|version| *version += 1);
+        if !mounted {
+            return None;
         }
-        mounted
+        let mut control = crate::apps::lock(&self.control);
+        for context in contexts {
+            match state {
+                Control::Enabled => control.remove(&context),
+                state => control.insert(context, state),
+            };
+        }
+        drop(control);
+        self.changes.send_modify(|version| *version += 1);
+        Some(*self.changes.borrow())
     }
 
     /// Every mounted context as the management API shows it.
@@ -254,6 +291,33 @@ impl Web {
     /// The context path and hosts `app` is mounted at, if it is.
     pub fn mounted_at(&self, app: &str) -> Option<String> {
         self.routes().get(app).map(|route| route.describe())
+    }
+}
+
+/// The routes, held to change; dropping it tells whoever follows the changes.
+struct RoutesMut<'a> {
+    routes: RwLockWriteGuard<'a, Routes>,
+    changes: &'a watch::Sender<u64>,
+}
+
+impl std::ops::Deref for RoutesMut<'_> {
+    type Target = Routes;
+
+    fn deref(&self) -> &Routes {
+        &self.routes
+    }
+}
+
+impl std::ops::DerefMut for RoutesMut<'_> {
+    fn deref_mut(&mut self) -> &mut Routes {
+        &mut self.routes
+    }
+}
+
+impl Drop for RoutesMut<'_> {
+    fn drop(&mut self) {
+        // Told while the routes are still held: a follower that wakes reads them changed.
+        self.changes.send_modify(|version| *version += 1);
     }
 }
 

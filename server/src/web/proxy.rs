@@ -287,7 +287,7 @@ fn set_forwarded(
 }
 
 /// 503 for an app that cannot answer now, saying which and why.
-pub(crate) fn unavailable(node: &str, app: &str, why: &str) -> Response<Body> {
+fn unavailable(node: &str, app: &str, why: &str) -> Response<Body> {
     let mut response = page(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!("{app} is unavailable"),
