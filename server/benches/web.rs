@@ -231,7 +231,7 @@ async fn sequential_through(
     let client = client();
     let started = Instant::now();
     let mut fault = Some(fault);
-    let (mut sent, mut failed, mut longest) = (0u64, 0u64, Duration::ZERO);
+    let (mut sent, mut failed, mut longest) = (0u64, Vec::new(), Duration::ZERO);
     while started.elapsed() < Duration::from_secs(4) {
         if started.elapsed() >= at
             && let Some(fault) = fault.take()
@@ -242,12 +242,15 @@ async fn sequential_through(
         let outcome = get(&client, url, Some(cookie)).await;
         longest = longest.max(begun.elapsed());
         sent += 1;
-        if !matches!(outcome, Ok((200, _, _))) {
-            failed += 1;
+        match outcome {
+            Ok((200, _, _)) => {}
+            Ok((status, _, _)) => failed.push(status.to_string()),
+            Err(error) => failed.push(error),
         }
     }
     format!(
-        "{failed} of {sent} failed; longest request {:.0} ms",
+        "{} of {sent} failed {failed:?}; longest request {:.0} ms",
+        failed.len(),
         longest.as_secs_f64() * 1000.0
     )
 }
@@ -259,7 +262,8 @@ async fn concurrent_through(
     fault: impl FnOnce() + Send + 'static,
 ) -> String {
     let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
@@ -269,8 +273,10 @@ async fn concurrent_through(
                 while !stop.load(Ordering::Relaxed) {
                     let outcome = get(&client, &url, Some(&cookie)).await;
                     sent.fetch_add(1, Ordering::Relaxed);
-                    if !matches!(outcome, Ok((200, _, _))) {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    match outcome {
+                        Ok((200, _, _)) => {}
+                        Ok((status, body, _)) => failed.lock().unwrap().push(format!("{status} {}", body.trim())),
+                        Err(error) => failed.lock().unwrap().push(error),
                     }
                 }
             })
@@ -284,9 +290,10 @@ async fn concurrent_through(
         let _ = client.await;
     }
     let _ = stopping.join();
+    let failed = failed.lock().unwrap();
     format!(
-        "{} of {} failed",
-        failed.load(Ordering::Relaxed),
+        "{} of {} failed {failed:?}",
+        failed.len(),
         sent.load(Ordering::Relaxed)
     )
 }

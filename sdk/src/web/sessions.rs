@@ -235,6 +235,31 @@ impl std::fmt::Debug for CacheStore {
     }
 }
 
+/// How many times a session call is tried again while the cluster changes under it.
+const RETRIES: u32 = 5;
+
+/// Runs a cache call, and again (waiting 50 ms, then twice as long each time, about 1.5 s in
+/// all) while the node refuses it or does not answer in time: a member leaving or joining moves
+/// sessions to new owners, and a call made in that moment is refused. Each call here may run
+/// twice without harm (a `create` that ran twice finds its own record and takes a new id).
+async fn retried<T, F, Fut>(mut call: F) -> session_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..RETRIES {
+        match call().await {
+            Err(crate::Error::Node(_) | crate::Error::Timeout(_)) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            outcome => return outcome.map_err(backend),
+        }
+    }
+    call().await.map_err(backend)
+}
+
 fn backend(error: crate::Error) -> session_store::Error {
     session_store::Error::Backend(error.to_string())
 }
@@ -255,11 +280,11 @@ impl SessionStore for CacheStore {
         loop {
             let expiry = expiry_of(record);
             let key = record.id.to_string();
-            let taken = self
-                .cache
-                .put_if_absent_with(key, &*record, Some(expiry))
-                .await
-                .map_err(backend)?;
+            let taken = retried(|| {
+                self.cache
+                    .put_if_absent_with(key.as_str(), &*record, Some(expiry))
+            })
+            .await?;
             if taken.is_none() {
                 return Ok(());
             }
@@ -269,23 +294,18 @@ impl SessionStore for CacheStore {
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let key = record.id.to_string();
-        self.cache
-            .put_with(key, record, expiry_of(record))
-            .await
-            .map_err(backend)
+        retried(|| self.cache.put_with(key.as_str(), record, expiry_of(record))).await
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let record: Option<Record> = self.cache.get(id.to_string()).await.map_err(backend)?;
+        let key = id.to_string();
+        let record: Option<Record> = retried(|| self.cache.get(key.as_str())).await?;
         Ok(record.filter(|record| record.expiry_date > time::OffsetDateTime::now_utc()))
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        self.cache
-            .remove(id.to_string())
-            .await
-            .map(|_| ())
-            .map_err(backend)
+        let key = id.to_string();
+        retried(|| self.cache.remove(key.as_str())).await.map(|_| ())
     }
 }
 
