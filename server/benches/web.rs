@@ -275,7 +275,10 @@ async fn concurrent_through(
                     sent.fetch_add(1, Ordering::Relaxed);
                     match outcome {
                         Ok((200, _, _)) => {}
-                        Ok((status, body, _)) => failed.lock().unwrap().push(format!("{status} {}", body.trim())),
+                        Ok((status, body, _)) => failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("{status} {}", body.trim())),
                         Err(error) => failed.lock().unwrap().push(error),
                     }
                 }

@@ -329,3 +329,64 @@ fn a_clustered_node_finds_an_advertising_balancer_by_itself() {
     ));
     assert_eq!(body, "1 adv");
 }
+
+#[test]
+fn a_paused_node_is_passed_over_and_its_session_goes_on_elsewhere() {
+    let base = Base::installed();
+    let context = format!("/paused{}", std::process::id());
+    base.deploy_with(
+        &webprobe(),
+        &["--name", "pauseprobe", "--context-path", &context],
+    );
+    let (lb, one, two) = (free_offset(), free_offset(), free_offset());
+    let (port, mcmp) = (8080 + lb, 9990 + lb);
+    let _front = balancer(&base, port, mcmp);
+    let cluster = cluster_name();
+    let settings = [
+        format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"),
+        "-Dimmutant.modcluster.status-interval=1000".to_string(),
+    ];
+    let _first = clustered_with(&base, "one", one, &cluster, &settings);
+    let _second = clustered_with(&base, "two", two, &cluster, &settings);
+    eventually("both nodes enabled at the balancer", BUILD_PATIENCE, || {
+        enabled(mcmp, &context) == ["one", "two"]
+    });
+    let url = format!("http://127.0.0.1:{port}{context}/visits");
+    let runtime = runtime();
+    let (body, set) = runtime.block_on(visit(&url, None));
+    let cookie = set.unwrap();
+    let node = body.split(' ').nth(1).unwrap().to_string();
+    let (offset, other) = if node == "one" {
+        (one, "two")
+    } else {
+        (two, "one")
+    };
+
+    // The node that has the session stops answering (SIGSTOP: its sockets stay open).
+    let pid = immutant_e2e::get_json(9990 + offset)["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let (body, _) = runtime.block_on(visit(&url, Some(&cookie)));
+    assert_eq!(
+        body,
+        format!("2 {other}"),
+        "the session goes on on the other node"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "served within 10 s, not after the node was silent for 30 s"
+    );
+    let state = status(mcmp)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["route"] == node)
+        .unwrap()["state"]
+        .clone();
+    assert_eq!(state, "unreachable");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+}

@@ -305,7 +305,9 @@ impl SessionStore for CacheStore {
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         let key = id.to_string();
-        retried(|| self.cache.remove(key.as_str())).await.map(|_| ())
+        retried(|| self.cache.remove(key.as_str()))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -348,10 +348,9 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
             .collect();
         // Every node at once: a dead one costs its second, not everyone's.
         let checks = nodes.into_iter().map(|(route, address)| async move {
-            let connecting = tokio::net::TcpStream::connect(address.clone());
-            let reached = tokio::time::timeout(Duration::from_secs(1), connecting)
+            let reached = tokio::time::timeout(Duration::from_secs(1), answers(&address))
                 .await
-                .is_ok_and(|connected| connected.is_ok());
+                .is_ok_and(|answered| answered);
             (route, address, reached)
         });
         for (route, address, reached) in futures_util::future::join_all(checks).await {
@@ -368,6 +367,21 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
             table.set_healthy(&route, reached);
         }
     }
+}
+
+/// Whether the node at `address` answers HTTP: `OPTIONS *`, which asks the server itself (a
+/// paused node takes the connection, but does not answer).
+async fn answers(address: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return false;
+    };
+    let request = format!("OPTIONS * HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).await.is_ok() && status.starts_with(b"HTTP/1.1 2")
 }
 
 /// Advertises the balancer's MCMP address on mod_cluster's group, through the bind address's

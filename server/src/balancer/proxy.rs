@@ -57,7 +57,19 @@ pub async fn handle(
         if let Some(body) = body.take() {
             *outgoing.body_mut() = body;
         }
-        match balancer.client.request(outgoing).await {
+        let lost = target.lost.clone();
+        let node_lost = lost.notified();
+        let answer = tokio::select! {
+            answer = balancer.client.request(outgoing) => answer,
+            // A node that stops answering (paused, or cut off) is found out by the health
+            // checks; a request that may be sent again does not wait for it any longer.
+            _ = node_lost, if retryable => {
+                tracing::warn!("node {} is unreachable; sending its request elsewhere", target.route);
+                tried.push(target.route.clone());
+                continue;
+            }
+        };
+        match answer {
             // The target, counting the request in flight, lives as long as the exchange.
             Ok(response) => return respond(response, upgrade, target),
             Err(error) => {

@@ -38,6 +38,9 @@ pub struct Node {
     pub last_heard: Instant,
     #[serde(skip)]
     pub in_flight: Arc<AtomicUsize>,
+    /// Told when the node is found unreachable: requests waiting on it may go elsewhere.
+    #[serde(skip)]
+    pub lost: Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -108,6 +111,8 @@ impl Context {
 pub struct Target {
     pub route: String,
     pub address: String,
+    /// Told if the node is found unreachable while the request waits on it.
+    pub lost: Arc<tokio::sync::Notify>,
     counters: [Arc<AtomicUsize>; 2],
 }
 
@@ -185,6 +190,7 @@ impl Table {
                 elected: 0,
                 last_heard: Instant::now(),
                 in_flight: Arc::default(),
+                lost: Arc::default(),
             },
         );
         Ok(())
@@ -218,6 +224,9 @@ impl Table {
     pub fn set_healthy(&mut self, route: &str, healthy: bool) {
         if let Some(node) = self.nodes.get_mut(route) {
             node.healthy = healthy;
+            if !healthy {
+                node.lost.notify_waiters();
+            }
         }
     }
 
@@ -359,6 +368,7 @@ impl Table {
         Some(Target {
             route: node.route.clone(),
             address: node.address(),
+            lost: node.lost.clone(),
             counters,
         })
     }

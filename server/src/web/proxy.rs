@@ -34,6 +34,10 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Answers `request`, which came from `client`, with the app that serves it or a page that
 /// says why none does.
 pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -> Response<Body> {
+    if request.method() == axum::http::Method::OPTIONS && request.uri() == "*" {
+        // Asks the server itself (balancers' health checks): it answers.
+        return Response::new(Body::empty());
+    }
     let host = request_host(&request);
     let path = request.uri().path().to_string();
     let (route, in_flight) = {
