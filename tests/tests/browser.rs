@@ -4,14 +4,13 @@
 //! Screenshots land in `target/screenshots/`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::ScreenshotParams;
 use futures_util::StreamExt;
-use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
-    get_json_at, kill_9, workspace_root,
-};
+use immutant_e2e::web::{Behind, Front};
+use immutant_e2e::{Base, kill_9, workspace_root};
 
 /// Where the browser is: Debian's package (`.ci/run` installs it).
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -31,45 +30,9 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     let base = Base::installed();
     let project = base.new_project_from("visits", "web");
     base.deploy(&project, None);
-    let (lb, one, two) = (free_offset(), free_offset(), free_offset());
-    let (port, mcmp) = (8080 + lb, 9990 + lb);
-    let args = [
-        "balancer",
-        "--port",
-        &port.to_string(),
-        "--mcmp-port",
-        &mcmp.to_string(),
-        "--no-advertise",
-    ];
-    let front = Proc::spawn(base.cli(args));
-    front.wait_for("Immutant balancer", PATIENCE);
-    let cluster = cluster_name();
-    let settings = [
-        format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"),
-        "-Dimmutant.modcluster.status-interval=1000".to_string(),
-    ];
-    let _first = clustered_with(&base, "one", one, &cluster, &settings);
-    let _second = clustered_with(&base, "two", two, &cluster, &settings);
-    eventually(
-        "both nodes serving /visits at the balancer",
-        BUILD_PATIENCE,
-        || {
-            let status = get_json_at(mcmp, "status.json");
-            status["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|node| {
-                    node["contexts"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|c| c["path"] == "/visits" && c["state"] == "enabled")
-                })
-                .count()
-                == 2
-        },
-    );
+    let front = Front::start(&base);
+    let behind = Behind::start(&base, &front, Duration::from_secs(1), "/visits");
+    let mcmp = front.mcmp;
 
     let profile = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,7 +40,7 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
         .enable_all()
         .build()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/visits/");
+    let url = front.url("/visits/");
     let served = |page: &chromiumoxide::Page| {
         let page = page.clone();
         async move {
@@ -144,12 +107,12 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
         (browser, handling, page, node)
     });
 
-    kill_9(if node == "one" { one } else { two });
+    let (offset, other) = behind.offset_and_other(&node);
+    kill_9(offset);
     runtime.block_on(async {
         page.reload().await.unwrap();
         let (visits, now) = served(&page).await;
         shot(&page, "visits-6-after-kill.png").await;
-        let other = if node == "one" { "two" } else { "one" };
         assert_eq!(
             (visits.as_str(), now.as_str()),
             ("6", other),

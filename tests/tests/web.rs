@@ -8,20 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use immutant_e2e::web::{client, pair, runtime, visit};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, eventually, free_offset, get_json,
     get_json_at, kill_9, start_node, webprobe,
 };
 use tokio_tungstenite::tungstenite::Message;
-
-fn runtime() -> tokio::runtime::Runtime {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
 
 /// A response's body as JSON.
 async fn json(
@@ -29,10 +21,6 @@ async fn json(
 ) -> serde_json::Value {
     let text = response.await.unwrap().text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// Waits until `url` answers 200 (the app is deployed and ready).
@@ -358,30 +346,6 @@ fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish()
         .block_on(client().get(format!("{http}/steady/")).send())
         .unwrap();
     assert_eq!(gone.status(), 404);
-}
-
-/// `GET url` with the session cookie `cookie` (if any): the body, and the session cookie the
-/// response set (if it set one), whole, with its attributes.
-async fn visit(url: &str, cookie: Option<&str>) -> (String, Option<String>) {
-    let mut request = client().get(url);
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", cookie);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200, "GET {url}");
-    let set = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .find(|value| value.starts_with("JSESSIONID="))
-        .map(str::to_string);
-    (response.text().await.unwrap(), set)
-}
-
-/// The `name=value` part of a Set-Cookie.
-fn pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_string()
 }
 
 #[test]

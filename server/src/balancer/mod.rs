@@ -154,14 +154,7 @@ pub async fn run(
     };
     let servers =
         [("HTTP", http, proxying), ("MCMP", mcmp, managing)].map(|(name, listener, router)| {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-                    .map_err(|source| NodeError::Serve { name, source })
-            })
+            crate::node::serve(name, listener, router, shutdown.clone())
         });
     info!(
         "Immutant balancer {} started (http http://{}:{}, mcmp http://{mcmp_address}, advertising {})",
@@ -177,13 +170,7 @@ pub async fn run(
     let reason = stop.await;
     info!("Stopping the balancer ({reason})");
     shutdown.cancel();
-    for server in servers {
-        server.await.map_err(|error| NodeError::Serve {
-            name: "balancer",
-            source: std::io::Error::other(error),
-        })??;
-    }
-    Ok(())
+    crate::node::served(servers).await
 }
 
 /// The MCMP port: commands from the allowed addresses, and the status page.

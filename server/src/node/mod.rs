@@ -23,7 +23,7 @@ use crate::messaging::{Broker, MessagingError};
 use crate::shutdown::Shutdown;
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
-pub use ports::bind as bind_port;
+pub use ports::{bind as bind_port, serve, served};
 
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -216,16 +216,7 @@ pub async fn run(
         ("HTTP", http, web::router(web)),
         ("management", management, management::router(info)),
     ]
-    .map(|(name, listener, router)| {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .map_err(|source| NodeError::Serve { name, source })
-        })
-    });
+    .map(|(name, listener, router)| serve(name, listener, router, shutdown.clone()));
 
     let clustering = config.cluster.as_ref().map_or_else(String::new, |cluster| {
         format!(
@@ -269,12 +260,7 @@ pub async fn run(
     }
     broker.flush().await;
     drop(registration);
-    for server in servers {
-        server.await.map_err(|error| NodeError::Serve {
-            name: "node",
-            source: std::io::Error::other(error),
-        })??;
-    }
+    served(servers).await?;
     drop(lock);
     info!(
         "Node {} stopped in {} ms",

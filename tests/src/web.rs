@@ -1,0 +1,169 @@
+//! What the web tests share: an HTTP client and its runtime, a visit that keeps the session
+//! cookie, and a balancer with two clustered nodes behind it.
+
+use std::time::Duration;
+
+use crate::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
+};
+
+/// A runtime for the tests' async clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A client that goes straight to 127.0.0.1, whatever proxy the environment names.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `GET url` with the session cookie `cookie` (`name=value`, if any), which must answer 200:
+/// the body, and the session cookie the response set (if it set one), whole, with its
+/// attributes.
+pub async fn visit(url: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut request = client().get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    let set = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with("JSESSIONID="))
+        .map(str::to_string);
+    (response.text().await.unwrap(), set)
+}
+
+/// The `name=value` part of a Set-Cookie.
+pub fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// A balancer of a base's install (`cargo immutant balancer`), on ports of its own.
+pub struct Front {
+    pub proc: Proc,
+    /// Where clients send requests.
+    pub port: u16,
+    /// Where nodes send MCMP, and the status page is.
+    pub mcmp: u16,
+}
+
+impl Front {
+    /// Starts one that does not advertise (tests run side by side).
+    pub fn start(base: &Base) -> Front {
+        let offset = free_offset();
+        Front::start_at(base, 8080 + offset, 9990 + offset, false)
+    }
+
+    /// Starts one at `port` and `mcmp`, advertising or not.
+    pub fn start_at(base: &Base, port: u16, mcmp: u16, advertise: bool) -> Front {
+        let (port_text, mcmp_text) = (port.to_string(), mcmp.to_string());
+        let mut args = vec!["balancer", "--port", &port_text, "--mcmp-port", &mcmp_text];
+        if !advertise {
+            args.push("--no-advertise");
+        }
+        let proc = Proc::spawn(base.cli(args));
+        proc.wait_for("Immutant balancer", PATIENCE);
+        Front { proc, port, mcmp }
+    }
+
+    /// What it knows, from its status page.
+    pub fn status(&self) -> serde_json::Value {
+        crate::get_json_at(self.mcmp, "status.json")
+    }
+
+    /// The routes of the nodes that have `context` enabled, in order.
+    pub fn enabled(&self, context: &str) -> Vec<String> {
+        let status = self.status();
+        let mut routes: Vec<String> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|node| {
+                node["contexts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["path"] == context && c["state"] == "enabled")
+            })
+            .map(|node| node["route"].as_str().unwrap().to_string())
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// The state of `route`'s `context`, if it knows it.
+    pub fn context_state(&self, route: &str, context: &str) -> Option<String> {
+        let status = self.status();
+        let node = status["nodes"]
+            .as_array()?
+            .iter()
+            .find(|node| node["route"] == route)?;
+        let found = node["contexts"]
+            .as_array()?
+            .iter()
+            .find(|c| c["path"] == context)?;
+        found["state"].as_str().map(str::to_string)
+    }
+
+    /// The state of node `route` (`up`, `unreachable`, ...), if it knows it.
+    pub fn node_state(&self, route: &str) -> Option<String> {
+        let status = self.status();
+        let node = status["nodes"]
+            .as_array()?
+            .iter()
+            .find(|node| node["route"] == route)?;
+        node["state"].as_str().map(str::to_string)
+    }
+
+    /// A URL of its HTTP port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Clustered nodes `one` and `two` of a base's install, telling `front` about themselves with
+/// a STATUS every `status_interval`, started; returns them once both have `context` enabled
+/// there.
+pub struct Behind {
+    pub one: Proc,
+    pub two: Proc,
+    /// Their port offsets.
+    pub offsets: [u16; 2],
+}
+
+impl Behind {
+    pub fn start(base: &Base, front: &Front, status_interval: Duration, context: &str) -> Behind {
+        let cluster = cluster_name();
+        let settings = [
+            format!("-Dimmutant.modcluster.proxies=127.0.0.1:{}", front.mcmp),
+            format!(
+                "-Dimmutant.modcluster.status-interval={}",
+                status_interval.as_millis()
+            ),
+        ];
+        let offsets = [free_offset(), free_offset()];
+        let one = clustered_with(base, "one", offsets[0], &cluster, &settings);
+        let two = clustered_with(base, "two", offsets[1], &cluster, &settings);
+        eventually("both nodes enabled at the balancer", BUILD_PATIENCE, || {
+            front.enabled(context) == ["one", "two"]
+        });
+        Behind { one, two, offsets }
+    }
+
+    /// The port offset of node `name`, and the name of the other node.
+    pub fn offset_and_other(&self, name: &str) -> (u16, &'static str) {
+        match name {
+            "one" => (self.offsets[0], "two"),
+            _ => (self.offsets[1], "one"),
+        }
+    }
+}
