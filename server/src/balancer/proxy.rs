@@ -29,7 +29,8 @@ pub async fn handle(
     // second node when the first refuses it.
     let retryable = is_idempotent(request.method())
         && http_body::Body::size_hint(request.body()).exact() == Some(0);
-    let upgrade = prepare(&mut request, client, "/");
+    // The balancer sees clients themselves: what they say of where they came from is not kept.
+    let upgrade = prepare(&mut request, client, "/", false);
     let (parts, body) = request.into_parts();
     let mut body = Some(body);
     let mut tried: Vec<String> = Vec::new();

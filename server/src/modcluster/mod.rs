@@ -171,6 +171,12 @@ enum Refusal {
 
 impl Link {
     async fn run(self, shutdown: Shutdown) {
+        // Requests from the balancer come from its address (or addresses, for a name).
+        if let Ok(addresses) = tokio::net::lookup_host(self.proxy.as_str()).await {
+            for address in addresses {
+                self.web.trust(address.ip());
+            }
+        }
         let mut changes = self.web.changes();
         let mut ticker = tokio::time::interval(self.config.status_interval);
         // None: the balancer must be told everything (again).

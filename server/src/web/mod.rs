@@ -37,6 +37,9 @@ pub struct Web {
     changes: watch::Sender<u64>,
     /// The change each balancer (by MCMP address) has been told of last.
     told: watch::Sender<BTreeMap<String, u64>>,
+    /// The addresses of the balancers this node speaks to: what they say of their clients'
+    /// scheme and host is kept.
+    balancers: RwLock<std::collections::BTreeSet<std::net::IpAddr>>,
     /// What an operator said of each context for balancers (enable, disable, stop), by
     /// context path; enabled unless said otherwise.
     control: Mutex<BTreeMap<String, Control>>,
@@ -99,6 +102,7 @@ impl Web {
             sockets: SocketDir::open(sockets)?,
             changes: watch::channel(0).0,
             told: watch::channel(BTreeMap::new()).0,
+            balancers: RwLock::default(),
             control: Mutex::new(BTreeMap::new()),
         })
     }
@@ -123,6 +127,22 @@ impl Web {
     /// Hears of every change to the routes or their control (a number that grows).
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Requests from `address` come from a balancer of this node's.
+    pub fn trust(&self, address: std::net::IpAddr) {
+        self.balancers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(address);
+    }
+
+    /// Whether requests from `address` come from a balancer of this node's.
+    pub fn trusts(&self, address: std::net::IpAddr) -> bool {
+        self.balancers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&address)
     }
 
     /// The balancer at `proxy` has been told everything up to change `version`.

@@ -59,9 +59,7 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
         (route.clone(), in_flight)
     };
     match (&route.target, in_flight) {
-        (Target::Up(_), Some(in_flight)) => {
-            forward(&web.node_name, in_flight, &route, client, request).await
-        }
+        (Target::Up(_), Some(in_flight)) => forward(&web, in_flight, &route, client, request).await,
         (Target::Down(why), _) => unavailable(&web.node_name, &route.app, why),
         _ => unavailable(&web.node_name, &route.app, "it is starting"),
     }
@@ -87,7 +85,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 async fn forward(
-    node: &str,
+    web: &Web,
     in_flight: InFlight,
     route: &Route,
     client: SocketAddr,
@@ -100,7 +98,9 @@ async fn forward(
             "The request's target is not a path this node can pass on.",
         );
     };
-    let upgrade = prepare(&mut request, client, &route.context_path);
+    let from_balancer = web.trusts(client.ip());
+    let upgrade = prepare(&mut request, client, &route.context_path, from_balancer);
+    let node = &web.node_name;
     *request.uri_mut() = uri;
     match in_flight.backend().client.request(request).await {
         Ok(response) => respond(response, upgrade, in_flight),
@@ -125,6 +125,7 @@ pub(crate) fn prepare(
     request: &mut Request<Body>,
     client: SocketAddr,
     prefix: &str,
+    from_balancer: bool,
 ) -> Option<OnUpgrade> {
     let upgrade = is_upgrade(request.headers())
         .then(|| request.extensions_mut().remove::<OnUpgrade>())
@@ -139,7 +140,7 @@ pub(crate) fn prepare(
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     remove_hop_by_hop(headers, upgrade.is_some());
-    set_forwarded(headers, client, "http", host, prefix);
+    set_forwarded(headers, client, host, prefix, from_balancer);
     upgrade
 }
 
@@ -248,14 +249,16 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 /// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there,
 /// whose earlier entries are only what the client says), the scheme, the host it asked for,
-/// and the context path taken off. Other headers a client could use to pass itself off as
-/// someone else (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`) are dropped.
+/// and the context path taken off. The scheme and host a balancer of this node's says
+/// (`from_balancer`: one it speaks MCMP to) are kept: it saw the client. Other headers a
+/// client could use to pass itself off as someone else (`Forwarded`, `X-Real-IP`,
+/// `X-Forwarded-Port`) are dropped.
 fn set_forwarded(
     headers: &mut HeaderMap,
     client: SocketAddr,
-    scheme: &'static str,
     host: Option<HeaderValue>,
     context_path: &str,
+    from_balancer: bool,
 ) {
     let for_ = match headers
         .get("x-forwarded-for")
@@ -270,15 +273,18 @@ fn set_forwarded(
     for unsaid in ["forwarded", "x-real-ip", "x-forwarded-port"] {
         headers.remove(unsaid);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    match host {
-        Some(host) => {
+    let said_proto = from_balancer && headers.contains_key("x-forwarded-proto");
+    let said_host = from_balancer && headers.contains_key("x-forwarded-host");
+    if !said_proto {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !said_host {
             headers.insert("x-forwarded-host", host.clone());
-            headers.insert(header::HOST, host);
         }
-        None => {
-            headers.remove("x-forwarded-host");
-        }
+        headers.insert(header::HOST, host);
+    } else if !said_host {
+        headers.remove("x-forwarded-host");
     }
     match HeaderValue::from_str(context_path) {
         Ok(prefix) if context_path != "/" => {
@@ -388,7 +394,7 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let host = Some(HeaderValue::from_static("example.com:8080"));
-        set_forwarded(&mut headers, client, "http", host, "/app");
+        set_forwarded(&mut headers, client, host, "/app", false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(headers["x-forwarded-host"], "example.com:8080");
         assert_eq!(headers["x-forwarded-prefix"], "/app");
@@ -403,6 +409,25 @@ mod tests {
         join_cookies(&mut headers);
         assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(headers[header::COOKIE], "a=1; JSESSIONID=x.one");
+    }
+
+    #[test]
+    fn a_balancer_says_the_scheme_and_host_a_client_cannot() {
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let claims = || {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            headers.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
+            headers
+        };
+        let mut from_client = claims();
+        set_forwarded(&mut from_client, client, None, "/", false);
+        assert_eq!(from_client["x-forwarded-proto"], "http");
+        assert!(from_client.get("x-forwarded-host").is_none());
+        let mut from_balancer = claims();
+        set_forwarded(&mut from_balancer, client, None, "/", true);
+        assert_eq!(from_balancer["x-forwarded-proto"], "https");
+        assert_eq!(from_balancer["x-forwarded-host"], "shop.example");
     }
 
     #[test]
