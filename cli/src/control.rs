@@ -106,15 +106,18 @@ async fn tell(
             token_file.display()
         )
     })?;
-    let query = context.map_or(String::new(), |context| {
-        format!("?context={}", encode(context))
-    });
+    let address = format!("{}/web/{}", record.management, action.path());
+    let mut url = reqwest::Url::parse(&address).with_context(|| {
+        format!(
+            "node {} records a management address that is not a URL: {address}",
+            record.name
+        )
+    })?;
+    if let Some(context) = context {
+        url.query_pairs_mut().append_pair("context", context);
+    }
     let response = client
-        .post(format!(
-            "{}/web/{}{query}",
-            record.management,
-            action.path()
-        ))
+        .post(url)
         .bearer_auth(token.trim())
         .send()
         .await
@@ -174,19 +177,6 @@ fn same_context(mounted: &str, named: &str) -> bool {
     mounted.trim_matches('/') == named.trim().trim_matches('/')
 }
 
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +186,5 @@ mod tests {
         assert!(same_context("/app", "app/"));
         assert!(same_context("/", "/"));
         assert!(!same_context("/app", "/apple"));
-        assert_eq!(encode("/a b&c"), "/a%20b%26c");
     }
 }

@@ -21,6 +21,12 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// The text of the element `selector` picks on `page`.
+async fn text_of(page: &chromiumoxide::Page, selector: &str) -> String {
+    let element = page.find_element(selector).await.unwrap();
+    element.inner_text().await.unwrap().unwrap_or_default()
+}
+
 #[test]
 fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     assert!(
@@ -44,23 +50,10 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     let served = |page: &chromiumoxide::Page| {
         let page = page.clone();
         async move {
-            let visits = page
-                .find_element("#visits")
-                .await
-                .unwrap()
-                .inner_text()
-                .await
-                .unwrap()
-                .unwrap();
-            let node = page
-                .find_element("#node")
-                .await
-                .unwrap()
-                .inner_text()
-                .await
-                .unwrap()
-                .unwrap();
-            (visits, node)
+            (
+                text_of(&page, "#visits").await,
+                text_of(&page, "#node").await,
+            )
         }
     };
     let shot = |page: &chromiumoxide::Page, name: &'static str| {
