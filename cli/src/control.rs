@@ -132,6 +132,9 @@ async fn tell(
     if !status.is_success() {
         bail!("node {} refused: {}", record.name, text.trim());
     }
+    if text.trim() != "ok" {
+        eprintln!("node {}: {}", record.name, text.trim());
+    }
     Ok(())
 }
 

@@ -253,7 +253,7 @@ async fn control_web(
             true => (StatusCode::OK, "ok\n".to_string()),
             false => (
                 StatusCode::OK,
-                "ok, but a balancer has not heard yet (it is unreachable); it hears when it is back\n"
+                "ok, but a balancer has not heard yet (it may be unreachable, or gone); it hears when it is back\n"
                     .to_string(),
             ),
         },

@@ -103,7 +103,7 @@ fn disable_keeps_sessions_where_they_are_and_stop_drains_then_sends_nothing() {
     let (base, context) = deployed("ctlprobe");
     let front = Front::start(&base);
     // A STATUS a minute apart: what reaches the balancer sooner was sent at once.
-    let _behind = Behind::start(&base, &front, Duration::from_secs(60), &context);
+    let behind = Behind::start(&base, &front, Duration::from_secs(60), &context);
     let url = front.url(&format!("{context}/visits"));
     let runtime = runtime();
     let control = |action: &str, node: &str| {
@@ -155,6 +155,7 @@ fn disable_keeps_sessions_where_they_are_and_stop_drains_then_sends_nothing() {
 
     // Stopped on one while a request is in flight there: the stop waits for it, then nothing
     // more goes to one; the session goes on on two.
+    let sent = Instant::now();
     let slow = runtime.spawn({
         let (url, cookie) = (
             front.url(&format!("{context}/slow?ms=1500")),
@@ -170,13 +171,19 @@ fn disable_keeps_sessions_where_they_are_and_stop_drains_then_sends_nothing() {
             response.status()
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let stopping = Instant::now();
+    eventually("the slow request in flight on one", PATIENCE, || {
+        let contexts = immutant_e2e::get_json_at(9990 + behind.offsets[0], "web");
+        contexts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["in_flight"].as_u64() > Some(0))
+    });
     let said = control("stop", "one");
     assert!(said.contains("drained"), "{said}");
     assert!(
-        stopping.elapsed() >= Duration::from_millis(1000),
-        "stop waited for the request in flight (1.2 s more) before it said drained"
+        sent.elapsed() >= Duration::from_millis(1500),
+        "stop said drained only once the 1.5 s request in flight had finished"
     );
     assert_eq!(runtime.block_on(slow).unwrap(), 200);
     assert_eq!(
@@ -195,6 +202,25 @@ fn disable_keeps_sessions_where_they_are_and_stop_drains_then_sends_nothing() {
     assert_eq!(body, "1 one", "a session routed to one reaches it again");
 }
 
+/// A process stopped with SIGSTOP until this is dropped (even when the test fails, so that the
+/// node can stop and free its ports).
+struct Paused(i32);
+
+impl Paused {
+    fn new(pid: i32) -> Paused {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 #[test]
 fn a_paused_node_is_passed_over_and_its_session_goes_on_elsewhere() {
     let (base, context) = deployed("pauseprobe");
@@ -209,8 +235,7 @@ fn a_paused_node_is_passed_over_and_its_session_goes_on_elsewhere() {
 
     // The node that has the session stops answering (SIGSTOP: its sockets stay open).
     let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let _paused = Paused::new(pid);
     let started = Instant::now();
     let (body, _) = runtime.block_on(visit(&url, Some(&cookie)));
     assert_eq!(
@@ -219,12 +244,10 @@ fn a_paused_node_is_passed_over_and_its_session_goes_on_elsewhere() {
         "the session goes on on the other node"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "served within 10 s, not after the node was silent for 30 s"
+        started.elapsed() < Duration::from_secs(20),
+        "served within 20 s, not after the node was silent for 30 s"
     );
     assert_eq!(front.node_state(&node).as_deref(), Some("unreachable"));
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
 }
 
 #[test]

@@ -235,29 +235,30 @@ impl std::fmt::Debug for CacheStore {
     }
 }
 
-/// How many times a session call is tried again while the cluster changes under it.
-const RETRIES: u32 = 5;
+/// How long a session call keeps being tried again while the cluster changes under it.
+const RETRY_FOR: Duration = Duration::from_millis(1500);
 
-/// Runs a cache call, and again (waiting 50 ms, then twice as long each time, about 1.5 s in
-/// all) while the node refuses it or does not answer in time: a member leaving or joining moves
+/// Runs a cache call, and again while the node refuses it (waiting 50 ms, then twice as long
+/// each time; no new try begins after about 1.5 s): a member leaving or joining moves
 /// sessions to new owners, and a call made in that moment is refused. Each call here may run
-/// twice without harm (a `create` that ran twice finds its own record and takes a new id).
+/// twice without harm (a `create` that ran twice finds its own record and takes a new id; the
+/// orphan lapses with its session's expiry).
 async fn retried<T, F, Fut>(mut call: F) -> session_store::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::Result<T>>,
 {
+    let started = tokio::time::Instant::now();
     let mut wait = Duration::from_millis(50);
-    for _ in 0..RETRIES {
+    loop {
         match call().await {
-            Err(crate::Error::Node(_) | crate::Error::Timeout(_)) => {
+            Err(crate::Error::Node(_)) if started.elapsed() + wait < RETRY_FOR => {
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
             outcome => return outcome.map_err(backend),
         }
     }
-    call().await.map_err(backend)
 }
 
 fn backend(error: crate::Error) -> session_store::Error {

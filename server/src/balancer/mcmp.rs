@@ -3,7 +3,8 @@
 //! REMOVE-APP, STATUS, PING, INFO, DUMP, VERSION) and whose body is form-encoded parameters
 //! (names in any case). Answers are `mod_manager`'s own: `200` with the bodies it gives, or
 //! `500` with the `Version`, `Type` and `Mess` headers saying what is wrong. A command that is
-//! refused changes nothing.
+//! refused for what it says changes nothing (one refused because the table is full may have
+//! done part of its work, as mod_manager's does).
 
 use std::fmt::Write;
 
@@ -265,6 +266,7 @@ fn app(
     if table.node(route).is_none() {
         return Err(unknown_node(route));
     }
+    table.heard(route);
     let mut requests = 0;
     for context in &contexts {
         match state {

@@ -49,7 +49,8 @@ pub struct BalancerConfig {
     pub advertise: bool,
 }
 
-/// How often the balancer checks that it reaches each node.
+/// How often the balancer checks that it reaches each node (two checks missed in a row, and
+/// the node is passed over).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A running balancer.
@@ -323,6 +324,9 @@ fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
 /// not is passed over until it does again.
 async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
     let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+    // Checks each node has missed in a row: two make it unreachable (one late answer on a busy
+    // machine does not).
+    let mut missed: std::collections::HashMap<String, u32> = Default::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -340,7 +344,10 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
                 .is_ok_and(|answered| answered);
             (route, address, reached)
         });
-        for (route, address, reached) in futures_util::future::join_all(checks).await {
+        for (route, address, answered) in futures_util::future::join_all(checks).await {
+            let misses = missed.entry(route.clone()).or_default();
+            *misses = if answered { 0 } else { *misses + 1 };
+            let reached = *misses < 2;
             let mut table = balancer.table();
             if table
                 .node(&route)
@@ -352,6 +359,10 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
                 }
             }
             table.set_healthy(&route, reached);
+            if answered {
+                // A node that answers is not silent, however seldom it sends STATUS.
+                table.heard(&route);
+            }
         }
     }
 }
@@ -368,7 +379,8 @@ async fn answers(address: &str) -> bool {
         return false;
     }
     let mut status = [0u8; 12];
-    stream.read_exact(&mut status).await.is_ok() && status.starts_with(b"HTTP/1.1 2")
+    // Any answer will do: a server that does not take `OPTIONS *` still answers.
+    stream.read_exact(&mut status).await.is_ok() && status.starts_with(b"HTTP/1.")
 }
 
 /// Advertises the balancer's MCMP address on mod_cluster's group, through the bind address's

@@ -1,6 +1,7 @@
 //! The balancer's side of a client request: the node it goes to (the one its session names,
-//! else the enabled one with the most room), retried on another node when a node refuses the
-//! connection and the request can safely be sent again, and streamed both ways.
+//! else the enabled one with the most room), sent again to another node when the request can
+//! safely be sent twice and its node refuses it, fails with it, or is found unreachable while
+//! it waits; streamed both ways.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ pub async fn handle(
     let path = request.uri().path().to_string();
     let sticky = session_route(request.headers(), &path);
     // Only a request without a body, of a method that means the same sent twice, may go to a
-    // second node when the first refuses it.
+    // second node when the first refuses it, fails with it or is lost.
     let retryable = is_idempotent(request.method())
         && http_body::Body::size_hint(request.body()).exact() == Some(0);
     // The balancer sees clients themselves: what they say of where they came from is not kept.
@@ -58,13 +59,12 @@ pub async fn handle(
         if let Some(body) = body.take() {
             *outgoing.body_mut() = body;
         }
-        let lost = target.lost.clone();
-        let node_lost = lost.notified();
+        let mut target = target;
         let answer = tokio::select! {
             answer = balancer.client.request(outgoing) => answer,
             // A node that stops answering (paused, or cut off) is found out by the health
             // checks; a request that may be sent again does not wait for it any longer.
-            _ = node_lost, if retryable => {
+            _ = target.lost.as_mut(), if retryable => {
                 tracing::warn!("node {} is unreachable; sending its request elsewhere", target.route);
                 tried.push(target.route.clone());
                 continue;

@@ -38,7 +38,8 @@ pub struct Node {
     pub last_heard: Instant,
     #[serde(skip)]
     pub in_flight: Arc<AtomicUsize>,
-    /// Told when the node is found unreachable: requests waiting on it may go elsewhere.
+    /// Told when the node is found unreachable, or leaves: requests waiting on it may go
+    /// elsewhere.
     #[serde(skip)]
     pub lost: Arc<tokio::sync::Notify>,
 }
@@ -111,8 +112,9 @@ impl Context {
 pub struct Target {
     pub route: String,
     pub address: String,
-    /// Told if the node is found unreachable while the request waits on it.
-    pub lost: Arc<tokio::sync::Notify>,
+    /// Resolves if the node is found unreachable, or leaves, while the request waits on it
+    /// (waiting from the moment the node was chosen, so that nothing in between is missed).
+    pub lost: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
     counters: [Arc<AtomicUsize>; 2],
 }
 
@@ -298,7 +300,20 @@ impl Table {
     /// REMOVE-APP `/*`: the node leaves, with its contexts. False if it was unknown.
     pub fn remove_node(&mut self, route: &str) -> bool {
         self.contexts.retain(|c| c.route != route);
-        self.nodes.remove(route).is_some()
+        match self.nodes.remove(route) {
+            Some(node) => {
+                node.lost.notify_waiters();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The node spoke or answered: it is not silent.
+    pub fn heard(&mut self, route: &str) {
+        if let Some(node) = self.nodes.get_mut(route) {
+            node.last_heard = Instant::now();
+        }
     }
 
     /// Where a request for `host` and `path` goes: to `sticky`'s node if it has the context
@@ -368,12 +383,12 @@ impl Table {
         Some(Target {
             route: node.route.clone(),
             address: node.address(),
-            lost: node.lost.clone(),
+            lost: Box::pin(node.lost.clone().notified_owned()),
             counters,
         })
     }
 
-    /// Whether some node has a context at `path` for `host`, usable or not.
+    /// Whether some node has a context at `path`, usable or not.
     pub fn covers(&self, path: &str) -> bool {
         self.contexts.iter().any(|context| context.covers(path))
     }

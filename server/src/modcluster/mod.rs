@@ -72,13 +72,16 @@ pub fn start(
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let mut known = BTreeSet::new();
         let mut links = JoinSet::new();
-        let mut link = |proxy: String, links: &mut JoinSet<()>| {
+        // `listed`: a balancer the node was told of, whose word on its clients' scheme and host
+        // the node takes; one that only advertised itself is told about the node, not trusted.
+        let mut link = |proxy: String, listed: bool, links: &mut JoinSet<()>| {
             if known.len() >= MAX_BALANCERS || !known.insert(proxy.clone()) {
                 return;
             }
             info!("Telling the balancer at {proxy} about this node's web apps");
             let link = Link {
                 proxy,
+                listed,
                 config: config.clone(),
                 client: client.clone(),
                 web: web.clone(),
@@ -86,7 +89,7 @@ pub fn start(
             links.spawn(link.run(shutdown.clone()));
         };
         for proxy in &config.proxies {
-            link(proxy.clone(), &mut links);
+            link(proxy.clone(), true, &mut links);
         }
         let mut heard = match config.advertise_on {
             Some(interface) => listen_for_advertisements(interface),
@@ -101,7 +104,7 @@ pub fn start(
             };
             tokio::select! {
                 proxy = advertised => match proxy {
-                    Some(proxy) => link(proxy.to_string(), &mut links),
+                    Some(proxy) => link(proxy.to_string(), false, &mut links),
                     None => heard = None,
                 },
                 _ = shutdown.cancelled() => break,
@@ -153,6 +156,8 @@ fn listen_for_advertisements(
 /// This node's conversation with one balancer.
 struct Link {
     proxy: String,
+    /// Listed in `immutant.modcluster.proxies` (trusted), not only advertised.
+    listed: bool,
     config: ModClusterConfig,
     client: Client<HttpConnector, Body>,
     web: Arc<Web>,
@@ -171,8 +176,10 @@ enum Refusal {
 
 impl Link {
     async fn run(self, shutdown: Shutdown) {
-        // Requests from the balancer come from its address (or addresses, for a name).
-        if let Ok(addresses) = tokio::net::lookup_host(self.proxy.as_str()).await {
+        // Requests from a listed balancer come from its address (or addresses, for a name).
+        if self.listed
+            && let Ok(addresses) = tokio::net::lookup_host(self.proxy.as_str()).await
+        {
             for address in addresses {
                 self.web.trust(address.ip());
             }

@@ -84,11 +84,8 @@ fn modcluster_config(
     if config.cluster.is_none() && proxies.is_empty() {
         return None;
     }
-    let mut http = config.http_address();
-    if http.ip().is_unspecified() {
-        // Balancers need an address they can reach; the node answers on every one.
-        http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    // A node bound to every address tells each balancer the one it reaches it from.
+    let http = config.http_address();
     let number = |name: &str, default: u64| {
         properties
             .get(name)

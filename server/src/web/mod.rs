@@ -113,7 +113,8 @@ impl Web {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The routes, to change: whoever follows the changes hears of it once the guard is gone.
+    /// The routes, to change: whoever follows the changes is told as the guard goes, and reads
+    /// them changed (it waits for the routes until the guard is gone).
     fn routes_mut(&self) -> RoutesMut<'_> {
         RoutesMut {
             routes: self
@@ -134,7 +135,7 @@ impl Web {
         self.balancers
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(address);
+            .insert(address.to_canonical());
     }
 
     /// Whether requests from `address` come from a balancer of this node's.
@@ -142,7 +143,7 @@ impl Web {
         self.balancers
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&address)
+            .contains(&address.to_canonical())
     }
 
     /// The balancer at `proxy` has been told everything up to change `version`.

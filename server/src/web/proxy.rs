@@ -273,6 +273,17 @@ fn set_forwarded(
     for unsaid in ["forwarded", "x-real-ip", "x-forwarded-port"] {
         headers.remove(unsaid);
     }
+    // What the balancer said is the last of a list (a proxy adds to what came before it).
+    for name in ["x-forwarded-proto", "x-forwarded-host"] {
+        let last = headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|list| list.rsplit(',').next())
+            .and_then(|last| HeaderValue::from_str(last.trim()).ok());
+        if let Some(last) = last {
+            headers.insert(name, last);
+        }
+    }
     let said_proto = from_balancer && headers.contains_key("x-forwarded-proto");
     let said_host = from_balancer && headers.contains_key("x-forwarded-host");
     if !said_proto {
@@ -417,7 +428,10 @@ mod tests {
         let claims = || {
             let mut headers = HeaderMap::new();
             headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-            headers.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
+            headers.insert(
+                "x-forwarded-host",
+                HeaderValue::from_static("evil.example, shop.example"),
+            );
             headers
         };
         let mut from_client = claims();
