@@ -128,8 +128,7 @@ impl Connection {
         };
         tokio::spawn(async move {
             if let Err(error) = write_frames(writer, outgoing).await {
-                eprintln!("immutant: cannot write to the node ({error}); exiting");
-                std::process::exit(1);
+                leave(&format!("cannot write to the node ({error})"));
             }
         });
         tokio::spawn(connection.clone().read_frames(reader));
@@ -251,15 +250,13 @@ impl Connection {
             match frame {
                 Ok(frame) => self.route(frame),
                 Err(error) => {
-                    eprintln!("immutant: the node's socket failed ({error}); exiting");
-                    std::process::exit(1);
+                    leave(&format!("the node's socket failed ({error})"));
                 }
             }
         }
         // The node is gone (killed, or it stopped without asking us): nothing is left to do.
         if self.inner.stop.borrow().is_none() {
-            eprintln!("immutant: the node went away; exiting");
-            std::process::exit(1);
+            leave("the node went away");
         }
     }
 
@@ -370,6 +367,15 @@ impl Connection {
         let waiting = lock(&self.inner.pending).remove(&id);
         waiting.is_some_and(|waiting| waiting.send(answer).is_ok())
     }
+}
+
+/// Ends the app because its node is gone. The node was what read the app's output, so saying
+/// why may fail: that must not keep the app from exiting (`eprintln!` would panic, and end
+/// only the task that called it).
+fn leave(why: &str) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "immutant: {why}; exiting");
+    std::process::exit(1);
 }
 
 /// Locks a mutex, even one a panicking thread held: the maps behind these stay consistent.

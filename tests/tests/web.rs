@@ -442,3 +442,32 @@ fn the_web_template_counts_visits_in_the_session() {
         assert_eq!(api, serde_json::json!({"visits": 3, "node": "tplnode"}));
     });
 }
+
+/// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
+fn ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn the_apps_of_a_node_killed_with_sigkill_exit() {
+    let base = Base::installed();
+    base.deploy(&webprobe(), Some("orphan"));
+    let offset = free_offset();
+    let node = start_node(&base, "doomed", offset, &[]);
+    wait_until_served(
+        &format!("http://127.0.0.1:{}/orphan/", 8080 + offset),
+        BUILD_PATIENCE,
+    );
+    let app = app_pid(9990 + offset, "orphan").unwrap();
+    kill_9(offset);
+    drop(node);
+    // Its socket closes with the node; no one reads its output any more, which must not keep
+    // it from leaving.
+    eventually("the app's exit", PATIENCE, || ended(app));
+}

@@ -39,16 +39,15 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
         return Response::new(Body::empty());
     }
     let host = request_host(&request);
-    let path = request.uri().path().to_string();
     let (route, in_flight) = {
+        let path = request.uri().path();
         let routes = web.routes();
-        let Some(route) = routes.find(&host, &path) else {
+        let Some(route) = routes.find(&host, path) else {
             let contexts: Vec<String> = routes
                 .for_host(&host)
-                .iter()
                 .map(|route| route.describe())
                 .collect();
-            return not_found(&web.node_name, &host, &path, &contexts);
+            return not_found(&web.node_name, &host, path, &contexts);
         };
         // Counted in flight before the routes are let go: a drain that begins after this
         // (it must take the routes to do so) waits for this request.

@@ -62,32 +62,28 @@ impl Route {
 /// Every mounted web app of this node.
 #[derive(Default)]
 pub struct Routes {
-    routes: Vec<Route>,
+    /// Shared, so that a request takes its route without copying it.
+    routes: Vec<Arc<Route>>,
 }
 
 impl Routes {
     /// The routes a request for `host` may take: those of apps on that virtual host, or if no
     /// app names it, those of apps on every host (JBoss's default host).
-    pub fn for_host(&self, host: &str) -> Vec<&Route> {
-        let named: Vec<&Route> = self
+    pub fn for_host<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Arc<Route>> {
+        let named = self
             .routes
             .iter()
-            .filter(|route| route.hosts.iter().any(|h| h == host))
-            .collect();
-        if !named.is_empty() {
-            return named;
-        }
-        self.routes
-            .iter()
-            .filter(|route| route.hosts.is_empty())
-            .collect()
+            .any(|route| route.hosts.iter().any(|h| h == host));
+        self.routes.iter().filter(move |route| match named {
+            true => route.hosts.iter().any(|h| h == host),
+            false => route.hosts.is_empty(),
+        })
     }
 
     /// The route for a request to `host` (lower case, no port) and `path`: the longest
     /// context path that covers the path.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         self.for_host(host)
-            .into_iter()
             .filter(|route| route.covers(path))
             // The longest context path; of two alike, the name that sorts first.
             .max_by(|a, b| {
@@ -98,23 +94,24 @@ impl Routes {
 
     /// Every route.
     pub fn all(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
+        self.routes.iter().map(|route| &**route)
     }
 
     /// The route of `app`, if it is mounted.
     pub fn get(&self, app: &str) -> Option<&Route> {
-        self.routes.iter().find(|route| route.app == app)
+        self.all().find(|route| route.app == app)
     }
 
     /// The route of `app`, to change, if it is mounted.
     pub fn get_mut(&mut self, app: &str) -> Option<&mut Route> {
-        self.routes.iter_mut().find(|route| route.app == app)
+        let route = self.routes.iter_mut().find(|route| route.app == app)?;
+        Some(Arc::make_mut(route))
     }
 
     /// Mounts `route`, replacing the app's route if it had one.
     pub fn insert(&mut self, route: Route) {
         self.remove(&route.app);
-        self.routes.push(route);
+        self.routes.push(Arc::new(route));
     }
 
     /// Unmounts `app`.
@@ -124,7 +121,7 @@ impl Routes {
 
     /// Another app mounted at the same context path and hosts as `route`, if any.
     pub fn clash(&self, route: &Route) -> Option<&Route> {
-        self.routes.iter().find(|other| {
+        self.all().find(|other| {
             other.app != route.app
                 && other.context_path == route.context_path
                 && other.hosts == route.hosts
