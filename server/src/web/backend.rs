@@ -1,20 +1,19 @@
 //! One app process's web server, as the node reaches it: a Unix socket of the node's making in
-//! a folder only the node's user can open, a pool of HTTP/1.1 connections to it, and a count of
-//! the requests in flight so that a redeploy or undeploy can let them finish.
+//! a folder only the node's user can open, a pool of HTTP/1.1 connections to it (kept here:
+//! one connection per request at a time, given back when its response has been read), and a
+//! count of the requests in flight so that a redeploy or undeploy can let them finish.
 
-use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
@@ -59,44 +58,86 @@ impl SocketDir {
     }
 }
 
-/// Connects the pool to an app's socket.
-#[derive(Clone)]
-pub struct UnixConnector(Arc<PathBuf>);
-
-impl tower_service::Service<Uri> for UnixConnector {
-    type Response = TokioIo<UnixStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(&*path).await?)) })
-    }
-}
-
 /// An app process's web server.
 pub struct Backend {
     path: PathBuf,
-    pub client: Client<UnixConnector, Body>,
+    /// Connections to it that can take a request now.
+    idle: Mutex<Vec<http1::SendRequest<Body>>>,
     in_flight: AtomicUsize,
-    idle: Notify,
+    idle_notify: Notify,
+}
+
+/// Why a request did not reach the app.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect to the app's socket: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// Whether the app's socket refused the connection: its process is not there.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
 }
 
 impl Backend {
     fn new(path: PathBuf) -> Backend {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(UnixConnector(Arc::new(path.clone())));
         Backend {
             path,
-            client,
+            idle: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
+            idle_notify: Notify::new(),
         }
+    }
+
+    /// Sends `request` to the app over a connection of the pool (a new one if none is free),
+    /// and gives the connection back once it can take the next request. A pooled connection
+    /// the app closed meanwhile is replaced, the request sent again on a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        loop {
+            let pooled = crate::apps::lock(&self.idle).pop();
+            let (mut sender, reused) = match pooled {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let pool = Arc::downgrade(self);
+                    // Ready again once the response has been read whole (never, after an
+                    // upgrade: that connection is the tunnel's now).
+                    tokio::spawn(async move {
+                        if sender.ready().await.is_ok()
+                            && let Some(pool) = pool.upgrade()
+                        {
+                            crate::apps::lock(&pool.idle).push(sender);
+                        }
+                    });
+                    return Ok(response);
+                }
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(error.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// A new connection to the app's socket, served by a task of its own.
+    async fn connect(&self) -> Result<http1::SendRequest<Body>, SendError> {
+        let stream = UnixStream::connect(&self.path)
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
     }
 
     /// Counts a request in flight until the guard is dropped (its response sent, or its
@@ -115,7 +156,7 @@ impl Backend {
     pub async fn drained(&self, limit: Duration) -> bool {
         let wait = async {
             loop {
-                let idle = self.idle.notified();
+                let idle = self.idle_notify.notified();
                 if self.in_flight() == 0 {
                     return;
                 }
@@ -136,7 +177,7 @@ impl Drop for Backend {
 pub struct InFlight(Arc<Backend>);
 
 impl InFlight {
-    pub fn backend(&self) -> &Backend {
+    pub fn backend(&self) -> &Arc<Backend> {
         &self.0
     }
 }
@@ -144,7 +185,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
+            self.0.idle_notify.notify_waiters();
         }
     }
 }

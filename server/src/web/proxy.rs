@@ -101,7 +101,7 @@ async fn forward(
     let upgrade = prepare(&mut request, client, &route.context_path, from_balancer);
     let node = &web.node_name;
     *request.uri_mut() = uri;
-    match in_flight.backend().client.request(request).await {
+    match in_flight.backend().send(request).await {
         Ok(response) => respond(response, upgrade, in_flight),
         Err(error) if error.is_connect() => {
             unavailable(node, &route.app, "its process does not answer")
@@ -226,8 +226,8 @@ fn relative_uri(uri: &Uri, route: &Route) -> Option<Uri> {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
-    // The authority only names the pool: the connection goes to the app's socket.
-    format!("http://app{path_and_query}").parse().ok()
+    // Origin form: the connection is the app's socket already.
+    path_and_query.parse().ok()
 }
 
 /// HTTP/2 may split `Cookie` into one header per cookie; HTTP/1.1 wants them in one
