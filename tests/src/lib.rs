@@ -9,7 +9,7 @@ pub mod web;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -331,12 +331,18 @@ pub fn free_offset() -> u16 {
     let given = given.get_or_insert_with(HashSet::new);
     // Start somewhere that depends on the process, so test binaries run side by side (as
     // nextest does) rarely meet; step by 100 so that no offset's HTTP port is another's
-    // management port.
-    let seed = std::process::id() % 400;
-    (0..400u32)
-        .map(|step| (1000 + (seed + step) % 400 * 100) as u16)
+    // management port. Every port stays below Linux's ephemeral range (32768 and up), where
+    // the tests' own outgoing connections would take them at random.
+    const OFFSETS: u32 = 217;
+    let seed = std::process::id() % OFFSETS;
+    (0..OFFSETS)
+        .map(|step| (1000 + (seed + step) % OFFSETS * 100) as u16)
         .find(|offset| {
-            !given.contains(offset) && port_free(8080 + offset) && port_free(9990 + offset)
+            !given.contains(offset)
+                && [7600, 8080, 9990]
+                    .iter()
+                    .all(|port| port_free(port + offset))
+                && UdpSocket::bind(("127.0.0.1", 7600 + offset)).is_ok()
         })
         .inspect(|offset| {
             given.insert(*offset);

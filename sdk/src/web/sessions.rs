@@ -235,11 +235,13 @@ impl std::fmt::Debug for CacheStore {
     }
 }
 
-/// How long a session call keeps being tried again while the cluster changes under it.
-const RETRY_FOR: Duration = Duration::from_millis(1500);
+/// How long a session call keeps being tried again while the cluster changes under it (a
+/// member that stopped answering is out of the view within about half a second; a loaded
+/// machine takes longer).
+const RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// Runs a cache call, and again while the node refuses it (waiting 50 ms, then twice as long
-/// each time; no new try begins after about 1.5 s): a member leaving or joining moves
+/// each time; no new try begins after about 5 s): a member leaving or joining moves
 /// sessions to new owners, and a call made in that moment is refused. Each call here may run
 /// twice without harm (a `create` that ran twice finds its own record and takes a new id; the
 /// orphan lapses with its session's expiry).
