@@ -347,8 +347,11 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
         for (route, address, answered) in futures_util::future::join_all(checks).await {
             let misses = missed.entry(route.clone()).or_default();
             *misses = if answered { 0 } else { *misses + 1 };
-            let reached = *misses < 2;
             let mut table = balancer.table();
+            // Only an answer brings a node back (one a request found dead stays so); a node
+            // that answered is passed over after two misses in a row.
+            let was_healthy = table.node(&route).is_some_and(|node| node.healthy);
+            let reached = answered || (*misses < 2 && was_healthy);
             if table
                 .node(&route)
                 .is_some_and(|node| node.healthy != reached)
