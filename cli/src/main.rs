@@ -127,9 +127,20 @@ enum Command {
         /// The port nodes send MCMP to.
         #[arg(long, default_value_t = balancer::DEFAULT_MCMP_PORT)]
         mcmp_port: u16,
-        /// [--allow ADDR[/BITS],...] [--no-advertise] [-b ADDRESS] [--log-level L]
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<String>,
+        /// The address both ports bind.
+        #[arg(short = 'b', long = "bind")]
+        bind: Option<String>,
+        /// Who may send MCMP: addresses or networks (ADDR/BITS), comma-separated (default:
+        /// loopback).
+        #[arg(long)]
+        allow: Option<String>,
+        /// Do not advertise the balancer by multicast (nodes then need it in
+        /// -Dimmutant.modcluster.proxies).
+        #[arg(long)]
+        no_advertise: bool,
+        /// TRACE, DEBUG, INFO, WARN or ERROR.
+        #[arg(long)]
+        log_level: Option<String>,
     },
 }
 
@@ -256,8 +267,24 @@ fn execute(command: Command) -> Result<u8> {
             action: None,
             port,
             mcmp_port,
-            args,
+            bind,
+            allow,
+            no_advertise,
+            log_level,
         } => {
+            let mut args = Vec::new();
+            for (flag, value) in [
+                ("--bind", bind),
+                ("--allow", allow),
+                ("--log-level", log_level),
+            ] {
+                if let Some(value) = value {
+                    args.extend([flag.to_string(), value]);
+                }
+            }
+            if no_advertise {
+                args.push("--no-advertise".to_string());
+            }
             let options = balancer::BalancerOptions {
                 port: Some(port),
                 mcmp_port: Some(mcmp_port),

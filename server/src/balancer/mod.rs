@@ -26,8 +26,9 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, Response, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
+use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::node::NodeError;
@@ -57,7 +58,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Balancer {
     table: Mutex<Table>,
     /// The pool of connections to the nodes.
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
     /// When it started, in microseconds since the epoch: the `id` of its STATUS answers.
     started_us: u128,
 }
@@ -111,6 +112,29 @@ fn allowed(allow: &[(IpAddr, u8)], peer: IpAddr) -> bool {
     })
 }
 
+/// How the balancer connects to nodes (see [`connector`]).
+type Connector = tower::util::BoxCloneSyncService<
+    hyper::Uri,
+    TokioIo<tokio::net::TcpStream>,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
+
+/// Connections to nodes: a node whose host is gone is passed over in a second, not in
+/// minutes; and a connection given up (its request sent elsewhere) is reset, not closed, so
+/// that a request it had not delivered yet is dropped rather than delivered late, after a
+/// partition heals, when another node has served it already.
+fn connector() -> Connector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    let resetting = connector
+        .map_response(|stream: TokioIo<tokio::net::TcpStream>| {
+            let _ = socket2::SockRef::from(stream.inner()).set_linger(Some(Duration::ZERO));
+            stream
+        })
+        .map_err(Into::into);
+    tower::util::BoxCloneSyncService::new(resetting)
+}
+
 /// Runs a balancer until `stop` resolves.
 pub async fn run(
     config: BalancerConfig,
@@ -121,12 +145,7 @@ pub async fn run(
     let mcmp = crate::node::bind_port("MCMP", mcmp_address).await?;
     let balancer = Arc::new(Balancer {
         table: Mutex::new(Table::default()),
-        client: Client::builder(TokioExecutor::new()).build({
-            // A node whose host is gone is passed over in a second, not in minutes.
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(Duration::from_secs(1)));
-            connector
-        }),
+        client: Client::builder(TokioExecutor::new()).build(connector()),
         started_us: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()

@@ -302,6 +302,10 @@ async fn run_link(
             continue;
         };
         let _ = socket.set_nodelay(true);
+        // Closed, a link drops what it had not sent yet rather than deliver it later: a
+        // request written just before a partition must not reach the member after the heal,
+        // long after its caller gave up and tried elsewhere.
+        let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
         let connection = broker.next_connection();
         let (read, write) = socket.into_split();
         let mut writer = FramedWrite::new(write, FrameCodec::<LinkHeader>::new(limit));

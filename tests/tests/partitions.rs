@@ -1,0 +1,166 @@
+//! Partitions: real nodes in network namespaces of the test's making (see
+//! `immutant_e2e::netns`), with a host's link taken off the switch and put back. Skipped, with
+//! a line saying why, where namespaces cannot be made.
+
+use std::time::{Duration, Instant};
+
+use immutant_e2e::netns::Lan;
+use immutant_e2e::web::{pair, runtime, visit};
+use immutant_e2e::{BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, eventually, webprobe};
+
+/// The balancer's ports in its host.
+const PORT: u16 = 8000;
+const MCMP: u16 = 6666;
+
+/// A balancer in host 0 of `lan`, taking MCMP from the whole LAN.
+fn balancer(lan: &Lan, base: &Base) -> Proc {
+    let address = lan.address(0).to_string();
+    let command = base.cli([
+        "balancer",
+        "-b",
+        &address,
+        "--port",
+        &PORT.to_string(),
+        "--mcmp-port",
+        &MCMP.to_string(),
+        "--allow",
+        "10.213.0.0/24",
+        "--no-advertise",
+    ]);
+    let proc = Proc::spawn(lan.command(0, command));
+    proc.wait_for("Immutant balancer", PATIENCE);
+    proc
+}
+
+/// Clustered node `name` of `cluster` in host `i` of `lan`, bound to the host's address and
+/// telling the balancer of host 0 about itself every second; started.
+fn node(lan: &Lan, base: &Base, i: usize, name: &str, cluster: &str) -> Proc {
+    let mut args = vec!["run".to_string(), "--clustered".to_string()];
+    args.extend(base.node_args(name, 0));
+    args.extend([
+        format!("-Djboss.bind.address={}", lan.address(i)),
+        format!("-Dimmutant.cluster.name={cluster}"),
+        format!("-Dimmutant.modcluster.proxies={}:{MCMP}", lan.address(0)),
+        "-Dimmutant.modcluster.status-interval=1000".to_string(),
+    ]);
+    let proc = Proc::spawn(lan.command(i, base.cli(args)));
+    proc.wait_for("started in", PATIENCE);
+    proc
+}
+
+/// The balancer's status, asked from host 0.
+fn status(lan: &Lan) -> serde_json::Value {
+    let url = format!("http://{}:{MCMP}/status.json", lan.address(0));
+    lan.within(0, || {
+        runtime().block_on(async {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            match client.get(&url).send().await {
+                Ok(response) => serde_json::from_str(&response.text().await.unwrap_or_default())
+                    .unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            }
+        })
+    })
+}
+
+/// The routes of the nodes the balancer has `context` enabled on, sorted.
+fn enabled(lan: &Lan, context: &str) -> Vec<String> {
+    let status = status(lan);
+    let mut routes: Vec<String> = status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|node| {
+            node["state"] == "up"
+                && node["contexts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["path"] == context && c["state"] == "enabled")
+        })
+        .filter_map(|node| node["route"].as_str().map(str::to_string))
+        .collect();
+    routes.sort();
+    routes
+}
+
+/// `GET url` from host 0 with the session cookie `cookie`: the body and the cookie set.
+fn visit_from_client(lan: &Lan, url: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    lan.within(0, || runtime().block_on(visit(url, cookie)))
+}
+
+#[test]
+fn a_node_cut_off_is_passed_over_its_sessions_go_on_elsewhere_and_it_comes_back_after_the_heal() {
+    let Some(lan) = Lan::new(3) else { return };
+    let base = Base::installed();
+    let context = "/cutprobe";
+    base.deploy_with(
+        &webprobe(),
+        &["--name", "cutprobe", "--context-path", context],
+    );
+    let _front = balancer(&lan, &base);
+    let cluster = cluster_name();
+    let _one = node(&lan, &base, 1, "one", &cluster);
+    let _two = node(&lan, &base, 2, "two", &cluster);
+    eventually("both nodes enabled at the balancer", BUILD_PATIENCE, || {
+        enabled(&lan, context) == ["one", "two"]
+    });
+
+    let url = format!("http://{}:{PORT}{context}/visits", lan.address(0));
+    let (body, set) = visit_from_client(&lan, &url, None);
+    let cookie = pair(&set.expect("a session cookie"));
+    let served_by = body.split(' ').nth(1).unwrap().to_string();
+    for n in 2..=3 {
+        let (body, _) = visit_from_client(&lan, &url, Some(&cookie));
+        assert_eq!(
+            body,
+            format!("{n} {served_by}"),
+            "the session stays on its node"
+        );
+    }
+
+    // The session's node is cut off from the balancer and the other node alike.
+    let (host, other) = match served_by.as_str() {
+        "one" => (1, "two"),
+        _ => (2, "one"),
+    };
+    lan.cut(host);
+    let started = Instant::now();
+    let (body, set) = visit_from_client(&lan, &url, Some(&cookie));
+    assert_eq!(
+        body,
+        format!("4 {other}"),
+        "the session goes on on the node that is left"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "served within 20 s of the cut, not {:?}",
+        started.elapsed()
+    );
+    let cookie = pair(&set.expect("the cookie names its new node"));
+    assert!(cookie.ends_with(&format!(".{other}")), "{cookie}");
+    let (body, _) = visit_from_client(&lan, &url, Some(&cookie));
+    assert_eq!(body, format!("5 {other}"));
+
+    // Healed: the node is back at the balancer and in the cluster, serves new sessions, and
+    // the session stays where it went, its count where it was.
+    lan.heal(host);
+    eventually(
+        "the node enabled again after the heal",
+        Duration::from_secs(30),
+        || enabled(&lan, context) == ["one", "two"],
+    );
+    let (body, _) = visit_from_client(&lan, &url, Some(&cookie));
+    assert_eq!(body, format!("6 {other}"), "the session did not go back");
+    let routed_back = format!("JSESSIONID=unknown.{served_by}");
+    let (body, _) = visit_from_client(&lan, &url, Some(&routed_back));
+    assert_eq!(
+        body,
+        format!("1 {served_by}"),
+        "the healed node serves again"
+    );
+}
