@@ -114,9 +114,6 @@ enum Command {
     /// mod_cluster was): nodes learn of it by its multicast advertisements (or
     /// -Dimmutant.modcluster.proxies) and tell it their contexts and load; it sends each
     /// request to a node that serves it, keeping sessions on their node.
-    ///
-    /// Other arguments go to the server's `balancer`: --allow ADDR[/BITS],... (who may send it
-    /// MCMP; loopback by default), --no-advertise, -b ADDRESS, --log-level L.
     #[command(args_conflicts_with_subcommands = true)]
     Balancer {
         #[command(subcommand)]
@@ -127,9 +124,9 @@ enum Command {
         /// The port nodes send MCMP to.
         #[arg(long, default_value_t = balancer::DEFAULT_MCMP_PORT)]
         mcmp_port: u16,
-        /// The address both ports bind.
+        /// The address both ports bind [default: 127.0.0.1].
         #[arg(short = 'b', long = "bind")]
-        bind: Option<String>,
+        bind: Option<std::net::IpAddr>,
         /// Who may send MCMP: addresses or networks (ADDR/BITS), comma-separated (default:
         /// loopback).
         #[arg(long)]
@@ -138,8 +135,8 @@ enum Command {
         /// -Dimmutant.modcluster.proxies).
         #[arg(long)]
         no_advertise: bool,
-        /// TRACE, DEBUG, INFO, WARN or ERROR.
-        #[arg(long)]
+        /// How much it logs [default: INFO].
+        #[arg(long, value_parser = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"], ignore_case = true)]
         log_level: Option<String>,
     },
 }
@@ -273,6 +270,7 @@ fn execute(command: Command) -> Result<u8> {
             log_level,
         } => {
             let mut args = Vec::new();
+            let bind = bind.map(|address| address.to_string());
             for (flag, value) in [
                 ("--bind", bind),
                 ("--allow", allow),

@@ -197,15 +197,16 @@ fn relay<W: Write + 'static>(
 fn display_args(args: &[String]) -> String {
     let shown: Vec<std::borrow::Cow<str>> = args
         .iter()
+        .map(|arg| immutant_protocol::secrets::shown_arg(arg))
         .map(|arg| {
             if arg.is_empty()
                 || arg
                     .chars()
                     .any(|c| c.is_whitespace() || "'\"\\$`".contains(c))
             {
-                shell_words::quote(arg)
+                shell_words::quote(&arg).into_owned().into()
             } else {
-                arg.into()
+                arg
             }
         })
         .collect();

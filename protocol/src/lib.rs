@@ -22,6 +22,7 @@ mod codec;
 mod frames;
 mod jobs;
 mod outbox;
+pub mod secrets;
 
 pub use cache::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 pub use codec::{FrameCodec, ProtocolError};

@@ -3,12 +3,11 @@
 //! publishes, many deliveries) leave in one write.
 
 use futures_util::SinkExt;
-use serde::Serialize;
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedWrite;
+use tokio_util::codec::{Encoder, FramedWrite};
 
-use crate::{Frame, FrameCodec, Header, ProtocolError};
+use crate::{Frame, Header, ProtocolError};
 
 /// What the writer takes: a frame, or a request to say when everything before it is written.
 pub enum Outgoing<H = Header> {
@@ -26,10 +25,15 @@ impl<H> From<Frame<H>> for Outgoing<H> {
 pub type Outbox<H = Header> = mpsc::UnboundedSender<Outgoing<H>>;
 
 /// Writes what arrives on `outgoing` until every [`Outbox`] is dropped or the socket fails.
-pub async fn write_frames<W: AsyncWrite + Unpin, H: Serialize>(
-    mut writer: FramedWrite<W, FrameCodec<H>>,
+/// `E` is the frames' encoding on the wire: [`crate::FrameCodec`], or one that wraps it.
+pub async fn write_frames<W, H, E>(
+    mut writer: FramedWrite<W, E>,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing<H>>,
-) -> Result<(), ProtocolError> {
+) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    E: Encoder<Frame<H>, Error = ProtocolError>,
+{
     let mut next = outgoing.recv().await;
     while let Some(item) = next {
         match item {

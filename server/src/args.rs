@@ -116,6 +116,7 @@ fn properties_help() -> String {
             PropertyDefault::HostName => "this host's name",
             PropertyDefault::Home => "the install this binary is in",
             PropertyDefault::HomeData => "<jboss.home.dir>/data",
+            PropertyDefault::FromConfig => "the config's (cargo immutant install writes one)",
         };
         help.push_str(&format!(
             "  {} (default: {default})\n      {}\n",

@@ -7,8 +7,8 @@
 //! [`Lan::cut`] takes a host's link off the switch without a word to the host (its interface
 //! stays up, frames go nowhere), as a pulled cable further along would; [`Lan::heal`] puts it
 //! back. Nothing here sends anything outside the namespaces it made, and the host's own
-//! network is not touched. Making namespaces needs root: where it cannot be done, [`Lan::new`]
-//! says why and the test skips.
+//! network is not touched. Making namespaces needs root: as root, failing to is a test failure;
+//! otherwise [`Lan::new`] says why and the test skips.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -28,12 +28,19 @@ impl Lan {
         remove_abandoned();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
-            "imm-{}-{}",
+            "{PREFIX}{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let switch = format!("{prefix}-sw");
         if let Err(why) = ip(&["netns", "add", &switch]) {
+            // As root they can be made: a failure there is the test's.
+            // SAFETY: geteuid has no preconditions.
+            assert_ne!(
+                unsafe { libc::geteuid() },
+                0,
+                "cannot make a network namespace as root: {why}"
+            );
             eprintln!(
                 "skipped: network namespaces cannot be made here ({why}); partition tests need root and iproute2"
             );
@@ -59,11 +66,11 @@ impl Lan {
             lan.hosts.push(host.clone());
             let port = format!("p{i}");
             ip(&[
+                "-n",
+                &host,
                 "link",
                 "add",
                 "eth0",
-                "netns",
-                &host,
                 "type",
                 "veth",
                 "peer",
@@ -172,20 +179,32 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Deletes the namespaces of test processes that ended without deleting theirs (killed).
+/// How the namespaces made here are named: the prefix, the test process's id, a number, and
+/// `sw` or `h<i>`.
+const PREFIX: &str = "immutant-e2e-";
+
+/// Deletes the namespaces of test processes that ended without deleting theirs (killed): only
+/// names of the form above, and only those whose process is gone.
 fn remove_abandoned() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return;
     };
+    let numeric = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(pid) = name
-            .strip_prefix("imm-")
-            .and_then(|rest| rest.split('-').next())
-        else {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
-        if !std::path::Path::new("/proc").join(pid).exists() {
+        let ours = match rest.split('-').collect::<Vec<_>>()[..] {
+            [pid, number, role] => {
+                numeric(pid)
+                    && numeric(number)
+                    && (role == "sw" || role.strip_prefix('h').is_some_and(numeric))
+                    && !std::path::Path::new("/proc").join(pid).exists()
+            }
+            _ => false,
+        };
+        if ours {
             let _ = ip(&["netns", "del", &name]);
         }
     }

@@ -3,6 +3,7 @@
 
 mod download;
 pub mod release;
+mod secret;
 mod source;
 
 use std::path::{Path, PathBuf};

@@ -113,6 +113,11 @@ pub fn stage(artifact: &Artifact, dir: &Path) -> Result<()> {
             std::fs::copy(entry.path(), root.join("config").join(entry.file_name()))?;
         }
     }
+    let previous = dir.join("config");
+    super::secret::write(
+        &root.join("config"),
+        Some(previous.as_path()).filter(|dir| dir.is_dir()),
+    )?;
     for (name, files) in &SOURCES {
         write_sources(files, &root.join(SOURCES_DIR).join(name))?;
     }

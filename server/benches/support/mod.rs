@@ -65,6 +65,7 @@ impl TempInstall {
                 self.home().join(name).display()
             ),
             format!("-Dimmutant.cluster.name={cluster}"),
+            format!("-Dimmutant.cluster.secret={cluster}-secret"),
         ]
     }
 

@@ -1,14 +1,18 @@
 //! Discovery by multicast, as JGroups' MPING did it for AS7: each node sends a beacon to the
 //! cluster's group (230.0.0.4:45688 by default, not shifted by the port offset) through the
 //! interface of its bind address, and gossips with every node of its cluster whose beacon it
-//! hears. Nodes on networks without multicast use seeds instead.
+//! hears. Beacons are sealed with the cluster's secret: one that is not is ignored. Nodes on
+//! networks without multicast use seeds instead.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
+
+use super::seal::ClusterKey;
 
 /// How often a node announces itself.
 const BEACON_INTERVAL: Duration = Duration::from_millis(500);
@@ -51,17 +55,19 @@ pub fn open(group: IpAddr, port: u16, interface: IpAddr) -> std::io::Result<UdpS
 pub async fn run(
     socket: UdpSocket,
     group: SocketAddr,
-    cluster: String,
+    (cluster, key): (String, Arc<ClusterKey>),
     node: String,
     gossip: SocketAddr,
     mut found: impl FnMut(SocketAddr),
 ) {
-    let beacon = serde_json::to_vec(&Beacon {
-        cluster: cluster.clone(),
-        node,
-        gossip,
-    })
-    .unwrap_or_default();
+    let beacon = key.seal_beacon(
+        &serde_json::to_vec(&Beacon {
+            cluster: cluster.clone(),
+            node,
+            gossip,
+        })
+        .unwrap_or_default(),
+    );
     let mut ticker = tokio::time::interval(BEACON_INTERVAL);
     let mut buffer = vec![0u8; 2048];
     loop {
@@ -72,8 +78,9 @@ pub async fn run(
                 }
             }
             received = socket.recv_from(&mut buffer) => {
-                let Ok((length, _)) = received else { continue };
-                if let Ok(heard) = serde_json::from_slice::<Beacon>(&buffer[..length])
+                let Ok((length, from)) = received else { continue };
+                let Some(plain) = key.open_beacon(&mut buffer[..length], from) else { continue };
+                if let Ok(heard) = serde_json::from_slice::<Beacon>(plain)
                     && heard.cluster == cluster
                     && heard.gossip != gossip
                 {

@@ -1,7 +1,8 @@
 //! Peer links: a TCP connection from this node to each other member, on the cluster port, that
 //! carries the messages this node forwards there (store and forward: the other node answers
 //! `forwarded` once the message is on its disk). The same frames as the app protocol, with the
-//! headers below. Links follow the view: one opens for each new member and closes with it.
+//! headers below, each sealed with the cluster's secret ([`seal`]): encrypted, authenticated,
+//! and in order. Links follow the view: one opens for each new member and closes with it.
 //!
 //! The link manager also keeps the bridges in the broker matching what each member consumes, and
 //! tells the cluster what this node consumes. Cache requests travel the same links: the caller
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
-use super::{Cluster, Member};
+use super::{Cluster, Member, seal};
 use crate::cache::Caches;
 use crate::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
 use crate::messaging::{Broker, Forward, Message, Reply};
@@ -97,7 +98,7 @@ pub fn start(
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((socket, _)) => {
-                            tokio::spawn(serve(socket, cluster.config.name.clone(), services.clone(), limit));
+                            tokio::spawn(serve(socket, cluster.clone(), services.clone(), limit));
                         }
                         Err(error) => warn!("cannot accept a peer link: {error}"),
                     },
@@ -110,27 +111,37 @@ pub fn start(
 }
 
 /// The receiving end of a link: stores each forwarded message, then says so; answers cache
-/// requests.
-async fn serve(socket: TcpStream, cluster: String, services: LinkServices, limit: usize) {
+/// requests. A peer that does not prove it knows the cluster's secret within the handshake
+/// time (its first record sealed with it) is dropped, having been told nothing.
+async fn serve(mut socket: TcpStream, cluster: Arc<Cluster>, services: LinkServices, limit: usize) {
     let LinkServices { broker, caches, .. } = services;
+    let Ok(address) = socket.peer_addr() else {
+        return;
+    };
+    let codec = || FrameCodec::<LinkHeader>::new(limit);
+    let Ok((writing, reading)) = cluster.key.take_link(&mut socket, codec, limit).await else {
+        cluster.key.complain(address.ip(), "a link");
+        return;
+    };
     let (read, write) = socket.into_split();
-    let mut frames = FramedRead::new(read, FrameCodec::<LinkHeader>::new(limit));
-    let (outbox, outgoing): (Outbox<LinkHeader>, _) = mpsc::unbounded_channel();
-    tokio::spawn(write_frames(
-        FramedWrite::new(write, FrameCodec::new(limit)),
-        outgoing,
-    ));
-    let from = match frames.next().await {
-        Some(Ok(Frame {
+    let mut frames = FramedRead::new(read, reading);
+    let hello = tokio::time::timeout(seal::HANDSHAKE_TIME, frames.next()).await;
+    let from = match hello {
+        Ok(Some(Ok(Frame {
             header:
                 LinkHeader::Hello {
                     cluster: theirs,
                     node,
                 },
             ..
-        })) if theirs == cluster => node,
-        _ => return,
+        }))) if theirs == cluster.config.name => node,
+        _ => {
+            cluster.key.complain(address.ip(), "a link");
+            return;
+        }
     };
+    let (outbox, outgoing): (Outbox<LinkHeader>, _) = mpsc::unbounded_channel();
+    tokio::spawn(write_frames(FramedWrite::new(write, writing), outgoing));
     while let Some(Ok(Frame { header, body })) = frames.next().await {
         if let LinkHeader::CacheRequest { id, cache, request } = header {
             let (caches, outbox, from) = (caches.clone(), outbox.clone(), from.clone());
@@ -296,20 +307,21 @@ async fn run_link(
 ) {
     let mut next_call = 0u64;
     // The member is in the view while the manager keeps the sender.
+    let codec = || FrameCodec::<LinkHeader>::new(limit);
     while interest.has_changed().is_ok() {
-        let Ok(socket) = TcpStream::connect(address).await else {
+        let Ok(mut socket) = TcpStream::connect(address).await else {
+            tokio::time::sleep(TICK).await;
+            continue;
+        };
+        let Ok((writing, reading)) = cluster.key.open_link(&mut socket, codec, limit).await else {
             tokio::time::sleep(TICK).await;
             continue;
         };
         let _ = socket.set_nodelay(true);
-        // Closed, a link drops what it had not sent yet rather than deliver it later: a
-        // request written just before a partition must not reach the member after the heal,
-        // long after its caller gave up and tried elsewhere.
-        let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
         let connection = broker.next_connection();
         let (read, write) = socket.into_split();
-        let mut writer = FramedWrite::new(write, FrameCodec::<LinkHeader>::new(limit));
-        let mut reader = FramedRead::new(read, FrameCodec::<LinkHeader>::new(limit));
+        let mut writer = FramedWrite::new(write, writing);
+        let mut reader = FramedRead::new(read, reading);
         let hello = LinkHeader::Hello {
             cluster: cluster.config.name.clone(),
             node: cluster.node_name.clone(),
@@ -324,6 +336,7 @@ async fn run_link(
         // link drops.
         let mut pending: HashMap<u64, tokio::sync::oneshot::Sender<(PeerAnswer, Bytes)>> =
             HashMap::new();
+        let mut relinking = false;
         loop {
             tokio::select! {
                 forward = forwarded.recv() => {
@@ -345,6 +358,7 @@ async fn run_link(
                     // What was on its way goes back in line when the link starts again.
                     Some(Ok(Frame { header: LinkHeader::Refused { reason, .. }, .. })) => {
                         warn!("{peer} refused a forwarded message ({reason}); linking again");
+                        relinking = true;
                         break;
                     }
                     Some(Ok(Frame { header: LinkHeader::CacheAnswer { id, answer }, body })) => {
@@ -386,6 +400,15 @@ async fn run_link(
                 }
             }
         }
+        // A link given up (the member left the view, hung, or broke it) drops what it had
+        // not sent yet rather than deliver it later: a request written just before a partition
+        // must not reach the member after the heal, when its caller has long tried elsewhere.
+        // One closed only to link again (a refusal) still delivers what it had written.
+        if !relinking {
+            let _ =
+                socket2::SockRef::from(writer.get_ref().as_ref()).set_linger(Some(Duration::ZERO));
+        }
+        drop((writer, reader));
         // What was on its way comes back in line, for the next link or another node.
         broker.disconnect(connection);
         // A link that drops and cannot be opened again is a member killed: its socket closed.

@@ -1,12 +1,14 @@
 //! Clustering: nodes started with `standalone-ha.toml` find each other ([`discovery`] by
 //! multicast, or seeds), agree on who is alive through gossip with phi-accrual failure detection
-//! (the chitchat library, on the cluster port), and share small state: each member's start time,
+//! (the chitchat library, on the cluster port, every datagram sealed with the cluster's secret:
+//! [`seal`]), and share small state: each member's start time,
 //! management URL and running apps. From that every member computes the same [`View`], oldest
 //! first, which singletons are elected on.
 
 mod discovery;
 pub use discovery::open as multicast_socket;
 pub mod links;
+pub mod seal;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
@@ -63,6 +64,8 @@ pub struct Cluster {
     /// When this node started: its age in the cluster.
     generation: u64,
     joined: tokio::time::Instant,
+    /// The keys gossip, beacons and links are sealed with.
+    key: Arc<seal::ClusterKey>,
     /// Members whose link dropped and could not be opened again, by name and generation, with
     /// when: out of the view at once, before gossip notices (what FD_SOCK did for JGroups).
     suspects: watch::Sender<BTreeMap<(String, u64), tokio::time::Instant>>,
@@ -101,10 +104,14 @@ impl Cluster {
             protocol_version: ProtocolVersion::V1,
         };
         let management = format!("http://{}", node.management_address());
+        let key = Arc::new(seal::ClusterKey::derive(
+            config.secret.expose(),
+            &config.name,
+        ));
         let handle = spawn_chitchat(
             settings,
             vec![(MANAGEMENT_KEY.to_string(), management)],
-            &UdpTransport,
+            &seal::SealedUdp(key.clone()),
         )
         .await
         .map_err(|error| ClusterError::Gossip {
@@ -126,6 +133,7 @@ impl Cluster {
             node_name: node.node_name.clone(),
             generation,
             joined: tokio::time::Instant::now(),
+            key,
             suspects,
             app_processes: Default::default(),
         });
@@ -145,8 +153,9 @@ impl Cluster {
             Ok(socket) => {
                 let cluster = Arc::clone(self);
                 let (name, node_name) = (config.name.clone(), node.node_name.clone());
+                let key = self.key.clone();
                 tokio::spawn(async move {
-                    discovery::run(socket, group, name, node_name, gossip_addr, |peer| {
+                    discovery::run(socket, group, (name, key), node_name, gossip_addr, |peer| {
                         // A handshake; from then on gossip keeps the two in touch.
                         let _ = cluster.handle.gossip(peer);
                     })

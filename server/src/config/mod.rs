@@ -35,6 +35,17 @@ pub enum ConfigError {
         dir: PathBuf,
         available: String,
     },
+    #[error(
+        "a clustered node needs its cluster's secret, and {file} gives none: pass -Dimmutant.cluster.secret=SECRET or -Dimmutant.cluster.secret-file=PATH, the same on every node (cargo immutant install writes a random one into the install's standalone-ha.toml)"
+    )]
+    NoClusterSecret { file: String },
+    #[error(
+        "cannot read the cluster secret from {path}: {source}; give -Dimmutant.cluster.secret-file a readable file holding the secret"
+    )]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read the config {path}: {source}")]
     Read {
         path: PathBuf,
@@ -94,6 +105,37 @@ struct ClusterSection {
     multicast_port: u16,
     seeds: String,
     singleton_quorum: u32,
+    /// The secret the cluster's members share.
+    #[serde(default)]
+    secret: Secret,
+    /// A file holding it, instead.
+    #[serde(default)]
+    secret_file: String,
+}
+
+/// A secret the config holds: never shown (its debug form is a mask, and it is left out of
+/// every serialized form).
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for deriving keys from.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(secret)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("(secret)")
+    }
 }
 
 /// How a clustered node finds its peers.
@@ -109,6 +151,9 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     /// The members a side of the cluster must see for its singletons to run.
     pub singleton_quorum: u32,
+    /// What every gossip datagram and link is sealed with (see `cluster::seal`).
+    #[serde(skip)]
+    pub secret: Secret,
 }
 
 impl ServerConfig {
@@ -306,7 +351,32 @@ impl ClusterSection {
                 "host:port addresses separated by commas",
             )
         })?;
+        let secret = match (self.secret.0.is_empty(), self.secret_file.as_str()) {
+            (false, _) => self.secret,
+            (true, "") => {
+                return Err(ConfigError::NoClusterSecret {
+                    file: file.to_string(),
+                });
+            }
+            (true, path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                        path: PathBuf::from(path),
+                        source,
+                    })?;
+                match text.trim() {
+                    "" => {
+                        return Err(ConfigError::SecretFile {
+                            path: PathBuf::from(path),
+                            source: std::io::Error::other("it is empty"),
+                        });
+                    }
+                    secret => Secret(secret.to_string()),
+                }
+            }
+        };
         Ok(ClusterConfig {
+            secret,
             name: self.name,
             port: self.port + offset,
             multicast_address: self.multicast_address,
@@ -366,11 +436,35 @@ mod tests {
         assert_eq!(config.data_dir, home.path().join("data"));
         assert_eq!(config.deployments, home.path().join("deployments"));
         assert!(config.cluster.is_none());
-        let ha = load(home.path(), "standalone-ha", &[]).unwrap();
+        let secret = [("immutant.cluster.secret", "s3cret")];
+        let ha = load(home.path(), "standalone-ha", &secret).unwrap();
         assert_eq!(
             ha.cluster.unwrap().multicast_address.to_string(),
             "230.0.0.4"
         );
+    }
+
+    #[test]
+    fn a_clustered_node_needs_a_secret_and_never_shows_it() {
+        let home = install();
+        let error = load(home.path(), "standalone-ha", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("-Dimmutant.cluster.secret"), "{error}");
+        let file = home.path().join("secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let path = file.display().to_string();
+        let from_file = [("immutant.cluster.secret-file", path.as_str())];
+        let config = load(home.path(), "standalone-ha", &from_file).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.secret.expose(), b"from-a-file");
+        let shown = format!("{cluster:?} {}", serde_json::to_string(&cluster).unwrap());
+        assert!(!shown.contains("from-a-file"), "{shown}");
+        let missing = [("immutant.cluster.secret-file", "/nonexistent/secret")];
+        let error = load(home.path(), "standalone-ha", &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/nonexistent/secret"), "{error}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum PropertyDefault {
     Home,
     /// `<jboss.home.dir>/data`.
     HomeData,
+    /// None of the node's: the config's own default (`${name:default}`) applies, if it has one.
+    FromConfig,
 }
 
 /// A property the node honours.
@@ -115,6 +117,18 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         kind: PropertyKind::Seeds,
         default: PropertyDefault::Value(""),
         help: "host:port,... of other nodes' cluster ports, for networks without multicast",
+    },
+    KnownProperty {
+        name: "immutant.cluster.secret",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::FromConfig,
+        help: "the secret every node of the cluster shares (never shown); nodes with another are ignored",
+    },
+    KnownProperty {
+        name: "immutant.cluster.secret-file",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value(""),
+        help: "a file holding the cluster's secret, instead of immutant.cluster.secret",
     },
     KnownProperty {
         name: "immutant.singleton.quorum",
@@ -208,7 +222,7 @@ impl Properties {
         if let Some(value) = self.given.get(name) {
             return Some(value.clone());
         }
-        known(name).map(|property| self.default_of(property))
+        known(name).and_then(|property| self.default_of(property))
     }
 
     /// The install this node runs from.
@@ -223,9 +237,27 @@ impl Properties {
     pub fn all(&self) -> BTreeMap<String, String> {
         let mut all: BTreeMap<String, String> = KNOWN_PROPERTIES
             .iter()
-            .map(|p| (p.name.to_string(), self.default_of(p)))
+            .filter_map(|p| Some((p.name.to_string(), self.default_of(p)?)))
             .collect();
         all.extend(self.given.clone());
+        all
+    }
+
+    /// Every property an app is given: all but the cluster's secret, which is the node's alone.
+    pub fn for_apps(&self) -> BTreeMap<String, String> {
+        let mut all = self.all();
+        all.retain(|name, _| !name.starts_with("immutant.cluster.secret"));
+        all
+    }
+
+    /// Every property as the management API shows it: secrets' values masked.
+    pub fn shown(&self) -> BTreeMap<String, String> {
+        let mut all = self.all();
+        for (name, value) in all.iter_mut() {
+            if immutant_protocol::secrets::is_secret(name) {
+                *value = immutant_protocol::secrets::MASK.to_string();
+            }
+        }
         all
     }
 
@@ -237,13 +269,14 @@ impl Properties {
         })
     }
 
-    fn default_of(&self, property: &KnownProperty) -> String {
-        match property.default {
+    fn default_of(&self, property: &KnownProperty) -> Option<String> {
+        Some(match property.default {
             PropertyDefault::Value(value) => value.to_string(),
             PropertyDefault::HostName => self.host_name.clone(),
             PropertyDefault::Home => self.home.display().to_string(),
             PropertyDefault::HomeData => data_dir_under(&self.home()).display().to_string(),
-        }
+            PropertyDefault::FromConfig => return None,
+        })
     }
 }
 

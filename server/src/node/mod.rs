@@ -130,7 +130,6 @@ pub async fn run(
         &config.node_name,
         max_message_size,
     )?);
-    let all_properties = properties.all();
     let shutdown = Shutdown::new();
     // The node's generation is when it started: a restarted node is the youngest member.
     let generation = crate::messaging::now_ms();
@@ -173,7 +172,7 @@ pub async fn run(
         broker: broker.clone(),
         caches: caches.clone(),
         node_name: config.node_name.clone(),
-        properties_json: serde_json::to_string(&all_properties).unwrap_or_default(),
+        properties_json: serde_json::to_string(&properties.for_apps()).unwrap_or_default(),
         deployments_dir: config.deployments.clone(),
         cluster: cluster.clone(),
         misfire_threshold_ms: properties
@@ -196,7 +195,7 @@ pub async fn run(
     };
     let info = Arc::new(NodeInfo {
         config: config.clone(),
-        properties: all_properties,
+        properties: properties.shown(),
         started,
         apps: apps.clone(),
         broker: broker.clone(),
