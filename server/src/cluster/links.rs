@@ -35,6 +35,8 @@ const TICK: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each attempt to verify a suspected member may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long accepting pauses after it fails (out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 /// Room for a frame's header besides the largest payload.
 const HEADER_ROOM: usize = 64 * 1024;
 
@@ -93,14 +95,29 @@ pub fn start(
     let limit = (services.broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
     {
         let (cluster, services, shutdown) = (cluster.clone(), services.clone(), shutdown.clone());
+        let opening = Arc::new(tokio::sync::Semaphore::new(seal::MAX_OPENING));
         tokio::spawn(async move {
+            let mut warned: Option<std::time::Instant> = None;
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((socket, _)) => {
-                            tokio::spawn(serve(socket, cluster.clone(), services.clone(), limit));
+                        Ok((socket, peer)) => match opening.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                tokio::spawn(serve(socket, cluster.clone(), services.clone(), (limit, permit)));
+                            }
+                            // Many links at once that have not shown they know the secret: a
+                            // stranger's flood, not members. Turned away at once.
+                            Err(_) => cluster.key.turned_away(peer.ip()),
+                        },
+                        Err(error) => {
+                            // Out of descriptors, most likely: wait for some to close rather
+                            // than spin, and say so now and then.
+                            if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                                warn!("cannot accept a peer link: {error}");
+                                warned = Some(std::time::Instant::now());
+                            }
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
                         }
-                        Err(error) => warn!("cannot accept a peer link: {error}"),
                     },
                     _ = shutdown.cancelled() => return,
                 }
@@ -113,7 +130,12 @@ pub fn start(
 /// The receiving end of a link: stores each forwarded message, then says so; answers cache
 /// requests. A peer that does not prove it knows the cluster's secret within the handshake
 /// time (its first record sealed with it) is dropped, having been told nothing.
-async fn serve(mut socket: TcpStream, cluster: Arc<Cluster>, services: LinkServices, limit: usize) {
+async fn serve(
+    mut socket: TcpStream,
+    cluster: Arc<Cluster>,
+    services: LinkServices,
+    (limit, opening): (usize, tokio::sync::OwnedSemaphorePermit),
+) {
     let LinkServices { broker, caches, .. } = services;
     let Ok(address) = socket.peer_addr() else {
         return;
@@ -140,6 +162,7 @@ async fn serve(mut socket: TcpStream, cluster: Arc<Cluster>, services: LinkServi
             return;
         }
     };
+    drop(opening);
     let (outbox, outgoing): (Outbox<LinkHeader>, _) = mpsc::unbounded_channel();
     tokio::spawn(write_frames(FramedWrite::new(write, writing), outgoing));
     while let Some(Ok(Frame { header, body })) = frames.next().await {

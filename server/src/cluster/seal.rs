@@ -39,11 +39,15 @@ const LINK_NONCE_LEN: usize = 32;
 const MAX_DATAGRAM: usize = 65_507;
 /// How long a datagram may take between the codec and the mirror on loopback.
 const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
+/// How many links may be opening at once (not yet shown to know the secret); more are turned
+/// away.
+pub const MAX_OPENING: usize = 64;
 /// How often one address's failures to authenticate are said in the log.
 const COMPLAINT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The cluster's keys, from its secret and name.
 pub struct ClusterKey {
+    name: String,
     prk: hkdf::Prk,
     gossip: LessSafeKey,
     beacon: LessSafeKey,
@@ -58,6 +62,7 @@ impl ClusterKey {
         let gossip = aead_key(&prk, &[b"gossip", name.as_bytes()]);
         let beacon = aead_key(&prk, &[b"beacon", name.as_bytes()]);
         ClusterKey {
+            name: name.to_string(),
             prk,
             gossip,
             beacon,
@@ -71,15 +76,25 @@ impl ClusterKey {
         seal_datagram(&self.gossip, &self.rng, plain)
     }
 
-    /// A discovery beacon, sealed.
+    /// A discovery beacon, sealed, after the cluster's name in the clear: clusters that share
+    /// a multicast group pass over each other's beacons without a word.
     pub fn seal_beacon(&self, plain: &[u8]) -> Vec<u8> {
-        seal_datagram(&self.beacon, &self.rng, plain)
+        let name = self.name.as_bytes();
+        let mut beacon = (name.len() as u16).to_be_bytes().to_vec();
+        beacon.extend_from_slice(name);
+        beacon.extend(seal_datagram(&self.beacon, &self.rng, plain));
+        beacon
     }
 
-    /// A sealed beacon's content; none if it was not sealed with this cluster's key (said in
-    /// the log now and then, naming `from`).
-    pub fn open_beacon<'a>(&self, sealed: &'a mut [u8], from: SocketAddr) -> Option<&'a [u8]> {
-        let opened = open_datagram(&self.beacon, sealed);
+    /// A beacon's content; none if it is another cluster's, or was not sealed with this
+    /// cluster's key (said in the log now and then, naming `from`).
+    pub fn open_beacon<'a>(&self, beacon: &'a mut [u8], from: SocketAddr) -> Option<&'a [u8]> {
+        let (length, rest) = beacon.split_first_chunk_mut::<2>()?;
+        let length = u16::from_be_bytes(*length) as usize;
+        if rest.get(..length) != Some(self.name.as_bytes()) {
+            return None;
+        }
+        let opened = open_datagram(&self.beacon, &mut rest[length..]);
         if opened.is_none() {
             self.complain(from.ip(), "a discovery beacon");
         }
@@ -88,10 +103,20 @@ impl ClusterKey {
 
     /// Says in the log, now and then, that `what` from `address` did not prove it knows the
     /// secret.
-    pub fn complain(&self, address: IpAddr, what: &str) {
-        if self.complaints.due(address) {
+    pub fn complain(&self, address: IpAddr, what: &'static str) {
+        if self.complaints.due(address, what) {
             tracing::warn!(
                 "{what} from {address} is not sealed with this cluster's secret and is ignored; if {address} runs a node of this cluster, give both nodes the same secret (-Dimmutant.cluster.secret or -Dimmutant.cluster.secret-file)"
+            );
+        }
+    }
+
+    /// Says in the log, now and then, that a link from `address` was turned away: too many
+    /// were opening at once.
+    pub fn turned_away(&self, address: IpAddr) {
+        if self.complaints.due(address, "turned away") {
+            tracing::warn!(
+                "turned away a link from {address}: {MAX_OPENING} links are opening at once, none of them sealed yet"
             );
         }
     }
@@ -276,13 +301,14 @@ impl<I, C: Encoder<I, Error = ProtocolError>> Encoder<I> for Sealed<C> {
     }
 }
 
-/// Addresses this node has said something about lately, so that a stranger who keeps sending
-/// gets one line now and then, not one per packet.
+/// What this node has said of which address lately, so that a stranger who keeps sending
+/// gets one line of each kind now and then, not one per packet.
 #[derive(Default)]
-struct Complaints(Mutex<HashMap<IpAddr, Instant>>);
+struct Complaints(Mutex<HashMap<(IpAddr, &'static str), Instant>>);
 
 impl Complaints {
-    fn due(&self, address: IpAddr) -> bool {
+    fn due(&self, address: IpAddr, what: &'static str) -> bool {
+        let address = (address, what);
         let mut said = self
             .0
             .lock()
@@ -367,7 +393,8 @@ impl Socket for SealedUdpSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         self.codec.send(self.mirror_addr, envelope).await?;
-        let Ok(length) = tokio::time::timeout(LOOPBACK_PATIENCE, self.read_from_codec()).await else {
+        let Ok(length) = tokio::time::timeout(LOOPBACK_PATIENCE, self.read_from_codec()).await
+        else {
             // Dropped on loopback: lost like any datagram.
             return Ok(SendOutcome { num_bytes_sent: 0 });
         };
@@ -443,6 +470,26 @@ mod tests {
         assert!(open_datagram(&key.beacon, &mut sealed.clone()).is_none());
         sealed[NONCE_LEN] ^= 1;
         assert!(open_datagram(&key.gossip, &mut sealed).is_none());
+    }
+
+    #[test]
+    fn a_beacon_opens_only_for_its_cluster_with_its_secret() {
+        let ours = ClusterKey::derive(b"s3cret", "ours");
+        let from = "127.0.0.1:1".parse().unwrap();
+        let beacon = ours.seal_beacon(b"hi");
+        assert_eq!(
+            ours.open_beacon(&mut beacon.clone(), from),
+            Some(&b"hi"[..])
+        );
+        let theirs = ClusterKey::derive(b"s3cret", "theirs");
+        assert!(theirs.open_beacon(&mut beacon.clone(), from).is_none());
+        let other_secret = ClusterKey::derive(b"other", "ours");
+        assert!(
+            other_secret
+                .open_beacon(&mut beacon.clone(), from)
+                .is_none()
+        );
+        assert!(ours.open_beacon(&mut [0u8; 1], from).is_none());
     }
 
     #[test]

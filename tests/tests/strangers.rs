@@ -1,0 +1,257 @@
+//! A stranger on the same network, who knows the cluster's name (the management API prints
+//! it) but not its secret, tries what got in before the secret: a fake member by gossip, one
+//! with a real node's name, forged frames on the cluster port, a flood of connections that
+//! never say anything. Nothing gets in, no node stops, and the node keeps answering.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use immutant_e2e::web::runtime;
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered, clustered_with,
+    free_offset, get_json, numbers_after,
+};
+
+/// Every view `node` has logged, each as its members' names.
+fn views(node: &Proc) -> Vec<Vec<String>> {
+    node.lines()
+        .iter()
+        .filter_map(|line| line.split("Cluster view: [").nth(1))
+        .filter_map(|rest| rest.split(']').next())
+        .map(|members| members.split(", ").map(str::to_string).collect())
+        .collect()
+}
+
+/// The line in which `node` said it ignored something not sealed with its secret.
+fn complaint(node: &Proc) -> String {
+    node.wait_for("is not sealed with this cluster's secret", PATIENCE)
+}
+
+#[test]
+fn nodes_with_one_secret_form_a_cluster_across_installs_and_one_with_another_is_ignored() {
+    let (first, second) = (Base::installed(), Base::installed());
+    let cluster = cluster_name();
+    let shared = vec![format!("-Dimmutant.cluster.secret=shared-{cluster}")];
+    let a = clustered_with(&first, "a", free_offset(), &cluster, &shared);
+    let c = clustered_with(&second, "c", free_offset(), &cluster, &shared);
+    a.wait_for("Cluster view: [a, c]", PATIENCE);
+    c.wait_for("Cluster view: [a, c]", PATIENCE);
+
+    // b has its own install's secret (the random one `install` wrote), not the shared one.
+    let b = clustered(&second, "b", free_offset(), &cluster);
+    for node in [&a, &b] {
+        let said = complaint(node);
+        assert!(said.contains("from 127.0.0.1"), "{said}");
+        assert!(said.contains("-Dimmutant.cluster.secret"), "{said}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for (node, name) in [(&a, "a"), (&c, "c")] {
+        assert!(
+            views(node)
+                .iter()
+                .all(|view| !view.contains(&"b".to_string())),
+            "{name} never sees b: {:?}",
+            views(node)
+        );
+    }
+    assert!(
+        views(&b).iter().all(|view| view == &["b"]),
+        "b sees no one: {:?}",
+        views(&b)
+    );
+    // Everyone still runs.
+    for node in [&a, &b, &c] {
+        assert!(!node.text().contains("Stopping node"), "{}", node.text());
+    }
+}
+
+/// A frame as nodes wrote them before the secret: length, header length, JSON header, body.
+fn plain_frame(header: serde_json::Value, body: &[u8]) -> Vec<u8> {
+    let header = header.to_string().into_bytes();
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&((4 + header.len() + body.len()) as u32).to_be_bytes());
+    frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// Whether the node closes `stream` within `limit` (reads nothing more from it).
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) => {
+                return !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_strangers_gossip_and_forged_frames_get_nothing_in() {
+    let base = Base::installed();
+    let project = base.new_project("seedapp");
+    let cluster = cluster_name();
+    let offset = free_offset();
+    let node = clustered(&base, "real", offset, &cluster);
+    let deploy = base
+        .cli(["deploy"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", apps_target_dir())
+        .output()
+        .unwrap();
+    assert!(deploy.status.success(), "{deploy:?}");
+    node.wait_for("received: 1", BUILD_PATIENCE);
+    let gossip: SocketAddr = ([127, 0, 0, 1], 7600 + offset).into();
+
+    // A fake member gossips with the cluster's name, as chitchat itself (unsealed), and under
+    // the real node's name (which once made the real node stop).
+    let seen_by_fake = runtime().block_on(async {
+        let listen: SocketAddr = ([127, 0, 0, 1], 7600 + free_offset()).into();
+        let config = chitchat::ChitchatConfig {
+            chitchat_id: chitchat::ChitchatId::new("real".to_string(), 1, listen),
+            cluster_id: cluster.clone(),
+            gossip_interval: Duration::from_millis(100),
+            listen_addr: listen,
+            seed_nodes: vec![gossip.to_string()],
+            failure_detector_config: chitchat::FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V1,
+        };
+        let fake = chitchat::spawn_chitchat(config, Vec::new(), &chitchat::transport::UdpTransport)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let chitchat = fake.chitchat();
+        let chitchat = chitchat.lock().await;
+        chitchat.node_states().len()
+    });
+    assert_eq!(
+        seen_by_fake, 1,
+        "the fake member learns of no one but itself"
+    );
+    let said = complaint(&node);
+    assert!(said.contains("a gossip datagram from 127.0.0.1"), "{said}");
+
+    // Forged frames on the cluster port: a hello, then a message for the app's queue.
+    let mut forger = TcpStream::connect(gossip).unwrap();
+    let hello = serde_json::json!({"op": "hello", "cluster": cluster, "node": "evil"});
+    let forward = serde_json::json!({
+        "op": "forward", "delivery": 1, "destination": "/queue/msg", "topic": false,
+        "origin": "evil@1/1", "message": {"id": 1}, "persistent": true, "expires_at_ms": null,
+    });
+    let _ = forger.write_all(&plain_frame(hello, b""));
+    let _ = forger.write_all(&plain_frame(forward, b"999999"));
+    assert!(
+        closed_within(&mut forger, Duration::from_secs(10)),
+        "the node hangs up on the forger"
+    );
+
+    // Nothing got in: no forged message, no other member, the node still running.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !numbers_after(&node.lines(), "received: ").contains(&999_999),
+        "the forged message was never delivered"
+    );
+    assert!(
+        views(&node).iter().all(|view| view == &["real"]),
+        "no one else in the view: {:?}",
+        views(&node)
+    );
+    assert!(!node.text().contains("Stopping node"), "{}", node.text());
+    assert_eq!(get_json(9990 + offset)["name"], "real");
+}
+
+/// The node's resident memory, in KiB, and its open descriptors.
+fn footprint(pid: i32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+#[test]
+fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answering() {
+    let base = Base::installed();
+    let offset = free_offset();
+    let _node = clustered(&base, "target", offset, &cluster_name());
+    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
+    let (rss_before, fds_before) = footprint(pid);
+    let gossip: SocketAddr = ([127, 0, 0, 1], 7600 + offset).into();
+
+    // 300 connections: some say nothing, some claim a 16 MiB record, some send junk.
+    let mut junk: Vec<TcpStream> = (0..300)
+        .filter_map(|i| {
+            let mut stream = TcpStream::connect(gossip).ok()?;
+            let _ = match i % 3 {
+                0 => Ok(()),
+                1 => {
+                    let mut opening = b"IMMLINK1".to_vec();
+                    opening.extend_from_slice(&[7u8; 32]);
+                    opening.extend_from_slice(&(16u32 << 20).to_be_bytes());
+                    stream.write_all(&opening)
+                }
+                _ => stream.write_all(&[0xAB; 4096]),
+            };
+            Some(stream)
+        })
+        .collect();
+
+    // The management API answers within a second throughout.
+    let management = format!("http://127.0.0.1:{}/", 9990 + offset);
+    runtime().block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let response = client.get(&management).send().await;
+            assert!(
+                response.is_ok_and(|r| r.status().is_success()),
+                "the management API answers within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let (rss_during, _) = footprint(pid);
+    assert!(
+        rss_during < rss_before + 64 * 1024,
+        "memory stays bounded: {rss_before} KiB before, {rss_during} KiB with the junk"
+    );
+
+    // Every junk connection is dropped by the node within the handshake time.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for stream in &mut junk {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            closed_within(stream, left.max(Duration::from_millis(1))),
+            "a junk connection left open"
+        );
+    }
+    drop(junk);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, fds_after) = footprint(pid);
+    assert!(
+        fds_after <= fds_before + 8,
+        "descriptors are given back: {fds_before} before, {fds_after} after"
+    );
+}
