@@ -98,12 +98,11 @@ async fn tell(
     action: Action,
     context: Option<&str>,
 ) -> Result<()> {
-    let token_file = record.data_dir.join("management.token");
-    let token = std::fs::read_to_string(&token_file).with_context(|| {
+    let token = record.token().with_context(|| {
         format!(
             "cannot read node {}'s management token {}; run this as the user that runs the node",
             record.name,
-            token_file.display()
+            record.token_file().display()
         )
     })?;
     let address = format!("{}/web/{}", record.management, action.path());
@@ -118,7 +117,7 @@ async fn tell(
     }
     let response = client
         .post(url)
-        .bearer_auth(token.trim())
+        .bearer_auth(token)
         .send()
         .await
         .with_context(|| {
@@ -142,8 +141,8 @@ async fn tell(
 async fn drain(client: &reqwest::Client, record: &NodeRecord, context: Option<&str>) -> Result<()> {
     let started = Instant::now();
     loop {
-        let text = client
-            .get(format!("{}/web", record.management))
+        let text = record
+            .get(client, "/web")
             .send()
             .await
             .with_context(|| format!("node {} stopped answering", record.name))?

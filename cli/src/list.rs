@@ -172,6 +172,28 @@ pub(crate) struct NodeRecord {
     pub data_dir: std::path::PathBuf,
 }
 
+impl NodeRecord {
+    /// The node's management token, from its data dir (readable by the node's user alone).
+    pub(crate) fn token(&self) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(self.token_file())?;
+        Ok(text.trim().to_string())
+    }
+
+    pub(crate) fn token_file(&self) -> std::path::PathBuf {
+        self.data_dir.join("management.token")
+    }
+
+    /// `GET` of `path` on the node's management API, with its token when this user can read
+    /// it (a node whose management port is bound beyond loopback answers nothing without).
+    pub(crate) fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::RequestBuilder {
+        let request = client.get(format!("{}{path}", self.management));
+        match self.token() {
+            Ok(token) => request.bearer_auth(token),
+            Err(_) => request,
+        }
+    }
+}
+
 /// The nodes whose records say they run and whose process lives.
 pub(crate) fn running_nodes(locations: &Locations) -> Vec<NodeRecord> {
     let mut nodes: Vec<NodeRecord> = std::fs::read_dir(locations.home.join("nodes"))
@@ -221,9 +243,8 @@ async fn deployments_on(
     client: &reqwest::Client,
     node: &NodeRecord,
 ) -> Result<Vec<DeploymentReport>, String> {
-    let url = format!("{}/deployments", node.management);
-    let response = client
-        .get(&url)
+    let response = node
+        .get(client, "/deployments")
         .send()
         .await
         .map_err(|error| error.to_string())?;

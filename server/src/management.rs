@@ -1,7 +1,9 @@
-//! The management API: JSON about the node on its management port (9990 plus the offset).
-//! Reading is open to whoever reaches the port (loopback by default); a change (`POST`) needs
-//! the node's management token, which the node writes at boot to `management.token` in its
-//! data dir, readable by its user alone, as `Authorization: Bearer <token>`.
+//! The management API: JSON about the node on its management port (9990 plus the offset), bound
+//! apart from the other ports (`jboss.bind.address.management`, loopback by default). On
+//! loopback reading is open to the host's processes; a change (`POST`) needs the node's
+//! management token, which the node writes at boot to `management.token` in its data dir,
+//! readable by its user alone, as `Authorization: Bearer <token>`. Bound beyond loopback, every
+//! request needs it. Secrets' values are never shown.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,9 +100,10 @@ struct Ports {
     management: u16,
 }
 
-/// The management API's routes.
+/// The management API's routes. Bound beyond loopback, every request needs the token.
 pub fn router(info: Arc<NodeInfo>) -> Router {
-    Router::new()
+    let guarded = !info.config.management_bind_address.is_loopback();
+    let routes = Router::new()
         .route("/", get(node))
         .route("/deployments", get(deployments))
         .route("/queues", get(queues))
@@ -108,8 +111,39 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/caches", get(caches))
         .route("/jobs", get(jobs))
         .route("/web", get(web))
-        .route("/web/{action}", post(control_web))
-        .with_state(info)
+        .route("/web/{action}", post(control_web));
+    let routes = match guarded {
+        true => routes.layer(axum::middleware::from_fn_with_state(
+            info.clone(),
+            token_required,
+        )),
+        false => routes,
+    };
+    routes.with_state(info)
+}
+
+/// Turns away a request without the node's management token.
+async fn token_required(
+    State(info): State<Arc<NodeInfo>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if info.token.admits(request.headers()) {
+        return next.run(request).await;
+    }
+    (StatusCode::UNAUTHORIZED, info.token_needed()).into_response()
+}
+
+impl NodeInfo {
+    /// What a request without the token is told.
+    fn token_needed(&self) -> String {
+        format!(
+            "this needs the node's management token (in {}/{}) as `Authorization: Bearer <token>`\n",
+            self.config.data_dir.display(),
+            ManagementToken::FILE
+        )
+    }
 }
 
 async fn node(State(info): State<Arc<NodeInfo>>) -> Json<NodeReport> {
@@ -227,14 +261,7 @@ async fn control_web(
     headers: HeaderMap,
 ) -> (StatusCode, String) {
     if !info.token.admits(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "a change needs the node's management token (in {}/{}) as `Authorization: Bearer <token>`\n",
-                info.config.data_dir.display(),
-                ManagementToken::FILE
-            ),
-        );
+        return (StatusCode::UNAUTHORIZED, info.token_needed());
     }
     let control = match action.as_str() {
         "enable" => crate::web::Control::Enabled,

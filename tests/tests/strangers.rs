@@ -1,16 +1,19 @@
 //! A stranger on the same network, who knows the cluster's name (the management API prints
 //! it) but not its secret, tries what got in before the secret: a fake member by gossip, one
 //! with a real node's name, forged frames on the cluster port, a flood of connections that
-//! never say anything. Nothing gets in, no node stops, and the node keeps answering.
+//! never say anything. Nothing gets in, no node stops, and the node keeps answering. The
+//! management API stays on loopback unless told otherwise, asks for the token beyond it, and
+//! never shows a secret.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use immutant_e2e::netns::Lan;
 use immutant_e2e::web::runtime;
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered, clustered_with,
-    free_offset, get_json, numbers_after,
+    free_offset, get_json, numbers_after, probe, start_node,
 };
 
 /// Every view `node` has logged, each as its members' names.
@@ -254,4 +257,65 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
         fds_after <= fds_before + 8,
         "descriptors are given back: {fds_before} before, {fds_after} after"
     );
+}
+
+#[test]
+fn management_stays_on_loopback_and_never_shows_a_secret() {
+    let base = Base::installed();
+    let offset = free_offset();
+    // -b moves the HTTP and cluster ports; management stays on loopback.
+    let node = start_node(
+        &base,
+        "apart",
+        offset,
+        &["-b", "127.0.0.2", "-Dapp.db.password=hunter2"],
+    );
+    let report = get_json(9990 + offset);
+    assert_eq!(report["name"], "apart");
+    assert!(
+        TcpStream::connect(("127.0.0.2", 9990 + offset)).is_err(),
+        "nothing listens for management at the -b address"
+    );
+    assert!(TcpStream::connect(("127.0.0.2", 8080 + offset)).is_ok());
+    let shown = report.to_string();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert_eq!(report["properties"]["app.db.password"], "********");
+    assert!(!node.text().contains("hunter2"), "{}", node.text());
+}
+
+#[test]
+fn management_beyond_loopback_answers_only_with_the_token() {
+    let Some(lan) = Lan::new(1) else { return };
+    let base = Base::installed();
+    base.deploy(&probe(), Some("watched"));
+    let address = lan.address(0).to_string();
+    let mut args = vec!["run".to_string()];
+    args.extend(base.node_args("exposed", 0));
+    args.push(format!("-Djboss.bind.address.management={address}"));
+    let node = Proc::spawn(lan.command(0, base.cli(args)));
+    node.wait_for("started in", PATIENCE);
+    let url = format!("http://{address}:9990/");
+    let token = std::fs::read_to_string(base.data_dir("exposed").join("management.token")).unwrap();
+    let (without, with) = lan.within(0, || {
+        runtime().block_on(async {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let without = client.get(&url).send().await.unwrap().status();
+            let with = client
+                .get(&url)
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (without, with)
+        })
+    });
+    assert_eq!(without, 401, "no token, no answer");
+    assert_eq!(with, 200);
+    // The CLI sends the token (the user who runs the node can read it).
+    node.wait_for("Deployed \"watched\"", BUILD_PATIENCE);
+    let list = lan.command(0, base.cli(["list"])).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{list:?}");
+    assert!(listed.contains("exposed: running"), "{listed}");
 }

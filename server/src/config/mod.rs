@@ -82,7 +82,10 @@ pub struct ServerConfig {
     pub path: PathBuf,
     pub node_name: String,
     pub data_dir: PathBuf,
+    /// What the HTTP and cluster ports bind.
     pub bind_address: IpAddr,
+    /// What the management port binds.
+    pub management_bind_address: IpAddr,
     pub port_offset: u16,
     /// The HTTP port, offset applied.
     pub http_port: u16,
@@ -164,7 +167,7 @@ impl ServerConfig {
 
     /// The socket the management port binds.
     pub fn management_address(&self) -> SocketAddr {
-        SocketAddr::new(self.bind_address, self.management_port)
+        SocketAddr::new(self.management_bind_address, self.management_port)
     }
 
     /// Loads the config named `name` (a file in `<home>/config`, with or without `.toml`, or a
@@ -251,6 +254,13 @@ struct NodeSection {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct InterfacesSection {
     bind_address: IpAddr,
+    /// Where the management port listens: loopback unless the config says otherwise.
+    #[serde(default = "loopback")]
+    management_address: IpAddr,
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
 }
 
 #[derive(Deserialize)]
@@ -318,6 +328,7 @@ impl ConfigFile {
             node_name: self.node.name,
             data_dir: absolute(&self.node.data_dir),
             bind_address: self.interfaces.bind_address,
+            management_bind_address: self.interfaces.management_address,
             port_offset: offset,
             http_port,
             management_port,

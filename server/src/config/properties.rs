@@ -80,7 +80,13 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         name: "jboss.bind.address",
         kind: PropertyKind::Address,
         default: PropertyDefault::Value("127.0.0.1"),
-        help: "the address every port binds (also -b)",
+        help: "the address the HTTP and cluster ports bind (also -b)",
+    },
+    KnownProperty {
+        name: "jboss.bind.address.management",
+        kind: PropertyKind::Address,
+        default: PropertyDefault::Value("127.0.0.1"),
+        help: "the address the management port binds; beyond loopback every request needs the node's management token",
     },
     KnownProperty {
         name: "jboss.socket.binding.port-offset",
