@@ -134,8 +134,7 @@ pub fn read(path: &Path) -> Result<Descriptor> {
 /// Checks that `name` can name a deployment (and so a file): ASCII letters, digits, `-` and
 /// `_`, at least one of them.
 pub fn check_name(name: &str) -> Result<()> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    if name.is_empty() || !name.chars().all(allowed) {
+    if !immutant_protocol::names::is_deployment_name(name) {
         bail!(
             "'{name}' cannot name a deployment: use only ASCII letters, digits, - and _ (give another with --name)"
         );

@@ -21,6 +21,7 @@ mod cache;
 mod codec;
 mod frames;
 mod jobs;
+pub mod names;
 mod outbox;
 pub mod secrets;
 

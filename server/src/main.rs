@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // Everything the node writes (its journal, caches, registry entry, sockets) is its user's
+    // alone: files 0600, folders 0700. Its apps inherit the same.
+    // SAFETY: umask only sets this process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let args = ServerArgs::from_env();
     match immutant_server::start(args, started) {
         Ok(()) => ExitCode::SUCCESS,

@@ -319,3 +319,70 @@ fn management_beyond_loopback_answers_only_with_the_token() {
     assert!(list.status.success(), "{list:?}");
     assert!(listed.contains("exposed: running"), "{listed}");
 }
+
+#[test]
+fn descriptors_that_lead_out_of_the_artifacts_folder_are_refused_and_never_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = Base::installed();
+    let deployments = base.path().join("current/deployments");
+    std::fs::create_dir_all(deployments.join(".artifacts")).unwrap();
+    // A script that leaves a mark if anything runs it.
+    let mark = base.path().join("ran");
+    let script = base.path().join("evil.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", mark.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&script, deployments.join(".artifacts/linked")).unwrap();
+    for (name, artifact) in [
+        ("climb", "../../evil.sh"),
+        ("system", "/usr/bin/env"),
+        ("linked", ".artifacts/linked"),
+    ] {
+        let descriptor = format!("name = \"{name}\"\nartifact = \"{artifact}\"\n");
+        std::fs::write(deployments.join(format!("{name}.toml")), descriptor).unwrap();
+    }
+    std::fs::write(
+        deployments.join("extra.toml"),
+        "name = \"extra\"\nartifact = \".artifacts/x\"\ncommand = \"sh\"\n",
+    )
+    .unwrap();
+    let offset = free_offset();
+    let node = start_node(&base, "confined", offset, &[]);
+    let reasons = |report: &serde_json::Value| -> Vec<(String, String)> {
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["status"] == "failed")
+            .map(|d| {
+                let reason = d["reason"].as_str().unwrap_or_default().to_string();
+                (d["name"].as_str().unwrap().to_string(), reason)
+            })
+            .collect()
+    };
+    immutant_e2e::eventually("all four refused", PATIENCE, || {
+        reasons(&immutant_e2e::get_json_at(9990 + offset, "deployments")).len() == 4
+    });
+    for (name, reason) in reasons(&immutant_e2e::get_json_at(9990 + offset, "deployments")) {
+        let expected = match name.as_str() {
+            "extra" => "unknown field",
+            "linked" => "outside .artifacts/",
+            _ => "the node runs nothing else",
+        };
+        assert!(reason.contains(expected), "{name}: {reason}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!mark.exists(), "nothing ran the script");
+
+    // The node's data is its user's alone.
+    let data = base.data_dir("confined");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for entry in std::fs::read_dir(&data).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    drop(node);
+}

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The line of the shipped config that the secret goes into.
-const PLACEHOLDER: &str = "secret = \"${immutant.cluster.secret}\"";
+const PLACEHOLDER: &str = "secret = \"${immutant.cluster.secret:}\"";
 /// How the line begins once it holds a secret.
 const FILLED: &str = "secret = \"${immutant.cluster.secret:";
 

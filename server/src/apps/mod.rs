@@ -263,16 +263,7 @@ impl Apps {
     /// takes the new requests once it is ready, and the old one stops when its requests in
     /// flight have finished.
     pub fn deploy(self: &Arc<Self>, name: &str, text: &str) {
-        let parsed = Descriptor::parse(text).and_then(|descriptor| {
-            if descriptor.name == name {
-                Ok(descriptor)
-            } else {
-                Err(format!(
-                    "the descriptor {name}.toml names the app '{}'; the names must match",
-                    descriptor.name
-                ))
-            }
-        });
+        let parsed = Descriptor::parse(name, text);
         let slot = self.slot(name);
         let apps = Arc::clone(self);
         let name = name.to_string();

@@ -121,13 +121,7 @@ fn spawn(
     descriptor: &Descriptor,
     context: &Arc<AppContext>,
 ) -> Result<(Child, tokio::task::JoinHandle<()>), String> {
-    let artifact = descriptor.artifact_path(&context.deployments_dir);
-    if !artifact.is_file() {
-        return Err(format!(
-            "its artifact {} is missing; deploy it again with `cargo immutant deploy`",
-            artifact.display()
-        ));
-    }
+    let artifact = descriptor.artifact_path(&context.deployments_dir)?;
     let (node_end, app_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot make its socket: {e}"))?;
     let (web_listener, backend) = context.web.sockets.listen()?;

@@ -322,6 +322,14 @@ impl ConfigFile {
             Some(cluster) => Some(cluster.into_config(&file, offset)?),
             None => None,
         };
+        if !immutant_protocol::names::is_node_name(&self.node.name) {
+            return Err(ConfigError::InvalidValue {
+                file,
+                key: "node.name",
+                value: self.node.name,
+                expected: "a plain name (ASCII letters, digits, -, _ and . but not first, at most 64): set one with -Djboss.node.name=NAME",
+            });
+        }
         Ok(ServerConfig {
             name: file,
             path,
@@ -362,14 +370,16 @@ impl ClusterSection {
                 "host:port addresses separated by commas",
             )
         })?;
-        let secret = match (self.secret.0.is_empty(), self.secret_file.as_str()) {
-            (false, _) => self.secret,
-            (true, "") => {
+        // A secret file, when one is given, wins over the secret the config has (the one
+        // `install` wrote, say).
+        let secret = match (self.secret_file.as_str(), self.secret.0.is_empty()) {
+            ("", false) => self.secret,
+            ("", true) => {
                 return Err(ConfigError::NoClusterSecret {
                     file: file.to_string(),
                 });
             }
-            (true, path) => {
+            (path, _) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
                         path: PathBuf::from(path),
@@ -386,10 +396,19 @@ impl ClusterSection {
                 }
             }
         };
+        let port = self
+            .port
+            .checked_add(offset)
+            .ok_or(ConfigError::PortOutOfRange {
+                port_name: "cluster",
+                port: self.port,
+                offset,
+                max: u16::MAX - self.port,
+            })?;
         Ok(ClusterConfig {
             secret,
             name: self.name,
-            port: self.port + offset,
+            port,
             multicast_address: self.multicast_address,
             multicast_port: self.multicast_port,
             seeds,
@@ -453,6 +472,19 @@ mod tests {
             ha.cluster.unwrap().multicast_address.to_string(),
             "230.0.0.4"
         );
+    }
+
+    #[test]
+    fn node_names_that_are_not_plain_are_refused() {
+        let home = install();
+        let error = load(
+            home.path(),
+            "standalone.toml",
+            &[("jboss.node.name", "../../escape")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("plain name"), "{error}");
     }
 
     #[test]

@@ -1,14 +1,22 @@
 //! A deployment descriptor: `deployments/<name>.toml`, written by `cargo immutant deploy`. It
-//! names an immutable artifact (the app's binary) in the same folder, so a changed descriptor is
-//! a new deployment.
+//! names an immutable artifact (the app's binary) in the folder's `.artifacts/`, so a changed
+//! descriptor is a new deployment.
+//!
+//! Whoever can write the deployments folder can run code as the node's user, so the node runs
+//! nothing but a file of `.artifacts/` itself: a descriptor whose artifact is elsewhere (an
+//! absolute path, a climb out with `..`, a symlink that leads out), whose name is not a plain
+//! name, or that has fields the node does not know, is refused with the reason, and never run.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The deployments folder's subfolder of artifacts.
+pub const ARTIFACTS: &str = ".artifacts";
+
 /// What a descriptor says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Descriptor {
     /// The deployment's name (the descriptor's file name without `.toml`).
     pub name: String,
@@ -30,13 +38,108 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    /// Reads a descriptor's text; errors say what is wrong in terms of the file.
-    pub fn parse(text: &str) -> Result<Descriptor, String> {
-        toml::from_str(text).map_err(|error| format!("the descriptor is not valid: {error}"))
+    /// Reads the descriptor `<name>.toml`; errors say what is wrong in terms of the file.
+    pub fn parse(name: &str, text: &str) -> Result<Descriptor, String> {
+        let descriptor: Descriptor = toml::from_str(text)
+            .map_err(|error| format!("the descriptor is not valid: {error}"))?;
+        if descriptor.name != name {
+            return Err(format!(
+                "the descriptor {name}.toml names the app '{}'; the names must match",
+                descriptor.name
+            ));
+        }
+        if !immutant_protocol::names::is_deployment_name(name) {
+            return Err(format!(
+                "'{name}' cannot name a deployment: use only ASCII letters, digits, - and _"
+            ));
+        }
+        let mut parts = descriptor.artifact.components();
+        let confined = matches!(
+            (parts.next(), parts.next(), parts.next()),
+            (Some(Component::Normal(folder)), Some(Component::Normal(file)), None)
+                if folder == ARTIFACTS && !file.to_string_lossy().starts_with('.')
+        );
+        if !confined {
+            return Err(format!(
+                "its artifact {} is not a file of the deployments folder's {ARTIFACTS}/; the node runs nothing else (deploy with `cargo immutant deploy`)",
+                descriptor.artifact.display()
+            ));
+        }
+        Ok(descriptor)
     }
 
-    /// The artifact's path.
-    pub fn artifact_path(&self, deployments: &Path) -> PathBuf {
-        deployments.join(&self.artifact)
+    /// The artifact's path, once it is certain to be a file of `deployments/.artifacts/`
+    /// itself (a symlink there that leads elsewhere is refused).
+    pub fn artifact_path(&self, deployments: &Path) -> Result<PathBuf, String> {
+        let path = deployments.join(&self.artifact);
+        let missing = || {
+            format!(
+                "its artifact {} is missing; deploy it again with `cargo immutant deploy`",
+                path.display()
+            )
+        };
+        let real = path.canonicalize().map_err(|_| missing())?;
+        let folder = deployments
+            .join(ARTIFACTS)
+            .canonicalize()
+            .map_err(|_| missing())?;
+        if real.parent() != Some(folder.as_path()) {
+            return Err(format!(
+                "its artifact {} leads to {}, outside {ARTIFACTS}/; the node runs nothing else",
+                path.display(),
+                real.display()
+            ));
+        }
+        if !real.is_file() {
+            return Err(missing());
+        }
+        Ok(real)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(name: &str, artifact: &str) -> String {
+        format!("name = \"{name}\"\nartifact = \"{artifact}\"\n")
+    }
+
+    #[test]
+    fn only_an_artifact_of_the_artifacts_folder_is_accepted() {
+        assert!(Descriptor::parse("app", &descriptor("app", ".artifacts/app-1f")).is_ok());
+        for artifact in [
+            "/usr/bin/env",
+            "../../bin/sh",
+            ".artifacts/../../x",
+            ".artifacts/sub/x",
+            "app-1f",
+            ".artifacts/.hidden",
+        ] {
+            let error = Descriptor::parse("app", &descriptor("app", artifact)).unwrap_err();
+            assert!(error.contains("nothing else"), "{artifact}: {error}");
+        }
+        let unknown = format!("{}command = \"rm\"\n", descriptor("app", ".artifacts/a"));
+        assert!(Descriptor::parse("app", &unknown).is_err());
+        assert!(Descriptor::parse("../x", &descriptor("../x", ".artifacts/a")).is_err());
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_artifacts_folder_is_refused() {
+        let deployments = tempfile::tempdir().unwrap();
+        let folder = deployments.path().join(ARTIFACTS);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("app-1f"), "binary").unwrap();
+        std::os::unix::fs::symlink("/bin/sh", folder.join("app-2f")).unwrap();
+        let parse = |artifact| Descriptor::parse("app", &descriptor("app", artifact)).unwrap();
+        assert!(
+            parse(".artifacts/app-1f")
+                .artifact_path(deployments.path())
+                .is_ok()
+        );
+        let error = parse(".artifacts/app-2f")
+            .artifact_path(deployments.path())
+            .unwrap_err();
+        assert!(error.contains("outside"), "{error}");
     }
 }

@@ -12,20 +12,35 @@ use crate::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
-/// Deploys everything in `dir` now, then follows changes until `shutdown`.
+/// Deploys everything in `dir` now, then follows changes until `shutdown`. What cannot be read
+/// is never taken for gone: a folder that cannot be read changes nothing (said in the log once
+/// until it can be read again), nor does a descriptor that cannot be read.
 pub async fn watch(dir: &Path, apps: Arc<Apps>, shutdown: Shutdown) {
     let mut known: HashMap<String, String> = HashMap::new();
+    let mut unreadable = false;
     loop {
-        let present = read_descriptors(dir);
-        for (name, text) in &present {
-            if known.get(name) != Some(text) {
-                apps.deploy(name, text);
+        match read_descriptors(dir, &known) {
+            Ok(present) => {
+                unreadable = false;
+                for (name, text) in &present {
+                    if known.get(name) != Some(text) {
+                        apps.deploy(name, text);
+                    }
+                }
+                for name in known.keys().filter(|name| !present.contains_key(*name)) {
+                    apps.undeploy(name);
+                }
+                known = present;
             }
+            Err(error) if !unreadable => {
+                tracing::error!(
+                    "cannot read the deployments folder {} ({error}); what runs keeps running",
+                    dir.display()
+                );
+                unreadable = true;
+            }
+            Err(_) => {}
         }
-        for name in known.keys().filter(|name| !present.contains_key(*name)) {
-            apps.undeploy(name);
-        }
-        known = present;
         tokio::select! {
             _ = tokio::time::sleep(INTERVAL) => {}
             _ = shutdown.cancelled() => return,
@@ -33,21 +48,58 @@ pub async fn watch(dir: &Path, apps: Arc<Apps>, shutdown: Shutdown) {
     }
 }
 
-/// Every `<name>.toml` in `dir` (hidden files, such as ones being written, left out).
-fn read_descriptors(dir: &Path) -> HashMap<String, String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return HashMap::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let name = file.strip_suffix(".toml")?;
-            if name.starts_with('.') || name.is_empty() {
-                return None;
-            }
-            let text = std::fs::read_to_string(entry.path()).ok()?;
-            Some((name.to_string(), text))
-        })
-        .collect()
+/// Every `<name>.toml` in `dir` (hidden files, such as ones being written, left out). One that
+/// cannot be read now keeps the text it had (`known`); a byte that is not UTF-8 (in a comment,
+/// say) does not make a descriptor unreadable.
+fn read_descriptors(
+    dir: &Path,
+    known: &HashMap<String, String>,
+) -> std::io::Result<HashMap<String, String>> {
+    let mut present = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(".toml") else {
+            continue;
+        };
+        if name.starts_with('.') || name.is_empty() {
+            continue;
+        }
+        let text = match std::fs::read(entry.path()) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            // Gone between the listing and the read: gone.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => match known.get(name) {
+                Some(text) => {
+                    tracing::warn!(
+                        "cannot read {} ({error}); it keeps running",
+                        entry.path().display()
+                    );
+                    text.clone()
+                }
+                None => continue,
+            },
+        };
+        present.insert(name.to_string(), text);
+    }
+    Ok(present)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descriptor_with_a_byte_that_is_not_utf8_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.toml"), b"# caf\xe9\nname = \"app\"\n").unwrap();
+        let read = read_descriptors(dir.path(), &HashMap::new()).unwrap();
+        assert!(read["app"].contains("name = \"app\""));
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_read_is_an_error_not_an_empty_folder() {
+        let missing = Path::new("/nonexistent/deployments");
+        assert!(read_descriptors(missing, &HashMap::new()).is_err());
+    }
 }

@@ -24,6 +24,10 @@ impl DataDirLock {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io_error)?;
+        // The node's data (journal, caches, tokens) is its user's alone, also in a data dir an
+        // older version made.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_error)?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
