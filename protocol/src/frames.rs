@@ -179,6 +179,14 @@ pub enum Header {
         /// this prefix taken off their path.
         #[serde(default = "root_context")]
         context_path: String,
+        /// Every property of the node the app may read (`-Dname=value`, or a default): over
+        /// the socket, not in the environment, where other processes of the user could read
+        /// them and whose size is limited.
+        #[serde(default)]
+        properties: std::collections::BTreeMap<String, String>,
+        /// The app's settings: `[package.metadata.immutant]` of its Cargo.toml.
+        #[serde(default)]
+        settings: serde_json::Value,
     },
     /// A request succeeded.
     Ok { id: u64 },

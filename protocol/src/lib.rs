@@ -41,10 +41,6 @@ pub const SOCKET_FD_VAR: &str = "IMMUTANT_SOCKET_FD";
 pub const APP_VAR: &str = "IMMUTANT_APP";
 /// The environment variable holding the node's name.
 pub const NODE_VAR: &str = "IMMUTANT_NODE";
-/// The environment variable holding every node property, as a JSON object of strings.
-pub const PROPERTIES_VAR: &str = "IMMUTANT_PROPERTIES";
 /// The environment variable holding the number of a listening Unix socket, inherited from the
 /// node, on which the app serves HTTP if it mounts a web handler (`web`).
 pub const WEB_FD_VAR: &str = "IMMUTANT_WEB_FD";
-/// The environment variable holding the app's settings (`[package.metadata.immutant]`), as JSON.
-pub const SETTINGS_VAR: &str = "IMMUTANT_SETTINGS";

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use immutant_protocol::{APP_VAR, Frame, Header, Open, PROPERTIES_VAR, SETTINGS_VAR};
+use immutant_protocol::{APP_VAR, Frame, Header, Open};
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{Cache, CacheBuilder};
@@ -34,14 +34,8 @@ impl App {
             return Err(Error::NotInNode(APP_VAR));
         }
         let connection = Connection::connect().await?;
-        let properties = std::env::var(PROPERTIES_VAR)
-            .ok()
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_default();
-        let settings = std::env::var(SETTINGS_VAR)
-            .ok()
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or(serde_json::Value::Null);
+        let welcome = connection.welcome();
+        let (properties, settings) = (welcome.properties.clone(), welcome.settings.clone());
         Ok(App {
             connection,
             handlers: TaskTracker::new(),

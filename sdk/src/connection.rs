@@ -34,6 +34,10 @@ pub struct Welcome {
     pub max_message_size: u64,
     /// Where the app's web handler is mounted.
     pub context_path: String,
+    /// Every property of the node the app may read.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// The app's settings (`[package.metadata.immutant]`), as JSON.
+    pub settings: serde_json::Value,
 }
 
 /// A delivery for a consumer: the delivery's number (to ack) and the message.
@@ -93,6 +97,8 @@ impl Connection {
                         app,
                         max_message_size,
                         context_path,
+                        properties,
+                        settings,
                     },
                 ..
             })) => Welcome {
@@ -100,6 +106,8 @@ impl Connection {
                 app,
                 max_message_size,
                 context_path,
+                properties,
+                settings,
             },
             Some(Ok(Frame {
                 header: Header::Error { message, .. },

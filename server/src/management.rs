@@ -138,9 +138,9 @@ async fn token_required(
 impl NodeInfo {
     /// What a request without the token is told.
     fn token_needed(&self) -> String {
+        // The data dir is not named: the asker may be anyone who reaches the port.
         format!(
-            "this needs the node's management token (in {}/{}) as `Authorization: Bearer <token>`\n",
-            self.config.data_dir.display(),
+            "this needs the node's management token (the file {} in its data dir) as `Authorization: Bearer <token>`\n",
             ManagementToken::FILE
         )
     }

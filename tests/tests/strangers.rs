@@ -251,6 +251,23 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
         );
     }
     drop(junk);
+
+    // Management connections that never send a request are closed too (the rest wait to be
+    // accepted meanwhile), and then it answers again.
+    let management_port: SocketAddr = ([127, 0, 0, 1], 9990 + offset).into();
+    let mut silent: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(management_port).ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for stream in &mut silent {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            closed_within(stream, left.max(Duration::from_millis(1))),
+            "a silent management connection left open"
+        );
+    }
+    drop(silent);
+    assert_eq!(get_json(9990 + offset)["name"], "target");
     std::thread::sleep(Duration::from_millis(500));
     let (_, fds_after) = footprint(pid);
     assert!(
@@ -385,4 +402,20 @@ fn descriptors_that_lead_out_of_the_artifacts_folder_are_refused_and_never_run()
         }
     }
     drop(node);
+}
+
+#[test]
+fn an_app_gets_a_megabyte_of_properties_over_its_socket_but_never_the_cluster_secret() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("props"));
+    let big = "x".repeat(100 * 1024);
+    let mut args = vec![
+        format!("-Dprobe.echo={big}"),
+        "-Dimmutant.cluster.secret=never-for-apps".to_string(),
+    ];
+    args.extend((0..9).map(|n| format!("-Dpad.{n}={big}")));
+    let node = clustered_with(&base, "props", free_offset(), &cluster_name(), &args);
+    node.wait_for("[props] probe.echo: 102400 bytes", BUILD_PATIENCE);
+    node.wait_for("[props] cluster secret visible: false", PATIENCE);
+    assert!(!node.text().contains("never-for-apps"));
 }

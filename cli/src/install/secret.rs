@@ -28,10 +28,11 @@ pub fn write(config: &Path, previous: Option<&Path>) -> Result<()> {
         Some(secret) => secret,
         None => random()?,
     };
-    let filled = text.replace(PLACEHOLDER, &format!("{FILLED}{secret}}}\""));
-    std::fs::write(&path, filled).with_context(|| format!("cannot write {}", path.display()))?;
+    // Private before the secret is in it.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", path.display()))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    let filled = text.replace(PLACEHOLDER, &format!("{FILLED}{secret}}}\""));
+    std::fs::write(&path, filled).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The secret the clustered config at `config` holds, if any.

@@ -46,6 +46,11 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
                 app: deployment.name.clone(),
                 max_message_size: context.broker.max_message_size(),
                 context_path: deployment.context_path(),
+                properties: context.properties.clone(),
+                settings: lock(&deployment.descriptor)
+                    .as_ref()
+                    .and_then(|descriptor| serde_json::to_value(&descriptor.settings).ok())
+                    .unwrap_or_default(),
             };
             let _ = outbox.send(Frame::new(welcome).into());
         }

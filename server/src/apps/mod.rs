@@ -31,8 +31,8 @@ pub struct AppContext {
     pub broker: Arc<Broker>,
     pub caches: Arc<Caches>,
     pub node_name: String,
-    /// Every node property, as the JSON object apps get in their environment.
-    pub properties_json: String,
+    /// Every node property apps may read, as they get it in their welcome.
+    pub properties: std::collections::BTreeMap<String, String>,
     pub deployments_dir: PathBuf,
     /// The cluster this node is in, if it is clustered.
     pub cluster: Option<Arc<Cluster>>,

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use immutant_protocol::{
-    APP_VAR, Frame, Header, NODE_VAR, PROPERTIES_VAR, SETTINGS_VAR, SOCKET_FD_VAR, WEB_FD_VAR,
-};
+use immutant_protocol::{APP_VAR, Frame, Header, NODE_VAR, SOCKET_FD_VAR, WEB_FD_VAR};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -127,7 +125,6 @@ fn spawn(
     let (web_listener, backend) = context.web.sockets.listen()?;
     let app_fd = app_end.as_raw_fd();
     let web_fd = web_listener.as_raw_fd();
-    let settings = serde_json::to_string(&descriptor.settings).unwrap_or_else(|_| "{}".to_string());
     let workdir = descriptor
         .root
         .clone()
@@ -139,8 +136,6 @@ fn spawn(
         .env(WEB_FD_VAR, APP_WEB_FD.to_string())
         .env(APP_VAR, &deployment.name)
         .env(NODE_VAR, &context.node_name)
-        .env(PROPERTIES_VAR, &context.properties_json)
-        .env(SETTINGS_VAR, settings)
         .current_dir(workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

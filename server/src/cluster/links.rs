@@ -141,14 +141,21 @@ async fn serve(
         return;
     };
     let codec = || FrameCodec::<LinkHeader>::new(limit);
-    let Ok((writing, reading)) = cluster.key.take_link(&mut socket, codec, limit).await else {
-        cluster.key.complain(address.ip(), "a link");
-        return;
+    // One deadline for the whole opening: the peer's hello, then its first sealed record.
+    let deadline = tokio::time::Instant::now() + seal::HANDSHAKE_TIME;
+    let taken = tokio::time::timeout_at(deadline, cluster.key.take_link(&mut socket, codec, limit));
+    let (name, writing, reading) = match taken.await {
+        Ok(Ok(taken)) => taken,
+        // Closed before a word: a member checking that this port answers, no stranger.
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        _ => {
+            cluster.key.complain(address.ip(), "a link");
+            return;
+        }
     };
     let (read, write) = socket.into_split();
     let mut frames = FramedRead::new(read, reading);
-    let hello = tokio::time::timeout(seal::HANDSHAKE_TIME, frames.next()).await;
-    let from = match hello {
+    let from = match tokio::time::timeout_at(deadline, frames.next()).await {
         Ok(Some(Ok(Frame {
             header:
                 LinkHeader::Hello {
@@ -156,12 +163,14 @@ async fn serve(
                     node,
                 },
             ..
-        }))) if theirs == cluster.config.name => node,
+        }))) if theirs == cluster.config.name && node == name => node,
         _ => {
             cluster.key.complain(address.ip(), "a link");
             return;
         }
     };
+    // Shown to know the secret: its records may be as large as any.
+    frames.decoder_mut().set_limit(limit);
     drop(opening);
     let (outbox, outgoing): (Outbox<LinkHeader>, _) = mpsc::unbounded_channel();
     tokio::spawn(write_frames(FramedWrite::new(write, writing), outgoing));
@@ -336,7 +345,11 @@ async fn run_link(
             tokio::time::sleep(TICK).await;
             continue;
         };
-        let Ok((writing, reading)) = cluster.key.open_link(&mut socket, codec, limit).await else {
+        let opened = cluster
+            .key
+            .open_link(&mut socket, &peer, codec, limit)
+            .await;
+        let Ok((writing, reading)) = opened else {
             tokio::time::sleep(TICK).await;
             continue;
         };

@@ -107,6 +107,7 @@ impl Cluster {
         let key = Arc::new(seal::ClusterKey::derive(
             config.secret.expose(),
             &config.name,
+            &node.node_name,
         ));
         let handle = spawn_chitchat(
             settings,

@@ -9,7 +9,9 @@
 //! - a link begins with a nonce from each side, in the clear; each direction then has its own
 //!   key, derived from both nonces, and numbers its records, so a recorded link cannot be
 //!   replayed into a new one and records cannot be dropped, reordered or repeated unseen. The
-//!   first record must open within [`HANDSHAKE_TIME`], or the link is dropped.
+//!   first record must open within [`HANDSHAKE_TIME`], or the link is dropped. The keys are
+//!   bound to the cluster's name and both nodes' names, so a link redirected to another node,
+//!   or reflected back to its opener, does not open.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +30,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
+/// The largest first record a peer may send on a link it opens, before it has shown that it
+/// knows the secret (its hello is small).
+pub const FIRST_RECORD_LIMIT: usize = 4096;
 /// How long a peer has to open a link (its nonce, then its first sealed record).
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 /// What a link opens with, before the opener's nonce: which protocol, and which version of it.
@@ -37,8 +42,6 @@ const TAG_LEN: usize = 16;
 const LINK_NONCE_LEN: usize = 32;
 /// The largest datagram: what UDP carries.
 const MAX_DATAGRAM: usize = 65_507;
-/// How long a datagram may take between the codec and the mirror on loopback.
-const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
 /// How many links may be opening at once (not yet shown to know the secret); more are turned
 /// away.
 pub const MAX_OPENING: usize = 64;
@@ -48,6 +51,8 @@ const COMPLAINT_INTERVAL: Duration = Duration::from_secs(30);
 /// The cluster's keys, from its secret and name.
 pub struct ClusterKey {
     name: String,
+    /// This node's name: links are bound to it.
+    node: String,
     prk: hkdf::Prk,
     gossip: LessSafeKey,
     beacon: LessSafeKey,
@@ -56,13 +61,14 @@ pub struct ClusterKey {
 }
 
 impl ClusterKey {
-    /// The keys of cluster `name` whose members share `secret`.
-    pub fn derive(secret: &[u8], name: &str) -> ClusterKey {
+    /// The keys of node `node` of cluster `name`, whose members share `secret`.
+    pub fn derive(secret: &[u8], name: &str, node: &str) -> ClusterKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"immutant cluster v1").extract(secret);
         let gossip = aead_key(&prk, &[b"gossip", name.as_bytes()]);
         let beacon = aead_key(&prk, &[b"beacon", name.as_bytes()]);
         ClusterKey {
             name: name.to_string(),
+            node: node.to_string(),
             prk,
             gossip,
             beacon,
@@ -121,51 +127,71 @@ impl ClusterKey {
         }
     }
 
-    /// Opens a link to a member over `socket`: says hello with a nonce, hears the member's,
-    /// and answers the codecs to write and read with.
+    /// Opens a link to the member `peer` over `socket`: says hello with this node's name and a
+    /// nonce, hears the member's nonce, and answers the codecs to write and read with. The keys
+    /// are bound to both names: a link that reaches another node than `peer` (redirected on
+    /// the way), or comes back to this one (reflected), does not open.
     pub async fn open_link<C>(
         &self,
         socket: &mut TcpStream,
+        peer: &str,
         inner: impl Fn() -> C,
         limit: usize,
     ) -> std::io::Result<(Sealed<C>, Sealed<C>)> {
         let mine = self.link_nonce();
         let mut hello = LINK_MAGIC.to_vec();
         hello.extend_from_slice(&mine);
+        hello.push(self.node.len() as u8);
+        hello.extend_from_slice(self.node.as_bytes());
         socket.write_all(&hello).await?;
         let mut theirs = [0u8; LINK_NONCE_LEN];
         tokio::time::timeout(HANDSHAKE_TIME, socket.read_exact(&mut theirs))
             .await
             .map_err(|_| std::io::ErrorKind::TimedOut)??;
+        let ends = LinkEnds {
+            opener: (&self.node, &mine),
+            taker: (peer, &theirs),
+        };
         Ok((
-            Sealed::new(inner(), self.link_key(b"opener", &mine, &theirs), limit),
-            Sealed::new(inner(), self.link_key(b"taker", &mine, &theirs), limit),
+            Sealed::new(inner(), self.link_key(b"opener", &ends), limit),
+            Sealed::new(inner(), self.link_key(b"taker", &ends), limit),
         ))
     }
 
-    /// Takes a link a peer opens over `socket`: hears its hello and nonce, answers with one,
-    /// and answers the codecs to write and read with. Whether the peer knows the secret shows
-    /// when its first record is read.
+    /// Takes a link a peer opens over `socket`: hears its hello, name and nonce, answers with
+    /// a nonce, and answers the name it gave and the codecs to write and read with. Whether the
+    /// peer knows the secret, and is the node it names, shows when its first record is read:
+    /// until then the reading codec takes records of [`FIRST_RECORD_LIMIT`] bytes at most.
+    /// The caller bounds the whole in time ([`HANDSHAKE_TIME`]).
     pub async fn take_link<C>(
         &self,
         socket: &mut TcpStream,
         inner: impl Fn() -> C,
         limit: usize,
-    ) -> std::io::Result<(Sealed<C>, Sealed<C>)> {
-        let mut hello = [0u8; LINK_MAGIC.len() + LINK_NONCE_LEN];
-        tokio::time::timeout(HANDSHAKE_TIME, socket.read_exact(&mut hello))
-            .await
-            .map_err(|_| std::io::ErrorKind::TimedOut)??;
-        if &hello[..LINK_MAGIC.len()] != LINK_MAGIC {
+    ) -> std::io::Result<(String, Sealed<C>, Sealed<C>)> {
+        let mut hello = [0u8; LINK_MAGIC.len() + LINK_NONCE_LEN + 1];
+        socket.read_exact(&mut hello).await?;
+        let (magic, rest) = hello.split_at(LINK_MAGIC.len());
+        let (theirs, length) = rest.split_at(LINK_NONCE_LEN);
+        if magic != LINK_MAGIC {
             return Err(std::io::ErrorKind::InvalidData.into());
         }
-        let theirs = &hello[LINK_MAGIC.len()..];
+        let mut name = vec![0u8; length[0] as usize];
+        socket.read_exact(&mut name).await?;
+        let name = String::from_utf8(name)
+            .ok()
+            .filter(|name| immutant_protocol::names::is_node_name(name) && *name != self.node)
+            .ok_or(std::io::ErrorKind::InvalidData)?;
         let mine = self.link_nonce();
         socket.write_all(&mine).await?;
-        Ok((
-            Sealed::new(inner(), self.link_key(b"taker", theirs, &mine), limit),
-            Sealed::new(inner(), self.link_key(b"opener", theirs, &mine), limit),
-        ))
+        let ends = LinkEnds {
+            opener: (&name, theirs),
+            taker: (&self.node, &mine),
+        };
+        let writing = Sealed::new(inner(), self.link_key(b"taker", &ends), limit);
+        let mut reading = Sealed::new(inner(), self.link_key(b"opener", &ends), limit);
+        reading.set_limit(FIRST_RECORD_LIMIT);
+        Ok((name, writing, reading))
     }
 
     fn link_nonce(&self) -> [u8; LINK_NONCE_LEN] {
@@ -175,10 +201,39 @@ impl ClusterKey {
         nonce
     }
 
-    /// The key of one direction of a link (`writer`: which side writes with it).
-    fn link_key(&self, writer: &[u8], opener: &[u8], taker: &[u8]) -> LessSafeKey {
-        aead_key(&self.prk, &[b"link", writer, opener, taker])
+    /// The key of one direction of a link (`writer`: which end writes with it), bound to the
+    /// cluster, both ends' names and both nonces (names with their lengths, so that no two
+    /// pairs of names read alike).
+    fn link_key(&self, writer: &[u8], ends: &LinkEnds) -> LessSafeKey {
+        let (opener, opener_nonce) = ends.opener;
+        let (taker, taker_nonce) = ends.taker;
+        let lengths = [
+            (self.name.len() as u16).to_be_bytes(),
+            (opener.len() as u16).to_be_bytes(),
+            (taker.len() as u16).to_be_bytes(),
+        ];
+        aead_key(
+            &self.prk,
+            &[
+                b"link",
+                &lengths[0],
+                self.name.as_bytes(),
+                writer,
+                &lengths[1],
+                opener.as_bytes(),
+                &lengths[2],
+                taker.as_bytes(),
+                opener_nonce,
+                taker_nonce,
+            ],
+        )
     }
+}
+
+/// Who opened a link and who took it, each with the nonce it gave.
+struct LinkEnds<'a> {
+    opener: (&'a str, &'a [u8]),
+    taker: (&'a str, &'a [u8]),
 }
 
 fn aead_key(prk: &hkdf::Prk, info: &[&[u8]]) -> LessSafeKey {
@@ -234,6 +289,11 @@ impl<C> Sealed<C> {
         }
     }
 
+    /// Records of up to `limit` bytes (before sealing) are taken from now on.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.saturating_add(TAG_LEN);
+    }
+
     fn nonce(&mut self) -> Nonce {
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());
@@ -258,7 +318,10 @@ impl<C: Decoder<Error = ProtocolError>> Decoder for Sealed<C> {
             return Ok(None);
         }
         let size = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if size > self.limit || size < TAG_LEN {
+        if size < TAG_LEN {
+            return Err(unsealed());
+        }
+        if size > self.limit {
             return Err(ProtocolError::TooLarge {
                 size,
                 limit: self.limit,
@@ -316,6 +379,10 @@ impl Complaints {
         let now = Instant::now();
         if said.len() > 1024 {
             said.retain(|_, at| now.duration_since(*at) < COMPLAINT_INTERVAL);
+            // Many addresses at once (spoofed sources): forget them all rather than grow.
+            if said.len() > 1024 {
+                said.clear();
+            }
         }
         match said.get(&address) {
             Some(at) if now.duration_since(*at) < COMPLAINT_INTERVAL => false,
@@ -328,63 +395,31 @@ impl Complaints {
 }
 
 /// Gossip over UDP, every datagram sealed: chitchat's transport, with what a stranger sends
-/// dropped before chitchat sees it.
-///
-/// chitchat writes and reads its datagrams only inside its own UDP socket, so each socket here
-/// keeps one of chitchat's on loopback as the codec, and a loopback mirror beside it: a
-/// datagram to send goes from the codec to the mirror, and leaves sealed for the peer; one
-/// received is opened and goes from the mirror to the codec, which reads it. Nothing but the
-/// sealed datagrams leaves loopback, and the codec takes datagrams only from the mirror.
+/// dropped before chitchat sees it. (chitchat is vendored with its envelope's wire form made
+/// public for this: vendor/chitchat/IMMUTANT.md.)
 pub struct SealedUdp(pub Arc<ClusterKey>);
 
 #[async_trait]
 impl Transport for SealedUdp {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let public = tokio::net::UdpSocket::bind(listen_addr).await?;
-        let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        let codec = chitchat::transport::UdpSocket::open(loopback).await?;
-        let mirror = tokio::net::UdpSocket::bind(loopback).await?;
         Ok(Box::new(SealedUdpSocket {
-            codec_addr: codec.local_addr()?,
-            mirror_addr: mirror.local_addr()?,
-            public,
-            codec,
-            mirror,
+            socket: tokio::net::UdpSocket::bind(listen_addr).await?,
             key: self.0.clone(),
             buffer: vec![0u8; MAX_DATAGRAM],
-            senders: std::collections::VecDeque::new(),
         }))
     }
 }
 
 struct SealedUdpSocket {
-    public: tokio::net::UdpSocket,
-    codec: chitchat::transport::UdpSocket,
-    codec_addr: SocketAddr,
-    mirror: tokio::net::UdpSocket,
-    mirror_addr: SocketAddr,
+    socket: tokio::net::UdpSocket,
     key: Arc<ClusterKey>,
     buffer: Vec<u8>,
-    /// Who sent each datagram handed to the codec and not read back yet, in order.
-    senders: std::collections::VecDeque<SocketAddr>,
-}
-
-impl SealedUdpSocket {
-    /// The next datagram the mirror gets from the codec.
-    async fn read_from_codec(&mut self) -> std::io::Result<usize> {
-        loop {
-            let (length, from) = self.mirror.recv_from(&mut self.buffer).await?;
-            if from == self.codec_addr {
-                return Ok(length);
-            }
-        }
-    }
 }
 
 #[async_trait]
 impl Socket for SealedUdpSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.public.local_addr()?)
+        Ok(self.socket.local_addr()?)
     }
 
     async fn send(
@@ -392,59 +427,39 @@ impl Socket for SealedUdpSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        self.codec.send(self.mirror_addr, envelope).await?;
-        let Ok(length) = tokio::time::timeout(LOOPBACK_PATIENCE, self.read_from_codec()).await
-        else {
-            // Dropped on loopback: lost like any datagram.
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        };
-        let length = length?;
-        let sealed = self.key.seal_gossip(&self.buffer[..length]);
-        let num_bytes_sent = match self.public.send_to(&sealed, to).await {
+        let sealed = self.key.seal_gossip(&envelope.serialize_to_vec());
+        let num_bytes_sent = match self.socket.send_to(&sealed, to).await {
             Ok(sent) => sent,
-            // A datagram that cannot go (no route) is lost like any other; the transport
-            // itself is fine.
+            // A datagram that cannot go (no route, or too large) is lost like any other; the
+            // transport itself is fine. Said, since a state too large to gossip stops syncing.
             Err(error) => {
-                tracing::debug!("cannot send gossip to {to}: {error}");
+                tracing::warn!("cannot send gossip to {to}: {error}");
                 0
             }
         };
         Ok(SendOutcome { num_bytes_sent })
     }
 
-    /// Cancellable, as chitchat wants: a datagram handed to the codec before a cancel is
-    /// read first at the next call.
+    /// Cancellable, as chitchat wants: nothing is kept between the awaits.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if !self.senders.is_empty() {
-                // Loopback may drop a datagram too (a full buffer): then the queue is stale.
-                let Ok(outcome) = tokio::time::timeout(LOOPBACK_PATIENCE, self.codec.recv()).await
-                else {
-                    self.senders.clear();
-                    continue;
-                };
-                let mut outcome = outcome?;
-                if outcome.from_addr != self.mirror_addr {
-                    // Not the mirror's: someone on this host writing to the codec.
-                    continue;
-                }
-                if let Some(sender) = self.senders.pop_front() {
-                    outcome.from_addr = sender;
-                    return Ok(outcome);
-                }
-                continue;
-            }
-            let (length, from) = match self.public.recv_from(&mut self.buffer).await {
+            let (length, from_addr) = match self.socket.recv_from(&mut self.buffer).await {
                 Ok(received) => received,
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 Err(error) => return Err(error.into()),
             };
-            let Some(plain) = open_datagram(&self.key.gossip, &mut self.buffer[..length]) else {
-                self.key.complain(from.ip(), "a gossip datagram");
+            let Some(mut plain) = open_datagram(&self.key.gossip, &mut self.buffer[..length])
+            else {
+                self.key.complain(from_addr.ip(), "a gossip datagram");
                 continue;
             };
-            self.mirror.send_to(plain, self.codec_addr).await?;
-            self.senders.push_back(from);
+            if let Ok(envelope) = ChitchatEnvelope::deserialize(&mut plain) {
+                return Ok(RecvOutcome {
+                    from_addr,
+                    envelope,
+                    num_bytes_received: length,
+                });
+            }
         }
     }
 }
@@ -456,15 +471,15 @@ mod tests {
 
     #[test]
     fn a_datagram_opens_only_with_the_same_secret_and_cluster() {
-        let key = ClusterKey::derive(b"s3cret", "one");
+        let key = ClusterKey::derive(b"s3cret", "one", "me");
         let mut sealed = key.seal_gossip(b"hello");
         assert_eq!(
             open_datagram(&key.gossip, &mut sealed.clone()),
             Some(&b"hello"[..])
         );
-        let other = ClusterKey::derive(b"other", "one");
+        let other = ClusterKey::derive(b"other", "one", "me");
         assert!(open_datagram(&other.gossip, &mut sealed.clone()).is_none());
-        let elsewhere = ClusterKey::derive(b"s3cret", "two");
+        let elsewhere = ClusterKey::derive(b"s3cret", "two", "me");
         assert!(open_datagram(&elsewhere.gossip, &mut sealed.clone()).is_none());
         // A beacon is not gossip.
         assert!(open_datagram(&key.beacon, &mut sealed.clone()).is_none());
@@ -474,16 +489,16 @@ mod tests {
 
     #[test]
     fn a_beacon_opens_only_for_its_cluster_with_its_secret() {
-        let ours = ClusterKey::derive(b"s3cret", "ours");
+        let ours = ClusterKey::derive(b"s3cret", "ours", "me");
         let from = "127.0.0.1:1".parse().unwrap();
         let beacon = ours.seal_beacon(b"hi");
         assert_eq!(
             ours.open_beacon(&mut beacon.clone(), from),
             Some(&b"hi"[..])
         );
-        let theirs = ClusterKey::derive(b"s3cret", "theirs");
+        let theirs = ClusterKey::derive(b"s3cret", "theirs", "me");
         assert!(theirs.open_beacon(&mut beacon.clone(), from).is_none());
-        let other_secret = ClusterKey::derive(b"other", "ours");
+        let other_secret = ClusterKey::derive(b"other", "ours", "me");
         assert!(
             other_secret
                 .open_beacon(&mut beacon.clone(), from)
@@ -492,13 +507,21 @@ mod tests {
         assert!(ours.open_beacon(&mut [0u8; 1], from).is_none());
     }
 
+    /// A link's ends: `a` opened it to `b`.
+    fn ends<'a>(a: &'a str, b: &'a str) -> LinkEnds<'a> {
+        LinkEnds {
+            opener: (a, &[1u8; 32]),
+            taker: (b, &[2u8; 32]),
+        }
+    }
+
     #[test]
     fn records_open_in_order_and_only_once() {
-        let key = ClusterKey::derive(b"s3cret", "c");
-        let (opener, taker) = ([1u8; 32], [2u8; 32]);
+        let key = ClusterKey::derive(b"s3cret", "c", "me");
         let codec = || FrameCodec::<String>::new(1024);
-        let mut writer = Sealed::new(codec(), key.link_key(b"opener", &opener, &taker), 1024);
-        let mut reader = Sealed::new(codec(), key.link_key(b"opener", &opener, &taker), 1024);
+        let link = ends("a", "b");
+        let mut writer = Sealed::new(codec(), key.link_key(b"opener", &link), 1024);
+        let mut reader = Sealed::new(codec(), key.link_key(b"opener", &link), 1024);
         let mut wire = BytesMut::new();
         writer
             .encode(Frame::new("first".to_string()), &mut wire)
@@ -513,7 +536,7 @@ mod tests {
         let mut replayed = first;
         assert!(reader.decode(&mut replayed).is_err());
         // The other direction's key does not open this one's records.
-        let mut backwards = Sealed::new(codec(), key.link_key(b"taker", &opener, &taker), 1024);
+        let mut backwards = Sealed::new(codec(), key.link_key(b"taker", &link), 1024);
         let mut wire = BytesMut::new();
         writer
             .encode(Frame::new("third".to_string()), &mut wire)
@@ -522,11 +545,37 @@ mod tests {
     }
 
     #[test]
+    fn a_link_opens_only_between_the_nodes_it_names() {
+        let key = ClusterKey::derive(b"s3cret", "c", "me");
+        let codec = || FrameCodec::<String>::new(1024);
+        let mut writer = Sealed::new(codec(), key.link_key(b"opener", &ends("a", "b")), 1024);
+        let mut wire = BytesMut::new();
+        writer
+            .encode(Frame::new("hello".to_string()), &mut wire)
+            .unwrap();
+        for (opener, taker) in [("a", "c"), ("b", "a"), ("ab", ""), ("a", "b ")] {
+            let mut reader =
+                Sealed::new(codec(), key.link_key(b"opener", &ends(opener, taker)), 1024);
+            assert!(
+                reader.decode(&mut wire.clone()).is_err(),
+                "{opener} to {taker}"
+            );
+        }
+        let elsewhere = ClusterKey::derive(b"s3cret", "d", "me");
+        let mut reader = Sealed::new(
+            codec(),
+            elsewhere.link_key(b"opener", &ends("a", "b")),
+            1024,
+        );
+        assert!(reader.decode(&mut wire).is_err(), "another cluster");
+    }
+
+    #[test]
     fn a_claimed_length_sets_nothing_aside() {
-        let key = ClusterKey::derive(b"s3cret", "c");
+        let key = ClusterKey::derive(b"s3cret", "c", "me");
         let mut reader = Sealed::new(
             FrameCodec::<String>::new(16 << 20),
-            key.link_key(b"opener", &[0; 32], &[0; 32]),
+            key.link_key(b"opener", &ends("a", "b")),
             16 << 20,
         );
         let mut wire = BytesMut::new();

@@ -36,6 +36,10 @@ pub enum ConfigError {
         available: String,
     },
     #[error(
+        "both -Dimmutant.cluster.secret and -Dimmutant.cluster.secret-file are given; give one (the file keeps the secret out of the process list)"
+    )]
+    TwoSecrets,
+    #[error(
         "a clustered node needs its cluster's secret, and {file} gives none: pass -Dimmutant.cluster.secret=SECRET or -Dimmutant.cluster.secret-file=PATH, the same on every node (cargo immutant install writes a random one into the install's standalone-ha.toml)"
     )]
     NoClusterSecret { file: String },
@@ -176,6 +180,11 @@ impl ServerConfig {
         name: &str,
         properties: &Properties,
     ) -> Result<(ServerConfig, Vec<String>), ConfigError> {
+        if properties.was_given("immutant.cluster.secret")
+            && properties.was_given("immutant.cluster.secret-file")
+        {
+            return Err(ConfigError::TwoSecrets);
+        }
         let home = properties.home();
         let path = config_path(&home, name)?;
         let file = path

@@ -224,6 +224,11 @@ impl Properties {
     }
 
     /// The value of a property: given, else its default; `None` for an unknown property not given.
+    /// Whether `name` was given on the command line.
+    pub fn was_given(&self, name: &str) -> bool {
+        self.given.contains_key(name)
+    }
+
     pub fn get(&self, name: &str) -> Option<String> {
         if let Some(value) = self.given.get(name) {
             return Some(value.clone());

@@ -2,7 +2,7 @@
 //! apps what changed. Reading a handful of small files is cheaper than any watcher, and works on
 //! every filesystem the folder may be on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,8 @@ use crate::apps::Apps;
 use crate::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_millis(200);
+/// The largest file taken for a descriptor (they are a few hundred bytes).
+const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 
 /// Deploys everything in `dir` now, then follows changes until `shutdown`. What cannot be read
 /// is never taken for gone: a folder that cannot be read changes nothing (said in the log once
@@ -18,8 +20,10 @@ const INTERVAL: Duration = Duration::from_millis(200);
 pub async fn watch(dir: &Path, apps: Arc<Apps>, shutdown: Shutdown) {
     let mut known: HashMap<String, String> = HashMap::new();
     let mut unreadable = false;
+    // Names already said in the log to be unreadable, so that each is said once.
+    let mut warned = HashSet::new();
     loop {
-        match read_descriptors(dir, &known) {
+        match read_descriptors(dir, &known, &mut warned) {
             Ok(present) => {
                 unreadable = false;
                 for (name, text) in &present {
@@ -54,6 +58,7 @@ pub async fn watch(dir: &Path, apps: Arc<Apps>, shutdown: Shutdown) {
 fn read_descriptors(
     dir: &Path,
     known: &HashMap<String, String>,
+    warned: &mut HashSet<String>,
 ) -> std::io::Result<HashMap<String, String>> {
     let mut present = HashMap::new();
     for entry in std::fs::read_dir(dir)? {
@@ -65,20 +70,34 @@ fn read_descriptors(
         if name.starts_with('.') || name.is_empty() {
             continue;
         }
+        // Only files, and small ones: a pipe or a link to a device named `x.toml` must not
+        // hang or fill the node.
+        let metadata = entry.metadata()?;
+        if !metadata.is_file() || metadata.len() > MAX_DESCRIPTOR_BYTES {
+            if warned.insert(name.to_string()) {
+                tracing::warn!(
+                    "{} is not a descriptor (not a file, or over {MAX_DESCRIPTOR_BYTES} bytes); it is left alone",
+                    entry.path().display()
+                );
+            }
+            continue;
+        }
         let text = match std::fs::read(entry.path()) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(bytes) => {
+                warned.remove(name);
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
             // Gone between the listing and the read: gone.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => match known.get(name) {
-                Some(text) => {
-                    tracing::warn!(
-                        "cannot read {} ({error}); it keeps running",
-                        entry.path().display()
-                    );
-                    text.clone()
+            Err(error) => {
+                if warned.insert(name.to_string()) {
+                    tracing::warn!("cannot read {} ({error})", entry.path().display());
                 }
-                None => continue,
-            },
+                match known.get(name) {
+                    Some(text) => text.clone(),
+                    None => continue,
+                }
+            }
         };
         present.insert(name.to_string(), text);
     }
@@ -93,13 +112,13 @@ mod tests {
     fn a_descriptor_with_a_byte_that_is_not_utf8_is_still_read() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.toml"), b"# caf\xe9\nname = \"app\"\n").unwrap();
-        let read = read_descriptors(dir.path(), &HashMap::new()).unwrap();
+        let read = read_descriptors(dir.path(), &HashMap::new(), &mut HashSet::new()).unwrap();
         assert!(read["app"].contains("name = \"app\""));
     }
 
     #[test]
     fn a_folder_that_cannot_be_read_is_an_error_not_an_empty_folder() {
         let missing = Path::new("/nonexistent/deployments");
-        assert!(read_descriptors(missing, &HashMap::new()).is_err());
+        assert!(read_descriptors(missing, &HashMap::new(), &mut HashSet::new()).is_err());
     }
 }

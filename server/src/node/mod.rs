@@ -172,7 +172,7 @@ pub async fn run(
         broker: broker.clone(),
         caches: caches.clone(),
         node_name: config.node_name.clone(),
-        properties_json: serde_json::to_string(&properties.for_apps()).unwrap_or_default(),
+        properties: properties.for_apps(),
         deployments_dir: config.deployments.clone(),
         cluster: cluster.clone(),
         misfire_threshold_ms: properties
@@ -208,11 +208,15 @@ pub async fn run(
             }
         })?,
     });
+    if config.cluster.is_some() && properties.was_given("immutant.cluster.secret") {
+        tracing::warn!(
+            "the cluster secret was given on the command line, which other users of this host can read (ps, /proc); give it with -Dimmutant.cluster.secret-file=PATH instead"
+        );
+    }
     let servers = [
-        ("HTTP", http, web::router(web)),
-        ("management", management, management::router(info)),
-    ]
-    .map(|(name, listener, router)| serve(name, listener, router, shutdown.clone()));
+        serve("HTTP", http, web::router(web), shutdown.clone()),
+        ports::serve_guarded(management, management::router(info), shutdown.clone()),
+    ];
 
     let clustering = config.cluster.as_ref().map_or_else(String::new, |cluster| {
         format!(

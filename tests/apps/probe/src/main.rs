@@ -59,6 +59,13 @@ async fn main() -> immutant::Result<()> {
         other => eprintln!("probe does not know what '{other}' should do"),
     }
     println!("settings: {}", app.settings());
+    if let Some(echo) = app.property("probe.echo") {
+        println!("probe.echo: {} bytes", echo.len());
+    }
+    println!(
+        "cluster secret visible: {}",
+        app.property("immutant.cluster.secret").is_some()
+    );
     app.run().await
 }
 
