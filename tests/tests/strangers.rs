@@ -194,7 +194,7 @@ fn footprint(pid: i32) -> (u64, usize) {
 fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answering() {
     let base = Base::installed();
     let offset = free_offset();
-    let _node = clustered(&base, "target", offset, &cluster_name());
+    let node = clustered(&base, "target", offset, &cluster_name());
     let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
     let (rss_before, fds_before) = footprint(pid);
     let gossip: SocketAddr = ([127, 0, 0, 1], 7600 + offset).into();
@@ -270,6 +270,9 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
     assert_eq!(get_json(9990 + offset)["name"], "target");
     std::thread::sleep(Duration::from_millis(500));
     let (_, fds_after) = footprint(pid);
+    // The node said so now and then, not once per connection.
+    let said = node.lines().len();
+    assert!(said < 50, "{said} lines of log for 500 junk connections");
     assert!(
         fds_after <= fds_before + 8,
         "descriptors are given back: {fds_before} before, {fds_after} after"
