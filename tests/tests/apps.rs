@@ -110,6 +110,31 @@ fn a_listener_that_always_fails_sends_its_message_to_the_dead_letter_queue() {
 }
 
 #[test]
+fn a_poison_messages_deliveries_are_counted_across_a_kill_9_of_its_node() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("dlq"));
+    let offset = free_offset();
+    let slow = "-Dprobe.attempt-ms=200";
+    let node = start_node(&base, "poisoned", offset, &[slow]);
+    node.wait_for("[dlq] attempt 5", BUILD_PATIENCE);
+    immutant_e2e::kill_9(offset);
+    drop(node);
+    let restarted = start_node(&base, "poisoned", offset, &[slow, "-Dprobe.publish=no"]);
+    restarted.wait_for(
+        "[dlq] dead-lettered: doomed because the handler always fails",
+        PATIENCE,
+    );
+    let after = numbers_after(&restarted.lines(), "attempt ");
+    // The count went on from where it was (the delivery in flight at the kill, and the one
+    // before it if its return was not yet on disk, may go uncounted), and ended at 10.
+    assert!(
+        after.first().is_some_and(|first| *first >= 4),
+        "counting went on after the restart: {after:?}"
+    );
+    assert_eq!(after.last(), Some(&10), "{after:?}");
+}
+
+#[test]
 fn a_crashing_app_is_restarted_and_one_that_always_crashes_ends_up_failed() {
     let base = Base::installed();
     base.deploy(&probe(), Some("crashonce"));

@@ -533,6 +533,16 @@ impl Broker {
             .get(queue_name)
             .is_some_and(QueueState::is_durable);
         if message.header.delivery_count < MAX_DELIVERIES {
+            // Its count goes to the journal with it, so that a poison message still reaches the
+            // DLQ after its tenth delivery when the node restarted in between. (Not waited for:
+            // a later acknowledgement's removal is written after it, in order.)
+            if message.persistent && durable {
+                self.journal.submit(vec![JournalOp::Put {
+                    queue: queue_name.to_string(),
+                    seq: message.header.id,
+                    record: message.to_record(),
+                }]);
+            }
             if let Some(queue) = state.queues.get_mut(queue_name) {
                 queue.enqueue(message);
             }

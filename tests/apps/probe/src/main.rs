@@ -70,11 +70,19 @@ async fn main() -> immutant::Result<()> {
 }
 
 /// A listener that always fails: its message ends in /queue/DLQ after 10 deliveries.
+/// `-Dprobe.attempt-ms=N` makes each attempt take N ms; `-Dprobe.publish=no` publishes nothing
+/// (a restart goes on with the message already queued).
 async fn dead_letters(app: &App) -> immutant::Result<()> {
     let failing = app.queue("/queue/failing").await?;
+    let pause = app
+        .property("probe.attempt-ms")
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default();
     failing
-        .listen(|Raw(message)| async move {
+        .listen(move |Raw(message)| async move {
             println!("attempt {}", message.header.delivery_count);
+            tokio::time::sleep(pause).await;
             Err("the handler always fails".into())
         })
         .await?;
@@ -91,7 +99,10 @@ async fn dead_letters(app: &App) -> immutant::Result<()> {
         Ok(())
     })
     .await?;
-    failing.publish(&"doomed").await
+    match app.property("probe.publish") {
+        Some("no") => Ok(()),
+        _ => failing.publish(&"doomed").await,
+    }
 }
 
 /// Crashes on its first start only (it leaves a marker in the dir the test gives it).
