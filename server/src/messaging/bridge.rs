@@ -8,10 +8,11 @@
 //! (redistribution). A topic's subscribers on other nodes get a subscription here, whose bridge
 //! forwards each message to their node's topic.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::message::Message;
 use super::queue::{ConsumerKey, QueueRole, QueueState};
@@ -49,9 +50,34 @@ pub struct Reply {
 pub struct Seen {
     set: HashSet<String>,
     order: VecDeque<String>,
+    /// The forwards being stored now, each with what says when its copy is on disk (or
+    /// failed to be).
+    storing: HashMap<String, Arc<watch::Sender<bool>>>,
 }
 
 impl Seen {
+    /// What says when the first copy of `origin` is stored, if one is being stored now.
+    fn being_stored(&self, origin: &str) -> Option<watch::Receiver<bool>> {
+        self.storing.get(origin).map(|done| done.subscribe())
+    }
+
+    /// Takes `origin`, whose copy is being stored from now on.
+    fn begin(&mut self, origin: String) {
+        self.insert(origin.clone());
+        self.storing
+            .insert(origin, Arc::new(watch::channel(false).0));
+    }
+
+    /// The copy of `origin` is stored (`stored`), or failed to be: its retries are answered.
+    fn end(&mut self, origin: &str, stored: bool) {
+        if !stored {
+            self.forget(origin);
+        }
+        if let Some(done) = self.storing.remove(origin) {
+            done.send_replace(true);
+        }
+    }
+
     pub fn contains(&self, origin: &str) -> bool {
         self.set.contains(origin)
     }
@@ -207,22 +233,37 @@ impl Broker {
         topic: bool,
         mut message: Message,
     ) -> Result<(), MessagingError> {
-        let targets = {
-            let mut state = self.lock();
-            if state.seen.contains(&origin) {
-                return Ok(());
-            }
-            let targets = state.targets(destination)?;
-            // Taken now, so that a retry arriving while this one is stored is not stored too.
-            state.seen.insert(origin.clone());
-            // A topic's message goes to this node's subscribers only, not on to other nodes.
-            match topic {
-                true => targets
-                    .into_iter()
-                    .filter(|(queue, _)| !queue.contains("#bridge."))
-                    .collect(),
-                false => targets,
-            }
+        let targets = loop {
+            let mut first_copy = {
+                let mut state = self.lock();
+                match state.seen.being_stored(&origin) {
+                    Some(first_copy) => first_copy,
+                    None if state.seen.contains(&origin) => return Ok(()),
+                    None => {
+                        let targets = state.targets(destination)?;
+                        // Taken now, so that a retry arriving while this one is stored is not
+                        // stored too: it waits for this copy instead.
+                        state.seen.begin(origin.clone());
+                        break targets;
+                    }
+                }
+            };
+            // A retry while the first copy is being stored is answered once that copy is on
+            // disk, never before; if it failed, the retry stores it.
+            let _ = first_copy.wait_for(|done| *done).await;
+        };
+        let storing = Storing {
+            broker: self,
+            origin: &origin,
+            stored: false,
+        };
+        // A topic's message goes to this node's subscribers only, not on to other nodes.
+        let targets = match topic {
+            true => targets
+                .into_iter()
+                .filter(|(queue, _)| !queue.contains("#bridge."))
+                .collect(),
+            false => targets,
         };
         message.header.id = self
             .next_seq
@@ -230,9 +271,8 @@ impl Broker {
         message.forwarded = true;
         message.origin = Some(origin.clone());
         let stored = self.store(targets, message).await;
-        if stored.is_err() {
-            self.lock().seen.forget(&origin);
-        }
+        let mut storing = storing;
+        storing.stored = stored.is_ok();
         stored
     }
 
@@ -270,6 +310,20 @@ impl Broker {
                 self.dispatch(&mut state, &name);
             }
         }
+    }
+}
+
+/// A forward being stored: its retries are answered when this goes (stored or not), even if
+/// the store was given up half way.
+struct Storing<'a> {
+    broker: &'a Broker,
+    origin: &'a str,
+    stored: bool,
+}
+
+impl Drop for Storing<'_> {
+    fn drop(&mut self) {
+        self.broker.lock().seen.end(self.origin, self.stored);
     }
 }
 
@@ -329,5 +383,51 @@ mod tests {
         let first = forwarded.try_recv().expect("the request is forwarded");
         assert_eq!(first.message.header.reply_to.as_deref(), Some("@one/1"));
         assert!(forwarded.try_recv().is_ok(), "so is the plain message");
+    }
+
+    #[tokio::test]
+    async fn a_retried_forward_is_answered_only_once_the_first_copy_is_on_disk() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(dir.path(), "two", 1024).unwrap();
+        broker
+            .start("/queue/q", DestinationKind::Queue)
+            .await
+            .unwrap();
+        let message = || super::Message {
+            header: immutant_protocol::MessageHeader {
+                id: 0,
+                destination: "/queue/q".to_string(),
+                priority: 4,
+                properties: Default::default(),
+                correlation_id: None,
+                content_type: "application/json".to_string(),
+                reply_to: None,
+                delivery_count: 0,
+                published_at_ms: 0,
+            },
+            body: Bytes::from_static(b"1"),
+            persistent: true,
+            expires_at_ms: None,
+            forwarded: false,
+            origin: None,
+        };
+        let origin = "one@1/1".to_string();
+        let mut first =
+            Box::pin(broker.accept_forward(origin.clone(), "/queue/q", false, message()));
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "the first copy is being committed"
+        );
+        let mut retry = Box::pin(broker.accept_forward(origin, "/queue/q", false, message()));
+        assert!(
+            (&mut retry).now_or_never().is_none(),
+            "the retry waits for the first copy"
+        );
+        first.await.unwrap();
+        retry.await.unwrap();
+        let stats = broker.stats();
+        let queue = stats.iter().find(|q| q.name == "/queue/q").unwrap();
+        assert_eq!(queue.depth, 1, "stored once");
     }
 }
