@@ -12,6 +12,7 @@
 //! already has receives every entry before it serves a read (state transfer), and when members
 //! come or go, distributed entries move to their new owners.
 
+mod applied;
 pub mod peer;
 mod persist;
 mod placement;
@@ -118,6 +119,10 @@ pub struct Caches {
     caches: Mutex<BTreeMap<String, Arc<Cache>>>,
     /// Opens one cache at a time, so that two apps opening one name get one cache.
     opening: tokio::sync::Mutex<()>,
+    /// Numbers this node's requests to other nodes' primaries.
+    next_request: std::sync::atomic::AtomicU64,
+    /// The requests this node carried out as a primary, so that retries are not applied again.
+    applied: applied::Applied,
 }
 
 impl Caches {
@@ -143,6 +148,8 @@ impl Caches {
             persistence: Mutex::new(None),
             caches: Mutex::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            next_request: std::sync::atomic::AtomicU64::new(0),
+            applied: applied::Applied::default(),
         });
         tokio::spawn(caches.clone().sweep(shutdown.clone()));
         if caches.cluster.is_some() {
@@ -331,7 +338,10 @@ impl Caches {
                     };
                     let others = self.holders(&cache);
                     let request = match op {
-                        CacheOp::Clear {} => PeerRequest::Op { call: op },
+                        CacheOp::Clear {} => PeerRequest::Op {
+                            call: op,
+                            request: None,
+                        },
                         _ => PeerRequest::Invalidate { keys },
                     };
                     self.send_all(&cache, &others, request, Bytes::new()).await;
@@ -341,8 +351,11 @@ impl Caches {
             (_, CacheOp::Clear {}) => {
                 let done = self.execute(&cache, &op, body, false).await?;
                 let others = self.holders(&cache);
-                self.send_all(&cache, &others, PeerRequest::Op { call: op }, Bytes::new())
-                    .await;
+                let clear = PeerRequest::Op {
+                    call: op,
+                    request: None,
+                };
+                self.send_all(&cache, &others, clear, Bytes::new()).await;
                 Ok(done)
             }
             _ => self.route(&cache, op, body).await,
@@ -405,6 +418,13 @@ impl Caches {
         body: Bytes,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
         let key = op.key().unwrap_or_default().to_string();
+        // One name for every try of this request: the primary carries it out once.
+        let request_id = format!(
+            "{}@{}/{}",
+            self.node,
+            self.writer,
+            self.next_request.fetch_add(1, Ordering::Relaxed)
+        );
         for _ in 0..ROUTE_ATTEMPTS {
             let owners = self.owners(cache, &key);
             if let CacheOp::Get { .. } = op
@@ -416,7 +436,10 @@ impl Caches {
             if primary == self.node {
                 return self.execute(cache, &op, body, true).await;
             }
-            let request = PeerRequest::Op { call: op.clone() };
+            let request = PeerRequest::Op {
+                call: op.clone(),
+                request: Some(request_id.clone()),
+            };
             match self
                 .peers
                 .call(&primary, &cache.name, request, body.clone())
@@ -547,6 +570,36 @@ impl Caches {
         }
     }
 
+    /// Carries out `call`, sent by another node, as the key's primary: a write only if this
+    /// node is the primary in its own view too (otherwise the caller is told to try again,
+    /// by then at the primary), a clear as it comes (it reaches every holder from the node
+    /// that asked for it).
+    async fn carry_out(&self, cache: &Cache, call: &CacheOp, body: Bytes) -> (PeerAnswer, Bytes) {
+        if let Some(key) = call.key() {
+            let primary = self.owners(cache, key).first().cloned();
+            if primary
+                .as_deref()
+                .is_some_and(|primary| primary != self.node)
+            {
+                let reason = format!(
+                    "{} is not the primary for this key of '{}' (its view says {})",
+                    self.node,
+                    cache.name,
+                    primary.unwrap_or_default()
+                );
+                return (PeerAnswer::Failed { reason }, Bytes::new());
+            }
+        }
+        let replicate = call.key().is_some();
+        match self.execute(cache, call, body, replicate).await {
+            Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
+            Err(error) => {
+                let reason = error.to_string();
+                (PeerAnswer::Failed { reason }, Bytes::new())
+            }
+        }
+    }
+
     /// Answers a request from the member `from` about the cache `name`.
     pub async fn serve(
         &self,
@@ -566,6 +619,7 @@ impl Caches {
         match request {
             PeerRequest::Op {
                 call: CacheOp::Get { key },
+                ..
             } => {
                 let (outcome, value) = self.read_owned(&cache, &key).await;
                 (PeerAnswer::Done { outcome }, value)
@@ -574,16 +628,17 @@ impl Caches {
                 let (outcome, value) = self.read(&cache, &key);
                 (PeerAnswer::Done { outcome }, value)
             }
-            PeerRequest::Op { call } => {
-                // A clear reaches every holder from the node that asked for it.
-                let replicate = call.key().is_some();
-                match self.execute(&cache, &call, body, replicate).await {
-                    Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
-                    Err(error) => {
-                        let reason = error.to_string();
-                        (PeerAnswer::Failed { reason }, Bytes::new())
-                    }
+            PeerRequest::Op { call, request } => {
+                let turn = match request.as_deref().map(|id| self.applied.take(id)) {
+                    Some(applied::Turn::Retry(first)) => return applied::answer_of(first).await,
+                    Some(applied::Turn::Mine(turn)) => Some(turn),
+                    None => None,
+                };
+                let answer = self.carry_out(&cache, &call, body).await;
+                if let (Some(id), Some(turn)) = (request.as_deref(), turn) {
+                    self.applied.done(id, turn, &answer);
                 }
+                answer
             }
             PeerRequest::Apply { entries } => {
                 self.merge(&cache, entries, body).await;

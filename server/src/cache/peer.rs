@@ -78,8 +78,13 @@ impl Peers {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum PeerRequest {
-    /// Carry out `call` as the key's primary owner (the body as the app sent it).
-    Op { call: CacheOp },
+    /// Carry out `call` as the key's primary owner (the body as the app sent it). `request`
+    /// names it, the same on every retry, so that the primary carries it out once.
+    Op {
+        call: CacheOp,
+        #[serde(default)]
+        request: Option<String>,
+    },
     /// The value of `key` here, as this node holds it (no looking elsewhere).
     Read { key: String },
     /// Store these copies if they are newer (the body holds their values).
