@@ -1,8 +1,8 @@
 //! Singletons: all singleton daemons of an app run on the oldest live member that has the app
 //! running (JGroups' coordinator rule, as Immutant's HA singletons did). A node that rejoins is
 //! the youngest, so nothing moves back to it. A side of a partition that sees fewer members than
-//! the quorum runs none. Each start carries a fencing epoch: the time the node took the
-//! singletons over, which grows from one start to the next however the role moves.
+//! the quorum runs none. Each start carries a fencing epoch (`Cluster::take_epoch`): past
+//! every epoch gossiped for the app, never below the clock, so it grows with every handover.
 
 use crate::cluster::{Member, View};
 

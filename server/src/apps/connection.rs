@@ -410,8 +410,8 @@ async fn follow_singletons(
                 .map(|(name, _)| name.clone())
                 .collect();
             if elected {
-                // The fencing epoch: when this node took over, later than any start before it.
-                let epoch = crate::messaging::now_ms();
+                // The fencing epoch: past any start before it in the cluster.
+                let epoch = cluster.take_epoch(&deployment.name).await;
                 deployment.singleton_epoch.send_replace(Some(epoch));
                 info!(
                     "The singletons of {} run on this node now (epoch {epoch})",

@@ -24,7 +24,10 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ServerConfig};
-use view::{APP_KEY_PREFIX, CACHE_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY};
+use view::{
+    APP_KEY_PREFIX, CACHE_KEY_PREFIX, EPOCH_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY,
+    MANAGEMENT_KEY,
+};
 pub use view::{Member, View};
 
 /// How often members gossip. Failure detection follows from it: a member silent for about
@@ -220,6 +223,24 @@ impl Cluster {
         }
     }
 
+    /// The fencing epoch this node takes `app`'s singletons over with: past every epoch any
+    /// member, live or gone, has said it took them with, and never below the clock; told to
+    /// the cluster at once. So epochs grow with every handover whatever the members' clocks
+    /// say.
+    pub async fn take_epoch(&self, app: &str) -> u64 {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        let key = format!("{EPOCH_KEY_PREFIX}{app}");
+        let highest = chitchat
+            .node_states()
+            .values()
+            .filter_map(|state| state.get(&key)?.parse::<u64>().ok())
+            .max();
+        let epoch = next_epoch(crate::messaging::now_ms(), highest);
+        chitchat.self_node_state().set(key, epoch.to_string());
+        epoch
+    }
+
     /// Tells the cluster that this node holds the cache `name`.
     pub async fn set_cache(&self, name: &str, options: &immutant_protocol::CacheOptions) {
         let options = serde_json::to_string(options).unwrap_or_default();
@@ -272,6 +293,11 @@ impl Cluster {
         tokio::time::sleep(GOODBYE_TIME).await;
         let _ = self.handle.initiate_shutdown();
     }
+}
+
+/// The epoch after `highest` (the highest any member took), and not below `now`.
+fn next_epoch(now: u64, highest: Option<u64>) -> u64 {
+    highest.map_or(now, |highest| now.max(highest + 1))
 }
 
 /// Turns chitchat's live nodes into views, logs each change once, and watches for an older live
@@ -368,4 +394,17 @@ fn keys_with_prefix(state: &NodeState, prefix: &str) -> BTreeSet<String> {
         .key_values()
         .filter_map(|(key, _)| key.strip_prefix(prefix).map(str::to_string))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_epoch;
+
+    #[test]
+    fn an_epoch_grows_past_every_earlier_one_whatever_the_clock_says() {
+        assert_eq!(next_epoch(1_000, None), 1_000);
+        assert_eq!(next_epoch(1_000, Some(500)), 1_000);
+        // A clock behind the last holder's (another host's, or set back).
+        assert_eq!(next_epoch(1_000, Some(5_000)), 5_001);
+    }
 }

@@ -15,6 +15,8 @@ pub const APP_KEY_PREFIX: &str = "app:";
 pub const INTEREST_KEY_PREFIX: &str = "interest:";
 /// The gossiped key of a cache a member holds; its value is the cache's options, as JSON.
 pub const CACHE_KEY_PREFIX: &str = "cache:";
+/// The gossiped key of the fencing epoch a member took an app's singletons over with.
+pub const EPOCH_KEY_PREFIX: &str = "epoch:";
 /// The gossiped key a member sets as it leaves gracefully.
 pub const LEAVING_KEY: &str = "leaving";
 /// The gossiped key holding a member's management URL.
