@@ -1,10 +1,13 @@
 //! Writes this node carried out as a key's primary, by the caller's request id, so that a
 //! caller's retry (sent after a timeout, when the first had arrived after all) is answered with
-//! what the first did rather than applied again: a `replace` retried must not fail because it
-//! already succeeded, and a `swap` must not run its function twice.
+//! what the first did rather than applied again: a `replace` retried must not be reported as
+//! failed because it already succeeded. Remembered in memory, for a minute at most and within
+//! bounds: a write retried at another primary (the first one gone or restarted) can still be
+//! applied twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -12,8 +15,12 @@ use tokio::sync::watch;
 use super::lock;
 use super::peer::PeerAnswer;
 
-/// How many requests are remembered: far more than a caller retries within.
+/// How many requests are remembered at most.
 const REMEMBERED: usize = 4096;
+/// How long a request is remembered: far longer than a caller retries within (a few seconds).
+const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+/// How many bytes of answers (previous values) are kept at most.
+const REMEMBERED_BYTES: usize = 64 << 20;
 
 /// An answer, once there is one.
 type Answer = Option<(PeerAnswer, Bytes)>;
@@ -27,8 +34,38 @@ pub(super) struct Applied {
 #[derive(Default)]
 struct Remembered {
     answers: HashMap<String, watch::Receiver<Answer>>,
-    /// Their ids, oldest first, to forget the oldest.
-    order: VecDeque<String>,
+    /// Their ids with when they were taken and the size of their answers, oldest first, to
+    /// forget the oldest.
+    order: VecDeque<(String, Instant, usize)>,
+    /// The bytes of the answers kept.
+    bytes: usize,
+}
+
+impl Remembered {
+    /// Forgets the oldest requests while there are too many, too old or too large.
+    fn trim(&mut self) {
+        while let Some((id, taken, size)) = self.order.front().cloned() {
+            let over = self.order.len() > REMEMBERED
+                || taken.elapsed() > REMEMBERED_FOR
+                || self.bytes > REMEMBERED_BYTES;
+            if !over {
+                break;
+            }
+            self.order.pop_front();
+            self.answers.remove(&id);
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets the request `id` now.
+    fn forget(&mut self, id: &str) {
+        self.answers.remove(id);
+        if let Some(at) = self.order.iter().position(|(taken, _, _)| taken == id)
+            && let Some((_, _, size)) = self.order.remove(at)
+        {
+            self.bytes -= size;
+        }
+    }
 }
 
 /// Whether a request is this caller's to carry out, or a retry of one already taken.
@@ -42,27 +79,39 @@ pub(super) enum Turn {
 impl Applied {
     /// Takes the request `id`: the first time, it is the caller's to carry out.
     pub(super) fn take(&self, id: &str) -> Turn {
-        let mut guard = lock(&self.remembered);
-        let Remembered { answers, order } = &mut *guard;
-        if let Some(answer) = answers.get(id) {
-            return Turn::Retry(answer.clone());
+        let mut remembered = lock(&self.remembered);
+        remembered.trim();
+        if let Some(answer) = remembered.answers.get(id) {
+            // A first try that ended without an answer (interrupted) is tried afresh.
+            let interrupted = answer.borrow().is_none() && answer.has_changed().is_err();
+            if !interrupted {
+                return Turn::Retry(answer.clone());
+            }
+            remembered.forget(id);
         }
         let (sender, receiver) = watch::channel(None);
-        answers.insert(id.to_string(), receiver);
-        order.push_back(id.to_string());
-        while order.len() > REMEMBERED {
-            if let Some(oldest) = order.pop_front() {
-                answers.remove(&oldest);
-            }
-        }
+        remembered.answers.insert(id.to_string(), receiver);
+        remembered
+            .order
+            .push_back((id.to_string(), Instant::now(), 0));
         Turn::Mine(sender)
     }
 
     /// The request `id` came to `answer`. A failure is forgotten, so that a retry is carried
     /// out afresh; anything else is what its retries are answered with.
     pub(super) fn done(&self, id: &str, turn: watch::Sender<Answer>, answer: &(PeerAnswer, Bytes)) {
-        if matches!(answer.0, PeerAnswer::Failed { .. }) {
-            lock(&self.remembered).answers.remove(id);
+        {
+            let mut remembered = lock(&self.remembered);
+            if matches!(answer.0, PeerAnswer::Failed { .. }) {
+                remembered.forget(id);
+            } else if let Some(entry) = remembered
+                .order
+                .iter_mut()
+                .find(|(taken, _, _)| taken == id)
+            {
+                entry.2 = answer.1.len();
+                remembered.bytes += answer.1.len();
+            }
         }
         turn.send_replace(Some(answer.clone()));
     }
@@ -117,5 +166,14 @@ mod tests {
         );
         applied.done("b", failing, &failed);
         assert!(matches!(applied.take("b"), Turn::Mine(_)), "tried afresh");
+
+        let Turn::Mine(interrupted) = applied.take("c") else {
+            panic!()
+        };
+        drop(interrupted);
+        assert!(
+            matches!(applied.take("c"), Turn::Mine(_)),
+            "an interrupted try is tried afresh"
+        );
     }
 }

@@ -570,26 +570,9 @@ impl Caches {
         }
     }
 
-    /// Carries out `call`, sent by another node, as the key's primary: a write only if this
-    /// node is the primary in its own view too (otherwise the caller is told to try again,
-    /// by then at the primary), a clear as it comes (it reaches every holder from the node
-    /// that asked for it).
+    /// Carries out `call`, sent by another node that takes this one for the key's primary (a
+    /// clear as it comes: it reaches every holder from the node that asked for it).
     async fn carry_out(&self, cache: &Cache, call: &CacheOp, body: Bytes) -> (PeerAnswer, Bytes) {
-        if let Some(key) = call.key() {
-            let primary = self.owners(cache, key).first().cloned();
-            if primary
-                .as_deref()
-                .is_some_and(|primary| primary != self.node)
-            {
-                let reason = format!(
-                    "{} is not the primary for this key of '{}' (its view says {})",
-                    self.node,
-                    cache.name,
-                    primary.unwrap_or_default()
-                );
-                return (PeerAnswer::Failed { reason }, Bytes::new());
-            }
-        }
         let replicate = call.key().is_some();
         match self.execute(cache, call, body, replicate).await {
             Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),

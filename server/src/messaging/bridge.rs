@@ -9,7 +9,6 @@
 //! forwards each message to their node's topic.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -52,7 +51,7 @@ pub struct Seen {
     order: VecDeque<String>,
     /// The forwards being stored now, each with what says when its copy is on disk (or
     /// failed to be).
-    storing: HashMap<String, Arc<watch::Sender<bool>>>,
+    storing: HashMap<String, watch::Sender<bool>>,
 }
 
 impl Seen {
@@ -64,8 +63,7 @@ impl Seen {
     /// Takes `origin`, whose copy is being stored from now on.
     fn begin(&mut self, origin: String) {
         self.insert(origin.clone());
-        self.storing
-            .insert(origin, Arc::new(watch::channel(false).0));
+        self.storing.insert(origin, watch::channel(false).0);
     }
 
     /// The copy of `origin` is stored (`stored`), or failed to be: its retries are answered.
@@ -85,6 +83,8 @@ impl Seen {
     /// Forgets an origin whose message could not be stored, so that its retry is taken.
     pub fn forget(&mut self, origin: &str) {
         self.set.remove(origin);
+        // Out of the order too: taken again, it must not be pushed out by its older entry.
+        self.order.retain(|seen| seen != origin);
     }
 
     pub fn insert(&mut self, origin: String) {
@@ -224,8 +224,8 @@ impl Broker {
     }
 
     /// Takes a message another node forwarded (`origin` names the forward): stores it for this
-    /// node's consumers of `destination` and returns once it is on disk. A forward seen before
-    /// is taken once.
+    /// node's consumers of `destination` and returns once it is stored (on disk, if it is
+    /// persistent). A forward seen before is taken once.
     pub async fn accept_forward(
         &self,
         origin: String,
@@ -248,8 +248,8 @@ impl Broker {
                     }
                 }
             };
-            // A retry while the first copy is being stored is answered once that copy is on
-            // disk, never before; if it failed, the retry stores it.
+            // A retry while the first copy is being stored is answered once that copy is
+            // stored, never before; if it failed, the retry stores it.
             let _ = first_copy.wait_for(|done| *done).await;
         };
         let storing = Storing {
