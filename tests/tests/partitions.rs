@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use immutant_e2e::netns::Lan;
-use immutant_e2e::web::{pair, runtime, visit};
-use immutant_e2e::{BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, eventually, webprobe};
+use immutant_e2e::web::{pair, visit};
+use immutant_e2e::{Base, PATIENCE, Proc, cluster_name, eventually, webprobe};
 
 /// The balancer's ports in its host.
 const PORT: u16 = 8000;
@@ -52,7 +52,7 @@ fn node(lan: &Lan, base: &Base, i: usize, name: &str, cluster: &str) -> Proc {
 fn status(lan: &Lan) -> serde_json::Value {
     let url = format!("http://{}:{MCMP}/status.json", lan.address(0));
     lan.within(0, || {
-        runtime().block_on(async {
+        current_thread().block_on(async {
             let client = reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
@@ -90,7 +90,30 @@ fn enabled(lan: &Lan, context: &str) -> Vec<String> {
 
 /// `GET url` from host 0 with the session cookie `cookie`: the body and the cookie set.
 fn visit_from_client(lan: &Lan, url: &str, cookie: Option<&str>) -> (String, Option<String>) {
-    lan.within(0, || runtime().block_on(visit(url, cookie)))
+    lan.within(0, || {
+        current_thread()
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), visit(url, cookie)).await
+            })
+            .unwrap_or_else(|_| panic!("GET {url} was not answered within 30 s"))
+    })
+}
+
+/// A runtime on the calling thread (in the host it entered).
+fn current_thread() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// How many times `node` has logged a view with both nodes.
+fn views_of_both(node: &Proc) -> usize {
+    node.lines()
+        .iter()
+        .filter(|line| line.contains("Cluster view: [one, two]"))
+        .count()
 }
 
 #[test]
@@ -104,9 +127,9 @@ fn a_node_cut_off_is_passed_over_its_sessions_go_on_elsewhere_and_it_comes_back_
     );
     let _front = balancer(&lan, &base);
     let cluster = cluster_name();
-    let _one = node(&lan, &base, 1, "one", &cluster);
-    let _two = node(&lan, &base, 2, "two", &cluster);
-    eventually("both nodes enabled at the balancer", BUILD_PATIENCE, || {
+    let one = node(&lan, &base, 1, "one", &cluster);
+    let two = node(&lan, &base, 2, "two", &cluster);
+    eventually("both nodes enabled at the balancer", PATIENCE, || {
         enabled(&lan, context) == ["one", "two"]
     });
 
@@ -123,10 +146,17 @@ fn a_node_cut_off_is_passed_over_its_sessions_go_on_elsewhere_and_it_comes_back_
         );
     }
 
+    // Both nodes hold a copy (the first writes may come before the nodes know they both hold
+    // the sessions cache; the copy follows within a second or so).
+    eventually("the session on both nodes", Duration::from_secs(15), || {
+        [1, 2].iter().all(|&host| sessions_on(&lan, host) == 1)
+    });
+
     // The session's node is cut off from the balancer and the other node alike.
     let (host, other) = match served_by.as_str() {
         "one" => (1, "two"),
-        _ => (2, "one"),
+        "two" => (2, "one"),
+        node => panic!("served by {node}, which is neither node"),
     };
     lan.cut(host);
     let started = Instant::now();
@@ -148,19 +178,67 @@ fn a_node_cut_off_is_passed_over_its_sessions_go_on_elsewhere_and_it_comes_back_
 
     // Healed: the node is back at the balancer and in the cluster, serves new sessions, and
     // the session stays where it went, its count where it was.
+    let views = [views_of_both(&one), views_of_both(&two)];
     lan.heal(host);
     eventually(
         "the node enabled again after the heal",
         Duration::from_secs(30),
         || enabled(&lan, context) == ["one", "two"],
     );
+    eventually(
+        "both nodes in one view again",
+        Duration::from_secs(30),
+        || views_of_both(&one) > views[0] && views_of_both(&two) > views[1],
+    );
     let (body, _) = visit_from_client(&lan, &url, Some(&cookie));
     assert_eq!(body, format!("6 {other}"), "the session did not go back");
+    // A connection the balancer kept to the healed node from before the cut may be dead: the
+    // node serves again once one request has found that out.
     let routed_back = format!("JSESSIONID=unknown.{served_by}");
-    let (body, _) = visit_from_client(&lan, &url, Some(&routed_back));
-    assert_eq!(
-        body,
-        format!("1 {served_by}"),
-        "the healed node serves again"
+    eventually(
+        "the healed node serves again",
+        Duration::from_secs(20),
+        || try_visit(&lan, &url, &routed_back).is_some_and(|body| body == format!("1 {served_by}")),
     );
+}
+
+/// How many sessions of the app node `host` holds, as its management API says (on its
+/// host's loopback).
+fn sessions_on(lan: &Lan, host: usize) -> u64 {
+    lan.within(host, || {
+        current_thread().block_on(async {
+            let client = reqwest::Client::builder().no_proxy().build().ok()?;
+            let response = client
+                .get("http://127.0.0.1:9990/caches")
+                .send()
+                .await
+                .ok()?;
+            let caches: serde_json::Value =
+                serde_json::from_str(&response.text().await.ok()?).ok()?;
+            caches
+                .as_array()?
+                .iter()
+                .find(|cache| cache["name"] == "immutant.web.sessions/cutprobe")?["entries"]
+                .as_u64()
+        })
+    })
+    .unwrap_or(0)
+}
+
+/// `GET url` from host 0 with `cookie`: the body if it answered 200.
+fn try_visit(lan: &Lan, url: &str, cookie: &str) -> Option<String> {
+    lan.within(0, || {
+        current_thread().block_on(async {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .ok()?;
+            let response = client.get(url).header("cookie", cookie).send().await.ok()?;
+            match response.status().is_success() {
+                true => response.text().await.ok(),
+                false => None,
+            }
+        })
+    })
 }
