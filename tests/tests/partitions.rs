@@ -51,20 +51,9 @@ fn node(lan: &Lan, base: &Base, i: usize, name: &str, cluster: &str) -> Proc {
 /// The balancer's status, asked from host 0.
 fn status(lan: &Lan) -> serde_json::Value {
     let url = format!("http://{}:{MCMP}/status.json", lan.address(0));
-    lan.within(0, || {
-        current_thread().block_on(async {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
-            match client.get(&url).send().await {
-                Ok(response) => serde_json::from_str(&response.text().await.unwrap_or_default())
-                    .unwrap_or_default(),
-                Err(_) => serde_json::Value::Null,
-            }
-        })
-    })
+    get_within(lan, 0, &url, None)
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
 }
 
 /// The routes of the nodes the balancer has `context` enabled on, sorted.
@@ -205,36 +194,40 @@ fn a_node_cut_off_is_passed_over_its_sessions_go_on_elsewhere_and_it_comes_back_
 /// How many sessions of the app node `host` holds, as its management API says (on its
 /// host's loopback).
 fn sessions_on(lan: &Lan, host: usize) -> u64 {
-    lan.within(host, || {
-        current_thread().block_on(async {
-            let client = reqwest::Client::builder().no_proxy().build().ok()?;
-            let response = client
-                .get("http://127.0.0.1:9990/caches")
-                .send()
-                .await
-                .ok()?;
-            let caches: serde_json::Value =
-                serde_json::from_str(&response.text().await.ok()?).ok()?;
+    let caches: serde_json::Value = get_within(lan, host, "http://127.0.0.1:9990/caches", None)
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    caches
+        .as_array()
+        .and_then(|caches| {
             caches
-                .as_array()?
                 .iter()
-                .find(|cache| cache["name"] == "immutant.web.sessions/cutprobe")?["entries"]
-                .as_u64()
+                .find(|cache| cache["name"] == "immutant.web.sessions/cutprobe")
         })
-    })
-    .unwrap_or(0)
+        .and_then(|cache| cache["entries"].as_u64())
+        .unwrap_or(0)
 }
 
 /// `GET url` from host 0 with `cookie`: the body if it answered 200.
 fn try_visit(lan: &Lan, url: &str, cookie: &str) -> Option<String> {
-    lan.within(0, || {
+    get_within(lan, 0, url, Some(cookie))
+}
+
+/// `GET url` from host `host`, with `cookie` if any: the body if it answered with success
+/// within 10 s.
+fn get_within(lan: &Lan, host: usize, url: &str, cookie: Option<&str>) -> Option<String> {
+    lan.within(host, || {
         current_thread().block_on(async {
             let client = reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .ok()?;
-            let response = client.get(url).header("cookie", cookie).send().await.ok()?;
+            let mut request = client.get(url);
+            if let Some(cookie) = cookie {
+                request = request.header("cookie", cookie);
+            }
+            let response = request.send().await.ok()?;
             match response.status().is_success() {
                 true => response.text().await.ok(),
                 false => None,

@@ -175,6 +175,18 @@ fn a_strangers_gossip_and_forged_frames_get_nothing_in() {
     assert_eq!(get_json(9990 + offset)["name"], "real");
 }
 
+/// Asserts that the node closes every one of `streams` within `limit` (from now, all told).
+fn all_closed_within(streams: Vec<TcpStream>, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    for mut stream in streams {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            closed_within(&mut stream, left.max(Duration::from_millis(1))),
+            "{what} left open"
+        );
+    }
+}
+
 /// The node's resident memory, in KiB, and its open descriptors.
 fn footprint(pid: i32) -> (u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -200,7 +212,7 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
     let gossip: SocketAddr = ([127, 0, 0, 1], 7600 + offset).into();
 
     // 300 connections: some say nothing, some claim a 16 MiB record, some send junk.
-    let mut junk: Vec<TcpStream> = (0..300)
+    let junk: Vec<TcpStream> = (0..300)
         .filter_map(|i| {
             let mut stream = TcpStream::connect(gossip).ok()?;
             let _ = match i % 3 {
@@ -242,31 +254,19 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
     );
 
     // Every junk connection is dropped by the node within the handshake time.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for stream in &mut junk {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            closed_within(stream, left.max(Duration::from_millis(1))),
-            "a junk connection left open"
-        );
-    }
-    drop(junk);
+    all_closed_within(junk, Duration::from_secs(15), "a junk connection");
 
     // Management connections that never send a request are closed too (the rest wait to be
     // accepted meanwhile), and then it answers again.
     let management_port: SocketAddr = ([127, 0, 0, 1], 9990 + offset).into();
-    let mut silent: Vec<TcpStream> = (0..200)
+    let silent: Vec<TcpStream> = (0..200)
         .filter_map(|_| TcpStream::connect(management_port).ok())
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for stream in &mut silent {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            closed_within(stream, left.max(Duration::from_millis(1))),
-            "a silent management connection left open"
-        );
-    }
-    drop(silent);
+    all_closed_within(
+        silent,
+        Duration::from_secs(20),
+        "a silent management connection",
+    );
     assert_eq!(get_json(9990 + offset)["name"], "target");
     std::thread::sleep(Duration::from_millis(500));
     let (_, fds_after) = footprint(pid);

@@ -35,8 +35,6 @@ const TICK: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each attempt to verify a suspected member may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_millis(100);
-/// How long accepting pauses after it fails (out of descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 /// Room for a frame's header besides the largest payload.
 const HEADER_ROOM: usize = 64 * 1024;
 
@@ -116,7 +114,7 @@ pub fn start(
                                 warn!("cannot accept a peer link: {error}");
                                 warned = Some(std::time::Instant::now());
                             }
-                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            tokio::time::sleep(crate::node::ACCEPT_BACKOFF).await;
                         }
                     },
                     _ = shutdown.cancelled() => return,

@@ -23,7 +23,7 @@ use crate::messaging::{Broker, MessagingError};
 use crate::shutdown::Shutdown;
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
-pub use ports::{bind as bind_port, serve, served};
+pub use ports::{ACCEPT_BACKOFF, bind as bind_port, serve, served};
 
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]

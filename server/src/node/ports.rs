@@ -45,8 +45,8 @@ const MAX_MANAGEMENT_CONNECTIONS: usize = 128;
 /// How long a management client has to send a request's head (on a new connection, or the
 /// next one on a kept-alive connection): one that says nothing is closed then.
 const MANAGEMENT_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long accepting pauses after it fails (out of descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+/// How long accepting pauses after it fails (out of descriptors), on every port.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Serves `router` on `listener` as a port for people and tools, not traffic: at most [`MAX_MANAGEMENT_CONNECTIONS`] connections at once, each request's head
 /// within [`MANAGEMENT_HEAD_TIMEOUT`], backing off when accepting fails; until `shutdown`,
