@@ -95,6 +95,10 @@ pub enum Header {
         destination: String,
         #[serde(default)]
         options: PublishOptions,
+        /// The fencing epoch of the singleton lease it is made under, if any: the node refuses
+        /// it once a newer epoch exists.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
     },
     /// Registers a consumer: up to `concurrency` messages are delivered to it at once. A topic
     /// subscriber with a `client-id` is durable. Answered by `ok`; the consumer's id is `id`.
@@ -160,6 +164,9 @@ pub enum Header {
         id: u64,
         cache: String,
         call: crate::CacheOp,
+        /// As `publish`'s: the epoch of the singleton lease it is made under, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
     },
     /// The app serves HTTP on its web socket (`IMMUTANT_WEB_FD`). Answered by `ok`; the node
     /// routes requests for the app's context path to it once the app is `ready`.
@@ -231,7 +238,12 @@ pub enum Header {
         delivery: Option<u64>,
     },
     /// Run the daemon `name`; `epoch` grows with every start in the cluster (a fencing token).
+    /// A singleton runs only while the app's `lease` covers its epoch.
     StartDaemon { name: String, epoch: u64 },
+    /// The app's singletons (daemons and jobs) may run under `epoch` until the host's
+    /// CLOCK_MONOTONIC reads `until-ns`, unless a later `lease` extends it; none: not at all
+    /// now. Once it lapses the app stops them at once, whatever became of its node.
+    Lease { epoch: u64, until_ns: Option<u64> },
     /// Stop the daemon `name` (it now runs elsewhere).
     StopDaemon { name: String },
     /// Stop: run every daemon's stop (each within `timeout-ms`), finish in-flight handlers,

@@ -18,6 +18,7 @@
 //! Either side may write many frames before reading any answer: that is how publishes batch.
 
 mod cache;
+pub mod clock;
 mod codec;
 mod frames;
 mod jobs;
@@ -32,7 +33,7 @@ pub use jobs::JobSpec;
 pub use outbox::{Outbox, Outgoing, write_frames};
 
 /// The protocol's version. A node refuses an app that speaks another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The environment variable holding the number of the app's end of its socket, inherited from
 /// the node.

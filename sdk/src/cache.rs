@@ -287,11 +287,13 @@ impl Cache {
 
     async fn run(&self, call: CacheOp, body: Bytes) -> Result<(CacheOutcome, Bytes)> {
         self.connection.check_size(body.len())?;
+        let epoch = self.connection.fence()?;
         let id = self.connection.next_id();
         let request = Header::CacheCall {
             id,
             cache: self.name.clone(),
             call,
+            epoch,
         };
         let answer = self
             .connection

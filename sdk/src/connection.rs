@@ -18,6 +18,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::daemon::Daemons;
 use crate::jobs::{JobRun, Jobs, time_of};
+use crate::lease::{self, Fence};
 use crate::{Error, Result};
 
 /// A message handed to the app: its header and payload.
@@ -153,6 +154,35 @@ impl Connection {
 
     pub fn jobs(&self) -> &Jobs {
         &self.inner.jobs
+    }
+
+    /// The fencing epoch an operation made now carries: the current task's fence, if it has
+    /// one and it may still act; refused if its lease lapsed or a newer epoch exists.
+    pub fn fence(&self) -> Result<Option<u64>> {
+        match Fence::current() {
+            Some(fence) => lease::lease()
+                .check(fence.epoch())
+                .map(|()| Some(fence.epoch())),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs singleton `work` under the lease of `epoch`: not at all unless the lease covers it
+    /// now, and cancelled the moment it lapses.
+    pub async fn under_lease<F: std::future::Future>(
+        &self,
+        epoch: u64,
+        work: F,
+    ) -> Result<F::Output> {
+        let lease = lease::lease();
+        if !lease.covers(epoch) {
+            lease.check(epoch)?;
+            return Err(Error::LeaseLapsed { epoch });
+        }
+        tokio::select! {
+            done = Fence::new(epoch).scope(work) => Ok(done),
+            _ = lease.lapsed(epoch) => Err(Error::LeaseLapsed { epoch }),
+        }
     }
 
     /// Refuses a payload of `size` bytes if it is over the node's limit.
@@ -337,6 +367,12 @@ impl Connection {
                 }
             }
             Header::StartDaemon { name, epoch } => self.inner.daemons.start(self, &name, epoch),
+            Header::Lease { epoch, until_ns } => {
+                lease::lease().set(epoch, until_ns);
+                if lease::lease().covers(epoch) {
+                    self.inner.daemons.renewed(self, epoch);
+                }
+            }
             Header::StopDaemon { name } => {
                 let connection = self.clone();
                 tokio::spawn(async move {

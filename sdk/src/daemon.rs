@@ -4,6 +4,12 @@
 //! a cluster, a singleton runs on one node only) and when to stop it. `start` runs on a task of
 //! its own; at undeploy and shutdown `stop` is called, and `start` is given the stop's time limit
 //! (20 s by default) to return.
+//!
+//! A singleton daemon runs under the lease its node holds for the app's singletons
+//! ([`crate::Fence`]): the moment that lapses without renewal, `start` is cancelled at its next
+//! `.await` (`stop` is not called: its node may be frozen or gone), and what it publishes or
+//! writes after is refused. A daemon that does work outside the node (files, other services)
+//! checks [`lease_held`] before each step.
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -68,7 +74,11 @@ impl<D: Daemon> AnyDaemon for D {
 /// A registered daemon, and its running task if it runs.
 struct Slot {
     daemon: Arc<dyn AnyDaemon>,
+    singleton: bool,
     running: Option<JoinHandle<()>>,
+    /// The epoch of the lease that lapsed under it, if one did while it ran: it starts again if
+    /// that lease is renewed (the app, not its node, was paused).
+    lapsed: Option<u64>,
 }
 
 /// The app's daemons.
@@ -88,16 +98,26 @@ pub fn epoch() -> Option<u64> {
     EPOCH.try_with(|epoch| *epoch).ok()
 }
 
+/// Whether the current task may act now: inside a singleton daemon's `start` (or a singleton
+/// job, or [`crate::Fence::scope`]) only while its lease holds; anywhere else, always. Check it
+/// before each step of work the node cannot fence (a file written, a call to another service):
+/// a daemon whose node was frozen or cut off must not act beside the one that took over.
+pub fn lease_held() -> bool {
+    crate::lease::may_act()
+}
+
 /// The longest a daemon's stop may take when the node does not say.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 impl Daemons {
-    fn register(&self, name: &str, daemon: Arc<dyn AnyDaemon>) {
+    fn register(&self, name: &str, daemon: Arc<dyn AnyDaemon>, singleton: bool) {
         lock(&self.slots).insert(
             name.to_string(),
             Slot {
                 daemon,
+                singleton,
                 running: None,
+                lapsed: None,
             },
         );
     }
@@ -115,7 +135,7 @@ impl Daemons {
         {
             return;
         }
-        let daemon = slot.daemon.clone();
+        let (daemon, singleton) = (slot.daemon.clone(), slot.singleton);
         let connection = connection.clone();
         let name = name.to_string();
         println!("Starting daemon: {name}");
@@ -124,12 +144,39 @@ impl Daemons {
             running: true,
         }));
         slot.running = Some(tokio::spawn(async move {
-            EPOCH.scope(epoch, daemon.start()).await;
+            let run = EPOCH.scope(epoch, daemon.start());
+            if singleton {
+                // A singleton runs while its lease holds, and not a moment after.
+                if let Err(error) = connection.under_lease(epoch, run).await {
+                    println!("Cancelled daemon {name}: {error}");
+                    if let Some(slot) = lock(&connection.daemons().slots).get_mut(&name) {
+                        slot.lapsed = Some(epoch);
+                    }
+                }
+            } else {
+                run.await;
+            }
             let _ = connection.send(Frame::new(Header::DaemonStatus {
                 name,
                 running: false,
             }));
         }));
+    }
+
+    /// Starts again the singletons cancelled when the lease of `epoch` lapsed, now that it is
+    /// renewed: no one else took them over meanwhile.
+    pub fn renewed(&self, connection: &Connection, epoch: u64) {
+        let names: Vec<String> = lock(&self.slots)
+            .iter_mut()
+            .filter(|(_, slot)| slot.lapsed == Some(epoch))
+            .map(|(name, slot)| {
+                slot.lapsed = None;
+                name.clone()
+            })
+            .collect();
+        for name in names {
+            self.start(connection, &name, epoch);
+        }
     }
 
     /// Stops the daemon `name` if it runs: calls its stop, then gives its start `limit` (20 s if
@@ -140,16 +187,23 @@ impl Daemons {
             let Some(slot) = slots.get_mut(name) else {
                 return;
             };
+            slot.lapsed = None;
             let Some(task) = slot.running.take() else {
                 return;
             };
             (slot.daemon.clone(), task)
         };
-        println!("Stopping daemon: {name}");
+        // One that ended by itself, or was cancelled when its lease lapsed, has nothing to stop.
+        let running = !task.is_finished();
+        if running {
+            println!("Stopping daemon: {name}");
+        }
         let limit = limit.unwrap_or(STOP_LIMIT);
         let mut task = task;
         let stopped = tokio::time::timeout(limit, async {
-            daemon.stop().await;
+            if running {
+                daemon.stop().await;
+            }
             let _ = (&mut task).await;
         })
         .await;
@@ -204,7 +258,7 @@ impl DaemonBuilder {
     pub async fn start(self) -> Result<()> {
         let daemons = self.connection.daemons();
         daemons.stop(&self.connection, &self.name, None).await;
-        daemons.register(&self.name, self.daemon);
+        daemons.register(&self.name, self.daemon, self.singleton);
         let id = self.connection.next_id();
         let frame = Frame::new(Header::RegisterDaemon {
             id,

@@ -164,7 +164,23 @@ impl JobBuilder {
         F: Fn(JobRun) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        let function: JobFn = Arc::new(move |run| Box::pin(function(run)) as JobFuture);
+        let function: JobFn = match self.singleton {
+            false => Arc::new(move |run| Box::pin(function(run)) as JobFuture),
+            // A singleton job runs while the lease it was fired under holds, and not after.
+            true => {
+                let connection = self.connection.clone();
+                Arc::new(move |run: JobRun| {
+                    let (connection, epoch) = (connection.clone(), run.epoch);
+                    let work = function(run);
+                    Box::pin(async move {
+                        connection
+                            .under_lease(epoch, work)
+                            .await
+                            .unwrap_or_else(|lapsed| Err(lapsed.into()))
+                    }) as JobFuture
+                })
+            }
+        };
         let jobs = &self.connection.jobs().functions;
         let previous = lock(jobs).insert(self.name.clone(), function);
         let id = self.connection.next_id();

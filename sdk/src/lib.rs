@@ -34,6 +34,7 @@ pub mod cache;
 mod connection;
 pub mod daemon;
 pub mod jobs;
+mod lease;
 pub mod messaging;
 #[cfg(feature = "web")]
 pub mod web;
@@ -42,6 +43,7 @@ pub use app::App;
 pub use cache::Cache;
 pub use daemon::Daemon;
 pub use immutant_protocol::{BYTES, JSON, PROTOCOL_VERSION, PublishOptions};
+pub use lease::Fence;
 pub use messaging::{Message, Queue, Topic};
 
 /// What a handler may fail with: any error, which the node records as the failure's reason.
@@ -61,6 +63,14 @@ pub enum Error {
     Node(String),
     #[error("the connection to the node is closed")]
     Closed,
+    #[error(
+        "the singleton lease of epoch {epoch} has lapsed: this node no longer runs the app's singletons, so the work was not done"
+    )]
+    LeaseLapsed { epoch: u64 },
+    #[error(
+        "epoch {epoch} is stale: the app's singletons run under epoch {current} now, so the work was not done"
+    )]
+    StaleEpoch { epoch: u64, current: u64 },
     #[error("no reply within {0:?}")]
     Timeout(std::time::Duration),
     #[error(

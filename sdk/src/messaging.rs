@@ -91,12 +91,14 @@ impl Endpoint {
 
     async fn publish_body(&self, body: Bytes, options: PublishOptions) -> Result<()> {
         self.connection.check_size(body.len())?;
+        let epoch = self.connection.fence()?;
         let id = self.connection.next_id();
         let frame = Frame::with_body(
             Header::Publish {
                 id,
                 destination: self.name.clone(),
                 options,
+                epoch,
             },
             body,
         );

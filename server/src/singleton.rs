@@ -1,9 +1,19 @@
-//! Singletons: all singleton daemons of an app run on the oldest live member that has the app
-//! running (JGroups' coordinator rule, as Immutant's HA singletons did). A node that rejoins is
-//! the youngest, so nothing moves back to it. A side of a partition that sees fewer members than
-//! the quorum runs none. Each start carries a fencing epoch (`Cluster::take_epoch`): past
-//! every epoch gossiped for the app, never below the clock, so it grows with every handover.
+//! Singletons: all singleton daemons and jobs of an app run on one live member that has the app
+//! running. They stay where they run: the member holding their lease with the highest epoch is
+//! elected while it is in the view; only when none is does the oldest member with the app take
+//! them (JGroups' coordinator rule, as Immutant's HA singletons did). So nothing moves back to a
+//! node that rejoins, restarted, resumed after a pause or healed from a partition. A side of a
+//! partition that sees fewer members than the quorum runs none.
+//!
+//! The holder keeps a lease ([`crate::cluster::lease`]) that the cluster confirms and its app
+//! watches on its own clock ([`HeldLease`]); each takeover carries a fencing epoch
+//! (`Cluster::take_epoch`): past every epoch gossiped for the app, never below the clock, so it
+//! grows with every handover.
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::cluster::lease::{LEASE_TIME, Renewal};
 use crate::cluster::{Member, View};
 
 /// Decides where singletons run, the same way on every member.
@@ -19,17 +29,90 @@ impl SingletonElection {
         }
     }
 
-    /// The member that runs `app`'s singletons in `view`; none below the quorum.
+    /// The member that runs `app`'s singletons in `view`: the one holding their lease with the
+    /// highest epoch, else the oldest with the app; none below the quorum.
     pub fn master<'v>(&self, view: &'v View, app: &str) -> Option<&'v Member> {
         if (view.members.len() as u32) < self.quorum {
             return None;
         }
-        view.oldest_with(app)
+        view.members
+            .iter()
+            .filter(|member| member.apps.contains(app))
+            .filter_map(|member| Some((member.leases.get(app)?, member)))
+            .max_by_key(|(epoch, _)| **epoch)
+            .map(|(_, member)| member)
+            .or_else(|| view.oldest_with(app))
     }
 
     /// Whether this node should run `app`'s singletons now.
     pub fn here(&self, view: &View, app: &str) -> bool {
         self.master(view, app).is_some_and(|member| member.is_self)
+    }
+}
+
+/// This node's lease on one app's singletons: the renewals it has gossiped, when each was sent
+/// (on the host's monotonic clock, in nanoseconds), and how far the cluster has confirmed them.
+#[derive(Debug)]
+pub struct HeldLease {
+    pub epoch: u64,
+    taken_ns: u64,
+    seq: u64,
+    /// Renewals not yet confirmed, oldest first.
+    sent: VecDeque<(u64, u64)>,
+    /// Until when its singletons may run, once confirmed.
+    until_ns: Option<u64>,
+}
+
+fn nanos(duration: Duration) -> u64 {
+    duration.as_nanos() as u64
+}
+
+impl HeldLease {
+    /// The lease taken under `epoch` at `now_ns`; its first renewal (number 0) is gossiped
+    /// with the take.
+    pub fn new(epoch: u64, now_ns: u64) -> Self {
+        HeldLease {
+            epoch,
+            taken_ns: now_ns,
+            seq: 0,
+            sent: VecDeque::from([(0, now_ns)]),
+            until_ns: None,
+        }
+    }
+
+    /// The next renewal to gossip, sent at `now_ns`.
+    pub fn renew(&mut self, now_ns: u64) -> Renewal {
+        self.seq += 1;
+        self.sent.push_back((self.seq, now_ns));
+        Renewal {
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+
+    /// Takes in that the renewals up to `seq` are confirmed: the new deadline, if it moved.
+    pub fn confirmed(&mut self, seq: u64) -> Option<u64> {
+        let mut sent_ns = None;
+        while self.sent.front().is_some_and(|(number, _)| *number <= seq) {
+            sent_ns = self.sent.pop_front().map(|(_, at)| at);
+        }
+        let until_ns = sent_ns? + nanos(LEASE_TIME);
+        if self.until_ns.is_some_and(|until| until >= until_ns) {
+            return None;
+        }
+        self.until_ns = Some(until_ns);
+        Some(until_ns)
+    }
+
+    /// Until when its singletons may run; none before the first confirmation.
+    pub fn until_ns(&self) -> Option<u64> {
+        self.until_ns
+    }
+
+    /// Whether it has lapsed at `now_ns`: its deadline passed, or none came within a lease's
+    /// time of the take.
+    pub fn lapsed(&self, now_ns: u64) -> bool {
+        now_ns >= self.until_ns.unwrap_or(self.taken_ns + nanos(LEASE_TIME))
     }
 }
 
@@ -47,6 +130,7 @@ mod tests {
             apps: ["example".to_string()].into(),
             interest: Default::default(),
             caches: Default::default(),
+            leases: Default::default(),
             is_self,
         }
     }
@@ -62,6 +146,43 @@ mod tests {
         // one comes back, younger than two: nothing moves.
         let rejoined = View::new(vec![member("two", 20, true), member("one", 30, false)]);
         assert!(election.here(&rejoined, "example"));
+    }
+
+    #[test]
+    fn the_holder_with_the_highest_epoch_keeps_them_wherever_it_is_in_age() {
+        let election = SingletonElection::new(1);
+        let mut one = member("one", 10, false);
+        let mut two = member("two", 20, true);
+        two.leases.insert("example".into(), 5);
+        assert!(election.here(&View::new(vec![one.clone(), two.clone()]), "example"));
+        // one comes back from a pause still holding an older lease: two keeps them.
+        one.leases.insert("example".into(), 3);
+        assert!(election.here(&View::new(vec![one.clone(), two.clone()]), "example"));
+        // A holder without the app running holds nothing.
+        two.apps.clear();
+        assert_eq!(
+            election
+                .master(&View::new(vec![one, two]), "example")
+                .map(|member| member.name.as_str()),
+            Some("one")
+        );
+    }
+
+    #[test]
+    fn a_lease_runs_from_the_newest_confirmed_renewal_and_lapses_without_one() {
+        let ms = 1_000_000;
+        let lease_ns = nanos(LEASE_TIME);
+        let mut lease = HeldLease::new(9, 0);
+        assert!(!lease.lapsed(lease_ns - 1));
+        assert!(lease.lapsed(lease_ns), "never confirmed");
+        let first = lease.renew(100 * ms);
+        let second = lease.renew(250 * ms);
+        assert_eq!((first.seq, second.seq, second.epoch), (1, 2, 9));
+        assert_eq!(lease.confirmed(1), Some(100 * ms + lease_ns));
+        assert_eq!(lease.confirmed(1), None, "nothing new");
+        assert_eq!(lease.confirmed(5), Some(250 * ms + lease_ns));
+        assert!(!lease.lapsed(250 * ms + lease_ns - 1));
+        assert!(lease.lapsed(250 * ms + lease_ns));
     }
 
     #[test]

@@ -14,10 +14,12 @@ use tracing::{info, warn};
 
 use super::{AppContext, DaemonState, Deployment, Status, lock};
 use crate::cluster::Cluster;
+use crate::cluster::lease::RENEW_INTERVAL;
 use crate::jobs::JobContext;
 use crate::messaging::MessagingError;
 use crate::shutdown::Shutdown;
-use crate::singleton::SingletonElection;
+use crate::singleton::{HeldLease, SingletonElection};
+use immutant_protocol::clock::monotonic_ns;
 
 /// How long a node waits, once elected, before it starts an app's singletons.
 const SETTLE_TIME: Duration = Duration::from_millis(250);
@@ -141,7 +143,11 @@ impl Session {
                 id,
                 destination,
                 options,
+                epoch,
             } => {
+                if let Err(stale) = self.fenced(epoch) {
+                    return self.send(refusal(id, stale));
+                }
                 // Each publish waits for the journal on a task of its own, so that publishes
                 // arriving together share one commit.
                 let broker = broker.clone();
@@ -260,7 +266,15 @@ impl Session {
                     let _ = outbox.send(Frame::new(header).into());
                 });
             }
-            Header::CacheCall { id, cache, call } => {
+            Header::CacheCall {
+                id,
+                cache,
+                call,
+                epoch,
+            } => {
+                if let Err(stale) = self.fenced(epoch) {
+                    return self.send(refusal(id, stale));
+                }
                 let caches = self.context.caches.clone();
                 let outbox = self.outbox.clone();
                 tokio::spawn(async move {
@@ -311,6 +325,25 @@ impl Session {
             return Some(1);
         }
         *self.deployment.singleton_epoch.borrow()
+    }
+
+    /// Refuses an operation made under the singleton lease of `epoch` once the cluster knows a
+    /// newer one: its runner was deposed, and must not change anything.
+    fn fenced(&self, epoch: Option<u64>) -> Result<(), String> {
+        let (Some(epoch), Some(cluster)) = (epoch, &self.context.cluster) else {
+            return Ok(());
+        };
+        let app = &self.deployment.name;
+        match cluster.highest_epoch(app) {
+            Some(current) if current > epoch => Err(format!(
+                "epoch {epoch} is stale: the singletons of {app} run under epoch {current} now, so the work was not done"
+            )),
+            // Before gossip says who took over, this node knows it let that lease go.
+            _ if epoch <= self.deployment.let_go.load(Ordering::Relaxed) => Err(format!(
+                "epoch {epoch} is stale: this node no longer runs the singletons of {app}, so the work was not done"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Routes the app's web requests to this process.
@@ -368,15 +401,18 @@ async fn start_daemons_when_exclusive(
     }
 }
 
-/// While the app runs, tells the cluster it runs here and starts or stops its singleton daemons
-/// as this node wins or loses the election for them.
+/// While the app runs, tells the cluster it runs here, and runs its singletons while this node
+/// holds their lease: takes it when elected and free to (see [`crate::cluster::lease`]), renews
+/// it, tells the app each confirmed deadline, starts the singleton daemons at the first, and lets
+/// the lease go when it lapses, the node is deposed, or the app ends.
 async fn follow_singletons(
     deployment: Arc<Deployment>,
     cluster: Arc<Cluster>,
     outbox: Outbox,
     ended: Shutdown,
 ) {
-    cluster.set_app(&deployment.name, true).await;
+    let app = deployment.name.clone();
+    cluster.set_app(&app, true).await;
     let mut exclusive = deployment.exclusive.subscribe();
     let ready = async {
         cluster.discovered().await;
@@ -385,57 +421,151 @@ async fn follow_singletons(
     tokio::select! {
         _ = ready => {}
         _ = ended.cancelled() => {
-            cluster.set_app(&deployment.name, false).await;
+            cluster.set_app(&app, false).await;
             return;
         }
     }
     let election = SingletonElection::new(cluster.singleton_quorum());
     let mut view = cluster.view();
     loop {
-        let mut elected = election.here(&view.borrow_and_update(), &deployment.name);
-        let running = deployment.singleton_epoch.borrow().is_some();
-        if elected && !running {
+        if !elected(&election, &cluster, &app, &mut view, &ended).await {
+            break;
+        }
+        let epoch = cluster.take_epoch(&app).await;
+        let mut lease = HeldLease::new(epoch, monotonic_ns());
+        info!("Taking over the singletons of {app} (epoch {epoch}) once the cluster confirms it");
+        let mut renewals = tokio::time::interval(RENEW_INTERVAL);
+        renewals.tick().await;
+        let end = loop {
+            tokio::select! {
+                _ = renewals.tick() => {}
+                _ = ended.cancelled() => break LeaseEnd::AppEnded,
+            }
+            if !election.here(&view.borrow(), &app) {
+                break LeaseEnd::Deposed;
+            }
+            let now = monotonic_ns();
+            if lease.lapsed(now) {
+                break LeaseEnd::Lapsed;
+            }
+            let moved = cluster
+                .confirmed(&app, epoch)
+                .and_then(|seq| lease.confirmed(seq));
+            if let Some(until_ns) = moved {
+                send(
+                    &outbox,
+                    Header::Lease {
+                        epoch,
+                        until_ns: Some(until_ns),
+                    },
+                );
+                if deployment
+                    .singleton_epoch
+                    .send_replace(Some(epoch))
+                    .is_none()
+                {
+                    info!("The singletons of {app} run on this node now (epoch {epoch})");
+                    for name in singleton_daemons(&deployment) {
+                        send(&outbox, Header::StartDaemon { name, epoch });
+                    }
+                }
+            }
+            cluster.renew(&app, lease.renew(now)).await;
+        };
+        let ran = deployment.singleton_epoch.send_replace(None).is_some();
+        deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
+        if end != LeaseEnd::AppEnded {
+            // The app stops them at once, or by the deadline by itself if it cannot hear.
+            send(
+                &outbox,
+                Header::Lease {
+                    epoch,
+                    until_ns: None,
+                },
+            );
+            for name in singleton_daemons(&deployment) {
+                send(&outbox, Header::StopDaemon { name });
+            }
+        }
+        match end {
+            LeaseEnd::Lapsed => warn!(
+                "The lease on the singletons of {app} lapsed: the cluster did not confirm it in time"
+            ),
+            LeaseEnd::Deposed if ran => {
+                info!("The singletons of {app} no longer run on this node")
+            }
+            _ => {}
+        }
+        // Let go only once the app cannot be running them: it has ended (its stops returned),
+        // or the deadline it keeps has passed.
+        if end != LeaseEnd::AppEnded
+            && let Some(until_ns) = lease.until_ns()
+        {
+            let left = until_ns.saturating_sub(monotonic_ns());
+            tokio::time::sleep(Duration::from_nanos(left)).await;
+        }
+        cluster.release(&app).await;
+        if end == LeaseEnd::AppEnded {
+            break;
+        }
+    }
+    deployment.singleton_epoch.send_replace(None);
+    cluster.set_app(&app, false).await;
+}
+
+/// Why this node stopped holding an app's singletons' lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseEnd {
+    /// The app's process ended.
+    AppEnded,
+    /// Another member holds a newer lease, or this side of the cluster lost its quorum.
+    Deposed,
+    /// The cluster did not confirm a renewal in time.
+    Lapsed,
+}
+
+/// Waits until this node is elected for `app`'s singletons, has let the view settle, and is free
+/// to take them over (its promises to the last holder are kept); false if the app ended first.
+async fn elected(
+    election: &SingletonElection,
+    cluster: &Cluster,
+    app: &str,
+    view: &mut tokio::sync::watch::Receiver<crate::cluster::View>,
+    ended: &Shutdown,
+) -> bool {
+    loop {
+        if election.here(&view.borrow_and_update(), app) {
             // Let the view settle before taking over: a member that deployed the app at the
             // same moment may be older, and its news a gossip round away.
             tokio::select! {
                 _ = tokio::time::sleep(SETTLE_TIME) => {}
-                _ = ended.cancelled() => break,
+                _ = ended.cancelled() => return false,
             }
-            elected = election.here(&view.borrow_and_update(), &deployment.name);
-        }
-        if elected != running {
-            let singletons: Vec<String> = lock(&deployment.daemons)
-                .iter()
-                .filter(|(_, daemon)| daemon.singleton)
-                .map(|(name, _)| name.clone())
-                .collect();
-            if elected {
-                // The fencing epoch: past any start before it in the cluster.
-                let epoch = cluster.take_epoch(&deployment.name).await;
-                deployment.singleton_epoch.send_replace(Some(epoch));
-                info!(
-                    "The singletons of {} run on this node now (epoch {epoch})",
-                    deployment.name
-                );
-                for name in singletons {
-                    let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch }).into());
-                }
-            } else {
-                deployment.singleton_epoch.send_replace(None);
-                info!(
-                    "The singletons of {} no longer run on this node",
-                    deployment.name
-                );
-                for name in singletons {
-                    let _ = outbox.send(Frame::new(Header::StopDaemon { name }).into());
-                }
+            if election.here(&view.borrow(), app)
+                && cluster.settled()
+                && cluster.free_to_take(app).await
+            {
+                return true;
             }
         }
         tokio::select! {
-            changed = view.changed() => if changed.is_err() { break },
-            _ = ended.cancelled() => break,
+            changed = view.changed() => if changed.is_err() { return false },
+            // A promise runs out without the view changing.
+            _ = tokio::time::sleep(RENEW_INTERVAL) => {}
+            _ = ended.cancelled() => return false,
         }
     }
-    deployment.singleton_epoch.send_replace(None);
-    cluster.set_app(&deployment.name, false).await;
+}
+
+/// The names of the app's singleton daemons.
+fn singleton_daemons(deployment: &Deployment) -> Vec<String> {
+    lock(&deployment.daemons)
+        .iter()
+        .filter(|(_, daemon)| daemon.singleton)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+fn send(outbox: &Outbox, header: Header) {
+    let _ = outbox.send(Frame::new(header).into());
 }

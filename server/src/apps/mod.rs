@@ -89,6 +89,9 @@ pub struct Deployment {
     outbox: Mutex<Option<Outbox>>,
     /// The epoch this node runs the app's singletons under, while it does.
     singleton_epoch: watch::Sender<Option<u64>>,
+    /// The newest epoch this node ran the app's singletons under and let go: work under it or
+    /// an older one is refused here.
+    let_go: AtomicU64,
     /// The jobs the app scheduled.
     jobs: AppJobs,
     /// False while the process of an earlier deployment of the app still runs on this node
@@ -143,6 +146,7 @@ impl Deployment {
             stderr_tail: Mutex::new(VecDeque::new()),
             outbox: Mutex::new(None),
             singleton_epoch: watch::channel(None).0,
+            let_go: AtomicU64::new(0),
             jobs: AppJobs::default(),
             exclusive: watch::channel(exclusive).0,
             backend: Mutex::new(None),

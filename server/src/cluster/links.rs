@@ -446,22 +446,45 @@ async fn run_link(
         // What was on its way comes back in line, for the next link or another node.
         broker.disconnect(connection);
         // A link that drops and cannot be opened again is a member killed: its socket closed.
-        if !answers(address).await && interest.has_changed().is_ok() {
-            cluster.suspect(&peer, generation);
+        // One whose port refuses outright is proven dead (a hung or cut-off one times out).
+        match answers(address).await {
+            Verdict::Answers => {}
+            _ if interest.has_changed().is_err() => {}
+            Verdict::Refuses => {
+                cluster.proven_dead(&peer, generation);
+                cluster.suspect(&peer, generation);
+            }
+            Verdict::Silent => cluster.suspect(&peer, generation),
         }
     }
 }
 
+/// What a suspected member's cluster port did when tried again.
+enum Verdict {
+    /// It took a connection.
+    Answers,
+    /// It refused every try: nothing listens there, the member is dead.
+    Refuses,
+    /// Some tries went unanswered: hung, or out of reach.
+    Silent,
+}
+
 /// Whether a member's cluster port takes a connection again within a short verification (what
 /// JGroups' VERIFY_SUSPECT did).
-async fn answers(address: SocketAddr) -> bool {
+async fn answers(address: SocketAddr) -> Verdict {
+    let mut refused = true;
     for _ in 0..3 {
-        if let Ok(Ok(_)) = tokio::time::timeout(VERIFY_TIMEOUT, TcpStream::connect(address)).await {
-            return true;
+        match tokio::time::timeout(VERIFY_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(_)) => return Verdict::Answers,
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => refused = false,
         }
         tokio::time::sleep(VERIFY_TIMEOUT).await;
     }
-    false
+    match refused {
+        true => Verdict::Refuses,
+        false => Verdict::Silent,
+    }
 }
 
 fn forward_frame(cluster: &Cluster, forward: Forward) -> Frame<LinkHeader> {

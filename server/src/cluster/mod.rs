@@ -3,10 +3,11 @@
 //! (the chitchat library, on the cluster port, every datagram sealed with the cluster's secret:
 //! [`seal`]), and share small state: each member's start time,
 //! management URL and running apps. From that every member computes the same [`View`], oldest
-//! first, which singletons are elected on.
+//! first, which singletons are elected on, and the singletons' holder keeps its [`lease`].
 
 mod discovery;
 pub use discovery::open as multicast_socket;
+pub mod lease;
 pub mod links;
 pub mod seal;
 pub mod view;
@@ -20,6 +21,7 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
 };
+use lease::{ACK_KEY_PREFIX, LEASE_KEY_PREFIX, Renewal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -74,6 +76,43 @@ pub struct Cluster {
     suspects: watch::Sender<BTreeMap<(String, u64), tokio::time::Instant>>,
     /// How many processes of each app run here: two overlap while a web app is redeployed.
     app_processes: std::sync::Mutex<BTreeMap<String, usize>>,
+    /// This node's identity in the gossip.
+    me: ChitchatId,
+    /// The live members' gossiped state, as it changes.
+    live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// The highest epoch each app's singletons were taken with, by a live member.
+    epochs: watch::Sender<BTreeMap<String, u64>>,
+    /// The promises this node made, per app, not to take its singletons over.
+    promises: std::sync::Mutex<BTreeMap<String, Promise>>,
+    /// Members proven dead (their link closed and their port refused), by name and generation.
+    dead: std::sync::Mutex<BTreeSet<(String, u64)>>,
+    pauses: std::sync::Mutex<Pauses>,
+}
+
+/// A promise not to take an app's singletons over from `holder` (name and generation), which
+/// holds them under `epoch`, before `until`.
+#[derive(Debug, Clone)]
+struct Promise {
+    holder: (String, u64),
+    epoch: u64,
+    until: std::time::Instant,
+}
+
+/// How many members proven dead are remembered.
+const DEAD_REMEMBERED: usize = 1024;
+/// A gap this long between two ticks of a 50 ms timer means the process was paused (SIGSTOP, a
+/// frozen VM) or starved.
+const PAUSE_GAP: Duration = Duration::from_millis(500);
+/// How long a node that was paused waits before it may take singletons over: its view is what
+/// it was before the pause, and its failure detector may see the others as gone until their
+/// gossip reaches it again.
+const RESYNC_TIME: Duration = Duration::from_secs(2);
+
+/// When this process last ran its pause watch, and when it last came back from a pause.
+#[derive(Debug, Clone, Copy)]
+struct Pauses {
+    last_tick: std::time::Instant,
+    resumed: Option<std::time::Instant>,
 }
 
 impl Cluster {
@@ -86,6 +125,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let gossip_addr = SocketAddr::new(node.bind_address, config.port);
         let chitchat_id = ChitchatId::new(node.node_name.clone(), generation, gossip_addr);
+        let me = chitchat_id.clone();
         let settings = ChitchatConfig {
             chitchat_id,
             cluster_id: config.name.clone(),
@@ -126,9 +166,15 @@ impl Cluster {
         let (view_tx, view) = watch::channel(View::default());
         let (clash_tx, clash) = watch::channel(None);
         let live = handle.chitchat().lock().await.live_nodes_watcher();
-        let me = (node.node_name.clone(), generation, gossip_addr);
+        let me_named = (node.node_name.clone(), generation, gossip_addr);
         let (suspects, suspected) = watch::channel(BTreeMap::new());
-        tokio::spawn(follow_view(live, suspected, me, view_tx, clash_tx));
+        tokio::spawn(follow_view(
+            live.clone(),
+            suspected,
+            me_named,
+            view_tx,
+            clash_tx,
+        ));
         let cluster = Arc::new(Cluster {
             handle,
             view,
@@ -140,8 +186,19 @@ impl Cluster {
             key,
             suspects,
             app_processes: Default::default(),
+            me,
+            live,
+            epochs: watch::channel(BTreeMap::new()).0,
+            promises: Default::default(),
+            dead: Default::default(),
+            pauses: std::sync::Mutex::new(Pauses {
+                last_tick: std::time::Instant::now(),
+                resumed: None,
+            }),
         });
+        tokio::spawn(watch_pauses(cluster.clone()));
         cluster.discover(node, gossip_addr);
+        tokio::spawn(answer_renewals(cluster.clone()));
         Ok(cluster)
     }
 
@@ -237,8 +294,98 @@ impl Cluster {
             .filter_map(|state| state.get(&key)?.parse::<u64>().ok())
             .max();
         let epoch = next_epoch(crate::messaging::now_ms(), highest);
-        chitchat.self_node_state().set(key, epoch.to_string());
+        let state = chitchat.self_node_state();
+        state.set(key, epoch.to_string());
+        state.set(
+            format!("{LEASE_KEY_PREFIX}{app}"),
+            Renewal { epoch, seq: 0 }.value(),
+        );
         epoch
+    }
+
+    /// Gossips a renewal of this node's lease on `app`'s singletons.
+    pub async fn renew(&self, app: &str, renewal: Renewal) {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        chitchat
+            .self_node_state()
+            .set(format!("{LEASE_KEY_PREFIX}{app}"), renewal.value());
+    }
+
+    /// Lets this node's lease on `app`'s singletons go: call it only once they have stopped
+    /// here (its app said so, or the lease's deadline passed), for members may take them over
+    /// at once.
+    pub async fn release(&self, app: &str) {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        chitchat
+            .self_node_state()
+            .delete(&format!("{LEASE_KEY_PREFIX}{app}"));
+    }
+
+    /// The newest renewal of this node's lease on `app` under `epoch` that every other member
+    /// with the app has answered (`u64::MAX` if there is none to ask).
+    pub fn confirmed(&self, app: &str, epoch: u64) -> Option<u64> {
+        lease::confirmed(
+            &self.me,
+            app,
+            epoch,
+            &self.view.borrow(),
+            &self.live.borrow(),
+        )
+    }
+
+    /// Whether this node has been running without a pause long enough to trust its view: not
+    /// while it is coming back from one, nor for a while after.
+    pub fn settled(&self) -> bool {
+        let pauses = *crate::apps::lock(&self.pauses);
+        // A pause the watch has not ticked since is one being come back from now.
+        pauses.last_tick.elapsed() < PAUSE_GAP
+            && pauses
+                .resumed
+                .is_none_or(|resumed| resumed.elapsed() >= RESYNC_TIME)
+    }
+
+    /// Whether this node may take `app`'s singletons over now, as far as its promises go: it
+    /// made none, or the one it made ran out, or its holder let the lease go or is proven dead.
+    pub async fn free_to_take(&self, app: &str) -> bool {
+        let Some(promise) = crate::apps::lock(&self.promises).get(app).cloned() else {
+            return true;
+        };
+        if std::time::Instant::now() >= promise.until
+            || crate::apps::lock(&self.dead).contains(&promise.holder)
+        {
+            return true;
+        }
+        let key = format!("{LEASE_KEY_PREFIX}{app}");
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let (name, generation) = &promise.holder;
+        chitchat
+            .node_states()
+            .iter()
+            .find(|(id, _)| lease::is(id, name, *generation))
+            .is_some_and(|(_, state)| {
+                state
+                    .get(&key)
+                    .and_then(Renewal::parse)
+                    .is_none_or(|renewal| renewal.epoch != promise.epoch)
+            })
+    }
+
+    /// The highest epoch a live member took `app`'s singletons with, if any did.
+    pub fn highest_epoch(&self, app: &str) -> Option<u64> {
+        self.epochs.borrow().get(app).copied()
+    }
+
+    /// Records that the member `name` of `generation` is dead: its link closed and its port
+    /// refuses connections, so it runs nothing any more.
+    pub fn proven_dead(&self, name: &str, generation: u64) {
+        let mut dead = crate::apps::lock(&self.dead);
+        if dead.len() >= DEAD_REMEMBERED {
+            dead.pop_first();
+        }
+        dead.insert((name.to_string(), generation));
     }
 
     /// Tells the cluster that this node holds the cache `name`.
@@ -284,12 +431,21 @@ impl Cluster {
     /// Leaves at once: the other members drop this node from their views as soon as the
     /// goodbye reaches them, without waiting to detect it.
     pub async fn leave(&self) {
-        self.handle
-            .chitchat()
-            .lock()
-            .await
-            .self_node_state()
-            .set(LEAVING_KEY, "true");
+        {
+            let chitchat = self.handle.chitchat();
+            let mut chitchat = chitchat.lock().await;
+            let state = chitchat.self_node_state();
+            // Its apps have stopped: whatever leases it held are let go with the goodbye.
+            let held: Vec<String> = state
+                .key_values()
+                .filter(|(key, _)| key.starts_with(LEASE_KEY_PREFIX))
+                .map(|(key, _)| key.to_string())
+                .collect();
+            for key in held {
+                state.delete(&key);
+            }
+            state.set(LEAVING_KEY, "true");
+        }
         tokio::time::sleep(GOODBYE_TIME).await;
         let _ = self.handle.initiate_shutdown();
     }
@@ -369,6 +525,70 @@ async fn follow_view(
     }
 }
 
+/// Notices this process being paused, for [`Cluster::settled`].
+async fn watch_pauses(cluster: Arc<Cluster>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = std::time::Instant::now();
+        let mut pauses = crate::apps::lock(&cluster.pauses);
+        let gap = now - pauses.last_tick;
+        if gap >= PAUSE_GAP {
+            warn!(
+                "this node was paused for {gap:.1?}; it takes no singletons over until it has heard the cluster again"
+            );
+            pauses.resumed = Some(now);
+        }
+        pauses.last_tick = now;
+    }
+}
+
+/// Answers the holders' lease renewals (see [`lease`]) as gossip brings them, promising each
+/// answered holder not to take its singletons over meanwhile; and keeps the highest epoch of
+/// each app known for fencing.
+async fn answer_renewals(cluster: Arc<Cluster>) {
+    let mut live = cluster.live.clone();
+    let mut view = cluster.view.clone();
+    loop {
+        let states = live.borrow_and_update().clone();
+        let current = view.borrow_and_update().clone();
+        {
+            let chitchat = cluster.handle.chitchat();
+            let mut chitchat = chitchat.lock().await;
+            let mine = chitchat.self_node_state();
+            let highest = lease::highest_epochs(states.values().chain([&*mine]));
+            cluster.epochs.send_if_modified(|epochs| {
+                let changed = *epochs != highest;
+                *epochs = highest;
+                changed
+            });
+            for (app, ack) in lease::renewals_to_answer(&cluster.me, mine, &states, &current) {
+                let key = format!("{ACK_KEY_PREFIX}{app}");
+                let value = ack.value();
+                if mine.get(&key) == Some(value.as_str()) {
+                    continue;
+                }
+                // The promise first: from now, not from when the renewal was sent, so it
+                // always outlasts the holder's deadline.
+                let until = std::time::Instant::now() + lease::LEASE_TIME + lease::MARGIN;
+                crate::apps::lock(&cluster.promises).insert(
+                    app,
+                    Promise {
+                        holder: (ack.holder, ack.generation),
+                        epoch: ack.renewal.epoch,
+                        until,
+                    },
+                );
+                mine.set(key, value);
+            }
+        }
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            changed = view.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(lease::RENEW_INTERVAL) => {}
+        }
+    }
+}
+
 fn member(id: &ChitchatId, state: &NodeState, self_addr: SocketAddr) -> Member {
     Member {
         name: id.node_id.to_string(),
@@ -377,6 +597,13 @@ fn member(id: &ChitchatId, state: &NodeState, self_addr: SocketAddr) -> Member {
         management: state.get(MANAGEMENT_KEY).map(str::to_string),
         apps: keys_with_prefix(state, APP_KEY_PREFIX),
         interest: keys_with_prefix(state, INTEREST_KEY_PREFIX),
+        leases: state
+            .key_values()
+            .filter_map(|(key, value)| {
+                let app = key.strip_prefix(LEASE_KEY_PREFIX)?;
+                Some((app.to_string(), Renewal::parse(value)?.epoch))
+            })
+            .collect(),
         caches: state
             .key_values()
             .filter_map(|(key, value)| {

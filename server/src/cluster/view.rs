@@ -37,6 +37,8 @@ pub struct Member {
     pub interest: BTreeSet<String>,
     /// The caches it holds, with their options.
     pub caches: BTreeMap<String, CacheOptions>,
+    /// The apps whose singletons it holds a lease on, with the lease's epoch.
+    pub leases: BTreeMap<String, u64>,
     /// Whether this member is the node computing the view.
     pub is_self: bool,
 }
@@ -96,6 +98,7 @@ mod tests {
             apps: apps.iter().map(|app| app.to_string()).collect(),
             interest: BTreeSet::new(),
             caches: BTreeMap::new(),
+            leases: BTreeMap::new(),
             is_self: false,
         }
     }

@@ -28,6 +28,7 @@ async fn main() -> immutant::Result<()> {
             )
             .await?;
         }
+        "runner" => runner(&app).await?,
         "reqrep" => request_reply(&app).await?,
         "reader" => read_news(&app).await?,
         "publisher" => publish_news(&app).await?,
@@ -135,6 +136,87 @@ impl Daemon for Worker {
 
     async fn stop(&self) {
         println!("worker stopped cleanly");
+        self.stop.notify_one();
+    }
+}
+
+/// A singleton daemon that records each instant it runs; and, once it has lost its lease, a
+/// publish under the epoch it ran under (a deposed runner trying to change something).
+async fn runner(app: &App) -> immutant::Result<()> {
+    let ticks = app
+        .property("probe.ticks")
+        .map(std::path::PathBuf::from)
+        .expect("-Dprobe.ticks names the file the runner records in");
+    let ran_under = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    app.daemon(
+        "runner",
+        Runner {
+            node: app.node_name().to_string(),
+            ticks,
+            ran_under: ran_under.clone(),
+            stop: Notify::new(),
+        },
+    )
+    .await?;
+    let out = app.queue("/queue/deposed").await?;
+    tokio::spawn(async move {
+        let mut tried = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let epoch = ran_under.load(std::sync::atomic::Ordering::Relaxed);
+            let fence = immutant::Fence::new(epoch);
+            if epoch == tried || fence.scope(async { immutant::daemon::lease_held() }).await {
+                continue;
+            }
+            tried = epoch;
+            let published = fence.scope(out.publish(&"from a deposed runner")).await;
+            match published {
+                Ok(()) => println!("publish under old epoch {epoch}: accepted"),
+                Err(error) => println!("publish under old epoch {epoch}: {error}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Records, every 5 ms while its lease holds, `<unix µs> <epoch> <node>` in the ticks file: the
+/// instants it ran, for the tests to look for two runners at once.
+struct Runner {
+    node: String,
+    ticks: std::path::PathBuf,
+    ran_under: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: Notify,
+}
+
+impl Daemon for Runner {
+    async fn start(&self) {
+        use std::io::Write;
+        let epoch = immutant::daemon::epoch().unwrap_or_default();
+        println!("runner started under epoch {epoch}");
+        self.ran_under
+            .store(epoch, std::sync::atomic::Ordering::Relaxed);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.ticks)
+            .expect("the ticks file opens");
+        loop {
+            // The instant first, then the lease: if it holds now, it held at that instant.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            if immutant::daemon::lease_held() {
+                let _ = file.write_all(format!("{now} {epoch} {}\n", self.node).as_bytes());
+            }
+            tokio::select! {
+                _ = self.stop.notified() => return,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
+
+    async fn stop(&self) {
         self.stop.notify_one();
     }
 }
