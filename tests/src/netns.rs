@@ -139,6 +139,25 @@ impl Lan {
         })
     }
 
+    /// Clustered node `name` of `cluster` of `base`'s install, in host `i` bound to the host's
+    /// address, with `extra` arguments; started.
+    pub fn node(
+        &self,
+        base: &crate::Base,
+        i: usize,
+        (name, cluster): (&str, &str),
+        extra: &[String],
+    ) -> crate::Proc {
+        let mut args = vec!["run".to_string(), "--clustered".to_string()];
+        args.extend(base.node_args(name, 0));
+        args.push(format!("-Djboss.bind.address={}", self.address(i)));
+        args.push(format!("-Dimmutant.cluster.name={cluster}"));
+        args.extend_from_slice(extra);
+        let proc = crate::Proc::spawn(self.command(i, base.cli(args)));
+        proc.wait_for("started in", crate::PATIENCE);
+        proc
+    }
+
     /// Takes host `i` off the switch: nothing it sends arrives, nothing reaches it; its own
     /// link stays up, so it is not told.
     pub fn cut(&self, i: usize) {

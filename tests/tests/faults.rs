@@ -3,14 +3,17 @@
 //! writes `<unix µs> <epoch> <node>` every 5 ms while its lease holds). Each trial pauses the
 //! node running it for 4 s; the checks: no two epochs' runs overlap, each epoch runs on one
 //! node, epochs grow with every handover, nothing moves back after the resume, and a deposed
-//! runner's publish under its old epoch is refused.
+//! runner's publish under its old epoch is refused. And a partition made with network
+//! namespaces (`immutant_e2e::netns`) with a quorum of 2 of 3: the minority stops before the
+//! majority starts, and one runs after the heal.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use immutant_e2e::netns::Lan;
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, free_offset, get_json,
-    get_json_at, probe,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
+    get_json, get_json_at, probe,
 };
 
 /// How long each trial pauses.
@@ -242,4 +245,58 @@ fn pausing_only_the_server_stops_its_app_running_the_singleton() {
 #[test]
 fn pausing_only_the_app_keeps_the_singleton_where_it_is() {
     trials(Target::App);
+}
+
+#[test]
+fn a_partition_stops_the_minority_before_the_majority_starts_and_one_runs_after_the_heal() {
+    let Some(lan) = Lan::new(3) else { return };
+    let base = Base::installed();
+    base.deploy(&probe(), Some("runner"));
+    let ticks_file = base.path().join("ticks");
+    let cluster = cluster_name();
+    let extra = [
+        format!("-Dprobe.ticks={}", ticks_file.display()),
+        "-Dimmutant.singleton.quorum=2".to_string(),
+    ];
+    let names = ["one", "two", "three"];
+    let nodes: Vec<Proc> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| lan.node(&base, i, (name, &cluster), &extra))
+        .collect();
+    let all = "Cluster view: [one, two, three]";
+    for node in &nodes {
+        node.wait_for(all, PATIENCE);
+        node.wait_for("Deployed \"runner\"", BUILD_PATIENCE);
+    }
+    let before = holder(&ticks_file);
+    let cut = names.iter().position(|name| *name == before).unwrap();
+    lan.cut(cut);
+    nodes[cut].wait_for(
+        "The singletons of runner no longer run on this node",
+        TAKEOVER_BOUND,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = holder(&ticks_file);
+    assert_ne!(after, before, "the majority took over");
+    let runs = single_runs(&ticks(&ticks_file));
+    println!("cut {before}: {after} runs it; runs {runs:?}");
+
+    lan.heal(cut);
+    eventually("the cut node rejoining", PATIENCE, || {
+        nodes[cut]
+            .lines()
+            .iter()
+            .filter(|line| line.contains(all))
+            .count()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        holder(&ticks_file),
+        after,
+        "nothing moved back after the heal"
+    );
+    let runs = single_runs(&ticks(&ticks_file));
+    println!("healed: runs {runs:?}");
 }

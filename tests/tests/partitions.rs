@@ -35,17 +35,11 @@ fn balancer(lan: &Lan, base: &Base) -> Proc {
 /// Clustered node `name` of `cluster` in host `i` of `lan`, bound to the host's address and
 /// telling the balancer of host 0 about itself every second; started.
 fn node(lan: &Lan, base: &Base, i: usize, name: &str, cluster: &str) -> Proc {
-    let mut args = vec!["run".to_string(), "--clustered".to_string()];
-    args.extend(base.node_args(name, 0));
-    args.extend([
-        format!("-Djboss.bind.address={}", lan.address(i)),
-        format!("-Dimmutant.cluster.name={cluster}"),
+    let extra = [
         format!("-Dimmutant.modcluster.proxies={}:{MCMP}", lan.address(0)),
         "-Dimmutant.modcluster.status-interval=1000".to_string(),
-    ]);
-    let proc = Proc::spawn(lan.command(i, base.cli(args)));
-    proc.wait_for("started in", PATIENCE);
-    proc
+    ];
+    lan.node(base, i, (name, cluster), &extra)
 }
 
 /// The balancer's status, asked from host 0.

@@ -488,8 +488,8 @@ async fn follow_singletons(
             }
         }
         match end {
-            LeaseEnd::Lapsed => warn!(
-                "The lease on the singletons of {app} lapsed: the cluster did not confirm it in time"
+            LeaseEnd::Lapsed if ran => warn!(
+                "The singletons of {app} no longer run on this node: the cluster did not confirm its lease in time"
             ),
             LeaseEnd::Deposed if ran => {
                 info!("The singletons of {app} no longer run on this node")
