@@ -6,6 +6,7 @@
 //! Immutant: every test drives the real CLI and real nodes over real sockets and signals.
 
 pub mod netns;
+pub mod singletons;
 pub mod web;
 
 use std::collections::HashSet;

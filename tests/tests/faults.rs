@@ -7,126 +7,16 @@
 //! namespaces (`immutant_e2e::netns`) with a quorum of 2 of 3: the minority stops before the
 //! majority starts, and one runs after the heal.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use immutant_e2e::netns::Lan;
-use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
-    get_json, get_json_at, probe,
+use immutant_e2e::singletons::{
+    Runners, TAKEOVER_BOUND, holder, server_and_app, signal, single_runs, ticks,
 };
+use immutant_e2e::{BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, eventually, probe};
 
 /// How long each trial pauses.
 const PAUSE: Duration = Duration::from_secs(4);
-/// The bound a takeover is held to here (the benchmark measures the real time).
-const TAKEOVER_BOUND: Duration = Duration::from_secs(10);
-
-/// One instant the runner recorded.
-#[derive(Debug, Clone)]
-struct Tick {
-    at_us: u64,
-    epoch: u64,
-    node: String,
-}
-
-fn ticks(path: &Path) -> Vec<Tick> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.split(' ');
-            Some(Tick {
-                at_us: parts.next()?.parse().ok()?,
-                epoch: parts.next()?.parse().ok()?,
-                node: parts.next()?.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// One epoch's run: on which node, from its first to its last recorded instant.
-#[derive(Debug)]
-struct Run {
-    epoch: u64,
-    node: String,
-    first_us: u64,
-    last_us: u64,
-}
-
-/// The runs in the ticks, in time order, after checking that there were never two runners:
-/// each epoch on one node, no two epochs' runs overlapping, epochs growing with time.
-fn single_runs(ticks: &[Tick]) -> Vec<Run> {
-    let mut runs: Vec<Run> = Vec::new();
-    for tick in ticks {
-        match runs.iter_mut().find(|run| run.epoch == tick.epoch) {
-            Some(run) => {
-                assert_eq!(run.node, tick.node, "epoch {} ran on two nodes", tick.epoch);
-                run.first_us = run.first_us.min(tick.at_us);
-                run.last_us = run.last_us.max(tick.at_us);
-            }
-            None => runs.push(Run {
-                epoch: tick.epoch,
-                node: tick.node.clone(),
-                first_us: tick.at_us,
-                last_us: tick.at_us,
-            }),
-        }
-    }
-    runs.sort_by_key(|run| run.first_us);
-    for pair in runs.windows(2) {
-        assert!(
-            pair[0].last_us < pair[1].first_us,
-            "two runners at once: {:?} and {:?} overlap by {} µs",
-            pair[0],
-            pair[1],
-            pair[0].last_us - pair[1].first_us
-        );
-        assert!(
-            pair[0].epoch < pair[1].epoch,
-            "the epoch went back at a handover: {:?} then {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
-    runs
-}
-
-/// Microseconds since the Unix epoch now.
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// The node the runner recorded its latest instant on, once that is recent (within 100 ms) and
-/// has been for half a second: the singleton's holder.
-fn holder(path: &Path) -> String {
-    let deadline = Instant::now() + TAKEOVER_BOUND;
-    let mut since: Option<(String, Instant)> = None;
-    loop {
-        let latest = ticks(path).into_iter().max_by_key(|tick| tick.at_us);
-        match (latest, &since) {
-            (Some(tick), Some((node, at)))
-                if tick.node == *node
-                    && now_us() - tick.at_us < 100_000
-                    && at.elapsed() > Duration::from_millis(500) =>
-            {
-                return tick.node;
-            }
-            (Some(tick), _) if now_us() - tick.at_us < 100_000 => {
-                if since.as_ref().is_none_or(|(node, _)| *node != tick.node) {
-                    since = Some((tick.node, Instant::now()));
-                }
-            }
-            _ => since = None,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no runner has recorded steadily for {TAKEOVER_BOUND:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// What a trial pauses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,69 +29,18 @@ enum Target {
     App,
 }
 
-/// Two clustered nodes running the probe's runner, recording into one ticks file.
-struct Pair {
-    _base: Base,
-    ticks: PathBuf,
-    nodes: Vec<(String, u16, Proc)>,
-}
-
-fn runner_pair() -> Pair {
-    let base = Base::installed();
-    base.deploy(&probe(), Some("runner"));
-    let ticks = base.path().join("ticks");
-    let cluster = cluster_name();
-    let nodes: Vec<(String, u16, Proc)> = ["one", "two"]
-        .into_iter()
-        .map(|name| {
-            let offset = free_offset();
-            let extra = [format!("-Dprobe.ticks={}", ticks.display())];
-            let node = clustered_with(&base, name, offset, &cluster, &extra);
-            (name.to_string(), offset, node)
-        })
-        .collect();
-    for (_, _, node) in &nodes {
-        node.wait_for("Cluster view: [one, two]", PATIENCE);
-        node.wait_for("Deployed \"runner\"", BUILD_PATIENCE);
-    }
-    Pair {
-        _base: base,
-        ticks,
-        nodes,
-    }
-}
-
-/// The pids a trial pauses on the node at `offset`.
-fn pids(offset: u16, target: Target) -> Vec<i32> {
-    let server = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
-    let app = get_json_at(9990 + offset, "deployments")[0]["pid"]
-        .as_i64()
-        .expect("the runner has a process") as i32;
-    match target {
-        Target::Node => vec![server, app],
-        Target::Server => vec![server],
-        Target::App => vec![app],
-    }
-}
-
-fn signal(pids: &[i32], signal: i32) {
-    for pid in pids {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(*pid, signal) };
-    }
-}
-
 /// Five trials pausing `target` on whichever node runs the singleton, each checked.
 fn trials(target: Target) {
-    let pair = runner_pair();
+    let pair = Runners::pair();
     for trial in 1..=5 {
         let before = holder(&pair.ticks);
-        let (_, offset, node) = pair
-            .nodes
-            .iter()
-            .find(|(name, _, _)| *name == before)
-            .unwrap();
-        let paused = pids(*offset, target);
+        let (offset, node) = pair.node(&before);
+        let [server, app] = server_and_app(offset);
+        let paused = match target {
+            Target::Node => vec![server, app],
+            Target::Server => vec![server],
+            Target::App => vec![app],
+        };
         signal(&paused, libc::SIGSTOP);
         std::thread::sleep(PAUSE);
         signal(&paused, libc::SIGCONT);
