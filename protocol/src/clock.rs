@@ -2,16 +2,17 @@
 //! lease's deadline is sent from the node to its app as a reading of this clock, so that neither
 //! the time the frame spends on its way nor a pause of either process can stretch it.
 
-/// Nanoseconds on the host's CLOCK_MONOTONIC: the same clock in every process of the host,
-/// never set back, counting through a stopped process's pause.
+/// Nanoseconds on the host's CLOCK_BOOTTIME: the same clock in every process of the host,
+/// never set back, counting through a stopped process's pause and through the host's (or its
+/// VM's) suspension, which CLOCK_MONOTONIC does not.
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, and
-    // the call cannot fail with a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux this
+    // runs on, and the call cannot fail with a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
     (now.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(now.tv_nsec as u64)

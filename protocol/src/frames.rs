@@ -241,8 +241,9 @@ pub enum Header {
     /// A singleton runs only while the app's `lease` covers its epoch.
     StartDaemon { name: String, epoch: u64 },
     /// The app's singletons (daemons and jobs) may run under `epoch` until the host's
-    /// CLOCK_MONOTONIC reads `until-ns`, unless a later `lease` extends it; none: not at all
-    /// now. Once it lapses the app stops them at once, whatever became of its node.
+    /// CLOCK_BOOTTIME reads `until-ns`, unless a later `lease` extends it; none: not at all
+    /// now. Once it lapses the app stops them at once, whatever became of its node. A standalone
+    /// node sends epoch 1 until `u64::MAX` once, after `welcome`: its singletons never lapse.
     Lease { epoch: u64, until_ns: Option<u64> },
     /// Stop the daemon `name` (it now runs elsewhere).
     StopDaemon { name: String },

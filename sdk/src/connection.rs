@@ -366,7 +366,9 @@ impl Connection {
                     }));
                 }
             }
-            Header::StartDaemon { name, epoch } => self.inner.daemons.start(self, &name, epoch),
+            Header::StartDaemon { name, epoch } => {
+                self.inner.daemons.start(self, &name, epoch);
+            }
             Header::Lease { epoch, until_ns } => {
                 lease::lease().set(epoch, until_ns);
                 if lease::lease().covers(epoch) {
@@ -374,14 +376,12 @@ impl Connection {
                 }
             }
             Header::StopDaemon { name } => {
-                let connection = self.clone();
-                tokio::spawn(async move {
-                    connection
-                        .inner
-                        .daemons
-                        .stop(&connection, &name, None)
-                        .await
-                });
+                // Taken out of its slot now, in the order the node asked: a start that follows
+                // starts anew.
+                if let Some(stopping) = self.inner.daemons.take(&name) {
+                    let connection = self.clone();
+                    tokio::spawn(async move { stopping.finish(&connection, None).await });
+                }
             }
             Header::FireJob {
                 name,

@@ -122,19 +122,21 @@ impl Daemons {
         );
     }
 
-    /// Starts the daemon `name` on a task of its own, as the node asked.
-    pub fn start(&self, connection: &Connection, name: &str, epoch: u64) {
+    /// Starts the daemon `name` on a task of its own, as the node asked; false if it was
+    /// running still.
+    pub fn start(&self, connection: &Connection, name: &str, epoch: u64) -> bool {
         let mut slots = lock(&self.slots);
         let Some(slot) = slots.get_mut(name) else {
-            return;
+            return false;
         };
         if slot
             .running
             .as_ref()
             .is_some_and(|task| !task.is_finished())
         {
-            return;
+            return false;
         }
+        slot.lapsed = None;
         let (daemon, singleton) = (slot.daemon.clone(), slot.singleton);
         let connection = connection.clone();
         let name = name.to_string();
@@ -161,18 +163,18 @@ impl Daemons {
                 running: false,
             }));
         }));
+        true
     }
 
     /// Starts again the singletons cancelled when the lease of `epoch` lapsed, now that it is
     /// renewed: no one else took them over meanwhile.
+    /// One whose cancelled task has not quite finished yet keeps its mark, and starts at the
+    /// next renewal.
     pub fn renewed(&self, connection: &Connection, epoch: u64) {
         let names: Vec<String> = lock(&self.slots)
-            .iter_mut()
+            .iter()
             .filter(|(_, slot)| slot.lapsed == Some(epoch))
-            .map(|(name, slot)| {
-                slot.lapsed = None;
-                name.clone()
-            })
+            .map(|(name, _)| name.clone())
             .collect();
         for name in names {
             self.start(connection, &name, epoch);
@@ -182,24 +184,57 @@ impl Daemons {
     /// Stops the daemon `name` if it runs: calls its stop, then gives its start `limit` (20 s if
     /// none) to return before abandoning it.
     pub async fn stop(&self, connection: &Connection, name: &str, limit: Option<Duration>) {
-        let (daemon, task) = {
-            let mut slots = lock(&self.slots);
-            let Some(slot) = slots.get_mut(name) else {
-                return;
-            };
-            slot.lapsed = None;
-            let Some(task) = slot.running.take() else {
-                return;
-            };
-            (slot.daemon.clone(), task)
-        };
+        if let Some(stopping) = self.take(name) {
+            stopping.finish(connection, limit).await;
+        }
+    }
+
+    /// Takes the daemon `name`'s task out of its slot, if it runs, for [`Stopping::finish`]: a
+    /// start asked for after this starts a new one.
+    pub fn take(&self, name: &str) -> Option<Stopping> {
+        let mut slots = lock(&self.slots);
+        let slot = slots.get_mut(name)?;
+        slot.lapsed = None;
+        let task = slot.running.take()?;
+        Some(Stopping {
+            name: name.to_string(),
+            daemon: slot.daemon.clone(),
+            task,
+        })
+    }
+
+    /// Stops every running daemon at once.
+    pub async fn stop_all(&self, connection: &Connection, limit: Duration) {
+        let names: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        let stops = names
+            .iter()
+            .map(|name| self.stop(connection, name, Some(limit)));
+        futures_util::future::join_all(stops).await;
+    }
+}
+
+/// A daemon taken out of its slot to be stopped.
+pub struct Stopping {
+    name: String,
+    daemon: Arc<dyn AnyDaemon>,
+    task: JoinHandle<()>,
+}
+
+impl Stopping {
+    /// Calls the daemon's stop, then gives its start `limit` (20 s if none) to return before
+    /// abandoning it.
+    pub async fn finish(self, connection: &Connection, limit: Option<Duration>) {
+        let Stopping {
+            name,
+            daemon,
+            mut task,
+        } = self;
         // One that ended by itself, or was cancelled when its lease lapsed, has nothing to stop.
         let running = !task.is_finished();
         if running {
             println!("Stopping daemon: {name}");
         }
         let limit = limit.unwrap_or(STOP_LIMIT);
-        let mut task = task;
         let stopped = tokio::time::timeout(limit, async {
             if running {
                 daemon.stop().await;
@@ -213,18 +248,9 @@ impl Daemons {
             task.abort();
         }
         let _ = connection.send(Frame::new(Header::DaemonStatus {
-            name: name.to_string(),
+            name,
             running: false,
         }));
-    }
-
-    /// Stops every running daemon at once.
-    pub async fn stop_all(&self, connection: &Connection, limit: Duration) {
-        let names: Vec<String> = lock(&self.slots).keys().cloned().collect();
-        let stops = names
-            .iter()
-            .map(|name| self.stop(connection, name, Some(limit)));
-        futures_util::future::join_all(stops).await;
     }
 }
 

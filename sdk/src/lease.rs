@@ -92,8 +92,11 @@ impl Lease {
             if left == 0 {
                 return;
             }
+            // A standalone node's lease never lapses: sleep in bounded steps, not for centuries.
+            let step =
+                std::time::Duration::from_nanos(left).min(std::time::Duration::from_secs(3600));
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_nanos(left)) => {}
+                _ = tokio::time::sleep(step) => {}
                 changed = held.changed() => if changed.is_err() { return },
             }
         }

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::cluster::lease::{LEASE_TIME, Renewal};
+use crate::cluster::lease::{Answered, LEASE_TIME, Renewal};
 use crate::cluster::{Member, View};
 
 /// Decides where singletons run, the same way on every member.
@@ -58,9 +58,16 @@ pub struct HeldLease {
     taken_ns: u64,
     seq: u64,
     /// Renewals not yet confirmed, oldest first.
-    sent: VecDeque<(u64, u64)>,
+    sent: VecDeque<Sent>,
     /// Until when its singletons may run, once confirmed.
     until_ns: Option<u64>,
+}
+
+/// A renewal gossiped: its number, and when it was sent.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    seq: u64,
+    at_ns: u64,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -75,7 +82,10 @@ impl HeldLease {
             epoch,
             taken_ns: now_ns,
             seq: 0,
-            sent: VecDeque::from([(0, now_ns)]),
+            sent: VecDeque::from([Sent {
+                seq: 0,
+                at_ns: now_ns,
+            }]),
             until_ns: None,
         }
     }
@@ -83,18 +93,27 @@ impl HeldLease {
     /// The next renewal to gossip, sent at `now_ns`.
     pub fn renew(&mut self, now_ns: u64) -> Renewal {
         self.seq += 1;
-        self.sent.push_back((self.seq, now_ns));
+        self.sent.push_back(Sent {
+            seq: self.seq,
+            at_ns: now_ns,
+        });
         Renewal {
             epoch: self.epoch,
             seq: self.seq,
         }
     }
 
-    /// Takes in that the renewals up to `seq` are confirmed: the new deadline, if it moved.
-    pub fn confirmed(&mut self, seq: u64) -> Option<u64> {
+    /// Takes in how far the other members have answered its renewals: the new deadline, if it
+    /// moved.
+    pub fn confirmed(&mut self, answered: Answered) -> Option<u64> {
+        let upto = match answered {
+            Answered::NotYet => return None,
+            Answered::UpTo(seq) => seq,
+            Answered::NoneToAsk => u64::MAX,
+        };
         let mut sent_ns = None;
-        while self.sent.front().is_some_and(|(number, _)| *number <= seq) {
-            sent_ns = self.sent.pop_front().map(|(_, at)| at);
+        while self.sent.front().is_some_and(|sent| sent.seq <= upto) {
+            sent_ns = self.sent.pop_front().map(|sent| sent.at_ns);
         }
         let until_ns = sent_ns? + nanos(LEASE_TIME);
         if self.until_ns.is_some_and(|until| until >= until_ns) {
@@ -178,9 +197,16 @@ mod tests {
         let first = lease.renew(100 * ms);
         let second = lease.renew(250 * ms);
         assert_eq!((first.seq, second.seq, second.epoch), (1, 2, 9));
-        assert_eq!(lease.confirmed(1), Some(100 * ms + lease_ns));
-        assert_eq!(lease.confirmed(1), None, "nothing new");
-        assert_eq!(lease.confirmed(5), Some(250 * ms + lease_ns));
+        assert_eq!(lease.confirmed(Answered::NotYet), None);
+        assert_eq!(
+            lease.confirmed(Answered::UpTo(1)),
+            Some(100 * ms + lease_ns)
+        );
+        assert_eq!(lease.confirmed(Answered::UpTo(1)), None, "nothing new");
+        assert_eq!(
+            lease.confirmed(Answered::NoneToAsk),
+            Some(250 * ms + lease_ns)
+        );
         assert!(!lease.lapsed(250 * ms + lease_ns - 1));
         assert!(lease.lapsed(250 * ms + lease_ns));
     }

@@ -10,7 +10,7 @@ use immutant_protocol::{Frame, FrameCodec, Header, Outbox, PROTOCOL_VERSION, wri
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{AppContext, DaemonState, Deployment, Status, lock};
 use crate::cluster::Cluster;
@@ -70,6 +70,14 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         _ => return,
     }
 
+    if context.cluster.is_none() {
+        // Standalone: the singletons run here, under a lease that never lapses.
+        let lease = Header::Lease {
+            epoch: 1,
+            until_ns: Some(u64::MAX),
+        };
+        let _ = outbox.send(Frame::new(lease).into());
+    }
     let connection = context.broker.next_connection();
     context.broker.connect(connection, outbox.clone());
     *lock(&deployment.outbox) = Some(outbox.clone());
@@ -334,6 +342,15 @@ impl Session {
             return Ok(());
         };
         let app = &self.deployment.name;
+        let deployment = &self.deployment;
+        // This node's own lease, once its deadline has passed: before the holder's loop notices.
+        let lapsed = *deployment.singleton_epoch.borrow() == Some(epoch)
+            && monotonic_ns() >= deployment.lease_until.load(Ordering::Relaxed);
+        if lapsed || !cluster.settled() {
+            return Err(format!(
+                "the lease of epoch {epoch} on the singletons of {app} has lapsed on this node, so the work was not done"
+            ));
+        }
         match cluster.highest_epoch(app) {
             Some(current) if current > epoch => Err(format!(
                 "epoch {epoch} is stale: the singletons of {app} run under epoch {current} now, so the work was not done"
@@ -425,15 +442,19 @@ async fn follow_singletons(
             return;
         }
     }
-    let election = SingletonElection::new(cluster.singleton_quorum());
+    let quorum = cluster.singleton_quorum();
+    let election = SingletonElection::new(quorum);
     let mut view = cluster.view();
     loop {
-        if !elected(&election, &cluster, &app, &mut view, &ended).await {
+        if !wait_until_ours(&election, &cluster, &app, &mut view, &ended).await {
             break;
         }
+        // The clock first: the lease must not be thought to start later than its first renewal
+        // went out.
+        let taken_ns = monotonic_ns();
         let epoch = cluster.take_epoch(&app).await;
-        let mut lease = HeldLease::new(epoch, monotonic_ns());
-        info!("Taking over the singletons of {app} (epoch {epoch}) once the cluster confirms it");
+        let mut lease = HeldLease::new(epoch, taken_ns);
+        debug!("Taking over the singletons of {app} (epoch {epoch}) once the cluster confirms it");
         let mut renewals = tokio::time::interval(RENEW_INTERVAL);
         renewals.tick().await;
         let end = loop {
@@ -441,17 +462,17 @@ async fn follow_singletons(
                 _ = renewals.tick() => {}
                 _ = ended.cancelled() => break LeaseEnd::AppEnded,
             }
-            if !election.here(&view.borrow(), &app) {
+            // Stopping early is always safe; a newer lease elsewhere cannot be confirmed while
+            // this one is, so only losing the quorum deposes a holder.
+            if (view.borrow().members.len() as u32) < quorum {
                 break LeaseEnd::Deposed;
             }
             let now = monotonic_ns();
             if lease.lapsed(now) {
                 break LeaseEnd::Lapsed;
             }
-            let moved = cluster
-                .confirmed(&app, epoch)
-                .and_then(|seq| lease.confirmed(seq));
-            if let Some(until_ns) = moved {
+            if let Some(until_ns) = lease.confirmed(cluster.answered(&app, epoch)) {
+                deployment.lease_until.store(until_ns, Ordering::Relaxed);
                 send(
                     &outbox,
                     Header::Lease {
@@ -491,16 +512,14 @@ async fn follow_singletons(
             LeaseEnd::Lapsed if ran => warn!(
                 "The singletons of {app} no longer run on this node: the cluster did not confirm its lease in time"
             ),
-            LeaseEnd::Deposed if ran => {
-                info!("The singletons of {app} no longer run on this node")
-            }
+            LeaseEnd::Deposed if ran => info!(
+                "The singletons of {app} no longer run on this node: this side of the cluster has fewer than {quorum} members"
+            ),
             _ => {}
         }
-        // Let go only once the app cannot be running them: it has ended (its stops returned),
-        // or the deadline it keeps has passed.
-        if end != LeaseEnd::AppEnded
-            && let Some(until_ns) = lease.until_ns()
-        {
+        // Let go only once the app cannot be running them, whatever became of it: its
+        // connection may have ended with the process still alive.
+        if let Some(until_ns) = lease.until_ns() {
             let left = until_ns.saturating_sub(monotonic_ns());
             tokio::time::sleep(Duration::from_nanos(left)).await;
         }
@@ -518,15 +537,16 @@ async fn follow_singletons(
 enum LeaseEnd {
     /// The app's process ended.
     AppEnded,
-    /// Another member holds a newer lease, or this side of the cluster lost its quorum.
+    /// This side of the cluster lost its quorum.
     Deposed,
     /// The cluster did not confirm a renewal in time.
     Lapsed,
 }
 
-/// Waits until this node is elected for `app`'s singletons, has let the view settle, and is free
-/// to take them over (its promises to the last holder are kept); false if the app ended first.
-async fn elected(
+/// Waits until this node is elected for `app`'s singletons, has let the view settle, was not
+/// just paused, and is free to take them over (no promise binds it); false if the app ended
+/// first.
+async fn wait_until_ours(
     election: &SingletonElection,
     cluster: &Cluster,
     app: &str,

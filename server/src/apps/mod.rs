@@ -92,6 +92,9 @@ pub struct Deployment {
     /// The newest epoch this node ran the app's singletons under and let go: work under it or
     /// an older one is refused here.
     let_go: AtomicU64,
+    /// Until when (on the host's boot clock, in nanoseconds) the lease this node holds on the
+    /// app's singletons was last confirmed.
+    lease_until: AtomicU64,
     /// The jobs the app scheduled.
     jobs: AppJobs,
     /// False while the process of an earlier deployment of the app still runs on this node
@@ -147,6 +150,7 @@ impl Deployment {
             outbox: Mutex::new(None),
             singleton_epoch: watch::channel(None).0,
             let_go: AtomicU64::new(0),
+            lease_until: AtomicU64::new(0),
             jobs: AppJobs::default(),
             exclusive: watch::channel(exclusive).0,
             backend: Mutex::new(None),

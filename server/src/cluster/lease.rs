@@ -2,21 +2,25 @@
 //! cluster's membership).
 //!
 //! The node that holds an app's singletons gossips `lease:<app>` = `<epoch>.<seq>`, with a new
-//! `seq` every [`RENEW_INTERVAL`]. Each other member that sees the holder in its view, knows no
-//! newer epoch for the app and holds none itself answers with `ack:<app>` =
-//! `<holder>/<generation>/<epoch>.<seq>`, and by that promises not to take the app's singletons
-//! over until [`LEASE_TIME`] + [`MARGIN`] after it saw that renewal. The holder's lease runs until
-//! [`LEASE_TIME`] after it sent the newest renewal that every member with the app has answered:
-//! since each answer was given after the renewal was sent, the holder's deadline always comes
-//! before the promises run out. Its app is told the deadline and stops its singletons there by
-//! itself, so a holder that is frozen or cut off stops before anyone takes over.
+//! `seq` every [`RENEW_INTERVAL`]. Each other member that sees the holder in its view and holds
+//! no lease on the app itself answers with `ack:<app>` = `<holder>/<generation>/<epoch>.<seq>`,
+//! and by that makes a [`Promise`], until [`LEASE_TIME`] + [`MARGIN`] after it saw that renewal:
+//! not to take the app's singletons over, and not to answer any other holder. The holder's lease
+//! runs until [`LEASE_TIME`] after it sent the newest renewal that every other member of its
+//! view has answered; it needs a view of at least the quorum to hold one.
 //!
-//! A member may take over without waiting for its promise when the holder let the lease go
-//! (deleted its key, which it does only once its app has stopped them or the deadline passed),
-//! or when the holder is proven dead: its link closed and its port refuses.
+//! Why that is enough: each answer was given after its renewal was sent, so the holder's
+//! deadline comes before the promises run out; its app is told the deadline and stops its
+//! singletons there by itself, so a holder that is frozen or cut off stops before anyone takes
+//! over. And two holders cannot both be confirmed while some member sees both, for it answers
+//! one at a time: only members that cannot see each other at all (a clean partition) can, which
+//! a quorum of a majority rules out.
+//!
+//! A promise binds no more once the holder let the lease go (deleted its key, which it does only
+//! once its deadline has passed) or is proven dead: its link closed and its port refuses.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chitchat::{ChitchatId, NodeState};
 
@@ -85,8 +89,42 @@ impl Ack {
 }
 
 /// Whether `id` is the member `name` of `generation`.
-pub fn is(id: &ChitchatId, name: &str, generation: u64) -> bool {
+pub fn is_member(id: &ChitchatId, name: &str, generation: u64) -> bool {
     &*id.node_id == name && id.generation_id == generation
+}
+
+/// A promise this member made, by answering a renewal, not to take an app's singletons over
+/// from `holder` (name and generation), which holds them under `epoch`, nor to answer another
+/// holder, before `until`.
+#[derive(Debug, Clone)]
+pub struct Promise {
+    pub holder: (String, u64),
+    pub epoch: u64,
+    pub until: Instant,
+}
+
+impl Promise {
+    /// Whether it still binds at `now`: not run out, and its holder neither proven dead (one of
+    /// `dead`) nor seen to have let the lease go (its state, if among `states`, no longer shows
+    /// it).
+    pub fn binds<'a>(
+        &self,
+        now: Instant,
+        dead: &[(String, u64)],
+        mut states: impl Iterator<Item = (&'a ChitchatId, &'a NodeState)>,
+        app: &str,
+    ) -> bool {
+        let (name, generation) = &self.holder;
+        let released = states
+            .find(|(id, _)| is_member(id, name, *generation))
+            .is_some_and(|(_, state)| {
+                state
+                    .get(&format!("{LEASE_KEY_PREFIX}{app}"))
+                    .and_then(Renewal::parse)
+                    .is_none_or(|renewal| renewal.epoch != self.epoch)
+            });
+        now < self.until && !released && !dead.contains(&self.holder)
+    }
 }
 
 /// The highest epoch each app's singletons were taken with, by any member in `states`.
@@ -108,23 +146,37 @@ pub fn highest_epochs<'a>(
     highest
 }
 
-/// The renewals this node (`me`, whose own state is `mine`) should answer now: for each app, the
-/// newest renewal of the live holder with the highest epoch, if that holder is in `view`, its
-/// epoch is the highest known, and this node holds no lease on the app itself.
-pub fn renewals_to_answer(
-    me: &ChitchatId,
-    mine: &NodeState,
-    live: &BTreeMap<ChitchatId, NodeState>,
-    view: &View,
-) -> BTreeMap<String, Ack> {
-    let highest = highest_epochs(live.values().chain([mine]));
+/// What this node (`me`, whose own state is `mine`) knows when it answers renewals.
+pub struct Answering<'a> {
+    pub me: &'a ChitchatId,
+    pub mine: &'a NodeState,
+    pub live: &'a BTreeMap<ChitchatId, NodeState>,
+    pub view: &'a View,
+    /// The highest epoch of each app, over every member.
+    pub highest: &'a BTreeMap<String, u64>,
+    /// The promises that bind it now, by app.
+    pub bound: &'a BTreeMap<String, Promise>,
+}
+
+/// The renewals this node should answer now: for each app, the newest renewal of the holder a
+/// promise binds it to, if one does; else of the holder in its view with the highest epoch, if
+/// that is the highest known. None for an app it holds a lease on itself.
+pub fn renewals_to_answer(knowing: &Answering) -> BTreeMap<String, Ack> {
+    let Answering {
+        me,
+        mine,
+        live,
+        view,
+        highest,
+        bound,
+    } = knowing;
     let mut answers: BTreeMap<String, Ack> = BTreeMap::new();
-    for (id, state) in live {
-        if id == me
+    for (id, state) in live.iter() {
+        if id == *me
             || !view
                 .members
                 .iter()
-                .any(|member| is(id, &member.name, member.generation))
+                .any(|member| is_member(id, &member.name, member.generation))
         {
             continue;
         }
@@ -134,12 +186,18 @@ pub fn renewals_to_answer(
             else {
                 continue;
             };
-            let newest = highest.get(app).is_none_or(|&epoch| renewal.epoch >= epoch);
+            let allowed = match bound.get(app) {
+                Some(promise) => {
+                    is_member(id, &promise.holder.0, promise.holder.1)
+                        && promise.epoch == renewal.epoch
+                }
+                None => highest.get(app).is_none_or(|&epoch| renewal.epoch >= epoch),
+            };
             let holding = mine.get(&format!("{LEASE_KEY_PREFIX}{app}")).is_some();
             let better = answers
                 .get(app)
                 .is_none_or(|other| other.renewal.epoch < renewal.epoch);
-            if newest && !holding && better {
+            if allowed && !holding && better {
                 answers.insert(
                     app.to_string(),
                     Ack {
@@ -154,30 +212,41 @@ pub fn renewals_to_answer(
     answers
 }
 
-/// The newest renewal of this node's (`me`) lease on `app` under `epoch` that every other member
-/// of `view` with the app has answered: `u64::MAX` if there is none to ask, none if one has not
-/// answered any.
-pub fn confirmed(
+/// How far the other members of a view have answered a holder's renewals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// There is no other member to ask: every renewal stands.
+    NoneToAsk,
+    /// Every other member answered the renewals up to this one.
+    UpTo(u64),
+    /// Some member has answered none of this lease's renewals.
+    NotYet,
+}
+
+/// How far every other member of `view` has answered this node's (`me`) renewals of its lease
+/// on `app` under `epoch`.
+pub fn answered(
     me: &ChitchatId,
     app: &str,
     epoch: u64,
     view: &View,
     live: &BTreeMap<ChitchatId, NodeState>,
-) -> Option<u64> {
+) -> Answered {
     let key = format!("{ACK_KEY_PREFIX}{app}");
-    let mut confirmed = u64::MAX;
-    for member in &view.members {
-        if member.is_self || !member.apps.contains(app) {
-            continue;
-        }
+    let mut answered = Answered::NoneToAsk;
+    for member in view.members.iter().filter(|member| !member.is_self) {
         let ack = live
             .iter()
-            .find(|(id, _)| is(id, &member.name, member.generation))
+            .find(|(id, _)| is_member(id, &member.name, member.generation))
             .and_then(|(_, state)| Ack::parse(state.get(&key)?))
-            .filter(|ack| is(me, &ack.holder, ack.generation) && ack.renewal.epoch == epoch)?;
-        confirmed = confirmed.min(ack.renewal.seq);
+            .filter(|ack| is_member(me, &ack.holder, ack.generation) && ack.renewal.epoch == epoch);
+        answered = match (answered, ack) {
+            (_, None) => return Answered::NotYet,
+            (Answered::UpTo(seq), Some(ack)) => Answered::UpTo(seq.min(ack.renewal.seq)),
+            (_, Some(ack)) => Answered::UpTo(ack.renewal.seq),
+        };
     }
-    Some(confirmed)
+    answered
 }
 
 #[cfg(test)]
@@ -229,36 +298,91 @@ mod tests {
         assert_eq!(Ack::parse("one/x/1.2"), None);
     }
 
+    fn answers(
+        me: &ChitchatId,
+        mine: &NodeState,
+        live: &BTreeMap<ChitchatId, NodeState>,
+        view: &View,
+        bound: &BTreeMap<String, Promise>,
+    ) -> BTreeMap<String, Ack> {
+        let highest = highest_epochs(live.values().chain([mine]));
+        renewals_to_answer(&Answering {
+            me,
+            mine,
+            live,
+            view,
+            highest: &highest,
+            bound,
+        })
+    }
+
     #[test]
     fn a_member_answers_the_newest_holder_in_its_view_only() {
         let (me, holder, old) = (id("two", 20), id("one", 10), id("three", 5));
         let view = View::new(vec![member("one", 10, false), member("two", 20, true)]);
-        let mine = state(&[]);
+        let (mine, free) = (state(&[]), BTreeMap::new());
         let mut live = BTreeMap::new();
         live.insert(
             holder.clone(),
             state(&[("lease:example", "9.4"), ("epoch:example", "9")]),
         );
-        let answers = renewals_to_answer(&me, &mine, &live, &view);
-        assert_eq!(answers["example"].renewal, Renewal { epoch: 9, seq: 4 });
-        assert_eq!(answers["example"].holder, "one");
+        let answered = answers(&me, &mine, &live, &view, &free);
+        assert_eq!(answered["example"].renewal, Renewal { epoch: 9, seq: 4 });
+        assert_eq!(answered["example"].holder, "one");
 
         // A holder with an older epoch than one known is not answered.
         live.insert(old.clone(), state(&[("epoch:example", "11")]));
-        assert!(renewals_to_answer(&me, &mine, &live, &view).is_empty());
+        assert!(answers(&me, &mine, &live, &view, &free).is_empty());
         live.remove(&old);
 
         // Nor one outside the view, nor any while this node holds a lease itself.
         let alone = View::new(vec![member("two", 20, true)]);
-        assert!(renewals_to_answer(&me, &mine, &live, &alone).is_empty());
+        assert!(answers(&me, &mine, &live, &alone, &free).is_empty());
         let holding = state(&[("lease:example", "3.1")]);
-        assert!(renewals_to_answer(&me, &holding, &live, &view).is_empty());
+        assert!(answers(&me, &holding, &live, &view, &free).is_empty());
     }
 
     #[test]
-    fn a_renewal_is_confirmed_once_every_member_with_the_app_answered_it() {
+    fn a_member_bound_by_a_promise_answers_no_other_holder() {
+        let me = id("two", 20);
+        let view = View::new(vec![
+            member("one", 10, false),
+            member("two", 20, true),
+            member("three", 30, false),
+        ]);
+        let mine = state(&[]);
+        let mut live = BTreeMap::new();
+        live.insert(id("one", 10), state(&[("lease:example", "9.4")]));
+        live.insert(id("three", 30), state(&[("lease:example", "12.0")]));
+        let promise = Promise {
+            holder: ("one".into(), 10),
+            epoch: 9,
+            until: Instant::now() + Duration::from_secs(1),
+        };
+        let bound = BTreeMap::from([("example".to_string(), promise.clone())]);
+        let answered = answers(&me, &mine, &live, &view, &bound);
+        assert_eq!(answered["example"].holder, "one", "not three's newer lease");
+        assert!(promise.binds(Instant::now(), &[], live.iter(), "example"));
+        // Not once one is proven dead, nor once the promise runs out.
+        let dead = [("one".to_string(), 10)];
+        assert!(!promise.binds(Instant::now(), &dead, live.iter(), "example"));
+        let later = Instant::now() + Duration::from_secs(2);
+        assert!(!promise.binds(later, &[], live.iter(), "example"));
+        // Nor once one lets its lease go: then three's is answered.
+        live.insert(id("one", 10), state(&[]));
+        assert!(!promise.binds(Instant::now(), &[], live.iter(), "example"));
+        let free = BTreeMap::new();
+        assert_eq!(
+            answers(&me, &mine, &live, &view, &free)["example"].holder,
+            "three"
+        );
+    }
+
+    #[test]
+    fn a_renewal_is_confirmed_once_every_other_member_answered_it() {
         let me = id("one", 10);
         let mut three = member("three", 30, false);
+        // Members without the app answer too: they bind the others of a split view.
         three.apps.clear();
         let view = View::new(vec![
             member("one", 10, true),
@@ -266,14 +390,21 @@ mod tests {
             three,
         ]);
         let mut live = BTreeMap::new();
-        live.insert(id("three", 30), state(&[]));
-        assert_eq!(confirmed(&me, "example", 9, &view, &live), None);
         live.insert(id("two", 20), state(&[("ack:example", "one/10/9.4")]));
-        assert_eq!(confirmed(&me, "example", 9, &view, &live), Some(4));
+        assert_eq!(answered(&me, "example", 9, &view, &live), Answered::NotYet);
+        live.insert(id("three", 30), state(&[("ack:example", "one/10/9.6")]));
+        assert_eq!(answered(&me, "example", 9, &view, &live), Answered::UpTo(4));
         // An answer to another epoch, or to another holder, is none.
-        assert_eq!(confirmed(&me, "example", 10, &view, &live), None);
-        assert_eq!(confirmed(&id("one", 11), "example", 9, &view, &live), None);
+        assert_eq!(answered(&me, "example", 10, &view, &live), Answered::NotYet);
+        let other = id("one", 11);
+        assert_eq!(
+            answered(&other, "example", 9, &view, &live),
+            Answered::NotYet
+        );
         let alone = View::new(vec![member("one", 10, true)]);
-        assert_eq!(confirmed(&me, "example", 9, &alone, &live), Some(u64::MAX));
+        assert_eq!(
+            answered(&me, "example", 9, &alone, &live),
+            Answered::NoneToAsk
+        );
     }
 }

@@ -117,9 +117,14 @@ pub fn start(
                             tokio::time::sleep(crate::node::ACCEPT_BACKOFF).await;
                         }
                     },
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break,
                 }
             }
+            // The port stays open, taking no more links, until the process ends: a member that
+            // tries it while this node's apps stop must not take the node for dead (a refused
+            // port proves death) and take its singletons over before their stops return.
+            let _open = listener;
+            std::future::pending::<()>().await;
         });
     }
     tokio::spawn(manage(cluster, services, shutdown, limit));
@@ -449,6 +454,7 @@ async fn run_link(
         // One whose port refuses outright is proven dead (a hung or cut-off one times out).
         match answers(address).await {
             Verdict::Answers => {}
+            // The member left the view meanwhile: nothing to suspect.
             _ if interest.has_changed().is_err() => {}
             Verdict::Refuses => {
                 cluster.proven_dead(&peer, generation);

@@ -21,7 +21,8 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
 };
-use lease::{ACK_KEY_PREFIX, LEASE_KEY_PREFIX, Renewal};
+use immutant_protocol::clock::monotonic_ns;
+use lease::{ACK_KEY_PREFIX, Answered, LEASE_KEY_PREFIX, Promise, Renewal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -81,21 +82,13 @@ pub struct Cluster {
     /// The live members' gossiped state, as it changes.
     live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     /// The highest epoch each app's singletons were taken with, by a live member.
-    epochs: watch::Sender<BTreeMap<String, u64>>,
-    /// The promises this node made, per app, not to take its singletons over.
+    epochs: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// The promises this node made by answering holders' renewals, per app.
     promises: std::sync::Mutex<BTreeMap<String, Promise>>,
-    /// Members proven dead (their link closed and their port refused), by name and generation.
-    dead: std::sync::Mutex<BTreeSet<(String, u64)>>,
+    /// Members proven dead (their link closed and their port refused), by name and generation,
+    /// oldest first.
+    dead: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
     pauses: std::sync::Mutex<Pauses>,
-}
-
-/// A promise not to take an app's singletons over from `holder` (name and generation), which
-/// holds them under `epoch`, before `until`.
-#[derive(Debug, Clone)]
-struct Promise {
-    holder: (String, u64),
-    epoch: u64,
-    until: std::time::Instant,
 }
 
 /// How many members proven dead are remembered.
@@ -108,11 +101,12 @@ const PAUSE_GAP: Duration = Duration::from_millis(500);
 /// gossip reaches it again.
 const RESYNC_TIME: Duration = Duration::from_secs(2);
 
-/// When this process last ran its pause watch, and when it last came back from a pause.
+/// When this process last ran its pause watch, and when it last came back from a pause (on the
+/// host's boot clock, in nanoseconds: it counts a suspended host's sleep too).
 #[derive(Debug, Clone, Copy)]
 struct Pauses {
-    last_tick: std::time::Instant,
-    resumed: Option<std::time::Instant>,
+    last_tick_ns: u64,
+    resumed_ns: Option<u64>,
 }
 
 impl Cluster {
@@ -166,12 +160,12 @@ impl Cluster {
         let (view_tx, view) = watch::channel(View::default());
         let (clash_tx, clash) = watch::channel(None);
         let live = handle.chitchat().lock().await.live_nodes_watcher();
-        let me_named = (node.node_name.clone(), generation, gossip_addr);
+        let naming = (node.node_name.clone(), generation, gossip_addr);
         let (suspects, suspected) = watch::channel(BTreeMap::new());
         tokio::spawn(follow_view(
             live.clone(),
             suspected,
-            me_named,
+            naming,
             view_tx,
             clash_tx,
         ));
@@ -188,12 +182,12 @@ impl Cluster {
             app_processes: Default::default(),
             me,
             live,
-            epochs: watch::channel(BTreeMap::new()).0,
+            epochs: Default::default(),
             promises: Default::default(),
             dead: Default::default(),
             pauses: std::sync::Mutex::new(Pauses {
-                last_tick: std::time::Instant::now(),
-                resumed: None,
+                last_tick_ns: monotonic_ns(),
+                resumed_ns: None,
             }),
         });
         tokio::spawn(watch_pauses(cluster.clone()));
@@ -293,7 +287,11 @@ impl Cluster {
             .values()
             .filter_map(|state| state.get(&key)?.parse::<u64>().ok())
             .max();
-        let epoch = next_epoch(crate::messaging::now_ms(), highest);
+        let epoch = next_epoch(
+            crate::messaging::now_ms(),
+            highest,
+            epoch_tag(&self.node_name),
+        );
         let state = chitchat.self_node_state();
         state.set(key, epoch.to_string());
         state.set(
@@ -323,10 +321,10 @@ impl Cluster {
             .delete(&format!("{LEASE_KEY_PREFIX}{app}"));
     }
 
-    /// The newest renewal of this node's lease on `app` under `epoch` that every other member
-    /// with the app has answered (`u64::MAX` if there is none to ask).
-    pub fn confirmed(&self, app: &str, epoch: u64) -> Option<u64> {
-        lease::confirmed(
+    /// How far the other members of the view have answered this node's renewals of its lease
+    /// on `app` under `epoch`.
+    pub fn answered(&self, app: &str, epoch: u64) -> Answered {
+        lease::answered(
             &self.me,
             app,
             epoch,
@@ -339,43 +337,36 @@ impl Cluster {
     /// while it is coming back from one, nor for a while after.
     pub fn settled(&self) -> bool {
         let pauses = *crate::apps::lock(&self.pauses);
+        let now = monotonic_ns();
         // A pause the watch has not ticked since is one being come back from now.
-        pauses.last_tick.elapsed() < PAUSE_GAP
+        now.saturating_sub(pauses.last_tick_ns) < nanos(PAUSE_GAP)
             && pauses
-                .resumed
-                .is_none_or(|resumed| resumed.elapsed() >= RESYNC_TIME)
+                .resumed_ns
+                .is_none_or(|resumed| now.saturating_sub(resumed) >= nanos(RESYNC_TIME))
     }
 
-    /// Whether this node may take `app`'s singletons over now, as far as its promises go: it
-    /// made none, or the one it made ran out, or its holder let the lease go or is proven dead.
+    /// Whether this node may take `app`'s singletons over now, as far as its promises go: none
+    /// binds it (see [`Promise::binds`]).
     pub async fn free_to_take(&self, app: &str) -> bool {
         let Some(promise) = crate::apps::lock(&self.promises).get(app).cloned() else {
             return true;
         };
-        if std::time::Instant::now() >= promise.until
-            || crate::apps::lock(&self.dead).contains(&promise.holder)
-        {
-            return true;
-        }
-        let key = format!("{LEASE_KEY_PREFIX}{app}");
+        let dead: Vec<(String, u64)> = crate::apps::lock(&self.dead).iter().cloned().collect();
         let chitchat = self.handle.chitchat();
         let chitchat = chitchat.lock().await;
-        let (name, generation) = &promise.holder;
-        chitchat
-            .node_states()
-            .iter()
-            .find(|(id, _)| lease::is(id, name, *generation))
-            .is_some_and(|(_, state)| {
-                state
-                    .get(&key)
-                    .and_then(Renewal::parse)
-                    .is_none_or(|renewal| renewal.epoch != promise.epoch)
-            })
+        // Every member's last state, the gone ones' too: a holder that let go and then died.
+        let bound = promise.binds(
+            std::time::Instant::now(),
+            &dead,
+            chitchat.node_states().iter(),
+            app,
+        );
+        !bound
     }
 
     /// The highest epoch a live member took `app`'s singletons with, if any did.
     pub fn highest_epoch(&self, app: &str) -> Option<u64> {
-        self.epochs.borrow().get(app).copied()
+        crate::apps::lock(&self.epochs).get(app).copied()
     }
 
     /// Records that the member `name` of `generation` is dead: its link closed and its port
@@ -383,9 +374,9 @@ impl Cluster {
     pub fn proven_dead(&self, name: &str, generation: u64) {
         let mut dead = crate::apps::lock(&self.dead);
         if dead.len() >= DEAD_REMEMBERED {
-            dead.pop_first();
+            dead.pop_front();
         }
-        dead.insert((name.to_string(), generation));
+        dead.push_back((name.to_string(), generation));
     }
 
     /// Tells the cluster that this node holds the cache `name`.
@@ -451,9 +442,27 @@ impl Cluster {
     }
 }
 
-/// The epoch after `highest` (the highest any member took), and not below `now`.
-fn next_epoch(now: u64, highest: Option<u64>) -> u64 {
-    highest.map_or(now, |highest| now.max(highest + 1))
+/// How many nodes' tags an epoch has room for in its low digits.
+const EPOCH_TAGS: u64 = 1024;
+
+/// The tag that keeps the epochs of two nodes that take over at once apart.
+fn epoch_tag(node_name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // A fixed hasher: the tag must not change with the process.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node_name.hash(&mut hasher);
+    hasher.finish() % EPOCH_TAGS
+}
+
+/// The epoch after `highest` (the highest any member took): a count, not below the clock in
+/// milliseconds (`now`), times [`EPOCH_TAGS`], plus this node's `tag`.
+fn next_epoch(now: u64, highest: Option<u64>, tag: u64) -> u64 {
+    let count = highest.map_or(now, |highest| now.max(highest / EPOCH_TAGS + 1));
+    count.saturating_mul(EPOCH_TAGS).saturating_add(tag)
+}
+
+fn nanos(duration: Duration) -> u64 {
+    duration.as_nanos() as u64
 }
 
 /// Turns chitchat's live nodes into views, logs each change once, and watches for an older live
@@ -529,46 +538,57 @@ async fn follow_view(
 async fn watch_pauses(cluster: Arc<Cluster>) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = std::time::Instant::now();
+        let now = monotonic_ns();
         let mut pauses = crate::apps::lock(&cluster.pauses);
-        let gap = now - pauses.last_tick;
+        let gap = Duration::from_nanos(now.saturating_sub(pauses.last_tick_ns));
         if gap >= PAUSE_GAP {
             warn!(
                 "this node was paused for {gap:.1?}; it takes no singletons over until it has heard the cluster again"
             );
-            pauses.resumed = Some(now);
+            pauses.resumed_ns = Some(now);
         }
-        pauses.last_tick = now;
+        pauses.last_tick_ns = now;
     }
 }
 
-/// Answers the holders' lease renewals (see [`lease`]) as gossip brings them, promising each
-/// answered holder not to take its singletons over meanwhile; and keeps the highest epoch of
-/// each app known for fencing.
+/// Answers the holders' lease renewals (see [`lease`]) as gossip brings them, each answer a
+/// promise; and keeps the highest epoch of each app known, for fencing.
 async fn answer_renewals(cluster: Arc<Cluster>) {
     let mut live = cluster.live.clone();
     let mut view = cluster.view.clone();
     loop {
         let states = live.borrow_and_update().clone();
         let current = view.borrow_and_update().clone();
+        let dead: Vec<(String, u64)> = crate::apps::lock(&cluster.dead).iter().cloned().collect();
         {
             let chitchat = cluster.handle.chitchat();
             let mut chitchat = chitchat.lock().await;
             let mine = chitchat.self_node_state();
             let highest = lease::highest_epochs(states.values().chain([&*mine]));
-            cluster.epochs.send_if_modified(|epochs| {
-                let changed = *epochs != highest;
-                *epochs = highest;
-                changed
-            });
-            for (app, ack) in lease::renewals_to_answer(&cluster.me, mine, &states, &current) {
+            let now = std::time::Instant::now();
+            let bound = {
+                let mut promises = crate::apps::lock(&cluster.promises);
+                promises.retain(|app, promise| promise.binds(now, &dead, states.iter(), app));
+                promises.clone()
+            };
+            let knowing = lease::Answering {
+                me: &cluster.me,
+                mine,
+                live: &states,
+                view: &current,
+                highest: &highest,
+                bound: &bound,
+            };
+            let answers = lease::renewals_to_answer(&knowing);
+            *crate::apps::lock(&cluster.epochs) = highest;
+            for (app, ack) in answers {
                 let key = format!("{ACK_KEY_PREFIX}{app}");
                 let value = ack.value();
                 if mine.get(&key) == Some(value.as_str()) {
                     continue;
                 }
-                // The promise first: from now, not from when the renewal was sent, so it
-                // always outlasts the holder's deadline.
+                // The promise first, from now rather than from when the renewal was sent, so
+                // that it always outlasts the holder's deadline.
                 let until = std::time::Instant::now() + lease::LEASE_TIME + lease::MARGIN;
                 crate::apps::lock(&cluster.promises).insert(
                     app,
@@ -625,13 +645,21 @@ fn keys_with_prefix(state: &NodeState, prefix: &str) -> BTreeSet<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::next_epoch;
+    use super::{epoch_tag, next_epoch};
 
     #[test]
     fn an_epoch_grows_past_every_earlier_one_whatever_the_clock_says() {
-        assert_eq!(next_epoch(1_000, None), 1_000);
-        assert_eq!(next_epoch(1_000, Some(500)), 1_000);
+        assert_eq!(next_epoch(1_000, None, 7), 1_024_007);
+        assert_eq!(next_epoch(1_000, Some(500 * 1024 + 3), 7), 1_024_007);
         // A clock behind the last holder's (another host's, or set back).
-        assert_eq!(next_epoch(1_000, Some(5_000)), 5_001);
+        assert_eq!(
+            next_epoch(1_000, Some(5_000 * 1024 + 3), 7),
+            5_001 * 1024 + 7
+        );
+        // Two nodes taking over at once past the same epoch take different ones.
+        assert_ne!(
+            next_epoch(1_000, Some(5), epoch_tag("one")),
+            next_epoch(1_000, Some(5), epoch_tag("two"))
+        );
     }
 }
