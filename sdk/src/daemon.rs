@@ -76,6 +76,8 @@ struct Slot {
     daemon: Arc<dyn AnyDaemon>,
     singleton: bool,
     running: Option<JoinHandle<()>>,
+    /// The epoch it was last started under.
+    epoch: u64,
     /// The epoch of the lease that lapsed under it, if one did while it ran: it starts again if
     /// that lease is renewed (the app, not its node, was paused).
     lapsed: Option<u64>,
@@ -117,6 +119,7 @@ impl Daemons {
                 daemon,
                 singleton,
                 running: None,
+                epoch: 0,
                 lapsed: None,
             },
         );
@@ -138,6 +141,7 @@ impl Daemons {
         }
         slot.lapsed = None;
         let (daemon, singleton) = (slot.daemon.clone(), slot.singleton);
+        slot.epoch = epoch;
         let connection = connection.clone();
         let name = name.to_string();
         println!("Starting daemon: {name}");
@@ -200,6 +204,9 @@ impl Daemons {
             name: name.to_string(),
             daemon: slot.daemon.clone(),
             task,
+            // Its lease gone, it is being cancelled: its stop must not be called as well (a
+            // stop signal left behind would end its next start at once).
+            cancelled: slot.singleton && !crate::lease::lease().covers(slot.epoch),
         })
     }
 
@@ -218,6 +225,7 @@ pub struct Stopping {
     name: String,
     daemon: Arc<dyn AnyDaemon>,
     task: JoinHandle<()>,
+    cancelled: bool,
 }
 
 impl Stopping {
@@ -228,9 +236,13 @@ impl Stopping {
             name,
             daemon,
             mut task,
+            cancelled,
         } = self;
+        if cancelled {
+            task.abort();
+        }
         // One that ended by itself, or was cancelled when its lease lapsed, has nothing to stop.
-        let running = !task.is_finished();
+        let running = !task.is_finished() && !cancelled;
         if running {
             println!("Stopping daemon: {name}");
         }

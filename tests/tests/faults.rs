@@ -5,7 +5,8 @@
 //! node, epochs grow with every handover, nothing moves back after the resume, and a deposed
 //! runner's publish under its old epoch is refused. And a partition made with network
 //! namespaces (`immutant_e2e::netns`) with a quorum of 2 of 3: the minority stops before the
-//! majority starts, and one runs after the heal.
+//! majority starts, and one runs after the heal. And a durable subscriber on another node than
+//! the publisher's gets every persistent message across kill -9 of either node.
 
 use std::time::Duration;
 
@@ -13,7 +14,10 @@ use immutant_e2e::netns::Lan;
 use immutant_e2e::singletons::{
     Runners, TAKEOVER_BOUND, holder, server_and_app, signal, single_runs, ticks,
 };
-use immutant_e2e::{BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, eventually, probe};
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
+    kill_9, probe,
+};
 
 /// How long each trial pauses.
 const PAUSE: Duration = Duration::from_secs(4);
@@ -138,4 +142,88 @@ fn a_partition_stops_the_minority_before_the_majority_starts_and_one_runs_after_
     );
     let runs = single_runs(&ticks(&ticks_file));
     println!("healed: runs {runs:?}");
+}
+
+/// The items after `marker` in `lines`.
+fn items_after(lines: &[String], marker: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|line| Some(line.split_once(marker)?.1.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_durable_subscriber_on_another_node_gets_every_persistent_message_across_kill_9_of_either() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("wire"));
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let start = |name: &str, offset: u16, role: &str| {
+        let extra = [format!("-Dprobe.role={role}")];
+        clustered_with(&base, name, offset, &cluster, &extra)
+    };
+    let mut publishers = vec![start("one", offsets[0], "publisher")];
+    let mut subscribers = vec![start("two", offsets[1], "subscriber")];
+    // The subscription counts from the first message it got: those before were published
+    // before it existed.
+    let first = subscribers[0].wait_for("[wire] got: ", BUILD_PATIENCE);
+    let first = first
+        .split_once("[wire] got: ")
+        .unwrap()
+        .1
+        .trim()
+        .to_string();
+
+    // The subscriber's node goes: what is published meanwhile waits on the publisher's node...
+    kill_9(offsets[1]);
+    let published = |procs: &[Proc]| -> Vec<String> {
+        let all: Vec<String> = procs
+            .iter()
+            .flat_map(|node| items_after(&node.lines(), "[wire] wired: "))
+            .collect();
+        let from = all.iter().position(|item| *item == first).unwrap_or(0);
+        all[from..].to_vec()
+    };
+    let away = published(&publishers).len();
+    eventually(
+        "20 publishes while the subscriber is away",
+        PATIENCE,
+        || published(&publishers).len() >= away + 20,
+    );
+    // ...and survives that node's kill -9 too.
+    kill_9(offsets[0]);
+    publishers[0].wait_exit(PATIENCE);
+    publishers.push(start("one", offsets[0], "publisher"));
+    subscribers.push(start("two", offsets[1], "subscriber"));
+
+    let received = |procs: &[Proc]| -> Vec<String> {
+        procs
+            .iter()
+            .flat_map(|node| items_after(&node.lines(), "[wire] got: "))
+            .collect()
+    };
+    // Everything published reaches the subscriber, but the newest few, which may be on their way.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (sent, got) = loop {
+        let sent = published(&publishers);
+        let got = received(&subscribers);
+        let lost: Vec<&String> = sent[..sent.len() - 3]
+            .iter()
+            .filter(|item| !got.contains(item))
+            .collect();
+        if sent.len() > away + 40 && lost.is_empty() {
+            break (sent, got);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "published but never received: {lost:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let duplicates = got.len() - got.iter().collect::<std::collections::HashSet<_>>().len();
+    println!(
+        "{} published, {} received, {duplicates} duplicates",
+        sent.len(),
+        got.len()
+    );
 }

@@ -8,7 +8,7 @@
 //! tells the cluster what this node consumes. Cache requests travel the same links: the caller
 //! numbers each, and the other node answers with that number.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::{Cluster, Member, seal};
 use crate::cache::Caches;
 use crate::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
-use crate::messaging::{Broker, Forward, Message, Reply};
+use crate::messaging::{Broker, Forward, Interest, Message, Reply};
 use crate::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
@@ -244,7 +244,7 @@ struct Link {
     name: String,
     calls: mpsc::UnboundedSender<PeerCall>,
     task: JoinHandle<()>,
-    interest: watch::Sender<BTreeSet<String>>,
+    interest: watch::Sender<Interest>,
     replies: mpsc::UnboundedSender<Reply>,
 }
 
@@ -253,7 +253,7 @@ struct Link {
 async fn manage(cluster: Arc<Cluster>, services: LinkServices, shutdown: Shutdown, limit: usize) {
     let broker = services.broker.clone();
     let mut links: HashMap<(String, u64), Link> = HashMap::new();
-    let mut told = BTreeSet::new();
+    let mut told = Interest::new();
     let mut ticker = tokio::time::interval(TICK);
     let (replies, mut replies_out) = mpsc::unbounded_channel();
     broker.route_replies(replies);
@@ -295,7 +295,7 @@ async fn manage(cluster: Arc<Cluster>, services: LinkServices, shutdown: Shutdow
         for member in peers {
             let id = (member.name.clone(), member.generation);
             let link = links.entry(id).or_insert_with(|| {
-                let (interest, wanted) = watch::channel(BTreeSet::new());
+                let (interest, wanted) = watch::channel(Interest::new());
                 let (replies, replies_in) = mpsc::unbounded_channel();
                 let (calls, calls_in) = mpsc::unbounded_channel();
                 services.peers.link(&member.name, calls.clone());
@@ -334,7 +334,7 @@ async fn run_link(
     broker: Arc<Broker>,
     (peer, generation, address): (String, u64, SocketAddr),
     (mut interest, mut replies, mut calls): (
-        watch::Receiver<BTreeSet<String>>,
+        watch::Receiver<Interest>,
         mpsc::UnboundedReceiver<Reply>,
         mpsc::UnboundedReceiver<PeerCall>,
     ),
@@ -370,7 +370,7 @@ async fn run_link(
         }
         let (forwards, mut forwarded) = mpsc::unbounded_channel::<Forward>();
         let wanted = interest.borrow_and_update().clone();
-        broker.set_bridges(connection, &peer, &forwards, &wanted);
+        keep_bridges(&broker, connection, (&peer, generation), &forwards, &wanted).await;
         // Cache requests waiting for their answers; dropped (failing their callers) when the
         // link drops.
         let mut pending: HashMap<u64, tokio::sync::oneshot::Sender<(PeerAnswer, Bytes)>> =
@@ -435,7 +435,7 @@ async fn run_link(
                         break;
                     }
                     let wanted = interest.borrow_and_update().clone();
-                    broker.set_bridges(connection, &peer, &forwards, &wanted);
+                    keep_bridges(&broker, connection, (&peer, generation), &forwards, &wanted).await;
                 }
             }
         }
@@ -462,6 +462,20 @@ async fn run_link(
             }
             Verdict::Silent => cluster.suspect(&peer, generation),
         }
+    }
+}
+
+/// Makes the bridges to the member `peer` what its interest says, saying so if the journal
+/// fails.
+async fn keep_bridges(
+    broker: &Broker,
+    connection: u64,
+    peer: (&str, u64),
+    forwards: &mpsc::UnboundedSender<Forward>,
+    wanted: &Interest,
+) {
+    if let Err(error) = broker.set_bridges(connection, peer, forwards, wanted).await {
+        warn!("cannot keep the bridges to {}: {error}", peer.0);
     }
 }
 

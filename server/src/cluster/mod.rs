@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ServerConfig};
+use crate::messaging::Interest;
 use view::{
     APP_KEY_PREFIX, CACHE_KEY_PREFIX, EPOCH_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY,
     MANAGEMENT_KEY,
@@ -90,6 +91,9 @@ pub struct Cluster {
     dead: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
     pauses: std::sync::Mutex<Pauses>,
 }
+
+/// The value of an interest key when a durable subscriber wants the topic.
+const DURABLE_INTEREST: &str = "durable";
 
 /// How many members proven dead are remembered.
 const DEAD_REMEMBERED: usize = 1024;
@@ -391,15 +395,18 @@ impl Cluster {
 
     /// Tells the cluster which destinations this node's apps consume from now (`told` is what
     /// it said before).
-    pub async fn set_interest(&self, told: &BTreeSet<String>, interest: &BTreeSet<String>) {
+    pub async fn set_interest(&self, told: &Interest, interest: &Interest) {
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
         let state = chitchat.self_node_state();
-        for gone in told.difference(interest) {
+        for gone in told.keys().filter(|name| !interest.contains_key(*name)) {
             state.delete(&format!("{INTEREST_KEY_PREFIX}{gone}"));
         }
-        for new in interest.difference(told) {
-            state.set(format!("{INTEREST_KEY_PREFIX}{new}"), "1");
+        for (name, durable) in interest {
+            if told.get(name) != Some(durable) {
+                let value = if *durable { DURABLE_INTEREST } else { "1" };
+                state.set(format!("{INTEREST_KEY_PREFIX}{name}"), value);
+            }
         }
     }
 
@@ -616,7 +623,13 @@ fn member(id: &ChitchatId, state: &NodeState, self_addr: SocketAddr) -> Member {
         gossip_addr: id.gossip_advertise_addr,
         management: state.get(MANAGEMENT_KEY).map(str::to_string),
         apps: keys_with_prefix(state, APP_KEY_PREFIX),
-        interest: keys_with_prefix(state, INTEREST_KEY_PREFIX),
+        interest: state
+            .key_values()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix(INTEREST_KEY_PREFIX)?;
+                Some((name.to_string(), value == DURABLE_INTEREST))
+            })
+            .collect(),
         leases: state
             .key_values()
             .filter_map(|(key, value)| {

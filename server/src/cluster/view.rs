@@ -11,7 +11,8 @@ use serde::Serialize;
 
 /// The gossiped key of an app a member has deployed and running.
 pub const APP_KEY_PREFIX: &str = "app:";
-/// The gossiped key of a destination a member's apps consume from.
+/// The gossiped key of a destination a member's apps consume from; its value is `durable` when a
+/// durable subscriber wants it.
 pub const INTEREST_KEY_PREFIX: &str = "interest:";
 /// The gossiped key of a cache a member holds; its value is the cache's options, as JSON.
 pub const CACHE_KEY_PREFIX: &str = "cache:";
@@ -33,8 +34,9 @@ pub struct Member {
     pub management: Option<String>,
     /// The apps it has deployed and running.
     pub apps: BTreeSet<String>,
-    /// The queues and topics its apps consume from.
-    pub interest: BTreeSet<String>,
+    /// The queues and topics its apps consume from, each with whether a durable subscriber
+    /// wants it.
+    pub interest: BTreeMap<String, bool>,
     /// The caches it holds, with their options.
     pub caches: BTreeMap<String, CacheOptions>,
     /// The apps whose singletons it holds a lease on, with the lease's epoch.
@@ -96,7 +98,7 @@ mod tests {
             gossip_addr: "127.0.0.1:7600".parse().unwrap(),
             management: None,
             apps: apps.iter().map(|app| app.to_string()).collect(),
-            interest: BTreeSet::new(),
+            interest: BTreeMap::new(),
             caches: BTreeMap::new(),
             leases: BTreeMap::new(),
             is_self: false,

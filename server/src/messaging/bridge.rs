@@ -6,14 +6,20 @@
 //!
 //! A node whose consumers have gone lets the messages forwarded to it move on after a second
 //! (redistribution). A topic's subscribers on other nodes get a subscription here, whose bridge
-//! forwards each message to their node's topic.
+//! forwards each message to their node's topic. When some of them are durable, that
+//! subscription is durable too (`<topic>#bridge.<node>`, journaled, kept while the node is away
+//! or this one restarts): a persistent message for a durable subscriber elsewhere is stored here
+//! and forwarded, never held only in memory.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use tokio::sync::{mpsc, watch};
 
-use super::message::Message;
+use super::journal::JournalOp;
+use super::message::{Message, now_ms};
 use super::queue::{ConsumerKey, QueueRole, QueueState};
 use super::{Broker, Consumer, MessagingError, Sink, State};
 
@@ -25,6 +31,28 @@ pub const REDISTRIBUTION_DELAY: Duration = Duration::from_secs(1);
 const SEEN_LIMIT: usize = 20_000;
 /// The consumer ids bridges get on a peer's connection: one per destination, from here up.
 const FIRST_BRIDGE_ID: u64 = 1;
+/// How long a member must have been up before its interest, lacking a durable subscription it
+/// had, is believed: a durable bridge for it is dropped then, with what it held.
+const DURABLE_INTEREST_SETTLED_MS: u64 = 10_000;
+
+/// What this node's apps consume from, each destination with whether a durable subscriber
+/// wants it (topics only).
+pub type Interest = BTreeMap<String, bool>;
+
+/// The name of a topic's subscription that forwards to `peer`: one per peer when durable (it
+/// outlives the link), else one per link (a peer that restarts gets a new one, and the old one
+/// goes with the old link).
+fn bridge_subscription(topic: &str, peer: &str, connection: u64, durable: bool) -> String {
+    match durable {
+        true => format!("{topic}#bridge.{peer}"),
+        false => format!("{topic}#bridge.{peer}.{connection}"),
+    }
+}
+
+/// Whether `queue` is a subscription that forwards to another node.
+pub fn is_bridge(queue: &str) -> bool {
+    queue.contains("#bridge.")
+}
 
 /// A message for another node: what the bridge with `delivery` was handed, for `destination`
 /// there (a queue, or with `topic`, a topic).
@@ -106,121 +134,139 @@ impl Broker {
     }
 
     /// The destinations this node's apps consume from: queues they listen to or receive from,
-    /// and topics they subscribe to (durable subscribers count while they are away). Other
-    /// nodes forward these here.
-    pub fn interest(&self) -> BTreeSet<String> {
+    /// and topics they subscribe to (durable subscribers count while they are away, and mark
+    /// their topic durable). Other nodes forward these here.
+    pub fn interest(&self) -> Interest {
         let state = self.lock();
-        let mut interest = BTreeSet::new();
+        let mut interest = Interest::new();
         for consumer in state
             .consumers
             .values()
             .filter(|consumer| matches!(consumer.sink, Sink::App(_)))
         {
             if let Some(queue) = state.queues.get(&consumer.queue) {
-                interest.insert(match &queue.role {
+                let destination = match &queue.role {
                     QueueRole::Queue => consumer.queue.clone(),
                     QueueRole::Subscription { topic, .. } => topic.clone(),
-                });
+                };
+                interest.entry(destination).or_insert(false);
             }
         }
-        for queue in state.queues.values() {
+        for (name, queue) in &state.queues {
             if let QueueRole::Subscription {
                 topic,
                 durable: true,
             } = &queue.role
+                && !is_bridge(name)
             {
-                interest.insert(topic.clone());
+                interest.insert(topic.clone(), true);
             }
         }
         interest
     }
 
-    /// Makes the bridges to the peer on `connection` what its interest says: one consumer per
-    /// queue here that it consumes from, and one subscription per topic it subscribes to.
-    pub fn set_bridges(
+    /// Makes the bridges to the peer on `connection` (the member `peer` of `generation`) what
+    /// its interest says: one consumer per queue here that it consumes from, and one
+    /// subscription per topic it subscribes to, durable if any of its subscribers is.
+    pub async fn set_bridges(
         &self,
         connection: u64,
-        peer: &str,
+        (peer, generation): (&str, u64),
         forwards: &mpsc::UnboundedSender<Forward>,
-        interest: &BTreeSet<String>,
-    ) {
-        let mut state = self.lock();
-        let wanted: Vec<(String, bool)> = interest
-            .iter()
-            .filter_map(|destination| match state.kind_of(destination) {
-                Some(immutant_protocol::DestinationKind::Queue) => {
-                    Some((destination.clone(), false))
-                }
-                Some(immutant_protocol::DestinationKind::Topic) => {
-                    Some((destination.clone(), true))
-                }
-                None => None,
-            })
-            .collect();
-        let bridge_queue = |destination: &str, topic: bool| {
-            if topic {
-                // One per link: a peer that restarts gets a new one, and the old one goes with
-                // the old link.
-                format!("{destination}#bridge.{peer}.{connection}")
-            } else {
-                destination.to_string()
-            }
-        };
-        let wanted_queues: HashSet<String> = wanted
-            .iter()
-            .map(|(d, topic)| bridge_queue(d, *topic))
-            .collect();
-        let stale: Vec<ConsumerKey> = state
-            .consumers
-            .iter()
-            .filter(|(key, consumer)| {
-                key.0 == connection && !wanted_queues.contains(&consumer.queue)
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        for key in stale {
-            state.remove_consumer(key);
-        }
-        let mut next_id = FIRST_BRIDGE_ID
-            + state
-                .consumers
-                .keys()
-                .filter(|key| key.0 == connection)
-                .map(|key| key.1)
-                .max()
-                .unwrap_or(0);
-        for (destination, topic) in wanted {
-            let queue = bridge_queue(&destination, topic);
-            if state
+        interest: &Interest,
+    ) -> Result<(), MessagingError> {
+        let mut journaled = Vec::new();
+        {
+            let mut state = self.lock();
+            let wanted: Vec<(String, Option<bool>)> = interest
+                .iter()
+                .filter_map(|(destination, durable)| match state.kind_of(destination) {
+                    Some(immutant_protocol::DestinationKind::Queue) => {
+                        Some((destination.clone(), None))
+                    }
+                    Some(immutant_protocol::DestinationKind::Topic) => {
+                        Some((destination.clone(), Some(*durable)))
+                    }
+                    None => None,
+                })
+                .collect();
+            let bridge_queue = |destination: &str, topic: Option<bool>| match topic {
+                Some(durable) => bridge_subscription(destination, peer, connection, durable),
+                None => destination.to_string(),
+            };
+            let wanted_queues: HashSet<String> = wanted
+                .iter()
+                .map(|(d, topic)| bridge_queue(d, *topic))
+                .collect();
+            let stale: Vec<ConsumerKey> = state
                 .consumers
                 .iter()
-                .any(|(key, consumer)| key.0 == connection && consumer.queue == queue)
-            {
-                continue;
+                .filter(|(key, consumer)| {
+                    key.0 == connection && !wanted_queues.contains(&consumer.queue)
+                })
+                .map(|(key, _)| *key)
+                .collect();
+            for key in stale {
+                state.remove_consumer(key);
             }
-            if topic {
-                let role = QueueRole::Subscription {
-                    topic: destination.clone(),
-                    durable: false,
+            // A member up long enough for its interest to be whole, without a durable
+            // subscriber it had: what was kept for it goes.
+            if now_ms().saturating_sub(generation) > DURABLE_INTEREST_SETTLED_MS {
+                journaled.extend(state.drop_durable_bridges(peer, &wanted_queues));
+            }
+            let mut next_id = FIRST_BRIDGE_ID
+                + state
+                    .consumers
+                    .keys()
+                    .filter(|key| key.0 == connection)
+                    .map(|key| key.1)
+                    .max()
+                    .unwrap_or(0);
+            for (destination, topic) in wanted {
+                let queue = bridge_queue(&destination, topic);
+                if state
+                    .consumers
+                    .iter()
+                    .any(|(key, consumer)| key.0 == connection && consumer.queue == queue)
+                {
+                    continue;
+                }
+                if let Some(durable) = topic
+                    && !state.queues.contains_key(&queue)
+                {
+                    let role = QueueRole::Subscription {
+                        topic: destination.clone(),
+                        durable,
+                    };
+                    state.queues.insert(queue.clone(), QueueState::new(role));
+                    state
+                        .topics
+                        .entry(destination.clone())
+                        .or_default()
+                        .push(queue.clone());
+                    if durable {
+                        journaled.push(JournalOp::PutMeta {
+                            key: format!("subscription:{queue}"),
+                            value: Bytes::copy_from_slice(destination.as_bytes()),
+                        });
+                    }
+                }
+                let key = (connection, next_id);
+                next_id += 1;
+                tracing::debug!("bridge {key:?} to {peer} for {queue}");
+                let consumer = Consumer {
+                    queue,
+                    sink: Sink::Peer(forwards.clone()),
+                    credit: BRIDGE_WINDOW,
+                    receive: None,
                 };
-                state.queues.insert(queue.clone(), QueueState::new(role));
-                state
-                    .topics
-                    .entry(destination.clone())
-                    .or_default()
-                    .push(queue.clone());
+                self.attach(&mut state, key, consumer);
             }
-            let key = (connection, next_id);
-            next_id += 1;
-            tracing::debug!("bridge {key:?} to {peer} for {queue}");
-            let consumer = Consumer {
-                queue,
-                sink: Sink::Peer(forwards.clone()),
-                credit: BRIDGE_WINDOW,
-                receive: None,
-            };
-            self.attach(&mut state, key, consumer);
         }
+        if !journaled.is_empty() {
+            self.journal.commit(journaled).await?;
+        }
+        Ok(())
     }
 
     /// Takes a message another node forwarded (`origin` names the forward): stores it for this
@@ -261,7 +307,7 @@ impl Broker {
         let targets = match topic {
             true => targets
                 .into_iter()
-                .filter(|(queue, _)| !queue.contains("#bridge."))
+                .filter(|(queue, _)| !is_bridge(queue))
                 .collect(),
             false => targets,
         };
@@ -328,6 +374,42 @@ impl Drop for Storing<'_> {
 }
 
 impl State {
+    /// Drops the durable bridges to `peer` not among `wanted`, with what they held: the journal
+    /// changes that forget them.
+    fn drop_durable_bridges(&mut self, peer: &str, wanted: &HashSet<String>) -> Vec<JournalOp> {
+        let suffix = format!("#bridge.{peer}");
+        let unwanted: Vec<String> = self
+            .queues
+            .keys()
+            .filter(|name| name.ends_with(&suffix) && !wanted.contains(*name))
+            .cloned()
+            .collect();
+        let mut ops = Vec::new();
+        for name in unwanted {
+            let Some(mut queue) = self.queues.remove(&name) else {
+                continue;
+            };
+            tracing::info!("{peer} has no durable subscriber there any more: dropping {name}");
+            if let QueueRole::Subscription { topic, .. } = &queue.role
+                && let Some(subscriptions) = self.topics.get_mut(topic)
+            {
+                subscriptions.retain(|subscription| *subscription != name);
+            }
+            while let Some(message) = queue.next_message() {
+                if message.persistent {
+                    ops.push(JournalOp::Delete {
+                        queue: name.clone(),
+                        seq: message.header.id,
+                    });
+                }
+            }
+            ops.push(JournalOp::DeleteMeta {
+                key: format!("subscription:{name}"),
+            });
+        }
+        ops
+    }
+
     /// Whether an app of this node consumes from the queue `name`.
     fn is_attended(&self, name: &str) -> bool {
         let Some(queue) = self.queues.get(name) else {
@@ -343,8 +425,6 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use bytes::Bytes;
     use immutant_protocol::{DestinationKind, PublishOptions};
     use tokio::sync::mpsc;
@@ -360,8 +440,12 @@ mod tests {
             .await
             .unwrap();
         let (forwards, mut forwarded) = mpsc::unbounded_channel();
-        let interest = BTreeSet::from(["/queue/ask".to_string()]);
-        broker.set_bridges(100, "two", &forwards, &interest);
+        let interest = super::Interest::from([("/queue/ask".to_string(), false)]);
+        let peer = ("two", super::now_ms());
+        broker
+            .set_bridges(100, peer, &forwards, &interest)
+            .await
+            .unwrap();
         let request = PublishOptions {
             reply_to: Some("@".to_string()),
             correlation_id: Some("c1".to_string()),
@@ -383,6 +467,60 @@ mod tests {
         let first = forwarded.try_recv().expect("the request is forwarded");
         assert_eq!(first.message.header.reply_to.as_deref(), Some("@one/1"));
         assert!(forwarded.try_recv().is_ok(), "so is the plain message");
+    }
+
+    #[tokio::test]
+    async fn a_durable_subscriber_elsewhere_has_its_messages_kept_here_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let news = "/topic/news";
+        let durable = super::Interest::from([(news.to_string(), true)]);
+        let (forwards, forwarded) = mpsc::unbounded_channel();
+        {
+            let broker = Broker::open(dir.path(), "one", 1024).unwrap();
+            broker.start(news, DestinationKind::Topic).await.unwrap();
+            let peer = ("two", super::now_ms());
+            broker
+                .set_bridges(100, peer, &forwards, &durable)
+                .await
+                .unwrap();
+            // The link drops (two is away) and a message is published meanwhile.
+            broker.disconnect(100);
+            let body = Bytes::from_static(b"\"kept\"");
+            broker
+                .publish(1, news, PublishOptions::default(), body)
+                .await
+                .unwrap();
+        }
+        drop(forwarded);
+        // This node restarts (once the last journal writer let go of the file); two links
+        // again and gets what was kept for it.
+        let broker = (0..100)
+            .find_map(|_| {
+                let opened = Broker::open(dir.path(), "one", 1024).ok();
+                if opened.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened
+            })
+            .expect("the journal opens again");
+        let (forwards, mut forwarded) = mpsc::unbounded_channel();
+        let peer = ("two", super::now_ms());
+        broker
+            .set_bridges(101, peer, &forwards, &durable)
+            .await
+            .unwrap();
+        let kept = forwarded.try_recv().expect("the message waited for two");
+        assert_eq!(&kept.message.body[..], b"\"kept\"");
+        assert!(kept.topic);
+        // two, up for long, says it has no durable subscriber any more: what was kept goes.
+        broker.disconnect(101);
+        let long_up = ("two", super::now_ms() - 60_000);
+        let plain = super::Interest::new();
+        broker
+            .set_bridges(102, long_up, &forwards, &plain)
+            .await
+            .unwrap();
+        assert!(!broker.lock().queues.contains_key("/topic/news#bridge.two"));
     }
 
     #[tokio::test]

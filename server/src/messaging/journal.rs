@@ -55,6 +55,9 @@ pub enum JournalOp {
         key: String,
         value: Bytes,
     },
+    DeleteMeta {
+        key: String,
+    },
 }
 
 /// Changes to apply together, and who waits for them to be on disk.
@@ -180,6 +183,9 @@ fn apply(database: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
                 }
                 JournalOp::PutMeta { key, value } => {
                     meta.insert(key.as_str(), value.as_ref())?;
+                }
+                JournalOp::DeleteMeta { key } => {
+                    meta.remove(key.as_str())?;
                 }
             }
         }

@@ -21,7 +21,7 @@ use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOp
 use tokio::sync::mpsc;
 use tracing::warn;
 
-pub use bridge::{Forward, Reply};
+pub use bridge::{Forward, Interest, Reply};
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
 pub use message::now_ms;

@@ -29,6 +29,7 @@ async fn main() -> immutant::Result<()> {
             .await?;
         }
         "runner" => runner(&app).await?,
+        "wire" => wire(&app).await?,
         "reqrep" => request_reply(&app).await?,
         "reader" => read_news(&app).await?,
         "publisher" => publish_news(&app).await?,
@@ -138,6 +139,36 @@ impl Daemon for Worker {
         println!("worker stopped cleanly");
         self.stop.notify_one();
     }
+}
+
+/// A persistent topic across nodes, as its node's `-Dprobe.role` says: `publisher` publishes
+/// `<pid>-<n>` to /topic/wire every 50 ms and prints `wired: <pid>-<n>` once each publish
+/// returned; `subscriber` subscribes durably and prints `got: <item>`.
+async fn wire(app: &App) -> immutant::Result<()> {
+    let topic = app.topic("/topic/wire").await?;
+    match app.property("probe.role") {
+        Some("publisher") => {
+            tokio::spawn(async move {
+                for n in 0u64.. {
+                    let item = format!("{}-{n}", std::process::id());
+                    if topic.publish(&item).await.is_ok() {
+                        println!("wired: {item}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+        Some("subscriber") => {
+            topic
+                .subscribe_durable("wire", |item: String| async move {
+                    println!("got: {item}");
+                    Ok(())
+                })
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A singleton daemon that records each instant it runs; and, once it has lost its lease, a
