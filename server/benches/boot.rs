@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{TempInstall, free_offset, median};
+use support::{TempInstall, free_offset, median, resident_kb};
 
 const TRIALS: usize = 21;
 
@@ -42,7 +42,7 @@ fn main() {
         assert!(booted, "the node did not boot");
         boot_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_secs(1));
-        rss_kb.push(rss_kb_of(node.id()));
+        rss_kb.push(resident_kb(node.id()));
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
         let status = node.wait().unwrap();
@@ -60,14 +60,4 @@ fn main() {
         rss_kb[0] / 1024.0,
         rss_kb[TRIALS - 1] / 1024.0
     );
-}
-
-fn rss_kb_of(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a Linux /proc");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kb| kb.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }

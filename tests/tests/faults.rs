@@ -6,7 +6,8 @@
 //! runner's publish under its old epoch is refused. And a partition made with network
 //! namespaces (`immutant_e2e::netns`) with a quorum of 2 of 3: the minority stops before the
 //! majority starts, and one runs after the heal. And a durable subscriber on another node than
-//! the publisher's gets every persistent message across kill -9 of either node.
+//! the publisher's gets every persistent message across kill -9 of either node; and a deep
+//! queue stays in the journal, not in the node's memory.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use immutant_e2e::singletons::{
 };
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
-    kill_9, probe,
+    get_json, get_json_at, kill_9, probe, start_node,
 };
 
 /// How long each trial pauses.
@@ -225,5 +226,62 @@ fn a_durable_subscriber_on_another_node_gets_every_persistent_message_across_kil
         "{} published, {} received, {duplicates} duplicates",
         sent.len(),
         got.len()
+    );
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn resident_mib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024
+}
+
+/// The depth of `queue` on the node at `offset`.
+fn depth(offset: u16, queue: &str) -> u64 {
+    get_json_at(9990 + offset, "queues")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|stats| stats["name"] == queue)
+        .and_then(|stats| stats["depth"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_deep_queue_stays_on_disk_and_its_node_stays_small_across_a_restart() {
+    const MESSAGES: u64 = 100_000;
+    // 100 MB of 1 KB messages, no consumer: held in memory, the node would pass 100 MB.
+    const BOUND_MIB: u64 = 96;
+    let base = Base::installed();
+    let loadgen = immutant_e2e::workspace_root().join("tests/apps/loadgen");
+    base.deploy(&loadgen, Some("producer"));
+    let offset = free_offset();
+    let messages = format!("-Dloadgen.messages={MESSAGES}");
+    let node = start_node(&base, "deep", offset, &[&messages]);
+    node.wait_for(&format!("published {MESSAGES} messages"), BUILD_PATIENCE);
+    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
+    let published = resident_mib(pid);
+    assert_eq!(depth(offset, "/queue/bench"), MESSAGES);
+
+    kill_9(offset);
+    let undeployed = base.cli(["undeploy", "producer"]).output().unwrap();
+    assert!(undeployed.status.success());
+    let node = start_node(&base, "deep", offset, &[]);
+    eventually("the deep queue counted after the restart", PATIENCE, || {
+        depth(offset, "/queue/bench") == MESSAGES
+    });
+    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
+    let restarted = resident_mib(pid);
+    println!(
+        "{MESSAGES} messages queued: {published} MiB after publishing, {restarted} MiB after a restart"
+    );
+    assert!(
+        published < BOUND_MIB && restarted < BOUND_MIB,
+        "the node holds the deep queue in memory: {published} MiB after publishing, {restarted} MiB after a restart\n{}",
+        node.text()
     );
 }

@@ -112,6 +112,12 @@ impl Node {
 
     /// Waits for a line containing `needle` after the first `mark` lines.
     pub fn wait_for_after(&self, mark: usize, needle: &str) -> (Instant, String) {
+        self.wait_quiet(mark, needle, Duration::from_secs(120))
+    }
+
+    /// Waits for a line containing `needle` after the first `mark` lines, while the node may
+    /// say nothing for up to `quiet`.
+    pub fn wait_quiet(&self, mark: usize, needle: &str, quiet: Duration) -> (Instant, String) {
         let mut index = mark;
         loop {
             if let Some(found) = self.seen.borrow().get(index) {
@@ -123,7 +129,7 @@ impl Node {
             }
             let line = self
                 .incoming
-                .recv_timeout(Duration::from_secs(120))
+                .recv_timeout(quiet)
                 .unwrap_or_else(|_| panic!("no line with {needle:?}"));
             self.seen.borrow_mut().push(line);
         }
@@ -184,4 +190,15 @@ pub fn free_offset(from: u16) -> u16 {
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The resident memory (VmRSS) of process `pid`, in KB.
+pub fn resident_kb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a Linux /proc");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }

@@ -386,7 +386,7 @@ impl State {
             .collect();
         let mut ops = Vec::new();
         for name in unwanted {
-            let Some(mut queue) = self.queues.remove(&name) else {
+            let Some(queue) = self.queues.remove(&name) else {
                 continue;
             };
             tracing::info!("{peer} has no durable subscriber there any more: dropping {name}");
@@ -395,14 +395,10 @@ impl State {
             {
                 subscriptions.retain(|subscription| *subscription != name);
             }
-            while let Some(message) = queue.next_message() {
-                if message.persistent {
-                    ops.push(JournalOp::Delete {
-                        queue: name.clone(),
-                        seq: message.header.id,
-                    });
-                }
-            }
+            // What it held, in memory and in the journal only.
+            ops.push(JournalOp::DeleteQueue {
+                queue: name.clone(),
+            });
             ops.push(JournalOp::DeleteMeta {
                 key: format!("subscription:{name}"),
             });

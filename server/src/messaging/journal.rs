@@ -6,10 +6,15 @@
 //! (group commit). [`Journal::commit`] returns once its changes are on disk;
 //! [`Journal::submit`] queues changes that may be lost in a crash without harm (acknowledgements:
 //! a message whose ack is lost is only redelivered).
+//!
+//! The journal pages: opening it reads back only the first page of each queue
+//! ([`PAGE_MESSAGES`] or [`PAGE_BYTES`]), and the broker reads the rest with [`Journal::read`]
+//! as its queues drain, so a deep queue stays on disk rather than in memory.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -19,6 +24,14 @@ use tokio::sync::oneshot;
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// Destinations and subscriptions by key.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// How much of a queue is read into memory at once (a page): this many messages, or this many
+/// bytes of them, whichever comes first.
+pub const PAGE_MESSAGES: usize = 4096;
+pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// The memory the database may cache its pages in (redb's default is 1 GiB, which a deep
+/// queue's writes would fill).
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// What can go wrong with the journal.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +71,10 @@ pub enum JournalOp {
     DeleteMeta {
         key: String,
     },
+    /// Deletes every record of a queue.
+    DeleteQueue {
+        queue: String,
+    },
 }
 
 /// Changes to apply together, and who waits for them to be on disk.
@@ -66,37 +83,94 @@ struct Batch {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-/// Everything the journal held when it was opened.
+/// What the journal held when it was opened: its metadata, and the first page of each queue.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Each queue's records, in sequence order.
-    pub messages: BTreeMap<String, Vec<(u64, Bytes)>>,
+    /// Each queue's first page.
+    pub pages: BTreeMap<String, PageRead>,
     pub meta: BTreeMap<String, Bytes>,
     /// The highest sequence number used so far.
     pub max_seq: u64,
 }
 
-/// The handle to the journal's writer. Cheap to clone; the writer stops when every handle is
-/// dropped, after applying what was sent.
+/// Up to a page of one queue's records, in sequence order.
+#[derive(Debug, Default)]
+pub struct PageRead {
+    pub records: Vec<(u64, Bytes)>,
+    /// Whether the queue has more records after these.
+    pub more: bool,
+}
+
+/// Reads up to a page of `queue`'s records from sequence number `from` on.
+fn read_page(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    queue: &str,
+    from: u64,
+) -> Result<PageRead, redb::Error> {
+    let mut page = PageRead::default();
+    let mut bytes = 0;
+    for entry in table.range((queue, from)..=(queue, u64::MAX))? {
+        let (key, value) = entry?;
+        if page.records.len() >= PAGE_MESSAGES || bytes >= PAGE_BYTES {
+            page.more = true;
+            break;
+        }
+        bytes += value.value().len();
+        page.records
+            .push((key.value().1, Bytes::copy_from_slice(value.value())));
+    }
+    Ok(page)
+}
+
+/// The handle to the journal's writer, and to read pages back. Cheap to clone; the writer stops
+/// when every handle is dropped, after applying what was sent.
 #[derive(Clone)]
 pub struct Journal {
     batches: mpsc::Sender<Batch>,
+    database: Arc<Database>,
 }
 
 impl Journal {
     /// Opens (or creates) the journal at `path` and reads back what it holds.
     pub fn open(path: &Path) -> Result<(Journal, Recovered), JournalError> {
-        let database = Database::create(path).map_err(|source| JournalError::Open {
-            path: path.display().to_string(),
-            source: source.into(),
-        })?;
+        let database = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| JournalError::Open {
+                path: path.display().to_string(),
+                source: source.into(),
+            })?;
         let recovered = recover(&database)?;
+        let database = Arc::new(database);
         let (batches, incoming) = mpsc::channel();
+        let writer = database.clone();
         std::thread::Builder::new()
             .name("journal".to_string())
-            .spawn(move || write_batches(database, incoming))
+            .spawn(move || write_batches(&writer, incoming))
             .map_err(|error| JournalError::Storage(error.to_string()))?;
-        Ok((Journal { batches }, recovered))
+        Ok((Journal { batches, database }, recovered))
+    }
+
+    /// Up to a page of `queue`'s records from sequence number `from` on, as committed now.
+    pub fn read(&self, queue: &str, from: u64) -> Result<PageRead, JournalError> {
+        let read = self.database.begin_read().map_err(redb::Error::from)?;
+        let table = read.open_table(MESSAGES).map_err(redb::Error::from)?;
+        Ok(read_page(&table, queue, from)?)
+    }
+
+    /// How many of `queue`'s records have sequence numbers from `from` to `through`.
+    pub fn count(&self, queue: &str, from: u64, through: u64) -> Result<u64, JournalError> {
+        let read = self.database.begin_read().map_err(redb::Error::from)?;
+        let table = read.open_table(MESSAGES).map_err(redb::Error::from)?;
+        let mut count = 0;
+        for entry in table
+            .range((queue, from)..=(queue, through))
+            .map_err(redb::Error::from)?
+        {
+            entry.map_err(redb::Error::from)?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Applies `ops` and returns once they are on disk.
@@ -130,15 +204,27 @@ fn recover(database: &Database) -> Result<Recovered, redb::Error> {
 
     let mut recovered = Recovered::default();
     let read = database.begin_read()?;
-    for entry in read.open_table(MESSAGES)?.iter()? {
-        let (key, value) = entry?;
-        let (queue, seq) = key.value();
-        recovered.max_seq = recovered.max_seq.max(seq);
-        recovered
-            .messages
-            .entry(queue.to_string())
-            .or_default()
-            .push((seq, Bytes::copy_from_slice(value.value())));
+    let messages = read.open_table(MESSAGES)?;
+    // Queue by queue: its first page, and its last record (for the highest sequence number),
+    // then on to the first record past its last.
+    let mut next = messages.first()?.map(|(key, _)| key.value().0.to_string());
+    while let Some(queue) = next {
+        let page = read_page(&messages, &queue, 0)?;
+        let last = messages
+            .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(0, |(key, _)| key.value().1);
+        recovered.max_seq = recovered.max_seq.max(last);
+        recovered.pages.insert(queue.clone(), page);
+        next = messages
+            .range::<(&str, u64)>((
+                Bound::Excluded((queue.as_str(), u64::MAX)),
+                Bound::Unbounded,
+            ))?
+            .next()
+            .transpose()?
+            .map(|(key, _)| key.value().0.to_string());
     }
     for entry in read.open_table(META)?.iter()? {
         let (key, value) = entry?;
@@ -152,11 +238,11 @@ fn recover(database: &Database) -> Result<Recovered, redb::Error> {
 
 /// The writer thread: takes every batch waiting, applies them in one transaction, syncs once,
 /// and tells each waiter.
-fn write_batches(database: Database, incoming: mpsc::Receiver<Batch>) {
+fn write_batches(database: &Database, incoming: mpsc::Receiver<Batch>) {
     while let Ok(first) = incoming.recv() {
         let mut batches = vec![first];
         batches.extend(incoming.try_iter());
-        let outcome = apply(&database, &batches).map_err(|error| {
+        let outcome = apply(database, &batches).map_err(|error| {
             tracing::error!("the journal cannot commit: {error}");
             error.to_string()
         });
@@ -187,6 +273,10 @@ fn apply(database: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
                 JournalOp::DeleteMeta { key } => {
                     meta.remove(key.as_str())?;
                 }
+                JournalOp::DeleteQueue { queue } => {
+                    let queue = queue.as_str();
+                    messages.retain_in((queue, 0)..=(queue, u64::MAX), |_, _| false)?;
+                }
             }
         }
     }
@@ -212,7 +302,7 @@ mod tests {
         let path = dir.path().join("journal.redb");
         {
             let (journal, recovered) = Journal::open(&path).unwrap();
-            assert!(recovered.messages.is_empty());
+            assert!(recovered.pages.is_empty());
             journal
                 .commit(vec![put("/queue/a", 1, "one"), put("/queue/a", 2, "two")])
                 .await
@@ -238,11 +328,11 @@ mod tests {
         let (_, recovered) = reopen(&path);
         assert_eq!(recovered.max_seq, 3);
         assert_eq!(
-            recovered.messages["/queue/a"],
+            recovered.pages["/queue/a"].records,
             [(2, Bytes::from_static(b"two"))]
         );
         assert_eq!(
-            recovered.messages["/queue/b"],
+            recovered.pages["/queue/b"].records,
             [(3, Bytes::from_static(b"three"))]
         );
         assert_eq!(
@@ -266,7 +356,40 @@ mod tests {
             }
         }
         let (_, recovered) = reopen(&path);
-        assert_eq!(recovered.messages["/queue/c"].len(), 200);
+        assert_eq!(recovered.pages["/queue/c"].records.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_deep_queue_is_read_back_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let deep = PAGE_MESSAGES as u64 * 2 + 10;
+        {
+            let (journal, _) = Journal::open(&path).unwrap();
+            let ops = (1..=deep).map(|seq| put("/queue/deep", seq, "x")).collect();
+            journal
+                .commit(vec![put("/queue/after", deep + 1, "y")])
+                .await
+                .unwrap();
+            journal.commit(ops).await.unwrap();
+        }
+        let (journal, recovered) = reopen(&path);
+        assert_eq!(recovered.max_seq, deep + 1);
+        let first = &recovered.pages["/queue/deep"];
+        assert_eq!(first.records.len(), PAGE_MESSAGES);
+        assert!(first.more);
+        assert!(!recovered.pages["/queue/after"].more);
+        let second = journal
+            .read("/queue/deep", PAGE_MESSAGES as u64 + 1)
+            .unwrap();
+        assert_eq!(second.records[0].0, PAGE_MESSAGES as u64 + 1);
+        assert!(second.more);
+        let last = journal
+            .read("/queue/deep", 2 * PAGE_MESSAGES as u64 + 1)
+            .unwrap();
+        assert_eq!(last.records.len(), 10);
+        assert!(!last.more);
+        assert_eq!(journal.count("/queue/deep", 5, deep).unwrap(), deep - 4);
     }
 
     /// Opens the journal again, waiting for the last writer thread to let go of the file.

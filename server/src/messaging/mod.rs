@@ -95,6 +95,9 @@ struct State {
     unattended_since: HashMap<String, std::time::Instant>,
     /// Where replies for apps on other nodes go (the cluster's links), in a cluster.
     replies: Option<mpsc::UnboundedSender<Reply>>,
+    /// How many messages each queue that pages held in the journal at boot beyond its first
+    /// page, as the count made after boot comes in.
+    counted: Option<std::sync::mpsc::Receiver<(String, u64)>>,
 }
 
 /// Where a consumer's messages go.
@@ -134,6 +137,7 @@ impl Broker {
             DEAD_LETTER_QUEUE.to_string(),
             QueueState::new(QueueRole::Queue),
         );
+        state.counted = Some(count_paged(&journal, &recovered));
         state.restore(recovered);
         Ok(Broker {
             node_name: node_name.to_string(),
@@ -324,9 +328,12 @@ impl Broker {
             }
         }
         let mut state = self.lock();
-        for (queue, _) in targets {
+        for (queue, durable) in targets {
             if let Some(state_queue) = state.queues.get_mut(&queue) {
-                state_queue.enqueue(message.clone());
+                // A queue that pages leaves it in the journal, to read back in turn.
+                if state_queue.takes(&message, message.persistent && durable) {
+                    state_queue.enqueue(message.clone());
+                }
                 self.dispatch(&mut state, &queue);
             }
         }
@@ -498,7 +505,8 @@ impl Broker {
 
     /// What the management API shows of every queue.
     pub fn stats(&self) -> Vec<QueueStats> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.take_counts();
         let mut stats: Vec<QueueStats> = state
             .queues
             .iter()
@@ -581,7 +589,9 @@ impl Broker {
         if let Some(queue) = state.queues.get_mut(queue_name) {
             queue.dead_lettered += 1;
         }
-        if let Some(dlq) = state.queues.get_mut(DEAD_LETTER_QUEUE) {
+        if let Some(dlq) = state.queues.get_mut(DEAD_LETTER_QUEUE)
+            && dlq.takes(&dead, dead.persistent)
+        {
             dlq.enqueue(dead);
         }
         self.dispatch(state, DEAD_LETTER_QUEUE);
@@ -597,8 +607,45 @@ impl Broker {
         self.dispatch(state, &queue);
     }
 
+    /// Reads the queue's next page back from the journal, if it pages and has room for one.
+    /// Under the broker's lock, so that no message stored meanwhile is missed or taken twice.
+    fn read_page(&self, state: &mut State, queue_name: &str) {
+        let Some(from) = state
+            .queues
+            .get(queue_name)
+            .and_then(QueueState::wants_page)
+        else {
+            return;
+        };
+        state.take_counts();
+        let page = match self.journal.read(queue_name, from) {
+            Ok(page) => page,
+            Err(error) => {
+                warn!("cannot read {queue_name}'s next messages from the journal: {error}");
+                return;
+            }
+        };
+        let through = page.records.last().map_or(from, |(seq, _)| *seq);
+        let records = page.records.len();
+        let messages = page
+            .records
+            .into_iter()
+            .filter_map(|(seq, record)| {
+                let message = Message::from_record(record);
+                if message.is_none() {
+                    warn!("a damaged message ({seq}) on {queue_name} in the journal was skipped");
+                }
+                message
+            })
+            .collect();
+        if let Some(queue) = state.queues.get_mut(queue_name) {
+            queue.take_page(records, messages, through, page.more);
+        }
+    }
+
     /// Hands the queue's waiting messages to its consumers while they have credit.
     fn dispatch(&self, state: &mut State, queue_name: &str) {
+        self.read_page(state, queue_name);
         let State {
             queues,
             consumers,
@@ -701,6 +748,37 @@ impl Broker {
     }
 }
 
+/// Counts, on a thread of its own, the messages each queue held at boot beyond its first page
+/// (a deep queue's count takes a while, and the node serves meanwhile).
+fn count_paged(
+    journal: &Journal,
+    recovered: &Recovered,
+) -> std::sync::mpsc::Receiver<(String, u64)> {
+    let (counts, counted) = std::sync::mpsc::channel();
+    let paging: Vec<(String, u64)> = recovered
+        .pages
+        .iter()
+        .filter(|(_, page)| page.more)
+        .filter_map(|(queue, page)| Some((queue.clone(), page.records.last()?.0 + 1)))
+        .collect();
+    let (journal, through) = (journal.clone(), recovered.max_seq);
+    if !paging.is_empty() {
+        let _ = std::thread::Builder::new()
+            .name("journal-count".to_string())
+            .spawn(move || {
+                for (queue, from) in paging {
+                    match journal.count(&queue, from, through) {
+                        Ok(count) => {
+                            let _ = counts.send((queue, count));
+                        }
+                        Err(error) => warn!("cannot count {queue}'s messages: {error}"),
+                    }
+                }
+            });
+    }
+    counted
+}
+
 fn kind_name(kind: DestinationKind) -> &'static str {
     match kind {
         DestinationKind::Queue => "queue",
@@ -742,21 +820,42 @@ impl State {
                 );
             }
         }
-        for (queue, records) in recovered.messages {
+        for (queue, page) in recovered.pages {
             let state = self
                 .queues
                 .entry(queue.clone())
                 .or_insert_with(|| QueueState::new(QueueRole::Queue));
-            for (_, record) in records {
+            let through = page.records.last().map_or(0, |(seq, _)| *seq);
+            let records = page.records.len();
+            let mut messages = Vec::with_capacity(records);
+            for (_, record) in page.records {
                 match Message::from_record(record) {
                     Some(message) => {
                         if let Some(origin) = &message.origin {
                             self.seen.insert(origin.clone());
                         }
-                        state.enqueue(message)
+                        messages.push(message);
                     }
                     None => warn!("a damaged message on {queue} in the journal was skipped"),
                 }
+            }
+            state.take_page(records, messages, through, page.more);
+        }
+    }
+
+    /// Adds the counts made after boot of the messages each paging queue held.
+    fn take_counts(&mut self) {
+        let Some(counted) = &self.counted else {
+            return;
+        };
+        let counts: Vec<(String, u64)> = counted.try_iter().collect();
+        for (queue, count) in counts {
+            if let Some(paged) = self
+                .queues
+                .get_mut(&queue)
+                .and_then(|queue| queue.paged.as_mut())
+            {
+                paged.count += count as i64;
             }
         }
     }
@@ -932,5 +1031,82 @@ mod tests {
         assert_eq!(depth(&broker), 0);
         broker.nack(1, delivery, "the receiver stopped waiting");
         assert_eq!(depth(&broker), 1, "back in line");
+    }
+
+    fn depth_of(broker: &Broker, queue: &str) -> usize {
+        let stats = broker.stats();
+        stats.into_iter().find(|q| q.name == queue).unwrap().depth
+    }
+
+    #[tokio::test]
+    async fn a_deep_queue_stays_in_the_journal_and_is_delivered_whole_and_in_order() {
+        use super::journal::PAGE_MESSAGES;
+        let dir = tempfile::tempdir().unwrap();
+        let deep = "/queue/deep";
+        let total = 2 * PAGE_MESSAGES + 100;
+        {
+            let broker = Arc::new(Broker::open(dir.path(), "one", 1024).unwrap());
+            broker.start(deep, DestinationKind::Queue).await.unwrap();
+            let (outbox, _frames) = mpsc::unbounded_channel();
+            broker.connect(1, outbox);
+            // In batches that share commits, in order from batch to batch.
+            for batch in (0..total).collect::<Vec<_>>().chunks(500) {
+                let publishes = batch.iter().map(|n| {
+                    let body = Bytes::from(n.to_string());
+                    broker.publish(1, deep, PublishOptions::default(), body)
+                });
+                for published in futures_util::future::join_all(publishes).await {
+                    published.unwrap();
+                }
+            }
+            let state = broker.lock();
+            let queue = &state.queues[deep];
+            assert!(queue.paged.is_some(), "past a page, it pages");
+            assert_eq!(queue.depth(), total);
+        }
+        // After a restart only the first page is read back; the rest is counted meanwhile.
+        let broker = (0..100)
+            .find_map(|_| {
+                let opened = Broker::open(dir.path(), "one", 1024).ok();
+                if opened.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened
+            })
+            .expect("the journal opens again");
+        for _ in 0..100 {
+            if depth_of(&broker, deep) == total {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(depth_of(&broker, deep), total);
+        let (outbox, mut frames) = mpsc::unbounded_channel();
+        broker.connect(2, outbox);
+        broker.listen((2, 1), deep, 64, None).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < total {
+            let Some(Outgoing::Frame(frame)) = frames.recv().await else {
+                panic!("a delivery")
+            };
+            let Header::Deliver { delivery, .. } = frame.header else {
+                continue;
+            };
+            got.push(
+                String::from_utf8_lossy(&frame.body)
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+            broker.ack(2, delivery);
+        }
+        // Each batch's publishes were stored in any order among themselves, batch after batch.
+        assert!(
+            got.windows(2).all(|pair| pair[0] / 500 <= pair[1] / 500),
+            "in the order they were published"
+        );
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..total).collect::<Vec<_>>(), "every one, once");
+        assert_eq!(depth_of(&broker, deep), 0);
     }
 }

@@ -1,10 +1,14 @@
 //! One queue's state: the messages waiting, by priority then age; its consumers, served round
-//! robin; and its counters.
+//! robin; and its counters. A queue holds at most a page of messages in memory: beyond that its
+//! persistent messages stay in the journal only ([`Paged`]) and are read back a page at a time
+//! as it drains, in the order they were published (priorities order each page, not the whole
+//! queue).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::journal::{PAGE_BYTES, PAGE_MESSAGES};
 use super::message::Message;
 
 /// Who a consumer is: its app connection and its id there.
@@ -25,11 +29,27 @@ pub struct QueueState {
     pub role: QueueRole,
     /// Ready messages by (9 - priority, sequence): the highest priority first, then the oldest.
     ready: BTreeMap<(u8, u64), Message>,
+    /// The bytes of their bodies.
+    ready_bytes: usize,
+    /// Its persistent messages that are in the journal only, if any.
+    pub paged: Option<Paged>,
+    /// The highest sequence number read back from the journal: a message up to it that is
+    /// stored now was read back already.
+    loaded_through: u64,
     consumers: Vec<ConsumerKey>,
     next_consumer: usize,
     pub delivered: u64,
     pub dead_lettered: u64,
     pub expired: u64,
+}
+
+/// A queue's persistent messages in the journal only: those from sequence number `from` on.
+#[derive(Debug, Clone, Copy)]
+pub struct Paged {
+    pub from: u64,
+    /// How many, as far as known: what a node counts at boot arrives later (and may be
+    /// read back before it does, hence signed).
+    pub count: i64,
 }
 
 /// What the management API shows of a queue.
@@ -50,6 +70,9 @@ impl QueueState {
         QueueState {
             role,
             ready: BTreeMap::new(),
+            ready_bytes: 0,
+            paged: None,
+            loaded_through: 0,
             consumers: Vec::new(),
             next_consumer: 0,
             delivered: 0,
@@ -69,6 +92,7 @@ impl QueueState {
     /// Puts a message in line: a new one, or one coming back for redelivery (which keeps its
     /// place, ahead of younger ones).
     pub fn enqueue(&mut self, message: Message) {
+        self.ready_bytes += message.body.len();
         self.ready.insert(
             (9 - message.header.priority.min(9), message.header.id),
             message,
@@ -98,11 +122,68 @@ impl QueueState {
 
     /// Takes the next message in line.
     pub fn next_message(&mut self) -> Option<Message> {
-        self.ready.pop_first().map(|(_, message)| message)
+        let (_, message) = self.ready.pop_first()?;
+        self.ready_bytes -= message.body.len();
+        Some(message)
     }
 
+    /// The messages waiting, in memory and in the journal only.
     pub fn depth(&self) -> usize {
-        self.ready.len()
+        self.ready.len() + self.paged.map_or(0, |paged| paged.count.max(0) as usize)
+    }
+
+    /// Whether a message just stored (in the journal if `journaled`) goes in line in memory.
+    /// If not, it is in the journal only: read back already, or past what memory holds (the
+    /// queue pages from it if it did not yet).
+    pub fn takes(&mut self, message: &Message, journaled: bool) -> bool {
+        let seq = message.header.id;
+        if !journaled {
+            return true;
+        }
+        if seq <= self.loaded_through {
+            return false;
+        }
+        match &mut self.paged {
+            Some(paged) if seq >= paged.from => {
+                paged.count += 1;
+                false
+            }
+            Some(_) => true,
+            None if self.ready.len() >= PAGE_MESSAGES || self.ready_bytes >= PAGE_BYTES => {
+                self.paged = Some(Paged {
+                    from: seq,
+                    count: 1,
+                });
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Where to read its next page from, if it pages and has room for one now.
+    pub fn wants_page(&self) -> Option<u64> {
+        let room = self.ready.len() < PAGE_MESSAGES / 2 && self.ready_bytes < PAGE_BYTES / 2;
+        self.paged.filter(|_| room).map(|paged| paged.from)
+    }
+
+    /// Puts in line a page read back from the journal: its `records` (those that could be read
+    /// of them) up to sequence number `through`; `more` if the journal holds more after it.
+    pub fn take_page(&mut self, records: usize, messages: Vec<Message>, through: u64, more: bool) {
+        self.loaded_through = self.loaded_through.max(through);
+        for message in messages {
+            self.enqueue(message);
+        }
+        self.paged = match (self.paged, more) {
+            (Some(paged), true) => Some(Paged {
+                from: through + 1,
+                count: paged.count - records as i64,
+            }),
+            (None, true) => Some(Paged {
+                from: through + 1,
+                count: 0,
+            }),
+            (_, false) => None,
+        };
     }
 
     pub fn add_consumer(&mut self, key: ConsumerKey) {
