@@ -370,7 +370,7 @@ async fn run_link(
         }
         let (forwards, mut forwarded) = mpsc::unbounded_channel::<Forward>();
         let wanted = interest.borrow_and_update().clone();
-        keep_bridges(&broker, connection, (&peer, generation), &forwards, &wanted).await;
+        keep_bridges(&broker, connection, &peer, &forwards, &wanted).await;
         // Cache requests waiting for their answers; dropped (failing their callers) when the
         // link drops.
         let mut pending: HashMap<u64, tokio::sync::oneshot::Sender<(PeerAnswer, Bytes)>> =
@@ -435,7 +435,7 @@ async fn run_link(
                         break;
                     }
                     let wanted = interest.borrow_and_update().clone();
-                    keep_bridges(&broker, connection, (&peer, generation), &forwards, &wanted).await;
+                    keep_bridges(&broker, connection, &peer, &forwards, &wanted).await;
                 }
             }
         }
@@ -470,12 +470,12 @@ async fn run_link(
 async fn keep_bridges(
     broker: &Broker,
     connection: u64,
-    peer: (&str, u64),
+    peer: &str,
     forwards: &mpsc::UnboundedSender<Forward>,
     wanted: &Interest,
 ) {
     if let Err(error) = broker.set_bridges(connection, peer, forwards, wanted).await {
-        warn!("cannot keep the bridges to {}: {error}", peer.0);
+        warn!("cannot keep the bridges to {peer}: {error}");
     }
 }
 

@@ -8,8 +8,8 @@
 //! (redistribution). A topic's subscribers on other nodes get a subscription here, whose bridge
 //! forwards each message to their node's topic. When some of them are durable, that
 //! subscription is durable too (`<topic>#bridge.<node>`, journaled, kept while the node is away
-//! or this one restarts): a persistent message for a durable subscriber elsewhere is stored here
-//! and forwarded, never held only in memory.
+//! or this one restarts, and for good: as a durable subscription is): a persistent message for a
+//! durable subscriber elsewhere is stored here and forwarded, never held only in memory.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::journal::JournalOp;
-use super::message::{Message, now_ms};
+use super::message::Message;
 use super::queue::{ConsumerKey, QueueRole, QueueState};
 use super::{Broker, Consumer, MessagingError, Sink, State};
 
@@ -31,9 +31,6 @@ pub const REDISTRIBUTION_DELAY: Duration = Duration::from_secs(1);
 const SEEN_LIMIT: usize = 20_000;
 /// The consumer ids bridges get on a peer's connection: one per destination, from here up.
 const FIRST_BRIDGE_ID: u64 = 1;
-/// How long a member must have been up before its interest, lacking a durable subscription it
-/// had, is believed: a durable bridge for it is dropped then, with what it held.
-const DURABLE_INTEREST_SETTLED_MS: u64 = 10_000;
 
 /// What this node's apps consume from, each destination with whether a durable subscriber
 /// wants it (topics only).
@@ -41,11 +38,11 @@ pub type Interest = BTreeMap<String, bool>;
 
 /// The name of a topic's subscription that forwards to `peer`: one per peer when durable (it
 /// outlives the link), else one per link (a peer that restarts gets a new one, and the old one
-/// goes with the old link).
+/// goes with the old link). Node names have no `#`, so the two never meet.
 fn bridge_subscription(topic: &str, peer: &str, connection: u64, durable: bool) -> String {
     match durable {
         true => format!("{topic}#bridge.{peer}"),
-        false => format!("{topic}#bridge.{peer}.{connection}"),
+        false => format!("{topic}#bridge.{peer}#{connection}"),
     }
 }
 
@@ -165,106 +162,110 @@ impl Broker {
         interest
     }
 
-    /// Makes the bridges to the peer on `connection` (the member `peer` of `generation`) what
-    /// its interest says: one consumer per queue here that it consumes from, and one
-    /// subscription per topic it subscribes to, durable if any of its subscribers is.
+    /// Makes the bridges to the peer `peer` on `connection` what its interest says: one
+    /// consumer per queue here that it consumes from, and one subscription per topic it
+    /// subscribes to, durable if any of its subscribers is.
     pub async fn set_bridges(
         &self,
         connection: u64,
-        (peer, generation): (&str, u64),
+        peer: &str,
         forwards: &mpsc::UnboundedSender<Forward>,
         interest: &Interest,
     ) -> Result<(), MessagingError> {
-        let mut journaled = Vec::new();
-        {
-            let mut state = self.lock();
-            let wanted: Vec<(String, Option<bool>)> = interest
+        // A new durable bridge is in the journal before anything is stored for it, so that a
+        // restart finds it as what it is.
+        let new_durable: Vec<JournalOp> = {
+            let state = self.lock();
+            interest
                 .iter()
-                .filter_map(|(destination, durable)| match state.kind_of(destination) {
-                    Some(immutant_protocol::DestinationKind::Queue) => {
-                        Some((destination.clone(), None))
-                    }
-                    Some(immutant_protocol::DestinationKind::Topic) => {
-                        Some((destination.clone(), Some(*durable)))
-                    }
-                    None => None,
+                .filter(|(topic, durable)| {
+                    **durable
+                        && state.kind_of(topic) == Some(immutant_protocol::DestinationKind::Topic)
                 })
-                .collect();
-            let bridge_queue = |destination: &str, topic: Option<bool>| match topic {
-                Some(durable) => bridge_subscription(destination, peer, connection, durable),
-                None => destination.to_string(),
-            };
-            let wanted_queues: HashSet<String> = wanted
-                .iter()
-                .map(|(d, topic)| bridge_queue(d, *topic))
-                .collect();
-            let stale: Vec<ConsumerKey> = state
+                .map(|(topic, _)| (bridge_subscription(topic, peer, connection, true), topic))
+                .filter(|(queue, _)| !state.queues.contains_key(queue))
+                .map(|(queue, topic)| JournalOp::PutMeta {
+                    key: format!("subscription:{queue}"),
+                    value: Bytes::copy_from_slice(topic.as_bytes()),
+                })
+                .collect()
+        };
+        if !new_durable.is_empty() {
+            self.journal.commit(new_durable).await?;
+        }
+        let mut state = self.lock();
+        let wanted: Vec<(String, Option<bool>)> = interest
+            .iter()
+            .filter_map(|(destination, durable)| match state.kind_of(destination) {
+                Some(immutant_protocol::DestinationKind::Queue) => {
+                    Some((destination.clone(), None))
+                }
+                Some(immutant_protocol::DestinationKind::Topic) => {
+                    Some((destination.clone(), Some(*durable)))
+                }
+                None => None,
+            })
+            .collect();
+        let bridge_queue = |destination: &str, topic: Option<bool>| match topic {
+            Some(durable) => bridge_subscription(destination, peer, connection, durable),
+            None => destination.to_string(),
+        };
+        let wanted_queues: HashSet<String> = wanted
+            .iter()
+            .map(|(d, topic)| bridge_queue(d, *topic))
+            .collect();
+        let stale: Vec<ConsumerKey> = state
+            .consumers
+            .iter()
+            .filter(|(key, consumer)| {
+                key.0 == connection && !wanted_queues.contains(&consumer.queue)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in stale {
+            state.remove_consumer(key);
+        }
+        let mut next_id = FIRST_BRIDGE_ID
+            + state
+                .consumers
+                .keys()
+                .filter(|key| key.0 == connection)
+                .map(|key| key.1)
+                .max()
+                .unwrap_or(0);
+        for (destination, topic) in wanted {
+            let queue = bridge_queue(&destination, topic);
+            if state
                 .consumers
                 .iter()
-                .filter(|(key, consumer)| {
-                    key.0 == connection && !wanted_queues.contains(&consumer.queue)
-                })
-                .map(|(key, _)| *key)
-                .collect();
-            for key in stale {
-                state.remove_consumer(key);
+                .any(|(key, consumer)| key.0 == connection && consumer.queue == queue)
+            {
+                continue;
             }
-            // A member up long enough for its interest to be whole, without a durable
-            // subscriber it had: what was kept for it goes.
-            if now_ms().saturating_sub(generation) > DURABLE_INTEREST_SETTLED_MS {
-                journaled.extend(state.drop_durable_bridges(peer, &wanted_queues));
-            }
-            let mut next_id = FIRST_BRIDGE_ID
-                + state
-                    .consumers
-                    .keys()
-                    .filter(|key| key.0 == connection)
-                    .map(|key| key.1)
-                    .max()
-                    .unwrap_or(0);
-            for (destination, topic) in wanted {
-                let queue = bridge_queue(&destination, topic);
-                if state
-                    .consumers
-                    .iter()
-                    .any(|(key, consumer)| key.0 == connection && consumer.queue == queue)
-                {
-                    continue;
-                }
-                if let Some(durable) = topic
-                    && !state.queues.contains_key(&queue)
-                {
-                    let role = QueueRole::Subscription {
-                        topic: destination.clone(),
-                        durable,
-                    };
-                    state.queues.insert(queue.clone(), QueueState::new(role));
-                    state
-                        .topics
-                        .entry(destination.clone())
-                        .or_default()
-                        .push(queue.clone());
-                    if durable {
-                        journaled.push(JournalOp::PutMeta {
-                            key: format!("subscription:{queue}"),
-                            value: Bytes::copy_from_slice(destination.as_bytes()),
-                        });
-                    }
-                }
-                let key = (connection, next_id);
-                next_id += 1;
-                tracing::debug!("bridge {key:?} to {peer} for {queue}");
-                let consumer = Consumer {
-                    queue,
-                    sink: Sink::Peer(forwards.clone()),
-                    credit: BRIDGE_WINDOW,
-                    receive: None,
+            if let Some(durable) = topic
+                && !state.queues.contains_key(&queue)
+            {
+                let role = QueueRole::Subscription {
+                    topic: destination.clone(),
+                    durable,
                 };
-                self.attach(&mut state, key, consumer);
+                state.queues.insert(queue.clone(), QueueState::new(role));
+                state
+                    .topics
+                    .entry(destination.clone())
+                    .or_default()
+                    .push(queue.clone());
             }
-        }
-        if !journaled.is_empty() {
-            self.journal.commit(journaled).await?;
+            let key = (connection, next_id);
+            next_id += 1;
+            tracing::debug!("bridge {key:?} to {peer} for {queue}");
+            let consumer = Consumer {
+                queue,
+                sink: Sink::Peer(forwards.clone()),
+                credit: BRIDGE_WINDOW,
+                receive: None,
+            };
+            self.attach(&mut state, key, consumer);
         }
         Ok(())
     }
@@ -374,38 +375,6 @@ impl Drop for Storing<'_> {
 }
 
 impl State {
-    /// Drops the durable bridges to `peer` not among `wanted`, with what they held: the journal
-    /// changes that forget them.
-    fn drop_durable_bridges(&mut self, peer: &str, wanted: &HashSet<String>) -> Vec<JournalOp> {
-        let suffix = format!("#bridge.{peer}");
-        let unwanted: Vec<String> = self
-            .queues
-            .keys()
-            .filter(|name| name.ends_with(&suffix) && !wanted.contains(*name))
-            .cloned()
-            .collect();
-        let mut ops = Vec::new();
-        for name in unwanted {
-            let Some(queue) = self.queues.remove(&name) else {
-                continue;
-            };
-            tracing::info!("{peer} has no durable subscriber there any more: dropping {name}");
-            if let QueueRole::Subscription { topic, .. } = &queue.role
-                && let Some(subscriptions) = self.topics.get_mut(topic)
-            {
-                subscriptions.retain(|subscription| *subscription != name);
-            }
-            // What it held, in memory and in the journal only.
-            ops.push(JournalOp::DeleteQueue {
-                queue: name.clone(),
-            });
-            ops.push(JournalOp::DeleteMeta {
-                key: format!("subscription:{name}"),
-            });
-        }
-        ops
-    }
-
     /// Whether an app of this node consumes from the queue `name`.
     fn is_attended(&self, name: &str) -> bool {
         let Some(queue) = self.queues.get(name) else {
@@ -437,9 +406,8 @@ mod tests {
             .unwrap();
         let (forwards, mut forwarded) = mpsc::unbounded_channel();
         let interest = super::Interest::from([("/queue/ask".to_string(), false)]);
-        let peer = ("two", super::now_ms());
         broker
-            .set_bridges(100, peer, &forwards, &interest)
+            .set_bridges(100, "two", &forwards, &interest)
             .await
             .unwrap();
         let request = PublishOptions {
@@ -474,9 +442,8 @@ mod tests {
         {
             let broker = Broker::open(dir.path(), "one", 1024).unwrap();
             broker.start(news, DestinationKind::Topic).await.unwrap();
-            let peer = ("two", super::now_ms());
             broker
-                .set_bridges(100, peer, &forwards, &durable)
+                .set_bridges(100, "two", &forwards, &durable)
                 .await
                 .unwrap();
             // The link drops (two is away) and a message is published meanwhile.
@@ -500,23 +467,13 @@ mod tests {
             })
             .expect("the journal opens again");
         let (forwards, mut forwarded) = mpsc::unbounded_channel();
-        let peer = ("two", super::now_ms());
         broker
-            .set_bridges(101, peer, &forwards, &durable)
+            .set_bridges(101, "two", &forwards, &durable)
             .await
             .unwrap();
         let kept = forwarded.try_recv().expect("the message waited for two");
         assert_eq!(&kept.message.body[..], b"\"kept\"");
         assert!(kept.topic);
-        // two, up for long, says it has no durable subscriber any more: what was kept goes.
-        broker.disconnect(101);
-        let long_up = ("two", super::now_ms() - 60_000);
-        let plain = super::Interest::new();
-        broker
-            .set_bridges(102, long_up, &forwards, &plain)
-            .await
-            .unwrap();
-        assert!(!broker.lock().queues.contains_key("/topic/news#bridge.two"));
     }
 
     #[tokio::test]

@@ -68,29 +68,37 @@ pub enum JournalOp {
         key: String,
         value: Bytes,
     },
-    DeleteMeta {
-        key: String,
-    },
-    /// Deletes every record of a queue.
-    DeleteQueue {
-        queue: String,
-    },
 }
 
 /// Changes to apply together, and who waits for them to be on disk.
 struct Batch {
     ops: Vec<JournalOp>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Waiter,
 }
 
+/// Who waits for a batch to be on disk.
+enum Waiter {
+    Nobody,
+    Task(oneshot::Sender<Result<(), String>>),
+    /// A thread that blocks for it (the broker reading a page back under its lock).
+    Thread(mpsc::Sender<Result<(), String>>),
+}
+
+/// The META key of the highest sequence number ever journaled: kept so that one is never used
+/// again after a restart, even once its record is gone.
+const HIGHEST_SEQ: &str = "highest-seq";
+
 /// What the journal held when it was opened: its metadata, and the first page of each queue.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Recovered {
     /// Each queue's first page.
     pub pages: BTreeMap<String, PageRead>,
     pub meta: BTreeMap<String, Bytes>,
-    /// The highest sequence number used so far.
+    /// The highest sequence number ever journaled.
     pub max_seq: u64,
+    /// How many records each queue with more than its first page held beyond it when the
+    /// journal was opened, as a thread counts them (a deep queue takes a while).
+    pub beyond_first_page: mpsc::Receiver<(String, u64)>,
 }
 
 /// Up to a page of one queue's records, in sequence order.
@@ -101,15 +109,15 @@ pub struct PageRead {
     pub more: bool,
 }
 
-/// Reads up to a page of `queue`'s records from sequence number `from` on.
+/// Reads up to a page of `queue`'s records with sequence numbers in `seqs`.
 fn read_page(
     table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     queue: &str,
-    from: u64,
+    seqs: std::ops::Range<u64>,
 ) -> Result<PageRead, redb::Error> {
     let mut page = PageRead::default();
     let mut bytes = 0;
-    for entry in table.range((queue, from)..=(queue, u64::MAX))? {
+    for entry in table.range((queue, seqs.start)..(queue, seqs.end))? {
         let (key, value) = entry?;
         if page.records.len() >= PAGE_MESSAGES || bytes >= PAGE_BYTES {
             page.more = true;
@@ -143,34 +151,37 @@ impl Journal {
         let recovered = recover(&database)?;
         let database = Arc::new(database);
         let (batches, incoming) = mpsc::channel();
-        let writer = database.clone();
+        let (writer, highest) = (database.clone(), recovered.max_seq);
         std::thread::Builder::new()
             .name("journal".to_string())
-            .spawn(move || write_batches(&writer, incoming))
+            .spawn(move || write_batches(&writer, incoming, highest))
             .map_err(|error| JournalError::Storage(error.to_string()))?;
         Ok((Journal { batches, database }, recovered))
     }
 
-    /// Up to a page of `queue`'s records from sequence number `from` on, as committed now.
-    pub fn read(&self, queue: &str, from: u64) -> Result<PageRead, JournalError> {
+    /// Up to a page of `queue`'s records from sequence number `from` on, and below `below`, as
+    /// committed now.
+    pub fn read(&self, queue: &str, from: u64, below: u64) -> Result<PageRead, JournalError> {
         let read = self.database.begin_read().map_err(redb::Error::from)?;
         let table = read.open_table(MESSAGES).map_err(redb::Error::from)?;
-        Ok(read_page(&table, queue, from)?)
+        Ok(read_page(&table, queue, from..below)?)
     }
 
-    /// How many of `queue`'s records have sequence numbers from `from` to `through`.
-    pub fn count(&self, queue: &str, from: u64, through: u64) -> Result<u64, JournalError> {
-        let read = self.database.begin_read().map_err(redb::Error::from)?;
-        let table = read.open_table(MESSAGES).map_err(redb::Error::from)?;
-        let mut count = 0;
-        for entry in table
-            .range((queue, from)..=(queue, through))
-            .map_err(redb::Error::from)?
-        {
-            entry.map_err(redb::Error::from)?;
-            count += 1;
+    /// Blocks the calling thread until every change sent so far is on disk.
+    pub fn flush_blocking(&self) -> Result<(), JournalError> {
+        let (done, flushed) = mpsc::channel();
+        let batch = Batch {
+            ops: Vec::new(),
+            done: Waiter::Thread(done),
+        };
+        self.batches
+            .send(batch)
+            .map_err(|_| JournalError::Stopped)?;
+        match flushed.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(JournalError::Storage(message)),
+            Err(_) => Err(JournalError::Stopped),
         }
-        Ok(count)
     }
 
     /// Applies `ops` and returns once they are on disk.
@@ -179,7 +190,7 @@ impl Journal {
         self.batches
             .send(Batch {
                 ops,
-                done: Some(done),
+                done: Waiter::Task(done),
             })
             .map_err(|_| JournalError::Stopped)?;
         match committed.await {
@@ -191,7 +202,10 @@ impl Journal {
 
     /// Applies `ops` with the next commit, without waiting for it.
     pub fn submit(&self, ops: Vec<JournalOp>) {
-        let _ = self.batches.send(Batch { ops, done: None });
+        let _ = self.batches.send(Batch {
+            ops,
+            done: Waiter::Nobody,
+        });
     }
 }
 
@@ -202,21 +216,32 @@ fn recover(database: &Database) -> Result<Recovered, redb::Error> {
     setup.open_table(META)?;
     setup.commit()?;
 
-    let mut recovered = Recovered::default();
     let read = database.begin_read()?;
+    let mut meta = BTreeMap::new();
+    for entry in read.open_table(META)?.iter()? {
+        let (key, value) = entry?;
+        meta.insert(
+            key.value().to_string(),
+            Bytes::copy_from_slice(value.value()),
+        );
+    }
+    let mut max_seq = meta
+        .get(HIGHEST_SEQ)
+        .and_then(|value| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?)))
+        .unwrap_or(0);
     let messages = read.open_table(MESSAGES)?;
     // Queue by queue: its first page, and its last record (for the highest sequence number),
     // then on to the first record past its last.
+    let mut pages = BTreeMap::new();
     let mut next = messages.first()?.map(|(key, _)| key.value().0.to_string());
     while let Some(queue) = next {
-        let page = read_page(&messages, &queue, 0)?;
+        let page = read_page(&messages, &queue, 0..u64::MAX)?;
         let last = messages
             .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))?
             .next_back()
             .transpose()?
             .map_or(0, |(key, _)| key.value().1);
-        recovered.max_seq = recovered.max_seq.max(last);
-        recovered.pages.insert(queue.clone(), page);
+        max_seq = max_seq.max(last);
         next = messages
             .range::<(&str, u64)>((
                 Bound::Excluded((queue.as_str(), u64::MAX)),
@@ -225,40 +250,94 @@ fn recover(database: &Database) -> Result<Recovered, redb::Error> {
             .next()
             .transpose()?
             .map(|(key, _)| key.value().0.to_string());
+        pages.insert(queue, page);
     }
-    for entry in read.open_table(META)?.iter()? {
-        let (key, value) = entry?;
-        recovered.meta.insert(
-            key.value().to_string(),
-            Bytes::copy_from_slice(value.value()),
-        );
+    // Counted in this same snapshot: a page read back meanwhile is one it counts.
+    let deep: Vec<(String, u64)> = pages
+        .iter()
+        .filter(|(_, page)| page.more)
+        .filter_map(|(queue, page)| Some((queue.clone(), page.records.last()?.0 + 1)))
+        .collect();
+    let (counts, beyond_first_page) = mpsc::channel();
+    if !deep.is_empty() {
+        let _ = std::thread::Builder::new()
+            .name("journal-count".to_string())
+            .spawn(move || {
+                for (queue, from) in deep {
+                    match count(&messages, &queue, from) {
+                        Ok(count) => {
+                            let _ = counts.send((queue, count));
+                        }
+                        Err(error) => tracing::warn!("cannot count {queue}'s messages: {error}"),
+                    }
+                }
+            });
     }
-    Ok(recovered)
+    Ok(Recovered {
+        pages,
+        meta,
+        max_seq,
+        beyond_first_page,
+    })
+}
+
+/// How many of `queue`'s records have sequence numbers from `from` on.
+fn count(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    queue: &str,
+    from: u64,
+) -> Result<u64, redb::Error> {
+    let mut count = 0;
+    for entry in table.range((queue, from)..=(queue, u64::MAX))? {
+        entry?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// The writer thread: takes every batch waiting, applies them in one transaction, syncs once,
 /// and tells each waiter.
-fn write_batches(database: &Database, incoming: mpsc::Receiver<Batch>) {
+fn write_batches(database: &Database, incoming: mpsc::Receiver<Batch>, mut highest: u64) {
     while let Ok(first) = incoming.recv() {
         let mut batches = vec![first];
         batches.extend(incoming.try_iter());
-        let outcome = apply(database, &batches).map_err(|error| {
+        let outcome = apply(database, &batches, &mut highest).map_err(|error| {
             tracing::error!("the journal cannot commit: {error}");
             error.to_string()
         });
         for batch in batches {
-            if let Some(done) = batch.done {
-                let _ = done.send(outcome.clone());
+            match batch.done {
+                Waiter::Nobody => {}
+                Waiter::Task(done) => {
+                    let _ = done.send(outcome.clone());
+                }
+                Waiter::Thread(done) => {
+                    let _ = done.send(outcome.clone());
+                }
             }
         }
     }
 }
 
-fn apply(database: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
+/// Applies the batches in one transaction, keeping the highest sequence number ever journaled
+/// (`highest`) in META.
+fn apply(database: &Database, batches: &[Batch], highest: &mut u64) -> Result<(), redb::Error> {
+    let newest = batches
+        .iter()
+        .flat_map(|batch| &batch.ops)
+        .filter_map(|op| match op {
+            JournalOp::Put { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
     let transaction = database.begin_write()?;
     {
         let mut messages = transaction.open_table(MESSAGES)?;
         let mut meta = transaction.open_table(META)?;
+        if newest > *highest {
+            meta.insert(HIGHEST_SEQ, newest.to_be_bytes().as_slice())?;
+        }
         for op in batches.iter().flat_map(|batch| &batch.ops) {
             match op {
                 JournalOp::Put { queue, seq, record } => {
@@ -270,17 +349,11 @@ fn apply(database: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
                 JournalOp::PutMeta { key, value } => {
                     meta.insert(key.as_str(), value.as_ref())?;
                 }
-                JournalOp::DeleteMeta { key } => {
-                    meta.remove(key.as_str())?;
-                }
-                JournalOp::DeleteQueue { queue } => {
-                    let queue = queue.as_str();
-                    messages.retain_in((queue, 0)..=(queue, u64::MAX), |_, _| false)?;
-                }
             }
         }
     }
     transaction.commit()?;
+    *highest = (*highest).max(newest);
     Ok(())
 }
 
@@ -321,12 +394,22 @@ mod tests {
                 queue: "/queue/a".into(),
                 seq: 1,
             }]);
+            // A number used and gone is never used again.
+            journal
+                .commit(vec![put("/queue/z", 10, "z")])
+                .await
+                .unwrap();
+            journal.submit(vec![JournalOp::Delete {
+                queue: "/queue/z".into(),
+                seq: 10,
+            }]);
             // A commit after a submit means the submit is on disk too.
             journal.commit(vec![]).await.unwrap();
         }
         // The writer thread lets go of the file once its handles are dropped.
         let (_, recovered) = reopen(&path);
-        assert_eq!(recovered.max_seq, 3);
+        assert_eq!(recovered.max_seq, 10);
+        assert!(!recovered.pages.contains_key("/queue/z"));
         assert_eq!(
             recovered.pages["/queue/a"].records,
             [(2, Bytes::from_static(b"two"))]
@@ -380,16 +463,22 @@ mod tests {
         assert!(first.more);
         assert!(!recovered.pages["/queue/after"].more);
         let second = journal
-            .read("/queue/deep", PAGE_MESSAGES as u64 + 1)
+            .read("/queue/deep", PAGE_MESSAGES as u64 + 1, u64::MAX)
             .unwrap();
         assert_eq!(second.records[0].0, PAGE_MESSAGES as u64 + 1);
         assert!(second.more);
         let last = journal
-            .read("/queue/deep", 2 * PAGE_MESSAGES as u64 + 1)
+            .read("/queue/deep", 2 * PAGE_MESSAGES as u64 + 1, u64::MAX)
             .unwrap();
         assert_eq!(last.records.len(), 10);
         assert!(!last.more);
-        assert_eq!(journal.count("/queue/deep", 5, deep).unwrap(), deep - 4);
+        // Short of a message being stored.
+        let short = journal.read("/queue/deep", 1, 6).unwrap();
+        assert_eq!(short.records.len(), 5);
+        // What lay beyond the first page was counted.
+        let (queue, count) = recovered.beyond_first_page.recv().unwrap();
+        let beyond = deep - PAGE_MESSAGES as u64;
+        assert_eq!((queue.as_str(), count), ("/queue/deep", beyond));
     }
 
     /// Opens the journal again, waiting for the last writer thread to let go of the file.

@@ -60,6 +60,10 @@ pub enum MessagingError {
     )]
     BadName(String),
     #[error(
+        "'{0}' is not a durable subscriber's client id: use one that is not empty and has no # or @"
+    )]
+    BadClientId(String),
+    #[error(
         "a message of {size} bytes is over the limit of {limit} bytes; send less, or raise -Dimmutant.messaging.max-message-size"
     )]
     TooLarge { size: usize, limit: u64 },
@@ -96,8 +100,31 @@ struct State {
     /// Where replies for apps on other nodes go (the cluster's links), in a cluster.
     replies: Option<mpsc::UnboundedSender<Reply>>,
     /// How many messages each queue that pages held in the journal at boot beyond its first
-    /// page, as the count made after boot comes in.
+    /// page, as the count made after boot comes in (none in a state not opened from a journal).
     counted: Option<std::sync::mpsc::Receiver<(String, u64)>>,
+    /// The journaled messages being stored now, by sequence number: page reads stop short of
+    /// the lowest, which may land in the journal after higher ones.
+    storing: std::collections::BTreeSet<u64>,
+    /// Queues whose last page read stopped short of a message being stored: read again once
+    /// it is.
+    starved: std::collections::HashSet<String>,
+}
+
+/// A journaled message being stored: page reads stop short of it until it is in line, or its
+/// store failed or was given up (dropped half way).
+struct PendingStore<'a> {
+    broker: &'a Broker,
+    seq: u64,
+}
+
+impl Drop for PendingStore<'_> {
+    fn drop(&mut self) {
+        let mut state = self.broker.lock();
+        state.storing.remove(&self.seq);
+        for queue in std::mem::take(&mut state.starved) {
+            self.broker.dispatch(&mut state, &queue);
+        }
+    }
 }
 
 /// Where a consumer's messages go.
@@ -137,7 +164,6 @@ impl Broker {
             DEAD_LETTER_QUEUE.to_string(),
             QueueState::new(QueueRole::Queue),
         );
-        state.counted = Some(count_paged(&journal, &recovered));
         state.restore(recovered);
         Ok(Broker {
             node_name: node_name.to_string(),
@@ -312,31 +338,37 @@ impl Broker {
         targets: Vec<(String, bool)>,
         message: Message,
     ) -> Result<(), MessagingError> {
+        let seq = message.header.id;
+        let mut pending = None;
         if message.persistent {
             let record = message.to_record();
             let ops: Vec<JournalOp> = targets
                 .iter()
-                .filter(|(_, durable)| *durable)
+                .filter(|(_, journaled)| *journaled)
                 .map(|(queue, _)| JournalOp::Put {
                     queue: queue.clone(),
-                    seq: message.header.id,
+                    seq,
                     record: record.clone(),
                 })
                 .collect();
             if !ops.is_empty() {
+                self.lock().storing.insert(seq);
+                pending = Some(PendingStore { broker: self, seq });
                 self.journal.commit(ops).await?;
             }
         }
         let mut state = self.lock();
-        for (queue, durable) in targets {
+        for (queue, journaled) in targets {
             if let Some(state_queue) = state.queues.get_mut(&queue) {
                 // A queue that pages leaves it in the journal, to read back in turn.
-                if state_queue.takes(&message, message.persistent && durable) {
+                if state_queue.admit(&message, message.persistent && journaled) {
                     state_queue.enqueue(message.clone());
                 }
                 self.dispatch(&mut state, &queue);
             }
         }
+        drop(state);
+        drop(pending);
         Ok(())
     }
 
@@ -590,7 +622,7 @@ impl Broker {
             queue.dead_lettered += 1;
         }
         if let Some(dlq) = state.queues.get_mut(DEAD_LETTER_QUEUE)
-            && dlq.takes(&dead, dead.persistent)
+            && dlq.admit(&dead, dead.persistent)
         {
             dlq.enqueue(dead);
         }
@@ -608,7 +640,8 @@ impl Broker {
     }
 
     /// Reads the queue's next page back from the journal, if it pages and has room for one.
-    /// Under the broker's lock, so that no message stored meanwhile is missed or taken twice.
+    /// Under the broker's lock, once every change sent to the journal is on it (a dead letter
+    /// is only sent), and short of any message being stored: so none is missed or read twice.
     fn read_page(&self, state: &mut State, queue_name: &str) {
         let Some(from) = state
             .queues
@@ -618,28 +651,25 @@ impl Broker {
             return;
         };
         state.take_counts();
-        let page = match self.journal.read(queue_name, from) {
-            Ok(page) => page,
+        let below = state.storing.first().copied();
+        let read = self.journal.flush_blocking().and_then(|()| {
+            self.journal
+                .read(queue_name, from, below.unwrap_or(u64::MAX))
+        });
+        let mut page = match read {
+            Ok(page) => decode_page(queue_name, page, from),
             Err(error) => {
                 warn!("cannot read {queue_name}'s next messages from the journal: {error}");
                 return;
             }
         };
-        let through = page.records.last().map_or(from, |(seq, _)| *seq);
-        let records = page.records.len();
-        let messages = page
-            .records
-            .into_iter()
-            .filter_map(|(seq, record)| {
-                let message = Message::from_record(record);
-                if message.is_none() {
-                    warn!("a damaged message ({seq}) on {queue_name} in the journal was skipped");
-                }
-                message
-            })
-            .collect();
+        if below.is_some() {
+            // What lies past the message being stored is read once it is.
+            page.more = true;
+            state.starved.insert(queue_name.to_string());
+        }
         if let Some(queue) = state.queues.get_mut(queue_name) {
-            queue.take_page(records, messages, through, page.more);
+            queue.take_page(page);
         }
     }
 
@@ -748,35 +778,32 @@ impl Broker {
     }
 }
 
-/// Counts, on a thread of its own, the messages each queue held at boot beyond its first page
-/// (a deep queue's count takes a while, and the node serves meanwhile).
-fn count_paged(
-    journal: &Journal,
-    recovered: &Recovered,
-) -> std::sync::mpsc::Receiver<(String, u64)> {
-    let (counts, counted) = std::sync::mpsc::channel();
-    let paging: Vec<(String, u64)> = recovered
-        .pages
-        .iter()
-        .filter(|(_, page)| page.more)
-        .filter_map(|(queue, page)| Some((queue.clone(), page.records.last()?.0 + 1)))
+/// A page read from `queue`'s journal from sequence number `from`, decoded; a damaged record is
+/// skipped, and said.
+fn decode_page(queue: &str, page: journal::PageRead, from: u64) -> queue::TakenPage {
+    // Nothing read: nothing from `from` on is taken for read.
+    let through = page
+        .records
+        .last()
+        .map_or(from.saturating_sub(1), |(seq, _)| *seq);
+    let records = page.records.len();
+    let messages = page
+        .records
+        .into_iter()
+        .filter_map(|(seq, record)| {
+            let message = Message::from_record(record);
+            if message.is_none() {
+                warn!("a damaged message ({seq}) on {queue} in the journal was skipped");
+            }
+            message
+        })
         .collect();
-    let (journal, through) = (journal.clone(), recovered.max_seq);
-    if !paging.is_empty() {
-        let _ = std::thread::Builder::new()
-            .name("journal-count".to_string())
-            .spawn(move || {
-                for (queue, from) in paging {
-                    match journal.count(&queue, from, through) {
-                        Ok(count) => {
-                            let _ = counts.send((queue, count));
-                        }
-                        Err(error) => warn!("cannot count {queue}'s messages: {error}"),
-                    }
-                }
-            });
+    queue::TakenPage {
+        records,
+        messages,
+        through,
+        more: page.more,
     }
-    counted
 }
 
 fn kind_name(kind: DestinationKind) -> &'static str {
@@ -821,26 +848,20 @@ impl State {
             }
         }
         for (queue, page) in recovered.pages {
-            let state = self
-                .queues
-                .entry(queue.clone())
-                .or_insert_with(|| QueueState::new(QueueRole::Queue));
-            let through = page.records.last().map_or(0, |(seq, _)| *seq);
-            let records = page.records.len();
-            let mut messages = Vec::with_capacity(records);
-            for (_, record) in page.records {
-                match Message::from_record(record) {
-                    Some(message) => {
-                        if let Some(origin) = &message.origin {
-                            self.seen.insert(origin.clone());
-                        }
-                        messages.push(message);
-                    }
-                    None => warn!("a damaged message on {queue} in the journal was skipped"),
-                }
+            let page = decode_page(&queue, page, 0);
+            for origin in page
+                .messages
+                .iter()
+                .filter_map(|message| message.origin.as_ref())
+            {
+                self.seen.insert(origin.clone());
             }
-            state.take_page(records, messages, through, page.more);
+            self.queues
+                .entry(queue)
+                .or_insert_with(|| QueueState::new(QueueRole::Queue))
+                .take_page(page);
         }
+        self.counted = Some(recovered.beyond_first_page);
     }
 
     /// Adds the counts made after boot of the messages each paging queue held.
@@ -850,12 +871,8 @@ impl State {
         };
         let counts: Vec<(String, u64)> = counted.try_iter().collect();
         for (queue, count) in counts {
-            if let Some(paged) = self
-                .queues
-                .get_mut(&queue)
-                .and_then(|queue| queue.paged.as_mut())
-            {
-                paged.count += count as i64;
+            if let Some(queue) = self.queues.get_mut(&queue) {
+                queue.counted(count);
             }
         }
     }
@@ -903,6 +920,10 @@ impl State {
             Some(DestinationKind::Queue) => Ok((destination.to_string(), false)),
             Some(DestinationKind::Topic) => {
                 let (queue, durable) = match client_id {
+                    // Its queue's name must not pass for a bridge's.
+                    Some(client) if client.is_empty() || client.contains(['#', '@']) => {
+                        return Err(MessagingError::BadClientId(client.to_string()));
+                    }
                     Some(client) => (format!("{destination}@{client}"), true),
                     None => (format!("{destination}#{}.{}", key.0, key.1), false),
                 };

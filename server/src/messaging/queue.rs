@@ -36,6 +36,9 @@ pub struct QueueState {
     /// The highest sequence number read back from the journal: a message up to it that is
     /// stored now was read back already.
     loaded_through: u64,
+    /// The highest sequence number it ever held in memory: paging starts past it, so that no
+    /// page read brings back one it held (waiting, in flight or done).
+    highest_in_memory: u64,
     consumers: Vec<ConsumerKey>,
     next_consumer: usize,
     pub delivered: u64,
@@ -47,9 +50,19 @@ pub struct QueueState {
 #[derive(Debug, Clone, Copy)]
 pub struct Paged {
     pub from: u64,
-    /// How many, as far as known: what a node counts at boot arrives later (and may be
-    /// read back before it does, hence signed).
+    /// How many, as far as known: the count of what the journal held at boot arrives later
+    /// (and pages may be read back before it does, hence signed).
     pub count: i64,
+    /// Whether that count is still to come.
+    pub counting: bool,
+}
+
+/// A page read back from the journal, for [`QueueState::take_page`].
+pub struct TakenPage {
+    pub records: usize,
+    pub messages: Vec<Message>,
+    pub through: u64,
+    pub more: bool,
 }
 
 /// What the management API shows of a queue.
@@ -73,6 +86,7 @@ impl QueueState {
             ready_bytes: 0,
             paged: None,
             loaded_through: 0,
+            highest_in_memory: 0,
             consumers: Vec::new(),
             next_consumer: 0,
             delivered: 0,
@@ -93,6 +107,7 @@ impl QueueState {
     /// place, ahead of younger ones).
     pub fn enqueue(&mut self, message: Message) {
         self.ready_bytes += message.body.len();
+        self.highest_in_memory = self.highest_in_memory.max(message.header.id);
         self.ready.insert(
             (9 - message.header.priority.min(9), message.header.id),
             message,
@@ -132,10 +147,10 @@ impl QueueState {
         self.ready.len() + self.paged.map_or(0, |paged| paged.count.max(0) as usize)
     }
 
-    /// Whether a message just stored (in the journal if `journaled`) goes in line in memory.
-    /// If not, it is in the journal only: read back already, or past what memory holds (the
-    /// queue pages from it if it did not yet).
-    pub fn takes(&mut self, message: &Message, journaled: bool) -> bool {
+    /// Admits a message just stored (in the journal if `journaled`): true if it goes in line
+    /// in memory; false if it stays in the journal only, read back already or past what memory
+    /// holds (the queue starts paging if it did not yet).
+    pub fn admit(&mut self, message: &Message, journaled: bool) -> bool {
         let seq = message.header.id;
         if !journaled {
             return true;
@@ -143,20 +158,21 @@ impl QueueState {
         if seq <= self.loaded_through {
             return false;
         }
+        if self.paged.is_none()
+            && (self.ready.len() >= PAGE_MESSAGES || self.ready_bytes >= PAGE_BYTES)
+        {
+            self.paged = Some(Paged {
+                from: seq.max(self.highest_in_memory + 1),
+                count: 0,
+                counting: false,
+            });
+        }
         match &mut self.paged {
             Some(paged) if seq >= paged.from => {
                 paged.count += 1;
                 false
             }
-            Some(_) => true,
-            None if self.ready.len() >= PAGE_MESSAGES || self.ready_bytes >= PAGE_BYTES => {
-                self.paged = Some(Paged {
-                    from: seq,
-                    count: 1,
-                });
-                false
-            }
-            None => true,
+            _ => true,
         }
     }
 
@@ -166,9 +182,17 @@ impl QueueState {
         self.paged.filter(|_| room).map(|paged| paged.from)
     }
 
-    /// Puts in line a page read back from the journal: its `records` (those that could be read
-    /// of them) up to sequence number `through`; `more` if the journal holds more after it.
-    pub fn take_page(&mut self, records: usize, messages: Vec<Message>, through: u64, more: bool) {
+    /// Puts in line a page read back from the journal: `records` read (`messages`, those of
+    /// them that could be decoded) up to sequence number `through`; `more` if the journal may
+    /// hold more after it. At boot, the queue's first page (`counting`: the rest is being
+    /// counted).
+    pub fn take_page(&mut self, page: TakenPage) {
+        let TakenPage {
+            records,
+            messages,
+            through,
+            more,
+        } = page;
         self.loaded_through = self.loaded_through.max(through);
         for message in messages {
             self.enqueue(message);
@@ -177,13 +201,25 @@ impl QueueState {
             (Some(paged), true) => Some(Paged {
                 from: through + 1,
                 count: paged.count - records as i64,
+                ..paged
             }),
             (None, true) => Some(Paged {
                 from: through + 1,
                 count: 0,
+                counting: true,
             }),
             (_, false) => None,
         };
+    }
+
+    /// Adds the count, made after boot, of what the journal held beyond its first page.
+    pub fn counted(&mut self, count: u64) {
+        if let Some(paged) = &mut self.paged
+            && paged.counting
+        {
+            paged.count += count as i64;
+            paged.counting = false;
+        }
     }
 
     pub fn add_consumer(&mut self, key: ConsumerKey) {
