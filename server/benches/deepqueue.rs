@@ -1,11 +1,13 @@
 //! A deep queue: a release node takes `DEEP_MESSAGES` (5,000,000 by default) persistent 1 KB
-//! messages from the loadgen app (16 publishers) with no consumer, then is killed with kill -9
-//! and started again. Reported: the publish rate, the node's resident memory (VmRSS) once they
-//! are all queued, the time from spawning the restarted node to its boot line (ready to serve),
-//! and its memory a second and ten seconds after (while it counts what its journal holds).
+//! messages from the loadgen app (16 publishers) with no consumer, then is stopped gracefully
+//! and started again, then killed with kill -9 and started again. Reported: the publish rate,
+//! the node's resident memory (VmRSS) once they are all queued, and for each restart the time
+//! from spawning the node to its boot line (ready to serve) and its memory ten seconds later
+//! (it counts what its journal holds meanwhile).
 //!
-//! `cargo bench -p immutant-server --bench deepqueue` (`DEEP_MESSAGES=100000` for a quick run).
-//! The journal takes about 1.1 KB of disk per message: 5.5 GB by default.
+//! `cargo bench -p immutant-server --bench deepqueue` (`DEEP_MESSAGES=100000` for a quick run;
+//! `DEEP_QUICK_REPAIR=true` starts the node with `-Dimmutant.messaging.quick-repair=true`).
+//! The journal takes about 2 KB of disk per message: 10 GB by default.
 
 mod support;
 
@@ -22,7 +24,7 @@ fn main() {
     let install = TempInstall::new();
     install.deploy(&loadgen, "producer");
     let offset = free_offset(1000);
-    let args = vec![
+    let mut args = vec![
         format!(
             "-Djboss.server.data.dir={}",
             install.home().join("data").display()
@@ -32,27 +34,34 @@ fn main() {
         format!("-Dloadgen.messages={messages}"),
         "-Dloadgen.publishers=16".to_string(),
     ];
+    if std::env::var("DEEP_QUICK_REPAIR").as_deref() == Ok("true") {
+        args.push("-Dimmutant.messaging.quick-repair=true".to_string());
+    }
     let node = install.start(&args);
     let (_, published) = node.wait_quiet(0, "published ", Duration::from_secs(3600));
     let queued_mb = rss_mb(node.child.id());
     println!("{}", published.trim());
-    node.signal(libc::SIGKILL);
-    drop(node);
-
+    node.stop();
     // The producer is gone: the restarted node only holds what is queued.
     std::fs::remove_file(install.home().join("deployments/producer.toml")).unwrap();
-    let started = Instant::now();
-    let node = install.start(&args);
-    node.wait_for("started in");
-    let boot_ms = started.elapsed().as_secs_f64() * 1000.0;
-    std::thread::sleep(Duration::from_secs(1));
-    let after_second = rss_mb(node.child.id());
-    std::thread::sleep(Duration::from_secs(9));
-    let after_ten = rss_mb(node.child.id());
+    let (graceful_ms, graceful_mb, node) = restart(&install, &args);
+    node.signal(libc::SIGKILL);
+    drop(node);
+    let (killed_ms, killed_mb, node) = restart(&install, &args);
     println!(
-        "{messages} messages queued: {queued_mb:.0} MB resident once queued; after kill -9, boot to ready {boot_ms:.0} ms, {after_second:.0} MB resident a second later, {after_ten:.0} MB ten seconds later"
+        "{messages} messages queued: {queued_mb:.0} MB resident once queued; after a graceful stop, boot to ready {graceful_ms:.0} ms and {graceful_mb:.0} MB ten seconds later; after kill -9, {killed_ms:.0} ms and {killed_mb:.0} MB"
     );
     node.stop();
+}
+
+/// Starts the node again: the time to its boot line, its memory ten seconds later, and the node.
+fn restart(install: &TempInstall, args: &[String]) -> (f64, f64, support::Node) {
+    let started = Instant::now();
+    let node = install.start(args);
+    node.wait_quiet(0, "started in", Duration::from_secs(600));
+    let boot_ms = started.elapsed().as_secs_f64() * 1000.0;
+    std::thread::sleep(Duration::from_secs(10));
+    (boot_ms, rss_mb(node.child.id()), node)
 }
 
 fn rss_mb(pid: u32) -> f64 {

@@ -30,6 +30,8 @@ pub enum PropertyKind {
     Count,
     /// Comma-separated host:port addresses, or nothing.
     Seeds,
+    /// `true` or `false`.
+    Flag,
 }
 
 /// Where a known property's default comes from.
@@ -147,6 +149,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         kind: PropertyKind::Bytes,
         default: PropertyDefault::Value("16777216"),
         help: "the largest message payload, in bytes (16 MiB)",
+    },
+    KnownProperty {
+        name: "immutant.messaging.quick-repair",
+        kind: PropertyKind::Flag,
+        default: PropertyDefault::Value("false"),
+        help: "whether each journal commit also saves what makes reopening it after a crash quick (at about half the publish rate)",
     },
     KnownProperty {
         name: "immutant.jobs.misfire-threshold",
@@ -322,6 +330,7 @@ fn check_value(property: &KnownProperty, value: &str) -> Result<(), ConfigError>
             Ok(count) if count > 0 => None,
             _ => Some("a whole number above 0"),
         },
+        PropertyKind::Flag => (value != "true" && value != "false").then_some("true or false"),
         PropertyKind::Seeds => parse_seeds(value).is_none().then_some(
             "host:port addresses separated by commas, such as 127.0.0.1:7600,127.0.0.1:7700",
         ),

@@ -174,7 +174,7 @@ impl Broker {
     ) -> Result<(), MessagingError> {
         // A new durable bridge is in the journal before anything is stored for it, so that a
         // restart finds it as what it is.
-        let new_durable: Vec<JournalOp> = {
+        let new_durable: Vec<(String, &String)> = {
             let state = self.lock();
             interest
                 .iter()
@@ -184,15 +184,16 @@ impl Broker {
                 })
                 .map(|(topic, _)| (bridge_subscription(topic, peer, connection, true), topic))
                 .filter(|(queue, _)| !state.queues.contains_key(queue))
-                .map(|(queue, topic)| JournalOp::PutMeta {
-                    key: format!("subscription:{queue}"),
-                    value: Bytes::copy_from_slice(topic.as_bytes()),
-                })
                 .collect()
         };
         if !new_durable.is_empty() {
-            self.journal.commit(new_durable).await?;
+            let entries = new_durable.iter().map(|(queue, topic)| JournalOp::PutMeta {
+                key: format!("subscription:{queue}"),
+                value: Bytes::copy_from_slice(topic.as_bytes()),
+            });
+            self.journal.commit(entries.collect()).await?;
         }
+        let journaled: HashSet<&String> = new_durable.iter().map(|(queue, _)| queue).collect();
         let mut state = self.lock();
         let wanted: Vec<(String, Option<bool>)> = interest
             .iter()
@@ -245,6 +246,11 @@ impl Broker {
             if let Some(durable) = topic
                 && !state.queues.contains_key(&queue)
             {
+                // One that became wanted while the others' entries were written waits for the
+                // next round, to have its own first.
+                if durable && !journaled.contains(&queue) {
+                    continue;
+                }
                 let role = QueueRole::Subscription {
                     topic: destination.clone(),
                     durable,

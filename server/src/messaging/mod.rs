@@ -175,6 +175,12 @@ impl Broker {
         })
     }
 
+    /// Whether each journal commit also makes reopening it after a crash quick (see
+    /// [`Journal::set_quick_repair`]).
+    pub fn set_quick_repair(&self, quick: bool) {
+        self.journal.set_quick_repair(quick);
+    }
+
     /// Waits until every change sent to the journal so far is on disk.
     pub async fn flush(&self) {
         if let Err(error) = self.journal.commit(Vec::new()).await {
@@ -639,20 +645,21 @@ impl Broker {
         self.dispatch(state, &queue);
     }
 
-    /// Reads the queue's next page back from the journal, if it pages and has room for one.
-    /// Under the broker's lock, once every change sent to the journal is on it (a dead letter
-    /// is only sent), and short of any message being stored: so none is missed or read twice.
-    fn read_page(&self, state: &mut State, queue_name: &str) {
+    /// Reads the queue's next page back from the journal, if it pages and has room for one:
+    /// how many records it read. Under the broker's lock, once every message submitted to the
+    /// journal is on it (a dead letter is only submitted), and short of any message being
+    /// stored: so none is missed or read twice.
+    fn read_page(&self, state: &mut State, queue_name: &str) -> usize {
         let Some(from) = state
             .queues
             .get(queue_name)
             .and_then(QueueState::wants_page)
         else {
-            return;
+            return 0;
         };
         state.take_counts();
         let below = state.storing.first().copied();
-        let read = self.journal.flush_blocking().and_then(|()| {
+        let read = self.journal.flush_submitted().and_then(|()| {
             self.journal
                 .read(queue_name, from, below.unwrap_or(u64::MAX))
         });
@@ -660,7 +667,7 @@ impl Broker {
             Ok(page) => decode_page(queue_name, page, from),
             Err(error) => {
                 warn!("cannot read {queue_name}'s next messages from the journal: {error}");
-                return;
+                return 0;
             }
         };
         if below.is_some() {
@@ -668,14 +675,34 @@ impl Broker {
             page.more = true;
             state.starved.insert(queue_name.to_string());
         }
+        let records = page.records;
         if let Some(queue) = state.queues.get_mut(queue_name) {
             queue.take_page(page);
         }
+        records
     }
 
     /// Hands the queue's waiting messages to its consumers while they have credit.
     fn dispatch(&self, state: &mut State, queue_name: &str) {
-        self.read_page(state, queue_name);
+        // Again while handing out emptied memory and pages read back bring more: expired
+        // messages may have filled it, and made no room for a page before.
+        let mut first = true;
+        loop {
+            let read = self.read_page(state, queue_name);
+            self.hand_out(state, queue_name);
+            let more = state
+                .queues
+                .get(queue_name)
+                .is_some_and(|queue| queue.ready_is_empty() && queue.wants_page().is_some());
+            if !more || (!first && read == 0) {
+                break;
+            }
+            first = false;
+        }
+    }
+
+    /// Hands what waits in memory to the queue's consumers while they have credit.
+    fn hand_out(&self, state: &mut State, queue_name: &str) {
         let State {
             queues,
             consumers,

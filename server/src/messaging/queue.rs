@@ -33,9 +33,6 @@ pub struct QueueState {
     ready_bytes: usize,
     /// Its persistent messages that are in the journal only, if any.
     pub paged: Option<Paged>,
-    /// The highest sequence number read back from the journal: a message up to it that is
-    /// stored now was read back already.
-    loaded_through: u64,
     /// The highest sequence number it ever held in memory: paging starts past it, so that no
     /// page read brings back one it held (waiting, in flight or done).
     highest_in_memory: u64,
@@ -85,7 +82,6 @@ impl QueueState {
             ready: BTreeMap::new(),
             ready_bytes: 0,
             paged: None,
-            loaded_through: 0,
             highest_in_memory: 0,
             consumers: Vec::new(),
             next_consumer: 0,
@@ -148,15 +144,13 @@ impl QueueState {
     }
 
     /// Admits a message just stored (in the journal if `journaled`): true if it goes in line
-    /// in memory; false if it stays in the journal only, read back already or past what memory
-    /// holds (the queue starts paging if it did not yet).
+    /// in memory; false if it stays in the journal only, past what memory holds (the queue
+    /// starts paging if it did not yet). No page read has read it: reads stop short of a
+    /// message being stored.
     pub fn admit(&mut self, message: &Message, journaled: bool) -> bool {
         let seq = message.header.id;
         if !journaled {
             return true;
-        }
-        if seq <= self.loaded_through {
-            return false;
         }
         if self.paged.is_none()
             && (self.ready.len() >= PAGE_MESSAGES || self.ready_bytes >= PAGE_BYTES)
@@ -193,7 +187,6 @@ impl QueueState {
             through,
             more,
         } = page;
-        self.loaded_through = self.loaded_through.max(through);
         for message in messages {
             self.enqueue(message);
         }
@@ -210,6 +203,18 @@ impl QueueState {
             }),
             (_, false) => None,
         };
+        // Every message it paged is read back (the count is exact once the boot count is in).
+        if self
+            .paged
+            .is_some_and(|paged| paged.count <= 0 && !paged.counting)
+        {
+            self.paged = None;
+        }
+    }
+
+    /// Whether no message waits in memory.
+    pub fn ready_is_empty(&self) -> bool {
+        self.ready.is_empty()
     }
 
     /// Adds the count, made after boot, of what the journal held beyond its first page.

@@ -130,6 +130,9 @@ pub async fn run(
         &config.node_name,
         max_message_size,
     )?);
+    broker.set_quick_repair(
+        properties.get("immutant.messaging.quick-repair").as_deref() == Some("true"),
+    );
     let shutdown = Shutdown::new();
     // The node's generation is when it started: a restarted node is the youngest member.
     let generation = crate::messaging::now_ms();
