@@ -130,12 +130,17 @@ fn read_page(
     Ok(page)
 }
 
+/// The database, shared by the writer and page reads; taken out (and closed) by
+/// [`Journal::close`].
+type Shared = Arc<std::sync::RwLock<Option<Database>>>;
+
 /// The handle to the journal's writer, and to read pages back. Cheap to clone; the writer stops
 /// when every handle is dropped, after applying what was sent.
 #[derive(Clone)]
 pub struct Journal {
     batches: mpsc::Sender<Batch>,
-    database: Arc<Database>,
+    /// The database, until the journal is closed.
+    database: Shared,
     /// Whether each commit also saves the allocator's state (see [`Journal::set_quick_repair`]).
     quick_repair: Arc<std::sync::atomic::AtomicBool>,
     /// Whether a message was submitted (not waited for) since the last flush.
@@ -153,7 +158,7 @@ impl Journal {
                 source: source.into(),
             })?;
         let recovered = recover(&database)?;
-        let database = Arc::new(database);
+        let database: Shared = Arc::new(std::sync::RwLock::new(Some(database)));
         let (batches, incoming) = mpsc::channel();
         let (writer, highest) = (database.clone(), recovered.max_seq);
         let quick_repair = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -182,9 +187,28 @@ impl Journal {
     /// Up to a page of `queue`'s records from sequence number `from` on, and below `below`, as
     /// committed now.
     pub fn read(&self, queue: &str, from: u64, below: u64) -> Result<PageRead, JournalError> {
-        let read = self.database.begin_read().map_err(redb::Error::from)?;
+        let database = self
+            .database
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let database = database.as_ref().ok_or(JournalError::Stopped)?;
+        let read = database.begin_read().map_err(redb::Error::from)?;
         let table = read.open_table(MESSAGES).map_err(redb::Error::from)?;
         Ok(read_page(&table, queue, from..below)?)
+    }
+
+    /// Writes what was sent, then closes the database, so that it opens again without a
+    /// repair (which walks the whole file after a crash). Nothing is written after.
+    pub async fn close(&self) {
+        if let Err(error) = self.commit(Vec::new()).await {
+            tracing::warn!("the journal could not flush: {error}");
+        }
+        let database = self
+            .database
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(database);
     }
 
     /// Blocks the calling thread until every message submitted so far is on disk, if one was
@@ -333,7 +357,7 @@ fn count(
 /// The writer thread: takes every batch waiting, applies them in one transaction, syncs once,
 /// and tells each waiter.
 fn write_batches(
-    database: &Database,
+    database: &Shared,
     incoming: mpsc::Receiver<Batch>,
     (mut highest, quick_repair): (u64, &std::sync::atomic::AtomicBool),
 ) {
@@ -341,10 +365,17 @@ fn write_batches(
         let mut batches = vec![first];
         batches.extend(incoming.try_iter());
         let quick = quick_repair.load(std::sync::atomic::Ordering::Relaxed);
-        let outcome = apply(database, &batches, (&mut highest, quick)).map_err(|error| {
-            tracing::error!("the journal cannot commit: {error}");
-            error.to_string()
-        });
+        let outcome = match database
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            Some(database) => apply(database, &batches, (&mut highest, quick)).map_err(|error| {
+                tracing::error!("the journal cannot commit: {error}");
+                error.to_string()
+            }),
+            None => Err(JournalError::Stopped.to_string()),
+        };
         for batch in batches {
             match batch.done {
                 Waiter::Nobody => {}

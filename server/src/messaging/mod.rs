@@ -181,11 +181,9 @@ impl Broker {
         self.journal.set_quick_repair(quick);
     }
 
-    /// Waits until every change sent to the journal so far is on disk.
-    pub async fn flush(&self) {
-        if let Err(error) = self.journal.commit(Vec::new()).await {
-            warn!("the journal could not flush: {error}");
-        }
+    /// Writes what the journal was sent, and closes it: the node is stopping.
+    pub async fn close(&self) {
+        self.journal.close().await;
     }
 
     /// The largest payload a message may carry.

@@ -261,7 +261,7 @@ pub async fn run(
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }
-    broker.flush().await;
+    broker.close().await;
     drop(registration);
     served(servers).await?;
     drop(lock);
