@@ -6,8 +6,9 @@
 //! runner's publish under its old epoch is refused. And a partition made with network
 //! namespaces (`immutant_e2e::netns`) with a quorum of 2 of 3: the minority stops before the
 //! majority starts, and one runs after the heal. And a durable subscriber on another node than
-//! the publisher's gets every persistent message across kill -9 of either node; and a deep
-//! queue stays in the journal, not in the node's memory.
+//! the publisher's gets every persistent message across kill -9 of either node; kill -9 of
+//! either node under publish load loses no message whose publish returned (duplicates are
+//! counted and reported); and a deep queue stays in the journal, not in the node's memory.
 
 use std::time::Duration;
 
@@ -290,4 +291,61 @@ fn a_deep_queue_stays_on_disk_its_node_stays_small_and_it_is_delivered_whole() {
     eventually("the deep queue drained", PATIENCE, || {
         depth(offset, "/queue/bench") == 0
     });
+}
+
+#[test]
+fn kill_9_of_either_node_under_publish_load_loses_no_message_whose_publish_returned() {
+    let base = Base::installed();
+    base.deploy(&probe(), Some("loadq"));
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let start = |name: &str, offset: u16| clustered_with(&base, name, offset, &cluster, &[]);
+    let mut nodes = vec![start("one", offsets[0]), start("two", offsets[1])];
+    for node in &nodes {
+        node.wait_for("[loadq] took: ", BUILD_PATIENCE);
+    }
+    let items = |nodes: &[Proc], marker: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .flat_map(|node| items_after(&node.lines(), marker))
+            .collect()
+    };
+    // Each node in turn is killed under load, and started again.
+    for (name, offset) in [("two", offsets[1]), ("one", offsets[0])] {
+        let before = items(&nodes, "[loadq] loaded: ").len();
+        eventually("load before the kill", PATIENCE, || {
+            items(&nodes, "[loadq] loaded: ").len() > before + 200
+        });
+        kill_9(offset);
+        std::thread::sleep(Duration::from_secs(1));
+        nodes.push(start(name, offset));
+    }
+    // Every message whose publish returned is taken, by one node or the other, at least once.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (loaded, taken) = loop {
+        let loaded = items(&nodes, "[loadq] loaded: ");
+        let taken = items(&nodes, "[loadq] took: ");
+        let seen: std::collections::HashSet<&String> = taken.iter().collect();
+        let lost: Vec<&String> = loaded[..loaded.len().saturating_sub(50)]
+            .iter()
+            .filter(|item| !seen.contains(item))
+            .collect();
+        if lost.is_empty() {
+            break (loaded, taken);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} published but never taken, such as {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let distinct = taken.iter().collect::<std::collections::HashSet<_>>().len();
+    println!(
+        "{} published, {} taken, {} duplicates (deliveries a kill interrupted, taken again)",
+        loaded.len(),
+        taken.len(),
+        taken.len() - distinct
+    );
 }

@@ -30,6 +30,7 @@ async fn main() -> immutant::Result<()> {
         }
         "runner" => runner(&app).await?,
         "wire" => wire(&app).await?,
+        "loadq" => load_queue(&app).await?,
         "reqrep" => request_reply(&app).await?,
         "reader" => read_news(&app).await?,
         "publisher" => publish_news(&app).await?,
@@ -168,6 +169,31 @@ async fn wire(app: &App) -> immutant::Result<()> {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Load on one queue from every node: publishes `<node>-<pid>-<n>` to /queue/load as fast as
+/// each publish returns (printing `loaded: <item>` once it has), and takes what comes
+/// (`took: <item>`).
+async fn load_queue(app: &App) -> immutant::Result<()> {
+    let queue = app.queue("/queue/load").await?;
+    queue
+        .listen(|item: String| async move {
+            println!("took: {item}");
+            Ok(())
+        })
+        .concurrency(4)
+        .await?;
+    let node = app.node_name().to_string();
+    tokio::spawn(async move {
+        for n in 0u64.. {
+            let item = format!("{node}-{}-{n}", std::process::id());
+            if queue.publish(&item).await.is_ok() {
+                println!("loaded: {item}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
     Ok(())
 }
 
