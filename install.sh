@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs Immutant from this checkout: the `cargo immutant` CLI (cargo install --path cli), then
-# a server built from the same source (cargo immutant install). Needs only the Rust toolchain.
-# Arguments go to `cargo immutant install` (for example --force to rebuild the server).
+# Installs Immutant from this checkout: the `cargo immutant` CLI and a server, both built by one
+# `cargo build` (so they share every dependency), the CLI copied where `cargo install` puts
+# binaries, the server installed with `cargo immutant install --from`. Needs only the Rust
+# toolchain. Arguments go to `cargo immutant install` (for example --force to reinstall).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,10 +11,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-cargo install --locked --path cli
+cargo build --release --locked -p cargo-immutant -p immutant-server
+target="${CARGO_TARGET_DIR:-$PWD/target}/release"
 
 bin="${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin"
-"$bin/cargo-immutant" immutant install "$@"
+mkdir -p "$bin"
+install -m 755 "$target/cargo-immutant" "$bin/cargo-immutant"
+"$bin/cargo-immutant" immutant install --from "$target/immutant-server" "$@"
 
 case ":$PATH:" in
   *":$bin:"*) ;;
