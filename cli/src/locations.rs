@@ -20,6 +20,16 @@ pub struct Locations {
 }
 
 impl Locations {
+    /// Says where the base dir came from, on stderr, when an environment variable gave it.
+    pub fn announce_base(&self) {
+        if let Some(variable) = self.base_from {
+            eprintln!(
+                "Using Immutant base dir from {variable}: {}",
+                self.base.display()
+            );
+        }
+    }
+
     /// `IMMUTANT_BASE_DIR` if set, else the data dir that `directories` gives for Immutant; the
     /// home is `IMMUTANT_HOME` if set, else `<base>/current`. Creates the base dir if missing.
     pub fn from_env() -> Result<Self> {

@@ -206,11 +206,9 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> Result<u8> {
     let locations = Locations::from_env()?;
-    if let Some(variable) = locations.base_from {
-        eprintln!(
-            "Using Immutant base dir from {variable}: {}",
-            locations.base.display()
-        );
+    // `run` says what it runs first (the seed's promise), and this after.
+    if !matches!(command, Command::Run { .. }) {
+        locations.announce_base();
     }
     match command {
         Command::Install {

@@ -89,10 +89,14 @@ fn node_count(value: &str) -> Result<usize> {
 }
 
 /// Runs what `plan` says until every server exits, and returns the exit code to leave with.
-/// Installs a server first if there is none.
+/// Installs a server first if there is none. Its first line says what it runs, whatever else it
+/// has to say.
 pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
-    install::ensure_installed(locations)?;
     let server = locations.server();
+    let prepare = || -> Result<()> {
+        locations.announce_base();
+        install::ensure_installed(locations)
+    };
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).context("cannot listen for signals")?;
     let handle = signals.handle();
@@ -104,6 +108,7 @@ pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
                 server.display(),
                 display_args(&plan.args)
             );
+            prepare()?;
             children.push(spawn(&server, &plan.args, false)?);
         }
         Some(count) => {
@@ -121,6 +126,9 @@ pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
                     server.display(),
                     display_args(&args)
                 );
+                if index == 0 {
+                    prepare()?;
+                }
                 let mut child = spawn(&server, &args, true)?;
                 relay(name, child.stdout.take(), std::io::stdout);
                 relay(name, child.stderr.take(), std::io::stderr);

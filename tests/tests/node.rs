@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use immutant_e2e::{Base, PATIENCE, free_offset, get_json};
+use immutant_e2e::{Base, PATIENCE, Proc, free_offset, get_json};
 
 /// The boot line every node logs once it is ready.
 const BOOTED: &str = "started in";
@@ -243,6 +243,41 @@ fn run_prints_the_exact_first_line() {
         )
     );
     node.wait_for("config standalone-ha.toml", Duration::ZERO);
+}
+
+#[test]
+fn run_says_what_it_runs_before_anything_else() {
+    let base = Base::installed();
+    let offset = free_offset();
+    let data = base.data_dir("sayer");
+    let cli = base.cli([
+        "run".to_string(),
+        "--offset".into(),
+        offset.to_string(),
+        format!("-Djboss.server.data.dir={}", data.display()),
+    ]);
+    // One pipe for both streams, so that the lines come in the order they were written.
+    let mut merged = std::process::Command::new("sh");
+    merged
+        .args(["-c", "exec \"$@\" 2>&1", "sh"])
+        .arg(cli.get_program())
+        .args(cli.get_args());
+    for (name, value) in cli.get_envs() {
+        match value {
+            Some(value) => merged.env(name, value),
+            None => merged.env_remove(name),
+        };
+    }
+    let node = Proc::spawn(merged);
+    node.wait_for(BOOTED, PATIENCE);
+    let lines = node.stdout_lines();
+    assert!(lines[0].starts_with("Starting Immutant: "), "{lines:#?}");
+    assert!(
+        lines[1..]
+            .iter()
+            .any(|line| line.starts_with("Using Immutant base dir from $IMMUTANT_BASE_DIR")),
+        "the base dir is still said, after: {lines:#?}"
+    );
 }
 
 #[test]
