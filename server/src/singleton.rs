@@ -141,17 +141,7 @@ mod tests {
     use crate::cluster::Member;
 
     fn member(name: &str, generation: u64, is_self: bool) -> Member {
-        Member {
-            name: name.to_string(),
-            generation,
-            gossip_addr: "127.0.0.1:7600".parse().unwrap(),
-            management: None,
-            apps: ["example".to_string()].into(),
-            interest: Default::default(),
-            caches: Default::default(),
-            leases: Default::default(),
-            is_self,
-        }
+        Member::for_test(name, generation, is_self)
     }
 
     #[test]

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use immutant_e2e::netns::Lan;
 use immutant_e2e::singletons::{
-    Runners, first_after, holder, now_us, server_and_app, signal, single_runs, ticks,
+    ALL_THREE, Runners, first_after, holder, now_us, server_and_app, signal, single_runs, ticks,
 };
-use immutant_e2e::{Base, PATIENCE, Proc, cluster_name, eventually, probe};
+use immutant_e2e::{PATIENCE, Proc, eventually};
 
 const TRIALS: usize = 5;
 
@@ -87,29 +87,14 @@ fn fault(path: &std::path::Path, fault: impl FnOnce(&str)) -> (u64, u64) {
 /// run and the majority's first.
 fn partitions() -> Option<(Vec<f64>, Vec<f64>)> {
     let lan = Lan::new(3)?;
-    let base = Base::installed();
-    base.deploy(&probe(), Some("runner"));
-    let path = base.path().join("ticks");
-    let cluster = cluster_name();
-    let extra = [
-        format!("-Dprobe.ticks={}", path.display()),
-        "-Dimmutant.singleton.quorum=2".to_string(),
-    ];
-    let names = ["one", "two", "three"];
-    let nodes: Vec<Proc> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| lan.node(&base, i, (name, &cluster), &extra))
-        .collect();
-    let all = "Cluster view: [one, two, three]";
-    for node in &nodes {
-        node.wait_for(all, PATIENCE);
-    }
+    let trio = Runners::partitionable(&lan);
+    let path = trio.ticks.clone();
+    let nodes: Vec<&Proc> = trio.nodes.iter().map(|(_, _, node)| node).collect();
     let (mut cut_times, mut gaps) = (Vec::new(), Vec::new());
     for trial in 1..=TRIALS {
         let mut cut = 0;
         let (old, at) = fault(&path, |name| {
-            cut = names.iter().position(|named| *named == name).unwrap();
+            cut = trio.position(name);
             lan.cut(cut);
         });
         let first = first_after(&path, at, old);
@@ -131,7 +116,7 @@ fn partitions() -> Option<(Vec<f64>, Vec<f64>)> {
         eventually("the cut node rejoining", PATIENCE, || {
             nodes[cut].lines()[rejoined..]
                 .iter()
-                .any(|line| line.contains(all))
+                .any(|line| line.contains(ALL_THREE))
         });
         std::thread::sleep(Duration::from_secs(3));
     }

@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The view line of a partitionable trio whole.
+pub const ALL_THREE: &str = "Cluster view: [one, two, three]";
+
 /// The bound a takeover is held to in tests (the benchmark measures the real time).
 pub const TAKEOVER_BOUND: Duration = Duration::from_secs(10);
 
@@ -149,6 +152,44 @@ impl Runners {
             ticks,
             nodes,
         }
+    }
+
+    /// Three nodes, `one`, `two` and `three`, in hosts 0, 1 and 2 of `lan`, with a quorum of 2,
+    /// in one view, the runner deployed on all.
+    pub fn partitionable(lan: &crate::netns::Lan) -> Runners {
+        let base = crate::Base::installed();
+        base.deploy(&crate::probe(), Some("runner"));
+        let ticks = base.path().join("ticks");
+        let cluster = crate::cluster_name();
+        let extra = [
+            format!("-Dprobe.ticks={}", ticks.display()),
+            "-Dimmutant.singleton.quorum=2".to_string(),
+        ];
+        let nodes: Vec<(String, u16, crate::Proc)> = ["one", "two", "three"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let node = lan.node(&base, i, (name, &cluster), &extra);
+                (name.to_string(), 0, node)
+            })
+            .collect();
+        for (_, _, node) in &nodes {
+            node.wait_for(ALL_THREE, crate::PATIENCE);
+            node.wait_for("Deployed \"runner\"", crate::BUILD_PATIENCE);
+        }
+        Runners {
+            _base: base,
+            ticks,
+            nodes,
+        }
+    }
+
+    /// The position of the node called `name`: its host, in a partitionable trio.
+    pub fn position(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|(named, _, _)| named == name)
+            .expect("a node of that name")
     }
 
     /// The node called `name`: its port offset and process.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use immutant_e2e::netns::Lan;
 use immutant_e2e::singletons::{
-    Runners, TAKEOVER_BOUND, holder, server_and_app, signal, single_runs, ticks,
+    ALL_THREE, Runners, TAKEOVER_BOUND, holder, server_and_app, signal, single_runs, ticks,
 };
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
@@ -95,36 +95,21 @@ fn pausing_only_the_app_keeps_the_singleton_where_it_is() {
 #[test]
 fn a_partition_stops_the_minority_before_the_majority_starts_and_one_runs_after_the_heal() {
     let Some(lan) = Lan::new(3) else { return };
-    let base = Base::installed();
-    base.deploy(&probe(), Some("runner"));
-    let ticks_file = base.path().join("ticks");
-    let cluster = cluster_name();
-    let extra = [
-        format!("-Dprobe.ticks={}", ticks_file.display()),
-        "-Dimmutant.singleton.quorum=2".to_string(),
-    ];
-    let names = ["one", "two", "three"];
-    let nodes: Vec<Proc> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| lan.node(&base, i, (name, &cluster), &extra))
-        .collect();
-    let all = "Cluster view: [one, two, three]";
-    for node in &nodes {
-        node.wait_for(all, PATIENCE);
-        node.wait_for("Deployed \"runner\"", BUILD_PATIENCE);
-    }
-    let before = holder(&ticks_file);
-    let cut = names.iter().position(|name| *name == before).unwrap();
+    let trio = Runners::partitionable(&lan);
+    let ticks_file = &trio.ticks;
+    let nodes: Vec<&Proc> = trio.nodes.iter().map(|(_, _, node)| node).collect();
+    let all = ALL_THREE;
+    let before = holder(ticks_file);
+    let cut = trio.position(&before);
     lan.cut(cut);
     nodes[cut].wait_for(
         "The singletons of runner no longer run on this node",
         TAKEOVER_BOUND,
     );
     std::thread::sleep(Duration::from_secs(3));
-    let after = holder(&ticks_file);
+    let after = holder(ticks_file);
     assert_ne!(after, before, "the majority took over");
-    let runs = single_runs(&ticks(&ticks_file));
+    let runs = single_runs(&ticks(ticks_file));
     println!("cut {before}: {after} runs it; runs {runs:?}");
 
     lan.heal(cut);
@@ -138,11 +123,11 @@ fn a_partition_stops_the_minority_before_the_majority_starts_and_one_runs_after_
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        holder(&ticks_file),
+        holder(ticks_file),
         after,
         "nothing moved back after the heal"
     );
-    let runs = single_runs(&ticks(&ticks_file));
+    let runs = single_runs(&ticks(ticks_file));
     println!("healed: runs {runs:?}");
 }
 

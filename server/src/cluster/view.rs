@@ -45,6 +45,24 @@ pub struct Member {
     pub is_self: bool,
 }
 
+#[cfg(test)]
+impl Member {
+    /// A member at 127.0.0.1:7600 with the app `example` running, and nothing else.
+    pub fn for_test(name: &str, generation: u64, is_self: bool) -> Member {
+        Member {
+            name: name.to_string(),
+            generation,
+            gossip_addr: "127.0.0.1:7600".parse().unwrap(),
+            management: None,
+            apps: ["example".to_string()].into(),
+            interest: Default::default(),
+            caches: Default::default(),
+            leases: Default::default(),
+            is_self,
+        }
+    }
+}
+
 /// The live members, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct View {

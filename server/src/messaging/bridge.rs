@@ -463,15 +463,7 @@ mod tests {
         drop(forwarded);
         // This node restarts (once the last journal writer let go of the file); two links
         // again and gets what was kept for it.
-        let broker = (0..100)
-            .find_map(|_| {
-                let opened = Broker::open(dir.path(), "one", 1024).ok();
-                if opened.is_none() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                opened
-            })
-            .expect("the journal opens again");
+        let broker = Broker::reopen(dir.path(), "one");
         let (forwards, mut forwarded) = mpsc::unbounded_channel();
         broker
             .set_bridges(101, "two", &forwards, &durable)

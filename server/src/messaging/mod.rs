@@ -1023,6 +1023,20 @@ impl State {
 }
 
 #[cfg(test)]
+impl Broker {
+    /// Opens the broker of `data_dir` again, once the last journal writer let go of the file.
+    pub(crate) fn reopen(data_dir: &Path, node_name: &str) -> Broker {
+        for _ in 0..100 {
+            if let Ok(broker) = Broker::open(data_dir, node_name, 1024) {
+                return broker;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Broker::open(data_dir, node_name, 1024).expect("the journal opens again")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -1111,15 +1125,7 @@ mod tests {
             assert_eq!(queue.depth(), total);
         }
         // After a restart only the first page is read back; the rest is counted meanwhile.
-        let broker = (0..100)
-            .find_map(|_| {
-                let opened = Broker::open(dir.path(), "one", 1024).ok();
-                if opened.is_none() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                opened
-            })
-            .expect("the journal opens again");
+        let broker = Broker::reopen(dir.path(), "one");
         for _ in 0..100 {
             if depth_of(&broker, deep) == total {
                 break;
