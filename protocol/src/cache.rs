@@ -121,6 +121,18 @@ impl CacheOp {
             CacheOp::Clear {} => None,
         }
     }
+
+    /// The operation's name, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheOp::Get { .. } => "get",
+            CacheOp::Put { .. } => "put",
+            CacheOp::PutIfAbsent { .. } => "put-if-absent",
+            CacheOp::Replace { .. } => "replace",
+            CacheOp::Remove { .. } => "remove",
+            CacheOp::Clear {} => "clear",
+        }
+    }
 }
 
 /// What an operation did: whether the key had a value (the body, when `found`), and whether
@@ -130,4 +142,36 @@ impl CacheOp {
 pub struct CacheOutcome {
     pub found: bool,
     pub applied: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheOp;
+
+    #[test]
+    fn an_operations_kind_is_its_name_on_the_wire() {
+        let key = || "k".to_string();
+        let ops = [
+            CacheOp::Get { key: key() },
+            CacheOp::Put {
+                key: key(),
+                expiry: None,
+            },
+            CacheOp::PutIfAbsent {
+                key: key(),
+                expiry: None,
+            },
+            CacheOp::Replace {
+                key: key(),
+                expected_len: 0,
+                expiry: None,
+            },
+            CacheOp::Remove { key: key() },
+            CacheOp::Clear {},
+        ];
+        for op in ops {
+            let wire = serde_json::to_value(&op).unwrap();
+            assert_eq!(wire["kind"], op.kind());
+        }
+    }
 }

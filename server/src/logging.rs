@@ -1,13 +1,78 @@
-//! The node's log: one line per event on standard output, as JBoss's console handler wrote it.
+//! The node's log: one line per event on standard output, as JBoss's console handler wrote it,
+//! and the same lines in `<data dir>/log/server.log`, as its file handler did, rotated by size
+//! (`server.log.1` is the newest of the older files) so that `cargo immutant logs` can read and
+//! follow every node of an install.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-/// Starts logging at `level`. Apps' output and the node's own lines share standard output.
-pub fn init(level: tracing::Level) {
-    tracing_subscriber::fmt()
-        .with_max_level(level)
+use file_rotate::compression::Compression;
+use file_rotate::suffix::AppendCount;
+use file_rotate::{ContentLimit, FileRotate};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The log file's name in its folder.
+pub const LOG_FILE: &str = "server.log";
+/// A log file is rotated once it passes this size.
+const ROTATE_BYTES: usize = 10 * 1024 * 1024;
+/// How many rotated files are kept beside the current one.
+const KEPT_FILES: usize = 5;
+
+/// Starts logging at `level` to standard output (apps' lines, prefixed with their names, among
+/// the node's own) and, given a folder, to a rotated file in it.
+pub fn init(level: tracing::Level, folder: Option<&Path>) {
+    let filter = LevelFilter::from_level(level);
+    let console = fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout)
+        .with_filter(filter);
+    let (file, unusable) = match folder.map(open) {
+        Some(Ok(writer)) => (Some(writer), None),
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
+    };
+    let file = file.map(|writer| {
+        fmt::layer()
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(Mutex::new(writer))
+            .with_filter(filter)
+    });
+    tracing_subscriber::registry()
+        .with(console)
+        .with(file)
         .init();
+    if let Some(error) = unusable {
+        tracing::warn!("{error}; this node logs to standard output only");
+    }
+}
+
+/// The rotated log file in `folder` (made private to this user), or why it cannot be written.
+fn open(folder: &Path) -> Result<FileRotate<AppendCount>, String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let unusable =
+        |error: std::io::Error| format!("cannot write the log in {}: {error}", folder.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)
+        .map_err(unusable)?;
+    let path: PathBuf = folder.join(LOG_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).create(true).append(true).mode(0o600);
+    // Tried first: FileRotate gives up silently on a file it cannot open.
+    options.open(&path).map_err(unusable)?;
+    Ok(FileRotate::new(
+        path,
+        AppendCount::new(KEPT_FILES),
+        ContentLimit::BytesSurpassed(ROTATE_BYTES),
+        Compression::None,
+        Some(options),
+    ))
 }

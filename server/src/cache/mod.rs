@@ -327,6 +327,8 @@ impl Caches {
         let cache = self
             .get(name)
             .ok_or_else(|| CacheError::NotOpen(name.to_string()))?;
+        metrics::counter!("immutant_cache_operations_total", "cache" => name.to_string(), "op" => op.kind())
+            .increment(1);
         match (cache.options.mode, &op) {
             (CacheMode::Local, _) => self.execute(&cache, &op, body, false).await,
             (CacheMode::Invalidated, _) => {

@@ -67,8 +67,13 @@ impl Peers {
         link.ok_or_else(unreachable)?
             .send(call)
             .map_err(|_| unreachable())?;
+        let sent = std::time::Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, answered).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => {
+                metrics::histogram!("immutant_link_round_trip_seconds", "peer" => node.to_string())
+                    .record(sent.elapsed().as_secs_f64());
+                Ok(answer)
+            }
             _ => Err(unreachable()),
         }
     }

@@ -302,6 +302,8 @@ impl Cluster {
             format!("{LEASE_KEY_PREFIX}{app}"),
             Renewal { epoch, seq: 0 }.value(),
         );
+        metrics::counter!("immutant_singleton_handovers_total", "app" => app.to_string())
+            .increment(1);
         epoch
     }
 

@@ -363,6 +363,16 @@ impl Firing {
                 epoch,
             };
             let _ = self.context.outbox.send(Frame::new(fire).into());
+            let labels = [
+                ("app", self.context.app.clone()),
+                ("job", self.name.clone()),
+            ];
+            metrics::counter!("immutant_job_firings_total", &labels).increment(1);
+            if misfired {
+                metrics::counter!("immutant_job_misfires_total", &labels).increment(1);
+            }
+            metrics::histogram!("immutant_job_lateness_seconds", &labels)
+                .record(now.saturating_sub(due) as f64 / 1000.0);
             lock(&self.status).last = Some(LastRun {
                 run: fired + 1,
                 scheduled_ms: due,

@@ -370,10 +370,16 @@ fn write_batches(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
         {
-            Some(database) => apply(database, &batches, (&mut highest, quick)).map_err(|error| {
-                tracing::error!("the journal cannot commit: {error}");
-                error.to_string()
-            }),
+            Some(database) => {
+                let started = std::time::Instant::now();
+                let applied = apply(database, &batches, (&mut highest, quick));
+                metrics::histogram!("immutant_journal_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                applied.map_err(|error| {
+                    tracing::error!("the journal cannot commit: {error}");
+                    error.to_string()
+                })
+            }
             None => Err(JournalError::Stopped.to_string()),
         };
         for batch in batches {

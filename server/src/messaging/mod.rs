@@ -560,7 +560,9 @@ impl Broker {
                     .filter(|f| &f.queue == name)
                     .count(),
                 consumers: queue.consumer_count(),
+                published: queue.published,
                 delivered: queue.delivered,
+                redelivered: queue.redelivered,
                 dead_lettered: queue.dead_lettered,
                 expired: queue.expired,
             })
@@ -588,6 +590,7 @@ impl Broker {
                 }]);
             }
             if let Some(queue) = state.queues.get_mut(queue_name) {
+                queue.redelivered += 1;
                 queue.enqueue(message);
             }
             return;

@@ -38,7 +38,11 @@ pub struct QueueState {
     highest_in_memory: u64,
     consumers: Vec<ConsumerKey>,
     next_consumer: usize,
+    /// Messages put in it: published to it, or dead-lettered to it.
+    pub published: u64,
     pub delivered: u64,
+    /// Deliveries that failed and were put back in line.
+    pub redelivered: u64,
     pub dead_lettered: u64,
     pub expired: u64,
 }
@@ -70,7 +74,9 @@ pub struct QueueStats {
     pub depth: usize,
     pub in_flight: usize,
     pub consumers: usize,
+    pub published: u64,
     pub delivered: u64,
+    pub redelivered: u64,
     pub dead_lettered: u64,
     pub expired: u64,
 }
@@ -85,7 +91,9 @@ impl QueueState {
             highest_in_memory: 0,
             consumers: Vec::new(),
             next_consumer: 0,
+            published: 0,
             delivered: 0,
+            redelivered: 0,
             dead_lettered: 0,
             expired: 0,
         }
@@ -148,6 +156,7 @@ impl QueueState {
     /// starts paging if it did not yet). No page read has read it: reads stop short of a
     /// message being stored.
     pub fn admit(&mut self, message: &Message, journaled: bool) -> bool {
+        self.published += 1;
         let seq = message.header.id;
         if !journaled {
             return true;

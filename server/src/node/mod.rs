@@ -204,6 +204,10 @@ pub async fn run(
         broker: broker.clone(),
         caches,
         web: web.clone(),
+        cluster: cluster.clone(),
+        generation,
+        history: management::QueueHistory::start(broker.clone(), shutdown.clone()),
+        metrics: management::install_metrics(&shutdown),
         token: crate::management::ManagementToken::create(&config.data_dir).map_err(|source| {
             NodeError::DataDir {
                 path: config.data_dir.clone(),

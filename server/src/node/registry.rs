@@ -1,6 +1,8 @@
 //! The install's record of its running nodes: `<home>/nodes/<name>.json` while a node runs, so
 //! that `cargo immutant list` can ask each one how its deployments are. A node killed with
-//! `kill -9` leaves its file behind; readers check that its pid still lives.
+//! `kill -9` leaves its file behind; readers check that its pid still lives. And
+//! `<home>/logs/<name>`, a link to the node's log folder that stays after it stops, so that
+//! `cargo immutant logs` finds the logs of every node the install ran.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,7 @@ impl Registration {
             management: format!("http://{}", config.management_address()),
             data_dir: &config.data_dir,
         };
+        link_log(home, config);
         let written = std::fs::create_dir_all(&dir).and_then(|()| {
             std::fs::write(
                 &path,
@@ -50,6 +53,26 @@ impl Registration {
                 None
             }
         }
+    }
+}
+
+/// Links `<home>/logs/<name>` to the node's log folder (a link left by an earlier node of that
+/// name is replaced).
+fn link_log(home: &Path, config: &ServerConfig) {
+    let logs = home.join("logs");
+    let link = logs.join(&config.node_name);
+    let linked = std::fs::create_dir_all(&logs).and_then(|()| {
+        match std::fs::remove_file(&link) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        std::os::unix::fs::symlink(config.data_dir.join("log"), &link)
+    });
+    if let Err(error) = linked {
+        tracing::warn!(
+            "cannot link this node's log folder as {} ({error}); `cargo immutant logs` will not see it",
+            link.display()
+        );
     }
 }
 

@@ -83,6 +83,15 @@ pub struct ContextReport {
     pub in_flight: usize,
 }
 
+/// A balancer this node speaks to, as the management API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BalancerReport {
+    /// Its MCMP address.
+    pub address: String,
+    /// Whether it has been told of the node's contexts as they are now.
+    pub up_to_date: bool,
+}
+
 /// A context as balancers are told of it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Published {
@@ -219,6 +228,19 @@ impl Web {
         drop(control);
         self.changes.send_modify(|version| *version += 1);
         Some(*self.changes.borrow())
+    }
+
+    /// Every balancer that has been told of this node, and whether it knows the latest.
+    pub fn balancer_reports(&self) -> Vec<BalancerReport> {
+        let latest = *self.changes.borrow();
+        self.told
+            .borrow()
+            .iter()
+            .map(|(proxy, seen)| BalancerReport {
+                address: proxy.clone(),
+                up_to_date: *seen >= latest,
+            })
+            .collect()
     }
 
     /// Every mounted context as the management API shows it.

@@ -57,11 +57,20 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
         };
         (route.clone(), in_flight)
     };
-    match (&route.target, in_flight) {
+    let started = std::time::Instant::now();
+    let response = match (&route.target, in_flight) {
         (Target::Up(_), Some(in_flight)) => forward(&web, in_flight, &route, client, request).await,
         (Target::Down(why), _) => unavailable(&web.node_name, &route.app, why),
         _ => unavailable(&web.node_name, &route.app, "it is starting"),
-    }
+    };
+    // Until the response's head: its body streams on after.
+    let context = route.context_path.clone();
+    metrics::histogram!("immutant_http_request_seconds", "context" => context.clone())
+        .record(started.elapsed().as_secs_f64());
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("immutant_http_requests_total", "context" => context, "status" => status)
+        .increment(1);
+    response
 }
 
 /// The request's host, lower case and without a port: its `Host` header, or the authority of

@@ -5,6 +5,13 @@
 //! readable by its user alone, as `Authorization: Bearer <token>`. Bound beyond loopback, every
 //! request needs it. Secrets' values are never shown.
 
+mod history;
+mod metrics;
+mod status;
+
+pub use history::QueueHistory;
+pub use metrics::install as install_metrics;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +37,13 @@ pub struct NodeInfo {
     pub broker: Arc<Broker>,
     pub caches: Arc<Caches>,
     pub web: Arc<crate::web::Web>,
+    /// The cluster, if the node is clustered.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// When the node started (unix ms): its generation in the cluster.
+    pub generation: u64,
+    pub history: Arc<QueueHistory>,
+    /// The metrics recorder's handle (none if the process has another recorder).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// What a change must carry.
     pub token: ManagementToken,
 }
@@ -105,6 +119,8 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
     let guarded = !info.config.management_bind_address.is_loopback();
     let routes = Router::new()
         .route("/", get(node))
+        .route("/status", get(node_status))
+        .route("/metrics", get(metrics_text))
         .route("/deployments", get(deployments))
         .route("/queues", get(queues))
         .route("/daemons", get(daemons))
@@ -164,6 +180,34 @@ async fn node(State(info): State<Arc<NodeInfo>>) -> Json<NodeReport> {
         deployments: config.deployments.clone(),
         properties: info.properties.clone(),
     })
+}
+
+/// Everything about the node at once; `?history=true` adds each queue's recent depths.
+async fn node_status(
+    State(info): State<Arc<NodeInfo>>,
+    Query(query): Query<status::StatusQuery>,
+) -> Json<status::NodeStatus> {
+    Json(status::status(&info, &query))
+}
+
+/// The node's metrics, in Prometheus's text format.
+async fn metrics_text(State(info): State<Arc<NodeInfo>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match metrics::render(&info) {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node records no metrics: another metrics recorder was installed in its process\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Every deployment: its status (with the reason when failed), process, daemons and the last
