@@ -11,6 +11,7 @@
 //!   [`descriptor`] is the format of what they write there;
 //! - [`archive`]: packs an app into a file that deploys without its project;
 //! - [`env`], [`list`], [`version`]: tell what is where;
+//! - [`status`], [`logs`]: the cluster at a glance, and every node's log merged;
 //! - [`balancer`]: runs a balancer in front of clustered nodes, and shows what it knows;
 //!   [`control`] enables, disables and stops nodes' web contexts at their balancers.
 
@@ -25,7 +26,9 @@ pub mod http;
 pub mod install;
 pub mod list;
 pub mod locations;
+pub mod logs;
 pub mod new;
 pub mod run;
+pub mod status;
 pub mod undeploy;
 pub mod version;

@@ -271,7 +271,7 @@ fn status_of(report: &Result<Vec<DeploymentReport>, String>, name: &str) -> Stri
 }
 
 /// A span of `seconds` for people: "0.4 s", "12m 5s", "5h 3m", "2d 3h".
-fn span(seconds: f64) -> String {
+pub(crate) fn span(seconds: f64) -> String {
     let seconds = seconds.max(0.0);
     let whole = seconds as u64;
     match whole {

@@ -9,7 +9,7 @@ use cargo_immutant::control::{self, Action};
 use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
-use cargo_immutant::{archive, balancer, env, list, new, run, undeploy, version};
+use cargo_immutant::{archive, balancer, env, list, logs, new, run, status, undeploy, version};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -101,6 +101,34 @@ enum Command {
         /// List the installed versions, `*` marking the one in use.
         #[arg(short, long)]
         installs: bool,
+    },
+    /// Show the cluster at a glance: every node of the install and every member of their
+    /// views (address, uptime, memory, load, view), apps, singletons, queues, jobs, caches, web
+    /// contexts and balancers.
+    Status {
+        /// Print JSON for scripts instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until interrupted (with --json, a document a line).
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Print the logs of every node of the install, merged in time order, each line tagged with
+    /// its node (apps' lines are there, prefixed with the app's name).
+    Logs {
+        /// Go on printing lines as the nodes write them.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this node's lines.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this app's lines.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only lines since then: a span back from now (30s, 10m, 2h, 1d) or a time
+        /// (2026-11-30T12:00:00Z).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
     },
     /// Show the CLI's and the installed server's versions.
     Version,
@@ -250,6 +278,26 @@ fn execute(command: Command) -> Result<u8> {
         Command::Env { key } => env::print(&locations, key.as_deref())?,
         Command::List { installs: true } => list::print_installs(&locations)?,
         Command::List { installs: false } => list::print_deployments(&locations)?,
+        Command::Status { json, watch } => {
+            status::status(&locations, status::StatusOptions { json, watch })?;
+        }
+        Command::Logs {
+            follow,
+            node,
+            app,
+            since,
+        } => {
+            let since = since
+                .map(|since| logs::parse_since(&since, chrono::Utc::now()))
+                .transpose()?;
+            let options = logs::LogsOptions {
+                follow,
+                node,
+                app,
+                since,
+            };
+            logs::logs(&locations, &options)?;
+        }
         Command::Version => version::print(&locations),
         Command::Enable(target) => apply(&locations, Action::Enable, target)?,
         Command::Disable(target) => apply(&locations, Action::Disable, target)?,

@@ -363,6 +363,13 @@ pub fn get_json(port: u16) -> serde_json::Value {
 
 /// `GET http://127.0.0.1:PORT/PATH` as JSON.
 pub fn get_json_at(port: u16, path: &str) -> serde_json::Value {
+    let text = get_text_at(port, path);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET http://127.0.0.1:{port}/{path} is not JSON ({e}): {text}"))
+}
+
+/// `GET http://127.0.0.1:PORT/PATH`'s body.
+pub fn get_text_at(port: u16, path: &str) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -377,13 +384,11 @@ pub fn get_json_at(port: u16, path: &str) -> serde_json::Value {
             .get(&url)
             .send()
             .await;
-        let text = response
+        response
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
             .text()
             .await
-            .unwrap();
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("GET {url} is not JSON ({e}): {text}"))
+            .unwrap()
     })
 }
 

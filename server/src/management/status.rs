@@ -53,6 +53,8 @@ pub struct ViewMember {
     pub name: String,
     pub started_ms: u64,
     pub address: String,
+    /// Its management API, as it gossips it.
+    pub management: Option<String>,
     pub apps: Vec<String>,
 }
 
@@ -174,6 +176,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
                         name: member.name,
                         started_ms: member.generation,
                         address: member.gossip_addr.to_string(),
+                        management: member.management,
                         apps: member.apps.into_iter().collect(),
                     })
                     .collect(),

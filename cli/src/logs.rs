@@ -1,0 +1,399 @@
+//! `logs`: the logs of every node the install ran (each node links its log folder as
+//! `<home>/logs/<node>`), merged in time order, each line tagged with its node; apps' lines are
+//! there too, prefixed with the app's name. `--follow` goes on printing lines as nodes write
+//! them, through rotations, and picks up nodes that start meanwhile.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+
+use crate::locations::Locations;
+
+/// The current log file's name in a node's log folder; rotated ones add `.1` (the newest),
+/// `.2`, ...
+const LOG_FILE: &str = "server.log";
+/// How often a follow looks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Which lines `logs` prints.
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    pub follow: bool,
+    /// Only this node's lines.
+    pub node: Option<String>,
+    /// Only this app's lines.
+    pub app: Option<String>,
+    /// Only lines written from then on.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// A line of a node's log, and when it was written (that of the line before, for a line that
+/// does not begin with a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub at: Option<DateTime<Utc>>,
+    pub node: String,
+    pub text: String,
+}
+
+impl std::fmt::Display for LogLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.node, self.text)
+    }
+}
+
+/// Prints the lines asked for, then (`follow`) those to come, until interrupted.
+pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
+    let folders = log_folders(locations, options.node.as_deref())?;
+    let mut lines = Vec::new();
+    let mut followers = BTreeMap::new();
+    for (node, folder) in &folders {
+        lines.extend(read_node(node, folder)?);
+        if options.follow {
+            followers.insert(node.clone(), Follower::at_end(node, folder));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    print(&mut stdout, merge(lines), options)?;
+    if !options.follow {
+        return Ok(());
+    }
+    drop(stdout);
+    loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        // Nodes that started since.
+        for (node, folder) in log_folders(locations, options.node.as_deref()).unwrap_or_default() {
+            followers
+                .entry(node.clone())
+                .or_insert_with(|| Follower::from_start(&node, &folder));
+        }
+        let mut batch = Vec::new();
+        for follower in followers.values_mut() {
+            batch.extend(follower.read_new());
+        }
+        print(&mut std::io::stdout().lock(), merge(batch), options)?;
+    }
+}
+
+/// Parses `--since`: a span back from now (`30s`, `10m`, `2h`, `1d`) or a time
+/// (`2026-11-30T12:00:00Z`).
+pub fn parse_since(given: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(given) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let unit_at = given
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(given.len());
+    let (number, unit) = given.split_at(unit_at);
+    let seconds = match (number.parse::<i64>(), unit) {
+        (Ok(n), "s") => Some(n),
+        (Ok(n), "m") => Some(n * 60),
+        (Ok(n), "h") => Some(n * 3600),
+        (Ok(n), "d") => Some(n * 86400),
+        _ => None,
+    };
+    match seconds.and_then(chrono::TimeDelta::try_seconds) {
+        Some(span) => Ok(now - span),
+        None => bail!(
+            "cannot read --since {given:?}: give a span back from now such as 30s, 10m, 2h or 1d, or a time such as 2026-11-30T12:00:00Z"
+        ),
+    }
+}
+
+/// Each node's log folder, by name: only `node`'s if given (which must have one).
+fn log_folders(locations: &Locations, node: Option<&str>) -> Result<BTreeMap<String, PathBuf>> {
+    let dir = locations.home.join("logs");
+    let folders: BTreeMap<String, PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            )
+        })
+        .collect();
+    let Some(node) = node else {
+        return Ok(folders);
+    };
+    match folders.get(node) {
+        Some(folder) => Ok(BTreeMap::from([(node.to_string(), folder.clone())])),
+        None if folders.is_empty() => bail!(
+            "no node of the install in {} has logged yet: start one with `cargo immutant run`",
+            locations.home.display()
+        ),
+        None => bail!(
+            "no node called {node} has logged in the install in {}; the nodes that have: {}",
+            locations.home.display(),
+            folders.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Every line of a node's log folder, oldest file first.
+fn read_node(node: &str, folder: &Path) -> Result<Vec<LogLine>> {
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let number = name
+                .strip_prefix(LOG_FILE)?
+                .strip_prefix('.')?
+                .parse()
+                .ok()?;
+            Some((number, entry.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+    let mut lines = Vec::new();
+    let mut parser = LineParser::new(node);
+    let files = rotated.into_iter().map(|(_, path)| path);
+    for path in files.chain([folder.join(LOG_FILE)]) {
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        for line in BufReader::new(file).lines() {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            lines.push(parser.parse(&line));
+        }
+    }
+    Ok(lines)
+}
+
+/// Gives each line its time: its own, or its predecessor's.
+struct LineParser {
+    node: String,
+    last: Option<DateTime<Utc>>,
+}
+
+impl LineParser {
+    fn new(node: &str) -> Self {
+        LineParser {
+            node: node.to_string(),
+            last: None,
+        }
+    }
+
+    fn parse(&mut self, text: &str) -> LogLine {
+        let own = text
+            .split_whitespace()
+            .next()
+            .and_then(|first| DateTime::parse_from_rfc3339(first).ok())
+            .map(|at| at.with_timezone(&Utc));
+        if own.is_some() {
+            self.last = own;
+        }
+        LogLine {
+            at: self.last,
+            node: self.node.clone(),
+            text: text.to_string(),
+        }
+    }
+}
+
+/// The lines in time order (a stable sort: each node's own order is kept among equal times).
+pub fn merge(mut lines: Vec<LogLine>) -> Vec<LogLine> {
+    lines.sort_by_key(|line| line.at);
+    lines
+}
+
+/// Whether `line` is one `options` asks for.
+pub fn wanted(line: &LogLine, options: &LogsOptions) -> bool {
+    let recent = match (options.since, line.at) {
+        (Some(since), Some(at)) => at >= since,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let of_app = options.app.as_ref().is_none_or(|app| {
+        // `<time> <level> [app] ...`: the app's prefix is the third field.
+        line.text.split_whitespace().nth(2).is_some_and(|field| {
+            field.strip_prefix('[').and_then(|f| f.strip_suffix(']')) == Some(app)
+        })
+    });
+    recent && of_app
+}
+
+fn print(out: &mut impl Write, lines: Vec<LogLine>, options: &LogsOptions) -> Result<()> {
+    for line in lines.iter().filter(|line| wanted(line, options)) {
+        if writeln!(out, "{line}").is_err() {
+            // The reader went (`logs | head`): nothing more to do.
+            std::process::exit(0);
+        }
+    }
+    out.flush().ok();
+    Ok(())
+}
+
+/// Reads what a node writes to its current log file, from where it was, across rotations.
+struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    inode: u64,
+    /// The end of a line not finished yet.
+    partial: Vec<u8>,
+    parser: LineParser,
+}
+
+impl Follower {
+    /// Follows from the current end of the node's log.
+    fn at_end(node: &str, folder: &Path) -> Follower {
+        let mut follower = Follower::from_start(node, folder);
+        if let Some(file) = follower.file.as_mut() {
+            let _ = file.seek(SeekFrom::End(0));
+        }
+        follower
+    }
+
+    /// Follows the node's log from its beginning (a node that started while following).
+    fn from_start(node: &str, folder: &Path) -> Follower {
+        let path = folder.join(LOG_FILE);
+        let file = File::open(&path).ok();
+        let inode = file
+            .as_ref()
+            .and_then(|file| file.metadata().ok())
+            .map_or(0, |metadata| metadata.ino());
+        Follower {
+            path,
+            file,
+            inode,
+            partial: Vec::new(),
+            parser: LineParser::new(node),
+        }
+    }
+
+    /// The whole lines written since the last read.
+    fn read_new(&mut self) -> Vec<LogLine> {
+        let mut bytes = Vec::new();
+        if let Some(file) = self.file.as_mut() {
+            let _ = file.read_to_end(&mut bytes);
+        }
+        // Rotated (or made anew): the rest of the old file was just read; on with the new one.
+        let now = std::fs::metadata(&self.path).map_or(0, |metadata| metadata.ino());
+        if now != 0
+            && now != self.inode
+            && let Ok(mut file) = File::open(&self.path)
+        {
+            let _ = file.read_to_end(&mut bytes);
+            self.file = Some(file);
+            self.inode = now;
+        }
+        self.partial.extend_from_slice(&bytes);
+        let Some(end) = self.partial.iter().rposition(|byte| *byte == b'\n') else {
+            return Vec::new();
+        };
+        let whole: Vec<u8> = self.partial.drain(..=end).collect();
+        String::from_utf8_lossy(&whole)
+            .lines()
+            .map(|line| self.parser.parse(line))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn since_takes_a_span_back_or_a_time() {
+        let now = at("2026-11-30T12:00:00Z");
+        assert_eq!(parse_since("90s", now).unwrap(), at("2026-11-30T11:58:30Z"));
+        assert_eq!(parse_since("10m", now).unwrap(), at("2026-11-30T11:50:00Z"));
+        assert_eq!(parse_since("2h", now).unwrap(), at("2026-11-30T10:00:00Z"));
+        assert_eq!(parse_since("1d", now).unwrap(), at("2026-11-29T12:00:00Z"));
+        assert_eq!(
+            parse_since("2026-11-30T08:00:00+01:00", now).unwrap(),
+            at("2026-11-30T07:00:00Z")
+        );
+        for bad in ["", "10", "m", "10 minutes", "yesterday"] {
+            let error = parse_since(bad, now).unwrap_err().to_string();
+            assert!(error.contains("such as 30s, 10m"), "{error}");
+        }
+    }
+
+    #[test]
+    fn lines_of_nodes_merge_in_time_order_and_filter_by_app_and_time() {
+        let mut one = LineParser::new("one");
+        let mut two = LineParser::new("two");
+        let lines = vec![
+            one.parse("2026-11-30T12:00:01.000000Z  INFO [example] sending: 1"),
+            one.parse("  a line of the same event"),
+            one.parse("2026-11-30T12:00:03.000000Z  INFO Deployed \"example\""),
+            two.parse("2026-11-30T12:00:02.000000Z  INFO [example] received: 1"),
+        ];
+        let merged: Vec<String> = merge(lines.clone())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                "[one] 2026-11-30T12:00:01.000000Z  INFO [example] sending: 1",
+                "[one]   a line of the same event",
+                "[two] 2026-11-30T12:00:02.000000Z  INFO [example] received: 1",
+                "[one] 2026-11-30T12:00:03.000000Z  INFO Deployed \"example\"",
+            ]
+        );
+        let of_app = LogsOptions {
+            app: Some("example".to_string()),
+            ..Default::default()
+        };
+        assert_eq!(lines.iter().filter(|l| wanted(l, &of_app)).count(), 2);
+        let recent = LogsOptions {
+            since: Some(at("2026-11-30T12:00:02Z")),
+            ..Default::default()
+        };
+        assert_eq!(lines.iter().filter(|l| wanted(l, &recent)).count(), 2);
+    }
+
+    #[test]
+    fn a_follower_reads_whole_lines_across_a_rotation() {
+        let folder = tempfile::tempdir().unwrap();
+        let log = folder.path().join(LOG_FILE);
+        std::fs::write(&log, "2026-11-30T12:00:01Z  INFO old\n").unwrap();
+        let mut follower = Follower::at_end("one", folder.path());
+        assert!(follower.read_new().is_empty());
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        write!(
+            file,
+            "2026-11-30T12:00:02Z  INFO first\n2026-11-30T12:00:03Z  INFO hal"
+        )
+        .unwrap();
+        let texts = |lines: Vec<LogLine>| lines.into_iter().map(|l| l.text).collect::<Vec<_>>();
+        assert_eq!(
+            texts(follower.read_new()),
+            ["2026-11-30T12:00:02Z  INFO first"]
+        );
+        writeln!(file, "f").unwrap();
+        std::fs::rename(&log, folder.path().join("server.log.1")).unwrap();
+        std::fs::write(&log, "2026-11-30T12:00:04Z  INFO after the rotation\n").unwrap();
+        assert_eq!(
+            texts(follower.read_new()),
+            [
+                "2026-11-30T12:00:03Z  INFO half",
+                "2026-11-30T12:00:04Z  INFO after the rotation"
+            ]
+        );
+        let all = read_node("one", folder.path()).unwrap();
+        assert_eq!(all.len(), 4, "rotated files first: {all:?}");
+        assert_eq!(all[0].text, "2026-11-30T12:00:01Z  INFO old");
+    }
+}

@@ -1,0 +1,207 @@
+//! Operating a cluster: `status` (tables and JSON), `logs` merging every node's log and
+//! following it, and `/metrics` read by a Prometheus parser, on two real clustered nodes running
+//! the seed app; then `status` after one of them is killed with kill -9.
+
+use std::time::{Duration, Instant};
+
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, eventually, free_offset,
+    get_text_at, kill_9,
+};
+
+/// `cargo immutant ARGS`, which must succeed: its standard output.
+fn cli_output(base: &Base, args: &[&str]) -> String {
+    let output = base.cli(args).output().expect("the CLI runs");
+    assert!(
+        output.status.success(),
+        "{args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn status_json(base: &Base) -> serde_json::Value {
+    serde_json::from_str(&cli_output(base, &["status", "--json"])).unwrap()
+}
+
+/// The names of the nodes that answered, and the view each of them sees.
+fn nodes_and_views(status: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| {
+            let view = node["cluster"]["view"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|member| member["name"].as_str().unwrap().to_string())
+                .collect();
+            (node["name"].as_str().unwrap().to_string(), view)
+        })
+        .collect()
+}
+
+/// The samples of the node's `/metrics`, as a Prometheus parser reads them.
+fn scrape(offset: u16) -> prometheus_parse::Scrape {
+    let text = get_text_at(9990 + offset, "metrics");
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).unwrap_or_else(
+        |error| panic!("/metrics is not Prometheus's text format ({error}):\n{text}"),
+    )
+}
+
+/// The value of the series `metric` with the labels `labels` (a histogram's: its count).
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|sample| {
+            sample.metric == metric
+                && labels
+                    .iter()
+                    .all(|(name, value)| sample.labels.get(name) == Some(value))
+        })
+        .and_then(|sample| match &sample.value {
+            prometheus_parse::Value::Counter(value)
+            | prometheus_parse::Value::Gauge(value)
+            | prometheus_parse::Value::Untyped(value) => Some(*value),
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+            prometheus_parse::Value::Summary(_) => None,
+        })
+}
+
+/// The times at the head of `[node] <time> ...` lines.
+fn times(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|field| field.ends_with('Z'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node() {
+    let base = Base::installed();
+    let project = base.new_project("example");
+    base.deploy(&project, None);
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let one = clustered(&base, "one", offsets[0], &cluster);
+    let two = clustered(&base, "two", offsets[1], &cluster);
+    for node in [&one, &two] {
+        node.wait_for("Cluster view: [one, two]", PATIENCE);
+        node.wait_for("[example] received:", BUILD_PATIENCE);
+    }
+
+    // status: both nodes, the view each sees, the app on each, its singletons on one node.
+    eventually("status shows both nodes seeing both", PATIENCE, || {
+        let status = status_json(&base);
+        let found = nodes_and_views(&status);
+        found.len() == 2 && found.iter().all(|(_, view)| view == &["one", "two"])
+    });
+    let status = status_json(&base);
+    let singletons = &status["nodes"][0]["singletons"];
+    assert_eq!(singletons[0]["app"], "example", "{status}");
+    assert_eq!(singletons[0]["node"], "one", "{status}");
+    assert!(singletons[0]["epoch"].as_u64().unwrap() > 1, "{status}");
+    let text = cli_output(&base, &["status"]);
+    for expected in [
+        "Cluster e2e-",
+        "one, two",
+        "example  one   running  0",
+        "example  two   running  0",
+        "/queue/msg",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+
+    // /metrics: Prometheus's text format, the seed's messages counted as they flow.
+    let before = scrape(offsets[0]);
+    let published = |scrape: &prometheus_parse::Scrape| {
+        sample(
+            scrape,
+            "immutant_messages_published_total",
+            &[("queue", "/queue/msg")],
+        )
+        .expect("messages published to /queue/msg are counted")
+    };
+    assert_eq!(
+        sample(&before, "immutant_cluster_view_size", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &before,
+            "immutant_singleton_handovers_total",
+            &[("app", "example")]
+        ),
+        Some(1.0),
+        "one took the seed's singletons over once"
+    );
+    eventually(
+        "the seed's messages are counted as they flow",
+        PATIENCE,
+        || published(&scrape(offsets[0])) >= published(&before) + 2.0,
+    );
+    let after = scrape(offsets[0]);
+    let commits = |scrape| sample(scrape, "immutant_journal_commit_seconds", &[]).unwrap_or(0.0);
+    assert!(
+        commits(&after) > commits(&before),
+        "persistent messages commit the journal"
+    );
+
+    // logs: both nodes' lines, tagged and merged in time order; --node and --app filter.
+    let all: Vec<String> = cli_output(&base, &["logs"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(all.iter().any(|line| line.starts_with("[one] ")));
+    assert!(all.iter().any(|line| line.starts_with("[two] ")));
+    let stamps = times(&all);
+    assert!(
+        stamps.windows(2).all(|pair| pair[0] <= pair[1]),
+        "in time order"
+    );
+    let of_two = cli_output(&base, &["logs", "--node", "two", "--app", "example"]);
+    assert!(of_two.lines().count() > 0);
+    assert!(
+        of_two
+            .lines()
+            .all(|line| line.starts_with("[two] ") && line.contains(" [example] ")),
+        "{of_two}"
+    );
+    let unknown = base.cli(["logs", "--node", "three"]).output().unwrap();
+    let error = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success());
+    assert!(
+        error.contains("no node called three") && error.contains("one, two"),
+        "{error}"
+    );
+
+    // logs -f: what both nodes write from now on, as they write it.
+    let follow = Proc::spawn(base.cli(["logs", "-f", "--since", "1s"]));
+    let followed_at = Instant::now();
+    eventually("logs -f shows new lines of both nodes", PATIENCE, || {
+        let lines = follow.stdout_lines();
+        ["[one] ", "[two] "].iter().all(|node| {
+            lines
+                .iter()
+                .any(|line| line.starts_with(node) && line.contains("[example] received:"))
+        })
+    });
+    assert!(followed_at.elapsed() < PATIENCE);
+    drop(follow);
+
+    // kill -9 of two: status shows one alone, seeing itself alone.
+    kill_9(offsets[1]);
+    eventually(
+        "status drops the killed node",
+        Duration::from_secs(10),
+        || nodes_and_views(&status_json(&base)) == [("one".to_string(), vec!["one".to_string()])],
+    );
+    let text = cli_output(&base, &["status"]);
+    assert!(!text.contains("\ntwo "), "{text}");
+    drop(two);
+    drop(one);
+}
