@@ -11,13 +11,15 @@
 //!   [`descriptor`] is the format of what they write there;
 //! - [`archive`]: packs an app into a file that deploys without its project;
 //! - [`env`], [`list`], [`version`]: tell what is where;
-//! - [`status`], [`logs`]: the cluster at a glance, and every node's log merged;
+//! - [`status`], [`logs`], [`console`]: the cluster at a glance, every node's log merged, and
+//!   the address of each node's web console;
 //! - [`balancer`]: runs a balancer in front of clustered nodes, and shows what it knows;
 //!   [`control`] enables, disables and stops nodes' web contexts at their balancers.
 
 pub mod archive;
 pub mod balancer;
 pub mod cargo;
+pub mod console;
 pub mod control;
 pub mod deploy;
 pub mod descriptor;

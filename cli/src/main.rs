@@ -9,7 +9,9 @@ use cargo_immutant::control::{self, Action};
 use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
-use cargo_immutant::{archive, balancer, env, list, logs, new, run, status, undeploy, version};
+use cargo_immutant::{
+    archive, balancer, console, env, list, logs, new, run, status, undeploy, version,
+};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -129,6 +131,13 @@ enum Command {
         /// (2026-11-30T12:00:00Z).
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
+    },
+    /// Print the address of each running node's web console, with the node's management token
+    /// (in the part of the address a browser never sends), for its buttons to work.
+    Console {
+        /// Only this node's console.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Show the CLI's and the installed server's versions.
     Version,
@@ -298,6 +307,7 @@ fn execute(command: Command) -> Result<u8> {
             };
             logs::logs(&locations, &options)?;
         }
+        Command::Console { node } => console::print(&locations, node.as_deref())?,
         Command::Version => version::print(&locations),
         Command::Enable(target) => apply(&locations, Action::Enable, target)?,
         Command::Disable(target) => apply(&locations, Action::Disable, target)?,

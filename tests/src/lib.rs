@@ -487,7 +487,16 @@ pub fn clustered_with(
 /// Kills the node at `offset` (the server itself, found through its management API) with
 /// SIGKILL.
 pub fn kill_9(offset: u16) {
-    let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
+    kill_9_pid(node_pid(offset));
+}
+
+/// The process id of the node at `offset` (the server itself), from its management API.
+pub fn node_pid(offset: u16) -> i32 {
+    get_json(9990 + offset)["pid"].as_i64().unwrap() as i32
+}
+
+/// Kills the process `pid` with SIGKILL.
+pub fn kill_9_pid(pid: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }

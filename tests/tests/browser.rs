@@ -3,14 +3,19 @@
 //! times, kill -9 the node that served it, reload, and the count goes on on the other node.
 //! Screenshots land in `target/screenshots/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::ScreenshotParams;
 use futures_util::StreamExt;
 use immutant_e2e::web::{Behind, Front};
-use immutant_e2e::{Base, kill_9, workspace_root};
+use std::time::Instant;
+
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, eventually, free_offset, get_json_at,
+    kill_9, kill_9_pid, node_pid, probe, workspace_root,
+};
 
 /// Where the browser is: Debian's package (`.ci/run` installs it).
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -27,12 +32,57 @@ async fn text_of(page: &chromiumoxide::Page, selector: &str) -> String {
     element.inner_text().await.unwrap().unwrap_or_default()
 }
 
-#[test]
-fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
+/// Debian's Chromium, headless, with a profile of its own in `profile`, and the task that
+/// handles its events.
+async fn launch(profile: &Path) -> (Browser, tokio::task::JoinHandle<()>) {
     assert!(
-        std::path::Path::new(CHROMIUM).exists(),
+        Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)"
     );
+    let config = BrowserConfig::builder()
+        .chrome_executable(CHROMIUM)
+        .no_sandbox()
+        .user_data_dir(profile)
+        .viewport(chromiumoxide::handler::viewport::Viewport {
+            width: 1400,
+            height: 900,
+            ..Default::default()
+        })
+        .args([
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-proxy-server",
+        ])
+        .build()
+        .unwrap();
+    let (browser, mut handler) = Browser::launch(config).await.expect("chromium starts");
+    let handling = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, handling)
+}
+
+/// A screenshot of the whole page, as `target/screenshots/<name>`.
+async fn shoot(page: &chromiumoxide::Page, name: &str) {
+    let png = page
+        .screenshot(ScreenshotParams::builder().full_page(true).build())
+        .await
+        .unwrap();
+    std::fs::write(screenshots().join(name), png).unwrap();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     let base = Base::installed();
     let project = base.new_project_from("visits", "web");
     base.deploy(&project, None);
@@ -41,11 +91,7 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     let mcmp = front.mcmp;
 
     let profile = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let url = front.url("/visits/");
     let served = |page: &chromiumoxide::Page| {
         let page = page.clone();
@@ -56,34 +102,8 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
             )
         }
     };
-    let shot = |page: &chromiumoxide::Page, name: &'static str| {
-        let page = page.clone();
-        async move {
-            let png = page
-                .screenshot(ScreenshotParams::builder().full_page(true).build())
-                .await
-                .unwrap();
-            std::fs::write(screenshots().join(name), png).unwrap();
-        }
-    };
     let (browser, handling, page, node) = runtime.block_on(async {
-        let config = BrowserConfig::builder()
-            .chrome_executable(CHROMIUM)
-            .no_sandbox()
-            .user_data_dir(profile.path())
-            .args([
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-proxy-server",
-            ])
-            .build()
-            .unwrap();
-        let (browser, mut handler) = Browser::launch(config).await.expect("chromium starts");
-        let handling = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let (browser, handling) = launch(profile.path()).await;
         let page = browser.new_page(url.as_str()).await.unwrap();
         let (visits, node) = served(&page).await;
         assert_eq!(visits, "1");
@@ -96,7 +116,7 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
                 "the session stays on {node}"
             );
         }
-        shot(&page, "visits-5.png").await;
+        shoot(&page, "visits-5.png").await;
         (browser, handling, page, node)
     });
 
@@ -105,7 +125,7 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     runtime.block_on(async {
         page.reload().await.unwrap();
         let (visits, now) = served(&page).await;
-        shot(&page, "visits-6-after-kill.png").await;
+        shoot(&page, "visits-6-after-kill.png").await;
         assert_eq!(
             (visits.as_str(), now.as_str()),
             ("6", other),
@@ -124,8 +144,141 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
             text.contains("/visits") && text.contains("enabled"),
             "{text}"
         );
-        shot(&status, "balancer-status.png").await;
+        shoot(&status, "balancer-status.png").await;
         drop(browser);
         handling.abort();
     });
+}
+
+/// What `expression` gives on `page`, as JSON.
+async fn eval(page: &chromiumoxide::Page, expression: &str) -> serde_json::Value {
+    page.evaluate(expression)
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until `expression` is true on `page`; how long that took.
+async fn until(page: &chromiumoxide::Page, what: &str, expression: &str) -> Duration {
+    let started = Instant::now();
+    while eval(page, expression).await != serde_json::Value::Bool(true) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{what} did not happen within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// The depth the console shows for `/queue/fill`.
+const FILL_DEPTH: &str =
+    r#"Number(document.querySelector('[data-queue="/queue/fill"] .depth')?.textContent ?? -1)"#;
+
+#[test]
+fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
+    let base = Base::installed();
+    let project = base.new_project("example");
+    base.deploy(&project, None);
+    base.deploy(&probe(), Some("filler"));
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let one = clustered(&base, "one", offsets[0], &cluster);
+    let two = clustered(&base, "two", offsets[1], &cluster);
+    for node in [&one, &two] {
+        node.wait_for("Cluster view: [one, two]", PATIENCE);
+        node.wait_for("[filler] filled:", BUILD_PATIENCE);
+        node.wait_for("[example] received:", BUILD_PATIENCE);
+    }
+    // `cargo immutant console` gives the address, the token in its fragment.
+    let output = base.cli(["console", "--node", "one"]).output().unwrap();
+    let said = String::from_utf8(output.stdout).unwrap();
+    let url = said
+        .trim()
+        .strip_prefix("one: ")
+        .unwrap_or_else(|| panic!("console said: {said}"))
+        .to_string();
+    assert!(url.contains("/console#token="), "{url}");
+    let filler_pid = || {
+        let deployments = get_json_at(9990 + offsets[0], "deployments");
+        deployments
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "filler")
+            .and_then(|d| d["pid"].as_u64())
+    };
+    let pid_before = filler_pid().expect("filler runs on one");
+    let two_pid = node_pid(offsets[1]);
+
+    let profile = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (browser, handling) = launch(profile.path()).await;
+        let page = browser.new_page(url.as_str()).await.unwrap();
+        until(
+            &page,
+            "the console shows both nodes and the seed app running",
+            "document.querySelector('[data-node=one]') !== null \
+             && document.querySelector('[data-node=two]') !== null \
+             && document.querySelector('[data-app=example]')?.textContent.includes('running')",
+        )
+        .await;
+        let location = eval(&page, "location.href").await;
+        assert!(
+            !location.as_str().unwrap().contains("token"),
+            "the token leaves the address bar: {location}"
+        );
+
+        // Live: the depth of the queue nobody reads grows as the filler publishes.
+        until(
+            &page,
+            "the console shows /queue/fill",
+            &format!("{FILL_DEPTH} >= 0"),
+        )
+        .await;
+        let depth = eval(&page, FILL_DEPTH).await.as_f64().unwrap();
+        until(
+            &page,
+            "the depth of /queue/fill moves",
+            &format!("{FILL_DEPTH} >= {}", depth + 5.0),
+        )
+        .await;
+        shoot(&page, "console-cluster.png").await;
+
+        // Redeploy: the filler's process is replaced on the node.
+        page.find_element("[data-app=filler] button.redeploy")
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &page,
+            "the console says it redeploys",
+            "document.getElementById('message').textContent.includes('Redeploying filler')",
+        )
+        .await;
+
+        // kill -9 of two: gone from the console within 2 s.
+        kill_9_pid(two_pid);
+        let gone = until(
+            &page,
+            "the killed node leaves the console",
+            "document.querySelector('[data-node=two]') === null",
+        )
+        .await;
+        shoot(&page, "console-after-kill.png").await;
+        assert!(
+            gone < Duration::from_secs(2),
+            "two left the console after {gone:?}"
+        );
+        drop(browser);
+        handling.abort();
+    });
+    eventually("the filler runs in a new process", PATIENCE, || {
+        filler_pid().is_some_and(|pid| pid != pid_before)
+    });
+    drop((one, two));
 }

@@ -2,6 +2,7 @@
 //! deploys, redeploys and undeploys apps as they appear, change and go.
 
 mod descriptor;
+pub mod operations;
 mod scanner;
 
 pub use descriptor::Descriptor;

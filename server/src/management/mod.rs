@@ -5,6 +5,7 @@
 //! readable by its user alone, as `Authorization: Bearer <token>`. Bound beyond loopback, every
 //! request needs it. Secrets' values are never shown.
 
+mod console;
 mod history;
 mod metrics;
 mod status;
@@ -127,15 +128,52 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/caches", get(caches))
         .route("/jobs", get(jobs))
         .route("/web", get(web))
-        .route("/web/{action}", post(control_web));
+        .route("/web/{action}", post(control_web))
+        .route("/deployments/{name}/{action}", post(operate));
     let routes = match guarded {
         true => routes.layer(axum::middleware::from_fn_with_state(
             info.clone(),
             token_required,
         )),
-        false => routes,
+        // Open to this host's processes: and only to them, not to a web page whose name was
+        // made to lead to 127.0.0.1 (DNS rebinding), which a browser would let read the answers.
+        false => routes.layer(axum::middleware::from_fn(local_host_required)),
     };
-    routes.with_state(info)
+    routes.merge(console::routes()).with_state(info)
+}
+
+/// Turns away a request whose `Host` is neither an address nor `localhost`.
+async fn local_host_required(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok());
+    if host.is_none_or(is_local_host) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        "the management API answers requests for its address (or localhost) only\n",
+    )
+        .into_response()
+}
+
+/// Whether a `Host` header names an address or `localhost`, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            return bracketed
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// Turns away a request without the node's management token.
@@ -287,6 +325,42 @@ async fn web(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::web::ContextR
     Json(info.web.contexts())
 }
 
+/// `POST /deployments/<name>/undeploy|redeploy`: what `cargo immutant undeploy` does, and a
+/// redeploy of the app as it is, on every node of the install.
+async fn operate(
+    State(info): State<Arc<NodeInfo>>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> (StatusCode, String) {
+    use crate::deploy::operations::{self, OperationError};
+    if !info.token.admits(&headers) {
+        return (StatusCode::UNAUTHORIZED, info.token_needed());
+    }
+    let deployments = info.config.deployments.clone();
+    let done = match action.as_str() {
+        "undeploy" => format!("undeployed {name}\n"),
+        "redeploy" => format!("redeploying {name}\n"),
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no such operation '{other}': use undeploy or redeploy\n"),
+            );
+        }
+    };
+    let operation = tokio::task::spawn_blocking(move || match action.as_str() {
+        "undeploy" => operations::undeploy(&deployments, &name),
+        _ => operations::redeploy(&deployments, &name, crate::messaging::now_ms()),
+    });
+    match operation.await {
+        Ok(Ok(())) => (StatusCode::OK, done),
+        Ok(Err(error @ OperationError::NotDeployed(_))) => {
+            (StatusCode::NOT_FOUND, format!("{error}\n"))
+        }
+        Ok(Err(error)) => (StatusCode::CONFLICT, format!("{error}\n")),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
 /// How long a control waits for every balancer to hear of it.
 const BALANCER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -336,5 +410,33 @@ async fn control_web(
                 info.config.node_name
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_host;
+
+    #[test]
+    fn only_addresses_and_localhost_are_local_hosts() {
+        for host in [
+            "127.0.0.1:9990",
+            "127.0.0.1",
+            "localhost:9990",
+            "LOCALHOST",
+            "[::1]:9990",
+            "[::1]",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:9990",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
     }
 }

@@ -102,6 +102,14 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .as_ref()
         .map(|cluster| cluster.view().borrow().clone());
     let deployments = info.apps.reports();
+    // Every app of a cluster has a lease; those deployed here without singletons are left out.
+    let without_singletons = |app: &str| {
+        deployments.iter().any(|deployment| {
+            deployment.name == app
+                && deployment.status == crate::apps::Status::Running
+                && deployment.singletons_on.is_none()
+        })
+    };
     let singletons = match &view {
         Some(view) => view
             .members
@@ -113,6 +121,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
                     epoch: *epoch,
                 })
             })
+            .filter(|singleton| !without_singletons(&singleton.app))
             .collect(),
         None => deployments
             .iter()

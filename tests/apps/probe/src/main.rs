@@ -31,6 +31,7 @@ async fn main() -> immutant::Result<()> {
         "runner" => runner(&app).await?,
         "wire" => wire(&app).await?,
         "loadq" => load_queue(&app).await?,
+        "filler" => fill_queue(&app).await?,
         "reqrep" => request_reply(&app).await?,
         "reader" => read_news(&app).await?,
         "publisher" => publish_news(&app).await?,
@@ -192,6 +193,20 @@ async fn load_queue(app: &App) -> immutant::Result<()> {
                 println!("loaded: {item}");
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Publishes to /queue/fill, which nobody listens to, ten times a second: its depth grows.
+async fn fill_queue(app: &App) -> immutant::Result<()> {
+    let queue = app.queue("/queue/fill").await?;
+    tokio::spawn(async move {
+        for n in 0u64.. {
+            if queue.publish(&n).await.is_ok() {
+                println!("filled: {n}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     Ok(())
