@@ -22,7 +22,9 @@ const DESCRIPTOR: &str = "descriptor.toml";
 pub fn archive(path: &Path, overrides: &Overrides) -> Result<PathBuf> {
     let project = Project::read(path)?;
     let app = project.app(overrides)?;
-    let binary = project.build().context("no archive was made")?;
+    let binary = project
+        .build(&project.target_dir)
+        .context("no archive was made")?;
     std::fs::create_dir_all(&project.target_dir)
         .with_context(|| format!("cannot create {}", project.target_dir.display()))?;
     let file = project.target_dir.join(format!("{}.{EXTENSION}", app.name));

@@ -59,27 +59,52 @@ impl Overrides {
     }
 }
 
+/// Whether a deploy of what is deployed already redeploys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeploy {
+    /// Every deploy restarts the app (`deploy`).
+    Always,
+    /// Only a deploy that changes the app or its settings does (`watch`, whose own builds touch
+    /// files too).
+    IfChanged,
+}
+
 /// Deploys `source` to the home's deployments folder (installing a server first if there is
-/// none) and returns the descriptor's path.
+/// none) and returns the descriptor's path. Every deploy redeploys.
 pub fn deploy(locations: &Locations, source: &Source, overrides: &Overrides) -> Result<PathBuf> {
+    deploy_with(locations, source, overrides, Redeploy::Always)
+}
+
+/// [`deploy`], redeploying as `redeploy` says.
+pub fn deploy_with(
+    locations: &Locations,
+    source: &Source,
+    overrides: &Overrides,
+    redeploy: Redeploy,
+) -> Result<PathBuf> {
     match source {
         Source::Project(path) => {
             let project = Project::read(path)?;
             let app = project.app(overrides)?;
             install::ensure_installed(locations)?;
-            let binary = project.build().context("nothing was deployed")?;
-            write_deployment(&locations.deployments(), app, &project.root, &binary)
+            let binary = project
+                .build(&project.build_dir(locations))
+                .context("nothing was deployed")?;
+            let built = Built {
+                root: &project.root,
+                binary: &binary,
+            };
+            write_deployment(&locations.deployments(), app, built, redeploy)
         }
         Source::Archive(file) => {
             let unpacked = archive::unpack(file)?;
             let app = overrides.apply(unpacked.app.clone())?;
             install::ensure_installed(locations)?;
-            write_deployment(
-                &locations.deployments(),
-                app,
-                &unpacked.root,
-                &unpacked.binary,
-            )
+            let built = Built {
+                root: &unpacked.root,
+                binary: &unpacked.binary,
+            };
+            write_deployment(&locations.deployments(), app, built, redeploy)
         }
     }
 }
@@ -89,8 +114,8 @@ pub fn deploy(locations: &Locations, source: &Source, overrides: &Overrides) -> 
 fn write_deployment(
     deployments: &Path,
     app: ArchivedDescriptor,
-    root: &Path,
-    binary: &Path,
+    Built { root, binary }: Built,
+    redeploy: Redeploy,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(deployments.join(ARTIFACTS))
         .with_context(|| format!("cannot create {}", deployments.display()))?;
@@ -107,11 +132,27 @@ fn write_deployment(
         settings: app.settings,
         name: app.name,
     };
+    let unchanged = previous.is_some_and(|previous| {
+        Descriptor {
+            deployed_at: descriptor.deployed_at,
+            ..previous
+        } == descriptor
+    });
+    if unchanged && redeploy == Redeploy::IfChanged {
+        println!("{} is unchanged, not redeployed", descriptor.name);
+        return Ok(path);
+    }
     let text = toml::to_string(&descriptor).context("cannot write the descriptor as TOML")?;
     write_atomically(&path, text.as_bytes(), 0o644)?;
     prune_artifacts(deployments)?;
     println!("Deployed {} to {}", descriptor.name, path.display());
     Ok(path)
+}
+
+/// An app ready to deploy: where it came from, and its binary.
+struct Built<'a> {
+    root: &'a Path,
+    binary: &'a Path,
 }
 
 /// Now in milliseconds since the Unix epoch, and always later than the previous deploy, so that
@@ -223,6 +264,8 @@ pub struct Project {
     bin: String,
     /// Cargo's target folder for the project.
     pub target_dir: PathBuf,
+    /// Its workspace's folder (its own, if it is not part of another).
+    workspace_root: PathBuf,
     /// `[package.metadata.immutant]`.
     settings: toml::Table,
 }
@@ -312,6 +355,7 @@ impl Project {
             package: package.name,
             bin,
             target_dir: metadata.target_directory,
+            workspace_root: metadata.workspace_root,
             settings,
         })
     }
@@ -348,10 +392,22 @@ impl Project {
         })
     }
 
-    /// Builds the app in release mode, cargo's progress and errors showing, and returns its
-    /// binary.
-    pub fn build(&self) -> Result<PathBuf> {
+    /// Where to build the app for the install at `locations`: `<base>/target`, which every
+    /// app deployed from the base's installs shares, so that the next app reuses what the first
+    /// compiled (the SDK, tokio, ...); but the project's own target dir if it chose one
+    /// (`CARGO_TARGET_DIR`, or `build.target-dir` in a cargo config).
+    pub fn build_dir(&self, locations: &Locations) -> PathBuf {
+        match self.target_dir == self.workspace_root.join("target") {
+            true => locations.base.join("target"),
+            false => self.target_dir.clone(),
+        }
+    }
+
+    /// Builds the app in release mode in `target_dir`, cargo's progress and errors showing,
+    /// and returns its binary.
+    pub fn build(&self, target_dir: &Path) -> Result<PathBuf> {
         let mut child = crate::cargo::command()
+            .env("CARGO_TARGET_DIR", target_dir)
             .args([
                 "build",
                 "--release",
@@ -396,6 +452,7 @@ impl Project {
 struct Metadata {
     packages: Vec<Package>,
     target_directory: PathBuf,
+    workspace_root: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -420,4 +477,44 @@ struct ArtifactMessage {
     package_id: Option<String>,
     target: Option<Target>,
     executable: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(target_directory: &str) -> Project {
+        let mut metadata: Metadata = serde_json::from_value(serde_json::json!({
+            "packages": [{
+                "id": "path+file:///work/hello#0.1.0", "name": "hello",
+                "manifest_path": "/nonexistent/hello/Cargo.toml",
+                "targets": [{"name": "hello", "kind": ["bin"]}], "metadata": null,
+            }],
+            "target_directory": target_directory,
+            "workspace_root": "/nonexistent/hello",
+        }))
+        .unwrap();
+        // The manifest is matched by its real path: point it at one that exists.
+        let manifest = std::fs::canonicalize("Cargo.toml").unwrap();
+        metadata.packages[0].manifest_path = manifest.clone();
+        Project::from_metadata(metadata, manifest).unwrap()
+    }
+
+    #[test]
+    fn apps_build_in_the_base_unless_the_project_chose_a_target_dir() {
+        let locations = Locations {
+            base: PathBuf::from("/base"),
+            base_from: None,
+            home: PathBuf::from("/base/current"),
+            home_from: None,
+        };
+        assert_eq!(
+            project("/nonexistent/hello/target").build_dir(&locations),
+            Path::new("/base/target")
+        );
+        assert_eq!(
+            project("/elsewhere/target").build_dir(&locations),
+            Path::new("/elsewhere/target")
+        );
+    }
 }

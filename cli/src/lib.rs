@@ -10,6 +10,7 @@
 //! - [`deploy`], [`undeploy`]: put an app into the home's deployments folder, and take it out;
 //!   [`descriptor`] is the format of what they write there;
 //! - [`archive`]: packs an app into a file that deploys without its project;
+//! - [`watch`]: deploys an app again on every saved change;
 //! - [`env`], [`list`], [`version`]: tell what is where;
 //! - [`status`], [`logs`], [`console`]: the cluster at a glance, every node's log merged, and
 //!   the address of each node's web console;
@@ -34,3 +35,4 @@ pub mod run;
 pub mod status;
 pub mod undeploy;
 pub mod version;
+pub mod watch;

@@ -10,7 +10,7 @@ use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
 use cargo_immutant::{
-    archive, balancer, console, env, list, logs, new, run, status, undeploy, version,
+    archive, balancer, console, env, list, logs, new, run, status, undeploy, version, watch,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -74,6 +74,15 @@ enum Command {
         /// Deploy this archive, made by `cargo immutant archive`, instead of building a project.
         #[arg(long, value_name = "FILE", conflicts_with = "path")]
         archive: Option<PathBuf>,
+        /// The app's project folder.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Deploy the app, then build and deploy it again on every saved change; a build that fails
+    /// leaves the running deployment alone.
+    Watch {
+        #[command(flatten)]
+        app: AppOptions,
         /// The app's project folder.
         #[arg(default_value = ".")]
         path: PathBuf,
@@ -278,6 +287,7 @@ fn execute(command: Command) -> Result<u8> {
             };
             deploy::deploy(&locations, &source, &app.into())?;
         }
+        Command::Watch { app, path } => watch::watch(&locations, &path, &app.into())?,
         Command::Undeploy { glob } => {
             undeploy::undeploy(&locations, glob.as_deref())?;
         }

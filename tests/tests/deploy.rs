@@ -5,7 +5,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use immutant_e2e::{Base, apps_target_dir};
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, eventually, free_offset, get_json_at,
+    start_node,
+};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -422,4 +425,47 @@ fn an_archive_deploys_into_another_install() {
         run_artifact(&descriptor.artifact(&deployments)),
         "hello from the archive\n"
     );
+}
+
+#[test]
+fn watch_redeploys_a_saved_change_and_leaves_the_app_running_after_a_broken_one() {
+    let base = Base::installed();
+    let project = base.new_project("watched");
+    let offset = free_offset();
+    let node = start_node(&base, "solo", offset, &[]);
+    let watch = Proc::spawn(cli_in(&base, &project, &["watch"]));
+    node.wait_for("[watched] received:", BUILD_PATIENCE);
+    watch.wait_for("Watching", PATIENCE);
+
+    // A saved change: built and deployed, the new process says so.
+    let main = project.join("src").join("main.rs");
+    let source = std::fs::read_to_string(&main).unwrap();
+    let changed = source.replace("received: {n}", "got: {n}");
+    assert_ne!(changed, source, "the seed prints `received: {{n}}`");
+    std::fs::write(&main, &changed).unwrap();
+    node.wait_for("[watched] got:", BUILD_PATIENCE);
+    let pid = || {
+        get_json_at(9990 + offset, "deployments")[0]["pid"]
+            .as_u64()
+            .expect("the app runs")
+    };
+    let running = pid();
+
+    // A broken change: the build fails, said by watch; the app goes on as it was.
+    std::fs::write(&main, format!("{changed}\nthis is not Rust\n")).unwrap();
+    watch.wait_for(
+        "the deployment that runs (if any) keeps running",
+        BUILD_PATIENCE,
+    );
+    let got = |node: &Proc| {
+        node.lines()
+            .iter()
+            .filter(|l| l.contains("[watched] got:"))
+            .count()
+    };
+    let before = got(&node);
+    eventually("the app goes on", PATIENCE, || got(&node) > before + 1);
+    let said = watch.text();
+    assert_eq!(pid(), running, "the same process runs:\n{said}");
+    assert!(said.contains("Changed: src/main.rs"), "{said}");
 }
