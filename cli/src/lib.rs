@@ -11,6 +11,7 @@
 //!   [`descriptor`] is the format of what they write there;
 //! - [`archive`]: packs an app into a file that deploys without its project;
 //! - [`watch`]: deploys an app again on every saved change;
+//! - [`testing`]: runs an app's tests against a throwaway node (`test`);
 //! - [`env`], [`list`], [`version`]: tell what is where;
 //! - [`status`], [`logs`], [`console`]: the cluster at a glance, every node's log merged, and
 //!   the address of each node's web console;
@@ -33,6 +34,7 @@ pub mod logs;
 pub mod new;
 pub mod run;
 pub mod status;
+pub mod testing;
 pub mod undeploy;
 pub mod version;
 pub mod watch;

@@ -10,7 +10,8 @@ use cargo_immutant::deploy::{self, Overrides};
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
 use cargo_immutant::{
-    archive, balancer, console, env, list, logs, new, run, status, undeploy, version, watch,
+    archive, balancer, console, env, list, logs, new, run, status, testing, undeploy, version,
+    watch,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -86,6 +87,17 @@ enum Command {
         /// The app's project folder.
         #[arg(default_value = ".")]
         path: PathBuf,
+    },
+    /// Run the app's tests (`cargo test`) against a throwaway node of the installed server,
+    /// started in a temporary folder on free ports and stopped afterwards; in the tests,
+    /// `App::connect()` connects to it.
+    Test {
+        /// The app's project folder.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
     },
     /// Remove deployments, and the artifacts only they used.
     Undeploy {
@@ -286,6 +298,12 @@ fn execute(command: Command) -> Result<u8> {
                 None => deploy::Source::Project(path),
             };
             deploy::deploy(&locations, &source, &app.into())?;
+        }
+        Command::Test { path, cargo_args } => {
+            let status = testing::test(&locations, &path, &cargo_args)?;
+            return Ok(status
+                .code()
+                .map_or(1, |code| u8::try_from(code).unwrap_or(1)));
         }
         Command::Watch { app, path } => watch::watch(&locations, &path, &app.into())?,
         Command::Undeploy { glob } => {

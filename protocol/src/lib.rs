@@ -38,6 +38,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// The environment variable holding the number of the app's end of its socket, inherited from
 /// the node.
 pub const SOCKET_FD_VAR: &str = "IMMUTANT_SOCKET_FD";
+/// The environment variable holding the path of a node's attach socket, for a process the node
+/// did not start (a test that `cargo immutant test` runs) to connect to it as an app.
+pub const ATTACH_VAR: &str = "IMMUTANT_ATTACH";
 /// The environment variable holding the app's deployment name.
 pub const APP_VAR: &str = "IMMUTANT_APP";
 /// The environment variable holding the node's name.

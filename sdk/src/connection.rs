@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use immutant_protocol::{
-    Frame, FrameCodec, Header, MessageHeader, Outbox, Outgoing, PROTOCOL_VERSION, SOCKET_FD_VAR,
-    write_frames,
+    ATTACH_VAR, Frame, FrameCodec, Header, MessageHeader, Outbox, Outgoing, PROTOCOL_VERSION,
+    SOCKET_FD_VAR, write_frames,
 };
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -71,15 +71,19 @@ struct Inner {
 const HEADER_ROOM: usize = 64 * 1024;
 
 impl Connection {
-    /// Connects over the socket the node handed down, and says hello.
+    /// Connects over the socket the node handed down (or, in a test that `cargo immutant test`
+    /// runs, to the node's attach socket), and says hello.
     pub async fn connect() -> Result<Connection> {
-        let fd: i32 = std::env::var(SOCKET_FD_VAR)
+        let fd: Option<i32> = std::env::var(SOCKET_FD_VAR)
             .ok()
-            .and_then(|value| value.parse().ok())
-            .ok_or(Error::NotInNode(SOCKET_FD_VAR))?;
-        // SAFETY: the node started this process with its end of the socket at this descriptor,
-        // and nothing else in the process owns it.
-        let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+            .and_then(|value| value.parse().ok());
+        let socket = match (fd, std::env::var_os(ATTACH_VAR)) {
+            // SAFETY: the node started this process with its end of the socket at this
+            // descriptor, and nothing else in the process owns it.
+            (Some(fd), _) => unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) },
+            (None, Some(path)) => std::os::unix::net::UnixStream::connect(path)?,
+            (None, None) => return Err(Error::NotInNode(SOCKET_FD_VAR)),
+        };
         socket.set_nonblocking(true)?;
         let (read, write) = UnixStream::from_std(socket)?.into_split();
         let mut reader = FramedRead::new(read, FrameCodec::new(usize::MAX));

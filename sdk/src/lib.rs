@@ -56,7 +56,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "this app was not started by an Immutant node ({0} is not set); deploy it with `cargo immutant deploy` and run a node with `cargo immutant run`"
+        "this app was not started by an Immutant node ({0} is not set); deploy it with `cargo immutant deploy` and run a node with `cargo immutant run`, or run its tests with `cargo immutant test`"
     )]
     NotInNode(&'static str),
     #[error("the node refused: {0}")]

@@ -469,3 +469,48 @@ fn watch_redeploys_a_saved_change_and_leaves_the_app_running_after_a_broken_one(
     assert_eq!(pid(), running, "the same process runs:\n{said}");
     assert!(said.contains("Changed: src/main.rs"), "{said}");
 }
+
+#[test]
+fn test_runs_the_apps_tests_against_a_throwaway_node_and_removes_it() {
+    let base = Base::installed();
+    let project = base.new_project("tested");
+    let output = succeed(&mut cli_in(&base, &project, &["test"]));
+    let said = stdout(&output);
+    assert!(
+        said.contains("test what_is_published_to_the_queue_can_be_received ... ok"),
+        "the template's test ran against the node:\n{said}\n{}",
+        stderr(&output)
+    );
+    let folder = said
+        .split("against a throwaway node (")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("test says where its node is:\n{said}"));
+    assert!(!Path::new(folder).exists(), "{folder} is removed");
+    let port: u16 = said
+        .split("management http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the node is stopped"
+    );
+
+    // A failing test fails `test`, with cargo's word on it.
+    std::fs::write(
+        project.join("tests").join("fails.rs"),
+        "#[test]\nfn fails() {\n    panic!(\"on purpose\");\n}\n",
+    )
+    .unwrap();
+    let output = cli_in(&base, &project, &["test", "--", "--test", "fails"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stdout(&output).contains("on purpose"),
+        "{}",
+        stdout(&output)
+    );
+}

@@ -2,6 +2,7 @@
 //! inherited Unix socket ([`connection`]); a crash restarts it with backoff, and five crashes in
 //! a row mark it failed ([`supervisor`]).
 
+pub mod attach;
 mod connection;
 mod supervisor;
 
@@ -327,6 +328,21 @@ impl Apps {
                     _ => apps.context.web.set_down(&name, supervisor::FAILED_PAGE),
                 }
             }
+        });
+    }
+
+    /// Serves a process the node did not start, connected to its attach socket (a test that
+    /// `cargo immutant test` runs), as a deployment of `name` of its own while it is connected.
+    pub fn attach(self: &Arc<Self>, name: &str, socket: tokio::net::UnixStream) {
+        static ATTACHED: AtomicU64 = AtomicU64::new(1);
+        // Its own entry: several tests of the app are connected at once.
+        let entry = format!("{name}~{}", ATTACHED.fetch_add(1, Ordering::Relaxed));
+        let deployment = Arc::new(Deployment::new(name, true));
+        lock(&self.deployments).insert(entry.clone(), deployment.clone());
+        let apps = Arc::clone(self);
+        tokio::spawn(async move {
+            connection::serve(socket, deployment, apps.context.clone()).await;
+            lock(&apps.deployments).remove(&entry);
         });
     }
 

@@ -163,6 +163,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "milliseconds a job's firing may run late; later than that it runs once, now",
     },
     KnownProperty {
+        name: "immutant.attach",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value(""),
+        help: "serve processes that connect to <data dir>/attach.sock as apps of this name (the tests `cargo immutant test` runs)",
+    },
+    KnownProperty {
         name: "immutant.modcluster.proxies",
         kind: PropertyKind::Seeds,
         default: PropertyDefault::Value(""),

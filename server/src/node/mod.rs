@@ -184,6 +184,23 @@ pub async fn run(
             .unwrap_or(60_000),
         web: web.clone(),
     }));
+    if let Some(name) = properties
+        .get("immutant.attach")
+        .filter(|name| !name.is_empty())
+    {
+        if !immutant_protocol::names::is_deployment_name(&name) {
+            return Err(NodeError::Config(ConfigError::InvalidProperty {
+                name: "immutant.attach".to_string(),
+                value: name,
+                expected: "an app's name (ASCII letters, digits, - and _)",
+            }));
+        }
+        crate::apps::attach::listen(&config.data_dir, apps.clone(), name, shutdown.clone())
+            .map_err(|source| NodeError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+    }
     let registration = registry::Registration::record(&properties.home(), &config);
     // Balancers hear the node leave before it stops taking requests, so none is sent to it
     // while it stops.
