@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::list::{NodeRecord, running_nodes};
+use crate::list::{NodeRecord, running_nodes_named};
 use crate::locations::Locations;
 
 /// How long `stop` waits for a context's requests in flight to finish.
@@ -56,22 +56,7 @@ pub fn control(
     node: Option<&str>,
     context: Option<&str>,
 ) -> Result<()> {
-    let nodes: Vec<NodeRecord> = running_nodes(locations)
-        .into_iter()
-        .filter(|record| node.is_none_or(|name| record.name == name))
-        .collect();
-    if nodes.is_empty() {
-        match node {
-            Some(name) => bail!(
-                "no node named '{name}' of {} is running; `cargo immutant list` shows the nodes",
-                locations.home.display()
-            ),
-            None => bail!(
-                "no node of {} is running; start one with `cargo immutant run`",
-                locations.home.display()
-            ),
-        }
-    }
+    let nodes = running_nodes_named(locations, node)?;
     crate::http::block_on(async {
         let client = crate::http::client(Some(Duration::from_secs(10)))?;
         for record in &nodes {

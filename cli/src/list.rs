@@ -208,6 +208,29 @@ pub(crate) fn running_nodes(locations: &Locations) -> Vec<NodeRecord> {
     nodes
 }
 
+/// The running nodes of the install, or only `node` if given; none is an error that says how
+/// to start one.
+pub(crate) fn running_nodes_named(
+    locations: &Locations,
+    node: Option<&str>,
+) -> anyhow::Result<Vec<NodeRecord>> {
+    let nodes: Vec<NodeRecord> = running_nodes(locations)
+        .into_iter()
+        .filter(|record| node.is_none_or(|name| record.name == name))
+        .collect();
+    match (nodes.is_empty(), node) {
+        (false, _) => Ok(nodes),
+        (true, Some(name)) => anyhow::bail!(
+            "no node named '{name}' of {} is running; `cargo immutant status` shows the nodes",
+            locations.home.display()
+        ),
+        (true, None) => anyhow::bail!(
+            "no node of {} is running; start one with `cargo immutant run`",
+            locations.home.display()
+        ),
+    }
+}
+
 /// What a node's management API says of one deployment.
 #[derive(Debug, Deserialize)]
 struct DeploymentReport {

@@ -484,6 +484,20 @@ pub fn clustered_with(
     node
 }
 
+/// Two clustered nodes, `one` and `two`, of the base's install (the seed app, `example`,
+/// deployed there already), each seeing both and running the seed: their offsets and the nodes.
+pub fn seed_pair(base: &Base) -> ([u16; 2], Proc, Proc) {
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let one = clustered(base, "one", offsets[0], &cluster);
+    let two = clustered(base, "two", offsets[1], &cluster);
+    for node in [&one, &two] {
+        node.wait_for("Cluster view: [one, two]", PATIENCE);
+        node.wait_for("[example] received:", BUILD_PATIENCE);
+    }
+    (offsets, one, two)
+}
+
 /// Kills the node at `offset` (the server itself, found through its management API) with
 /// SIGKILL.
 pub fn kill_9(offset: u16) {

@@ -13,8 +13,8 @@ use immutant_e2e::web::{Behind, Front};
 use std::time::Instant;
 
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, eventually, free_offset, get_json_at,
-    kill_9, kill_9_pid, node_pid, probe, workspace_root,
+    BUILD_PATIENCE, Base, PATIENCE, eventually, get_json_at, kill_9, kill_9_pid, node_pid, probe,
+    seed_pair, workspace_root,
 };
 
 /// Where the browser is: Debian's package (`.ci/run` installs it).
@@ -182,14 +182,9 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
     let project = base.new_project("example");
     base.deploy(&project, None);
     base.deploy(&probe(), Some("filler"));
-    let cluster = cluster_name();
-    let offsets = [free_offset(), free_offset()];
-    let one = clustered(&base, "one", offsets[0], &cluster);
-    let two = clustered(&base, "two", offsets[1], &cluster);
+    let (offsets, one, two) = seed_pair(&base);
     for node in [&one, &two] {
-        node.wait_for("Cluster view: [one, two]", PATIENCE);
         node.wait_for("[filler] filled:", BUILD_PATIENCE);
-        node.wait_for("[example] received:", BUILD_PATIENCE);
     }
     // `cargo immutant console` gives the address, the token in its fragment.
     let output = base.cli(["console", "--node", "one"]).output().unwrap();

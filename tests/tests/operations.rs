@@ -4,10 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, eventually, free_offset,
-    get_text_at, kill_9,
-};
+use immutant_e2e::{Base, PATIENCE, Proc, eventually, get_text_at, kill_9, seed_pair};
 
 /// `cargo immutant ARGS`, which must succeed: its standard output.
 fn cli_output(base: &Base, args: &[&str]) -> String {
@@ -85,14 +82,7 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
     let base = Base::installed();
     let project = base.new_project("example");
     base.deploy(&project, None);
-    let cluster = cluster_name();
-    let offsets = [free_offset(), free_offset()];
-    let one = clustered(&base, "one", offsets[0], &cluster);
-    let two = clustered(&base, "two", offsets[1], &cluster);
-    for node in [&one, &two] {
-        node.wait_for("Cluster view: [one, two]", PATIENCE);
-        node.wait_for("[example] received:", BUILD_PATIENCE);
-    }
+    let (offsets, one, two) = seed_pair(&base);
 
     // status: both nodes, the view each sees, the app on each, its singletons on one node.
     eventually("status shows both nodes seeing both", PATIENCE, || {
