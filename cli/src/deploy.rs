@@ -87,9 +87,14 @@ pub fn deploy_with(
             let project = Project::read(path)?;
             let app = project.app(overrides)?;
             install::ensure_installed(locations)?;
-            let binary = project
-                .build(&project.build_dir(locations))
-                .context("nothing was deployed")?;
+            let build_dir = project.build_dir(locations);
+            std::fs::create_dir_all(&build_dir)
+                .with_context(|| format!("cannot create {}", build_dir.display()))?;
+            // Apps sharing the build dir and a binary's name (`release/<name>`) would take each
+            // other's binary: one build and deploy at a time there (cargo builds one at a time
+            // in a target dir anyway).
+            let _building = lock_file(&build_dir.join(".immutant-deploy.lock"))?;
+            let binary = project.build(&build_dir).context("nothing was deployed")?;
             let built = Built {
                 root: &project.root,
                 binary: &binary,
@@ -210,12 +215,16 @@ fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<()> {
 /// Takes the deployments folder's lock, so that two deploys or undeploys never interleave (one
 /// could otherwise remove the artifact the other is about to name). Held until the file closes.
 pub fn lock(deployments: &Path) -> Result<File> {
-    let path = deployments.join(".lock");
+    lock_file(&deployments.join(".lock"))
+}
+
+/// Takes the lock of the file `path`, made if missing; held until the file closes.
+fn lock_file(path: &Path) -> Result<File> {
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     file.lock()
         .with_context(|| format!("cannot lock {}", path.display()))?;

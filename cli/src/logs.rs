@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,10 +54,12 @@ pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
     let mut lines = Vec::new();
     let mut followers = BTreeMap::new();
     for (node, folder) in &folders {
-        lines.extend(read_node(node, folder)?);
-        if options.follow {
-            followers.insert(node.clone(), Follower::at_end(node, folder));
-        }
+        // The current file is read through the follower, which goes on from where that read
+        // ended: no line is lost or repeated between the two.
+        let mut follower = Follower::from_start(node, folder);
+        lines.extend(read_rotated(node, folder)?);
+        lines.extend(follower.read_new());
+        followers.insert(node.clone(), follower);
     }
     let mut stdout = std::io::stdout().lock();
     print(&mut stdout, merge(lines), options)?;
@@ -91,15 +93,22 @@ pub fn parse_since(given: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(given.len());
     let (number, unit) = given.split_at(unit_at);
-    let seconds = match (number.parse::<i64>(), unit) {
-        (Ok(n), "s") => Some(n),
-        (Ok(n), "m") => Some(n * 60),
-        (Ok(n), "h") => Some(n * 3600),
-        (Ok(n), "d") => Some(n * 86400),
+    let scale = match unit {
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        "d" => Some(86400),
         _ => None,
     };
-    match seconds.and_then(chrono::TimeDelta::try_seconds) {
-        Some(span) => Ok(now - span),
+    let since = number
+        .parse::<i64>()
+        .ok()
+        .zip(scale)
+        .and_then(|(n, scale)| n.checked_mul(scale))
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|span| now.checked_sub_signed(span));
+    match since {
+        Some(since) => Ok(since),
         None => bail!(
             "cannot read --since {given:?}: give a span back from now such as 30s, 10m, 2h or 1d, or a time such as 2026-11-30T12:00:00Z"
         ),
@@ -137,8 +146,8 @@ fn log_folders(locations: &Locations, node: Option<&str>) -> Result<BTreeMap<Str
     }
 }
 
-/// Every line of a node's log folder, oldest file first.
-fn read_node(node: &str, folder: &Path) -> Result<Vec<LogLine>> {
+/// Every line of a node's rotated log files, oldest first.
+fn read_rotated(node: &str, folder: &Path) -> Result<Vec<LogLine>> {
     let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(folder)
         .into_iter()
         .flatten()
@@ -156,18 +165,18 @@ fn read_node(node: &str, folder: &Path) -> Result<Vec<LogLine>> {
     rotated.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
     let mut lines = Vec::new();
     let mut parser = LineParser::new(node);
-    let files = rotated.into_iter().map(|(_, path)| path);
-    for path in files.chain([folder.join(LOG_FILE)]) {
-        let file = match File::open(&path) {
-            Ok(file) => file,
+    for (_, path) in rotated {
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            // Rotated away meanwhile.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) => {
                 return Err(error).with_context(|| format!("cannot read {}", path.display()));
             }
         };
-        for line in BufReader::new(file).lines() {
-            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            lines.push(parser.parse(&line));
+        // A line cut short by a crash may not be UTF-8: it is shown as well as it can be.
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            lines.push(parser.parse(line));
         }
     }
     Ok(lines)
@@ -248,16 +257,7 @@ struct Follower {
 }
 
 impl Follower {
-    /// Follows from the current end of the node's log.
-    fn at_end(node: &str, folder: &Path) -> Follower {
-        let mut follower = Follower::from_start(node, folder);
-        if let Some(file) = follower.file.as_mut() {
-            let _ = file.seek(SeekFrom::End(0));
-        }
-        follower
-    }
-
-    /// Follows the node's log from its beginning (a node that started while following).
+    /// Follows the node's current log file from its beginning.
     fn from_start(node: &str, folder: &Path) -> Follower {
         let path = folder.join(LOG_FILE);
         let file = File::open(&path).ok();
@@ -280,12 +280,16 @@ impl Follower {
         if let Some(file) = self.file.as_mut() {
             let _ = file.read_to_end(&mut bytes);
         }
-        // Rotated (or made anew): the rest of the old file was just read; on with the new one.
+        // Rotated (or made anew): the rest of the old file (the node may have written more to
+        // it since the read above, before it moved on), then on with the new one.
         let now = std::fs::metadata(&self.path).map_or(0, |metadata| metadata.ino());
         if now != 0
             && now != self.inode
             && let Ok(mut file) = File::open(&self.path)
         {
+            if let Some(old) = self.file.as_mut() {
+                let _ = old.read_to_end(&mut bytes);
+            }
             let _ = file.read_to_end(&mut bytes);
             self.file = Some(file);
             self.inode = now;
@@ -323,7 +327,14 @@ mod tests {
             parse_since("2026-11-30T08:00:00+01:00", now).unwrap(),
             at("2026-11-30T07:00:00Z")
         );
-        for bad in ["", "10", "m", "10 minutes", "yesterday"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10 minutes",
+            "yesterday",
+            "99999999999999999d",
+        ] {
             let error = parse_since(bad, now).unwrap_err().to_string();
             assert!(error.contains("such as 30s, 10m"), "{error}");
         }
@@ -369,8 +380,8 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let log = folder.path().join(LOG_FILE);
         std::fs::write(&log, "2026-11-30T12:00:01Z  INFO old\n").unwrap();
-        let mut follower = Follower::at_end("one", folder.path());
-        assert!(follower.read_new().is_empty());
+        let mut follower = Follower::from_start("one", folder.path());
+        assert_eq!(follower.read_new().len(), 1);
         let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         write!(
             file,
@@ -392,8 +403,20 @@ mod tests {
                 "2026-11-30T12:00:04Z  INFO after the rotation"
             ]
         );
-        let all = read_node("one", folder.path()).unwrap();
-        assert_eq!(all.len(), 4, "rotated files first: {all:?}");
-        assert_eq!(all[0].text, "2026-11-30T12:00:01Z  INFO old");
+        let rotated = read_rotated("one", folder.path()).unwrap();
+        assert_eq!(rotated.len(), 3, "{rotated:?}");
+        assert_eq!(rotated[0].text, "2026-11-30T12:00:01Z  INFO old");
+        std::fs::write(
+            folder.path().join("server.log.2"),
+            b"2026-11-30T11:00:00Z  INFO \xff\n",
+        )
+        .unwrap();
+        let rotated = read_rotated("one", folder.path()).unwrap();
+        assert_eq!(
+            rotated.len(),
+            4,
+            "the oldest file first, read as well as it can be"
+        );
+        assert_eq!(rotated[0].text, "2026-11-30T11:00:00Z  INFO \u{fffd}");
     }
 }

@@ -57,14 +57,47 @@ pub fn status(locations: &Locations, options: StatusOptions) -> Result<()> {
     }
 }
 
+/// Who `status` asks.
+enum Asked {
+    /// A node of the install: its token goes along.
+    Local(NodeRecord),
+    /// Another member of a view: without a token, which is not this user's to have.
+    Member { name: String, management: String },
+}
+
+impl Asked {
+    fn name(&self) -> &str {
+        match self {
+            Asked::Local(record) => &record.name,
+            Asked::Member { name, .. } => name,
+        }
+    }
+
+    fn management(&self) -> &str {
+        match self {
+            Asked::Local(record) => &record.management,
+            Asked::Member { management, .. } => management,
+        }
+    }
+
+    fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::RequestBuilder {
+        match self {
+            Asked::Local(record) => record.get(client, path),
+            Asked::Member { management, .. } => client.get(format!("{management}{path}")),
+        }
+    }
+}
+
 /// Asks every running node of the install, then the members of their views not asked yet.
 pub fn gather(locations: &Locations) -> Result<ClusterStatus> {
     let records = running_nodes(locations);
     crate::http::block_on(async {
         let client = crate::http::client(Some(Duration::from_secs(3)))?;
-        let asks = records.iter().map(|node| ask(&client, node));
-        let mut answers = futures_util::future::join_all(asks).await;
         let asked: BTreeSet<String> = records.iter().map(|node| node.name.clone()).collect();
+        let asks = records
+            .into_iter()
+            .map(|node| ask(&client, Asked::Local(node)));
+        let mut answers = futures_util::future::join_all(asks).await;
         let members: BTreeMap<String, String> = answers
             .iter()
             .flat_map(|(_, answer)| answer.as_ref().ok())
@@ -73,27 +106,20 @@ pub fn gather(locations: &Locations) -> Result<ClusterStatus> {
             .filter(|member| !asked.contains(&member.name))
             .filter_map(|member| Some((member.name, member.management?)))
             .collect();
-        let remote = members.into_iter().map(|(name, management)| {
-            let record = NodeRecord {
-                name,
-                pid: 0,
-                management,
-                data_dir: Default::default(),
-            };
-            let client = client.clone();
-            async move { ask(&client, &record).await }
-        });
+        let remote = members
+            .into_iter()
+            .map(|(name, management)| ask(&client, Asked::Member { name, management }));
         answers.extend(futures_util::future::join_all(remote).await);
         let mut found = ClusterStatus {
             nodes: Vec::new(),
             unreachable: Vec::new(),
         };
-        for (record, answer) in answers {
+        for (asked, answer) in answers {
             match answer {
                 Ok(status) => found.nodes.push(status),
                 Err(error) => found.unreachable.push(Unreachable {
-                    name: record.name,
-                    management: record.management,
+                    name: asked.name().to_string(),
+                    management: asked.management().to_string(),
                     error,
                 }),
             }
@@ -104,10 +130,7 @@ pub fn gather(locations: &Locations) -> Result<ClusterStatus> {
 
 /// A node's `/status`, if it answers as the node it is meant to be (a member's management
 /// address may be loopback on its own host, and reach another node from here).
-async fn ask(
-    client: &reqwest::Client,
-    node: &NodeRecord,
-) -> (NodeRecord, Result<serde_json::Value, String>) {
+async fn ask(client: &reqwest::Client, node: Asked) -> (Asked, Result<serde_json::Value, String>) {
     let answer = async {
         let response = node
             .get(client, "/status")
@@ -120,22 +143,17 @@ async fn ask(
         let body = response.bytes().await.map_err(|error| error.to_string())?;
         let status: serde_json::Value =
             serde_json::from_slice(&body).map_err(|error| error.to_string())?;
-        match status["name"].as_str() == Some(node.name.as_str()) {
+        match status["name"].as_str() == Some(node.name()) {
             true => Ok(status),
             false => Err(format!(
                 "{} answers as another node ({})",
-                node.management, status["name"]
+                node.management(),
+                status["name"]
             )),
         }
     }
     .await;
-    let record = NodeRecord {
-        name: node.name.clone(),
-        pid: node.pid,
-        management: node.management.clone(),
-        data_dir: node.data_dir.clone(),
-    };
-    (record, answer)
+    (node, answer)
 }
 
 /// The parts of a node's status the tables show.

@@ -27,12 +27,6 @@ pub fn test(locations: &Locations, path: &Path, cargo_args: &[String]) -> Result
     let project = Project::read(path)?;
     let name = project.app(&Overrides::default())?.name;
     install::ensure_installed(locations)?;
-    let node = ThrowawayNode::start(locations, &name)?;
-    println!(
-        "Running the tests of {name} against a throwaway node ({}, management http://127.0.0.1:{})",
-        node.dir.path().display(),
-        node.management_port
-    );
     // Ctrl-C reaches cargo and the node (they share the terminal's process group): the CLI
     // lives on to stop the node and remove its folder.
     signal_hook::flag::register(
@@ -40,6 +34,12 @@ pub fn test(locations: &Locations, path: &Path, cargo_args: &[String]) -> Result
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     )
     .context("cannot set up Ctrl-C handling")?;
+    let node = ThrowawayNode::start(locations, &name)?;
+    println!(
+        "Running the tests of {name} against a throwaway node ({}, management http://127.0.0.1:{})",
+        node.dir.path().display(),
+        node.management_port
+    );
     let status = crate::cargo::command()
         .env("CARGO_TARGET_DIR", project.build_dir(locations))
         .env(APP_VAR, &name)
@@ -51,7 +51,7 @@ pub fn test(locations: &Locations, path: &Path, cargo_args: &[String]) -> Result
         .args(cargo_args)
         .status()
         .context("cannot run `cargo test`; is cargo on your PATH?")?;
-    node.stop();
+    node.stop(status.success());
     Ok(status)
 }
 
@@ -130,19 +130,28 @@ impl ThrowawayNode {
         Ok(())
     }
 
-    /// Stops the node gracefully (killed if it takes too long), and removes its folder.
-    fn stop(mut self) {
+    /// Stops the node gracefully (killed if it takes too long), and removes its folder; but
+    /// after tests that failed, keeps its log and says where.
+    fn stop(mut self, tests_passed: bool) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
         let started = Instant::now();
         while started.elapsed() < STOP_PATIENCE {
             if let Ok(Some(_)) = self.process.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.process.kill();
         let _ = self.process.wait();
+        if !tests_passed {
+            let log = self.dir.path().join("node.log");
+            let kept =
+                std::env::temp_dir().join(format!("immutant-test-{}.log", std::process::id()));
+            if std::fs::copy(&log, &kept).is_ok() {
+                println!("The throwaway node's log is kept in {}", kept.display());
+            }
+        }
     }
 }
 
@@ -154,16 +163,20 @@ impl Drop for ThrowawayNode {
     }
 }
 
-/// A port offset whose HTTP and management ports are free on 127.0.0.1 now.
+/// A port offset whose HTTP and management ports are free on 127.0.0.1 now: a multiple of 100
+/// (the two ports are 1910 apart, so no node's HTTP port is another's management port) from
+/// 10000 to 22700, which keeps both below the ports the system hands out for outgoing
+/// connections (32768 and up).
 fn free_offset() -> Result<u16> {
+    const SLOTS: u16 = 128;
     let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-    // Spread over a range nodes of installs rarely use, starting from a point this process picks.
-    let start = std::process::id() as u16 % 400;
-    for step in 0..400u16 {
-        let offset = 20_000 + ((start + step * 37) % 400) * 10;
+    // Where to start is this process's pick, so that tests run at once try different ones.
+    let start = std::process::id() as u16 % SLOTS;
+    for step in 0..SLOTS {
+        let offset = 10_000 + ((start + step) % SLOTS) * 100;
         if free(8080 + offset) && free(9990 + offset) {
             return Ok(offset);
         }
     }
-    bail!("found no free ports for a throwaway node on 127.0.0.1 (tried offsets 20000 to 23990)")
+    bail!("found no free ports for a throwaway node on 127.0.0.1 (tried offsets 10000 to 22700)")
 }

@@ -47,7 +47,8 @@ pub fn start(args: ServerArgs, started: Instant) -> Result<(), NodeError> {
     }
     let properties = Properties::new(args.given_properties(), default_home())?;
     let (config, referenced) = ServerConfig::load(&args.server_config, &properties)?;
-    logging::init(config.log_level, Some(&config.data_dir.join("log")));
+    // Kept until the node has stopped: the log file's last lines are written as it drops.
+    let _log = logging::init(config.log_level, Some(&config.data_dir.join("log")));
     for name in properties
         .unknown_given()
         .filter(|name| !referenced.iter().any(|r| r == name))
@@ -71,7 +72,7 @@ pub fn start(args: ServerArgs, started: Instant) -> Result<(), NodeError> {
 
 /// Runs a balancer until a signal stops it.
 fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
-    logging::init(args.log_level, None);
+    let _log = logging::init(args.log_level, None);
     let config = balancer::BalancerConfig {
         bind: args.bind,
         port: args.port,

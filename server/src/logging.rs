@@ -5,11 +5,11 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt;
@@ -24,8 +24,10 @@ const ROTATE_BYTES: usize = 10 * 1024 * 1024;
 const KEPT_FILES: usize = 5;
 
 /// Starts logging at `level` to standard output (apps' lines, prefixed with their names, among
-/// the node's own) and, given a folder, to a rotated file in it.
-pub fn init(level: tracing::Level, folder: Option<&Path>) {
+/// the node's own) and, given a folder, to a rotated file in it. The file is written by a thread
+/// of its own (nothing waits on the disk) until the guard returned is dropped, which writes what
+/// is left.
+pub fn init(level: tracing::Level, folder: Option<&Path>) -> Option<WorkerGuard> {
     let filter = LevelFilter::from_level(level);
     let console = fmt::layer()
         .with_target(false)
@@ -37,11 +39,19 @@ pub fn init(level: tracing::Level, folder: Option<&Path>) {
         Some(Err(error)) => (None, Some(error)),
         None => (None, None),
     };
+    // Lines wait for the writer rather than being dropped when it falls behind.
+    let (file, guard) = match file {
+        Some(writer) => {
+            let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(writer);
+            (Some(writer), Some(guard))
+        }
+        None => (None, None),
+    };
     let file = file.map(|writer| {
         fmt::layer()
             .with_target(false)
             .with_ansi(false)
-            .with_writer(Mutex::new(writer))
+            .with_writer(writer)
             .with_filter(filter)
     });
     tracing_subscriber::registry()
@@ -51,6 +61,7 @@ pub fn init(level: tracing::Level, folder: Option<&Path>) {
     if let Some(error) = unusable {
         tracing::warn!("{error}; this node logs to standard output only");
     }
+    guard
 }
 
 /// The rotated log file in `folder` (made private to this user), or why it cannot be written.

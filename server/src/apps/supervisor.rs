@@ -94,6 +94,8 @@ pub async fn supervise(
                 web_down(&deployment, &context, &why);
                 warn!("{} {reason}; restarting it in {} ms", deployment.name, backoff.as_millis());
                 deployment.restarts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("immutant_app_restarts_total", "app" => deployment.name.clone())
+                    .increment(1);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = &mut stop => {

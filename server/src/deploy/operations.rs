@@ -23,6 +23,41 @@ pub enum OperationError {
     },
 }
 
+/// What an operator can do to a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Undeploy,
+    Redeploy,
+}
+
+impl Operation {
+    /// The operation called `name` (`undeploy`, `redeploy`), if there is one.
+    pub fn named(name: &str) -> Option<Operation> {
+        match name {
+            "undeploy" => Some(Operation::Undeploy),
+            "redeploy" => Some(Operation::Redeploy),
+            _ => None,
+        }
+    }
+
+    /// Does it to the deployment `name` in `deployments`; `now_ms` is the time a redeploy
+    /// gives it.
+    pub fn apply(self, deployments: &Path, name: &str, now_ms: u64) -> Result<(), OperationError> {
+        match self {
+            Operation::Undeploy => undeploy(deployments, name),
+            Operation::Redeploy => redeploy(deployments, name, now_ms),
+        }
+    }
+
+    /// What was done, for the operator.
+    pub fn done(self, name: &str) -> String {
+        match self {
+            Operation::Undeploy => format!("undeployed {name}"),
+            Operation::Redeploy => format!("redeploying {name}"),
+        }
+    }
+}
+
 /// Removes the deployment `name`: every node of the install undeploys it.
 pub fn undeploy(deployments: &Path, name: &str) -> Result<(), OperationError> {
     let _lock = lock(deployments)?;

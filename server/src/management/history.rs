@@ -58,7 +58,9 @@ impl QueueHistory {
     /// Adds a sample of each queue in `stats`, taken at `at_ms`; forgets queues no longer there.
     fn record(&self, stats: &[QueueStats], at_ms: u64) {
         let mut queues = lock(&self.queues);
-        queues.retain(|name, _| stats.iter().any(|queue| &queue.name == name));
+        let present: std::collections::BTreeSet<&str> =
+            stats.iter().map(|queue| queue.name.as_str()).collect();
+        queues.retain(|name, _| present.contains(name.as_str()));
         for queue in stats {
             let samples = queues.entry(queue.name.clone()).or_default();
             if samples.len() == KEPT {

@@ -20,16 +20,7 @@ const SECONDS_BUCKETS: [f64; 16] = [
 ];
 
 /// What each series is, as `# HELP` says it.
-const DESCRIPTIONS: [(&str, &str); 24] = [
-    ("immutant_node_uptime_seconds", "How long the node has run"),
-    (
-        "immutant_node_resident_memory_bytes",
-        "The node's resident memory, its apps' not included",
-    ),
-    (
-        "immutant_cluster_view_size",
-        "Members in the cluster view this node sees",
-    ),
+const COUNTERS: [(&str, &str); 13] = [
     (
         "immutant_messages_published_total",
         "Messages put in a queue (published or dead-lettered to it)",
@@ -51,22 +42,6 @@ const DESCRIPTIONS: [(&str, &str); 24] = [
         "Messages dropped as their time to live ran out",
     ),
     (
-        "immutant_queue_depth",
-        "Messages waiting in a queue, in memory and in the journal",
-    ),
-    (
-        "immutant_queue_in_flight",
-        "Messages delivered and not yet acknowledged",
-    ),
-    (
-        "immutant_queue_consumers",
-        "Consumers of a queue on this node",
-    ),
-    (
-        "immutant_journal_commit_seconds",
-        "How long a journal transaction took to commit and sync",
-    ),
-    (
         "immutant_cache_operations_total",
         "Operations apps of this node made on a cache",
     ),
@@ -78,11 +53,6 @@ const DESCRIPTIONS: [(&str, &str); 24] = [
         "immutant_cache_misses_total",
         "Reads that found no entry on this node",
     ),
-    ("immutant_cache_hit_ratio", "Hits over reads on this node"),
-    (
-        "immutant_cache_entries",
-        "Entries of a cache held on this node",
-    ),
     (
         "immutant_job_firings_total",
         "Times a job fired on this node",
@@ -92,26 +62,67 @@ const DESCRIPTIONS: [(&str, &str); 24] = [
         "Firings later than the misfire threshold (run once, now)",
     ),
     (
-        "immutant_job_lateness_seconds",
-        "How late after its due time a job fired",
-    ),
-    (
         "immutant_singleton_handovers_total",
         "Times this node took over an app's singletons",
-    ),
-    (
-        "immutant_link_round_trip_seconds",
-        "A cache call's round trip to another member",
     ),
     (
         "immutant_app_restarts_total",
         "Times an app's process was restarted after it ended",
     ),
     (
+        "immutant_http_requests_total",
+        "Web requests answered, by context and status",
+    ),
+];
+const GAUGES: [(&str, &str); 8] = [
+    (
+        "immutant_node_resident_memory_bytes",
+        "The node's resident memory, its apps' not included",
+    ),
+    (
+        "immutant_cluster_view_size",
+        "Members in the cluster view this node sees",
+    ),
+    (
+        "immutant_queue_depth",
+        "Messages waiting in a queue, in memory and in the journal",
+    ),
+    (
+        "immutant_queue_in_flight",
+        "Messages delivered and not yet acknowledged",
+    ),
+    (
+        "immutant_queue_consumers",
+        "Consumers of a queue on this node",
+    ),
+    ("immutant_cache_hit_ratio", "Hits over reads on this node"),
+    (
+        "immutant_cache_entries",
+        "Entries of a cache held on this node",
+    ),
+    ("immutant_node_uptime_seconds", "How long the node has run"),
+];
+const HISTOGRAMS: [(&str, &str); 4] = [
+    (
+        "immutant_journal_commit_seconds",
+        "How long a journal transaction took to commit and sync",
+    ),
+    (
+        "immutant_job_lateness_seconds",
+        "How late after its due time a job fired",
+    ),
+    (
+        "immutant_link_round_trip_seconds",
+        "A cache call's round trip to another member",
+    ),
+    (
         "immutant_http_request_seconds",
         "Time to a web request's response head",
     ),
 ];
+
+/// Series not touched for this long (a queue, cache or app that went) are no longer shown.
+const IDLE: Duration = Duration::from_secs(300);
 
 /// The process's recorder: installed by the first node of the process (there is one node to a
 /// process but in tests), none if another recorder was installed first.
@@ -121,20 +132,19 @@ pub fn install(shutdown: &Shutdown) -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let installed = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
-                .map(|builder| {
-                    // Queues and caches that went stop being shown a minute later.
-                    builder.idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
-                })
+                .map(|builder| builder.idle_timeout(MetricKindMask::ALL, Some(IDLE)))
                 .and_then(PrometheusBuilder::install_recorder);
             match installed {
                 Ok(handle) => {
-                    for (name, help) in DESCRIPTIONS {
+                    for (name, help) in COUNTERS {
                         metrics::describe_counter!(name, help);
                     }
-                    metrics::describe_counter!(
-                        "immutant_http_requests_total",
-                        "Web requests answered, by context and status"
-                    );
+                    for (name, help) in GAUGES {
+                        metrics::describe_gauge!(name, help);
+                    }
+                    for (name, help) in HISTOGRAMS {
+                        metrics::describe_histogram!(name, help);
+                    }
                     Some(handle)
                 }
                 Err(error) => {
@@ -189,10 +199,6 @@ pub fn render(info: &NodeInfo) -> Option<String> {
         if reads > 0 {
             gauge!("immutant_cache_hit_ratio", &label()).set(cache.hits as f64 / reads as f64);
         }
-    }
-    for deployment in info.apps.reports() {
-        counter!("immutant_app_restarts_total", "app" => deployment.name)
-            .absolute(deployment.restarts);
     }
     Some(handle.render())
 }

@@ -42,6 +42,7 @@ pub struct NodeInfo {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// When the node started (unix ms): its generation in the cluster.
     pub generation: u64,
+    /// Each queue's recent depths and rates.
     pub history: Arc<QueueHistory>,
     /// The metrics recorder's handle (none if the process has another recorder).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -164,16 +165,20 @@ async fn local_host_required(
 
 /// Whether a `Host` header names an address or `localhost`, with or without a port.
 fn is_local_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => {
-            return bracketed
-                .split(']')
-                .next()
-                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
-        }
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    let port_or_nothing = |rest: &str| {
+        rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|port| port.parse::<u16>().is_ok())
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+    if let Some(bracketed) = host.strip_prefix('[') {
+        return bracketed.split_once(']').is_some_and(|(address, rest)| {
+            address.parse::<std::net::Ipv6Addr>().is_ok() && port_or_nothing(rest)
+        });
+    }
+    let (name, rest) = host.find(':').map_or((host, ""), |at| host.split_at(at));
+    port_or_nothing(rest)
+        && (name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok())
 }
 
 /// Turns away a request without the node's management token.
@@ -332,26 +337,22 @@ async fn operate(
     Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> (StatusCode, String) {
-    use crate::deploy::operations::{self, OperationError};
+    use crate::deploy::operations::{Operation, OperationError};
     if !info.token.admits(&headers) {
         return (StatusCode::UNAUTHORIZED, info.token_needed());
     }
-    let deployments = info.config.deployments.clone();
-    let done = match action.as_str() {
-        "undeploy" => format!("undeployed {name}\n"),
-        "redeploy" => format!("redeploying {name}\n"),
-        other => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("no such operation '{other}': use undeploy or redeploy\n"),
-            );
-        }
+    let Some(operation) = Operation::named(&action) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no such operation '{action}': use undeploy or redeploy\n"),
+        );
     };
-    let operation = tokio::task::spawn_blocking(move || match action.as_str() {
-        "undeploy" => operations::undeploy(&deployments, &name),
-        _ => operations::redeploy(&deployments, &name, crate::messaging::now_ms()),
+    let deployments = info.config.deployments.clone();
+    let done = format!("{}\n", operation.done(&name));
+    let applied = tokio::task::spawn_blocking(move || {
+        operation.apply(&deployments, &name, crate::messaging::now_ms())
     });
-    match operation.await {
+    match applied.await {
         Ok(Ok(())) => (StatusCode::OK, done),
         Ok(Err(error @ OperationError::NotDeployed(_))) => {
             (StatusCode::NOT_FOUND, format!("{error}\n"))
@@ -433,6 +434,9 @@ mod tests {
             "evil.example:9990",
             "evil.example",
             "127.0.0.1.evil.example",
+            "[::1]evil",
+            "localhost:x",
+            "127.0.0.1:1:2",
             "[evil]:1",
             "",
         ] {

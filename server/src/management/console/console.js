@@ -122,19 +122,21 @@ async function operate(path, done) {
 function dangerous(label, action) {
   const button = el("button", { class: label.toLowerCase() }, label);
   let armed = null;
+  const disarm = () => {
+    clearTimeout(armed);
+    armed = null;
+    button.textContent = label;
+    button.classList.remove("really");
+  };
   button.addEventListener("click", () => {
     if (armed) {
-      clearTimeout(armed);
+      disarm();
       action();
       return;
     }
     button.textContent = `Really ${label.toLowerCase()}?`;
     button.classList.add("really");
-    armed = setTimeout(() => {
-      armed = null;
-      button.textContent = label;
-      button.classList.remove("really");
-    }, 4000);
+    armed = setTimeout(disarm, 4000);
   });
   return button;
 }
@@ -158,7 +160,9 @@ function draw(status) {
   fill(document.getElementById("nodes"), ["Node", "Address", "Up", "Apps running", ""],
     members.map((member) => {
       const here = member.name === status.name;
-      const link = !here && member.management
+      // Addresses come from the cluster's gossip: only plain web ones become links.
+      const linkable = !here && /^https?:\/\//.test(member.management || "");
+      const link = linkable
         ? el("a", { href: member.management + "/console" }, "its console") : (here ? "this node" : "");
       return el("tr", { "data-node": member.name },
         cell(member.name), cell(member.address), cell(span(now - member.started_ms)),
@@ -226,6 +230,8 @@ async function refresh() {
   try {
     const headers = token ? { Authorization: "Bearer " + token } : {};
     const response = await fetch("/status?history=true", { headers });
+    // A node whose management port is beyond loopback shows nothing without the token.
+    if (response.status === 401) document.getElementById("token-form").hidden = false;
     if (!response.ok) throw new Error((await response.text()).trim() || response.statusText);
     draw(await response.json());
     live.textContent = "live";
@@ -247,5 +253,9 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
   }
 });
 
-refresh();
-setInterval(refresh, REFRESH_MS);
+// The next read is asked for once this one is drawn: a slow node is not asked again meanwhile.
+async function refreshForever() {
+  await refresh();
+  setTimeout(refreshForever, REFRESH_MS);
+}
+refreshForever();
