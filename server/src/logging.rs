@@ -20,6 +20,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub const LOG_FILE: &str = "server.log";
 /// A log file is rotated once it passes this size.
 const ROTATE_BYTES: usize = 10 * 1024 * 1024;
+/// How many lines may wait for the log file's writer; more wait for room.
+const QUEUED_LINES: usize = 1024;
 /// How many rotated files are kept beside the current one.
 const KEPT_FILES: usize = 5;
 
@@ -42,7 +44,11 @@ pub fn init(level: tracing::Level, folder: Option<&Path>) -> Option<WorkerGuard>
     // Lines wait for the writer rather than being dropped when it falls behind.
     let (file, guard) = match file {
         Some(writer) => {
-            let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(writer);
+            // A bounded queue of lines: its default (128,000) takes megabytes from the start.
+            let (writer, guard) = NonBlockingBuilder::default()
+                .lossy(false)
+                .buffered_lines_limit(QUEUED_LINES)
+                .finish(writer);
             (Some(writer), Some(guard))
         }
         None => (None, None),
