@@ -51,6 +51,16 @@ impl std::fmt::Display for LogLine {
 /// Prints the lines asked for, then (`follow`) those to come, until interrupted.
 pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
     let folders = log_folders(locations, options.node.as_deref())?;
+    if folders.is_empty() {
+        eprintln!(
+            "No node of the install in {} has logged yet{}",
+            locations.home.display(),
+            match options.follow {
+                true => "; waiting for one to start",
+                false => ": start one with `cargo immutant run`",
+            }
+        );
+    }
     let mut lines = Vec::new();
     let mut followers = BTreeMap::new();
     for (node, folder) in &folders {

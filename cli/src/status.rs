@@ -287,11 +287,17 @@ pub fn render(found: &ClusterStatus) -> String {
             clusters.into_iter().collect::<Vec<_>>().join(", ")
         ),
     });
-    let mut rows = vec![row(["NODE", "ADDRESS", "UPTIME", "MEMORY", "LOAD", "VIEW"])];
+    let mut rows = vec![row([
+        "NODE", "ADDRESS", "STARTED", "UPTIME", "MEMORY", "LOAD", "VIEW",
+    ])];
     for node in &nodes {
+        // When it started is its age in the cluster: the view lists the oldest first.
+        let started = chrono::DateTime::from_timestamp_millis(node.started_ms as i64)
+            .map_or("-".to_string(), |at| at.format("%H:%M:%S").to_string());
         rows.push(vec![
             node.name.clone(),
             node.bind_address.clone(),
+            started,
             span(node.uptime_ms as f64 / 1000.0),
             node.memory_bytes.map_or("-".into(), mebibytes),
             node.load
@@ -537,7 +543,7 @@ mod tests {
         let text = render(&found);
         assert!(text.starts_with("Cluster demo:\n"), "{text}");
         assert!(
-            text.contains("one   127.0.0.1  1m 5s   22.0 MiB  0.50  one, two"),
+            text.contains("one   127.0.0.1  00:00:00  1m 5s   22.0 MiB  0.50  one, two"),
             "{text}"
         );
         assert!(

@@ -13,8 +13,8 @@ use immutant_e2e::web::{Behind, Front};
 use std::time::Instant;
 
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, eventually, get_json_at, kill_9, kill_9_pid, node_pid, probe,
-    seed_pair, workspace_root,
+    BUILD_PATIENCE, Base, PATIENCE, get_json_at, kill_9, kill_9_pid, node_pid, probe, seed_pair,
+    workspace_root,
 };
 
 /// Where the browser is: Debian's package (`.ci/run` installs it).
@@ -255,6 +255,30 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
             "document.getElementById('message').textContent.includes('Redeploying filler')",
         )
         .await;
+        until(
+            &page,
+            "the filler runs in a new process",
+            &format!(
+                "(document.querySelector('[data-app=filler]')?.children[3].textContent ?? '{pid_before}') !== '{pid_before}'"
+            ),
+        )
+        .await;
+
+        // Undeploy, clicked twice (the first click only arms it): gone from every node.
+        for _ in 0..2 {
+            eval(
+                &page,
+                "document.querySelector('[data-app=filler] button.undeploy').click()",
+            )
+            .await;
+        }
+        until(
+            &page,
+            "the undeployed filler leaves the console",
+            "document.querySelector('[data-app=filler]') === null \
+             && document.getElementById('message').textContent.includes('Undeployed filler')",
+        )
+        .await;
 
         // kill -9 of two: gone from the console within 2 s.
         kill_9_pid(two_pid);
@@ -272,8 +296,7 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
         drop(browser);
         handling.abort();
     });
-    eventually("the filler runs in a new process", PATIENCE, || {
-        filler_pid().is_some_and(|pid| pid != pid_before)
-    });
+    assert_eq!(filler_pid(), None, "the filler is undeployed");
+    assert!(!base.path().join("current/deployments/filler.toml").exists());
     drop((one, two));
 }

@@ -187,6 +187,13 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
     });
     drop(follow);
 
+    // status --watch: the tables again every second.
+    let watch = Proc::spawn(base.cli(["status", "--watch"]));
+    eventually("status --watch redraws", PATIENCE, || {
+        watch.text().matches("Cluster e2e-").count() >= 2
+    });
+    drop(watch);
+
     // kill -9 of two: status shows one alone, seeing itself alone.
     kill_9(offsets[1]);
     eventually(
