@@ -63,27 +63,39 @@ struct NodeContext {
 
 /// Prints every node the balancer at `host:mcmp_port` knows, with its contexts.
 pub fn print_status(host: &str, mcmp_port: u16) -> Result<()> {
-    let url = format!("http://{host}:{mcmp_port}/status.json");
-    let text = crate::http::block_on(async {
+    let view = crate::http::block_on(async {
         let client = crate::http::client(Some(Duration::from_secs(5)))?;
-        let response = client.get(&url).send().await.with_context(|| {
-            format!("no balancer answers at {host}:{mcmp_port}; start one with `cargo immutant balancer`, or give its --mcmp-port")
-        })?;
-        if !response.status().is_success() {
-            bail!(
-                "the balancer at {host}:{mcmp_port} answered {}; is this address allowed to manage it (its --allow)?",
-                response.status()
-            );
-        }
-        response
-            .text()
-            .await
-            .context("the balancer's answer broke off")
+        fetch_view(&client, &format!("{host}:{mcmp_port}")).await
     })??;
-    let status: Status = serde_json::from_str(&text)
-        .with_context(|| format!("{url} did not answer as a balancer does"))?;
-    print!("{}", render(&status));
+    print!("{}", render_view(&view)?);
     Ok(())
+}
+
+/// What the balancer whose MCMP port is at `address` (`host:port`) knows, as it says it.
+pub async fn fetch_view(client: &reqwest::Client, address: &str) -> Result<serde_json::Value> {
+    let url = format!("http://{address}/status.json");
+    let response = client.get(&url).send().await.with_context(|| {
+        format!("no balancer answers at {address}; start one with `cargo immutant balancer`, or give its --mcmp-port")
+    })?;
+    if !response.status().is_success() {
+        bail!(
+            "the balancer at {address} answered {}; is this address allowed to manage it (its --allow)?",
+            response.status()
+        );
+    }
+    let text = response
+        .text()
+        .await
+        .context("the balancer's answer broke off")?;
+    serde_json::from_str(&text).with_context(|| format!("{url} did not answer as a balancer does"))
+}
+
+/// A balancer's view, as [`fetch_view`] gave it, for people: a line per node, then one per
+/// context of it.
+pub fn render_view(view: &serde_json::Value) -> Result<String> {
+    let status: Status =
+        serde_json::from_value(view.clone()).context("the balancer's answer is not its status")?;
+    Ok(render(&status))
 }
 
 fn render(status: &Status) -> String {

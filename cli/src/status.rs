@@ -20,11 +20,24 @@ pub struct StatusOptions {
     pub watch: bool,
 }
 
-/// What `status` found: every node that answered, and those that did not.
+/// What `status` found: every node that answered, those that did not, and what the balancers
+/// the nodes speak to know.
 #[derive(Debug, Serialize)]
 pub struct ClusterStatus {
     pub nodes: Vec<serde_json::Value>,
     pub unreachable: Vec<Unreachable>,
+    pub balancers: Vec<BalancerView>,
+}
+
+/// A balancer's view of the nodes, or why it could not be had.
+#[derive(Debug, Serialize)]
+pub struct BalancerView {
+    /// Its MCMP address.
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A node that was asked and did not answer.
@@ -113,6 +126,7 @@ pub fn gather(locations: &Locations) -> Result<ClusterStatus> {
         let mut found = ClusterStatus {
             nodes: Vec::new(),
             unreachable: Vec::new(),
+            balancers: Vec::new(),
         };
         for (asked, answer) in answers {
             match answer {
@@ -124,6 +138,30 @@ pub fn gather(locations: &Locations) -> Result<ClusterStatus> {
                 }),
             }
         }
+        let addresses: BTreeSet<String> = found
+            .nodes
+            .iter()
+            .flat_map(|status| typed(status).balancers)
+            .map(|balancer| balancer.address)
+            .collect();
+        let views = addresses.into_iter().map(|address| {
+            let client = client.clone();
+            async move {
+                match crate::balancer::fetch_view(&client, &address).await {
+                    Ok(view) => BalancerView {
+                        address,
+                        view: Some(view),
+                        error: None,
+                    },
+                    Err(error) => BalancerView {
+                        address,
+                        view: None,
+                        error: Some(format!("{error:#}")),
+                    },
+                }
+            }
+        });
+        found.balancers = futures_util::future::join_all(views).await;
         anyhow::Ok(found)
     })?
 }
@@ -465,6 +503,19 @@ pub fn render(found: &ClusterStatus) -> String {
         }
     }
     section(&mut out, rows);
+    for balancer in &found.balancers {
+        let seen = match (&balancer.view, &balancer.error) {
+            (Some(view), _) => {
+                crate::balancer::render_view(view).unwrap_or_else(|e| format!("{e:#}\n"))
+            }
+            (None, Some(error)) => format!("{error}\n"),
+            (None, None) => String::new(),
+        };
+        out.push_str(&format!("\nThe balancer at {} sees:\n", balancer.address));
+        for line in seen.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out
 }
 
@@ -539,6 +590,11 @@ mod tests {
                 management: "http://127.0.0.1:10190".to_string(),
                 error: "connection refused".to_string(),
             }],
+            balancers: vec![BalancerView {
+                address: "127.0.0.1:6666".to_string(),
+                view: None,
+                error: Some("no balancer answers at 127.0.0.1:6666".to_string()),
+            }],
         };
         let text = render(&found);
         assert!(text.starts_with("Cluster demo:\n"), "{text}");
@@ -554,5 +610,11 @@ mod tests {
         assert!(text.contains("example        one     1025"), "{text}");
         assert!(text.contains("/queue/work  two   7      2.5"), "{text}");
         assert!(!text.contains("CACHE"), "no caches, no table: {text}");
+        assert!(
+            text.ends_with(
+                "The balancer at 127.0.0.1:6666 sees:\n  no balancer answers at 127.0.0.1:6666\n"
+            ),
+            "{text}"
+        );
     }
 }

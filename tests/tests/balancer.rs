@@ -55,6 +55,18 @@ fn a_session_sticks_to_its_node_and_follows_when_the_node_dies() {
         (cookie, node)
     });
 
+    // `status` shows what the balancer sees: both nodes and the context.
+    let said = base.cli(["status"]).output().unwrap();
+    let said = String::from_utf8_lossy(&said.stdout);
+    let seen = said
+        .split(&format!("The balancer at 127.0.0.1:{} sees:\n", front.mcmp))
+        .nth(1)
+        .unwrap_or_else(|| panic!("status shows the balancer's view:\n{said}"));
+    assert!(
+        seen.contains(&context) && seen.contains("one at") && seen.contains("two at"),
+        "{said}"
+    );
+
     // The node that has the session dies: the next request goes on elsewhere, with the session.
     let (offset, other) = behind.offset_and_other(&served_by);
     kill_9(offset);
