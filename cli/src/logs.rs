@@ -72,7 +72,7 @@ pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
         followers.insert(node.clone(), follower);
     }
     let mut stdout = std::io::stdout().lock();
-    print(&mut stdout, merge(lines), options)?;
+    print(&mut stdout, merge(lines), options);
     if !options.follow {
         return Ok(());
     }
@@ -89,7 +89,7 @@ pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
         for follower in followers.values_mut() {
             batch.extend(follower.read_new());
         }
-        print(&mut std::io::stdout().lock(), merge(batch), options)?;
+        print(&mut std::io::stdout().lock(), merge(batch), options);
     }
 }
 
@@ -245,7 +245,7 @@ pub fn wanted(line: &LogLine, options: &LogsOptions) -> bool {
     recent && of_app
 }
 
-fn print(out: &mut impl Write, lines: Vec<LogLine>, options: &LogsOptions) -> Result<()> {
+fn print(out: &mut impl Write, lines: Vec<LogLine>, options: &LogsOptions) {
     for line in lines.iter().filter(|line| wanted(line, options)) {
         if writeln!(out, "{line}").is_err() {
             // The reader went (`logs | head`): nothing more to do.
@@ -253,7 +253,6 @@ fn print(out: &mut impl Write, lines: Vec<LogLine>, options: &LogsOptions) -> Re
         }
     }
     out.flush().ok();
-    Ok(())
 }
 
 /// Reads what a node writes to its current log file, from where it was, across rotations.

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -148,7 +149,6 @@ async fn local_host_required(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let host = request
         .headers()
         .get(header::HOST)
@@ -187,7 +187,6 @@ async fn token_required(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     if info.token.admits(request.headers()) {
         return next.run(request).await;
     }
@@ -235,7 +234,6 @@ async fn node_status(
 
 /// The node's metrics, in Prometheus's text format.
 async fn metrics_text(State(info): State<Arc<NodeInfo>>) -> axum::response::Response {
-    use axum::response::IntoResponse;
     match metrics::render(&info) {
         Some(text) => (
             [(
