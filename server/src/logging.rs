@@ -11,7 +11,7 @@ use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -30,12 +30,18 @@ const KEPT_FILES: usize = 5;
 /// of its own (nothing waits on the disk) until the guard returned is dropped, which writes what
 /// is left.
 pub fn init(level: tracing::Level, folder: Option<&Path>) -> Option<WorkerGuard> {
-    let filter = LevelFilter::from_level(level);
+    // The NATS client's own news (each connection made) is said by the node, in its words.
+    let filter = Targets::new()
+        .with_default(LevelFilter::from_level(level))
+        .with_target(
+            "async_nats",
+            LevelFilter::WARN.min(LevelFilter::from_level(level)),
+        );
     let console = fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout)
-        .with_filter(filter);
+        .with_filter(filter.clone());
     let (file, unusable) = match folder.map(open) {
         Some(Ok(writer)) => (Some(writer), None),
         Some(Err(error)) => (None, Some(error)),
@@ -58,7 +64,7 @@ pub fn init(level: tracing::Level, folder: Option<&Path>) -> Option<WorkerGuard>
             .with_target(false)
             .with_ansi(false)
             .with_writer(writer)
-            .with_filter(filter)
+            .with_filter(filter.clone())
     });
     tracing_subscriber::registry()
         .with(console)

@@ -70,7 +70,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         _ => return,
     }
 
-    if context.cluster.is_none() {
+    if !context.clustered() {
         // Standalone: the singletons run here, under a lease that never lapses.
         let lease = Header::Lease {
             epoch: 1,
@@ -107,7 +107,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         tokio::spawn(start_daemons_when_exclusive(
             deployment.clone(),
             session.outbox.clone(),
-            context.cluster.is_some(),
+            context.clustered(),
             session.ended.clone(),
         ));
     }
@@ -258,6 +258,12 @@ impl Session {
             Header::JobDone { name, run, error } => {
                 self.deployment.jobs.finished(&name, run, error);
             }
+            Header::OpenCache { id, .. } if self.context.nats.is_some() => {
+                self.send(refusal(
+                    id,
+                    "caches are not on the NATS engine yet: run this app on the embedded engine (leave -Dimmutant.engine out) to use caches",
+                ));
+            }
             Header::OpenCache {
                 id,
                 name,
@@ -312,10 +318,16 @@ impl Session {
                 }
                 self.deployment.set_status(Status::Running);
                 info!("Deployed \"{}\"", self.deployment.name);
+                let (deployment, outbox) = (self.deployment.clone(), self.outbox.clone());
+                let ended = self.ended.clone();
                 if let Some(cluster) = &self.context.cluster {
-                    let (deployment, outbox) = (self.deployment.clone(), self.outbox.clone());
-                    let (cluster, ended) = (cluster.clone(), self.ended.clone());
+                    let cluster = cluster.clone();
                     tokio::spawn(follow_singletons(deployment, cluster, outbox, ended));
+                } else if let Some(nats) = &self.context.nats {
+                    let nats = nats.clone();
+                    tokio::spawn(super::nats_singletons::follow(
+                        deployment, nats, outbox, ended,
+                    ));
                 }
             }
             _ => {}
@@ -329,7 +341,7 @@ impl Session {
         if !*self.deployment.exclusive.borrow() {
             return None;
         }
-        if !singleton || self.context.cluster.is_none() {
+        if !singleton || !self.context.clustered() {
             return Some(1);
         }
         *self.deployment.singleton_epoch.borrow()
@@ -338,20 +350,25 @@ impl Session {
     /// Refuses an operation made under the singleton lease of `epoch` once the cluster knows a
     /// newer one: its runner was deposed, and must not change anything.
     fn fenced(&self, epoch: Option<u64>) -> Result<(), String> {
-        let (Some(epoch), Some(cluster)) = (epoch, &self.context.cluster) else {
+        let Some(epoch) = epoch else {
             return Ok(());
         };
         let app = &self.deployment.name;
+        let (highest, settled) = match (&self.context.cluster, &self.context.nats) {
+            (Some(cluster), _) => (cluster.highest_epoch(app), cluster.settled()),
+            (None, Some(nats)) => (nats.leases.highest_epoch(app), true),
+            (None, None) => return Ok(()),
+        };
         let deployment = &self.deployment;
         // This node's own lease, once its deadline has passed: before the holder's loop notices.
         let lapsed = *deployment.singleton_epoch.borrow() == Some(epoch)
             && monotonic_ns() >= deployment.lease_until.load(Ordering::Relaxed);
-        if lapsed || !cluster.settled() {
+        if lapsed || !settled {
             return Err(format!(
                 "the lease of epoch {epoch} on the singletons of {app} has lapsed on this node, so the work was not done"
             ));
         }
-        match cluster.highest_epoch(app) {
+        match highest {
             Some(current) if current > epoch => Err(format!(
                 "epoch {epoch} is stale: the singletons of {app} run under epoch {current} now, so the work was not done"
             )),
@@ -534,7 +551,7 @@ async fn follow_singletons(
 
 /// Why this node stopped holding an app's singletons' lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LeaseEnd {
+pub(super) enum LeaseEnd {
     /// The app's process ended.
     AppEnded,
     /// This side of the cluster lost its quorum.
@@ -578,7 +595,7 @@ async fn wait_until_ours(
 }
 
 /// The names of the app's singleton daemons.
-fn singleton_daemons(deployment: &Deployment) -> Vec<String> {
+pub(super) fn singleton_daemons(deployment: &Deployment) -> Vec<String> {
     lock(&deployment.daemons)
         .iter()
         .filter(|(_, daemon)| daemon.singleton)
@@ -586,6 +603,6 @@ fn singleton_daemons(deployment: &Deployment) -> Vec<String> {
         .collect()
 }
 
-fn send(outbox: &Outbox, header: Header) {
+pub(super) fn send(outbox: &Outbox, header: Header) {
     let _ = outbox.send(Frame::new(header).into());
 }

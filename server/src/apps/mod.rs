@@ -4,6 +4,7 @@
 
 pub mod attach;
 mod connection;
+mod nats_singletons;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -19,8 +20,9 @@ use tokio::task::JoinHandle;
 use crate::cache::Caches;
 use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
+use crate::engine::Messaging;
 use crate::jobs::{AppJobs, JobReport};
-use crate::messaging::{Broker, Outbox};
+use crate::messaging::Outbox;
 use crate::singleton::SingletonElection;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
 
@@ -29,14 +31,16 @@ pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
 
 /// What every app of this node shares.
 pub struct AppContext {
-    pub broker: Arc<Broker>,
+    pub broker: Messaging,
     pub caches: Arc<Caches>,
     pub node_name: String,
     /// Every node property apps may read, as they get it in their welcome.
     pub properties: std::collections::BTreeMap<String, String>,
     pub deployments_dir: PathBuf,
-    /// The cluster this node is in, if it is clustered.
+    /// The cluster this node is in, if it is clustered on the embedded engine.
     pub cluster: Option<Arc<Cluster>>,
+    /// What this node shares its cluster through, if the cluster runs on NATS.
+    pub nats: Option<Arc<crate::nats::NatsNode>>,
     /// How late a job's firing may run before it counts as misfired.
     pub misfire_threshold_ms: u64,
     /// Where the apps' web handlers are mounted.
@@ -44,9 +48,23 @@ pub struct AppContext {
 }
 
 impl AppContext {
+    /// Whether this node is in a cluster, on either engine.
+    fn clustered(&self) -> bool {
+        self.cluster.is_some() || self.nats.is_some()
+    }
+
     /// The node that runs `app`'s singletons: in a cluster the elected one, if any; on a
     /// standalone node, this one.
     fn singletons_on(&self, app: &str) -> Option<String> {
+        if let Some(nats) = &self.nats {
+            // Whoever holds the lease, as its heartbeat says.
+            let view = nats.membership.view().borrow().clone();
+            return view
+                .members
+                .into_iter()
+                .find(|member| member.leases.contains_key(app))
+                .map(|member| member.name);
+        }
         let Some(cluster) = &self.cluster else {
             return Some(self.node_name.clone());
         };

@@ -145,6 +145,30 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "singletons run only where at least this many members see each other",
     },
     KnownProperty {
+        name: "immutant.engine",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value("embedded"),
+        help: "embedded, or nats://host:port[,host:port...] (tls://... for TLS) to keep a clustered node's messages, leases and membership in NATS JetStream",
+    },
+    KnownProperty {
+        name: "immutant.engine.credentials",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value(""),
+        help: "a file with what NATS asks of this node: a .creds file, an nkey seed, or a token",
+    },
+    KnownProperty {
+        name: "immutant.engine.ca-file",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value(""),
+        help: "a PEM file of the CA that signed the NATS servers' certificates, for tls:// beside the system's roots",
+    },
+    KnownProperty {
+        name: "immutant.engine.replicas",
+        kind: PropertyKind::Count,
+        default: PropertyDefault::Value("1"),
+        help: "how many NATS servers hold each stream and bucket (3 for a three-server NATS cluster)",
+    },
+    KnownProperty {
         name: "immutant.messaging.max-message-size",
         kind: PropertyKind::Bytes,
         default: PropertyDefault::Value("16777216"),

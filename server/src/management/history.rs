@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::apps::lock;
-use crate::messaging::{Broker, QueueStats, now_ms};
+use crate::engine::Messaging;
+use crate::messaging::{QueueStats, now_ms};
 use crate::shutdown::Shutdown;
 
 /// How many samples are kept for a queue: five minutes' worth.
@@ -40,7 +41,7 @@ pub struct QueueHistory {
 
 impl QueueHistory {
     /// Samples `broker`'s queues every second until `shutdown`.
-    pub fn start(broker: Arc<Broker>, shutdown: Shutdown) -> Arc<QueueHistory> {
+    pub fn start(broker: Messaging, shutdown: Shutdown) -> Arc<QueueHistory> {
         let history = Arc::new(QueueHistory::default());
         let sampler = history.clone();
         tokio::spawn(async move {

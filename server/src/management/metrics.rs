@@ -176,8 +176,8 @@ pub fn render(info: &NodeInfo) -> Option<String> {
     if let Some(bytes) = super::status::resident_memory() {
         gauge!("immutant_node_resident_memory_bytes").set(bytes as f64);
     }
-    if let Some(cluster) = &info.cluster {
-        gauge!("immutant_cluster_view_size").set(cluster.view().borrow().members.len() as f64);
+    if let Some(view) = &info.view {
+        gauge!("immutant_cluster_view_size").set(view.borrow().members.len() as f64);
     }
     for queue in info.broker.stats() {
         let label = || [("queue", queue.name.clone())];

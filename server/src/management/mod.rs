@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::apps::Apps;
 use crate::cache::Caches;
 use crate::config::ServerConfig;
-use crate::messaging::Broker;
+use crate::engine::Messaging;
 
 /// What the management API knows about its node.
 pub struct NodeInfo {
@@ -36,11 +36,13 @@ pub struct NodeInfo {
     pub properties: BTreeMap<String, String>,
     pub started: Instant,
     pub apps: Arc<Apps>,
-    pub broker: Arc<Broker>,
+    pub broker: Messaging,
     pub caches: Arc<Caches>,
     pub web: Arc<crate::web::Web>,
-    /// The cluster, if the node is clustered.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The cluster's view, if the node is clustered.
+    pub view: Option<tokio::sync::watch::Receiver<crate::cluster::View>>,
+    /// NATS, if the cluster runs on it.
+    pub engine: Option<Arc<crate::nats::Nats>>,
     /// When the node started (unix ms): its generation in the cluster.
     pub generation: u64,
     /// Each queue's recent depths and rates.

@@ -97,10 +97,7 @@ pub struct StatusQuery {
 /// The node's status now.
 pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
     let config = &info.config;
-    let view = info
-        .cluster
-        .as_ref()
-        .map(|cluster| cluster.view().borrow().clone());
+    let view = info.view.as_ref().map(|view| view.borrow().clone());
     let deployments = info.apps.reports();
     // Every app of a cluster has a lease; those deployed here without singletons are left out.
     let without_singletons = |app: &str| {

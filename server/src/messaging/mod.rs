@@ -25,8 +25,9 @@ pub use bridge::{Forward, Interest, Reply};
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
 pub use message::now_ms;
+pub use queue::ConsumerKey;
 pub use queue::QueueStats;
-use queue::{ConsumerKey, QueueRole, QueueState};
+use queue::{QueueRole, QueueState};
 
 /// Where failed messages go.
 pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
@@ -71,6 +72,9 @@ pub enum MessagingError {
     BadPriority(u8),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// What the NATS engine could not do.
+    #[error("{0}")]
+    Engine(String),
 }
 
 /// One node's messaging.
@@ -834,7 +838,8 @@ fn decode_page(queue: &str, page: journal::PageRead, from: u64) -> queue::TakenP
     }
 }
 
-fn kind_name(kind: DestinationKind) -> &'static str {
+/// A destination kind's name, as messages and the management API say it.
+pub fn kind_name(kind: DestinationKind) -> &'static str {
     match kind {
         DestinationKind::Queue => "queue",
         DestinationKind::Topic => "topic",

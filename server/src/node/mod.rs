@@ -18,8 +18,12 @@ use crate::cache::peer::Peers;
 use crate::cluster::links::LinkServices;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{ConfigError, Properties, ServerConfig};
+use crate::engine::Messaging;
 use crate::management::{self, NodeInfo};
 use crate::messaging::{Broker, MessagingError};
+use crate::nats::membership::MembershipError;
+use crate::nats::queues::Queues;
+use crate::nats::{EngineConfig, NatsNode};
 use crate::shutdown::Shutdown;
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
@@ -69,6 +73,8 @@ pub enum NodeError {
     Messaging(#[from] MessagingError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 /// How the node speaks to balancers, if it does: when it is clustered (and listens for their
@@ -125,19 +131,60 @@ pub async fn run(
         .get("immutant.messaging.max-message-size")
         .and_then(|value| value.parse().ok())
         .unwrap_or(16 * 1024 * 1024);
-    let broker = Arc::new(Broker::open(
-        &config.data_dir,
-        &config.node_name,
-        max_message_size,
-    )?);
-    broker.set_quick_repair(
-        properties.get("immutant.messaging.quick-repair").as_deref() == Some("true"),
-    );
     let shutdown = Shutdown::new();
     // The node's generation is when it started: a restarted node is the youngest member.
     let generation = crate::messaging::now_ms();
+    let nats = match (EngineConfig::from_properties(properties)?, &config.cluster) {
+        (None, _) => None,
+        (Some(engine), Some(cluster)) => Some(
+            NatsNode::start(
+                &engine,
+                &cluster.name,
+                &config.node_name,
+                generation,
+                config.http_address(),
+                format!("http://{}", config.management_address()),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        (Some(engine), None) => {
+            return Err(NodeError::Config(ConfigError::InvalidProperty {
+                name: "immutant.engine".to_string(),
+                value: engine.url,
+                expected: "embedded on a standalone node: NATS is a cluster's engine, so start the node with --clustered",
+            }));
+        }
+    };
+    let (broker, journal) = match &nats {
+        Some(nats) => {
+            let queues = Queues::open(
+                nats.nats.clone(),
+                &config.node_name,
+                generation,
+                max_message_size,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(MembershipError::from)?;
+            (Messaging::Nats(queues), None)
+        }
+        None => {
+            let broker = Arc::new(Broker::open(
+                &config.data_dir,
+                &config.node_name,
+                max_message_size,
+            )?);
+            broker.set_quick_repair(
+                properties.get("immutant.messaging.quick-repair").as_deref() == Some("true"),
+            );
+            (Messaging::Embedded(broker.clone()), Some(broker))
+        }
+    };
     let peers = Arc::new(Peers::default());
     let (cluster, links) = match &config.cluster {
+        // On NATS the cluster is there, not among the members.
+        Some(_) if nats.is_some() => (None, None),
         Some(settings) => {
             let address = std::net::SocketAddr::new(config.bind_address, settings.port);
             let links = ports::bind("cluster", address).await?;
@@ -155,7 +202,7 @@ pub async fn run(
         max_message_size,
         shutdown.clone(),
     );
-    if let (Some(cluster), Some(links)) = (&cluster, links) {
+    if let (Some(cluster), Some(links), Some(broker)) = (&cluster, links, &journal) {
         let services = LinkServices {
             broker: broker.clone(),
             caches: caches.clone(),
@@ -178,6 +225,7 @@ pub async fn run(
         properties: properties.for_apps(),
         deployments_dir: config.deployments.clone(),
         cluster: cluster.clone(),
+        nats: nats.clone(),
         misfire_threshold_ms: properties
             .get("immutant.jobs.misfire-threshold")
             .and_then(|value| value.parse().ok())
@@ -221,7 +269,12 @@ pub async fn run(
         broker: broker.clone(),
         caches,
         web: web.clone(),
-        cluster: cluster.clone(),
+        view: match (&cluster, &nats) {
+            (Some(cluster), _) => Some(cluster.view()),
+            (None, Some(nats)) => Some(nats.membership.view()),
+            (None, None) => None,
+        },
+        engine: nats.as_ref().map(|nats| nats.nats.clone()),
         generation,
         history: management::QueueHistory::start(broker.clone(), shutdown.clone()),
         metrics: management::install_metrics(&shutdown),
@@ -242,12 +295,16 @@ pub async fn run(
         ports::serve_guarded(management, management::router(info), shutdown.clone()),
     ];
 
-    let clustering = config.cluster.as_ref().map_or_else(String::new, |cluster| {
-        format!(
+    let clustering = match (&config.cluster, &nats) {
+        (Some(cluster), Some(nats)) => {
+            format!(", cluster {} on NATS at {}", cluster.name, nats.nats.url)
+        }
+        (Some(cluster), None) => format!(
             ", cluster {} on {}:{}",
             cluster.name, config.bind_address, cluster.port
-        )
-    });
+        ),
+        (None, _) => String::new(),
+    };
     info!(
         "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {}{clustering})",
         crate::VERSION,
@@ -260,9 +317,10 @@ pub async fn run(
     );
 
     let name_clash = async {
-        match &cluster {
-            Some(cluster) => cluster.name_clash().await,
-            None => std::future::pending().await,
+        match (&cluster, &nats) {
+            (Some(cluster), _) => NodeError::from(cluster.name_clash().await),
+            (None, Some(nats)) => NodeError::from(nats.membership.name_clash().await),
+            (None, None) => std::future::pending().await,
         }
     };
     let (reason, failure) = tokio::select! {
@@ -282,6 +340,9 @@ pub async fn run(
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }
+    if let Some(nats) = &nats {
+        nats.membership.leave().await;
+    }
     broker.close().await;
     drop(registration);
     served(servers).await?;
@@ -292,7 +353,7 @@ pub async fn run(
         stopping.elapsed().as_millis()
     );
     match failure {
-        Some(error) => Err(error.into()),
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }

@@ -1,0 +1,148 @@
+//! Singleton leases on NATS: an app's lease is the key of its name in the cluster's `leases`
+//! bucket. A node takes it by creating the key (only one create of an absent key succeeds), and
+//! keeps it by updating it on the revision it last wrote, every [`RENEW_INTERVAL`]; the bucket
+//! forgets the key [`LEASE_TTL`] after the last update, so a holder that died or was cut off
+//! loses it by itself, and the next create wins.
+//!
+//! The epoch is the revision the key was created with: a stream sequence, so it only grows. A
+//! holder counts its lease as good until [`LEASE_TTL`] less [`CLOCK_MARGIN`] after it sent its
+//! last successful update: the bucket cannot forget the key before then (it counts from when
+//! the server stored the update, which is later), unless the NATS servers' clocks disagree by
+//! more than the margin.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
+use serde::{Deserialize, Serialize};
+
+use super::{Nats, NatsError, lock, token};
+
+/// How long the bucket keeps a lease after its last renewal.
+pub const LEASE_TTL: Duration = Duration::from_millis(1500);
+/// How often the holder renews, and others look whether the lease is free.
+pub const RENEW_INTERVAL: Duration = Duration::from_millis(250);
+/// What a holder takes off [`LEASE_TTL`], for the NATS servers' clocks and timers.
+pub const CLOCK_MARGIN: Duration = Duration::from_millis(300);
+
+/// What a lease key holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseValue {
+    node: String,
+    /// The revision the key was created with; 0 in the create itself.
+    epoch: u64,
+}
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub epoch: u64,
+    /// The revision of this node's last write of the key.
+    revision: u64,
+}
+
+/// What became of a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The key has this node's update.
+    Renewed,
+    /// The key is gone or another node's: the lease is lost.
+    Lost,
+    /// NATS did not answer: the lease holds until its deadline, and renewals go on.
+    Unanswered,
+}
+
+/// The cluster's singleton leases.
+pub struct Leases {
+    kv: Store,
+    node_name: String,
+    /// The highest epoch seen for each app.
+    highest: Mutex<HashMap<String, u64>>,
+}
+
+impl Leases {
+    pub async fn open(nats: &Nats, node_name: &str) -> Result<Arc<Leases>, NatsError> {
+        Ok(Arc::new(Leases {
+            kv: nats.bucket("leases", LEASE_TTL).await?,
+            node_name: node_name.to_string(),
+            highest: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The highest epoch this node has seen `app`'s singletons run under.
+    pub fn highest_epoch(&self, app: &str) -> Option<u64> {
+        lock(&self.highest).get(app).copied()
+    }
+
+    fn saw(&self, app: &str, epoch: u64) {
+        let mut highest = lock(&self.highest);
+        let known = highest.entry(app.to_string()).or_default();
+        *known = (*known).max(epoch);
+    }
+
+    /// Takes `app`'s lease if no one holds it: the lease, or none if someone does (or NATS did
+    /// not answer).
+    pub async fn try_take(&self, app: &str) -> Option<Held> {
+        let key = token(app);
+        match self.kv.entry(&key).await {
+            Ok(Some(entry)) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
+                if let Ok(value) = serde_json::from_slice::<LeaseValue>(&entry.value) {
+                    let epoch = if value.epoch == 0 {
+                        entry.revision
+                    } else {
+                        value.epoch
+                    };
+                    self.saw(app, epoch);
+                }
+                return None;
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        let value = self.value(0);
+        match self.kv.create(&key, value).await {
+            Ok(revision) => {
+                self.saw(app, revision);
+                Some(Held {
+                    epoch: revision,
+                    revision,
+                })
+            }
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => None,
+            Err(_) => None,
+        }
+    }
+
+    /// Renews `held`.
+    pub async fn renew(&self, app: &str, held: &mut Held) -> Renewal {
+        match self
+            .kv
+            .update(token(app), self.value(held.epoch), held.revision)
+            .await
+        {
+            Ok(revision) => {
+                held.revision = revision;
+                Renewal::Renewed
+            }
+            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => Renewal::Lost,
+            Err(_) => Renewal::Unanswered,
+        }
+    }
+
+    /// Lets `held` go at once, if the key is still this node's last write.
+    pub async fn release(&self, app: &str, held: &Held) {
+        let _ = self
+            .kv
+            .delete_expect_revision(token(app), Some(held.revision))
+            .await;
+    }
+
+    fn value(&self, epoch: u64) -> bytes::Bytes {
+        let value = LeaseValue {
+            node: self.node_name.clone(),
+            epoch,
+        };
+        serde_json::to_vec(&value).unwrap_or_default().into()
+    }
+}

@@ -1,0 +1,321 @@
+//! Membership on NATS: each node puts a heartbeat (its age, addresses, apps and leases) under
+//! its name in the cluster's `members` bucket every half second; the bucket forgets a key a few
+//! seconds after its last heartbeat, so a node that died leaves the view by itself. Every node
+//! reads the bucket as often, and makes its view of what it finds, oldest first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use super::{Nats, NatsError, lock, token, untoken};
+use crate::cluster::{Member, View};
+use crate::shutdown::Shutdown;
+
+/// How often a node says it is alive, and reads who else is.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long after its last heartbeat a node leaves the others' views.
+const FORGET_AFTER: Duration = Duration::from_secs(3);
+
+/// What a node says of itself in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Heartbeat {
+    /// When it started (unix ms): its age.
+    generation: u64,
+    /// Its HTTP address.
+    address: Option<SocketAddr>,
+    management: Option<String>,
+    apps: BTreeSet<String>,
+    leases: BTreeMap<String, u64>,
+}
+
+/// Why a node cannot be a member.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error(
+        "another node named {name} is in the cluster (its heartbeats in NATS go on); give this node another name with -Djboss.node.name=NAME"
+    )]
+    NameTaken { name: String },
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+}
+
+/// This node's membership in a cluster kept in NATS.
+pub struct Membership {
+    node_name: String,
+    key: String,
+    kv: Store,
+    own: Mutex<Heartbeat>,
+    /// How many processes of each app run here: two overlap while a web app is redeployed.
+    app_processes: Mutex<BTreeMap<String, usize>>,
+    /// Wakes the heartbeat at once when what it says changed.
+    changed: Notify,
+    view: watch::Sender<View>,
+    discovered: watch::Sender<bool>,
+    clash: watch::Sender<bool>,
+}
+
+impl Membership {
+    /// Joins: puts this node's first heartbeat (waiting out one a killed node of its name
+    /// left), then keeps it alive and follows the others'.
+    pub async fn join(
+        nats: &Nats,
+        node_name: &str,
+        generation: u64,
+        address: SocketAddr,
+        management: String,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Membership>, MembershipError> {
+        let kv = nats.bucket("members", FORGET_AFTER).await?;
+        let own = Heartbeat {
+            generation,
+            address: Some(address),
+            management: Some(management),
+            ..Heartbeat::default()
+        };
+        let key = token(node_name);
+        let revision = first_heartbeat(&kv, &key, &own, node_name, nats).await?;
+        let membership = Arc::new(Membership {
+            node_name: node_name.to_string(),
+            key,
+            kv,
+            own: Mutex::new(own),
+            app_processes: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            view: watch::Sender::new(View::default()),
+            discovered: watch::Sender::new(false),
+            clash: watch::Sender::new(false),
+        });
+        tokio::spawn(membership.clone().beat(revision, shutdown.clone()));
+        tokio::spawn(membership.clone().follow(shutdown));
+        Ok(membership)
+    }
+
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.subscribe()
+    }
+
+    /// Resolves once the view was read at least once.
+    pub async fn discovered(&self) {
+        let _ = self.discovered.subscribe().wait_for(|read| *read).await;
+    }
+
+    /// Says whether a process of `app` runs here (counted: two may overlap).
+    pub fn set_app(&self, app: &str, running: bool) {
+        let present = {
+            let mut processes = lock(&self.app_processes);
+            let count = processes.entry(app.to_string()).or_default();
+            if running {
+                *count += 1;
+            } else {
+                *count = count.saturating_sub(1);
+            }
+            let present = *count > 0;
+            if !present {
+                processes.remove(app);
+            }
+            present
+        };
+        let mut own = lock(&self.own);
+        if present {
+            own.apps.insert(app.to_string());
+        } else {
+            own.apps.remove(app);
+        }
+        drop(own);
+        self.changed.notify_one();
+    }
+
+    /// Says the lease this node holds on `app`'s singletons (none: it holds none).
+    pub fn set_lease(&self, app: &str, epoch: Option<u64>) {
+        let mut own = lock(&self.own);
+        match epoch {
+            Some(epoch) => own.leases.insert(app.to_string(), epoch),
+            None => own.leases.remove(app),
+        };
+        drop(own);
+        self.changed.notify_one();
+    }
+
+    /// Resolves if another live node has this node's name; the node must then stop.
+    pub async fn name_clash(&self) -> MembershipError {
+        let _ = self.clash.subscribe().wait_for(|clash| *clash).await;
+        MembershipError::NameTaken {
+            name: self.node_name.clone(),
+        }
+    }
+
+    /// Leaves at once: the others drop this node at their next read.
+    pub async fn leave(&self) {
+        if let Err(error) = self.kv.delete(&self.key).await {
+            warn!("Could not take this node out of the cluster's members in NATS: {error}");
+        }
+    }
+
+    /// Puts a heartbeat every [`HEARTBEAT`], and at once when it changed.
+    async fn beat(self: Arc<Self>, mut revision: u64, shutdown: Shutdown) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = self.changed.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let own = lock(&self.own).clone();
+            match self.put(&own, revision).await {
+                Ok(Some(next)) => {
+                    revision = next;
+                    if failing {
+                        info!("Heartbeats reach NATS again");
+                    }
+                    failing = false;
+                }
+                Ok(None) => {
+                    self.clash.send_replace(true);
+                    return;
+                }
+                Err(error) => {
+                    if !failing {
+                        warn!(
+                            "Cannot put this node's heartbeat in NATS ({error}); the others drop it from their views after {} s",
+                            FORGET_AFTER.as_secs()
+                        );
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    /// Puts `own` over the heartbeat of `revision`: the new revision, or none if another node
+    /// of this name writes it.
+    async fn put(&self, own: &Heartbeat, revision: u64) -> Result<Option<u64>, String> {
+        let value = encode(own);
+        match self.kv.update(&self.key, value.clone(), revision).await {
+            Ok(next) => Ok(Some(next)),
+            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+                // Forgotten (this node was paused or cut off for long), or another's.
+                match self.kv.entry(&self.key).await.map_err(|e| e.to_string())? {
+                    Some(entry) => {
+                        let theirs = decode(&entry.value);
+                        Ok(
+                            (theirs.is_some_and(|theirs| theirs.generation == own.generation))
+                                .then_some(entry.revision),
+                        )
+                    }
+                    None => match self.kv.create(&self.key, value).await {
+                        Ok(next) => Ok(Some(next)),
+                        Err(error) => Err(error.to_string()),
+                    },
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Reads the members every [`HEARTBEAT`] and publishes the view when it changes.
+    async fn follow(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            match self.read().await {
+                Ok(view) => {
+                    if *self.view.borrow() != view {
+                        info!("Cluster view: {view}");
+                        self.view.send_replace(view);
+                    }
+                    self.discovered.send_replace(true);
+                }
+                Err(error) => warn!("Cannot read the cluster's members from NATS: {error}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn read(&self) -> Result<View, String> {
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| e.to_string())?
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut members = Vec::new();
+        for key in keys {
+            let Some(name) = untoken(&key) else { continue };
+            let Some(entry) = self.kv.entry(&key).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let Some(heartbeat) = decode(&entry.value) else {
+                continue;
+            };
+            members.push(Member {
+                is_self: name == self.node_name,
+                name,
+                generation: heartbeat.generation,
+                gossip_addr: heartbeat
+                    .address
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                management: heartbeat.management,
+                apps: heartbeat.apps,
+                interest: BTreeMap::new(),
+                caches: BTreeMap::new(),
+                leases: heartbeat.leases,
+            });
+        }
+        Ok(View::new(members))
+    }
+}
+
+/// Puts this node's first heartbeat: the revision it got. A key of its name that a killed node
+/// left is waited out (the bucket forgets it); one that goes on changing is another node's.
+async fn first_heartbeat(
+    kv: &Store,
+    key: &str,
+    own: &Heartbeat,
+    node_name: &str,
+    nats: &Nats,
+) -> Result<u64, MembershipError> {
+    let mut seen = None;
+    loop {
+        match kv.create(key, encode(own)).await {
+            Ok(revision) => return Ok(revision),
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                let entry = kv
+                    .entry(key)
+                    .await
+                    .map_err(|error| nats.setup_error(format!("the member {node_name}"), error))?;
+                let revision = entry.map(|entry| entry.revision);
+                if seen.is_some() && revision.is_some() && seen != revision {
+                    return Err(MembershipError::NameTaken {
+                        name: node_name.to_string(),
+                    });
+                }
+                seen = revision;
+                tokio::time::sleep(HEARTBEAT * 2).await;
+            }
+            Err(error) => {
+                return Err(nats
+                    .setup_error(format!("the member {node_name}"), error)
+                    .into());
+            }
+        }
+    }
+}
+
+fn encode(heartbeat: &Heartbeat) -> bytes::Bytes {
+    serde_json::to_vec(heartbeat).unwrap_or_default().into()
+}
+
+fn decode(value: &[u8]) -> Option<Heartbeat> {
+    serde_json::from_slice(value).ok()
+}

@@ -1,0 +1,397 @@
+//! The NATS engine: a clustered node started with `-Dimmutant.engine=nats://...` keeps what the
+//! cluster shares in NATS JetStream instead of among its members: its queues and topics as
+//! streams ([`queues`]), its membership as heartbeats in a key-value bucket ([`membership`]), and
+//! its apps' singleton leases as keys whose revisions are the fencing epochs ([`leases`]).
+//!
+//! Everything of one cluster lives under names made from the cluster's name, so clusters of
+//! other names share a NATS deployment without meeting. Names the user gives (queues, apps,
+//! nodes) are made into NATS tokens by [`token`], which is reversible.
+
+pub mod leases;
+pub mod membership;
+pub mod queues;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::{ConnectOptions, ServerAddr};
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, Properties};
+
+/// How long a node waits for NATS at boot before saying it cannot reach it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which NATS servers a node uses, and how it proves who it is to them.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The URL as given, for messages.
+    pub url: String,
+    pub servers: Vec<ServerAddr>,
+    /// A file holding a `.creds` file's contents, an nkey seed or a token.
+    pub credentials: Option<PathBuf>,
+    /// The CA that signed the servers' certificates, when the system's roots do not cover it.
+    pub ca_file: Option<PathBuf>,
+    /// How many servers hold each stream and bucket.
+    pub replicas: usize,
+}
+
+impl EngineConfig {
+    /// The engine the properties ask for: `None` for the embedded one.
+    pub fn from_properties(properties: &Properties) -> Result<Option<EngineConfig>, ConfigError> {
+        let url = properties
+            .get("immutant.engine")
+            .unwrap_or_else(|| "embedded".to_string());
+        if url == "embedded" {
+            return Ok(None);
+        }
+        let invalid = |expected| ConfigError::InvalidProperty {
+            name: "immutant.engine".to_string(),
+            value: url.clone(),
+            expected,
+        };
+        let servers = parse_servers(&url).ok_or_else(|| {
+            invalid("embedded, or nats://host:port[,host:port...] (tls://... for TLS)")
+        })?;
+        let file = |name: &str| {
+            properties
+                .get(name)
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from)
+        };
+        let replicas = properties
+            .get("immutant.engine.replicas")
+            .and_then(|value| value.parse::<usize>().ok())
+            .unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            return Err(ConfigError::InvalidProperty {
+                name: "immutant.engine.replicas".to_string(),
+                value: replicas.to_string(),
+                expected: "1 to 5 (JetStream's limit)",
+            });
+        }
+        Ok(Some(EngineConfig {
+            url,
+            servers,
+            credentials: file("immutant.engine.credentials"),
+            ca_file: file("immutant.engine.ca-file"),
+            replicas,
+        }))
+    }
+}
+
+/// `nats://a:1,b:2` (a scheme on the first address carries to the others) as server addresses.
+fn parse_servers(url: &str) -> Option<Vec<ServerAddr>> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !matches!(scheme, "nats" | "tls") {
+        return None;
+    }
+    rest.split(',')
+        .map(|address| {
+            let address = address.trim();
+            let full = if address.contains("://") {
+                address.to_string()
+            } else {
+                format!("{scheme}://{address}")
+            };
+            let parsed: ServerAddr = full.parse().ok()?;
+            (!address.is_empty() && parsed.port() != 0).then_some(parsed)
+        })
+        .collect()
+}
+
+/// Why the NATS engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error(
+        "cannot reach NATS at {url}: {reason}; start nats-server there (with JetStream: nats-server -js), or point -Dimmutant.engine at yours"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "cannot read the NATS credentials {path}: {source}; give -Dimmutant.engine.credentials a readable .creds file, nkey seed or token file"
+    )]
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "NATS at {url} has no JetStream for this node ({reason}); start nats-server with -js (or jetstream {{}} in its config), and give this node's account JetStream"
+    )]
+    NoJetStream { url: String, reason: String },
+    #[error("NATS at {url} refused to set up {what}: {reason}")]
+    Setup {
+        url: String,
+        what: String,
+        reason: String,
+    },
+}
+
+/// What a node on the NATS engine shares its cluster through.
+pub struct NatsNode {
+    pub nats: Arc<Nats>,
+    pub membership: Arc<membership::Membership>,
+    pub leases: Arc<leases::Leases>,
+}
+
+impl NatsNode {
+    /// Connects to NATS and joins the cluster there.
+    pub async fn start(
+        engine: &EngineConfig,
+        cluster_name: &str,
+        node_name: &str,
+        generation: u64,
+        http: std::net::SocketAddr,
+        management: String,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> Result<Arc<NatsNode>, membership::MembershipError> {
+        let nats = Nats::connect(engine, cluster_name, node_name).await?;
+        let membership =
+            membership::Membership::join(&nats, node_name, generation, http, management, shutdown)
+                .await?;
+        let leases = leases::Leases::open(&nats, node_name).await?;
+        Ok(Arc::new(NatsNode {
+            nats,
+            membership,
+            leases,
+        }))
+    }
+}
+
+/// A node's connection to NATS, and the names of its cluster's streams and buckets.
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    /// The URL as given, for messages.
+    pub url: String,
+    /// This cluster's prefix on every stream, bucket and subject.
+    prefix: String,
+    pub replicas: usize,
+}
+
+impl Nats {
+    /// Connects to the servers, and checks that JetStream is there for this node.
+    pub async fn connect(
+        config: &EngineConfig,
+        cluster_name: &str,
+        node_name: &str,
+    ) -> Result<Arc<Nats>, NatsError> {
+        let mut options = ConnectOptions::new();
+        if let Some(path) = &config.credentials {
+            options = credentials(options, path).await?;
+        }
+        if let Some(ca) = &config.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if config.servers.iter().any(|server| server.tls_required()) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let url = config.url.clone();
+        let told = url.clone();
+        let client = options
+            .name(format!("immutant {node_name}"))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .event_callback(move |event| {
+                let url = told.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            warn!("Lost the connection to NATS at {url}; reconnecting")
+                        }
+                        async_nats::Event::Connected => info!("Connected to NATS at {url}"),
+                        other => warn!("NATS at {url}: {other}"),
+                    }
+                }
+            })
+            .connect(config.servers.clone())
+            .await
+            .map_err(|error| NatsError::Unreachable {
+                url: url.clone(),
+                reason: error.to_string(),
+            })?;
+        let jetstream = jetstream::new(client.clone());
+        jetstream_enabled(&client)
+            .await
+            .map_err(|reason| NatsError::NoJetStream {
+                url: url.clone(),
+                reason,
+            })?;
+        info!(
+            "Connected to NATS at {url} (JetStream, {} replicas)",
+            config.replicas
+        );
+        Ok(Arc::new(Nats {
+            client,
+            jetstream,
+            url,
+            prefix: format!("IMM_{}", token(cluster_name)),
+            replicas: config.replicas,
+        }))
+    }
+
+    /// The name of a stream or bucket of this cluster: `IMM_<cluster>_<what>`.
+    pub fn name(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix)
+    }
+
+    /// A subject of this cluster: `IMM_<cluster>.<what>`.
+    pub fn subject(&self, what: &str) -> String {
+        format!("{}.{what}", self.prefix)
+    }
+
+    /// Opens (making it if needed) one of this cluster's key-value buckets, keeping one
+    /// value per key, each for `max_age` after it was written.
+    pub async fn bucket(
+        &self,
+        what: &str,
+        max_age: Duration,
+    ) -> Result<jetstream::kv::Store, NatsError> {
+        let bucket = self.name(what);
+        // The stream a bucket is, made here: the client's own `create_key_value` first asks
+        // for the account's details, which it cannot read from a 2.9 server.
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let failed = |error: String| self.setup_error(format!("the bucket {bucket}"), error);
+        self.jetstream
+            .get_or_create_stream(stream)
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        self.jetstream
+            .get_key_value(&bucket)
+            .await
+            .map_err(|error| failed(error.to_string()))
+    }
+
+    /// The error of setting `what` up.
+    pub fn setup_error(&self, what: String, error: impl std::fmt::Display) -> NatsError {
+        NatsError::Setup {
+            url: self.url.clone(),
+            what,
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Whether JetStream answers this node's account: asked directly, as the client's own account
+/// query does not read a 2.9 server's answer.
+async fn jetstream_enabled(client: &async_nats::Client) -> Result<(), String> {
+    let answer = client
+        .request("$JS.API.INFO", bytes::Bytes::new())
+        .await
+        .map_err(|error| error.to_string())?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&answer.payload).map_err(|error| error.to_string())?;
+    match info.get("error") {
+        Some(error) => Err(error["description"]
+            .as_str()
+            .unwrap_or("JetStream refused")
+            .to_string()),
+        None => Ok(()),
+    }
+}
+
+/// `options` with what the file at `path` holds: a `.creds` file, an nkey seed (`SU...`), or a
+/// token.
+async fn credentials(options: ConnectOptions, path: &PathBuf) -> Result<ConnectOptions, NatsError> {
+    let unreadable = |source| NatsError::Credentials {
+        path: path.clone(),
+        source,
+    };
+    let text = tokio::fs::read_to_string(path).await.map_err(unreadable)?;
+    let text = text.trim();
+    if text.contains("-----BEGIN NATS USER JWT-----") {
+        return options.credentials(text).map_err(unreadable);
+    }
+    Ok(if text.starts_with("SU") {
+        options.nkey(text.to_string())
+    } else {
+        options.token(text.to_string())
+    })
+}
+
+/// `name` as a NATS token (a stream name, a subject token, a key): ASCII letters, digits and
+/// `-` stay, every other byte becomes `_` and its two hex digits.
+pub fn token(name: &str) -> String {
+    let mut token = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            token.push(byte as char);
+        } else {
+            token.push_str(&format!("_{byte:02X}"));
+        }
+    }
+    token
+}
+
+/// The name [`token`] made `token` of.
+pub fn untoken(token: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut rest = token.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'_' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_made_of_letters_digits_and_dashes_and_undone() {
+        for name in ["/queue/msg", "example", "a_b.c d*>", "ünï-code", ""] {
+            let made = token(name);
+            assert!(
+                made.bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'),
+                "{made}"
+            );
+            assert_eq!(untoken(&made).as_deref(), Some(name));
+        }
+        assert_eq!(token("/queue/msg"), "_2Fqueue_2Fmsg");
+        assert_eq!(untoken("_2"), None);
+    }
+
+    #[test]
+    fn the_engine_url_names_every_server_with_its_scheme() {
+        let servers = parse_servers("nats://127.0.0.1:4222,127.0.0.1:4232").unwrap();
+        assert_eq!(servers.len(), 2);
+        assert!(servers.iter().all(|server| server.port() > 4000));
+        let tls = parse_servers("tls://nats.example:4222").unwrap();
+        assert!(tls[0].tls_required());
+        for bad in [
+            "",
+            "nats://",
+            "http://a:1",
+            "nats://a:1,,b:2",
+            "127.0.0.1:4222",
+        ] {
+            assert!(parse_servers(bad).is_none(), "{bad}");
+        }
+    }
+}

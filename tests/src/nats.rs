@@ -1,0 +1,170 @@
+//! A NATS cluster for the tests that run nodes on the NATS engine: real `nats-server` processes
+//! (Debian's, JetStream included) on loopback, each with a store in a temporary folder of its
+//! own, started and joined before a test uses them, killed when it ends.
+//!
+//! Ports come from a port offset no node of the test process is given ([`crate::free_offset`]):
+//! server `i`'s client port is `4222 + 10·i + offset`, its route port `6222 + 10·i + offset`
+//! and its monitoring port `8222 + 10·i + offset`. Node ports end in 00, 80 and 90 (plus their
+//! offsets, multiples of 100), so the two never meet.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{Proc, free_offset};
+
+/// Where Debian installs the server.
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A NATS cluster of some servers on loopback, with JetStream.
+pub struct NatsCluster {
+    servers: Vec<Option<Proc>>,
+    offset: u16,
+    /// Holds the servers' configs and stores.
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers (3 for a cluster that survives losing one) and waits until each
+    /// is healthy and JetStream has a leader.
+    pub fn start(size: usize) -> NatsCluster {
+        assert!(
+            Path::new(NATS_SERVER).exists(),
+            "{NATS_SERVER} is missing: install Debian's nats-server (apt-get install nats-server)"
+        );
+        let offset = free_offset();
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut cluster = NatsCluster {
+            servers: Vec::new(),
+            offset,
+            dir,
+        };
+        for index in 0..size {
+            let config = cluster.write_config(index, size);
+            cluster.servers.push(Some(spawn(&config)));
+        }
+        for index in 0..size {
+            cluster.wait_healthy(index);
+        }
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    /// The URL a node is given: `nats://` and every server's client address.
+    pub fn url(&self) -> String {
+        let addresses: Vec<String> = (0..self.servers.len())
+            .map(|index| format!("127.0.0.1:{}", self.client_port(index)))
+            .collect();
+        format!("nats://{}", addresses.join(","))
+    }
+
+    /// Server `index`'s client port.
+    pub fn client_port(&self, index: usize) -> u16 {
+        4222 + 10 * index as u16 + self.offset
+    }
+
+    fn route_port(&self, index: usize) -> u16 {
+        6222 + 10 * index as u16 + self.offset
+    }
+
+    fn monitor_port(&self, index: usize) -> u16 {
+        8222 + 10 * index as u16 + self.offset
+    }
+
+    /// Kills server `index` with SIGKILL.
+    pub fn kill_9(&mut self, index: usize) {
+        if let Some(server) = self.servers[index].take() {
+            server.signal(libc::SIGKILL);
+        }
+    }
+
+    /// Starts server `index` again (after [`NatsCluster::kill_9`]), with the store it had.
+    pub fn restart(&mut self, index: usize) {
+        let config = self.config_path(index);
+        self.servers[index] = Some(spawn(&config));
+        self.wait_healthy(index);
+    }
+
+    fn config_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("nats-{index}.conf"))
+    }
+
+    fn write_config(&self, index: usize, size: usize) -> PathBuf {
+        let store = self.dir.path().join(format!("store-{index}"));
+        let routes: Vec<String> = (0..size)
+            .filter(|other| *other != index)
+            .map(|other| format!("\"nats-route://127.0.0.1:{}\"", self.route_port(other)))
+            .collect();
+        let cluster = if size > 1 {
+            format!(
+                "cluster {{\n  name: immutant-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                self.route_port(index),
+                routes.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let config = format!(
+            "server_name: nats-{index}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}",
+            self.client_port(index),
+            self.monitor_port(index),
+            store.display(),
+        );
+        let path = self.config_path(index);
+        std::fs::write(&path, config).expect("the NATS config is written");
+        path
+    }
+
+    fn wait_healthy(&self, index: usize) {
+        let port = self.monitor_port(index);
+        wait(&format!("nats-{index} to be healthy"), || {
+            get(port, "healthz?js-enabled-only=true").is_some_and(|text| text.contains("ok"))
+        });
+    }
+
+    fn wait_for_leader(&self) {
+        let port = self.monitor_port(0);
+        wait("JetStream to elect a meta leader", || {
+            self.servers.len() == 1
+                || get(port, "jsz").is_some_and(|text| {
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .is_ok_and(|jsz| jsz["meta_cluster"]["leader"].as_str().is_some())
+                })
+        });
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for server in self.servers.iter().flatten() {
+            server.signal(libc::SIGKILL);
+        }
+    }
+}
+
+fn spawn(config: &Path) -> Proc {
+    let mut command = Command::new(NATS_SERVER);
+    command.arg("-c").arg(config);
+    Proc::spawn(command)
+}
+
+/// `GET` on a monitoring port, if it answers (HTTP/1.0: the server closes when done).
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+}
+
+fn wait(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

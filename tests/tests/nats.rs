@@ -1,0 +1,174 @@
+//! The NATS engine: clustered nodes started with `-Dimmutant.engine=nats://...` keep their
+//! queues, membership and singleton leases in a three-server NATS JetStream cluster on loopback
+//! (Debian's nats-server, started here), with every stream and bucket on all three servers.
+
+use std::time::{Duration, Instant};
+
+use immutant_e2e::nats::NatsCluster;
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, counts, free_offset,
+    get_json_at, kill_9, numbers_after,
+};
+
+/// The failover bound the tests hold nodes to.
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+
+/// A clustered node of the base's install on `nats`'s engine, started.
+fn on_nats(base: &Base, nats: &NatsCluster, name: &str, offset: u16, cluster: &str) -> Proc {
+    let engine = [
+        format!("-Dimmutant.engine={}", nats.url()),
+        "-Dimmutant.engine.replicas=3".to_string(),
+    ];
+    clustered_with(base, name, offset, cluster, &engine)
+}
+
+/// Whether the node's last word on the app's singletons is that they run there.
+fn runs_singletons(node: &Proc) -> bool {
+    node.lines()
+        .iter()
+        .rev()
+        .find(|line| line.contains("The singletons of example"))
+        .is_some_and(|line| line.contains("run on this node now"))
+}
+
+/// The epoch a "run on this node now (epoch N)" line gives.
+fn epoch(line: &str) -> u64 {
+    line.split("(epoch ")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in {line}"))
+}
+
+/// Waits until every number sent (in `lines`) was received at least as often as sent.
+fn nothing_lost(lines: impl Fn() -> Vec<String>) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let lines = lines();
+        let sent = counts(numbers_after(&lines, "sending: "));
+        let received = counts(numbers_after(&lines, "received: "));
+        let missing: Vec<u64> = sent
+            .iter()
+            .filter(|(n, times)| received.get(n).copied().unwrap_or(0) < **times)
+            .map(|(n, _)| *n)
+            .collect();
+        if missing.is_empty() && !sent.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never received: {missing:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_seed_tutorial_runs_on_nats_and_fails_over_when_a_node_is_killed() {
+    let nats = NatsCluster::start(3);
+    let base = Base::installed();
+    let project = base.new_project("example");
+    base.deploy(&project, None);
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let one = on_nats(&base, &nats, "one", offsets[0], &cluster);
+    let two = on_nats(&base, &nats, "two", offsets[1], &cluster);
+    for node in [&one, &two] {
+        node.wait_for("on NATS at nats://", Duration::ZERO);
+        node.wait_for("Cluster view: [one, two]", PATIENCE);
+        node.wait_for("Deployed \"example\"", BUILD_PATIENCE);
+    }
+
+    // Both nodes take messages from the one queue; the daemon runs on exactly one.
+    let deadline = Instant::now() + PATIENCE;
+    while numbers_after(&one.lines(), "received: ").len() < 2
+        || numbers_after(&two.lines(), "received: ").len() < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "both nodes receive:\n{}\n----\n{}",
+            one.text(),
+            two.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (holder, holder_offset, survivor, survivor_offset) =
+        match (runs_singletons(&one), runs_singletons(&two)) {
+            (true, false) => (one, offsets[0], two, offsets[1]),
+            (false, true) => (two, offsets[1], one, offsets[0]),
+            _ => panic!(
+                "the daemon must run on exactly one node:\n{}\n----\n{}",
+                one.text(),
+                two.text()
+            ),
+        };
+    let holder_name = get_json_at(9990 + holder_offset, "status")["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for offset in offsets {
+        let status = get_json_at(9990 + offset, "status");
+        let view: Vec<&str> = status["cluster"]["view"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|member| member["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(view, ["one", "two"], "{status}");
+        assert_eq!(
+            status["singletons"][0]["node"],
+            holder_name.as_str(),
+            "{status}"
+        );
+    }
+    let given = holder.wait_for(
+        "The singletons of example run on this node now",
+        Duration::ZERO,
+    );
+
+    // Kill -9 the daemon's node: the other takes the lease over, with a greater epoch.
+    kill_9(holder_offset);
+    let killed = Instant::now();
+    let taken = survivor.wait_for(
+        "The singletons of example run on this node now",
+        FAILOVER_BOUND,
+    );
+    println!("failover took {:?}", killed.elapsed());
+    assert!(epoch(&taken) > epoch(&given), "{given} then {taken}");
+    let taken_over_at = survivor.lines().len();
+    survivor.wait_for("[example] sending: 3", PATIENCE);
+    survivor.wait_for("Cluster view: [", PATIENCE);
+    assert_eq!(
+        get_json_at(9990 + survivor_offset, "deployments")[0]["singletons_on"],
+        if holder_name == "one" { "two" } else { "one" }
+    );
+    assert!(
+        survivor.lines()[taken_over_at..]
+            .iter()
+            .any(|line| line.contains("received:"))
+    );
+
+    // No number is lost: each one sent is received at least as often as it was sent (what the
+    // killed node had in flight comes back from JetStream).
+    let before = holder.lines();
+    drop(holder);
+    nothing_lost(|| {
+        let mut lines = before.clone();
+        lines.extend(survivor.lines());
+        lines
+    });
+}
+
+#[test]
+fn a_node_that_cannot_reach_nats_says_so_and_stops() {
+    let base = Base::installed();
+    let unused = free_offset();
+    let url = format!("nats://127.0.0.1:{}", 4222 + unused);
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args("lonely", free_offset()));
+    args.push(format!("-Dimmutant.engine={url}"));
+    let mut node = base.run(args);
+    let status = node.wait_exit(PATIENCE);
+    assert!(!status.success());
+    let text = node.text();
+    assert!(
+        text.contains(&format!("cannot reach NATS at {url}")) && text.contains("nats-server -js"),
+        "{text}"
+    );
+}
