@@ -1,15 +1,19 @@
 //! Which engine carries what a cluster shares: the embedded one (each node's journal, gossip
 //! and links; see [`crate::messaging`] and [`crate::cluster`]) or NATS JetStream
-//! ([`crate::nats`]). [`Messaging`] gives apps' connections and the management API one face
-//! for both, so nothing above it knows which engine runs.
+//! ([`crate::nats`]). [`Messaging`] and [`CacheService`] give apps' connections, jobs and the
+//! management API one face for both, so nothing above them knows which engine runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use immutant_protocol::{DestinationKind, PublishOptions};
+use immutant_protocol::{
+    CacheOp, CacheOptions, CacheOutcome, DestinationKind, Open, PublishOptions,
+};
 
+use crate::cache::{CacheError, CacheStats, Caches};
 use crate::messaging::{Broker, ConsumerKey, MessagingError, Outbox, QueueStats};
+use crate::nats::caches::NatsCaches;
 use crate::nats::queues::Queues;
 
 /// A node's messaging, on whichever engine it runs.
@@ -153,6 +157,50 @@ impl Messaging {
         match self {
             Messaging::Embedded(broker) => broker.close().await,
             Messaging::Nats(queues) => queues.close().await,
+        }
+    }
+}
+
+/// A node's caches, on whichever engine it runs.
+#[derive(Clone)]
+pub enum CacheService {
+    Embedded(Arc<Caches>),
+    Nats(Arc<NatsCaches>),
+}
+
+impl CacheService {
+    /// Opens the cache `name` as `open` says: the options it has, or none if it was only
+    /// looked up and does not exist.
+    pub async fn open(
+        &self,
+        name: &str,
+        open: Open,
+        options: CacheOptions,
+    ) -> Result<Option<CacheOptions>, CacheError> {
+        match self {
+            CacheService::Embedded(caches) => caches.open(name, open, options).await,
+            CacheService::Nats(caches) => caches.open(name, open, options).await,
+        }
+    }
+
+    /// Carries out `op` on the cache `name`: the outcome, and the value before.
+    pub async fn call(
+        &self,
+        name: &str,
+        op: CacheOp,
+        body: Bytes,
+    ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        match self {
+            CacheService::Embedded(caches) => caches.call(name, op, body).await,
+            CacheService::Nats(caches) => caches.call(name, op, body).await,
+        }
+    }
+
+    /// What the management API shows of the caches open on this node.
+    pub fn stats(&self) -> Vec<CacheStats> {
+        match self {
+            CacheService::Embedded(caches) => caches.stats(),
+            CacheService::Nats(caches) => caches.stats(),
         }
     }
 }

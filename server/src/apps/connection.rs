@@ -91,7 +91,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         build,
         outbox: outbox.clone(),
         singleton_epoch: deployment.singleton_epoch.subscribe(),
-        caches: context.cluster.as_ref().map(|_| context.caches.clone()),
+        caches: context.clustered().then(|| context.caches.clone()),
         misfire_threshold_ms: context.misfire_threshold_ms,
         exclusive: deployment.exclusive.subscribe(),
     };
@@ -257,12 +257,6 @@ impl Session {
             }
             Header::JobDone { name, run, error } => {
                 self.deployment.jobs.finished(&name, run, error);
-            }
-            Header::OpenCache { id, .. } if self.context.nats.is_some() => {
-                self.send(refusal(
-                    id,
-                    "caches are not on the NATS engine yet: run this app on the embedded engine (leave -Dimmutant.engine out) to use caches",
-                ));
             }
             Header::OpenCache {
                 id,

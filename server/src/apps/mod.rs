@@ -17,10 +17,9 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::cache::Caches;
 use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
-use crate::engine::Messaging;
+use crate::engine::{CacheService, Messaging};
 use crate::jobs::{AppJobs, JobReport};
 use crate::messaging::Outbox;
 use crate::singleton::SingletonElection;
@@ -32,7 +31,7 @@ pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
 /// What every app of this node shares.
 pub struct AppContext {
     pub broker: Messaging,
-    pub caches: Arc<Caches>,
+    pub caches: CacheService,
     pub node_name: String,
     /// Every node property apps may read, as they get it in their welcome.
     pub properties: std::collections::BTreeMap<String, String>,

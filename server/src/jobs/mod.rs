@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::apps::lock;
-use crate::cache::{CacheError, Caches};
+use crate::cache::CacheError;
+use crate::engine::CacheService;
 use crate::messaging::{Outbox, now_ms};
 pub use schedule::{Schedule, ScheduleError};
 
@@ -107,7 +108,7 @@ pub struct JobContext {
     /// where jobs need no election (standalone).
     pub singleton_epoch: watch::Receiver<Option<u64>>,
     /// The caches, when clustered: where singleton jobs record their progress.
-    pub caches: Option<Arc<Caches>>,
+    pub caches: Option<CacheService>,
     pub misfire_threshold_ms: u64,
     /// False while an earlier process of the app still runs on this node: jobs wait for it.
     pub exclusive: watch::Receiver<bool>,
@@ -232,7 +233,7 @@ struct Firing {
 impl Firing {
     /// Fires the job on its schedule while this node should: with `coordination`, only while
     /// elected, recording its progress in the cluster; without, always, keeping it in memory.
-    async fn run(mut self, coordination: Option<Arc<Caches>>) {
+    async fn run(mut self, coordination: Option<CacheService>) {
         let elected = coordination.is_some();
         let mut exclusive = self.context.exclusive.clone();
         if !*exclusive.borrow_and_update() {
@@ -387,7 +388,7 @@ impl Firing {
     /// it is stored (whatever it is for).
     async fn recorded(
         &self,
-        caches: &Caches,
+        caches: &CacheService,
     ) -> Result<(Option<Progress>, Option<Bytes>), CacheError> {
         let get = CacheOp::Get {
             key: self.name.clone(),
@@ -412,7 +413,7 @@ impl Firing {
     /// changed meanwhile, nothing is written and the answer is the record as it is now.
     async fn record(
         &self,
-        caches: &Caches,
+        caches: &CacheService,
         stored: Option<Bytes>,
         progress: &Progress,
     ) -> Result<Option<(Option<Progress>, Option<Bytes>)>, CacheError> {
@@ -438,7 +439,7 @@ impl Firing {
     }
 
     /// Opens the app's progress cache (replicated, synchronous) on this node.
-    async fn open_progress(&self, caches: &Caches) -> Result<(), CacheError> {
+    async fn open_progress(&self, caches: &CacheService) -> Result<(), CacheError> {
         let options = CacheOptions {
             mode: CacheMode::Replicated,
             ..CacheOptions::default()

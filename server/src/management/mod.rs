@@ -26,9 +26,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::apps::Apps;
-use crate::cache::Caches;
 use crate::config::ServerConfig;
-use crate::engine::Messaging;
+use crate::engine::{CacheService, Messaging};
 
 /// What the management API knows about its node.
 pub struct NodeInfo {
@@ -37,7 +36,7 @@ pub struct NodeInfo {
     pub started: Instant,
     pub apps: Arc<Apps>,
     pub broker: Messaging,
-    pub caches: Arc<Caches>,
+    pub caches: CacheService,
     pub web: Arc<crate::web::Web>,
     /// The cluster's view, if the node is clustered.
     pub view: Option<tokio::sync::watch::Receiver<crate::cluster::View>>,

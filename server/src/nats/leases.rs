@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 
-use super::{Nats, NatsError, lock, token};
+use super::{Nats, NatsError, is_conflict, lock, token};
 
 /// How long the bucket keeps a lease after its last renewal.
 pub const LEASE_TTL: Duration = Duration::from_millis(1500);
@@ -109,7 +109,7 @@ impl Leases {
                     revision,
                 })
             }
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => None,
+            // Taken by another node meanwhile, or no answer: looked at again later.
             Err(_) => None,
         }
     }
@@ -125,7 +125,7 @@ impl Leases {
                 held.revision = revision;
                 Renewal::Renewed
             }
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => Renewal::Lost,
+            Err(error) if is_conflict(&error) => Renewal::Lost,
             Err(_) => Renewal::Unanswered,
         }
     }

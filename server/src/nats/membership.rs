@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::Store;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use super::{Nats, NatsError, lock, token, untoken};
+use super::{Nats, NatsError, is_conflict, lock, token, untoken};
 use crate::cluster::{Member, View};
 use crate::shutdown::Shutdown;
 
@@ -200,7 +200,7 @@ impl Membership {
         let value = encode(own);
         match self.kv.update(&self.key, value.clone(), revision).await {
             Ok(next) => Ok(Some(next)),
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+            Err(error) if is_conflict(&error) => {
                 // Forgotten (this node was paused or cut off for long), or another's.
                 match self.kv.entry(&self.key).await.map_err(|e| e.to_string())? {
                     Some(entry) => {
@@ -225,10 +225,14 @@ impl Membership {
         loop {
             match self.read().await {
                 Ok(view) => {
-                    if *self.view.borrow() != view {
+                    if self.view.borrow().names() != view.names() {
                         info!("Cluster view: {view}");
-                        self.view.send_replace(view);
                     }
+                    self.view.send_if_modified(|old| {
+                        let changed = *old != view;
+                        *old = view;
+                        changed
+                    });
                     self.discovered.send_replace(true);
                 }
                 Err(error) => warn!("Cannot read the cluster's members from NATS: {error}"),
@@ -289,7 +293,7 @@ async fn first_heartbeat(
     loop {
         match kv.create(key, encode(own)).await {
             Ok(revision) => return Ok(revision),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+            Err(error) if is_conflict(&error) => {
                 let entry = kv
                     .entry(key)
                     .await

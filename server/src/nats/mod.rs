@@ -7,6 +7,7 @@
 //! other names share a NATS deployment without meeting. Names the user gives (queues, apps,
 //! nodes) are made into NATS tokens by [`token`], which is reversible.
 
+pub mod caches;
 pub mod leases;
 pub mod membership;
 pub mod queues;
@@ -120,6 +121,10 @@ pub enum NatsError {
         "NATS at {url} has no JetStream for this node ({reason}); start nats-server with -js (or jetstream {{}} in its config), and give this node's account JetStream"
     )]
     NoJetStream { url: String, reason: String },
+    #[error(
+        "nats-server {version} at {url} does not serialize compare-and-set writes on replicated streams (nats-server#4320, fixed in 2.9.21), which singleton leases and caches rely on: upgrade the NATS servers to 2.9.21 or newer, or keep one copy with -Dimmutant.engine.replicas=1"
+    )]
+    UnsafeReplicas { url: String, version: String },
     #[error("NATS at {url} refused to set up {what}: {reason}")]
     Setup {
         url: String,
@@ -210,6 +215,10 @@ impl Nats {
                 url: url.clone(),
                 reason: error.to_string(),
             })?;
+        let version = client.server_info().version;
+        if config.replicas > 1 && !serializes_replicated_writes(&version) {
+            return Err(NatsError::UnsafeReplicas { url, version });
+        }
         let jetstream = jetstream::new(client.clone());
         jetstream_enabled(&client)
             .await
@@ -284,6 +293,18 @@ impl Nats {
     }
 }
 
+/// Whether nats-server `version` checks a write's expected revision inside the replicated log
+/// (2.9.21 and later) rather than only before it, where two writes can both pass.
+fn serializes_replicated_writes(version: &str) -> bool {
+    let numbers: Vec<u64> = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .take(3)
+        .map(|part| part.parse().unwrap_or(0))
+        .collect();
+    numbers.as_slice() >= [2, 9, 21].as_slice()
+}
+
 /// Whether JetStream answers this node's account: asked directly, as the client's own account
 /// query does not read a 2.9 server's answer.
 async fn jetstream_enabled(client: &async_nats::Client) -> Result<(), String> {
@@ -352,6 +373,33 @@ pub fn untoken(token: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Whether a conditional write failed because the key was written since it was read (or
+/// created already): JetStream's answer for that is error 10071, or 10164 from a server that
+/// checks inside the replicated log, which the client does not tell apart from other failures.
+pub fn is_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::kv::{CreateError, CreateErrorKind, UpdateError, UpdateErrorKind};
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(update) = error.downcast_ref::<UpdateError>()
+            && update.kind() == UpdateErrorKind::WrongLastRevision
+        {
+            return true;
+        }
+        if let Some(create) = error.downcast_ref::<CreateError>()
+            && create.kind() == CreateErrorKind::AlreadyExists
+        {
+            return true;
+        }
+        if let Some(jetstream) = error.downcast_ref::<jetstream::Error>() {
+            let code = jetstream.error_code().0;
+            // Wrong last sequence; the same, checked in the log; not ready to check yet.
+            return matches!(code, 10071 | 10164 | 10163);
+        }
+        next = error.source();
+    }
+    false
+}
+
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -375,6 +423,16 @@ mod tests {
         }
         assert_eq!(token("/queue/msg"), "_2Fqueue_2Fmsg");
         assert_eq!(untoken("_2"), None);
+    }
+
+    #[test]
+    fn replicated_writes_are_serialized_from_2_9_21() {
+        for old in ["2.9.10", "2.9.20", "v2.8.4", "garbage"] {
+            assert!(!serializes_replicated_writes(old), "{old}");
+        }
+        for new in ["2.9.21", "2.10.0", "2.15.1", "v3.0.0-beta"] {
+            assert!(serializes_replicated_writes(new), "{new}");
+        }
     }
 
     #[test]

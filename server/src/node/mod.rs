@@ -18,9 +18,10 @@ use crate::cache::peer::Peers;
 use crate::cluster::links::LinkServices;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{ConfigError, Properties, ServerConfig};
-use crate::engine::Messaging;
+use crate::engine::{CacheService, Messaging};
 use crate::management::{self, NodeInfo};
 use crate::messaging::{Broker, MessagingError};
+use crate::nats::caches::NatsCaches;
 use crate::nats::membership::MembershipError;
 use crate::nats::queues::Queues;
 use crate::nats::{EngineConfig, NatsNode};
@@ -202,6 +203,16 @@ pub async fn run(
         max_message_size,
         shutdown.clone(),
     );
+    let cache_service = match &nats {
+        Some(nats) => {
+            let service = NatsCaches::open_registry(nats.nats.clone(), caches.clone())
+                .await
+                .map_err(MembershipError::from)?;
+            tokio::spawn(service.clone().look_at_entries(shutdown.clone()));
+            CacheService::Nats(service)
+        }
+        None => CacheService::Embedded(caches.clone()),
+    };
     if let (Some(cluster), Some(links), Some(broker)) = (&cluster, links, &journal) {
         let services = LinkServices {
             broker: broker.clone(),
@@ -220,7 +231,7 @@ pub async fn run(
     );
     let apps = Arc::new(Apps::new(AppContext {
         broker: broker.clone(),
-        caches: caches.clone(),
+        caches: cache_service.clone(),
         node_name: config.node_name.clone(),
         properties: properties.for_apps(),
         deployments_dir: config.deployments.clone(),
@@ -267,7 +278,7 @@ pub async fn run(
         started,
         apps: apps.clone(),
         broker: broker.clone(),
-        caches,
+        caches: cache_service,
         web: web.clone(),
         view: match (&cluster, &nats) {
             (Some(cluster), _) => Some(cluster.view()),
