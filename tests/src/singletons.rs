@@ -130,6 +130,11 @@ pub struct Runners {
 impl Runners {
     /// Two nodes, `one` and `two`, on 127.0.0.1, in one view, the runner deployed on both.
     pub fn pair() -> Runners {
+        Runners::pair_with(&[])
+    }
+
+    /// [`Runners::pair`], each node started with `more` arguments too.
+    pub fn pair_with(more: &[String]) -> Runners {
         let base = crate::Base::installed();
         base.deploy(&crate::probe(), Some("runner"));
         let ticks = base.path().join("ticks");
@@ -138,7 +143,8 @@ impl Runners {
             .into_iter()
             .map(|name| {
                 let offset = crate::free_offset();
-                let extra = [format!("-Dprobe.ticks={}", ticks.display())];
+                let mut extra = vec![format!("-Dprobe.ticks={}", ticks.display())];
+                extra.extend_from_slice(more);
                 let node = crate::clustered_with(&base, name, offset, &cluster, &extra);
                 (name.to_string(), offset, node)
             })

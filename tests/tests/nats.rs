@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use immutant_e2e::nats::{NatsCluster, Release};
+use immutant_e2e::singletons::{Runners, holder, server_and_app, signal, single_runs, ticks};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, counts, free_offset,
     get_json_at, kill_9, numbers_after, probe,
@@ -268,4 +269,100 @@ fn a_nats_server_that_cannot_serialize_replicated_writes_is_refused_copies() {
             && text.contains("-Dimmutant.engine.replicas=1"),
         "{text}"
     );
+}
+
+/// The engine arguments of a node on `nats`, with every stream and bucket on three servers.
+fn engine(nats: &NatsCluster) -> Vec<String> {
+    vec![
+        format!("-Dimmutant.engine={}", nats.url()),
+        "-Dimmutant.engine.replicas=3".to_string(),
+    ]
+}
+
+#[test]
+fn kill_9_of_a_nats_server_under_publish_load_loses_nothing_and_stops_nothing() {
+    let mut nats = NatsCluster::start(3, Release::Current);
+    let base = Base::installed();
+    base.deploy(&probe(), Some("loadq"));
+    let cluster = cluster_name();
+    let nodes = [
+        clustered_with(&base, "one", free_offset(), &cluster, &engine(&nats)),
+        clustered_with(&base, "two", free_offset(), &cluster, &engine(&nats)),
+    ];
+    for node in &nodes {
+        node.wait_for("[loadq] took: ", BUILD_PATIENCE);
+    }
+    let items = |marker: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .flat_map(|node| node.lines())
+            .filter_map(|line| Some(line.split_once(marker)?.1.trim().to_string()))
+            .collect()
+    };
+    // Each server in turn is killed under load, and started again with its store.
+    for server in 0..3 {
+        let before = items("[loadq] loaded: ").len();
+        immutant_e2e::eventually("load before the kill", PATIENCE, || {
+            items("[loadq] loaded: ").len() > before + 200
+        });
+        nats.kill_9(server);
+        // Publishing goes on with one server gone.
+        let at_kill = items("[loadq] loaded: ").len();
+        immutant_e2e::eventually("load with a server gone", PATIENCE, || {
+            items("[loadq] loaded: ").len() > at_kill + 200
+        });
+        nats.restart(server);
+    }
+    // Every message whose publish returned is taken, at least once.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let loaded = items("[loadq] loaded: ");
+        let taken: std::collections::HashSet<String> =
+            items("[loadq] took: ").into_iter().collect();
+        let lost: Vec<&String> = loaded
+            .iter()
+            .filter(|item| !taken.contains(*item))
+            .collect();
+        if lost.is_empty() {
+            println!("{} published, every one taken", loaded.len());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} published but never taken, such as {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn pausing_the_singletons_node_on_nats_never_runs_it_twice() {
+    let nats = NatsCluster::start(3, Release::Current);
+    let pair = Runners::pair_with(&engine(&nats));
+    for trial in 1..=3 {
+        let before = holder(&pair.ticks);
+        let (offset, node) = pair.node(&before);
+        let paused = server_and_app(offset);
+        signal(&paused, libc::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(4));
+        signal(&paused, libc::SIGCONT);
+        std::thread::sleep(Duration::from_secs(3));
+        let after = holder(&pair.ticks);
+        let runs = single_runs(&ticks(&pair.ticks));
+        println!("trial {trial}: {before} -> {after}; runs {runs:?}");
+        assert_ne!(after, before, "trial {trial}: no takeover");
+        let deposed = runs
+            .iter()
+            .rev()
+            .find(|run| run.node == before)
+            .unwrap()
+            .epoch;
+        let said = node.wait_for(&format!("publish under old epoch {deposed}:"), PATIENCE);
+        assert!(
+            said.contains("the work was not done"),
+            "trial {trial}: a deposed runner's publish was not refused:\n{said}"
+        );
+    }
 }
