@@ -217,7 +217,27 @@ struct NodeStatus {
 #[serde(default)]
 struct ClusterView {
     name: String,
+    engine: Option<Engine>,
     view: Vec<Member>,
+}
+
+/// What carries a cluster's state, as a node sees it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Engine {
+    kind: String,
+    connected: bool,
+}
+
+impl Engine {
+    /// The engine, and whether the node reaches it (the embedded one always does).
+    fn shown(&self) -> String {
+        match (self.kind.as_str(), self.connected) {
+            ("nats", true) => "nats (connected)".to_string(),
+            ("nats", false) => "nats (NOT CONNECTED)".to_string(),
+            (kind, _) => kind.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -326,7 +346,7 @@ pub fn render(found: &ClusterStatus) -> String {
         ),
     });
     let mut rows = vec![row([
-        "NODE", "ADDRESS", "STARTED", "UPTIME", "MEMORY", "LOAD", "VIEW",
+        "NODE", "ADDRESS", "STARTED", "UPTIME", "MEMORY", "LOAD", "ENGINE", "VIEW",
     ])];
     for node in &nodes {
         // When it started is its age in the cluster: the view lists the oldest first.
@@ -340,6 +360,10 @@ pub fn render(found: &ClusterStatus) -> String {
             node.memory_bytes.map_or("-".into(), mebibytes),
             node.load
                 .map_or("-".into(), |load| format!("{:.2}", load[0])),
+            node.cluster
+                .as_ref()
+                .and_then(|cluster| cluster.engine.as_ref())
+                .map_or("-".into(), Engine::shown),
             match &node.cluster {
                 Some(cluster) => names(cluster.view.iter().map(|member| &member.name)),
                 None => "(standalone)".to_string(),
@@ -577,7 +601,8 @@ mod tests {
             serde_json::json!({
                 "name": name, "uptime_ms": 65_000, "bind_address": "127.0.0.1",
                 "started_ms": 1, "memory_bytes": 23_068_672, "load": [0.5, 0.4, 0.3],
-                "cluster": {"name": "demo", "view": view.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>()},
+                "cluster": {"name": "demo", "engine": {"kind": "nats", "connected": name == "one"},
+                    "view": view.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>()},
                 "deployments": [{"name": "example", "status": "running", "restarts": 2, "jobs": []}],
                 "singletons": [{"app": "example", "node": "one", "epoch": 1025}],
                 "queues": [{"name": "/queue/work", "depth": 7, "rate_in": 2.5}],
@@ -599,7 +624,13 @@ mod tests {
         let text = render(&found);
         assert!(text.starts_with("Cluster demo:\n"), "{text}");
         assert!(
-            text.contains("one   127.0.0.1  00:00:00  1m 5s   22.0 MiB  0.50  one, two"),
+            text.contains(
+                "one   127.0.0.1  00:00:00  1m 5s   22.0 MiB  0.50  nats (connected)      one, two"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("0.50  nats (NOT CONNECTED)  one, two"),
             "{text}"
         );
         assert!(

@@ -112,6 +112,9 @@ fn the_seed_tutorial_runs_on_nats_and_fails_over_when_a_node_is_killed() {
             .map(|member| member["name"].as_str().unwrap())
             .collect();
         assert_eq!(view, ["one", "two"], "{status}");
+        let engine = &status["cluster"]["engine"];
+        assert_eq!(engine["kind"], "nats", "{status}");
+        assert_eq!(engine["connected"], true, "{status}");
         assert_eq!(
             status["singletons"][0]["node"],
             holder_name.as_str(),

@@ -218,6 +218,24 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
     },
 ];
 
+/// A URL list (`nats://user:password@host:port,...`) with each user and password masked.
+pub fn without_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let shown = match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{}@{host}", immutant_protocol::secrets::MASK),
+                None => rest.to_string(),
+            };
+            match scheme {
+                "" => shown,
+                scheme => format!("{scheme}://{shown}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Looks a known property up by name.
 pub fn known(name: &str) -> Option<&'static KnownProperty> {
     KNOWN_PROPERTIES.iter().find(|p| p.name == name)
@@ -292,10 +310,13 @@ impl Properties {
         all
     }
 
-    /// Every property an app is given: all but the cluster's secret, which is the node's alone.
+    /// Every property an app is given: all but the cluster's secret and the engine's address
+    /// and credentials, which are the node's alone.
     pub fn for_apps(&self) -> BTreeMap<String, String> {
         let mut all = self.all();
-        all.retain(|name, _| !name.starts_with("immutant.cluster.secret"));
+        all.retain(|name, _| {
+            !name.starts_with("immutant.cluster.secret") && !name.starts_with("immutant.engine")
+        });
         all
     }
 
@@ -305,6 +326,8 @@ impl Properties {
         for (name, value) in all.iter_mut() {
             if immutant_protocol::secrets::is_secret(name) {
                 *value = immutant_protocol::secrets::MASK.to_string();
+            } else if name == "immutant.engine" {
+                *value = without_credentials(value);
             }
         }
         all
@@ -418,6 +441,27 @@ mod tests {
             given.iter().map(|(k, v)| (k.to_string(), v.to_string())),
             PathBuf::from("/opt/immutant"),
         )
+    }
+
+    #[test]
+    fn the_engines_credentials_are_neither_shown_nor_given_to_apps() {
+        let url = "nats://alice:s3cret@10.0.0.1:4222,tls://t0ken@10.0.0.2:4222,10.0.0.3:4222";
+        let p = props(&[
+            ("immutant.engine", url),
+            ("immutant.engine.credentials", "/etc/nats.creds"),
+        ])
+        .unwrap();
+        let shown = p.shown();
+        assert_eq!(
+            shown["immutant.engine"],
+            "nats://****@10.0.0.1:4222,tls://****@10.0.0.2:4222,10.0.0.3:4222"
+                .replace("****", immutant_protocol::secrets::MASK)
+        );
+        assert!(
+            p.for_apps()
+                .keys()
+                .all(|name| !name.starts_with("immutant.engine"))
+        );
     }
 
     #[test]

@@ -43,8 +43,43 @@ pub struct NodeStatus {
 #[derive(Debug, Serialize)]
 pub struct ClusterStatus {
     pub name: String,
+    /// What carries the cluster's state.
+    pub engine: EngineStatus,
     /// Its members, oldest first.
     pub view: Vec<ViewMember>,
+}
+
+/// The engine a cluster runs on, and how this node's link to it is.
+#[derive(Debug, Serialize)]
+pub struct EngineStatus {
+    /// `embedded` or `nats`.
+    pub kind: &'static str,
+    /// The NATS servers (without credentials).
+    pub url: Option<String>,
+    /// Whether this node is connected to them now (always, for the embedded engine).
+    pub connected: bool,
+    /// The version of the NATS server this node is connected to.
+    pub server_version: Option<String>,
+}
+
+impl EngineStatus {
+    fn of(engine: Option<&crate::nats::Nats>) -> EngineStatus {
+        match engine {
+            None => EngineStatus {
+                kind: "embedded",
+                url: None,
+                connected: true,
+                server_version: None,
+            },
+            Some(nats) => EngineStatus {
+                kind: "nats",
+                url: Some(nats.url.clone()),
+                connected: nats.client.connection_state()
+                    == async_nats::connection::State::Connected,
+                server_version: Some(nats.client.server_info().version),
+            },
+        }
+    }
 }
 
 /// A member of the view.
@@ -146,14 +181,18 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .stats()
         .into_iter()
         .map(|stats| CacheStatus {
-            held_by: match &view {
-                Some(view) => view
+            held_by: match (&view, &info.engine) {
+                // Shared caches are NATS's, wherever its replicas are.
+                (_, Some(nats)) if stats.mode != immutant_protocol::CacheMode::Local => {
+                    vec![format!("NATS ({} replicas)", nats.replicas)]
+                }
+                (Some(view), _) => view
                     .members
                     .iter()
                     .filter(|member| member.caches.contains_key(&stats.name))
                     .map(|member| member.name.clone())
                     .collect(),
-                None => vec![config.node_name.clone()],
+                (None, _) => vec![config.node_name.clone()],
             },
             stats,
         })
@@ -175,6 +214,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
             .zip(view)
             .map(|(settings, view)| ClusterStatus {
                 name: settings.name.clone(),
+                engine: EngineStatus::of(info.engine.as_deref()),
                 view: view
                     .members
                     .into_iter()

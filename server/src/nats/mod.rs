@@ -28,7 +28,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Which NATS servers a node uses, and how it proves who it is to them.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// The URL as given, for messages.
+    /// The servers' URLs, without credentials, for messages.
     pub url: String,
     pub servers: Vec<ServerAddr>,
     /// A file holding a `.creds` file's contents, an nkey seed or a token.
@@ -73,8 +73,13 @@ impl EngineConfig {
                 expected: "1 to 5 (JetStream's limit)",
             });
         }
+        // Shown in logs and answers: without any user or password the URL carries.
+        let shown: Vec<String> = servers
+            .iter()
+            .map(|server| format!("{}://{}:{}", server.scheme(), server.host(), server.port()))
+            .collect();
         Ok(Some(EngineConfig {
-            url,
+            url: shown.join(","),
             servers,
             credentials: file("immutant.engine.credentials"),
             ca_file: file("immutant.engine.ca-file"),
@@ -188,6 +193,11 @@ impl Nats {
         }
         if let Some(ca) = &config.ca_file {
             options = options.add_root_certificates(ca.clone());
+        }
+        if config.servers.iter().any(ServerAddr::has_user_pass) {
+            warn!(
+                "the NATS URL carries credentials, which other users of this host can read (ps, /proc); give them in a file with -Dimmutant.engine.credentials=PATH instead"
+            );
         }
         if config.servers.iter().any(|server| server.tls_required()) {
             let _ = rustls::crypto::ring::default_provider().install_default();
