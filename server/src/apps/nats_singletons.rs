@@ -15,11 +15,8 @@ use tracing::{info, warn};
 use super::Deployment;
 use super::connection::{LeaseEnd, send, singleton_daemons};
 use crate::nats::NatsNode;
-use crate::nats::leases::{CLOCK_MARGIN, Held, LEASE_TTL, RENEW_INTERVAL, Renewal};
+use crate::nats::leases::{Held, Renewal};
 use crate::shutdown::Shutdown;
-
-/// How long after a successful renewal was sent the holder counts its lease as good.
-const GOOD_FOR: Duration = LEASE_TTL.saturating_sub(CLOCK_MARGIN);
 
 /// While the app runs, tells the cluster it runs here and runs its singletons while this node
 /// holds their lease.
@@ -39,9 +36,10 @@ pub(super) async fn follow(
             return;
         }
     }
+    let good_for = nats.leases.good_for().as_nanos() as u64;
     while let Some((mut held, taken_ns)) = take(&nats, &app, &ended).await {
         let epoch = held.epoch;
-        let mut until_ns = taken_ns + GOOD_FOR.as_nanos() as u64;
+        let mut until_ns = taken_ns + good_for;
         confirm(&deployment, &outbox, epoch, until_ns);
         deployment.singleton_epoch.send_replace(Some(epoch));
         info!("The singletons of {app} run on this node now (epoch {epoch})");
@@ -49,7 +47,7 @@ pub(super) async fn follow(
         for name in singleton_daemons(&deployment) {
             send(&outbox, Header::StartDaemon { name, epoch });
         }
-        let mut renewals = tokio::time::interval(RENEW_INTERVAL);
+        let mut renewals = tokio::time::interval(nats.leases.renew_interval());
         renewals.tick().await;
         let end = loop {
             tokio::select! {
@@ -63,7 +61,7 @@ pub(super) async fn follow(
             let left = Duration::from_nanos(until_ns - sent_ns);
             match tokio::time::timeout(left, nats.leases.renew(&app, &mut held)).await {
                 Ok(Renewal::Renewed) => {
-                    until_ns = sent_ns + GOOD_FOR.as_nanos() as u64;
+                    until_ns = sent_ns + good_for;
                     confirm(&deployment, &outbox, epoch, until_ns);
                 }
                 Ok(Renewal::Lost) => break LeaseEnd::Deposed,
@@ -110,7 +108,7 @@ async fn take(nats: &NatsNode, app: &str, ended: &Shutdown) -> Option<(Held, u64
             return Some((held, taken_ns));
         }
         tokio::select! {
-            _ = tokio::time::sleep(RENEW_INTERVAL) => {}
+            _ = tokio::time::sleep(nats.leases.renew_interval()) => {}
             _ = ended.cancelled() => return None,
         }
     }

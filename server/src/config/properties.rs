@@ -169,6 +169,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "how many NATS servers hold each stream and bucket (3 for a three-server NATS cluster)",
     },
     KnownProperty {
+        name: "immutant.engine.lease-ms",
+        kind: PropertyKind::Count,
+        default: PropertyDefault::Value("1500"),
+        help: "how long a singleton lease in NATS lasts unrenewed (1000 or more): the failover time, and how long a NATS leader election the singletons ride out; the cluster's first node sets it",
+    },
+    KnownProperty {
         name: "immutant.messaging.max-message-size",
         kind: PropertyKind::Bytes,
         default: PropertyDefault::Value("16777216"),

@@ -1,11 +1,12 @@
 //! Singleton leases on NATS: an app's lease is the key of its name in the cluster's `leases`
 //! bucket. A node takes it by creating the key (only one create of an absent key succeeds), and
-//! keeps it by updating it on the revision it last wrote, every [`RENEW_INTERVAL`]; the bucket
-//! forgets the key [`LEASE_TTL`] after the last update, so a holder that died or was cut off
-//! loses it by itself, and the next create wins.
+//! keeps it by updating it on the revision it last wrote, six times per lease time; the bucket
+//! forgets the key a lease time after the last update (its `max_age`, read from the bucket, so
+//! every node goes by the same), so a holder that died or was cut off loses it by itself, and
+//! the next create wins.
 //!
 //! The epoch is the revision the key was created with: a stream sequence, so it only grows. A
-//! holder counts its lease as good until [`LEASE_TTL`] less [`CLOCK_MARGIN`] after it sent its
+//! holder counts its lease as good until the lease time less [`CLOCK_MARGIN`] after it sent its
 //! last successful update: the bucket cannot forget the key before then (it counts from when
 //! the server stored the update, which is later), unless the NATS servers' clocks disagree by
 //! more than the margin.
@@ -19,12 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Nats, NatsError, is_conflict, lock, token};
 
-/// How long the bucket keeps a lease after its last renewal.
-pub const LEASE_TTL: Duration = Duration::from_millis(1500);
-/// How often the holder renews, and others look whether the lease is free.
-pub const RENEW_INTERVAL: Duration = Duration::from_millis(250);
-/// What a holder takes off [`LEASE_TTL`], for the NATS servers' clocks and timers.
+/// What a holder takes off the lease time, for the NATS servers' clocks and timers.
 pub const CLOCK_MARGIN: Duration = Duration::from_millis(300);
+/// The shortest lease time: the margin must leave the holder some of it.
+pub const SHORTEST_LEASE: Duration = Duration::from_millis(1000);
 
 /// What a lease key holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,18 +55,45 @@ pub enum Renewal {
 /// The cluster's singleton leases.
 pub struct Leases {
     kv: Store,
+    /// How long the bucket keeps a lease after its last renewal.
+    lease_time: Duration,
     node_name: String,
     /// The highest epoch seen for each app.
     highest: Mutex<HashMap<String, u64>>,
 }
 
 impl Leases {
-    pub async fn open(nats: &Nats, node_name: &str) -> Result<Arc<Leases>, NatsError> {
+    /// Opens the cluster's leases bucket, made with `lease_time` if no node made it yet.
+    pub async fn open(
+        nats: &Nats,
+        node_name: &str,
+        lease_time: Duration,
+    ) -> Result<Arc<Leases>, NatsError> {
+        let kv = nats.bucket("leases", lease_time).await?;
+        // The first node made it: its lease time holds for every node.
+        let lease_time = kv.stream.cached_info().config.max_age;
+        if lease_time < SHORTEST_LEASE {
+            return Err(nats.setup_error(
+                "the leases bucket".to_string(),
+                format!("it keeps leases {lease_time:?}, under {SHORTEST_LEASE:?}"),
+            ));
+        }
         Ok(Arc::new(Leases {
-            kv: nats.bucket("leases", LEASE_TTL).await?,
+            kv,
+            lease_time,
             node_name: node_name.to_string(),
             highest: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// How often the holder renews, and others look whether the lease is free.
+    pub fn renew_interval(&self) -> Duration {
+        self.lease_time / 6
+    }
+
+    /// How long after a successful renewal was sent the holder counts its lease as good.
+    pub fn good_for(&self) -> Duration {
+        self.lease_time.saturating_sub(CLOCK_MARGIN)
     }
 
     /// The highest epoch this node has seen `app`'s singletons run under.

@@ -37,6 +37,8 @@ pub struct EngineConfig {
     pub ca_file: Option<PathBuf>,
     /// How many servers hold each stream and bucket.
     pub replicas: usize,
+    /// How long a singleton lease lasts without a renewal (if this node makes the bucket).
+    pub lease_time: Duration,
 }
 
 impl EngineConfig {
@@ -78,7 +80,21 @@ impl EngineConfig {
             .iter()
             .map(|server| format!("{}://{}:{}", server.scheme(), server.host(), server.port()))
             .collect();
+        let lease_time = Duration::from_millis(
+            properties
+                .get("immutant.engine.lease-ms")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(1500),
+        );
+        if lease_time < leases::SHORTEST_LEASE {
+            return Err(ConfigError::InvalidProperty {
+                name: "immutant.engine.lease-ms".to_string(),
+                value: lease_time.as_millis().to_string(),
+                expected: "1000 or more milliseconds",
+            });
+        }
         Ok(Some(EngineConfig {
+            lease_time,
             url: shown.join(","),
             servers,
             credentials: file("immutant.engine.credentials"),
@@ -160,7 +176,7 @@ impl NatsNode {
         let membership =
             membership::Membership::join(&nats, node_name, generation, http, management, shutdown)
                 .await?;
-        let leases = leases::Leases::open(&nats, node_name).await?;
+        let leases = leases::Leases::open(&nats, node_name, engine.lease_time).await?;
         Ok(Arc::new(NatsNode {
             nats,
             membership,
