@@ -11,11 +11,12 @@
 //! offsets, multiples of 100), so the two never meet.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::netns::{Lan, within};
 use crate::{Proc, free_offset};
 
 /// Where Debian installs the server.
@@ -53,6 +54,8 @@ impl Release {
 /// A NATS cluster of some servers on loopback, with JetStream.
 pub struct NatsCluster {
     release: Release,
+    /// Each server's address, and the network namespace it runs in (none: this process's).
+    hosts: Vec<(Ipv4Addr, Option<String>)>,
     servers: Vec<Option<Proc>>,
     offset: u16,
     /// Holds the servers' configs and stores.
@@ -63,6 +66,20 @@ impl NatsCluster {
     /// Starts `size` servers of `release` (3 for a cluster that survives losing one) and waits
     /// until each is healthy and JetStream has a leader.
     pub fn start(size: usize, release: Release) -> NatsCluster {
+        NatsCluster::start_on(vec![(Ipv4Addr::LOCALHOST, None); size], release)
+    }
+
+    /// Starts a server of `release` in each of `hosts` of `lan`, bound to its address.
+    pub fn start_in(lan: &Lan, hosts: &[usize], release: Release) -> NatsCluster {
+        let on = hosts
+            .iter()
+            .map(|host| (lan.address(*host), Some(lan.namespace(*host).to_string())))
+            .collect();
+        NatsCluster::start_on(on, release)
+    }
+
+    fn start_on(hosts: Vec<(Ipv4Addr, Option<String>)>, release: Release) -> NatsCluster {
+        let size = hosts.len();
         let binary = release.binary();
         assert!(
             binary.exists(),
@@ -74,13 +91,15 @@ impl NatsCluster {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let mut cluster = NatsCluster {
             release,
+            hosts,
             servers: Vec::new(),
             offset,
             dir,
         };
         for index in 0..size {
             let config = cluster.write_config(index, size);
-            cluster.servers.push(Some(spawn(release, &config)));
+            let server = cluster.spawn(index, &config);
+            cluster.servers.push(Some(server));
         }
         for index in 0..size {
             cluster.wait_healthy(index);
@@ -92,7 +111,7 @@ impl NatsCluster {
     /// The URL a node is given: `nats://` and every server's client address.
     pub fn url(&self) -> String {
         let addresses: Vec<String> = (0..self.servers.len())
-            .map(|index| format!("127.0.0.1:{}", self.client_port(index)))
+            .map(|index| format!("{}:{}", self.hosts[index].0, self.client_port(index)))
             .collect();
         format!("nats://{}", addresses.join(","))
     }
@@ -120,7 +139,7 @@ impl NatsCluster {
     /// Starts server `index` again (after [`NatsCluster::kill_9`]), with the store it had.
     pub fn restart(&mut self, index: usize) {
         let config = self.config_path(index);
-        self.servers[index] = Some(spawn(self.release, &config));
+        self.servers[index] = Some(self.spawn(index, &config));
         self.wait_healthy(index);
     }
 
@@ -130,13 +149,18 @@ impl NatsCluster {
 
     fn write_config(&self, index: usize, size: usize) -> PathBuf {
         let store = self.dir.path().join(format!("store-{index}"));
+        let address = self.hosts[index].0;
         let routes: Vec<String> = (0..size)
             .filter(|other| *other != index)
-            .map(|other| format!("\"nats-route://127.0.0.1:{}\"", self.route_port(other)))
+            .map(|other| {
+                let address = self.hosts[other].0;
+                format!("\"nats-route://{address}:{}\"", self.route_port(other))
+            })
             .collect();
         let cluster = if size > 1 {
             format!(
-                "cluster {{\n  name: immutant-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: immutant-test\n  listen: {}:{}\n  routes: [{}]\n}}\n",
+                self.hosts[index].0,
                 self.route_port(index),
                 routes.join(", ")
             )
@@ -144,7 +168,7 @@ impl NatsCluster {
             String::new()
         };
         let config = format!(
-            "server_name: nats-{index}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}",
+            "server_name: nats-{index}\nlisten: {address}:{}\nhttp: {address}:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}",
             self.client_port(index),
             self.monitor_port(index),
             store.display(),
@@ -155,21 +179,45 @@ impl NatsCluster {
     }
 
     fn wait_healthy(&self, index: usize) {
-        let port = self.monitor_port(index);
         wait(&format!("nats-{index} to be healthy"), || {
-            get(port, "healthz?js-enabled-only=true").is_some_and(|text| text.contains("ok"))
+            self.get(index, "healthz?js-enabled-only=true")
+                .is_some_and(|text| text.contains("ok"))
         });
     }
 
     fn wait_for_leader(&self) {
-        let port = self.monitor_port(0);
         wait("JetStream to elect a meta leader", || {
             self.servers.len() == 1
-                || get(port, "jsz").is_some_and(|text| {
+                || self.get(0, "jsz").is_some_and(|text| {
                     serde_json::from_str::<serde_json::Value>(&text)
                         .is_ok_and(|jsz| jsz["meta_cluster"]["leader"].as_str().is_some())
                 })
         });
+    }
+
+    /// `GET` on server `index`'s monitoring port, from its host, if it answers.
+    fn get(&self, index: usize, path: &str) -> Option<String> {
+        let (address, namespace) = &self.hosts[index];
+        let port = self.monitor_port(index);
+        match namespace {
+            Some(namespace) => within(namespace, || get(*address, port, path)),
+            None => get(*address, port, path),
+        }
+    }
+
+    /// Server `index`'s process, started with `config`, in its host.
+    fn spawn(&self, index: usize, config: &Path) -> Proc {
+        let binary = self.release.binary();
+        let mut command = match &self.hosts[index].1 {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command.arg("-c").arg(config);
+        Proc::spawn(command)
     }
 }
 
@@ -181,15 +229,9 @@ impl Drop for NatsCluster {
     }
 }
 
-fn spawn(release: Release, config: &Path) -> Proc {
-    let mut command = Command::new(release.binary());
-    command.arg("-c").arg(config);
-    Proc::spawn(command)
-}
-
 /// `GET` on a monitoring port, if it answers (HTTP/1.0: the server closes when done).
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn get(address: Ipv4Addr, port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect((address, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET /{path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();

@@ -123,20 +123,12 @@ impl Lan {
     /// Runs `work` on a thread of its own in host `i` (sockets it opens, and threads it starts,
     /// are in the host's network), and answers what it answers.
     pub fn within<T: Send>(&self, i: usize, work: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.hosts[i]);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let namespace = std::fs::File::open(&path).expect("the host's namespace");
-                    // SAFETY: setns on a descriptor this thread holds open; it changes only
-                    // this thread's network namespace.
-                    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(entered, 0, "entering {path}");
-                    work()
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        within(&self.hosts[i], work)
+    }
+
+    /// The name of host `i`'s network namespace.
+    pub fn namespace(&self, i: usize) -> &str {
+        &self.hosts[i]
     }
 
     /// Clustered node `name` of `cluster` of `base`'s install, in host `i` bound to the host's
@@ -183,6 +175,25 @@ impl Drop for Lan {
             let _ = ip(&["netns", "del", namespace]);
         }
     }
+}
+
+/// Runs `work` on a thread of its own in the network namespace `namespace`, and answers what
+/// it answers.
+pub fn within<T: Send>(namespace: &str, work: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{namespace}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let namespace = std::fs::File::open(&path).expect("the host's namespace");
+                // SAFETY: setns on a descriptor this thread holds open; it changes only this
+                // thread's network namespace.
+                let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(entered, 0, "entering {path}");
+                work()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Runs `ip ARGS`; the error is what it said.

@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, free_offset, get_json_at,
-    kill_9, numbers_after, probe,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, clustered_with, free_offset,
+    get_json_at, kill_9, numbers_after, probe,
 };
 
 /// The failover bound the tests hold nodes to (the benchmark measures the real time).
@@ -135,13 +136,33 @@ fn a_node_fires_jobs_refuses_bad_cron_and_shows_its_jobs() {
 
 #[test]
 fn a_singleton_cron_job_fires_once_per_tick_across_three_nodes_and_fails_over() {
+    ticks_once_across_a_failover(&[]);
+}
+
+#[test]
+fn on_nats_a_singleton_cron_job_fires_once_per_tick_and_fails_over() {
+    let nats = NatsCluster::start(3, Release::Current);
+    ticks_once_across_a_failover(&nats_engine(&nats));
+}
+
+/// The arguments that put a node on `nats`, every stream and bucket on three servers.
+fn nats_engine(nats: &NatsCluster) -> Vec<String> {
+    vec![
+        format!("-Dimmutant.engine={}", nats.url()),
+        "-Dimmutant.engine.replicas=3".to_string(),
+    ]
+}
+
+/// Three nodes started with `engine`: a singleton cron job fires once a second, each tick on
+/// one node once, and goes on elsewhere, counting on, when its node is killed.
+fn ticks_once_across_a_failover(engine: &[String]) {
     let base = Base::installed();
     base.deploy(&probe(), Some("ticker"));
     let cluster = cluster_name();
     let offsets = [free_offset(), free_offset(), free_offset()];
-    let one = clustered(&base, "one", offsets[0], &cluster);
-    let two = clustered(&base, "two", offsets[1], &cluster);
-    let three = clustered(&base, "three", offsets[2], &cluster);
+    let one = clustered_with(&base, "one", offsets[0], &cluster, engine);
+    let two = clustered_with(&base, "two", offsets[1], &cluster, engine);
+    let three = clustered_with(&base, "three", offsets[2], &cluster, engine);
     let all = [&one, &two, &three];
     let first = wait_for_firings(&all, "tick", 1, BUILD_PATIENCE);
     // Ten seconds of ticks, counted over every node's output.
@@ -224,40 +245,67 @@ fn a_job_repeated_5_times_fires_exactly_6_times_across_a_failover() {
 
 #[test]
 fn the_jobs_template_counter_only_increases_across_kill_9_of_any_node() {
+    tally_only_increases(&[]);
+}
+
+#[test]
+fn on_nats_the_jobs_template_counter_only_increases_across_kill_9_of_any_node() {
+    let nats = NatsCluster::start(3, Release::Current);
+    tally_only_increases(&nats_engine(&nats));
+}
+
+/// The jobs template on two nodes started with `engine`, each killed in turn: its counter (a
+/// singleton job's, in a cache) goes on from where it was, never back.
+fn tally_only_increases(engine: &[String]) {
     let base = Base::installed();
     let project = base.new_project_from("tally", "jobs");
     base.deploy(&project, None);
     let cluster = cluster_name();
+    let names = ["one", "two"];
     let offsets = [free_offset(), free_offset()];
-    let mut one = clustered(&base, "one", offsets[0], &cluster);
-    let two = clustered(&base, "two", offsets[1], &cluster);
-    one.wait_for("[tally] count: 3", BUILD_PATIENCE);
+    let start = |i: usize| clustered_with(&base, names[i], offsets[i], &cluster, engine);
+    let mut nodes = [start(0), start(1)];
+    // Whichever node counts (the oldest on the embedded engine, the first to take the lease
+    // on NATS).
+    let deadline = Instant::now() + BUILD_PATIENCE;
+    let counting = loop {
+        let counts = |i: usize| numbers_after(&nodes[i].stdout_lines(), "[tally] count:");
+        if let Some(i) = (0..2).find(|i| counts(*i).contains(&3)) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "nothing counted to 3");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let other = 1 - counting;
 
     // Kill the node counting; the other goes on.
-    kill_9(offsets[0]);
-    let _ = one.wait_exit(PATIENCE);
-    let counted = numbers_after(&one.stdout_lines(), "[tally] count:");
+    kill_9(offsets[counting]);
+    let _ = nodes[counting].wait_exit(PATIENCE);
+    let counted = numbers_after(&nodes[counting].stdout_lines(), "[tally] count:");
     let last = *counted.last().unwrap();
-    two.wait_for(
+    nodes[other].wait_for(
         &format!("[tally] count: {}", last + 2),
         FAILOVER_BOUND + PATIENCE,
     );
 
     // It comes back, and then the other one dies: the count goes on again.
-    let again = clustered(&base, "one", offsets[0], &cluster);
-    again.wait_for("Deployed \"tally\"", PATIENCE);
+    nodes[counting] = start(counting);
+    nodes[counting].wait_for("Deployed \"tally\"", PATIENCE);
     std::thread::sleep(Duration::from_secs(2));
-    kill_9(offsets[1]);
-    let counted_two = numbers_after(&two.stdout_lines(), "[tally] count:");
-    let last_two = *counted_two.last().unwrap();
-    again.wait_for(
-        &format!("[tally] count: {}", last_two + 2),
+    kill_9(offsets[other]);
+    let counted_other = numbers_after(&nodes[other].stdout_lines(), "[tally] count:");
+    let last_other = *counted_other.last().unwrap();
+    nodes[counting].wait_for(
+        &format!("[tally] count: {}", last_other + 2),
         FAILOVER_BOUND + PATIENCE,
     );
 
     let mut all = counted;
-    all.extend(counted_two);
-    all.extend(numbers_after(&again.stdout_lines(), "[tally] count:"));
+    all.extend(counted_other);
+    all.extend(numbers_after(
+        &nodes[counting].stdout_lines(),
+        "[tally] count:",
+    ));
     assert!(
         all.windows(2).all(|pair| pair[1] > pair[0]),
         "the count only ever increases: {all:?}"

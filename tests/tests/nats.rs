@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use immutant_e2e::nats::{NatsCluster, Release};
+use immutant_e2e::netns::Lan;
 use immutant_e2e::singletons::{Runners, holder, server_and_app, signal, single_runs, ticks};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, counts, free_offset,
@@ -377,4 +378,47 @@ fn pausing_the_singletons_node_on_nats_never_runs_it_twice() {
             "trial {trial}: a deposed runner's publish was not refused:\n{said}"
         );
     }
+}
+
+#[test]
+fn a_singleton_node_cut_off_from_nats_stops_before_another_starts_and_it_stays_there() {
+    let Some(lan) = Lan::new(5) else { return };
+    let nats = NatsCluster::start_in(&lan, &[0, 1, 2], Release::Current);
+    let base = Base::installed();
+    base.deploy(&probe(), Some("runner"));
+    let ticks_file = base.path().join("ticks");
+    let cluster = cluster_name();
+    let mut extra = engine(&nats);
+    extra.push(format!("-Dprobe.ticks={}", ticks_file.display()));
+    let nodes = [
+        lan.node(&base, 3, ("one", &cluster), &extra),
+        lan.node(&base, 4, ("two", &cluster), &extra),
+    ];
+    for node in &nodes {
+        node.wait_for("Cluster view: [one, two]", PATIENCE);
+        node.wait_for("Deployed \"runner\"", BUILD_PATIENCE);
+    }
+    let before = holder(&ticks_file);
+    let cut = if before == "one" { 0 } else { 1 };
+    lan.cut(3 + cut);
+    nodes[cut].wait_for(
+        "The singletons of runner no longer run on this node",
+        FAILOVER_BOUND,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = holder(&ticks_file);
+    assert_ne!(after, before, "the node still reaching NATS took over");
+    let runs = single_runs(&ticks(&ticks_file));
+    println!("cut {before}: {after} runs it; runs {runs:?}");
+
+    lan.heal(3 + cut);
+    nodes[cut].wait_for("Heartbeats reach NATS again", PATIENCE);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        holder(&ticks_file),
+        after,
+        "nothing moved back after the heal"
+    );
+    let runs = single_runs(&ticks(&ticks_file));
+    println!("healed: runs {runs:?}");
 }

@@ -22,6 +22,8 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, Properties};
 
+/// How often a node pings its NATS server.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a node waits for NATS at boot before saying it cannot reach it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -223,6 +225,8 @@ impl Nats {
         let client = options
             .name(format!("immutant {node_name}"))
             .connection_timeout(CONNECT_TIMEOUT)
+            // A server cut off (rather than gone) is noticed after two unanswered pings.
+            .ping_interval(PING_INTERVAL)
             .event_callback(move |event| {
                 let url = told.clone();
                 async move {
