@@ -66,19 +66,26 @@ impl Messaging {
     }
 
     /// Publishes a message from the app on `connection`; a persistent one is kept when this
-    /// returns.
+    /// returns. One made under a singleton lease is not tried after the lease's deadline
+    /// `fence_ns` (on the boot clock).
     pub async fn publish(
         &self,
         connection: u64,
         destination: &str,
         options: PublishOptions,
         body: Bytes,
+        fence_ns: Option<u64>,
     ) -> Result<(), MessagingError> {
         match self {
+            // The journal commits at once, or fails: nothing is tried later.
             Messaging::Embedded(broker) => {
                 broker.publish(connection, destination, options, body).await
             }
-            Messaging::Nats(queues) => queues.publish(connection, destination, options, body).await,
+            Messaging::Nats(queues) => {
+                queues
+                    .publish(connection, destination, options, body, fence_ns)
+                    .await
+            }
         }
     }
 
@@ -183,16 +190,20 @@ impl CacheService {
         }
     }
 
-    /// Carries out `op` on the cache `name`: the outcome, and the value before.
+    /// Carries out `op` on the cache `name`: the outcome, and the value before. One made under
+    /// a singleton lease is not tried after the lease's deadline `fence_ns` (on the boot
+    /// clock).
     pub async fn call(
         &self,
         name: &str,
         op: CacheOp,
         body: Bytes,
+        fence_ns: Option<u64>,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
         match self {
+            // Its writes are done here or by a member at once: nothing is tried later.
             CacheService::Embedded(caches) => caches.call(name, op, body).await,
-            CacheService::Nats(caches) => caches.call(name, op, body).await,
+            CacheService::Nats(caches) => caches.call(name, op, body, fence_ns).await,
         }
     }
 

@@ -116,6 +116,15 @@ impl NatsCluster {
         format!("nats://{}", addresses.join(","))
     }
 
+    /// The arguments that put a node on this cluster: its URL, and every stream and bucket on
+    /// all its servers.
+    pub fn engine_args(&self) -> Vec<String> {
+        vec![
+            format!("-Dimmutant.engine={}", self.url()),
+            format!("-Dimmutant.engine.replicas={}", self.servers.len()),
+        ]
+    }
+
     /// Server `index`'s client port.
     pub fn client_port(&self, index: usize) -> u16 {
         4222 + 10 * index as u16 + self.offset

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::netns::Lan;
 use immutant_e2e::singletons::{
     ALL_THREE, Runners, TAKEOVER_BOUND, holder, server_and_app, signal, single_runs, ticks,
@@ -141,12 +142,25 @@ fn items_after(lines: &[String], marker: &str) -> Vec<String> {
 
 #[test]
 fn a_durable_subscriber_on_another_node_gets_every_persistent_message_across_kill_9_of_either() {
+    durable_subscriber_across_kills(&[]);
+}
+
+#[test]
+fn on_nats_a_durable_subscriber_gets_every_persistent_message_across_kill_9_of_either_node() {
+    let nats = NatsCluster::start(3, Release::Current);
+    durable_subscriber_across_kills(&nats.engine_args());
+}
+
+/// A publisher and a durable subscriber on two nodes started with `engine`, each node killed in
+/// turn: every message published reaches the subscriber.
+fn durable_subscriber_across_kills(engine: &[String]) {
     let base = Base::installed();
     base.deploy(&probe(), Some("wire"));
     let cluster = cluster_name();
     let offsets = [free_offset(), free_offset()];
     let start = |name: &str, offset: u16, role: &str| {
-        let extra = [format!("-Dprobe.role={role}")];
+        let mut extra = vec![format!("-Dprobe.role={role}")];
+        extra.extend_from_slice(engine);
         clustered_with(&base, name, offset, &cluster, &extra)
     };
     let mut publishers = vec![start("one", offsets[0], "publisher")];
@@ -280,11 +294,23 @@ fn a_deep_queue_stays_on_disk_its_node_stays_small_and_it_is_delivered_whole() {
 
 #[test]
 fn kill_9_of_either_node_under_publish_load_loses_no_message_whose_publish_returned() {
+    publish_load_across_kills(&[]);
+}
+
+#[test]
+fn on_nats_kill_9_of_either_node_under_publish_load_loses_no_message_whose_publish_returned() {
+    let nats = NatsCluster::start(3, Release::Current);
+    publish_load_across_kills(&nats.engine_args());
+}
+
+/// Two nodes started with `engine` publishing and consuming, each killed under load in turn
+/// and started again: every message whose publish returned is taken.
+fn publish_load_across_kills(engine: &[String]) {
     let base = Base::installed();
     base.deploy(&probe(), Some("loadq"));
     let cluster = cluster_name();
     let offsets = [free_offset(), free_offset()];
-    let start = |name: &str, offset: u16| clustered_with(&base, name, offset, &cluster, &[]);
+    let start = |name: &str, offset: u16| clustered_with(&base, name, offset, &cluster, engine);
     let mut nodes = vec![start("one", offsets[0]), start("two", offsets[1])];
     for node in &nodes {
         node.wait_for("[loadq] took: ", BUILD_PATIENCE);

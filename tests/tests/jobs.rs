@@ -142,15 +142,7 @@ fn a_singleton_cron_job_fires_once_per_tick_across_three_nodes_and_fails_over() 
 #[test]
 fn on_nats_a_singleton_cron_job_fires_once_per_tick_and_fails_over() {
     let nats = NatsCluster::start(3, Release::Current);
-    ticks_once_across_a_failover(&nats_engine(&nats));
-}
-
-/// The arguments that put a node on `nats`, every stream and bucket on three servers.
-fn nats_engine(nats: &NatsCluster) -> Vec<String> {
-    vec![
-        format!("-Dimmutant.engine={}", nats.url()),
-        "-Dimmutant.engine.replicas=3".to_string(),
-    ]
+    ticks_once_across_a_failover(&nats.engine_args());
 }
 
 /// Three nodes started with `engine`: a singleton cron job fires once a second, each tick on
@@ -251,7 +243,7 @@ fn the_jobs_template_counter_only_increases_across_kill_9_of_any_node() {
 #[test]
 fn on_nats_the_jobs_template_counter_only_increases_across_kill_9_of_any_node() {
     let nats = NatsCluster::start(3, Release::Current);
-    tally_only_increases(&nats_engine(&nats));
+    tally_only_increases(&nats.engine_args());
 }
 
 /// The jobs template on two nodes started with `engine`, each killed in turn: its counter (a

@@ -17,11 +17,7 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
 /// A clustered node of the base's install on `nats`'s engine, started.
 fn on_nats(base: &Base, nats: &NatsCluster, name: &str, offset: u16, cluster: &str) -> Proc {
-    let engine = [
-        format!("-Dimmutant.engine={}", nats.url()),
-        "-Dimmutant.engine.replicas=3".to_string(),
-    ];
-    clustered_with(base, name, offset, cluster, &engine)
+    clustered_with(base, name, offset, cluster, &nats.engine_args())
 }
 
 /// Whether the node's last word on the app's singletons is that they run there.
@@ -187,11 +183,8 @@ fn caches_topics_and_requests_work_across_nodes_on_nats() {
     }
     let cluster = cluster_name();
     let node = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            format!("-Dimmutant.engine={}", nats.url()),
-            "-Dimmutant.engine.replicas=3".to_string(),
-            "-Dprobe.swaps=100".to_string(),
-        ];
+        let mut args = nats.engine_args();
+        args.push("-Dprobe.swaps=100".to_string());
         args.extend(extra.iter().map(|arg| arg.to_string()));
         clustered_with(&base, name, free_offset(), &cluster, &args)
     };
@@ -231,8 +224,7 @@ fn a_message_that_always_fails_goes_to_the_dead_letter_queue_on_nats() {
     let base = Base::installed();
     base.deploy(&probe(), Some("dlq"));
     let offset = free_offset();
-    let engine = [format!("-Dimmutant.engine={}", nats.url())];
-    let node = clustered_with(&base, "solo", offset, &cluster_name(), &engine);
+    let node = clustered_with(&base, "solo", offset, &cluster_name(), &nats.engine_args());
     node.wait_for(
         "[dlq] dead-lettered: doomed because the handler always fails",
         BUILD_PATIENCE,
@@ -275,14 +267,6 @@ fn a_nats_server_that_cannot_serialize_replicated_writes_is_refused_copies() {
     );
 }
 
-/// The engine arguments of a node on `nats`, with every stream and bucket on three servers.
-fn engine(nats: &NatsCluster) -> Vec<String> {
-    vec![
-        format!("-Dimmutant.engine={}", nats.url()),
-        "-Dimmutant.engine.replicas=3".to_string(),
-    ]
-}
-
 #[test]
 fn kill_9_of_a_nats_server_under_publish_load_loses_nothing_and_publishing_goes_on() {
     let mut nats = NatsCluster::start(3, Release::Current);
@@ -291,7 +275,7 @@ fn kill_9_of_a_nats_server_under_publish_load_loses_nothing_and_publishing_goes_
     base.deploy(&probe(), Some("runner"));
     let cluster = cluster_name();
     let ticks_file = base.path().join("ticks");
-    let mut args = engine(&nats);
+    let mut args = nats.engine_args();
     args.push(format!("-Dprobe.ticks={}", ticks_file.display()));
     let nodes = [
         clustered_with(&base, "one", free_offset(), &cluster, &args),
@@ -353,7 +337,7 @@ fn kill_9_of_a_nats_server_under_publish_load_loses_nothing_and_publishing_goes_
 #[test]
 fn pausing_the_singletons_node_on_nats_never_runs_it_twice() {
     let nats = NatsCluster::start(3, Release::Current);
-    let pair = Runners::pair_with(&engine(&nats));
+    let pair = Runners::pair_with(&nats.engine_args());
     for trial in 1..=3 {
         let before = holder(&pair.ticks);
         let (offset, node) = pair.node(&before);
@@ -388,7 +372,7 @@ fn a_singleton_node_cut_off_from_nats_stops_before_another_starts_and_it_stays_t
     base.deploy(&probe(), Some("runner"));
     let ticks_file = base.path().join("ticks");
     let cluster = cluster_name();
-    let mut extra = engine(&nats);
+    let mut extra = nats.engine_args();
     extra.push(format!("-Dprobe.ticks={}", ticks_file.display()));
     let nodes = [
         lan.node(&base, 3, ("one", &cluster), &extra),

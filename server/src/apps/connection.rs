@@ -153,9 +153,10 @@ impl Session {
                 options,
                 epoch,
             } => {
-                if let Err(stale) = self.fenced(epoch) {
-                    return self.send(refusal(id, stale));
-                }
+                let fence = match self.fenced(epoch) {
+                    Ok(fence) => fence,
+                    Err(stale) => return self.send(refusal(id, stale)),
+                };
                 // Each publish waits for the journal on a task of its own, so that publishes
                 // arriving together share one commit.
                 let broker = broker.clone();
@@ -163,7 +164,7 @@ impl Session {
                 let connection = self.connection;
                 tokio::spawn(async move {
                     let published = broker
-                        .publish(connection, &destination, options, frame.body)
+                        .publish(connection, &destination, options, frame.body, fence)
                         .await;
                     let _ = outbox.send(answer(id, published).into());
                 });
@@ -280,13 +281,14 @@ impl Session {
                 call,
                 epoch,
             } => {
-                if let Err(stale) = self.fenced(epoch) {
-                    return self.send(refusal(id, stale));
-                }
+                let fence = match self.fenced(epoch) {
+                    Ok(fence) => fence,
+                    Err(stale) => return self.send(refusal(id, stale)),
+                };
                 let caches = self.context.caches.clone();
                 let outbox = self.outbox.clone();
                 tokio::spawn(async move {
-                    let frame = match caches.call(&cache, call, frame.body).await {
+                    let frame = match caches.call(&cache, call, frame.body, fence).await {
                         Ok((outcome, value)) => {
                             Frame::with_body(Header::CacheReply { id, outcome }, value)
                         }
@@ -342,21 +344,24 @@ impl Session {
     }
 
     /// Refuses an operation made under the singleton lease of `epoch` once the cluster knows a
-    /// newer one: its runner was deposed, and must not change anything.
-    fn fenced(&self, epoch: Option<u64>) -> Result<(), String> {
+    /// newer one: its runner was deposed, and must not change anything. Otherwise the deadline
+    /// (on the boot clock) by which it must be done, if it is made under this node's lease: an
+    /// engine that tries again (NATS, while it is out of reach) gives up then.
+    fn fenced(&self, epoch: Option<u64>) -> Result<Option<u64>, String> {
         let Some(epoch) = epoch else {
-            return Ok(());
+            return Ok(None);
         };
         let app = &self.deployment.name;
         let (highest, settled) = match (&self.context.cluster, &self.context.nats) {
             (Some(cluster), _) => (cluster.highest_epoch(app), cluster.settled()),
             (None, Some(nats)) => (nats.leases.highest_epoch(app), true),
-            (None, None) => return Ok(()),
+            (None, None) => return Ok(None),
         };
         let deployment = &self.deployment;
+        let held = *deployment.singleton_epoch.borrow() == Some(epoch);
         // This node's own lease, once its deadline has passed: before the holder's loop notices.
-        let lapsed = *deployment.singleton_epoch.borrow() == Some(epoch)
-            && monotonic_ns() >= deployment.lease_until.load(Ordering::Relaxed);
+        let until_ns = deployment.lease_until.load(Ordering::Relaxed);
+        let lapsed = held && monotonic_ns() >= until_ns;
         if lapsed || !settled {
             return Err(format!(
                 "the lease of epoch {epoch} on the singletons of {app} has lapsed on this node, so the work was not done"
@@ -370,7 +375,7 @@ impl Session {
             _ if epoch <= self.deployment.let_go.load(Ordering::Relaxed) => Err(format!(
                 "epoch {epoch} is stale: this node no longer runs the singletons of {app}, so the work was not done"
             )),
-            _ => Ok(()),
+            _ => Ok(held.then_some(until_ns)),
         }
     }
 
@@ -504,8 +509,9 @@ async fn follow_singletons(
             }
             cluster.renew(&app, lease.renew(now)).await;
         };
-        let ran = deployment.singleton_epoch.send_replace(None).is_some();
+        // Let go first: work under the epoch is refused from the moment it stops being current.
         deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
+        let ran = deployment.singleton_epoch.send_replace(None).is_some();
         if end != LeaseEnd::AppEnded {
             // The app stops them at once, or by the deadline by itself if it cannot hear.
             send(

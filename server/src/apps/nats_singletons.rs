@@ -40,6 +40,11 @@ pub(super) async fn follow(
     while let Some((mut held, taken_ns)) = take(&nats, &app, &ended).await {
         let epoch = held.epoch;
         let mut until_ns = taken_ns + good_for;
+        if monotonic_ns() >= until_ns {
+            // Taken so slowly (NATS electing a leader) that the lease is already spent: it
+            // lapses in NATS by itself, and is taken again.
+            continue;
+        }
         confirm(&deployment, &outbox, epoch, until_ns);
         deployment.singleton_epoch.send_replace(Some(epoch));
         info!("The singletons of {app} run on this node now (epoch {epoch})");
@@ -68,8 +73,9 @@ pub(super) async fn follow(
                 Ok(Renewal::Unanswered) | Err(_) => {}
             }
         };
-        deployment.singleton_epoch.send_replace(None);
+        // Let go first: work under the epoch is refused from the moment it stops being current.
         deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
+        deployment.singleton_epoch.send_replace(None);
         nats.membership.set_lease(&app, None);
         if end != LeaseEnd::AppEnded {
             // The app stops them at once, or by the deadline by itself if it cannot hear.
@@ -95,7 +101,6 @@ pub(super) async fn follow(
         nats.leases.release(&app, &held).await;
         break;
     }
-    deployment.singleton_epoch.send_replace(None);
     nats.membership.set_app(&app, false);
 }
 

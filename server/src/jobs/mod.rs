@@ -171,7 +171,7 @@ impl AppJobs {
                 key: name.to_string(),
             };
             let _ = caches
-                .call(&progress_cache(&context.app), remove, Bytes::new())
+                .call(&progress_cache(&context.app), remove, Bytes::new(), None)
                 .await;
         }
         true
@@ -394,7 +394,7 @@ impl Firing {
             key: self.name.clone(),
         };
         let (outcome, value) = caches
-            .call(&progress_cache(&self.context.app), get, Bytes::new())
+            .call(&progress_cache(&self.context.app), get, Bytes::new(), None)
             .await?;
         Ok(self.decode(outcome.found.then_some(value)))
     }
@@ -434,7 +434,7 @@ impl Firing {
             ),
         };
         let cache = progress_cache(&self.context.app);
-        let (outcome, current) = caches.call(&cache, op, body).await?;
+        let (outcome, current) = caches.call(&cache, op, body, None).await?;
         Ok((!outcome.applied).then(|| self.decode(outcome.found.then_some(current))))
     }
 

@@ -17,7 +17,7 @@ use async_nats::jetstream::kv::{Entry, Operation, Store};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 
-use super::{Nats, is_conflict, lock, token};
+use super::{Nats, is_conflict, lock, time_left, token};
 use crate::cache::{CacheError, CacheStats, Caches};
 use crate::messaging::now_ms;
 
@@ -130,6 +130,7 @@ impl NatsCaches {
         name: &str,
         op: CacheOp,
         body: Bytes,
+        fence_ns: Option<u64>,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
         let found = lock(&self.open)
             .get(name)
@@ -144,6 +145,13 @@ impl NatsCaches {
         }
         let key = token(op.key().unwrap_or_default());
         for _ in 0..WRITE_ATTEMPTS {
+            // A deposed singleton runner's write must not land after its lease's deadline.
+            if time_left(fence_ns).is_zero() {
+                return Err(CacheError::Invalid(format!(
+                    "the singleton lease this {} on cache '{name}' was made under lapsed before it could be done, so it was not done",
+                    op.kind()
+                )));
+            }
             let now = now_ms();
             let entry = kv.entry(&key).await.map_err(storage)?;
             let stored = entry.as_ref().and_then(|entry| live(entry, now));

@@ -151,9 +151,27 @@ impl Leases {
                 held.revision = revision;
                 Renewal::Renewed
             }
-            Err(error) if is_conflict(&error) => Renewal::Lost,
+            // Either another node's, or this node's own renewal that timed out here but was
+            // written: the key says which.
+            Err(error) if is_conflict(&error) => match self.kv.entry(token(app)).await {
+                Ok(Some(entry)) if self.is_mine(&entry, held.epoch) => {
+                    held.revision = entry.revision;
+                    Renewal::Unanswered
+                }
+                Ok(_) => Renewal::Lost,
+                Err(_) => Renewal::Unanswered,
+            },
             Err(_) => Renewal::Unanswered,
         }
+    }
+
+    /// Whether `entry` is this node's lease of `epoch`.
+    fn is_mine(&self, entry: &async_nats::jetstream::kv::Entry, epoch: u64) -> bool {
+        entry.operation == async_nats::jetstream::kv::Operation::Put
+            && serde_json::from_slice::<LeaseValue>(&entry.value).is_ok_and(|value| {
+                value.node == self.node_name
+                    && (value.epoch == epoch || (value.epoch == 0 && entry.revision == epoch))
+            })
     }
 
     /// Lets `held` go at once, if the key is still this node's last write.

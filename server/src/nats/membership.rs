@@ -22,6 +22,8 @@ use crate::shutdown::Shutdown;
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long after its last heartbeat a node leaves the others' views.
 const FORGET_AFTER: Duration = Duration::from_secs(3);
+/// How long a node keeps trying to put its first heartbeat while NATS does not answer.
+const SETUP_PATIENCE: Duration = Duration::from_secs(15);
 
 /// What a node says of itself in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -290,14 +292,24 @@ async fn first_heartbeat(
     nats: &Nats,
 ) -> Result<u64, MembershipError> {
     let mut seen = None;
+    // A bucket just made may not answer for a moment, while its servers elect its leader.
+    let patience = tokio::time::Instant::now() + SETUP_PATIENCE;
     loop {
         match kv.create(key, encode(own)).await {
             Ok(revision) => return Ok(revision),
             Err(error) if is_conflict(&error) => {
-                let entry = kv
-                    .entry(key)
-                    .await
-                    .map_err(|error| nats.setup_error(format!("the member {node_name}"), error))?;
+                let entry = match kv.entry(key).await {
+                    Ok(entry) => entry,
+                    Err(_) if tokio::time::Instant::now() < patience => {
+                        tokio::time::sleep(HEARTBEAT).await;
+                        continue;
+                    }
+                    Err(error) => {
+                        return Err(nats
+                            .setup_error(format!("the member {node_name}"), error)
+                            .into());
+                    }
+                };
                 let revision = entry.map(|entry| entry.revision);
                 if seen.is_some() && revision.is_some() && seen != revision {
                     return Err(MembershipError::NameTaken {
@@ -306,6 +318,9 @@ async fn first_heartbeat(
                 }
                 seen = revision;
                 tokio::time::sleep(HEARTBEAT * 2).await;
+            }
+            Err(_) if tokio::time::Instant::now() < patience => {
+                tokio::time::sleep(HEARTBEAT).await;
             }
             Err(error) => {
                 return Err(nats

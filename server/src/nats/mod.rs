@@ -28,7 +28,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which NATS servers a node uses, and how it proves who it is to them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// The servers' URLs, without credentials, for messages.
     pub url: String,
@@ -54,7 +54,7 @@ impl EngineConfig {
         }
         let invalid = |expected| ConfigError::InvalidProperty {
             name: "immutant.engine".to_string(),
-            value: url.clone(),
+            value: crate::config::properties::without_credentials(&url),
             expected,
         };
         let servers = parse_servers(&url).ok_or_else(|| {
@@ -191,7 +191,7 @@ impl NatsNode {
 pub struct Nats {
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
-    /// The URL as given, for messages.
+    /// The servers' URLs, without credentials, for messages.
     pub url: String,
     /// This cluster's prefix on every stream, bucket and subject.
     prefix: String,
@@ -298,7 +298,9 @@ impl Nats {
             num_replicas: self.replicas,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            // Reads from the bucket's leader: a direct get may be answered by a replica
+            // behind it.
+            allow_direct: false,
             discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()
         };
@@ -405,7 +407,8 @@ pub fn untoken(token: &str) -> Option<String> {
 
 /// Whether a conditional write failed because the key was written since it was read (or
 /// created already): JetStream's answer for that is error 10071, or 10164 from a server that
-/// checks inside the replicated log, which the client does not tell apart from other failures.
+/// tracks writes still in its replicated log; the client tells neither apart from other
+/// failures. (10163, "not ready to check yet", is not a conflict: the write may be made again.)
 pub fn is_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
     use async_nats::jetstream::kv::{CreateError, CreateErrorKind, UpdateError, UpdateErrorKind};
     let mut next = Some(error);
@@ -421,13 +424,23 @@ pub fn is_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(jetstream) = error.downcast_ref::<jetstream::Error>() {
-            let code = jetstream.error_code().0;
-            // Wrong last sequence; the same, checked in the log; not ready to check yet.
-            return matches!(code, 10071 | 10164 | 10163);
+            // Wrong last sequence; and the same from a server that tracks the writes to a key
+            // still in its replicated log (another write to the key came first).
+            return matches!(jetstream.error_code().0, 10071 | 10164);
         }
         next = error.source();
     }
     false
+}
+
+/// The time until `fence_ns` on the boot clock (none: for ever).
+pub fn time_left(fence_ns: Option<u64>) -> Duration {
+    match fence_ns {
+        Some(fence) => {
+            Duration::from_nanos(fence.saturating_sub(immutant_protocol::clock::monotonic_ns()))
+        }
+        None => Duration::MAX,
+    }
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

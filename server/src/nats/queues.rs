@@ -31,9 +31,9 @@ use futures_util::StreamExt;
 use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::{Nats, NatsError, lock, token};
+use super::{Nats, NatsError, lock, time_left, token};
 use crate::messaging::{
     ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, Outbox, QueueStats, kind_name,
     now_ms,
@@ -310,6 +310,7 @@ impl Queues {
         destination: &str,
         mut options: PublishOptions,
         body: Bytes,
+        fence_ns: Option<u64>,
     ) -> Result<(), MessagingError> {
         if body.len() as u64 > self.max_message_size {
             return Err(MessagingError::TooLarge {
@@ -350,21 +351,26 @@ impl Queues {
             self.next_publish.fetch_add(1, Ordering::Relaxed)
         );
         let subject = self.subject_of(destination, known.kind);
-        self.publish_stored(&subject, &carried, body, &id).await?;
+        self.publish_stored(&subject, &carried, body, &id, fence_ns)
+            .await?;
         self.count(destination, |counts| counts.published += 1);
         Ok(())
     }
 
     /// Publishes to a stream and waits for JetStream's acknowledgement, again (with the same
-    /// id, which JetStream deduplicates on) while NATS is out of reach.
+    /// id, which JetStream deduplicates on) while NATS is out of reach: up to
+    /// [`PUBLISH_PATIENCE`], and not past `fence_ns` (a singleton lease's deadline, on the boot
+    /// clock), after which a deposed runner's message must not land. (One already sent when the
+    /// deadline passes may still.)
     async fn publish_stored(
         &self,
         subject: &str,
         carried: &Carried,
         body: Bytes,
         id: &str,
+        fence_ns: Option<u64>,
     ) -> Result<(), MessagingError> {
-        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE.min(time_left(fence_ns));
         let mut pause = Duration::from_millis(50);
         loop {
             match publish_once(&self.nats, subject, carried, body.clone(), id).await {
@@ -444,25 +450,8 @@ impl Queues {
         concurrency: u32,
         client_id: Option<&str>,
     ) -> Result<(), MessagingError> {
-        let consumer = self.consumer(key, destination, client_id).await?;
-        let stop = Shutdown::new();
-        lock(&self.state).listeners.insert(
-            key,
-            Listener {
-                destination: destination.to_string(),
-                stop: stop.clone(),
-            },
-        );
-        let room = Arc::new(Semaphore::new(concurrency.max(1) as usize));
-        tokio::spawn(self.clone().pull(
-            key,
-            destination.to_string(),
-            consumer,
-            room,
-            stop,
-            Pulling::Listen,
-        ));
-        Ok(())
+        self.consume(key, destination, client_id, concurrency, Pulling::Listen)
+            .await
     }
 
     /// Takes one message for the request `key.1`, answered with a `receipt` when one comes, or
@@ -474,6 +463,20 @@ impl Queues {
         timeout: Option<Duration>,
         client_id: Option<&str>,
     ) -> Result<(), MessagingError> {
+        let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+        let pulling = Pulling::Receive { deadline };
+        self.consume(key, destination, client_id, 1, pulling).await
+    }
+
+    /// Starts pulling from `destination` for the consumer `key`, up to `room` messages at once.
+    async fn consume(
+        self: &Arc<Self>,
+        key: ConsumerKey,
+        destination: &str,
+        client_id: Option<&str>,
+        room: u32,
+        pulling: Pulling,
+    ) -> Result<(), MessagingError> {
         let consumer = self.consumer(key, destination, client_id).await?;
         let stop = Shutdown::new();
         lock(&self.state).listeners.insert(
@@ -483,16 +486,9 @@ impl Queues {
                 stop: stop.clone(),
             },
         );
-        let room = Arc::new(Semaphore::new(1));
-        let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-        tokio::spawn(self.clone().pull(
-            key,
-            destination.to_string(),
-            consumer,
-            room,
-            stop,
-            Pulling::Receive { deadline },
-        ));
+        let room = Arc::new(Semaphore::new(room.max(1) as usize));
+        let named = (destination.to_string(), client_id.map(str::to_string));
+        tokio::spawn(self.clone().pull(key, named, consumer, room, stop, pulling));
         Ok(())
     }
 
@@ -532,7 +528,13 @@ impl Queues {
             }
             (DestinationKind::Topic, Some(client)) => {
                 let name = format!("S_{}", token(client));
-                (Some(name.clone()), shared(name))
+                // A new durable subscription starts at the next message, as on the embedded
+                // engine (an existing one goes on where it was).
+                let config = consumer::pull::Config {
+                    deliver_policy: DeliverPolicy::New,
+                    ..shared(name.clone())
+                };
+                (Some(name), config)
             }
             (DestinationKind::Topic, None) => (
                 None,
@@ -561,12 +563,13 @@ impl Queues {
     async fn pull(
         self: Arc<Self>,
         key: ConsumerKey,
-        destination: String,
-        consumer: PullConsumer,
+        (destination, client_id): (String, Option<String>),
+        mut consumer: PullConsumer,
         room: Arc<Semaphore>,
         stop: Shutdown,
         pulling: Pulling,
     ) {
+        let mut failing = false;
         loop {
             let permit = tokio::select! {
                 permit = room.clone().acquire_many_owned(1) => permit,
@@ -599,33 +602,52 @@ impl Queues {
                 .expires(expires)
                 .messages()
                 .await;
-            let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    room.add_permits(wanted);
-                    warn!("Cannot pull from {destination} in NATS ({error}); trying again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = stop.cancelled() => return,
+            let (mut taken, mut failed) = (0, None);
+            match batch {
+                Ok(mut batch) => loop {
+                    let next = tokio::select! {
+                        next = batch.next() => next,
+                        _ = stop.cancelled() => None,
+                    };
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => {
+                            failed = Some(error.to_string());
+                            break;
+                        }
+                        None => break,
+                    };
+                    let room = match pulling {
+                        Pulling::Listen => Some(room.clone()),
+                        Pulling::Receive { .. } => None,
+                    };
+                    if self.deliver(key, &destination, message, room, pulling) {
+                        taken += 1;
                     }
-                }
-            };
-            let mut taken = 0;
-            loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    _ = stop.cancelled() => None,
-                };
-                let Some(Ok(message)) = next else { break };
-                let room = match pulling {
-                    Pulling::Listen => Some(room.clone()),
-                    Pulling::Receive { .. } => None,
-                };
-                if self.deliver(key, &destination, message, room, pulling) {
-                    taken += 1;
-                }
+                },
+                Err(error) => failed = Some(error.to_string()),
             }
             room.add_permits(wanted - taken.min(wanted));
+            if let Some(error) = failed {
+                // The consumer may be gone (an ephemeral one forgotten while this node was cut
+                // off, or lost with its server): made again after a pause.
+                if !failing {
+                    warn!("Cannot pull from {destination} in NATS ({error}); trying again");
+                }
+                failing = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if let Ok(again) = self.consumer(key, &destination, client_id.as_deref()).await {
+                    consumer = again;
+                }
+                continue;
+            }
+            if failing {
+                info!("Pulling from {destination} in NATS again");
+                failing = false;
+            }
             if matches!(pulling, Pulling::Receive { .. }) && taken > 0 {
                 return;
             }
