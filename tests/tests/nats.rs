@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::netns::Lan;
-use immutant_e2e::singletons::{Runners, holder, server_and_app, signal, single_runs, ticks};
+use immutant_e2e::singletons::{
+    Runners, holder, now_us, server_and_app, signal, single_runs, ticks,
+};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, counts, free_offset,
     get_json_at, kill_9, numbers_after, probe,
@@ -309,7 +311,11 @@ fn kill_9_of_a_nats_server_under_publish_load_loses_nothing_and_publishing_goes_
     // of the leases bucket, if the one killed led it, for longer than a lease).
     let runs = single_runs(&ticks(&ticks_file));
     println!("singleton runs: {runs:?}");
-    holder(&ticks_file);
+    immutant_e2e::eventually("the singleton running again", PATIENCE, || {
+        ticks(&ticks_file)
+            .iter()
+            .any(|tick| now_us().saturating_sub(tick.at_us) < 100_000)
+    });
     // Every message whose publish returned is taken, at least once.
     let deadline = Instant::now() + PATIENCE;
     loop {
