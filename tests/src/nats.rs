@@ -58,6 +58,8 @@ pub struct NatsCluster {
     hosts: Vec<(Ipv4Addr, Option<String>)>,
     servers: Vec<Option<Proc>>,
     offset: u16,
+    /// The token clients must give, if the servers ask for one.
+    token: Option<String>,
     /// Holds the servers' configs and stores.
     dir: tempfile::TempDir,
 }
@@ -66,7 +68,13 @@ impl NatsCluster {
     /// Starts `size` servers of `release` (3 for a cluster that survives losing one) and waits
     /// until each is healthy and JetStream has a leader.
     pub fn start(size: usize, release: Release) -> NatsCluster {
-        NatsCluster::start_on(vec![(Ipv4Addr::LOCALHOST, None); size], release)
+        NatsCluster::start_on(vec![(Ipv4Addr::LOCALHOST, None); size], release, None)
+    }
+
+    /// Starts one server of `release` that lets in only clients that give `token`.
+    pub fn start_guarded(release: Release, token: &str) -> NatsCluster {
+        let hosts = vec![(Ipv4Addr::LOCALHOST, None)];
+        NatsCluster::start_on(hosts, release, Some(token.to_string()))
     }
 
     /// Starts a server of `release` in each of `hosts` of `lan`, bound to its address.
@@ -75,10 +83,14 @@ impl NatsCluster {
             .iter()
             .map(|host| (lan.address(*host), Some(lan.namespace(*host).to_string())))
             .collect();
-        NatsCluster::start_on(on, release)
+        NatsCluster::start_on(on, release, None)
     }
 
-    fn start_on(hosts: Vec<(Ipv4Addr, Option<String>)>, release: Release) -> NatsCluster {
+    fn start_on(
+        hosts: Vec<(Ipv4Addr, Option<String>)>,
+        release: Release,
+        token: Option<String>,
+    ) -> NatsCluster {
         let size = hosts.len();
         let binary = release.binary();
         assert!(
@@ -94,6 +106,7 @@ impl NatsCluster {
             hosts,
             servers: Vec::new(),
             offset,
+            token,
             dir,
         };
         for index in 0..size {
@@ -176,8 +189,12 @@ impl NatsCluster {
         } else {
             String::new()
         };
+        let authorization = match &self.token {
+            Some(token) => format!("authorization {{ token: \"{token}\" }}\n"),
+            None => String::new(),
+        };
         let config = format!(
-            "server_name: nats-{index}\nlisten: {address}:{}\nhttp: {address}:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}",
+            "server_name: nats-{index}\nlisten: {address}:{}\nhttp: {address}:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}{authorization}",
             self.client_port(index),
             self.monitor_port(index),
             store.display(),

@@ -412,3 +412,47 @@ fn a_singleton_node_cut_off_from_nats_stops_before_another_starts_and_it_stays_t
     let runs = single_runs(&ticks(&ticks_file));
     println!("healed: runs {runs:?}");
 }
+
+#[test]
+fn nats_that_asks_for_a_token_lets_in_only_a_node_given_it_in_a_file() {
+    let token = "t0ken-for-the-test";
+    let nats = NatsCluster::start_guarded(Release::Debian, token);
+    let base = Base::installed();
+    let run = |name: &str, extra: &[String]| {
+        let mut args = vec!["--clustered".to_string()];
+        args.extend(base.node_args(name, free_offset()));
+        args.extend(nats.engine_args());
+        args.extend_from_slice(extra);
+        base.run(args)
+    };
+    // Without the token: refused, and said so (with the URL, not the token).
+    let mut stranger = run("stranger", &[]);
+    assert!(!stranger.wait_exit(PATIENCE).success());
+    let text = stranger.text();
+    assert!(
+        text.contains(&format!("NATS at {} refused this node", nats.url()))
+            && text.contains("-Dimmutant.engine.credentials"),
+        "{text}"
+    );
+    // With it in a file: in; the token is in no log line and no answer.
+    let file = base.path().join("nats.token");
+    std::fs::write(&file, token).unwrap();
+    let given = [format!("-Dimmutant.engine.credentials={}", file.display())];
+    let offset = free_offset();
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args("member", offset));
+    args.extend(nats.engine_args());
+    args.extend_from_slice(&given);
+    let member = base.run(args);
+    member.wait_for("started in", PATIENCE);
+    member.wait_for("Cluster view: [member]", PATIENCE);
+    let status = get_json_at(9990 + offset, "status");
+    assert_eq!(status["cluster"]["engine"]["connected"], true, "{status}");
+    for text in [
+        member.text(),
+        status.to_string(),
+        get_json_at(9990 + offset, "").to_string(),
+    ] {
+        assert!(!text.contains(token), "the token shows: {text}");
+    }
+}

@@ -307,7 +307,7 @@ impl NatsServers {
             .map(|i| {
                 let routes: Vec<String> = (0..3u16)
                     .filter(|other| *other != i)
-                    .map(|other| format!("nats-route://127.0.0.1:{}", port(6222, other)))
+                    .map(|other| format!("\"nats-route://127.0.0.1:{}\"", port(6222, other)))
                     .collect();
                 let config = dir.path().join(format!("nats-{i}.conf"));
                 let text = format!(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{ConnectOptions, ServerAddr};
+use async_nats::{ConnectErrorKind, ConnectOptions, ServerAddr};
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, Properties};
@@ -134,6 +134,10 @@ pub enum NatsError {
     )]
     Unreachable { url: String, reason: String },
     #[error(
+        "NATS at {url} refused this node ({reason}); give it what NATS asks for in a file, with -Dimmutant.engine.credentials=PATH (a .creds file, an nkey seed or a token)"
+    )]
+    Refused { url: String, reason: String },
+    #[error(
         "cannot read the NATS credentials {path}: {source}; give -Dimmutant.engine.credentials a readable .creds file, nkey seed or token file"
     )]
     Credentials {
@@ -241,9 +245,14 @@ impl Nats {
             })
             .connect(config.servers.clone())
             .await
-            .map_err(|error| NatsError::Unreachable {
-                url: url.clone(),
-                reason: error.to_string(),
+            .map_err(|error| {
+                let (url, reason) = (url.clone(), error.to_string());
+                match error.kind() {
+                    ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                        NatsError::Refused { url, reason }
+                    }
+                    _ => NatsError::Unreachable { url, reason },
+                }
             })?;
         let version = client.server_info().version;
         if config.replicas > 1 && !serializes_replicated_writes(&version) {
@@ -367,7 +376,13 @@ async fn credentials(options: ConnectOptions, path: &PathBuf) -> Result<ConnectO
     if text.contains("-----BEGIN NATS USER JWT-----") {
         return options.credentials(text).map_err(unreadable);
     }
-    Ok(if text.starts_with("SU") {
+    // An nkey user seed: "SU" and 56 more letters and digits of base32.
+    let seed = text.len() == 58
+        && text.starts_with("SU")
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit());
+    Ok(if seed {
         options.nkey(text.to_string())
     } else {
         options.token(text.to_string())
