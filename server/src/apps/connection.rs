@@ -509,22 +509,7 @@ async fn follow_singletons(
             }
             cluster.renew(&app, lease.renew(now)).await;
         };
-        // Let go first: work under the epoch is refused from the moment it stops being current.
-        deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
-        let ran = deployment.singleton_epoch.send_replace(None).is_some();
-        if end != LeaseEnd::AppEnded {
-            // The app stops them at once, or by the deadline by itself if it cannot hear.
-            send(
-                &outbox,
-                Header::Lease {
-                    epoch,
-                    until_ns: None,
-                },
-            );
-            for name in singleton_daemons(&deployment) {
-                send(&outbox, Header::StopDaemon { name });
-            }
-        }
+        let ran = let_go(&deployment, &outbox, epoch, end);
         match end {
             LeaseEnd::Lapsed if ran => warn!(
                 "The singletons of {app} no longer run on this node: the cluster did not confirm its lease in time"
@@ -592,6 +577,23 @@ async fn wait_until_ours(
             _ = ended.cancelled() => return false,
         }
     }
+}
+
+/// Lets this node's lease of `epoch` on the app's singletons go, as it ended: from now on work
+/// under the epoch is refused here, and the app (unless it ended) is told to stop them at once
+/// (or it does by the deadline by itself if it cannot hear). Whether they ran here.
+pub(super) fn let_go(deployment: &Deployment, outbox: &Outbox, epoch: u64, end: LeaseEnd) -> bool {
+    // Refused first, from the moment the epoch stops being current.
+    deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
+    let ran = deployment.singleton_epoch.send_replace(None).is_some();
+    if end != LeaseEnd::AppEnded {
+        let until_ns = None;
+        send(outbox, Header::Lease { epoch, until_ns });
+        for name in singleton_daemons(deployment) {
+            send(outbox, Header::StopDaemon { name });
+        }
+    }
+    ran
 }
 
 /// The names of the app's singleton daemons.

@@ -13,7 +13,7 @@ use immutant_protocol::{Header, Outbox};
 use tracing::{info, warn};
 
 use super::Deployment;
-use super::connection::{LeaseEnd, send, singleton_daemons};
+use super::connection::{LeaseEnd, let_go, send, singleton_daemons};
 use crate::nats::NatsNode;
 use crate::nats::leases::{Held, Renewal};
 use crate::shutdown::Shutdown;
@@ -73,22 +73,9 @@ pub(super) async fn follow(
                 Ok(Renewal::Unanswered) | Err(_) => {}
             }
         };
-        // Let go first: work under the epoch is refused from the moment it stops being current.
-        deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
-        deployment.singleton_epoch.send_replace(None);
+        let_go(&deployment, &outbox, epoch, end);
         nats.membership.set_lease(&app, None);
         if end != LeaseEnd::AppEnded {
-            // The app stops them at once, or by the deadline by itself if it cannot hear.
-            send(
-                &outbox,
-                Header::Lease {
-                    epoch,
-                    until_ns: None,
-                },
-            );
-            for name in singleton_daemons(&deployment) {
-                send(&outbox, Header::StopDaemon { name });
-            }
             warn!(
                 "The singletons of {app} no longer run on this node: its lease in NATS was not renewed in time"
             );

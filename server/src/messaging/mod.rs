@@ -297,18 +297,8 @@ impl Broker {
         mut options: PublishOptions,
         body: Bytes,
     ) -> Result<(), MessagingError> {
-        if body.len() as u64 > self.max_message_size {
-            return Err(MessagingError::TooLarge {
-                size: body.len(),
-                limit: self.max_message_size,
-            });
-        }
-        if options.priority > 9 {
-            return Err(MessagingError::BadPriority(options.priority));
-        }
-        if options.reply_to.as_deref() == Some("@") {
-            options.reply_to = Some(format!("@{}/{connection}", self.node_name));
-        }
+        let limit = self.max_message_size;
+        check_publish(&mut options, body.len(), limit, &self.node_name, connection)?;
         let published_at_ms = now_ms();
         let message = Message {
             header: MessageHeader {
@@ -836,6 +826,27 @@ fn decode_page(queue: &str, page: journal::PageRead, from: u64) -> queue::TakenP
         through,
         more: page.more,
     }
+}
+
+/// Checks what an app publishes from `connection` (its size against `limit`, its priority), and
+/// puts in the address that reaches the app for a reply to itself (`@`), on either engine.
+pub fn check_publish(
+    options: &mut PublishOptions,
+    size: usize,
+    limit: u64,
+    node_name: &str,
+    connection: u64,
+) -> Result<(), MessagingError> {
+    if size as u64 > limit {
+        return Err(MessagingError::TooLarge { size, limit });
+    }
+    if options.priority > 9 {
+        return Err(MessagingError::BadPriority(options.priority));
+    }
+    if options.reply_to.as_deref() == Some("@") {
+        options.reply_to = Some(format!("@{node_name}/{connection}"));
+    }
+    Ok(())
 }
 
 /// A destination kind's name, as messages and the management API say it.

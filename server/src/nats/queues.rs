@@ -35,8 +35,8 @@ use tracing::{info, warn};
 
 use super::{Nats, NatsError, lock, time_left, token};
 use crate::messaging::{
-    ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, Outbox, QueueStats, kind_name,
-    now_ms,
+    ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, Outbox, QueueStats,
+    check_publish, kind_name, now_ms,
 };
 use crate::shutdown::Shutdown;
 
@@ -312,18 +312,8 @@ impl Queues {
         body: Bytes,
         fence_ns: Option<u64>,
     ) -> Result<(), MessagingError> {
-        if body.len() as u64 > self.max_message_size {
-            return Err(MessagingError::TooLarge {
-                size: body.len(),
-                limit: self.max_message_size,
-            });
-        }
-        if options.priority > 9 {
-            return Err(MessagingError::BadPriority(options.priority));
-        }
-        if options.reply_to.as_deref() == Some("@") {
-            options.reply_to = Some(format!("@{}/{connection}", self.node_name));
-        }
+        let limit = self.max_message_size;
+        check_publish(&mut options, body.len(), limit, &self.node_name, connection)?;
         let published_at_ms = now_ms();
         let carried = Carried {
             priority: options.priority,
