@@ -154,10 +154,18 @@ impl Membership {
         }
     }
 
-    /// Leaves at once: the others drop this node at their next read.
+    /// Leaves at once: the others drop this node at their next read. If NATS does not answer
+    /// within [`HEARTBEAT`] × 4 the node stops anyway, and the others drop it when its heartbeat
+    /// is forgotten.
     pub async fn leave(&self) {
-        if let Err(error) = self.kv.delete(&self.key).await {
-            warn!("Could not take this node out of the cluster's members in NATS: {error}");
+        match tokio::time::timeout(HEARTBEAT * 4, self.kv.delete(&self.key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!("Could not take this node out of the cluster's members in NATS: {error}")
+            }
+            Err(_) => warn!(
+                "NATS did not answer in time to take this node out of the cluster's members; the others drop it when its heartbeat is forgotten"
+            ),
         }
     }
 

@@ -46,6 +46,8 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// How long one pull waits for messages before it is made again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long a stopping node waits for NATS to take what it sent.
+const STOP_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a publish waits for NATS (across reconnections) before it fails.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// The name of the consumer every listener of a queue shares.
@@ -934,9 +936,10 @@ impl Queues {
         stats
     }
 
-    /// Waits for what was sent to NATS to be flushed: the node is stopping.
+    /// Waits for what was sent to NATS to be flushed: the node is stopping. NATS out of
+    /// reach does not keep it from stopping.
     pub async fn close(&self) {
-        let _ = self.nats.client.flush().await;
+        let _ = tokio::time::timeout(STOP_PATIENCE, self.nats.client.flush()).await;
     }
 
     fn count(&self, destination: &str, change: impl FnOnce(&mut Counts)) {
