@@ -24,35 +24,67 @@ pub struct Binaries {
     pub server: PathBuf,
 }
 
-/// Builds `cargo-immutant` and `immutant-server` (a no-op when they are fresh). They get a
-/// target dir of their own: built beside the tests, cargo would resolve their dependencies'
-/// features differently from the test build each time, and rebuild both over and over.
+/// Builds `cargo-immutant` and `immutant-server` (a no-op when they are fresh) as `install.sh`
+/// does, with the same command: the tests run what a user installs, and after `install.sh`
+/// (as in CI) there is nothing left to build. Built any other way (alone, or beside the tests'
+/// own build), cargo would resolve their dependencies' features differently and build them all
+/// again.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
         let root = workspace_root();
-        let target = root.join("target").join("e2e");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "cargo-immutant",
-                "-p",
-                "immutant-server",
-                "--target-dir",
-            ])
-            .arg(&target)
+        let status = as_from_a_shell(&mut Command::new(cargo))
+            .args(INSTALL_BUILD)
             .current_dir(&root)
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the binaries under test failed");
+        let release = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from)
+            .join("release");
         Binaries {
-            cli: target.join("debug").join("cargo-immutant"),
-            server: target.join("debug").join("immutant-server"),
+            cli: release.join("cargo-immutant"),
+            server: release.join("immutant-server"),
         }
     })
 }
+
+/// `command` without the variables cargo sets for a test about the test's own package, as a
+/// user's shell runs it: cargo builds run from a test would otherwise see a different
+/// `CARGO_MANIFEST_DIR`, which some build scripts (ring's) watch, and build again everything
+/// above them.
+pub fn as_from_a_shell(command: &mut Command) -> &mut Command {
+    const SET_FOR_A_TEST: [&str; 6] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if SET_FOR_A_TEST.contains(&name.as_ref())
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
+/// `install.sh`'s build of the CLI and the server, arguments to `cargo`.
+pub const INSTALL_BUILD: [&str; 7] = [
+    "build",
+    "--release",
+    "--locked",
+    "-p",
+    "cargo-immutant",
+    "-p",
+    "immutant-server",
+];
 
 /// The checkout these tests belong to.
 pub fn workspace_root() -> PathBuf {
@@ -105,7 +137,7 @@ impl Base {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut command = Command::new(&binaries().cli);
-        command
+        as_from_a_shell(&mut command)
             .args(args)
             .env("IMMUTANT_BASE_DIR", self.path())
             .env_remove("IMMUTANT_HOME")

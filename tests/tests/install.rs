@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
 
-use immutant_e2e::{Base, binaries};
+use immutant_e2e::{Base, INSTALL_BUILD, binaries, workspace_root};
 use sha2::{Digest, Sha256};
 
 fn stdout(output: &Output) -> String {
@@ -33,6 +33,18 @@ fn assert_layout(release: &Path) {
         );
     }
     assert!(release.join("deployments").is_dir());
+}
+
+/// The tests run the binaries `install.sh` builds, built by the same command (so that after it
+/// nothing is built again): the two must not drift apart.
+#[test]
+fn the_tests_build_what_install_sh_builds() {
+    let script = std::fs::read_to_string(workspace_root().join("install.sh")).unwrap();
+    let command = format!("cargo {}", INSTALL_BUILD.join(" "));
+    assert!(
+        script.lines().any(|line| line.trim() == command),
+        "install.sh does not run `{command}`; change INSTALL_BUILD in tests/src/lib.rs with it"
+    );
 }
 
 #[test]

@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 /// The server's package in the workspace.
 const SERVER_PACKAGE: &str = "immutant-server";
+/// The packages a server build builds: the server with the CLI, as `install.sh` builds them, so
+/// that the dependencies they share are built once with the same features (the server built
+/// alone would resolve some of them differently, and build them and all above them again).
+const BUILT_PACKAGES: [&str; 2] = ["cargo-immutant", SERVER_PACKAGE];
 
 /// A checkout of Immutant that can build a server.
 #[derive(Debug, Clone)]
@@ -83,9 +87,8 @@ impl SourceTree {
                 "--release",
                 "--message-format",
                 "json-render-diagnostics",
-                "-p",
-                SERVER_PACKAGE,
             ])
+            .args(BUILT_PACKAGES.iter().flat_map(|package| ["-p", package]))
             .arg("--manifest-path")
             .arg(self.manifest())
             .stdout(Stdio::piped())
@@ -109,10 +112,10 @@ impl SourceTree {
                 }
                 bar.inc(1);
                 if let Some(target) = message.target {
+                    if target.name == SERVER_PACKAGE && message.executable.is_some() {
+                        binary = message.executable;
+                    }
                     bar.set_message(target.name);
-                }
-                if message.executable.is_some() {
-                    binary = message.executable;
                 }
             }
         }
@@ -167,7 +170,12 @@ impl BuildPlan {
             })
             .collect();
         let mut reachable = BTreeSet::new();
-        let mut todo = vec![server.id.as_str()];
+        let mut todo: Vec<&str> = metadata
+            .packages
+            .iter()
+            .filter(|package| BUILT_PACKAGES.contains(&package.name.as_str()))
+            .map(|package| package.id.as_str())
+            .collect();
         while let Some(id) = todo.pop() {
             if reachable.insert(id) {
                 todo.extend(edges.get(id).into_iter().flatten());
@@ -184,8 +192,9 @@ impl BuildPlan {
                     .any(|t| t.kind.iter().any(|k| k == "custom-build"))
             })
             .count();
-        // Each package gives its library, each build script one more, and the server its binary.
-        let artifacts = (reachable.len() + build_scripts + 1) as u64;
+        // Each package gives its library, each build script one more, and the server and the
+        // CLI their binaries.
+        let artifacts = (reachable.len() + build_scripts + BUILT_PACKAGES.len()) as u64;
         Ok(BuildPlan {
             version: server.version.clone(),
             artifacts,

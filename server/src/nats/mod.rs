@@ -26,6 +26,8 @@ use crate::config::{ConfigError, Properties};
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a node waits for NATS at boot before saying it cannot reach it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node asks a busy JetStream again to set a stream or bucket up.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Which NATS servers a node uses, and how it proves who it is to them.
 #[derive(Clone)]
@@ -314,14 +316,50 @@ impl Nats {
             ..Default::default()
         };
         let failed = |error: String| self.setup_error(format!("the bucket {bucket}"), error);
-        self.jetstream
-            .get_or_create_stream(stream)
+        self.stream(stream)
             .await
             .map_err(|error| failed(error.to_string()))?;
         self.jetstream
             .get_key_value(&bucket)
             .await
             .map_err(|error| failed(error.to_string()))
+    }
+
+    /// Opens the stream `config` names, making it if needed (see [`Nats::patiently`]).
+    pub async fn stream(
+        &self,
+        config: jetstream::stream::Config,
+    ) -> Result<jetstream::stream::Stream, jetstream::context::CreateStreamError> {
+        let what = format!("the stream {}", config.name);
+        self.patiently(&what, is_busy_stream, || {
+            self.jetstream.get_or_create_stream(config.clone())
+        })
+        .await
+    }
+
+    /// Asks JetStream with `ask` again, for up to [`SETUP_PATIENCE`], while it answers `busy`
+    /// (its request timed out, or it had no leader): a NATS cluster that has just started or
+    /// is electing answers soon. `ask` must be the same request each time (setting up a stream
+    /// or consumer that exists with the same config is no error).
+    pub async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        &self,
+        what: &str,
+        busy: fn(&E) -> bool,
+        mut ask: impl FnMut() -> F,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        loop {
+            match ask().await {
+                Err(error) if busy(&error) && started.elapsed() < SETUP_PATIENCE => {
+                    warn!(
+                        "NATS at {} did not set up {what} yet ({error}); asking again",
+                        self.url
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// The error of setting `what` up.
@@ -332,6 +370,32 @@ impl Nats {
             reason: error.to_string(),
         }
     }
+}
+
+/// Whether setting a stream up failed because JetStream was busy or had no leader, rather than
+/// because of what was asked.
+fn is_busy_stream(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind;
+    match error.kind() {
+        CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(error) => is_unavailable(&error),
+        _ => false,
+    }
+}
+
+/// Whether setting a consumer up failed because JetStream was busy or had no leader.
+pub fn is_busy_consumer(error: &jetstream::stream::ConsumerError) -> bool {
+    use jetstream::stream::ConsumerErrorKind;
+    match error.kind() {
+        ConsumerErrorKind::TimedOut => true,
+        ConsumerErrorKind::JetStream(error) => is_unavailable(&error),
+        _ => false,
+    }
+}
+
+/// Whether JetStream answered that it cannot serve now (503: no leader, or not ready).
+fn is_unavailable(error: &jetstream::Error) -> bool {
+    error.code() == 503
 }
 
 /// Whether nats-server `version` checks a write's expected revision inside the replicated log

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use super::{Nats, NatsError, lock, time_left, token};
+use super::{Nats, NatsError, is_busy_consumer, lock, time_left, token};
 use crate::messaging::{
     ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, Outbox, QueueStats,
     check_publish, kind_name, now_ms,
@@ -244,8 +244,7 @@ impl Queues {
             ..Default::default()
         };
         self.nats
-            .jetstream
-            .get_or_create_stream(config)
+            .stream(config)
             .await
             .map_err(|error| engine_error(format!("cannot make the stream of {name}: {error}")))?;
         tracing::info!("Starting {}: {name}", kind_name(kind));
@@ -540,11 +539,14 @@ impl Queues {
                 },
             ),
         };
-        let made = match name {
-            Some(name) => stream.get_or_create_consumer(&name, config).await,
-            None => stream.create_consumer(config).await,
-        };
-        made.map_err(|error| {
+        let what = format!("a consumer of {destination}");
+        let made = self.nats.patiently(&what, is_busy_consumer, || async {
+            match &name {
+                Some(name) => stream.get_or_create_consumer(name, config.clone()).await,
+                None => stream.create_consumer(config.clone()).await,
+            }
+        });
+        made.await.map_err(|error| {
             engine_error(format!(
                 "cannot make a consumer of {destination} in NATS: {error}"
             ))
