@@ -60,6 +60,8 @@ pub struct NatsCluster {
     offset: u16,
     /// The token clients must give, if the servers ask for one.
     token: Option<String>,
+    /// The servers' certificates, if clients must speak TLS to them.
+    tls: Option<Tls>,
     /// Holds the servers' configs and stores.
     dir: tempfile::TempDir,
 }
@@ -77,6 +79,15 @@ impl NatsCluster {
         NatsCluster::start_on(hosts, release, Some(token.to_string()))
     }
 
+    /// Starts one server of `release` that speaks only TLS, with a certificate for 127.0.0.1
+    /// signed by a CA made for it ([`NatsCluster::ca_file`]).
+    pub fn start_tls(release: Release) -> NatsCluster {
+        let hosts = vec![(Ipv4Addr::LOCALHOST, None)];
+        let mut cluster = NatsCluster::new(hosts, release, None);
+        cluster.tls = Some(Tls::make(cluster.dir.path(), Ipv4Addr::LOCALHOST));
+        cluster.started()
+    }
+
     /// Starts a server of `release` in each of `hosts` of `lan`, bound to its address.
     pub fn start_in(lan: &Lan, hosts: &[usize], release: Release) -> NatsCluster {
         let on = hosts
@@ -91,7 +102,15 @@ impl NatsCluster {
         release: Release,
         token: Option<String>,
     ) -> NatsCluster {
-        let size = hosts.len();
+        NatsCluster::new(hosts, release, token).started()
+    }
+
+    /// A cluster of `release` on `hosts`, not started.
+    fn new(
+        hosts: Vec<(Ipv4Addr, Option<String>)>,
+        release: Release,
+        token: Option<String>,
+    ) -> NatsCluster {
         let binary = release.binary();
         assert!(
             binary.exists(),
@@ -99,34 +118,45 @@ impl NatsCluster {
             binary.display(),
             release.how_to_install()
         );
-        let offset = free_offset();
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let mut cluster = NatsCluster {
+        NatsCluster {
             release,
             hosts,
             servers: Vec::new(),
-            offset,
+            offset: free_offset(),
             token,
-            dir,
-        };
-        for index in 0..size {
-            let config = cluster.write_config(index, size);
-            let server = cluster.spawn(index, &config);
-            cluster.servers.push(Some(server));
+            tls: None,
+            dir: tempfile::tempdir().expect("a temporary folder"),
         }
-        for index in 0..size {
-            cluster.wait_healthy(index);
-        }
-        cluster.wait_for_leader();
-        cluster
     }
 
-    /// The URL a node is given: `nats://` and every server's client address.
+    /// Starts every server, and waits until each is healthy and JetStream has a leader.
+    fn started(mut self) -> NatsCluster {
+        let size = self.hosts.len();
+        for index in 0..size {
+            let config = self.write_config(index, size);
+            let server = self.spawn(index, &config);
+            self.servers.push(Some(server));
+        }
+        for index in 0..size {
+            self.wait_healthy(index);
+        }
+        self.wait_for_leader();
+        self
+    }
+
+    /// The URL a node is given: `nats://` (`tls://` if the servers speak TLS) and every
+    /// server's client address.
     pub fn url(&self) -> String {
         let addresses: Vec<String> = (0..self.servers.len())
             .map(|index| format!("{}:{}", self.hosts[index].0, self.client_port(index)))
             .collect();
-        format!("nats://{}", addresses.join(","))
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://{}", addresses.join(","))
+    }
+
+    /// The CA file that signed the servers' certificates, if they speak TLS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
     }
 
     /// The arguments that put a node on this cluster: its URL, and every stream and bucket on
@@ -193,8 +223,16 @@ impl NatsCluster {
             Some(token) => format!("authorization {{ token: \"{token}\" }}\n"),
             None => String::new(),
         };
+        let tls = match &self.tls {
+            Some(tls) => format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+                tls.certificate.display(),
+                tls.key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "server_name: nats-{index}\nlisten: {address}:{}\nhttp: {address}:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}{authorization}",
+            "server_name: nats-{index}\nlisten: {address}:{}\nhttp: {address}:{}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n{cluster}{authorization}{tls}",
             self.client_port(index),
             self.monitor_port(index),
             store.display(),
@@ -271,5 +309,38 @@ fn wait(what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "waited 30 s for {what}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A CA made for one test, and a certificate it signed for a server's address, in PEM files.
+struct Tls {
+    ca: PathBuf,
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+impl Tls {
+    /// Makes the CA and the certificate for `address`, in `dir`.
+    fn make(dir: &Path, address: Ipv4Addr) -> Tls {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Immutant test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap())
+            .expect("a CA certificate");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let certificate = rcgen::CertificateParams::new(vec![address.to_string()])
+            .expect("certificate params")
+            .signed_by(&key, &ca)
+            .expect("a certificate signed by the CA");
+        let tls = Tls {
+            ca: dir.join("ca.pem"),
+            certificate: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+        };
+        std::fs::write(&tls.ca, ca.pem()).expect("the CA is written");
+        std::fs::write(&tls.certificate, certificate.pem()).expect("the certificate is written");
+        std::fs::write(&tls.key, key.serialize_pem()).expect("the key is written");
+        tls
     }
 }

@@ -456,3 +456,39 @@ fn nats_that_asks_for_a_token_lets_in_only_a_node_given_it_in_a_file() {
         assert!(!text.contains(token), "the token shows: {text}");
     }
 }
+
+#[test]
+fn nats_over_tls_lets_in_a_node_given_its_ca_and_says_what_to_give_otherwise() {
+    let nats = NatsCluster::start_tls(Release::Debian);
+    let ca = nats.ca_file().expect("the servers speak TLS");
+    let base = Base::installed();
+    let project = base.new_project("example");
+    base.deploy(&project, None);
+    let cluster = cluster_name();
+
+    // Without the CA that signed the server's certificate: stops, and says what to give.
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args("stranger", free_offset()));
+    args.extend(nats.engine_args());
+    let mut stranger = base.run(args);
+    assert!(!stranger.wait_exit(PATIENCE).success());
+    let text = stranger.text();
+    assert!(
+        text.contains(&format!(
+            "NATS at {} and this node could not agree on TLS",
+            nats.url()
+        )) && text.contains("-Dimmutant.engine.ca-file"),
+        "{text}"
+    );
+
+    // Given it: the seed app's messages and singleton go through NATS over TLS.
+    let mut args = nats.engine_args();
+    args.push(format!("-Dimmutant.engine.ca-file={}", ca.display()));
+    let offset = free_offset();
+    let member = clustered_with(&base, "member", offset, &cluster, &args);
+    member.wait_for("on NATS at tls://", Duration::ZERO);
+    member.wait_for("Deployed \"example\"", BUILD_PATIENCE);
+    member.wait_for("received: 2", PATIENCE);
+    let status = get_json_at(9990 + offset, "status");
+    assert_eq!(status["cluster"]["engine"]["connected"], true, "{status}");
+}

@@ -140,6 +140,10 @@ pub enum NatsError {
     )]
     Refused { url: String, reason: String },
     #[error(
+        "NATS at {url} and this node could not agree on TLS ({reason}); if its certificates are signed by a CA of your own, give that CA's PEM file with -Dimmutant.engine.ca-file=PATH (and a tls:// URL for servers that speak only TLS)"
+    )]
+    Tls { url: String, reason: String },
+    #[error(
         "cannot read the NATS credentials {path}: {source}; give -Dimmutant.engine.credentials a readable .creds file, nkey seed or token file"
     )]
     Credentials {
@@ -253,6 +257,7 @@ impl Nats {
                     ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                         NatsError::Refused { url, reason }
                     }
+                    _ if is_tls_failure(&error) => NatsError::Tls { url, reason },
                     _ => NatsError::Unreachable { url, reason },
                 }
             })?;
@@ -370,6 +375,25 @@ impl Nats {
             reason: error.to_string(),
         }
     }
+}
+
+/// Whether connecting failed in setting TLS up or in its handshake (the client reports a
+/// failed handshake as an I/O error carrying rustls's).
+fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
+    if error.kind() == ConnectErrorKind::Tls {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(error) = cause {
+        let io = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if error.is::<rustls::Error>() || io.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Whether setting a stream up failed because JetStream was busy or had no leader, rather than
