@@ -249,14 +249,28 @@ impl NatsCluster {
         });
     }
 
+    /// Waits until JetStream has a meta leader that knows every other server as a current
+    /// peer: before that, a stream of all the servers' replicas has "no suitable peers".
     fn wait_for_leader(&self) {
-        wait("JetStream to elect a meta leader", || {
-            self.servers.len() == 1
-                || self.get(0, "jsz").is_some_and(|text| {
-                    serde_json::from_str::<serde_json::Value>(&text)
-                        .is_ok_and(|jsz| jsz["meta_cluster"]["leader"].as_str().is_some())
-                })
-        });
+        let others = self.servers.len() - 1;
+        wait(
+            "JetStream to elect a meta leader with every server a peer",
+            || {
+                // Only the leader lists its peers.
+                others == 0
+                    || (0..=others).any(|index| {
+                        self.get(index, "jsz").is_some_and(|text| {
+                            serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|jsz| {
+                                let meta = &jsz["meta_cluster"];
+                                let current = meta["replicas"].as_array().map_or(0, |peers| {
+                                    peers.iter().filter(|peer| peer["current"] == true).count()
+                                });
+                                meta["leader"].as_str().is_some() && current == others
+                            })
+                        })
+                    })
+            },
+        );
     }
 
     /// `GET` on server `index`'s monitoring port, from its host, if it answers.

@@ -1,18 +1,20 @@
 //! Membership on NATS: each node puts a heartbeat (its age, addresses, apps and leases) under
 //! its name in the cluster's `members` bucket every half second; the bucket forgets a key a few
 //! seconds after its last heartbeat, so a node that died leaves the view by itself. Every node
-//! reads the bucket as often, and makes its view of what it finds, oldest first.
+//! follows the bucket with a watcher, and makes its view of the members it heard from lately,
+//! oldest first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::Store;
-use futures_util::TryStreamExt;
+use async_nats::jetstream::kv::{Entry, Operation, Store};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use super::{Nats, NatsError, is_conflict, lock, token, untoken};
 use crate::cluster::{Member, View};
@@ -60,7 +62,6 @@ pub struct Membership {
     /// Wakes the heartbeat at once when what it says changed.
     changed: Notify,
     view: watch::Sender<View>,
-    discovered: watch::Sender<bool>,
     clash: watch::Sender<bool>,
 }
 
@@ -92,7 +93,6 @@ impl Membership {
             app_processes: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             view: watch::Sender::new(View::default()),
-            discovered: watch::Sender::new(false),
             clash: watch::Sender::new(false),
         });
         tokio::spawn(membership.clone().beat(revision, shutdown.clone()));
@@ -102,11 +102,6 @@ impl Membership {
 
     pub fn view(&self) -> watch::Receiver<View> {
         self.view.subscribe()
-    }
-
-    /// Resolves once the view was read at least once.
-    pub async fn discovered(&self) {
-        let _ = self.discovered.subscribe().wait_for(|read| *read).await;
     }
 
     /// Says whether a process of `app` runs here (counted: two may overlap).
@@ -230,22 +225,45 @@ impl Membership {
         }
     }
 
-    /// Reads the members every [`HEARTBEAT`] and publishes the view when it changes.
+    /// Follows the members bucket with a watcher (every heartbeat is pushed to it, so nothing
+    /// is asked of NATS per read) and publishes the view when it changes. The bucket forgets a
+    /// key without telling its watchers, so a member not heard from for [`FORGET_AFTER`] leaves
+    /// the view here too. A watcher that fails or ends is opened again after a pause, from the
+    /// bucket's current keys.
     async fn follow(self: Arc<Self>, shutdown: Shutdown) {
+        let mut heard = BTreeMap::new();
+        let mut failing = false;
         loop {
-            match self.read().await {
-                Ok(view) => {
-                    if self.view.borrow().names() != view.names() {
-                        info!("Cluster view: {view}");
+            let mut watch = match self.kv.watch_with_history(">").await {
+                Ok(watch) => watch,
+                Err(error) => {
+                    if !failing {
+                        warn!("Cannot follow the cluster's members in NATS: {error}");
                     }
-                    self.view.send_if_modified(|old| {
-                        let changed = *old != view;
-                        *old = view;
-                        changed
-                    });
-                    self.discovered.send_replace(true);
+                    failing = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(HEARTBEAT) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
-                Err(error) => warn!("Cannot read the cluster's members from NATS: {error}"),
+            };
+            failing = false;
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    entry = watch.next() => match entry {
+                        Some(Ok(entry)) => hear(&mut heard, entry),
+                        Some(Err(error)) => {
+                            debug!("The watcher of the cluster's members failed: {error}");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                heard.retain(|_, (_, at): &mut (Heartbeat, Instant)| at.elapsed() < FORGET_AFTER);
+                self.publish(&heard);
             }
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
@@ -254,25 +272,16 @@ impl Membership {
         }
     }
 
-    async fn read(&self) -> Result<View, String> {
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| e.to_string())?
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut members = Vec::new();
-        for key in keys {
-            let Some(name) = untoken(&key) else { continue };
-            let Some(entry) = self.kv.entry(&key).await.map_err(|e| e.to_string())? else {
-                continue;
-            };
-            let Some(heartbeat) = decode(&entry.value) else {
-                continue;
-            };
-            members.push(Member {
+    /// Publishes the view made of the members `heard` (and this node), if it changed.
+    fn publish(&self, heard: &BTreeMap<String, (Heartbeat, Instant)>) {
+        let own = lock(&self.own).clone();
+        let others = heard
+            .iter()
+            .filter(|(name, _)| **name != self.node_name)
+            .map(|(name, (heartbeat, _))| (name.clone(), heartbeat.clone()));
+        let members = std::iter::once((self.node_name.clone(), own))
+            .chain(others)
+            .map(|(name, heartbeat)| Member {
                 is_self: name == self.node_name,
                 name,
                 generation: heartbeat.generation,
@@ -284,9 +293,32 @@ impl Membership {
                 interest: BTreeMap::new(),
                 caches: BTreeMap::new(),
                 leases: heartbeat.leases,
-            });
+            })
+            .collect();
+        let view = View::new(members);
+        if self.view.borrow().names() != view.names() {
+            info!("Cluster view: {view}");
         }
-        Ok(View::new(members))
+        self.view.send_if_modified(|old| {
+            let changed = *old != view;
+            *old = view;
+            changed
+        });
+    }
+}
+
+/// Takes in what the watcher says of a member: its heartbeat, when heard, or that it left.
+fn hear(heard: &mut BTreeMap<String, (Heartbeat, Instant)>, entry: Entry) {
+    let Some(name) = untoken(&entry.key) else {
+        return;
+    };
+    match (entry.operation, decode(&entry.value)) {
+        (Operation::Put, Some(heartbeat)) => {
+            heard.insert(name, (heartbeat, Instant::now()));
+        }
+        _ => {
+            heard.remove(&name);
+        }
     }
 }
 

@@ -353,13 +353,18 @@ impl Nats {
         mut ask: impl FnMut() -> F,
     ) -> Result<T, E> {
         let started = std::time::Instant::now();
+        let mut told = false;
         loop {
             match ask().await {
                 Err(error) if busy(&error) && started.elapsed() < SETUP_PATIENCE => {
-                    warn!(
-                        "NATS at {} did not set up {what} yet ({error}); asking again",
-                        self.url
-                    );
+                    if !told {
+                        warn!(
+                            "NATS at {} did not set up {what} yet ({error}); asking again for up to {} s",
+                            self.url,
+                            SETUP_PATIENCE.as_secs()
+                        );
+                        told = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 answer => return answer,
@@ -417,9 +422,11 @@ pub fn is_busy_consumer(error: &jetstream::stream::ConsumerError) -> bool {
     }
 }
 
-/// Whether JetStream answered that it cannot serve now (503: no leader, or not ready).
+/// Whether JetStream answered that it cannot serve now: 503 (no leader, or not ready), or
+/// 10005 (no suitable peers: fewer servers up, or known to the leader, than the replicas asked
+/// for, as while a NATS cluster starts or a server restarts).
 fn is_unavailable(error: &jetstream::Error) -> bool {
-    error.code() == 503
+    error.code() == 503 || error.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
 }
 
 /// Whether nats-server `version` checks a write's expected revision inside the replicated log
