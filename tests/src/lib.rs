@@ -5,6 +5,7 @@
 //! output can be waited on, and free port offsets. Nothing here stands in for a part of
 //! Immutant: every test drives the real CLI and real nodes over real sockets and signals.
 
+pub mod browser;
 pub mod nats;
 pub mod netns;
 pub mod singletons;

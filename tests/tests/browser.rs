@@ -3,74 +3,25 @@
 //! times, kill -9 the node that served it, reload, and the count goes on on the other node.
 //! Screenshots land in `target/screenshots/`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chromiumoxide::browser::{Browser, BrowserConfig};
-use chromiumoxide::page::ScreenshotParams;
-use futures_util::StreamExt;
+use immutant_e2e::browser::{Chromium, Page};
 use immutant_e2e::web::{Behind, Front};
-use std::time::Instant;
-
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, get_json_at, kill_9, kill_9_pid, node_pid, probe, seed_pair,
     workspace_root,
 };
 
-/// Where the browser is: Debian's package (`.ci/run` installs it).
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn screenshots() -> PathBuf {
+/// A screenshot of the whole page, as `target/screenshots/<name>`.
+async fn shoot(page: &mut Page, name: &str) {
     let dir = workspace_root().join("target").join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    page.screenshot(&dir.join(name)).await;
 }
 
-/// The text of the element `selector` picks on `page`.
-async fn text_of(page: &chromiumoxide::Page, selector: &str) -> String {
-    let element = page.find_element(selector).await.unwrap();
-    element.inner_text().await.unwrap().unwrap_or_default()
-}
-
-/// Debian's Chromium, headless, with a profile of its own in `profile`, and the task that
-/// handles its events.
-async fn launch(profile: &Path) -> (Browser, tokio::task::JoinHandle<()>) {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)"
-    );
-    let config = BrowserConfig::builder()
-        .chrome_executable(CHROMIUM)
-        .no_sandbox()
-        .user_data_dir(profile)
-        .viewport(chromiumoxide::handler::viewport::Viewport {
-            width: 1400,
-            height: 900,
-            ..Default::default()
-        })
-        .args([
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-proxy-server",
-        ])
-        .build()
-        .unwrap();
-    let (browser, mut handler) = Browser::launch(config).await.expect("chromium starts");
-    let handling = tokio::spawn(async move { while handler.next().await.is_some() {} });
-    (browser, handling)
-}
-
-/// A screenshot of the whole page, as `target/screenshots/<name>`.
-async fn shoot(page: &chromiumoxide::Page, name: &str) {
-    let png = page
-        .screenshot(ScreenshotParams::builder().full_page(true).build())
-        .await
-        .unwrap();
-    std::fs::write(screenshots().join(name), png).unwrap();
+/// The visit count and the node the web template's page shows.
+async fn served(page: &mut Page) -> (String, String) {
+    (page.text_of("#visits").await, page.text_of("#node").await)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -93,39 +44,30 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
     let profile = tempfile::tempdir().unwrap();
     let runtime = runtime();
     let url = front.url("/visits/");
-    let served = |page: &chromiumoxide::Page| {
-        let page = page.clone();
-        async move {
-            (
-                text_of(&page, "#visits").await,
-                text_of(&page, "#node").await,
-            )
-        }
-    };
-    let (browser, handling, page, node) = runtime.block_on(async {
-        let (browser, handling) = launch(profile.path()).await;
-        let page = browser.new_page(url.as_str()).await.unwrap();
-        let (visits, node) = served(&page).await;
+    let browser = Chromium::launch(profile.path());
+    let (mut page, node) = runtime.block_on(async {
+        let mut page = browser.open(&url).await;
+        let (visits, node) = served(&mut page).await;
         assert_eq!(visits, "1");
         for n in 2..=5 {
-            page.reload().await.unwrap();
-            let (visits, again) = served(&page).await;
+            page.reload().await;
+            let (visits, again) = served(&mut page).await;
             assert_eq!(
                 (visits.as_str(), again.as_str()),
                 (n.to_string().as_str(), node.as_str()),
                 "the session stays on {node}"
             );
         }
-        shoot(&page, "visits-5.png").await;
-        (browser, handling, page, node)
+        shoot(&mut page, "visits-5.png").await;
+        (page, node)
     });
 
     let (offset, other) = behind.offset_and_other(&node);
     kill_9(offset);
     runtime.block_on(async {
-        page.reload().await.unwrap();
-        let (visits, now) = served(&page).await;
-        shoot(&page, "visits-6-after-kill.png").await;
+        page.reload().await;
+        let (visits, now) = served(&mut page).await;
+        shoot(&mut page, "visits-6-after-kill.png").await;
         assert_eq!(
             (visits.as_str(), now.as_str()),
             ("6", other),
@@ -134,35 +76,25 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
 
         // The balancer's status page shows both nodes, the dead one unreachable.
         let status_page = format!("http://127.0.0.1:{mcmp}/");
-        let status = browser.new_page(status_page.as_str()).await.unwrap();
-        let rows = status.find_elements("tr.node").await.unwrap();
-        assert_eq!(rows.len(), 2, "a row per node");
-        let table = status.find_element("table").await.unwrap();
-        let text = table.inner_text().await.unwrap().unwrap();
+        let mut status = browser.open(&status_page).await;
+        let rows = status
+            .eval("document.querySelectorAll('tr.node').length")
+            .await;
+        assert_eq!(rows, 2, "a row per node");
+        let text = status.text_of("table").await;
         assert!(text.contains("unreachable"), "{text}");
         assert!(
             text.contains("/visits") && text.contains("enabled"),
             "{text}"
         );
-        shoot(&status, "balancer-status.png").await;
-        drop(browser);
-        handling.abort();
+        shoot(&mut status, "balancer-status.png").await;
     });
 }
 
-/// What `expression` gives on `page`, as JSON.
-async fn eval(page: &chromiumoxide::Page, expression: &str) -> serde_json::Value {
-    page.evaluate(expression)
-        .await
-        .unwrap()
-        .into_value()
-        .unwrap_or(serde_json::Value::Null)
-}
-
 /// Waits until `expression` is true on `page`; how long that took.
-async fn until(page: &chromiumoxide::Page, what: &str, expression: &str) -> Duration {
+async fn until(page: &mut Page, what: &str, expression: &str) -> Duration {
     let started = Instant::now();
-    while eval(page, expression).await != serde_json::Value::Bool(true) {
+    while page.eval(expression).await != true {
         assert!(
             started.elapsed() < PATIENCE,
             "{what} did not happen within {PATIENCE:?}"
@@ -209,18 +141,19 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
 
     let profile = tempfile::tempdir().unwrap();
     let runtime = runtime();
+    let browser = Chromium::launch(profile.path());
     runtime.block_on(async {
-        let (browser, handling) = launch(profile.path()).await;
-        let page = browser.new_page(url.as_str()).await.unwrap();
+        let mut page = browser.open(&url).await;
+        let page = &mut page;
         until(
-            &page,
+            page,
             "the console shows both nodes and the seed app running",
             "document.querySelector('[data-node=one]') !== null \
              && document.querySelector('[data-node=two]') !== null \
              && document.querySelector('[data-app=example]')?.textContent.includes('running')",
         )
         .await;
-        let location = eval(&page, "location.href").await;
+        let location = page.eval("location.href").await;
         assert!(
             !location.as_str().unwrap().contains("token"),
             "the token leaves the address bar: {location}"
@@ -228,35 +161,34 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
 
         // Live: the depth of the queue nobody reads grows as the filler publishes.
         until(
-            &page,
+            page,
             "the console shows /queue/fill",
             &format!("{FILL_DEPTH} >= 0"),
         )
         .await;
-        let depth = eval(&page, FILL_DEPTH).await.as_f64().unwrap();
+        let depth = page.eval(FILL_DEPTH).await.as_f64().unwrap();
         until(
-            &page,
+            page,
             "the depth of /queue/fill moves",
             &format!("{FILL_DEPTH} >= {}", depth + 5.0),
         )
         .await;
-        shoot(&page, "console-cluster.png").await;
+        shoot(page, "console-cluster.png").await;
 
         // Redeploy: the filler's process is replaced on the node.
         // Clicked from the page itself: the table is drawn anew twice a second.
-        eval(
-            &page,
+        page.eval(
             "document.querySelector('[data-app=filler] button.redeploy').click()",
         )
         .await;
         until(
-            &page,
+            page,
             "the console says it redeploys",
             "document.getElementById('message').textContent.includes('Redeploying filler')",
         )
         .await;
         until(
-            &page,
+            page,
             "the filler runs in a new process",
             &format!(
                 "(document.querySelector('[data-app=filler]')?.children[3].textContent ?? '{pid_before}') !== '{pid_before}'"
@@ -266,14 +198,11 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
 
         // Undeploy, clicked twice (the first click only arms it): gone from every node.
         for _ in 0..2 {
-            eval(
-                &page,
-                "document.querySelector('[data-app=filler] button.undeploy').click()",
-            )
-            .await;
+            page.eval("document.querySelector('[data-app=filler] button.undeploy').click()")
+                .await;
         }
         until(
-            &page,
+            page,
             "the undeployed filler leaves the console",
             "document.querySelector('[data-app=filler]') === null \
              && document.getElementById('message').textContent.includes('Undeployed filler')",
@@ -283,19 +212,18 @@ fn the_console_shows_the_cluster_live_redeploys_and_loses_a_killed_node() {
         // kill -9 of two: gone from the console within 2 s.
         kill_9_pid(two_pid);
         let gone = until(
-            &page,
+            page,
             "the killed node leaves the console",
             "document.querySelector('[data-node=two]') === null",
         )
         .await;
-        shoot(&page, "console-after-kill.png").await;
+        shoot(page, "console-after-kill.png").await;
         assert!(
             gone < Duration::from_secs(2),
             "two left the console after {gone:?}"
         );
-        drop(browser);
-        handling.abort();
     });
+    drop(browser);
     assert_eq!(filler_pid(), None, "the filler is undeployed");
     assert!(!base.path().join("current/deployments/filler.toml").exists());
     drop((one, two));
