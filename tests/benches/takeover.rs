@@ -9,8 +9,9 @@
 //!   off the switch: from the cut to the majority's first run, and how long before that the
 //!   minority's last run was (skipped where namespaces cannot be made).
 //!
-//! `cargo bench -p immutant-e2e --bench takeover`. The nodes are the e2e tests' (debug) builds;
-//! what dominates is the lease (1.2 s), the promise margin (0.2 s) and failure detection.
+//! `cargo bench -p immutant-e2e --bench takeover`. The nodes are the e2e tests' builds (release,
+//! as `install.sh` makes them); what dominates is the lease (1.2 s), the promise margin (0.2 s)
+//! and failure detection.
 
 use std::time::Duration;
 

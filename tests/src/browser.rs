@@ -3,20 +3,22 @@
 //! JSON commands, answers and events). Only what the tests use: open a page, reload it, run
 //! JavaScript in it, and take a screenshot of the whole page.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::PATIENCE;
+
 /// Where the browser is: Debian's package (`.ci/run` installs it).
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// What Chromium is told besides headless: no sandbox (the tests may run as root), nothing
+/// What Chromium is told: headless, no sandbox (the tests may run as root), nothing
 /// in the background, and timers of a page that is not in front not slowed (the console
 /// polls every 500 ms).
 const FLAGS: [&str; 17] = [
@@ -66,22 +68,19 @@ impl Chromium {
             .expect("chromium starts");
         // It says its address on stderr; the rest of stderr is read (and dropped) so that
         // Chromium never blocks on a full pipe.
-        let mut lines = BufReader::new(process.stderr.take().expect("piped")).lines();
-        let mut said = Vec::new();
-        let address = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = process.kill();
-                panic!(
-                    "chromium ended without a DevTools address:\n{}",
-                    said.join("\n")
-                );
-            };
-            if let Some(url) = line.strip_prefix("DevTools listening on ws://") {
-                break url.split('/').next().unwrap_or_default().to_string();
+        let stderr = process.stderr.take().expect("piped");
+        let (tell, told) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("DevTools listening on ws://") {
+                    let _ = tell.send(url.split('/').next().unwrap_or_default().to_string());
+                }
             }
-            said.push(line);
+        });
+        let Ok(address) = told.recv_timeout(PATIENCE) else {
+            let _ = process.kill();
+            panic!("chromium gave no DevTools address within {PATIENCE:?}");
         };
-        std::thread::spawn(move || lines.for_each(drop));
         Chromium {
             process,
             devtools: format!("http://{address}"),
@@ -90,7 +89,10 @@ impl Chromium {
 
     /// A new tab, at `url` once its page has loaded.
     pub async fn open(&self, url: &str) -> Page {
-        let target = reqwest::Client::new()
+        let target = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client")
             .put(format!("{}/json/new?about:blank", self.devtools))
             .send()
             .await
@@ -106,12 +108,7 @@ impl Chromium {
         let (socket, _) = tokio_tungstenite::connect_async(socket)
             .await
             .expect("the tab's DevTools socket");
-        let mut page = Page {
-            socket,
-            next_id: 0,
-            events: VecDeque::new(),
-        };
-        page.call("Page.enable", json!({})).await;
+        let mut page = Page { socket, next_id: 0 };
         page.navigate(url).await;
         page
     }
@@ -131,49 +128,76 @@ type Socket =
 pub struct Page {
     socket: Socket,
     next_id: u64,
-    /// The names of the events the page sent while a command waited for its answer.
-    events: VecDeque<String>,
 }
 
 impl Page {
     /// Goes to `url` and waits until the page has loaded.
     pub async fn navigate(&mut self, url: &str) {
-        self.events.clear();
+        self.mark().await;
         let answer = self.call("Page.navigate", json!({ "url": url })).await;
-        if let Some(error) = answer["errorText"].as_str() {
+        if let Ok(answer) = answer
+            && let Some(error) = answer["errorText"].as_str()
+        {
             panic!("chromium could not open {url}: {error}");
         }
-        self.event("Page.loadEventFired").await;
-        // That event may have been the blank page's the tab opened with.
-        while self
-            .eval("document.readyState === 'complete' && location.href !== 'about:blank'")
-            .await
-            != true
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        self.loaded().await;
     }
 
     /// Reloads the page and waits until it has loaded again.
     pub async fn reload(&mut self) {
-        self.events.clear();
-        self.call("Page.reload", json!({})).await;
-        self.event("Page.loadEventFired").await;
+        self.mark().await;
+        self.call("Page.reload", json!({}))
+            .await
+            .unwrap_or_else(|error| panic!("chromium did not reload: {error}"));
+        self.loaded().await;
+    }
+
+    /// Marks the document now shown, so that [`Page::loaded`] knows it from the next one.
+    async fn mark(&mut self) {
+        self.eval("window.__immutantShown = true").await;
+    }
+
+    /// Waits until the document shown is not the marked one and has loaded. Asked again and
+    /// again: while the next document replaces the marked one, an evaluation may fail.
+    async fn loaded(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let asked = self
+                .evaluate(
+                    "window.__immutantShown === undefined && document.readyState === 'complete'",
+                )
+                .await;
+            if asked == Ok(Value::Bool(true)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page did not load within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// What `expression` gives on the page, as JSON (null for undefined); a JavaScript error
     /// fails the test.
     pub async fn eval(&mut self, expression: &str) -> Value {
+        self.evaluate(expression)
+            .await
+            .unwrap_or_else(|error| panic!("{expression} failed: {error}"))
+    }
+
+    /// What `expression` gives on the page, or what went wrong.
+    async fn evaluate(&mut self, expression: &str) -> Result<Value, Value> {
         let answer = self
             .call(
                 "Runtime.evaluate",
                 json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
             )
-            .await;
-        if let Some(exception) = answer.get("exceptionDetails") {
-            panic!("{expression} threw: {exception}");
+            .await?;
+        match answer.get("exceptionDetails") {
+            Some(exception) => Err(exception.clone()),
+            None => Ok(answer["result"]["value"].clone()),
         }
-        answer["result"]["value"].clone()
     }
 
     /// The text of the element `selector` picks ("" if none does).
@@ -190,6 +214,7 @@ impl Page {
     /// A PNG of the whole page (beyond the window), written to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
         let metrics = self.call("Page.getLayoutMetrics", json!({})).await;
+        let metrics = metrics.unwrap_or_else(|error| panic!("no layout metrics: {error}"));
         let size = &metrics["cssContentSize"];
         let shot = self
             .call(
@@ -200,16 +225,17 @@ impl Page {
                     "clip": { "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1 },
                 }),
             )
-            .await;
+            .await
+            .unwrap_or_else(|error| panic!("no screenshot: {error}"));
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("a screenshot"))
             .expect("the screenshot is base64");
         std::fs::write(path, png).expect("the screenshot is written");
     }
 
-    /// Sends `method` with `params` and waits for its answer (keeping the events that come
-    /// meanwhile); an error answer fails the test.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    /// Sends `method` with `params` and waits for its answer (events the page sends
+    /// meanwhile are passed over): its result, or the error Chromium answered.
+    async fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let command = json!({ "id": id, "method": method, "params": params });
@@ -220,30 +246,20 @@ impl Page {
         loop {
             let message = self.receive().await;
             if message["id"] == id {
-                if let Some(error) = message.get("error") {
-                    panic!("chromium refused {method}: {error}");
-                }
-                return message["result"].clone();
-            }
-            if let Some(event) = message["method"].as_str() {
-                self.events.push_back(event.to_string());
+                return match message.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(message["result"].clone()),
+                };
             }
         }
-    }
-
-    /// Waits for the event `method` (or takes it if it came while a command waited).
-    async fn event(&mut self, method: &str) {
-        if let Some(at) = self.events.iter().position(|event| event == method) {
-            self.events.drain(..=at);
-            return;
-        }
-        while self.receive().await["method"] != method {}
     }
 
     /// The next JSON message from the page.
     async fn receive(&mut self) -> Value {
         loop {
-            match self.socket.next().await {
+            let next = tokio::time::timeout(PATIENCE, self.socket.next()).await;
+            let next = next.unwrap_or_else(|_| panic!("chromium said nothing for {PATIENCE:?}"));
+            match next {
                 Some(Ok(Message::Text(text))) => {
                     return serde_json::from_str(&text).expect("chromium sends JSON");
                 }

@@ -33,20 +33,32 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        let root = workspace_root();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = as_from_a_shell(&mut Command::new(cargo))
+        // Cargo says where it put them (wherever the user's target dir is).
+        let output = as_from_a_shell(&mut Command::new(cargo))
             .args(INSTALL_BUILD)
-            .current_dir(&root)
-            .status()
+            .arg("--message-format=json-render-diagnostics")
+            .current_dir(workspace_root())
+            .stderr(std::process::Stdio::inherit())
+            .output()
             .expect("cargo runs");
-        assert!(status.success(), "building the binaries under test failed");
-        let release = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| root.join("target"), PathBuf::from)
-            .join("release");
+        assert!(
+            output.status.success(),
+            "building the binaries under test failed"
+        );
+        let built = |name: &str| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|message| {
+                    message["reason"] == "compiler-artifact" && message["target"]["name"] == name
+                })
+                .and_then(|message| message["executable"].as_str().map(PathBuf::from))
+                .unwrap_or_else(|| panic!("cargo built no {name} binary"))
+        };
         Binaries {
-            cli: release.join("cargo-immutant"),
-            server: release.join("immutant-server"),
+            cli: built("cargo-immutant"),
+            server: built("immutant-server"),
         }
     })
 }

@@ -76,7 +76,7 @@ impl SourceTree {
         let bar = ProgressBar::new(plan.artifacts);
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} Building immutant-server {wide_bar} {pos}/{len} {msg}",
+                "{spinner} Building immutant-server and the CLI {wide_bar} {pos}/{len} {msg}",
             )
             .expect("a valid template")
             .progress_chars("=> "),
@@ -85,6 +85,7 @@ impl SourceTree {
             .args([
                 "build",
                 "--release",
+                "--locked",
                 "--message-format",
                 "json-render-diagnostics",
             ])

@@ -20,12 +20,12 @@ use super::{Nats, NatsError, is_conflict, lock, token, untoken};
 use crate::cluster::{Member, View};
 use crate::shutdown::Shutdown;
 
-/// How often a node says it is alive, and reads who else is.
+/// How often a node says it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long after its last heartbeat a node leaves the others' views.
 const FORGET_AFTER: Duration = Duration::from_secs(3);
 /// How long a node keeps trying to put its first heartbeat while NATS does not answer.
-const SETUP_PATIENCE: Duration = Duration::from_secs(15);
+const FIRST_HEARTBEAT_PATIENCE: Duration = Duration::from_secs(15);
 
 /// What a node says of itself in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -149,7 +149,7 @@ impl Membership {
         }
     }
 
-    /// Leaves at once: the others drop this node at their next read. If NATS does not answer
+    /// Leaves at once: the others' watchers hear of it and drop this node. If NATS does not answer
     /// within [`HEARTBEAT`] × 4 the node stops anyway, and the others drop it when its heartbeat
     /// is forgotten.
     pub async fn leave(&self) {
@@ -226,10 +226,12 @@ impl Membership {
     }
 
     /// Follows the members bucket with a watcher (every heartbeat is pushed to it, so nothing
-    /// is asked of NATS per read) and publishes the view when it changes. The bucket forgets a
-    /// key without telling its watchers, so a member not heard from for [`FORGET_AFTER`] leaves
-    /// the view here too. A watcher that fails or ends is opened again after a pause, from the
-    /// bucket's current keys.
+    /// is asked of NATS per read) and publishes the view when it changes, once the watcher has
+    /// given the bucket's current keys. The bucket forgets a key without telling its watchers,
+    /// so a member leaves the view when it was last heard [`FORGET_AFTER`] before this node's
+    /// own latest heartbeat came back: a watcher that stalls (its server lost) freezes the view
+    /// rather than emptying it, and is opened again when this node's own heartbeats stop coming
+    /// back through it for as long.
     async fn follow(self: Arc<Self>, shutdown: Shutdown) {
         let mut heard = BTreeMap::new();
         let mut failing = false;
@@ -248,11 +250,18 @@ impl Membership {
                 }
             };
             failing = false;
+            let (mut own_heard, mut current) = (Instant::now(), false);
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tokio::select! {
                     entry = watch.next() => match entry {
-                        Some(Ok(entry)) => hear(&mut heard, entry),
+                        Some(Ok(entry)) => {
+                            current |= entry.seen_current;
+                            if entry.key == self.key {
+                                own_heard = Instant::now();
+                            }
+                            hear(&mut heard, entry);
+                        }
                         Some(Err(error)) => {
                             debug!("The watcher of the cluster's members failed: {error}");
                             break;
@@ -262,8 +271,18 @@ impl Membership {
                     _ = tick.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                heard.retain(|_, (_, at): &mut (Heartbeat, Instant)| at.elapsed() < FORGET_AFTER);
-                self.publish(&heard);
+                if own_heard.elapsed() > FORGET_AFTER {
+                    debug!(
+                        "This node's heartbeats do not come back through the watcher; opening it again"
+                    );
+                    break;
+                }
+                heard.retain(|_, member| {
+                    own_heard.saturating_duration_since(member.at) < FORGET_AFTER
+                });
+                if current {
+                    self.publish(&heard);
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
@@ -273,12 +292,12 @@ impl Membership {
     }
 
     /// Publishes the view made of the members `heard` (and this node), if it changed.
-    fn publish(&self, heard: &BTreeMap<String, (Heartbeat, Instant)>) {
+    fn publish(&self, heard: &BTreeMap<String, Heard>) {
         let own = lock(&self.own).clone();
         let others = heard
             .iter()
             .filter(|(name, _)| **name != self.node_name)
-            .map(|(name, (heartbeat, _))| (name.clone(), heartbeat.clone()));
+            .map(|(name, member)| (name.clone(), member.heartbeat.clone()));
         let members = std::iter::once((self.node_name.clone(), own))
             .chain(others)
             .map(|(name, heartbeat)| Member {
@@ -307,14 +326,37 @@ impl Membership {
     }
 }
 
-/// Takes in what the watcher says of a member: its heartbeat, when heard, or that it left.
-fn hear(heard: &mut BTreeMap<String, (Heartbeat, Instant)>, entry: Entry) {
+/// A member as this node last heard of it.
+struct Heard {
+    heartbeat: Heartbeat,
+    /// The revision of its heartbeat, and when that revision reached this node: a revision
+    /// heard again (a watcher opened again gives the current ones) is no newer.
+    revision: u64,
+    at: Instant,
+}
+
+/// Takes in what the watcher says of a member: its heartbeat, or that it left.
+fn hear(heard: &mut BTreeMap<String, Heard>, entry: Entry) {
     let Some(name) = untoken(&entry.key) else {
         return;
     };
     match (entry.operation, decode(&entry.value)) {
         (Operation::Put, Some(heartbeat)) => {
-            heard.insert(name, (heartbeat, Instant::now()));
+            if heard
+                .get(&name)
+                .is_none_or(|known| known.revision != entry.revision)
+            {
+                let at = Instant::now();
+                let revision = entry.revision;
+                heard.insert(
+                    name,
+                    Heard {
+                        heartbeat,
+                        revision,
+                        at,
+                    },
+                );
+            }
         }
         _ => {
             heard.remove(&name);
@@ -333,7 +375,7 @@ async fn first_heartbeat(
 ) -> Result<u64, MembershipError> {
     let mut seen = None;
     // A bucket just made may not answer for a moment, while its servers elect its leader.
-    let patience = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let patience = tokio::time::Instant::now() + FIRST_HEARTBEAT_PATIENCE;
     loop {
         match kv.create(key, encode(own)).await {
             Ok(revision) => return Ok(revision),

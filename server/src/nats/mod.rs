@@ -26,7 +26,7 @@ use crate::config::{ConfigError, Properties};
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a node waits for NATS at boot before saying it cannot reach it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a node asks a busy JetStream again to set a stream or bucket up.
+/// How long a node asks a busy JetStream again to set a stream, bucket or consumer up.
 const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Which NATS servers a node uses, and how it proves who it is to them.
@@ -37,7 +37,7 @@ pub struct EngineConfig {
     pub servers: Vec<ServerAddr>,
     /// A file holding a `.creds` file's contents, an nkey seed or a token.
     pub credentials: Option<PathBuf>,
-    /// The CA that signed the servers' certificates, when the system's roots do not cover it.
+    /// The CA that signed the servers' certificates, trusted instead of the system's roots.
     pub ca_file: Option<PathBuf>,
     /// How many servers hold each stream and bucket.
     pub replicas: usize,
@@ -144,6 +144,13 @@ pub enum NatsError {
     )]
     Tls { url: String, reason: String },
     #[error(
+        "cannot read the CA file {path}: {source}; give -Dimmutant.engine.ca-file a readable PEM file of the CA that signed the NATS servers' certificates"
+    )]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
         "cannot read the NATS credentials {path}: {source}; give -Dimmutant.engine.credentials a readable .creds file, nkey seed or token file"
     )]
     Credentials {
@@ -220,6 +227,13 @@ impl Nats {
             options = credentials(options, path).await?;
         }
         if let Some(ca) = &config.ca_file {
+            // Read here, so that a file that cannot be read is not taken for a failed handshake.
+            if let Err(source) = std::fs::File::open(ca) {
+                return Err(NatsError::CaFile {
+                    path: ca.clone(),
+                    source,
+                });
+            }
             options = options.add_root_certificates(ca.clone());
         }
         if config.servers.iter().any(ServerAddr::has_user_pass) {
@@ -343,9 +357,11 @@ impl Nats {
     }
 
     /// Asks JetStream with `ask` again, for up to [`SETUP_PATIENCE`], while it answers `busy`
-    /// (its request timed out, or it had no leader): a NATS cluster that has just started or
-    /// is electing answers soon. `ask` must be the same request each time (setting up a stream
-    /// or consumer that exists with the same config is no error).
+    /// (its request timed out, it had no leader, or not enough servers for the replicas): a
+    /// NATS cluster that has just started or is electing answers soon. `ask` must be the same
+    /// request each time, of a stream or consumer named by this node (making one that exists
+    /// with the same config is no error), so that a request that timed out but landed and is
+    /// made again does not make a second one.
     pub async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
         &self,
         what: &str,
@@ -370,6 +386,12 @@ impl Nats {
                 answer => return answer,
             }
         }
+    }
+
+    /// A name no other client of NATS makes (a NUID, as the client's inboxes have).
+    pub fn unique(&self) -> String {
+        let inbox = self.client.new_inbox();
+        inbox.rsplit('.').next().unwrap_or(&inbox).to_string()
     }
 
     /// The error of setting `what` up.
@@ -416,7 +438,7 @@ fn is_busy_stream(error: &jetstream::context::CreateStreamError) -> bool {
 pub fn is_busy_consumer(error: &jetstream::stream::ConsumerError) -> bool {
     use jetstream::stream::ConsumerErrorKind;
     match error.kind() {
-        ConsumerErrorKind::TimedOut => true,
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
         ConsumerErrorKind::JetStream(error) => is_unavailable(&error),
         _ => false,
     }

@@ -527,9 +527,12 @@ impl Queues {
                 };
                 (Some(name), config)
             }
+            // Named here, not by the server, so that making it again after a request that
+            // timed out (but landed) gives the same consumer, not a second one.
             (DestinationKind::Topic, None) => (
                 None,
                 consumer::pull::Config {
+                    name: Some(format!("E_{}", self.nats.unique())),
                     deliver_policy: DeliverPolicy::New,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: ACK_WAIT,
@@ -633,8 +636,23 @@ impl Queues {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => return,
                 }
-                if let Ok(again) = self.consumer(key, &destination, client_id.as_deref()).await {
-                    consumer = again;
+                // Made again patiently, but no longer than the pull may last.
+                let lapsed = async {
+                    match pulling {
+                        Pulling::Receive {
+                            deadline: Some(deadline),
+                        } => tokio::time::sleep_until(deadline).await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    again = self.consumer(key, &destination, client_id.as_deref()) => {
+                        if let Ok(again) = again {
+                            consumer = again;
+                        }
+                    }
+                    _ = lapsed => {}
+                    _ = stop.cancelled() => return,
                 }
                 continue;
             }
