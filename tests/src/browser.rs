@@ -134,10 +134,8 @@ impl Page {
     /// Goes to `url` and waits until the page has loaded.
     pub async fn navigate(&mut self, url: &str) {
         self.mark().await;
-        let answer = self.call("Page.navigate", json!({ "url": url })).await;
-        if let Ok(answer) = answer
-            && let Some(error) = answer["errorText"].as_str()
-        {
+        let answer = self.command("Page.navigate", json!({ "url": url })).await;
+        if let Some(error) = answer["errorText"].as_str() {
             panic!("chromium could not open {url}: {error}");
         }
         self.loaded().await;
@@ -146,9 +144,7 @@ impl Page {
     /// Reloads the page and waits until it has loaded again.
     pub async fn reload(&mut self) {
         self.mark().await;
-        self.call("Page.reload", json!({}))
-            .await
-            .unwrap_or_else(|error| panic!("chromium did not reload: {error}"));
+        self.command("Page.reload", json!({})).await;
         self.loaded().await;
     }
 
@@ -213,11 +209,10 @@ impl Page {
 
     /// A PNG of the whole page (beyond the window), written to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
-        let metrics = self.call("Page.getLayoutMetrics", json!({})).await;
-        let metrics = metrics.unwrap_or_else(|error| panic!("no layout metrics: {error}"));
+        let metrics = self.command("Page.getLayoutMetrics", json!({})).await;
         let size = &metrics["cssContentSize"];
         let shot = self
-            .call(
+            .command(
                 "Page.captureScreenshot",
                 json!({
                     "format": "png",
@@ -225,12 +220,18 @@ impl Page {
                     "clip": { "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1 },
                 }),
             )
-            .await
-            .unwrap_or_else(|error| panic!("no screenshot: {error}"));
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("a screenshot"))
             .expect("the screenshot is base64");
         std::fs::write(path, png).expect("the screenshot is written");
+    }
+
+    /// Sends `method` with `params` and waits for its result; an error answer fails the test.
+    async fn command(&mut self, method: &str, params: Value) -> Value {
+        self.call(method, params)
+            .await
+            .unwrap_or_else(|error| panic!("chromium refused {method}: {error}"))
     }
 
     /// Sends `method` with `params` and waits for its answer (events the page sends

@@ -252,25 +252,27 @@ impl NatsCluster {
     /// Waits until JetStream has a meta leader that knows every other server as a current
     /// peer: before that, a stream of all the servers' replicas has "no suitable peers".
     fn wait_for_leader(&self) {
-        let others = self.servers.len() - 1;
+        let size = self.servers.len();
         wait(
             "JetStream to elect a meta leader with every server a peer",
-            || {
-                // Only the leader lists its peers.
-                others == 0
-                    || (0..=others).any(|index| {
-                        self.get(index, "jsz").is_some_and(|text| {
-                            serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|jsz| {
-                                let meta = &jsz["meta_cluster"];
-                                let current = meta["replicas"].as_array().map_or(0, |peers| {
-                                    peers.iter().filter(|peer| peer["current"] == true).count()
-                                });
-                                meta["leader"].as_str().is_some() && current == others
-                            })
-                        })
-                    })
-            },
+            || size == 1 || (0..size).any(|index| self.leads_all(index)),
         );
+    }
+
+    /// Whether server `index` is the meta leader, with every other server a current peer (only
+    /// the leader lists its peers).
+    fn leads_all(&self, index: usize) -> bool {
+        let Some(jsz) = self.get(index, "jsz") else {
+            return false;
+        };
+        let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&jsz) else {
+            return false;
+        };
+        let meta = &jsz["meta_cluster"];
+        let current = meta["replicas"].as_array().map_or(0, |peers| {
+            peers.iter().filter(|peer| peer["current"] == true).count()
+        });
+        meta["leader"].as_str().is_some() && current == self.servers.len() - 1
     }
 
     /// `GET` on server `index`'s monitoring port, from its host, if it answers.

@@ -22,6 +22,16 @@ fn on_nats(base: &Base, nats: &NatsCluster, name: &str, offset: u16, cluster: &s
     clustered_with(base, name, offset, cluster, &nats.engine_args())
 }
 
+/// A clustered node of the base's install on `nats`'s engine, with `extra` arguments, not
+/// waited for (it may be refused).
+fn run_on_nats(base: &Base, nats: &NatsCluster, name: &str, offset: u16, extra: &[String]) -> Proc {
+    let mut args = vec!["--clustered".to_string()];
+    args.extend(base.node_args(name, offset));
+    args.extend(nats.engine_args());
+    args.extend_from_slice(extra);
+    base.run(args)
+}
+
 /// Whether the node's last word on the app's singletons is that they run there.
 fn runs_singletons(node: &Proc) -> bool {
     node.lines()
@@ -418,15 +428,8 @@ fn nats_that_asks_for_a_token_lets_in_only_a_node_given_it_in_a_file() {
     let token = "t0ken-for-the-test";
     let nats = NatsCluster::start_guarded(Release::Debian, token);
     let base = Base::installed();
-    let run = |name: &str, extra: &[String]| {
-        let mut args = vec!["--clustered".to_string()];
-        args.extend(base.node_args(name, free_offset()));
-        args.extend(nats.engine_args());
-        args.extend_from_slice(extra);
-        base.run(args)
-    };
     // Without the token: refused, and said so (with the URL, not the token).
-    let mut stranger = run("stranger", &[]);
+    let mut stranger = run_on_nats(&base, &nats, "stranger", free_offset(), &[]);
     assert!(!stranger.wait_exit(PATIENCE).success());
     let text = stranger.text();
     assert!(
@@ -439,11 +442,7 @@ fn nats_that_asks_for_a_token_lets_in_only_a_node_given_it_in_a_file() {
     std::fs::write(&file, token).unwrap();
     let given = [format!("-Dimmutant.engine.credentials={}", file.display())];
     let offset = free_offset();
-    let mut args = vec!["--clustered".to_string()];
-    args.extend(base.node_args("member", offset));
-    args.extend(nats.engine_args());
-    args.extend_from_slice(&given);
-    let member = base.run(args);
+    let member = run_on_nats(&base, &nats, "member", offset, &given);
     member.wait_for("started in", PATIENCE);
     member.wait_for("Cluster view: [member]", PATIENCE);
     let status = get_json_at(9990 + offset, "status");
@@ -467,10 +466,7 @@ fn nats_over_tls_lets_in_a_node_given_its_ca_and_says_what_to_give_otherwise() {
     let cluster = cluster_name();
 
     // Without the CA that signed the server's certificate: stops, and says what to give.
-    let mut args = vec!["--clustered".to_string()];
-    args.extend(base.node_args("stranger", free_offset()));
-    args.extend(nats.engine_args());
-    let mut stranger = base.run(args);
+    let mut stranger = run_on_nats(&base, &nats, "stranger", free_offset(), &[]);
     assert!(!stranger.wait_exit(PATIENCE).success());
     let text = stranger.text();
     assert!(
