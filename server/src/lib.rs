@@ -14,6 +14,7 @@ pub mod apps;
 pub mod args;
 pub mod balancer;
 pub mod cache;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deploy;
@@ -27,6 +28,7 @@ pub mod nats;
 pub mod node;
 pub mod shutdown;
 pub mod singleton;
+pub mod sync;
 pub mod web;
 
 use std::time::Instant;

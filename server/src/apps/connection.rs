@@ -12,14 +12,15 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
 
-use super::{AppContext, DaemonState, Deployment, Status, lock};
+use super::{AppContext, DaemonState, Deployment, Status};
+use crate::clock::monotonic_ns;
 use crate::cluster::Cluster;
 use crate::cluster::lease::RENEW_INTERVAL;
 use crate::jobs::JobContext;
 use crate::messaging::MessagingError;
 use crate::shutdown::Shutdown;
 use crate::singleton::{HeldLease, SingletonElection};
-use immutant_protocol::clock::monotonic_ns;
+use crate::sync::lock;
 
 /// How long a node waits, once elected, before it starts an app's singletons.
 const SETTLE_TIME: Duration = Duration::from_millis(250);

@@ -10,7 +10,7 @@ mod supervisor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,6 +23,7 @@ use crate::engine::{CacheService, Messaging};
 use crate::jobs::{AppJobs, JobReport};
 use crate::messaging::Outbox;
 use crate::singleton::SingletonElection;
+use crate::sync::lock;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
 
 /// How long an app's daemons may take to stop (Immutant's limit).
@@ -147,12 +148,6 @@ pub struct DeploymentReport {
     /// Its scheduled jobs.
     pub jobs: Vec<JobReport>,
     pub stderr_tail: Vec<String>,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Deployment {

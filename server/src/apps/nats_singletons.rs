@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use immutant_protocol::clock::monotonic_ns;
+use crate::clock::monotonic_ns;
 use immutant_protocol::{Header, Outbox};
 use tracing::{info, warn};
 

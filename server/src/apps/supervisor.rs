@@ -14,8 +14,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, Status, connection, lock};
+use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, Status, connection};
 use crate::deploy::Descriptor;
+use crate::sync::lock;
 
 /// Crashes in a row that mark a deployment failed.
 const MAX_CRASHES: u32 = 5;

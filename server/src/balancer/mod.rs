@@ -65,7 +65,7 @@ pub struct Balancer {
 
 impl Balancer {
     fn table(&self) -> MutexGuard<'_, Table> {
-        crate::apps::lock(&self.table)
+        crate::sync::lock(&self.table)
     }
 }
 

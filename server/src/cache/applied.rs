@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::lock;
 use super::peer::PeerAnswer;
+use crate::sync::lock;
 
 /// How many requests are remembered at most.
 const REMEMBERED: usize = 4096;

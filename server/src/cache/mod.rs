@@ -22,7 +22,7 @@ mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,9 +30,10 @@ use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Open};
 use serde::Serialize;
 use tracing::{debug, warn};
 
+use crate::clock::now_ms;
 use crate::cluster::Cluster;
-use crate::messaging::now_ms;
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 use peer::{PeerAnswer, PeerRequest, Peers, pack, unpack};
 use persist::Persistence;
 use placement::writer_id;
@@ -65,12 +66,6 @@ pub enum CacheError {
     Unavailable { cache: String, key: String },
     #[error("the cache storage failed: {0}")]
     Storage(String),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One cache on this node.

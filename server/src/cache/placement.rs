@@ -6,8 +6,9 @@ use std::hash::{Hash, Hasher};
 
 use immutant_protocol::CacheMode;
 
-use super::{Cache, Caches, lock};
+use super::{Cache, Caches};
 use crate::cluster::Member;
+use crate::sync::lock;
 
 impl Caches {
     /// The names of the members of the view, oldest first, that `keep` picks (none on a

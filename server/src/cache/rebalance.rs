@@ -10,8 +10,9 @@ use immutant_protocol::CacheMode;
 
 use super::peer::{PeerAnswer, PeerRequest, pack};
 use super::store::{Entry, Version};
-use super::{Cache, Caches, lock};
+use super::{Cache, Caches};
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 
 /// How long the view must stay still before distributed entries move.
 const REBALANCE_SETTLE: Duration = Duration::from_millis(200);

@@ -22,10 +22,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::apps::lock;
 use crate::cache::CacheError;
+use crate::clock::now_ms;
 use crate::engine::CacheService;
-use crate::messaging::{Outbox, now_ms};
+use crate::messaging::Outbox;
+use crate::sync::lock;
 pub use schedule::{Schedule, ScheduleError};
 
 /// How long a job waits before trying again when its progress cannot be recorded.

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::apps::lock;
+use crate::clock::now_ms;
 use crate::engine::Messaging;
-use crate::messaging::{QueueStats, now_ms};
+use crate::messaging::QueueStats;
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 
 /// How many samples are kept for a queue: five minutes' worth.
 const KEPT: usize = 300;

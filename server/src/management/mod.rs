@@ -349,7 +349,7 @@ async fn operate(
     let deployments = info.config.deployments.clone();
     let done = format!("{}\n", operation.done(&name));
     let applied = tokio::task::spawn_blocking(move || {
-        operation.apply(&deployments, &name, crate::messaging::now_ms())
+        operation.apply(&deployments, &name, crate::clock::now_ms())
     });
     match applied.await {
         Ok(Ok(())) => (StatusCode::OK, done),

@@ -21,10 +21,10 @@ use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOp
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::clock::now_ms;
 pub use bridge::{Forward, Interest, Reply};
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
-pub use message::now_ms;
 pub use queue::ConsumerKey;
 pub use queue::QueueStats;
 use queue::{QueueRole, QueueState};

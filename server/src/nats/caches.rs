@@ -17,9 +17,10 @@ use async_nats::jetstream::kv::{Entry, Operation, Store};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 
-use super::{Nats, is_conflict, lock, time_left, token};
+use super::{Nats, is_conflict, time_left, token};
 use crate::cache::{CacheError, CacheStats, Caches};
-use crate::messaging::now_ms;
+use crate::clock::now_ms;
+use crate::sync::lock;
 
 /// How many times a write is tried while other nodes keep writing the same key.
 const WRITE_ATTEMPTS: u32 = 100;

@@ -16,9 +16,10 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Nats, NatsError, is_conflict, lock, token, untoken};
+use super::{Nats, NatsError, is_conflict, token, untoken};
 use crate::cluster::{Member, View};
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 
 /// How often a node says it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);

@@ -568,17 +568,9 @@ pub fn is_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The time until `fence_ns` on the boot clock (none: for ever).
 pub fn time_left(fence_ns: Option<u64>) -> Duration {
     match fence_ns {
-        Some(fence) => {
-            Duration::from_nanos(fence.saturating_sub(immutant_protocol::clock::monotonic_ns()))
-        }
+        Some(fence) => Duration::from_nanos(fence.saturating_sub(crate::clock::monotonic_ns())),
         None => Duration::MAX,
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -33,12 +33,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use super::{Nats, NatsError, is_busy_consumer, lock, time_left, token};
+use super::{Nats, NatsError, is_busy_consumer, time_left, token};
+use crate::clock::now_ms;
 use crate::messaging::{
     ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, Outbox, QueueStats,
-    check_publish, kind_name, now_ms,
+    check_publish, kind_name,
 };
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 
 /// How long JetStream waits for an answer before it gives a delivery to another consumer.
 const ACK_WAIT: Duration = Duration::from_secs(5);

@@ -134,7 +134,7 @@ pub async fn run(
         .unwrap_or(16 * 1024 * 1024);
     let shutdown = Shutdown::new();
     // The node's generation is when it started: a restarted node is the youngest member.
-    let generation = crate::messaging::now_ms();
+    let generation = crate::clock::now_ms();
     let nats = match (EngineConfig::from_properties(properties)?, &config.cluster) {
         (None, _) => None,
         (Some(engine), Some(cluster)) => Some(

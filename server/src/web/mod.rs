@@ -173,7 +173,7 @@ impl Web {
     /// Every context as balancers should know it now: enabled (or as an operator said) while a
     /// process serves it, stopped while none does.
     pub fn published(&self) -> Vec<Published> {
-        let control = crate::apps::lock(&self.control).clone();
+        let control = crate::sync::lock(&self.control).clone();
         let mut published: Vec<Published> = self
             .routes()
             .all()
@@ -218,7 +218,7 @@ impl Web {
         if !mounted {
             return None;
         }
-        let mut control = crate::apps::lock(&self.control);
+        let mut control = crate::sync::lock(&self.control);
         for context in contexts {
             match state {
                 Control::Enabled => control.remove(&context),
@@ -245,7 +245,7 @@ impl Web {
 
     /// Every mounted context as the management API shows it.
     pub fn contexts(&self) -> Vec<ContextReport> {
-        let control = crate::apps::lock(&self.control).clone();
+        let control = crate::sync::lock(&self.control).clone();
         self.routes()
             .all()
             .map(|route| ContextReport {
