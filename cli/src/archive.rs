@@ -9,8 +9,8 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
-use crate::deploy::{Overrides, Project};
 use crate::descriptor::{self, ArchivedDescriptor};
+use crate::project::{Overrides, Project};
 
 /// An archive's file extension.
 pub const EXTENSION: &str = "ima";

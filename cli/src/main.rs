@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use cargo_immutant::control::{self, Action};
-use cargo_immutant::deploy::{self, Overrides};
+use cargo_immutant::deploy;
 use cargo_immutant::install::{self, InstallRequest};
 use cargo_immutant::locations::Locations;
+use cargo_immutant::project::Overrides;
 use cargo_immutant::{
     archive, balancer, console, env, list, logs, new, run, status, testing, undeploy, version,
     watch,

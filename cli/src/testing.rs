@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use immutant_protocol::{APP_VAR, ATTACH_VAR, NODE_VAR};
 
-use crate::deploy::{Overrides, Project};
 use crate::install;
 use crate::locations::Locations;
+use crate::project::{Overrides, Project};
 
 /// The throwaway node's name.
 const NODE_NAME: &str = "test";

@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use notify_debouncer_mini::notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
 
-use crate::deploy::{self, Overrides, Project, Redeploy, Source};
+use crate::deploy::{self, Redeploy, Source};
 use crate::locations::Locations;
+use crate::project::{Overrides, Project};
 
 /// Changes closer together than this are one.
 const DEBOUNCE: Duration = Duration::from_millis(500);
