@@ -14,21 +14,17 @@ pub mod apps;
 pub mod args;
 pub mod balancer;
 pub mod cache;
-pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod engine;
 pub mod jobs;
-pub mod logging;
 pub mod management;
 pub mod messaging;
 pub mod modcluster;
 pub mod nats;
 pub mod node;
-pub mod shutdown;
 pub mod singleton;
-pub mod sync;
 pub mod web;
 
 use std::time::Instant;
@@ -37,8 +33,9 @@ use tracing::warn;
 
 use args::ServerArgs;
 use config::{Properties, ServerConfig, properties};
+use immutant_foundation::logging;
+use immutant_foundation::shutdown::Signals;
 use node::NodeError;
-use shutdown::Signals;
 
 /// This server's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -87,7 +84,9 @@ fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
     let runtime = tokio::runtime::Runtime::new().map_err(NodeError::Runtime)?;
     runtime.block_on(async {
         let mut signals = Signals::listen().map_err(NodeError::Runtime)?;
-        balancer::run(config, async move { signals.recv().await.to_string() }).await
+        balancer::run(config, async move { signals.recv().await.to_string() })
+            .await
+            .map_err(NodeError::from)
     })
 }
 

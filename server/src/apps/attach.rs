@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Apps;
-use crate::shutdown::Shutdown;
+use immutant_foundation::shutdown::Shutdown;
 
 /// The socket's name in the data dir.
 pub const SOCKET: &str = "attach.sock";
@@ -37,7 +37,7 @@ pub fn listen(
                     Ok((socket, _)) => apps.attach(&name, socket),
                     Err(error) => {
                         tracing::warn!("cannot accept on the attach socket: {error}");
-                        tokio::time::sleep(crate::node::ACCEPT_BACKOFF).await;
+                        tokio::time::sleep(immutant_foundation::net::ACCEPT_BACKOFF).await;
                     }
                 },
                 _ = shutdown.cancelled() => return,

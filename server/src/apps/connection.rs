@@ -13,14 +13,14 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
 
 use super::{AppContext, DaemonState, Deployment, Status};
-use crate::clock::monotonic_ns;
 use crate::cluster::Cluster;
 use crate::cluster::lease::RENEW_INTERVAL;
 use crate::jobs::JobContext;
 use crate::messaging::MessagingError;
-use crate::shutdown::Shutdown;
 use crate::singleton::{HeldLease, SingletonElection};
-use crate::sync::lock;
+use immutant_foundation::clock::monotonic_ns;
+use immutant_foundation::shutdown::Shutdown;
+use immutant_foundation::sync::lock;
 
 /// How long a node waits, once elected, before it starts an app's singletons.
 const SETTLE_TIME: Duration = Duration::from_millis(250);

@@ -23,8 +23,8 @@ use crate::engine::{CacheService, Messaging};
 use crate::jobs::{AppJobs, JobReport};
 use crate::messaging::Outbox;
 use crate::singleton::SingletonElection;
-use crate::sync::lock;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
+use immutant_foundation::sync::lock;
 
 /// How long an app's daemons may take to stop (Immutant's limit).
 pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::clock::monotonic_ns;
+use immutant_foundation::clock::monotonic_ns;
 use immutant_protocol::{Header, Outbox};
 use tracing::{info, warn};
 
@@ -16,7 +16,7 @@ use super::Deployment;
 use super::connection::{LeaseEnd, let_go, send, singleton_daemons};
 use crate::nats::NatsNode;
 use crate::nats::leases::{Held, Renewal};
-use crate::shutdown::Shutdown;
+use immutant_foundation::shutdown::Shutdown;
 
 /// While the app runs, tells the cluster it runs here and runs its singletons while this node
 /// holds their lease.

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, Status, connection};
 use crate::deploy::Descriptor;
-use crate::sync::lock;
+use immutant_foundation::sync::lock;
 
 /// Crashes in a row that mark a deployment failed.
 const MAX_CRASHES: u32 = 5;

@@ -466,7 +466,7 @@ pub fn response(answer: Answer) -> Response<Body> {
         }
         Err(error) => {
             tracing::warn!("refused an MCMP command: {}", error.message);
-            let mut response = crate::web::proxy::page(
+            let mut response = immutant_foundation::http::page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "MCMP command refused",
                 &error.message,

@@ -6,14 +6,11 @@
 //! commands only from the addresses it is told (loopback by default), as httpd's `Require`
 //! did; it also serves a status page there (HTML at `/`, JSON at `/status.json`).
 
-mod advertise;
 pub mod mcmp;
 mod proxy;
 pub mod table;
 
-pub use advertise::{
-    GROUP as ADVERTISE_GROUP, PORT as ADVERTISE_PORT, parse as parse_advertisement,
-};
+use immutant_foundation::mcmp as advertise;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -31,8 +28,8 @@ use serde::Serialize;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
-use crate::node::NodeError;
-use crate::shutdown::Shutdown;
+use immutant_foundation::net::{self, NetError};
+use immutant_foundation::shutdown::Shutdown;
 use table::Table;
 
 /// How a balancer runs.
@@ -65,7 +62,7 @@ pub struct Balancer {
 
 impl Balancer {
     fn table(&self) -> MutexGuard<'_, Table> {
-        crate::sync::lock(&self.table)
+        immutant_foundation::sync::lock(&self.table)
     }
 }
 
@@ -139,10 +136,10 @@ fn connector() -> Connector {
 pub async fn run(
     config: BalancerConfig,
     stop: impl Future<Output = String>,
-) -> Result<(), NodeError> {
-    let http = crate::node::bind_port("HTTP", SocketAddr::new(config.bind, config.port)).await?;
+) -> Result<(), NetError> {
+    let http = net::bind("HTTP", SocketAddr::new(config.bind, config.port)).await?;
     let mcmp_address = SocketAddr::new(config.bind, config.mcmp_port);
-    let mcmp = crate::node::bind_port("MCMP", mcmp_address).await?;
+    let mcmp = net::bind("MCMP", mcmp_address).await?;
     let balancer = Arc::new(Balancer {
         table: Mutex::new(Table::default()),
         client: Client::builder(TokioExecutor::new()).build(connector()),
@@ -172,10 +169,8 @@ pub async fn run(
             },
         )
     };
-    let servers =
-        [("HTTP", http, proxying), ("MCMP", mcmp, managing)].map(|(name, listener, router)| {
-            crate::node::serve(name, listener, router, shutdown.clone())
-        });
+    let servers = [("HTTP", http, proxying), ("MCMP", mcmp, managing)]
+        .map(|(name, listener, router)| net::serve(name, listener, router, shutdown.clone()));
     info!(
         "Immutant balancer {} started (http http://{}:{}, mcmp http://{mcmp_address}, advertising {})",
         crate::VERSION,
@@ -190,7 +185,7 @@ pub async fn run(
     let reason = stop.await;
     info!("Stopping the balancer ({reason})");
     shutdown.cancel();
-    crate::node::served(servers).await
+    net::served(servers).await
 }
 
 /// The MCMP port: commands from the allowed addresses, and the status page.
@@ -306,7 +301,7 @@ fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
             .body(Body::from(json))
             .unwrap_or_default();
     }
-    use crate::web::proxy::escape;
+    use immutant_foundation::http::escape;
     let mut rows = String::new();
     for node in &status.nodes {
         rows.push_str(&format!(
@@ -409,7 +404,7 @@ async fn answers(address: &str) -> bool {
 /// interface, every 10 s.
 async fn advertise(bind: IpAddr, mcmp: SocketAddr, shutdown: Shutdown) {
     let group = IpAddr::V4(advertise::GROUP);
-    let socket = match crate::cluster::multicast_socket(group, advertise::PORT, bind) {
+    let socket = match net::multicast_socket(group, advertise::PORT, bind) {
         Ok(socket) => socket,
         Err(error) => {
             warn!(

@@ -11,7 +11,7 @@ use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, Request, Response, StatusCode, Uri};
 
 use super::Balancer;
-use crate::web::proxy::{page, prepare, request_host, respond};
+use immutant_foundation::http::{page, prepare, request_host, respond};
 
 /// The session cookie and path parameter whose value ends with the node's route.
 const SESSION_COOKIE: &str = "JSESSIONID";

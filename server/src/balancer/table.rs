@@ -8,11 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use immutant_foundation::mcmp::DEFAULT_HOST;
 use serde::Serialize;
-
-/// The alias JBoss nodes give the contexts of their default host: those of apps that name no
-/// virtual host of their own.
-pub const DEFAULT_HOST: &str = "default-host";
 
 /// A node that sent CONFIG.
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +69,7 @@ impl Node {
 
 /// What a node's context takes: every request, only those of its sessions, or none. The same
 /// three states a node's operator sets.
-pub use crate::web::Control as ContextState;
+pub use immutant_foundation::mcmp::ContextState;
 
 /// The most nodes, and contexts, a balancer keeps (mod_manager's `Maxnode` and `Maxcontext`
 /// are smaller): beyond them, CONFIG and the app commands are refused.

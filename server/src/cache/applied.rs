@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::peer::PeerAnswer;
-use crate::sync::lock;
+use immutant_foundation::sync::lock;
 
 /// How many requests are remembered at most.
 const REMEMBERED: usize = 4096;

@@ -30,10 +30,10 @@ use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Open};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::clock::now_ms;
 use crate::cluster::Cluster;
-use crate::shutdown::Shutdown;
-use crate::sync::lock;
+use immutant_foundation::clock::now_ms;
+use immutant_foundation::shutdown::Shutdown;
+use immutant_foundation::sync::lock;
 use peer::{PeerAnswer, PeerRequest, Peers, pack, unpack};
 use persist::Persistence;
 use placement::writer_id;

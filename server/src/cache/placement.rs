@@ -8,7 +8,7 @@ use immutant_protocol::CacheMode;
 
 use super::{Cache, Caches};
 use crate::cluster::Member;
-use crate::sync::lock;
+use immutant_foundation::sync::lock;
 
 impl Caches {
     /// The names of the members of the view, oldest first, that `keep` picks (none on a

@@ -11,8 +11,8 @@ use immutant_protocol::CacheMode;
 use super::peer::{PeerAnswer, PeerRequest, pack};
 use super::store::{Entry, Version};
 use super::{Cache, Caches};
-use crate::shutdown::Shutdown;
-use crate::sync::lock;
+use immutant_foundation::shutdown::Shutdown;
+use immutant_foundation::sync::lock;
 
 /// How long the view must stay still before distributed entries move.
 const REBALANCE_SETTLE: Duration = Duration::from_millis(200);

@@ -4,12 +4,11 @@
 //! hears. Beacons are sealed with the cluster's secret: one that is not is ignored. Nodes on
 //! networks without multicast use seeds instead.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::seal::ClusterKey;
@@ -23,31 +22,6 @@ struct Beacon {
     cluster: String,
     node: String,
     gossip: SocketAddr,
-}
-
-/// Opens the multicast socket: bound to the group's port, member of the group on the bind
-/// address's interface, and sending through that interface only.
-pub fn open(group: IpAddr, port: u16, interface: IpAddr) -> std::io::Result<UdpSocket> {
-    let (IpAddr::V4(group), IpAddr::V4(interface)) = (group, interface) else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "multicast discovery needs an IPv4 bind address and group; use -Dimmutant.cluster.seeds",
-        ));
-    };
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddrV4::new(group, port).into())?;
-    let interface = if interface.is_unspecified() {
-        Ipv4Addr::LOCALHOST
-    } else {
-        interface
-    };
-    socket.join_multicast_v4(&group, &interface)?;
-    socket.set_multicast_if_v4(&interface)?;
-    socket.set_multicast_loop_v4(true)?;
-    socket.set_multicast_ttl_v4(2)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
 }
 
 /// Announces this node and reports the gossip address of every other node of `cluster` heard,

@@ -27,7 +27,7 @@ use super::{Cluster, Member, seal};
 use crate::cache::Caches;
 use crate::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
 use crate::messaging::{Broker, Forward, Interest, Message, Reply};
-use crate::shutdown::Shutdown;
+use immutant_foundation::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
 const TICK: Duration = Duration::from_millis(200);
@@ -114,7 +114,7 @@ pub fn start(
                                 warn!("cannot accept a peer link: {error}");
                                 warned = Some(std::time::Instant::now());
                             }
-                            tokio::time::sleep(crate::node::ACCEPT_BACKOFF).await;
+                            tokio::time::sleep(immutant_foundation::net::ACCEPT_BACKOFF).await;
                         }
                     },
                     _ = shutdown.cancelled() => break,

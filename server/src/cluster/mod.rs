@@ -6,7 +6,6 @@
 //! first, which singletons are elected on, and the singletons' holder keeps its [`lease`].
 
 mod discovery;
-pub use discovery::open as multicast_socket;
 pub mod lease;
 pub mod links;
 pub mod seal;
@@ -17,11 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::monotonic_ns;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
 };
+use immutant_foundation::clock::monotonic_ns;
 use lease::{ACK_KEY_PREFIX, Answered, LEASE_KEY_PREFIX, Promise, Renewal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -204,7 +203,7 @@ impl Cluster {
     fn discover(self: &Arc<Self>, node: &ServerConfig, gossip_addr: SocketAddr) {
         let config = &self.config;
         let group = SocketAddr::new(config.multicast_address, config.multicast_port);
-        match discovery::open(
+        match immutant_foundation::net::multicast_socket(
             config.multicast_address,
             config.multicast_port,
             node.bind_address,
@@ -263,7 +262,7 @@ impl Cluster {
         let mut chitchat = chitchat.lock().await;
         let key = format!("{APP_KEY_PREFIX}{app}");
         let running = {
-            let mut processes = crate::sync::lock(&self.app_processes);
+            let mut processes = immutant_foundation::sync::lock(&self.app_processes);
             let count = processes.entry(app.to_string()).or_default();
             *count = match running {
                 true => *count + 1,
@@ -291,7 +290,11 @@ impl Cluster {
             .values()
             .filter_map(|state| state.get(&key)?.parse::<u64>().ok())
             .max();
-        let epoch = next_epoch(crate::clock::now_ms(), highest, epoch_tag(&self.node_name));
+        let epoch = next_epoch(
+            immutant_foundation::clock::now_ms(),
+            highest,
+            epoch_tag(&self.node_name),
+        );
         let state = chitchat.self_node_state();
         state.set(key, epoch.to_string());
         state.set(
@@ -338,7 +341,7 @@ impl Cluster {
     /// Whether this node has been running without a pause long enough to trust its view: not
     /// while it is coming back from one, nor for a while after.
     pub fn settled(&self) -> bool {
-        let pauses = *crate::sync::lock(&self.pauses);
+        let pauses = *immutant_foundation::sync::lock(&self.pauses);
         let now = monotonic_ns();
         // A pause the watch has not ticked since is one being come back from now.
         now.saturating_sub(pauses.last_tick_ns) < nanos(PAUSE_GAP)
@@ -350,10 +353,16 @@ impl Cluster {
     /// Whether this node may take `app`'s singletons over now, as far as its promises go: none
     /// binds it (see [`Promise::binds`]).
     pub async fn free_to_take(&self, app: &str) -> bool {
-        let Some(promise) = crate::sync::lock(&self.promises).get(app).cloned() else {
+        let Some(promise) = immutant_foundation::sync::lock(&self.promises)
+            .get(app)
+            .cloned()
+        else {
             return true;
         };
-        let dead: Vec<(String, u64)> = crate::sync::lock(&self.dead).iter().cloned().collect();
+        let dead: Vec<(String, u64)> = immutant_foundation::sync::lock(&self.dead)
+            .iter()
+            .cloned()
+            .collect();
         let chitchat = self.handle.chitchat();
         let chitchat = chitchat.lock().await;
         // Every member's last state, the gone ones' too: a holder that let go and then died.
@@ -368,13 +377,15 @@ impl Cluster {
 
     /// The highest epoch a live member took `app`'s singletons with, if any did.
     pub fn highest_epoch(&self, app: &str) -> Option<u64> {
-        crate::sync::lock(&self.epochs).get(app).copied()
+        immutant_foundation::sync::lock(&self.epochs)
+            .get(app)
+            .copied()
     }
 
     /// Records that the member `name` of `generation` is dead: its link closed and its port
     /// refuses connections, so it runs nothing any more.
     pub fn proven_dead(&self, name: &str, generation: u64) {
-        let mut dead = crate::sync::lock(&self.dead);
+        let mut dead = immutant_foundation::sync::lock(&self.dead);
         if dead.len() >= DEAD_REMEMBERED {
             dead.pop_front();
         }
@@ -544,7 +555,7 @@ async fn watch_pauses(cluster: Arc<Cluster>) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = monotonic_ns();
-        let mut pauses = crate::sync::lock(&cluster.pauses);
+        let mut pauses = immutant_foundation::sync::lock(&cluster.pauses);
         let gap = Duration::from_nanos(now.saturating_sub(pauses.last_tick_ns));
         if gap >= PAUSE_GAP {
             warn!(
@@ -564,7 +575,10 @@ async fn answer_renewals(cluster: Arc<Cluster>) {
     loop {
         let states = live.borrow_and_update().clone();
         let current = view.borrow_and_update().clone();
-        let dead: Vec<(String, u64)> = crate::sync::lock(&cluster.dead).iter().cloned().collect();
+        let dead: Vec<(String, u64)> = immutant_foundation::sync::lock(&cluster.dead)
+            .iter()
+            .cloned()
+            .collect();
         {
             let chitchat = cluster.handle.chitchat();
             let mut chitchat = chitchat.lock().await;
@@ -572,7 +586,7 @@ async fn answer_renewals(cluster: Arc<Cluster>) {
             let highest = lease::highest_epochs(states.values().chain([&*mine]));
             let now = std::time::Instant::now();
             let bound = {
-                let mut promises = crate::sync::lock(&cluster.promises);
+                let mut promises = immutant_foundation::sync::lock(&cluster.promises);
                 promises.retain(|app, promise| promise.binds(now, &dead, states.iter(), app));
                 promises.clone()
             };
@@ -585,7 +599,7 @@ async fn answer_renewals(cluster: Arc<Cluster>) {
                 bound: &bound,
             };
             let answers = lease::renewals_to_answer(&knowing);
-            *crate::sync::lock(&cluster.epochs) = highest;
+            *immutant_foundation::sync::lock(&cluster.epochs) = highest;
             for (app, ack) in answers {
                 let key = format!("{ACK_KEY_PREFIX}{app}");
                 let value = ack.value();
@@ -595,7 +609,7 @@ async fn answer_renewals(cluster: Arc<Cluster>) {
                 // The promise first, from now rather than from when the renewal was sent, so
                 // that it always outlasts the holder's deadline.
                 let until = std::time::Instant::now() + lease::LEASE_TIME + lease::MARGIN;
-                crate::sync::lock(&cluster.promises).insert(
+                immutant_foundation::sync::lock(&cluster.promises).insert(
                     app,
                     Promise {
                         holder: (ack.holder, ack.generation),

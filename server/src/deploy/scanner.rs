@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::apps::Apps;
-use crate::shutdown::Shutdown;
+use immutant_foundation::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 /// The largest file taken for a descriptor (they are a few hundred bytes).

@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::cache::CacheError;
-use crate::clock::now_ms;
 use crate::engine::CacheService;
 use crate::messaging::Outbox;
-use crate::sync::lock;
+use immutant_foundation::clock::now_ms;
+use immutant_foundation::sync::lock;
 pub use schedule::{Schedule, ScheduleError};
 
 /// How long a job waits before trying again when its progress cannot be recorded.

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::clock::now_ms;
 use crate::engine::Messaging;
 use crate::messaging::QueueStats;
-use crate::shutdown::Shutdown;
-use crate::sync::lock;
+use immutant_foundation::clock::now_ms;
+use immutant_foundation::shutdown::Shutdown;
+use immutant_foundation::sync::lock;
 
 /// How many samples are kept for a queue: five minutes' worth.
 const KEPT: usize = 300;

@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
 use super::NodeInfo;
-use crate::shutdown::Shutdown;
+use immutant_foundation::shutdown::Shutdown;
 
 /// The buckets of every `_seconds` histogram: from half a millisecond to a minute.
 const SECONDS_BUCKETS: [f64; 16] = [

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::apps::Apps;
 use crate::config::ServerConfig;
 use crate::engine::{CacheService, Messaging};
+use immutant_foundation::mcmp::ContextState;
 
 /// What the management API knows about its node.
 pub struct NodeInfo {
@@ -349,7 +350,7 @@ async fn operate(
     let deployments = info.config.deployments.clone();
     let done = format!("{}\n", operation.done(&name));
     let applied = tokio::task::spawn_blocking(move || {
-        operation.apply(&deployments, &name, crate::clock::now_ms())
+        operation.apply(&deployments, &name, immutant_foundation::clock::now_ms())
     });
     match applied.await {
         Ok(Ok(())) => (StatusCode::OK, done),
@@ -382,9 +383,9 @@ async fn control_web(
         return (StatusCode::UNAUTHORIZED, info.token_needed());
     }
     let control = match action.as_str() {
-        "enable" => crate::web::Control::Enabled,
-        "disable" => crate::web::Control::Disabled,
-        "stop" => crate::web::Control::Stopped,
+        "enable" => ContextState::Enabled,
+        "disable" => ContextState::Disabled,
+        "stop" => ContextState::Stopped,
         other => {
             return (
                 StatusCode::NOT_FOUND,

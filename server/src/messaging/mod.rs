@@ -21,8 +21,8 @@ use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOp
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::clock::now_ms;
 pub use bridge::{Forward, Interest, Reply};
+use immutant_foundation::clock::now_ms;
 use journal::{Journal, JournalError, JournalOp, Recovered};
 pub use message::Message;
 pub use queue::ConsumerKey;

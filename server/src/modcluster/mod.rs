@@ -29,8 +29,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::shutdown::Shutdown;
-use crate::web::{Control, Published, Web};
+use crate::web::{Published, Web};
+use immutant_foundation::mcmp::ContextState;
+use immutant_foundation::shutdown::Shutdown;
 
 /// Who this node is to its balancers.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ pub struct ModClusterConfig {
 }
 
 /// The contexts a balancer has been told of, as it was told.
-type Told = BTreeMap<(String, Vec<String>), Control>;
+type Told = BTreeMap<(String, Vec<String>), ContextState>;
 
 /// The most balancers a node speaks to: what advertisements can add stops there.
 const MAX_BALANCERS: usize = 16;
@@ -119,9 +120,9 @@ pub fn start(
 fn listen_for_advertisements(
     interface: IpAddr,
 ) -> Option<tokio::sync::mpsc::UnboundedReceiver<SocketAddr>> {
-    let group = IpAddr::V4(crate::balancer::ADVERTISE_GROUP);
-    let port = crate::balancer::ADVERTISE_PORT;
-    let socket = match crate::cluster::multicast_socket(group, port, interface) {
+    let group = IpAddr::V4(immutant_foundation::mcmp::GROUP);
+    let port = immutant_foundation::mcmp::PORT;
+    let socket = match immutant_foundation::net::multicast_socket(group, port, interface) {
         Ok(socket) => socket,
         Err(error) => {
             warn!(
@@ -138,7 +139,7 @@ fn listen_for_advertisements(
                 return;
             };
             let text = String::from_utf8_lossy(&buffer[..length]);
-            let Some(proxy) = crate::balancer::parse_advertisement(&text) else {
+            let Some(proxy) = immutant_foundation::mcmp::parse(&text) else {
                 continue;
             };
             if proxy.ip() != from.ip() {
@@ -295,9 +296,9 @@ impl Link {
                 continue;
             }
             let command = match state {
-                Control::Enabled => "ENABLE-APP",
-                Control::Disabled => "DISABLE-APP",
-                Control::Stopped => "STOP-APP",
+                ContextState::Enabled => "ENABLE-APP",
+                ContextState::Disabled => "DISABLE-APP",
+                ContextState::Stopped => "STOP-APP",
             };
             self.refused_alone(
                 self.send(command, false, app_body(&route, &key.0, &key.1))

@@ -19,8 +19,8 @@ use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, 
 
 use super::{Nats, is_conflict, time_left, token};
 use crate::cache::{CacheError, CacheStats, Caches};
-use crate::clock::now_ms;
-use crate::sync::lock;
+use immutant_foundation::clock::now_ms;
+use immutant_foundation::sync::lock;
 
 /// How many times a write is tried while other nodes keep writing the same key.
 const WRITE_ATTEMPTS: u32 = 100;
@@ -237,7 +237,10 @@ impl NatsCaches {
 impl NatsCaches {
     /// Looks how many entries each open cache holds, every two seconds, for
     /// [`NatsCaches::stats`].
-    pub async fn look_at_entries(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
+    pub async fn look_at_entries(
+        self: Arc<Self>,
+        shutdown: immutant_foundation::shutdown::Shutdown,
+    ) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -19,7 +19,7 @@ use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 
 use super::{Nats, NatsError, is_conflict, token};
-use crate::sync::lock;
+use immutant_foundation::sync::lock;
 
 /// What a holder takes off the lease time, for the NATS servers' clocks and timers.
 pub const CLOCK_MARGIN: Duration = Duration::from_millis(300);

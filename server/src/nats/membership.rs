@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::{Nats, NatsError, is_conflict, token, untoken};
 use crate::cluster::{Member, View};
-use crate::shutdown::Shutdown;
-use crate::sync::lock;
+use immutant_foundation::shutdown::Shutdown;
+use immutant_foundation::sync::lock;
 
 /// How often a node says it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);

@@ -189,7 +189,7 @@ impl NatsNode {
         generation: u64,
         http: std::net::SocketAddr,
         management: String,
-        shutdown: crate::shutdown::Shutdown,
+        shutdown: immutant_foundation::shutdown::Shutdown,
     ) -> Result<Arc<NatsNode>, membership::MembershipError> {
         let nats = Nats::connect(engine, cluster_name, node_name).await?;
         let membership =
@@ -568,7 +568,9 @@ pub fn is_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The time until `fence_ns` on the boot clock (none: for ever).
 pub fn time_left(fence_ns: Option<u64>) -> Duration {
     match fence_ns {
-        Some(fence) => Duration::from_nanos(fence.saturating_sub(crate::clock::monotonic_ns())),
+        Some(fence) => {
+            Duration::from_nanos(fence.saturating_sub(immutant_foundation::clock::monotonic_ns()))
+        }
         None => Duration::MAX,
     }
 }

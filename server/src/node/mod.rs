@@ -1,11 +1,10 @@
 //! A node's life: lock its data dir, bind its ports, serve until asked to stop, stop gracefully.
 
 mod data_dir;
-mod ports;
 mod registry;
 
 use std::future::Future;
-use std::net::SocketAddr;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,10 +24,10 @@ use crate::nats::caches::NatsCaches;
 use crate::nats::membership::MembershipError;
 use crate::nats::queues::Queues;
 use crate::nats::{EngineConfig, NatsNode};
-use crate::shutdown::Shutdown;
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
-pub use ports::{ACCEPT_BACKOFF, bind as bind_port, serve, served};
+use immutant_foundation::net::{self, NetError, serve, serve_guarded, served};
+use immutant_foundation::shutdown::Shutdown;
 
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -46,28 +45,8 @@ pub enum NodeError {
         "the data dir {path} is in use by {holder}; give this node a data dir of its own with -Djboss.server.data.dir=DIR"
     )]
     DataDirInUse { path: PathBuf, holder: String },
-    #[error(
-        "the {name} port {address} is already in use, perhaps by another node; shift this node's ports with -Djboss.socket.binding.port-offset=100"
-    )]
-    PortInUse {
-        name: &'static str,
-        address: SocketAddr,
-    },
-    #[error(
-        "cannot bind {address}: that address is not on this machine; set -Djboss.bind.address (or -b) to one of its addresses"
-    )]
-    AddressNotLocal { address: SocketAddr },
-    #[error("cannot bind the {name} port {address}: {source}")]
-    Bind {
-        name: &'static str,
-        address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("the {name} server failed: {source}")]
-    Serve {
-        name: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot start the node's runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -125,8 +104,8 @@ pub async fn run(
     stop: impl Future<Output = String>,
 ) -> Result<(), NodeError> {
     let lock = DataDirLock::acquire(&config.data_dir, &config.node_name)?;
-    let http = ports::bind("HTTP", config.http_address()).await?;
-    let management = ports::bind("management", config.management_address()).await?;
+    let http = net::bind("HTTP", config.http_address()).await?;
+    let management = net::bind("management", config.management_address()).await?;
 
     let max_message_size = properties
         .get("immutant.messaging.max-message-size")
@@ -134,7 +113,7 @@ pub async fn run(
         .unwrap_or(16 * 1024 * 1024);
     let shutdown = Shutdown::new();
     // The node's generation is when it started: a restarted node is the youngest member.
-    let generation = crate::clock::now_ms();
+    let generation = immutant_foundation::clock::now_ms();
     let nats = match (EngineConfig::from_properties(properties)?, &config.cluster) {
         (None, _) => None,
         (Some(engine), Some(cluster)) => Some(
@@ -188,7 +167,7 @@ pub async fn run(
         Some(_) if nats.is_some() => (None, None),
         Some(settings) => {
             let address = std::net::SocketAddr::new(config.bind_address, settings.port);
-            let links = ports::bind("cluster", address).await?;
+            let links = net::bind("cluster", address).await?;
             let cluster = Cluster::join(&config, settings, generation).await?;
             (Some(cluster), Some(links))
         }
@@ -303,7 +282,7 @@ pub async fn run(
     }
     let servers = [
         serve("HTTP", http, web::router(web), shutdown.clone()),
-        ports::serve_guarded(management, management::router(info), shutdown.clone()),
+        serve_guarded(management, management::router(info), shutdown.clone()),
     ];
 
     let clustering = match (&config.cluster, &nats) {

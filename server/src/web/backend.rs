@@ -101,7 +101,7 @@ impl Backend {
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
-            let pooled = crate::sync::lock(&self.idle).pop();
+            let pooled = immutant_foundation::sync::lock(&self.idle).pop();
             let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 None => (self.connect().await?, false),
@@ -115,7 +115,7 @@ impl Backend {
                         if sender.ready().await.is_ok()
                             && let Some(pool) = pool.upgrade()
                         {
-                            crate::sync::lock(&pool.idle).push(sender);
+                            immutant_foundation::sync::lock(&pool.idle).push(sender);
                         }
                     });
                     return Ok(response);

@@ -17,12 +17,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
+use immutant_foundation::mcmp::{ContextState, DEFAULT_HOST};
 use tracing::warn;
 
 pub use backend::{Backend, SocketDir};
@@ -42,31 +43,7 @@ pub struct Web {
     balancers: RwLock<std::collections::BTreeSet<std::net::IpAddr>>,
     /// What an operator said of each context for balancers (enable, disable, stop), by
     /// context path; enabled unless said otherwise.
-    control: Mutex<BTreeMap<String, Control>>,
-}
-
-/// What balancers may send a context of this node, as an operator says (mod_cluster's
-/// enable, disable and stop), and what a balancer sends a node's context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Control {
-    /// Every request.
-    Enabled = 0,
-    /// Requests of the sessions it has; no new sessions.
-    Disabled = 1,
-    /// No requests.
-    Stopped = 2,
-}
-
-impl Control {
-    /// Its name, as JSON and pages show it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Control::Enabled => "enabled",
-            Control::Disabled => "disabled",
-            Control::Stopped => "stopped",
-        }
-    }
+    control: Mutex<BTreeMap<String, ContextState>>,
 }
 
 /// A mounted context, as the management API shows it.
@@ -78,7 +55,7 @@ pub struct ContextReport {
     /// Whether a process serves it.
     pub serving: bool,
     /// What balancers may send it, as an operator said.
-    pub control: Control,
+    pub control: ContextState,
     /// Requests being served now.
     pub in_flight: usize,
 }
@@ -98,7 +75,7 @@ pub struct Published {
     pub context_path: String,
     /// Its virtual hosts, or JBoss's `default-host` and `localhost` for an app that names none.
     pub aliases: Vec<String>,
-    pub state: Control,
+    pub state: ContextState,
 }
 
 impl Web {
@@ -173,25 +150,22 @@ impl Web {
     /// Every context as balancers should know it now: enabled (or as an operator said) while a
     /// process serves it, stopped while none does.
     pub fn published(&self) -> Vec<Published> {
-        let control = crate::sync::lock(&self.control).clone();
+        let control = immutant_foundation::sync::lock(&self.control).clone();
         let mut published: Vec<Published> = self
             .routes()
             .all()
             .map(|route| Published {
                 context_path: route.context_path.clone(),
                 aliases: match route.hosts.is_empty() {
-                    true => vec![
-                        crate::balancer::table::DEFAULT_HOST.to_string(),
-                        "localhost".to_string(),
-                    ],
+                    true => vec![DEFAULT_HOST.to_string(), "localhost".to_string()],
                     false => route.hosts.clone(),
                 },
                 state: match route.target {
                     Target::Up(_) => control
                         .get(&route.context_path)
                         .copied()
-                        .unwrap_or(Control::Enabled),
-                    _ => Control::Stopped,
+                        .unwrap_or(ContextState::Enabled),
+                    _ => ContextState::Stopped,
                 },
             })
             .collect();
@@ -202,7 +176,7 @@ impl Web {
     /// An operator's word on a context (`None`: every context): balancers hear of it at once.
     /// Answers the change's number (see [`Web::balancers_told`]), or none if no app is mounted
     /// there.
-    pub fn set_control(&self, context_path: Option<&str>, state: Control) -> Option<u64> {
+    pub fn set_control(&self, context_path: Option<&str>, state: ContextState) -> Option<u64> {
         let contexts: Vec<String> = match context_path {
             Some(path) => vec![normalize_context_path(path)],
             None => self
@@ -218,10 +192,10 @@ impl Web {
         if !mounted {
             return None;
         }
-        let mut control = crate::sync::lock(&self.control);
+        let mut control = immutant_foundation::sync::lock(&self.control);
         for context in contexts {
             match state {
-                Control::Enabled => control.remove(&context),
+                ContextState::Enabled => control.remove(&context),
                 state => control.insert(context, state),
             };
         }
@@ -245,7 +219,7 @@ impl Web {
 
     /// Every mounted context as the management API shows it.
     pub fn contexts(&self) -> Vec<ContextReport> {
-        let control = crate::sync::lock(&self.control).clone();
+        let control = immutant_foundation::sync::lock(&self.control).clone();
         self.routes()
             .all()
             .map(|route| ContextReport {
@@ -256,7 +230,7 @@ impl Web {
                 control: control
                     .get(&route.context_path)
                     .copied()
-                    .unwrap_or(Control::Enabled),
+                    .unwrap_or(ContextState::Enabled),
                 in_flight: match &route.target {
                     Target::Up(backend) => backend.in_flight(),
                     _ => 0,

@@ -1,21 +1,52 @@
-//! Binding the node's ports, with errors that say what to do about a port in use.
+//! Networking as every server of the project does it: ports bound with errors that say what to
+//! do about a port in use, HTTP served until shutdown (guarded, for ports people and tools
+//! use), accepting that backs off when it fails, and multicast sockets that send only through
+//! the bind address's interface.
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
 
-use super::NodeError;
+use crate::shutdown::Shutdown;
+
+/// Why a port could not be bound or served.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(
+        "the {name} port {address} is already in use, perhaps by another node; shift this node's ports with -Djboss.socket.binding.port-offset=100"
+    )]
+    PortInUse {
+        name: &'static str,
+        address: SocketAddr,
+    },
+    #[error(
+        "cannot bind {address}: that address is not on this machine; set -Djboss.bind.address (or -b) to one of its addresses"
+    )]
+    AddressNotLocal { address: SocketAddr },
+    #[error("cannot bind the {name} port {address}: {source}")]
+    Bind {
+        name: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the {name} server failed: {source}")]
+    Serve {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
 
 /// Binds the port called `name` (for errors) at `address`.
-pub async fn bind(name: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
+pub async fn bind(name: &'static str, address: SocketAddr) -> Result<TcpListener, NetError> {
     TcpListener::bind(address)
         .await
         .map_err(|source| match source.kind() {
-            ErrorKind::AddrInUse => NodeError::PortInUse { name, address },
-            ErrorKind::AddrNotAvailable => NodeError::AddressNotLocal { address },
-            _ => NodeError::Bind {
+            ErrorKind::AddrInUse => NetError::PortInUse { name, address },
+            ErrorKind::AddrNotAvailable => NetError::AddressNotLocal { address },
+            _ => NetError::Bind {
                 name,
                 address,
                 source,
@@ -29,14 +60,14 @@ pub fn serve(
     name: &'static str,
     listener: TcpListener,
     router: axum::Router,
-    shutdown: crate::shutdown::Shutdown,
-) -> tokio::task::JoinHandle<Result<(), NodeError>> {
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<Result<(), NetError>> {
     tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .map_err(|source| NodeError::Serve { name, source })
+            .map_err(|source| NetError::Serve { name, source })
     })
 }
 
@@ -54,8 +85,8 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 pub fn serve_guarded(
     listener: TcpListener,
     router: axum::Router,
-    shutdown: crate::shutdown::Shutdown,
-) -> tokio::task::JoinHandle<Result<(), NodeError>> {
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<Result<(), NetError>> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     tokio::spawn(async move {
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_MANAGEMENT_CONNECTIONS));
@@ -94,13 +125,38 @@ pub fn serve_guarded(
 
 /// Waits for servers started with [`serve`] to end.
 pub async fn served(
-    servers: impl IntoIterator<Item = tokio::task::JoinHandle<Result<(), NodeError>>>,
-) -> Result<(), NodeError> {
+    servers: impl IntoIterator<Item = tokio::task::JoinHandle<Result<(), NetError>>>,
+) -> Result<(), NetError> {
     for server in servers {
-        server.await.map_err(|error| NodeError::Serve {
+        server.await.map_err(|error| NetError::Serve {
             name: "server",
             source: std::io::Error::other(error),
         })??;
     }
     Ok(())
+}
+
+/// Opens a multicast socket: bound to the group's port, member of the group on the bind
+/// address's interface, and sending through that interface only.
+pub fn multicast_socket(group: IpAddr, port: u16, interface: IpAddr) -> std::io::Result<UdpSocket> {
+    let (IpAddr::V4(group), IpAddr::V4(interface)) = (group, interface) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "multicast discovery needs an IPv4 bind address and group; use -Dimmutant.cluster.seeds",
+        ));
+    };
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddrV4::new(group, port).into())?;
+    let interface = if interface.is_unspecified() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        interface
+    };
+    socket.join_multicast_v4(&group, &interface)?;
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_loop_v4(true)?;
+    socket.set_multicast_ttl_v4(2)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }

@@ -1,13 +1,44 @@
-//! Advertising: what httpd's `mod_advertise` did. The balancer multicasts a datagram naming its
-//! MCMP address to mod_cluster's group (224.0.1.105:23364) every 10 s, and nodes that hear it
-//! send it their MCMP. The datagram is `mod_advertise`'s: an HTTP-like status line and headers,
-//! with a digest over the date, sequence and server id (salted with the MD5 of a security key,
-//! or zeros without one, as `mod_advertise` does).
+//! mod_cluster's vocabulary, shared by the node (which speaks MCMP to balancers) and the
+//! balancer (which hears it): the state of a context, the alias every node's default host
+//! answers to, and advertising, what httpd's `mod_advertise` did. The balancer multicasts a
+//! datagram naming its MCMP address to mod_cluster's group (224.0.1.105:23364) every 10 s, and
+//! nodes that hear it send it their MCMP. The datagram is `mod_advertise`'s: an HTTP-like
+//! status line and headers, with a digest over the date, sequence and server id (salted with
+//! the MD5 of a security key, or zeros without one, as `mod_advertise` does).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+/// The alias JBoss nodes give the contexts of their default host: those of apps that name no
+/// virtual host of their own.
+pub const DEFAULT_HOST: &str = "default-host";
+
+/// What balancers may send a context of a node, as an operator says (mod_cluster's enable,
+/// disable and stop), and what a balancer sends a node's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContextState {
+    /// Every request.
+    Enabled = 0,
+    /// Requests of the sessions it has; no new sessions.
+    Disabled = 1,
+    /// No requests.
+    Stopped = 2,
+}
+
+impl ContextState {
+    /// Its name, as JSON and pages show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContextState::Enabled => "enabled",
+            ContextState::Disabled => "disabled",
+            ContextState::Stopped => "stopped",
+        }
+    }
+}
 
 /// mod_cluster's advertise group and port.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 105);

@@ -1,0 +1,328 @@
+//! HTTP proxying as both the node's web port and the balancer do it: a client's request made
+//! ready to pass on (hop-by-hop headers out, `X-Forwarded-*` in, HTTP/2 cookies joined), the
+//! answer streamed back or an upgrade tunnelled, and small pages that say why when there is no
+//! answer.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+/// Headers that belong to one connection, not to the request: never passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// The request's host, lower case and without a port: its `Host` header, or the authority of
+/// its URI (HTTP/2).
+pub fn request_host(request: &Request<Body>) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(host).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.split(':').next().unwrap_or(host)
+}
+/// Makes a client's request ready to pass on as HTTP/1.1: its cookies in one header, the
+/// headers of its connection out, the `X-Forwarded-*` headers in (`prefix` is the context path
+/// taken off, if any), its `Host` kept. Returns the client's side of the upgrade it asks for.
+pub fn prepare(
+    request: &mut Request<Body>,
+    client: SocketAddr,
+    prefix: &str,
+    from_balancer: bool,
+) -> Option<OnUpgrade> {
+    let upgrade = is_upgrade(request.headers())
+        .then(|| request.extensions_mut().remove::<OnUpgrade>())
+        .flatten();
+    let host = request.headers().get(header::HOST).cloned().or_else(|| {
+        let authority = request.uri().authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    if request.version() == Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    remove_hop_by_hop(headers, upgrade.is_some());
+    set_forwarded(headers, client, host, prefix, from_balancer);
+    upgrade
+}
+
+/// Passes a response back to the client: an upgrade becomes a tunnel between the client and
+/// the server that answered; otherwise the body streams through. `guard` lives as long as the
+/// exchange (the response's body, or the tunnel).
+pub fn respond<G: Send + 'static>(
+    mut response: Response<hyper::body::Incoming>,
+    upgrade: Option<OnUpgrade>,
+    guard: G,
+) -> Response<Body> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = upgrade {
+            let server_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_side, server_side, guard));
+        }
+        return response.map(|_| Body::empty());
+    }
+    remove_hop_by_hop(response.headers_mut(), false);
+    // The body owns the guard, which is dropped with it: when it has gone out, or the client
+    // left.
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _guard = &guard;
+            frame
+        }))
+    })
+}
+
+/// Carries bytes both ways between an upgraded client connection and the server's, until
+/// either closes.
+async fn tunnel<G>(client_side: OnUpgrade, server_side: OnUpgrade, _guard: G) {
+    let (Ok(client_side), Ok(server_side)) = (client_side.await, server_side.await) else {
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(
+        &mut TokioIo::new(client_side),
+        &mut TokioIo::new(server_side),
+    )
+    .await;
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Takes out the headers that belong to one connection (and those the `Connection` header
+/// names); an upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !(upgrading && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+/// HTTP/2 may split `Cookie` into one header per cookie; HTTP/1.1 wants them in one
+/// (RFC 9113, 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    if cookies.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_str(&cookies.join("; ")) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
+/// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there,
+/// whose earlier entries are only what the client says), the scheme, the host it asked for,
+/// and the context path taken off. The scheme and host a balancer of this node's says
+/// (`from_balancer`: one it speaks MCMP to) are kept: it saw the client. Other headers a
+/// client could use to pass itself off as someone else (`Forwarded`, `X-Real-IP`,
+/// `X-Forwarded-Port`) are dropped.
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    host: Option<HeaderValue>,
+    context_path: &str,
+    from_balancer: bool,
+) {
+    let for_ = match headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(list) => format!("{list}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&for_) {
+        headers.insert("x-forwarded-for", value);
+    }
+    for unsaid in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+        headers.remove(unsaid);
+    }
+    // What the balancer said is the last of a list (a proxy adds to what came before it).
+    for name in ["x-forwarded-proto", "x-forwarded-host"] {
+        let last = headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|list| list.rsplit(',').next())
+            .and_then(|last| HeaderValue::from_str(last.trim()).ok());
+        if let Some(last) = last {
+            headers.insert(name, last);
+        }
+    }
+    let said_proto = from_balancer && headers.contains_key("x-forwarded-proto");
+    let said_host = from_balancer && headers.contains_key("x-forwarded-host");
+    if !said_proto {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !said_host {
+            headers.insert("x-forwarded-host", host.clone());
+        }
+        headers.insert(header::HOST, host);
+    } else if !said_host {
+        headers.remove("x-forwarded-host");
+    }
+    match HeaderValue::from_str(context_path) {
+        Ok(prefix) if context_path != "/" => {
+            headers.insert("x-forwarded-prefix", prefix);
+        }
+        _ => {
+            headers.remove("x-forwarded-prefix");
+        }
+    }
+}
+/// A small HTML page with a title and one paragraph.
+pub fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status} {title}</title></head>\n<body><h1>{title}</h1>\n<p>{}</p></body></html>\n",
+        escape(text),
+        title = escape(title)
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Body::from(html))
+        .unwrap_or_default()
+}
+
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        remove_hop_by_hop(&mut headers, false);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert!(headers.get(header::UPGRADE).is_none());
+        assert_eq!(headers.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&headers));
+        remove_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(headers.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_add_to_what_a_proxy_before_said() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let host = Some(HeaderValue::from_static("example.com:8080"));
+        set_forwarded(&mut headers, client, host, "/app", false);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-host"], "example.com:8080");
+        assert_eq!(headers["x-forwarded-prefix"], "/app");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn http2_cookie_headers_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("JSESSIONID=x.one"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(headers[header::COOKIE], "a=1; JSESSIONID=x.one");
+    }
+
+    #[test]
+    fn a_balancer_says_the_scheme_and_host_a_client_cannot() {
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let claims = || {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            headers.insert(
+                "x-forwarded-host",
+                HeaderValue::from_static("evil.example, shop.example"),
+            );
+            headers
+        };
+        let mut from_client = claims();
+        set_forwarded(&mut from_client, client, None, "/", false);
+        assert_eq!(from_client["x-forwarded-proto"], "http");
+        assert!(from_client.get("x-forwarded-host").is_none());
+        let mut from_balancer = claims();
+        set_forwarded(&mut from_balancer, client, None, "/", true);
+        assert_eq!(from_balancer["x-forwarded-proto"], "https");
+        assert_eq!(from_balancer["x-forwarded-host"], "shop.example");
+    }
+
+    #[test]
+    fn hosts_lose_their_ports() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        assert_eq!(escape("<script>&\""), "&lt;script&gt;&amp;&quot;");
+    }
+}

@@ -1,0 +1,21 @@
+//! # immutant-foundation
+//!
+//! What every server of the project stands on, below the node's engines and services and below
+//! the balancer: nothing here knows of apps, clusters or messages. Start from the module that
+//! names what you need:
+//!
+//! - [`sync`]: the one way a `std` mutex is locked.
+//! - [`clock`]: wall-clock milliseconds, and the boot clock that leases are counted on.
+//! - [`shutdown`]: the signals that ask a server to stop, and the token that passes it down.
+//! - [`net`]: ports bound and served, accept backoff, multicast sockets.
+//! - [`http`]: a request passed on to another HTTP server and its answer passed back.
+//! - [`mcmp`]: mod_cluster's vocabulary, which the node and the balancer both speak.
+//! - [`logging`]: a server's log, on standard output and in a rotated file.
+
+pub mod clock;
+pub mod http;
+pub mod logging;
+pub mod mcmp;
+pub mod net;
+pub mod shutdown;
+pub mod sync;
