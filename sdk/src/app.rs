@@ -10,14 +10,17 @@ use tokio_util::task::TaskTracker;
 use crate::cache::{Cache, CacheBuilder};
 use crate::connection::Connection;
 use crate::daemon::{Daemon, DaemonBuilder};
+use crate::error::{Error, Result};
 use crate::jobs::JobBuilder;
 use crate::messaging::{Queue, Topic};
-use crate::{Error, Result};
+use crate::orders::Services;
 
 /// An app running in a node. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
     connection: Connection,
+    /// Its daemons and jobs, which the node starts, stops and fires.
+    services: Services,
     /// Every handler the app's listeners run, so a stop can wait for them to finish.
     handlers: TaskTracker,
     properties: std::sync::Arc<BTreeMap<String, String>>,
@@ -33,11 +36,13 @@ impl App {
         if std::env::var_os(APP_VAR).is_none() {
             return Err(Error::NotInNode(APP_VAR));
         }
-        let connection = Connection::connect().await?;
+        let services = Services::default();
+        let connection = Connection::connect(services.clone()).await?;
         let welcome = connection.welcome();
         let (properties, settings) = (welcome.properties.clone(), welcome.settings.clone());
         Ok(App {
             connection,
+            services,
             handlers: TaskTracker::new(),
             properties: std::sync::Arc::new(properties),
             settings: std::sync::Arc::new(settings),
@@ -123,17 +128,18 @@ impl App {
 
     /// A job to schedule: `app.job("name").cron("*/5 * * * * ?").schedule(f).await`.
     pub fn job(&self, name: &str) -> JobBuilder {
-        JobBuilder::new(self.connection.clone(), name)
+        JobBuilder::new(self.connection.clone(), self.services.jobs.clone(), name)
     }
 
     /// Unschedules the job `name`; true if it was scheduled.
     pub async fn unschedule(&self, name: &str) -> Result<bool> {
-        crate::jobs::unschedule(&self.connection, name).await
+        self.services.jobs.unschedule(&self.connection, name).await
     }
 
     /// A daemon to register: `app.daemon("name", d).singleton(false).start().await`.
     pub fn daemon<D: Daemon>(&self, name: &str, daemon: D) -> DaemonBuilder {
-        DaemonBuilder::new(self.connection.clone(), name, daemon)
+        let daemons = self.services.daemons.clone();
+        DaemonBuilder::new(self.connection.clone(), daemons, name, daemon)
     }
 
     /// Hands control to the node until it stops the app (at undeploy, redeploy or node
@@ -147,8 +153,8 @@ impl App {
         if let Some(web) = self.web.lock().await.take() {
             web.stop(limit).await;
         }
-        self.connection
-            .daemons()
+        self.services
+            .daemons
             .stop_all(&self.connection, limit)
             .await;
         for consumer in self.connection.consumer_ids() {

@@ -27,7 +27,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::connection::Connection;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::fence::operation_epoch;
 
 /// A cache to open: `app.cache("name").mode(..).ttl(..).lookup_or_create().await`.
 pub struct CacheBuilder {
@@ -287,7 +288,7 @@ impl Cache {
 
     async fn run(&self, call: CacheOp, body: Bytes) -> Result<(CacheOutcome, Bytes)> {
         self.connection.check_size(body.len())?;
-        let epoch = self.connection.fence()?;
+        let epoch = operation_epoch()?;
         let id = self.connection.next_id();
         let request = Header::CacheCall {
             id,

@@ -1,5 +1,7 @@
 //! The app's connection to its node: one socket, a writer that batches frames, a reader that
-//! routes each frame to whoever waits for it.
+//! routes each frame to whoever waits for it. What the node asks unasked (start or stop a
+//! daemon, fire a job, news of the lease) goes to the [`Orders`] the app connected with: the
+//! services that carry it out stand above the connection.
 
 use std::collections::HashMap;
 use std::os::fd::FromRawFd;
@@ -16,10 +18,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::daemon::Daemons;
-use crate::jobs::{JobRun, Jobs, time_of};
-use crate::lease::{self, Fence};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// A message handed to the app: its header and payload.
 pub type Delivered = (MessageHeader, Bytes);
@@ -41,6 +41,14 @@ pub struct Welcome {
     pub settings: serde_json::Value,
 }
 
+/// Whoever carries out what the node asks of the app unasked: the frames the connection does
+/// not route itself.
+pub trait Orders: Send + Sync + 'static {
+    /// Carries out `order`. Called on the reader, in the order the node sent them: it must not
+    /// block, and what takes time goes on a task of its own.
+    fn order(&self, connection: &Connection, order: Header);
+}
+
 /// A delivery for a consumer: the delivery's number (to ack) and the message.
 pub struct Delivery {
     pub delivery: u64,
@@ -60,8 +68,7 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<Delivery>>>,
     replies: Mutex<HashMap<String, oneshot::Sender<Delivered>>>,
-    daemons: Daemons,
-    jobs: Jobs,
+    orders: Box<dyn Orders>,
     /// Set to the stop's timeout when the node asks the app to stop.
     stop: watch::Sender<Option<u64>>,
     welcome: Welcome,
@@ -72,8 +79,9 @@ const HEADER_ROOM: usize = 64 * 1024;
 
 impl Connection {
     /// Connects over the socket the node handed down (or, in a test that `cargo immutant test`
-    /// runs, to the node's attach socket), and says hello.
-    pub async fn connect() -> Result<Connection> {
+    /// runs, to the node's attach socket), and says hello. What the node asks unasked goes to
+    /// `orders`.
+    pub async fn connect(orders: impl Orders) -> Result<Connection> {
         let fd: Option<i32> = std::env::var(SOCKET_FD_VAR)
             .ok()
             .and_then(|value| value.parse().ok());
@@ -133,8 +141,7 @@ impl Connection {
                 pending: Mutex::new(HashMap::new()),
                 consumers: Mutex::new(HashMap::new()),
                 replies: Mutex::new(HashMap::new()),
-                daemons: Daemons::default(),
-                jobs: Jobs::default(),
+                orders: Box::new(orders),
                 stop: watch::channel(None).0,
                 welcome,
             }),
@@ -150,43 +157,6 @@ impl Connection {
 
     pub fn welcome(&self) -> &Welcome {
         &self.inner.welcome
-    }
-
-    pub fn daemons(&self) -> &Daemons {
-        &self.inner.daemons
-    }
-
-    pub fn jobs(&self) -> &Jobs {
-        &self.inner.jobs
-    }
-
-    /// The fencing epoch an operation made now carries: the current task's fence, if it has
-    /// one and it may still act; refused if its lease lapsed or a newer epoch exists.
-    pub fn fence(&self) -> Result<Option<u64>> {
-        match Fence::current() {
-            Some(fence) => lease::lease()
-                .check(fence.epoch())
-                .map(|()| Some(fence.epoch())),
-            None => Ok(None),
-        }
-    }
-
-    /// Runs singleton `work` under the lease of `epoch`: not at all unless the lease covers it
-    /// now, and cancelled the moment it lapses.
-    pub async fn under_lease<F: std::future::Future>(
-        &self,
-        epoch: u64,
-        work: F,
-    ) -> Result<F::Output> {
-        let lease = lease::lease();
-        if !lease.covers(epoch) {
-            lease.check(epoch)?;
-            return Err(Error::LeaseLapsed { epoch });
-        }
-        tokio::select! {
-            done = Fence::new(epoch).scope(work) => Ok(done),
-            _ = lease.lapsed(epoch) => Err(Error::LeaseLapsed { epoch }),
-        }
     }
 
     /// Refuses a payload of `size` bytes if it is over the node's limit.
@@ -331,7 +301,8 @@ impl Connection {
         }
     }
 
-    /// Routes what the node sends unasked: deliveries, replies, daemon and job orders.
+    /// Routes what the node sends unasked: deliveries and replies here, the stop, and the rest
+    /// to the orders.
     fn route_delivery(&self, header: Header, body: Bytes) {
         match header {
             Header::Deliver {
@@ -370,43 +341,10 @@ impl Connection {
                     }));
                 }
             }
-            Header::StartDaemon { name, epoch } => {
-                self.inner.daemons.start(self, &name, epoch);
-            }
-            Header::Lease { epoch, until_ns } => {
-                lease::lease().set(epoch, until_ns);
-                if lease::lease().covers(epoch) {
-                    self.inner.daemons.renewed(self, epoch);
-                }
-            }
-            Header::StopDaemon { name } => {
-                // Taken out of its slot now, in the order the node asked: a start that follows
-                // starts anew.
-                if let Some(stopping) = self.inner.daemons.take(&name) {
-                    let connection = self.clone();
-                    tokio::spawn(async move { stopping.finish(&connection, None).await });
-                }
-            }
-            Header::FireJob {
-                name,
-                run,
-                scheduled_ms,
-                fired_ms,
-                epoch,
-            } => {
-                let run = JobRun {
-                    name,
-                    run,
-                    scheduled: time_of(scheduled_ms),
-                    fired: time_of(fired_ms),
-                    epoch,
-                };
-                self.inner.jobs.fire(self, run);
-            }
             Header::Stop { timeout_ms } => {
                 self.inner.stop.send_replace(Some(timeout_ms));
             }
-            _ => {}
+            order => self.inner.orders.order(self, order),
         }
     }
 
@@ -424,11 +362,4 @@ fn leave(why: &str) -> ! {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "immutant: {why}; exiting");
     std::process::exit(1);
-}
-
-/// Locks a mutex, even one a panicking thread held: the maps behind these stay consistent.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -14,14 +14,17 @@
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use immutant_protocol::{Frame, Header};
 use tokio::task::JoinHandle;
 
-use crate::connection::{Connection, lock};
-use crate::{Error, Result};
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::fence::{may_act, under_lease};
+use crate::lease::lease;
+use crate::sync::lock;
 
 /// A service the node starts and stops.
 ///
@@ -83,10 +86,10 @@ struct Slot {
     lapsed: Option<u64>,
 }
 
-/// The app's daemons.
-#[derive(Default)]
+/// The app's daemons. Cheap to clone: the clones share them.
+#[derive(Clone, Default)]
 pub struct Daemons {
-    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
 tokio::task_local! {
@@ -105,7 +108,7 @@ pub fn epoch() -> Option<u64> {
 /// before each step of work the node cannot fence (a file written, a call to another service):
 /// a daemon whose node was frozen or cut off must not act beside the one that took over.
 pub fn lease_held() -> bool {
-    crate::lease::may_act()
+    may_act()
 }
 
 /// The longest a daemon's stop may take when the node does not say.
@@ -142,7 +145,7 @@ impl Daemons {
         slot.lapsed = None;
         let (daemon, singleton) = (slot.daemon.clone(), slot.singleton);
         slot.epoch = epoch;
-        let connection = connection.clone();
+        let (connection, slots) = (connection.clone(), self.slots.clone());
         let name = name.to_string();
         println!("Starting daemon: {name}");
         let _ = connection.send(Frame::new(Header::DaemonStatus {
@@ -153,9 +156,9 @@ impl Daemons {
             let run = EPOCH.scope(epoch, daemon.start());
             if singleton {
                 // A singleton runs while its lease holds, and not a moment after.
-                if let Err(error) = connection.under_lease(epoch, run).await {
+                if let Err(error) = under_lease(epoch, run).await {
                     println!("Cancelled daemon {name}: {error}");
-                    if let Some(slot) = lock(&connection.daemons().slots).get_mut(&name) {
+                    if let Some(slot) = lock(&slots).get_mut(&name) {
                         slot.lapsed = Some(epoch);
                     }
                 }
@@ -206,7 +209,7 @@ impl Daemons {
             task,
             // Its lease gone, it is being cancelled: its stop must not be called as well (a
             // stop signal left behind would end its next start at once).
-            cancelled: slot.singleton && !crate::lease::lease().covers(slot.epoch),
+            cancelled: slot.singleton && !lease().covers(slot.epoch),
         })
     }
 
@@ -269,15 +272,22 @@ impl Stopping {
 /// A daemon about to be registered: say whether it is a singleton, then `start` it.
 pub struct DaemonBuilder {
     connection: Connection,
+    daemons: Daemons,
     name: String,
     daemon: Arc<dyn AnyDaemon>,
     singleton: bool,
 }
 
 impl DaemonBuilder {
-    pub(crate) fn new<D: Daemon>(connection: Connection, name: &str, daemon: D) -> Self {
+    pub(crate) fn new<D: Daemon>(
+        connection: Connection,
+        daemons: Daemons,
+        name: &str,
+        daemon: D,
+    ) -> Self {
         DaemonBuilder {
             connection,
+            daemons,
             name: name.to_string(),
             daemon: Arc::new(daemon),
             singleton: true,
@@ -294,7 +304,7 @@ impl DaemonBuilder {
     /// Registers the daemon with the node, which starts it when this node should run it.
     /// Registering a name again replaces the daemon.
     pub async fn start(self) -> Result<()> {
-        let daemons = self.connection.daemons();
+        let daemons = &self.daemons;
         daemons.stop(&self.connection, &self.name, None).await;
         daemons.register(&self.name, self.daemon, self.singleton);
         let id = self.connection.next_id();

@@ -24,13 +24,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use immutant_protocol::{Frame, Header, JobSpec};
 
-use crate::connection::{Connection, lock};
-use crate::{BoxError, Result};
+use crate::connection::Connection;
+use crate::error::{BoxError, Result};
+use crate::fence::under_lease;
+use crate::sync::lock;
 
 /// One firing of a job, as its function sees it.
 #[derive(Debug, Clone)]
@@ -51,10 +53,10 @@ pub struct JobRun {
 type JobFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 type JobFn = Arc<dyn Fn(JobRun) -> JobFuture + Send + Sync>;
 
-/// The app's jobs, by name.
-#[derive(Default)]
+/// The app's jobs, by name. Cheap to clone: the clones share them.
+#[derive(Clone, Default)]
 pub struct Jobs {
-    functions: std::sync::Mutex<HashMap<String, JobFn>>,
+    functions: Arc<Mutex<HashMap<String, JobFn>>>,
 }
 
 impl Jobs {
@@ -84,11 +86,24 @@ impl Jobs {
             let _ = connection.send(Frame::new(done));
         });
     }
+
+    /// Unschedules the job `name`; true if it was scheduled.
+    pub(crate) async fn unschedule(&self, connection: &Connection, name: &str) -> Result<bool> {
+        let id = connection.next_id();
+        let request = Header::Unschedule {
+            id,
+            name: name.to_string(),
+        };
+        let answer = connection.call(id, Frame::new(request)).await?;
+        lock(&self.functions).remove(name);
+        Ok(matches!(answer.header, Header::Found { found: true, .. }))
+    }
 }
 
 /// A job about to be scheduled: say when, then `schedule` it with its function.
 pub struct JobBuilder {
     connection: Connection,
+    jobs: Jobs,
     name: String,
     spec: JobSpec,
     singleton: bool,
@@ -103,9 +118,10 @@ fn unix_millis(time: SystemTime) -> u64 {
 }
 
 impl JobBuilder {
-    pub(crate) fn new(connection: Connection, name: &str) -> Self {
+    pub(crate) fn new(connection: Connection, jobs: Jobs, name: &str) -> Self {
         JobBuilder {
             connection,
+            jobs,
             name: name.to_string(),
             spec: JobSpec::default(),
             singleton: true,
@@ -167,21 +183,17 @@ impl JobBuilder {
         let function: JobFn = match self.singleton {
             false => Arc::new(move |run| Box::pin(function(run)) as JobFuture),
             // A singleton job runs while the lease it was fired under holds, and not after.
-            true => {
-                let connection = self.connection.clone();
-                Arc::new(move |run: JobRun| {
-                    let (connection, epoch) = (connection.clone(), run.epoch);
-                    let work = function(run);
-                    Box::pin(async move {
-                        connection
-                            .under_lease(epoch, work)
-                            .await
-                            .unwrap_or_else(|lapsed| Err(lapsed.into()))
-                    }) as JobFuture
-                })
-            }
+            true => Arc::new(move |run: JobRun| {
+                let epoch = run.epoch;
+                let work = function(run);
+                Box::pin(async move {
+                    under_lease(epoch, work)
+                        .await
+                        .unwrap_or_else(|lapsed| Err(lapsed.into()))
+                }) as JobFuture
+            }),
         };
-        let jobs = &self.connection.jobs().functions;
+        let jobs = &self.jobs.functions;
         let previous = lock(jobs).insert(self.name.clone(), function);
         let id = self.connection.next_id();
         let request = Header::Schedule {
@@ -201,18 +213,6 @@ impl JobBuilder {
         }
         scheduled.map(|_| ())
     }
-}
-
-/// Unschedules the job `name`; true if it was scheduled.
-pub(crate) async fn unschedule(connection: &Connection, name: &str) -> Result<bool> {
-    let id = connection.next_id();
-    let request = Header::Unschedule {
-        id,
-        name: name.to_string(),
-    };
-    let answer = connection.call(id, Frame::new(request)).await?;
-    lock(&connection.jobs().functions).remove(name);
-    Ok(matches!(answer.header, Header::Found { found: true, .. }))
 }
 
 /// A time the node sent, in Unix milliseconds.

@@ -2,15 +2,12 @@
 //! cluster and renews it while in contact; it tells the app how long each renewal lasts, as a
 //! reading of the host's monotonic clock. The app keeps that deadline itself: the moment it
 //! passes without a renewal, singleton daemons are cancelled and singleton jobs no longer run,
-//! whether the node is frozen, cut off or gone. Operations made under the lease (publishes, cache
-//! calls) carry its fencing epoch, and are refused once it has lapsed or a newer epoch exists.
-
-use std::future::Future;
+//! whether the node is frozen, cut off or gone ([`crate::fence`] holds them to it).
 
 use immutant_protocol::clock::monotonic_ns;
 use tokio::sync::watch;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What the node last said about the lease: its epoch, and until when it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +68,16 @@ impl Lease {
         held.is_some_and(|held| held.epoch == epoch) && refusal(held, epoch).is_none()
     }
 
+    /// Whether singleton work under `epoch` may run now: refused as stale if a newer epoch
+    /// exists, else as lapsed unless the lease covers it.
+    pub fn may_run(&self, epoch: u64) -> Result<()> {
+        if self.covers(epoch) {
+            return Ok(());
+        }
+        self.check(epoch)?;
+        Err(Error::LeaseLapsed { epoch })
+    }
+
     /// Whether an operation made under `epoch` may go to the node.
     pub fn check(&self, epoch: u64) -> Result<()> {
         match refusal(*self.held.borrow(), epoch) {
@@ -107,48 +114,6 @@ impl Lease {
 pub(crate) fn lease() -> &'static Lease {
     static LEASE: std::sync::LazyLock<Lease> = std::sync::LazyLock::new(Lease::default);
     &LEASE
-}
-
-/// Whether the current task may act: outside any fence always; under one while its lease
-/// holds.
-pub(crate) fn may_act() -> bool {
-    Fence::current().is_none_or(|fence| lease().covers(fence.epoch))
-}
-
-tokio::task_local! {
-    static FENCE: u64;
-}
-
-/// The fencing epoch the current task works under: set inside a singleton daemon's `start` and
-/// a singleton job's run, or by [`Fence::scope`]. Publishes and cache calls made under it carry
-/// it, and are refused once the lease has lapsed or a newer epoch exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fence {
-    epoch: u64,
-}
-
-impl Fence {
-    /// A fence for `epoch`: work handed over from a singleton (say, in a message) can carry the
-    /// epoch it was made under, and be refused like the singleton's own once that is stale.
-    pub fn new(epoch: u64) -> Self {
-        Fence { epoch }
-    }
-
-    /// The fence of the current task, if it works under one.
-    pub fn current() -> Option<Fence> {
-        FENCE.try_with(|epoch| Fence { epoch: *epoch }).ok()
-    }
-
-    /// Its epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Runs `work` under this fence: what it publishes or writes carries the epoch. A task
-    /// spawned from a singleton does not inherit its fence; this passes it on.
-    pub async fn scope<F: Future>(self, work: F) -> F::Output {
-        FENCE.scope(self.epoch, work).await
-    }
 }
 
 #[cfg(test)]
@@ -198,12 +163,5 @@ mod tests {
             lease.check(7),
             Err(Error::LeaseLapsed { epoch: 7 })
         ));
-    }
-
-    #[tokio::test]
-    async fn a_fence_is_the_tasks_own() {
-        assert_eq!(Fence::current(), None);
-        let inside = Fence::new(4).scope(async { Fence::current() }).await;
-        assert_eq!(inside.map(|fence| fence.epoch()), Some(4));
     }
 }

@@ -29,58 +29,32 @@
 //! The node runs the app as a child process and the two talk over an inherited Unix socket
 //! with the frames of [`immutant_protocol`] (see `docs/protocol.md`).
 
-mod app;
-pub mod cache;
+// The modules from the bottom up, in groups; each imports only from groups before its own:
+// the foundations (`error` under everything, `lease` under `fence`), the connection to the
+// node, the services over it, `orders` (what the node asks of daemons and jobs, carried out),
+// and the app on top.
+mod error;
+mod fence;
+mod lease;
+mod sync;
+
 mod connection;
+
+pub mod cache;
 pub mod daemon;
 pub mod jobs;
-mod lease;
 pub mod messaging;
 #[cfg(feature = "web")]
 pub mod web;
 
+mod orders;
+
+mod app;
+
 pub use app::App;
 pub use cache::Cache;
 pub use daemon::Daemon;
+pub use error::{BoxError, Error, Result};
+pub use fence::Fence;
 pub use immutant_protocol::{BYTES, JSON, PROTOCOL_VERSION, PublishOptions};
-pub use lease::Fence;
 pub use messaging::{Message, Queue, Topic};
-
-/// What a handler may fail with: any error, which the node records as the failure's reason.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The result of this SDK's calls.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What can go wrong talking to the node.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(
-        "this app was not started by an Immutant node ({0} is not set); deploy it with `cargo immutant deploy` and run a node with `cargo immutant run`, or run its tests with `cargo immutant test`"
-    )]
-    NotInNode(&'static str),
-    #[error("the node refused: {0}")]
-    Node(String),
-    #[error("the connection to the node is closed")]
-    Closed,
-    #[error(
-        "the singleton lease of epoch {epoch} has lapsed: this node no longer runs the app's singletons, so the work was not done"
-    )]
-    LeaseLapsed { epoch: u64 },
-    #[error(
-        "epoch {epoch} is stale: the app's singletons run under epoch {current} now, so the work was not done"
-    )]
-    StaleEpoch { epoch: u64, current: u64 },
-    #[error("no reply within {0:?}")]
-    Timeout(std::time::Duration),
-    #[error(
-        "a payload of {size} bytes is over the node's limit of {limit} bytes; send less, or raise -Dimmutant.messaging.max-message-size on every node"
-    )]
-    TooLarge { size: usize, limit: u64 },
-    #[error("cannot encode or decode a payload as JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("the node's socket failed: {0}")]
-    Protocol(#[from] immutant_protocol::ProtocolError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}

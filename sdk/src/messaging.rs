@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{Connection, Delivery};
-use crate::{BoxError, Error, Result};
+use crate::error::{BoxError, Error, Result};
+use crate::fence::operation_epoch;
 
 /// A message as a handler may take it whole: its payload and what came with it.
 #[derive(Debug, Clone)]
@@ -91,7 +92,7 @@ impl Endpoint {
 
     async fn publish_body(&self, body: Bytes, options: PublishOptions) -> Result<()> {
         self.connection.check_size(body.len())?;
-        let epoch = self.connection.fence()?;
+        let epoch = operation_epoch()?;
         let id = self.connection.next_id();
         let frame = Frame::with_body(
             Header::Publish {

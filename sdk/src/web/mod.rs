@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::connection::Connection;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 pub use axum;
 

@@ -46,8 +46,8 @@ use tower_sessions::session_store::{self, SessionStore};
 
 pub use tower_sessions::Session;
 
-use crate::Result;
 use crate::cache::{Cache, CacheBuilder};
+use crate::error::Result;
 
 /// The session cookie's name, as every servlet container and balancer knows it.
 pub const COOKIE_NAME: &str = "JSESSIONID";
@@ -248,13 +248,13 @@ const RETRY_FOR: Duration = Duration::from_secs(5);
 async fn retried<T, F, Fut>(mut call: F) -> session_store::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::Result<T>>,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
 {
     let started = tokio::time::Instant::now();
     let mut wait = Duration::from_millis(50);
     loop {
         match call().await {
-            Err(crate::Error::Node(_)) if started.elapsed() + wait < RETRY_FOR => {
+            Err(crate::error::Error::Node(_)) if started.elapsed() + wait < RETRY_FOR => {
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
@@ -263,7 +263,7 @@ where
     }
 }
 
-fn backend(error: crate::Error) -> session_store::Error {
+fn backend(error: crate::error::Error) -> session_store::Error {
     session_store::Error::Backend(error.to_string())
 }
 
