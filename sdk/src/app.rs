@@ -31,7 +31,8 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to the node that started this process. Fails with a clear error outside a node.
+    /// Connects to the node that started this process. Fails with a clear error outside a node,
+    /// and when called again in a process the node started (clone the `App` instead).
     pub async fn connect() -> Result<App> {
         if std::env::var_os(APP_VAR).is_none() {
             return Err(Error::NotInNode(APP_VAR));

@@ -4,7 +4,6 @@
 //! services that carry it out stand above the connection.
 
 use std::collections::HashMap;
-use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,13 +11,14 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use immutant_protocol::{
     ATTACH_VAR, Frame, FrameCodec, Header, MessageHeader, Outbox, Outgoing, PROTOCOL_VERSION,
-    SOCKET_FD_VAR, write_frames,
+    write_frames,
 };
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::{Error, Result};
+use crate::inherited;
 use crate::sync::lock;
 
 /// A message handed to the app: its header and payload.
@@ -82,15 +82,10 @@ impl Connection {
     /// runs, to the node's attach socket), and says hello. What the node asks unasked goes to
     /// `orders`.
     pub async fn connect(orders: impl Orders) -> Result<Connection> {
-        let fd: Option<i32> = std::env::var(SOCKET_FD_VAR)
-            .ok()
-            .and_then(|value| value.parse().ok());
-        let socket = match (fd, std::env::var_os(ATTACH_VAR)) {
-            // SAFETY: the node started this process with its end of the socket at this
-            // descriptor, and nothing else in the process owns it.
-            (Some(fd), _) => unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) },
+        let socket = match (inherited::SOCKET.take()?, std::env::var_os(ATTACH_VAR)) {
+            (Some(fd), _) => std::os::unix::net::UnixStream::from(fd),
             (None, Some(path)) => std::os::unix::net::UnixStream::connect(path)?,
-            (None, None) => return Err(Error::NotInNode(SOCKET_FD_VAR)),
+            (None, None) => return Err(Error::NotInNode(inherited::SOCKET.var())),
         };
         socket.set_nonblocking(true)?;
         let (read, write) = UnixStream::from_std(socket)?.into_split();

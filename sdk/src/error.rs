@@ -26,6 +26,14 @@ pub enum Error {
         "epoch {epoch} is stale: the app's singletons run under epoch {current} now, so the work was not done"
     )]
     StaleEpoch { epoch: u64, current: u64 },
+    #[error(
+        "{call} was called already in this process, and took the descriptor the node handed down in {var}; {instead}"
+    )]
+    AlreadyTaken {
+        call: &'static str,
+        var: &'static str,
+        instead: &'static str,
+    },
     #[error("no reply within {0:?}")]
     Timeout(std::time::Duration),
     #[error(

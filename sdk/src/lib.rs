@@ -35,6 +35,7 @@
 // and the app on top.
 mod error;
 mod fence;
+mod inherited;
 mod lease;
 mod sync;
 

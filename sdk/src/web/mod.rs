@@ -21,17 +21,16 @@
 //! When the node stops the app, the web server stops taking connections and lets the requests
 //! in flight finish (within the stop's limit) before daemons are stopped.
 
-use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use immutant_protocol::{Frame, Header, WEB_FD_VAR};
+use immutant_protocol::{Frame, Header};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::inherited;
 
 pub use axum;
 
@@ -51,19 +50,10 @@ pub(crate) struct WebServer {
 impl WebServer {
     /// Serves `router` on the socket the node handed down, and tells the node.
     pub(crate) async fn start(connection: &Connection, router: Router) -> Result<WebServer> {
-        static TAKEN: AtomicBool = AtomicBool::new(false);
-        if TAKEN.swap(true, Ordering::SeqCst) {
-            return Err(Error::Node(
-                "this app has mounted a web handler already; merge your routers into one (Router::merge or Router::nest) and mount that".to_string(),
-            ));
-        }
-        let fd: i32 = std::env::var(WEB_FD_VAR)
-            .ok()
-            .and_then(|value| value.parse().ok())
-            .ok_or(Error::NotInNode(WEB_FD_VAR))?;
-        // SAFETY: the node started this process with a listening socket at this descriptor,
-        // and nothing else in the process owns it (TAKEN).
-        let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        let fd = inherited::WEB
+            .take()?
+            .ok_or(Error::NotInNode(inherited::WEB.var()))?;
+        let listener = std::os::unix::net::UnixListener::from(fd);
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let context_path = ContextPath(connection.welcome().context_path.clone());
