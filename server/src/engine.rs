@@ -11,10 +11,13 @@ use immutant_protocol::{
     CacheOp, CacheOptions, CacheOutcome, DestinationKind, Open, PublishOptions,
 };
 
-use crate::cache::{CacheError, CacheStats, Caches};
-use crate::messaging::{Broker, ConsumerKey, MessagingError, Outbox, QueueStats};
+use crate::cache::Caches;
+use crate::messaging::Broker;
 use crate::nats::caches::NatsCaches;
 use crate::nats::queues::Queues;
+use crate::vocabulary::cache::{CacheError, CacheStats};
+use crate::vocabulary::messaging::{ConsumerKey, MessagingError, QueueStats};
+use immutant_protocol::Outbox;
 
 /// A node's messaging, on whichever engine it runs.
 #[derive(Clone)]

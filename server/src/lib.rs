@@ -25,6 +25,7 @@ pub mod modcluster;
 pub mod nats;
 pub mod node;
 pub mod singleton;
+pub mod vocabulary;
 pub mod web;
 
 use std::time::Instant;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::cluster::lease::{Answered, LEASE_TIME, Renewal};
-use crate::cluster::{Member, View};
+use crate::vocabulary::membership::{Member, View};
 
 /// Decides where singletons run, the same way on every member.
 #[derive(Debug, Clone, Copy)]
@@ -138,7 +138,7 @@ impl HeldLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::Member;
+    use crate::vocabulary::membership::Member;
 
     fn member(name: &str, generation: u64, is_self: bool) -> Member {
         Member::for_test(name, generation, is_self)

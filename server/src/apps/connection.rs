@@ -16,8 +16,8 @@ use super::{AppContext, DaemonState, Deployment, Status};
 use crate::cluster::Cluster;
 use crate::cluster::lease::RENEW_INTERVAL;
 use crate::jobs::JobContext;
-use crate::messaging::MessagingError;
 use crate::singleton::{HeldLease, SingletonElection};
+use crate::vocabulary::messaging::MessagingError;
 use immutant_foundation::clock::monotonic_ns;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
@@ -553,7 +553,7 @@ async fn wait_until_ours(
     election: &SingletonElection,
     cluster: &Cluster,
     app: &str,
-    view: &mut tokio::sync::watch::Receiver<crate::cluster::View>,
+    view: &mut tokio::sync::watch::Receiver<crate::vocabulary::membership::View>,
     ended: &Shutdown,
 ) -> bool {
     loop {

@@ -21,10 +21,10 @@ use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
 use crate::engine::{CacheService, Messaging};
 use crate::jobs::{AppJobs, JobReport};
-use crate::messaging::Outbox;
 use crate::singleton::SingletonElection;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
 use immutant_foundation::sync::lock;
+use immutant_protocol::Outbox;
 
 /// How long an app's daemons may take to stop (Immutant's limit).
 pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;

@@ -27,10 +27,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Open};
-use serde::Serialize;
+
 use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
+use crate::vocabulary::cache::{CacheError, CacheStats};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
@@ -47,27 +48,6 @@ const ROUTE_RETRY: Duration = Duration::from_millis(100);
 /// How often expired entries are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why a cache operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("no cache named '{0}' is open on this node; open it first (App::cache)")]
-    NotOpen(String),
-    #[error(
-        "a cache named '{name}' exists already ({mode}); use lookup_or_create to share it, or clear it to empty it"
-    )]
-    Exists { name: String, mode: CacheMode },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the member {0} cannot be reached")]
-    Unreachable(String),
-    #[error(
-        "no owner of key '{key}' in cache '{cache}' answers; the cluster may be changing, try again"
-    )]
-    Unavailable { cache: String, key: String },
-    #[error("the cache storage failed: {0}")]
-    Storage(String),
-}
-
 /// One cache on this node.
 struct Cache {
     name: String,
@@ -83,20 +63,6 @@ struct Cache {
     /// Set once the cache has taken in the cluster's entries: until then it takes copies from
     /// the other holders, but serves no reads, writes or joins.
     ready: AtomicBool,
-}
-
-/// What the management API shows of a cache.
-#[derive(Debug, Clone, Serialize)]
-pub struct CacheStats {
-    pub name: String,
-    pub mode: CacheMode,
-    /// How many members hold each entry (distributed caches).
-    pub owners: Option<u32>,
-    pub persist: bool,
-    /// Entries held on this node.
-    pub entries: usize,
-    pub hits: u64,
-    pub misses: u64,
 }
 
 /// Every cache of this node.

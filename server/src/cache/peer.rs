@@ -10,8 +10,8 @@ use immutant_protocol::{CacheOp, CacheOutcome};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::CacheError;
 use super::store::{Entry, Version};
+use crate::vocabulary::cache::CacheError;
 
 /// How long a node waits for another to answer a cache request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

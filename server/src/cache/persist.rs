@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::CacheError;
 use super::peer::{WireEntry, pack, unpack};
 use super::store::Entry;
+use crate::vocabulary::cache::CacheError;
 
 /// Entries by cache and key: a length-prefixed JSON [`WireEntry`], then the value.
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use immutant_protocol::CacheMode;
 
 use super::{Cache, Caches};
-use crate::cluster::Member;
+use crate::vocabulary::membership::Member;
 use immutant_foundation::sync::lock;
 
 impl Caches {

@@ -134,7 +134,7 @@ pub fn highest_epochs<'a>(
     let mut highest = BTreeMap::new();
     for state in states {
         for (key, value) in state.key_values() {
-            let Some(app) = key.strip_prefix(super::view::EPOCH_KEY_PREFIX) else {
+            let Some(app) = key.strip_prefix(super::keys::EPOCH_KEY_PREFIX) else {
                 continue;
             };
             if let Ok(epoch) = value.parse::<u64>() {
@@ -252,7 +252,7 @@ pub fn answered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::Member;
+    use crate::vocabulary::membership::Member;
 
     fn id(name: &str, generation: u64) -> ChitchatId {
         ChitchatId::new(

@@ -26,7 +26,8 @@ use tracing::{debug, warn};
 use super::{Cluster, Member, seal};
 use crate::cache::Caches;
 use crate::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
-use crate::messaging::{Broker, Forward, Interest, Message, Reply};
+use crate::messaging::{Broker, Forward, Message, Reply};
+use crate::vocabulary::membership::Interest;
 use immutant_foundation::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.

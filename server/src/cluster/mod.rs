@@ -6,10 +6,10 @@
 //! first, which singletons are elected on, and the singletons' holder keeps its [`lease`].
 
 mod discovery;
+mod keys;
 pub mod lease;
 pub mod links;
 pub mod seal;
-pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,12 +26,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ServerConfig};
-use crate::messaging::Interest;
-use view::{
+use crate::vocabulary::membership::{Interest, Member, View};
+use keys::{
     APP_KEY_PREFIX, CACHE_KEY_PREFIX, EPOCH_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY,
     MANAGEMENT_KEY,
 };
-pub use view::{Member, View};
 
 /// How often members gossip. Failure detection follows from it: a member silent for about
 /// eight rounds is dead.

@@ -22,11 +22,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::cache::CacheError;
 use crate::engine::CacheService;
-use crate::messaging::Outbox;
+use crate::vocabulary::cache::CacheError;
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
+use immutant_protocol::Outbox;
 pub use schedule::{Schedule, ScheduleError};
 
 /// How long a job waits before trying again when its progress cannot be recorded.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::engine::Messaging;
-use crate::messaging::QueueStats;
+use crate::vocabulary::messaging::QueueStats;
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;

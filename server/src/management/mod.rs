@@ -40,7 +40,7 @@ pub struct NodeInfo {
     pub caches: CacheService,
     pub web: Arc<crate::web::Web>,
     /// The cluster's view, if the node is clustered.
-    pub view: Option<tokio::sync::watch::Receiver<crate::cluster::View>>,
+    pub view: Option<tokio::sync::watch::Receiver<crate::vocabulary::membership::View>>,
     /// NATS, if the cluster runs on it.
     pub engine: Option<Arc<crate::nats::Nats>>,
     /// When the node started (unix ms): its generation in the cluster.
@@ -262,7 +262,9 @@ async fn deployments(
 }
 
 /// Every queue: depth, in flight, consumers, delivered, dead-lettered, expired.
-async fn queues(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::messaging::QueueStats>> {
+async fn queues(
+    State(info): State<Arc<NodeInfo>>,
+) -> Json<Vec<crate::vocabulary::messaging::QueueStats>> {
     Json(info.broker.stats())
 }
 
@@ -320,7 +322,9 @@ async fn jobs(State(info): State<Arc<NodeInfo>>) -> Json<Vec<JobListing>> {
 }
 
 /// Every cache open on this node: mode, entries held here, hits and misses.
-async fn caches(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::cache::CacheStats>> {
+async fn caches(
+    State(info): State<Arc<NodeInfo>>,
+) -> Json<Vec<crate::vocabulary::cache::CacheStats>> {
     Json(info.caches.stats())
 }
 

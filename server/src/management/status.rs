@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeInfo;
 use crate::apps::DeploymentReport;
-use crate::cache::CacheStats;
-use crate::messaging::QueueStats;
+use crate::vocabulary::cache::CacheStats;
+use crate::vocabulary::messaging::QueueStats;
 use crate::web::{BalancerReport, ContextReport};
 
 /// The node and all it runs.

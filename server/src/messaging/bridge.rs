@@ -11,7 +11,7 @@
 //! or this one restarts, and for good: as a durable subscription is): a persistent message for a
 //! durable subscriber elsewhere is stored here and forwarded, never held only in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,8 +20,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::journal::JournalOp;
 use super::message::Message;
-use super::queue::{ConsumerKey, QueueRole, QueueState};
-use super::{Broker, Consumer, MessagingError, Sink, State};
+use super::queue::{QueueRole, QueueState};
+use super::{Broker, Consumer, Sink, State};
+use crate::vocabulary::membership::Interest;
+use crate::vocabulary::messaging::ConsumerKey;
+use crate::vocabulary::messaging::MessagingError;
 
 /// How many forwards a bridge may have waiting for the other node at once.
 const BRIDGE_WINDOW: u32 = 256;
@@ -31,10 +34,6 @@ pub const REDISTRIBUTION_DELAY: Duration = Duration::from_secs(1);
 const SEEN_LIMIT: usize = 20_000;
 /// The consumer ids bridges get on a peer's connection: one per destination, from here up.
 const FIRST_BRIDGE_ID: u64 = 1;
-
-/// What this node's apps consume from, each destination with whether a durable subscriber
-/// wants it (topics only).
-pub type Interest = BTreeMap<String, bool>;
 
 /// The name of a topic's subscription that forwards to `peer`: one per peer when durable (it
 /// outlives the link), else one per link (a peer that restarts gets a new one, and the old one
@@ -396,6 +395,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use crate::vocabulary::membership::Interest;
     use bytes::Bytes;
     use immutant_protocol::{DestinationKind, PublishOptions};
     use tokio::sync::mpsc;
@@ -411,7 +411,7 @@ mod tests {
             .await
             .unwrap();
         let (forwards, mut forwarded) = mpsc::unbounded_channel();
-        let interest = super::Interest::from([("/queue/ask".to_string(), false)]);
+        let interest = Interest::from([("/queue/ask".to_string(), false)]);
         broker
             .set_bridges(100, "two", &forwards, &interest)
             .await
@@ -443,7 +443,7 @@ mod tests {
     async fn a_durable_subscriber_elsewhere_has_its_messages_kept_here_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let news = "/topic/news";
-        let durable = super::Interest::from([(news.to_string(), true)]);
+        let durable = Interest::from([(news.to_string(), true)]);
         let (forwards, forwarded) = mpsc::unbounded_channel();
         {
             let broker = Broker::open(dir.path(), "one", 1024).unwrap();

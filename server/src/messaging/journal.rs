@@ -46,6 +46,12 @@ pub enum JournalError {
     Stopped,
 }
 
+impl From<JournalError> for crate::vocabulary::messaging::MessagingError {
+    fn from(error: JournalError) -> Self {
+        Self::Storage(Box::new(error))
+    }
+}
+
 impl From<redb::Error> for JournalError {
     fn from(error: redb::Error) -> Self {
         JournalError::Storage(error.to_string())

@@ -21,60 +21,24 @@ use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader, PublishOp
 use tokio::sync::mpsc;
 use tracing::warn;
 
-pub use bridge::{Forward, Interest, Reply};
+use crate::vocabulary::messaging::{
+    ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, QueueStats, check_publish,
+    kind_name,
+};
+pub use bridge::{Forward, Reply};
 use immutant_foundation::clock::now_ms;
-use journal::{Journal, JournalError, JournalOp, Recovered};
+use journal::{Journal, JournalOp, Recovered};
 pub use message::Message;
-pub use queue::ConsumerKey;
-pub use queue::QueueStats;
 use queue::{QueueRole, QueueState};
 
-/// Where failed messages go.
-pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
 /// The longest failure reason a dead-lettered message keeps.
 const MAX_REASON_CHARS: usize = 1024;
-/// Deliveries a message gets before it is dead-lettered.
-pub const MAX_DELIVERIES: u32 = 10;
 
-pub use immutant_protocol::Outbox;
+use immutant_protocol::Outbox;
 
 /// Sends a frame to an app; one that has gone away is cleaned up by `disconnect`.
 fn send(outbox: &Outbox, frame: Frame) {
     let _ = outbox.send(frame.into());
-}
-
-/// Why a messaging request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum MessagingError {
-    #[error(
-        "the destination {0} was never started; start it first, as app.queue(\"{0}\") or app.topic(\"{0}\")"
-    )]
-    NotStarted(String),
-    #[error("{name} is a {is}, not a {asked}; use another name for the {asked}")]
-    KindMismatch {
-        name: String,
-        is: &'static str,
-        asked: &'static str,
-    },
-    #[error(
-        "'{0}' is not a destination name: use a name like /queue/work or /topic/news, not empty and not starting with @"
-    )]
-    BadName(String),
-    #[error(
-        "'{0}' is not a durable subscriber's client id: use one that is not empty and has no # or @"
-    )]
-    BadClientId(String),
-    #[error(
-        "a message of {size} bytes is over the limit of {limit} bytes; send less, or raise -Dimmutant.messaging.max-message-size"
-    )]
-    TooLarge { size: usize, limit: u64 },
-    #[error("priority {0} is out of range: use 0 (lowest) to 9 (highest)")]
-    BadPriority(u8),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    /// What the NATS engine could not do.
-    #[error("{0}")]
-    Engine(String),
 }
 
 /// One node's messaging.
@@ -825,35 +789,6 @@ fn decode_page(queue: &str, page: journal::PageRead, from: u64) -> queue::TakenP
         messages,
         through,
         more: page.more,
-    }
-}
-
-/// Checks what an app publishes from `connection` (its size against `limit`, its priority), and
-/// puts in the address that reaches the app for a reply to itself (`@`), on either engine.
-pub fn check_publish(
-    options: &mut PublishOptions,
-    size: usize,
-    limit: u64,
-    node_name: &str,
-    connection: u64,
-) -> Result<(), MessagingError> {
-    if size as u64 > limit {
-        return Err(MessagingError::TooLarge { size, limit });
-    }
-    if options.priority > 9 {
-        return Err(MessagingError::BadPriority(options.priority));
-    }
-    if options.reply_to.as_deref() == Some("@") {
-        options.reply_to = Some(format!("@{node_name}/{connection}"));
-    }
-    Ok(())
-}
-
-/// A destination kind's name, as messages and the management API say it.
-pub fn kind_name(kind: DestinationKind) -> &'static str {
-    match kind {
-        DestinationKind::Queue => "queue",
-        DestinationKind::Topic => "topic",
     }
 }
 

@@ -6,13 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::journal::{PAGE_BYTES, PAGE_MESSAGES};
 use super::message::Message;
-
-/// Who a consumer is: its app connection and its id there.
-pub type ConsumerKey = (u64, u64);
+use crate::vocabulary::messaging::ConsumerKey;
 
 /// What a queue is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,21 +60,6 @@ pub struct TakenPage {
     pub messages: Vec<Message>,
     pub through: u64,
     pub more: bool,
-}
-
-/// What the management API shows of a queue.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueStats {
-    pub name: String,
-    pub kind: &'static str,
-    pub depth: usize,
-    pub in_flight: usize,
-    pub consumers: usize,
-    pub published: u64,
-    pub delivered: u64,
-    pub redelivered: u64,
-    pub dead_lettered: u64,
-    pub expired: u64,
 }
 
 impl QueueState {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{Nats, NatsError, is_conflict, token, untoken};
-use crate::cluster::{Member, View};
+use crate::vocabulary::membership::{Member, View};
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
 

@@ -34,13 +34,14 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::{Nats, NatsError, is_busy_consumer, time_left, token};
-use crate::messaging::{
-    ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, Outbox, QueueStats,
-    check_publish, kind_name,
+use crate::vocabulary::messaging::{
+    ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError, QueueStats, check_publish,
+    kind_name,
 };
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
+use immutant_protocol::Outbox;
 
 /// How long JetStream waits for an answer before it gives a delivery to another consumer.
 const ACK_WAIT: Duration = Duration::from_secs(5);

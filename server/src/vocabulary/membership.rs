@@ -1,5 +1,6 @@
-//! The cluster's view: its live members, oldest first, as every member computes it from the
-//! gossiped state, and what each member has deployed.
+//! Membership as both engines see it: the cluster's view, its live members oldest first, and
+//! what each member has deployed, consumes, holds and leads. The embedded engine computes it
+//! from gossip, the NATS engine from the members' heartbeats in JetStream.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,19 +10,9 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-/// The gossiped key of an app a member has deployed and running.
-pub const APP_KEY_PREFIX: &str = "app:";
-/// The gossiped key of a destination a member's apps consume from; its value is `durable` when a
-/// durable subscriber wants it.
-pub const INTEREST_KEY_PREFIX: &str = "interest:";
-/// The gossiped key of a cache a member holds; its value is the cache's options, as JSON.
-pub const CACHE_KEY_PREFIX: &str = "cache:";
-/// The gossiped key of the fencing epoch a member took an app's singletons over with.
-pub const EPOCH_KEY_PREFIX: &str = "epoch:";
-/// The gossiped key a member sets as it leaves gracefully.
-pub const LEAVING_KEY: &str = "leaving";
-/// The gossiped key holding a member's management URL.
-pub const MANAGEMENT_KEY: &str = "management";
+/// The queues and topics a member's apps consume from, each with whether a durable subscriber
+/// wants it.
+pub type Interest = BTreeMap<String, bool>;
 
 /// A live member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,9 +25,8 @@ pub struct Member {
     pub management: Option<String>,
     /// The apps it has deployed and running.
     pub apps: BTreeSet<String>,
-    /// The queues and topics its apps consume from, each with whether a durable subscriber
-    /// wants it.
-    pub interest: BTreeMap<String, bool>,
+    /// The queues and topics its apps consume from.
+    pub interest: Interest,
     /// The caches it holds, with their options.
     pub caches: BTreeMap<String, CacheOptions>,
     /// The apps whose singletons it holds a lease on, with the lease's epoch.

@@ -1,0 +1,40 @@
+//! What an app may ask of caches, on either engine: why an operation fails, and what the
+//! management API shows of a cache.
+
+use immutant_protocol::CacheMode;
+use serde::Serialize;
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no cache named '{0}' is open on this node; open it first (App::cache)")]
+    NotOpen(String),
+    #[error(
+        "a cache named '{name}' exists already ({mode}); use lookup_or_create to share it, or clear it to empty it"
+    )]
+    Exists { name: String, mode: CacheMode },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the member {0} cannot be reached")]
+    Unreachable(String),
+    #[error(
+        "no owner of key '{key}' in cache '{cache}' answers; the cluster may be changing, try again"
+    )]
+    Unavailable { cache: String, key: String },
+    #[error("the cache storage failed: {0}")]
+    Storage(String),
+}
+
+/// What the management API shows of a cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStats {
+    pub name: String,
+    pub mode: CacheMode,
+    /// How many members hold each entry (distributed caches).
+    pub owners: Option<u32>,
+    pub persist: bool,
+    /// Entries held on this node.
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+}

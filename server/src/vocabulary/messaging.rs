@@ -1,0 +1,92 @@
+//! What an app may ask of messaging, on either engine: why a request is refused, the checks
+//! every publish passes, the dead-letter rule, and what the management API shows of a queue.
+
+use immutant_protocol::{DestinationKind, PublishOptions};
+use serde::Serialize;
+
+/// Where failed messages go.
+pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
+/// Deliveries a message gets before it is dead-lettered.
+pub const MAX_DELIVERIES: u32 = 10;
+
+/// Who a consumer is: its app connection and its id there.
+pub type ConsumerKey = (u64, u64);
+
+/// Why a messaging request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    #[error(
+        "the destination {0} was never started; start it first, as app.queue(\"{0}\") or app.topic(\"{0}\")"
+    )]
+    NotStarted(String),
+    #[error("{name} is a {is}, not a {asked}; use another name for the {asked}")]
+    KindMismatch {
+        name: String,
+        is: &'static str,
+        asked: &'static str,
+    },
+    #[error(
+        "'{0}' is not a destination name: use a name like /queue/work or /topic/news, not empty and not starting with @"
+    )]
+    BadName(String),
+    #[error(
+        "'{0}' is not a durable subscriber's client id: use one that is not empty and has no # or @"
+    )]
+    BadClientId(String),
+    #[error(
+        "a message of {size} bytes is over the limit of {limit} bytes; send less, or raise -Dimmutant.messaging.max-message-size"
+    )]
+    TooLarge { size: usize, limit: u64 },
+    #[error("priority {0} is out of range: use 0 (lowest) to 9 (highest)")]
+    BadPriority(u8),
+    /// What the embedded engine's journal could not do.
+    #[error(transparent)]
+    Storage(Box<dyn std::error::Error + Send + Sync>),
+    /// What the NATS engine could not do.
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// What the management API shows of a queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    pub name: String,
+    pub kind: &'static str,
+    pub depth: usize,
+    pub in_flight: usize,
+    pub consumers: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+    pub expired: u64,
+}
+
+/// Checks what an app publishes from `connection` (its size against `limit`, its priority), and
+/// puts in the address that reaches the app for a reply to itself (`@`), on either engine.
+pub fn check_publish(
+    options: &mut PublishOptions,
+    size: usize,
+    limit: u64,
+    node_name: &str,
+    connection: u64,
+) -> Result<(), MessagingError> {
+    if size as u64 > limit {
+        return Err(MessagingError::TooLarge { size, limit });
+    }
+    if options.priority > 9 {
+        return Err(MessagingError::BadPriority(options.priority));
+    }
+    if options.reply_to.as_deref() == Some("@") {
+        options.reply_to = Some(format!("@{node_name}/{connection}"));
+    }
+    Ok(())
+}
+
+/// A destination kind's name, as messages and the management API say it.
+pub fn kind_name(kind: DestinationKind) -> &'static str {
+    match kind {
+        DestinationKind::Queue => "queue",
+        DestinationKind::Topic => "topic",
+    }
+}

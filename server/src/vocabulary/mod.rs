@@ -1,0 +1,7 @@
+//! The neutral vocabulary both engines speak, so that neither imports the other and nothing
+//! above them needs to know which runs: membership (the view and its members), messaging's
+//! refusals and queue statistics, and caches' errors and statistics.
+
+pub mod cache;
+pub mod membership;
+pub mod messaging;
