@@ -1,5 +1,5 @@
 //! Which engine carries what a cluster shares: the embedded one (each node's journal, gossip
-//! and links; see [`crate::messaging`] and [`crate::cluster`]) or NATS JetStream
+//! and links; see [`crate::embedded::messaging`] and [`crate::embedded::cluster`]) or NATS JetStream
 //! ([`crate::nats`]). [`Messaging`] and [`CacheService`] give apps' connections, jobs and the
 //! management API one face for both, so nothing above them knows which engine runs.
 
@@ -11,8 +11,8 @@ use immutant_protocol::{
     CacheOp, CacheOptions, CacheOutcome, DestinationKind, Open, PublishOptions,
 };
 
-use crate::cache::Caches;
-use crate::messaging::Broker;
+use crate::embedded::cache::Caches;
+use crate::embedded::messaging::Broker;
 use crate::nats::caches::NatsCaches;
 use crate::nats::queues::Queues;
 use crate::vocabulary::cache::{CacheError, CacheStats};

@@ -13,14 +13,12 @@
 pub mod apps;
 pub mod args;
 pub mod balancer;
-pub mod cache;
-pub mod cluster;
 pub mod config;
 pub mod deploy;
+pub mod embedded;
 pub mod engine;
 pub mod jobs;
 pub mod management;
-pub mod messaging;
 pub mod modcluster;
 pub mod nats;
 pub mod node;

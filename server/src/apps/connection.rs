@@ -13,8 +13,8 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
 
 use super::{AppContext, DaemonState, Deployment, Status};
-use crate::cluster::Cluster;
-use crate::cluster::lease::RENEW_INTERVAL;
+use crate::embedded::cluster::Cluster;
+use crate::embedded::cluster::lease::RENEW_INTERVAL;
 use crate::jobs::JobContext;
 use crate::singleton::{HeldLease, SingletonElection};
 use crate::vocabulary::messaging::MessagingError;
@@ -436,7 +436,7 @@ async fn start_daemons_when_exclusive(
 }
 
 /// While the app runs, tells the cluster it runs here, and runs its singletons while this node
-/// holds their lease: takes it when elected and free to (see [`crate::cluster::lease`]), renews
+/// holds their lease: takes it when elected and free to (see [`crate::embedded::cluster::lease`]), renews
 /// it, tells the app each confirmed deadline, starts the singleton daemons at the first, and lets
 /// the lease go when it lapses, the node is deposed, or the app ends.
 async fn follow_singletons(

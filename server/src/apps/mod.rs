@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::cluster::Cluster;
 use crate::deploy::Descriptor;
+use crate::embedded::cluster::Cluster;
 use crate::engine::{CacheService, Messaging};
 use crate::jobs::{AppJobs, JobReport};
 use crate::singleton::SingletonElection;

@@ -18,7 +18,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 
 use super::{Nats, is_conflict, time_left, token};
-use crate::cache::Caches;
+use crate::embedded::cache::Caches;
 use crate::vocabulary::cache::{CacheError, CacheStats};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;

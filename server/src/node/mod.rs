@@ -12,14 +12,14 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::apps::{AppContext, Apps};
-use crate::cache::Caches;
-use crate::cache::peer::Peers;
-use crate::cluster::links::LinkServices;
-use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{ConfigError, Properties, ServerConfig};
+use crate::embedded::cache::Caches;
+use crate::embedded::cache::peer::Peers;
+use crate::embedded::cluster::{Cluster, ClusterError};
+use crate::embedded::mesh::LinkServices;
+use crate::embedded::messaging::Broker;
 use crate::engine::{CacheService, Messaging};
 use crate::management::{self, NodeInfo};
-use crate::messaging::Broker;
 use crate::nats::caches::NatsCaches;
 use crate::nats::membership::MembershipError;
 use crate::nats::queues::Queues;
@@ -199,7 +199,7 @@ pub async fn run(
             caches: caches.clone(),
             peers,
         };
-        cluster::links::start(links, cluster.clone(), services, shutdown.clone());
+        crate::embedded::mesh::start(links, cluster.clone(), services, shutdown.clone());
     }
     let web = Arc::new(
         web::Web::new(config.node_name.clone(), config.data_dir.join("web")).map_err(|source| {

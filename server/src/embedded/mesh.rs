@@ -1,12 +1,14 @@
-//! Peer links: a TCP connection from this node to each other member, on the cluster port, that
+//! The mesh: peer links, a TCP connection from this node to each other member, on the cluster port, that
 //! carries the messages this node forwards there (store and forward: the other node answers
 //! `forwarded` once the message is on its disk). The same frames as the app protocol, with the
 //! headers below, each sealed with the cluster's secret ([`seal`]): encrypted, authenticated,
 //! and in order. Links follow the view: one opens for each new member and closes with it.
 //!
-//! The link manager also keeps the bridges in the broker matching what each member consumes, and
-//! tells the cluster what this node consumes. Cache requests travel the same links: the caller
-//! numbers each, and the other node answers with that number.
+//! The mesh stands above the cluster, messaging and caches and dispatches to them: the cluster
+//! knows nothing of what travels its links. The link manager keeps the bridges in the broker
+//! matching what each member consumes, and tells the cluster what this node consumes. Cache
+//! requests travel the same links: the caller numbers each, and the other node answers with
+//! that number.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,11 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
-use super::{Cluster, Member, seal};
-use crate::cache::Caches;
-use crate::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
-use crate::messaging::{Broker, Forward, Message, Reply};
-use crate::vocabulary::membership::Interest;
+use super::cache::Caches;
+use super::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
+use super::cluster::{Cluster, seal};
+use super::messaging::{Broker, Forward, Message, Reply};
+use crate::vocabulary::membership::{Interest, Member};
 use immutant_foundation::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
@@ -106,7 +108,7 @@ pub fn start(
                             }
                             // Many links at once that have not shown they know the secret: a
                             // stranger's flood, not members. Turned away at once.
-                            Err(_) => cluster.key.turned_away(peer.ip()),
+                            Err(_) => cluster.key().turned_away(peer.ip()),
                         },
                         Err(error) => {
                             // Out of descriptors, most likely: wait for some to close rather
@@ -147,13 +149,14 @@ async fn serve(
     let codec = || FrameCodec::<LinkHeader>::new(limit);
     // One deadline for the whole opening: the peer's hello, then its first sealed record.
     let deadline = tokio::time::Instant::now() + seal::HANDSHAKE_TIME;
-    let taken = tokio::time::timeout_at(deadline, cluster.key.take_link(&mut socket, codec, limit));
+    let taken =
+        tokio::time::timeout_at(deadline, cluster.key().take_link(&mut socket, codec, limit));
     let (name, writing, reading) = match taken.await {
         Ok(Ok(taken)) => taken,
         // Closed before a word: a member checking that this port answers, no stranger.
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return,
         _ => {
-            cluster.key.complain(address.ip(), "a link");
+            cluster.key().complain(address.ip(), "a link");
             return;
         }
     };
@@ -167,9 +170,9 @@ async fn serve(
                     node,
                 },
             ..
-        }))) if theirs == cluster.config.name && node == name => node,
+        }))) if theirs == cluster.name() && node == name => node,
         _ => {
-            cluster.key.complain(address.ip(), "a link");
+            cluster.key().complain(address.ip(), "a link");
             return;
         }
     };
@@ -350,7 +353,7 @@ async fn run_link(
             continue;
         };
         let opened = cluster
-            .key
+            .key()
             .open_link(&mut socket, &peer, codec, limit)
             .await;
         let Ok((writing, reading)) = opened else {
@@ -363,8 +366,8 @@ async fn run_link(
         let mut writer = FramedWrite::new(write, writing);
         let mut reader = FramedRead::new(read, reading);
         let hello = LinkHeader::Hello {
-            cluster: cluster.config.name.clone(),
-            node: cluster.node_name.clone(),
+            cluster: cluster.name().to_string(),
+            node: cluster.node_name().to_string(),
         };
         if writer.send(Frame::new(hello)).await.is_err() {
             continue;
@@ -517,7 +520,9 @@ fn forward_frame(cluster: &Cluster, forward: Forward) -> Frame<LinkHeader> {
     } = forward;
     let origin = format!(
         "{}@{}/{}",
-        cluster.node_name, cluster.generation, message.header.id
+        cluster.node_name(),
+        cluster.generation(),
+        message.header.id
     );
     Frame::with_body(
         LinkHeader::Forward {

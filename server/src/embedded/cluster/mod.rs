@@ -8,7 +8,6 @@
 mod discovery;
 mod keys;
 pub mod lease;
-pub mod links;
 pub mod seal;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,6 +111,26 @@ struct Pauses {
 }
 
 impl Cluster {
+    /// The keys the mesh's links are sealed with.
+    pub fn key(&self) -> &seal::ClusterKey {
+        &self.key
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// When this node started: its age in the cluster.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Joins the cluster that `node`'s config names: starts gossiping, announcing itself by
     /// multicast and to the seeds, and following the view.
     pub async fn join(

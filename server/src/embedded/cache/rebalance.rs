@@ -196,7 +196,7 @@ pub(super) fn page_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::Version;
+    use crate::embedded::cache::store::Version;
 
     #[test]
     fn a_large_snapshot_goes_in_pages_that_cover_every_entry_once() {

@@ -30,7 +30,7 @@ use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Open};
 
 use tracing::{debug, warn};
 
-use crate::cluster::Cluster;
+use crate::embedded::cluster::Cluster;
 use crate::vocabulary::cache::{CacheError, CacheStats};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;

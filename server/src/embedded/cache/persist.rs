@@ -135,7 +135,7 @@ fn decode(mut record: Bytes, now: u64) -> Option<(String, Entry)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::Version;
+    use crate::embedded::cache::store::Version;
 
     #[tokio::test]
     async fn saved_entries_and_removals_load_back_and_forgotten_ones_do_not() {
