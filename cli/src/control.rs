@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use immutant_contracts::status::ContextReport;
 
 use crate::list::{NodeRecord, running_nodes_named};
 use crate::locations::Locations;
@@ -39,13 +39,6 @@ impl Action {
             Action::Stop => "Stopped",
         }
     }
-}
-
-/// A web context as a node's management API shows it.
-#[derive(Debug, Deserialize)]
-struct WebContext {
-    context_path: String,
-    in_flight: usize,
 }
 
 /// Does `action` to `context` (every context if none) on `node` (every running node of the
@@ -134,13 +127,13 @@ async fn drain(client: &reqwest::Client, record: &NodeRecord, context: Option<&s
             .text()
             .await
             .with_context(|| format!("node {}'s answer broke off", record.name))?;
-        let contexts: Vec<WebContext> = serde_json::from_str(&text).with_context(|| {
+        let contexts: Vec<ContextReport> = serde_json::from_str(&text).with_context(|| {
             format!(
                 "node {} answered in a way this CLI does not know",
                 record.name
             )
         })?;
-        let in_flight: usize = contexts
+        let in_flight: u64 = contexts
             .iter()
             .filter(|c| context.is_none_or(|path| same_context(&c.context_path, path)))
             .map(|c| c.in_flight)

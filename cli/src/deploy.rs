@@ -98,9 +98,9 @@ fn write_deployment(
     let previous = descriptor::read(&path).ok();
     let descriptor = Descriptor {
         artifact,
-        root: root.to_path_buf(),
-        deployed_at: deployed_at(previous.as_ref())?,
-        context_path: app.context_path.unwrap_or_else(|| format!("/{}", app.name)),
+        root: Some(root.to_path_buf()),
+        deployed_at: Some(deployed_at(previous.as_ref())?),
+        context_path: Some(app.context_path.unwrap_or_else(|| format!("/{}", app.name))),
         virtual_host: app.virtual_host,
         settings: app.settings,
         name: app.name,
@@ -136,9 +136,9 @@ fn deployed_at(previous: Option<&Descriptor>) -> Result<u64> {
         .context("the system clock is set before 1970")?
         .as_millis();
     let now = u64::try_from(now).context("the system clock is set too far ahead")?;
-    Ok(previous.map_or(now, |previous| {
-        now.max(previous.deployed_at.saturating_add(1))
-    }))
+    Ok(previous
+        .and_then(|previous| previous.deployed_at)
+        .map_or(now, |previous| now.max(previous.saturating_add(1))))
 }
 
 /// Copies `binary` to `.artifacts/<name>-<hash>` unless that artifact is there already (it is

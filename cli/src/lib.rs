@@ -8,8 +8,8 @@
 //! - [`run`]: runs the installed server in the foreground;
 //! - [`new`]: scaffolds an app from a template;
 //! - [`deploy`], [`undeploy`]: put an app into the home's deployments folder, and take it out;
-//!   [`descriptor`] is the format of what they write there; [`project`] reads and builds the
-//!   app's project;
+//!   [`descriptor`] finds and reads what they write there (its format is
+//!   `immutant_contracts::descriptor`); [`project`] reads and builds the app's project;
 //! - [`archive`]: packs an app into a file that deploys without its project;
 //! - [`watch`]: deploys an app again on every saved change;
 //! - [`testing`]: runs an app's tests against a throwaway node (`test`);

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
+use immutant_contracts::deployment::DeploymentReport;
+use immutant_contracts::descriptor::deployment_of;
 use serde::Deserialize;
 
 use crate::install::release;
@@ -131,14 +133,11 @@ fn job_lines(reports: &[Result<Vec<DeploymentReport>, String>], name: &str) -> V
                 None => {}
             }
             if let Some(last) = &report.last {
-                let outcome = match (last.outcome.as_str(), &last.reason) {
-                    (outcome, Some(reason)) => format!("{outcome}: {reason}"),
-                    (outcome, None) => outcome.to_string(),
-                };
                 line.push_str(&format!(
-                    "; last run #{} {} ago: {outcome}",
+                    "; last run #{} {} ago: {}",
                     last.run,
-                    span(-seconds(last.fired_ms))
+                    span(-seconds(last.fired_ms)),
+                    last.outcome
                 ));
             }
             Some(line)
@@ -154,8 +153,7 @@ fn deployment_names(locations: &Locations) -> Vec<String> {
         .flatten()
         .filter_map(|entry| {
             let file = entry.file_name().to_string_lossy().into_owned();
-            let name = file.strip_suffix(".toml")?;
-            (!name.starts_with('.')).then(|| name.to_string())
+            deployment_of(&file).map(str::to_string)
         })
         .collect();
     names.sort();
@@ -231,37 +229,6 @@ pub(crate) fn running_nodes_named(
     }
 }
 
-/// What a node's management API says of one deployment.
-#[derive(Debug, Deserialize)]
-struct DeploymentReport {
-    name: String,
-    status: String,
-    reason: Option<String>,
-    singletons_on: Option<String>,
-    #[serde(default)]
-    jobs: Vec<JobReport>,
-}
-
-/// What a node's management API says of a job.
-#[derive(Debug, Deserialize)]
-struct JobReport {
-    name: String,
-    schedule: String,
-    singleton: bool,
-    fires_here: bool,
-    next_ms: Option<u64>,
-    done: bool,
-    last: Option<LastRun>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LastRun {
-    run: u64,
-    fired_ms: u64,
-    outcome: String,
-    reason: Option<String>,
-}
-
 async fn deployments_on(
     client: &reqwest::Client,
     node: &NodeRecord,
@@ -283,12 +250,7 @@ fn status_of(report: &Result<Vec<DeploymentReport>, String>, name: &str) -> Stri
             .find(|deployment| deployment.name == name)
         {
             None => "not deployed yet".to_string(),
-            Some(DeploymentReport {
-                status,
-                reason: Some(reason),
-                ..
-            }) => format!("{status}: {reason}"),
-            Some(DeploymentReport { status, .. }) => status.clone(),
+            Some(deployment) => deployment.status.to_string(),
         },
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
+use immutant_contracts::status::{EngineKind, EngineStatus, NodeStatus, SingletonStatus};
+use serde::Serialize;
 
 use crate::list::{NodeRecord, running_nodes, span};
 use crate::locations::Locations;
@@ -194,135 +195,16 @@ async fn ask(client: &reqwest::Client, node: Asked) -> (Asked, Result<serde_json
     (node, answer)
 }
 
-/// The parts of a node's status the tables show.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct NodeStatus {
-    name: String,
-    uptime_ms: u64,
-    bind_address: String,
-    started_ms: u64,
-    memory_bytes: Option<u64>,
-    load: Option<[f64; 3]>,
-    cluster: Option<ClusterView>,
-    deployments: Vec<Deployment>,
-    singletons: Vec<Singleton>,
-    queues: Vec<Queue>,
-    caches: Vec<Cache>,
-    web: Vec<Context>,
-    balancers: Vec<Balancer>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ClusterView {
-    name: String,
-    engine: Option<Engine>,
-    view: Vec<Member>,
-}
-
-/// What carries a cluster's state, as a node sees it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Engine {
-    kind: String,
-    connected: bool,
-}
-
-impl Engine {
-    /// The engine, and whether the node reaches it (the embedded one always does).
-    fn shown(&self) -> String {
-        match (self.kind.as_str(), self.connected) {
-            ("nats", true) => "nats (connected)".to_string(),
-            ("nats", false) => "nats (NOT CONNECTED)".to_string(),
-            (kind, _) => kind.to_string(),
-        }
+/// The engine, and whether the node reaches it (the embedded one always does).
+fn engine(engine: &EngineStatus) -> String {
+    match (engine.kind, engine.connected) {
+        (EngineKind::Nats, true) => "nats (connected)".to_string(),
+        (EngineKind::Nats, false) => "nats (NOT CONNECTED)".to_string(),
+        (kind, _) => kind.to_string(),
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Member {
-    name: String,
-    management: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Deployment {
-    name: String,
-    status: String,
-    reason: Option<String>,
-    restarts: u64,
-    jobs: Vec<Job>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Job {
-    name: String,
-    schedule: String,
-    fires_here: bool,
-    next_ms: Option<u64>,
-    done: bool,
-    last: Option<LastRun>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct LastRun {
-    run: u64,
-    fired_ms: u64,
-    outcome: String,
-}
-
-#[derive(Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(default)]
-struct Singleton {
-    app: String,
-    node: String,
-    epoch: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Queue {
-    name: String,
-    depth: u64,
-    in_flight: u64,
-    consumers: u64,
-    dead_lettered: u64,
-    rate_in: f64,
-    rate_out: f64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Cache {
-    name: String,
-    mode: String,
-    entries: u64,
-    hits: u64,
-    misses: u64,
-    held_by: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Context {
-    context_path: String,
-    serving: bool,
-    control: String,
-    in_flight: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Balancer {
-    address: String,
-    up_to_date: bool,
-}
-
+/// A node's `/status` as the contract reads it; what it cannot read is left out.
 fn typed(status: &serde_json::Value) -> NodeStatus {
     serde_json::from_value(status.clone()).unwrap_or_default()
 }
@@ -362,8 +244,7 @@ pub fn render(found: &ClusterStatus) -> String {
                 .map_or("-".into(), |load| format!("{:.2}", load[0])),
             node.cluster
                 .as_ref()
-                .and_then(|cluster| cluster.engine.as_ref())
-                .map_or("-".into(), Engine::shown),
+                .map_or("-".into(), |cluster| engine(&cluster.engine)),
             match &node.cluster {
                 Some(cluster) => names(cluster.view.iter().map(|member| &member.name)),
                 None => "(standalone)".to_string(),
@@ -384,14 +265,10 @@ pub fn render(found: &ClusterStatus) -> String {
     let mut apps = vec![row(["APP", "NODE", "STATUS", "RESTARTS"])];
     for node in &nodes {
         for app in &node.deployments {
-            let status = match &app.reason {
-                Some(reason) => format!("{}: {reason}", app.status),
-                None => app.status.clone(),
-            };
             apps.push(vec![
                 app.name.clone(),
                 node.name.clone(),
-                status,
+                app.status.to_string(),
                 app.restarts.to_string(),
             ]);
         }
@@ -399,7 +276,7 @@ pub fn render(found: &ClusterStatus) -> String {
     apps.sort();
     section(&mut out, apps);
 
-    let singletons: BTreeSet<&Singleton> = nodes.iter().flat_map(|n| &n.singletons).collect();
+    let singletons: BTreeSet<&SingletonStatus> = nodes.iter().flat_map(|n| &n.singletons).collect();
     let mut rows = vec![row(["SINGLETONS OF", "RUN ON", "EPOCH"])];
     rows.extend(singletons.into_iter().map(|singleton| {
         vec![
@@ -422,15 +299,16 @@ pub fn render(found: &ClusterStatus) -> String {
     ])];
     for node in &nodes {
         for queue in &node.queues {
+            let (stats, rates) = (&queue.stats, &queue.rates);
             rows.push(vec![
-                queue.name.clone(),
+                stats.name.clone(),
                 node.name.clone(),
-                queue.depth.to_string(),
-                format!("{:.1}", queue.rate_in),
-                format!("{:.1}", queue.rate_out),
-                queue.consumers.to_string(),
-                queue.in_flight.to_string(),
-                queue.dead_lettered.to_string(),
+                stats.depth.to_string(),
+                format!("{:.1}", rates.rate_in),
+                format!("{:.1}", rates.rate_out),
+                stats.consumers.to_string(),
+                stats.in_flight.to_string(),
+                stats.dead_lettered.to_string(),
             ]);
         }
     }
@@ -450,7 +328,7 @@ pub fn render(found: &ClusterStatus) -> String {
                         "#{} {} ago: {}",
                         last.run,
                         span(since(last.fired_ms, now_ms)),
-                        last.outcome
+                        last.outcome.name()
                     )
                 });
                 rows.push(vec![
@@ -475,15 +353,16 @@ pub fn render(found: &ClusterStatus) -> String {
     ])];
     for node in &nodes {
         for cache in &node.caches {
-            let reads = cache.hits + cache.misses;
+            let stats = &cache.stats;
+            let reads = stats.hits + stats.misses;
             rows.push(vec![
-                cache.name.clone(),
+                stats.name.clone(),
                 node.name.clone(),
-                cache.mode.clone(),
-                cache.entries.to_string(),
+                stats.mode.clone(),
+                stats.entries.to_string(),
                 match reads {
                     0 => "-".to_string(),
-                    _ => format!("{:.0}%", 100.0 * cache.hits as f64 / reads as f64),
+                    _ => format!("{:.0}%", 100.0 * stats.hits as f64 / reads as f64),
                 },
                 names(&cache.held_by),
             ]);
@@ -503,7 +382,7 @@ pub fn render(found: &ClusterStatus) -> String {
             rows.push(vec![
                 context.context_path.clone(),
                 node.name.clone(),
-                context.control.clone(),
+                context.control.to_string(),
                 if context.serving { "yes" } else { "no" }.to_string(),
                 context.in_flight.to_string(),
             ]);

@@ -1,5 +1,6 @@
-//! A deployment descriptor: `deployments/<name>.toml`, written by `cargo immutant deploy`. It
-//! names an immutable artifact (the app's binary) in the folder's `.artifacts/`, so a changed
+//! A deployment descriptor as the node takes it: `deployments/<name>.toml`, written by `cargo
+//! immutant deploy` in the format both agree on ([`immutant_contracts::Descriptor`]). It names
+//! an immutable artifact (the app's binary) in the folder's `.artifacts/`, so a changed
 //! descriptor is a new deployment.
 //!
 //! Whoever can write the deployments folder can run code as the node's user, so the node runs
@@ -9,39 +10,80 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use immutant_contracts::descriptor::{self as contract, ARTIFACTS};
+use serde::Serialize;
 
-/// The deployments folder's subfolder of artifacts.
-pub const ARTIFACTS: &str = ".artifacts";
-
-/// What a descriptor says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+/// A descriptor the node has checked ([`Descriptor::parse`]): the contract's fields, and the
+/// node's checks of them. It is written back in the contract's format.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "contract::Descriptor")]
 pub struct Descriptor {
     /// The deployment's name (the descriptor's file name without `.toml`).
     pub name: String,
     /// The app's binary, relative to the deployments folder.
     pub artifact: PathBuf,
-    /// The project the app was built from, if it was.
-    #[serde(default)]
+    /// Where the app came from, if the descriptor says.
     pub root: Option<PathBuf>,
     /// When it was deployed (unix ms); every deploy changes it, so every deploy redeploys.
-    #[serde(default)]
     pub deployed_at: Option<u64>,
-    #[serde(default)]
     pub context_path: Option<String>,
-    #[serde(default)]
     pub virtual_host: Vec<String>,
     /// `[package.metadata.immutant]` of the app's Cargo.toml, for the app to read.
-    #[serde(default)]
     pub settings: toml::Table,
+}
+
+impl From<contract::Descriptor> for Descriptor {
+    fn from(descriptor: contract::Descriptor) -> Self {
+        let contract::Descriptor {
+            name,
+            artifact,
+            root,
+            deployed_at,
+            context_path,
+            virtual_host,
+            settings,
+        } = descriptor;
+        Descriptor {
+            name,
+            artifact,
+            root,
+            deployed_at,
+            context_path,
+            virtual_host,
+            settings,
+        }
+    }
+}
+
+impl From<Descriptor> for contract::Descriptor {
+    fn from(descriptor: Descriptor) -> Self {
+        let Descriptor {
+            name,
+            artifact,
+            root,
+            deployed_at,
+            context_path,
+            virtual_host,
+            settings,
+        } = descriptor;
+        contract::Descriptor {
+            name,
+            artifact,
+            root,
+            deployed_at,
+            context_path,
+            virtual_host,
+            settings,
+        }
+    }
 }
 
 impl Descriptor {
     /// Reads the descriptor `<name>.toml`; errors say what is wrong in terms of the file.
     pub fn parse(name: &str, text: &str) -> Result<Descriptor, String> {
-        let descriptor: Descriptor = toml::from_str(text)
-            .map_err(|error| format!("the descriptor is not valid: {error}"))?;
+        let descriptor: Descriptor = toml::from_str::<contract::Descriptor>(text)
+            .map_err(|error| format!("the descriptor is not valid: {error}"))?
+            .into();
         if descriptor.name != name {
             return Err(format!(
                 "the descriptor {name}.toml names the app '{}'; the names must match",
@@ -122,6 +164,15 @@ mod tests {
         let unknown = format!("{}command = \"rm\"\n", descriptor("app", ".artifacts/a"));
         assert!(Descriptor::parse("app", &unknown).is_err());
         assert!(Descriptor::parse("../x", &descriptor("../x", ".artifacts/a")).is_err());
+    }
+
+    #[test]
+    fn a_descriptor_is_written_back_in_the_contracts_format() {
+        let text = "name = \"app\"\nartifact = \".artifacts/app-1f\"\ndeployed-at = 7\n\
+                    virtual-host = []\n\n[settings]\n";
+        let descriptor = Descriptor::parse("app", text).unwrap();
+        assert_eq!(descriptor.deployed_at, Some(7));
+        assert_eq!(toml::to_string(&descriptor).unwrap(), text);
     }
 
     #[test]

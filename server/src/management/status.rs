@@ -1,124 +1,41 @@
 //! `GET /status`: everything about the node at once (itself, the cluster view it sees, its
 //! apps, singletons, queues, caches, web contexts and balancers), for `cargo immutant status`
-//! and the console.
+//! and the console. Its JSON is the one the CLI reads too ([`immutant_contracts::status`]): the
+//! node's own reports are turned into it here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use immutant_contracts::deployment::{
+    DaemonState, DeploymentReport, JobReport, LastRun, Outcome, Status,
+};
+pub use immutant_contracts::status::NodeStatus;
+use immutant_contracts::status::{
+    BalancerReport, CacheStats, CacheStatus, ClusterStatus, ContextReport, ContextState,
+    EngineKind, EngineStatus, QueueStats, QueueStatus, Rates, SingletonStatus, ViewMember,
+};
+use immutant_foundation::mcmp;
+use serde::Deserialize;
 
 use super::NodeInfo;
-use crate::apps::DeploymentReport;
-use crate::vocabulary::cache::CacheStats;
-use crate::vocabulary::messaging::QueueStats;
-use crate::web::{BalancerReport, ContextReport};
-
-/// The node and all it runs.
-#[derive(Debug, Serialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub version: &'static str,
-    pub pid: u32,
-    /// When it started (unix ms): its age in the cluster, the older the lower.
-    pub started_ms: u64,
-    pub uptime_ms: u128,
-    pub bind_address: String,
-    pub http: String,
-    pub management: String,
-    /// Its resident memory, apps not included.
-    pub memory_bytes: Option<u64>,
-    /// The host's load averages over 1, 5 and 15 minutes.
-    pub load: Option<[f64; 3]>,
-    /// The cluster it is a member of, if it is clustered.
-    pub cluster: Option<ClusterStatus>,
-    pub deployments: Vec<DeploymentReport>,
-    pub singletons: Vec<SingletonStatus>,
-    pub queues: Vec<QueueStatus>,
-    pub caches: Vec<CacheStatus>,
-    pub web: Vec<ContextReport>,
-    pub balancers: Vec<BalancerReport>,
-}
-
-/// The cluster as this node sees it.
-#[derive(Debug, Serialize)]
-pub struct ClusterStatus {
-    pub name: String,
-    /// What carries the cluster's state.
-    pub engine: EngineStatus,
-    /// Its members, oldest first.
-    pub view: Vec<ViewMember>,
-}
+use crate::{apps, jobs, vocabulary, web};
 
 /// The engine a cluster runs on, and how this node's link to it is.
-#[derive(Debug, Serialize)]
-pub struct EngineStatus {
-    /// `embedded` or `nats`.
-    pub kind: &'static str,
-    /// The NATS servers (without credentials).
-    pub url: Option<String>,
-    /// Whether this node is connected to them now (always, for the embedded engine).
-    pub connected: bool,
-    /// The version of the NATS server this node is connected to.
-    pub server_version: Option<String>,
-}
-
-impl EngineStatus {
-    fn of(engine: Option<&crate::nats::Nats>) -> EngineStatus {
-        match engine {
-            None => EngineStatus {
-                kind: "embedded",
-                url: None,
-                connected: true,
-                server_version: None,
-            },
-            Some(nats) => EngineStatus {
-                kind: "nats",
-                url: Some(nats.url.clone()),
-                connected: nats.client.connection_state()
-                    == async_nats::connection::State::Connected,
-                server_version: Some(nats.client.server_info().version),
-            },
-        }
+fn engine_status(engine: Option<&crate::nats::Nats>) -> EngineStatus {
+    match engine {
+        None => EngineStatus {
+            kind: EngineKind::Embedded,
+            url: None,
+            connected: true,
+            server_version: None,
+        },
+        Some(nats) => EngineStatus {
+            kind: EngineKind::Nats,
+            url: Some(nats.url.clone()),
+            connected: nats.client.connection_state() == async_nats::connection::State::Connected,
+            server_version: Some(nats.client.server_info().version),
+        },
     }
-}
-
-/// A member of the view.
-#[derive(Debug, Serialize)]
-pub struct ViewMember {
-    pub name: String,
-    pub started_ms: u64,
-    pub address: String,
-    /// Its management API, as it gossips it.
-    pub management: Option<String>,
-    pub apps: Vec<String>,
-}
-
-/// Where an app's singletons run, under which lease.
-#[derive(Debug, Serialize)]
-pub struct SingletonStatus {
-    pub app: String,
-    pub node: String,
-    /// The lease's fencing epoch (a standalone node's is always 1).
-    pub epoch: u64,
-}
-
-/// A queue, its rates, and (asked for) its depth over the last minutes.
-#[derive(Debug, Serialize)]
-pub struct QueueStatus {
-    #[serde(flatten)]
-    pub stats: QueueStats,
-    #[serde(flatten)]
-    pub rates: super::history::Rates,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub depth_history: Option<Vec<[u64; 2]>>,
-}
-
-/// A cache, and the members of the view that hold it.
-#[derive(Debug, Serialize)]
-pub struct CacheStatus {
-    #[serde(flatten)]
-    pub stats: CacheStats,
-    pub held_by: Vec<String>,
 }
 
 /// What `GET /status` may be asked for.
@@ -133,12 +50,13 @@ pub struct StatusQuery {
 pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
     let config = &info.config;
     let view = info.view.as_ref().map(|view| view.borrow().clone());
-    let deployments = info.apps.reports();
+    let deployments: Vec<DeploymentReport> =
+        info.apps.reports().into_iter().map(Into::into).collect();
     // Every app of a cluster has a lease; those deployed here without singletons are left out.
     let without_singletons = |app: &str| {
         deployments.iter().any(|deployment| {
             deployment.name == app
-                && deployment.status == crate::apps::Status::Running
+                && deployment.status == Status::Running
                 && deployment.singletons_on.is_none()
         })
     };
@@ -171,9 +89,9 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .stats()
         .into_iter()
         .map(|stats| QueueStatus {
-            rates: info.history.rates(&stats.name),
+            rates: info.history.rates(&stats.name).into(),
             depth_history: query.history.then(|| info.history.depths(&stats.name)),
-            stats,
+            stats: stats.into(),
         })
         .collect();
     let caches = info
@@ -194,15 +112,15 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
                     .collect(),
                 (None, _) => vec![config.node_name.clone()],
             },
-            stats,
+            stats: stats.into(),
         })
         .collect();
     NodeStatus {
         name: config.node_name.clone(),
-        version: crate::VERSION,
+        version: crate::VERSION.to_string(),
         pid: std::process::id(),
         started_ms: info.generation,
-        uptime_ms: info.started.elapsed().as_millis(),
+        uptime_ms: u64::try_from(info.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         bind_address: config.bind_address.to_string(),
         http: config.http_address().to_string(),
         management: config.management_address().to_string(),
@@ -214,7 +132,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
             .zip(view)
             .map(|(settings, view)| ClusterStatus {
                 name: settings.name.clone(),
-                engine: EngineStatus::of(info.engine.as_deref()),
+                engine: engine_status(info.engine.as_deref()),
                 view: view
                     .members
                     .into_iter()
@@ -231,8 +149,13 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         singletons,
         queues,
         caches,
-        web: info.web.contexts(),
-        balancers: info.web.balancer_reports(),
+        web: info.web.contexts().into_iter().map(Into::into).collect(),
+        balancers: info
+            .web
+            .balancer_reports()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     }
 }
 
@@ -257,6 +180,143 @@ fn load_averages(path: &Path) -> Option<[f64; 3]> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut fields = text.split_whitespace().map(|field| field.parse().ok());
     Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
+// The node's own report types, as the contract shows them.
+
+impl From<apps::DeploymentReport> for DeploymentReport {
+    fn from(report: apps::DeploymentReport) -> Self {
+        DeploymentReport {
+            name: report.name,
+            status: report.status.into(),
+            pid: report.pid,
+            restarts: report.restarts,
+            artifact: report.artifact,
+            root: report.root,
+            daemons: (report.daemons.into_iter())
+                .map(|(name, daemon)| (name, daemon.into()))
+                .collect(),
+            web: report.web,
+            singletons_on: report.singletons_on,
+            jobs: report.jobs.into_iter().map(Into::into).collect(),
+            stderr_tail: report.stderr_tail,
+        }
+    }
+}
+
+impl From<apps::Status> for Status {
+    fn from(status: apps::Status) -> Self {
+        match status {
+            apps::Status::Deploying => Status::Deploying,
+            apps::Status::Running => Status::Running,
+            apps::Status::Failed(reason) => Status::Failed(reason),
+            apps::Status::Stopped(reason) => Status::Stopped(reason),
+        }
+    }
+}
+
+impl From<apps::DaemonState> for DaemonState {
+    fn from(daemon: apps::DaemonState) -> Self {
+        DaemonState {
+            singleton: daemon.singleton,
+            running: daemon.running,
+        }
+    }
+}
+
+impl From<jobs::JobReport> for JobReport {
+    fn from(job: jobs::JobReport) -> Self {
+        JobReport {
+            name: job.name,
+            schedule: job.schedule,
+            singleton: job.singleton,
+            fires_here: job.fires_here,
+            next_ms: job.next_ms,
+            last: job.last.map(Into::into),
+            done: job.done,
+        }
+    }
+}
+
+impl From<jobs::LastRun> for LastRun {
+    fn from(last: jobs::LastRun) -> Self {
+        LastRun {
+            run: last.run,
+            scheduled_ms: last.scheduled_ms,
+            fired_ms: last.fired_ms,
+            outcome: match last.outcome {
+                jobs::Outcome::Running => Outcome::Running,
+                jobs::Outcome::Ok => Outcome::Ok,
+                jobs::Outcome::Failed(reason) => Outcome::Failed(reason),
+            },
+        }
+    }
+}
+
+impl From<vocabulary::messaging::QueueStats> for QueueStats {
+    fn from(stats: vocabulary::messaging::QueueStats) -> Self {
+        QueueStats {
+            name: stats.name,
+            kind: stats.kind.to_string(),
+            depth: stats.depth as u64,
+            in_flight: stats.in_flight as u64,
+            consumers: stats.consumers as u64,
+            published: stats.published,
+            delivered: stats.delivered,
+            redelivered: stats.redelivered,
+            dead_lettered: stats.dead_lettered,
+            expired: stats.expired,
+        }
+    }
+}
+
+impl From<super::history::Rates> for Rates {
+    fn from(rates: super::history::Rates) -> Self {
+        Rates {
+            rate_in: rates.rate_in,
+            rate_out: rates.rate_out,
+        }
+    }
+}
+
+impl From<vocabulary::cache::CacheStats> for CacheStats {
+    fn from(stats: vocabulary::cache::CacheStats) -> Self {
+        CacheStats {
+            name: stats.name,
+            mode: stats.mode.to_string(),
+            owners: stats.owners,
+            persist: stats.persist,
+            entries: stats.entries as u64,
+            hits: stats.hits,
+            misses: stats.misses,
+        }
+    }
+}
+
+impl From<web::ContextReport> for ContextReport {
+    fn from(context: web::ContextReport) -> Self {
+        ContextReport {
+            app: context.app,
+            context_path: context.context_path,
+            hosts: context.hosts,
+            serving: context.serving,
+            control: match context.control {
+                mcmp::ContextState::Enabled => ContextState::Enabled,
+                mcmp::ContextState::Disabled => ContextState::Disabled,
+                mcmp::ContextState::Stopped => ContextState::Stopped,
+            },
+            in_flight: context.in_flight as u64,
+        }
+    }
+}
+
+impl From<web::BalancerReport> for BalancerReport {
+    fn from(balancer: web::BalancerReport) -> Self {
+        BalancerReport {
+            address: balancer.address,
+            up_to_date: balancer.up_to_date,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,19 @@
+//! # immutant-contracts
+//!
+//! What the Immutant CLI (`cargo-immutant`) and the node (`immutant-server`) agree on, defined
+//! once so that neither side writes it again:
+//!
+//! - [`descriptor`]: the deployment descriptor, `deployments/<name>.toml`, which the CLI writes
+//!   and every node of the install reads;
+//! - [`status`] and [`deployment`]: the management API's JSON (`GET /status`, `/deployments`,
+//!   `/web`), which the node serves and the CLI and the console read.
+//!
+//! Only shapes live here (serde, no runtime): what either side does with them stays on its side.
+//! The JSON types read what is missing as its default, so that a CLI reads a node of another
+//! version.
+
+pub mod deployment;
+pub mod descriptor;
+pub mod status;
+
+pub use descriptor::Descriptor;
