@@ -22,7 +22,6 @@ pub mod management;
 pub mod modcluster;
 pub mod nats;
 pub mod node;
-pub mod singleton;
 pub mod vocabulary;
 pub mod web;
 

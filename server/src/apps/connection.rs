@@ -10,27 +10,22 @@ use immutant_protocol::{Frame, FrameCodec, Header, Outbox, PROTOCOL_VERSION, wri
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{AppContext, DaemonState, Deployment, Status};
-use crate::embedded::cluster::Cluster;
-use crate::embedded::cluster::lease::RENEW_INTERVAL;
+use super::{AppContext, DaemonState, Deployment, Status, singletons};
+use crate::engine::Fencing;
 use crate::jobs::JobContext;
-use crate::singleton::{HeldLease, SingletonElection};
 use crate::vocabulary::messaging::MessagingError;
 use immutant_foundation::clock::monotonic_ns;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
-
-/// How long a node waits, once elected, before it starts an app's singletons.
-const SETTLE_TIME: Duration = Duration::from_millis(250);
 
 /// Room for a frame's header besides the largest payload.
 const HEADER_ROOM: usize = 64 * 1024;
 
 /// Serves one app's socket until it closes.
 pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc<AppContext>) {
-    let limit = (context.broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
+    let limit = (context.engine.messaging.max_message_size() as usize).saturating_add(HEADER_ROOM);
     let (read, write) = socket.into_split();
     let mut frames = FramedRead::new(read, FrameCodec::new(limit));
     let (outbox, outgoing) = mpsc::unbounded_channel();
@@ -47,7 +42,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
             let welcome = Header::Welcome {
                 node: context.node_name.clone(),
                 app: deployment.name.clone(),
-                max_message_size: context.broker.max_message_size(),
+                max_message_size: context.engine.messaging.max_message_size(),
                 context_path: deployment.context_path(),
                 properties: context.properties.clone(),
                 settings: lock(&deployment.descriptor)
@@ -71,7 +66,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         _ => return,
     }
 
-    if !context.clustered() {
+    if !context.engine.membership.clustered() {
         // Standalone: the singletons run here, under a lease that never lapses.
         let lease = Header::Lease {
             epoch: 1,
@@ -79,8 +74,8 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         };
         let _ = outbox.send(Frame::new(lease).into());
     }
-    let connection = context.broker.next_connection();
-    context.broker.connect(connection, outbox.clone());
+    let connection = context.engine.messaging.next_connection();
+    context.engine.messaging.connect(connection, outbox.clone());
     *lock(&deployment.outbox) = Some(outbox.clone());
     let build = lock(&deployment.descriptor)
         .as_ref()
@@ -92,7 +87,11 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         build,
         outbox: outbox.clone(),
         singleton_epoch: deployment.singleton_epoch.subscribe(),
-        caches: context.clustered().then(|| context.caches.clone()),
+        caches: context
+            .engine
+            .membership
+            .clustered()
+            .then(|| context.engine.caches.clone()),
         misfire_threshold_ms: context.misfire_threshold_ms,
         exclusive: deployment.exclusive.subscribe(),
     };
@@ -108,7 +107,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
         tokio::spawn(start_daemons_when_exclusive(
             deployment.clone(),
             session.outbox.clone(),
-            context.clustered(),
+            context.engine.membership.clustered(),
             session.ended.clone(),
         ));
     }
@@ -117,7 +116,7 @@ pub async fn serve(socket: UnixStream, deployment: Arc<Deployment>, context: Arc
     }
     session.ended.cancel();
     deployment.jobs.stop_all();
-    context.broker.disconnect(connection);
+    context.engine.messaging.disconnect(connection);
     *lock(&deployment.outbox) = None;
     for daemon in lock(&deployment.daemons).values_mut() {
         daemon.running = false;
@@ -138,7 +137,7 @@ struct Session {
 
 impl Session {
     async fn handle(&self, frame: Frame) {
-        let broker = &self.context.broker;
+        let broker = &self.context.engine.messaging;
         match frame.header {
             Header::Start {
                 id,
@@ -266,7 +265,7 @@ impl Session {
                 open,
                 options,
             } => {
-                let caches = self.context.caches.clone();
+                let caches = self.context.engine.caches.clone();
                 let outbox = self.outbox.clone();
                 tokio::spawn(async move {
                     let header = match caches.open(&name, open, options).await {
@@ -286,7 +285,7 @@ impl Session {
                     Ok(fence) => fence,
                     Err(stale) => return self.send(refusal(id, stale)),
                 };
-                let caches = self.context.caches.clone();
+                let caches = self.context.engine.caches.clone();
                 let outbox = self.outbox.clone();
                 tokio::spawn(async move {
                     let frame = match caches.call(&cache, call, frame.body, fence).await {
@@ -316,15 +315,9 @@ impl Session {
                 self.deployment.set_status(Status::Running);
                 info!("Deployed \"{}\"", self.deployment.name);
                 let (deployment, outbox) = (self.deployment.clone(), self.outbox.clone());
-                let ended = self.ended.clone();
-                if let Some(cluster) = &self.context.cluster {
-                    let cluster = cluster.clone();
-                    tokio::spawn(follow_singletons(deployment, cluster, outbox, ended));
-                } else if let Some(nats) = &self.context.nats {
-                    let nats = nats.clone();
-                    tokio::spawn(super::nats_singletons::follow(
-                        deployment, nats, outbox, ended,
-                    ));
+                let (context, ended) = (self.context.clone(), self.ended.clone());
+                if context.engine.membership.clustered() {
+                    tokio::spawn(singletons::follow(deployment, context, outbox, ended));
                 }
             }
             _ => {}
@@ -338,7 +331,7 @@ impl Session {
         if !*self.deployment.exclusive.borrow() {
             return None;
         }
-        if !singleton || !self.context.clustered() {
+        if !singleton || !self.context.engine.membership.clustered() {
             return Some(1);
         }
         *self.deployment.singleton_epoch.borrow()
@@ -353,10 +346,12 @@ impl Session {
             return Ok(None);
         };
         let app = &self.deployment.name;
-        let (highest, settled) = match (&self.context.cluster, &self.context.nats) {
-            (Some(cluster), _) => (cluster.highest_epoch(app), cluster.settled()),
-            (None, Some(nats)) => (nats.leases.highest_epoch(app), true),
-            (None, None) => return Ok(None),
+        let Some(Fencing {
+            highest_epoch: highest,
+            settled,
+        }) = self.context.engine.membership.fencing(app)
+        else {
+            return Ok(None);
         };
         let deployment = &self.deployment;
         let held = *deployment.singleton_epoch.borrow() == Some(epoch);
@@ -433,179 +428,4 @@ async fn start_daemons_when_exclusive(
     for name in free {
         let _ = outbox.send(Frame::new(Header::StartDaemon { name, epoch: 1 }).into());
     }
-}
-
-/// While the app runs, tells the cluster it runs here, and runs its singletons while this node
-/// holds their lease: takes it when elected and free to (see [`crate::embedded::cluster::lease`]), renews
-/// it, tells the app each confirmed deadline, starts the singleton daemons at the first, and lets
-/// the lease go when it lapses, the node is deposed, or the app ends.
-async fn follow_singletons(
-    deployment: Arc<Deployment>,
-    cluster: Arc<Cluster>,
-    outbox: Outbox,
-    ended: Shutdown,
-) {
-    let app = deployment.name.clone();
-    cluster.set_app(&app, true).await;
-    let mut exclusive = deployment.exclusive.subscribe();
-    let ready = async {
-        cluster.discovered().await;
-        let _ = exclusive.wait_for(|exclusive| *exclusive).await;
-    };
-    tokio::select! {
-        _ = ready => {}
-        _ = ended.cancelled() => {
-            cluster.set_app(&app, false).await;
-            return;
-        }
-    }
-    let quorum = cluster.singleton_quorum();
-    let election = SingletonElection::new(quorum);
-    let mut view = cluster.view();
-    loop {
-        if !wait_until_ours(&election, &cluster, &app, &mut view, &ended).await {
-            break;
-        }
-        // The clock first: the lease must not be thought to start later than its first renewal
-        // went out.
-        let taken_ns = monotonic_ns();
-        let epoch = cluster.take_epoch(&app).await;
-        let mut lease = HeldLease::new(epoch, taken_ns);
-        debug!("Taking over the singletons of {app} (epoch {epoch}) once the cluster confirms it");
-        let mut renewals = tokio::time::interval(RENEW_INTERVAL);
-        renewals.tick().await;
-        let end = loop {
-            tokio::select! {
-                _ = renewals.tick() => {}
-                _ = ended.cancelled() => break LeaseEnd::AppEnded,
-            }
-            // Stopping early is always safe; a newer lease elsewhere cannot be confirmed while
-            // this one is, so only losing the quorum deposes a holder.
-            if (view.borrow().members.len() as u32) < quorum {
-                break LeaseEnd::Deposed;
-            }
-            let now = monotonic_ns();
-            if lease.lapsed(now) {
-                break LeaseEnd::Lapsed;
-            }
-            if let Some(until_ns) = lease.confirmed(cluster.answered(&app, epoch)) {
-                deployment.lease_until.store(until_ns, Ordering::Relaxed);
-                send(
-                    &outbox,
-                    Header::Lease {
-                        epoch,
-                        until_ns: Some(until_ns),
-                    },
-                );
-                if deployment
-                    .singleton_epoch
-                    .send_replace(Some(epoch))
-                    .is_none()
-                {
-                    info!("The singletons of {app} run on this node now (epoch {epoch})");
-                    for name in singleton_daemons(&deployment) {
-                        send(&outbox, Header::StartDaemon { name, epoch });
-                    }
-                }
-            }
-            cluster.renew(&app, lease.renew(now)).await;
-        };
-        let ran = let_go(&deployment, &outbox, epoch, end);
-        match end {
-            LeaseEnd::Lapsed if ran => warn!(
-                "The singletons of {app} no longer run on this node: the cluster did not confirm its lease in time"
-            ),
-            LeaseEnd::Deposed if ran => info!(
-                "The singletons of {app} no longer run on this node: this side of the cluster has fewer than {quorum} members"
-            ),
-            _ => {}
-        }
-        // Let go only once the app cannot be running them, whatever became of it: its
-        // connection may have ended with the process still alive.
-        if let Some(until_ns) = lease.until_ns() {
-            let left = until_ns.saturating_sub(monotonic_ns());
-            tokio::time::sleep(Duration::from_nanos(left)).await;
-        }
-        cluster.release(&app).await;
-        if end == LeaseEnd::AppEnded {
-            break;
-        }
-    }
-    deployment.singleton_epoch.send_replace(None);
-    cluster.set_app(&app, false).await;
-}
-
-/// Why this node stopped holding an app's singletons' lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum LeaseEnd {
-    /// The app's process ended.
-    AppEnded,
-    /// This side of the cluster lost its quorum.
-    Deposed,
-    /// The cluster did not confirm a renewal in time.
-    Lapsed,
-}
-
-/// Waits until this node is elected for `app`'s singletons, has let the view settle, was not
-/// just paused, and is free to take them over (no promise binds it); false if the app ended
-/// first.
-async fn wait_until_ours(
-    election: &SingletonElection,
-    cluster: &Cluster,
-    app: &str,
-    view: &mut tokio::sync::watch::Receiver<crate::vocabulary::membership::View>,
-    ended: &Shutdown,
-) -> bool {
-    loop {
-        if election.here(&view.borrow_and_update(), app) {
-            // Let the view settle before taking over: a member that deployed the app at the
-            // same moment may be older, and its news a gossip round away.
-            tokio::select! {
-                _ = tokio::time::sleep(SETTLE_TIME) => {}
-                _ = ended.cancelled() => return false,
-            }
-            if election.here(&view.borrow(), app)
-                && cluster.settled()
-                && cluster.free_to_take(app).await
-            {
-                return true;
-            }
-        }
-        tokio::select! {
-            changed = view.changed() => if changed.is_err() { return false },
-            // A promise runs out without the view changing.
-            _ = tokio::time::sleep(RENEW_INTERVAL) => {}
-            _ = ended.cancelled() => return false,
-        }
-    }
-}
-
-/// Lets this node's lease of `epoch` on the app's singletons go, as it ended: from now on work
-/// under the epoch is refused here, and the app (unless it ended) is told to stop them at once
-/// (or it does by the deadline by itself if it cannot hear). Whether they ran here.
-pub(super) fn let_go(deployment: &Deployment, outbox: &Outbox, epoch: u64, end: LeaseEnd) -> bool {
-    // Refused first, from the moment the epoch stops being current.
-    deployment.let_go.fetch_max(epoch, Ordering::Relaxed);
-    let ran = deployment.singleton_epoch.send_replace(None).is_some();
-    if end != LeaseEnd::AppEnded {
-        let until_ns = None;
-        send(outbox, Header::Lease { epoch, until_ns });
-        for name in singleton_daemons(deployment) {
-            send(outbox, Header::StopDaemon { name });
-        }
-    }
-    ran
-}
-
-/// The names of the app's singleton daemons.
-pub(super) fn singleton_daemons(deployment: &Deployment) -> Vec<String> {
-    lock(&deployment.daemons)
-        .iter()
-        .filter(|(_, daemon)| daemon.singleton)
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
-pub(super) fn send(outbox: &Outbox, header: Header) {
-    let _ = outbox.send(Frame::new(header).into());
 }

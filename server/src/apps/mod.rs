@@ -4,7 +4,7 @@
 
 pub mod attach;
 mod connection;
-mod nats_singletons;
+mod singletons;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -18,10 +18,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::deploy::Descriptor;
-use crate::embedded::cluster::Cluster;
-use crate::engine::{CacheService, Messaging};
+use crate::engine::Engine;
 use crate::jobs::{AppJobs, JobReport};
-use crate::singleton::SingletonElection;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
 use immutant_foundation::sync::lock;
 use immutant_protocol::Outbox;
@@ -31,49 +29,16 @@ pub const DAEMON_STOP_LIMIT_MS: u64 = 20_000;
 
 /// What every app of this node shares.
 pub struct AppContext {
-    pub broker: Messaging,
-    pub caches: CacheService,
+    /// The engine the node's messaging, caches and membership run on.
+    pub engine: Engine,
     pub node_name: String,
     /// Every node property apps may read, as they get it in their welcome.
     pub properties: std::collections::BTreeMap<String, String>,
     pub deployments_dir: PathBuf,
-    /// The cluster this node is in, if it is clustered on the embedded engine.
-    pub cluster: Option<Arc<Cluster>>,
-    /// What this node shares its cluster through, if the cluster runs on NATS.
-    pub nats: Option<Arc<crate::nats::NatsNode>>,
     /// How late a job's firing may run before it counts as misfired.
     pub misfire_threshold_ms: u64,
     /// Where the apps' web handlers are mounted.
     pub web: Arc<Web>,
-}
-
-impl AppContext {
-    /// Whether this node is in a cluster, on either engine.
-    fn clustered(&self) -> bool {
-        self.cluster.is_some() || self.nats.is_some()
-    }
-
-    /// The node that runs `app`'s singletons: in a cluster the elected one, if any; on a
-    /// standalone node, this one.
-    fn singletons_on(&self, app: &str) -> Option<String> {
-        if let Some(nats) = &self.nats {
-            // Whoever holds the lease, as its heartbeat says.
-            let view = nats.membership.view().borrow().clone();
-            return view
-                .members
-                .into_iter()
-                .find(|member| member.leases.contains_key(app))
-                .map(|member| member.name);
-        }
-        let Some(cluster) = &self.cluster else {
-            return Some(self.node_name.clone());
-        };
-        let view = cluster.view().borrow().clone();
-        let election = SingletonElection::new(cluster.singleton_quorum());
-        election
-            .master(&view, app)
-            .map(|member| member.name.clone())
-    }
 }
 
 /// Where a deployment is in its life.
@@ -234,7 +199,7 @@ impl Deployment {
                 .then(|| context.web.mounted_at(&self.name))
                 .flatten(),
             singletons_on: has_singletons
-                .then(|| context.singletons_on(&self.name))
+                .then(|| context.engine.membership.singletons_on(&self.name))
                 .flatten(),
             jobs,
             stderr_tail: lock(&self.stderr_tail).iter().cloned().collect(),

@@ -1,8 +1,8 @@
 //! Caches on JetStream key-value buckets. Every cache but a local one is a bucket of its own,
 //! held by `immutant.engine.replicas` NATS servers: each node reads and writes it there, so
 //! every mode that shares entries (replicated, distributed, invalidated) is the same strongly
-//! consistent store, and `owners` is NATS's replica count. A local cache stays on its node
-//! (the embedded engine's, unchanged).
+//! consistent store, and `owners` is NATS's replica count. A local cache is not here: it stays
+//! on its node, in the embedded engine's local caches.
 //!
 //! Each write is a compare-and-set on the key's revision, made again if another node wrote the
 //! key in between: `put_if_absent`, `replace` (swap) and `remove` are atomic across the cluster.
@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation, Store};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use immutant_protocol::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
+use immutant_protocol::{CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 
 use super::{Nats, is_conflict, time_left, token};
-use crate::embedded::cache::Caches;
 use crate::vocabulary::cache::{CacheError, CacheStats};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
@@ -42,22 +41,16 @@ struct NatsCache {
 /// The caches of a node whose cluster runs on NATS.
 pub struct NatsCaches {
     nats: Arc<Nats>,
-    /// Local caches, which stay on this node.
-    local: Arc<Caches>,
     /// Which caches exist in the cluster, with their options.
     registry: Store,
     open: std::sync::Mutex<HashMap<String, NatsCache>>,
 }
 
 impl NatsCaches {
-    pub async fn open_registry(
-        nats: Arc<Nats>,
-        local: Arc<Caches>,
-    ) -> Result<Arc<NatsCaches>, super::NatsError> {
+    pub async fn open_registry(nats: Arc<Nats>) -> Result<Arc<NatsCaches>, super::NatsError> {
         let registry = nats.bucket("caches", Duration::ZERO).await?;
         Ok(Arc::new(NatsCaches {
             nats,
-            local,
             registry,
             open: std::sync::Mutex::new(HashMap::new()),
         }))
@@ -71,9 +64,6 @@ impl NatsCaches {
         open: Open,
         options: CacheOptions,
     ) -> Result<Option<CacheOptions>, CacheError> {
-        if options.mode == CacheMode::Local {
-            return self.local.open(name, open, options).await;
-        }
         if name.trim().is_empty() {
             return Err(CacheError::Invalid(
                 "a cache needs a name; give it one, such as \"sessions\"".to_string(),
@@ -138,7 +128,7 @@ impl NatsCaches {
             .get(name)
             .map(|cache| (cache.kv.clone(), cache.options.expiry));
         let Some((kv, defaults)) = found else {
-            return self.local.call(name, op, body).await;
+            return Err(CacheError::NotOpen(name.to_string()));
         };
         metrics::counter!("immutant_cache_operations_total", "cache" => name.to_string(), "op" => op.kind())
             .increment(1);
@@ -220,18 +210,23 @@ impl NatsCaches {
 
     /// What the management API shows of the caches open on this node.
     pub fn stats(&self) -> Vec<CacheStats> {
-        let mut stats = self.local.stats();
-        stats.extend(lock(&self.open).iter().map(|(name, cache)| CacheStats {
-            name: name.clone(),
-            mode: cache.options.mode,
-            owners: Some(self.nats.replicas as u32),
-            persist: true,
-            entries: cache.entries,
-            hits: cache.hits,
-            misses: cache.misses,
-        }));
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+        lock(&self.open)
+            .iter()
+            .map(|(name, cache)| CacheStats {
+                name: name.clone(),
+                mode: cache.options.mode,
+                owners: Some(self.nats.replicas as u32),
+                persist: true,
+                entries: cache.entries,
+                hits: cache.hits,
+                misses: cache.misses,
+            })
+            .collect()
+    }
+
+    /// Whether the cache `name` is open here, shared through NATS.
+    pub fn holds(&self, name: &str) -> bool {
+        lock(&self.open).contains_key(name)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod caches;
 pub mod leases;
 pub mod membership;
 pub mod queues;
+pub mod singletons;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -297,6 +298,16 @@ impl Nats {
             prefix: format!("IMM_{}", token(cluster_name)),
             replicas: config.replicas,
         }))
+    }
+
+    /// Whether the node is connected to NATS now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The version of the NATS server the node is connected to.
+    pub fn server_version(&self) -> String {
+        self.client.server_info().version
     }
 
     /// The name of a stream or bucket of this cluster: `IMM_<cluster>_<what>`.

@@ -4,7 +4,6 @@ mod data_dir;
 mod registry;
 
 use std::future::Future;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,20 +12,11 @@ use tracing::info;
 
 use crate::apps::{AppContext, Apps};
 use crate::config::{ConfigError, Properties, ServerConfig};
-use crate::embedded::cache::Caches;
-use crate::embedded::cache::peer::Peers;
-use crate::embedded::cluster::{Cluster, ClusterError};
-use crate::embedded::mesh::LinkServices;
-use crate::embedded::messaging::Broker;
-use crate::engine::{CacheService, Messaging};
+use crate::engine::{self, EngineError, Membership};
 use crate::management::{self, NodeInfo};
-use crate::nats::caches::NatsCaches;
-use crate::nats::membership::MembershipError;
-use crate::nats::queues::Queues;
-use crate::nats::{EngineConfig, NatsNode};
-use crate::vocabulary::messaging::MessagingError;
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
+use immutant_contracts::status::EngineStatus;
 use immutant_foundation::net::{self, NetError, serve, serve_guarded, served};
 use immutant_foundation::shutdown::Shutdown;
 
@@ -51,11 +41,7 @@ pub enum NodeError {
     #[error("cannot start the node's runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
-    Messaging(#[from] MessagingError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Membership(#[from] MembershipError),
+    Engine(#[from] EngineError),
 }
 
 /// How the node speaks to balancers, if it does: when it is clustered (and listens for their
@@ -108,99 +94,10 @@ pub async fn run(
     let http = net::bind("HTTP", config.http_address()).await?;
     let management = net::bind("management", config.management_address()).await?;
 
-    let max_message_size = properties
-        .get("immutant.messaging.max-message-size")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(16 * 1024 * 1024);
     let shutdown = Shutdown::new();
     // The node's generation is when it started: a restarted node is the youngest member.
     let generation = immutant_foundation::clock::now_ms();
-    let nats = match (EngineConfig::from_properties(properties)?, &config.cluster) {
-        (None, _) => None,
-        (Some(engine), Some(cluster)) => Some(
-            NatsNode::start(
-                &engine,
-                &cluster.name,
-                &config.node_name,
-                generation,
-                config.http_address(),
-                format!("http://{}", config.management_address()),
-                shutdown.clone(),
-            )
-            .await?,
-        ),
-        (Some(engine), None) => {
-            return Err(NodeError::Config(ConfigError::InvalidProperty {
-                name: "immutant.engine".to_string(),
-                value: engine.url,
-                expected: "embedded on a standalone node: NATS is a cluster's engine, so start the node with --clustered",
-            }));
-        }
-    };
-    let (broker, journal) = match &nats {
-        Some(nats) => {
-            let queues = Queues::open(
-                nats.nats.clone(),
-                &config.node_name,
-                generation,
-                max_message_size,
-                shutdown.clone(),
-            )
-            .await
-            .map_err(MembershipError::from)?;
-            (Messaging::Nats(queues), None)
-        }
-        None => {
-            let broker = Arc::new(Broker::open(
-                &config.data_dir,
-                &config.node_name,
-                max_message_size,
-            )?);
-            broker.set_quick_repair(
-                properties.get("immutant.messaging.quick-repair").as_deref() == Some("true"),
-            );
-            (Messaging::Embedded(broker.clone()), Some(broker))
-        }
-    };
-    let peers = Arc::new(Peers::default());
-    let (cluster, links) = match &config.cluster {
-        // On NATS the cluster is there, not among the members.
-        Some(_) if nats.is_some() => (None, None),
-        Some(settings) => {
-            let address = std::net::SocketAddr::new(config.bind_address, settings.port);
-            let links = net::bind("cluster", address).await?;
-            let cluster = Cluster::join(&config, settings, generation).await?;
-            (Some(cluster), Some(links))
-        }
-        None => (None, None),
-    };
-    let caches = Caches::start(
-        &config.node_name,
-        generation,
-        cluster.clone(),
-        peers.clone(),
-        config.data_dir.clone(),
-        max_message_size,
-        shutdown.clone(),
-    );
-    let cache_service = match &nats {
-        Some(nats) => {
-            let service = NatsCaches::open_registry(nats.nats.clone(), caches.clone())
-                .await
-                .map_err(MembershipError::from)?;
-            tokio::spawn(service.clone().look_at_entries(shutdown.clone()));
-            CacheService::Nats(service)
-        }
-        None => CacheService::Embedded(caches.clone()),
-    };
-    if let (Some(cluster), Some(links), Some(broker)) = (&cluster, links, &journal) {
-        let services = LinkServices {
-            broker: broker.clone(),
-            caches: caches.clone(),
-            peers,
-        };
-        crate::embedded::mesh::start(links, cluster.clone(), services, shutdown.clone());
-    }
+    let engine = engine::start(&config, properties, generation, &shutdown).await?;
     let web = Arc::new(
         web::Web::new(config.node_name.clone(), config.data_dir.join("web")).map_err(|source| {
             NodeError::DataDir {
@@ -210,13 +107,10 @@ pub async fn run(
         })?,
     );
     let apps = Arc::new(Apps::new(AppContext {
-        broker: broker.clone(),
-        caches: cache_service.clone(),
+        engine: engine.clone(),
         node_name: config.node_name.clone(),
         properties: properties.for_apps(),
         deployments_dir: config.deployments.clone(),
-        cluster: cluster.clone(),
-        nats: nats.clone(),
         misfire_threshold_ms: properties
             .get("immutant.jobs.misfire-threshold")
             .and_then(|value| value.parse().ok())
@@ -257,17 +151,16 @@ pub async fn run(
         properties: properties.shown(),
         started,
         apps: apps.clone(),
-        broker: broker.clone(),
-        caches: cache_service,
+        broker: engine.messaging.clone(),
+        caches: engine.caches.clone(),
         web: web.clone(),
-        view: match (&cluster, &nats) {
-            (Some(cluster), _) => Some(cluster.view()),
-            (None, Some(nats)) => Some(nats.membership.view()),
-            (None, None) => None,
+        view: engine.membership.view(),
+        engine: match &engine.membership {
+            Membership::Nats(nats) => Some(nats.nats.clone()),
+            _ => None,
         },
-        engine: nats.as_ref().map(|nats| nats.nats.clone()),
         generation,
-        history: management::QueueHistory::start(broker.clone(), shutdown.clone()),
+        history: management::QueueHistory::start(engine.messaging.clone(), shutdown.clone()),
         metrics: management::install_metrics(&shutdown),
         token: crate::management::ManagementToken::create(&config.data_dir).map_err(|source| {
             NodeError::DataDir {
@@ -286,11 +179,11 @@ pub async fn run(
         serve_guarded(management, management::router(info), shutdown.clone()),
     ];
 
-    let clustering = match (&config.cluster, &nats) {
-        (Some(cluster), Some(nats)) => {
-            format!(", cluster {} on NATS at {}", cluster.name, nats.nats.url)
+    let clustering = match (&config.cluster, engine.membership.engine_status()) {
+        (Some(cluster), Some(EngineStatus { url: Some(url), .. })) => {
+            format!(", cluster {} on NATS at {url}", cluster.name)
         }
-        (Some(cluster), None) => format!(
+        (Some(cluster), _) => format!(
             ", cluster {} on {}:{}",
             cluster.name, config.bind_address, cluster.port
         ),
@@ -307,13 +200,7 @@ pub async fn run(
         config.data_dir.display(),
     );
 
-    let name_clash = async {
-        match (&cluster, &nats) {
-            (Some(cluster), _) => NodeError::from(cluster.name_clash().await),
-            (None, Some(nats)) => NodeError::from(nats.membership.name_clash().await),
-            (None, None) => std::future::pending().await,
-        }
-    };
+    let name_clash = async { NodeError::from(engine.membership.name_clash().await) };
     let (reason, failure) = tokio::select! {
         reason = stop => (reason, None),
         clash = name_clash => ("its name is taken".to_string(), Some(clash)),
@@ -328,13 +215,8 @@ pub async fn run(
     shutdown.cancel();
     let _ = scanner.await;
     apps.stop_all().await;
-    if let Some(cluster) = &cluster {
-        cluster.leave().await;
-    }
-    if let Some(nats) = &nats {
-        nats.membership.leave().await;
-    }
-    broker.close().await;
+    engine.membership.leave().await;
+    engine.messaging.close().await;
     drop(registration);
     served(servers).await?;
     drop(lock);

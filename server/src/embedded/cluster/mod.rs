@@ -6,9 +6,11 @@
 //! first, which singletons are elected on, and the singletons' holder keeps its [`lease`].
 
 mod discovery;
+pub mod election;
 mod keys;
 pub mod lease;
 pub mod seal;
+pub mod singletons;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -1,19 +1,19 @@
-//! Singletons: all singleton daemons and jobs of an app run on one live member that has the app
-//! running. They stay where they run: the member holding their lease with the highest epoch is
+//! The singleton election: all singleton daemons and jobs of an app run on one live member that
+//! has the app running. They stay where they run: the member holding their lease with the highest epoch is
 //! elected while it is in the view; only when none is does the oldest member with the app take
 //! them (JGroups' coordinator rule, as Immutant's HA singletons did). So nothing moves back to a
 //! node that rejoins, restarted, resumed after a pause or healed from a partition. A side of a
 //! partition that sees fewer members than the quorum runs none.
 //!
-//! The holder keeps a lease ([`crate::embedded::cluster::lease`]) that the cluster confirms and its app
-//! watches on its own clock ([`HeldLease`]); each takeover carries a fencing epoch
+//! The holder keeps a lease ([`super::lease`]) that the cluster confirms and its app watches on
+//! its own clock ([`HeldLease`]); each takeover carries a fencing epoch
 //! (`Cluster::take_epoch`): past every epoch gossiped for the app, never below the clock, so it
 //! grows with every handover.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::embedded::cluster::lease::{Answered, LEASE_TIME, Renewal};
+use super::lease::{Answered, LEASE_TIME, Renewal};
 use crate::vocabulary::membership::{Member, View};
 
 /// Decides where singletons run, the same way on every member.

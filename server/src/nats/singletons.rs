@@ -1,43 +1,39 @@
-//! An app's singletons on a cluster that runs on NATS: every node with the app tries to take
-//! its lease (see [`crate::nats::leases`]) whenever no one holds it; the one that does runs the
-//! app's singleton daemons while it renews the lease, and stops them when it cannot renew it
-//! in time. The app is told each deadline, and stops them by itself if it passes (its node may
-//! be paused or cut off from NATS).
+//! The NATS engine's singleton driver: every node with the app tries to take its lease (see
+//! [`super::leases`]) whenever no one holds it; the one that does runs the app's singleton
+//! daemons while it renews the lease, and stops them when it cannot renew it in time. Each
+//! deadline is reported, and the app stops them by itself if it passes (its node may be paused
+//! or cut off from NATS).
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use immutant_foundation::clock::monotonic_ns;
-use immutant_protocol::{Header, Outbox};
-use tracing::{info, warn};
-
-use super::Deployment;
-use super::connection::{LeaseEnd, let_go, send, singleton_daemons};
-use crate::nats::NatsNode;
-use crate::nats::leases::{Held, Renewal};
 use immutant_foundation::shutdown::Shutdown;
+use tokio::sync::watch;
+use tracing::warn;
 
-/// While the app runs, tells the cluster it runs here and runs its singletons while this node
-/// holds their lease.
-pub(super) async fn follow(
-    deployment: Arc<Deployment>,
-    nats: Arc<NatsNode>,
-    outbox: Outbox,
-    ended: Shutdown,
+use super::NatsNode;
+use super::leases::{Held, Renewal};
+use crate::vocabulary::singletons::{LeaseEnd, LeaseEvent};
+
+/// Follows `app`'s singletons on this node until `ended`, once `exclusive` (no earlier process
+/// of the app still runs here), reporting each change of its lease to `report`.
+pub async fn follow(
+    nats: &NatsNode,
+    app: &str,
+    mut exclusive: watch::Receiver<bool>,
+    ended: &Shutdown,
+    mut report: impl FnMut(LeaseEvent),
 ) {
-    let app = deployment.name.clone();
-    nats.membership.set_app(&app, true);
-    let mut exclusive = deployment.exclusive.subscribe();
+    nats.membership.set_app(app, true);
     tokio::select! {
         _ = exclusive.wait_for(|exclusive| *exclusive) => {}
         _ = ended.cancelled() => {
-            nats.membership.set_app(&app, false);
+            nats.membership.set_app(app, false);
             return;
         }
     }
     let good_for = nats.leases.good_for().as_nanos() as u64;
-    while let Some((mut held, taken_ns)) = take(&nats, &app, &ended).await {
+    while let Some((mut held, taken_ns)) = take(nats, app, ended).await {
         let epoch = held.epoch;
         let mut until_ns = taken_ns + good_for;
         if monotonic_ns() >= until_ns {
@@ -45,13 +41,8 @@ pub(super) async fn follow(
             // lapses in NATS by itself, and is taken again.
             continue;
         }
-        confirm(&deployment, &outbox, epoch, until_ns);
-        deployment.singleton_epoch.send_replace(Some(epoch));
-        info!("The singletons of {app} run on this node now (epoch {epoch})");
-        nats.membership.set_lease(&app, Some(epoch));
-        for name in singleton_daemons(&deployment) {
-            send(&outbox, Header::StartDaemon { name, epoch });
-        }
+        report(LeaseEvent::Held { epoch, until_ns });
+        nats.membership.set_lease(app, Some(epoch));
         let mut renewals = tokio::time::interval(nats.leases.renew_interval());
         renewals.tick().await;
         let end = loop {
@@ -64,17 +55,17 @@ pub(super) async fn follow(
                 break LeaseEnd::Lapsed;
             }
             let left = Duration::from_nanos(until_ns - sent_ns);
-            match tokio::time::timeout(left, nats.leases.renew(&app, &mut held)).await {
+            match tokio::time::timeout(left, nats.leases.renew(app, &mut held)).await {
                 Ok(Renewal::Renewed) => {
                     until_ns = sent_ns + good_for;
-                    confirm(&deployment, &outbox, epoch, until_ns);
+                    report(LeaseEvent::Held { epoch, until_ns });
                 }
                 Ok(Renewal::Lost) => break LeaseEnd::Deposed,
                 Ok(Renewal::Unanswered) | Err(_) => {}
             }
         };
-        let_go(&deployment, &outbox, epoch, end);
-        nats.membership.set_lease(&app, None);
+        report(LeaseEvent::Ended { epoch, end });
+        nats.membership.set_lease(app, None);
         if end != LeaseEnd::AppEnded {
             warn!(
                 "The singletons of {app} no longer run on this node: its lease in NATS was not renewed in time"
@@ -85,10 +76,10 @@ pub(super) async fn follow(
         // the process still alive.
         let left = until_ns.saturating_sub(monotonic_ns());
         tokio::time::sleep(Duration::from_nanos(left)).await;
-        nats.leases.release(&app, &held).await;
+        nats.leases.release(app, &held).await;
         break;
     }
-    nats.membership.set_app(&app, false);
+    nats.membership.set_app(app, false);
 }
 
 /// Waits until this node takes `app`'s lease: the lease, and when the attempt began (the lease
@@ -104,16 +95,4 @@ async fn take(nats: &NatsNode, app: &str, ended: &Shutdown) -> Option<(Held, u64
             _ = ended.cancelled() => return None,
         }
     }
-}
-
-/// Records and tells the app that its lease of `epoch` holds until `until_ns`.
-fn confirm(deployment: &Deployment, outbox: &Outbox, epoch: u64, until_ns: u64) {
-    deployment.lease_until.store(until_ns, Ordering::Relaxed);
-    send(
-        outbox,
-        Header::Lease {
-            epoch,
-            until_ns: Some(until_ns),
-        },
-    );
 }

@@ -1,23 +1,15 @@
-//! Which engine carries what a cluster shares: the embedded one (each node's journal, gossip
-//! and links; see [`crate::embedded::messaging`] and [`crate::embedded::cluster`]) or NATS JetStream
-//! ([`crate::nats`]). [`Messaging`] and [`CacheService`] give apps' connections, jobs and the
-//! management API one face for both, so nothing above them knows which engine runs.
+//! Messaging on whichever engine runs: the embedded broker (each node's journal, forwarding
+//! over the mesh) or queues on NATS JetStream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use immutant_protocol::{
-    CacheOp, CacheOptions, CacheOutcome, DestinationKind, Open, PublishOptions,
-};
+use immutant_protocol::{DestinationKind, Outbox, PublishOptions};
 
-use crate::embedded::cache::Caches;
 use crate::embedded::messaging::Broker;
-use crate::nats::caches::NatsCaches;
 use crate::nats::queues::Queues;
-use crate::vocabulary::cache::{CacheError, CacheStats};
 use crate::vocabulary::messaging::{ConsumerKey, MessagingError, QueueStats};
-use immutant_protocol::Outbox;
 
 /// A node's messaging, on whichever engine it runs.
 #[derive(Clone)]
@@ -167,54 +159,6 @@ impl Messaging {
         match self {
             Messaging::Embedded(broker) => broker.close().await,
             Messaging::Nats(queues) => queues.close().await,
-        }
-    }
-}
-
-/// A node's caches, on whichever engine it runs.
-#[derive(Clone)]
-pub enum CacheService {
-    Embedded(Arc<Caches>),
-    Nats(Arc<NatsCaches>),
-}
-
-impl CacheService {
-    /// Opens the cache `name` as `open` says: the options it has, or none if it was only
-    /// looked up and does not exist.
-    pub async fn open(
-        &self,
-        name: &str,
-        open: Open,
-        options: CacheOptions,
-    ) -> Result<Option<CacheOptions>, CacheError> {
-        match self {
-            CacheService::Embedded(caches) => caches.open(name, open, options).await,
-            CacheService::Nats(caches) => caches.open(name, open, options).await,
-        }
-    }
-
-    /// Carries out `op` on the cache `name`: the outcome, and the value before. One made under
-    /// a singleton lease is not tried after the lease's deadline `fence_ns` (on the boot
-    /// clock).
-    pub async fn call(
-        &self,
-        name: &str,
-        op: CacheOp,
-        body: Bytes,
-        fence_ns: Option<u64>,
-    ) -> Result<(CacheOutcome, Bytes), CacheError> {
-        match self {
-            // Its writes are done here or by a member at once: nothing is tried later.
-            CacheService::Embedded(caches) => caches.call(name, op, body).await,
-            CacheService::Nats(caches) => caches.call(name, op, body, fence_ns).await,
-        }
-    }
-
-    /// What the management API shows of the caches open on this node.
-    pub fn stats(&self) -> Vec<CacheStats> {
-        match self {
-            CacheService::Embedded(caches) => caches.stats(),
-            CacheService::Nats(caches) => caches.stats(),
         }
     }
 }
