@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::deploy::Descriptor;
+use crate::deploy::{DeploymentEvent, Descriptor};
 use crate::engine::Engine;
 use crate::jobs::{AppJobs, JobReport};
 use crate::web::{Backend, Mount, Web, normalize_context_path};
@@ -248,7 +248,7 @@ impl Apps {
     /// stopped gracefully before the new one starts; but a web app's new process starts first,
     /// takes the new requests once it is ready, and the old one stops when its requests in
     /// flight have finished.
-    pub fn deploy(self: &Arc<Self>, name: &str, text: &str) {
+    fn deploy(self: &Arc<Self>, name: &str, text: &str) {
         let parsed = Descriptor::parse(name, text);
         let slot = self.slot(name);
         let apps = Arc::clone(self);
@@ -323,9 +323,17 @@ impl Apps {
         });
     }
 
+    /// Carries out a change the deployments folder's scanner reports.
+    pub fn apply(self: &Arc<Self>, event: DeploymentEvent) {
+        match event {
+            DeploymentEvent::Deployed { name, text } => self.deploy(&name, &text),
+            DeploymentEvent::Undeployed { name } => self.undeploy(&name),
+        }
+    }
+
     /// Undeploys `name`: its web requests in flight finish, then its process is stopped
     /// gracefully (its daemons' stop runs).
-    pub fn undeploy(self: &Arc<Self>, name: &str) {
+    fn undeploy(self: &Arc<Self>, name: &str) {
         let slot = self.slot(name);
         let apps = Arc::clone(self);
         let name = name.to_string();

@@ -1,9 +1,9 @@
 //! Deployments: the descriptors in the install's deployments folder, and the scanner that
-//! deploys, redeploys and undeploys apps as they appear, change and go.
+//! reports them as they appear, change and go (apps deploy, redeploy and undeploy them).
 
 mod descriptor;
 pub mod operations;
 mod scanner;
 
 pub use descriptor::Descriptor;
-pub use scanner::watch;
+pub use scanner::{DeploymentEvent, watch};

@@ -1,23 +1,30 @@
-//! The deployment scanner: looks at the deployments folder five times a second and tells the
-//! apps what changed. Reading a handful of small files is cheaper than any watcher, and works on
+//! The deployment scanner: looks at the deployments folder five times a second and reports
+//! what changed. Reading a handful of small files is cheaper than any watcher, and works on
 //! every filesystem the folder may be on.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::apps::Apps;
 use immutant_foundation::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 /// The largest file taken for a descriptor (they are a few hundred bytes).
 const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 
-/// Deploys everything in `dir` now, then follows changes until `shutdown`. What cannot be read
-/// is never taken for gone: a folder that cannot be read changes nothing (said in the log once
-/// until it can be read again), nor does a descriptor that cannot be read.
-pub async fn watch(dir: &Path, apps: Arc<Apps>, shutdown: Shutdown) {
+/// A change in the deployments folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentEvent {
+    /// The descriptor of `name` appeared or changed; `text` is what it says now.
+    Deployed { name: String, text: String },
+    /// The descriptor of `name` is gone.
+    Undeployed { name: String },
+}
+
+/// Reports everything in `dir` as deployed now, then follows changes until `shutdown`. What
+/// cannot be read is never taken for gone: a folder that cannot be read changes nothing (said
+/// in the log once until it can be read again), nor does a descriptor that cannot be read.
+pub async fn watch(dir: &Path, mut report: impl FnMut(DeploymentEvent), shutdown: Shutdown) {
     let mut known: HashMap<String, String> = HashMap::new();
     let mut unreadable = false;
     // Names already said in the log to be unreadable, so that each is said once.
@@ -28,11 +35,14 @@ pub async fn watch(dir: &Path, apps: Arc<Apps>, shutdown: Shutdown) {
                 unreadable = false;
                 for (name, text) in &present {
                     if known.get(name) != Some(text) {
-                        apps.deploy(name, text);
+                        report(DeploymentEvent::Deployed {
+                            name: name.clone(),
+                            text: text.clone(),
+                        });
                     }
                 }
                 for name in known.keys().filter(|name| !present.contains_key(*name)) {
-                    apps.undeploy(name);
+                    report(DeploymentEvent::Undeployed { name: name.clone() });
                 }
                 known = present;
             }

@@ -62,6 +62,17 @@ impl CacheService {
         }
     }
 
+    /// Where the engine keeps a cache of `mode` rather than among the members: NATS, for
+    /// every cache but a local one.
+    pub fn kept_by_engine(&self, mode: CacheMode) -> Option<String> {
+        match self {
+            CacheService::Nats { shared, .. } if mode != CacheMode::Local => {
+                Some(format!("NATS ({} replicas)", shared.replicas()))
+            }
+            _ => None,
+        }
+    }
+
     /// What the management API shows of the caches open on this node.
     pub fn stats(&self) -> Vec<CacheStats> {
         match self {

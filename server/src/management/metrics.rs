@@ -176,10 +176,10 @@ pub fn render(info: &NodeInfo) -> Option<String> {
     if let Some(bytes) = super::status::resident_memory() {
         gauge!("immutant_node_resident_memory_bytes").set(bytes as f64);
     }
-    if let Some(view) = &info.view {
+    if let Some(view) = info.engine.membership.view() {
         gauge!("immutant_cluster_view_size").set(view.borrow().members.len() as f64);
     }
-    for queue in info.broker.stats() {
+    for queue in info.engine.messaging.stats() {
         let label = || [("queue", queue.name.clone())];
         counter!("immutant_messages_published_total", &label()).absolute(queue.published);
         counter!("immutant_messages_delivered_total", &label()).absolute(queue.delivered);
@@ -190,7 +190,7 @@ pub fn render(info: &NodeInfo) -> Option<String> {
         gauge!("immutant_queue_in_flight", &label()).set(queue.in_flight as f64);
         gauge!("immutant_queue_consumers", &label()).set(queue.consumers as f64);
     }
-    for cache in info.caches.stats() {
+    for cache in info.engine.caches.stats() {
         let label = || [("cache", cache.name.clone())];
         counter!("immutant_cache_hits_total", &label()).absolute(cache.hits);
         counter!("immutant_cache_misses_total", &label()).absolute(cache.misses);

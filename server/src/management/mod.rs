@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apps::Apps;
 use crate::config::ServerConfig;
-use crate::engine::{CacheService, Messaging};
+use crate::engine::Engine;
 use immutant_foundation::mcmp::ContextState;
 
 /// What the management API knows about its node.
@@ -36,13 +36,9 @@ pub struct NodeInfo {
     pub properties: BTreeMap<String, String>,
     pub started: Instant,
     pub apps: Arc<Apps>,
-    pub broker: Messaging,
-    pub caches: CacheService,
+    /// The engine's messaging, caches and membership.
+    pub engine: Engine,
     pub web: Arc<crate::web::Web>,
-    /// The cluster's view, if the node is clustered.
-    pub view: Option<tokio::sync::watch::Receiver<crate::vocabulary::membership::View>>,
-    /// NATS, if the cluster runs on it.
-    pub engine: Option<Arc<crate::nats::Nats>>,
     /// When the node started (unix ms): its generation in the cluster.
     pub generation: u64,
     /// Each queue's recent depths and rates.
@@ -265,7 +261,7 @@ async fn deployments(
 async fn queues(
     State(info): State<Arc<NodeInfo>>,
 ) -> Json<Vec<crate::vocabulary::messaging::QueueStats>> {
-    Json(info.broker.stats())
+    Json(info.engine.messaging.stats())
 }
 
 /// A daemon, and the app it belongs to.
@@ -325,7 +321,7 @@ async fn jobs(State(info): State<Arc<NodeInfo>>) -> Json<Vec<JobListing>> {
 async fn caches(
     State(info): State<Arc<NodeInfo>>,
 ) -> Json<Vec<crate::vocabulary::cache::CacheStats>> {
-    Json(info.caches.stats())
+    Json(info.engine.caches.stats())
 }
 
 /// Every web context of the node: where it is mounted, whether a process serves it, what

@@ -12,31 +12,13 @@ use immutant_contracts::deployment::{
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
     BalancerReport, CacheStats, CacheStatus, ClusterStatus, ContextReport, ContextState,
-    EngineKind, EngineStatus, QueueStats, QueueStatus, Rates, SingletonStatus, ViewMember,
+    QueueStats, QueueStatus, Rates, SingletonStatus, ViewMember,
 };
 use immutant_foundation::mcmp;
 use serde::Deserialize;
 
 use super::NodeInfo;
 use crate::{apps, jobs, vocabulary, web};
-
-/// The engine a cluster runs on, and how this node's link to it is.
-fn engine_status(engine: Option<&crate::nats::Nats>) -> EngineStatus {
-    match engine {
-        None => EngineStatus {
-            kind: EngineKind::Embedded,
-            url: None,
-            connected: true,
-            server_version: None,
-        },
-        Some(nats) => EngineStatus {
-            kind: EngineKind::Nats,
-            url: Some(nats.url.clone()),
-            connected: nats.client.connection_state() == async_nats::connection::State::Connected,
-            server_version: Some(nats.client.server_info().version),
-        },
-    }
-}
 
 /// What `GET /status` may be asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -49,7 +31,11 @@ pub struct StatusQuery {
 /// The node's status now.
 pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
     let config = &info.config;
-    let view = info.view.as_ref().map(|view| view.borrow().clone());
+    let view = info
+        .engine
+        .membership
+        .view()
+        .map(|view| view.borrow().clone());
     let deployments: Vec<DeploymentReport> =
         info.apps.reports().into_iter().map(Into::into).collect();
     // Every app of a cluster has a lease; those deployed here without singletons are left out.
@@ -85,7 +71,8 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
             .collect(),
     };
     let queues = info
-        .broker
+        .engine
+        .messaging
         .stats()
         .into_iter()
         .map(|stats| QueueStatus {
@@ -95,22 +82,20 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         })
         .collect();
     let caches = info
+        .engine
         .caches
         .stats()
         .into_iter()
         .map(|stats| CacheStatus {
-            held_by: match (&view, &info.engine) {
-                // Shared caches are NATS's, wherever its replicas are.
-                (_, Some(nats)) if stats.mode != immutant_protocol::CacheMode::Local => {
-                    vec![format!("NATS ({} replicas)", nats.replicas)]
-                }
-                (Some(view), _) => view
+            held_by: match (&view, info.engine.caches.kept_by_engine(stats.mode)) {
+                (_, Some(engine)) => vec![engine],
+                (Some(view), None) => view
                     .members
                     .iter()
                     .filter(|member| member.caches.contains_key(&stats.name))
                     .map(|member| member.name.clone())
                     .collect(),
-                (None, _) => vec![config.node_name.clone()],
+                (None, None) => vec![config.node_name.clone()],
             },
             stats: stats.into(),
         })
@@ -130,9 +115,10 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
             .cluster
             .as_ref()
             .zip(view)
-            .map(|(settings, view)| ClusterStatus {
+            .zip(info.engine.membership.engine_status())
+            .map(|((settings, view), engine)| ClusterStatus {
                 name: settings.name.clone(),
-                engine: engine_status(info.engine.as_deref()),
+                engine,
                 view: view
                     .members
                     .into_iter()

@@ -224,6 +224,11 @@ impl NatsCaches {
             .collect()
     }
 
+    /// How many NATS servers hold each cache.
+    pub fn replicas(&self) -> usize {
+        self.nats.replicas
+    }
+
     /// Whether the cache `name` is open here, shared through NATS.
     pub fn holds(&self, name: &str) -> bool {
         lock(&self.open).contains_key(name)

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::apps::{AppContext, Apps};
 use crate::config::{ConfigError, Properties, ServerConfig};
-use crate::engine::{self, EngineError, Membership};
+use crate::engine::{self, EngineError};
 use crate::management::{self, NodeInfo};
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
@@ -144,21 +144,17 @@ pub async fn run(
     let scanner = {
         let (deployments, apps, shutdown) =
             (config.deployments.clone(), apps.clone(), shutdown.clone());
-        tokio::spawn(async move { deploy::watch(&deployments, apps, shutdown).await })
+        tokio::spawn(async move {
+            deploy::watch(&deployments, |event| apps.apply(event), shutdown).await
+        })
     };
     let info = Arc::new(NodeInfo {
         config: config.clone(),
         properties: properties.shown(),
         started,
         apps: apps.clone(),
-        broker: engine.messaging.clone(),
-        caches: engine.caches.clone(),
+        engine: engine.clone(),
         web: web.clone(),
-        view: engine.membership.view(),
-        engine: match &engine.membership {
-            Membership::Nats(nats) => Some(nats.nats.clone()),
-            _ => None,
-        },
         generation,
         history: management::QueueHistory::start(engine.messaging.clone(), shutdown.clone()),
         metrics: management::install_metrics(&shutdown),
