@@ -6,6 +6,7 @@
 //!
 //! - [`sync`]: the one way a `std` mutex is locked.
 //! - [`clock`]: wall-clock milliseconds, and the boot clock that leases are counted on.
+//! - [`hash`]: a hash every member computes alike, whatever toolchain built it.
 //! - [`shutdown`]: the signals that ask a server to stop, and the token that passes it down.
 //! - [`net`]: ports bound and served, accept backoff, multicast sockets.
 //! - [`http`]: a request passed on to another HTTP server and its answer passed back.
@@ -13,6 +14,7 @@
 //! - [`logging`]: a server's log, on standard output and in a rotated file.
 
 pub mod clock;
+pub mod hash;
 pub mod http;
 pub mod logging;
 pub mod mcmp;

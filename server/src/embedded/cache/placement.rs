@@ -2,12 +2,11 @@
 //! (all of them for a replicated cache, the oldest first; `owners` of them by rendezvous hashing
 //! for a distributed one).
 
-use std::hash::{Hash, Hasher};
-
 use immutant_protocol::CacheMode;
 
 use super::{Cache, Caches};
 use crate::vocabulary::membership::Member;
+use immutant_foundation::hash::fixed_hash;
 use immutant_foundation::sync::lock;
 
 impl Caches {
@@ -54,19 +53,13 @@ impl Caches {
 
 /// A node's part in entry versions: its generation, then 16 bits of its name's hash.
 pub(super) fn writer_id(node: &str, generation: u64) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    node.hash(&mut hasher);
-    (generation << 16) | (hasher.finish() & 0xffff)
+    (generation << 16) | (fixed_hash(&[node]) & 0xffff)
 }
 
 /// The `count` members that own `key`: those scoring highest for it (rendezvous hashing), so
 /// that a member coming or going moves only the keys it owns or comes to own.
 fn rendezvous(key: &str, members: Vec<String>, count: usize) -> Vec<String> {
-    let score = |member: &String| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        (key, member).hash(&mut hasher);
-        hasher.finish()
-    };
+    let score = |member: &String| fixed_hash(&[key, member]);
     let mut ranked: Vec<(u64, String)> = members
         .into_iter()
         .map(|member| (score(&member), member))

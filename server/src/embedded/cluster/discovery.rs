@@ -34,20 +34,28 @@ pub async fn run(
     gossip: SocketAddr,
     mut found: impl FnMut(SocketAddr),
 ) {
-    let beacon = key.seal_beacon(
-        &serde_json::to_vec(&Beacon {
-            cluster: cluster.clone(),
-            node,
-            gossip,
-        })
-        .unwrap_or_default(),
-    );
+    let plain = serde_json::to_vec(&Beacon {
+        cluster: cluster.clone(),
+        node,
+        gossip,
+    })
+    .unwrap_or_default();
+    let mut beacon = None;
     let mut ticker = tokio::time::interval(BEACON_INTERVAL);
     let mut buffer = vec![0u8; 2048];
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(error) = socket.send_to(&beacon, group).await {
+                if beacon.is_none() {
+                    beacon = key.seal_beacon(&plain);
+                }
+                let Some(beacon) = &beacon else {
+                    tracing::error!(
+                        "cannot seal a discovery beacon: the system's random source or the sealer failed; none is sent"
+                    );
+                    continue;
+                };
+                if let Err(error) = socket.send_to(beacon, group).await {
                     tracing::debug!("cannot send a discovery beacon: {error}");
                 }
             }

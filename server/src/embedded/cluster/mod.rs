@@ -483,11 +483,8 @@ const EPOCH_TAGS: u64 = 1024;
 
 /// The tag that keeps the epochs of two nodes that take over at once apart.
 fn epoch_tag(node_name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // A fixed hasher: the tag must not change with the process.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    node_name.hash(&mut hasher);
-    hasher.finish() % EPOCH_TAGS
+    // A fixed hash: every member must compute the same tag for a node, whatever built it.
+    immutant_foundation::hash::fixed_hash(&[node_name]) % EPOCH_TAGS
 }
 
 /// The epoch after `highest` (the highest any member took): a count, not below the clock in

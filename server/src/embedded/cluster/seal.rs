@@ -77,19 +77,20 @@ impl ClusterKey {
         }
     }
 
-    /// A gossip datagram, sealed.
-    fn seal_gossip(&self, plain: &[u8]) -> Vec<u8> {
+    /// A gossip datagram, sealed; none if it cannot be (see [`seal_datagram`]).
+    fn seal_gossip(&self, plain: &[u8]) -> Option<Vec<u8>> {
         seal_datagram(&self.gossip, &self.rng, plain)
     }
 
     /// A discovery beacon, sealed, after the cluster's name in the clear: clusters that share
     /// a multicast group pass over each other's beacons without a word.
-    pub fn seal_beacon(&self, plain: &[u8]) -> Vec<u8> {
+    /// None if it cannot be sealed (see [`seal_datagram`]).
+    pub fn seal_beacon(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let name = self.name.as_bytes();
         let mut beacon = (name.len() as u16).to_be_bytes().to_vec();
         beacon.extend_from_slice(name);
-        beacon.extend(seal_datagram(&self.beacon, &self.rng, plain));
-        beacon
+        beacon.extend(seal_datagram(&self.beacon, &self.rng, plain)?);
+        Some(beacon)
     }
 
     /// A beacon's content; none if it is another cluster's, or was not sealed with this
@@ -138,7 +139,7 @@ impl ClusterKey {
         inner: impl Fn() -> C,
         limit: usize,
     ) -> std::io::Result<(Sealed<C>, Sealed<C>)> {
-        let mine = self.link_nonce();
+        let mine = self.link_nonce()?;
         let mut hello = LINK_MAGIC.to_vec();
         hello.extend_from_slice(&mine);
         hello.push(self.node.len() as u8);
@@ -182,7 +183,7 @@ impl ClusterKey {
             .ok()
             .filter(|name| immutant_protocol::names::is_node_name(name) && *name != self.node)
             .ok_or(std::io::ErrorKind::InvalidData)?;
-        let mine = self.link_nonce();
+        let mine = self.link_nonce()?;
         socket.write_all(&mine).await?;
         let ends = LinkEnds {
             opener: (&name, theirs),
@@ -194,11 +195,14 @@ impl ClusterKey {
         Ok((name, writing, reading))
     }
 
-    fn link_nonce(&self) -> [u8; LINK_NONCE_LEN] {
+    /// A fresh nonce for this end of a link; an error, and no link, if the system's random
+    /// source fails (a nonce of zeros would make the link's keys predictable).
+    fn link_nonce(&self) -> std::io::Result<[u8; LINK_NONCE_LEN]> {
         let mut nonce = [0u8; LINK_NONCE_LEN];
-        // The system's random source does not fail on Linux once booted.
-        let _ = self.rng.fill(&mut nonce);
-        nonce
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| std::io::Error::other("the system's random source failed"))?;
+        Ok(nonce)
     }
 
     /// The key of one direction of a link (`writer`: which end writes with it), bound to the
@@ -244,17 +248,18 @@ fn aead_key(prk: &hkdf::Prk, info: &[&[u8]]) -> LessSafeKey {
 }
 
 /// `plain` sealed under `key` with a random nonce: the nonce, then the ciphertext and its tag.
-fn seal_datagram(key: &LessSafeKey, rng: &SystemRandom, plain: &[u8]) -> Vec<u8> {
+/// None if the system's random source or the sealer fails: nothing goes out rather than a
+/// datagram under a nonce of zeros, or in the clear (the caller drops it, saying why).
+fn seal_datagram(key: &LessSafeKey, rng: &SystemRandom, plain: &[u8]) -> Option<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
-    let _ = rng.fill(&mut nonce);
-    let mut sealed = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
-    sealed.extend_from_slice(&nonce);
+    rng.fill(&mut nonce).ok()?;
     let mut body = plain.to_vec();
-    // Sealing fails only for inputs beyond what one key may seal at once (256 GiB).
-    let _ =
-        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body);
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
+        .ok()?;
+    let mut sealed = Vec::with_capacity(NONCE_LEN + body.len());
+    sealed.extend_from_slice(&nonce);
     sealed.extend_from_slice(&body);
-    sealed
+    Some(sealed)
 }
 
 /// What a sealed datagram holds, if it was sealed under `key`.
@@ -427,7 +432,12 @@ impl Socket for SealedUdpSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        let sealed = self.key.seal_gossip(&envelope.serialize_to_vec());
+        let Some(sealed) = self.key.seal_gossip(&envelope.serialize_to_vec()) else {
+            tracing::error!(
+                "cannot seal gossip for {to}: the system's random source or the sealer failed; the datagram is dropped"
+            );
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        };
         let num_bytes_sent = match self.socket.send_to(&sealed, to).await {
             Ok(sent) => sent,
             // A datagram that cannot go (no route, or too large) is lost like any other; the
@@ -472,7 +482,7 @@ mod tests {
     #[test]
     fn a_datagram_opens_only_with_the_same_secret_and_cluster() {
         let key = ClusterKey::derive(b"s3cret", "one", "me");
-        let mut sealed = key.seal_gossip(b"hello");
+        let mut sealed = key.seal_gossip(b"hello").unwrap();
         assert_eq!(
             open_datagram(&key.gossip, &mut sealed.clone()),
             Some(&b"hello"[..])
@@ -491,7 +501,7 @@ mod tests {
     fn a_beacon_opens_only_for_its_cluster_with_its_secret() {
         let ours = ClusterKey::derive(b"s3cret", "ours", "me");
         let from = "127.0.0.1:1".parse().unwrap();
-        let beacon = ours.seal_beacon(b"hi");
+        let beacon = ours.seal_beacon(b"hi").unwrap();
         assert_eq!(
             ours.open_beacon(&mut beacon.clone(), from),
             Some(&b"hi"[..])
