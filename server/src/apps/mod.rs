@@ -4,6 +4,7 @@
 
 pub mod attach;
 mod connection;
+mod session;
 mod singletons;
 mod supervisor;
 
