@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::apps::{AppContext, Apps};
 use crate::config::{ConfigError, Properties, ServerConfig};
-use crate::engine::{self, EngineError};
+use crate::engine::{self, Engine, EngineError};
 use crate::management::{self, NodeInfo};
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
@@ -98,13 +98,9 @@ pub async fn run(
     // The node's generation is when it started: a restarted node is the youngest member.
     let generation = immutant_foundation::clock::now_ms();
     let engine = engine::start(&config, properties, generation, &shutdown).await?;
+    let web_dir = config.data_dir.join("web");
     let web = Arc::new(
-        web::Web::new(config.node_name.clone(), config.data_dir.join("web")).map_err(|source| {
-            NodeError::DataDir {
-                path: config.data_dir.join("web"),
-                source,
-            }
-        })?,
+        web::Web::new(config.node_name.clone(), web_dir.clone()).map_err(in_data_dir(web_dir))?,
     );
     let apps = Arc::new(Apps::new(AppContext {
         engine: engine.clone(),
@@ -117,23 +113,7 @@ pub async fn run(
             .unwrap_or(60_000),
         web: web.clone(),
     }));
-    if let Some(name) = properties
-        .get("immutant.attach")
-        .filter(|name| !name.is_empty())
-    {
-        if !immutant_protocol::names::is_deployment_name(&name) {
-            return Err(NodeError::Config(ConfigError::InvalidProperty {
-                name: "immutant.attach".to_string(),
-                value: name,
-                expected: "an app's name (ASCII letters, digits, - and _)",
-            }));
-        }
-        crate::apps::attach::listen(&config.data_dir, apps.clone(), name, shutdown.clone())
-            .map_err(|source| NodeError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
-    }
+    attach(&config, properties, &apps, &shutdown)?;
     let registration = registry::Registration::record(&properties.home(), &config);
     // Balancers hear the node leave before it stops taking requests, so none is sent to it
     // while it stops.
@@ -158,12 +138,8 @@ pub async fn run(
         generation,
         history: management::QueueHistory::start(engine.messaging.clone(), shutdown.clone()),
         metrics: management::install_metrics(&shutdown),
-        token: crate::management::ManagementToken::create(&config.data_dir).map_err(|source| {
-            NodeError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            }
-        })?,
+        token: crate::management::ManagementToken::create(&config.data_dir)
+            .map_err(in_data_dir(config.data_dir.clone()))?,
     });
     if config.cluster.is_some() && properties.was_given("immutant.cluster.secret") {
         tracing::warn!(
@@ -175,26 +151,7 @@ pub async fn run(
         serve_guarded(management, management::router(info), shutdown.clone()),
     ];
 
-    let clustering = match (&config.cluster, engine.membership.engine_status()) {
-        (Some(cluster), Some(EngineStatus { url: Some(url), .. })) => {
-            format!(", cluster {} on NATS at {url}", cluster.name)
-        }
-        (Some(cluster), _) => format!(
-            ", cluster {} on {}:{}",
-            cluster.name, config.bind_address, cluster.port
-        ),
-        (None, _) => String::new(),
-    };
-    info!(
-        "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {}{clustering})",
-        crate::VERSION,
-        config.node_name,
-        started.elapsed().as_millis(),
-        config.name,
-        config.http_address(),
-        config.management_address(),
-        config.data_dir.display(),
-    );
+    say_started(&config, &engine, started);
 
     let name_clash = async { NodeError::from(engine.membership.name_clash().await) };
     let (reason, failure) = tokio::select! {
@@ -225,4 +182,58 @@ pub async fn run(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// An error about the data dir's `path`.
+fn in_data_dir(path: PathBuf) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |source| NodeError::DataDir { path, source }
+}
+
+/// Lets `cargo immutant test` attach a test process to this node as the app that
+/// `immutant.attach` names, if it names one.
+fn attach(
+    config: &ServerConfig,
+    properties: &Properties,
+    apps: &Arc<Apps>,
+    shutdown: &Shutdown,
+) -> Result<(), NodeError> {
+    let Some(name) = properties
+        .get("immutant.attach")
+        .filter(|name| !name.is_empty())
+    else {
+        return Ok(());
+    };
+    if !immutant_protocol::names::is_deployment_name(&name) {
+        return Err(NodeError::Config(ConfigError::InvalidProperty {
+            name: "immutant.attach".to_string(),
+            value: name,
+            expected: "an app's name (ASCII letters, digits, - and _)",
+        }));
+    }
+    crate::apps::attach::listen(&config.data_dir, apps.clone(), name, shutdown.clone())
+        .map_err(in_data_dir(config.data_dir.clone()))
+}
+
+/// The boot line: the node's name, version, boot time, config, addresses and cluster.
+fn say_started(config: &ServerConfig, engine: &Engine, started: Instant) {
+    let clustering = match (&config.cluster, engine.membership.engine_status()) {
+        (Some(cluster), Some(EngineStatus { url: Some(url), .. })) => {
+            format!(", cluster {} on NATS at {url}", cluster.name)
+        }
+        (Some(cluster), _) => format!(
+            ", cluster {} on {}:{}",
+            cluster.name, config.bind_address, cluster.port
+        ),
+        (None, _) => String::new(),
+    };
+    info!(
+        "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {}{clustering})",
+        crate::VERSION,
+        config.node_name,
+        started.elapsed().as_millis(),
+        config.name,
+        config.http_address(),
+        config.management_address(),
+        config.data_dir.display(),
+    );
 }
