@@ -18,10 +18,11 @@ use bytes::Bytes;
 
 use tokio::sync::{mpsc, watch};
 
+use super::Broker;
 use super::journal::JournalOp;
 use super::message::Message;
 use super::queue::{QueueRole, QueueState};
-use super::{Broker, Consumer, Sink, State};
+use super::state::{Consumer, Sink, State};
 use crate::vocabulary::membership::Interest;
 use crate::vocabulary::messaging::ConsumerKey;
 use crate::vocabulary::messaging::MessagingError;
