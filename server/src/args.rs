@@ -63,7 +63,7 @@ pub struct BalancerArgs {
     pub bind: IpAddr,
 
     /// Who may send MCMP: addresses or networks (address/bits), comma-separated.
-    #[arg(long, default_value = "127.0.0.0/8,::1", value_parser = crate::balancer::parse_allow)]
+    #[arg(long, default_value = "127.0.0.0/8,::1", value_parser = immutant_balancer::parse_allow)]
     pub allow: std::vec::Vec<(IpAddr, u8)>,
 
     /// Do not advertise the balancer by multicast (nodes then need it in

@@ -12,7 +12,6 @@
 
 pub mod apps;
 pub mod args;
-pub mod balancer;
 pub mod config;
 pub mod deploy;
 pub mod embedded;
@@ -72,7 +71,7 @@ pub fn start(args: ServerArgs, started: Instant) -> Result<(), NodeError> {
 /// Runs a balancer until a signal stops it.
 fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
     let _log = logging::init(args.log_level, None);
-    let config = balancer::BalancerConfig {
+    let config = immutant_balancer::BalancerConfig {
         bind: args.bind,
         port: args.port,
         mcmp_port: args.mcmp_port,
@@ -82,7 +81,7 @@ fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
     let runtime = tokio::runtime::Runtime::new().map_err(NodeError::Runtime)?;
     runtime.block_on(async {
         let mut signals = Signals::listen().map_err(NodeError::Runtime)?;
-        balancer::run(config, async move { signals.recv().await.to_string() })
+        immutant_balancer::run(config, async move { signals.recv().await.to_string() })
             .await
             .map_err(NodeError::from)
     })

@@ -1,6 +1,9 @@
-//! The balancer: what httpd with mod_cluster was for AS7 clusters, in the same binary as the
-//! node. It advertises itself by multicast ([`advertise`]); nodes send it MCMP ([`mcmp`]):
-//! who they are, which contexts they serve, and how loaded they are; it keeps that in its
+//! # immutant-balancer
+//!
+//! The balancer (`cargo immutant balancer`): what httpd with mod_cluster was for AS7 clusters,
+//! run by the same `immutant-server` binary as the node, but standing on the foundation alone
+//! (it knows nothing of apps, engines or clusters). It advertises itself by multicast
+//! ([`advertise`]); nodes send it MCMP ([`mcmp`]): who they are, which contexts they serve, and how loaded they are; it keeps that in its
 //! [`table`] and proxies each client request to a node that serves it ([`proxy`]): sticky by
 //! the session's route, new sessions to the node with the most room. Its MCMP port takes
 //! commands only from the addresses it is told (loopback by default), as httpd's `Require`
@@ -31,6 +34,9 @@ use tracing::{info, warn};
 use immutant_foundation::net::{self, NetError};
 use immutant_foundation::shutdown::Shutdown;
 use table::Table;
+
+/// This balancer's version (the server's: they are built and installed together).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How a balancer runs.
 #[derive(Debug, Clone)]
