@@ -5,7 +5,7 @@
 //! node that rejoins, restarted, resumed after a pause or healed from a partition. A side of a
 //! partition that sees fewer members than the quorum runs none.
 //!
-//! The holder keeps a lease ([`super::lease`]) that the cluster confirms and its app watches on
+//! The holder keeps a lease ([`super::lease_protocol`]) that the cluster confirms and its app watches on
 //! its own clock ([`HeldLease`]); each takeover carries a fencing epoch
 //! (`Cluster::take_epoch`): past every epoch gossiped for the app, never below the clock, so it
 //! grows with every handover.
@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::lease::{Answered, LEASE_TIME, Renewal};
+use super::lease_protocol::{Answered, LEASE_TIME, Renewal};
 use crate::vocabulary::membership::{Member, View};
 
 /// Decides where singletons run, the same way on every member.

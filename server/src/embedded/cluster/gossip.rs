@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::keys::{
     APP_KEY_PREFIX, CACHE_KEY_PREFIX, INTEREST_KEY_PREFIX, LEAVING_KEY, MANAGEMENT_KEY,
 };
-use super::lease::{LEASE_KEY_PREFIX, Renewal};
+use super::lease_protocol::{LEASE_KEY_PREFIX, Renewal};
 use super::leases::answer_renewals;
 use super::{Cluster, ClusterError, PAUSE_GAP, Pauses, discovery, seal};
 use crate::config::{ClusterConfig, ServerConfig};

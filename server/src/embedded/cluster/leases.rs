@@ -1,5 +1,5 @@
 //! Leases: taking, renewing and letting go of this node's lease on an app's singletons, and
-//! answering the other holders' renewals with promises; the gossip side of [`lease`]'s pure
+//! answering the other holders' renewals with promises; the gossip side of [`lease_protocol`]'s pure
 //! rules.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use immutant_foundation::clock::monotonic_ns;
 
 use super::keys::EPOCH_KEY_PREFIX;
-use super::lease::{self, ACK_KEY_PREFIX, Answered, LEASE_KEY_PREFIX, Promise, Renewal};
+use super::lease_protocol::{self, ACK_KEY_PREFIX, Answered, LEASE_KEY_PREFIX, Promise, Renewal};
 use super::{Cluster, PAUSE_GAP};
 
 /// How many members proven dead are remembered.
@@ -71,7 +71,7 @@ impl Cluster {
     /// How far the other members of the view have answered this node's renewals of its lease
     /// on `app` under `epoch`.
     pub fn answered(&self, app: &str, epoch: u64) -> Answered {
-        lease::answered(
+        lease_protocol::answered(
             &self.me,
             app,
             epoch,
@@ -155,7 +155,7 @@ fn nanos(duration: Duration) -> u64 {
     duration.as_nanos() as u64
 }
 
-/// Answers the holders' lease renewals (see [`lease`]) as gossip brings them, each answer a
+/// Answers the holders' lease renewals (see [`lease_protocol`]) as gossip brings them, each answer a
 /// promise; and keeps the highest epoch of each app known, for fencing.
 pub(super) async fn answer_renewals(cluster: Arc<Cluster>) {
     let mut live = cluster.live.clone();
@@ -171,14 +171,14 @@ pub(super) async fn answer_renewals(cluster: Arc<Cluster>) {
             let chitchat = cluster.handle.chitchat();
             let mut chitchat = chitchat.lock().await;
             let mine = chitchat.self_node_state();
-            let highest = lease::highest_epochs(states.values().chain([&*mine]));
+            let highest = lease_protocol::highest_epochs(states.values().chain([&*mine]));
             let now = std::time::Instant::now();
             let bound = {
                 let mut promises = immutant_foundation::sync::lock(&cluster.promises);
                 promises.retain(|app, promise| promise.binds(now, &dead, states.iter(), app));
                 promises.clone()
             };
-            let knowing = lease::Answering {
+            let knowing = lease_protocol::Answering {
                 me: &cluster.me,
                 mine,
                 live: &states,
@@ -186,7 +186,7 @@ pub(super) async fn answer_renewals(cluster: Arc<Cluster>) {
                 highest: &highest,
                 bound: &bound,
             };
-            let answers = lease::renewals_to_answer(&knowing);
+            let answers = lease_protocol::renewals_to_answer(&knowing);
             *immutant_foundation::sync::lock(&cluster.epochs) = highest;
             for (app, ack) in answers {
                 let key = format!("{ACK_KEY_PREFIX}{app}");
@@ -196,7 +196,8 @@ pub(super) async fn answer_renewals(cluster: Arc<Cluster>) {
                 }
                 // The promise first, from now rather than from when the renewal was sent, so
                 // that it always outlasts the holder's deadline.
-                let until = std::time::Instant::now() + lease::LEASE_TIME + lease::MARGIN;
+                let until =
+                    std::time::Instant::now() + lease_protocol::LEASE_TIME + lease_protocol::MARGIN;
                 immutant_foundation::sync::lock(&cluster.promises).insert(
                     app,
                     Promise {
@@ -211,7 +212,7 @@ pub(super) async fn answer_renewals(cluster: Arc<Cluster>) {
         tokio::select! {
             changed = live.changed() => if changed.is_err() { return },
             changed = view.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(lease::RENEW_INTERVAL) => {}
+            _ = tokio::time::sleep(lease_protocol::RENEW_INTERVAL) => {}
         }
     }
 }

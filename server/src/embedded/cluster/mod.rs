@@ -1,20 +1,20 @@
 //! Clustering: nodes started with `standalone-ha.toml` find each other ([`discovery`] by
 //! multicast, or seeds), agree on who is alive through gossip with phi-accrual failure detection
 //! (the chitchat library, on the cluster port, every datagram sealed with the cluster's secret:
-//! [`seal`]), and share small state: each member's start time,
-//! management URL and running apps. From that every member computes the same [`View`], oldest
-//! first, which singletons are elected on, and the singletons' holder keeps its [`lease`].
+//! [`seal`]), and share small state: each member's start time, management URL and running apps.
+//! From that every member computes the same [`View`], oldest first, which singletons are
+//! elected on ([`election`]), and the singletons' holder keeps its lease ([`lease_protocol`]).
 //!
 //! [`Cluster`] is one type whose methods stand in two files: [`gossip`] (joining, the view,
 //! suspects, pauses, what this node tells the others, leaving) and [`leases`] (taking, renewing
 //! and letting go of singleton leases, and answering the others' renewals with promises, by
-//! [`lease`]'s rules).
+//! [`lease_protocol`]'s rules).
 
 mod discovery;
 pub mod election;
 mod gossip;
 mod keys;
-pub mod lease;
+pub mod lease_protocol;
 mod leases;
 pub mod seal;
 pub mod singletons;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::{ChitchatHandle, ChitchatId, NodeState};
-use lease::Promise;
+use lease_protocol::Promise;
 use tokio::sync::watch;
 
 use crate::config::ClusterConfig;

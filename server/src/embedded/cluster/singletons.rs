@@ -1,6 +1,6 @@
 //! The embedded engine's singleton driver: while an app runs, tells the cluster it runs here,
 //! and holds the lease on its singletons while this node is elected ([`super::election`]): takes
-//! it when elected and free to (see [`super::lease`]), renews it, reports each deadline the
+//! it when elected and free to (see [`super::lease_protocol`]), renews it, reports each deadline the
 //! cluster confirms, and lets it go when it lapses, the node is deposed, or the app ends.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::Cluster;
 use super::election::{HeldLease, SingletonElection};
-use super::lease::RENEW_INTERVAL;
+use super::lease_protocol::RENEW_INTERVAL;
 use crate::vocabulary::membership::View;
 use crate::vocabulary::singletons::{LeaseEnd, LeaseEvent};
 
