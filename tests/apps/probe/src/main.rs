@@ -29,6 +29,15 @@ async fn main() -> immutant::Result<()> {
             .await?;
         }
         "runner" => runner(&app).await?,
+        "printer" => {
+            app.daemon(
+                "printer",
+                Printer {
+                    stop: Notify::new(),
+                },
+            )
+            .await?;
+        }
         "wire" => wire(&app).await?,
         "loadq" => load_queue(&app).await?,
         "filler" => fill_queue(&app).await?,
@@ -274,10 +283,7 @@ impl Daemon for Runner {
             .expect("the ticks file opens");
         loop {
             // The instant first, then the lease: if it holds now, it held at that instant.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros();
+            let now = unix_us();
             if immutant::daemon::lease_held() {
                 let _ = file.write_all(format!("{now} {epoch} {}\n", self.node).as_bytes());
             }
@@ -291,6 +297,48 @@ impl Daemon for Runner {
     async fn stop(&self) {
         self.stop.notify_one();
     }
+}
+
+/// A singleton daemon that prints `printer epoch=<epoch> at=<unix µs>` every 100 ms and never
+/// checks its lease itself: only the SDK keeps it from running past the lease. It says when
+/// its start ends (returned, cancelled or aborted), after every line it printed.
+struct Printer {
+    stop: Notify,
+}
+
+impl Daemon for Printer {
+    async fn start(&self) {
+        let epoch = immutant::daemon::epoch().unwrap_or_default();
+        let _ended = PrinterEnded(epoch);
+        loop {
+            tokio::select! {
+                _ = self.stop.notified() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            println!("printer epoch={epoch} at={}", unix_us());
+        }
+    }
+
+    async fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Dropped with the printer's start, however that ends.
+struct PrinterEnded(u64);
+
+impl Drop for PrinterEnded {
+    fn drop(&mut self) {
+        println!("printer ended epoch={}", self.0);
+    }
+}
+
+/// Microseconds since the Unix epoch now.
+fn unix_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
 }
 
 /// Answers requests on /queue/echo, then asks itself one.
