@@ -9,6 +9,25 @@ pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
 /// Deliveries a message gets before it is dead-lettered.
 pub const MAX_DELIVERIES: u32 = 10;
 
+/// The longest failure reason a dead-lettered message keeps.
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// `reason` cut to the [`MAX_REASON_CHARS`] a dead-lettered message keeps of it.
+pub fn kept_reason(reason: &str) -> &str {
+    match reason.char_indices().nth(MAX_REASON_CHARS) {
+        Some((end, _)) => &reason[..end],
+        None => reason,
+    }
+}
+
+/// When a message published at `published_at_ms` with a time to live of `ttl_ms` expires (unix
+/// ms); none without one, or with 0.
+pub fn expires_at_ms(ttl_ms: Option<u64>, published_at_ms: u64) -> Option<u64> {
+    ttl_ms
+        .filter(|ttl| *ttl > 0)
+        .map(|ttl| published_at_ms + ttl)
+}
+
 /// Who a consumer is: its app connection and its id there.
 pub type ConsumerKey = (u64, u64);
 
@@ -88,5 +107,25 @@ pub fn kind_name(kind: DestinationKind) -> &'static str {
     match kind {
         DestinationKind::Queue => "queue",
         DestinationKind::Topic => "topic",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_the_first_1024_characters_of_its_reason() {
+        assert_eq!(kept_reason("short"), "short");
+        let long = "é".repeat(MAX_REASON_CHARS + 10);
+        assert_eq!(kept_reason(&long).chars().count(), MAX_REASON_CHARS);
+        assert!(long.starts_with(kept_reason(&long)));
+    }
+
+    #[test]
+    fn a_ttl_of_0_never_expires() {
+        assert_eq!(expires_at_ms(Some(500), 1_000), Some(1_500));
+        assert_eq!(expires_at_ms(Some(0), 1_000), None);
+        assert_eq!(expires_at_ms(None, 1_000), None);
     }
 }

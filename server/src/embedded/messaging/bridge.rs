@@ -11,14 +11,15 @@
 //! or this one restarts, and for good: as a durable subscription is): a persistent message for a
 //! durable subscriber elsewhere is stored here and forwarded, never held only in memory.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::Broker;
+use super::forwards::{Forward, Reply};
 use super::journal::JournalOp;
 use super::message::Message;
 use super::queue::{QueueRole, QueueState};
@@ -31,8 +32,6 @@ use crate::vocabulary::messaging::MessagingError;
 const BRIDGE_WINDOW: u32 = 256;
 /// How long a queue without local consumers keeps what was forwarded to it.
 pub const REDISTRIBUTION_DELAY: Duration = Duration::from_secs(1);
-/// How many forward origins a node remembers.
-const SEEN_LIMIT: usize = 20_000;
 /// The consumer ids bridges get on a peer's connection: one per destination, from here up.
 const FIRST_BRIDGE_ID: u64 = 1;
 
@@ -49,79 +48,6 @@ fn bridge_subscription(topic: &str, peer: &str, connection: u64, durable: bool) 
 /// Whether `queue` is a subscription that forwards to another node.
 pub fn is_bridge(queue: &str) -> bool {
     queue.contains("#bridge.")
-}
-
-/// A message for another node: what the bridge with `delivery` was handed, for `destination`
-/// there (a queue, or with `topic`, a topic).
-#[derive(Debug)]
-pub struct Forward {
-    pub delivery: u64,
-    pub destination: String,
-    pub topic: bool,
-    pub message: Message,
-}
-
-/// A reply for the app on `connection` of the node `node`.
-#[derive(Debug)]
-pub struct Reply {
-    pub node: String,
-    pub connection: u64,
-    pub message: Message,
-}
-
-/// The origins of recent forwards, oldest first out.
-#[derive(Default)]
-pub struct Seen {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-    /// The forwards being stored now, each with what says when its copy is on disk (or
-    /// failed to be).
-    storing: HashMap<String, watch::Sender<bool>>,
-}
-
-impl Seen {
-    /// What says when the first copy of `origin` is stored, if one is being stored now.
-    fn being_stored(&self, origin: &str) -> Option<watch::Receiver<bool>> {
-        self.storing.get(origin).map(|done| done.subscribe())
-    }
-
-    /// Takes `origin`, whose copy is being stored from now on.
-    fn begin(&mut self, origin: String) {
-        self.insert(origin.clone());
-        self.storing.insert(origin, watch::channel(false).0);
-    }
-
-    /// The copy of `origin` is stored (`stored`), or failed to be: its retries are answered.
-    fn end(&mut self, origin: &str, stored: bool) {
-        if !stored {
-            self.forget(origin);
-        }
-        if let Some(done) = self.storing.remove(origin) {
-            done.send_replace(true);
-        }
-    }
-
-    pub fn contains(&self, origin: &str) -> bool {
-        self.set.contains(origin)
-    }
-
-    /// Forgets an origin whose message could not be stored, so that its retry is taken.
-    pub fn forget(&mut self, origin: &str) {
-        self.set.remove(origin);
-        // Out of the order too: taken again, it must not be pushed out by its older entry.
-        self.order.retain(|seen| seen != origin);
-    }
-
-    pub fn insert(&mut self, origin: String) {
-        if self.set.insert(origin.clone()) {
-            self.order.push_back(origin);
-            if self.order.len() > SEEN_LIMIT
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.set.remove(&oldest);
-            }
-        }
-    }
 }
 
 impl Broker {

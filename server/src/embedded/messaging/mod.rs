@@ -42,6 +42,7 @@
 
 mod bridge;
 mod dispatch;
+mod forwards;
 pub mod journal;
 mod message;
 mod ops;
@@ -55,7 +56,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use immutant_protocol::{Frame, Outbox};
 
-pub use bridge::{Forward, Reply};
+pub use forwards::{Forward, Reply};
 use journal::Journal;
 pub use message::Message;
 use state::State;

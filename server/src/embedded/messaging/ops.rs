@@ -16,11 +16,9 @@ use super::queue::{QueueRole, QueueState};
 use super::state::{Consumer, Sink, State};
 use super::{Broker, Message, Reply, send};
 use crate::vocabulary::messaging::{
-    ConsumerKey, DEAD_LETTER_QUEUE, MessagingError, QueueStats, check_publish, kind_name,
+    ConsumerKey, DEAD_LETTER_QUEUE, MessagingError, QueueStats, check_publish, expires_at_ms,
+    kept_reason, kind_name,
 };
-
-/// The longest failure reason a dead-lettered message keeps.
-const MAX_REASON_CHARS: usize = 1024;
 
 /// A journaled message being stored: page reads stop short of it until it is in line, or its
 /// store failed or was given up (dropped half way).
@@ -193,10 +191,7 @@ impl Broker {
             },
             body,
             persistent: options.persistent,
-            expires_at_ms: options
-                .ttl_ms
-                .filter(|ttl| *ttl > 0)
-                .map(|ttl| published_at_ms + ttl),
+            expires_at_ms: expires_at_ms(options.ttl_ms, published_at_ms),
             forwarded: false,
             origin: None,
         };
@@ -400,10 +395,7 @@ impl Broker {
     /// The app's handler failed: the message is redelivered, or dead-lettered.
     pub fn nack(&self, connection: u64, delivery: u64, reason: &str) {
         // The reason travels with the message if it is dead-lettered: keep it a sensible size.
-        let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
-            Some((end, _)) => &reason[..end],
-            None => reason,
-        };
+        let reason = kept_reason(reason);
         let mut state = self.lock();
         let Some(in_flight) = state.take_in_flight(connection, delivery) else {
             return;

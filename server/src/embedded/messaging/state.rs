@@ -8,7 +8,7 @@ use immutant_protocol::{DestinationKind, Outbox};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::bridge::{self, Forward, Reply};
+use super::forwards::{Forward, Reply, Seen};
 use super::journal::{PageRead, Recovered};
 use super::message::Message;
 use super::queue::{QueueRole, QueueState, TakenPage};
@@ -25,7 +25,7 @@ pub(super) struct State {
     pub(super) outboxes: HashMap<u64, Outbox>,
     pub(super) next_delivery: u64,
     /// What other nodes forwarded here, by origin, so that a retried forward is taken once.
-    pub(super) seen: bridge::Seen,
+    pub(super) seen: Seen,
     /// When each queue last had a consumer of an app of this node, while it has none.
     pub(super) unattended_since: HashMap<String, std::time::Instant>,
     /// Where replies for apps on other nodes go (the cluster's links), in a cluster.

@@ -17,38 +17,12 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::message::{Carried, carried, message_header, publish_once};
-use super::state::InFlight;
-use super::{MAX_REASON_CHARS, PROGRESS_INTERVAL, PULL_EXPIRES, Queues};
-use crate::vocabulary::messaging::{ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES};
+use super::state::{InFlight, Pulling};
+use super::{PROGRESS_INTERVAL, Queues};
+use crate::vocabulary::messaging::{ConsumerKey, DEAD_LETTER_QUEUE, MAX_DELIVERIES, kept_reason};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
-
-/// What a puller is for.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Pulling {
-    Listen,
-    /// One message, by `deadline` if there is one.
-    Receive {
-        deadline: Option<tokio::time::Instant>,
-    },
-}
-
-impl Pulling {
-    /// How long the next pull waits for messages: none once a receive's deadline has passed
-    /// at `now`.
-    pub(super) fn expires(self, now: tokio::time::Instant) -> Option<Duration> {
-        match self {
-            Pulling::Receive {
-                deadline: Some(deadline),
-            } => {
-                let left = deadline.saturating_duration_since(now);
-                (!left.is_zero()).then(|| left.min(PULL_EXPIRES))
-            }
-            _ => Some(PULL_EXPIRES),
-        }
-    }
-}
 
 /// Takes all the room a puller has left, besides the place it waited for: how many messages it
 /// asks for, its concurrency less what it has in flight.
@@ -65,14 +39,6 @@ pub(super) fn take_room(room: &Semaphore) -> usize {
 /// rather than back in line.
 pub(super) fn dead_letters(failures: u32) -> bool {
     failures >= MAX_DELIVERIES
-}
-
-/// `reason` cut to the [`MAX_REASON_CHARS`] a dead-lettered message keeps of it.
-pub(super) fn kept_reason(reason: &str) -> &str {
-    match reason.char_indices().nth(MAX_REASON_CHARS) {
-        Some((end, _)) => &reason[..end],
-        None => reason,
-    }
 }
 
 impl Queues {

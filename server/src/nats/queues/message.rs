@@ -8,6 +8,7 @@ use immutant_protocol::{MessageHeader, PublishOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::nats::Nats;
+use crate::vocabulary::messaging::expires_at_ms;
 
 /// The header holding what a message carries besides its payload.
 const MESSAGE_HEADER: &str = "Immutant-Message";
@@ -36,10 +37,7 @@ impl Carried {
             content_type: options.content_type,
             reply_to: options.reply_to,
             published_at_ms,
-            expires_at_ms: options
-                .ttl_ms
-                .filter(|ttl| *ttl > 0)
-                .map(|ttl| published_at_ms + ttl),
+            expires_at_ms: expires_at_ms(options.ttl_ms, published_at_ms),
         }
     }
 

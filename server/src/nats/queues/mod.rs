@@ -67,8 +67,6 @@ const STOP_PATIENCE: Duration = Duration::from_secs(2);
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// The name of the consumer every listener of a queue shares.
 const WORKERS: &str = "workers";
-/// The longest failure reason a dead-lettered message keeps.
-const MAX_REASON_CHARS: usize = 1024;
 /// Room the NATS headers take in a message, besides its payload.
 const HEADER_ROOM: u64 = 64 * 1024;
 

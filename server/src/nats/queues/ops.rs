@@ -13,8 +13,8 @@ use immutant_protocol::{DestinationKind, Frame, Header, Outbox, PublishOptions};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use super::dispatch::Pulling;
 use super::message::{Carried, carried, headers, message_header, publish_once};
+use super::state::Pulling;
 use super::state::{Known, Listener, State};
 use super::streams::{replies_to, reply_connection, reply_subject};
 use super::{HEADER_ROOM, PUBLISH_PATIENCE, Queues, STOP_PATIENCE, WORKERS, engine_error};

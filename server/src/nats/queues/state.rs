@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use immutant_protocol::{DestinationKind, Header, MessageHeader, Outbox};
 use tokio::sync::Semaphore;
 
-use super::dispatch::Pulling;
+use super::PULL_EXPIRES;
+
 use crate::vocabulary::messaging::{ConsumerKey, QueueStats, kind_name};
 use immutant_foundation::shutdown::Shutdown;
 
@@ -165,5 +167,31 @@ impl State {
             .collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         stats
+    }
+}
+
+/// What a puller is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Pulling {
+    Listen,
+    /// One message, by `deadline` if there is one.
+    Receive {
+        deadline: Option<tokio::time::Instant>,
+    },
+}
+
+impl Pulling {
+    /// How long the next pull waits for messages: none once a receive's deadline has passed
+    /// at `now`.
+    pub(super) fn expires(self, now: tokio::time::Instant) -> Option<Duration> {
+        match self {
+            Pulling::Receive {
+                deadline: Some(deadline),
+            } => {
+                let left = deadline.saturating_duration_since(now);
+                (!left.is_zero()).then(|| left.min(PULL_EXPIRES))
+            }
+            _ => Some(PULL_EXPIRES),
+        }
     }
 }

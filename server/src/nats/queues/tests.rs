@@ -15,13 +15,13 @@ use immutant_protocol::{DestinationKind, Header, PublishOptions};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::dispatch::{Pulling, dead_letters, kept_reason, take_room};
+use super::dispatch::{dead_letters, take_room};
 use super::message::{Carried, carried, headers, message_header};
-use super::state::{Counts, InFlight, Known, Listener, State};
+use super::state::{Counts, InFlight, Known, Listener, Pulling, State};
 use super::streams::{
     consumer_config, replies_to, reply_connection, reply_subject, stream_of, subject_within,
 };
-use super::{ACK_WAIT, MAX_REASON_CHARS, PULL_EXPIRES, WORKERS};
+use super::{ACK_WAIT, PULL_EXPIRES, WORKERS};
 use crate::nats::untoken;
 use crate::vocabulary::messaging::{DEAD_LETTER_QUEUE, MAX_DELIVERIES, MessagingError};
 use immutant_foundation::shutdown::Shutdown;
@@ -183,14 +183,6 @@ fn the_tenth_failure_moves_a_message_to_the_dead_letter_queue() {
         "the ninth is redelivered"
     );
     assert!(dead_letters(MAX_DELIVERIES));
-}
-
-#[test]
-fn a_dead_letter_keeps_the_first_1024_characters_of_its_reason() {
-    assert_eq!(kept_reason("short"), "short");
-    let long = "é".repeat(MAX_REASON_CHARS + 10);
-    assert_eq!(kept_reason(&long).chars().count(), MAX_REASON_CHARS);
-    assert!(long.starts_with(kept_reason(&long)));
 }
 
 #[test]
