@@ -180,27 +180,35 @@ pub struct ContextReport {
 }
 
 /// What balancers may send a context, as an operator says (mod_cluster's enable, disable and
-/// stop).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// stop), and what a balancer sends a node's context. Its discriminant is mod_cluster's
+/// number for the state, less one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContextState {
     /// Every request.
     #[default]
-    Enabled,
+    Enabled = 0,
     /// Requests of the sessions it has; no new sessions.
-    Disabled,
+    Disabled = 1,
     /// No requests.
-    Stopped,
+    Stopped = 2,
+}
+
+impl ContextState {
+    /// Its name, as the JSON and pages give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContextState::Enabled => "enabled",
+            ContextState::Disabled => "disabled",
+            ContextState::Stopped => "stopped",
+        }
+    }
 }
 
 /// `enabled`, `disabled` or `stopped`, as the JSON gives it.
 impl fmt::Display for ContextState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ContextState::Enabled => "enabled",
-            ContextState::Disabled => "disabled",
-            ContextState::Stopped => "stopped",
-        })
+        f.write_str(self.name())
     }
 }
 

@@ -10,35 +10,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
-use serde::{Deserialize, Serialize};
 
 /// The alias JBoss nodes give the contexts of their default host: those of apps that name no
 /// virtual host of their own.
 pub const DEFAULT_HOST: &str = "default-host";
 
 /// What balancers may send a context of a node, as an operator says (mod_cluster's enable,
-/// disable and stop), and what a balancer sends a node's context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ContextState {
-    /// Every request.
-    Enabled = 0,
-    /// Requests of the sessions it has; no new sessions.
-    Disabled = 1,
-    /// No requests.
-    Stopped = 2,
-}
-
-impl ContextState {
-    /// Its name, as JSON and pages show it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ContextState::Enabled => "enabled",
-            ContextState::Disabled => "disabled",
-            ContextState::Stopped => "stopped",
-        }
-    }
-}
+/// disable and stop): the management API's type, defined once in the contracts.
+pub use immutant_contracts::status::ContextState;
 
 /// mod_cluster's advertise group and port.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 105);

@@ -11,10 +11,9 @@ use immutant_contracts::deployment::{
 };
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
-    BalancerReport, CacheStats, CacheStatus, ClusterStatus, ContextReport, ContextState,
-    QueueStats, QueueStatus, Rates, SingletonStatus, ViewMember,
+    BalancerReport, CacheStats, CacheStatus, ClusterStatus, ContextReport, QueueStats, QueueStatus,
+    Rates, SingletonStatus, ViewMember,
 };
-use immutant_foundation::mcmp;
 use serde::Deserialize;
 
 use super::NodeInfo;
@@ -286,11 +285,7 @@ impl From<web::ContextReport> for ContextReport {
             context_path: context.context_path,
             hosts: context.hosts,
             serving: context.serving,
-            control: match context.control {
-                mcmp::ContextState::Enabled => ContextState::Enabled,
-                mcmp::ContextState::Disabled => ContextState::Disabled,
-                mcmp::ContextState::Stopped => ContextState::Stopped,
-            },
+            control: context.control,
             in_flight: context.in_flight as u64,
         }
     }
