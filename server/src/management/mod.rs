@@ -326,7 +326,9 @@ async fn caches(
 
 /// Every web context of the node: where it is mounted, whether a process serves it, what
 /// balancers may send it, and the requests in flight.
-async fn web(State(info): State<Arc<NodeInfo>>) -> Json<Vec<crate::web::ContextReport>> {
+async fn web(
+    State(info): State<Arc<NodeInfo>>,
+) -> Json<Vec<immutant_contracts::status::ContextReport>> {
     Json(info.web.contexts())
 }
 

@@ -11,13 +11,13 @@ use immutant_contracts::deployment::{
 };
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
-    BalancerReport, CacheStats, CacheStatus, ClusterStatus, ContextReport, QueueStats, QueueStatus,
-    Rates, SingletonStatus, ViewMember,
+    CacheStats, CacheStatus, ClusterStatus, QueueStats, QueueStatus, Rates, SingletonStatus,
+    ViewMember,
 };
 use serde::Deserialize;
 
 use super::NodeInfo;
-use crate::{apps, jobs, vocabulary, web};
+use crate::{apps, jobs, vocabulary};
 
 /// What `GET /status` may be asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -134,13 +134,8 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         singletons,
         queues,
         caches,
-        web: info.web.contexts().into_iter().map(Into::into).collect(),
-        balancers: info
-            .web
-            .balancer_reports()
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        web: info.web.contexts(),
+        balancers: info.web.balancer_reports(),
     }
 }
 
@@ -274,28 +269,6 @@ impl From<vocabulary::cache::CacheStats> for CacheStats {
             entries: stats.entries as u64,
             hits: stats.hits,
             misses: stats.misses,
-        }
-    }
-}
-
-impl From<web::ContextReport> for ContextReport {
-    fn from(context: web::ContextReport) -> Self {
-        ContextReport {
-            app: context.app,
-            context_path: context.context_path,
-            hosts: context.hosts,
-            serving: context.serving,
-            control: context.control,
-            in_flight: context.in_flight as u64,
-        }
-    }
-}
-
-impl From<web::BalancerReport> for BalancerReport {
-    fn from(balancer: web::BalancerReport) -> Self {
-        BalancerReport {
-            address: balancer.address,
-            up_to_date: balancer.up_to_date,
         }
     }
 }

@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
+use immutant_contracts::status::{BalancerReport, ContextReport};
 use immutant_foundation::mcmp::{ContextState, DEFAULT_HOST};
 use tracing::warn;
 
@@ -44,29 +44,6 @@ pub struct Web {
     /// What an operator said of each context for balancers (enable, disable, stop), by
     /// context path; enabled unless said otherwise.
     control: Mutex<BTreeMap<String, ContextState>>,
-}
-
-/// A mounted context, as the management API shows it.
-#[derive(Debug, Serialize)]
-pub struct ContextReport {
-    pub app: String,
-    pub context_path: String,
-    pub hosts: Vec<String>,
-    /// Whether a process serves it.
-    pub serving: bool,
-    /// What balancers may send it, as an operator said.
-    pub control: ContextState,
-    /// Requests being served now.
-    pub in_flight: usize,
-}
-
-/// A balancer this node speaks to, as the management API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct BalancerReport {
-    /// Its MCMP address.
-    pub address: String,
-    /// Whether it has been told of the node's contexts as they are now.
-    pub up_to_date: bool,
 }
 
 /// A context as balancers are told of it.
@@ -232,7 +209,7 @@ impl Web {
                     .copied()
                     .unwrap_or(ContextState::Enabled),
                 in_flight: match &route.target {
-                    Target::Up(backend) => backend.in_flight(),
+                    Target::Up(backend) => backend.in_flight() as u64,
                     _ => 0,
                 },
             })
