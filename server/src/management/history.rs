@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use immutant_contracts::status::Rates;
 
 use crate::engine::Messaging;
 use crate::vocabulary::messaging::QueueStats;
@@ -25,13 +25,6 @@ struct Sample {
     depth: usize,
     published: u64,
     delivered: u64,
-}
-
-/// A queue's messages per second, in and out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Rates {
-    pub rate_in: f64,
-    pub rate_out: f64,
 }
 
 /// The samples of every queue of the node.

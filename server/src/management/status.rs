@@ -11,8 +11,7 @@ use immutant_contracts::deployment::{
 };
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
-    CacheStats, CacheStatus, ClusterStatus, QueueStats, QueueStatus, Rates, SingletonStatus,
-    ViewMember,
+    CacheStats, CacheStatus, ClusterStatus, QueueStats, QueueStatus, SingletonStatus, ViewMember,
 };
 use serde::Deserialize;
 
@@ -75,7 +74,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .stats()
         .into_iter()
         .map(|stats| QueueStatus {
-            rates: info.history.rates(&stats.name).into(),
+            rates: info.history.rates(&stats.name),
             depth_history: query.history.then(|| info.history.depths(&stats.name)),
             stats: stats.into(),
         })
@@ -246,15 +245,6 @@ impl From<vocabulary::messaging::QueueStats> for QueueStats {
             redelivered: stats.redelivered,
             dead_lettered: stats.dead_lettered,
             expired: stats.expired,
-        }
-    }
-}
-
-impl From<super::history::Rates> for Rates {
-    fn from(rates: super::history::Rates) -> Self {
-        Rates {
-            rate_in: rates.rate_in,
-            rate_out: rates.rate_out,
         }
     }
 }
