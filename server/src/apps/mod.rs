@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 
 use crate::deploy::{DeploymentEvent, Descriptor};
 use crate::engine::Engine;
-use crate::jobs::{AppJobs, JobReport};
+use crate::jobs::AppJobs;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
+use immutant_contracts::deployment::JobReport;
 use immutant_foundation::sync::lock;
 use immutant_protocol::Outbox;
 

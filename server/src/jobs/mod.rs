@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use immutant_contracts::deployment::{JobReport, LastRun, Outcome};
 use immutant_protocol::{CacheMode, CacheOp, CacheOptions, Frame, Header, JobSpec, Open};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -33,41 +34,6 @@ pub use schedule::{Schedule, ScheduleError};
 const RETRY: Duration = Duration::from_millis(200);
 /// How long a job waits to read its progress again after another node recorded it first.
 const RECORD_RETRY: Duration = Duration::from_millis(20);
-
-/// How the last firing of a job went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "outcome", content = "reason", rename_all = "kebab-case")]
-pub enum Outcome {
-    Running,
-    Ok,
-    Failed(String),
-}
-
-/// The last firing of a job on this node.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastRun {
-    pub run: u64,
-    pub scheduled_ms: u64,
-    pub fired_ms: u64,
-    #[serde(flatten)]
-    pub outcome: Outcome,
-}
-
-/// A job as the management API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobReport {
-    pub name: String,
-    pub schedule: String,
-    pub singleton: bool,
-    /// Whether this node fires it now.
-    pub fires_here: bool,
-    /// When it fires next, if it fires here.
-    pub next_ms: Option<u64>,
-    /// The last firing on this node.
-    pub last: Option<LastRun>,
-    /// Whether it has fired all the times it will.
-    pub done: bool,
-}
 
 /// What a job's task keeps up to date for the management API.
 #[derive(Debug, Default)]

@@ -296,7 +296,7 @@ struct JobListing {
     /// while none does); otherwise this one.
     fires_on: Option<String>,
     #[serde(flatten)]
-    job: crate::jobs::JobReport,
+    job: immutant_contracts::deployment::JobReport,
 }
 
 /// Every job of every deployment: where it fires, its next firing, and its last run.

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use immutant_contracts::deployment::{
-    DaemonState, DeploymentReport, JobReport, LastRun, Outcome, Status,
-};
+use immutant_contracts::deployment::{DaemonState, DeploymentReport, Status};
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
     CacheStats, CacheStatus, ClusterStatus, QueueStats, QueueStatus, SingletonStatus, ViewMember,
@@ -16,7 +14,7 @@ use immutant_contracts::status::{
 use serde::Deserialize;
 
 use super::NodeInfo;
-use crate::{apps, jobs, vocabulary};
+use crate::{apps, vocabulary};
 
 /// What `GET /status` may be asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -177,7 +175,7 @@ impl From<apps::DeploymentReport> for DeploymentReport {
                 .collect(),
             web: report.web,
             singletons_on: report.singletons_on,
-            jobs: report.jobs.into_iter().map(Into::into).collect(),
+            jobs: report.jobs,
             stderr_tail: report.stderr_tail,
         }
     }
@@ -199,35 +197,6 @@ impl From<apps::DaemonState> for DaemonState {
         DaemonState {
             singleton: daemon.singleton,
             running: daemon.running,
-        }
-    }
-}
-
-impl From<jobs::JobReport> for JobReport {
-    fn from(job: jobs::JobReport) -> Self {
-        JobReport {
-            name: job.name,
-            schedule: job.schedule,
-            singleton: job.singleton,
-            fires_here: job.fires_here,
-            next_ms: job.next_ms,
-            last: job.last.map(Into::into),
-            done: job.done,
-        }
-    }
-}
-
-impl From<jobs::LastRun> for LastRun {
-    fn from(last: jobs::LastRun) -> Self {
-        LastRun {
-            run: last.run,
-            scheduled_ms: last.scheduled_ms,
-            fired_ms: last.fired_ms,
-            outcome: match last.outcome {
-                jobs::Outcome::Running => Outcome::Running,
-                jobs::Outcome::Ok => Outcome::Ok,
-                jobs::Outcome::Failed(reason) => Outcome::Failed(reason),
-            },
         }
     }
 }
