@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -22,7 +21,7 @@ use crate::deploy::{DeploymentEvent, Descriptor};
 use crate::engine::Engine;
 use crate::jobs::AppJobs;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
-use immutant_contracts::deployment::JobReport;
+use immutant_contracts::deployment::{DaemonState, DeploymentReport, Status};
 use immutant_foundation::sync::lock;
 use immutant_protocol::Outbox;
 
@@ -41,25 +40,6 @@ pub struct AppContext {
     pub misfire_threshold_ms: u64,
     /// Where the apps' web handlers are mounted.
     pub web: Arc<Web>,
-}
-
-/// Where a deployment is in its life.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
-pub enum Status {
-    /// Its process is starting or restarting and has not said it is ready.
-    Deploying,
-    Running,
-    /// It crashed five times in a row, or could not start; the reason says why.
-    Failed(String),
-    Stopped(String),
-}
-
-/// A daemon as the management API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DaemonState {
-    pub singleton: bool,
-    pub running: bool,
 }
 
 /// One deployment and what is known of it.
@@ -96,26 +76,6 @@ pub struct Deployment {
 
 /// The lines of an app's stderr kept to explain a failure.
 const STDERR_TAIL: usize = 20;
-
-/// What the management API shows of a deployment.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeploymentReport {
-    pub name: String,
-    #[serde(flatten)]
-    pub status: Status,
-    pub pid: Option<u32>,
-    pub restarts: u64,
-    pub artifact: Option<PathBuf>,
-    pub root: Option<PathBuf>,
-    pub daemons: BTreeMap<String, DaemonState>,
-    /// Where its web handler is mounted, if it mounted one.
-    pub web: Option<String>,
-    /// The node its singletons (daemons and jobs) run on, if it has any and they run.
-    pub singletons_on: Option<String>,
-    /// Its scheduled jobs.
-    pub jobs: Vec<JobReport>,
-    pub stderr_tail: Vec<String>,
-}
 
 impl Deployment {
     fn new(name: &str, exclusive: bool) -> Self {

@@ -14,8 +14,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, Status, connection};
+use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, connection};
 use crate::deploy::Descriptor;
+use immutant_contracts::deployment::Status;
 use immutant_foundation::sync::lock;
 
 /// Crashes in a row that mark a deployment failed.

@@ -253,7 +253,7 @@ async fn metrics_text(State(info): State<Arc<NodeInfo>>) -> axum::response::Resp
 /// lines of its stderr.
 async fn deployments(
     State(info): State<Arc<NodeInfo>>,
-) -> Json<Vec<crate::apps::DeploymentReport>> {
+) -> Json<Vec<immutant_contracts::deployment::DeploymentReport>> {
     Json(info.apps.reports())
 }
 
@@ -270,7 +270,7 @@ struct DaemonReport {
     app: String,
     name: String,
     #[serde(flatten)]
-    state: crate::apps::DaemonState,
+    state: immutant_contracts::deployment::DaemonState,
 }
 
 /// Every daemon of every deployment, running or not.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use immutant_contracts::deployment::{DaemonState, DeploymentReport, Status};
+use immutant_contracts::deployment::Status;
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
     CacheStats, CacheStatus, ClusterStatus, QueueStats, QueueStatus, SingletonStatus, ViewMember,
@@ -14,7 +14,7 @@ use immutant_contracts::status::{
 use serde::Deserialize;
 
 use super::NodeInfo;
-use crate::{apps, vocabulary};
+use crate::vocabulary;
 
 /// What `GET /status` may be asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -32,8 +32,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .membership
         .view()
         .map(|view| view.borrow().clone());
-    let deployments: Vec<DeploymentReport> =
-        info.apps.reports().into_iter().map(Into::into).collect();
+    let deployments = info.apps.reports();
     // Every app of a cluster has a lease; those deployed here without singletons are left out.
     let without_singletons = |app: &str| {
         deployments.iter().any(|deployment| {
@@ -160,46 +159,6 @@ fn load_averages(path: &Path) -> Option<[f64; 3]> {
 }
 
 // The node's own report types, as the contract shows them.
-
-impl From<apps::DeploymentReport> for DeploymentReport {
-    fn from(report: apps::DeploymentReport) -> Self {
-        DeploymentReport {
-            name: report.name,
-            status: report.status.into(),
-            pid: report.pid,
-            restarts: report.restarts,
-            artifact: report.artifact,
-            root: report.root,
-            daemons: (report.daemons.into_iter())
-                .map(|(name, daemon)| (name, daemon.into()))
-                .collect(),
-            web: report.web,
-            singletons_on: report.singletons_on,
-            jobs: report.jobs,
-            stderr_tail: report.stderr_tail,
-        }
-    }
-}
-
-impl From<apps::Status> for Status {
-    fn from(status: apps::Status) -> Self {
-        match status {
-            apps::Status::Deploying => Status::Deploying,
-            apps::Status::Running => Status::Running,
-            apps::Status::Failed(reason) => Status::Failed(reason),
-            apps::Status::Stopped(reason) => Status::Stopped(reason),
-        }
-    }
-}
-
-impl From<apps::DaemonState> for DaemonState {
-    fn from(daemon: apps::DaemonState) -> Self {
-        DaemonState {
-            singleton: daemon.singleton,
-            running: daemon.running,
-        }
-    }
-}
 
 impl From<vocabulary::messaging::QueueStats> for QueueStats {
     fn from(stats: vocabulary::messaging::QueueStats) -> Self {

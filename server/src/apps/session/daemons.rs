@@ -5,7 +5,7 @@ use immutant_foundation::sync::lock;
 use immutant_protocol::Header;
 
 use super::Session;
-use crate::apps::DaemonState;
+use immutant_contracts::deployment::DaemonState;
 
 impl Session {
     pub(super) fn register_daemon(&self, id: u64, name: String, singleton: bool) {

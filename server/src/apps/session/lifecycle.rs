@@ -7,7 +7,8 @@ use immutant_foundation::sync::lock;
 use tracing::info;
 
 use super::Session;
-use crate::apps::{Status, singletons};
+use crate::apps::singletons;
+use immutant_contracts::deployment::Status;
 
 impl Session {
     pub(super) fn web(&self, id: u64) {
