@@ -22,7 +22,7 @@ const RATE_SPAN: usize = 10;
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at_ms: u64,
-    depth: usize,
+    depth: u64,
     published: u64,
     delivered: u64,
 }
@@ -99,7 +99,7 @@ impl QueueHistory {
             .map_or_else(Vec::new, |samples| {
                 samples
                     .iter()
-                    .map(|sample| [sample.at_ms, sample.depth as u64])
+                    .map(|sample| [sample.at_ms, sample.depth])
                     .collect()
             })
     }
@@ -109,10 +109,10 @@ impl QueueHistory {
 mod tests {
     use super::*;
 
-    fn stats(depth: usize, published: u64, delivered: u64) -> QueueStats {
+    fn stats(depth: u64, published: u64, delivered: u64) -> QueueStats {
         QueueStats {
             name: "/queue/work".to_string(),
-            kind: "queue",
+            kind: "queue".to_string(),
             depth,
             in_flight: 0,
             consumers: 1,
@@ -151,7 +151,7 @@ mod tests {
     fn it_keeps_five_minutes_and_forgets_queues_that_went() {
         let history = QueueHistory::default();
         for second in 0..400u64 {
-            history.record(&[stats(second as usize, 0, 0)], second * 1000);
+            history.record(&[stats(second, 0, 0)], second * 1000);
         }
         let depths = history.depths("/queue/work");
         assert_eq!(depths.len(), KEPT);

@@ -9,7 +9,7 @@ use std::path::Path;
 use immutant_contracts::deployment::Status;
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
-    CacheStats, CacheStatus, ClusterStatus, QueueStats, QueueStatus, SingletonStatus, ViewMember,
+    CacheStats, CacheStatus, ClusterStatus, QueueStatus, SingletonStatus, ViewMember,
 };
 use serde::Deserialize;
 
@@ -73,7 +73,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .map(|stats| QueueStatus {
             rates: info.history.rates(&stats.name),
             depth_history: query.history.then(|| info.history.depths(&stats.name)),
-            stats: stats.into(),
+            stats,
         })
         .collect();
     let caches = info
@@ -159,23 +159,6 @@ fn load_averages(path: &Path) -> Option<[f64; 3]> {
 }
 
 // The node's own report types, as the contract shows them.
-
-impl From<vocabulary::messaging::QueueStats> for QueueStats {
-    fn from(stats: vocabulary::messaging::QueueStats) -> Self {
-        QueueStats {
-            name: stats.name,
-            kind: stats.kind.to_string(),
-            depth: stats.depth as u64,
-            in_flight: stats.in_flight as u64,
-            consumers: stats.consumers as u64,
-            published: stats.published,
-            delivered: stats.delivered,
-            redelivered: stats.redelivered,
-            dead_lettered: stats.dead_lettered,
-            expired: stats.expired,
-        }
-    }
-}
 
 impl From<vocabulary::cache::CacheStats> for CacheStats {
     fn from(stats: vocabulary::cache::CacheStats) -> Self {

@@ -2,7 +2,6 @@
 //! every publish passes, the dead-letter rule, and what the management API shows of a queue.
 
 use immutant_protocol::{DestinationKind, PublishOptions};
-use serde::Serialize;
 
 /// Where failed messages go.
 pub const DEAD_LETTER_QUEUE: &str = "/queue/DLQ";
@@ -66,20 +65,8 @@ pub enum MessagingError {
     Engine(String),
 }
 
-/// What the management API shows of a queue.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueStats {
-    pub name: String,
-    pub kind: &'static str,
-    pub depth: usize,
-    pub in_flight: usize,
-    pub consumers: usize,
-    pub published: u64,
-    pub delivered: u64,
-    pub redelivered: u64,
-    pub dead_lettered: u64,
-    pub expired: u64,
-}
+/// What the management API shows of a queue: the contract's type.
+pub use immutant_contracts::status::QueueStats;
 
 /// Checks what an app publishes from `connection` (its size against `limit`, its priority), and
 /// puts in the address that reaches the app for a reply to itself (`@`), on either engine.

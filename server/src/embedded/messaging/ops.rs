@@ -417,14 +417,15 @@ impl Broker {
                     QueueRole::Queue => "queue",
                     QueueRole::Subscription { durable: true, .. } => "durable-subscription",
                     QueueRole::Subscription { durable: false, .. } => "subscription",
-                },
-                depth: queue.depth(),
+                }
+                .to_string(),
+                depth: queue.depth() as u64,
                 in_flight: state
                     .in_flight
                     .values()
                     .filter(|f| &f.queue == name)
-                    .count(),
-                consumers: queue.consumer_count(),
+                    .count() as u64,
+                consumers: queue.consumer_count() as u64,
                 published: queue.published,
                 delivered: queue.delivered,
                 redelivered: queue.redelivered,

@@ -58,7 +58,7 @@ async fn a_received_message_no_one_takes_goes_back_to_its_queue() {
 
 fn depth_of(broker: &Broker, queue: &str) -> usize {
     let stats = broker.stats();
-    stats.into_iter().find(|q| q.name == queue).unwrap().depth
+    stats.into_iter().find(|q| q.name == queue).unwrap().depth as usize
 }
 
 #[tokio::test]

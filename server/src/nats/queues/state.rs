@@ -149,14 +149,14 @@ impl State {
                 let (depth, in_flight) = self.depths.get(name).copied().unwrap_or_default();
                 QueueStats {
                     name: name.clone(),
-                    kind: kind_name(known.kind),
-                    depth,
-                    in_flight,
+                    kind: kind_name(known.kind).to_string(),
+                    depth: depth as u64,
+                    in_flight: in_flight as u64,
                     consumers: self
                         .listeners
                         .values()
                         .filter(|listener| &listener.destination == name)
-                        .count(),
+                        .count() as u64,
                     published: counts.published,
                     delivered: counts.delivered,
                     redelivered: counts.redelivered,

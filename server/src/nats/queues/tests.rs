@@ -382,7 +382,10 @@ fn the_stats_show_every_known_destination_by_name_with_what_this_node_saw() {
     let names: Vec<&str> = stats.iter().map(|stats| stats.name.as_str()).collect();
     assert_eq!(names, ["/queue/b", "/topic/a"]);
     let (queue, topic) = (&stats[0], &stats[1]);
-    assert_eq!((queue.kind, topic.kind), ("queue", "topic"));
+    assert_eq!(
+        (queue.kind.as_str(), topic.kind.as_str()),
+        ("queue", "topic")
+    );
     assert_eq!((queue.depth, queue.in_flight, queue.consumers), (6, 2, 2));
     let seen = |stats: &crate::vocabulary::messaging::QueueStats| {
         (
