@@ -1,7 +1,7 @@
 //! `GET /status`: everything about the node at once (itself, the cluster view it sees, its
 //! apps, singletons, queues, caches, web contexts and balancers), for `cargo immutant status`
 //! and the console. Its JSON is the one the CLI reads too ([`immutant_contracts::status`]): the
-//! node's own reports are turned into it here.
+//! node's services report in the contract's types, and they are put together here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,12 +9,11 @@ use std::path::Path;
 use immutant_contracts::deployment::Status;
 pub use immutant_contracts::status::NodeStatus;
 use immutant_contracts::status::{
-    CacheStats, CacheStatus, ClusterStatus, QueueStatus, SingletonStatus, ViewMember,
+    CacheStatus, ClusterStatus, QueueStatus, SingletonStatus, ViewMember,
 };
 use serde::Deserialize;
 
 use super::NodeInfo;
-use crate::vocabulary;
 
 /// What `GET /status` may be asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -82,7 +81,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .stats()
         .into_iter()
         .map(|stats| CacheStatus {
-            held_by: match (&view, info.engine.caches.kept_by_engine(stats.mode)) {
+            held_by: match (&view, info.engine.caches.kept_by_engine(&stats.mode)) {
                 (_, Some(engine)) => vec![engine],
                 (Some(view), None) => view
                     .members
@@ -92,7 +91,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
                     .collect(),
                 (None, None) => vec![config.node_name.clone()],
             },
-            stats: stats.into(),
+            stats,
         })
         .collect();
     NodeStatus {
@@ -156,22 +155,6 @@ fn load_averages(path: &Path) -> Option<[f64; 3]> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut fields = text.split_whitespace().map(|field| field.parse().ok());
     Some([fields.next()??, fields.next()??, fields.next()??])
-}
-
-// The node's own report types, as the contract shows them.
-
-impl From<vocabulary::cache::CacheStats> for CacheStats {
-    fn from(stats: vocabulary::cache::CacheStats) -> Self {
-        CacheStats {
-            name: stats.name,
-            mode: stats.mode.to_string(),
-            owners: stats.owners,
-            persist: stats.persist,
-            entries: stats.entries as u64,
-            hits: stats.hits,
-            misses: stats.misses,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -214,10 +214,10 @@ impl NatsCaches {
             .iter()
             .map(|(name, cache)| CacheStats {
                 name: name.clone(),
-                mode: cache.options.mode,
+                mode: cache.options.mode.to_string(),
                 owners: Some(self.nats.replicas as u32),
                 persist: true,
-                entries: cache.entries,
+                entries: cache.entries as u64,
                 hits: cache.hits,
                 misses: cache.misses,
             })

@@ -2,7 +2,6 @@
 //! management API shows of a cache.
 
 use immutant_protocol::CacheMode;
-use serde::Serialize;
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +24,6 @@ pub enum CacheError {
     Storage(String),
 }
 
-/// What the management API shows of a cache.
-#[derive(Debug, Clone, Serialize)]
-pub struct CacheStats {
-    pub name: String,
-    pub mode: CacheMode,
-    /// How many members hold each entry (distributed caches).
-    pub owners: Option<u32>,
-    pub persist: bool,
-    /// Entries held on this node.
-    pub entries: usize,
-    pub hits: u64,
-    pub misses: u64,
-}
+/// What the management API shows of a cache: the contract's type (its mode named as
+/// [`CacheMode`] displays it).
+pub use immutant_contracts::status::CacheStats;

@@ -138,11 +138,11 @@ impl Caches {
                 let store = lock(&cache.store);
                 CacheStats {
                     name: cache.name.clone(),
-                    mode: cache.options.mode,
+                    mode: cache.options.mode.to_string(),
                     owners: (cache.options.mode == CacheMode::Distributed)
                         .then_some(cache.options.owners),
                     persist: cache.options.persist,
-                    entries: store.len(now),
+                    entries: store.len(now) as u64,
                     hits: store.hits,
                     misses: store.misses,
                 }
