@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::deploy::{DeploymentEvent, Descriptor};
+use crate::deploy::{DeploymentEvent, Descriptor, parse_descriptor};
 use crate::engine::Engine;
 use crate::jobs::AppJobs;
 use crate::web::{Backend, Mount, Web, normalize_context_path};
@@ -211,7 +211,7 @@ impl Apps {
     /// takes the new requests once it is ready, and the old one stops when its requests in
     /// flight have finished.
     fn deploy(self: &Arc<Self>, name: &str, text: &str) {
-        let parsed = Descriptor::parse(name, text);
+        let parsed = parse_descriptor(name, text);
         let slot = self.slot(name);
         let apps = Arc::clone(self);
         let name = name.to_string();

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::{AppContext, DAEMON_STOP_LIMIT_MS, Deployment, connection};
-use crate::deploy::Descriptor;
+use crate::deploy::{Descriptor, artifact_path};
 use immutant_contracts::deployment::Status;
 use immutant_foundation::sync::lock;
 
@@ -123,7 +123,7 @@ fn spawn(
     descriptor: &Descriptor,
     context: &Arc<AppContext>,
 ) -> Result<(Child, tokio::task::JoinHandle<()>), String> {
-    let artifact = descriptor.artifact_path(&context.deployments_dir)?;
+    let artifact = artifact_path(descriptor, &context.deployments_dir)?;
     let (node_end, app_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot make its socket: {e}"))?;
     let (web_listener, backend) = context.web.sockets.listen()?;

@@ -1,7 +1,7 @@
 //! A deployment descriptor as the node takes it: `deployments/<name>.toml`, written by `cargo
-//! immutant deploy` in the format both agree on ([`immutant_contracts::Descriptor`]). It names
-//! an immutable artifact (the app's binary) in the folder's `.artifacts/`, so a changed
-//! descriptor is a new deployment.
+//! immutant deploy` in the format both agree on ([`immutant_contracts::Descriptor`], which the
+//! node uses as it is), and the node's checks of it. It names an immutable artifact (the app's
+//! binary) in the folder's `.artifacts/`, so a changed descriptor is a new deployment.
 //!
 //! Whoever can write the deployments folder can run code as the node's user, so the node runs
 //! nothing but a file of `.artifacts/` itself: a descriptor whose artifact is elsewhere (an
@@ -10,133 +10,66 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use immutant_contracts::descriptor::{self as contract, ARTIFACTS};
-use serde::Serialize;
+use immutant_contracts::descriptor::{ARTIFACTS, Descriptor};
 
-/// A descriptor the node has checked ([`Descriptor::parse`]): the contract's fields, and the
-/// node's checks of them. It is written back in the contract's format.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(into = "contract::Descriptor")]
-pub struct Descriptor {
-    /// The deployment's name (the descriptor's file name without `.toml`).
-    pub name: String,
-    /// The app's binary, relative to the deployments folder.
-    pub artifact: PathBuf,
-    /// Where the app came from, if the descriptor says.
-    pub root: Option<PathBuf>,
-    /// When it was deployed (unix ms); every deploy changes it, so every deploy redeploys.
-    pub deployed_at: Option<u64>,
-    pub context_path: Option<String>,
-    pub virtual_host: Vec<String>,
-    /// `[package.metadata.immutant]` of the app's Cargo.toml, for the app to read.
-    pub settings: toml::Table,
+/// Reads the descriptor `<name>.toml` and checks it; errors say what is wrong in terms of the
+/// file.
+pub fn parse_descriptor(name: &str, text: &str) -> Result<Descriptor, String> {
+    let descriptor: Descriptor =
+        toml::from_str(text).map_err(|error| format!("the descriptor is not valid: {error}"))?;
+    if descriptor.name != name {
+        return Err(format!(
+            "the descriptor {name}.toml names the app '{}'; the names must match",
+            descriptor.name
+        ));
+    }
+    if !immutant_protocol::names::is_deployment_name(name) {
+        return Err(format!(
+            "'{name}' cannot name a deployment: use only ASCII letters, digits, - and _"
+        ));
+    }
+    let mut parts = descriptor.artifact.components();
+    let confined = matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(Component::Normal(folder)), Some(Component::Normal(file)), None)
+            if folder == ARTIFACTS && !file.to_string_lossy().starts_with('.')
+    );
+    if !confined {
+        return Err(format!(
+            "its artifact {} is not a file of the deployments folder's {ARTIFACTS}/; the node runs nothing else (deploy with `cargo immutant deploy`)",
+            descriptor.artifact.display()
+        ));
+    }
+    Ok(descriptor)
 }
 
-impl From<contract::Descriptor> for Descriptor {
-    fn from(descriptor: contract::Descriptor) -> Self {
-        let contract::Descriptor {
-            name,
-            artifact,
-            root,
-            deployed_at,
-            context_path,
-            virtual_host,
-            settings,
-        } = descriptor;
-        Descriptor {
-            name,
-            artifact,
-            root,
-            deployed_at,
-            context_path,
-            virtual_host,
-            settings,
-        }
+/// The path of the artifact of `descriptor` (one [`parse_descriptor`] took), once it is certain
+/// to be a file of `deployments/.artifacts/` itself (a symlink there that leads elsewhere is
+/// refused).
+pub fn artifact_path(descriptor: &Descriptor, deployments: &Path) -> Result<PathBuf, String> {
+    let path = deployments.join(&descriptor.artifact);
+    let missing = || {
+        format!(
+            "its artifact {} is missing; deploy it again with `cargo immutant deploy`",
+            path.display()
+        )
+    };
+    let real = path.canonicalize().map_err(|_| missing())?;
+    let folder = deployments
+        .join(ARTIFACTS)
+        .canonicalize()
+        .map_err(|_| missing())?;
+    if real.parent() != Some(folder.as_path()) {
+        return Err(format!(
+            "its artifact {} leads to {}, outside {ARTIFACTS}/; the node runs nothing else",
+            path.display(),
+            real.display()
+        ));
     }
-}
-
-impl From<Descriptor> for contract::Descriptor {
-    fn from(descriptor: Descriptor) -> Self {
-        let Descriptor {
-            name,
-            artifact,
-            root,
-            deployed_at,
-            context_path,
-            virtual_host,
-            settings,
-        } = descriptor;
-        contract::Descriptor {
-            name,
-            artifact,
-            root,
-            deployed_at,
-            context_path,
-            virtual_host,
-            settings,
-        }
+    if !real.is_file() {
+        return Err(missing());
     }
-}
-
-impl Descriptor {
-    /// Reads the descriptor `<name>.toml`; errors say what is wrong in terms of the file.
-    pub fn parse(name: &str, text: &str) -> Result<Descriptor, String> {
-        let descriptor: Descriptor = toml::from_str::<contract::Descriptor>(text)
-            .map_err(|error| format!("the descriptor is not valid: {error}"))?
-            .into();
-        if descriptor.name != name {
-            return Err(format!(
-                "the descriptor {name}.toml names the app '{}'; the names must match",
-                descriptor.name
-            ));
-        }
-        if !immutant_protocol::names::is_deployment_name(name) {
-            return Err(format!(
-                "'{name}' cannot name a deployment: use only ASCII letters, digits, - and _"
-            ));
-        }
-        let mut parts = descriptor.artifact.components();
-        let confined = matches!(
-            (parts.next(), parts.next(), parts.next()),
-            (Some(Component::Normal(folder)), Some(Component::Normal(file)), None)
-                if folder == ARTIFACTS && !file.to_string_lossy().starts_with('.')
-        );
-        if !confined {
-            return Err(format!(
-                "its artifact {} is not a file of the deployments folder's {ARTIFACTS}/; the node runs nothing else (deploy with `cargo immutant deploy`)",
-                descriptor.artifact.display()
-            ));
-        }
-        Ok(descriptor)
-    }
-
-    /// The artifact's path, once it is certain to be a file of `deployments/.artifacts/`
-    /// itself (a symlink there that leads elsewhere is refused).
-    pub fn artifact_path(&self, deployments: &Path) -> Result<PathBuf, String> {
-        let path = deployments.join(&self.artifact);
-        let missing = || {
-            format!(
-                "its artifact {} is missing; deploy it again with `cargo immutant deploy`",
-                path.display()
-            )
-        };
-        let real = path.canonicalize().map_err(|_| missing())?;
-        let folder = deployments
-            .join(ARTIFACTS)
-            .canonicalize()
-            .map_err(|_| missing())?;
-        if real.parent() != Some(folder.as_path()) {
-            return Err(format!(
-                "its artifact {} leads to {}, outside {ARTIFACTS}/; the node runs nothing else",
-                path.display(),
-                real.display()
-            ));
-        }
-        if !real.is_file() {
-            return Err(missing());
-        }
-        Ok(real)
-    }
+    Ok(real)
 }
 
 #[cfg(test)]
@@ -149,7 +82,7 @@ mod tests {
 
     #[test]
     fn only_an_artifact_of_the_artifacts_folder_is_accepted() {
-        assert!(Descriptor::parse("app", &descriptor("app", ".artifacts/app-1f")).is_ok());
+        assert!(parse_descriptor("app", &descriptor("app", ".artifacts/app-1f")).is_ok());
         for artifact in [
             "/usr/bin/env",
             "../../bin/sh",
@@ -158,19 +91,19 @@ mod tests {
             "app-1f",
             ".artifacts/.hidden",
         ] {
-            let error = Descriptor::parse("app", &descriptor("app", artifact)).unwrap_err();
+            let error = parse_descriptor("app", &descriptor("app", artifact)).unwrap_err();
             assert!(error.contains("nothing else"), "{artifact}: {error}");
         }
         let unknown = format!("{}command = \"rm\"\n", descriptor("app", ".artifacts/a"));
-        assert!(Descriptor::parse("app", &unknown).is_err());
-        assert!(Descriptor::parse("../x", &descriptor("../x", ".artifacts/a")).is_err());
+        assert!(parse_descriptor("app", &unknown).is_err());
+        assert!(parse_descriptor("../x", &descriptor("../x", ".artifacts/a")).is_err());
     }
 
     #[test]
     fn a_descriptor_is_written_back_in_the_contracts_format() {
         let text = "name = \"app\"\nartifact = \".artifacts/app-1f\"\ndeployed-at = 7\n\
                     virtual-host = []\n\n[settings]\n";
-        let descriptor = Descriptor::parse("app", text).unwrap();
+        let descriptor = parse_descriptor("app", text).unwrap();
         assert_eq!(descriptor.deployed_at, Some(7));
         assert_eq!(toml::to_string(&descriptor).unwrap(), text);
     }
@@ -182,15 +115,9 @@ mod tests {
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("app-1f"), "binary").unwrap();
         std::os::unix::fs::symlink("/bin/sh", folder.join("app-2f")).unwrap();
-        let parse = |artifact| Descriptor::parse("app", &descriptor("app", artifact)).unwrap();
-        assert!(
-            parse(".artifacts/app-1f")
-                .artifact_path(deployments.path())
-                .is_ok()
-        );
-        let error = parse(".artifacts/app-2f")
-            .artifact_path(deployments.path())
-            .unwrap_err();
+        let parse = |artifact| parse_descriptor("app", &descriptor("app", artifact)).unwrap();
+        assert!(artifact_path(&parse(".artifacts/app-1f"), deployments.path()).is_ok());
+        let error = artifact_path(&parse(".artifacts/app-2f"), deployments.path()).unwrap_err();
         assert!(error.contains("outside"), "{error}");
     }
 }

@@ -5,5 +5,6 @@ mod descriptor;
 pub mod operations;
 mod scanner;
 
-pub use descriptor::Descriptor;
+pub use descriptor::{artifact_path, parse_descriptor};
+pub use immutant_contracts::Descriptor;
 pub use scanner::{DeploymentEvent, watch};

@@ -7,7 +7,9 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::Descriptor;
+use immutant_contracts::descriptor;
+
+use super::parse_descriptor;
 
 /// Why an operation could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,7 @@ pub fn redeploy(deployments: &Path, name: &str, now_ms: u64) -> Result<(), Opera
         name: name.to_string(),
         reason,
     };
-    let mut descriptor = Descriptor::parse(name, &text).map_err(invalid)?;
+    let mut descriptor = parse_descriptor(name, &text).map_err(invalid)?;
     descriptor.deployed_at = Some(now_ms.max(descriptor.deployed_at.unwrap_or(0) + 1));
     let text = toml::to_string(&descriptor).map_err(|error| invalid(error.to_string()))?;
     // Written beside it under a hidden name (the scanner skips those), then put in its place.
@@ -98,7 +100,7 @@ pub fn redeploy(deployments: &Path, name: &str, now_ms: u64) -> Result<(), Opera
 
 /// `<name>.toml`, if the deployment is there.
 fn descriptor_path(deployments: &Path, name: &str) -> Result<PathBuf, OperationError> {
-    let path = deployments.join(format!("{name}.toml"));
+    let path = descriptor::path(deployments, name);
     match immutant_protocol::names::is_deployment_name(name) && path.is_file() {
         true => Ok(path),
         false => Err(OperationError::NotDeployed(name.to_string())),
@@ -140,13 +142,13 @@ mod tests {
         .unwrap();
         redeploy(folder.path(), "app", 1_000).unwrap();
         let after =
-            Descriptor::parse("app", &std::fs::read_to_string(&descriptor).unwrap()).unwrap();
+            parse_descriptor("app", &std::fs::read_to_string(&descriptor).unwrap()).unwrap();
         assert_eq!(after.deployed_at, Some(1_000));
         assert_eq!(after.context_path.as_deref(), Some("/x"));
         // A clock that went back still makes it new.
         redeploy(folder.path(), "app", 10).unwrap();
         let again =
-            Descriptor::parse("app", &std::fs::read_to_string(&descriptor).unwrap()).unwrap();
+            parse_descriptor("app", &std::fs::read_to_string(&descriptor).unwrap()).unwrap();
         assert_eq!(again.deployed_at, Some(1_001));
         let hidden: Vec<_> = std::fs::read_dir(folder.path())
             .unwrap()

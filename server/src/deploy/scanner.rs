@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use immutant_contracts::descriptor::deployment_of;
 use immutant_foundation::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -74,12 +75,9 @@ fn read_descriptors(
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_suffix(".toml") else {
+        let Some(name) = deployment_of(&file) else {
             continue;
         };
-        if name.starts_with('.') || name.is_empty() {
-            continue;
-        }
         // Only files, and small ones: a pipe or a link to a device named `x.toml` must not
         // hang or fill the node.
         let metadata = entry.metadata()?;
