@@ -239,8 +239,16 @@ pub enum Stream {
     Err,
 }
 
-/// Lines as they came, and a signal for each new one.
-type Output = Arc<(Mutex<Vec<(Stream, String)>>, Condvar)>;
+/// What a process wrote so far: its lines as they came, and how many of its two streams have
+/// ended.
+#[derive(Default)]
+struct Written {
+    lines: Vec<(Stream, String)>,
+    ended: usize,
+}
+
+/// What a process wrote, and a signal for each new line and each end of a stream.
+type Output = Arc<(Mutex<Written>, Condvar)>;
 
 /// A running process whose standard output and error are collected, line by line, as they come.
 pub struct Proc {
@@ -258,7 +266,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the process starts");
-        let output = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let output = Arc::new((Mutex::new(Written::default()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         collect(Stream::Out, stdout, output.clone());
@@ -280,6 +288,7 @@ impl Proc {
             .0
             .lock()
             .unwrap()
+            .lines
             .iter()
             .map(|(_, line)| line.clone())
             .collect()
@@ -287,8 +296,9 @@ impl Proc {
 
     /// The lines so far on standard output alone.
     pub fn stdout_lines(&self) -> Vec<String> {
-        let lines = self.output.0.lock().unwrap();
-        lines
+        let written = self.output.0.lock().unwrap();
+        written
+            .lines
             .iter()
             .filter(|(stream, _)| *stream == Stream::Out)
             .map(|(_, line)| line.clone())
@@ -303,20 +313,57 @@ impl Proc {
     /// Waits until a line contains `needle` and returns it; fails the test with the output so
     /// far if none does within `timeout`.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line(&format!("no line with {needle:?}"), timeout, |line| {
+            line.contains(needle)
+        })
+    }
+
+    /// Waits until a line `matches` and returns it; fails the test with `missing` (what it
+    /// means that none came) and the output so far if none does within `timeout`.
+    pub fn wait_for_line(
+        &self,
+        missing: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        self.wait_until(missing, timeout, |written| {
+            written
+                .lines
+                .iter()
+                .map(|(_, line)| line)
+                .find(|line| matches(line))
+                .cloned()
+        })
+    }
+
+    /// Waits until the process's standard output and error have both ended: it, and every
+    /// process it handed them to, have exited, and every line they wrote is here. Fails the
+    /// test with the output so far if they have not within `timeout`.
+    pub fn wait_for_end_of_output(&self, timeout: Duration) {
+        self.wait_until("no end of output", timeout, |written| {
+            (written.ended == 2).then_some(())
+        })
+    }
+
+    /// Waits until `check` answers something of what was written, and answers that; fails the
+    /// test with `missing` and the output so far after `timeout`.
+    fn wait_until<T>(
+        &self,
+        missing: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Written) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
-        let (lines, arrived) = &*self.output;
-        let mut guard = lines.lock().unwrap();
+        let (written, arrived) = &*self.output;
+        let mut guard = written.lock().unwrap();
         loop {
-            if let Some((_, line)) = guard.iter().find(|(_, line)| line.contains(needle)) {
-                return line.clone();
+            if let Some(found) = check(&guard) {
+                return found;
             }
             let now = Instant::now();
             if now >= deadline {
-                let text: Vec<&str> = guard.iter().map(|(_, line)| line.as_str()).collect();
-                panic!(
-                    "no line with {needle:?} within {timeout:?}; output:\n{}",
-                    text.join("\n")
-                );
+                let text: Vec<&str> = guard.lines.iter().map(|(_, line)| line.as_str()).collect();
+                panic!("{missing} within {timeout:?}; output:\n{}", text.join("\n"));
             }
             guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
         }
@@ -362,12 +409,14 @@ impl Drop for Proc {
 
 fn collect(stream: Stream, reader: impl Read + Send + 'static, output: Output) {
     std::thread::spawn(move || {
+        let (written, arrived) = &*output;
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
-            let (lines, arrived) = &*output;
-            lines.lock().unwrap().push((stream, line));
+            written.lock().unwrap().lines.push((stream, line));
             arrived.notify_all();
         }
+        written.lock().unwrap().ended += 1;
+        arrived.notify_all();
     });
 }
 

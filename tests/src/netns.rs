@@ -7,8 +7,9 @@
 //! [`Lan::cut`] takes a host's link off the switch without a word to the host (its interface
 //! stays up, frames go nowhere), as a pulled cable further along would; [`Lan::heal`] puts it
 //! back. Nothing here sends anything outside the namespaces it made, and the host's own
-//! network is not touched. Making namespaces needs root: as root, failing to is a test failure;
-//! otherwise [`Lan::new`] says why and the test skips.
+//! network is not touched. Making namespaces needs root: the tests that need a [`Lan`] are
+//! ignored (and counted so) unless built as root (`tests/build.rs` sets `cfg(as_root)`), and
+//! [`Lan::make`], which they call, fails the test if it cannot make one.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -22,9 +23,41 @@ pub struct Lan {
 }
 
 impl Lan {
-    /// A switch and `hosts` hosts, host `i` at `10.213.0.(i + 1)`; `None`, after saying why on
-    /// stderr, where network namespaces cannot be made (the test is then skipped).
+    /// A switch and `hosts` hosts, host `i` at `10.213.0.(i + 1)`; fails the test, with the
+    /// reason, where network namespaces cannot be made. For tests marked
+    /// `#[cfg_attr(not(as_root), ignore = "needs root to make network namespaces")]`: they run
+    /// only where they can make one.
+    pub fn make(hosts: usize) -> Lan {
+        Lan::try_new(hosts).unwrap_or_else(|why| {
+            panic!("cannot make a network namespace: {why}; partition tests need root and iproute2")
+        })
+    }
+
+    /// A switch and `hosts` hosts, as [`Lan::make`]; `None`, after saying why on stderr,
+    /// where network namespaces cannot be made and the run is not root (the takeover
+    /// benchmark then skips its partition trials). As root, failing to make one fails.
     pub fn new(hosts: usize) -> Option<Lan> {
+        match Lan::try_new(hosts) {
+            Ok(lan) => Some(lan),
+            Err(why) => {
+                // As root they can be made: a failure there is the caller's.
+                // SAFETY: geteuid has no preconditions.
+                assert_ne!(
+                    unsafe { libc::geteuid() },
+                    0,
+                    "cannot make a network namespace as root: {why}"
+                );
+                eprintln!(
+                    "skipped: network namespaces cannot be made here ({why}); partition tests need root and iproute2"
+                );
+                None
+            }
+        }
+    }
+
+    /// A switch and `hosts` hosts; the error is why the switch's namespace could not be made
+    /// (once it is, a host that cannot be fails the test).
+    fn try_new(hosts: usize) -> Result<Lan, String> {
         remove_abandoned();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
@@ -33,19 +66,7 @@ impl Lan {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let switch = format!("{prefix}-sw");
-        if let Err(why) = ip(&["netns", "add", &switch]) {
-            // As root they can be made: a failure there is the test's.
-            // SAFETY: geteuid has no preconditions.
-            assert_ne!(
-                unsafe { libc::geteuid() },
-                0,
-                "cannot make a network namespace as root: {why}"
-            );
-            eprintln!(
-                "skipped: network namespaces cannot be made here ({why}); partition tests need root and iproute2"
-            );
-            return None;
-        }
+        ip(&["netns", "add", &switch])?;
         let mut lan = Lan {
             switch,
             hosts: Vec::new(),
@@ -93,7 +114,7 @@ impl Lan {
                 ip(&all).expect("the host's link set up");
             }
         }
-        Some(lan)
+        Ok(lan)
     }
 
     /// Host `i`'s address.

@@ -32,7 +32,8 @@ fn a_node_killed_with_sigkill_loses_no_message_whose_publish_returned() {
     let pid = get_json(9990 + offset)["pid"].as_i64().unwrap() as i32;
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(500));
+    // Every line the node wrote before it died, and nothing after.
+    first.wait_for_end_of_output(PATIENCE);
     let sent_before = numbers_after(&first.lines(), "sending: ");
     let received_before = numbers_after(&first.lines(), "received: ");
     drop(first);

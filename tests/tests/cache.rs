@@ -71,11 +71,13 @@ fn a_joining_node_reads_entries_written_before_it_joined() {
     let base = Base::installed();
     base.deploy(&probe(), Some("sharer"));
     let cluster = cluster_name();
+    // The line ends there: `entries=100` is not ten entries.
+    let ten = |line: &str| line.ends_with("[sharer] shared: writer=one entries=10");
     let one = clustered(&base, "one", free_offset(), &cluster);
-    one.wait_for("[sharer] shared: writer=one entries=10", BUILD_PATIENCE);
+    one.wait_for_line("no line of ten entries", BUILD_PATIENCE, ten);
     let two_offset = free_offset();
     let two = clustered(&base, "two", two_offset, &cluster);
-    two.wait_for("[sharer] shared: writer=one entries=10", PATIENCE);
+    two.wait_for_line("no line of ten entries", PATIENCE, ten);
     let shared = cache_stats(two_offset, "shared");
     assert_eq!(shared["mode"], "replicated", "{shared}");
     assert_eq!(

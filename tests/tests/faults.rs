@@ -94,8 +94,9 @@ fn pausing_only_the_app_keeps_the_singleton_where_it_is() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root to make network namespaces")]
 fn a_partition_stops_the_minority_before_the_majority_starts_and_one_runs_after_the_heal() {
-    let Some(lan) = Lan::new(3) else { return };
+    let lan = Lan::make(3);
     let trio = Runners::partitionable(&lan);
     let ticks_file = &trio.ticks;
     let nodes: Vec<&Proc> = trio.nodes.iter().map(|(_, _, node)| node).collect();

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, clustered_with, free_offset,
-    get_json_at, kill_9, numbers_after, probe,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, clustered_with, eventually,
+    free_offset, get_json_at, kill_9, numbers_after, probe,
 };
 
 /// The failover bound the tests hold nodes to (the benchmark measures the real time).
@@ -283,7 +283,16 @@ fn tally_only_increases(engine: &[String]) {
     // It comes back, and then the other one dies: the count goes on again.
     nodes[counting] = start(counting);
     nodes[counting].wait_for("Deployed \"tally\"", PATIENCE);
-    std::thread::sleep(Duration::from_secs(2));
+    // Back in the cluster, and holding the count (the cache's entry) to go on from.
+    nodes[counting].wait_for_line("no view of both nodes", PATIENCE, |line| {
+        view(line).is_some_and(|mut view| {
+            view.sort_unstable();
+            view == names
+        })
+    });
+    eventually("the node back holding the count", PATIENCE, || {
+        cache_entries(offsets[counting], "counts") == Some(1)
+    });
     kill_9(offsets[other]);
     let counted_other = numbers_after(&nodes[other].stdout_lines(), "[tally] count:");
     let last_other = *counted_other.last().unwrap();
@@ -302,6 +311,23 @@ fn tally_only_increases(engine: &[String]) {
         all.windows(2).all(|pair| pair[1] > pair[0]),
         "the count only ever increases: {all:?}"
     );
+}
+
+/// The members a `Cluster view: [a, b] (...)` line names.
+fn view(line: &str) -> Option<Vec<&str>> {
+    let names = line.split("Cluster view: [").nth(1)?.split(']').next()?;
+    Some(names.split(", ").filter(|name| !name.is_empty()).collect())
+}
+
+/// How many entries the node at `offset` holds of the cache `name`, as its management API says
+/// (none if it has no such cache).
+fn cache_entries(offset: u16, name: &str) -> Option<u64> {
+    let caches = get_json_at(9990 + offset, "caches");
+    caches
+        .as_array()?
+        .iter()
+        .find(|cache| cache["name"] == name)?["entries"]
+        .as_u64()
 }
 
 #[test]

@@ -381,8 +381,9 @@ fn pausing_the_singletons_node_on_nats_never_runs_it_twice() {
 }
 
 #[test]
+#[cfg_attr(not(as_root), ignore = "needs root to make network namespaces")]
 fn a_singleton_node_cut_off_from_nats_stops_before_another_starts_and_it_stays_there() {
-    let Some(lan) = Lan::new(5) else { return };
+    let lan = Lan::make(5);
     let nats = NatsCluster::start_in(&lan, &[0, 1, 2], Release::Current);
     let base = Base::installed();
     base.deploy(&probe(), Some("runner"));

@@ -313,7 +313,9 @@ fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish()
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    eventually("the load going", PATIENCE, || {
+        ok.load(Ordering::Relaxed) > 0
+    });
     base.deploy(&project, Some("steady"));
     eventually("the new process serving", PATIENCE, || {
         app_pid(9990 + offset, "steady").is_some_and(|pid| pid != first)
@@ -329,6 +331,21 @@ fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish()
     node.wait_for("[steady] web mounted at /steady", Duration::ZERO);
 
     // An undeploy lets the request in flight finish before the app stops.
+    let in_flight = || {
+        let contexts = get_json_at(9990 + offset, "web");
+        contexts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["app"] == "steady")
+            .map(|c| c["in_flight"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    eventually(
+        "the load's last requests done at the node",
+        PATIENCE,
+        || in_flight() == 0,
+    );
     let slow = runtime.spawn({
         let url = format!("{http}/steady/slow?ms=1500");
         async move {
@@ -336,7 +353,7 @@ fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish()
             (response.status(), response.text().await.unwrap())
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the slow request in flight", PATIENCE, || in_flight() == 1);
     let output = base.cli(["undeploy", "steady"]).output().unwrap();
     assert!(output.status.success());
     let (status, _) = runtime.block_on(slow).unwrap();
