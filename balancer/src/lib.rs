@@ -357,6 +357,7 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
             .nodes()
             .map(|node| (node.route.clone(), node.address()))
             .collect();
+        let began = std::time::Instant::now();
         // Every node at once: a dead one costs its second, not everyone's.
         let checks = nodes.into_iter().map(|(route, address)| async move {
             let reached = tokio::time::timeout(Duration::from_secs(1), answers(&address))
@@ -365,9 +366,16 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
             (route, address, reached)
         });
         for (route, address, answered) in futures_util::future::join_all(checks).await {
+            let mut table = balancer.table();
+            // A node a request found unreachable while this round was out stays so: the check
+            // may have been answered just before it died.
+            let answered = answered
+                && table
+                    .node(&route)
+                    .and_then(|node| node.found_unreachable)
+                    .is_none_or(|found| found < began);
             let misses = missed.entry(route.clone()).or_default();
             *misses = if answered { 0 } else { *misses + 1 };
-            let mut table = balancer.table();
             // Only an answer brings a node back (one a request found dead stays so); a node
             // that answered is passed over after two misses in a row.
             let was_healthy = table.node(&route).is_some_and(|node| node.healthy);

@@ -39,6 +39,10 @@ pub struct Node {
     /// elsewhere.
     #[serde(skip)]
     pub lost: Arc<tokio::sync::Notify>,
+    /// When it was last found unreachable: an answer to a health check begun before then does
+    /// not bring it back.
+    #[serde(skip)]
+    pub found_unreachable: Option<Instant>,
 }
 
 impl Node {
@@ -190,6 +194,7 @@ impl Table {
                 last_heard: Instant::now(),
                 in_flight: Arc::default(),
                 lost: Arc::default(),
+                found_unreachable: None,
             },
         );
         Ok(())
@@ -224,6 +229,7 @@ impl Table {
         if let Some(node) = self.nodes.get_mut(route) {
             node.healthy = healthy;
             if !healthy {
+                node.found_unreachable = Some(Instant::now());
                 node.lost.notify_waiters();
             }
         }
