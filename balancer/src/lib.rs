@@ -3,9 +3,10 @@
 //! The balancer (`cargo immutant balancer`): what httpd with mod_cluster was for AS7 clusters,
 //! run by the same `immutant-server` binary as the node, but standing on the foundation alone
 //! (it knows nothing of apps, engines or clusters). It advertises itself by multicast
-//! ([`advertise`]); nodes send it MCMP ([`mcmp`]): who they are, which contexts they serve, and how loaded they are; it keeps that in its
-//! [`table`] and proxies each client request to a node that serves it ([`proxy`]): sticky by
-//! the session's route, new sessions to the node with the most room. Its MCMP port takes
+//! ([`advertise`], in mod_cluster's [`vocabulary`]); nodes send it MCMP ([`mcmp`]): who they
+//! are, which contexts they serve, and how loaded they are; it keeps that in its [`table`] and
+//! proxies each client request to a node that serves it ([`proxy`]): sticky by the session's
+//! route, new sessions to the node with the most room. Its MCMP port takes
 //! commands only from the addresses it is told (loopback by default), as httpd's `Require`
 //! did; it also serves a status page there (HTML at `/`, JSON at `/status.json`).
 
@@ -13,7 +14,8 @@ pub mod mcmp;
 mod proxy;
 pub mod table;
 
-use immutant_foundation::mcmp as advertise;
+// mod_cluster's vocabulary, which the nodes speak too: advertising, context states.
+use immutant_foundation::mcmp as vocabulary;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -417,8 +419,8 @@ async fn answers(address: &str) -> bool {
 /// Advertises the balancer's MCMP address on mod_cluster's group, through the bind address's
 /// interface, every 10 s.
 async fn advertise(bind: IpAddr, mcmp: SocketAddr, shutdown: Shutdown) {
-    let group = IpAddr::V4(advertise::GROUP);
-    let socket = match net::multicast_socket(group, advertise::PORT, bind) {
+    let group = IpAddr::V4(vocabulary::GROUP);
+    let socket = match net::multicast_socket(group, vocabulary::PORT, bind) {
         Ok(socket) => socket,
         Err(error) => {
             warn!(
@@ -427,9 +429,9 @@ async fn advertise(bind: IpAddr, mcmp: SocketAddr, shutdown: Shutdown) {
             return;
         }
     };
-    let server = advertise::server_id();
+    let server = vocabulary::server_id();
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let mut ticker = tokio::time::interval(advertise::INTERVAL);
+    let mut ticker = tokio::time::interval(vocabulary::INTERVAL);
     for sequence in 1u64.. {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -438,8 +440,8 @@ async fn advertise(bind: IpAddr, mcmp: SocketAddr, shutdown: Shutdown) {
         let date = chrono::Utc::now()
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
-        let datagram = advertise::datagram(&server, mcmp, sequence, &date, &host);
-        let target = SocketAddr::new(group, advertise::PORT);
+        let datagram = vocabulary::datagram(&server, mcmp, sequence, &date, &host);
+        let target = SocketAddr::new(group, vocabulary::PORT);
         if let Err(error) = socket.send_to(datagram.as_bytes(), target).await {
             tracing::debug!("cannot send an advertisement: {error}");
         }

@@ -2,13 +2,15 @@
 //!
 //! The Immutant node: what JBoss AS7 with Immutant's modules was, as one Rust binary. A node
 //! reads its properties and config (`config`), locks its data dir and binds its ports (`node`),
-//! deploys the apps in its install's deployments folder (`deploy`) and runs each as a
-//! supervised process (`apps`) with durable messaging (`messaging`), scheduled jobs (`jobs`)
-//! and caches (`cache`), and answers on its HTTP port (`web`) and its management port
-//! (`management`) until SIGINT or SIGTERM stops it gracefully (`shutdown`). Clustered, it joins
-//! its peers (`cluster`) and runs singletons where it is elected (`singleton`).
+//! starts the engine its cluster runs on (`engine`: the `embedded` one, or `nats`, which speak
+//! the `vocabulary`), deploys the apps in its install's deployments folder (`deploy`) and runs
+//! each as a supervised process (`apps`) with durable messaging, caches and singletons from the
+//! engine and scheduled jobs (`jobs`), and answers on its HTTP port (`web`) and its management
+//! port (`management`) until SIGINT or SIGTERM stops it gracefully. The same binary runs the
+//! balancer (`immutant-balancer`).
 //!
-//! Start from [`start`], which `main` calls with the parsed command line ([`args`]).
+//! The layers, and what each may import, are in docs/architecture.md. Start from [`start`],
+//! which `main` calls with the parsed command line ([`args`]).
 
 pub mod apps;
 pub mod args;
@@ -33,9 +35,6 @@ use config::{Properties, ServerConfig, properties};
 use immutant_foundation::logging;
 use immutant_foundation::shutdown::Signals;
 use node::NodeError;
-
-/// This server's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs a node from its command line until a signal stops it. `started` is when the process
 /// began. Errors are ready to show the user as they are.

@@ -1,6 +1,8 @@
 //! Apps: each deployment runs as a supervised child process of the node, talking to it over an
-//! inherited Unix socket ([`connection`]); a crash restarts it with backoff, and five crashes in
-//! a row mark it failed ([`supervisor`]).
+//! inherited Unix socket ([`connection`]), whose frames its [`session`] carries out, one handler
+//! per domain; its singletons run here while the engine's driver says this node holds their
+//! lease ([`singletons`]). A crash restarts it with backoff, and five crashes in a row mark it
+//! failed ([`supervisor`]).
 
 pub mod attach;
 mod connection;

@@ -44,11 +44,15 @@ fn on_lease(deployment: &Deployment, outbox: &Outbox, event: LeaseEvent) {
                     until_ns: Some(until_ns),
                 },
             );
-            if deployment
-                .singleton_epoch
-                .send_replace(Some(epoch))
-                .is_none()
-            {
+            // Watchers (the app's jobs) hear of a new epoch, not of every renewal.
+            let mut first = false;
+            deployment.singleton_epoch.send_if_modified(|current| {
+                first = current.is_none();
+                let changed = *current != Some(epoch);
+                *current = Some(epoch);
+                changed
+            });
+            if first {
                 info!(
                     "The singletons of {} run on this node now (epoch {epoch})",
                     deployment.name

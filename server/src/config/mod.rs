@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub use placeholders::Resolver;
 pub use properties::{KNOWN_PROPERTIES, Properties};
 
+/// This server's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// What can be wrong with a node's properties or config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -155,6 +155,10 @@ async fn serve(
         Ok(Ok(taken)) => taken,
         // Closed before a word: a member checking that this port answers, no stranger.
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        Ok(Err(error)) if seal::is_seal_failure(&error) => {
+            cluster.key().cannot_seal("a link");
+            return;
+        }
         _ => {
             cluster.key().complain(address.ip(), "a link");
             return;
@@ -356,9 +360,15 @@ async fn run_link(
             .key()
             .open_link(&mut socket, &peer, codec, limit)
             .await;
-        let Ok((writing, reading)) = opened else {
-            tokio::time::sleep(TICK).await;
-            continue;
+        let (writing, reading) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                if seal::is_seal_failure(&error) {
+                    cluster.key().cannot_seal("a link");
+                }
+                tokio::time::sleep(TICK).await;
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let connection = broker.next_connection();

@@ -10,7 +10,6 @@ use tokio::sync::watch;
 
 use super::EngineError;
 use crate::embedded::cluster::Cluster;
-use crate::embedded::cluster::election::SingletonElection;
 use crate::nats::NatsNode;
 use crate::vocabulary::membership::View;
 use crate::vocabulary::singletons::LeaseEvent;
@@ -57,19 +56,8 @@ impl Membership {
     pub fn singletons_on(&self, app: &str) -> Option<String> {
         match self {
             Membership::Standalone { node_name } => Some(node_name.clone()),
-            Membership::Embedded(cluster) => {
-                let view = cluster.view().borrow().clone();
-                SingletonElection::new(cluster.singleton_quorum())
-                    .master(&view, app)
-                    .map(|member| member.name.clone())
-            }
-            Membership::Nats(nats) => {
-                let view = nats.membership.view().borrow().clone();
-                view.members
-                    .into_iter()
-                    .find(|member| member.leases.contains_key(app))
-                    .map(|member| member.name)
-            }
+            Membership::Embedded(cluster) => cluster.singletons_on(app),
+            Membership::Nats(nats) => nats.membership.singletons_on(app),
         }
     }
 

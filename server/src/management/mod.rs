@@ -206,7 +206,7 @@ async fn node(State(info): State<Arc<NodeInfo>>) -> Json<NodeReport> {
     let config = &info.config;
     Json(NodeReport {
         name: config.node_name.clone(),
-        version: crate::VERSION,
+        version: crate::config::VERSION,
         pid: std::process::id(),
         uptime_ms: info.started.elapsed().as_millis(),
         config: config.name.clone(),

@@ -96,7 +96,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .collect();
     NodeStatus {
         name: config.node_name.clone(),
-        version: crate::VERSION.to_string(),
+        version: crate::config::VERSION.to_string(),
         pid: std::process::id(),
         started_ms: info.generation,
         uptime_ms: u64::try_from(info.started.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -142,6 +142,16 @@ impl Membership {
         self.changed.notify_one();
     }
 
+    /// The member that runs `app`'s singletons now: whoever holds their lease, as its
+    /// heartbeat says.
+    pub fn singletons_on(&self, app: &str) -> Option<String> {
+        let view = self.view().borrow().clone();
+        view.members
+            .into_iter()
+            .find(|member| member.leases.contains_key(app))
+            .map(|member| member.name)
+    }
+
     /// Resolves if another live node has this node's name; the node must then stop.
     pub async fn name_clash(&self) -> MembershipError {
         let _ = self.clash.subscribe().wait_for(|clash| *clash).await;

@@ -228,7 +228,7 @@ fn say_started(config: &ServerConfig, engine: &Engine, started: Instant) {
     };
     info!(
         "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {}{clustering})",
-        crate::VERSION,
+        crate::config::VERSION,
         config.node_name,
         started.elapsed().as_millis(),
         config.name,

@@ -50,9 +50,7 @@ pub async fn run(
                     beacon = key.seal_beacon(&plain);
                 }
                 let Some(beacon) = &beacon else {
-                    tracing::error!(
-                        "cannot seal a discovery beacon: the system's random source or the sealer failed; none is sent"
-                    );
+                    key.cannot_seal("a discovery beacon");
                     continue;
                 };
                 if let Err(error) = socket.send_to(beacon, group).await {

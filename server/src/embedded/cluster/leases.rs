@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use immutant_foundation::clock::monotonic_ns;
 
+use super::election::SingletonElection;
 use super::keys::EPOCH_KEY_PREFIX;
 use super::lease_protocol::{self, ACK_KEY_PREFIX, Answered, LEASE_KEY_PREFIX, Promise, Renewal};
 use super::{Cluster, PAUSE_GAP};
@@ -19,6 +20,15 @@ const DEAD_REMEMBERED: usize = 1024;
 const RESYNC_TIME: Duration = Duration::from_secs(2);
 
 impl Cluster {
+    /// The member that runs `app`'s singletons now, as the election decides; none below the
+    /// quorum.
+    pub fn singletons_on(&self, app: &str) -> Option<String> {
+        let view = self.view().borrow().clone();
+        SingletonElection::new(self.singleton_quorum())
+            .master(&view, app)
+            .map(|member| member.name.clone())
+    }
+
     /// The fencing epoch this node takes `app`'s singletons over with: past every epoch any
     /// member, live or gone, has said it took them with, and never below the clock; told to
     /// the cluster at once. So epochs grow with every handover whatever the members' clocks

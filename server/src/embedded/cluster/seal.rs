@@ -108,6 +108,19 @@ impl ClusterKey {
         opened
     }
 
+    /// Says in the log, now and then, that `what` could not be sealed here: the system's random
+    /// source or the sealer failed, so nothing went out (never a nonce of zeros, nor plaintext).
+    pub fn cannot_seal(&self, what: &'static str) {
+        if self
+            .complaints
+            .due(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), what)
+        {
+            tracing::error!(
+                "cannot seal {what}: the system's random source or the sealer failed; it is dropped, nothing goes out unsealed"
+            );
+        }
+    }
+
     /// Says in the log, now and then, that `what` from `address` did not prove it knows the
     /// secret.
     pub fn complain(&self, address: IpAddr, what: &'static str) {
@@ -195,13 +208,13 @@ impl ClusterKey {
         Ok((name, writing, reading))
     }
 
-    /// A fresh nonce for this end of a link; an error, and no link, if the system's random
-    /// source fails (a nonce of zeros would make the link's keys predictable).
+    /// A fresh nonce for this end of a link; an error ([`SealFailed`]), and no link, if the
+    /// system's random source fails (a nonce of zeros would make the link's keys predictable).
     fn link_nonce(&self) -> std::io::Result<[u8; LINK_NONCE_LEN]> {
         let mut nonce = [0u8; LINK_NONCE_LEN];
         self.rng
             .fill(&mut nonce)
-            .map_err(|_| std::io::Error::other("the system's random source failed"))?;
+            .map_err(|_| std::io::Error::other(SealFailed))?;
         Ok(nonce)
     }
 
@@ -307,6 +320,19 @@ impl<C> Sealed<C> {
     }
 }
 
+/// This node could not seal what it was to send: the system's random source or the sealer
+/// failed. Not the peer's fault: the link is given up and said so.
+#[derive(Debug, thiserror::Error)]
+#[error("the system's random source or the sealer failed")]
+pub struct SealFailed;
+
+/// Whether `error` is this node's failure to seal, not the peer's word.
+pub fn is_seal_failure(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<SealFailed>())
+}
+
 fn unsealed() -> ProtocolError {
     ProtocolError::Io(std::io::Error::new(
         std::io::ErrorKind::InvalidData,
@@ -361,7 +387,7 @@ impl<I, C: Encoder<I, Error = ProtocolError>> Encoder<I> for Sealed<C> {
         let nonce = self.nonce();
         self.key
             .seal_in_place_append_tag(nonce, Aad::empty(), &mut record)
-            .map_err(|_| unsealed())?;
+            .map_err(|_| ProtocolError::Io(std::io::Error::other(SealFailed)))?;
         dst.reserve(4 + record.len());
         dst.put_u32(record.len() as u32);
         dst.extend_from_slice(&record);
@@ -377,10 +403,7 @@ struct Complaints(Mutex<HashMap<(IpAddr, &'static str), Instant>>);
 impl Complaints {
     fn due(&self, address: IpAddr, what: &'static str) -> bool {
         let address = (address, what);
-        let mut said = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut said = immutant_foundation::sync::lock(&self.0);
         let now = Instant::now();
         if said.len() > 1024 {
             said.retain(|_, at| now.duration_since(*at) < COMPLAINT_INTERVAL);
@@ -433,9 +456,7 @@ impl Socket for SealedUdpSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let Some(sealed) = self.key.seal_gossip(&envelope.serialize_to_vec()) else {
-            tracing::error!(
-                "cannot seal gossip for {to}: the system's random source or the sealer failed; the datagram is dropped"
-            );
+            self.key.cannot_seal("gossip");
             return Ok(SendOutcome { num_bytes_sent: 0 });
         };
         let num_bytes_sent = match self.socket.send_to(&sealed, to).await {
