@@ -18,7 +18,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use immutant_protocol::{CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 
 use super::{Nats, is_conflict, time_left, token};
-use crate::vocabulary::cache::{CacheError, CacheStats};
+use crate::vocabulary::cache::{CacheError, CacheStats, check_name};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
 
@@ -64,11 +64,7 @@ impl NatsCaches {
         open: Open,
         options: CacheOptions,
     ) -> Result<Option<CacheOptions>, CacheError> {
-        if name.trim().is_empty() {
-            return Err(CacheError::Invalid(
-                "a cache needs a name; give it one, such as \"sessions\"".to_string(),
-            ));
-        }
+        check_name(name)?;
         let key = token(name);
         let registered = || async {
             let entry = self.registry.entry(&key).await.map_err(storage)?;

@@ -1,5 +1,5 @@
-//! What an app may ask of caches, on either engine: why an operation fails, and what the
-//! management API shows of a cache.
+//! What an app may ask of caches, on either engine: the name a cache needs, why an operation
+//! fails, and what the management API shows of a cache.
 
 use immutant_protocol::CacheMode;
 
@@ -22,6 +22,16 @@ pub enum CacheError {
     Unavailable { cache: String, key: String },
     #[error("the cache storage failed: {0}")]
     Storage(String),
+}
+
+/// Refuses a cache without a name.
+pub fn check_name(name: &str) -> Result<(), CacheError> {
+    if name.trim().is_empty() {
+        return Err(CacheError::Invalid(
+            "a cache needs a name; give it one, such as \"sessions\"".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// What the management API shows of a cache: the contract's type (its mode named as

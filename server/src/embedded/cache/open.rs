@@ -13,7 +13,7 @@ use super::peer::{PeerAnswer, PeerRequest};
 use super::persist::Persistence;
 use super::store::Store;
 use super::{Cache, Caches, ROUTE_RETRY};
-use crate::vocabulary::cache::CacheError;
+use crate::vocabulary::cache::{CacheError, check_name};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
 
@@ -26,11 +26,7 @@ impl Caches {
         open: Open,
         options: CacheOptions,
     ) -> Result<Option<CacheOptions>, CacheError> {
-        if name.trim().is_empty() {
-            return Err(CacheError::Invalid(
-                "a cache needs a name; give it one, such as \"sessions\"".to_string(),
-            ));
-        }
+        check_name(name)?;
         if options.owners == 0 {
             return Err(CacheError::Invalid(format!(
                 "cache '{name}' cannot have 0 owners; give each entry at least 1 (2 by default)"
