@@ -62,11 +62,11 @@ impl CacheService {
         }
     }
 
-    /// Where the engine keeps a cache of `mode` (as its [`CacheStats`] name it) rather than
-    /// among the members: NATS, for every cache but a local one.
-    pub fn kept_by_engine(&self, mode: &str) -> Option<String> {
+    /// Where the engine keeps the cache `name` rather than among the members: NATS, for every
+    /// cache shared through it (all but local ones).
+    pub fn kept_by_engine(&self, name: &str) -> Option<String> {
         match self {
-            CacheService::Nats { shared, .. } if mode != CacheMode::Local.to_string() => {
+            CacheService::Nats { shared, .. } if shared.holds(name) => {
                 Some(format!("NATS ({} replicas)", shared.replicas()))
             }
             _ => None,

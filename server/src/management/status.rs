@@ -81,7 +81,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .stats()
         .into_iter()
         .map(|stats| CacheStatus {
-            held_by: match (&view, info.engine.caches.kept_by_engine(&stats.mode)) {
+            held_by: match (&view, info.engine.caches.kept_by_engine(&stats.name)) {
                 (_, Some(engine)) => vec![engine],
                 (Some(view), None) => view
                     .members
