@@ -81,8 +81,12 @@ pub enum Open {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CacheOp {
-    /// The value of `key`.
+    /// The value of `key`, as the node the app runs on holds it: it may not have the newest
+    /// write yet.
     Get { key: String },
+    /// The value of `key` as the cache's primary holds it: every write that returned before
+    /// this was asked is seen (a linearizable read).
+    GetLatest { key: String },
     /// Sets `key` to the body; answers the previous value.
     Put {
         key: String,
@@ -114,6 +118,7 @@ impl CacheOp {
     pub fn key(&self) -> Option<&str> {
         match self {
             CacheOp::Get { key }
+            | CacheOp::GetLatest { key }
             | CacheOp::Put { key, .. }
             | CacheOp::PutIfAbsent { key, .. }
             | CacheOp::Replace { key, .. }
@@ -126,6 +131,7 @@ impl CacheOp {
     pub fn kind(&self) -> &'static str {
         match self {
             CacheOp::Get { .. } => "get",
+            CacheOp::GetLatest { .. } => "get-latest",
             CacheOp::Put { .. } => "put",
             CacheOp::PutIfAbsent { .. } => "put-if-absent",
             CacheOp::Replace { .. } => "replace",
@@ -153,6 +159,7 @@ mod tests {
         let key = || "k".to_string();
         let ops = [
             CacheOp::Get { key: key() },
+            CacheOp::GetLatest { key: key() },
             CacheOp::Put {
                 key: key(),
                 expiry: None,

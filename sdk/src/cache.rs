@@ -156,7 +156,25 @@ impl Cache {
     /// The value of `key` as bytes, if it has one.
     pub async fn get_bytes(&self, key: impl Serialize) -> Result<Option<Bytes>> {
         let key = key_of(key)?;
-        let (outcome, value) = self.run(CacheOp::Get { key }, Bytes::new()).await?;
+        self.read(CacheOp::Get { key }).await
+    }
+
+    /// The value of `key` as the cache's primary holds it: unlike [`Cache::get`], which reads
+    /// the copy on this app's node and may miss a write another node just made, it sees every
+    /// write that returned before it was called (a linearizable read), at the cost of a round
+    /// trip to the primary.
+    pub async fn get_latest<V: DeserializeOwned>(&self, key: impl Serialize) -> Result<Option<V>> {
+        decode(self.get_latest_bytes(key).await?)
+    }
+
+    /// The value of `key` as bytes, as the cache's primary holds it (see [`Cache::get_latest`]).
+    pub async fn get_latest_bytes(&self, key: impl Serialize) -> Result<Option<Bytes>> {
+        let key = key_of(key)?;
+        self.read(CacheOp::GetLatest { key }).await
+    }
+
+    async fn read(&self, get: CacheOp) -> Result<Option<Bytes>> {
+        let (outcome, value) = self.run(get, Bytes::new()).await?;
         Ok(outcome.found.then_some(value))
     }
 

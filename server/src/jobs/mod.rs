@@ -350,14 +350,14 @@ impl Firing {
         }
     }
 
-    /// The progress the cluster recorded for this job and build, if any.
     /// The progress the cluster recorded for this job and build, if any, and the record as
-    /// it is stored (whatever it is for).
+    /// it is stored (whatever it is for): read at the cache's primary, for a node that has
+    /// just taken the job over must not start from a copy that missed the last tick.
     async fn recorded(
         &self,
         caches: &CacheService,
     ) -> Result<(Option<Progress>, Option<Bytes>), CacheError> {
-        let get = CacheOp::Get {
+        let get = CacheOp::GetLatest {
             key: self.name.clone(),
         };
         let (outcome, value) = caches

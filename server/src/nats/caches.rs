@@ -144,7 +144,9 @@ impl NatsCaches {
             let entry = kv.entry(&key).await.map_err(storage)?;
             let stored = entry.as_ref().and_then(|entry| live(entry, now));
             let decided = decide(&op, stored.as_ref().map(|stored| &stored.value), &body);
-            if let CacheOp::Get { .. } = op {
+            // A get is answered by the bucket's stream leader (no direct gets): it is the
+            // latest already.
+            if let CacheOp::Get { .. } | CacheOp::GetLatest { .. } = op {
                 self.counted(name, stored.is_some());
                 if let Some(stored) = &stored
                     && stored.idle_ms > 0
@@ -299,7 +301,7 @@ struct Decided {
 fn decide(op: &CacheOp, current: Option<&Bytes>, body: &Bytes) -> Decided {
     let found = current.is_some();
     let write = match op {
-        CacheOp::Get { .. } | CacheOp::Clear {} => None,
+        CacheOp::Get { .. } | CacheOp::GetLatest { .. } | CacheOp::Clear {} => None,
         CacheOp::Put { .. } => Some(Some(body.clone())),
         CacheOp::PutIfAbsent { .. } => (!found).then(|| Some(body.clone())),
         CacheOp::Replace { expected_len, .. } => {

@@ -17,9 +17,21 @@ pub enum CacheError {
     #[error("the member {0} cannot be reached")]
     Unreachable(String),
     #[error(
-        "no owner of key '{key}' in cache '{cache}' answers; the cluster may be changing, try again"
+        "cache '{cache}' did not answer in time for key '{key}' (the cluster or its storage may be changing), so the operation may or may not have been done; try again"
     )]
     Unavailable { cache: String, key: String },
+    #[error(
+        "cache '{cache}' takes no operations on this side of the cluster: it sees {members} members, fewer than the quorum of {quorum} (-Dimmutant.singleton.quorum); nothing was done, try again once the cluster is whole"
+    )]
+    NoQuorum {
+        cache: String,
+        members: usize,
+        quorum: u32,
+    },
+    #[error(
+        "{node} does not apply the writes to cache '{cache}' now (its primary is changing); try again"
+    )]
+    NotPrimary { cache: String, node: String },
     #[error("the cache storage failed: {0}")]
     Storage(String),
 }

@@ -2,7 +2,7 @@
 //! same way on both engines: `apps` turns these into frames for the app without knowing which
 //! engine sent them.
 
-/// A change in this node's lease on an app's singletons.
+/// A change in this node's lease on an app's singletons, or on a cache's writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEvent {
     /// This node holds the lease of `epoch` until `until_ns` (on the host's boot clock): the

@@ -1,9 +1,10 @@
-//! Writes this node carried out as a key's primary, by the caller's request id, so that a
-//! caller's retry (sent after a timeout, when the first had arrived after all) is answered with
-//! what the first did rather than applied again: a `replace` retried must not be reported as
-//! failed because it already succeeded. Remembered in memory, for a minute at most and within
-//! bounds: a write retried at another primary (the first one gone or restarted) can still be
-//! applied twice.
+//! Writes carried out by a cache's primary, by the caller's request id, so that a caller's retry
+//! (sent after a timeout, when the first had arrived after all) is answered with what the first
+//! did rather than applied again: a `replace` retried must not be reported as failed because it
+//! already succeeded. The primary copies each write's id and outcome to the other holders with
+//! the write itself ([`Record`]), and a new primary gathers them with the entries, so a write
+//! retried at the next primary is not applied twice either. Remembered in memory, for a minute
+//! at most and within bounds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::peer::PeerAnswer;
+use super::peer::{PeerAnswer, Record};
 use immutant_foundation::sync::lock;
 
 /// How many requests are remembered at most.
@@ -34,6 +35,8 @@ pub(super) struct Applied {
 #[derive(Default)]
 struct Remembered {
     answers: HashMap<String, watch::Receiver<Answer>>,
+    /// The epoch of the primary that carried each out.
+    epochs: HashMap<String, u64>,
     /// Their ids with when they were taken and the size of their answers, oldest first, to
     /// forget the oldest.
     order: VecDeque<(String, Instant, usize)>,
@@ -53,6 +56,7 @@ impl Remembered {
             }
             self.order.pop_front();
             self.answers.remove(&id);
+            self.epochs.remove(&id);
             self.bytes -= size;
         }
     }
@@ -60,6 +64,7 @@ impl Remembered {
     /// Forgets the request `id` now.
     fn forget(&mut self, id: &str) {
         self.answers.remove(id);
+        self.epochs.remove(id);
         if let Some(at) = self.order.iter().position(|(taken, _, _)| taken == id)
             && let Some((_, _, size)) = self.order.remove(at)
         {
@@ -97,9 +102,16 @@ impl Applied {
         Turn::Mine(sender)
     }
 
-    /// The request `id` came to `answer`. A failure is forgotten, so that a retry is carried
-    /// out afresh; anything else is what its retries are answered with.
-    pub(super) fn done(&self, id: &str, turn: watch::Sender<Answer>, answer: &(PeerAnswer, Bytes)) {
+    /// The request `id` came to `answer` under the primary of `epoch`. A failure is forgotten,
+    /// so that a retry is carried out afresh; anything else is what its retries are answered
+    /// with.
+    pub(super) fn done(
+        &self,
+        id: &str,
+        epoch: u64,
+        turn: watch::Sender<Answer>,
+        answer: &(PeerAnswer, Bytes),
+    ) {
         {
             let mut remembered = lock(&self.remembered);
             if matches!(answer.0, PeerAnswer::Failed { .. }) {
@@ -111,9 +123,54 @@ impl Applied {
             {
                 entry.2 = answer.1.len();
                 remembered.bytes += answer.1.len();
+                remembered.epochs.insert(id.to_string(), epoch);
             }
         }
         turn.send_replace(Some(answer.clone()));
+    }
+}
+
+impl Applied {
+    /// Remembers that the request `record` names was carried out, as the primary that did it
+    /// says.
+    pub(super) fn record(&self, record: Record) {
+        let mut remembered = lock(&self.remembered);
+        remembered.trim();
+        if remembered.answers.contains_key(&record.id) {
+            return;
+        }
+        let answer = (
+            PeerAnswer::Done {
+                outcome: record.outcome,
+            },
+            Bytes::new(),
+        );
+        let (_, receiver) = watch::channel(Some(answer));
+        remembered.answers.insert(record.id.clone(), receiver);
+        remembered.epochs.insert(record.id.clone(), record.epoch);
+        remembered.order.push_back((record.id, Instant::now(), 0));
+    }
+
+    /// Every request carried out with its outcome, for a new primary to take over.
+    pub(super) fn records(&self) -> Vec<Record> {
+        let mut remembered = lock(&self.remembered);
+        remembered.trim();
+        remembered
+            .order
+            .iter()
+            .filter_map(|(id, _, _)| {
+                let answer = remembered.answers.get(id)?.borrow().clone();
+                let epoch = *remembered.epochs.get(id)?;
+                match answer {
+                    Some((PeerAnswer::Done { outcome }, _)) if outcome.applied => Some(Record {
+                        id: id.clone(),
+                        outcome,
+                        epoch,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 }
 
@@ -150,7 +207,7 @@ mod tests {
             },
             Bytes::from_static(b"v"),
         );
-        applied.done("a", first, &answer);
+        applied.done("a", 4, first, &answer);
         let (got, value) = answer_of(retry).await;
         assert!(matches!(got, PeerAnswer::Done { .. }));
         assert_eq!(value, "v");
@@ -164,7 +221,7 @@ mod tests {
             },
             Bytes::new(),
         );
-        applied.done("b", failing, &failed);
+        applied.done("b", 4, failing, &failed);
         assert!(matches!(applied.take("b"), Turn::Mine(_)), "tried afresh");
 
         let Turn::Mine(interrupted) = applied.take("c") else {
@@ -175,5 +232,26 @@ mod tests {
             matches!(applied.take("c"), Turn::Mine(_)),
             "an interrupted try is tried afresh"
         );
+    }
+
+    #[tokio::test]
+    async fn a_record_from_the_primary_answers_a_retry_here() {
+        let applied = Applied::default();
+        let outcome = CacheOutcome {
+            found: true,
+            applied: true,
+        };
+        applied.record(Record {
+            id: "a".into(),
+            outcome,
+            epoch: 4,
+        });
+        let Turn::Retry(retry) = applied.take("a") else {
+            panic!("a write the old primary did is not done again")
+        };
+        assert!(
+            matches!(answer_of(retry).await.0, PeerAnswer::Done { outcome: got } if got == outcome)
+        );
+        assert_eq!(applied.records().len(), 1);
     }
 }

@@ -2,21 +2,24 @@
 //! same cache on every member that opens it.
 //!
 //! - `local`: each node has its own entries (every cache of a standalone node is local);
-//! - `replicated`: every member that has the cache holds every entry; writes go through the
-//!   oldest of them (the primary), which applies them and copies them to the others;
-//! - `distributed`: each key lives on `owners` members chosen by rendezvous hashing over the
-//!   members that have the cache; writes go through the first of them;
+//! - `replicated`: every member that has the cache holds every entry;
+//! - `distributed`: each key lives on the cache's primary and on `owners - 1` more members
+//!   chosen by rendezvous hashing over the members that have the cache;
 //! - `invalidated`: each node has its own entries, and a write removes the key elsewhere.
 //!
-//! A synchronous write returns once every owner has it. A node that opens a cache the cluster
-//! already has receives every entry before it serves a read (state transfer), and when members
-//! come or go, distributed entries move to their new owners.
+//! Every write to a replicated or distributed cache is applied by its primary: the one member
+//! holding the cache's lease ([`primary`]), which copies it, with its epoch, to the key's other
+//! owners; a synchronous write returns once every owner has it and only while the lease holds.
+//! A node that opens a cache the cluster already has takes in the primary's entries before it
+//! serves a read (state transfer), and when members come or go, distributed entries move to
+//! their new owners.
 //!
 //! [`Caches`] is one type whose methods stand in several files: [`open`] (opening and looking
 //! up a cache, joining it where the cluster has it), [`ops`] (a call on a cache from an app of
-//! this node: carried out here, or routed to the key's primary owner), [`serve`] (answering
-//! other members' requests), [`placement`] (which members hold a cache and own a key) and
-//! [`rebalance`] (moving entries when members come or go).
+//! this node: carried out here, or sent to the cache's primary), [`primary`] (holding the
+//! cache's lease, taking it over, and applying writes as its primary), [`serve`] (answering
+//! other members' requests), [`placement`] (which members hold a cache, lead it and own a key)
+//! and [`rebalance`] (following a new primary, moving entries when members come or go).
 
 mod applied;
 mod open;
@@ -24,6 +27,7 @@ mod ops;
 pub mod peer;
 mod persist;
 mod placement;
+mod primary;
 mod rebalance;
 mod serve;
 mod store;
@@ -51,6 +55,9 @@ use store::Store;
 
 /// How long a write waits for the view to change after its primary did not answer.
 const ROUTE_RETRY: Duration = Duration::from_millis(100);
+/// How long an operation keeps looking for a primary that carries it out before giving up:
+/// past a failover after a pause or a cut.
+const ROUTE_PATIENCE: Duration = Duration::from_secs(20);
 /// How often expired entries are swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -61,8 +68,12 @@ struct Cache {
     store: Mutex<Store>,
     /// Members that joined the cache through this node and that gossip may not show yet.
     joined: Mutex<BTreeSet<String>>,
-    /// Members this node has taken every entry from (a replicated cache).
-    synced: Mutex<BTreeSet<String>>,
+    /// This node's part as the cache's primary.
+    primacy: Mutex<primary::Primacy>,
+    /// The keys of writes applied here as primary whose copies are still on their way.
+    pending: primary::Pending,
+    /// The writes carried out by the cache's primaries, by request id.
+    applied: applied::Applied,
     persistence: Option<Persistence>,
     /// Held from a write to its save, so that the disk sees writes in their order.
     saving: tokio::sync::Mutex<()>,
@@ -86,10 +97,9 @@ pub struct Caches {
     caches: Mutex<BTreeMap<String, Arc<Cache>>>,
     /// Opens one cache at a time, so that two apps opening one name get one cache.
     opening: tokio::sync::Mutex<()>,
-    /// Numbers this node's requests to other nodes' primaries.
+    /// Numbers this node's requests to the caches' primaries.
     next_request: std::sync::atomic::AtomicU64,
-    /// The requests this node carried out as a primary, so that retries are not applied again.
-    applied: applied::Applied,
+    shutdown: Shutdown,
 }
 
 impl Caches {
@@ -116,7 +126,7 @@ impl Caches {
             caches: Mutex::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
             next_request: std::sync::atomic::AtomicU64::new(0),
-            applied: applied::Applied::default(),
+            shutdown: shutdown.clone(),
         });
         tokio::spawn(caches.clone().sweep(shutdown.clone()));
         if caches.cluster.is_some() {

@@ -1,5 +1,5 @@
 //! Opening a cache on this node, or looking it up: made anew, or joined where the cluster
-//! already has it, taking in every entry its holders have (state transfer) before it serves.
+//! already has it, taking in every entry its primary has (state transfer) before it serves.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,9 +9,9 @@ use bytes::Bytes;
 use immutant_protocol::{CacheMode, CacheOptions, Open};
 use tracing::{debug, warn};
 
-use super::peer::{PeerAnswer, PeerRequest};
+use super::peer::{PeerAnswer, PeerRequest, unpack};
 use super::persist::Persistence;
-use super::store::Store;
+use super::store::{Entry, Store};
 use super::{Cache, Caches, ROUTE_RETRY};
 use crate::vocabulary::cache::{CacheError, check_name};
 use immutant_foundation::clock::now_ms;
@@ -21,7 +21,7 @@ impl Caches {
     /// Opens the cache `name` as `open` says; answers its options (those it was created with,
     /// when it exists), or none if `lookup` found no cache.
     pub async fn open(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         open: Open,
         options: CacheOptions,
@@ -72,10 +72,10 @@ impl Caches {
         }
     }
 
-    /// Starts the cache on this node: reads what it persisted, receives the cluster's entries,
-    /// then tells the cluster it holds the cache.
+    /// Starts the cache on this node: reads what it persisted, receives the primary's entries,
+    /// then tells the cluster it holds the cache, and stands for its primary from then on.
     async fn begin(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         mut options: CacheOptions,
     ) -> Result<CacheOptions, CacheError> {
@@ -92,7 +92,9 @@ impl Caches {
             options: options.clone(),
             store: Mutex::new(Store::default()),
             joined: Mutex::new(BTreeSet::new()),
-            synced: Mutex::new(BTreeSet::new()),
+            primacy: Mutex::default(),
+            pending: Default::default(),
+            applied: Default::default(),
             persistence,
             saving: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
@@ -106,55 +108,76 @@ impl Caches {
         }
         // Visible before the transfer, so that writes copied here meanwhile are not lost.
         lock(&self.caches).insert(name.to_string(), cache.clone());
+        let shared = matches!(options.mode, CacheMode::Replicated | CacheMode::Distributed);
         if let Some(cluster) = &self.cluster {
-            if matches!(options.mode, CacheMode::Replicated | CacheMode::Distributed) {
-                self.transfer_state(&cache).await;
+            if shared && let Some((primary, Some(_))) = self.primary(&cache) {
+                self.follow(&cache, &primary).await;
             }
             cache.ready.store(true, Ordering::Release);
             cluster.set_cache(name, &options).await;
+            if shared {
+                tokio::spawn(self.clone().lead(cache));
+            }
         } else {
             cache.ready.store(true, Ordering::Release);
         }
         Ok(options)
     }
 
-    /// Joins the cache on every member that holds it, taking in every entry they have.
-    async fn transfer_state(&self, cache: &Cache) {
-        let holders = self.members_where(|member| {
-            member.name != self.node && member.caches.contains_key(&cache.name)
-        });
-        for holder in holders {
-            self.join(cache, &holder).await;
-        }
-    }
-
-    /// Joins the cache on `holder`, taking in every entry it has, page by page; gives up after
-    /// ten failures in a row (about a second without an answer).
-    pub(super) async fn join(&self, cache: &Cache, holder: &str) {
+    /// Joins the cache on its `primary`, taking in every entry it has, page by page, in place
+    /// of what this node holds from older primaries; gives up after ten failures in a row
+    /// (about a second without an answer), to try again later.
+    pub(super) async fn follow(&self, cache: &Cache, primary: &str) {
         let mut after = None;
         let mut failures = 0;
+        let mut state = Vec::new();
         while failures < 10 {
             let request = PeerRequest::Join {
                 after: after.clone(),
             };
-            let call = self.peers.call(holder, &cache.name, request, Bytes::new());
+            let call = self.peers.call(primary, &cache.name, request, Bytes::new());
             match call.await {
-                Ok((PeerAnswer::Entries { entries, more }, values)) => {
+                Ok((
+                    PeerAnswer::Entries {
+                        entries,
+                        more,
+                        synced,
+                        ..
+                    },
+                    values,
+                )) => {
                     failures = 0;
                     let last = entries.last().map(|entry| entry.key.clone());
-                    self.merge(cache, entries, values).await;
+                    let Some(page) = unpack(entries, values, now_ms()) else {
+                        failures += 1;
+                        continue;
+                    };
+                    state.extend(page);
                     if more && last.is_some() {
                         after = last;
                         continue;
                     }
-                    lock(&cache.synced).insert(holder.to_string());
+                    self.adopt(cache, state, synced).await;
                     return;
                 }
                 answer => {
                     failures += 1;
-                    debug!("joining cache {} on {holder}: {answer:?}", cache.name);
+                    debug!("joining cache {} on {primary}: {answer:?}", cache.name);
                     tokio::time::sleep(ROUTE_RETRY).await;
                 }
+            }
+        }
+    }
+
+    /// Takes in `state`, the entries of the primary of `epoch`, in place of this node's.
+    async fn adopt(&self, cache: &Cache, state: Vec<(String, Entry)>, epoch: u64) {
+        let _saving = cache.saving.lock().await;
+        let replaced = lock(&cache.store).adopt(state, epoch, now_ms());
+        if let Some(persistence) = &cache.persistence {
+            let saved = persistence.save(&cache.name, replaced.saved).await;
+            let forgotten = persistence.forget(&cache.name, replaced.forgotten).await;
+            if let Err(error) = saved.and(forgotten) {
+                warn!("cache {}: {error}", cache.name);
             }
         }
     }

@@ -1,21 +1,26 @@
 //! A call on a cache from an app of this node: carried out here (a local or invalidated cache,
-//! or a key this node is the primary owner of), or routed to the key's primary owner, and
-//! copied to the other owners or holders.
+//! or a plain `get` of a key this node holds), or sent to the cache's primary, which applies it
+//! and copies it to the key's other owners before it answers.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use immutant_protocol::{CacheMode, CacheOp, CacheOutcome};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::peer::{PeerAnswer, PeerRequest, pack};
-use super::{Cache, Caches, ROUTE_RETRY};
+use super::applied::{self, Turn};
+use super::peer::{PeerAnswer, PeerRequest, Record, pack};
+use super::rebalance::pages;
+use super::store::{Entry, Writer};
+use super::{Cache, Caches, ROUTE_PATIENCE, ROUTE_RETRY};
 use crate::vocabulary::cache::CacheError;
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
 
-/// How many times a write looks for its primary owner before giving up.
-const ROUTE_ATTEMPTS: u32 = 40;
+/// How many times an invalidation is sent to a member that did not take it.
+const INVALIDATE_ATTEMPTS: u32 = 40;
 
 impl Caches {
     /// Carries out `op` on the cache `name` for an app of this node.
@@ -30,57 +35,44 @@ impl Caches {
             .ok_or_else(|| CacheError::NotOpen(name.to_string()))?;
         metrics::counter!("immutant_cache_operations_total", "cache" => name.to_string(), "op" => op.kind())
             .increment(1);
-        match (cache.options.mode, &op) {
-            (CacheMode::Local, _) => self.execute(&cache, &op, body, false).await,
-            (CacheMode::Invalidated, _) => {
-                let done = self.execute(&cache, &op, body, false).await?;
+        match cache.options.mode {
+            CacheMode::Local => self.execute_here(&cache, &op, body).await,
+            CacheMode::Invalidated => {
+                let done = self.execute_here(&cache, &op, body).await?;
                 if done.0.applied {
-                    let keys: Vec<String> = match op.key() {
-                        Some(key) => vec![key.to_string()],
-                        None => Vec::new(),
-                    };
-                    let others = self.holders(&cache);
                     let request = match op {
                         CacheOp::Clear {} => PeerRequest::Op {
                             call: op,
                             request: None,
                         },
-                        _ => PeerRequest::Invalidate { keys },
+                        _ => PeerRequest::Invalidate {
+                            keys: op.key().map(str::to_string).into_iter().collect(),
+                        },
                     };
-                    self.send_all(&cache, &others, request, Bytes::new()).await;
+                    self.invalidate_elsewhere(&cache, request).await;
                 }
                 Ok(done)
             }
-            (_, CacheOp::Clear {}) => {
-                let done = self.execute(&cache, &op, body, false).await?;
-                let others = self.holders(&cache);
-                let clear = PeerRequest::Op {
-                    call: op,
-                    request: None,
-                };
-                self.send_all(&cache, &others, clear, Bytes::new()).await;
-                Ok(done)
-            }
-            _ => self.route(&cache, op, body).await,
+            CacheMode::Replicated | CacheMode::Distributed => self.route(&cache, op, body).await,
         }
     }
 
-    /// Sends `request` to each of `nodes` but this one, and waits for them if the cache is
-    /// synchronous. A member that cannot be reached is leaving the view: it is not waited for.
-    async fn send_all(&self, cache: &Cache, nodes: &[String], request: PeerRequest, body: Bytes) {
-        let mut pending: Vec<String> = nodes
-            .iter()
-            .filter(|node| **node != self.node)
-            .cloned()
+    /// Sends `request` (an invalidation) to every other holder of the cache, and waits for
+    /// them if the cache is synchronous. A member that cannot be reached is leaving the view:
+    /// it is not waited for.
+    async fn invalidate_elsewhere(&self, cache: &Cache, request: PeerRequest) {
+        let mut pending: Vec<String> = self
+            .holders(cache)
+            .into_iter()
+            .filter(|node| *node != self.node)
             .collect();
         let call = |node: String| {
-            let (peers, name) = (self.peers.clone(), cache.name.clone());
-            let (request, body) = (request.clone(), body.clone());
+            let (peers, name, request) = (self.peers.clone(), cache.name.clone(), request.clone());
             async move {
-                let answer = peers.call(&node, &name, request, body).await;
+                let answer = peers.call(&node, &name, request, Bytes::new()).await;
                 let holds = !matches!(answer, Ok((PeerAnswer::NotOpen {}, _)));
                 let done = matches!(answer, Ok((PeerAnswer::Done { .. }, _)));
-                (node, done, holds)
+                (node, done && holds)
             }
         };
         if !cache.options.sync {
@@ -89,31 +81,28 @@ impl Caches {
             ));
             return;
         }
-        // A member that did not take the copy is asked again while it is still a holder.
-        for _ in 0..ROUTE_ATTEMPTS {
+        for _ in 0..INVALIDATE_ATTEMPTS {
             let answers = futures_util::future::join_all(pending.into_iter().map(call)).await;
-            // A node that does not hold the cache (it restarted) wants no copy.
-            for (node, _, holds) in &answers {
-                if !holds {
-                    lock(&cache.joined).remove(node);
-                }
-            }
             let holders = self.holders(cache);
             pending = answers
                 .into_iter()
-                .filter(|(node, done, holds)| !done && *holds && holders.contains(node))
-                .map(|(node, _, _)| node)
+                .filter(|(node, done)| !done && holders.contains(node))
+                .map(|(node, _)| node)
                 .collect();
             if pending.is_empty() {
                 return;
             }
             tokio::time::sleep(ROUTE_RETRY).await;
         }
-        warn!("cache {}: {pending:?} did not take a copy", cache.name);
+        warn!(
+            "cache {}: {pending:?} did not take an invalidation",
+            cache.name
+        );
     }
 
-    /// Sends a keyed operation to its primary owner, this node or another; tries again while
-    /// the view changes under it.
+    /// Sends an operation to the cache's primary, this node or another, and tries again (under
+    /// the same request id, so that it is applied once) while the primary changes, for up to
+    /// [`ROUTE_PATIENCE`]. A plain `get` of a key this node holds is answered here.
     async fn route(
         &self,
         cache: &Cache,
@@ -121,45 +110,288 @@ impl Caches {
         body: Bytes,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
         let key = op.key().unwrap_or_default().to_string();
-        // One name for every try of this request: the primary carries it out once.
         let request_id = format!(
             "{}@{}/{}",
             self.node,
             self.writer,
             self.next_request.fetch_add(1, Ordering::Relaxed)
         );
-        for _ in 0..ROUTE_ATTEMPTS {
-            let owners = self.owners(cache, &key);
+        let give_up = Instant::now() + ROUTE_PATIENCE;
+        loop {
+            self.check_quorum(cache)?;
             if let CacheOp::Get { .. } = op
-                && owners.contains(&self.node)
+                && self.owners(cache, &key).contains(&self.node)
             {
                 return Ok(self.read_owned(cache, &key).await);
             }
-            let primary = owners.first().cloned().unwrap_or_else(|| self.node.clone());
-            if primary == self.node {
-                return self.execute(cache, &op, body, true).await;
-            }
-            let request = PeerRequest::Op {
-                call: op.clone(),
-                request: Some(request_id.clone()),
-            };
-            match self
-                .peers
-                .call(&primary, &cache.name, request, body.clone())
-                .await
-            {
-                Ok((PeerAnswer::Done { outcome }, value)) => return Ok((outcome, value)),
-                Ok((PeerAnswer::Failed { reason }, _)) => {
-                    debug!("{primary} cannot take a write to {}: {reason}", cache.name);
+            match self.primary(cache) {
+                Some((primary, _)) if primary == self.node => {
+                    match self
+                        .as_primary(cache, &op, body.clone(), Some(&request_id))
+                        .await
+                    {
+                        Err(CacheError::NotPrimary { .. }) => {}
+                        done => return done,
+                    }
                 }
-                Ok((PeerAnswer::Entries { .. } | PeerAnswer::NotOpen {}, _)) | Err(_) => {}
+                Some((primary, _)) => {
+                    let request = PeerRequest::Op {
+                        call: op.clone(),
+                        request: Some(request_id.clone()),
+                    };
+                    let answer = self
+                        .peers
+                        .call(&primary, &cache.name, request, body.clone());
+                    match answer.await {
+                        Ok((PeerAnswer::Done { outcome }, value)) => return Ok((outcome, value)),
+                        Ok((PeerAnswer::Failed { reason }, _)) => {
+                            debug!(
+                                "{primary} did not carry out a call on {}: {reason}",
+                                cache.name
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= give_up {
+                return Err(CacheError::Unavailable {
+                    cache: cache.name.clone(),
+                    key,
+                });
             }
             tokio::time::sleep(ROUTE_RETRY).await;
         }
-        Err(CacheError::Unavailable {
+    }
+
+    /// Refuses operations on a side of the cluster smaller than the quorum: no primary is
+    /// elected there.
+    fn check_quorum(&self, cache: &Cache) -> Result<(), CacheError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let quorum = cluster.singleton_quorum();
+        let members = cluster.view().borrow().members.len();
+        if (members as u32) < quorum {
+            return Err(CacheError::NoQuorum {
+                cache: cache.name.clone(),
+                members,
+                quorum,
+            });
+        }
+        Ok(())
+    }
+
+    /// Carries out `op` as the cache's primary: refused (`NotPrimary`) unless this node applies
+    /// the cache's writes now. A request carried out already, here or by an earlier primary,
+    /// is answered as it was the first time.
+    pub(super) async fn as_primary(
+        &self,
+        cache: &Cache,
+        op: &CacheOp,
+        body: Bytes,
+        request: Option<&str>,
+    ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        if let CacheOp::Get { key } | CacheOp::GetLatest { key } = op {
+            let epoch = self.serving(cache)?;
+            let read = self.read(cache, key);
+            cache.pending.settled(key).await;
+            return self.answered(cache, epoch, read);
+        }
+        let Some(id) = request else {
+            let done = self.write_as_primary(cache, op, body, None).await;
+            return done.map(|(_, answer)| answer);
+        };
+        match cache.applied.take(id) {
+            Turn::Retry(first) => match applied::answer_of(first).await {
+                (PeerAnswer::Done { outcome }, value) => Ok((outcome, value)),
+                _ => Err(self.not_primary(cache)),
+            },
+            Turn::Mine(turn) => {
+                let done = self.write_as_primary(cache, op, body, Some(id)).await;
+                let (epoch, answer) = match &done {
+                    Ok((epoch, (outcome, value))) => (
+                        *epoch,
+                        (PeerAnswer::Done { outcome: *outcome }, value.clone()),
+                    ),
+                    Err(error) => {
+                        let reason = error.to_string();
+                        (0, (PeerAnswer::Failed { reason }, Bytes::new()))
+                    }
+                };
+                cache.applied.done(id, epoch, turn, &answer);
+                done.map(|(_, answer)| answer)
+            }
+        }
+    }
+
+    /// Applies a write as the cache's primary, copies what changed to the owners with this
+    /// primary's epoch (and the request's outcome, for retries at a later primary), and
+    /// answers, with the epoch, only if the lease still holds once they have it.
+    async fn write_as_primary(
+        &self,
+        cache: &Cache,
+        op: &CacheOp,
+        body: Bytes,
+        request: Option<&str>,
+    ) -> Result<(u64, (CacheOutcome, Bytes)), CacheError> {
+        let epoch = self.serving(cache)?;
+        let saving = match &cache.persistence {
+            Some(_) => Some(cache.saving.lock().await),
+            None => None,
+        };
+        let (executed, in_flight) = {
+            let mut store = lock(&cache.store);
+            if store.fenced() > epoch {
+                return Err(self.not_primary(cache));
+            }
+            let writer = Writer {
+                epoch,
+                id: self.writer,
+            };
+            let executed = store.execute(op, body, cache.options.expiry, writer, now_ms());
+            let keys = executed.changes.iter().map(|(key, _)| key.clone());
+            let in_flight = cache.pending.start(keys.collect());
+            (executed, in_flight)
+        };
+        if let Some(persistence) = &cache.persistence {
+            persistence
+                .save(&cache.name, executed.changes.clone())
+                .await?;
+        }
+        drop(saving);
+        let answer = (executed.outcome, executed.value);
+        if executed.changes.is_empty() {
+            drop(in_flight);
+            // The answer rests on the key's value: on writes to it still being copied.
+            if let Some(key) = op.key() {
+                cache.pending.settled(key).await;
+            }
+            return Ok((epoch, self.answered(cache, epoch, answer)?));
+        }
+        let record = request.map(|id| Record {
+            id: id.to_string(),
+            outcome: answer.0,
+            epoch,
+        });
+        self.copy(cache, epoch, executed.changes, record).await?;
+        drop(in_flight);
+        Ok((epoch, self.answered(cache, epoch, answer)?))
+    }
+
+    /// The epoch this node applies the cache's writes under, or why it does not.
+    fn serving(&self, cache: &Cache) -> Result<u64, CacheError> {
+        cache.serving_epoch().ok_or_else(|| self.not_primary(cache))
+    }
+
+    /// `answer`, if this node still applies the cache's writes under `epoch`: nothing is
+    /// answered after the lease lapsed.
+    fn answered(
+        &self,
+        cache: &Cache,
+        epoch: u64,
+        answer: (CacheOutcome, Bytes),
+    ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        match cache.serving_epoch() {
+            Some(serving) if serving == epoch => Ok(answer),
+            _ => Err(self.not_primary(cache)),
+        }
+    }
+
+    fn not_primary(&self, cache: &Cache) -> CacheError {
+        CacheError::NotPrimary {
             cache: cache.name.clone(),
-            key,
-        })
+            node: self.node.clone(),
+        }
+    }
+
+    /// Copies `changes` under `epoch` to every other owner of their keys, each owner's in
+    /// pages; for a synchronous cache, waits until each has taken them or left the view, and
+    /// fails if a newer primary fenced one or this node's lease ended meanwhile.
+    async fn copy(
+        &self,
+        cache: &Cache,
+        epoch: u64,
+        changes: Vec<(String, Entry)>,
+        record: Option<Record>,
+    ) -> Result<(), CacheError> {
+        let mut by_owner: BTreeMap<String, Vec<(String, Entry)>> = BTreeMap::new();
+        for (key, entry) in changes {
+            for owner in self.owners(cache, &key) {
+                if owner != self.node {
+                    by_owner
+                        .entry(owner)
+                        .or_default()
+                        .push((key.clone(), entry.clone()));
+                }
+            }
+        }
+        if !cache.options.sync {
+            // Sent once and not waited for: the write may be lost with the primary, as an
+            // asynchronous cache's writes may be.
+            for (owner, entries) in by_owner {
+                let (peers, name) = (self.peers.clone(), cache.name.clone());
+                let (entries, values) = pack(&entries);
+                let request = PeerRequest::Apply {
+                    entries,
+                    epoch: Some(epoch),
+                    record: record.clone(),
+                };
+                tokio::spawn(async move { peers.call(&owner, &name, request, values).await });
+            }
+            return Ok(());
+        }
+        let copies = by_owner.into_iter().map(|(owner, entries)| {
+            let record = record.clone();
+            async move {
+                for page in pages(entries, self.page_bytes) {
+                    self.copy_to(cache, &owner, epoch, &page, record.clone())
+                        .await?;
+                }
+                Ok::<(), CacheError>(())
+            }
+        });
+        futures_util::future::try_join_all(copies).await?;
+        Ok(())
+    }
+
+    /// Copies `entries` under `epoch` to `owner`, asking again while it is a holder in the
+    /// view and this node's lease holds.
+    async fn copy_to(
+        &self,
+        cache: &Cache,
+        owner: &str,
+        epoch: u64,
+        entries: &[(String, Entry)],
+        record: Option<Record>,
+    ) -> Result<(), CacheError> {
+        let (wire, values) = pack(entries);
+        loop {
+            if cache.serving_epoch() != Some(epoch) {
+                return Err(self.not_primary(cache));
+            }
+            let request = PeerRequest::Apply {
+                entries: wire.clone(),
+                epoch: Some(epoch),
+                record: record.clone(),
+            };
+            let answer = self.peers.call(owner, &cache.name, request, values.clone());
+            match answer.await {
+                Ok((PeerAnswer::Done { .. }, _)) => return Ok(()),
+                Ok((PeerAnswer::Stale { .. }, _)) => {
+                    cache.step_down(epoch);
+                    return Err(self.not_primary(cache));
+                }
+                Ok((PeerAnswer::NotOpen {}, _)) => {
+                    // It restarted: it takes the state in when it opens the cache again.
+                    lock(&cache.joined).remove(owner);
+                    return Ok(());
+                }
+                _ if !self.holders(cache).iter().any(|holder| holder == owner) => return Ok(()),
+                _ => tokio::time::sleep(ROUTE_RETRY).await,
+            }
+        }
     }
 
     /// The value of `key` as an owner reads it: its own copy, or, for a distributed cache
@@ -210,37 +442,25 @@ impl Caches {
         (outcome, value.unwrap_or_default())
     }
 
-    /// Carries out `op` here as its primary owner, saves what changed if the cache persists,
-    /// and, if `replicate`, copies it to the key's other owners. The owners are counted after
-    /// the write: a member joining meanwhile either is among them or has the write in the
-    /// entries it was given.
-    pub(super) async fn execute(
+    /// Carries out `op` on this node's own entries (a local or invalidated cache), saving what
+    /// changed if the cache persists.
+    async fn execute_here(
         &self,
         cache: &Cache,
         op: &CacheOp,
         body: Bytes,
-        replicate: bool,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
-        let saving = match &cache.persistence {
+        let _saving = match &cache.persistence {
             Some(_) => Some(cache.saving.lock().await),
             None => None,
         };
-        let executed =
-            lock(&cache.store).execute(op, body, cache.options.expiry, self.writer, now_ms());
-        if let Some(persistence) = &cache.persistence {
-            persistence
-                .save(&cache.name, executed.changes.clone())
-                .await?;
-        }
-        drop(saving);
-        let owners = match op.key() {
-            Some(key) if replicate && !executed.changes.is_empty() => self.owners(cache, key),
-            _ => Vec::new(),
+        let writer = Writer {
+            epoch: 0,
+            id: self.writer,
         };
-        if owners.iter().any(|owner| *owner != self.node) {
-            let (entries, values) = pack(&executed.changes);
-            self.send_all(cache, &owners, PeerRequest::Apply { entries }, values)
-                .await;
+        let executed = lock(&cache.store).execute(op, body, cache.options.expiry, writer, now_ms());
+        if let Some(persistence) = &cache.persistence {
+            persistence.save(&cache.name, executed.changes).await?;
         }
         Ok((executed.outcome, executed.value))
     }

@@ -83,8 +83,9 @@ impl Peers {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum PeerRequest {
-    /// Carry out `call` as the key's primary owner (the body as the app sent it). `request`
-    /// names it, the same on every retry, so that the primary carries it out once.
+    /// Carry out `call` as the cache's primary (the body as the app sent it); a plain `get`
+    /// is answered from the copy held. `request` names it, the same on every retry, so that it
+    /// is carried out once.
     Op {
         call: CacheOp,
         #[serde(default)]
@@ -92,16 +93,43 @@ pub enum PeerRequest {
     },
     /// The value of `key` here, as this node holds it (no looking elsewhere).
     Read { key: String },
-    /// Store these copies if they are newer (the body holds their values).
-    Apply { entries: Vec<WireEntry> },
+    /// Store these copies if they are newer (the body holds their values). `epoch` is the
+    /// primary's that wrote them (or whose state the sender took in, when it moves entries to
+    /// their new owners): refused under an older epoch than the holder was fenced with.
+    /// `record` is the write's request and outcome, for retries at a later primary.
+    Apply {
+        entries: Vec<WireEntry>,
+        #[serde(default)]
+        epoch: Option<u64>,
+        #[serde(default)]
+        record: Option<Record>,
+    },
     /// Drop these keys: they were written elsewhere (an invalidated cache).
     Invalidate { keys: Vec<String> },
-    /// The caller now holds the cache: include it in writes from now on, and answer with the
-    /// entries held here, a page at a time: those whose keys come after `after`.
+    /// The caller holds the cache and follows this node as its primary: include it in writes
+    /// from now on, and answer with the entries held here, a page at a time: those whose keys
+    /// come after `after`.
     Join {
         #[serde(default)]
         after: Option<String>,
     },
+    /// The caller takes the cache over as its primary under `epoch`: refuse copies from older
+    /// primaries from now on, and answer with the entries held here, a page at a time (the
+    /// first with the requests carried out).
+    Gather {
+        epoch: u64,
+        #[serde(default)]
+        after: Option<String>,
+    },
+}
+
+/// A write a primary carried out, named by its caller's request id, with its outcome and the
+/// primary's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub outcome: CacheOutcome,
+    pub epoch: u64,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -111,9 +139,21 @@ pub enum PeerAnswer {
     /// Done; for `op`, the outcome (and the value in the body).
     Done { outcome: CacheOutcome },
     /// A page of the entries held (the body holds their values); `more` if others follow.
-    Entries { entries: Vec<WireEntry>, more: bool },
+    /// `synced` is the epoch of the primary whose state they are; `records` the writes whose
+    /// outcome is known here.
+    Entries {
+        entries: Vec<WireEntry>,
+        more: bool,
+        #[serde(default)]
+        synced: u64,
+        #[serde(default)]
+        records: Vec<Record>,
+    },
     /// The request could not be carried out.
     Failed { reason: String },
+    /// A newer primary (of epoch `fenced`) has taken the cache over: what an older one sends
+    /// is refused.
+    Stale { fenced: u64 },
     /// The node does not hold the cache (any more: it may have restarted).
     NotOpen {},
 }
@@ -180,7 +220,11 @@ mod tests {
     fn entries_survive_the_wire() {
         let entry = |value: Option<&'static str>, counter| Entry {
             value: value.map(|text: &'static str| Bytes::from_static(text.as_bytes())),
-            version: Version { counter, writer: 7 },
+            version: Version {
+                epoch: 3,
+                counter,
+                writer: 7,
+            },
             expires_at_ms: Some(100),
             idle_ms: None,
             touched_ms: 5,

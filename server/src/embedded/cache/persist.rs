@@ -144,6 +144,7 @@ mod tests {
         let entry = |value: Option<&'static str>| Entry {
             value: value.map(|text: &'static str| Bytes::from_static(text.as_bytes())),
             version: Version {
+                epoch: 2,
                 counter: 1,
                 writer: 1,
             },

@@ -1,10 +1,11 @@
-//! Where a cache's entries live: which members hold the cache, and which of them own a key
-//! (all of them for a replicated cache, the oldest first; `owners` of them by rendezvous hashing
-//! for a distributed one).
+//! Where a cache's entries live: which members hold the cache, which of them is its primary,
+//! and which own a key (all of them for a replicated cache; for a distributed one, the primary
+//! and `owners - 1` others by rendezvous hashing), the primary first.
 
 use immutant_protocol::CacheMode;
 
 use super::{Cache, Caches};
+use crate::embedded::cluster::election::{LeaseSubject, SingletonElection};
 use crate::vocabulary::membership::Member;
 use immutant_foundation::hash::fixed_hash;
 use immutant_foundation::sync::lock;
@@ -40,10 +41,39 @@ impl Caches {
         }
     }
 
-    /// The members that hold `key` of `cache`, its primary owner first.
+    /// The cache's primary as the view shows it, with the epoch of its lease if it holds one
+    /// yet: the holder with the newest lease, else the oldest holder (which takes the lease);
+    /// none below the quorum or on a standalone node.
+    pub(super) fn primary(&self, cache: &Cache) -> Option<(String, Option<u64>)> {
+        let cluster = self.cluster.as_ref()?;
+        let subject = LeaseSubject::CachePrimary(cache.name.clone());
+        let view = cluster.view();
+        let view = view.borrow();
+        let primary = SingletonElection::new(cluster.singleton_quorum()).master(&view, &subject)?;
+        let epoch = primary.leases.get(&subject.key()).copied();
+        Some((primary.name.clone(), epoch))
+    }
+
+    /// The members that hold `key` of `cache`, the primary first.
     pub(super) fn owners(&self, cache: &Cache, key: &str) -> Vec<String> {
-        let holders = self.holders(cache);
+        let mut holders = self.holders(cache);
+        let primary = self.primary(cache).map(|(primary, _)| primary);
+        let led = holders
+            .iter()
+            .position(|holder| Some(holder) == primary.as_ref());
+        if let Some(at) = led {
+            let primary = holders.remove(at);
+            holders.insert(0, primary);
+        }
         match cache.options.mode {
+            CacheMode::Distributed if led.is_some() => {
+                let first = holders.remove(0);
+                let others = cache.options.owners.saturating_sub(1) as usize;
+                [first]
+                    .into_iter()
+                    .chain(rendezvous(key, holders, others))
+                    .collect()
+            }
             CacheMode::Distributed => rendezvous(key, holders, cache.options.owners as usize),
             CacheMode::Replicated => holders,
             CacheMode::Local | CacheMode::Invalidated => vec![self.node.clone()],

@@ -1,5 +1,5 @@
-//! Keeping copies where they belong as members come and go: distributed entries move to their
-//! new owners, and replicated caches made apart merge.
+//! Keeping copies where they belong as members come and go: each holder takes in the state of
+//! a new primary, and distributed entries move to their new owners.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,14 +20,15 @@ const REBALANCE_SETTLE: Duration = Duration::from_millis(200);
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Caches {
-    /// When the members holding a distributed cache change, gives each entry to its new owners
-    /// and drops those this node no longer owns, so that every entry has its copies again.
+    /// When a cache has a new primary, takes in its state; when the members holding a
+    /// distributed cache change, gives each entry to its new owners and drops those this node
+    /// no longer owns, so that every entry has its copies again.
     pub(super) async fn rebalance(self: Arc<Self>, shutdown: Shutdown) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
         let mut view = cluster.view();
-        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let mut seen: HashMap<String, (Vec<String>, u64)> = HashMap::new();
         loop {
             // On every change of the view, and every second for what did not get through.
             tokio::select! {
@@ -41,43 +42,48 @@ impl Caches {
             let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
             for cache in caches {
                 lock(&cache.joined).retain(|name| members.contains(name));
-                lock(&cache.synced).retain(|name| members.contains(name));
-                if cache.options.mode == CacheMode::Replicated {
-                    self.sync(&cache).await;
+                if !matches!(
+                    cache.options.mode,
+                    CacheMode::Replicated | CacheMode::Distributed
+                ) {
+                    continue;
                 }
+                let Some(synced) = self.follow_new_primary(&cache).await else {
+                    continue;
+                };
                 if cache.options.mode != CacheMode::Distributed {
                     continue;
                 }
-                let holders = self.holders(&cache);
+                let holders = (self.holders(&cache), synced);
                 if seen.get(&cache.name) == Some(&holders) {
                     continue;
                 }
                 // Tried again in a second if a copy did not get through.
-                if self.hand_over(&cache).await {
+                if self.hand_over(&cache, synced).await {
                     seen.insert(cache.name.clone(), holders);
                 }
             }
         }
     }
 
-    /// Takes in the entries of every holder of a replicated cache that this node has not
-    /// joined: members that made the cache before they saw each other (at start, or on either
-    /// side of a partition) end up with the same entries.
-    async fn sync(&self, cache: &Cache) {
-        let synced = lock(&cache.synced).clone();
-        let unsynced: Vec<String> = self
-            .holders(cache)
-            .into_iter()
-            .filter(|holder| *holder != self.node && !synced.contains(holder))
-            .collect();
-        for holder in unsynced {
-            self.join(cache, &holder).await;
+    /// Takes in the state of the cache's primary if it is newer than the one this node holds
+    /// (a primary took over, or this node was cut off or paused), and answers the epoch of the
+    /// primary whose state this node holds now, if that primary leads the cache still: only
+    /// then may its entries move to other owners, for every one of them is the primary's.
+    async fn follow_new_primary(&self, cache: &Cache) -> Option<u64> {
+        let (primary, epoch) = self.primary(cache)?;
+        let epoch = epoch?;
+        if primary != self.node && lock(&cache.store).synced < epoch {
+            self.follow(cache, &primary).await;
         }
+        let synced = lock(&cache.store).synced;
+        (synced == epoch).then_some(synced)
     }
 
-    /// Copies each entry held here to its owners, then drops those this node does not own.
-    /// Returns whether every copy got through (only then are entries dropped).
-    async fn hand_over(&self, cache: &Cache) -> bool {
+    /// Copies each entry held here to its owners (as held in the state of the primary of
+    /// `synced`), then drops those this node does not own. Returns whether every copy got
+    /// through (only then are entries dropped).
+    async fn hand_over(&self, cache: &Cache, synced: u64) -> bool {
         let snapshot = lock(&cache.store).snapshot();
         let mut by_owner: HashMap<String, Vec<(String, Entry)>> = HashMap::new();
         let mut not_mine = Vec::new();
@@ -98,7 +104,11 @@ impl Caches {
         let copies = by_owner.into_iter().map(|(owner, entries)| async move {
             for page in pages(entries, self.page_bytes) {
                 let (entries, values) = pack(&page);
-                let request = PeerRequest::Apply { entries };
+                let request = PeerRequest::Apply {
+                    entries,
+                    epoch: Some(synced),
+                    record: None,
+                };
                 let answer = self.peers.call(&owner, &cache.name, request, values).await;
                 if !matches!(answer, Ok((PeerAnswer::Done { .. }, _))) {
                     return false;
@@ -155,7 +165,7 @@ pub(super) fn page_bytes(max_message_size: u64) -> usize {
 
 /// Entries in pages of about `limit` bytes each (an entry larger than that has a page of its
 /// own).
-fn pages(entries: Vec<(String, Entry)>, limit: usize) -> Vec<Vec<(String, Entry)>> {
+pub(super) fn pages(entries: Vec<(String, Entry)>, limit: usize) -> Vec<Vec<(String, Entry)>> {
     let mut pages: Vec<Vec<(String, Entry)>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {

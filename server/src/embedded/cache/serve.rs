@@ -1,6 +1,6 @@
-//! Answering other members' requests about a cache: operations sent to this node as a key's
-//! primary owner, copies and invalidations from the others, reads, and joins (a page of
-//! entries at a time).
+//! Answering other members' requests about a cache: operations sent to this node as the
+//! cache's primary, copies and invalidations from the others, reads, joins of followers, and a
+//! new primary gathering the entries (a page at a time).
 
 use std::sync::atomic::Ordering;
 
@@ -8,23 +8,31 @@ use bytes::Bytes;
 use immutant_protocol::{CacheOp, CacheOutcome};
 use tracing::warn;
 
-use super::peer::{self, PeerAnswer, PeerRequest, pack, unpack};
+use super::peer::{self, PeerAnswer, PeerRequest, Record, pack, unpack};
 use super::rebalance::page_after;
 use super::store::Entry;
-use super::{Cache, Caches, applied};
+use super::{Cache, Caches};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
 
 impl Caches {
-    /// Takes in copies from another node: those newer than this node's.
-    pub(super) async fn merge(&self, cache: &Cache, entries: Vec<peer::WireEntry>, values: Bytes) {
+    /// Takes in copies from another node, those newer than this node's: written by the
+    /// primary of `epoch` (or moved by a holder that took in its state). Refused, answering the
+    /// newer epoch, if a newer primary has fenced this node.
+    pub(super) async fn merge(
+        &self,
+        cache: &Cache,
+        entries: Vec<peer::WireEntry>,
+        values: Bytes,
+        epoch: Option<u64>,
+    ) -> Result<(), u64> {
         let now = now_ms();
         let Some(entries) = unpack(entries, values, now) else {
             warn!(
                 "cache {}: a copy from another node was cut short",
                 cache.name
             );
-            return;
+            return Ok(());
         };
         let _saving = match &cache.persistence {
             Some(_) => Some(cache.saving.lock().await),
@@ -32,6 +40,11 @@ impl Caches {
         };
         let newer: Vec<(String, Entry)> = {
             let mut store = lock(&cache.store);
+            if let Some(epoch) = epoch
+                && !store.fence(epoch)
+            {
+                return Err(store.fenced());
+            }
             entries
                 .into_iter()
                 .filter(|(key, entry)| store.merge(key.clone(), entry.clone(), now))
@@ -42,19 +55,7 @@ impl Caches {
         {
             warn!("cache {}: {error}", cache.name);
         }
-    }
-
-    /// Carries out `call`, sent by another node that takes this one for the key's primary (a
-    /// clear as it comes: it reaches every holder from the node that asked for it).
-    async fn carry_out(&self, cache: &Cache, call: &CacheOp, body: Bytes) -> (PeerAnswer, Bytes) {
-        let replicate = call.key().is_some();
-        match self.execute(cache, call, body, replicate).await {
-            Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
-            Err(error) => {
-                let reason = error.to_string();
-                (PeerAnswer::Failed { reason }, Bytes::new())
-            }
-        }
+        Ok(())
     }
 
     /// Answers a request from the member `from` about the cache `name`.
@@ -81,26 +82,35 @@ impl Caches {
                 let (outcome, value) = self.read_owned(&cache, &key).await;
                 (PeerAnswer::Done { outcome }, value)
             }
+            PeerRequest::Op { call, request } => {
+                match self
+                    .as_primary(&cache, &call, body, request.as_deref())
+                    .await
+                {
+                    Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
+                    Err(error) => {
+                        let reason = error.to_string();
+                        (PeerAnswer::Failed { reason }, Bytes::new())
+                    }
+                }
+            }
             PeerRequest::Read { key } => {
                 let (outcome, value) = self.read(&cache, &key);
                 (PeerAnswer::Done { outcome }, value)
             }
-            PeerRequest::Op { call, request } => {
-                let turn = match request.as_deref().map(|id| self.applied.take(id)) {
-                    Some(applied::Turn::Retry(first)) => return applied::answer_of(first).await,
-                    Some(applied::Turn::Mine(turn)) => Some(turn),
-                    None => None,
-                };
-                let answer = self.carry_out(&cache, &call, body).await;
-                if let (Some(id), Some(turn)) = (request.as_deref(), turn) {
-                    self.applied.done(id, turn, &answer);
+            PeerRequest::Apply {
+                entries,
+                epoch,
+                record,
+            } => match self.merge(&cache, entries, body, epoch).await {
+                Ok(()) => {
+                    if let Some(record) = record {
+                        cache.applied.record(record);
+                    }
+                    done(CacheOutcome::default())
                 }
-                answer
-            }
-            PeerRequest::Apply { entries } => {
-                self.merge(&cache, entries, body).await;
-                done(CacheOutcome::default())
-            }
+                Err(fenced) => (PeerAnswer::Stale { fenced }, Bytes::new()),
+            },
             PeerRequest::Invalidate { keys } => {
                 let _saving = cache.saving.lock().await;
                 {
@@ -117,14 +127,52 @@ impl Caches {
                 done(CacheOutcome::default())
             }
             PeerRequest::Join { after } => {
+                let Some(epoch) = cache.serving_epoch() else {
+                    let reason = format!("{} is not the primary of cache '{name}'", self.node);
+                    return (PeerAnswer::Failed { reason }, Bytes::new());
+                };
                 // Joined first, then the snapshot: a write either reaches the joiner as a copy
                 // or is in the snapshot.
                 lock(&cache.joined).insert(from.to_string());
                 let snapshot = lock(&cache.store).snapshot();
-                let (page, more) = page_after(snapshot, after.as_deref(), self.page_bytes);
-                let (entries, values) = pack(&page);
-                (PeerAnswer::Entries { entries, more }, values)
+                self.page(snapshot, after, epoch, Vec::new())
+            }
+            PeerRequest::Gather { epoch, after } => {
+                let (snapshot, synced) = {
+                    let mut store = lock(&cache.store);
+                    if !store.fence(epoch) {
+                        let fenced = store.fenced();
+                        return (PeerAnswer::Stale { fenced }, Bytes::new());
+                    }
+                    (store.snapshot(), store.synced)
+                };
+                // This node may have been the primary: it applies nothing more under an
+                // older epoch.
+                let records = match after {
+                    None => cache.applied.records(),
+                    Some(_) => Vec::new(),
+                };
+                self.page(snapshot, after, synced, records)
             }
         }
+    }
+
+    /// The page of `snapshot` after the key `after`, as a state of the primary of `synced`.
+    fn page(
+        &self,
+        snapshot: Vec<(String, Entry)>,
+        after: Option<String>,
+        synced: u64,
+        records: Vec<Record>,
+    ) -> (PeerAnswer, Bytes) {
+        let (page, more) = page_after(snapshot, after.as_deref(), self.page_bytes);
+        let (entries, values) = pack(&page);
+        let answer = PeerAnswer::Entries {
+            entries,
+            more,
+            synced,
+            records,
+        };
+        (answer, values)
     }
 }

@@ -1,8 +1,12 @@
 //! One cache's entries on this node, and what each operation does to them. Every entry carries
-//! a version; a copy arriving from another node replaces the local one only if it is newer, so
-//! every copy of a key converges to the same value whatever order writes arrive in. A removal
-//! leaves a tombstone for a while, so that an older write arriving late does not bring the key
-//! back.
+//! a version: the epoch of the primary that wrote it, then a count of writes to its key; a copy
+//! arriving from another node replaces the local one only if it is newer, so every copy of a key
+//! converges to the same value whatever order writes arrive in. A removal leaves a tombstone for
+//! a while, so that an older write arriving late does not bring the key back.
+//!
+//! The store also keeps two epochs of the cache's primaries: the highest it was fenced with
+//! (copies from an older primary are refused from then on) and the one whose state it took in
+//! (`synced`), so that what it holds from an older primary is never pushed over a newer one's.
 
 use std::collections::HashMap;
 
@@ -13,25 +17,36 @@ use serde::{Deserialize, Serialize};
 /// How long a removed key's tombstone is kept.
 const TOMBSTONE_MS: u64 = 60_000;
 
-/// An entry's version: the count of writes to its key, then the writer's generation to break
-/// ties between two writers.
+/// An entry's version: the epoch of the primary that wrote it (a write under a newer primary
+/// comes after every write under an older one), the count of writes to its key, then the
+/// writer's generation to break ties between two writers of a cache without a primary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Version {
+    #[serde(default)]
+    pub epoch: u64,
     pub counter: u64,
     pub writer: u64,
 }
 
 impl Version {
-    /// The version of a write by `writer` at `now` to a key whose version was `previous`: past
-    /// it, and never below the time, so that a key written again after its entry was swept
-    /// away (expired, or a tombstone forgotten) still beats copies elsewhere.
-    pub fn after(previous: Option<Version>, writer: u64, now: u64) -> Version {
+    /// The version of a write under `epoch` by `writer` at `now` to a key whose version was
+    /// `previous`: past it, and never below the time, so that a key written again after its
+    /// entry was swept away (expired, or a tombstone forgotten) still beats copies elsewhere.
+    pub fn after(previous: Option<Version>, epoch: u64, writer: u64, now: u64) -> Version {
         let counter = previous.map_or(0, |version| version.counter) + 1;
         Version {
+            epoch,
             counter: counter.max(now),
             writer,
         }
     }
+}
+
+/// Who writes: the epoch of the primary (0 for a cache without one) and this node's writer id.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer {
+    pub epoch: u64,
+    pub id: u64,
 }
 
 /// One key's value (or its removal) with its version and expiry.
@@ -72,17 +87,35 @@ pub struct Store {
     entries: HashMap<String, Entry>,
     pub hits: u64,
     pub misses: u64,
+    /// The highest primary epoch this store was fenced with: copies under an older one are
+    /// refused.
+    fenced: u64,
+    /// The epoch of the primary whose state this store took in (0: none yet).
+    pub synced: u64,
+}
+
+/// A holder's entries, as a new primary gathers them: the epoch its state was `synced` to.
+pub struct Gathered {
+    pub synced: u64,
+    pub entries: Vec<(String, Entry)>,
+}
+
+/// What replacing a store's entries changed: entries to save, and keys to forget.
+#[derive(Debug, Default)]
+pub struct Replaced {
+    pub saved: Vec<(String, Entry)>,
+    pub forgotten: Vec<String>,
 }
 
 impl Store {
-    /// Carries out `op` (with its `body`) as the key's primary owner: `writer` is this node's
-    /// generation, `defaults` the cache's expiry.
+    /// Carries out `op` (with its `body`) as the cache's primary (or, for a local or invalidated
+    /// cache, its only writer): `defaults` is the cache's expiry.
     pub fn execute(
         &mut self,
         op: &CacheOp,
         body: Bytes,
         defaults: Expiry,
-        writer: u64,
+        writer: Writer,
         now: u64,
     ) -> Executed {
         if let CacheOp::Clear {} = op {
@@ -90,7 +123,7 @@ impl Store {
         }
         let key = op.key().unwrap_or_default();
         let current = match op {
-            CacheOp::Get { .. } => self.get(key, now),
+            CacheOp::Get { .. } | CacheOp::GetLatest { .. } => self.get(key, now),
             _ => self.peek(key, now),
         };
         let found = current.is_some();
@@ -100,14 +133,14 @@ impl Store {
             let previous = self.entries.get(key).map(|entry| entry.version);
             Entry {
                 value,
-                version: Version::after(previous, writer, now),
+                version: Version::after(previous, writer.epoch, writer.id, now),
                 expires_at_ms: expiry.ttl_ms.map(|ttl| now.saturating_add(ttl)),
                 idle_ms: expiry.idle_ms,
                 touched_ms: now,
             }
         };
         let change = match op {
-            CacheOp::Get { .. } | CacheOp::Clear {} => None,
+            CacheOp::Get { .. } | CacheOp::GetLatest { .. } | CacheOp::Clear {} => None,
             CacheOp::Put { expiry, .. } => Some(write(Some(body), expiry)),
             CacheOp::PutIfAbsent { expiry, .. } => (!found).then(|| write(Some(body), expiry)),
             CacheOp::Replace {
@@ -170,12 +203,12 @@ impl Store {
     }
 
     /// Removes every entry (leaving tombstones).
-    fn clear(&mut self, writer: u64, now: u64) -> Executed {
+    fn clear(&mut self, writer: Writer, now: u64) -> Executed {
         let mut changes = Vec::new();
         for (key, entry) in &mut self.entries {
             if entry.live(now).is_some() {
                 entry.value = None;
-                entry.version = Version::after(Some(entry.version), writer, now);
+                entry.version = Version::after(Some(entry.version), writer.epoch, writer.id, now);
                 entry.touched_ms = now;
                 changes.push((key.clone(), entry.clone()));
             }
@@ -201,6 +234,106 @@ impl Store {
             self.entries.insert(key, entry);
         }
         newer
+    }
+
+    /// Fences the store with a primary's `epoch`: false if a newer primary fenced it already
+    /// (then what that primary sends is refused); else copies from older primaries are refused
+    /// from now on.
+    pub fn fence(&mut self, epoch: u64) -> bool {
+        if epoch < self.fenced {
+            return false;
+        }
+        self.fenced = epoch;
+        true
+    }
+
+    /// The highest primary epoch the store was fenced with.
+    pub fn fenced(&self) -> u64 {
+        self.fenced
+    }
+
+    /// Takes in the state of the primary of `epoch` (every entry it holds, tombstones
+    /// included): what this store holds from older primaries gives way to it, or goes if the
+    /// primary does not have it (a write the old primary never had confirmed); copies the new
+    /// primary sent meanwhile stay where newer.
+    pub fn adopt(&mut self, primary: Vec<(String, Entry)>, epoch: u64, now: u64) -> Replaced {
+        let mut replaced = Replaced::default();
+        if epoch < self.fenced {
+            // A newer primary has come since: its state is the one to take.
+            return replaced;
+        }
+        let theirs: HashMap<String, Entry> = primary.into_iter().collect();
+        self.entries.retain(|key, mine| {
+            let keep = mine.version.epoch >= epoch || theirs.contains_key(key);
+            if !keep {
+                replaced.forgotten.push(key.clone());
+            }
+            keep
+        });
+        for (key, mut entry) in theirs {
+            let take = self
+                .entries
+                .get(&key)
+                .is_none_or(|mine| mine.version.epoch < epoch || entry.version > mine.version);
+            if take {
+                entry.touched_ms = now;
+                self.entries.insert(key.clone(), entry.clone());
+                replaced.saved.push((key, entry));
+            }
+        }
+        self.fenced = self.fenced.max(epoch);
+        self.synced = epoch;
+        replaced
+    }
+
+    /// Becomes the state a new primary of `epoch` starts from: the newest version of each key
+    /// among the holders (`gathered`, this store's own entries left out) whose state is of the
+    /// newest primary any of them took in; what the others hold counts only where written
+    /// under that primary or later.
+    pub fn take_over(&mut self, gathered: Vec<Gathered>, epoch: u64, now: u64) -> Replaced {
+        let mine = Gathered {
+            synced: self.synced,
+            entries: self.snapshot(),
+        };
+        let sources: Vec<Gathered> = gathered.into_iter().chain([mine]).collect();
+        let base = sources
+            .iter()
+            .map(|source| source.synced)
+            .max()
+            .unwrap_or(0);
+        let mut newest: HashMap<String, Entry> = HashMap::new();
+        for source in sources {
+            let current = source.synced == base;
+            for (key, entry) in source.entries {
+                if !current && entry.version.epoch < base {
+                    continue;
+                }
+                if newest
+                    .get(&key)
+                    .is_none_or(|kept| entry.version > kept.version)
+                {
+                    newest.insert(key, entry);
+                }
+            }
+        }
+        let mut replaced = Replaced::default();
+        self.entries.retain(|key, _| {
+            let keep = newest.contains_key(key);
+            if !keep {
+                replaced.forgotten.push(key.clone());
+            }
+            keep
+        });
+        for (key, mut entry) in newest {
+            if self.entries.get(&key).map(|mine| mine.version) != Some(entry.version) {
+                entry.touched_ms = now;
+                self.entries.insert(key.clone(), entry.clone());
+                replaced.saved.push((key, entry));
+            }
+        }
+        self.fenced = self.fenced.max(epoch);
+        self.synced = epoch;
+        replaced
     }
 
     /// Drops `key` whatever its version (an invalidation from another node).
@@ -254,8 +387,12 @@ mod tests {
         (op, Bytes::copy_from_slice(value.as_bytes()))
     }
 
+    fn writer(epoch: u64, id: u64) -> Writer {
+        Writer { epoch, id }
+    }
+
     fn run(store: &mut Store, (op, body): (CacheOp, Bytes), now: u64) -> Executed {
-        store.execute(&op, body, Expiry::default(), 1, now)
+        store.execute(&op, body, Expiry::default(), writer(0, 1), now)
     }
 
     #[test]
@@ -330,7 +467,7 @@ mod tests {
             },
             Bytes::new(),
             Expiry::default(),
-            2,
+            writer(0, 2),
             1,
         );
         assert!(removal.outcome.applied);
@@ -338,5 +475,98 @@ mod tests {
         assert!(!store.merge("k".to_string(), older, 2));
         assert!(store.get("k", 3).is_none());
         assert_eq!((store.hits, store.misses), (0, 1));
+    }
+
+    fn value(store: &mut Store, key: &str) -> Option<Bytes> {
+        store.get(key, 0)
+    }
+
+    fn write(store: &mut Store, key: &str, text: &str, epoch: u64) -> (String, Entry) {
+        let (op, body) = put(key, text);
+        store
+            .execute(&op, body, Expiry::default(), writer(epoch, 9), 0)
+            .changes
+            .remove(0)
+    }
+
+    #[test]
+    fn a_newer_primarys_write_beats_any_count_of_older_ones() {
+        let mut old = Store::default();
+        for n in 0..5 {
+            write(&mut old, "k", &n.to_string(), 10);
+        }
+        let mut new = Store::default();
+        let newer = write(&mut new, "k", "new", 11);
+        let stale = write(&mut old, "k", "stale", 10);
+        assert!(old.merge(newer.0.clone(), newer.1.clone(), 0));
+        assert!(!old.merge(stale.0, stale.1, 0), "an older epoch never wins");
+        assert_eq!(value(&mut old, "k").unwrap(), "new");
+        assert!(old.fence(11));
+        assert!(!old.fence(10), "fenced by the newer primary");
+    }
+
+    #[test]
+    fn a_holder_adopting_a_new_primary_drops_what_that_primary_never_had() {
+        let mut primary = Store::default();
+        let kept = write(&mut primary, "kept", "1", 10);
+        let mut holder = Store::default();
+        holder.merge(kept.0.clone(), kept.1.clone(), 0);
+        // A write the old primary applied here but never had confirmed, and a copy of the new
+        // primary's that arrived before the state did.
+        write(&mut holder, "kept", "unconfirmed", 10);
+        write(&mut holder, "orphan", "unconfirmed", 10);
+        let fresh = write(&mut holder, "fresh", "2", 12);
+        let replaced = holder.adopt(primary.snapshot(), 12, 0);
+        assert_eq!(value(&mut holder, "kept").unwrap(), "1");
+        assert_eq!(value(&mut holder, "orphan"), None);
+        assert_eq!(value(&mut holder, "fresh").unwrap(), fresh.1.value.unwrap());
+        assert_eq!(replaced.forgotten, vec!["orphan".to_string()]);
+        assert_eq!((holder.synced, holder.fenced()), (12, 12));
+    }
+
+    #[test]
+    fn a_new_primary_starts_from_the_newest_state_and_ignores_a_deposed_copy() {
+        // Two holders took in the state of the primary of epoch 10 and got its writes; a third
+        // is a primary of epoch 5 that was cut off and went on alone.
+        let mut current = Store {
+            synced: 10,
+            ..Store::default()
+        };
+        let written = write(&mut current, "k", "acknowledged", 10);
+        let mut behind = Store {
+            synced: 10,
+            ..Store::default()
+        };
+        behind.merge(
+            "other".into(),
+            write(&mut Store::default(), "other", "o", 10).1,
+            0,
+        );
+        let mut deposed = Store {
+            synced: 5,
+            ..Store::default()
+        };
+        for n in 0..20 {
+            write(&mut deposed, "k", &format!("split-{n}"), 5);
+        }
+        let mut primary = Store::default();
+        let gathered = vec![
+            Gathered {
+                synced: 10,
+                entries: vec![written],
+            },
+            Gathered {
+                synced: 10,
+                entries: behind.snapshot(),
+            },
+            Gathered {
+                synced: 5,
+                entries: deposed.snapshot(),
+            },
+        ];
+        primary.take_over(gathered, 12, 0);
+        assert_eq!(value(&mut primary, "k").unwrap(), "acknowledged");
+        assert_eq!(value(&mut primary, "other").unwrap(), "o");
+        assert_eq!(primary.synced, 12);
     }
 }

@@ -1,22 +1,76 @@
-//! The singleton election: all singleton daemons and jobs of an app run on one live member that
-//! has the app running. They stay where they run: the member holding their lease with the highest epoch is
-//! elected while it is in the view; only when none is does the oldest member with the app take
-//! them (JGroups' coordinator rule, as Immutant's HA singletons did). So nothing moves back to a
-//! node that rejoins, restarted, resumed after a pause or healed from a partition. A side of a
-//! partition that sees fewer members than the quorum runs none.
+//! Elections of lease holders. All singleton daemons and jobs of an app run on one live member
+//! that has the app running, and all writes to a replicated or distributed cache are applied by
+//! one member that holds the cache (its primary): each is a [`LeaseSubject`]. They stay where
+//! they are: the candidate holding the subject's lease with the highest epoch is elected while
+//! it is in the view; only when none is does the oldest candidate take it (JGroups' coordinator
+//! rule, as Immutant's HA singletons did). So nothing moves back to a node that rejoins,
+//! restarted, resumed after a pause or healed from a partition. A side of a partition that sees
+//! fewer members than the quorum elects none.
 //!
-//! The holder keeps a lease ([`super::lease_protocol`]) that the cluster confirms and its app watches on
-//! its own clock ([`HeldLease`]); each takeover carries a fencing epoch
-//! (`Cluster::take_epoch`): past every epoch gossiped for the app, never below the clock, so it
-//! grows with every handover.
+//! The holder keeps a lease ([`super::lease_protocol`]) that the cluster confirms and that it
+//! watches on its own clock ([`HeldLease`]); each takeover carries a fencing epoch
+//! (`Cluster::take_epoch`): past every epoch gossiped for the subject, never below the clock, so
+//! it grows with every handover.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::Duration;
 
 use super::lease_protocol::{Answered, LEASE_TIME, Renewal};
 use crate::vocabulary::membership::{Member, View};
 
-/// Decides where singletons run, the same way on every member.
+/// What a lease is held on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseSubject {
+    /// The singleton daemons and jobs of an app: held by a member that runs the app.
+    Singletons(String),
+    /// The writes to a cache: held by a member that holds the cache, its primary.
+    CachePrimary(String),
+}
+
+impl LeaseSubject {
+    /// The name its lease goes by in gossip: the app's name, or `cache:` and the cache's (an
+    /// app's name never holds a `:`, so the two never meet).
+    pub fn key(&self) -> String {
+        match self {
+            LeaseSubject::Singletons(app) => app.clone(),
+            LeaseSubject::CachePrimary(cache) => format!("cache:{cache}"),
+        }
+    }
+
+    /// Whether `member` may hold it.
+    pub fn candidate(&self, member: &Member) -> bool {
+        match self {
+            LeaseSubject::Singletons(app) => member.apps.contains(app),
+            LeaseSubject::CachePrimary(cache) => member.caches.contains_key(cache),
+        }
+    }
+}
+
+impl LeaseSubject {
+    /// What the log says when this node stops holding it.
+    pub fn lost(&self) -> String {
+        match self {
+            LeaseSubject::Singletons(app) => {
+                format!("The singletons of {app} no longer run on this node")
+            }
+            LeaseSubject::CachePrimary(cache) => {
+                format!("This node no longer applies the writes to cache {cache}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for LeaseSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseSubject::Singletons(app) => write!(f, "the singletons of {app}"),
+            LeaseSubject::CachePrimary(cache) => write!(f, "the writes to cache {cache}"),
+        }
+    }
+}
+
+/// Decides who holds a lease, the same way on every member.
 #[derive(Debug, Clone, Copy)]
 pub struct SingletonElection {
     quorum: u32,
@@ -29,28 +83,33 @@ impl SingletonElection {
         }
     }
 
-    /// The member that runs `app`'s singletons in `view`: the one holding their lease with the
-    /// highest epoch, else the oldest with the app; none below the quorum.
-    pub fn master<'v>(&self, view: &'v View, app: &str) -> Option<&'v Member> {
+    /// The member that holds `subject` in `view`: the candidate holding its lease with the
+    /// highest epoch, else the oldest candidate; none below the quorum.
+    pub fn master<'v>(&self, view: &'v View, subject: &LeaseSubject) -> Option<&'v Member> {
         if (view.members.len() as u32) < self.quorum {
             return None;
         }
-        view.members
+        let key = subject.key();
+        let candidates = view
+            .members
             .iter()
-            .filter(|member| member.apps.contains(app))
-            .filter_map(|member| Some((member.leases.get(app)?, member)))
+            .filter(|member| subject.candidate(member));
+        let oldest = candidates.clone().next();
+        candidates
+            .filter_map(|member| Some((member.leases.get(&key)?, member)))
             .max_by_key(|(epoch, _)| **epoch)
             .map(|(_, member)| member)
-            .or_else(|| view.oldest_with(app))
+            .or(oldest)
     }
 
-    /// Whether this node should run `app`'s singletons now.
-    pub fn here(&self, view: &View, app: &str) -> bool {
-        self.master(view, app).is_some_and(|member| member.is_self)
+    /// Whether this node should hold `subject` now.
+    pub fn here(&self, view: &View, subject: &LeaseSubject) -> bool {
+        self.master(view, subject)
+            .is_some_and(|member| member.is_self)
     }
 }
 
-/// This node's lease on one app's singletons: the renewals it has gossiped, when each was sent
+/// This node's lease on a subject: the renewals it has gossiped, when each was sent
 /// (on the host's monotonic clock, in nanoseconds), and how far the cluster has confirmed them.
 #[derive(Debug)]
 pub struct HeldLease {
@@ -59,7 +118,7 @@ pub struct HeldLease {
     seq: u64,
     /// Renewals not yet confirmed, oldest first.
     sent: VecDeque<Sent>,
-    /// Until when its singletons may run, once confirmed.
+    /// Until when it holds, once confirmed.
     until_ns: Option<u64>,
 }
 
@@ -123,7 +182,8 @@ impl HeldLease {
         Some(until_ns)
     }
 
-    /// Until when its singletons may run; none before the first confirmation.
+    /// Until when it holds (its singletons may run, its writes be applied); none before the
+    /// first confirmation.
     pub fn until_ns(&self) -> Option<u64> {
         self.until_ns
     }
@@ -144,17 +204,21 @@ mod tests {
         Member::for_test(name, generation, is_self)
     }
 
+    fn example() -> LeaseSubject {
+        LeaseSubject::Singletons("example".into())
+    }
+
     #[test]
     fn the_oldest_member_runs_the_singletons_and_a_rejoined_one_does_not() {
         let election = SingletonElection::new(1);
         let view = View::new(vec![member("one", 10, false), member("two", 20, true)]);
-        assert!(!election.here(&view, "example"));
+        assert!(!election.here(&view, &example()));
         // one dies: two takes over.
         let after = View::new(vec![member("two", 20, true)]);
-        assert!(election.here(&after, "example"));
+        assert!(election.here(&after, &example()));
         // one comes back, younger than two: nothing moves.
         let rejoined = View::new(vec![member("two", 20, true), member("one", 30, false)]);
-        assert!(election.here(&rejoined, "example"));
+        assert!(election.here(&rejoined, &example()));
     }
 
     #[test]
@@ -163,15 +227,15 @@ mod tests {
         let mut one = member("one", 10, false);
         let mut two = member("two", 20, true);
         two.leases.insert("example".into(), 5);
-        assert!(election.here(&View::new(vec![one.clone(), two.clone()]), "example"));
+        assert!(election.here(&View::new(vec![one.clone(), two.clone()]), &example()));
         // one comes back from a pause still holding an older lease: two keeps them.
         one.leases.insert("example".into(), 3);
-        assert!(election.here(&View::new(vec![one.clone(), two.clone()]), "example"));
+        assert!(election.here(&View::new(vec![one.clone(), two.clone()]), &example()));
         // A holder without the app running holds nothing.
         two.apps.clear();
         assert_eq!(
             election
-                .master(&View::new(vec![one, two]), "example")
+                .master(&View::new(vec![one, two]), &example())
                 .map(|member| member.name.as_str()),
             Some("one")
         );
@@ -205,8 +269,8 @@ mod tests {
     fn below_the_quorum_no_one_runs_them() {
         let election = SingletonElection::new(2);
         let alone = View::new(vec![member("one", 10, true)]);
-        assert!(!election.here(&alone, "example"));
+        assert!(!election.here(&alone, &example()));
         let pair = View::new(vec![member("one", 10, true), member("two", 20, false)]);
-        assert!(election.here(&pair, "example"));
+        assert!(election.here(&pair, &example()));
     }
 }

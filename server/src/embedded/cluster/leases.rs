@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use immutant_foundation::clock::monotonic_ns;
 
-use super::election::SingletonElection;
+use super::election::{LeaseSubject, SingletonElection};
 use super::keys::EPOCH_KEY_PREFIX;
 use super::lease_protocol::{self, ACK_KEY_PREFIX, Answered, LEASE_KEY_PREFIX, Promise, Renewal};
 use super::{Cluster, PAUSE_GAP};
@@ -24,8 +24,9 @@ impl Cluster {
     /// quorum.
     pub fn singletons_on(&self, app: &str) -> Option<String> {
         let view = self.view().borrow().clone();
+        let subject = LeaseSubject::Singletons(app.to_string());
         SingletonElection::new(self.singleton_quorum())
-            .master(&view, app)
+            .master(&view, &subject)
             .map(|member| member.name.clone())
     }
 

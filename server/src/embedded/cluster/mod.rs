@@ -14,6 +14,7 @@ mod discovery;
 pub mod election;
 mod gossip;
 mod keys;
+pub mod lease_holder;
 pub mod lease_protocol;
 mod leases;
 pub mod seal;
