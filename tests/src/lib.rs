@@ -6,6 +6,7 @@
 //! Immutant: every test drives the real CLI and real nodes over real sockets and signals.
 
 pub mod browser;
+pub mod cas;
 pub mod linearizability;
 pub mod nats;
 pub mod netns;

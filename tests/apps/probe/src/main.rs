@@ -59,6 +59,7 @@ async fn main() -> immutant::Result<()> {
         "distributor" => distributor(&app).await?,
         "invalidator" => invalidator(&app).await?,
         "fickle" => fickle(&app).await?,
+        "casclient" => cas_client(&app).await?,
         "fastjob" => {
             let node = app.node_name().to_string();
             app.job("fast")
@@ -779,4 +780,201 @@ async fn fickle(app: &App) -> immutant::Result<()> {
         println!("fickle published 30");
     });
     Ok(())
+}
+
+/// Issue 26's compare-and-set clients: four tasks that each, until the file named by
+/// `-Dprobe.cas.stop` exists, read `counter` in the cache `cas` with `get_latest` and add one to
+/// it by compare-and-set (`put_if_absent` of 1 when it has no value, `replace(v, v + 1)`
+/// otherwise). Every invocation and response goes to the history file
+/// `<probe.cas.dir>/<node>-<pid>.history` as it happens, one `write(2)` per line on a file
+/// opened for appending, so that what was recorded survives a kill -9 of the app:
+///
+/// ```text
+/// invoke <client> <id> <ns> read | cas <expected|-> <new> | final
+/// ok <id> <ns> read <value|-> | cas <true|false> | final <value|->
+/// err <id> <ns> <error>
+/// ```
+///
+/// `<client>` is `<pid>:<task>`, `<ns>` nanoseconds since the Unix epoch; an `err` answer
+/// leaves the operation's outcome unknown. `-Dprobe.cas.mode=distributed` makes the cache
+/// distributed (replicated by default); `-Dprobe.cas.pace-ms=N` makes each client wait N ms
+/// after each compare-and-set (none by default), for shorter histories. It prints `casclient ready` once the cache is open, and
+/// its clients start once the file `<probe.cas.stop>.go` exists (the test makes it once the
+/// cluster has formed). Once its clients have stopped it prints `casclient stopped`; then, once
+/// the file `<probe.cas.stop>.final` exists (the test makes it when every client everywhere has
+/// stopped), it reads the counter once more (recorded as `final`) and prints
+/// `casclient final: <value|->`.
+async fn cas_client(app: &App) -> immutant::Result<()> {
+    let mode = match app.property("probe.cas.mode") {
+        Some("distributed") => CacheMode::Distributed,
+        _ => CacheMode::Replicated,
+    };
+    let dir = std::path::PathBuf::from(
+        app.property("probe.cas.dir")
+            .expect("-Dprobe.cas.dir names the folder of the histories"),
+    );
+    let stop = std::path::PathBuf::from(
+        app.property("probe.cas.stop")
+            .expect("-Dprobe.cas.stop names the file that stops the clients"),
+    );
+    let pace = Duration::from_millis(
+        app.property("probe.cas.pace-ms")
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0),
+    );
+    let cache = app.cache("cas").mode(mode).lookup_or_create().await?;
+    let pid = std::process::id();
+    let path = dir.join(format!("{}-{pid}.history", app.node_name()));
+    let history = CasHistory {
+        file: std::sync::Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?,
+        ),
+        next: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    println!("casclient ready");
+    tokio::spawn(async move {
+        let go = std::path::PathBuf::from(format!("{}.go", stop.display()));
+        while !go.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let clients: Vec<_> = (0..4)
+            .map(|task| {
+                let client = format!("{pid}:{task}");
+                tokio::spawn(cas_loop(
+                    cache.clone(),
+                    history.clone(),
+                    client,
+                    stop.clone(),
+                    pace,
+                ))
+            })
+            .collect();
+        for client in clients {
+            let _ = client.await;
+        }
+        println!("casclient stopped");
+        let last = std::path::PathBuf::from(format!("{}.final", stop.display()));
+        while !last.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = format!("{pid}:final");
+        let mut error = String::new();
+        for _ in 0..100 {
+            let id = history.invoke(&client, "final");
+            match cache.get_latest::<u64>("counter").await {
+                Ok(value) => {
+                    history.ok(id, &format!("final {}", shown(value)));
+                    println!("casclient final: {}", shown(value));
+                    return;
+                }
+                Err(failed) => {
+                    error = failed.to_string();
+                    history.err(id, &error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        println!("casclient final: unknown ({error})");
+    });
+    Ok(())
+}
+
+/// One client of [`cas_client`]: reads the counter and adds one to it by compare-and-set, then
+/// waits `pace`, until `stop` exists.
+async fn cas_loop(
+    cache: immutant::cache::Cache,
+    history: CasHistory,
+    client: String,
+    stop: std::path::PathBuf,
+    pace: Duration,
+) {
+    /// How long a client waits after an error answer.
+    const AFTER_ERROR: Duration = Duration::from_millis(50);
+    while !stop.exists() {
+        let id = history.invoke(&client, "read");
+        let value = match cache.get_latest::<u64>("counter").await {
+            Ok(value) => {
+                history.ok(id, &format!("read {}", shown(value)));
+                value
+            }
+            Err(error) => {
+                history.err(id, &error.to_string());
+                tokio::time::sleep(AFTER_ERROR).await;
+                continue;
+            }
+        };
+        let new = value.map_or(1, |v| v + 1);
+        let id = history.invoke(&client, &format!("cas {} {new}", shown(value)));
+        let swapped = match value {
+            None => cache
+                .put_if_absent("counter", &new)
+                .await
+                .map(|had: Option<u64>| had.is_none()),
+            Some(v) => cache.replace("counter", &v, &new).await,
+        };
+        match swapped {
+            Ok(swapped) => history.ok(id, &format!("cas {swapped}")),
+            Err(error) => {
+                history.err(id, &error.to_string());
+                tokio::time::sleep(AFTER_ERROR).await;
+            }
+        }
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+    }
+}
+
+/// A value of the counter as the history writes it: `-` for none.
+fn shown(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The history file of [`cas_client`], shared by its clients.
+#[derive(Clone)]
+struct CasHistory {
+    /// Opened for appending: each line is one `write(2)`, whole in the file even if the
+    /// process is killed right after.
+    file: std::sync::Arc<std::fs::File>,
+    /// The next operation's id, unique in the file.
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CasHistory {
+    /// Records that `client` invokes `what` now (before it does); answers the operation's id.
+    fn invoke(&self, client: &str, what: &str) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.line(&format!("invoke {client} {id} {} {what}\n", unix_ns()));
+        id
+    }
+
+    /// Records operation `id`'s answer, `what`, now (after it came).
+    fn ok(&self, id: u64, what: &str) {
+        self.line(&format!("ok {id} {} {what}\n", unix_ns()));
+    }
+
+    /// Records that operation `id` was answered with `error`: its outcome is unknown.
+    fn err(&self, id: u64, error: &str) {
+        let error = error.replace(['\n', '\r'], " ");
+        self.line(&format!("err {id} {} {error}\n", unix_ns()));
+    }
+
+    fn line(&self, line: &str) {
+        use std::io::Write;
+        // One write(2): `&File` is unbuffered.
+        (&*self.file)
+            .write_all(line.as_bytes())
+            .expect("the history file is written");
+    }
+}
+
+/// Nanoseconds since the Unix epoch now.
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
 }
