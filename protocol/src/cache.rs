@@ -82,7 +82,8 @@ pub enum Open {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CacheOp {
     /// The value of `key`, as the node the app runs on holds it: it may not have the newest
-    /// write yet.
+    /// write yet, or (on the primary's node, or right after a handover) show one that is then
+    /// not kept.
     Get { key: String },
     /// The value of `key` as the cache's primary holds it: every write that returned before
     /// this was asked is seen (a linearizable read).

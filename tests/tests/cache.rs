@@ -93,10 +93,15 @@ fn a_write_to_an_invalidated_cache_removes_the_key_on_the_other_nodes() {
     let cluster = cluster_name();
     let one = clustered(&base, "one", free_offset(), &cluster);
     one.wait_for(r#"[invalidator] k: Some("one")"#, BUILD_PATIENCE);
-    let two = clustered(&base, "two", free_offset(), &cluster);
+    one.wait_for(r#"[invalidator] own: Some("mine")"#, PATIENCE);
+    let clears = ["-Dprobe.clear=yes".to_string()];
+    let two = clustered_with(&base, "two", free_offset(), &cluster, &clears);
     two.wait_for(r#"[invalidator] k: Some("two")"#, PATIENCE);
     // Two's write took the key away from one, which keeps no stale copy.
     one.wait_for("[invalidator] k: None", PATIENCE);
+    // Two's clear empties one's copy too: even the key only one wrote.
+    two.wait_for("[invalidator] cleared", PATIENCE);
+    one.wait_for("[invalidator] own: None", PATIENCE);
 }
 
 /// What the management API of the node at `offset` says of the cache `name` (null if none).

@@ -9,8 +9,11 @@
 //! reads the counter once more. The run must then be linearizable, no value may have been won
 //! twice, and the final value must lie between the compare-and-sets won and those and the ones
 //! of unknown outcome. Cut off from a majority (a quorum of 2 of 3), the old primary's clients
-//! must win nothing once its lease has lapsed, while the majority's go on winning. The same
-//! clients run on the NATS engine, across a kill -9 of one node and a pause of another.
+//! must win nothing once its lease has lapsed, while the majority's go on winning; and after
+//! every fault, the cache must go on taking writes. Nodes that start together and open the
+//! cache in the same moment, their clients writing at once, must have one primary from the
+//! first write. The same clients run on the NATS engine, across a kill -9 of one node and a
+//! pause of another.
 //!
 //! A failure prints the evidence (the values won twice and who won them, the checker's
 //! violation, the timeline of the faults) and keeps the histories under
@@ -65,6 +68,16 @@ enum Place<'a> {
     Lan(&'a Lan),
 }
 
+/// When the clients start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Once the three nodes see each other and have settled.
+    Formed,
+    /// As soon as each app has opened the cache: the nodes start together and open it in the
+    /// same moment, before they see each other.
+    AtOnce,
+}
+
 /// What a pause stops.
 #[derive(Debug, Clone, Copy)]
 enum Paused {
@@ -91,8 +104,13 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Three nodes in `place` with `more` arguments (the engine's, the quorum), running
-    /// `casclient` on a cache of `mode`, all in one view and every client running.
+    /// `casclient` on a cache of `mode`, all in one view and every client running (started
+    /// as `start` says).
     fn start(place: Place<'a>, mode: &str, more: &[String]) -> Run<'a> {
+        Run::started(place, mode, more, Start::Formed)
+    }
+
+    fn started(place: Place<'a>, mode: &str, more: &[String], start: Start) -> Run<'a> {
         let base = Base::installed();
         base.deploy(&probe(), Some("casclient"));
         let dir = base.path().join("cas");
@@ -120,6 +138,11 @@ impl<'a> Run<'a> {
             stop,
             marks: Vec::new(),
         };
+        let go = PathBuf::from(format!("{}.go", run.stop.display()));
+        if start == Start::AtOnce {
+            run.mark("go");
+            std::fs::write(&go, b"").expect("the go file");
+        }
         for i in 0..NAMES.len() {
             let node = run.spawn(i);
             run.nodes.push(node);
@@ -128,12 +151,13 @@ impl<'a> Run<'a> {
             node.wait_for("(3 members, oldest one)", PATIENCE);
             node.wait_for("[casclient] casclient ready", BUILD_PATIENCE);
         }
-        // The clients start once the cluster has formed and settled: a fault is what strikes
-        // it then.
-        std::thread::sleep(SETTLE);
-        run.mark("go");
-        let go = PathBuf::from(format!("{}.go", run.stop.display()));
-        std::fs::write(go, b"").expect("the go file");
+        if start == Start::Formed {
+            // The clients start once the cluster has formed and settled: a fault is what
+            // strikes it then.
+            std::thread::sleep(SETTLE);
+            run.mark("go");
+            std::fs::write(&go, b"").expect("the go file");
+        }
         run
     }
 
@@ -235,6 +259,23 @@ impl<'a> Run<'a> {
     /// run lost no update; prints its tally and timeline.
     fn judge(&self, recorded: &Recorded, mut wrong: String) {
         let origin = recorded.origin();
+        // Safety alone would pass a cache that stopped taking writes: it must go on after the
+        // last fault ended.
+        let stop = self.at("stop");
+        let last = self.marks.iter().map(|(at, _)| *at).filter(|at| *at < stop);
+        if let Some(since) = last.max() {
+            let went_on = recorded
+                .wins()
+                .filter(|operation| operation.responded.is_some_and(|at| at > since))
+                .count();
+            if went_on == 0 {
+                let ms = (since as f64 - origin as f64) / 1e6;
+                let _ = writeln!(
+                    wrong,
+                    "no compare-and-set won after the last fault ended ({ms:.3} ms): the cache did not go on"
+                );
+            }
+        }
         let mut timeline = String::new();
         for (at, what) in &self.marks {
             let ms = (*at as f64 - origin as f64) / 1e6;
@@ -265,6 +306,16 @@ fn kill_9_of_the_primary_and_its_restart_lose_no_compare_and_set() {
     let mut run = Run::start(Place::Loopback, "replicated", &[]);
     std::thread::sleep(BEFORE);
     run.kill_and_restart(0);
+    std::thread::sleep(AFTER);
+    let recorded = run.finish();
+    run.judge(&recorded, String::new());
+}
+
+/// Every node opens the cache in the same moment and its clients write at once: the writes
+/// wait for the cache's first primary, and none is applied to a copy merged later.
+#[test]
+fn nodes_opening_the_cache_together_have_one_primary_from_the_first_write() {
+    let mut run = Run::started(Place::Loopback, "replicated", &[], Start::AtOnce);
     std::thread::sleep(AFTER);
     let recorded = run.finish();
     run.judge(&recorded, String::new());

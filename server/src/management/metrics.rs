@@ -20,7 +20,7 @@ const SECONDS_BUCKETS: [f64; 16] = [
 ];
 
 /// What each series is, as `# HELP` says it.
-const COUNTERS: [(&str, &str); 13] = [
+const COUNTERS: [(&str, &str); 14] = [
     (
         "immutant_messages_published_total",
         "Messages put in a queue (published or dead-lettered to it)",
@@ -64,6 +64,10 @@ const COUNTERS: [(&str, &str); 13] = [
     (
         "immutant_singleton_handovers_total",
         "Times this node took over an app's singletons",
+    ),
+    (
+        "immutant_cache_primary_handovers_total",
+        "Times this node took over a cache's writes as its primary",
     ),
     (
         "immutant_app_restarts_total",

@@ -45,11 +45,13 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
             .members
             .iter()
             .flat_map(|member| {
-                member.leases.iter().map(|(app, epoch)| SingletonStatus {
-                    app: app.clone(),
-                    node: member.name.clone(),
-                    epoch: *epoch,
-                })
+                member
+                    .singleton_leases()
+                    .map(|(app, epoch)| SingletonStatus {
+                        app: app.clone(),
+                        node: member.name.clone(),
+                        epoch: *epoch,
+                    })
             })
             .filter(|singleton| !without_singletons(&singleton.app))
             .collect(),

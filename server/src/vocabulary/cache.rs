@@ -36,12 +36,23 @@ pub enum CacheError {
     Storage(String),
 }
 
-/// Refuses a cache without a name.
+/// The longest name a cache may have, in bytes: a cache's name goes round the cluster in its
+/// holders' gossip (and in its primary's lease), whose datagrams are small.
+const MAX_NAME_BYTES: usize = 200;
+
+/// Refuses a cache without a name, or with one too long.
 pub fn check_name(name: &str) -> Result<(), CacheError> {
     if name.trim().is_empty() {
         return Err(CacheError::Invalid(
             "a cache needs a name; give it one, such as \"sessions\"".to_string(),
         ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(CacheError::Invalid(format!(
+            "a cache's name may be {MAX_NAME_BYTES} bytes long at most, and '{}…' is {}; give it a shorter one",
+            name.chars().take(40).collect::<String>(),
+            name.len()
+        )));
     }
     Ok(())
 }

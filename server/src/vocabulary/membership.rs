@@ -29,7 +29,9 @@ pub struct Member {
     pub interest: Interest,
     /// The caches it holds, with their options.
     pub caches: BTreeMap<String, CacheOptions>,
-    /// The apps whose singletons it holds a lease on, with the lease's epoch.
+    /// The leases it holds, by name, with each one's epoch: an app's singletons go by the
+    /// app's name, a cache's writes by `cache:` and the cache's (see
+    /// [`Member::singleton_leases`]).
     pub leases: BTreeMap<String, u64>,
     /// Whether this member is the node computing the view.
     pub is_self: bool,
@@ -50,6 +52,14 @@ impl Member {
             leases: Default::default(),
             is_self,
         }
+    }
+}
+
+impl Member {
+    /// The apps whose singletons it holds a lease on, with the lease's epoch: its leases but
+    /// those on caches (an app's name never holds a `:`).
+    pub fn singleton_leases(&self) -> impl Iterator<Item = (&String, &u64)> {
+        self.leases.iter().filter(|(name, _)| !name.contains(':'))
     }
 }
 

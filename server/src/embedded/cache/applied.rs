@@ -17,9 +17,9 @@ use super::peer::{PeerAnswer, Record};
 use immutant_foundation::sync::lock;
 
 /// How many requests are remembered at most.
-const REMEMBERED: usize = 4096;
-/// How long a request is remembered: far longer than a caller retries within (a few seconds).
-const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+const REMEMBERED: usize = 16_384;
+/// How long a request is remembered: longer than a caller retries within (20 s).
+const REMEMBERED_FOR: Duration = Duration::from_secs(30);
 /// How many bytes of answers (previous values) are kept at most.
 const REMEMBERED_BYTES: usize = 64 << 20;
 
@@ -45,13 +45,18 @@ struct Remembered {
 }
 
 impl Remembered {
-    /// Forgets the oldest requests while there are too many, too old or too large.
+    /// Forgets the oldest requests while there are too many, too old or too large; never one
+    /// still being carried out, whose retries must wait for its answer.
     fn trim(&mut self) {
         while let Some((id, taken, size)) = self.order.front().cloned() {
             let over = self.order.len() > REMEMBERED
                 || taken.elapsed() > REMEMBERED_FOR
                 || self.bytes > REMEMBERED_BYTES;
-            if !over {
+            let answered = self
+                .answers
+                .get(&id)
+                .is_none_or(|answer| answer.borrow().is_some() || answer.has_changed().is_err());
+            if !over || !answered {
                 break;
             }
             self.order.pop_front();
@@ -149,6 +154,29 @@ impl Applied {
         remembered.answers.insert(record.id.clone(), receiver);
         remembered.epochs.insert(record.id.clone(), record.epoch);
         remembered.order.push_back((record.id, Instant::now(), 0));
+    }
+
+    /// Forgets the outcomes of writes carried out under epochs before `epoch`: this node took
+    /// in a newer state, which may not have them.
+    pub(super) fn forget_before(&self, epoch: u64) {
+        let mut remembered = lock(&self.remembered);
+        let Remembered {
+            answers,
+            epochs,
+            order,
+            bytes,
+        } = &mut *remembered;
+        order.retain(|(id, _, size)| {
+            let old = epochs
+                .get(id)
+                .is_some_and(|carried_out| *carried_out < epoch);
+            if old {
+                answers.remove(id);
+                epochs.remove(id);
+                *bytes -= size;
+            }
+            !old
+        });
     }
 
     /// Every request carried out with its outcome, for a new primary to take over.

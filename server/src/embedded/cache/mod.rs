@@ -68,8 +68,13 @@ struct Cache {
     store: Mutex<Store>,
     /// Members that joined the cache through this node and that gossip may not show yet.
     joined: Mutex<BTreeSet<String>>,
+    /// Owners this node, as primary, did not copy writes to because they were out of its view:
+    /// they must take its state in again.
+    missed: Mutex<BTreeSet<String>>,
     /// This node's part as the cache's primary.
     primacy: Mutex<primary::Primacy>,
+    /// Ends this node's current term of holding the cache's lease (see `Cache::resign`).
+    term: Mutex<Shutdown>,
     /// The keys of writes applied here as primary whose copies are still on their way.
     pending: primary::Pending,
     /// The writes carried out by the cache's primaries, by request id.

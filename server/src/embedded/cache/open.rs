@@ -9,10 +9,10 @@ use bytes::Bytes;
 use immutant_protocol::{CacheMode, CacheOptions, Open};
 use tracing::{debug, warn};
 
-use super::peer::{PeerAnswer, PeerRequest, unpack};
+use super::peer::{PeerAnswer, PeerRequest, Record, unpack};
 use super::persist::Persistence;
 use super::store::{Entry, Store};
-use super::{Cache, Caches, ROUTE_RETRY};
+use super::{Cache, Caches, ROUTE_PATIENCE, ROUTE_RETRY};
 use crate::vocabulary::cache::{CacheError, check_name};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::sync::lock;
@@ -92,7 +92,9 @@ impl Caches {
             options: options.clone(),
             store: Mutex::new(Store::default()),
             joined: Mutex::new(BTreeSet::new()),
+            missed: Mutex::new(BTreeSet::new()),
             primacy: Mutex::default(),
+            term: Mutex::default(),
             pending: Default::default(),
             applied: Default::default(),
             persistence,
@@ -110,8 +112,16 @@ impl Caches {
         lock(&self.caches).insert(name.to_string(), cache.clone());
         let shared = matches!(options.mode, CacheMode::Replicated | CacheMode::Distributed);
         if let Some(cluster) = &self.cluster {
-            if shared && let Some((primary, Some(_))) = self.primary(&cache) {
-                self.follow(&cache, &primary).await;
+            // The primary's entries before any read: tried while a primary leads the cache,
+            // for as long as an operation looks for one.
+            let give_up = tokio::time::Instant::now() + ROUTE_PATIENCE;
+            while shared && tokio::time::Instant::now() < give_up {
+                let Some((primary, Some(_))) = self.primary(&cache) else {
+                    break;
+                };
+                if self.follow(&cache, &primary).await {
+                    break;
+                }
             }
             cache.ready.store(true, Ordering::Release);
             cluster.set_cache(name, &options).await;
@@ -125,12 +135,14 @@ impl Caches {
     }
 
     /// Joins the cache on its `primary`, taking in every entry it has, page by page, in place
-    /// of what this node holds from older primaries; gives up after ten failures in a row
-    /// (about a second without an answer), to try again later.
-    pub(super) async fn follow(&self, cache: &Cache, primary: &str) {
+    /// of what this node holds from older primaries; true once done. Gives up after ten failed
+    /// pages in a row (each a refusal, or no answer within a call's timeout), to try again later.
+    pub(super) async fn follow(&self, cache: &Cache, primary: &str) -> bool {
         let mut after = None;
         let mut failures = 0;
         let mut state = Vec::new();
+        let mut known = Vec::new();
+        lock(&cache.store).track();
         while failures < 10 {
             let request = PeerRequest::Join {
                 after: after.clone(),
@@ -142,23 +154,24 @@ impl Caches {
                         entries,
                         more,
                         synced,
-                        ..
+                        records,
                     },
                     values,
                 )) => {
-                    failures = 0;
                     let last = entries.last().map(|entry| entry.key.clone());
                     let Some(page) = unpack(entries, values, now_ms()) else {
                         failures += 1;
                         continue;
                     };
+                    failures = 0;
                     state.extend(page);
+                    known.extend(records);
                     if more && last.is_some() {
                         after = last;
                         continue;
                     }
-                    self.adopt(cache, state, synced).await;
-                    return;
+                    self.adopt(cache, state, known, synced).await;
+                    return true;
                 }
                 answer => {
                     failures += 1;
@@ -167,12 +180,30 @@ impl Caches {
                 }
             }
         }
+        false
     }
 
-    /// Takes in `state`, the entries of the primary of `epoch`, in place of this node's.
-    async fn adopt(&self, cache: &Cache, state: Vec<(String, Entry)>, epoch: u64) {
+    /// Takes in `state`, the entries of the primary of `epoch`, and the outcomes it knows
+    /// (`records`), in place of this node's.
+    async fn adopt(
+        &self,
+        cache: &Cache,
+        state: Vec<(String, Entry)>,
+        records: Vec<Record>,
+        epoch: u64,
+    ) {
         let _saving = cache.saving.lock().await;
-        let replaced = lock(&cache.store).adopt(state, epoch, now_ms());
+        let replaced = {
+            let mut store = lock(&cache.store);
+            let replaced = store.adopt(state, epoch, now_ms());
+            if store.synced == epoch {
+                cache.applied.forget_before(epoch);
+                for record in records {
+                    cache.applied.record(record);
+                }
+            }
+            replaced
+        };
         if let Some(persistence) = &cache.persistence {
             let saved = persistence.save(&cache.name, replaced.saved).await;
             let forgotten = persistence.forget(&cache.name, replaced.forgotten).await;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use immutant_protocol::{CacheMode, CacheOp, CacheOutcome};
@@ -13,7 +14,7 @@ use tracing::{debug, warn};
 use super::applied::{self, Turn};
 use super::peer::{PeerAnswer, PeerRequest, Record, pack};
 use super::rebalance::pages;
-use super::store::{Entry, Writer};
+use super::store::{Entry, Store, Writer};
 use super::{Cache, Caches, ROUTE_PATIENCE, ROUTE_RETRY};
 use crate::vocabulary::cache::CacheError;
 use immutant_foundation::clock::now_ms;
@@ -21,6 +22,8 @@ use immutant_foundation::sync::lock;
 
 /// How many times an invalidation is sent to a member that did not take it.
 const INVALIDATE_ATTEMPTS: u32 = 40;
+/// How long a primary keeps copying a write to an owner in its view that does not take it.
+const COPY_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Caches {
     /// Carries out `op` on the cache `name` for an app of this node.
@@ -117,8 +120,20 @@ impl Caches {
             self.next_request.fetch_add(1, Ordering::Relaxed)
         );
         let give_up = Instant::now() + ROUTE_PATIENCE;
+        let mut tried = false;
         loop {
-            self.check_quorum(cache)?;
+            match self.check_quorum(cache) {
+                Ok(()) => {}
+                // Nothing was sent yet: nothing was done.
+                Err(error) if !tried => return Err(error),
+                Err(_) => {
+                    return Err(CacheError::Unavailable {
+                        cache: cache.name.clone(),
+                        key,
+                    });
+                }
+            }
+            tried = true;
             if let CacheOp::Get { .. } = op
                 && self.owners(cache, &key).contains(&self.node)
             {
@@ -167,7 +182,7 @@ impl Caches {
 
     /// Refuses operations on a side of the cluster smaller than the quorum: no primary is
     /// elected there.
-    fn check_quorum(&self, cache: &Cache) -> Result<(), CacheError> {
+    pub(super) fn check_quorum(&self, cache: &Cache) -> Result<(), CacheError> {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
@@ -193,15 +208,17 @@ impl Caches {
         body: Bytes,
         request: Option<&str>,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
+        let epoch = self.serving(cache)?;
         if let CacheOp::Get { key } | CacheOp::GetLatest { key } = op {
-            let epoch = self.serving(cache)?;
-            let read = self.read(cache, key);
-            cache.pending.settled(key).await;
+            let (read, mark) = {
+                let mut store = lock(&cache.store);
+                (read_in(&mut store, key), cache.pending.mark())
+            };
+            cache.pending.settled(key, mark).await;
             return self.answered(cache, epoch, read);
         }
         let Some(id) = request else {
-            let done = self.write_as_primary(cache, op, body, None).await;
-            return done.map(|(_, answer)| answer);
+            return self.write_as_primary(cache, op, body, None).await.0;
         };
         match cache.applied.take(id) {
             Turn::Retry(first) => match applied::answer_of(first).await {
@@ -209,42 +226,52 @@ impl Caches {
                 _ => Err(self.not_primary(cache)),
             },
             Turn::Mine(turn) => {
-                let done = self.write_as_primary(cache, op, body, Some(id)).await;
-                let (epoch, answer) = match &done {
-                    Ok((epoch, (outcome, value))) => (
-                        *epoch,
-                        (PeerAnswer::Done { outcome: *outcome }, value.clone()),
-                    ),
-                    Err(error) => {
+                let (done, applied) = self.write_as_primary(cache, op, body, Some(id)).await;
+                // Once the write is in the store, its outcome is what a retry here gets, even
+                // if this answer is an error: the write stays unless a newer state replaces
+                // this node's, which forgets the outcome with it.
+                let answer = match (&done, applied) {
+                    (_, Some(outcome)) => (PeerAnswer::Done { outcome }, Bytes::new()),
+                    (Ok((outcome, value)), None) => {
+                        (PeerAnswer::Done { outcome: *outcome }, value.clone())
+                    }
+                    (Err(error), None) => {
                         let reason = error.to_string();
-                        (0, (PeerAnswer::Failed { reason }, Bytes::new()))
+                        (PeerAnswer::Failed { reason }, Bytes::new())
                     }
                 };
                 cache.applied.done(id, epoch, turn, &answer);
-                done.map(|(_, answer)| answer)
+                done
             }
         }
     }
 
     /// Applies a write as the cache's primary, copies what changed to the owners with this
     /// primary's epoch (and the request's outcome, for retries at a later primary), and
-    /// answers, with the epoch, only if the lease still holds once they have it.
+    /// answers only if the lease still holds once they have it. Also says what the write did
+    /// to the store, if it changed it (whatever the answer).
     async fn write_as_primary(
         &self,
         cache: &Cache,
         op: &CacheOp,
         body: Bytes,
         request: Option<&str>,
-    ) -> Result<(u64, (CacheOutcome, Bytes)), CacheError> {
-        let epoch = self.serving(cache)?;
+    ) -> (
+        Result<(CacheOutcome, Bytes), CacheError>,
+        Option<CacheOutcome>,
+    ) {
+        let epoch = match self.serving(cache) {
+            Ok(epoch) => epoch,
+            Err(error) => return (Err(error), None),
+        };
         let saving = match &cache.persistence {
             Some(_) => Some(cache.saving.lock().await),
             None => None,
         };
-        let (executed, in_flight) = {
+        let (executed, in_flight, mark) = {
             let mut store = lock(&cache.store);
             if store.fenced() > epoch {
-                return Err(self.not_primary(cache));
+                return (Err(self.not_primary(cache)), None);
             }
             let writer = Writer {
                 epoch,
@@ -253,35 +280,44 @@ impl Caches {
             let executed = store.execute(op, body, cache.options.expiry, writer, now_ms());
             let keys = executed.changes.iter().map(|(key, _)| key.clone());
             let in_flight = cache.pending.start(keys.collect());
-            (executed, in_flight)
+            let mark = cache.pending.mark();
+            (executed, in_flight, mark)
         };
-        if let Some(persistence) = &cache.persistence {
-            persistence
-                .save(&cache.name, executed.changes.clone())
-                .await?;
-        }
-        drop(saving);
         let answer = (executed.outcome, executed.value);
         if executed.changes.is_empty() {
-            drop(in_flight);
-            // The answer rests on the key's value: on writes to it still being copied.
+            drop((saving, in_flight));
+            // The answer rests on the key's value: on the writes to it still being copied.
             if let Some(key) = op.key() {
-                cache.pending.settled(key).await;
+                cache.pending.settled(key, mark).await;
             }
-            return Ok((epoch, self.answered(cache, epoch, answer)?));
+            return (self.answered(cache, epoch, answer), None);
         }
+        let applied = Some(answer.0);
+        if let Some(persistence) = &cache.persistence
+            && let Err(error) = persistence
+                .save(&cache.name, executed.changes.clone())
+                .await
+        {
+            return (Err(error), applied);
+        }
+        drop(saving);
         let record = request.map(|id| Record {
             id: id.to_string(),
             outcome: answer.0,
             epoch,
         });
-        self.copy(cache, epoch, executed.changes, record).await?;
+        if let Err(error) = self.copy(cache, epoch, executed.changes, record).await {
+            return (Err(error), applied);
+        }
         drop(in_flight);
-        Ok((epoch, self.answered(cache, epoch, answer)?))
+        (self.answered(cache, epoch, answer), applied)
     }
 
-    /// The epoch this node applies the cache's writes under, or why it does not.
+    /// The epoch this node applies the cache's writes under, or why it does not (it did not
+    /// take the cache over, its lease lapsed, or its side of the cluster lost the quorum).
     fn serving(&self, cache: &Cache) -> Result<u64, CacheError> {
+        self.check_quorum(cache)
+            .map_err(|_| self.not_primary(cache))?;
         cache.serving_epoch().ok_or_else(|| self.not_primary(cache))
     }
 
@@ -337,6 +373,7 @@ impl Caches {
                     entries,
                     epoch: Some(epoch),
                     record: record.clone(),
+                    missed: false,
                 };
                 tokio::spawn(async move { peers.call(&owner, &name, request, values).await });
             }
@@ -357,7 +394,9 @@ impl Caches {
     }
 
     /// Copies `entries` under `epoch` to `owner`, asking again while it is a holder in the
-    /// view and this node's lease holds.
+    /// view and this node's lease holds, for up to [`COPY_PATIENCE`]; past that, or if a newer
+    /// primary fenced the owner, this node gives its lease up. An owner that left the view is
+    /// not waited for, but told when it is copied to next that it missed writes.
     async fn copy_to(
         &self,
         cache: &Cache,
@@ -367,20 +406,28 @@ impl Caches {
         record: Option<Record>,
     ) -> Result<(), CacheError> {
         let (wire, values) = pack(entries);
+        let give_up = Instant::now() + COPY_PATIENCE;
         loop {
             if cache.serving_epoch() != Some(epoch) {
                 return Err(self.not_primary(cache));
             }
+            let missed = lock(&cache.missed).contains(owner);
             let request = PeerRequest::Apply {
                 entries: wire.clone(),
                 epoch: Some(epoch),
                 record: record.clone(),
+                missed,
             };
             let answer = self.peers.call(owner, &cache.name, request, values.clone());
             match answer.await {
-                Ok((PeerAnswer::Done { .. }, _)) => return Ok(()),
+                Ok((PeerAnswer::Done { .. }, _)) => {
+                    if missed {
+                        lock(&cache.missed).remove(owner);
+                    }
+                    return Ok(());
+                }
                 Ok((PeerAnswer::Stale { .. }, _)) => {
-                    cache.step_down(epoch);
+                    cache.resign(epoch);
                     return Err(self.not_primary(cache));
                 }
                 Ok((PeerAnswer::NotOpen {}, _)) => {
@@ -388,7 +435,18 @@ impl Caches {
                     lock(&cache.joined).remove(owner);
                     return Ok(());
                 }
-                _ if !self.holders(cache).iter().any(|holder| holder == owner) => return Ok(()),
+                _ if !self.holders(cache).iter().any(|holder| holder == owner) => {
+                    lock(&cache.missed).insert(owner.to_string());
+                    return Ok(());
+                }
+                _ if Instant::now() >= give_up => {
+                    warn!(
+                        "cache {}: {owner} takes no copies, though in the view; this node gives up its writes",
+                        cache.name
+                    );
+                    cache.resign(epoch);
+                    return Err(self.not_primary(cache));
+                }
                 _ => tokio::time::sleep(ROUTE_RETRY).await,
             }
         }
@@ -434,17 +492,12 @@ impl Caches {
     }
 
     pub(super) fn read(&self, cache: &Cache, key: &str) -> (CacheOutcome, Bytes) {
-        let value = lock(&cache.store).get(key, now_ms());
-        let outcome = CacheOutcome {
-            found: value.is_some(),
-            applied: false,
-        };
-        (outcome, value.unwrap_or_default())
+        read_in(&mut lock(&cache.store), key)
     }
 
     /// Carries out `op` on this node's own entries (a local or invalidated cache), saving what
     /// changed if the cache persists.
-    async fn execute_here(
+    pub(super) async fn execute_here(
         &self,
         cache: &Cache,
         op: &CacheOp,
@@ -464,4 +517,14 @@ impl Caches {
         }
         Ok((executed.outcome, executed.value))
     }
+}
+
+/// The value of `key` in `store`, as a read answers it.
+fn read_in(store: &mut Store, key: &str) -> (CacheOutcome, Bytes) {
+    let value = store.get(key, now_ms());
+    let outcome = CacheOutcome {
+        found: value.is_some(),
+        applied: false,
+    };
+    (outcome, value.unwrap_or_default())
 }

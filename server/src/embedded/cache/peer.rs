@@ -96,13 +96,17 @@ pub enum PeerRequest {
     /// Store these copies if they are newer (the body holds their values). `epoch` is the
     /// primary's that wrote them (or whose state the sender took in, when it moves entries to
     /// their new owners): refused under an older epoch than the holder was fenced with.
-    /// `record` is the write's request and outcome, for retries at a later primary.
+    /// `record` is the write's request and outcome, for retries at a later primary. `missed`:
+    /// the primary did not copy some writes to this holder while it was out of its view, so
+    /// the holder must take the primary's state in again.
     Apply {
         entries: Vec<WireEntry>,
         #[serde(default)]
         epoch: Option<u64>,
         #[serde(default)]
         record: Option<Record>,
+        #[serde(default)]
+        missed: bool,
     },
     /// Drop these keys: they were written elsewhere (an invalidated cache).
     Invalidate { keys: Vec<String> },

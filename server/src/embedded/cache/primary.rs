@@ -5,18 +5,23 @@
 //! lease certainly lapsed or its holder is proven dead.
 //!
 //! Under each new lease (a new epoch), the primary first takes the cache over: it fences every
-//! holder it can reach with its epoch (they refuse copies from older primaries from then on),
+//! holder in its view with its epoch (they refuse copies from older primaries from then on),
 //! gathers their entries and the outcomes of the writes they know, and starts from the newest
-//! state among them ([`Store::take_over`]). Only then does it apply writes, each carrying its
-//! epoch in its version and in its copies.
+//! state among them (`Store::take_over`). Only then does it apply writes, each carrying its
+//! epoch in its version and in its copies. A takeover that cannot finish (a holder does not
+//! answer, or a newer primary fenced one) gives the lease up, and the cache is taken over
+//! afresh.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use std::time::Duration;
+
 use immutant_foundation::clock::{monotonic_ns, now_ms};
 use immutant_foundation::sync::lock;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::peer::{PeerAnswer, PeerRequest, Record, unpack};
@@ -37,38 +42,63 @@ pub(super) struct Primacy {
     serving: bool,
 }
 
-/// The keys of writes applied here whose copies are still on their way: an answer that rests on
-/// such a key's value waits for them, for a write whose copies fail may never have happened.
+/// The writes applied here whose copies are still on their way, by key, each with its number
+/// in the order they were applied: an answer that rests on a key's value waits for the writes to
+/// it applied before that answer was read, for a write whose copies fail may never have
+/// happened.
 #[derive(Default)]
 pub(super) struct Pending {
-    keys: std::sync::Mutex<HashMap<String, usize>>,
+    writes: std::sync::Mutex<PendingWrites>,
     settled: Notify,
 }
 
-/// Keys with copies on their way, until dropped.
+#[derive(Default)]
+struct PendingWrites {
+    /// The number of the last write applied.
+    last: u64,
+    by_key: HashMap<String, BTreeSet<u64>>,
+}
+
+/// A write whose copies are on their way, until dropped.
 pub(super) struct InFlight<'a> {
     pending: &'a Pending,
+    number: u64,
     keys: Vec<String>,
 }
 
 impl Pending {
-    /// Marks `keys` as having copies on their way until the answer is dropped.
+    /// Marks a write to `keys` as having copies on their way until the answer is dropped.
+    /// Call it under the store's lock, with the write.
     pub(super) fn start(&self, keys: Vec<String>) -> InFlight<'_> {
-        let mut pending = lock(&self.keys);
+        let mut writes = lock(&self.writes);
+        writes.last += 1;
+        let number = writes.last;
         for key in &keys {
-            *pending.entry(key.clone()).or_default() += 1;
+            writes.by_key.entry(key.clone()).or_default().insert(number);
         }
         InFlight {
             pending: self,
+            number,
             keys,
         }
     }
 
-    /// Resolves once no copy of a write to `key` is on its way.
-    pub(super) async fn settled(&self, key: &str) {
+    /// The number of the last write applied: call it under the store's lock, with the read
+    /// whose answer must wait for the writes before it ([`Pending::settled`]).
+    pub(super) fn mark(&self) -> u64 {
+        lock(&self.writes).last
+    }
+
+    /// Resolves once no write to `key` numbered up to `mark` has copies on their way.
+    pub(super) async fn settled(&self, key: &str, mark: u64) {
         loop {
             let settled = self.settled.notified();
-            if !lock(&self.keys).contains_key(key) {
+            let waiting = lock(&self.writes)
+                .by_key
+                .get(key)
+                .and_then(|numbers| numbers.first())
+                .is_some_and(|first| *first <= mark);
+            if !waiting {
                 return;
             }
             settled.await;
@@ -78,12 +108,12 @@ impl Pending {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut pending = lock(&self.pending.keys);
+        let mut writes = lock(&self.pending.writes);
         for key in &self.keys {
-            if let Some(count) = pending.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    pending.remove(key);
+            if let Some(numbers) = writes.by_key.get_mut(key) {
+                numbers.remove(&self.number);
+                if numbers.is_empty() {
+                    writes.by_key.remove(key);
                 }
             }
         }
@@ -126,11 +156,14 @@ impl Cache {
         }
     }
 
-    /// Stops applying writes under `epoch`: a newer primary has fenced a holder.
-    pub(super) fn step_down(&self, epoch: u64) {
+    /// Gives up the lease of `epoch`, if it is this node's: stops applying writes under it and
+    /// lets the lease go, so that the cache is taken over afresh, by this node or another (a
+    /// newer primary fenced a holder, or a holder could not be gathered or copied to).
+    pub(super) fn resign(&self, epoch: u64) {
         let mut primacy = lock(&self.primacy);
         if primacy.epoch == epoch {
             primacy.serving = false;
+            lock(&self.term).cancel();
         }
     }
 
@@ -149,75 +182,121 @@ enum NotGathered {
     Retry,
 }
 
+/// How long a takeover may take to gather the holders' entries before the lease is given up.
+const GATHER_PATIENCE: Duration = Duration::from_secs(10);
+
 impl Caches {
     /// Holds the lease on `cache`'s writes whenever this node is elected for it, until the node
-    /// stops, and takes the cache over under each new lease.
+    /// stops, and takes the cache over under each new lease; a lease given up
+    /// ([`Cache::resign`]) ends that term, and the next begins with a new election.
     pub(super) async fn lead(self: Arc<Self>, cache: Arc<Cache>) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
         let subject = LeaseSubject::CachePrimary(cache.name.clone());
-        let (taken, mut takeovers) = watch::channel(0u64);
-        let report = |event: LeaseEvent| {
-            if let (LeaseEvent::Held { epoch, .. }, true) = (event, cache.leased(event)) {
-                taken.send_replace(epoch);
+        while !self.shutdown.is_cancelled() {
+            let term = self.shutdown.child_token();
+            *lock(&cache.term) = term.clone();
+            let (taken, mut takeovers) = watch::channel(0u64);
+            let report = |event: LeaseEvent| {
+                if let (LeaseEvent::Held { epoch, .. }, true) = (event, cache.leased(event)) {
+                    taken.send_replace(epoch);
+                }
+            };
+            let holding = lease_holder::hold(&cluster, &subject, &term, report);
+            let taking_over = async {
+                while takeovers.changed().await.is_ok() {
+                    let epoch = *takeovers.borrow_and_update();
+                    if let Err(why) = self.take_over(&cache, epoch).await {
+                        info!(
+                            "This node gives up the writes to cache {} (epoch {epoch}): {why}",
+                            cache.name
+                        );
+                        cache.resign(epoch);
+                    }
+                }
+            };
+            tokio::select! {
+                _ = holding => {}
+                _ = taking_over => {}
             }
-        };
-        let holding = lease_holder::hold(&cluster, &subject, &self.shutdown, report);
-        let taking_over = async {
-            while takeovers.changed().await.is_ok() {
-                let epoch = *takeovers.borrow_and_update();
-                self.take_over(&cache, epoch).await;
-            }
-        };
-        tokio::select! {
-            _ = holding => {}
-            _ = taking_over => {}
         }
     }
 
     /// Takes `cache` over as its primary under `epoch`: fences and gathers every holder in the
-    /// view, starts from the newest state among them, then applies writes. Gives up if the
-    /// lease ends first or a newer primary has fenced a holder.
-    async fn take_over(&self, cache: &Cache, epoch: u64) {
+    /// view (again while new ones come), starts from the newest state among them, then applies
+    /// writes. Fails if the lease ends first, a newer primary has fenced a holder, a holder
+    /// does not answer in time, or the view falls below the quorum.
+    async fn take_over(&self, cache: &Cache, epoch: u64) -> Result<(), String> {
         if !lock(&cache.store).fence(epoch) {
-            return;
+            return Err("a newer primary has fenced this node".to_string());
         }
+        let give_up = Instant::now() + GATHER_PATIENCE;
+        let mut asked = BTreeSet::from([self.node.clone()]);
         let mut gathered = Vec::new();
-        let mut records = Vec::new();
-        let others: Vec<String> = self
-            .holders(cache)
-            .into_iter()
-            .filter(|holder| *holder != self.node)
-            .collect();
-        for holder in others {
-            loop {
-                if !cache.holds(epoch) {
-                    return;
-                }
-                match self.gather_from(cache, &holder, epoch).await {
-                    Ok(Some((entries, known))) => {
-                        gathered.push(entries);
-                        records.extend(known);
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(NotGathered::Stale) => return,
-                    Err(NotGathered::Retry) if !self.holders(cache).contains(&holder) => break,
-                    Err(NotGathered::Retry) => tokio::time::sleep(ROUTE_RETRY).await,
-                }
+        loop {
+            let holders = self.holders(cache);
+            let left: Vec<String> = holders
+                .into_iter()
+                .filter(|holder| !asked.contains(holder))
+                .collect();
+            if left.is_empty() {
+                break;
             }
+            for holder in left {
+                loop {
+                    if !cache.holds(epoch) {
+                        return Err("its lease ended".to_string());
+                    }
+                    if Instant::now() >= give_up {
+                        return Err(format!("{holder} did not hand over its entries in time"));
+                    }
+                    match self.gather_from(cache, &holder, epoch).await {
+                        Ok(Some(entries)) => {
+                            gathered.push(entries);
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(NotGathered::Stale) => {
+                            return Err(format!("a newer primary has fenced {holder}"));
+                        }
+                        Err(NotGathered::Retry) if !self.holders(cache).contains(&holder) => break,
+                        Err(NotGathered::Retry) => tokio::time::sleep(ROUTE_RETRY).await,
+                    }
+                }
+                asked.insert(holder);
+            }
+        }
+        if let Err(error) = self.check_quorum(cache) {
+            return Err(error.to_string());
         }
         let _saving = cache.saving.lock().await;
         let replaced = {
             let mut store = lock(&cache.store);
             if !cache.holds(epoch) || store.fenced() > epoch {
-                return;
+                return Err("its lease ended".to_string());
             }
-            let base = gathered.iter().map(|source| source.synced).max();
-            let base = base.unwrap_or(0).max(store.synced);
-            records.retain(|record: &Record| record.epoch >= base);
-            store.take_over(gathered, epoch, now_ms())
+            let base = gathered
+                .iter()
+                .map(|(source, _)| source.synced)
+                .chain([store.synced])
+                .max()
+                .unwrap_or(0);
+            // The outcomes count where their writes do: from a holder of the newest state, or
+            // written under it or later.
+            if store.synced < base {
+                cache.applied.forget_before(base);
+            }
+            let mut sources = Vec::new();
+            for (source, records) in gathered {
+                for record in records {
+                    if source.synced == base || record.epoch >= base {
+                        cache.applied.record(record);
+                    }
+                }
+                sources.push(source);
+            }
+            store.take_over(sources, epoch, now_ms())
         };
         if let Some(persistence) = &cache.persistence {
             let saved = persistence.save(&cache.name, replaced.saved).await;
@@ -225,9 +304,6 @@ impl Caches {
             if let Err(error) = saved.and(forgotten) {
                 warn!("cache {}: {error}", cache.name);
             }
-        }
-        for record in records {
-            cache.applied.record(record);
         }
         let mut primacy = lock(&cache.primacy);
         if primacy.epoch == epoch {
@@ -237,6 +313,7 @@ impl Caches {
                 cache.name
             );
         }
+        Ok(())
     }
 
     /// Fences `holder` with `epoch` and takes every entry it holds, page by page, with the

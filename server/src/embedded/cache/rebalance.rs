@@ -108,6 +108,7 @@ impl Caches {
                     entries,
                     epoch: Some(synced),
                     record: None,
+                    missed: false,
                 };
                 let answer = self.peers.call(&owner, &cache.name, request, values).await;
                 if !matches!(answer, Ok((PeerAnswer::Done { .. }, _))) {

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use immutant_protocol::{CacheOp, CacheOutcome};
+use immutant_protocol::{CacheMode, CacheOp, CacheOutcome};
 use tracing::warn;
 
 use super::peer::{self, PeerAnswer, PeerRequest, Record, pack, unpack};
@@ -17,14 +17,16 @@ use immutant_foundation::sync::lock;
 
 impl Caches {
     /// Takes in copies from another node, those newer than this node's: written by the
-    /// primary of `epoch` (or moved by a holder that took in its state). Refused, answering the
-    /// newer epoch, if a newer primary has fenced this node.
-    pub(super) async fn merge(
+    /// primary of `epoch` (or moved by a holder that took in its state), with the write's
+    /// `record`; `missed` if this node must take the primary's state in again. Refused,
+    /// answering the newer epoch, if a newer primary has fenced this node.
+    async fn merge(
         &self,
         cache: &Cache,
-        entries: Vec<peer::WireEntry>,
-        values: Bytes,
+        (entries, values): (Vec<peer::WireEntry>, Bytes),
         epoch: Option<u64>,
+        record: Option<Record>,
+        missed: bool,
     ) -> Result<(), u64> {
         let now = now_ms();
         let Some(entries) = unpack(entries, values, now) else {
@@ -44,6 +46,14 @@ impl Caches {
                 && !store.fence(epoch)
             {
                 return Err(store.fenced());
+            }
+            if missed {
+                store.synced = 0;
+            }
+            // With the entries, under the same lock: a new primary gathering this node gets
+            // both or neither.
+            if let Some(record) = record {
+                cache.applied.record(record);
             }
             entries
                 .into_iter()
@@ -82,6 +92,21 @@ impl Caches {
                 let (outcome, value) = self.read_owned(&cache, &key).await;
                 (PeerAnswer::Done { outcome }, value)
             }
+            // A clear, from the member an app of an invalidated cache called.
+            PeerRequest::Op { call, .. }
+                if matches!(
+                    cache.options.mode,
+                    CacheMode::Local | CacheMode::Invalidated
+                ) =>
+            {
+                match self.execute_here(&cache, &call, body).await {
+                    Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
+                    Err(error) => {
+                        let reason = error.to_string();
+                        (PeerAnswer::Failed { reason }, Bytes::new())
+                    }
+                }
+            }
             PeerRequest::Op { call, request } => {
                 match self
                     .as_primary(&cache, &call, body, request.as_deref())
@@ -102,13 +127,12 @@ impl Caches {
                 entries,
                 epoch,
                 record,
-            } => match self.merge(&cache, entries, body, epoch).await {
-                Ok(()) => {
-                    if let Some(record) = record {
-                        cache.applied.record(record);
-                    }
-                    done(CacheOutcome::default())
-                }
+                missed,
+            } => match self
+                .merge(&cache, (entries, body), epoch, record, missed)
+                .await
+            {
+                Ok(()) => done(CacheOutcome::default()),
                 Err(fenced) => (PeerAnswer::Stale { fenced }, Bytes::new()),
             },
             PeerRequest::Invalidate { keys } => {
@@ -134,30 +158,34 @@ impl Caches {
                 // Joined first, then the snapshot: a write either reaches the joiner as a copy
                 // or is in the snapshot.
                 lock(&cache.joined).insert(from.to_string());
-                let snapshot = lock(&cache.store).snapshot();
-                self.page(snapshot, after, epoch, Vec::new())
+                let first = after.is_none();
+                let (snapshot, records) = {
+                    let store = lock(&cache.store);
+                    let records = first.then(|| cache.applied.records());
+                    (store.snapshot(), records.unwrap_or_default())
+                };
+                self.page(snapshot, after, epoch, records)
             }
             PeerRequest::Gather { epoch, after } => {
-                let (snapshot, synced) = {
+                let first = after.is_none();
+                let (snapshot, synced, records) = {
                     let mut store = lock(&cache.store);
+                    // Copies from older primaries are refused from now on; so are this node's
+                    // own writes, if it was the primary.
                     if !store.fence(epoch) {
                         let fenced = store.fenced();
                         return (PeerAnswer::Stale { fenced }, Bytes::new());
                     }
-                    (store.snapshot(), store.synced)
-                };
-                // This node may have been the primary: it applies nothing more under an
-                // older epoch.
-                let records = match after {
-                    None => cache.applied.records(),
-                    Some(_) => Vec::new(),
+                    let records = first.then(|| cache.applied.records());
+                    (store.snapshot(), store.synced, records.unwrap_or_default())
                 };
                 self.page(snapshot, after, synced, records)
             }
         }
     }
 
-    /// The page of `snapshot` after the key `after`, as a state of the primary of `synced`.
+    /// The page of `snapshot` after the key `after`, as a state of the primary of `synced`
+    /// (for a join: of this node, the primary), with `records` (on the first page).
     fn page(
         &self,
         snapshot: Vec<(String, Entry)>,

@@ -8,7 +8,7 @@
 //! (copies from an older primary are refused from then on) and the one whose state it took in
 //! (`synced`), so that what it holds from an older primary is never pushed over a newer one's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use immutant_protocol::{CacheOp, CacheOutcome, Expiry};
@@ -90,8 +90,11 @@ pub struct Store {
     /// The highest primary epoch this store was fenced with: copies under an older one are
     /// refused.
     fenced: u64,
-    /// The epoch of the primary whose state this store took in (0: none yet).
+    /// The epoch of the primary whose state this store took in (0: none yet, or it must be
+    /// taken in again).
     pub synced: u64,
+    /// The keys copies were merged into since a join began ([`Store::track`]).
+    tracked: Option<HashSet<String>>,
 }
 
 /// A holder's entries, as a new primary gathers them: the epoch its state was `synced` to.
@@ -230,10 +233,19 @@ impl Store {
             .get(&key)
             .is_none_or(|mine| entry.version > mine.version);
         if newer {
+            if let Some(tracked) = &mut self.tracked {
+                tracked.insert(key.clone());
+            }
             entry.touched_ms = now;
             self.entries.insert(key, entry);
         }
         newer
+    }
+
+    /// Starts noting the keys that copies are merged into: a join of the primary begins, and
+    /// what the primary copies meanwhile must outlive [`Store::adopt`].
+    pub fn track(&mut self) {
+        self.tracked = Some(HashSet::new());
     }
 
     /// Fences the store with a primary's `epoch`: false if a newer primary fenced it already
@@ -253,18 +265,20 @@ impl Store {
     }
 
     /// Takes in the state of the primary of `epoch` (every entry it holds, tombstones
-    /// included): what this store holds from older primaries gives way to it, or goes if the
-    /// primary does not have it (a write the old primary never had confirmed); copies the new
-    /// primary sent meanwhile stay where newer.
+    /// included, from a join begun at [`Store::track`]) in place of this store's: what it holds
+    /// gives way to the primary's, or goes if the primary does not have it (a write an old
+    /// primary never had confirmed, a removal this store missed), except what the primary
+    /// copied here since the join began, where newer.
     pub fn adopt(&mut self, primary: Vec<(String, Entry)>, epoch: u64, now: u64) -> Replaced {
+        let tracked = self.tracked.take().unwrap_or_default();
         let mut replaced = Replaced::default();
         if epoch < self.fenced {
             // A newer primary has come since: its state is the one to take.
             return replaced;
         }
         let theirs: HashMap<String, Entry> = primary.into_iter().collect();
-        self.entries.retain(|key, mine| {
-            let keep = mine.version.epoch >= epoch || theirs.contains_key(key);
+        self.entries.retain(|key, _| {
+            let keep = theirs.contains_key(key) || tracked.contains(key);
             if !keep {
                 replaced.forgotten.push(key.clone());
             }
@@ -274,7 +288,7 @@ impl Store {
             let take = self
                 .entries
                 .get(&key)
-                .is_none_or(|mine| mine.version.epoch < epoch || entry.version > mine.version);
+                .is_none_or(|mine| !tracked.contains(&key) || entry.version > mine.version);
             if take {
                 entry.touched_ms = now;
                 self.entries.insert(key.clone(), entry.clone());
@@ -512,10 +526,12 @@ mod tests {
         let mut holder = Store::default();
         holder.merge(kept.0.clone(), kept.1.clone(), 0);
         // A write the old primary applied here but never had confirmed, and a copy of the new
-        // primary's that arrived before the state did.
+        // primary's that arrived during the join.
         write(&mut holder, "kept", "unconfirmed", 10);
         write(&mut holder, "orphan", "unconfirmed", 10);
-        let fresh = write(&mut holder, "fresh", "2", 12);
+        holder.track();
+        let fresh = write(&mut Store::default(), "fresh", "2", 12);
+        holder.merge(fresh.0.clone(), fresh.1.clone(), 0);
         let replaced = holder.adopt(primary.snapshot(), 12, 0);
         assert_eq!(value(&mut holder, "kept").unwrap(), "1");
         assert_eq!(value(&mut holder, "orphan"), None);

@@ -344,7 +344,7 @@ async fn watch_pauses(cluster: Arc<Cluster>) {
         let gap = Duration::from_nanos(now.saturating_sub(pauses.last_tick_ns));
         if gap >= PAUSE_GAP {
             warn!(
-                "this node was paused for {gap:.1?}; it takes no singletons over until it has heard the cluster again"
+                "this node was paused for {gap:.1?}; it takes no singletons or caches over until it has heard the cluster again"
             );
             pauses.resumed_ns = Some(now);
         }

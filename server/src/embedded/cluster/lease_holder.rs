@@ -39,6 +39,16 @@ pub async fn hold(
         // went out.
         let taken_ns = monotonic_ns();
         let epoch = cluster.take_epoch(&key).await;
+        match subject {
+            LeaseSubject::Singletons(app) => {
+                metrics::counter!("immutant_singleton_handovers_total", "app" => app.clone())
+                    .increment(1)
+            }
+            LeaseSubject::CachePrimary(cache) => {
+                metrics::counter!("immutant_cache_primary_handovers_total", "cache" => cache.clone())
+                    .increment(1)
+            }
+        }
         let mut lease = HeldLease::new(epoch, taken_ns);
         debug!("Taking over {subject} (epoch {epoch}) once the cluster confirms it");
         let mut renewals = tokio::time::interval(RENEW_INTERVAL);

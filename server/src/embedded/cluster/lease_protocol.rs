@@ -1,5 +1,6 @@
-//! Singleton leases, carried by gossip (the way Chubby's and etcd's leader leases work, on this
-//! cluster's membership).
+//! Leases, carried by gossip (the way Chubby's and etcd's leader leases work, on this
+//! cluster's membership): on an app's singletons, and on a cache's writes (its lease named
+//! `cache:<name>`; below, "app" stands for either).
 //!
 //! The node that holds an app's singletons gossips `lease:<app>` = `<epoch>.<seq>`, with a new
 //! `seq` every [`RENEW_INTERVAL`]. Each other member that sees the holder in its view and holds

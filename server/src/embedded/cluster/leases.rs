@@ -1,6 +1,6 @@
-//! Leases: taking, renewing and letting go of this node's lease on an app's singletons, and
-//! answering the other holders' renewals with promises; the gossip side of [`lease_protocol`]'s pure
-//! rules.
+//! Leases: taking, renewing and letting go of this node's leases (on an app's singletons, or on
+//! a cache's writes), and answering the other holders' renewals with promises; the gossip side
+//! of [`lease_protocol`]'s pure rules.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,14 +30,14 @@ impl Cluster {
             .map(|member| member.name.clone())
     }
 
-    /// The fencing epoch this node takes `app`'s singletons over with: past every epoch any
-    /// member, live or gone, has said it took them with, and never below the clock; told to
-    /// the cluster at once. So epochs grow with every handover whatever the members' clocks
-    /// say.
-    pub async fn take_epoch(&self, app: &str) -> u64 {
+    /// The fencing epoch this node takes the lease `lease` over with (an app's singletons, or
+    /// `cache:<name>`, a cache's writes: see `LeaseSubject::key`): past every epoch any member,
+    /// live or gone, has said it took it with, and never below the clock; told to the cluster
+    /// at once. So epochs grow with every handover whatever the members' clocks say.
+    pub async fn take_epoch(&self, lease: &str) -> u64 {
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
-        let key = format!("{EPOCH_KEY_PREFIX}{app}");
+        let key = format!("{EPOCH_KEY_PREFIX}{lease}");
         let highest = chitchat
             .node_states()
             .values()
@@ -51,40 +51,37 @@ impl Cluster {
         let state = chitchat.self_node_state();
         state.set(key, epoch.to_string());
         state.set(
-            format!("{LEASE_KEY_PREFIX}{app}"),
+            format!("{LEASE_KEY_PREFIX}{lease}"),
             Renewal { epoch, seq: 0 }.value(),
         );
-        metrics::counter!("immutant_singleton_handovers_total", "app" => app.to_string())
-            .increment(1);
         epoch
     }
 
-    /// Gossips a renewal of this node's lease on `app`'s singletons.
-    pub async fn renew(&self, app: &str, renewal: Renewal) {
+    /// Gossips a renewal of this node's lease `lease`.
+    pub async fn renew(&self, lease: &str, renewal: Renewal) {
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
         chitchat
             .self_node_state()
-            .set(format!("{LEASE_KEY_PREFIX}{app}"), renewal.value());
+            .set(format!("{LEASE_KEY_PREFIX}{lease}"), renewal.value());
     }
 
-    /// Lets this node's lease on `app`'s singletons go: call it only once they have stopped
-    /// here (its app said so, or the lease's deadline passed), for members may take them over
-    /// at once.
-    pub async fn release(&self, app: &str) {
+    /// Lets this node's lease `lease` go: call it only once what it guards has stopped here
+    /// (its app said so, or the lease's deadline passed), for members may take it over at once.
+    pub async fn release(&self, lease: &str) {
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
         chitchat
             .self_node_state()
-            .delete(&format!("{LEASE_KEY_PREFIX}{app}"));
+            .delete(&format!("{LEASE_KEY_PREFIX}{lease}"));
     }
 
     /// How far the other members of the view have answered this node's renewals of its lease
-    /// on `app` under `epoch`.
-    pub fn answered(&self, app: &str, epoch: u64) -> Answered {
+    /// `lease` under `epoch`.
+    pub fn answered(&self, lease: &str, epoch: u64) -> Answered {
         lease_protocol::answered(
             &self.me,
-            app,
+            lease,
             epoch,
             &self.view.borrow(),
             &self.live.borrow(),
@@ -103,11 +100,11 @@ impl Cluster {
                 .is_none_or(|resumed| now.saturating_sub(resumed) >= nanos(RESYNC_TIME))
     }
 
-    /// Whether this node may take `app`'s singletons over now, as far as its promises go: none
+    /// Whether this node may take the lease `lease` over now, as far as its promises go: none
     /// binds it (see [`Promise::binds`]).
-    pub async fn free_to_take(&self, app: &str) -> bool {
+    pub async fn free_to_take(&self, lease: &str) -> bool {
         let Some(promise) = immutant_foundation::sync::lock(&self.promises)
-            .get(app)
+            .get(lease)
             .cloned()
         else {
             return true;
@@ -123,7 +120,7 @@ impl Cluster {
             std::time::Instant::now(),
             &dead,
             chitchat.node_states().iter(),
-            app,
+            lease,
         );
         !bound
     }

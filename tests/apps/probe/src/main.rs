@@ -727,8 +727,10 @@ async fn distributor(app: &App) -> immutant::Result<()> {
     Ok(())
 }
 
-/// Writes its node's name under `k` in the invalidated cache `near`, then prints the value it
-/// has for `k` whenever that changes: a write on another node removes it here.
+/// Writes its node's name under `k` in the invalidated cache `near`, and `mine` under a key of
+/// its own, then prints the value it has for each whenever that changes: a write on another
+/// node removes `k` here, a clear on another node (made on the node given `-Dprobe.clear=yes`,
+/// after 2 s) removes both.
 async fn invalidator(app: &App) -> immutant::Result<()> {
     let near = app
         .cache("near")
@@ -736,11 +738,32 @@ async fn invalidator(app: &App) -> immutant::Result<()> {
         .lookup_or_create()
         .await?;
     near.put("k", &app.node_name()).await?;
-    print_changes(Duration::from_millis(100), move || {
+    // A key of this node's own, which no other node writes: only a clear elsewhere takes it.
+    let own = format!("own-{}", app.node_name());
+    near.put(&own, &"mine").await?;
+    if app.property("probe.clear") == Some("yes") {
         let near = near.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            match near.clear().await {
+                Ok(()) => println!("cleared"),
+                Err(error) => println!("clear: {error}"),
+            }
+        });
+    }
+    let watched = near.clone();
+    print_changes(Duration::from_millis(100), move || {
+        let near = watched.clone();
         async move {
             let value: Option<String> = near.get("k").await.ok().flatten();
             format!("k: {value:?}")
+        }
+    });
+    print_changes(Duration::from_millis(100), move || {
+        let (near, own) = (near.clone(), own.clone());
+        async move {
+            let value: Option<String> = near.get(&own).await.ok().flatten();
+            format!("own: {value:?}")
         }
     });
     Ok(())
