@@ -1,10 +1,11 @@
 //! Scheduled jobs: cron and interval jobs fired by real nodes, singletons across a real
-//! cluster, failover by kill -9, and the `jobs` template.
+//! cluster, failover by kill -9 and across pauses (SIGSTOP), and the `jobs` template.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use immutant_e2e::nats::{NatsCluster, Release};
+use immutant_e2e::singletons::{server_and_app, signal};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, clustered_with, eventually,
     free_offset, get_json_at, kill_9, numbers_after, probe,
@@ -358,4 +359,66 @@ fn a_firing_later_than_the_misfire_threshold_runs_once_not_once_per_missed_tick(
         "one run for the missed ticks, then on time from then: {after:#?}"
     );
     assert_each_tick_once(&[&node], &after);
+}
+
+/// The jobs template on three nodes: the node counting is paused with SIGSTOP for 4 s (its
+/// server and app), and later the node counting then (its server only). No count is printed
+/// twice, each node's counts only increase, and the count goes on after each pause.
+#[test]
+fn the_jobs_template_counter_never_repeats_a_tick_across_pauses_of_the_counting_node() {
+    let base = Base::installed();
+    let project = base.new_project_from("tally", "jobs");
+    base.deploy(&project, None);
+    let cluster = cluster_name();
+    let names = ["one", "two", "three"];
+    let offsets = [free_offset(), free_offset(), free_offset()];
+    let nodes: Vec<_> = (0..3)
+        .map(|i| clustered_with(&base, names[i], offsets[i], &cluster, &[]))
+        .collect();
+    let counts = |i: usize| numbers_after(&nodes[i].stdout_lines(), "[tally] count:");
+    // The node that printed the highest count, once the count has reached `at_least`.
+    let counting = |at_least: u64| {
+        let deadline = Instant::now() + BUILD_PATIENCE;
+        loop {
+            let highest = (0..3)
+                .filter_map(|i| Some((*counts(i).iter().max()?, i)))
+                .max();
+            if let Some((count, i)) = highest.filter(|(count, _)| *count >= at_least) {
+                break (count, i);
+            }
+            assert!(Instant::now() < deadline, "nothing counted to {at_least}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (count, first) = counting(3);
+    let [server, app] = server_and_app(offsets[first]);
+    signal(&[server, app], libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(4));
+    signal(&[server, app], libc::SIGCONT);
+    let (count, second) = counting(count + 4);
+    let [server, _] = server_and_app(offsets[second]);
+    signal(&[server], libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(4));
+    signal(&[server], libc::SIGCONT);
+    counting(count + 4);
+
+    let mut all: Vec<u64> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mine = counts(i);
+        assert!(
+            mine.windows(2).all(|pair| pair[1] > pair[0]),
+            "{name}'s counts only increase: {mine:?}"
+        );
+        all.extend(mine);
+    }
+    let mut seen = BTreeSet::new();
+    let repeated: Vec<u64> = all
+        .iter()
+        .filter(|count| !seen.insert(**count))
+        .copied()
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "ticks counted twice: {repeated:?} (all: {all:?})"
+    );
 }
