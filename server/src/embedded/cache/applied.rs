@@ -1,16 +1,20 @@
 //! Writes carried out by a cache's primary, by the caller's request id, so that a caller's retry
 //! (sent after a timeout, when the first had arrived after all) is answered with what the first
 //! did rather than applied again: a `replace` retried must not be reported as failed because it
-//! already succeeded. The primary copies each write's id and outcome to the other holders with
-//! the write itself ([`Record`]), and a new primary gathers them with the entries, so a write
-//! retried at the next primary is not applied twice either. Remembered in memory, for a minute
-//! at most and within bounds.
+//! already succeeded.
+//!
+//! A write's outcome is noted the moment it changes the store, under the store's lock
+//! ([`Applied::applied`]): so whatever snapshot of the store holds the write also holds its
+//! outcome. The primary copies each outcome to the other holders with the write itself
+//! ([`Record`]), and a new primary gathers them with the entries, so a write retried at the next
+//! primary is not applied twice either. Remembered in memory, for 30 s and within bounds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use immutant_protocol::CacheOutcome;
 use tokio::sync::watch;
 
 use super::peer::{PeerAnswer, Record};
@@ -35,8 +39,8 @@ pub(super) struct Applied {
 #[derive(Default)]
 struct Remembered {
     answers: HashMap<String, watch::Receiver<Answer>>,
-    /// The epoch of the primary that carried each out.
-    epochs: HashMap<String, u64>,
+    /// The writes among them that changed the store, with the primary's epoch and the outcome.
+    outcomes: HashMap<String, (u64, CacheOutcome)>,
     /// Their ids with when they were taken and the size of their answers, oldest first, to
     /// forget the oldest.
     order: VecDeque<(String, Instant, usize)>,
@@ -61,7 +65,7 @@ impl Remembered {
             }
             self.order.pop_front();
             self.answers.remove(&id);
-            self.epochs.remove(&id);
+            self.outcomes.remove(&id);
             self.bytes -= size;
         }
     }
@@ -69,12 +73,21 @@ impl Remembered {
     /// Forgets the request `id` now.
     fn forget(&mut self, id: &str) {
         self.answers.remove(id);
-        self.epochs.remove(id);
+        self.outcomes.remove(id);
         if let Some(at) = self.order.iter().position(|(taken, _, _)| taken == id)
             && let Some((_, _, size)) = self.order.remove(at)
         {
             self.bytes -= size;
         }
+    }
+
+    /// Remembers `id` as carried out with `outcome` under `epoch`, answered already.
+    fn insert_done(&mut self, id: &str, epoch: u64, outcome: CacheOutcome) {
+        let answer = (PeerAnswer::Done { outcome }, Bytes::new());
+        let (_, receiver) = watch::channel(Some(answer));
+        self.answers.insert(id.to_string(), receiver);
+        self.outcomes.insert(id.to_string(), (epoch, outcome));
+        self.order.push_back((id.to_string(), Instant::now(), 0));
     }
 }
 
@@ -107,19 +120,23 @@ impl Applied {
         Turn::Mine(sender)
     }
 
-    /// The request `id` came to `answer` under the primary of `epoch`. A failure is forgotten,
-    /// so that a retry is carried out afresh; anything else is what its retries are answered
-    /// with.
-    pub(super) fn done(
-        &self,
-        id: &str,
-        epoch: u64,
-        turn: watch::Sender<Answer>,
-        answer: &(PeerAnswer, Bytes),
-    ) {
+    /// Notes that the request `id` changed the store under `epoch` with `outcome`: call it
+    /// under the store's lock, with the write.
+    pub(super) fn applied(&self, id: &str, epoch: u64, outcome: CacheOutcome) {
+        let mut remembered = lock(&self.remembered);
+        if remembered.answers.contains_key(id) {
+            remembered.outcomes.insert(id.to_string(), (epoch, outcome));
+        }
+    }
+
+    /// The request `id` came to `answer`. A failure of a write that changed nothing is
+    /// forgotten, so that a retry is carried out afresh; anything else is what its retries are
+    /// answered with.
+    pub(super) fn done(&self, id: &str, turn: watch::Sender<Answer>, answer: &(PeerAnswer, Bytes)) {
         {
             let mut remembered = lock(&self.remembered);
-            if matches!(answer.0, PeerAnswer::Failed { .. }) {
+            let changed = remembered.outcomes.contains_key(id);
+            if matches!(answer.0, PeerAnswer::Failed { .. }) && !changed {
                 remembered.forget(id);
             } else if let Some(entry) = remembered
                 .order
@@ -128,32 +145,19 @@ impl Applied {
             {
                 entry.2 = answer.1.len();
                 remembered.bytes += answer.1.len();
-                remembered.epochs.insert(id.to_string(), epoch);
             }
         }
         turn.send_replace(Some(answer.clone()));
     }
-}
 
-impl Applied {
     /// Remembers that the request `record` names was carried out, as the primary that did it
     /// says.
     pub(super) fn record(&self, record: Record) {
         let mut remembered = lock(&self.remembered);
         remembered.trim();
-        if remembered.answers.contains_key(&record.id) {
-            return;
+        if !remembered.answers.contains_key(&record.id) {
+            remembered.insert_done(&record.id, record.epoch, record.outcome);
         }
-        let answer = (
-            PeerAnswer::Done {
-                outcome: record.outcome,
-            },
-            Bytes::new(),
-        );
-        let (_, receiver) = watch::channel(Some(answer));
-        remembered.answers.insert(record.id.clone(), receiver);
-        remembered.epochs.insert(record.id.clone(), record.epoch);
-        remembered.order.push_back((record.id, Instant::now(), 0));
     }
 
     /// Forgets the outcomes of writes carried out under epochs before `epoch`: this node took
@@ -162,42 +166,41 @@ impl Applied {
         let mut remembered = lock(&self.remembered);
         let Remembered {
             answers,
-            epochs,
+            outcomes,
             order,
             bytes,
         } = &mut *remembered;
         order.retain(|(id, _, size)| {
-            let old = epochs
+            let old = outcomes
                 .get(id)
-                .is_some_and(|carried_out| *carried_out < epoch);
+                .is_some_and(|(carried_out, _)| *carried_out < epoch);
             if old {
                 answers.remove(id);
-                epochs.remove(id);
+                outcomes.remove(id);
                 *bytes -= size;
             }
             !old
         });
     }
 
-    /// Every request carried out with its outcome, for a new primary to take over.
-    pub(super) fn records(&self) -> Vec<Record> {
-        let mut remembered = lock(&self.remembered);
-        remembered.trim();
+    /// The writes that changed the store, newest first, at most `limit` of them, for a new
+    /// primary or a joining holder to take over. Call it under the store's lock, with the
+    /// snapshot they go with.
+    pub(super) fn records(&self, limit: usize) -> Vec<Record> {
+        let remembered = lock(&self.remembered);
         remembered
             .order
             .iter()
+            .rev()
             .filter_map(|(id, _, _)| {
-                let answer = remembered.answers.get(id)?.borrow().clone();
-                let epoch = *remembered.epochs.get(id)?;
-                match answer {
-                    Some((PeerAnswer::Done { outcome }, _)) if outcome.applied => Some(Record {
-                        id: id.clone(),
-                        outcome,
-                        epoch,
-                    }),
-                    _ => None,
-                }
+                let (epoch, outcome) = *remembered.outcomes.get(id)?;
+                Some(Record {
+                    id: id.clone(),
+                    outcome,
+                    epoch,
+                })
             })
+            .take(limit)
             .collect()
     }
 }
@@ -218,7 +221,15 @@ fn interrupted() -> (PeerAnswer, Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use immutant_protocol::CacheOutcome;
+
+    fn done(outcome: CacheOutcome) -> (PeerAnswer, Bytes) {
+        (PeerAnswer::Done { outcome }, Bytes::from_static(b"v"))
+    }
+
+    fn failed() -> (PeerAnswer, Bytes) {
+        let reason = "no".to_string();
+        (PeerAnswer::Failed { reason }, Bytes::new())
+    }
 
     #[tokio::test]
     async fn a_retry_gets_the_first_answer_and_a_failure_is_tried_afresh() {
@@ -229,13 +240,7 @@ mod tests {
         let Turn::Retry(retry) = applied.take("a") else {
             panic!("a retry is not carried out again")
         };
-        let answer = (
-            PeerAnswer::Done {
-                outcome: CacheOutcome::default(),
-            },
-            Bytes::from_static(b"v"),
-        );
-        applied.done("a", 4, first, &answer);
+        applied.done("a", first, &done(CacheOutcome::default()));
         let (got, value) = answer_of(retry).await;
         assert!(matches!(got, PeerAnswer::Done { .. }));
         assert_eq!(value, "v");
@@ -243,13 +248,7 @@ mod tests {
         let Turn::Mine(failing) = applied.take("b") else {
             panic!()
         };
-        let failed = (
-            PeerAnswer::Failed {
-                reason: "no".to_string(),
-            },
-            Bytes::new(),
-        );
-        applied.done("b", 4, failing, &failed);
+        applied.done("b", failing, &failed());
         assert!(matches!(applied.take("b"), Turn::Mine(_)), "tried afresh");
 
         let Turn::Mine(interrupted) = applied.take("c") else {
@@ -260,6 +259,26 @@ mod tests {
             matches!(applied.take("c"), Turn::Mine(_)),
             "an interrupted try is tried afresh"
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_in_the_store_is_not_tried_afresh_and_its_outcome_travels() {
+        let applied = Applied::default();
+        let outcome = CacheOutcome {
+            found: true,
+            applied: true,
+        };
+        let Turn::Mine(first) = applied.take("a") else {
+            panic!()
+        };
+        applied.applied("a", 4, outcome);
+        // Gathered while its copies are on their way: the outcome goes with the entry.
+        assert_eq!(applied.records(10)[0].epoch, 4);
+        // Its copies failed, but it is in the store: a retry is not carried out again.
+        applied.done("a", first, &done(outcome));
+        assert!(matches!(applied.take("a"), Turn::Retry(_)));
+        applied.forget_before(5);
+        assert!(applied.records(10).is_empty(), "a newer state replaced it");
     }
 
     #[tokio::test]
@@ -280,6 +299,6 @@ mod tests {
         assert!(
             matches!(answer_of(retry).await.0, PeerAnswer::Done { outcome: got } if got == outcome)
         );
-        assert_eq!(applied.records().len(), 1);
+        assert_eq!(applied.records(10).len(), 1);
     }
 }

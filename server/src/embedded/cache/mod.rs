@@ -68,9 +68,9 @@ struct Cache {
     store: Mutex<Store>,
     /// Members that joined the cache through this node and that gossip may not show yet.
     joined: Mutex<BTreeSet<String>>,
-    /// Owners this node, as primary, did not copy writes to because they were out of its view:
-    /// they must take its state in again.
-    missed: Mutex<BTreeSet<String>>,
+    /// Owners this node, as primary, did not copy writes to because they were out of its view,
+    /// with how many: they must take its state in again.
+    missed: Mutex<BTreeMap<String, u64>>,
     /// This node's part as the cache's primary.
     primacy: Mutex<primary::Primacy>,
     /// Ends this node's current term of holding the cache's lease (see `Cache::resign`).
@@ -82,6 +82,8 @@ struct Cache {
     persistence: Option<Persistence>,
     /// Held from a write to its save, so that the disk sees writes in their order.
     saving: tokio::sync::Mutex<()>,
+    /// Held while this node joins the cache's primary: one join at a time.
+    following: tokio::sync::Mutex<()>,
     /// Set once the cache has taken in the cluster's entries: until then it takes copies from
     /// the other holders, but serves no reads, writes or joins.
     ready: AtomicBool,

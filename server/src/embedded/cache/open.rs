@@ -92,13 +92,14 @@ impl Caches {
             options: options.clone(),
             store: Mutex::new(Store::default()),
             joined: Mutex::new(BTreeSet::new()),
-            missed: Mutex::new(BTreeSet::new()),
+            missed: Mutex::default(),
             primacy: Mutex::default(),
             term: Mutex::default(),
             pending: Default::default(),
             applied: Default::default(),
             persistence,
             saving: tokio::sync::Mutex::new(()),
+            following: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
         });
         let now = now_ms();
@@ -119,7 +120,7 @@ impl Caches {
                 let Some((primary, Some(_))) = self.primary(&cache) else {
                     break;
                 };
-                if self.follow(&cache, &primary).await {
+                if self.follow(&cache, &primary, Some(give_up)).await {
                     break;
                 }
             }
@@ -136,8 +137,16 @@ impl Caches {
 
     /// Joins the cache on its `primary`, taking in every entry it has, page by page, in place
     /// of what this node holds from older primaries; true once done. Gives up after ten failed
-    /// pages in a row (each a refusal, or no answer within a call's timeout), to try again later.
-    pub(super) async fn follow(&self, cache: &Cache, primary: &str) -> bool {
+    /// pages in a row (each a refusal, or no answer within a call's timeout), or at `give_up`,
+    /// to try again later.
+    pub(super) async fn follow(
+        &self,
+        cache: &Cache,
+        primary: &str,
+        give_up: Option<tokio::time::Instant>,
+    ) -> bool {
+        let _following = cache.following.lock().await;
+        let give_up = give_up.unwrap_or_else(|| tokio::time::Instant::now() + ROUTE_PATIENCE);
         let mut after = None;
         let mut failures = 0;
         let mut state = Vec::new();
@@ -148,7 +157,10 @@ impl Caches {
                 after: after.clone(),
             };
             let call = self.peers.call(primary, &cache.name, request, Bytes::new());
-            match call.await {
+            let Ok(answer) = tokio::time::timeout_at(give_up, call).await else {
+                return false;
+            };
+            match answer {
                 Ok((
                     PeerAnswer::Entries {
                         entries,

@@ -221,26 +221,29 @@ impl Caches {
             return self.write_as_primary(cache, op, body, None).await.0;
         };
         match cache.applied.take(id) {
+            // Answered only while this node still applies the writes: the first try's write
+            // stays in the state a newer primary gathers, or goes with this node's state.
             Turn::Retry(first) => match applied::answer_of(first).await {
-                (PeerAnswer::Done { outcome }, value) => Ok((outcome, value)),
+                (PeerAnswer::Done { outcome }, value) => {
+                    self.answered(cache, epoch, (outcome, value))
+                }
                 _ => Err(self.not_primary(cache)),
             },
             Turn::Mine(turn) => {
                 let (done, applied) = self.write_as_primary(cache, op, body, Some(id)).await;
-                // Once the write is in the store, its outcome is what a retry here gets, even
-                // if this answer is an error: the write stays unless a newer state replaces
-                // this node's, which forgets the outcome with it.
+                // Once the write is in the store, its outcome is what a retry gets, even if
+                // this answer is an error.
                 let answer = match (&done, applied) {
-                    (_, Some(outcome)) => (PeerAnswer::Done { outcome }, Bytes::new()),
-                    (Ok((outcome, value)), None) => {
+                    (Ok((outcome, value)), _) => {
                         (PeerAnswer::Done { outcome: *outcome }, value.clone())
                     }
+                    (Err(_), Some(outcome)) => (PeerAnswer::Done { outcome }, Bytes::new()),
                     (Err(error), None) => {
                         let reason = error.to_string();
                         (PeerAnswer::Failed { reason }, Bytes::new())
                     }
                 };
-                cache.applied.done(id, epoch, turn, &answer);
+                cache.applied.done(id, turn, &answer);
                 done
             }
         }
@@ -278,6 +281,11 @@ impl Caches {
                 id: self.writer,
             };
             let executed = store.execute(op, body, cache.options.expiry, writer, now_ms());
+            if let Some(id) = request
+                && !executed.changes.is_empty()
+            {
+                cache.applied.applied(id, epoch, executed.outcome);
+            }
             let keys = executed.changes.iter().map(|(key, _)| key.clone());
             let in_flight = cache.pending.start(keys.collect());
             let mark = cache.pending.mark();
@@ -298,6 +306,9 @@ impl Caches {
                 .save(&cache.name, executed.changes.clone())
                 .await
         {
+            // In memory but not on disk nor copied: not a write to answer for. Another
+            // primary takes the cache over from what the holders have.
+            cache.resign(epoch);
             return (Err(error), applied);
         }
         drop(saving);
@@ -411,18 +422,24 @@ impl Caches {
             if cache.serving_epoch() != Some(epoch) {
                 return Err(self.not_primary(cache));
             }
-            let missed = lock(&cache.missed).contains(owner);
+            // How many writes it missed as this copy leaves: those missed meanwhile are told
+            // with the next copy.
+            let missed = lock(&cache.missed).get(owner).copied().unwrap_or(0);
             let request = PeerRequest::Apply {
                 entries: wire.clone(),
                 epoch: Some(epoch),
                 record: record.clone(),
-                missed,
+                missed: missed > 0,
             };
             let answer = self.peers.call(owner, &cache.name, request, values.clone());
             match answer.await {
                 Ok((PeerAnswer::Done { .. }, _)) => {
-                    if missed {
-                        lock(&cache.missed).remove(owner);
+                    let mut owners = lock(&cache.missed);
+                    if let Some(count) = owners.get_mut(owner) {
+                        *count -= missed.min(*count);
+                        if *count == 0 {
+                            owners.remove(owner);
+                        }
                     }
                     return Ok(());
                 }
@@ -436,7 +453,7 @@ impl Caches {
                     return Ok(());
                 }
                 _ if !self.holders(cache).iter().any(|holder| holder == owner) => {
-                    lock(&cache.missed).insert(owner.to_string());
+                    *lock(&cache.missed).entry(owner.to_string()).or_default() += 1;
                     return Ok(());
                 }
                 _ if Instant::now() >= give_up => {

@@ -161,7 +161,8 @@ impl Cache {
     /// newer primary fenced a holder, or a holder could not be gathered or copied to).
     pub(super) fn resign(&self, epoch: u64) {
         let mut primacy = lock(&self.primacy);
-        if primacy.epoch == epoch {
+        // Not a lease that has ended already: the term may be taking its next one.
+        if primacy.epoch == epoch && primacy.until_ns > 0 {
             primacy.serving = false;
             lock(&self.term).cancel();
         }

@@ -39,7 +39,12 @@ impl Caches {
             tokio::time::sleep(REBALANCE_SETTLE).await;
             view.borrow_and_update();
             let members: BTreeSet<String> = self.members_where(|_| true).into_iter().collect();
-            let caches: Vec<Arc<Cache>> = lock(&self.caches).values().cloned().collect();
+            // A cache still opening follows its primary from there.
+            let caches: Vec<Arc<Cache>> = lock(&self.caches)
+                .values()
+                .filter(|cache| cache.ready.load(std::sync::atomic::Ordering::Acquire))
+                .cloned()
+                .collect();
             for cache in caches {
                 lock(&cache.joined).retain(|name| members.contains(name));
                 if !matches!(
@@ -73,11 +78,15 @@ impl Caches {
     async fn follow_new_primary(&self, cache: &Cache) -> Option<u64> {
         let (primary, epoch) = self.primary(cache)?;
         let epoch = epoch?;
-        if primary != self.node && lock(&cache.store).synced < epoch {
-            self.follow(cache, &primary).await;
+        let behind = {
+            let store = lock(&cache.store);
+            store.synced < epoch || store.behind
+        };
+        if primary != self.node && behind {
+            self.follow(cache, &primary, None).await;
         }
-        let synced = lock(&cache.store).synced;
-        (synced == epoch).then_some(synced)
+        let store = lock(&cache.store);
+        (store.synced == epoch && !store.behind).then_some(epoch)
     }
 
     /// Copies each entry held here to its owners (as held in the state of the primary of

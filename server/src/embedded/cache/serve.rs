@@ -48,7 +48,7 @@ impl Caches {
                 return Err(store.fenced());
             }
             if missed {
-                store.synced = 0;
+                store.behind = true;
             }
             // With the entries, under the same lock: a new primary gathering this node gets
             // both or neither.
@@ -79,7 +79,15 @@ impl Caches {
         let Some(cache) = self.get(name) else {
             return (PeerAnswer::NotOpen {}, Bytes::new());
         };
-        if !cache.ready.load(Ordering::Acquire) && !matches!(request, PeerRequest::Apply { .. }) {
+        // A holder still joining takes copies, and is gathered by a new primary (its state is
+        // of no primary yet, or of an older one), but serves nothing else.
+        let joining = !cache.ready.load(Ordering::Acquire);
+        if joining
+            && !matches!(
+                request,
+                PeerRequest::Apply { .. } | PeerRequest::Gather { .. }
+            )
+        {
             let reason = format!("cache '{name}' is still joining on {}", self.node);
             return (PeerAnswer::Failed { reason }, Bytes::new());
         }
@@ -161,7 +169,7 @@ impl Caches {
                 let first = after.is_none();
                 let (snapshot, records) = {
                     let store = lock(&cache.store);
-                    let records = first.then(|| cache.applied.records());
+                    let records = first.then(|| cache.applied.records(self.records_in_a_page()));
                     (store.snapshot(), records.unwrap_or_default())
                 };
                 self.page(snapshot, after, epoch, records)
@@ -176,12 +184,18 @@ impl Caches {
                         let fenced = store.fenced();
                         return (PeerAnswer::Stale { fenced }, Bytes::new());
                     }
-                    let records = first.then(|| cache.applied.records());
+                    let records = first.then(|| cache.applied.records(self.records_in_a_page()));
                     (store.snapshot(), store.synced, records.unwrap_or_default())
                 };
                 self.page(snapshot, after, synced, records)
             }
         }
+    }
+
+    /// How many write outcomes go with the first page of a join or a gathering: the newest,
+    /// within a quarter of a page (about 110 bytes each).
+    fn records_in_a_page(&self) -> usize {
+        self.page_bytes / 4 / 110
     }
 
     /// The page of `snapshot` after the key `after`, as a state of the primary of `synced`

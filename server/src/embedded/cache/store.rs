@@ -93,6 +93,9 @@ pub struct Store {
     /// The epoch of the primary whose state this store took in (0: none yet, or it must be
     /// taken in again).
     pub synced: u64,
+    /// Whether this store missed writes of the primary it took the state of (it was out of
+    /// the primary's view): it must take the state in again.
+    pub behind: bool,
     /// The keys copies were merged into since a join began ([`Store::track`]).
     tracked: Option<HashSet<String>>,
 }
@@ -277,18 +280,20 @@ impl Store {
             return replaced;
         }
         let theirs: HashMap<String, Entry> = primary.into_iter().collect();
-        self.entries.retain(|key, _| {
-            let keep = theirs.contains_key(key) || tracked.contains(key);
+        self.entries.retain(|key, mine| {
+            let copied = tracked.contains(key) && mine.version.epoch >= epoch;
+            let keep = theirs.contains_key(key) || copied;
             if !keep {
                 replaced.forgotten.push(key.clone());
             }
             keep
         });
         for (key, mut entry) in theirs {
-            let take = self
-                .entries
-                .get(&key)
-                .is_none_or(|mine| !tracked.contains(&key) || entry.version > mine.version);
+            let take = self.entries.get(&key).is_none_or(|mine| {
+                !tracked.contains(&key)
+                    || mine.version.epoch < epoch
+                    || entry.version > mine.version
+            });
             if take {
                 entry.touched_ms = now;
                 self.entries.insert(key.clone(), entry.clone());
@@ -297,6 +302,7 @@ impl Store {
         }
         self.fenced = self.fenced.max(epoch);
         self.synced = epoch;
+        self.behind = false;
         replaced
     }
 
