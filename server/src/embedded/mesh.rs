@@ -104,6 +104,10 @@ pub fn start(
                     accepted = listener.accept() => match accepted {
                         Ok((socket, peer)) => match opening.clone().try_acquire_owned() {
                             Ok(permit) => {
+                                // Answers go out as soon as they are written, as requests do
+                                // from the other side: Nagle's algorithm would hold a small
+                                // answer back until the last one's ACK (some 40 ms).
+                                let _ = socket.set_nodelay(true);
                                 tokio::spawn(serve(socket, cluster.clone(), services.clone(), (limit, permit)));
                             }
                             // Many links at once that have not shown they know the secret: a

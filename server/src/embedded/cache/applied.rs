@@ -74,7 +74,7 @@ impl Remembered {
     fn forget(&mut self, id: &str) {
         self.answers.remove(id);
         self.outcomes.remove(id);
-        if let Some(at) = self.order.iter().position(|(taken, _, _)| taken == id)
+        if let Some(at) = self.order.iter().rposition(|(taken, _, _)| taken == id)
             && let Some((_, _, size)) = self.order.remove(at)
         {
             self.bytes -= size;
@@ -141,6 +141,8 @@ impl Applied {
             } else if let Some(entry) = remembered
                 .order
                 .iter_mut()
+                // The newest first: a request is done soon after it was taken.
+                .rev()
                 .find(|(taken, _, _)| taken == id)
             {
                 entry.2 = answer.1.len();

@@ -137,7 +137,7 @@ impl Caches {
 
     /// Joins the cache on its `primary`, taking in every entry it has, page by page, in place
     /// of what this node holds from older primaries; true once done. Gives up after ten failed
-    /// pages in a row (each a refusal, or no answer within a call's timeout), or at `give_up`,
+    /// tries in a row (each a refusal, or no answer within a call's timeout), or at `give_up`,
     /// to try again later.
     pub(super) async fn follow(
         &self,
@@ -147,20 +147,43 @@ impl Caches {
     ) -> bool {
         let _following = cache.following.lock().await;
         let give_up = give_up.unwrap_or_else(|| tokio::time::Instant::now() + ROUTE_PATIENCE);
-        let mut after = None;
-        let mut failures = 0;
-        let mut state = Vec::new();
-        let mut known = Vec::new();
-        lock(&cache.store).track();
-        while failures < 10 {
-            let request = PeerRequest::Join {
-                after: after.clone(),
-            };
-            let call = self.peers.call(primary, &cache.name, request, Bytes::new());
-            let Ok(answer) = tokio::time::timeout_at(give_up, call).await else {
+        for _ in 0..10 {
+            lock(&cache.store).track();
+            let join = |after| PeerRequest::Join { after };
+            let fetched = self.state_of(cache, primary, join);
+            let Ok(fetched) = tokio::time::timeout_at(give_up, fetched).await else {
                 return false;
             };
-            match answer {
+            match fetched {
+                Ok(state) => {
+                    self.adopt(cache, state).await;
+                    return true;
+                }
+                Err(answer) => {
+                    debug!("joining cache {} on {primary}: {answer:?}", cache.name);
+                    tokio::time::sleep(ROUTE_RETRY).await;
+                }
+            }
+        }
+        false
+    }
+
+    /// Every entry `holder` has of `cache`, with the epoch of the primary whose state they are
+    /// and the outcomes of writes it knows, page by page as `request` asks for the page after a
+    /// key; or the first answer that was not a page (none for a page cut short).
+    pub(super) async fn state_of(
+        &self,
+        cache: &Cache,
+        holder: &str,
+        request: impl Fn(Option<String>) -> PeerRequest,
+    ) -> Result<HolderState, Option<PeerAnswer>> {
+        let mut state = HolderState::default();
+        let mut after = None;
+        loop {
+            let call = self
+                .peers
+                .call(holder, &cache.name, request(after), Bytes::new());
+            match call.await {
                 Ok((
                     PeerAnswer::Entries {
                         entries,
@@ -171,43 +194,33 @@ impl Caches {
                     values,
                 )) => {
                     let last = entries.last().map(|entry| entry.key.clone());
-                    let Some(page) = unpack(entries, values, now_ms()) else {
-                        failures += 1;
-                        continue;
-                    };
-                    failures = 0;
-                    state.extend(page);
-                    known.extend(records);
-                    if more && last.is_some() {
-                        after = last;
-                        continue;
+                    let page = unpack(entries, values, now_ms()).ok_or(None)?;
+                    state.entries.extend(page);
+                    state.synced = synced;
+                    state.records.extend(records);
+                    if !more || last.is_none() {
+                        return Ok(state);
                     }
-                    self.adopt(cache, state, known, synced).await;
-                    return true;
+                    after = last;
                 }
-                answer => {
-                    failures += 1;
-                    debug!("joining cache {} on {primary}: {answer:?}", cache.name);
-                    tokio::time::sleep(ROUTE_RETRY).await;
-                }
+                Ok((answer, _)) => return Err(Some(answer)),
+                Err(_) => return Err(None),
             }
         }
-        false
     }
 
-    /// Takes in `state`, the entries of the primary of `epoch`, and the outcomes it knows
-    /// (`records`), in place of this node's.
-    async fn adopt(
-        &self,
-        cache: &Cache,
-        state: Vec<(String, Entry)>,
-        records: Vec<Record>,
-        epoch: u64,
-    ) {
+    /// Takes in `primary`'s state (its entries, and the outcomes it knows) in place of this
+    /// node's.
+    async fn adopt(&self, cache: &Cache, primary: HolderState) {
+        let HolderState {
+            entries,
+            synced: epoch,
+            records,
+        } = primary;
         let _saving = cache.saving.lock().await;
         let replaced = {
             let mut store = lock(&cache.store);
-            let replaced = store.adopt(state, epoch, now_ms());
+            let replaced = store.adopt(entries, epoch, now_ms());
             if store.synced == epoch {
                 cache.applied.forget_before(epoch);
                 for record in records {
@@ -234,4 +247,13 @@ impl Caches {
         *persistence = Some(opened.clone());
         Ok(opened)
     }
+}
+
+/// A holder's entries, the epoch of the primary whose state they are, and the outcomes of
+/// writes it knows, as a join or a gathering brings them.
+#[derive(Debug, Default)]
+pub(super) struct HolderState {
+    pub entries: Vec<(String, Entry)>,
+    pub synced: u64,
+    pub records: Vec<Record>,
 }

@@ -15,7 +15,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use std::time::Duration;
 
 use immutant_foundation::clock::{monotonic_ns, now_ms};
@@ -24,7 +23,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::peer::{PeerAnswer, PeerRequest, Record, unpack};
+use super::open::HolderState;
+use super::peer::{PeerAnswer, PeerRequest};
 use super::store::Gathered;
 use super::{Cache, Caches, ROUTE_RETRY};
 use crate::embedded::cluster::election::LeaseSubject;
@@ -279,7 +279,7 @@ impl Caches {
             }
             let base = gathered
                 .iter()
-                .map(|(source, _)| source.synced)
+                .map(|holder| holder.synced)
                 .chain([store.synced])
                 .max()
                 .unwrap_or(0);
@@ -289,13 +289,16 @@ impl Caches {
                 cache.applied.forget_before(base);
             }
             let mut sources = Vec::new();
-            for (source, records) in gathered {
-                for record in records {
-                    if source.synced == base || record.epoch >= base {
+            for holder in gathered {
+                for record in holder.records {
+                    if holder.synced == base || record.epoch >= base {
                         cache.applied.record(record);
                     }
                 }
-                sources.push(source);
+                sources.push(Gathered {
+                    synced: holder.synced,
+                    entries: holder.entries,
+                });
             }
             store.take_over(sources, epoch, now_ms())
         };
@@ -325,52 +328,21 @@ impl Caches {
         cache: &Cache,
         holder: &str,
         epoch: u64,
-    ) -> Result<Option<(Gathered, Vec<Record>)>, NotGathered> {
-        let mut after = None;
-        let mut gathered = Gathered {
-            synced: 0,
-            entries: Vec::new(),
-        };
-        let mut known = Vec::new();
-        loop {
-            let request = PeerRequest::Gather {
-                epoch,
-                after: after.clone(),
-            };
-            let answer = self.peers.call(holder, &cache.name, request, Bytes::new());
-            match answer.await {
-                Ok((
-                    PeerAnswer::Entries {
-                        entries,
-                        more,
-                        synced,
-                        records,
-                    },
-                    values,
-                )) => {
-                    let last = entries.last().map(|entry| entry.key.clone());
-                    let page = unpack(entries, values, now_ms()).ok_or(NotGathered::Retry)?;
-                    gathered.synced = synced;
-                    gathered.entries.extend(page);
-                    known.extend(records);
-                    if more && last.is_some() {
-                        after = last;
-                        continue;
-                    }
-                    return Ok(Some((gathered, known)));
-                }
-                Ok((PeerAnswer::NotOpen {}, _)) => return Ok(None),
-                Ok((PeerAnswer::Stale { fenced }, _)) => {
-                    debug!(
-                        "cache {}: {holder} follows a newer primary (epoch {fenced})",
-                        cache.name
-                    );
-                    return Err(NotGathered::Stale);
-                }
-                answer => {
-                    debug!("gathering cache {} from {holder}: {answer:?}", cache.name);
-                    return Err(NotGathered::Retry);
-                }
+    ) -> Result<Option<HolderState>, NotGathered> {
+        let gather = |after| PeerRequest::Gather { epoch, after };
+        match self.state_of(cache, holder, gather).await {
+            Ok(state) => Ok(Some(state)),
+            Err(Some(PeerAnswer::NotOpen {})) => Ok(None),
+            Err(Some(PeerAnswer::Stale { fenced })) => {
+                debug!(
+                    "cache {}: {holder} follows a newer primary (epoch {fenced})",
+                    cache.name
+                );
+                Err(NotGathered::Stale)
+            }
+            Err(answer) => {
+                debug!("gathering cache {} from {holder}: {answer:?}", cache.name);
+                Err(NotGathered::Retry)
             }
         }
     }
