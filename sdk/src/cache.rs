@@ -15,8 +15,12 @@
 //! ```
 //!
 //! Keys are anything serde can write (strings are used as they are); values are serde values
-//! (as JSON) or raw bytes. Writes return once every owner has them, unless the cache was made
-//! with `sync(false)`.
+//! (as JSON) or raw bytes. In a cluster every write to a replicated or distributed cache is
+//! applied by the cache's primary (one member at a time, under a lease) and returns once every
+//! owner has it, unless the cache was made with `sync(false)`; compare-and-set (`replace`,
+//! `put_if_absent`, `swap`) never loses an update. [`Cache::get`] reads the copy on this app's
+//! node, which may lag a write another node just made; [`Cache::get_latest`] reads at the
+//! primary and sees every write that returned before it.
 
 use std::time::Duration;
 
