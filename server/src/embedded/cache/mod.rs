@@ -102,8 +102,9 @@ pub struct Caches {
     data_dir: PathBuf,
     persistence: Mutex<Option<Persistence>>,
     caches: Mutex<BTreeMap<String, Arc<Cache>>>,
-    /// Opens one cache at a time, so that two apps opening one name get one cache.
-    opening: tokio::sync::Mutex<()>,
+    /// One lock per name being opened, so that two apps opening one name get one cache, while
+    /// others open theirs meanwhile (a first open may wait on its primary for a while).
+    opening: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Numbers this node's requests to the caches' primaries.
     next_request: std::sync::atomic::AtomicU64,
     shutdown: Shutdown,
@@ -131,7 +132,7 @@ impl Caches {
             data_dir,
             persistence: Mutex::new(None),
             caches: Mutex::new(BTreeMap::new()),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Mutex::default(),
             next_request: std::sync::atomic::AtomicU64::new(0),
             shutdown: shutdown.clone(),
         });

@@ -44,7 +44,29 @@ impl Caches {
         if let Some(cluster) = &self.cluster {
             cluster.discovered().await;
         }
-        let _opening = self.opening.lock().await;
+        let name_lock = lock(&self.opening)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let opened = {
+            let _opening = name_lock.lock().await;
+            self.open_alone(name, open, options).await
+        };
+        // The last one through forgets the name's lock.
+        let mut locks = lock(&self.opening);
+        if Arc::strong_count(&name_lock) == 2 {
+            locks.remove(name);
+        }
+        opened
+    }
+
+    /// Opens the cache `name`, the only one opening it here.
+    async fn open_alone(
+        self: &Arc<Self>,
+        name: &str,
+        open: Open,
+        options: CacheOptions,
+    ) -> Result<Option<CacheOptions>, CacheError> {
         if let Some(cache) = self.get(name) {
             return match open {
                 Open::Create => Err(CacheError::Exists {
