@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::peer::{PeerAnswer, PeerRequest, Record, unpack};
 use super::persist::Persistence;
-use super::store::{Entry, Store};
+use super::store::{Gathered, Store};
 use super::{Cache, Caches, ROUTE_PATIENCE, ROUTE_RETRY};
 use crate::vocabulary::cache::{CacheError, check_name};
 use immutant_foundation::clock::now_ms;
@@ -192,7 +192,8 @@ impl Caches {
 
     /// Every entry `holder` has of `cache`, with the epoch of the primary whose state they are
     /// and the outcomes of writes it knows, page by page as `request` asks for the page after a
-    /// key; or the first answer that was not a page (none for a page cut short).
+    /// key; or the first answer that was not a page (none if no answer came, or a page was cut
+    /// short).
     pub(super) async fn state_of(
         &self,
         cache: &Cache,
@@ -217,8 +218,8 @@ impl Caches {
                 )) => {
                     let last = entries.last().map(|entry| entry.key.clone());
                     let page = unpack(entries, values, now_ms()).ok_or(None)?;
-                    state.entries.extend(page);
-                    state.synced = synced;
+                    state.state.entries.extend(page);
+                    state.state.synced = synced;
                     state.records.extend(records);
                     if !more || last.is_none() {
                         return Ok(state);
@@ -234,30 +235,20 @@ impl Caches {
     /// Takes in `primary`'s state (its entries, and the outcomes it knows) in place of this
     /// node's.
     async fn adopt(&self, cache: &Cache, primary: HolderState) {
-        let HolderState {
-            entries,
-            synced: epoch,
-            records,
-        } = primary;
+        let epoch = primary.state.synced;
         let _saving = cache.saving.lock().await;
         let replaced = {
             let mut store = lock(&cache.store);
-            let replaced = store.adopt(entries, epoch, now_ms());
+            let replaced = store.adopt(primary.state.entries, epoch, now_ms());
             if store.synced == epoch {
                 cache.applied.forget_before(epoch);
-                for record in records {
+                for record in primary.records {
                     cache.applied.record(record);
                 }
             }
             replaced
         };
-        if let Some(persistence) = &cache.persistence {
-            let saved = persistence.save(&cache.name, replaced.saved).await;
-            let forgotten = persistence.forget(&cache.name, replaced.forgotten).await;
-            if let Err(error) = saved.and(forgotten) {
-                warn!("cache {}: {error}", cache.name);
-            }
-        }
+        cache.save_replaced(replaced).await;
     }
 
     fn persistence(&self) -> Result<Persistence, CacheError> {
@@ -271,11 +262,10 @@ impl Caches {
     }
 }
 
-/// A holder's entries, the epoch of the primary whose state they are, and the outcomes of
+/// A holder's entries (with the epoch of the primary whose state they are) and the outcomes of
 /// writes it knows, as a join or a gathering brings them.
 #[derive(Debug, Default)]
 pub(super) struct HolderState {
-    pub entries: Vec<(String, Entry)>,
-    pub synced: u64,
+    pub state: Gathered,
     pub records: Vec<Record>,
 }

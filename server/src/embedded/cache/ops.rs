@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::applied::{self, Turn};
-use super::peer::{PeerAnswer, PeerRequest, Record, pack};
+use super::peer::{self, PeerAnswer, PeerRequest, Record, pack};
 use super::rebalance::pages;
 use super::store::{Entry, Store, Writer};
 use super::{Cache, Caches, ROUTE_PATIENCE, ROUTE_RETRY};
@@ -234,14 +234,8 @@ impl Caches {
                 // Once the write is in the store, its outcome is what a retry gets, even if
                 // this answer is an error.
                 let answer = match (&done, applied) {
-                    (Ok((outcome, value)), _) => {
-                        (PeerAnswer::Done { outcome: *outcome }, value.clone())
-                    }
                     (Err(_), Some(outcome)) => (PeerAnswer::Done { outcome }, Bytes::new()),
-                    (Err(error), None) => {
-                        let reason = error.to_string();
-                        (PeerAnswer::Failed { reason }, Bytes::new())
-                    }
+                    _ => peer::answer(&done),
                 };
                 cache.applied.done(id, turn, &answer);
                 done
@@ -379,14 +373,20 @@ impl Caches {
             // asynchronous cache's writes may be.
             for (owner, entries) in by_owner {
                 let (peers, name) = (self.peers.clone(), cache.name.clone());
-                let (entries, values) = pack(&entries);
-                let request = PeerRequest::Apply {
-                    entries,
-                    epoch: Some(epoch),
-                    record: record.clone(),
-                    missed: false,
-                };
-                tokio::spawn(async move { peers.call(&owner, &name, request, values).await });
+                let pages = pages(entries, self.page_bytes);
+                let record = record.clone();
+                tokio::spawn(async move {
+                    for page in pages {
+                        let (entries, values) = pack(&page);
+                        let request = PeerRequest::Apply {
+                            entries,
+                            epoch: Some(epoch),
+                            record: record.clone(),
+                            missed: false,
+                        };
+                        let _ = peers.call(&owner, &name, request, values).await;
+                    }
+                });
             }
             return Ok(());
         }

@@ -162,6 +162,17 @@ pub enum PeerAnswer {
     NotOpen {},
 }
 
+/// The answer to an operation carried out (or not).
+pub fn answer(done: &Result<(CacheOutcome, Bytes), CacheError>) -> (PeerAnswer, Bytes) {
+    match done {
+        Ok((outcome, value)) => (PeerAnswer::Done { outcome: *outcome }, value.clone()),
+        Err(error) => {
+            let reason = error.to_string();
+            (PeerAnswer::Failed { reason }, Bytes::new())
+        }
+    }
+}
+
 /// An entry's metadata on the wire (or on disk); `len` is none for a removed key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -7,12 +7,27 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+use super::Cache;
 use super::peer::{WireEntry, pack, unpack};
-use super::store::Entry;
+use super::store::{Entry, Replaced};
 use crate::vocabulary::cache::CacheError;
 
 /// Entries by cache and key: a length-prefixed JSON [`WireEntry`], then the value.
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
+
+impl Cache {
+    /// Saves what replacing its entries changed, if it persists (the caller holds `saving`).
+    pub(super) async fn save_replaced(&self, replaced: Replaced) {
+        let Some(persistence) = &self.persistence else {
+            return;
+        };
+        let saved = persistence.save(&self.name, replaced.saved).await;
+        let forgotten = persistence.forget(&self.name, replaced.forgotten).await;
+        if let Err(error) = saved.and(forgotten) {
+            tracing::warn!("cache {}: {error}", self.name);
+        }
+    }
+}
 
 /// The database of persisted caches.
 #[derive(Clone)]

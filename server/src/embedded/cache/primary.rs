@@ -21,11 +21,10 @@ use immutant_foundation::clock::{monotonic_ns, now_ms};
 use immutant_foundation::sync::lock;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::open::HolderState;
 use super::peer::{PeerAnswer, PeerRequest};
-use super::store::Gathered;
 use super::{Cache, Caches, ROUTE_RETRY};
 use crate::embedded::cluster::election::LeaseSubject;
 use crate::embedded::cluster::lease_holder;
@@ -279,7 +278,7 @@ impl Caches {
             }
             let base = gathered
                 .iter()
-                .map(|holder| holder.synced)
+                .map(|holder| holder.state.synced)
                 .chain([store.synced])
                 .max()
                 .unwrap_or(0);
@@ -291,24 +290,15 @@ impl Caches {
             let mut sources = Vec::new();
             for holder in gathered {
                 for record in holder.records {
-                    if holder.synced == base || record.epoch >= base {
+                    if holder.state.synced == base || record.epoch >= base {
                         cache.applied.record(record);
                     }
                 }
-                sources.push(Gathered {
-                    synced: holder.synced,
-                    entries: holder.entries,
-                });
+                sources.push(holder.state);
             }
             store.take_over(sources, epoch, now_ms())
         };
-        if let Some(persistence) = &cache.persistence {
-            let saved = persistence.save(&cache.name, replaced.saved).await;
-            let forgotten = persistence.forget(&cache.name, replaced.forgotten).await;
-            if let Err(error) = saved.and(forgotten) {
-                warn!("cache {}: {error}", cache.name);
-            }
-        }
+        cache.save_replaced(replaced).await;
         let mut primacy = lock(&cache.primacy);
         if primacy.epoch == epoch {
             primacy.serving = true;

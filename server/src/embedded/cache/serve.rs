@@ -100,33 +100,17 @@ impl Caches {
                 let (outcome, value) = self.read_owned(&cache, &key).await;
                 (PeerAnswer::Done { outcome }, value)
             }
-            // A clear, from the member an app of an invalidated cache called.
-            PeerRequest::Op { call, .. }
-                if matches!(
-                    cache.options.mode,
-                    CacheMode::Local | CacheMode::Invalidated
-                ) =>
-            {
-                match self.execute_here(&cache, &call, body).await {
-                    Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
-                    Err(error) => {
-                        let reason = error.to_string();
-                        (PeerAnswer::Failed { reason }, Bytes::new())
-                    }
+            // On a local or invalidated cache: a clear, from the member whose app made it. On
+            // any other: for this node as the cache's primary.
+            PeerRequest::Op { call, request } => peer::answer(&match cache.options.mode {
+                CacheMode::Local | CacheMode::Invalidated => {
+                    self.execute_here(&cache, &call, body).await
                 }
-            }
-            PeerRequest::Op { call, request } => {
-                match self
-                    .as_primary(&cache, &call, body, request.as_deref())
-                    .await
-                {
-                    Ok((outcome, value)) => (PeerAnswer::Done { outcome }, value),
-                    Err(error) => {
-                        let reason = error.to_string();
-                        (PeerAnswer::Failed { reason }, Bytes::new())
-                    }
+                CacheMode::Replicated | CacheMode::Distributed => {
+                    self.as_primary(&cache, &call, body, request.as_deref())
+                        .await
                 }
-            }
+            }),
             PeerRequest::Read { key } => {
                 let (outcome, value) = self.read(&cache, &key);
                 (PeerAnswer::Done { outcome }, value)

@@ -100,7 +100,9 @@ pub struct Store {
     tracked: Option<HashSet<String>>,
 }
 
-/// A holder's entries, as a new primary gathers them: the epoch its state was `synced` to.
+/// A holder's entries, as a join or a new primary gathers them: the epoch of the primary whose
+/// state they are (`synced`).
+#[derive(Debug, Default)]
 pub struct Gathered {
     pub synced: u64,
     pub entries: Vec<(String, Entry)>,
