@@ -1,9 +1,9 @@
 //! A stranger on the same network, who knows the cluster's name (the management API prints
 //! it) but not its secret, tries what got in before the secret: a fake member by gossip, one
 //! with a real node's name, forged frames on the cluster port, a flood of connections that
-//! never say anything. Nothing gets in, no node stops, and the node keeps answering. The
-//! management API stays on loopback unless told otherwise, asks for the token beyond it, and
-//! never shows a secret.
+//! never say anything, plain gossip to every port a node holds, loopback ones included. Nothing
+//! gets in, no node stops, and the node keeps answering. The management API stays on loopback
+//! unless told otherwise, asks for the token beyond it, and never shows a secret.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -98,6 +98,38 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// A member that speaks chitchat as published (unsealed), named `name`, in cluster `cluster`,
+/// gossiping with `seeds`.
+async fn fake_member(name: &str, cluster: &str, seeds: Vec<String>) -> chitchat::ChitchatHandle {
+    let listen: SocketAddr = ([127, 0, 0, 1], 7600 + free_offset()).into();
+    let config = chitchat::ChitchatConfig {
+        chitchat_id: chitchat::ChitchatId::new(name.to_string(), 1, listen),
+        cluster_id: cluster.to_string(),
+        gossip_interval: Duration::from_millis(100),
+        listen_addr: listen,
+        seed_nodes: seeds,
+        failure_detector_config: chitchat::FailureDetectorConfig::default(),
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V1,
+    };
+    chitchat::spawn_chitchat(config, Vec::new(), &chitchat::transport::UdpTransport)
+        .await
+        .unwrap()
+}
+
+/// The members `fake` knows of, itself included.
+async fn known_to(fake: &chitchat::ChitchatHandle) -> Vec<String> {
+    let chitchat = fake.chitchat();
+    let chitchat = chitchat.lock().await;
+    chitchat
+        .node_states()
+        .keys()
+        .map(|id| id.node_id.to_string())
+        .collect()
+}
+
 #[test]
 fn a_strangers_gossip_and_forged_frames_get_nothing_in() {
     let base = Base::installed();
@@ -118,29 +150,13 @@ fn a_strangers_gossip_and_forged_frames_get_nothing_in() {
     // A fake member gossips with the cluster's name, as chitchat itself (unsealed), and under
     // the real node's name (which once made the real node stop).
     let seen_by_fake = runtime().block_on(async {
-        let listen: SocketAddr = ([127, 0, 0, 1], 7600 + free_offset()).into();
-        let config = chitchat::ChitchatConfig {
-            chitchat_id: chitchat::ChitchatId::new("real".to_string(), 1, listen),
-            cluster_id: cluster.clone(),
-            gossip_interval: Duration::from_millis(100),
-            listen_addr: listen,
-            seed_nodes: vec![gossip.to_string()],
-            failure_detector_config: chitchat::FailureDetectorConfig::default(),
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V1,
-        };
-        let fake = chitchat::spawn_chitchat(config, Vec::new(), &chitchat::transport::UdpTransport)
-            .await
-            .unwrap();
+        let fake = fake_member("real", &cluster, vec![gossip.to_string()]).await;
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let chitchat = fake.chitchat();
-        let chitchat = chitchat.lock().await;
-        chitchat.node_states().len()
+        known_to(&fake).await
     });
     assert_eq!(
-        seen_by_fake, 1,
+        seen_by_fake,
+        ["real"],
         "the fake member learns of no one but itself"
     );
     let said = complaint(&node);
@@ -173,6 +189,132 @@ fn a_strangers_gossip_and_forged_frames_get_nothing_in() {
     );
     assert!(!node.text().contains("Stopping node"), "{}", node.text());
     assert_eq!(get_json(9990 + offset)["name"], "real");
+}
+
+/// An ack `evil` sends, carrying its state: `recorder` stands between it (whose seed it is) and
+/// `accomplice`, passing their gossip on, until `evil` answers a syn-ack.
+async fn recorded_ack(
+    recorder: &tokio::net::UdpSocket,
+    evil: &chitchat::ChitchatHandle,
+    accomplice: &chitchat::ChitchatHandle,
+) -> Vec<u8> {
+    // chitchat's header: a magic number (2 bytes), the protocol version, the message's type.
+    const ACK: u8 = 2;
+    let (evil, accomplice) = (
+        evil.chitchat_id().gossip_advertise_addr,
+        accomplice.chitchat_id().gossip_advertise_addr,
+    );
+    let mut datagram = vec![0u8; 65_536];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (length, from) = recorder.recv_from(&mut datagram).await.unwrap();
+            let datagram = &datagram[..length];
+            if from == evil && datagram.get(3) == Some(&ACK) {
+                return datagram.to_vec();
+            }
+            let to = if from == evil { accomplice } else { evil };
+            recorder.send_to(datagram, to).await.unwrap();
+        }
+    })
+    .await
+    .expect("the fakes gossip through the recorder")
+}
+
+/// Every UDP port the process `pid` holds, as an address on loopback to send to (the node binds
+/// 127.0.0.1, and its own relays are on loopback; a socket bound to any address is reached there
+/// too).
+fn udp_ports(pid: i32) -> Vec<SocketAddr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let mut ports: Vec<SocketAddr> = ["udp", "udp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let port = fields.get(1)?.rsplit(':').next()?;
+                    inodes
+                        .contains(&fields.get(9)?.to_string())
+                        .then(|| u16::from_str_radix(port, 16).ok())?
+                })
+                .collect::<Vec<_>>()
+        })
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+#[test]
+fn plaintext_gossip_to_every_port_a_node_holds_never_reaches_the_view() {
+    let base = Base::installed();
+    let cluster = cluster_name();
+    let offsets = [free_offset(), free_offset()];
+    let a = clustered(&base, "a", offsets[0], &cluster);
+    let b = clustered(&base, "b", offsets[1], &cluster);
+    for node in [&a, &b] {
+        node.wait_for("Cluster view: [a, b]", PATIENCE);
+    }
+    // a's cluster port, chitchat's own socket on loopback, the relay it keeps for b, discovery.
+    let pid = get_json(9990 + offsets[0])["pid"].as_i64().unwrap() as i32;
+    let ports = udp_ports(pid);
+    assert!(ports.len() >= 3, "a holds its UDP ports: {ports:?}");
+
+    // A fake member speaks chitchat, unsealed, with the cluster's name, to each of them: its
+    // syns, and an ack carrying its state as a member that knew it would send it (recorded from
+    // its gossip with a second fake).
+    let seen_by_fake = runtime().block_on(async {
+        let recorder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let evil = fake_member(
+            "evil",
+            &cluster,
+            vec![recorder.local_addr().unwrap().to_string()],
+        )
+        .await;
+        let accomplice = fake_member("accomplice", &cluster, Vec::new()).await;
+        let ack = recorded_ack(&recorder, &evil, &accomplice).await;
+        for _ in 0..20 {
+            for port in &ports {
+                evil.gossip(*port).unwrap();
+                recorder.send_to(&ack, port).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        known_to(&evil).await
+    });
+    assert_eq!(
+        seen_by_fake,
+        ["accomplice", "evil"],
+        "the fakes learn of no one but each other"
+    );
+    // What came to chitchat's own socket, not through a relay, was dropped and said so.
+    let said = a.wait_for("to the node's loopback gossip socket", PATIENCE);
+    assert!(said.contains("from 127.0.0.1"), "{said}");
+    std::thread::sleep(Duration::from_secs(1));
+    for node in [&a, &b] {
+        assert!(
+            views(node)
+                .iter()
+                .all(|view| !view.contains(&"evil".to_string())),
+            "no one else in the view: {:?}",
+            views(node)
+        );
+        assert!(!node.text().contains("Stopping node"), "{}", node.text());
+    }
 }
 
 /// Asserts that the node closes every one of `streams` within `limit` (from now, all told).

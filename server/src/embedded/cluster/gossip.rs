@@ -19,7 +19,7 @@ use super::keys::{
 };
 use super::lease_protocol::{LEASE_KEY_PREFIX, Renewal};
 use super::leases::answer_renewals;
-use super::{Cluster, ClusterError, PAUSE_GAP, Pauses, discovery, seal};
+use super::{Cluster, ClusterError, PAUSE_GAP, Pauses, discovery, seal, sealed_gossip};
 use crate::config::{ClusterConfig, ServerConfig};
 use crate::vocabulary::membership::{Interest, Member, View};
 
@@ -80,7 +80,7 @@ impl Cluster {
         let handle = spawn_chitchat(
             settings,
             vec![(MANAGEMENT_KEY.to_string(), management)],
-            &seal::SealedUdp(key.clone()),
+            &sealed_gossip::SealedUdp(key.clone()),
         )
         .await
         .map_err(|error| ClusterError::Gossip {

@@ -1,7 +1,7 @@
 //! Clustering: nodes started with `standalone-ha.toml` find each other ([`discovery`] by
 //! multicast, or seeds), agree on who is alive through gossip with phi-accrual failure detection
 //! (the chitchat library, on the cluster port, every datagram sealed with the cluster's secret:
-//! [`seal`]), and share small state: each member's start time, management URL and running apps.
+//! [`seal`], [`sealed_gossip`]), and share small state: each member's start time, management URL and running apps.
 //! From that every member computes the same [`View`], oldest first, which singletons are
 //! elected on ([`election`]), and the singletons' holder keeps its lease ([`lease_protocol`]).
 //!
@@ -18,6 +18,7 @@ pub mod lease_holder;
 pub mod lease_protocol;
 mod leases;
 pub mod seal;
+mod sealed_gossip;
 pub mod singletons;
 
 use std::collections::BTreeMap;

@@ -15,13 +15,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::{Buf, BufMut, BytesMut};
-use chitchat::ChitchatEnvelope;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use immutant_protocol::ProtocolError;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
@@ -41,7 +38,7 @@ const NONCE_LEN: usize = aead::NONCE_LEN;
 const TAG_LEN: usize = 16;
 const LINK_NONCE_LEN: usize = 32;
 /// The largest datagram: what UDP carries.
-const MAX_DATAGRAM: usize = 65_507;
+pub const MAX_DATAGRAM: usize = 65_507;
 /// How many links may be opening at once (not yet shown to know the secret); more are turned
 /// away.
 pub const MAX_OPENING: usize = 64;
@@ -78,8 +75,13 @@ impl ClusterKey {
     }
 
     /// A gossip datagram, sealed; none if it cannot be (see [`seal_datagram`]).
-    fn seal_gossip(&self, plain: &[u8]) -> Option<Vec<u8>> {
+    pub fn seal_gossip(&self, plain: &[u8]) -> Option<Vec<u8>> {
         seal_datagram(&self.gossip, &self.rng, plain)
+    }
+
+    /// What a gossip datagram holds; none if it was not sealed with this cluster's key.
+    pub fn open_gossip<'a>(&self, sealed: &'a mut [u8]) -> Option<&'a [u8]> {
+        open_datagram(&self.gossip, sealed)
     }
 
     /// A discovery beacon, sealed, after the cluster's name in the clear: clusters that share
@@ -417,79 +419,6 @@ impl Complaints {
             _ => {
                 said.insert(address, now);
                 true
-            }
-        }
-    }
-}
-
-/// Gossip over UDP, every datagram sealed: chitchat's transport, with what a stranger sends
-/// dropped before chitchat sees it. (chitchat is vendored with its envelope's wire form made
-/// public for this: vendor/chitchat/IMMUTANT.md.)
-pub struct SealedUdp(pub Arc<ClusterKey>);
-
-#[async_trait]
-impl Transport for SealedUdp {
-    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        Ok(Box::new(SealedUdpSocket {
-            socket: tokio::net::UdpSocket::bind(listen_addr).await?,
-            key: self.0.clone(),
-            buffer: vec![0u8; MAX_DATAGRAM],
-        }))
-    }
-}
-
-struct SealedUdpSocket {
-    socket: tokio::net::UdpSocket,
-    key: Arc<ClusterKey>,
-    buffer: Vec<u8>,
-}
-
-#[async_trait]
-impl Socket for SealedUdpSocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
-    }
-
-    async fn send(
-        &mut self,
-        to: SocketAddr,
-        envelope: ChitchatEnvelope,
-    ) -> anyhow::Result<SendOutcome> {
-        let Some(sealed) = self.key.seal_gossip(&envelope.serialize_to_vec()) else {
-            self.key.cannot_seal("gossip");
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        };
-        let num_bytes_sent = match self.socket.send_to(&sealed, to).await {
-            Ok(sent) => sent,
-            // A datagram that cannot go (no route, or too large) is lost like any other; the
-            // transport itself is fine. Said, since a state too large to gossip stops syncing.
-            Err(error) => {
-                tracing::warn!("cannot send gossip to {to}: {error}");
-                0
-            }
-        };
-        Ok(SendOutcome { num_bytes_sent })
-    }
-
-    /// Cancellable, as chitchat wants: nothing is kept between the awaits.
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        loop {
-            let (length, from_addr) = match self.socket.recv_from(&mut self.buffer).await {
-                Ok(received) => received,
-                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                Err(error) => return Err(error.into()),
-            };
-            let Some(mut plain) = open_datagram(&self.key.gossip, &mut self.buffer[..length])
-            else {
-                self.key.complain(from_addr.ip(), "a gossip datagram");
-                continue;
-            };
-            if let Ok(envelope) = ChitchatEnvelope::deserialize(&mut plain) {
-                return Ok(RecvOutcome {
-                    from_addr,
-                    envelope,
-                    num_bytes_received: length,
-                });
             }
         }
     }
