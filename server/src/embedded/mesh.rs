@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use immutant_protocol::{Frame, FrameCodec, MessageHeader, Outbox, write_frames};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -470,15 +471,16 @@ async fn run_link(
         broker.disconnect(connection);
         // A link that drops and cannot be opened again is a member killed: its socket closed.
         // One whose port refuses outright is proven dead (a hung or cut-off one times out).
-        match answers(address).await {
-            Verdict::Answers => {}
-            // The member left the view meanwhile: nothing to suspect.
-            _ if interest.has_changed().is_err() => {}
-            Verdict::Refuses => {
-                cluster.proven_dead(&peer, generation);
-                cluster.suspect(&peer, generation);
-            }
-            Verdict::Silent => cluster.suspect(&peer, generation),
+        let verdict = answers(address).await;
+        // Proven dead even if gossip took the member out of the view while it was tried: its
+        // promises bind no one (else a takeover waits for its lease to run out).
+        if let Verdict::Refuses = verdict {
+            cluster.proven_dead(&peer, generation);
+        }
+        // The member left the view meanwhile: nothing to suspect.
+        let in_view = interest.has_changed().is_ok();
+        if in_view && !matches!(verdict, Verdict::Answers) {
+            cluster.suspect(&peer, generation);
         }
     }
 }
@@ -513,7 +515,13 @@ async fn answers(address: SocketAddr) -> Verdict {
     let mut refused = true;
     for _ in 0..3 {
         match tokio::time::timeout(VERIFY_TIMEOUT, TcpStream::connect(address)).await {
-            Ok(Ok(_)) => return Verdict::Answers,
+            // Unless taken by a listener that closed as its process died (the link's socket
+            // can close a moment before the listener's does): then a refusal.
+            Ok(Ok(stream)) => {
+                if !reset_at_once(stream).await {
+                    return Verdict::Answers;
+                }
+            }
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
             _ => refused = false,
         }
@@ -523,6 +531,14 @@ async fn answers(address: SocketAddr) -> Verdict {
         true => Verdict::Refuses,
         false => Verdict::Silent,
     }
+}
+
+/// Whether a connection the port took is reset within [`VERIFY_TIMEOUT`]: what a listener that
+/// closes does to the connections it had not accepted yet. A live node never resets one (it
+/// waits for the opener's hello, or closes a link it turns away).
+async fn reset_at_once(mut stream: TcpStream) -> bool {
+    let read = tokio::time::timeout(VERIFY_TIMEOUT, stream.read(&mut [0u8; 1])).await;
+    matches!(read, Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 fn forward_frame(cluster: &Cluster, forward: Forward) -> Frame<LinkHeader> {

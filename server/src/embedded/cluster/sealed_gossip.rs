@@ -32,9 +32,10 @@ use super::seal::{ClusterKey, MAX_DATAGRAM};
 /// How many peers have a relay at once; the one unused longest goes first. (A stranger
 /// replaying recorded datagrams from many ports makes relays too; this bounds them.)
 const MAX_RELAYS: usize = 256;
-/// How long a message chitchat wrote may take to reach its relay on loopback (it is there at
-/// once; this only bounds a datagram the kernel dropped).
-const RELAY_PATIENCE: Duration = Duration::from_secs(1);
+/// How long a message chitchat wrote may take to reach its relay on loopback: it is there at
+/// once, so this only bounds the wait for one the kernel dropped (a relay's buffer filled by a
+/// stranger), which is lost like any datagram.
+const RELAY_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Gossip over UDP, every datagram sealed (see the module's doc).
 pub struct SealedUdp(pub Arc<ClusterKey>);
