@@ -31,11 +31,17 @@ const KEPT_FILES: usize = 5;
 /// is left.
 pub fn init(level: tracing::Level, folder: Option<&Path>) -> Option<WorkerGuard> {
     // The NATS client's own news (each connection made) is said by the node, in its words.
+    // chitchat's socket warns of every datagram it cannot parse: the node says so of strangers
+    // now and then instead (a flood must not fill the log).
     let filter = Targets::new()
         .with_default(LevelFilter::from_level(level))
         .with_target(
             "async_nats",
             LevelFilter::WARN.min(LevelFilter::from_level(level)),
+        )
+        .with_target(
+            "chitchat::transport::udp",
+            LevelFilter::ERROR.min(LevelFilter::from_level(level)),
         );
     let console = fmt::layer()
         .with_target(false)

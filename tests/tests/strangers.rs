@@ -13,7 +13,7 @@ use immutant_e2e::netns::Lan;
 use immutant_e2e::web::runtime;
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered, clustered_with,
-    free_offset, get_json, numbers_after, probe, start_node,
+    free_offset, get_json, node_pid, numbers_after, probe, start_node,
 };
 
 /// Every view `node` has logged, each as its members' names.
@@ -114,7 +114,9 @@ async fn fake_member(name: &str, cluster: &str, seeds: Vec<String>) -> chitchat:
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V1,
     };
-    chitchat::spawn_chitchat(config, Vec::new(), &chitchat::transport::UdpTransport)
+    // A key of its own, so that its state is something to take in.
+    let state = vec![("fake".to_string(), "yes".to_string())];
+    chitchat::spawn_chitchat(config, state, &chitchat::transport::UdpTransport)
         .await
         .unwrap()
 }
@@ -220,9 +222,9 @@ async fn recorded_ack(
     .expect("the fakes gossip through the recorder")
 }
 
-/// Every UDP port the process `pid` holds, as an address on loopback to send to (the node binds
-/// 127.0.0.1, and its own relays are on loopback; a socket bound to any address is reached there
-/// too).
+/// Every UDP port the process `pid` holds on loopback or on every address, as an address on
+/// loopback to send to (a socket bound to a multicast group is left out: nothing is sent
+/// beyond loopback).
 fn udp_ports(pid: i32) -> Vec<SocketAddr> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -236,6 +238,11 @@ fn udp_ports(pid: i32) -> Vec<SocketAddr> {
             )
         })
         .collect();
+    // Local addresses as the kernel writes them: hex, IPv4 in the host's byte order.
+    let loopback_or_any = |address: &str| {
+        address.chars().all(|c| c == '0')
+            || matches!(address, "0100007F" | "00000000000000000000000001000000")
+    };
     let mut ports: Vec<SocketAddr> = ["udp", "udp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
@@ -245,9 +252,9 @@ fn udp_ports(pid: i32) -> Vec<SocketAddr> {
                 .skip(1)
                 .filter_map(|line| {
                     let fields: Vec<&str> = line.split_whitespace().collect();
-                    let port = fields.get(1)?.rsplit(':').next()?;
-                    inodes
-                        .contains(&fields.get(9)?.to_string())
+                    let (address, port) = fields.get(1)?.split_once(':')?;
+                    let ours = inodes.contains(&fields.get(9)?.to_string());
+                    (ours && loopback_or_any(address))
                         .then(|| u16::from_str_radix(port, 16).ok())?
                 })
                 .collect::<Vec<_>>()
@@ -269,10 +276,13 @@ fn plaintext_gossip_to_every_port_a_node_holds_never_reaches_the_view() {
     for node in [&a, &b] {
         node.wait_for("Cluster view: [a, b]", PATIENCE);
     }
-    // a's cluster port, chitchat's own socket on loopback, the relay it keeps for b, discovery.
-    let pid = get_json(9990 + offsets[0])["pid"].as_i64().unwrap() as i32;
-    let ports = udp_ports(pid);
-    assert!(ports.len() >= 3, "a holds its UDP ports: {ports:?}");
+    // a's cluster port, chitchat's own socket on loopback, the relay it keeps for b.
+    let ports = udp_ports(node_pid(offsets[0]));
+    let cluster_port: SocketAddr = ([127, 0, 0, 1], 7600 + offsets[0]).into();
+    assert!(
+        ports.contains(&cluster_port) && ports.len() >= 3,
+        "a holds its UDP ports: {ports:?}"
+    );
 
     // A fake member speaks chitchat, unsealed, with the cluster's name, to each of them: its
     // syns, and an ack carrying its state as a member that knew it would send it (recorded from
@@ -302,7 +312,7 @@ fn plaintext_gossip_to_every_port_a_node_holds_never_reaches_the_view() {
         "the fakes learn of no one but each other"
     );
     // What came to chitchat's own socket, not through a relay, was dropped and said so.
-    let said = a.wait_for("to the node's loopback gossip socket", PATIENCE);
+    let said = a.wait_for("came to the node's loopback gossip socket", PATIENCE);
     assert!(said.contains("from 127.0.0.1"), "{said}");
     std::thread::sleep(Duration::from_secs(1));
     for node in [&a, &b] {
@@ -508,6 +518,11 @@ fn descriptors_that_lead_out_of_the_artifacts_folder_are_refused_and_never_run()
         "name = \"extra\"\nartifact = \".artifacts/x\"\ncommand = \"sh\"\n",
     )
     .unwrap();
+    // 50 MB under a descriptor's name: not read, but listed as failed, saying why.
+    std::fs::File::create(deployments.join("huge.toml"))
+        .unwrap()
+        .set_len(50 << 20)
+        .unwrap();
     let offset = free_offset();
     let node = start_node(&base, "confined", offset, &[]);
     let reasons = |report: &serde_json::Value| -> Vec<(String, String)> {
@@ -522,17 +537,26 @@ fn descriptors_that_lead_out_of_the_artifacts_folder_are_refused_and_never_run()
             })
             .collect()
     };
-    immutant_e2e::eventually("all four refused", PATIENCE, || {
-        reasons(&immutant_e2e::get_json_at(9990 + offset, "deployments")).len() == 4
+    immutant_e2e::eventually("all five refused", PATIENCE, || {
+        reasons(&immutant_e2e::get_json_at(9990 + offset, "deployments")).len() == 5
     });
     for (name, reason) in reasons(&immutant_e2e::get_json_at(9990 + offset, "deployments")) {
         let expected = match name.as_str() {
             "extra" => "unknown field",
             "linked" => "outside .artifacts/",
+            "huge" => "holds 52428800 bytes, over the 1048576 a descriptor may have",
             _ => "the node runs nothing else",
         };
         assert!(reason.contains(expected), "{name}: {reason}");
     }
+    let list = base.cli(["list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.contains("huge") && line.contains("confined: failed:")),
+        "{listed}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert!(!mark.exists(), "nothing ran the script");
 

@@ -212,8 +212,7 @@ impl Apps {
     /// stopped gracefully before the new one starts; but a web app's new process starts first,
     /// takes the new requests once it is ready, and the old one stops when its requests in
     /// flight have finished.
-    fn deploy(self: &Arc<Self>, name: &str, text: &str) {
-        let parsed = parse_descriptor(name, text);
+    fn deploy(self: &Arc<Self>, name: &str, parsed: Result<Descriptor, String>) {
         let slot = self.slot(name);
         let apps = Arc::clone(self);
         let name = name.to_string();
@@ -290,7 +289,10 @@ impl Apps {
     /// Carries out a change the deployments folder's scanner reports.
     pub fn apply(self: &Arc<Self>, event: DeploymentEvent) {
         match event {
-            DeploymentEvent::Deployed { name, text } => self.deploy(&name, &text),
+            DeploymentEvent::Deployed { name, text } => {
+                self.deploy(&name, parse_descriptor(&name, &text))
+            }
+            DeploymentEvent::Refused { name, reason } => self.deploy(&name, Err(reason)),
             DeploymentEvent::Undeployed { name } => self.undeploy(&name),
         }
     }

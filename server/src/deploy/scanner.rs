@@ -18,15 +18,41 @@ const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 pub enum DeploymentEvent {
     /// The descriptor of `name` appeared or changed; `text` is what it says now.
     Deployed { name: String, text: String },
+    /// A file named as the descriptor of `name` appeared or changed, but is not one (not a
+    /// file, or too large to be one): `reason` says which.
+    Refused { name: String, reason: String },
     /// The descriptor of `name` is gone.
     Undeployed { name: String },
+}
+
+/// What the scanner found under a descriptor's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    Descriptor(String),
+    NotADescriptor(String),
+}
+
+impl Found {
+    fn event(&self, name: &str) -> DeploymentEvent {
+        let name = name.to_string();
+        match self {
+            Found::Descriptor(text) => DeploymentEvent::Deployed {
+                name,
+                text: text.clone(),
+            },
+            Found::NotADescriptor(reason) => DeploymentEvent::Refused {
+                name,
+                reason: reason.clone(),
+            },
+        }
+    }
 }
 
 /// Reports everything in `dir` as deployed now, then follows changes until `shutdown`. What
 /// cannot be read is never taken for gone: a folder that cannot be read changes nothing (said
 /// in the log once until it can be read again), nor does a descriptor that cannot be read.
 pub async fn watch(dir: &Path, mut report: impl FnMut(DeploymentEvent), shutdown: Shutdown) {
-    let mut known: HashMap<String, String> = HashMap::new();
+    let mut known: HashMap<String, Found> = HashMap::new();
     let mut unreadable = false;
     // Names already said in the log to be unreadable, so that each is said once.
     let mut warned = HashSet::new();
@@ -34,12 +60,9 @@ pub async fn watch(dir: &Path, mut report: impl FnMut(DeploymentEvent), shutdown
         match read_descriptors(dir, &known, &mut warned) {
             Ok(present) => {
                 unreadable = false;
-                for (name, text) in &present {
-                    if known.get(name) != Some(text) {
-                        report(DeploymentEvent::Deployed {
-                            name: name.clone(),
-                            text: text.clone(),
-                        });
+                for (name, found) in &present {
+                    if known.get(name) != Some(found) {
+                        report(found.event(name));
                     }
                 }
                 for name in known.keys().filter(|name| !present.contains_key(*name)) {
@@ -64,13 +87,13 @@ pub async fn watch(dir: &Path, mut report: impl FnMut(DeploymentEvent), shutdown
 }
 
 /// Every `<name>.toml` in `dir` (hidden files, such as ones being written, left out). One that
-/// cannot be read now keeps the text it had (`known`); a byte that is not UTF-8 (in a comment,
-/// say) does not make a descriptor unreadable.
+/// cannot be read now keeps what it was found to be (`known`); a byte that is not UTF-8 (in a
+/// comment, say) does not make a descriptor unreadable.
 fn read_descriptors(
     dir: &Path,
-    known: &HashMap<String, String>,
+    known: &HashMap<String, Found>,
     warned: &mut HashSet<String>,
-) -> std::io::Result<HashMap<String, String>> {
+) -> std::io::Result<HashMap<String, Found>> {
     let mut present = HashMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -81,19 +104,28 @@ fn read_descriptors(
         // Only files, and small ones: a pipe or a link to a device named `x.toml` must not
         // hang or fill the node.
         let metadata = entry.metadata()?;
-        if !metadata.is_file() || metadata.len() > MAX_DESCRIPTOR_BYTES {
-            if warned.insert(name.to_string()) {
-                tracing::warn!(
-                    "{} is not a descriptor (not a file, or over {MAX_DESCRIPTOR_BYTES} bytes); it is left alone",
-                    entry.path().display()
-                );
-            }
+        let refused = if !metadata.is_file() {
+            Some("it is not a file".to_string())
+        } else if metadata.len() > MAX_DESCRIPTOR_BYTES {
+            Some(format!(
+                "it holds {} bytes, over the {MAX_DESCRIPTOR_BYTES} a descriptor may have",
+                metadata.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            let reason = format!(
+                "{} is not a descriptor: {reason}; replace it with the descriptor `cargo immutant deploy` writes",
+                entry.path().display()
+            );
+            present.insert(name.to_string(), Found::NotADescriptor(reason));
             continue;
         }
-        let text = match std::fs::read(entry.path()) {
+        let found = match std::fs::read(entry.path()) {
             Ok(bytes) => {
                 warned.remove(name);
-                String::from_utf8_lossy(&bytes).into_owned()
+                Found::Descriptor(String::from_utf8_lossy(&bytes).into_owned())
             }
             // Gone between the listing and the read: gone.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
@@ -102,12 +134,12 @@ fn read_descriptors(
                     tracing::warn!("cannot read {} ({error})", entry.path().display());
                 }
                 match known.get(name) {
-                    Some(text) => text.clone(),
+                    Some(found) => found.clone(),
                     None => continue,
                 }
             }
         };
-        present.insert(name.to_string(), text);
+        present.insert(name.to_string(), found);
     }
     Ok(present)
 }
@@ -121,7 +153,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.toml"), b"# caf\xe9\nname = \"app\"\n").unwrap();
         let read = read_descriptors(dir.path(), &HashMap::new(), &mut HashSet::new()).unwrap();
-        assert!(read["app"].contains("name = \"app\""));
+        let Found::Descriptor(text) = &read["app"] else {
+            panic!("{read:?}")
+        };
+        assert!(text.contains("name = \"app\""));
+    }
+
+    #[test]
+    fn a_file_too_large_or_not_a_file_is_found_as_not_a_descriptor_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = std::fs::File::create(dir.path().join("big.toml")).unwrap();
+        big.set_len(MAX_DESCRIPTOR_BYTES + 1).unwrap();
+        std::fs::create_dir(dir.path().join("folder.toml")).unwrap();
+        let read = read_descriptors(dir.path(), &HashMap::new(), &mut HashSet::new()).unwrap();
+        let reason = |name: &str| match &read[name] {
+            Found::NotADescriptor(reason) => reason.clone(),
+            found => panic!("{found:?}"),
+        };
+        assert!(
+            reason("big").contains("over the 1048576"),
+            "{}",
+            reason("big")
+        );
+        assert!(
+            reason("folder").contains("it is not a file"),
+            "{}",
+            reason("folder")
+        );
     }
 
     #[test]

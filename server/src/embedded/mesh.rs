@@ -503,38 +503,42 @@ async fn keep_bridges(
 enum Verdict {
     /// It took a connection.
     Answers,
-    /// It refused every try: nothing listens there, the member is dead.
+    /// It refused tries outright and left none unanswered: nothing listens there, the member
+    /// is dead.
     Refuses,
-    /// Some tries went unanswered: hung, or out of reach.
+    /// Some tries went unanswered (hung, or out of reach), or none was refused outright.
     Silent,
 }
 
 /// Whether a member's cluster port takes a connection again within a short verification (what
-/// JGroups' VERIFY_SUSPECT did).
+/// JGroups' VERIFY_SUSPECT did). Refused only if some try was refused outright and none went
+/// unanswered; a connection the port took and reset at once (a listener closing as its
+/// process dies: the link's socket can close a moment before the listener's) proves nothing
+/// either way.
 async fn answers(address: SocketAddr) -> Verdict {
-    let mut refused = true;
+    let (mut refused, mut silent) = (false, false);
     for _ in 0..3 {
         match tokio::time::timeout(VERIFY_TIMEOUT, TcpStream::connect(address)).await {
-            // Unless taken by a listener that closed as its process died (the link's socket
-            // can close a moment before the listener's does): then a refusal.
             Ok(Ok(stream)) => {
                 if !reset_at_once(stream).await {
                     return Verdict::Answers;
                 }
             }
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            _ => refused = false,
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                refused = true
+            }
+            _ => silent = true,
         }
         tokio::time::sleep(VERIFY_TIMEOUT).await;
     }
-    match refused {
-        true => Verdict::Refuses,
-        false => Verdict::Silent,
+    match (refused, silent) {
+        (true, false) => Verdict::Refuses,
+        _ => Verdict::Silent,
     }
 }
 
 /// Whether a connection the port took is reset within [`VERIFY_TIMEOUT`]: what a listener that
-/// closes does to the connections it had not accepted yet. A live node never resets one (it
+/// closes does to the connections it had not accepted yet. A live node does not reset one (it
 /// waits for the opener's hello, or closes a link it turns away).
 async fn reset_at_once(mut stream: TcpStream) -> bool {
     let read = tokio::time::timeout(VERIFY_TIMEOUT, stream.read(&mut [0u8; 1])).await;

@@ -133,6 +133,29 @@ impl ClusterKey {
         }
     }
 
+    /// Says in the log, now and then, that a datagram from `address` came to the node's own
+    /// gossip socket on loopback without passing its relay: not a member's, and ignored.
+    pub fn stray(&self, address: IpAddr) {
+        if self.complaints.due(address, "stray gossip") {
+            tracing::warn!(
+                "a gossip datagram from {address} came to the node's loopback gossip socket, not through its relay, and is ignored; no member sends there"
+            );
+        }
+    }
+
+    /// Says in the log, now and then, that gossip could not pass the node's loopback relay
+    /// (out of descriptors, say): it is lost like any datagram, and gossip goes on.
+    pub fn cannot_relay(&self, error: &dyn std::fmt::Display) {
+        if self
+            .complaints
+            .due(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), "relay")
+        {
+            tracing::warn!(
+                "gossip could not pass the node's loopback relay ({error}); it is dropped"
+            );
+        }
+    }
+
     /// Says in the log, now and then, that a link from `address` was turned away: too many
     /// were opening at once.
     pub fn turned_away(&self, address: IpAddr) {

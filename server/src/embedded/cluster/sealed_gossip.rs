@@ -10,11 +10,12 @@
 //! ```
 //!
 //! Each peer has a relay socket of its own on loopback, so chitchat sees each peer as one
-//! address (the relay's), and what it answers to that address goes back to that peer. The
-//! relay takes from chitchat's socket only, and chitchat's socket is heard only from a relay:
-//! a datagram from anywhere else on loopback is dropped, since only root can send from a
-//! loopback address it does not hold, and the kernel drops loopback sources that come from
-//! outside the host.
+//! address (the relay's), and what it answers to that address goes back to that peer. A relay
+//! is connected to chitchat's socket, so the kernel gives it nothing from anywhere else; and
+//! chitchat's socket is heard only from a relay. Sending from a loopback address one does not
+//! hold takes raw sockets (root, or `CAP_NET_RAW` in the node's network namespace), and the
+//! kernel drops loopback sources that come from outside the host (unless `route_localnet` is
+//! set): the README says what this leaves open.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -32,9 +33,11 @@ use super::seal::{ClusterKey, MAX_DATAGRAM};
 /// How many peers have a relay at once; the one unused longest goes first. (A stranger
 /// replaying recorded datagrams from many ports makes relays too; this bounds them.)
 const MAX_RELAYS: usize = 256;
+/// A relay unused this long is let go when another is made.
+const RELAY_IDLE: Duration = Duration::from_secs(60);
 /// How long a message chitchat wrote may take to reach its relay on loopback: it is there at
-/// once, so this only bounds the wait for one the kernel dropped (a relay's buffer filled by a
-/// stranger), which is lost like any datagram.
+/// once, so this only bounds the wait for one the kernel dropped, which is lost like any
+/// datagram.
 const RELAY_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Gossip over UDP, every datagram sealed (see the module's doc).
@@ -44,7 +47,9 @@ pub struct SealedUdp(pub Arc<ClusterKey>);
 impl Transport for SealedUdp {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let outside = TokioUdpSocket::bind(listen_addr).await?;
-        let chitchat = UdpSocket::open(loopback()).await?;
+        let chitchat = UdpSocket::open(loopback()).await.map_err(|error| {
+            anyhow::anyhow!("{error:#}; gossip needs the loopback interface (127.0.0.1) up")
+        })?;
         let chitchat_addr = chitchat.local_addr()?;
         Ok(Box::new(SealedUdpSocket {
             outside,
@@ -79,31 +84,43 @@ impl Socket for SealedUdpSocket {
         Ok(self.outside.local_addr()?)
     }
 
-    /// chitchat writes the message to `to`'s relay, which seals it and sends it to `to`.
+    /// chitchat writes the message to `to`'s relay, which seals it and sends it to `to`. Never
+    /// an error: what cannot go is lost like any datagram, and chitchat gossips again.
     async fn send(
         &mut self,
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        let relay = self.relays.for_peer(to)?;
-        self.chitchat.send(relay.local_addr()?, envelope).await?;
-        let written = tokio::time::timeout(RELAY_PATIENCE, async {
-            loop {
-                let (length, from) = relay.recv_from(&mut self.buffer).await?;
-                // Anything else on the relay's port is a stranger's, never sealed.
-                if from == self.chitchat_addr {
-                    return std::io::Result::Ok(length);
-                }
+        let nothing = SendOutcome { num_bytes_sent: 0 };
+        let relay = match self.relays.for_peer(to, self.chitchat_addr) {
+            Ok(relay) => relay,
+            Err(error) => {
+                self.key.cannot_relay(&error);
+                return Ok(nothing);
             }
-        })
-        .await;
-        let Ok(written) = written else {
-            tracing::warn!("gossip for {to} did not reach its relay; it is dropped");
-            return Ok(SendOutcome { num_bytes_sent: 0 });
         };
-        let Some(sealed) = self.key.seal_gossip(&self.buffer[..written?]) else {
+        if let Err(error) = self.chitchat.send(relay.address, envelope).await {
+            self.key.cannot_relay(&error);
+            return Ok(nothing);
+        }
+        let written =
+            tokio::time::timeout(RELAY_PATIENCE, relay.socket.recv(&mut self.buffer)).await;
+        let written = match written {
+            Ok(Ok(written)) => written,
+            Ok(Err(error)) => {
+                self.key.cannot_relay(&error);
+                return Ok(nothing);
+            }
+            // Lost on loopback: should it come late, it goes with the relay, never out as the
+            // next message to `to`.
+            Err(_) => {
+                self.relays.let_go(to);
+                return Ok(nothing);
+            }
+        };
+        let Some(sealed) = self.key.seal_gossip(&self.buffer[..written]) else {
             self.key.cannot_seal("gossip");
-            return Ok(SendOutcome { num_bytes_sent: 0 });
+            return Ok(nothing);
         };
         let num_bytes_sent = match self.outside.send_to(&sealed, to).await {
             Ok(sent) => sent,
@@ -117,7 +134,8 @@ impl Socket for SealedUdpSocket {
         Ok(SendOutcome { num_bytes_sent })
     }
 
-    /// Cancellable, as chitchat wants: a datagram is either still in a socket or handed on.
+    /// Cancellable, as chitchat wants: nothing is awaited once a datagram is taken from a
+    /// socket, so each is either still there or handed on.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             tokio::select! {
@@ -125,7 +143,7 @@ impl Socket for SealedUdpSocket {
                     let heard = heard?;
                     match self.relays.peer_of(heard.from_addr) {
                         Some(peer) => return Ok(RecvOutcome { from_addr: peer, ..heard }),
-                        None => self.key.complain(heard.from_addr.ip(), "a gossip datagram to the node's loopback gossip socket"),
+                        None => self.key.stray(heard.from_addr.ip()),
                     }
                 }
                 received = self.outside.recv_from(&mut self.buffer) => {
@@ -138,10 +156,13 @@ impl Socket for SealedUdpSocket {
                         self.key.complain(from.ip(), "a gossip datagram");
                         continue;
                     };
-                    let relay = self.relays.for_peer(from)?;
-                    // Lost like any datagram if it cannot go; chitchat gossips again.
-                    if let Err(error) = relay.send_to(plain, self.chitchat_addr).await {
-                        tracing::warn!("cannot hand gossip from {from} to chitchat: {error}");
+                    // Handed on without waiting (a full buffer drops it, as UDP does).
+                    let handed = self
+                        .relays
+                        .for_peer(from, self.chitchat_addr)
+                        .and_then(|relay| socket2::SockRef::from(&relay.socket).send(plain));
+                    if let Err(error) = handed {
+                        self.key.cannot_relay(&error);
                     }
                 }
             }
@@ -157,21 +178,24 @@ struct Relays {
 }
 
 struct Relay {
+    /// Connected to chitchat's socket: takes from nothing else.
     socket: TokioUdpSocket,
     address: SocketAddr,
     used: Instant,
 }
 
 impl Relays {
-    /// `peer`'s relay, made if it has none (letting the one unused longest go, at the bound).
-    fn for_peer(&mut self, peer: SocketAddr) -> std::io::Result<&TokioUdpSocket> {
-        if !self.by_peer.contains_key(&peer) && self.by_peer.len() >= MAX_RELAYS {
-            self.let_go_of_oldest();
+    /// `peer`'s relay, made if it has none (letting idle ones go, and the one unused longest
+    /// at the bound).
+    fn for_peer(&mut self, peer: SocketAddr, chitchat: SocketAddr) -> std::io::Result<&Relay> {
+        if !self.by_peer.contains_key(&peer) {
+            self.let_go_of_idle();
         }
         let relay = match self.by_peer.entry(peer) {
             Entry::Occupied(relay) => relay.into_mut(),
             Entry::Vacant(vacant) => {
                 let socket = std::net::UdpSocket::bind(loopback())?;
+                socket.connect(chitchat)?;
                 socket.set_nonblocking(true)?;
                 let socket = TokioUdpSocket::from_std(socket)?;
                 let address = socket.local_addr()?;
@@ -184,7 +208,7 @@ impl Relays {
             }
         };
         relay.used = Instant::now();
-        Ok(&relay.socket)
+        Ok(relay)
     }
 
     /// The peer whose relay has `address`.
@@ -192,15 +216,36 @@ impl Relays {
         self.peer_of_relay.get(&address).copied()
     }
 
-    fn let_go_of_oldest(&mut self) {
-        let oldest = self
+    fn let_go(&mut self, peer: SocketAddr) {
+        if let Some(relay) = self.by_peer.remove(&peer) {
+            self.peer_of_relay.remove(&relay.address);
+        }
+    }
+
+    /// Lets go of the relays unused for [`RELAY_IDLE`], and of the one unused longest if there
+    /// are still [`MAX_RELAYS`].
+    fn let_go_of_idle(&mut self) {
+        let idle: Vec<SocketAddr> = self
             .by_peer
             .iter()
-            .min_by_key(|(_, relay)| relay.used)
-            .map(|(peer, relay)| (*peer, relay.address));
-        if let Some((peer, address)) = oldest {
-            self.by_peer.remove(&peer);
-            self.peer_of_relay.remove(&address);
+            .filter(|(_, relay)| relay.used.elapsed() >= RELAY_IDLE)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in idle {
+            self.let_go(peer);
+        }
+        if self.by_peer.len() >= MAX_RELAYS {
+            let oldest = self
+                .by_peer
+                .iter()
+                .min_by_key(|(_, relay)| relay.used)
+                .map(|(peer, _)| *peer);
+            if let Some(peer) = oldest {
+                self.let_go(peer);
+            }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
