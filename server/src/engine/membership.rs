@@ -99,12 +99,12 @@ impl Membership {
         }
     }
 
-    /// Resolves if another live node has this node's name: the node must then stop. Never on a
-    /// standalone node.
-    pub async fn name_clash(&self) -> EngineError {
+    /// Resolves if this node cannot stay in its cluster (another live node has its name, or
+    /// its gossip stopped): the node must then stop. Never on a standalone node.
+    pub async fn expelled(&self) -> EngineError {
         match self {
             Membership::Standalone { .. } => std::future::pending().await,
-            Membership::Embedded(cluster) => cluster.name_clash().await.into(),
+            Membership::Embedded(cluster) => cluster.expelled().await.into(),
             Membership::Nats(nats) => nats.membership.name_clash().await.into(),
         }
     }

@@ -153,10 +153,10 @@ pub async fn run(
 
     say_started(&config, &engine, started);
 
-    let name_clash = async { NodeError::from(engine.membership.name_clash().await) };
+    let expelled = async { NodeError::from(engine.membership.expelled().await) };
     let (reason, failure) = tokio::select! {
         reason = stop => (reason, None),
-        clash = name_clash => ("its name is taken".to_string(), Some(clash)),
+        error = expelled => ("it cannot stay in its cluster".to_string(), Some(error)),
     };
     let stopping = Instant::now();
     info!("Stopping node {} ({reason})", config.node_name);

@@ -227,19 +227,32 @@ impl Cluster {
         }
     }
 
-    /// Resolves if another live node has this node's name; the node must then stop.
-    pub async fn name_clash(&self) -> ClusterError {
+    /// Resolves if this node cannot stay in its cluster: another live node has its name, or its
+    /// gossip stopped (its socket failed). The node must then stop.
+    pub async fn expelled(&self) -> ClusterError {
         let mut clash = self.clash.clone();
-        loop {
-            if let Some(other) = *clash.borrow_and_update() {
-                return ClusterError::NameClash {
-                    name: self.node_name.clone(),
-                    other,
-                };
+        let clashed = async {
+            loop {
+                if let Some(other) = *clash.borrow_and_update() {
+                    return ClusterError::NameClash {
+                        name: self.node_name.clone(),
+                        other,
+                    };
+                }
+                if clash.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
-            if clash.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            clashed = clashed => clashed,
+            ended = self.handle.termination_watcher() => ClusterError::Gossip {
+                address: self.me.gossip_advertise_addr,
+                reason: match ended {
+                    Ok(()) => "gossip stopped".to_string(),
+                    Err(error) => format!("gossip stopped: {error}"),
+                },
+            },
         }
     }
 
