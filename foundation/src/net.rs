@@ -71,17 +71,23 @@ pub fn serve(
     })
 }
 
-/// The most connections the management port serves at once; more wait to be accepted.
-const MAX_MANAGEMENT_CONNECTIONS: usize = 128;
+/// The most connections the management port serves at once. At the bound, a new connection
+/// takes the place of the one that has waited longest for a request's head; only if every
+/// connection is in a request does it wait to be accepted.
+const MAX_MANAGEMENT_CONNECTIONS: usize = 256;
 /// How long a management client has to send a request's head (on a new connection, or the
 /// next one on a kept-alive connection): one that says nothing is closed then.
 const MANAGEMENT_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long accepting pauses after it fails (out of descriptors), on every port.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Serves `router` on `listener` as a port for people and tools, not traffic: at most [`MAX_MANAGEMENT_CONNECTIONS`] connections at once, each request's head
-/// within [`MANAGEMENT_HEAD_TIMEOUT`], backing off when accepting fails; until `shutdown`,
-/// then lets the requests in flight finish.
+/// Serves `router` on `listener` as a port for people and tools, not traffic: at most
+/// [`MAX_MANAGEMENT_CONNECTIONS`] connections at once, each request's head within
+/// [`MANAGEMENT_HEAD_TIMEOUT`], backing off when accepting fails; until `shutdown`, then lets
+/// the requests in flight finish. Clients that hold connections without finishing a request
+/// (a slowloris: a head sent a byte at a time) cannot keep others out: at the bound, the
+/// connection that has waited longest for a head is closed to make room, and one whose head
+/// has come is never closed for another.
 pub fn serve_guarded(
     listener: TcpListener,
     router: axum::Router,
@@ -90,6 +96,7 @@ pub fn serve_guarded(
     use hyper_util::rt::{TokioIo, TokioTimer};
     tokio::spawn(async move {
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_MANAGEMENT_CONNECTIONS));
+        let waiting = std::sync::Arc::new(Waiting::default());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         // HTTP/1.1 only: telling HTTP/2 apart means waiting for bytes with no deadline.
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -97,11 +104,6 @@ pub fn serve_guarded(
             .timer(TokioTimer::new())
             .header_read_timeout(MANAGEMENT_HEAD_TIMEOUT);
         loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot,
-                _ = shutdown.cancelled() => break,
-            };
-            let Ok(slot) = slot else { break };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = shutdown.cancelled() => break,
@@ -110,17 +112,110 @@ pub fn serve_guarded(
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             };
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Ok(slot),
+                Err(_) => {
+                    waiting.close_longest();
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            let Ok(slot) = slot else { break };
+            let connection_id = waiting.open();
+            let service = {
+                let (router, waiting) = (router.clone(), waiting.clone());
+                hyper::service::service_fn(move |request| {
+                    waiting.in_request(connection_id);
+                    let answered = tower::ServiceExt::oneshot(router.clone(), request);
+                    let waiting = waiting.clone();
+                    async move {
+                        let response = answered.await;
+                        waiting.between_requests(connection_id);
+                        response
+                    }
+                })
+            };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
+            let closed = waiting.closer(connection_id);
+            let waiting = waiting.clone();
             tokio::spawn(async move {
-                let _ = connection.await;
+                tokio::select! {
+                    _ = connection => {}
+                    _ = closed.cancelled() => {}
+                }
+                waiting.forget(connection_id);
                 drop(slot);
             });
         }
         graceful.shutdown().await;
         Ok(())
     })
+}
+
+/// The guarded port's connections: since when each has waited for a request's head (none while
+/// it is in one), and how to close it.
+#[derive(Default)]
+struct Waiting {
+    next: std::sync::atomic::AtomicU64,
+    connections: std::sync::Mutex<std::collections::HashMap<u64, Connection>>,
+}
+
+struct Connection {
+    waiting_since: Option<std::time::Instant>,
+    close: tokio_util::sync::CancellationToken,
+}
+
+impl Waiting {
+    /// A new connection, waiting for its first head.
+    fn open(&self) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connection = Connection {
+            waiting_since: Some(std::time::Instant::now()),
+            close: tokio_util::sync::CancellationToken::new(),
+        };
+        crate::sync::lock(&self.connections).insert(id, connection);
+        id
+    }
+
+    /// What closes connection `id` when cancelled.
+    fn closer(&self, id: u64) -> tokio_util::sync::CancellationToken {
+        crate::sync::lock(&self.connections)
+            .get(&id)
+            .map(|connection| connection.close.clone())
+            .unwrap_or_default()
+    }
+
+    fn in_request(&self, id: u64) {
+        if let Some(connection) = crate::sync::lock(&self.connections).get_mut(&id) {
+            connection.waiting_since = None;
+        }
+    }
+
+    fn between_requests(&self, id: u64) {
+        if let Some(connection) = crate::sync::lock(&self.connections).get_mut(&id) {
+            connection.waiting_since = Some(std::time::Instant::now());
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        crate::sync::lock(&self.connections).remove(&id);
+    }
+
+    /// Closes the connection that has waited longest for a head, if one waits.
+    fn close_longest(&self) {
+        let connections = crate::sync::lock(&self.connections);
+        let longest = connections
+            .values()
+            .filter(|connection| !connection.close.is_cancelled())
+            .filter_map(|connection| Some((connection.waiting_since?, &connection.close)))
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, close)) = longest {
+            close.cancel();
+        }
+    }
 }
 
 /// Waits for servers started with [`serve`] to end.

@@ -432,6 +432,65 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
 }
 
 #[test]
+fn slow_clients_holding_management_connections_keep_no_one_else_out() {
+    let base = Base::installed();
+    let offset = free_offset();
+    let _node = start_node(&base, "target", offset, &[]);
+    let management: SocketAddr = ([127, 0, 0, 1], 9990 + offset).into();
+    let url = format!("http://{management}/");
+    runtime().block_on(async {
+        // 500 connections, each sending a request's head a byte at a time (a slowloris), again
+        // as each is closed.
+        let slow = (0..500)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let head = b"GET / HTTP/1.1\r\nHost: target\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+                    loop {
+                        let Ok(mut stream) = tokio::net::TcpStream::connect(management).await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        for byte in head {
+                            use tokio::io::AsyncWriteExt;
+                            if stream.write_all(&[*byte]).await.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                })
+            })
+            .collect::<Vec<_>>();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Meanwhile, every ordinary request is answered within a second.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let mut answered = 0;
+        while started.elapsed() < Duration::from_secs(8) {
+            // A new connection each time, as a tool would open.
+            let response = client
+                .get(&url)
+                .header("Connection", "close")
+                .send()
+                .await;
+            assert!(
+                response.as_ref().is_ok_and(|r| r.status().is_success()),
+                "request {answered} is answered within 1 s while 500 slow clients hold connections: {response:?}"
+            );
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for task in slow {
+            task.abort();
+        }
+    });
+}
+
+#[test]
 fn management_stays_on_loopback_and_never_shows_a_secret() {
     let base = Base::installed();
     let offset = free_offset();
