@@ -1,10 +1,11 @@
 //! Operating a cluster: `status` (tables and JSON), `logs` merging every node's log and
 //! following it, and `/metrics` read by a Prometheus parser, on two real clustered nodes running
-//! the seed app; then `status` after one of them is killed with kill -9.
+//! the seed app; then `status` after one of them is killed with kill -9. And a real Prometheus
+//! (Debian's) scraping both with the README's configuration, `promtool` linting what they serve.
 
 use std::time::Duration;
 
-use immutant_e2e::{Base, PATIENCE, Proc, eventually, get_text_at, kill_9, seed_pair};
+use immutant_e2e::{Base, PATIENCE, Proc, eventually, get_json_at, get_text_at, kill_9, seed_pair};
 
 /// `cargo immutant ARGS`, which must succeed: its standard output.
 fn cli_output(base: &Base, args: &[&str]) -> String {
@@ -203,6 +204,112 @@ fn status_logs_and_metrics_show_a_running_cluster_and_status_drops_a_killed_node
     );
     let text = cli_output(&base, &["status"]);
     assert!(!text.contains("\ntwo "), "{text}");
+    drop(two);
+    drop(one);
+}
+
+/// A port on loopback no one listens on now.
+fn unused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_every_member_and_promtool_finds_nothing_to_complain_about() {
+    let base = Base::installed();
+    let project = base.new_project("example");
+    base.deploy(&project, None);
+    let (offsets, one, two) = seed_pair(&base);
+    let targets: Vec<String> = offsets
+        .iter()
+        .map(|offset| format!("'127.0.0.1:{}'", 9990 + offset))
+        .collect();
+
+    // What each node serves passes Prometheus's own linter.
+    for offset in offsets {
+        let text = get_text_at(9990 + offset, "metrics");
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs (Debian's prometheus package; .ci/run installs it)");
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let checked = promtool.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&checked.stdout).into_owned()
+            + &String::from_utf8_lossy(&checked.stderr);
+        assert!(
+            checked.status.success() && said.trim().is_empty(),
+            "promtool check metrics: {said}"
+        );
+    }
+
+    // The scrape configuration the README gives, for these two members.
+    let dir = base.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: immutant\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let port = unused_port();
+    let mut command = std::process::Command::new("prometheus");
+    command.args([
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+    ]);
+    let prometheus = Proc::spawn(command);
+    prometheus.wait_for("Server is ready to receive web requests", PATIENCE);
+    let query = |expression: &str| -> Vec<(String, String)> {
+        let answer = get_json_at(port, &format!("api/v1/query?query={expression}"));
+        answer["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|series| {
+                (
+                    series["metric"]["instance"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    series["value"][1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let both = |value: &str| {
+        let mut expected: Vec<(String, String)> = offsets
+            .iter()
+            .map(|offset| (format!("127.0.0.1:{}", 9990 + offset), value.to_string()))
+            .collect();
+        expected.sort();
+        expected
+    };
+    eventually(
+        "Prometheus scrapes both members (up == 1)",
+        PATIENCE,
+        || {
+            let mut up = query("up");
+            up.sort();
+            up == both("1")
+        },
+    );
+    let mut views = query("immutant_cluster_view_size");
+    views.sort();
+    assert_eq!(views, both("2"), "each member's view, as scraped");
+    drop(prometheus);
     drop(two);
     drop(one);
 }
