@@ -67,7 +67,7 @@ pub fn deploy_with(
                 root: &project.root,
                 binary: &binary,
             };
-            write_deployment(&locations.deployments(), app, built, redeploy)
+            write_deployment(&locations.deployments(), app, built, overrides, redeploy)
         }
         Source::Archive(file) => {
             let unpacked = archive::unpack(file)?;
@@ -77,7 +77,7 @@ pub fn deploy_with(
                 root: &unpacked.root,
                 binary: &unpacked.binary,
             };
-            write_deployment(&locations.deployments(), app, built, redeploy)
+            write_deployment(&locations.deployments(), app, built, overrides, redeploy)
         }
     }
 }
@@ -88,8 +88,13 @@ fn write_deployment(
     deployments: &Path,
     app: ArchivedDescriptor,
     Built { root, binary }: Built,
+    overrides: &Overrides,
     redeploy: Redeploy,
 ) -> Result<PathBuf> {
+    let group = overrides.group.clone();
+    if let Some(group) = &group {
+        descriptor::check_group(group)?;
+    }
     std::fs::create_dir_all(deployments.join(ARTIFACTS))
         .with_context(|| format!("cannot create {}", deployments.display()))?;
     let _lock = lock(deployments)?;
@@ -102,6 +107,7 @@ fn write_deployment(
         deployed_at: Some(deployed_at(previous.as_ref())?),
         context_path: Some(app.context_path.unwrap_or_else(|| format!("/{}", app.name))),
         virtual_host: app.virtual_host,
+        group,
         settings: app.settings,
         name: app.name,
     };

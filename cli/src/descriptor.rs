@@ -75,6 +75,16 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `group` can name a server group: what may name a deployment.
+pub fn check_group(group: &str) -> Result<()> {
+    if !immutant_protocol::names::is_deployment_name(group) {
+        bail!(
+            "'{group}' cannot name a server group: use only ASCII letters, digits, - and _, as the nodes' -Dimmutant.node.groups does"
+        );
+    }
+    Ok(())
+}
+
 /// Checks that `context_path` is one: it starts with `/`.
 pub fn check_context_path(context_path: &str) -> Result<()> {
     if !context_path.starts_with('/') {

@@ -8,6 +8,7 @@ use immutant_contracts::deployment::DeploymentReport;
 use immutant_contracts::descriptor::deployment_of;
 use serde::Deserialize;
 
+use crate::descriptor;
 use crate::install::release;
 use crate::locations::Locations;
 
@@ -81,12 +82,18 @@ pub fn print_deployments(locations: &Locations) -> Result<()> {
             .iter()
             .flatten()
             .flatten()
-            .find(|report| report.name == name)
-            .and_then(|report| report.singletons_on.as_deref());
+            .filter(|report| report.name == name)
+            // Not every node runs every app (server groups): the first that knows.
+            .find_map(|report| report.singletons_on.as_deref());
         if let Some(node) = singletons {
             status.push_str(&format!("; singletons on {node}"));
         }
-        println!("  {name:<40} (status: {status})");
+        let group = descriptor::read(&descriptor::path(&locations.deployments(), &name))
+            .ok()
+            .and_then(|descriptor| descriptor.group)
+            .map(|group| format!("group {group}; "))
+            .unwrap_or_default();
+        println!("  {name:<40} ({group}status: {status})");
         for line in job_lines(&reports, &name) {
             println!("      {line}");
         }

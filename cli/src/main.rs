@@ -73,6 +73,8 @@ enum Command {
     Deploy {
         #[command(flatten)]
         app: AppOptions,
+        #[command(flatten)]
+        placement: Placement,
         /// Deploy this archive, made by `cargo immutant archive`, instead of building a project.
         #[arg(long, value_name = "FILE", conflicts_with = "path")]
         archive: Option<PathBuf>,
@@ -85,6 +87,8 @@ enum Command {
     Watch {
         #[command(flatten)]
         app: AppOptions,
+        #[command(flatten)]
+        placement: Placement,
         /// The app's project folder.
         #[arg(default_value = ".")]
         path: PathBuf,
@@ -244,6 +248,26 @@ impl From<AppOptions> for Overrides {
             name: options.name,
             context_path: options.context_path,
             virtual_host: options.virtual_host,
+            group: None,
+        }
+    }
+}
+
+/// Where a deployment runs.
+#[derive(Debug, Args)]
+struct Placement {
+    /// Run it only on the nodes of this server group (nodes name theirs with
+    /// -Dimmutant.node.groups=G); by default every node runs it.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+}
+
+impl Placement {
+    /// `app`'s overrides, with this placement.
+    fn overrides(self, app: AppOptions) -> Overrides {
+        Overrides {
+            group: self.group,
+            ..app.into()
         }
     }
 }
@@ -293,12 +317,17 @@ fn execute(command: Command) -> Result<u8> {
         Command::New { name, template } => {
             new::new(&locations, &name, &template)?;
         }
-        Command::Deploy { app, archive, path } => {
+        Command::Deploy {
+            app,
+            placement,
+            archive,
+            path,
+        } => {
             let source = match archive {
                 Some(file) => deploy::Source::Archive(file),
                 None => deploy::Source::Project(path),
             };
-            deploy::deploy(&locations, &source, &app.into())?;
+            deploy::deploy(&locations, &source, &placement.overrides(app))?;
         }
         Command::Test { path, cargo_args } => {
             let status = testing::test(&locations, &path, &cargo_args)?;
@@ -306,7 +335,11 @@ fn execute(command: Command) -> Result<u8> {
                 .code()
                 .map_or(1, |code| u8::try_from(code).unwrap_or(1)));
         }
-        Command::Watch { app, path } => watch::watch(&locations, &path, &app.into())?,
+        Command::Watch {
+            app,
+            placement,
+            path,
+        } => watch::watch(&locations, &path, &placement.overrides(app))?,
         Command::Undeploy { glob } => {
             undeploy::undeploy(&locations, glob.as_deref())?;
         }

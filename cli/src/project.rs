@@ -20,6 +20,9 @@ pub struct Overrides {
     pub context_path: Option<String>,
     /// Replaces the project's virtual hosts when not empty.
     pub virtual_host: Vec<String>,
+    /// The server group whose nodes run the deployment (not part of an archive: where an app
+    /// runs is said when it is deployed).
+    pub group: Option<String>,
 }
 
 impl Overrides {

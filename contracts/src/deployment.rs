@@ -19,6 +19,8 @@ pub struct DeploymentReport {
     pub restarts: u64,
     /// The artifact it runs, relative to the deployments folder.
     pub artifact: Option<PathBuf>,
+    /// The server group it is deployed to, if one (only that group's nodes run it).
+    pub group: Option<String>,
     /// Where it came from (its descriptor's `root`).
     pub root: Option<PathBuf>,
     pub daemons: BTreeMap<String, DaemonState>,

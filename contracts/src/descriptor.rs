@@ -67,6 +67,11 @@ pub struct Descriptor {
     /// The virtual hosts the app's web handlers answer for; empty for any host.
     #[serde(default)]
     pub virtual_host: Vec<String>,
+    /// The server group whose nodes run it (a node names its groups with
+    /// `-Dimmutant.node.groups`); every node when missing. Its queues and caches reach every
+    /// node all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// The app's `[package.metadata.immutant]` table, verbatim: Immutant's own keys
     /// (`context-path`, `virtual-host`) as the project gave them, and any of the app's own, for
     /// the app to read at run time.
@@ -101,6 +106,7 @@ mod tests {
             deployed_at: Some(1_764_250_280_601),
             context_path: Some("/hello".into()),
             virtual_host: vec!["example.com".into()],
+            group: None,
             settings,
         };
         let text = toml::to_string(&descriptor).unwrap();

@@ -552,3 +552,53 @@ fn a_request_is_answered_by_a_responder_on_another_node() {
         BUILD_PATIENCE,
     );
 }
+
+#[test]
+fn an_app_deployed_to_a_server_group_runs_only_on_the_nodes_of_that_group() {
+    let base = Base::installed();
+    let project = base.new_project("example");
+    let deploy = |group: &str| {
+        base.cli(["deploy", "--group", group])
+            .current_dir(&project)
+            .env("CARGO_TARGET_DIR", apps_target_dir())
+            .output()
+            .unwrap()
+    };
+    let refused = deploy("no way");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("cannot name a server group"), "{said}");
+    let deployed = deploy("workers");
+    assert!(deployed.status.success(), "{deployed:?}");
+
+    let cluster = cluster_name();
+    let groups = |groups: &str| vec![format!("-Dimmutant.node.groups={groups}")];
+    let web = clustered_with(&base, "web", free_offset(), &cluster, &groups("web"));
+    let worker = clustered_with(
+        &base,
+        "worker",
+        free_offset(),
+        &cluster,
+        &groups("workers,batch"),
+    );
+    // The worker runs it, singleton daemon and all; the web node does not, and says why.
+    worker.wait_for("[example] received:", BUILD_PATIENCE);
+    let said = web.wait_for("example is not run on this node", PATIENCE);
+    assert!(
+        said.contains("it is deployed to group 'workers', and this node is in web"),
+        "{said}"
+    );
+    let list = base.cli(["list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    let line = listed
+        .lines()
+        .find(|line| line.contains("example"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("group workers; status: web: stopped: it is deployed to group 'workers'")
+            && line.contains("worker: running")
+            && line.contains("singletons on worker"),
+        "{listed}"
+    );
+    assert!(!web.text().contains("[example]"), "{}", web.text());
+}

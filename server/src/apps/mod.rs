@@ -38,6 +38,8 @@ pub struct AppContext {
     /// Every node property apps may read, as they get it in their welcome.
     pub properties: std::collections::BTreeMap<String, String>,
     pub deployments_dir: PathBuf,
+    /// The server groups this node belongs to (`-Dimmutant.node.groups`).
+    pub groups: Vec<String>,
     /// How late a job's firing may run before it counts as misfired.
     pub misfire_threshold_ms: u64,
     /// Where the apps' web handlers are mounted.
@@ -155,6 +157,7 @@ impl Deployment {
             pid: *lock(&self.pid),
             restarts: self.restarts.load(Ordering::Relaxed),
             artifact: descriptor.as_ref().map(|d| d.artifact.clone()),
+            group: descriptor.as_ref().and_then(|d| d.group.clone()),
             root: descriptor.and_then(|d| d.root),
             daemons,
             web: self
@@ -216,10 +219,17 @@ impl Apps {
         let slot = self.slot(name);
         let apps = Arc::clone(self);
         let name = name.to_string();
+        let elsewhere = parsed
+            .as_ref()
+            .ok()
+            .and_then(|descriptor| self.not_for_this_node(descriptor));
         tokio::spawn(async move {
             let mut running = slot.lock().await;
             let old = running.take();
-            let overlap = old.is_some() && apps.context.web.serving(&name) && parsed.is_ok();
+            let overlap = old.is_some()
+                && apps.context.web.serving(&name)
+                && parsed.is_ok()
+                && elsewhere.is_none();
             let old = match old {
                 Some(old) if !overlap => {
                     tracing::info!("Redeploying {name}");
@@ -232,8 +242,13 @@ impl Apps {
             };
             let deployment = Arc::new(Deployment::new(&name, old.is_none()));
             lock(&apps.deployments).insert(name.clone(), deployment.clone());
-            match parsed {
-                Ok(descriptor) => {
+            match (parsed, elsewhere) {
+                (Ok(descriptor), Some(reason)) => {
+                    *lock(&deployment.descriptor) = Some(descriptor);
+                    tracing::info!("{name} is not run on this node: {reason}");
+                    deployment.set_status(Status::Stopped(reason));
+                }
+                (Ok(descriptor), None) => {
                     *lock(&deployment.descriptor) = Some(descriptor.clone());
                     let (stop, stopped) = oneshot::channel();
                     let done = tokio::spawn(supervisor::supervise(
@@ -244,7 +259,7 @@ impl Apps {
                     ));
                     *running = Some(Running { stop, done });
                 }
-                Err(reason) => {
+                (Err(reason), _) => {
                     tracing::error!("cannot deploy {name}: {reason}");
                     deployment.set_status(Status::Failed(reason));
                 }
@@ -269,6 +284,22 @@ impl Apps {
                 }
             }
         });
+    }
+
+    /// Why `descriptor` is not for this node (deployed to a server group it is not in), if it
+    /// is not.
+    fn not_for_this_node(&self, descriptor: &Descriptor) -> Option<String> {
+        let group = descriptor.group.as_ref()?;
+        let groups = &self.context.groups;
+        (!groups.contains(group)).then(|| match groups.is_empty() {
+            true => format!(
+                "it is deployed to group '{group}', and this node is in none (-Dimmutant.node.groups)"
+            ),
+            false => format!(
+                "it is deployed to group '{group}', and this node is in {}",
+                groups.join(", ")
+            ),
+        })
     }
 
     /// Serves a process the node did not start, connected to its attach socket (a test that

@@ -101,6 +101,9 @@ pub struct ServerConfig {
     #[serde(serialize_with = "serialize_level")]
     pub log_level: tracing::Level,
     pub deployments: PathBuf,
+    /// The server groups this node belongs to: it runs the apps deployed to none, or to one of
+    /// these.
+    pub groups: Vec<String>,
     /// Present in `standalone-ha.toml`: the node is meant to join a cluster.
     pub cluster: Option<ClusterConfig>,
 }
@@ -260,6 +263,9 @@ struct ConfigFile {
 struct NodeSection {
     name: String,
     data_dir: PathBuf,
+    /// Comma-separated; missing in configs written before groups.
+    #[serde(default)]
+    groups: String,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +348,25 @@ impl ConfigFile {
                 expected: "a plain name (ASCII letters, digits, -, _ and . but not first, at most 64): set one with -Djboss.node.name=NAME",
             });
         }
+        let groups: Vec<String> = self
+            .node
+            .groups
+            .split(',')
+            .map(str::trim)
+            .filter(|group| !group.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(bad) = groups
+            .iter()
+            .find(|group| !immutant_protocol::names::is_deployment_name(group))
+        {
+            return Err(ConfigError::InvalidValue {
+                file,
+                key: "node.groups",
+                value: bad.clone(),
+                expected: "group names of ASCII letters, digits, - and _, separated by commas: -Dimmutant.node.groups=web,workers",
+            });
+        }
         Ok(ServerConfig {
             name: file,
             path,
@@ -354,6 +379,7 @@ impl ConfigFile {
             management_port,
             log_level,
             deployments: home.join(self.deployment_scanner.path),
+            groups,
             cluster,
         })
     }
@@ -520,6 +546,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("/nonexistent/secret"), "{error}");
+    }
+
+    #[test]
+    fn a_node_names_its_groups_by_commas_and_a_bad_name_says_how_to_write_them() {
+        let home = install();
+        let config = load(home.path(), "standalone", &[]).unwrap();
+        assert!(config.groups.is_empty());
+        let groups = [("immutant.node.groups", "web, workers")];
+        let config = load(home.path(), "standalone", &groups).unwrap();
+        assert_eq!(config.groups, ["web", "workers"]);
+        let bad = [("immutant.node.groups", "web,batch jobs")];
+        let error = load(home.path(), "standalone", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("batch jobs") && error.contains("-Dimmutant.node.groups=web,workers"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -139,6 +139,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "a file holding the cluster's secret, instead of immutant.cluster.secret",
     },
     KnownProperty {
+        name: "immutant.node.groups",
+        kind: PropertyKind::Text,
+        default: PropertyDefault::Value(""),
+        help: "the server groups this node belongs to, by name, separated by commas (an app deployed with --group G runs only on the nodes of G)",
+    },
+    KnownProperty {
         name: "immutant.singleton.quorum",
         kind: PropertyKind::Count,
         default: PropertyDefault::Value("1"),

@@ -107,6 +107,7 @@ pub async fn run(
         node_name: config.node_name.clone(),
         properties: properties.for_apps(),
         deployments_dir: config.deployments.clone(),
+        groups: config.groups.clone(),
         misfire_threshold_ms: properties
             .get("immutant.jobs.misfire-threshold")
             .and_then(|value| value.parse().ok())
