@@ -50,6 +50,10 @@ pub fn deploy_with(
     overrides: &Overrides,
     redeploy: Redeploy,
 ) -> Result<PathBuf> {
+    // Before anything is built.
+    if let Some(group) = &overrides.group {
+        descriptor::check_group(group)?;
+    }
     match source {
         Source::Project(path) => {
             let project = Project::read(path)?;
@@ -92,9 +96,6 @@ fn write_deployment(
     redeploy: Redeploy,
 ) -> Result<PathBuf> {
     let group = overrides.group.clone();
-    if let Some(group) = &group {
-        descriptor::check_group(group)?;
-    }
     std::fs::create_dir_all(deployments.join(ARTIFACTS))
         .with_context(|| format!("cannot create {}", deployments.display()))?;
     let _lock = lock(deployments)?;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-pub use immutant_contracts::descriptor::{ARTIFACTS, Descriptor, path};
+pub use immutant_contracts::descriptor::{ARTIFACTS, Descriptor, MAX_DESCRIPTOR_BYTES, path};
 use serde::{Deserialize, Serialize};
 
 /// A deployment as an archive carries it (`descriptor.toml` in a `.ima`): what the app is, but
@@ -73,6 +73,16 @@ pub fn check_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The server group of the descriptor at `path`, if it names one: read only if it is a file
+/// of a descriptor's size (a pipe or a huge file named `x.toml` is not read).
+pub fn group_of(path: &Path) -> Option<String> {
+    let metadata = std::fs::metadata(path).ok()?;
+    if !metadata.is_file() || metadata.len() > MAX_DESCRIPTOR_BYTES {
+        return None;
+    }
+    read(path).ok()?.group
 }
 
 /// Checks that `group` can name a server group: what may name a deployment.

@@ -88,9 +88,13 @@ pub fn print_deployments(locations: &Locations) -> Result<()> {
         if let Some(node) = singletons {
             status.push_str(&format!("; singletons on {node}"));
         }
-        let group = descriptor::read(&descriptor::path(&locations.deployments(), &name))
-            .ok()
-            .and_then(|descriptor| descriptor.group)
+        let group = reports
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|report| report.name == name)
+            .find_map(|report| report.group.clone())
+            .or_else(|| descriptor::group_of(&descriptor::path(&locations.deployments(), &name)))
             .map(|group| format!("group {group}; "))
             .unwrap_or_default();
         println!("  {name:<40} ({group}status: {status})");
@@ -129,7 +133,7 @@ fn job_lines(reports: &[Result<Vec<DeploymentReport>, String>], name: &str) -> V
                 .filter(|(_, j)| j.name == job)
                 .max_by_key(|(_, j)| j.fires_here)?;
             let place = match (report.singleton, &deployment.singletons_on) {
-                (false, _) => "fires on every node".to_string(),
+                (false, _) => "fires on every node that runs it".to_string(),
                 (true, Some(node)) => format!("singleton, fires on {node}"),
                 (true, None) => "singleton, fires nowhere yet".to_string(),
             };

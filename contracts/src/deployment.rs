@@ -44,6 +44,9 @@ pub enum Status {
     /// It crashed five times in a row, or could not start; the reason says why.
     Failed(String),
     Stopped(String),
+    /// Not run on this node: it is deployed to a server group this node is not in; the reason
+    /// says which.
+    Elsewhere(String),
 }
 
 impl Status {
@@ -54,6 +57,7 @@ impl Status {
             Status::Running => "running",
             Status::Failed(_) => "failed",
             Status::Stopped(_) => "stopped",
+            Status::Elsewhere(_) => "elsewhere",
         }
     }
 }
@@ -62,7 +66,7 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Status::Failed(reason) | Status::Stopped(reason) => {
+            Status::Failed(reason) | Status::Stopped(reason) | Status::Elsewhere(reason) => {
                 write!(f, "{}: {reason}", self.name())
             }
             Status::Deploying | Status::Running => f.write_str(self.name()),
@@ -169,7 +173,7 @@ mod tests {
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(
             json,
-            r#"{"name":"app","status":"failed","reason":"it crashed","pid":null,"restarts":0,"artifact":null,"root":null,"daemons":{"d":{"singleton":true,"running":false}},"web":null,"singletons_on":null,"jobs":[{"name":"tick","schedule":"","singleton":false,"fires_here":false,"next_ms":null,"last":{"run":3,"scheduled_ms":10,"fired_ms":11,"outcome":"ok"},"done":false}],"stderr_tail":[]}"#
+            r#"{"name":"app","status":"failed","reason":"it crashed","pid":null,"restarts":0,"artifact":null,"group":null,"root":null,"daemons":{"d":{"singleton":true,"running":false}},"web":null,"singletons_on":null,"jobs":[{"name":"tick","schedule":"","singleton":false,"fires_here":false,"next_ms":null,"last":{"run":3,"scheduled_ms":10,"fired_ms":11,"outcome":"ok"},"done":false}],"stderr_tail":[]}"#
         );
         assert_eq!(
             serde_json::from_str::<DeploymentReport>(&json).unwrap(),
@@ -177,6 +181,10 @@ mod tests {
         );
         assert_eq!(report.status.to_string(), "failed: it crashed");
         assert_eq!(Status::Running.to_string(), "running");
+        assert_eq!(
+            Status::Elsewhere("for group g".into()).to_string(),
+            "elsewhere: for group g"
+        );
         assert_eq!(Outcome::Failed("no".into()).to_string(), "failed: no");
         assert_eq!(Outcome::Failed("no".into()).name(), "failed");
     }

@@ -27,6 +27,9 @@ pub const EXTENSION: &str = "toml";
 /// The deployments folder's subfolder of artifacts.
 pub const ARTIFACTS: &str = ".artifacts";
 
+/// The largest file read as a descriptor (they are a few hundred bytes).
+pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
+
 /// A deployment. Every write of a descriptor is a (re)deploy: `deployed-at` changes each time,
 /// even when nothing else does. The CLI writes every field; a reader takes a missing optional
 /// one as its default, and refuses a key it does not know.

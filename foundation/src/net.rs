@@ -96,7 +96,7 @@ pub fn serve_guarded(
     use hyper_util::rt::{TokioIo, TokioTimer};
     tokio::spawn(async move {
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_MANAGEMENT_CONNECTIONS));
-        let waiting = std::sync::Arc::new(Waiting::default());
+        let connections = std::sync::Arc::new(Connections::default());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         // HTTP/1.1 only: telling HTTP/2 apart means waiting for bytes with no deadline.
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -115,7 +115,7 @@ pub fn serve_guarded(
             let slot = match slots.clone().try_acquire_owned() {
                 Ok(slot) => Ok(slot),
                 Err(_) => {
-                    waiting.close_longest();
+                    connections.close_longest_waiting();
                     tokio::select! {
                         slot = slots.clone().acquire_owned() => slot,
                         _ = shutdown.cancelled() => break,
@@ -123,30 +123,29 @@ pub fn serve_guarded(
                 }
             };
             let Ok(slot) = slot else { break };
-            let connection_id = waiting.open();
+            let (id, closed) = connections.open();
             let service = {
-                let (router, waiting) = (router.clone(), waiting.clone());
+                let (router, connections) = (router.clone(), connections.clone());
                 hyper::service::service_fn(move |request| {
-                    waiting.in_request(connection_id);
+                    connections.in_request(id);
                     let answered = tower::ServiceExt::oneshot(router.clone(), request);
-                    let waiting = waiting.clone();
+                    let connections = connections.clone();
                     async move {
                         let response = answered.await;
-                        waiting.between_requests(connection_id);
+                        connections.between_requests(id);
                         response
                     }
                 })
             };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
-            let closed = waiting.closer(connection_id);
-            let waiting = waiting.clone();
+            let connections = connections.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = connection => {}
                     _ = closed.cancelled() => {}
                 }
-                waiting.forget(connection_id);
+                connections.forget(id);
                 drop(slot);
             });
         }
@@ -156,11 +155,11 @@ pub fn serve_guarded(
 }
 
 /// The guarded port's connections: since when each has waited for a request's head (none while
-/// it is in one), and how to close it.
+/// its handler runs), and how to close it.
 #[derive(Default)]
-struct Waiting {
+struct Connections {
     next: std::sync::atomic::AtomicU64,
-    connections: std::sync::Mutex<std::collections::HashMap<u64, Connection>>,
+    open: std::sync::Mutex<std::collections::HashMap<u64, Connection>>,
 }
 
 struct Connection {
@@ -168,46 +167,41 @@ struct Connection {
     close: tokio_util::sync::CancellationToken,
 }
 
-impl Waiting {
-    /// A new connection, waiting for its first head.
-    fn open(&self) -> u64 {
+impl Connections {
+    /// A new connection, waiting for its first head: its number, and what closes it when
+    /// cancelled.
+    fn open(&self) -> (u64, tokio_util::sync::CancellationToken) {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = tokio_util::sync::CancellationToken::new();
         let connection = Connection {
             waiting_since: Some(std::time::Instant::now()),
-            close: tokio_util::sync::CancellationToken::new(),
+            close: close.clone(),
         };
-        crate::sync::lock(&self.connections).insert(id, connection);
-        id
-    }
-
-    /// What closes connection `id` when cancelled.
-    fn closer(&self, id: u64) -> tokio_util::sync::CancellationToken {
-        crate::sync::lock(&self.connections)
-            .get(&id)
-            .map(|connection| connection.close.clone())
-            .unwrap_or_default()
+        crate::sync::lock(&self.open).insert(id, connection);
+        (id, close)
     }
 
     fn in_request(&self, id: u64) {
-        if let Some(connection) = crate::sync::lock(&self.connections).get_mut(&id) {
+        if let Some(connection) = crate::sync::lock(&self.open).get_mut(&id) {
             connection.waiting_since = None;
         }
     }
 
     fn between_requests(&self, id: u64) {
-        if let Some(connection) = crate::sync::lock(&self.connections).get_mut(&id) {
+        if let Some(connection) = crate::sync::lock(&self.open).get_mut(&id) {
             connection.waiting_since = Some(std::time::Instant::now());
         }
     }
 
     fn forget(&self, id: u64) {
-        crate::sync::lock(&self.connections).remove(&id);
+        crate::sync::lock(&self.open).remove(&id);
     }
 
-    /// Closes the connection that has waited longest for a head, if one waits.
-    fn close_longest(&self) {
-        let connections = crate::sync::lock(&self.connections);
-        let longest = connections
+    /// Closes the connection that has waited longest for a head, if one waits (not one already
+    /// being closed).
+    fn close_longest_waiting(&self) {
+        let open = crate::sync::lock(&self.open);
+        let longest = open
             .values()
             .filter(|connection| !connection.close.is_cancelled())
             .filter_map(|connection| Some((connection.waiting_since?, &connection.close)))
@@ -254,4 +248,30 @@ pub fn multicast_socket(group: IpAddr, port: u16, interface: IpAddr) -> std::io:
     socket.set_multicast_ttl_v4(2)?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_waiting_longest_is_closed_and_one_in_a_request_never() {
+        let connections = Connections::default();
+        let (busy, busy_closed) = connections.open();
+        let (oldest, oldest_closed) = connections.open();
+        let (_newest, newest_closed) = connections.open();
+        connections.in_request(busy);
+        connections.close_longest_waiting();
+        assert!(oldest_closed.is_cancelled());
+        assert!(!busy_closed.is_cancelled() && !newest_closed.is_cancelled());
+        // The next goes to the next waiting longest, never the one in its request.
+        connections.close_longest_waiting();
+        assert!(newest_closed.is_cancelled());
+        connections.close_longest_waiting();
+        assert!(!busy_closed.is_cancelled());
+        connections.forget(oldest);
+        connections.between_requests(busy);
+        connections.close_longest_waiting();
+        assert!(busy_closed.is_cancelled());
+    }
 }

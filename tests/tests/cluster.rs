@@ -595,7 +595,7 @@ fn an_app_deployed_to_a_server_group_runs_only_on_the_nodes_of_that_group() {
         .find(|line| line.contains("example"))
         .unwrap_or_default();
     assert!(
-        line.contains("group workers; status: web: stopped: it is deployed to group 'workers'")
+        line.contains("group workers; status: web: elsewhere: it is deployed to group 'workers'")
             && line.contains("worker: running")
             && line.contains("singletons on worker"),
         "{listed}"

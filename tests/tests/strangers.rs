@@ -603,7 +603,7 @@ fn descriptors_that_lead_out_of_the_artifacts_folder_are_refused_and_never_run()
         let expected = match name.as_str() {
             "extra" => "unknown field",
             "linked" => "outside .artifacts/",
-            "huge" => "holds 52428800 bytes, over the 1048576 a descriptor may have",
+            "huge" => "it is over the 1048576 bytes a descriptor may have",
             _ => "the node runs nothing else",
         };
         assert!(reason.contains(expected), "{name}: {reason}");

@@ -246,7 +246,7 @@ impl Apps {
                 (Ok(descriptor), Some(reason)) => {
                     *lock(&deployment.descriptor) = Some(descriptor);
                     tracing::info!("{name} is not run on this node: {reason}");
-                    deployment.set_status(Status::Stopped(reason));
+                    deployment.set_status(Status::Elsewhere(reason));
                 }
                 (Ok(descriptor), None) => {
                     *lock(&deployment.descriptor) = Some(descriptor.clone());

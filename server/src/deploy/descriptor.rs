@@ -28,6 +28,13 @@ pub fn parse_descriptor(name: &str, text: &str) -> Result<Descriptor, String> {
             "'{name}' cannot name a deployment: use only ASCII letters, digits, - and _"
         ));
     }
+    if let Some(group) = &descriptor.group
+        && !immutant_protocol::names::is_deployment_name(group)
+    {
+        return Err(format!(
+            "'{group}' cannot name a server group: use only ASCII letters, digits, - and _ (deploy with `cargo immutant deploy --group G`)"
+        ));
+    }
     let mut parts = descriptor.artifact.components();
     let confined = matches!(
         (parts.next(), parts.next(), parts.next()),

@@ -6,12 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use immutant_contracts::descriptor::deployment_of;
+use immutant_contracts::descriptor::{MAX_DESCRIPTOR_BYTES, deployment_of};
 use immutant_foundation::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_millis(200);
-/// The largest file taken for a descriptor (they are a few hundred bytes).
-const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 
 /// A change in the deployments folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,15 +99,20 @@ fn read_descriptors(
         let Some(name) = deployment_of(&file) else {
             continue;
         };
-        // Only files, and small ones: a pipe or a link to a device named `x.toml` must not
-        // hang or fill the node.
-        let metadata = entry.metadata()?;
+        // Only files (a link is followed), and small ones: a pipe or a link to a device named
+        // `x.toml` must not hang or fill the node.
+        let metadata = match std::fs::metadata(entry.path()) {
+            Ok(metadata) => metadata,
+            // Gone between the listing and now (or a link to nothing): gone.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        // Said without the size, which a growing file changes at every look.
         let refused = if !metadata.is_file() {
             Some("it is not a file".to_string())
         } else if metadata.len() > MAX_DESCRIPTOR_BYTES {
             Some(format!(
-                "it holds {} bytes, over the {MAX_DESCRIPTOR_BYTES} a descriptor may have",
-                metadata.len()
+                "it is over the {MAX_DESCRIPTOR_BYTES} bytes a descriptor may have"
             ))
         } else {
             None

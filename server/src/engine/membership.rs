@@ -99,8 +99,9 @@ impl Membership {
         }
     }
 
-    /// Resolves if this node cannot stay in its cluster (another live node has its name, or
-    /// its gossip stopped): the node must then stop. Never on a standalone node.
+    /// Resolves if this node cannot stay in its cluster (another live node has its name; on the
+    /// embedded engine, also its gossip stopped): the node must then stop. Never on a
+    /// standalone node.
     pub async fn expelled(&self) -> EngineError {
         match self {
             Membership::Standalone { .. } => std::future::pending().await,

@@ -32,12 +32,16 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         .view()
         .map(|view| view.borrow().clone());
     let deployments = info.apps.reports();
-    // Every app of a cluster has a lease; those deployed here without singletons are left out.
+    // Every app of a cluster has a lease; those deployed here without singletons are left out,
+    // and those of a server group this node is not in (it cannot tell; its members show them).
     let without_singletons = |app: &str| {
         deployments.iter().any(|deployment| {
             deployment.name == app
-                && deployment.status == Status::Running
-                && deployment.singletons_on.is_none()
+                && match deployment.status {
+                    Status::Running => deployment.singletons_on.is_none(),
+                    Status::Elsewhere(_) => true,
+                    _ => false,
+                }
         })
     };
     let singletons = match &view {

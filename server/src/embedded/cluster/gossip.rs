@@ -246,11 +246,11 @@ impl Cluster {
         };
         tokio::select! {
             clashed = clashed => clashed,
-            ended = self.handle.termination_watcher() => ClusterError::Gossip {
+            ended = self.handle.termination_watcher() => ClusterError::GossipStopped {
                 address: self.me.gossip_advertise_addr,
                 reason: match ended {
-                    Ok(()) => "gossip stopped".to_string(),
-                    Err(error) => format!("gossip stopped: {error}"),
+                    Ok(()) => "it was shut down".to_string(),
+                    Err(error) => error.to_string(),
                 },
             },
         }

@@ -41,6 +41,10 @@ pub enum ClusterError {
     )]
     Gossip { address: SocketAddr, reason: String },
     #[error(
+        "gossip on the cluster port {address} stopped ({reason}); this node cannot stay in its cluster"
+    )]
+    GossipStopped { address: SocketAddr, reason: String },
+    #[error(
         "another live node in the cluster is named '{name}' (at {other}); give each node its own name with -Djboss.node.name"
     )]
     NameClash { name: String, other: SocketAddr },

@@ -149,7 +149,14 @@ impl Socket for SealedUdpSocket {
                 received = self.outside.recv_from(&mut self.buffer) => {
                     let (length, from) = match received {
                         Ok(received) => received,
-                        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                        // What chitchat's own socket passes over: an ICMP answer to an earlier
+                        // send, or the kernel short of buffers for a moment.
+                        Err(error) if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::OutOfMemory
+                        ) => continue,
                         Err(error) => return Err(error.into()),
                     };
                     let Some(plain) = self.key.open_gossip(&mut self.buffer[..length]) else {
