@@ -26,6 +26,17 @@ fn views(node: &Proc) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Asserts that no view `node` logged held `stranger`.
+fn never_saw(node: &Proc, stranger: &str) {
+    let views = views(node);
+    assert!(
+        views
+            .iter()
+            .all(|view| !view.iter().any(|name| name == stranger)),
+        "{stranger} was never in the view: {views:?}"
+    );
+}
+
 /// The line in which `node` said it ignored something not sealed with its secret.
 fn complaint(node: &Proc) -> String {
     node.wait_for("is not sealed with this cluster's secret", PATIENCE)
@@ -49,14 +60,8 @@ fn nodes_with_one_secret_form_a_cluster_across_installs_and_one_with_another_is_
         assert!(said.contains("-Dimmutant.cluster.secret"), "{said}");
     }
     std::thread::sleep(Duration::from_secs(3));
-    for (node, name) in [(&a, "a"), (&c, "c")] {
-        assert!(
-            views(node)
-                .iter()
-                .all(|view| !view.contains(&"b".to_string())),
-            "{name} never sees b: {:?}",
-            views(node)
-        );
+    for node in [&a, &c] {
+        never_saw(node, "b");
     }
     assert!(
         views(&b).iter().all(|view| view == &["b"]),
@@ -316,14 +321,30 @@ fn plaintext_gossip_to_every_port_a_node_holds_never_reaches_the_view() {
     assert!(said.contains("from 127.0.0.1"), "{said}");
     std::thread::sleep(Duration::from_secs(1));
     for node in [&a, &b] {
-        assert!(
-            views(node)
-                .iter()
-                .all(|view| !view.contains(&"evil".to_string())),
-            "no one else in the view: {:?}",
-            views(node)
-        );
+        never_saw(node, "evil");
+        never_saw(node, "accomplice");
         assert!(!node.text().contains("Stopping node"), "{}", node.text());
+    }
+}
+
+/// Asserts that `url` answers every request within a second (each on a new connection, as a
+/// tool opens them, every 100 ms) for `during`, while `what` goes on.
+async fn keeps_answering(url: &str, during: Duration, what: &str) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < during {
+        let response = client.get(url).header("Connection", "close").send().await;
+        assert!(
+            response.as_ref().is_ok_and(|r| r.status().is_success()),
+            "request {answered} is answered within 1 s despite {what}: {response:?}"
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -383,22 +404,11 @@ fn junk_connections_on_the_cluster_port_are_dropped_and_management_keeps_answeri
 
     // The management API answers within a second throughout.
     let management = format!("http://127.0.0.1:{}/", 9990 + offset);
-    runtime().block_on(async {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(3) {
-            let response = client.get(&management).send().await;
-            assert!(
-                response.is_ok_and(|r| r.status().is_success()),
-                "the management API answers within 1 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    runtime().block_on(keeps_answering(
+        &management,
+        Duration::from_secs(3),
+        "the junk",
+    ));
     let (rss_during, _) = footprint(pid);
     assert!(
         rss_during < rss_before + 64 * 1024,
@@ -463,27 +473,7 @@ fn slow_clients_holding_management_connections_keep_no_one_else_out() {
             .collect::<Vec<_>>();
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Meanwhile, every ordinary request is answered within a second.
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let mut answered = 0;
-        while started.elapsed() < Duration::from_secs(8) {
-            // A new connection each time, as a tool would open.
-            let response = client
-                .get(&url)
-                .header("Connection", "close")
-                .send()
-                .await;
-            assert!(
-                response.as_ref().is_ok_and(|r| r.status().is_success()),
-                "request {answered} is answered within 1 s while 500 slow clients hold connections: {response:?}"
-            );
-            answered += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        keeps_answering(&url, Duration::from_secs(8), "500 slow clients").await;
         for task in slow {
             task.abort();
         }
