@@ -40,6 +40,24 @@ pub enum CacheError {
 /// holders' gossip (and in its primary's lease), whose datagrams are small.
 const MAX_NAME_BYTES: usize = 200;
 
+/// The start of the names of the server's own caches.
+const SERVER_PREFIX: &str = "immutant.";
+
+/// Refuses an app `app` a cache of the server's (named `immutant.<what>/...`) unless it is one
+/// of its own (`immutant.<what>/<app>`): a job's progress and an app's web sessions are the
+/// app's alone.
+pub fn check_reach(name: &str, app: &str) -> Result<(), CacheError> {
+    let Some(rest) = name.strip_prefix(SERVER_PREFIX) else {
+        return Ok(());
+    };
+    match rest.split_once('/') {
+        Some((_, owner)) if owner == app => Ok(()),
+        _ => Err(CacheError::Invalid(format!(
+            "the cache '{name}' is the server's: an app may use only its own caches whose names start with `{SERVER_PREFIX}` (`{SERVER_PREFIX}<what>/{app}`); give yours another name"
+        ))),
+    }
+}
+
 /// Refuses a cache without a name, or with one too long.
 pub fn check_name(name: &str) -> Result<(), CacheError> {
     if name.trim().is_empty() {
@@ -60,3 +78,24 @@ pub fn check_name(name: &str) -> Result<(), CacheError> {
 /// What the management API shows of a cache: the contract's type (its mode named as
 /// [`CacheMode`] displays it).
 pub use immutant_contracts::status::CacheStats;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_reaches_its_own_server_caches_and_no_others() {
+        assert!(check_reach("sessions", "shop").is_ok());
+        assert!(check_reach("immutant.web.sessions/shop", "shop").is_ok());
+        assert!(check_reach("immutant.jobs/shop", "shop").is_ok());
+        for name in [
+            "immutant.jobs/other",
+            "immutant.web.sessions/shop2",
+            "immutant.deployments",
+            "immutant.jobs/shop/x",
+        ] {
+            let refused = check_reach(name, "shop").unwrap_err().to_string();
+            assert!(refused.contains("is the server's"), "{name}: {refused}");
+        }
+    }
+}

@@ -5,9 +5,13 @@ use bytes::Bytes;
 use immutant_protocol::{CacheOp, CacheOptions, Frame, Header, Open};
 
 use super::{Session, refusal};
+use crate::vocabulary::cache::check_reach;
 
 impl Session {
     pub(super) fn open_cache(&self, id: u64, name: String, open: Open, options: CacheOptions) {
+        if let Err(refused) = check_reach(&name, &self.deployment.name) {
+            return self.send(refusal(id, refused));
+        }
         let caches = self.context.engine.caches.clone();
         let outbox = self.outbox.clone();
         tokio::spawn(async move {
@@ -27,6 +31,9 @@ impl Session {
         epoch: Option<u64>,
         body: Bytes,
     ) {
+        if let Err(refused) = check_reach(&cache, &self.deployment.name) {
+            return self.send(refusal(id, refused));
+        }
         let fence = match self.fenced(epoch) {
             Ok(fence) => fence,
             Err(stale) => return self.send(refusal(id, stale)),
