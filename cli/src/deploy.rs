@@ -109,6 +109,7 @@ fn write_deployment(
         context_path: Some(app.context_path.unwrap_or_else(|| format!("/{}", app.name))),
         virtual_host: app.virtual_host,
         group,
+        local: overrides.local,
         settings: app.settings,
         name: app.name,
     };

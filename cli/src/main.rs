@@ -249,6 +249,7 @@ impl From<AppOptions> for Overrides {
             context_path: options.context_path,
             virtual_host: options.virtual_host,
             group: None,
+            local: false,
         }
     }
 }
@@ -260,6 +261,10 @@ struct Placement {
     /// -Dimmutant.node.groups=G); by default every node runs it.
     #[arg(long, value_name = "G")]
     group: Option<String>,
+    /// Run it only on the nodes of this install (its deployments folder); by default a
+    /// clustered node records it for the cluster, and every member runs it.
+    #[arg(long)]
+    local: bool,
 }
 
 impl Placement {
@@ -267,6 +272,7 @@ impl Placement {
     fn overrides(self, app: AppOptions) -> Overrides {
         Overrides {
             group: self.group,
+            local: self.local,
             ..app.into()
         }
     }

@@ -23,6 +23,8 @@ pub struct Overrides {
     /// The server group whose nodes run the deployment (not part of an archive: where an app
     /// runs is said when it is deployed).
     pub group: Option<String>,
+    /// Keep it on this install's nodes rather than deploy it to the whole cluster.
+    pub local: bool,
 }
 
 impl Overrides {

@@ -75,6 +75,10 @@ pub struct Descriptor {
     /// node all the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Whether it stays on the nodes of this install (`cargo immutant deploy --local`): kept
+    /// off the cluster's record of deployments, which every member follows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     /// The app's `[package.metadata.immutant]` table, verbatim: Immutant's own keys
     /// (`context-path`, `virtual-host`) as the project gave them, and any of the app's own, for
     /// the app to read at run time.
@@ -110,6 +114,7 @@ mod tests {
             context_path: Some("/hello".into()),
             virtual_host: vec!["example.com".into()],
             group: None,
+            local: false,
             settings,
         };
         let text = toml::to_string(&descriptor).unwrap();

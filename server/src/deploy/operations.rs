@@ -84,18 +84,28 @@ pub fn redeploy(deployments: &Path, name: &str, now_ms: u64) -> Result<(), Opera
     let mut descriptor = parse_descriptor(name, &text).map_err(invalid)?;
     descriptor.deployed_at = Some(now_ms.max(descriptor.deployed_at.unwrap_or(0) + 1));
     let text = toml::to_string(&descriptor).map_err(|error| invalid(error.to_string()))?;
-    // Written beside it under a hidden name (the scanner skips those), then put in its place.
-    let written = tempfile::Builder::new()
+    write_descriptor(deployments, name, &text, permissions)
+        .map_err(|source| folder_error(deployments, source))
+}
+
+/// Writes `text` as the descriptor of `name`, whole or not at all: beside it under a hidden
+/// name (the scanner skips those), synced, then put in its place. Call it holding the
+/// folder's [`lock`].
+pub(super) fn write_descriptor(
+    deployments: &Path,
+    name: &str,
+    text: &str,
+    permissions: std::fs::Permissions,
+) -> std::io::Result<()> {
+    let mut file = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
-        .tempfile_in(deployments)
-        .and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.as_file().set_permissions(permissions)?;
-            file.as_file().sync_all()?;
-            file.persist(&path).map_err(|error| error.error)?;
-            Ok(())
-        });
-    written.map_err(|source| folder_error(deployments, source))
+        .tempfile_in(deployments)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().set_permissions(permissions)?;
+    file.as_file().sync_all()?;
+    file.persist(descriptor::path(deployments, name))
+        .map_err(|error| error.error)?;
+    Ok(())
 }
 
 /// `<name>.toml`, if the deployment is there.
@@ -108,7 +118,7 @@ fn descriptor_path(deployments: &Path, name: &str) -> Result<PathBuf, OperationE
 }
 
 /// The deployments folder's lock, which `cargo immutant deploy` and `undeploy` take too.
-fn lock(deployments: &Path) -> Result<File, OperationError> {
+pub(super) fn lock(deployments: &Path) -> Result<File, OperationError> {
     let file = File::options()
         .create(true)
         .truncate(false)

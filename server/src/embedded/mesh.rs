@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use immutant_protocol::{Frame, FrameCodec, MessageHeader, Outbox, write_frames};
-use serde::{Deserialize, Serialize};
+use immutant_protocol::{Frame, FrameCodec, Outbox, write_frames};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -26,9 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
+use super::artifacts::ArtifactShelf;
 use super::cache::Caches;
-use super::cache::peer::{PeerAnswer, PeerCall, PeerRequest, Peers};
+use super::cache::peer::{PeerAnswer, PeerCall, Peers};
 use super::cluster::{Cluster, seal};
+use super::link::{self, LinkHeader};
 use super::messaging::{Broker, Forward, Message, Reply};
 use crate::vocabulary::membership::{Interest, Member};
 use immutant_foundation::shutdown::Shutdown;
@@ -39,44 +40,6 @@ const TICK: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each attempt to verify a suspected member may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_millis(100);
-/// Room for a frame's header besides the largest payload.
-const HEADER_ROOM: usize = 64 * 1024;
-
-/// What nodes say to each other over a link.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-enum LinkHeader {
-    /// The first frame: who is calling.
-    Hello { cluster: String, node: String },
-    /// A message for `destination` (a topic if `topic`); the body is its payload. `origin`
-    /// names the forward, the same on every retry.
-    Forward {
-        delivery: u64,
-        destination: String,
-        topic: bool,
-        origin: String,
-        message: MessageHeader,
-        persistent: bool,
-        expires_at_ms: Option<u64>,
-    },
-    /// The forward `delivery` is stored on the other node.
-    Forwarded { delivery: u64 },
-    /// The other node could not store the forward `delivery`.
-    Refused { delivery: u64, reason: String },
-    /// A reply for the app on `connection` of the other node; the body is its payload.
-    Reply {
-        connection: u64,
-        message: MessageHeader,
-    },
-    /// A request about the cache `cache`, answered by `cache-answer` with the same `id`.
-    CacheRequest {
-        id: u64,
-        cache: String,
-        request: PeerRequest,
-    },
-    /// The answer to the cache request `id`.
-    CacheAnswer { id: u64, answer: PeerAnswer },
-}
 
 /// What the links need besides the cluster.
 #[derive(Clone)]
@@ -84,6 +47,8 @@ pub struct LinkServices {
     pub broker: Arc<Broker>,
     pub caches: Arc<Caches>,
     pub peers: Arc<Peers>,
+    /// The artifacts this node gives the members that fetch them.
+    pub artifacts: Arc<ArtifactShelf>,
 }
 
 /// Starts accepting links on `listener` (the cluster port), and the manager that opens links to
@@ -94,7 +59,7 @@ pub fn start(
     services: LinkServices,
     shutdown: Shutdown,
 ) {
-    let limit = (services.broker.max_message_size() as usize).saturating_add(HEADER_ROOM);
+    let limit = link::frame_limit(services.broker.max_message_size());
     {
         let (cluster, services, shutdown) = (cluster.clone(), services.clone(), shutdown.clone());
         let opening = Arc::new(tokio::sync::Semaphore::new(seal::MAX_OPENING));
@@ -147,7 +112,12 @@ async fn serve(
     services: LinkServices,
     (limit, opening): (usize, tokio::sync::OwnedSemaphorePermit),
 ) {
-    let LinkServices { broker, caches, .. } = services;
+    let LinkServices {
+        broker,
+        caches,
+        artifacts,
+        ..
+    } = services;
     let Ok(address) = socket.peer_addr() else {
         return;
     };
@@ -196,6 +166,25 @@ async fn serve(
             tokio::spawn(async move {
                 let (answer, body) = caches.serve(&from, &cache, request, body).await;
                 let frame = Frame::with_body(LinkHeader::CacheAnswer { id, answer }, body);
+                let _ = outbox.send(frame.into());
+            });
+            continue;
+        }
+        if let LinkHeader::ArtifactRequest {
+            file,
+            sha256,
+            offset,
+            max,
+        } = header
+        {
+            let (artifacts, outbox) = (artifacts.clone(), outbox.clone());
+            tokio::spawn(async move {
+                let part = artifacts.part(file, sha256, offset, max).await;
+                let found = part.is_some();
+                let frame = Frame::with_body(
+                    LinkHeader::ArtifactPart { offset, found },
+                    part.unwrap_or_default(),
+                );
                 let _ = outbox.send(frame.into());
             });
             continue;
@@ -355,38 +344,12 @@ async fn run_link(
 ) {
     let mut next_call = 0u64;
     // The member is in the view while the manager keeps the sender.
-    let codec = || FrameCodec::<LinkHeader>::new(limit);
     while interest.has_changed().is_ok() {
-        let Ok(mut socket) = TcpStream::connect(address).await else {
+        let Ok((mut writer, mut reader)) = link::dial(&cluster, &peer, address, limit).await else {
             tokio::time::sleep(TICK).await;
             continue;
         };
-        let opened = cluster
-            .key()
-            .open_link(&mut socket, &peer, codec, limit)
-            .await;
-        let (writing, reading) = match opened {
-            Ok(opened) => opened,
-            Err(error) => {
-                if seal::is_seal_failure(&error) {
-                    cluster.key().cannot_seal("a link");
-                }
-                tokio::time::sleep(TICK).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
         let connection = broker.next_connection();
-        let (read, write) = socket.into_split();
-        let mut writer = FramedWrite::new(write, writing);
-        let mut reader = FramedRead::new(read, reading);
-        let hello = LinkHeader::Hello {
-            cluster: cluster.name().to_string(),
-            node: cluster.node_name().to_string(),
-        };
-        if writer.send(Frame::new(hello)).await.is_err() {
-            continue;
-        }
         let (forwards, mut forwarded) = mpsc::unbounded_channel::<Forward>();
         let wanted = interest.borrow_and_update().clone();
         keep_bridges(&broker, connection, &peer, &forwards, &wanted).await;

@@ -2,9 +2,12 @@
 //! infrastructure. Each node journals its own messages ([`messaging`]), members find each other
 //! and agree on a view by gossip, and hold the singletons' leases ([`cluster`]), caches are
 //! replicated or distributed among them ([`cache`]), and the [`mesh`] of sealed peer links
-//! above those three carries forwards, replies and cache requests between them.
+//! above those three carries forwards, replies and cache requests between them ([`link`]), and the app binaries
+//! members fetch from each other ([`artifacts`]).
 
+pub mod artifacts;
 pub mod cache;
 pub mod cluster;
+pub mod link;
 pub mod mesh;
 pub mod messaging;

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use immutant_foundation::net::{self, NetError};
 use immutant_foundation::shutdown::Shutdown;
 
-use super::{CacheService, Engine, Membership, Messaging};
+use super::{Artifacts, CacheService, Engine, Membership, Messaging};
 use crate::config::{ConfigError, Properties, ServerConfig};
+use crate::embedded::artifacts::{ArtifactFetcher, ArtifactShelf};
 use crate::embedded::cache::Caches;
 use crate::embedded::cache::peer::Peers;
 use crate::embedded::cluster::{Cluster, ClusterError};
 use crate::embedded::mesh::{self, LinkServices};
 use crate::embedded::messaging::Broker;
+use crate::nats::artifacts::NatsArtifacts;
 use crate::nats::caches::NatsCaches;
 use crate::nats::membership::MembershipError;
 use crate::nats::queues::Queues;
@@ -120,9 +122,22 @@ pub async fn start(
             broker: broker.clone(),
             caches: local_caches.clone(),
             peers,
+            artifacts: Arc::new(ArtifactShelf::new(&config.deployments)),
         };
         mesh::start(links, cluster.clone(), services, shutdown.clone());
     }
+    let artifacts = match (&cluster, &nats) {
+        (Some(cluster), _) => Some(Artifacts::Embedded(Arc::new(ArtifactFetcher::new(
+            cluster.clone(),
+            max_message_size,
+        )))),
+        (None, Some(nats)) => Some(Artifacts::Nats(
+            NatsArtifacts::open(nats.nats.clone())
+                .await
+                .map_err(MembershipError::from)?,
+        )),
+        (None, None) => None,
+    };
     let caches = match &nats {
         Some(nats) => {
             let shared = NatsCaches::open_registry(nats.nats.clone())
@@ -147,5 +162,6 @@ pub async fn start(
         messaging,
         caches,
         membership,
+        artifacts,
     })
 }

@@ -17,8 +17,10 @@
 //!   mean "busy" or "written meanwhile";
 //! - [`NatsNode`] (below): what a node on this engine shares its cluster through, and the
 //!   services over it: [`membership`], [`leases`] and their [`singletons`] driver, [`queues`] and
-//!   [`caches`].
+//!   [`caches`];
+//! - [`artifacts`]: the app binaries members hand each other, in an object store.
 
+pub mod artifacts;
 pub mod caches;
 mod config;
 mod connection;

@@ -122,11 +122,18 @@ pub async fn run(
     let balancers = modcluster_config(&config, properties)
         .map(|settings| crate::modcluster::start(settings, web.clone(), leaving.clone()));
 
+    let following = follow_the_cluster(&config, &engine, &apps, &shutdown).await;
     let scanner = {
         let (deployments, apps, shutdown) =
             (config.deployments.clone(), apps.clone(), shutdown.clone());
         tokio::spawn(async move {
-            deploy::watch(&deployments, |event| apps.apply(event), shutdown).await
+            let report = |event: deploy::DeploymentEvent| {
+                if let Some(following) = &following {
+                    let _ = following.send(event.clone());
+                }
+                apps.apply(event)
+            };
+            deploy::watch(&deployments, report, shutdown).await
         })
     };
     let info = Arc::new(NodeInfo {
@@ -184,6 +191,34 @@ pub async fn run(
         None => Ok(()),
     }
 }
+
+/// On a clustered node: brings the install's deployments folder in line with the cluster's
+/// record of deployments (for a while at most), then keeps the two in line; where to tell it
+/// what the folder's scanner sees.
+async fn follow_the_cluster(
+    config: &ServerConfig,
+    engine: &Engine,
+    apps: &Arc<Apps>,
+    shutdown: &Shutdown,
+) -> Option<tokio::sync::mpsc::UnboundedSender<deploy::DeploymentEvent>> {
+    let artifacts = engine.artifacts.clone()?;
+    let refused = apps.clone();
+    let mut following = deploy::cluster::ClusterDeployments::new(
+        engine.caches.clone(),
+        artifacts,
+        config.deployments.clone(),
+        config.node_name.clone(),
+        move |event| refused.apply(event),
+    );
+    following.catch_up(CATCH_UP_PATIENCE).await;
+    let (seen, events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(following.run(events, shutdown.clone()));
+    Some(seen)
+}
+
+/// How long a clustered node waits for the cluster's record of deployments before it deploys
+/// what its install's folder holds.
+const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An error about the data dir's `path`.
 fn in_data_dir(path: PathBuf) -> impl FnOnce(std::io::Error) -> NodeError {

@@ -1,0 +1,610 @@
+//! Cluster-wide deployments: the cluster keeps one record of what is deployed (the replicated
+//! cache `immutant.deployments`; a key-value bucket on NATS), and every member's install
+//! follows it. A descriptor that appears in a member's deployments folder (written by `cargo
+//! immutant deploy`, the console, or by hand) and is newer than the record is recorded, its
+//! artifact made available to the others; a record newer than what a folder holds is written
+//! into it, its artifact fetched and verified first, and the folder's scanner deploys it as it
+//! deploys anything. A descriptor removed from a folder is recorded as undeployed (a
+//! tombstone), which removes it from every folder. One that says `local = true` stays on its
+//! install, and the record of its name is not followed there.
+//!
+//! Versions are compared by when they were deployed (`deployed-at`), then by their text: two
+//! deploys of one name at once end with the same one everywhere, whichever member sees what
+//! first. The record is changed only by compare-and-set, so no change is lost to another.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use immutant_contracts::descriptor::{self, ARTIFACTS, MAX_DESCRIPTOR_BYTES};
+use immutant_foundation::clock::now_ms;
+use immutant_foundation::shutdown::Shutdown;
+use immutant_protocol::{CacheMode, CacheOp, CacheOptions, Open};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::operations::{self, OperationError};
+use super::{DeploymentEvent, artifact_path, parse_descriptor};
+use crate::engine::{Artifacts, CacheService};
+use crate::vocabulary::artifacts::{ArtifactError, ArtifactRef};
+use crate::vocabulary::cache::CacheError;
+
+/// The cache the cluster's record of deployments lives in.
+pub const RECORD_CACHE: &str = "immutant.deployments";
+/// Its one key: the whole record, so that a change to it is one compare-and-set.
+const RECORD_KEY: &str = "deployments";
+/// How often a member looks at the record.
+const FOLLOW: Duration = Duration::from_millis(500);
+/// Where artifacts arrive, in the deployments folder, before they take their place.
+const INCOMING: &str = ".incoming";
+/// How often a compare-and-set is tried again when others changed the record meanwhile.
+const CAS_TRIES: usize = 10;
+
+/// What the cluster has deployed under one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DeploymentRecord {
+    /// When it was deployed (or undeployed), in milliseconds since the Unix epoch.
+    pub deployed_at: u64,
+    /// The member that recorded it, which has its artifact.
+    pub by: String,
+    /// The descriptor's text; none once it is undeployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor: Option<String>,
+    /// The binary it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactRef>,
+    /// What the binary was built for (`arch-os-env`): the recording member's target.
+    #[serde(default)]
+    pub target: String,
+}
+
+impl DeploymentRecord {
+    /// What orders two versions of a deployment: the later one, then the greater text.
+    fn version(&self) -> (u64, &str) {
+        (self.deployed_at, self.descriptor.as_deref().unwrap_or(""))
+    }
+}
+
+/// The record: every deployment the cluster knows, by name.
+type Record = BTreeMap<String, DeploymentRecord>;
+
+/// The target this node's binary was built for: artifacts built for another are not run here.
+pub fn this_target() -> String {
+    format!(
+        "{}-{}-{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        if cfg!(target_env = "musl") {
+            "musl"
+        } else if cfg!(target_env = "gnu") {
+            "gnu"
+        } else {
+            "other"
+        }
+    )
+}
+
+/// Why the record could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("the cluster's record of deployments cannot be reached: {0}")]
+    Record(#[from] CacheError),
+    #[error("the cluster's record of deployments is not readable ({0}); it is written anew")]
+    Unreadable(String),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Folder(#[from] OperationError),
+    #[error("cannot change the deployments folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What this node's scanner saw of a deployment and the record does not have yet.
+#[derive(Debug, Clone)]
+enum Seen {
+    Deployed(String),
+    Undeployed,
+}
+
+/// A member's side of the cluster's deployments: it records what its install's folder gets, and
+/// writes into the folder what the cluster records.
+pub struct ClusterDeployments {
+    caches: CacheService,
+    artifacts: Artifacts,
+    deployments: PathBuf,
+    node: String,
+    /// What the scanner saw that is not recorded yet, by name.
+    pending: BTreeMap<String, Seen>,
+    /// This install's deployments kept off the record (`local = true`).
+    local: HashSet<String>,
+    /// What was last said in the log about each deployment, so that each thing is said once.
+    said: HashMap<String, String>,
+    /// Says a deployment this node cannot run is refused, to the apps.
+    refuse: Box<dyn Fn(DeploymentEvent) + Send + Sync>,
+}
+
+impl ClusterDeployments {
+    pub fn new(
+        caches: CacheService,
+        artifacts: Artifacts,
+        deployments: PathBuf,
+        node: String,
+        refuse: impl Fn(DeploymentEvent) + Send + Sync + 'static,
+    ) -> Self {
+        ClusterDeployments {
+            caches,
+            artifacts,
+            deployments,
+            node,
+            pending: BTreeMap::new(),
+            local: HashSet::new(),
+            said: HashMap::new(),
+            refuse: Box::new(refuse),
+        }
+    }
+
+    /// Brings the install's folder in line with the record once (a member that was away
+    /// catches up before its scanner deploys what the folder holds), giving up after
+    /// `patience` if the record cannot be had.
+    pub async fn catch_up(&mut self, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.open().await {
+                Ok(()) => match self.follow().await {
+                    Ok(()) => return,
+                    Err(error) => self.say("", error.to_string()),
+                },
+                Err(error) => self.say("", error.to_string()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "the cluster's record of deployments could not be read yet: the install's deployments run as its folder has them until it can"
+                );
+                return;
+            }
+            tokio::time::sleep(FOLLOW).await;
+        }
+    }
+
+    /// Records what the scanner sees (`seen`), and follows the record, until `shutdown`.
+    pub async fn run(
+        mut self,
+        mut seen: mpsc::UnboundedReceiver<DeploymentEvent>,
+        shutdown: Shutdown,
+    ) {
+        loop {
+            while let Ok(event) = seen.try_recv() {
+                self.saw(event);
+            }
+            let done = match self.open().await {
+                Ok(()) => self.record().await.and(self.follow().await),
+                Err(error) => Err(error),
+            };
+            match done {
+                Ok(()) => {
+                    self.said.remove("");
+                }
+                Err(error) => self.say("", error.to_string()),
+            }
+            tokio::select! {
+                event = seen.recv() => match event {
+                    Some(event) => self.saw(event),
+                    None => return,
+                },
+                _ = tokio::time::sleep(FOLLOW) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Takes in what the scanner saw.
+    fn saw(&mut self, event: DeploymentEvent) {
+        match event {
+            DeploymentEvent::Deployed { name, text } => {
+                let local = parse_descriptor(&name, &text).is_ok_and(|d| d.local);
+                match local {
+                    true => {
+                        self.local.insert(name.clone());
+                        self.pending.remove(&name);
+                    }
+                    false => {
+                        self.local.remove(&name);
+                        self.pending.insert(name, Seen::Deployed(text));
+                    }
+                }
+            }
+            DeploymentEvent::Undeployed { name } => {
+                if !self.local.remove(&name) {
+                    self.pending.insert(name, Seen::Undeployed);
+                }
+            }
+            // Not a descriptor: the node says so, and the record is not told.
+            DeploymentEvent::Refused { name, .. } => {
+                self.pending.remove(&name);
+            }
+        }
+    }
+
+    /// Opens the record's cache on this node (a no-op once open).
+    async fn open(&self) -> Result<(), SyncError> {
+        let options = CacheOptions {
+            mode: CacheMode::Replicated,
+            persist: true,
+            ..CacheOptions::default()
+        };
+        self.caches
+            .open(RECORD_CACHE, Open::LookupOrCreate, options)
+            .await?;
+        Ok(())
+    }
+
+    /// The record as the cache's primary holds it, and its stored bytes (none if there is
+    /// none yet).
+    async fn read(&mut self) -> Result<(Record, Option<Bytes>), SyncError> {
+        let get = CacheOp::GetLatest {
+            key: RECORD_KEY.to_string(),
+        };
+        let (outcome, value) = self
+            .caches
+            .call(RECORD_CACHE, get, Bytes::new(), None)
+            .await?;
+        if !outcome.found {
+            return Ok((Record::new(), None));
+        }
+        match serde_json::from_slice(&value) {
+            Ok(record) => Ok((record, Some(value))),
+            Err(error) => {
+                // Written by a later version of the server, or damaged: started anew, as the
+                // folders record themselves again.
+                self.say("", SyncError::Unreadable(error.to_string()).to_string());
+                Ok((Record::new(), Some(value)))
+            }
+        }
+    }
+
+    /// Records what the scanner saw and the record does not have, by compare-and-set.
+    async fn record(&mut self) -> Result<(), SyncError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for _ in 0..CAS_TRIES {
+            let (mut record, stored) = self.read().await?;
+            let mut changed = Vec::new();
+            let pending = std::mem::take(&mut self.pending);
+            for (name, seen) in &pending {
+                match self.recorded(name, seen, &record).await {
+                    Ok(Some(entry)) => {
+                        record.insert(name.clone(), entry);
+                        changed.push(name);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        // Tried again at the next look.
+                        self.say(
+                            name,
+                            format!("cannot record {name} for the cluster: {error}"),
+                        );
+                        self.pending.insert(name.clone(), seen.clone());
+                    }
+                }
+            }
+            if changed.is_empty() {
+                return Ok(());
+            }
+            let value = serde_json::to_vec(&record).unwrap_or_default();
+            let key = RECORD_KEY.to_string();
+            let (op, body) = match &stored {
+                Some(stored) => (
+                    CacheOp::Replace {
+                        key,
+                        expected_len: stored.len() as u64,
+                        expiry: None,
+                    },
+                    Bytes::from([stored.as_ref(), &value].concat()),
+                ),
+                None => (
+                    CacheOp::PutIfAbsent { key, expiry: None },
+                    Bytes::from(value),
+                ),
+            };
+            let (outcome, _) = self.caches.call(RECORD_CACHE, op, body, None).await?;
+            if outcome.applied {
+                for name in changed {
+                    let what = match record[name].descriptor {
+                        Some(_) => "deployed",
+                        None => "undeployed",
+                    };
+                    tracing::info!("{name} is {what} for the cluster");
+                }
+                return Ok(());
+            }
+            // Changed meanwhile: everything is weighed again against what it is now.
+            for (name, seen) in pending {
+                self.pending.entry(name).or_insert(seen);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the record should say of `name` now that the scanner saw `seen`, if that is newer
+    /// than what it says. A descriptor the node refuses stays unrecorded (the node says why).
+    async fn recorded(
+        &self,
+        name: &str,
+        seen: &Seen,
+        record: &Record,
+    ) -> Result<Option<DeploymentRecord>, SyncError> {
+        let current = record.get(name);
+        let text = match seen {
+            Seen::Undeployed => {
+                return Ok(current
+                    .filter(|entry| entry.descriptor.is_some())
+                    .map(|entry| DeploymentRecord {
+                        deployed_at: now_ms().max(entry.deployed_at + 1),
+                        by: self.node.clone(),
+                        descriptor: None,
+                        artifact: None,
+                        target: String::new(),
+                    }));
+            }
+            Seen::Deployed(text) => text,
+        };
+        let Ok(mut descriptor) = parse_descriptor(name, text) else {
+            return Ok(None);
+        };
+        // A descriptor written by hand says when by being seen now; the record's text, with
+        // the time in it, then replaces it in the folder.
+        let text = match descriptor.deployed_at {
+            Some(_) => text.clone(),
+            None => {
+                descriptor.deployed_at = Some(now_ms());
+                toml::to_string(&descriptor).map_err(std::io::Error::other)?
+            }
+        };
+        let deployed_at = descriptor.deployed_at.unwrap_or_default();
+        if current.is_some_and(|entry| entry.version() >= (deployed_at, text.as_str())) {
+            return Ok(None);
+        }
+        let Ok(path) = artifact_path(&descriptor, &self.deployments) else {
+            return Ok(None);
+        };
+        let described = path.clone();
+        let artifact = tokio::task::spawn_blocking(move || ArtifactRef::of_file(&described))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.artifacts.publish(&path, &artifact).await?;
+        Ok(Some(DeploymentRecord {
+            deployed_at,
+            by: self.node.clone(),
+            descriptor: Some(text),
+            artifact: Some(artifact),
+            target: this_target(),
+        }))
+    }
+
+    /// Writes into the install's folder what the record has and the folder does not.
+    async fn follow(&mut self) -> Result<(), SyncError> {
+        let (record, _) = self.read().await?;
+        for (name, entry) in &record {
+            if self.local.contains(name) || self.pending.contains_key(name) {
+                continue;
+            }
+            if let Err(error) = self.follow_one(name, entry).await {
+                self.say(name, format!("cannot follow the cluster's {name}: {error}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the folder's `name` in line with the record's `entry`, if the folder's is older.
+    async fn follow_one(&mut self, name: &str, entry: &DeploymentRecord) -> Result<(), SyncError> {
+        let deployments = self.deployments.clone();
+        if !folder_is_older(&deployments, name, entry) {
+            return Ok(());
+        }
+        let Some(text) = &entry.descriptor else {
+            let (name, entry) = (name.to_string(), entry.clone());
+            return under_lock(&deployments, move |deployments| {
+                if folder_is_older(deployments, &name, &entry) {
+                    std::fs::remove_file(descriptor::path(deployments, &name))?;
+                    tracing::info!("{name} was undeployed from the cluster");
+                }
+                Ok(())
+            })
+            .await;
+        };
+        if entry.target != this_target() {
+            let reason = format!(
+                "the cluster's {name} was built for {}, and this node runs on {}; deploy it from a host of this node's target",
+                entry.target,
+                this_target()
+            );
+            if self.said.get(name) != Some(&reason) {
+                (self.refuse)(DeploymentEvent::Refused {
+                    name: name.to_string(),
+                    reason: reason.clone(),
+                });
+                self.say(name, reason);
+            }
+            return Ok(());
+        }
+        let artifact = entry.artifact.clone().ok_or_else(|| {
+            ArtifactError::Invalid(format!("(the record of {name} names no artifact)"))
+        })?;
+        artifact.check()?;
+        let in_place = deployments.join(ARTIFACTS).join(&artifact.file);
+        let arrived = match has_artifact(&in_place, &artifact).await {
+            true => None,
+            false => {
+                let incoming = deployments.join(INCOMING);
+                match self
+                    .artifacts
+                    .fetch(&artifact, &entry.by, &incoming)
+                    .await?
+                {
+                    Some(path) => Some(path),
+                    // Another node of this install brings it in.
+                    None => return Ok(()),
+                }
+            }
+        };
+        let (name, entry, text) = (name.to_string(), entry.clone(), text.clone());
+        under_lock(&deployments, move |deployments| {
+            if let Some(arrived) = arrived {
+                std::fs::create_dir_all(deployments.join(ARTIFACTS))?;
+                std::fs::set_permissions(&arrived, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&arrived, &in_place)?;
+            }
+            // A deploy through this install may have come in meanwhile.
+            if folder_is_older(deployments, &name, &entry) {
+                let permissions = std::fs::Permissions::from_mode(0o644);
+                operations::write_descriptor(deployments, &name, &text, permissions)?;
+                tracing::info!("{name} was deployed to the cluster by {}", entry.by);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Says `what` in the log about `name`, unless it was the last thing said of it.
+    fn say(&mut self, name: &str, what: String) {
+        if self.said.get(name) != Some(&what) {
+            tracing::warn!("{what}");
+            self.said.insert(name.to_string(), what);
+        }
+    }
+}
+
+/// Whether what the folder has of `name` is older than the record's `entry` (it has none
+/// while the entry is deployed, or an earlier version).
+fn folder_is_older(deployments: &Path, name: &str, entry: &DeploymentRecord) -> bool {
+    let path = descriptor::path(deployments, name);
+    let text = match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.is_file() && metadata.len() <= MAX_DESCRIPTOR_BYTES => {
+            std::fs::read(&path)
+                .ok()
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Ok(_) => return false,
+        Err(_) => None,
+    };
+    let Some(text) = text else {
+        return entry.descriptor.is_some();
+    };
+    if entry.descriptor.as_deref() == Some(text.as_str()) {
+        return false;
+    }
+    let at = match parse_descriptor(name, &text) {
+        // This install keeps it to itself.
+        Ok(descriptor) if descriptor.local => return false,
+        Ok(descriptor) => descriptor.deployed_at.unwrap_or_default(),
+        Err(_) => 0,
+    };
+    (at, text.as_str()) < entry.version()
+}
+
+/// Whether the artifact in place is the one wanted.
+async fn has_artifact(path: &Path, wanted: &ArtifactRef) -> bool {
+    let path = path.to_path_buf();
+    let sha256 = wanted.sha256.clone();
+    tokio::task::spawn_blocking(move || {
+        ArtifactRef::of_file(&path).is_ok_and(|found| found.sha256 == sha256)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Does `change` to the deployments folder holding its lock, which the CLI and the console
+/// take too.
+async fn under_lock(
+    deployments: &Path,
+    change: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
+) -> Result<(), SyncError> {
+    let deployments = deployments.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+        let _lock = operations::lock(&deployments)?;
+        change(&deployments)?;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(deployed_at: u64, descriptor: Option<&str>) -> DeploymentRecord {
+        DeploymentRecord {
+            deployed_at,
+            by: "a".into(),
+            descriptor: descriptor.map(str::to_string),
+            artifact: None,
+            target: this_target(),
+        }
+    }
+
+    #[test]
+    fn the_folder_follows_only_a_later_record() {
+        let folder = tempfile::tempdir().unwrap();
+        let text = |at: u64| {
+            format!("name = \"app\"\nartifact = \".artifacts/app-1f\"\ndeployed-at = {at}\n")
+        };
+        // None in the folder: a deployed record is newer, an undeployed one is not.
+        assert!(folder_is_older(
+            folder.path(),
+            "app",
+            &entry(5, Some(&text(5)))
+        ));
+        assert!(!folder_is_older(folder.path(), "app", &entry(5, None)));
+        std::fs::write(descriptor::path(folder.path(), "app"), text(5)).unwrap();
+        assert!(!folder_is_older(
+            folder.path(),
+            "app",
+            &entry(5, Some(&text(5)))
+        ));
+        assert!(folder_is_older(
+            folder.path(),
+            "app",
+            &entry(6, Some(&text(6)))
+        ));
+        assert!(!folder_is_older(
+            folder.path(),
+            "app",
+            &entry(4, Some(&text(4)))
+        ));
+        assert!(folder_is_older(folder.path(), "app", &entry(6, None)));
+        assert!(!folder_is_older(folder.path(), "app", &entry(4, None)));
+        // The same time: the greater text wins, everywhere alike.
+        let other = format!("{}context-path = \"/x\"\n", text(5));
+        assert_eq!(
+            folder_is_older(folder.path(), "app", &entry(5, Some(&other))),
+            other.as_str() > text(5).as_str()
+        );
+        // Kept to this install: never replaced.
+        std::fs::write(
+            descriptor::path(folder.path(), "app"),
+            format!("{}local = true\n", text(5)),
+        )
+        .unwrap();
+        assert!(!folder_is_older(
+            folder.path(),
+            "app",
+            &entry(9, Some(&text(9)))
+        ));
+        assert!(!folder_is_older(folder.path(), "app", &entry(9, None)));
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let mut record = Record::new();
+        record.insert("app".into(), entry(7, Some("name = \"app\"\n")));
+        record.insert("gone".into(), entry(8, None));
+        let bytes = serde_json::to_vec(&record).unwrap();
+        assert_eq!(serde_json::from_slice::<Record>(&bytes).unwrap(), record);
+        assert!(this_target().starts_with(std::env::consts::ARCH));
+    }
+}
