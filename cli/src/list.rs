@@ -172,7 +172,7 @@ fn deployment_names(locations: &Locations) -> Vec<String> {
 }
 
 /// A node of this install, as it recorded itself in `<home>/nodes/`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub(crate) struct NodeRecord {
     pub name: String,
     pub pid: i32,

@@ -1,7 +1,8 @@
 //! A real browser for the tests of what a person looks at: Debian's headless Chromium, started
 //! with a profile of its own, driven over the DevTools protocol (each page one WebSocket of
 //! JSON commands, answers and events). Only what the tests use: open a page, reload it, run
-//! JavaScript in it, and take a screenshot of the whole page.
+//! JavaScript in it, wait until something holds there, and take a screenshot of the whole page
+//! (into `target/screenshots/`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -269,4 +270,25 @@ impl Page {
             }
         }
     }
+}
+
+/// Waits until `expression` is true on `page`; how long that took. Fails the test, saying
+/// `what` did not happen, after [`PATIENCE`].
+pub async fn until(page: &mut Page, what: &str, expression: &str) -> Duration {
+    let started = Instant::now();
+    while page.eval(expression).await != true {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{what} did not happen within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// A screenshot of the whole page, as `target/screenshots/<name>`.
+pub async fn shoot(page: &mut Page, name: &str) {
+    let dir = crate::workspace_root().join("target").join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    page.screenshot(&dir.join(name)).await;
 }

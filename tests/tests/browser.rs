@@ -5,19 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use immutant_e2e::browser::{Chromium, Page};
+use immutant_e2e::browser::{Chromium, Page, shoot, until};
 use immutant_e2e::web::{Behind, Front};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, get_json_at, kill_9, kill_9_pid, node_pid, probe, seed_pair,
-    workspace_root,
 };
-
-/// A screenshot of the whole page, as `target/screenshots/<name>`.
-async fn shoot(page: &mut Page, name: &str) {
-    let dir = workspace_root().join("target").join("screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    page.screenshot(&dir.join(name)).await;
-}
 
 /// The visit count and the node the web template's page shows.
 async fn served(page: &mut Page) -> (String, String) {
@@ -121,19 +113,6 @@ fn the_web_template_keeps_counting_in_a_browser_when_its_node_dies() {
         );
         shoot(&mut status, "balancer-status.png").await;
     });
-}
-
-/// Waits until `expression` is true on `page`; how long that took.
-async fn until(page: &mut Page, what: &str, expression: &str) -> Duration {
-    let started = Instant::now();
-    while page.eval(expression).await != true {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{what} did not happen within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
 }
 
 /// The depth the console shows for `/queue/fill`.

@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use immutant_e2e::browser::{Chromium, shoot, until};
+use immutant_e2e::netns::Lan;
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered_with,
-    eventually, free_offset, get_json_at,
+    eventually, free_offset, get_json_at, kill_9_pid, node_pid,
 };
 
 /// A secret file the installs share, private to this user, in `dir`.
@@ -204,4 +206,194 @@ fn two_deploys_of_one_name_at_once_from_two_installs_end_on_one_build_everywhere
     eventually("both members run the last build", BUILD_PATIENCE, || {
         a.runs("example") && b.runs("example")
     });
+}
+
+/// The size of the partial files in `deployments/.incoming/`.
+fn arriving(deployments: &Path) -> u64 {
+    std::fs::read_dir(deployments.join(".incoming"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".part"))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+/// The artifact files in `deployments/.artifacts/`, and their contents.
+fn artifacts(deployments: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut found: Vec<_> = std::fs::read_dir(deployments.join(".artifacts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(entry.path()).unwrap_or_default())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+#[cfg_attr(not(as_root), ignore = "needs root to make network namespaces")]
+fn a_transfer_cut_off_by_kill_9_never_runs_a_partial_file_and_ends_from_another_member() {
+    let lan = Lan::make(3);
+    let shared = tempfile::tempdir().unwrap();
+    let secret = secret_file(shared.path());
+    let secret = vec![format!(
+        "-Dimmutant.cluster.secret-file={}",
+        secret.display()
+    )];
+    let cluster = cluster_name();
+    let installs = [Base::installed(), Base::installed(), Base::installed()];
+    let deployments = |i: usize| installs[i].path().join("current").join("deployments");
+    let a = lan.node(&installs[0], 0, ("far-a", &cluster), &secret);
+    let b = lan.node(&installs[1], 1, ("far-b", &cluster), &secret);
+    b.wait_for("Cluster view: [far-a, far-b]", PATIENCE);
+    let project = installs[0].new_project("example");
+    let deployed = installs[0]
+        .cli(["deploy"])
+        .arg(&project)
+        .env("CARGO_TARGET_DIR", apps_target_dir())
+        .output()
+        .unwrap();
+    assert!(deployed.status.success(), "{deployed:?}");
+    b.wait_for(
+        "example was deployed to the cluster by far-a",
+        BUILD_PATIENCE,
+    );
+    let whole = artifacts(&deployments(0));
+    assert_eq!(artifacts(&deployments(1)), whole);
+
+    // far-a now sends at 1 Mbit/s: the artifact (some 2 MB) takes seconds to reach far-c,
+    // which asks far-a first (it recorded the deployment).
+    let slow = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lan.namespace(0),
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "eth0",
+        ])
+        .args([
+            "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "2s",
+        ])
+        .status()
+        .unwrap();
+    assert!(slow.success());
+    let c = lan.node(&installs[2], 2, ("far-c", &cluster), &secret);
+    eventually("part of the artifact reached far-c", PATIENCE, || {
+        arriving(&deployments(2)) > 200_000
+    });
+    let part = arriving(&deployments(2));
+    let size = whole[0].1.len() as u64;
+    assert!(
+        part < size,
+        "the whole artifact came before far-a was killed"
+    );
+    assert!(artifacts(&deployments(2)).is_empty());
+    kill_9_pid(lan.within(0, || node_pid(0)));
+    drop(a);
+
+    // far-c takes the rest from far-b, and only a whole, verified file takes its place.
+    let mut seen = Vec::new();
+    eventually("far-c runs example", BUILD_PATIENCE, || {
+        let now = artifacts(&deployments(2));
+        if !now.is_empty() {
+            seen = now;
+        }
+        c.text().contains("[example] received")
+    });
+    assert_eq!(seen, whole, "far-c's artifact is far-a's, byte for byte");
+    let resumed = c.wait_for("from far-b (from byte", PATIENCE);
+    let from: u64 = resumed
+        .split("(from byte ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap();
+    assert!(from > 0, "far-c went on where far-a stopped: {resumed}");
+    assert_eq!(artifacts(&deployments(2)), whole);
+    assert_eq!(arriving(&deployments(2)), 0, "nothing left half way");
+}
+
+#[test]
+fn status_and_the_console_through_one_install_show_the_apps_and_queues_of_another_installs_member()
+{
+    let shared = tempfile::tempdir().unwrap();
+    let secret = secret_file(shared.path());
+    let cluster = cluster_name();
+    let (a, b) = (Host::new(), Host::new());
+    let node_a = a.start("seen-a", &cluster, &secret);
+    let node_b = b.start("seen-b", &cluster, &secret);
+    for node in [&node_a, &node_b] {
+        node.wait_for("Cluster view: [seen-a, seen-b]", PATIENCE);
+    }
+    // Kept to a's install: only seen-a runs it, so what b shows of it is seen-a's.
+    let project = a.base.new_project("example");
+    assert!(deploy(&a, &project, &["--local"]).status.success());
+    node_a.wait_for("[example] received:", BUILD_PATIENCE);
+    assert_eq!(b.status("example"), None);
+
+    // `status` through b's install details seen-a, whose management API b has no token for.
+    let output = b.base.cli(["status", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen_a = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == "seen-a")
+        .unwrap_or_else(|| panic!("no seen-a in {status:#}"));
+    let apps = seen_a["deployments"].as_array().unwrap();
+    assert!(
+        apps.iter()
+            .any(|app| app["name"] == "example" && app["status"] == "running"),
+        "{seen_a:#}"
+    );
+    let queues = seen_a["queues"].as_array().unwrap();
+    assert!(
+        queues.iter().any(|queue| queue["name"] == "/queue/msg"),
+        "{seen_a:#}"
+    );
+    let text = b.base.cli(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("seen-a") && text.contains("example"),
+        "{text}"
+    );
+
+    // The console of seen-b lists seen-a's apps and queues.
+    let profile = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let browser = Chromium::launch(profile.path());
+    runtime.block_on(async {
+        let url = format!("http://127.0.0.1:{}/console", 9990 + b.offset);
+        let mut page = browser.open(&url).await;
+        until(
+            &mut page,
+            "seen-b's console shows seen-a's example and /queue/msg",
+            "(document.querySelector('[data-member=\"seen-a\"] .member-apps')?.textContent ?? '').includes('example: running') \
+             && (document.querySelector('[data-member=\"seen-a\"] .member-queues')?.textContent ?? '').includes('/queue/msg')",
+        )
+        .await;
+        shoot(&mut page, "console-other-member.png").await;
+    });
+    // Only what reads is asked of a member: nothing that changes it, nor its metrics.
+    for path in [
+        "members/seen-a/metrics",
+        "members/seen-a/deployments%2Fexample%2Fundeploy",
+    ] {
+        let refused = immutant_e2e::get_text_at(9990 + b.offset, path);
+        assert!(refused.contains("can be asked"), "{path}: {refused}");
+    }
+    assert_eq!(a.status("example").as_deref(), Some("running"));
 }

@@ -1,6 +1,8 @@
 //! Asking for the status: every running node of the install (with its management token),
-//! then the members of the views they see not asked yet (without: it is not this user's to
-//! have), then the balancers the nodes speak to.
+//! then the members of the views they see not asked yet, through one of the install's nodes
+//! (which asks them over the cluster's own channels: `/members/<name>/status`), or, with no
+//! node of the install answering, at their own management address (without a token: it is not
+//! this user's to have), then the balancers the nodes speak to.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -15,7 +17,10 @@ use crate::locations::Locations;
 enum Asked {
     /// A node of the install: its token goes along.
     Local(NodeRecord),
-    /// Another member of a view: without a token, which is not this user's to have.
+    /// Another member of a view, asked through a node of the install.
+    Relayed { name: String, through: NodeRecord },
+    /// Another member of a view, asked at its own address: without a token, which is not this
+    /// user's to have.
     Member { name: String, management: String },
 }
 
@@ -23,13 +28,16 @@ impl Asked {
     fn name(&self) -> &str {
         match self {
             Asked::Local(record) => &record.name,
-            Asked::Member { name, .. } => name,
+            Asked::Relayed { name, .. } | Asked::Member { name, .. } => name,
         }
     }
 
     fn management(&self) -> &str {
         match self {
-            Asked::Local(record) => &record.management,
+            Asked::Local(record)
+            | Asked::Relayed {
+                through: record, ..
+            } => &record.management,
             Asked::Member { management, .. } => management,
         }
     }
@@ -37,6 +45,9 @@ impl Asked {
     fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::RequestBuilder {
         match self {
             Asked::Local(record) => record.get(client, path),
+            Asked::Relayed { name, through } => {
+                through.get(client, &format!("/members/{name}{path}"))
+            }
             Asked::Member { management, .. } => client.get(format!("{management}{path}")),
         }
     }
@@ -72,21 +83,34 @@ async fn ask_all(
     futures_util::future::join_all(nodes.into_iter().map(|node| ask(client, node))).await
 }
 
-/// The members of the views the answers tell of that were not asked, and whose management
-/// API they know.
+/// The members of the views the answers tell of that were not asked: through a node of the
+/// install that answered, or else at their management address, if the views know it.
 fn members_not_asked(answers: &[(Asked, Answer)]) -> Vec<Asked> {
     let asked: BTreeSet<&str> = answers.iter().map(|(node, _)| node.name()).collect();
-    let members: BTreeMap<String, String> = answers
+    let through = answers
+        .iter()
+        .find_map(|(node, answer)| match (node, answer) {
+            (Asked::Local(record), Ok(_)) => Some(record),
+            _ => None,
+        });
+    let members: BTreeMap<String, Option<String>> = answers
         .iter()
         .flat_map(|(_, answer)| answer.as_ref().ok())
         .flat_map(|status| typed(status).cluster.map(|cluster| cluster.view))
         .flatten()
         .filter(|member| !asked.contains(member.name.as_str()))
-        .filter_map(|member| Some((member.name, member.management?)))
+        .map(|member| (member.name, member.management))
         .collect();
     members
         .into_iter()
-        .map(|(name, management)| Asked::Member { name, management })
+        .filter_map(|(name, management)| match (through, management) {
+            (Some(through), _) => Some(Asked::Relayed {
+                name,
+                through: through.clone(),
+            }),
+            (None, Some(management)) => Some(Asked::Member { name, management }),
+            (None, None) => None,
+        })
         .collect()
 }
 

@@ -141,6 +141,12 @@ impl ArtifactFetcher {
             Err(_) => return Err(lost("no link in time")),
         };
         let wanted = landing.wanted().clone();
+        tracing::info!(
+            "fetching the artifact {} from {member} (from byte {} of {})",
+            wanted.file,
+            landing.offset(),
+            wanted.size
+        );
         while !landing.is_whole() {
             let offset = landing.offset();
             let ask = LinkHeader::ArtifactRequest {

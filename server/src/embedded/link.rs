@@ -60,6 +60,11 @@ pub enum LinkHeader {
     /// A part of the artifact asked for, from `offset`: its bytes are the body (none past its
     /// end). `found` is false if this node has no such artifact.
     ArtifactPart { offset: u64, found: bool },
+    /// A read-only question to the other node's management: `path` with its query, on a link
+    /// opened to ask it; answered by `answer`.
+    Question { path: String },
+    /// The answer to the question: its HTTP status; the body is its body.
+    Answer { status: u16 },
 }
 
 /// Room for a frame's header besides the largest payload.

@@ -32,6 +32,7 @@ use super::cluster::{Cluster, seal};
 use super::link::{self, LinkHeader};
 use super::messaging::{Broker, Forward, Message, Reply};
 use crate::vocabulary::membership::{Interest, Member};
+use crate::vocabulary::questions::AnswerDesk;
 use immutant_foundation::shutdown::Shutdown;
 
 /// How often the manager brings links and bridges in line with the view.
@@ -49,6 +50,8 @@ pub struct LinkServices {
     pub peers: Arc<Peers>,
     /// The artifacts this node gives the members that fetch them.
     pub artifacts: Arc<ArtifactShelf>,
+    /// What answers the other members' questions to this node's management.
+    pub answers: Arc<AnswerDesk>,
 }
 
 /// Starts accepting links on `listener` (the cluster port), and the manager that opens links to
@@ -116,6 +119,7 @@ async fn serve(
         broker,
         caches,
         artifacts,
+        answers,
         ..
     } = services;
     let Ok(address) = socket.peer_addr() else {
@@ -186,6 +190,14 @@ async fn serve(
                     part.unwrap_or_default(),
                 );
                 let _ = outbox.send(frame.into());
+            });
+            continue;
+        }
+        if let LinkHeader::Question { path } = header {
+            let (answers, outbox) = (answers.clone(), outbox.clone());
+            tokio::spawn(async move {
+                let (status, body) = answers.answer(path).await;
+                let _ = outbox.send(Frame::with_body(LinkHeader::Answer { status }, body).into());
             });
             continue;
         }

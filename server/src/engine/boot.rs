@@ -7,7 +7,7 @@ use std::sync::Arc;
 use immutant_foundation::net::{self, NetError};
 use immutant_foundation::shutdown::Shutdown;
 
-use super::{Artifacts, CacheService, Engine, Membership, Messaging};
+use super::{Artifacts, CacheService, Engine, Membership, Messaging, Questions};
 use crate::config::{ConfigError, Properties, ServerConfig};
 use crate::embedded::artifacts::{ArtifactFetcher, ArtifactShelf};
 use crate::embedded::cache::Caches;
@@ -15,12 +15,15 @@ use crate::embedded::cache::peer::Peers;
 use crate::embedded::cluster::{Cluster, ClusterError};
 use crate::embedded::mesh::{self, LinkServices};
 use crate::embedded::messaging::Broker;
+use crate::embedded::questions::MemberQuestions;
 use crate::nats::artifacts::NatsArtifacts;
 use crate::nats::caches::NatsCaches;
 use crate::nats::membership::MembershipError;
+use crate::nats::questions::NatsQuestions;
 use crate::nats::queues::Queues;
 use crate::nats::{EngineConfig, NatsNode};
 use crate::vocabulary::messaging::MessagingError;
+use crate::vocabulary::questions::AnswerDesk;
 
 /// Why the engine could not start, or the node must stop.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,7 @@ pub async fn start(
         }
     };
     let peers = Arc::new(Peers::default());
+    let answers = Arc::new(AnswerDesk::default());
     let (cluster, links) = match &config.cluster {
         // On NATS the cluster is there, not among the members.
         Some(_) if nats.is_some() => (None, None),
@@ -123,6 +127,7 @@ pub async fn start(
             caches: local_caches.clone(),
             peers,
             artifacts: Arc::new(ArtifactShelf::new(&config.deployments)),
+            answers: answers.clone(),
         };
         mesh::start(links, cluster.clone(), services, shutdown.clone());
     }
@@ -135,6 +140,22 @@ pub async fn start(
             NatsArtifacts::open(nats.nats.clone())
                 .await
                 .map_err(MembershipError::from)?,
+        )),
+        (None, None) => None,
+    };
+    let questions = match (&cluster, &nats) {
+        (Some(cluster), _) => Some(Questions::Embedded(Arc::new(MemberQuestions::new(
+            cluster.clone(),
+        )))),
+        (None, Some(nats)) => Some(Questions::Nats(
+            NatsQuestions::start(
+                nats.nats.clone(),
+                &config.node_name,
+                answers.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(MembershipError::from)?,
         )),
         (None, None) => None,
     };
@@ -163,5 +184,7 @@ pub async fn start(
         caches,
         membership,
         artifacts,
+        questions,
+        answers,
     })
 }

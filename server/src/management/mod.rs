@@ -7,6 +7,7 @@
 
 mod console;
 mod history;
+mod members;
 mod metrics;
 mod status;
 
@@ -118,16 +119,10 @@ struct Ports {
 /// The management API's routes. Bound beyond loopback, every request needs the token.
 pub fn router(info: Arc<NodeInfo>) -> Router {
     let guarded = !info.config.management_bind_address.is_loopback();
-    let routes = Router::new()
+    let routes = readable()
         .route("/", get(node))
-        .route("/status", get(node_status))
         .route("/metrics", get(metrics_text))
-        .route("/deployments", get(deployments))
-        .route("/queues", get(queues))
-        .route("/daemons", get(daemons))
-        .route("/caches", get(caches))
-        .route("/jobs", get(jobs))
-        .route("/web", get(web))
+        .route("/members/{member}/{question}", get(members::ask))
         .route("/web/{action}", post(control_web))
         .route("/deployments/{name}/{action}", post(operate));
     let routes = match guarded {
@@ -140,6 +135,23 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         false => routes.layer(axum::middleware::from_fn(local_host_required)),
     };
     routes.merge(console::routes()).with_state(info)
+}
+
+/// The routes that only read, which the other members may ask (see [`members`]).
+fn readable() -> Router<Arc<NodeInfo>> {
+    Router::new()
+        .route("/status", get(node_status))
+        .route("/deployments", get(deployments))
+        .route("/queues", get(queues))
+        .route("/daemons", get(daemons))
+        .route("/caches", get(caches))
+        .route("/jobs", get(jobs))
+        .route("/web", get(web))
+}
+
+/// What answers the other members' questions to this node: its read-only routes, in-process.
+pub fn answerer(info: Arc<NodeInfo>) -> crate::vocabulary::questions::Answerer {
+    members::answerer(readable().with_state(info))
 }
 
 /// Turns away a request whose `Host` is neither an address nor `localhost`.

@@ -18,7 +18,8 @@
 //! - [`NatsNode`] (below): what a node on this engine shares its cluster through, and the
 //!   services over it: [`membership`], [`leases`] and their [`singletons`] driver, [`queues`] and
 //!   [`caches`];
-//! - [`artifacts`]: the app binaries members hand each other, in an object store.
+//! - [`artifacts`]: the app binaries members hand each other, in an object store;
+//! - [`questions`]: members' questions to each other's management, as NATS requests.
 
 pub mod artifacts;
 pub mod caches;
@@ -28,6 +29,7 @@ mod errors;
 pub mod leases;
 pub mod membership;
 mod naming;
+pub mod questions;
 pub mod queues;
 mod setup;
 pub mod singletons;

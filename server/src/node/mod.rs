@@ -122,14 +122,29 @@ pub async fn run(
     let balancers = modcluster_config(&config, properties)
         .map(|settings| crate::modcluster::start(settings, web.clone(), leaving.clone()));
 
-    let following = follow_the_cluster(&config, &engine, &apps, &shutdown).await;
+    // On a clustered node the folder first catches up with the cluster's record (for a while
+    // at most), so that a member back from being down never starts what was undeployed
+    // meanwhile; the node does not wait for it to say it started.
+    let following = follow_the_cluster(&config, &engine, &apps);
     let scanner = {
         let (deployments, apps, shutdown) =
             (config.deployments.clone(), apps.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let seen = match following {
+                Some(mut following) => {
+                    tokio::select! {
+                        _ = following.catch_up(CATCH_UP_PATIENCE) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    let (seen, events) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(following.run(events, shutdown.clone()));
+                    Some(seen)
+                }
+                None => None,
+            };
             let report = |event: deploy::DeploymentEvent| {
-                if let Some(following) = &following {
-                    let _ = following.send(event.clone());
+                if let Some(seen) = &seen {
+                    let _ = seen.send(event.clone());
                 }
                 apps.apply(event)
             };
@@ -149,6 +164,7 @@ pub async fn run(
         token: crate::management::ManagementToken::create(&config.data_dir)
             .map_err(in_data_dir(config.data_dir.clone()))?,
     });
+    engine.answers.open(management::answerer(info.clone()));
     if config.cluster.is_some() && properties.was_given("immutant.cluster.secret") {
         tracing::warn!(
             "the cluster secret was given on the command line, which other users of this host can read (ps, /proc); give it with -Dimmutant.cluster.secret-file=PATH instead"
@@ -192,28 +208,22 @@ pub async fn run(
     }
 }
 
-/// On a clustered node: brings the install's deployments folder in line with the cluster's
-/// record of deployments (for a while at most), then keeps the two in line; where to tell it
-/// what the folder's scanner sees.
-async fn follow_the_cluster(
+/// On a clustered node: what keeps the install's deployments folder and the cluster's record
+/// of deployments in line.
+fn follow_the_cluster(
     config: &ServerConfig,
     engine: &Engine,
     apps: &Arc<Apps>,
-    shutdown: &Shutdown,
-) -> Option<tokio::sync::mpsc::UnboundedSender<deploy::DeploymentEvent>> {
+) -> Option<deploy::cluster::ClusterDeployments> {
     let artifacts = engine.artifacts.clone()?;
     let refused = apps.clone();
-    let mut following = deploy::cluster::ClusterDeployments::new(
+    Some(deploy::cluster::ClusterDeployments::new(
         engine.caches.clone(),
         artifacts,
         config.deployments.clone(),
         config.node_name.clone(),
         move |event| refused.apply(event),
-    );
-    following.catch_up(CATCH_UP_PATIENCE).await;
-    let (seen, events) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(following.run(events, shutdown.clone()));
-    Some(seen)
+    ))
 }
 
 /// How long a clustered node waits for the cluster's record of deployments before it deploys

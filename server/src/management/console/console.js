@@ -4,6 +4,8 @@
 "use strict";
 
 const REFRESH_MS = 500;
+// The other members are asked less often: each question crosses the cluster.
+const MEMBERS_REFRESH_MS = 2000;
 const TOKEN_KEY = "immutant-management-token";
 
 // The token comes in the URL's fragment (never sent to the server), and is kept for this tab.
@@ -155,6 +157,8 @@ function draw(status) {
     ` · ${status.version} · up ${span(status.uptime_ms)} · ${mebibytes(status.memory_bytes)}` +
     (status.load ? ` · load ${status.load[0].toFixed(2)}` : "");
   document.title = `Immutant console: ${status.name}`;
+  // A clustered node's deployments are the cluster's; an app kept to the install is not.
+  const everywhere = cluster ? "every member of the cluster" : "every node of the install";
 
   const members = cluster ? cluster.view : [{ name: status.name, address: status.bind_address, started_ms: status.started_ms, apps: status.deployments.map((d) => d.name) }];
   fill(document.getElementById("nodes"), ["Node", "Address", "Up", "Apps running", ""],
@@ -176,8 +180,8 @@ function draw(status) {
       number(app.restarts), cell(app.pid || "-"), cell(app.singletons_on || "-"),
       cell(app.web || "-"),
       el("td", {},
-        el("button", { class: "redeploy", onclick: () => operate(`/deployments/${encodeURIComponent(app.name)}/redeploy`, `Redeploying ${app.name} on every node of the install.`) }, "Redeploy"),
-        dangerous("Undeploy", () => operate(`/deployments/${encodeURIComponent(app.name)}/undeploy`, `Undeployed ${app.name} from every node of the install.`))))),
+        el("button", { class: "redeploy", onclick: () => operate(`/deployments/${encodeURIComponent(app.name)}/redeploy`, `Redeploying ${app.name} on ${everywhere}.`) }, "Redeploy"),
+        dangerous("Undeploy", () => operate(`/deployments/${encodeURIComponent(app.name)}/undeploy`, `Undeployed ${app.name} from ${everywhere}.`))))),
     "nothing is deployed"));
 
   fill(document.getElementById("singletons"), ["App", "Runs on", "Epoch"],
@@ -225,6 +229,56 @@ function draw(status) {
     "no balancer has heard of this node");
 }
 
+// What each other member says of itself, asked through this node: its apps, queues and caches.
+const memberStatus = new Map();
+
+async function askMembers(view, self) {
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const others = view.filter((member) => member.name !== self).map((member) => member.name);
+  for (const name of memberStatus.keys()) if (!others.includes(name)) memberStatus.delete(name);
+  await Promise.all(others.map(async (name) => {
+    try {
+      const response = await fetch(`/members/${encodeURIComponent(name)}/status`, { headers });
+      if (!response.ok) throw new Error((await response.text()).trim() || response.statusText);
+      memberStatus.set(name, await response.json());
+    } catch (error) {
+      memberStatus.set(name, { error: error.message });
+    }
+  }));
+  drawMembers();
+}
+
+function plural(count, one, many) {
+  return `${count} ${count === 1 ? one : (many || one + "s")}`;
+}
+
+function listed(items, empty) {
+  return items.length ? el("ul", {}, items.map((item) => el("li", {}, item))) : el("span", { class: "none" }, empty);
+}
+
+function drawMembers() {
+  const section = document.getElementById("members-section");
+  section.hidden = memberStatus.size === 0;
+  fill(document.getElementById("members"), ["Member", "Apps", "Queues", "Caches"],
+    [...memberStatus.entries()].sort().map(([name, status]) => status.error
+      ? el("tr", { "data-member": name }, cell(name), el("td", { class: "error", colspan: 3 }, `cannot be asked: ${status.error}`))
+      : el("tr", { "data-member": name }, cell(name),
+        el("td", { class: "member-apps" }, listed(status.deployments.map((app) =>
+          `${app.name}: ${app.status}` + (app.reason ? ` (${app.reason})` : "")), "none")),
+        el("td", { class: "member-queues" }, listed(status.queues.map((q) =>
+          `${q.name}: ${q.depth} waiting, ${plural(q.consumers, "consumer")}`), "none")),
+        el("td", { class: "member-caches" }, listed(status.caches.map((c) =>
+          `${c.name} (${c.mode}): ${plural(c.entries, "entry", "entries")}`), "none")))),
+    "no other member");
+}
+
+async function refreshMembersForever() {
+  const view = lastStatus && lastStatus.cluster ? lastStatus.cluster.view : [];
+  if (lastStatus) await askMembers(view, lastStatus.name);
+  setTimeout(refreshMembersForever, MEMBERS_REFRESH_MS);
+}
+let lastStatus = null;
+
 async function refresh() {
   const live = document.getElementById("live");
   try {
@@ -233,7 +287,8 @@ async function refresh() {
     // A node whose management port is beyond loopback shows nothing without the token.
     if (response.status === 401) document.getElementById("token-form").hidden = false;
     if (!response.ok) throw new Error((await response.text()).trim() || response.statusText);
-    draw(await response.json());
+    lastStatus = await response.json();
+    draw(lastStatus);
     live.textContent = "live";
     live.className = "state live";
   } catch (error) {
@@ -259,3 +314,4 @@ async function refreshForever() {
   setTimeout(refreshForever, REFRESH_MS);
 }
 refreshForever();
+refreshMembersForever();
