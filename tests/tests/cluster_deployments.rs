@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use immutant_e2e::browser::{Chromium, shoot, until};
+use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::netns::Lan;
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered_with,
@@ -39,8 +40,17 @@ impl Host {
 
     /// Starts its node `name` in `cluster`, with the shared `secret`.
     fn start(&self, name: &str, cluster: &str, secret: &Path) -> Proc {
-        let secret = format!("-Dimmutant.cluster.secret-file={}", secret.display());
-        clustered_with(&self.base, name, self.offset, cluster, &[secret])
+        self.start_with(name, cluster, secret, &[])
+    }
+
+    /// Starts its node `name` in `cluster`, with the shared `secret` and `extra` arguments.
+    fn start_with(&self, name: &str, cluster: &str, secret: &Path, extra: &[String]) -> Proc {
+        let mut args = vec![format!(
+            "-Dimmutant.cluster.secret-file={}",
+            secret.display()
+        )];
+        args.extend_from_slice(extra);
+        clustered_with(&self.base, name, self.offset, cluster, &args)
     }
 
     fn deployments(&self) -> PathBuf {
@@ -367,6 +377,37 @@ fn status_and_the_console_through_one_install_show_the_apps_and_queues_of_anothe
         "{text}"
     );
 
+    // So do `logs`: seen-a's lines are there, tagged with its name, alone with --node.
+    let logs = b.base.cli(["logs", "--app", "example"]).output().unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+    assert!(
+        logs.contains("[seen-a] ") && logs.contains("[example] received:"),
+        "{logs}"
+    );
+    let only = b.base.cli(["logs", "--node", "seen-a"]).output().unwrap();
+    assert!(only.status.success(), "{only:?}");
+    let only = String::from_utf8_lossy(&only.stdout).into_owned();
+    assert!(
+        only.lines().all(|line| line.starts_with("[seen-a] ")),
+        "{only}"
+    );
+    assert!(only.contains("node seen-a started in"), "{only}");
+    // And -f goes on with what seen-a writes next.
+    let follow = Proc::spawn(b.base.cli(["logs", "-f", "--node", "seen-a"]));
+    follow.wait_for("[example] received:", PATIENCE);
+    let received = || {
+        follow
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.contains("received:"))
+            .count()
+    };
+    let before = received();
+    eventually("logs -f shows seen-a's new lines", PATIENCE, || {
+        received() >= before + 2
+    });
+    drop(follow);
+
     // The console of seen-b lists seen-a's apps and queues.
     let profile = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -396,4 +437,42 @@ fn status_and_the_console_through_one_install_show_the_apps_and_queues_of_anothe
         assert!(refused.contains("can be asked"), "{path}: {refused}");
     }
     assert_eq!(a.status("example").as_deref(), Some("running"));
+}
+
+#[test]
+fn on_nats_a_deploy_through_one_install_runs_on_a_member_of_another_from_the_object_store() {
+    let nats = NatsCluster::start(1, Release::Debian);
+    let shared = tempfile::tempdir().unwrap();
+    let secret = secret_file(shared.path());
+    let cluster = cluster_name();
+    let (a, b) = (Host::new(), Host::new());
+    let node_a = a.start_with("jet-a", &cluster, &secret, &nats.engine_args());
+    let node_b = b.start_with("jet-b", &cluster, &secret, &nats.engine_args());
+    for node in [&node_a, &node_b] {
+        node.wait_for("Cluster view: [jet-a, jet-b]", PATIENCE);
+    }
+    let project = a.base.new_project("example");
+    assert!(deploy(&a, &project, &[]).status.success());
+    node_b.wait_for(
+        "example was deployed to the cluster by jet-a",
+        BUILD_PATIENCE,
+    );
+    eventually("both members run example", BUILD_PATIENCE, || {
+        a.runs("example") && b.runs("example")
+    });
+    assert_eq!(artifacts(&a.deployments()), artifacts(&b.deployments()));
+
+    // b asks a through NATS.
+    let asked = get_json_at(9990 + b.offset, "members/jet-a/deployments");
+    assert!(
+        asked
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|app| app["name"] == "example"),
+        "{asked}"
+    );
+    let undeployed = b.base.cli(["undeploy", "example"]).output().unwrap();
+    assert!(undeployed.status.success(), "{undeployed:?}");
+    node_a.wait_for("example was undeployed from the cluster", PATIENCE);
 }

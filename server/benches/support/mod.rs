@@ -44,14 +44,32 @@ impl TempInstall {
         self.home().join("bin/immutant-server")
     }
 
-    /// Deploys `app` (a built binary) as `name`, as `cargo immutant deploy` leaves a deployment.
+    /// Deploys `app` (a built binary) as `name`, as `cargo immutant deploy` leaves a deployment:
+    /// the artifact named for its content, and a descriptor saying when it was deployed.
     pub fn deploy(&self, app: &Path, name: &str) {
         let deployments = self.home().join("deployments");
         std::fs::create_dir_all(deployments.join(".artifacts")).unwrap();
-        let artifact = format!(".artifacts/{name}");
-        std::fs::copy(app, deployments.join(&artifact)).unwrap();
-        let descriptor = format!("name = \"{name}\"\nartifact = \"{artifact}\"\n");
-        std::fs::write(deployments.join(format!("{name}.toml")), descriptor).unwrap();
+        let content = std::fs::read(app).unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &content);
+        let hash: String = digest.as_ref()[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let artifact = format!(".artifacts/{name}-{hash}");
+        std::fs::write(deployments.join(&artifact), &content).unwrap();
+        let executable =
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        std::fs::set_permissions(deployments.join(&artifact), executable).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let descriptor =
+            format!("name = \"{name}\"\nartifact = \"{artifact}\"\ndeployed-at = {now}\n");
+        let path = deployments.join(format!("{name}.toml"));
+        let written = deployments.join(format!(".{name}.toml.new"));
+        std::fs::write(&written, descriptor).unwrap();
+        std::fs::rename(written, path).unwrap();
     }
 
     /// Arguments for a clustered node `name` of `cluster` at `offset`, with a data dir of its own.

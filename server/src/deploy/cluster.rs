@@ -281,6 +281,13 @@ impl ClusterDeployments {
                         changed.push(name);
                     }
                     Ok(None) => {}
+                    // One that can never be recorded is said once and left to the install.
+                    Err(error @ SyncError::Artifact(ArtifactError::Invalid(_))) => {
+                        self.say(
+                            name,
+                            format!("{name} is not deployed to the cluster: {error}"),
+                        );
+                    }
                     Err(error) => {
                         // Tried again at the next look.
                         self.say(
@@ -375,6 +382,8 @@ impl ClusterDeployments {
         let artifact = tokio::task::spawn_blocking(move || ArtifactRef::of_file(&described))
             .await
             .map_err(std::io::Error::other)??;
+        // Only an artifact named for its content travels (`cargo immutant deploy` names them so).
+        artifact.check()?;
         self.artifacts.publish(&path, &artifact).await?;
         Ok(Some(DeploymentRecord {
             deployed_at,
@@ -385,7 +394,8 @@ impl ClusterDeployments {
         }))
     }
 
-    /// Writes into the install's folder what the record has and the folder does not.
+    /// Writes into the install's folder what the record has and the folder does not, and
+    /// clears what arrived for deployments the record no longer has.
     async fn follow(&mut self) -> Result<(), SyncError> {
         let (record, _) = self.read().await?;
         for (name, entry) in &record {
@@ -396,6 +406,11 @@ impl ClusterDeployments {
                 self.say(name, format!("cannot follow the cluster's {name}: {error}"));
             }
         }
+        let wanted: HashSet<String> = record
+            .values()
+            .filter_map(|entry| Some(entry.artifact.as_ref()?.sha256.clone()))
+            .collect();
+        clear_incoming(&self.deployments.join(INCOMING), &wanted);
         Ok(())
     }
 
@@ -504,6 +519,18 @@ fn folder_is_older(deployments: &Path, name: &str, entry: &DeploymentRecord) -> 
         Err(_) => 0,
     };
     (at, text.as_str()) < entry.version()
+}
+
+/// Removes from `incoming` what arrived, whole or in part, for artifacts not `wanted` any more
+/// (a transfer the record moved past).
+fn clear_incoming(incoming: &Path, wanted: &HashSet<String>) {
+    for entry in std::fs::read_dir(incoming).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let sha256 = file.strip_suffix(".part").unwrap_or(&file);
+        if !wanted.contains(sha256) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Whether the artifact in place is the one wanted.

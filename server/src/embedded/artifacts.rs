@@ -87,7 +87,15 @@ impl ArtifactFetcher {
         from: &str,
         incoming: &Path,
     ) -> Result<Option<PathBuf>, ArtifactError> {
-        let Some(mut landing) = Landing::open(incoming, wanted)? else {
+        // Opening hashes what an earlier transfer left: off the async threads.
+        let (folder, asked) = (incoming.to_path_buf(), wanted.clone());
+        let opened = tokio::task::spawn_blocking(move || Landing::open(&folder, &asked)).await;
+        let Some(mut landing) = opened.map_err(|error| ArtifactError::Storage {
+            file: wanted.file.clone(),
+            folder: incoming.to_path_buf(),
+            source: std::io::Error::other(error),
+        })??
+        else {
             return Ok(None);
         };
         let view = self.cluster.view().borrow().clone();

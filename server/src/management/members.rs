@@ -28,6 +28,7 @@ pub const QUESTIONS: &[&str] = &[
     "caches",
     "jobs",
     "web",
+    "log",
 ];
 
 /// Answers questions with `readable`, the node's read-only routes, in-process.

@@ -7,6 +7,7 @@
 
 mod console;
 mod history;
+mod log;
 mod members;
 mod metrics;
 mod status;
@@ -147,6 +148,7 @@ fn readable() -> Router<Arc<NodeInfo>> {
         .route("/caches", get(caches))
         .route("/jobs", get(jobs))
         .route("/web", get(web))
+        .route("/log", get(log::log))
 }
 
 /// What answers the other members' questions to this node: its read-only routes, in-process.

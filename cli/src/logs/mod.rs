@@ -1,9 +1,12 @@
 //! `logs`: the logs of every node the install ran (each node links its log folder as
 //! `<home>/logs/<node>`), merged in time order, each line tagged with its node; apps' lines are
-//! there too, prefixed with the app's name. `--follow` goes on printing lines as nodes write
-//! them, through rotations, and picks up nodes that start meanwhile.
+//! there too, prefixed with the app's name; and those of the cluster's members elsewhere, asked
+//! through a node of the install ([`members`]). `--follow` goes on printing lines as nodes
+//! write them, through rotations, and picks up nodes that start meanwhile.
 
-use std::collections::BTreeMap;
+mod members;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
+use crate::list::running_nodes;
 use crate::locations::Locations;
+use members::MemberLogs;
 
 /// The current log file's name in a node's log folder; rotated ones add `.1` (the newest),
 /// `.2`, ...
@@ -48,10 +53,30 @@ impl std::fmt::Display for LogLine {
     }
 }
 
+/// How often a follow asks the members elsewhere for their new lines.
+const FOLLOW_MEMBERS_EVERY: Duration = Duration::from_secs(1);
+
 /// Prints the lines asked for, then (`follow`) those to come, until interrupted.
 pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
-    let folders = log_folders(locations, options.node.as_deref())?;
-    if folders.is_empty() {
+    let everyone = log_folders(locations)?;
+    let local: BTreeSet<String> = everyone
+        .keys()
+        .cloned()
+        .chain(running_nodes(locations).into_iter().map(|node| node.name))
+        .collect();
+    let mut members = match MemberLogs::find(locations, &local, options.node.as_deref()) {
+        Ok(members) => Some(members),
+        Err(error) => {
+            eprintln!("The cluster's other members are left out: {error:#}");
+            None
+        }
+    };
+    let elsewhere: Vec<String> = members
+        .iter()
+        .flat_map(|members| members.names().map(str::to_string))
+        .collect();
+    let folders = only_node(locations, everyone, options.node.as_deref(), &elsewhere)?;
+    if folders.is_empty() && elsewhere.is_empty() {
         eprintln!(
             "No node of the install in {} has logged yet{}",
             locations.home.display(),
@@ -71,16 +96,22 @@ pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
         lines.extend(follower.read_new());
         followers.insert(node.clone(), follower);
     }
+    if let Some(members) = members.as_mut() {
+        lines.extend(members.read_new());
+    }
     let mut stdout = std::io::stdout().lock();
     print(&mut stdout, merge(lines), options);
     if !options.follow {
         return Ok(());
     }
     drop(stdout);
+    let mut members_asked = std::time::Instant::now();
     loop {
         std::thread::sleep(FOLLOW_EVERY);
         // Nodes that started since.
-        for (node, folder) in log_folders(locations, options.node.as_deref()).unwrap_or_default() {
+        let started = log_folders(locations).unwrap_or_default();
+        let started = only_node(locations, started, options.node.as_deref(), &elsewhere);
+        for (node, folder) in started.unwrap_or_default() {
             followers
                 .entry(node.clone())
                 .or_insert_with(|| Follower::from_start(&node, &folder));
@@ -88,6 +119,12 @@ pub fn logs(locations: &Locations, options: &LogsOptions) -> Result<()> {
         let mut batch = Vec::new();
         for follower in followers.values_mut() {
             batch.extend(follower.read_new());
+        }
+        if let Some(members) = members.as_mut()
+            && members_asked.elapsed() >= FOLLOW_MEMBERS_EVERY
+        {
+            batch.extend(members.read_new());
+            members_asked = std::time::Instant::now();
         }
         print(&mut std::io::stdout().lock(), merge(batch), options);
     }
@@ -125,10 +162,10 @@ pub fn parse_since(given: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     }
 }
 
-/// Each node's log folder, by name: only `node`'s if given (which must have one).
-fn log_folders(locations: &Locations, node: Option<&str>) -> Result<BTreeMap<String, PathBuf>> {
+/// Each node's log folder, by name.
+fn log_folders(locations: &Locations) -> Result<BTreeMap<String, PathBuf>> {
     let dir = locations.home.join("logs");
-    let folders: BTreeMap<String, PathBuf> = std::fs::read_dir(&dir)
+    Ok(std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -138,18 +175,29 @@ fn log_folders(locations: &Locations, node: Option<&str>) -> Result<BTreeMap<Str
                 entry.path(),
             )
         })
-        .collect();
+        .collect())
+}
+
+/// `folders`, or only `node`'s if given, which must have one or be among the members
+/// `elsewhere`.
+fn only_node(
+    locations: &Locations,
+    folders: BTreeMap<String, PathBuf>,
+    node: Option<&str>,
+    elsewhere: &[String],
+) -> Result<BTreeMap<String, PathBuf>> {
     let Some(node) = node else {
         return Ok(folders);
     };
     match folders.get(node) {
         Some(folder) => Ok(BTreeMap::from([(node.to_string(), folder.clone())])),
+        None if elsewhere.iter().any(|member| member == node) => Ok(BTreeMap::new()),
         None if folders.is_empty() => bail!(
-            "no node of the install in {} has logged yet: start one with `cargo immutant run`",
+            "no node of the install in {} has logged yet, and no member of a cluster it runs in is called {node}: start one with `cargo immutant run`",
             locations.home.display()
         ),
         None => bail!(
-            "no node called {node} has logged in the install in {}; the nodes that have: {}",
+            "no node called {node} has logged in the install in {}, and no member of its cluster is called so; the nodes that have: {}",
             locations.home.display(),
             folders.keys().cloned().collect::<Vec<_>>().join(", ")
         ),

@@ -1,0 +1,74 @@
+//! Cluster-wide deployments, medians of five trials: three clustered nodes, each of an install
+//! of its own (sharing only the cluster's secret), and a 10 MiB artifact deployed through the
+//! first install's folder (as `cargo immutant deploy` leaves it): the time from the descriptor
+//! being in place to the app running on the last of the three members (each other member
+//! fetches the artifact over a sealed link, verifies it and runs it).
+//!
+//! `cargo bench -p immutant-server --bench deployments` builds the probe app (tests/apps/probe),
+//! pads it to 10 MiB (an ELF binary runs with bytes after its end), and runs throwaway installs
+//! of the release server, whose nodes bind 127.0.0.1 and find each other by multicast on the
+//! loopback interface.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{TempInstall, build_app, free_offset, median};
+
+const TRIALS: usize = 5;
+/// The artifact's size.
+const ARTIFACT_BYTES: u64 = 10 << 20;
+
+fn main() {
+    let probe = build_app("probe");
+    let padded = tempfile::tempdir().unwrap();
+    let artifact = padded.path().join("probe");
+    std::fs::copy(&probe, &artifact).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&artifact)
+        .unwrap()
+        .set_len(ARTIFACT_BYTES)
+        .unwrap();
+    let mut spread = Vec::new();
+    for trial in 0..TRIALS {
+        spread.push(deploy_to_three(&artifact, trial).as_secs_f64() * 1000.0);
+    }
+    println!(
+        "10 MiB artifact deployed through one install, running on the last of 3 members: median {:.0} ms (min {:.0}, max {:.0})",
+        median(&mut spread),
+        spread.iter().cloned().fold(f64::MAX, f64::min),
+        spread.iter().cloned().fold(0.0, f64::max),
+    );
+}
+
+/// One trial: how long from the deployment in the first install's folder to the app running
+/// on all three members.
+fn deploy_to_three(artifact: &Path, trial: usize) -> Duration {
+    let cluster = format!("bench-deploy-{}-{trial}", std::process::id());
+    let installs = [TempInstall::new(), TempInstall::new(), TempInstall::new()];
+    let mut offset = 1000;
+    let nodes: Vec<_> = installs
+        .iter()
+        .enumerate()
+        .map(|(i, install)| {
+            offset = free_offset(offset + 100);
+            install.start(&install.clustered_args(&format!("member{i}"), offset, &cluster))
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_for("(3 members");
+    }
+    let deployed = Instant::now();
+    installs[0].deploy(artifact, "daemon");
+    let last = nodes
+        .iter()
+        .map(|node| node.wait_for("Deployed \"daemon\"").0)
+        .max()
+        .unwrap();
+    for node in nodes {
+        node.stop();
+    }
+    last - deployed
+}
