@@ -60,6 +60,16 @@ fn deploy_to_three(artifact: &Path, trial: usize) -> Duration {
     for node in &nodes {
         node.wait_for("(3 members");
     }
+    // The record's cache has its first primary (a second or two after the members meet), as
+    // in a cluster that has run a while.
+    let has_primary = |node: &support::Node| {
+        node.lines()
+            .iter()
+            .any(|line| line.contains("applies the writes to cache immutant.deployments"))
+    };
+    while !nodes.iter().any(has_primary) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let deployed = Instant::now();
     installs[0].deploy(artifact, "daemon");
     let last = nodes

@@ -96,6 +96,10 @@ enum SyncError {
     Unreadable(String),
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    #[error(
+        "the cluster's record of {name} cannot be followed: {reason}; deploy it again with `cargo immutant deploy`"
+    )]
+    BadRecord { name: String, reason: String },
     #[error(transparent)]
     Folder(#[from] OperationError),
     #[error("cannot change the deployments folder: {0}")]
@@ -446,10 +450,17 @@ impl ClusterDeployments {
             }
             return Ok(());
         }
-        let artifact = entry.artifact.clone().ok_or_else(|| {
-            ArtifactError::Invalid(format!("(the record of {name} names no artifact)"))
-        })?;
+        let bad = |reason: &str| SyncError::BadRecord {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let artifact = entry.artifact.clone().ok_or_else(|| bad("it names no artifact"))?;
         artifact.check()?;
+        // The descriptor written runs the artifact fetched and verified, and nothing else.
+        let runs = parse_descriptor(name, text).map(|descriptor| descriptor.artifact);
+        if runs.as_ref().ok() != Some(&Path::new(ARTIFACTS).join(&artifact.file)) {
+            return Err(bad("its descriptor runs another file than its artifact"));
+        }
         let in_place = deployments.join(ARTIFACTS).join(&artifact.file);
         let arrived = match has_artifact(&in_place, &artifact).await {
             true => None,
