@@ -211,28 +211,21 @@ fn lock_file(path: &Path) -> Result<File> {
 /// holding the folder's [`lock`]. If a descriptor cannot be read, nothing is removed: what it
 /// names is unknown.
 pub fn prune_artifacts(deployments: &Path) -> Result<()> {
-    let mut named = Vec::new();
-    for path in descriptor::paths(deployments)? {
-        match descriptor::read(&path) {
-            Ok(descriptor) => named.push(deployments.join(descriptor.artifact)),
-            Err(error) => {
-                eprintln!("Not removing unused artifacts: {error:#}");
-                return Ok(());
-            }
+    let found = descriptor::unused_artifacts(deployments)
+        .with_context(|| format!("cannot read {}", deployments.display()))?;
+    let unused = match found {
+        descriptor::UnusedArtifacts::These(unused) => unused,
+        descriptor::UnusedArtifacts::Unknown(path) => {
+            eprintln!(
+                "Not removing unused artifacts: {} is not a descriptor that can be read",
+                path.display()
+            );
+            return Ok(());
         }
-    }
-    let artifacts = deployments.join(ARTIFACTS);
-    let Ok(entries) = std::fs::read_dir(&artifacts) else {
-        return Ok(());
     };
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("cannot read {}", artifacts.display()))?
-            .path();
-        if path.is_file() && !named.contains(&path) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove the unused {}", path.display()))?;
-        }
+    for path in unused {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the unused {}", path.display()))?;
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-pub use immutant_contracts::descriptor::{ARTIFACTS, Descriptor, MAX_DESCRIPTOR_BYTES, path};
+pub use immutant_contracts::descriptor::{
+    ARTIFACTS, Descriptor, MAX_DESCRIPTOR_BYTES, UnusedArtifacts, path, unused_artifacts,
+};
 use serde::{Deserialize, Serialize};
 
 /// A deployment as an archive carries it (`descriptor.toml` in a `.ima`): what the app is, but

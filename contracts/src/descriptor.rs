@@ -98,6 +98,52 @@ pub fn deployment_of(file_name: &str) -> Option<&str> {
     (!name.is_empty() && !name.starts_with('.')).then_some(name)
 }
 
+/// What [`unused_artifacts`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UnusedArtifacts {
+    /// These files of `.artifacts/` are named by no descriptor.
+    These(Vec<PathBuf>),
+    /// The descriptor at this path cannot be read: what it names is unknown, so nothing may go.
+    Unknown(PathBuf),
+}
+
+/// The artifacts in `deployments/.artifacts/` that no descriptor names (leftovers of
+/// interrupted writes among them): what may be removed, holding the folder's lock.
+pub fn unused_artifacts(deployments: &Path) -> std::io::Result<UnusedArtifacts> {
+    let mut named = Vec::new();
+    let entries = match std::fs::read_dir(deployments) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(UnusedArtifacts::These(Vec::new()));
+        }
+        entries => entries?,
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        if name.as_deref().and_then(deployment_of).is_none() || !path.is_file() {
+            continue;
+        }
+        let read = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| toml::from_str::<Descriptor>(&text).ok());
+        match read {
+            Some(descriptor) => named.push(deployments.join(descriptor.artifact)),
+            None => return Ok(UnusedArtifacts::Unknown(path)),
+        }
+    }
+    let artifacts = deployments.join(ARTIFACTS);
+    let mut unused = Vec::new();
+    for entry in std::fs::read_dir(&artifacts).into_iter().flatten() {
+        let path = entry?.path();
+        if path.is_file() && !named.contains(&path) {
+            unused.push(path);
+        }
+    }
+    Ok(UnusedArtifacts::These(unused))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +194,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("missing field `artifact`"), "{error}");
+    }
+
+    #[test]
+    fn unused_artifacts_are_those_no_descriptor_names_unless_one_cannot_be_read() {
+        let folder = tempfile::tempdir().unwrap();
+        let deployments = folder.path();
+        std::fs::create_dir(deployments.join(ARTIFACTS)).unwrap();
+        for file in ["a-1", "a-2", ".a-3.tmp"] {
+            std::fs::write(deployments.join(ARTIFACTS).join(file), "binary").unwrap();
+        }
+        std::fs::write(
+            path(deployments, "a"),
+            "name = \"a\"\nartifact = \".artifacts/a-2\"\n",
+        )
+        .unwrap();
+        let UnusedArtifacts::These(mut unused) = unused_artifacts(deployments).unwrap() else {
+            panic!("all descriptors read")
+        };
+        unused.sort();
+        let artifacts = deployments.join(ARTIFACTS);
+        assert_eq!(unused, [artifacts.join(".a-3.tmp"), artifacts.join("a-1")]);
+        std::fs::write(path(deployments, "b"), "not a descriptor").unwrap();
+        assert_eq!(
+            unused_artifacts(deployments).unwrap(),
+            UnusedArtifacts::Unknown(path(deployments, "b"))
+        );
     }
 
     #[test]

@@ -92,7 +92,9 @@ pub fn this_target() -> String {
 enum SyncError {
     #[error("the cluster's record of deployments cannot be reached: {0}")]
     Record(#[from] CacheError),
-    #[error("the cluster's record of deployments is not readable ({0}); it is written anew")]
+    #[error(
+        "the cluster's record of deployments cannot be read ({0}): a later version of the server wrote it, or it is damaged; this member neither follows nor changes it"
+    )]
     Unreadable(String),
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
@@ -109,9 +111,14 @@ enum SyncError {
 /// What this node's scanner saw of a deployment and the record does not have yet.
 #[derive(Debug, Clone)]
 enum Seen {
+    /// The descriptor's text now.
     Deployed(String),
-    Undeployed,
+    /// The descriptor is gone; the text it had, if the scanner saw it.
+    Undeployed { removed: Option<String> },
 }
+
+/// The key under which what is said of the record as a whole is kept.
+const ABOUT_THE_RECORD: &str = "";
 
 /// A member's side of the cluster's deployments: it records what its install's folder gets, and
 /// writes into the folder what the cluster records.
@@ -122,6 +129,9 @@ pub struct ClusterDeployments {
     node: String,
     /// What the scanner saw that is not recorded yet, by name.
     pending: BTreeMap<String, Seen>,
+    /// The descriptors the scanner last saw in the folder, by name: one missing from the folder
+    /// but still here is being undeployed (the scanner has not seen it go yet), not missed.
+    present: HashMap<String, String>,
     /// This install's deployments kept off the record (`local = true`).
     local: HashSet<String>,
     /// What was last said in the log about each deployment, so that each thing is said once.
@@ -144,6 +154,7 @@ impl ClusterDeployments {
             deployments,
             node,
             pending: BTreeMap::new(),
+            present: HashMap::new(),
             local: HashSet::new(),
             said: HashMap::new(),
             refuse: Box::new(refuse),
@@ -151,23 +162,17 @@ impl ClusterDeployments {
     }
 
     /// Brings the install's folder in line with the record once (a member that was away
-    /// catches up before its scanner deploys what the folder holds), giving up after
-    /// `patience` if the record cannot be had.
-    pub async fn catch_up(&mut self, patience: Duration) {
-        let deadline = tokio::time::Instant::now() + patience;
+    /// catches up before its scanner deploys what the folder holds), trying again until it
+    /// can read the record: the caller bounds how long.
+    pub async fn catch_up(&mut self) {
         loop {
-            match self.open().await {
-                Ok(()) => match self.follow().await {
-                    Ok(()) => return,
-                    Err(error) => self.say("", error.to_string()),
-                },
-                Err(error) => self.say("", error.to_string()),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    "the cluster's record of deployments could not be read yet: the install's deployments run as its folder has them until it can"
-                );
-                return;
+            let followed = match self.open().await {
+                Ok(()) => self.follow().await,
+                Err(error) => Err(error),
+            };
+            match followed {
+                Ok(()) => return,
+                Err(error) => self.say(ABOUT_THE_RECORD, error.to_string()),
             }
             tokio::time::sleep(FOLLOW).await;
         }
@@ -183,15 +188,17 @@ impl ClusterDeployments {
             while let Ok(event) = seen.try_recv() {
                 self.saw(event);
             }
-            let done = match self.open().await {
-                Ok(()) => self.record().await.and(self.follow().await),
-                Err(error) => Err(error),
-            };
+            let mut done = self.open().await;
+            if done.is_ok() {
+                done = self.record_pending().await;
+            }
+            if done.is_ok() {
+                done = self.follow().await;
+            }
             match done {
-                Ok(()) => {
-                    self.said.remove("");
-                }
-                Err(error) => self.say("", error.to_string()),
+                // Said again if it comes back.
+                Ok(()) => drop(self.said.remove(ABOUT_THE_RECORD)),
+                Err(error) => self.say(ABOUT_THE_RECORD, error.to_string()),
             }
             tokio::select! {
                 event = seen.recv() => match event {
@@ -208,6 +215,7 @@ impl ClusterDeployments {
     fn saw(&mut self, event: DeploymentEvent) {
         match event {
             DeploymentEvent::Deployed { name, text } => {
+                self.present.insert(name.clone(), text.clone());
                 let local = parse_descriptor(&name, &text).is_ok_and(|d| d.local);
                 match local {
                     true => {
@@ -221,12 +229,14 @@ impl ClusterDeployments {
                 }
             }
             DeploymentEvent::Undeployed { name } => {
+                let removed = self.present.remove(&name);
                 if !self.local.remove(&name) {
-                    self.pending.insert(name, Seen::Undeployed);
+                    self.pending.insert(name, Seen::Undeployed { removed });
                 }
             }
             // Not a descriptor: the node says so, and the record is not told.
             DeploymentEvent::Refused { name, .. } => {
+                self.present.remove(&name);
                 self.pending.remove(&name);
             }
         }
@@ -247,7 +257,7 @@ impl ClusterDeployments {
 
     /// The record as the cache's primary holds it, and its stored bytes (none if there is
     /// none yet).
-    async fn read(&mut self) -> Result<(Record, Option<Bytes>), SyncError> {
+    async fn read(&self) -> Result<(Record, Option<Bytes>), SyncError> {
         let get = CacheOp::GetLatest {
             key: RECORD_KEY.to_string(),
         };
@@ -258,19 +268,14 @@ impl ClusterDeployments {
         if !outcome.found {
             return Ok((Record::new(), None));
         }
-        match serde_json::from_slice(&value) {
-            Ok(record) => Ok((record, Some(value))),
-            Err(error) => {
-                // Written by a later version of the server, or damaged: started anew, as the
-                // folders record themselves again.
-                self.say("", SyncError::Unreadable(error.to_string()).to_string());
-                Ok((Record::new(), Some(value)))
-            }
-        }
+        // One this member cannot read is never written over: other members may read it.
+        serde_json::from_slice(&value)
+            .map(|record| (record, Some(value)))
+            .map_err(|error| SyncError::Unreadable(error.to_string()))
     }
 
     /// Records what the scanner saw and the record does not have, by compare-and-set.
-    async fn record(&mut self) -> Result<(), SyncError> {
+    async fn record_pending(&mut self) -> Result<(), SyncError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -279,7 +284,7 @@ impl ClusterDeployments {
             let mut changed = Vec::new();
             let pending = std::mem::take(&mut self.pending);
             for (name, seen) in &pending {
-                match self.recorded(name, seen, &record).await {
+                match self.entry_for(name, seen, &record).await {
                     Ok(Some(entry)) => {
                         record.insert(name.clone(), entry);
                         changed.push(name);
@@ -305,7 +310,7 @@ impl ClusterDeployments {
             if changed.is_empty() {
                 return Ok(());
             }
-            let value = serde_json::to_vec(&record).unwrap_or_default();
+            let value = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
             let key = RECORD_KEY.to_string();
             let (op, body) = match &stored {
                 Some(stored) => (
@@ -341,8 +346,9 @@ impl ClusterDeployments {
     }
 
     /// What the record should say of `name` now that the scanner saw `seen`, if that is newer
-    /// than what it says. A descriptor the node refuses stays unrecorded (the node says why).
-    async fn recorded(
+    /// than what it says (and, for a deployment, its artifact made available to the members).
+    /// A descriptor the node refuses stays unrecorded (the node says why).
+    async fn entry_for(
         &self,
         name: &str,
         seen: &Seen,
@@ -350,9 +356,16 @@ impl ClusterDeployments {
     ) -> Result<Option<DeploymentRecord>, SyncError> {
         let current = record.get(name);
         let text = match seen {
-            Seen::Undeployed => {
+            Seen::Undeployed { removed } => {
+                // An undeploy of an older version than the record's is past: the newer one
+                // is written back into the folder.
+                let of_current = |entry: &&DeploymentRecord| match removed {
+                    Some(text) => version_of(name, text) >= entry.version(),
+                    None => true,
+                };
                 return Ok(current
                     .filter(|entry| entry.descriptor.is_some())
+                    .filter(of_current)
                     .map(|entry| DeploymentRecord {
                         deployed_at: now_ms().max(entry.deployed_at + 1),
                         by: self.node.clone(),
@@ -382,12 +395,17 @@ impl ClusterDeployments {
         let Ok(path) = artifact_path(&descriptor, &self.deployments) else {
             return Ok(None);
         };
+        // The file it names, not where a link there leads: the others write this descriptor.
+        let named = descriptor.artifact.file_name().unwrap_or_default();
         let described = path.clone();
         let artifact = tokio::task::spawn_blocking(move || ArtifactRef::of_file(&described))
             .await
             .map_err(std::io::Error::other)??;
         // Only an artifact named for its content travels (`cargo immutant deploy` names them so).
         artifact.check()?;
+        if named != artifact.file.as_str() {
+            return Err(ArtifactError::Invalid(named.to_string_lossy().into_owned()).into());
+        }
         self.artifacts.publish(&path, &artifact).await?;
         Ok(Some(DeploymentRecord {
             deployed_at,
@@ -406,6 +424,14 @@ impl ClusterDeployments {
             if self.local.contains(name) || self.pending.contains_key(name) {
                 continue;
             }
+            // A name no descriptor could have is never made into a path.
+            if !immutant_protocol::names::is_deployment_name(name) {
+                let said = format!(
+                    "the cluster's record names a deployment '{name}', which cannot be one; it is left alone"
+                );
+                self.say(name, said);
+                continue;
+            }
             if let Err(error) = self.follow_one(name, entry).await {
                 self.say(name, format!("cannot follow the cluster's {name}: {error}"));
             }
@@ -421,15 +447,18 @@ impl ClusterDeployments {
     /// Brings the folder's `name` in line with the record's `entry`, if the folder's is older.
     async fn follow_one(&mut self, name: &str, entry: &DeploymentRecord) -> Result<(), SyncError> {
         let deployments = self.deployments.clone();
-        if !folder_is_older(&deployments, name, entry) {
+        // Seen in the folder by the scanner: if it is missing now, it is being undeployed.
+        let seen = self.present.contains_key(name);
+        if !folder_is_older(&deployments, name, entry, seen) {
             return Ok(());
         }
         let Some(text) = &entry.descriptor else {
             let (name, entry) = (name.to_string(), entry.clone());
             return under_lock(&deployments, move |deployments| {
-                if folder_is_older(deployments, &name, &entry) {
+                if folder_is_older(deployments, &name, &entry, seen) {
                     std::fs::remove_file(descriptor::path(deployments, &name))?;
                     tracing::info!("{name} was undeployed from the cluster");
+                    prune_artifacts(deployments);
                 }
                 Ok(())
             })
@@ -441,12 +470,14 @@ impl ClusterDeployments {
                 entry.target,
                 this_target()
             );
-            if self.said.get(name) != Some(&reason) {
+            // Said, and refused, once for each version.
+            let key = format!("{name} at {}", entry.deployed_at);
+            if !self.said.contains_key(&key) {
                 (self.refuse)(DeploymentEvent::Refused {
                     name: name.to_string(),
                     reason: reason.clone(),
                 });
-                self.say(name, reason);
+                self.say(&key, reason);
             }
             return Ok(());
         }
@@ -454,7 +485,10 @@ impl ClusterDeployments {
             name: name.to_string(),
             reason: reason.to_string(),
         };
-        let artifact = entry.artifact.clone().ok_or_else(|| bad("it names no artifact"))?;
+        let artifact = entry
+            .artifact
+            .clone()
+            .ok_or_else(|| bad("it names no artifact"))?;
         artifact.check()?;
         // The descriptor written runs the artifact fetched and verified, and nothing else.
         let runs = parse_descriptor(name, text).map(|descriptor| descriptor.artifact);
@@ -484,12 +518,22 @@ impl ClusterDeployments {
                 std::fs::set_permissions(&arrived, std::fs::Permissions::from_mode(0o755))?;
                 std::fs::rename(&arrived, &in_place)?;
             }
-            // A deploy through this install may have come in meanwhile.
-            if folder_is_older(deployments, &name, &entry) {
-                let permissions = std::fs::Permissions::from_mode(0o644);
-                operations::write_descriptor(deployments, &name, &text, permissions)?;
-                tracing::info!("{name} was deployed to the cluster by {}", entry.by);
+            // A deploy or undeploy through this install may have come in meanwhile, and a
+            // prune may have taken an artifact no descriptor named yet.
+            if !folder_is_older(deployments, &name, &entry, seen) {
+                return Ok(());
             }
+            if !in_place.is_file() {
+                let gone = format!(
+                    "{} went before its descriptor was written",
+                    in_place.display()
+                );
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, gone));
+            }
+            let permissions = std::fs::Permissions::from_mode(0o644);
+            operations::write_descriptor(deployments, &name, &text, permissions)?;
+            tracing::info!("{name} was deployed to the cluster by {}", entry.by);
+            prune_artifacts(deployments);
             Ok(())
         })
         .await
@@ -504,9 +548,10 @@ impl ClusterDeployments {
     }
 }
 
-/// Whether what the folder has of `name` is older than the record's `entry` (it has none
-/// while the entry is deployed, or an earlier version).
-fn folder_is_older(deployments: &Path, name: &str, entry: &DeploymentRecord) -> bool {
+/// Whether what the folder has of `name` is older than the record's `entry`: an earlier
+/// version, or none while the entry is deployed, unless the scanner has `seen` one there (it
+/// is being undeployed through this install, and the undeploy is recorded next).
+fn folder_is_older(deployments: &Path, name: &str, entry: &DeploymentRecord, seen: bool) -> bool {
     let path = descriptor::path(deployments, name);
     let text = match std::fs::metadata(&path) {
         Ok(metadata) if metadata.is_file() && metadata.len() <= MAX_DESCRIPTOR_BYTES => {
@@ -518,18 +563,39 @@ fn folder_is_older(deployments: &Path, name: &str, entry: &DeploymentRecord) -> 
         Err(_) => None,
     };
     let Some(text) = text else {
-        return entry.descriptor.is_some();
+        return entry.descriptor.is_some() && !seen;
     };
     if entry.descriptor.as_deref() == Some(text.as_str()) {
         return false;
     }
-    let at = match parse_descriptor(name, &text) {
-        // This install keeps it to itself.
-        Ok(descriptor) if descriptor.local => return false,
-        Ok(descriptor) => descriptor.deployed_at.unwrap_or_default(),
-        Err(_) => 0,
-    };
-    (at, text.as_str()) < entry.version()
+    // This install keeps it to itself.
+    if parse_descriptor(name, &text).is_ok_and(|descriptor| descriptor.local) {
+        return false;
+    }
+    version_of(name, &text) < entry.version()
+}
+
+/// What orders the descriptor `text` of `name` among versions: when it was deployed (never,
+/// for one that cannot be read), then its text.
+fn version_of<'a>(name: &str, text: &'a str) -> (u64, &'a str) {
+    let at = parse_descriptor(name, text)
+        .ok()
+        .and_then(|descriptor| descriptor.deployed_at)
+        .unwrap_or_default();
+    (at, text)
+}
+
+/// Removes the artifacts no descriptor of the folder names (older builds, fetched or written
+/// here), as `cargo immutant deploy` does; nothing if a descriptor cannot be read. Call it
+/// holding the folder's lock.
+fn prune_artifacts(deployments: &Path) {
+    if let Ok(descriptor::UnusedArtifacts::These(unused)) =
+        descriptor::unused_artifacts(deployments)
+    {
+        for path in unused {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Removes from `incoming` what arrived, whole or in part, for artifacts not `wanted` any more
@@ -538,7 +604,9 @@ fn clear_incoming(incoming: &Path, wanted: &HashSet<String>) {
     for entry in std::fs::read_dir(incoming).into_iter().flatten().flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         let sha256 = file.strip_suffix(".part").unwrap_or(&file);
-        if !wanted.contains(sha256) {
+        // One another node of the install is writing is left to it.
+        let idle = std::fs::File::open(entry.path()).is_ok_and(|file| file.try_lock().is_ok());
+        if !wanted.contains(sha256) && idle {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -588,52 +656,34 @@ mod tests {
     #[test]
     fn the_folder_follows_only_a_later_record() {
         let folder = tempfile::tempdir().unwrap();
+        let older = |entry: DeploymentRecord, seen: bool| {
+            folder_is_older(folder.path(), "app", &entry, seen)
+        };
         let text = |at: u64| {
             format!("name = \"app\"\nartifact = \".artifacts/app-1f\"\ndeployed-at = {at}\n")
         };
-        // None in the folder: a deployed record is newer, an undeployed one is not.
-        assert!(folder_is_older(
-            folder.path(),
-            "app",
-            &entry(5, Some(&text(5)))
-        ));
-        assert!(!folder_is_older(folder.path(), "app", &entry(5, None)));
+        // None in the folder: a deployed record is newer, an undeployed one is not; nor is a
+        // deployed one while the scanner still sees it there (it is being undeployed).
+        assert!(older(entry(5, Some(&text(5))), false));
+        assert!(!older(entry(5, None), false));
+        assert!(!older(entry(5, Some(&text(5))), true));
         std::fs::write(descriptor::path(folder.path(), "app"), text(5)).unwrap();
-        assert!(!folder_is_older(
-            folder.path(),
-            "app",
-            &entry(5, Some(&text(5)))
-        ));
-        assert!(folder_is_older(
-            folder.path(),
-            "app",
-            &entry(6, Some(&text(6)))
-        ));
-        assert!(!folder_is_older(
-            folder.path(),
-            "app",
-            &entry(4, Some(&text(4)))
-        ));
-        assert!(folder_is_older(folder.path(), "app", &entry(6, None)));
-        assert!(!folder_is_older(folder.path(), "app", &entry(4, None)));
+        assert!(!older(entry(5, Some(&text(5))), false));
+        assert!(older(entry(6, Some(&text(6))), false));
+        assert!(!older(entry(4, Some(&text(4))), false));
+        assert!(older(entry(6, None), false));
+        assert!(!older(entry(4, None), false));
         // The same time: the greater text wins, everywhere alike.
         let other = format!("{}context-path = \"/x\"\n", text(5));
         assert_eq!(
-            folder_is_older(folder.path(), "app", &entry(5, Some(&other))),
+            older(entry(5, Some(&other)), false),
             other.as_str() > text(5).as_str()
         );
         // Kept to this install: never replaced.
-        std::fs::write(
-            descriptor::path(folder.path(), "app"),
-            format!("{}local = true\n", text(5)),
-        )
-        .unwrap();
-        assert!(!folder_is_older(
-            folder.path(),
-            "app",
-            &entry(9, Some(&text(9)))
-        ));
-        assert!(!folder_is_older(folder.path(), "app", &entry(9, None)));
+        let local = format!("{}local = true\n", text(5));
+        std::fs::write(descriptor::path(folder.path(), "app"), local).unwrap();
+        assert!(!older(entry(9, Some(&text(9))), false));
+        assert!(!older(entry(9, None), false));
     }
 
     #[test]

@@ -128,7 +128,15 @@ impl ArtifactFetcher {
                 reason: reasons.join("; "),
             });
         }
-        landing.finish().map(Some)
+        // Syncs the whole file to disk: off the async threads.
+        let finished = tokio::task::spawn_blocking(move || landing.finish()).await;
+        finished
+            .map_err(|error| ArtifactError::Storage {
+                file: wanted.file.clone(),
+                folder: incoming.to_path_buf(),
+                source: std::io::Error::other(error),
+            })?
+            .map(Some)
     }
 
     /// Takes what is missing of the artifact from one member, a part at a time.

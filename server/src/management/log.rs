@@ -129,6 +129,16 @@ fn whole_lines(bytes: &[u8], room: usize, lines: usize, last: bool) -> (Vec<Stri
     for line in in_order {
         size += line.len() + 1;
         if size > room || taken.len() >= lines {
+            // A line longer than an answer holds is given cut, so that a follow moves past it.
+            if taken.is_empty() && lines > 0 {
+                let cut = line
+                    .char_indices()
+                    .map(|(at, _)| at)
+                    .take_while(|at| *at <= room)
+                    .last()
+                    .unwrap_or(0);
+                taken.push(line[..cut].to_string());
+            }
             break;
         }
         taken.push(line.to_string());

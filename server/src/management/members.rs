@@ -4,13 +4,14 @@
 //! console through any install see every member, wherever its management API is bound, and
 //! with no token of its: members already trust each other with the cluster's secret. A member
 //! answers with its own read-only routes ([`answerer`]), never with one that changes anything.
+//! A member's log is asked for with this node's management token only.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -74,7 +75,12 @@ pub async fn ask(
     State(info): State<Arc<NodeInfo>>,
     Path((member, question)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
+    // A member's log holds what its apps print: asked for with this node's token only.
+    if question == "log" && !info.token.admits(&headers) {
+        return (StatusCode::UNAUTHORIZED, info.token_needed()).into_response();
+    }
     let path = match query {
         Some(query) => format!("/{question}?{query}"),
         None => format!("/{question}"),

@@ -126,6 +126,15 @@ pub fn router(info: Arc<NodeInfo>) -> Router {
         .route("/members/{member}/{question}", get(members::ask))
         .route("/web/{action}", post(control_web))
         .route("/deployments/{name}/{action}", post(operate));
+    // The log holds what apps print: the token's, even on loopback.
+    let log =
+        Router::new()
+            .route("/log", get(log::log))
+            .layer(axum::middleware::from_fn_with_state(
+                info.clone(),
+                token_required,
+            ));
+    let routes = routes.merge(log);
     let routes = match guarded {
         true => routes.layer(axum::middleware::from_fn_with_state(
             info.clone(),
@@ -148,12 +157,12 @@ fn readable() -> Router<Arc<NodeInfo>> {
         .route("/caches", get(caches))
         .route("/jobs", get(jobs))
         .route("/web", get(web))
-        .route("/log", get(log::log))
 }
 
-/// What answers the other members' questions to this node: its read-only routes, in-process.
+/// What answers the other members' questions to this node: its read-only routes and its log,
+/// in-process (the asker's own node asked for its token).
 pub fn answerer(info: Arc<NodeInfo>) -> crate::vocabulary::questions::Answerer {
-    members::answerer(readable().with_state(info))
+    members::answerer(readable().route("/log", get(log::log)).with_state(info))
 }
 
 /// Turns away a request whose `Host` is neither an address nor `localhost`.

@@ -133,7 +133,14 @@ pub async fn run(
             let seen = match following {
                 Some(mut following) => {
                     tokio::select! {
-                        _ = following.catch_up(CATCH_UP_PATIENCE) => {}
+                        caught_up = tokio::time::timeout(CATCH_UP_PATIENCE, following.catch_up()) => {
+                            if caught_up.is_err() {
+                                tracing::warn!(
+                                    "the install's deployments could not be brought in line with the cluster's record within {} s: they run as the folder has them until they are",
+                                    CATCH_UP_PATIENCE.as_secs()
+                                );
+                            }
+                        }
                         _ = shutdown.cancelled() => return,
                     }
                     let (seen, events) = tokio::sync::mpsc::unbounded_channel();

@@ -273,9 +273,14 @@ function drawMembers() {
 }
 
 async function refreshMembersForever() {
-  const view = lastStatus && lastStatus.cluster ? lastStatus.cluster.view : [];
-  if (lastStatus) await askMembers(view, lastStatus.name);
-  setTimeout(refreshMembersForever, MEMBERS_REFRESH_MS);
+  try {
+    const view = lastStatus && lastStatus.cluster ? lastStatus.cluster.view : [];
+    if (lastStatus) await askMembers(view, lastStatus.name);
+  } catch (error) {
+    say(`Cannot show the other members: ${error.message}`, true);
+  } finally {
+    setTimeout(refreshMembersForever, MEMBERS_REFRESH_MS);
+  }
 }
 let lastStatus = null;
 
