@@ -110,6 +110,7 @@ fn write_deployment(
         virtual_host: app.virtual_host,
         group,
         local: overrides.local,
+        rolling: overrides.rolling,
         settings: app.settings,
         name: app.name,
     };

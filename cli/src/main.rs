@@ -250,6 +250,7 @@ impl From<AppOptions> for Overrides {
             virtual_host: options.virtual_host,
             group: None,
             local: false,
+            rolling: false,
         }
     }
 }
@@ -265,6 +266,10 @@ struct Placement {
     /// clustered node records it for the cluster, and every member runs it.
     #[arg(long)]
     local: bool,
+    /// Replace a running app one member at a time, each once the earlier ones run the new
+    /// build; a new build that fails stops the roll and leaves the rest on the old one.
+    #[arg(long)]
+    rolling: bool,
 }
 
 impl Placement {
@@ -273,6 +278,7 @@ impl Placement {
         Overrides {
             group: self.group,
             local: self.local,
+            rolling: self.rolling,
             ..app.into()
         }
     }

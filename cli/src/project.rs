@@ -25,6 +25,8 @@ pub struct Overrides {
     pub group: Option<String>,
     /// Keep it on this install's nodes rather than deploy it to the whole cluster.
     pub local: bool,
+    /// Replace it one member at a time.
+    pub rolling: bool,
 }
 
 impl Overrides {

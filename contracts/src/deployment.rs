@@ -19,6 +19,9 @@ pub struct DeploymentReport {
     pub restarts: u64,
     /// The artifact it runs, relative to the deployments folder.
     pub artifact: Option<PathBuf>,
+    /// When the build it runs was deployed (its descriptor's `deployed-at`): which build it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_at: Option<u64>,
     /// The server group it is deployed to, if one (only that group's nodes run it).
     pub group: Option<String>,
     /// Where it came from (its descriptor's `root`).

@@ -79,6 +79,11 @@ pub struct Descriptor {
     /// off the cluster's record of deployments, which every member follows.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local: bool,
+    /// Whether a redeploy replaces it one member at a time (`cargo immutant deploy
+    /// --rolling`), each waiting until the earlier ones run the new build; else every member
+    /// replaces it at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling: bool,
     /// The app's `[package.metadata.immutant]` table, verbatim: Immutant's own keys
     /// (`context-path`, `virtual-host`) as the project gave them, and any of the app's own, for
     /// the app to read at run time.
@@ -161,6 +166,7 @@ mod tests {
             virtual_host: vec!["example.com".into()],
             group: None,
             local: false,
+            rolling: false,
             settings,
         };
         let text = toml::to_string(&descriptor).unwrap();

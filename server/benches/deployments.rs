@@ -2,7 +2,9 @@
 //! of its own (sharing only the cluster's secret), and a 10 MiB artifact deployed through the
 //! first install's folder (as `cargo immutant deploy` leaves it): the time from the descriptor
 //! being in place to the app running on the last of the three members (each other member
-//! fetches the artifact over a sealed link, verifies it and runs it).
+//! fetches the artifact over a sealed link, verifies it and runs it); then a rolling redeploy
+//! of it (`rolling = true`): the time to the last member running the new build, each member
+//! replacing it once the earlier ones run it.
 //!
 //! `cargo bench -p immutant-server --bench deployments` builds the probe app (tests/apps/probe),
 //! pads it to 10 MiB (an ELF binary runs with bytes after its end), and runs throwaway installs
@@ -31,21 +33,36 @@ fn main() {
         .unwrap()
         .set_len(ARTIFACT_BYTES)
         .unwrap();
-    let mut spread = Vec::new();
+    let (mut spread, mut rolled) = (Vec::new(), Vec::new());
     for trial in 0..TRIALS {
-        spread.push(deploy_to_three(&artifact, trial).as_secs_f64() * 1000.0);
+        let (deployed, rolling) = deploy_to_three(&artifact, trial);
+        spread.push(deployed.as_secs_f64() * 1000.0);
+        rolled.push(rolling.as_secs_f64() * 1000.0);
     }
+    say(
+        "10 MiB artifact deployed through one install, running on the last of 3 members",
+        &mut spread,
+    );
+    say(
+        "rolling redeploy of 3 members, to the last running the new build",
+        &mut rolled,
+    );
+}
+
+/// Prints the median, minimum and maximum of `times` (ms).
+fn say(what: &str, times: &mut [f64]) {
     println!(
-        "10 MiB artifact deployed through one install, running on the last of 3 members: median {:.0} ms (min {:.0}, max {:.0})",
-        median(&mut spread),
-        spread.iter().cloned().fold(f64::MAX, f64::min),
-        spread.iter().cloned().fold(0.0, f64::max),
+        "{what}: median {:.0} ms (min {:.0}, max {:.0})",
+        median(times),
+        times.iter().cloned().fold(f64::MAX, f64::min),
+        times.iter().cloned().fold(0.0, f64::max),
     );
 }
 
 /// One trial: how long from the deployment in the first install's folder to the app running
-/// on all three members.
-fn deploy_to_three(artifact: &Path, trial: usize) -> Duration {
+/// on all three members; and from a rolling redeploy of it to the new build running on all
+/// three.
+fn deploy_to_three(artifact: &Path, trial: usize) -> (Duration, Duration) {
     let cluster = format!("bench-deploy-{}-{trial}", std::process::id());
     let installs = [TempInstall::new(), TempInstall::new(), TempInstall::new()];
     let mut offset = 1000;
@@ -77,8 +94,17 @@ fn deploy_to_three(artifact: &Path, trial: usize) -> Duration {
         .map(|node| node.wait_for("Deployed \"daemon\"").0)
         .max()
         .unwrap();
+    let marks: Vec<usize> = nodes.iter().map(|node| node.mark()).collect();
+    let rolling = Instant::now();
+    installs[0].redeploy_rolling("daemon");
+    let rolled = nodes
+        .iter()
+        .zip(marks)
+        .map(|(node, mark)| node.wait_for_after(mark, "Deployed \"daemon\"").0)
+        .max()
+        .unwrap();
     for node in nodes {
         node.stop();
     }
-    last - deployed
+    (last - deployed, rolled - rolling)
 }

@@ -1,6 +1,10 @@
 //! What the web tests share: an HTTP client and its runtime, a visit that keeps the session
-//! cookie, and a balancer with two clustered nodes behind it.
+//! cookie, a steady load of clients that counts what failed, and a balancer with two clustered
+//! nodes behind it.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{
@@ -45,6 +49,82 @@ pub async fn visit(url: &str, cookie: Option<&str>) -> (String, Option<String>) 
 /// The `name=value` part of a Set-Cookie.
 pub fn pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// Clients asking one URL again and again until stopped, each answer's body (the webprobe's
+/// `/slow` answers its process id) kept, and every request that did not answer 200 counted.
+pub struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    bodies: Arc<Mutex<HashSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    /// `clients` clients asking `url` on `runtime`, started once one answered.
+    pub fn start(runtime: &tokio::runtime::Runtime, url: &str, clients: usize) -> SteadyLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let bodies = Arc::new(Mutex::new(HashSet::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let (bodies, url) = (bodies.clone(), url.to_string());
+                runtime.spawn(async move {
+                    let client = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(&url).send().await {
+                            Ok(response) if response.status() == 200 => {
+                                let body = response.text().await.unwrap_or_default();
+                                bodies.lock().unwrap().insert(body);
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(response) => {
+                                eprintln!("failed: {}", response.status());
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                eprintln!("failed: {error}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let load = SteadyLoad {
+            stop,
+            ok,
+            failed,
+            bodies,
+            tasks,
+        };
+        eventually("the load going", PATIENCE, || load.answered() > 0);
+        load
+    }
+
+    /// How many requests answered 200 so far.
+    pub fn answered(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// How many different bodies the answers had.
+    pub fn bodies(&self) -> usize {
+        self.bodies.lock().unwrap().len()
+    }
+
+    /// Stops the clients (each finishes its request); how many answered, and how many failed.
+    pub fn stop(self, runtime: &tokio::runtime::Runtime) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            runtime.block_on(task).unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// A balancer of a base's install (`cargo immutant balancer`), on ports of its own.

@@ -2,13 +2,10 @@
 //! the proxy headers, HTTP/2, WebSockets, bodies streamed both ways without the node holding
 //! them, 503 while an app is down, and redeploys and undeploys that fail no request.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use immutant_e2e::web::{client, pair, runtime, visit};
+use immutant_e2e::web::{SteadyLoad, client, pair, runtime, visit};
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, eventually, free_offset, get_json,
     get_json_at, kill_9, start_node, webprobe,
@@ -284,50 +281,15 @@ fn a_redeploy_under_load_fails_no_request_and_an_undeploy_lets_requests_finish()
     let first = app_pid(9990 + offset, "steady").unwrap();
 
     let runtime = runtime();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let pids = Arc::new(std::sync::Mutex::new(HashSet::new()));
-    let load: Vec<_> = (0..8)
-        .map(|_| {
-            let (stop, ok, failed, pids) = (stop.clone(), ok.clone(), failed.clone(), pids.clone());
-            let url = format!("{http}/steady/slow?ms=20");
-            runtime.spawn(async move {
-                let client = client();
-                while !stop.load(Ordering::Relaxed) {
-                    match client.get(&url).send().await {
-                        Ok(response) if response.status() == 200 => {
-                            let pid = response.text().await.unwrap_or_default();
-                            pids.lock().unwrap().insert(pid);
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(response) => {
-                            eprintln!("failed: {}", response.status());
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(error) => {
-                            eprintln!("failed: {error}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    eventually("the load going", PATIENCE, || {
-        ok.load(Ordering::Relaxed) > 0
-    });
+    let load = SteadyLoad::start(&runtime, &format!("{http}/steady/slow?ms=20"), 8);
     base.deploy(&project, Some("steady"));
     eventually("the new process serving", PATIENCE, || {
-        app_pid(9990 + offset, "steady").is_some_and(|pid| pid != first)
-            && pids.lock().unwrap().len() >= 2
+        app_pid(9990 + offset, "steady").is_some_and(|pid| pid != first) && load.bodies() >= 2
     });
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        runtime.block_on(task).unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
-    assert!(ok.load(Ordering::Relaxed) > 50, "the load ran");
+    let (ok, failed) = load.stop(&runtime);
+    assert_eq!(failed, 0, "no request failed");
+    assert!(ok > 50, "the load ran");
     node.wait_for("[steady] web mounted at /steady", Duration::ZERO);
 
     // An undeploy lets the request in flight finish before the app stops.

@@ -72,6 +72,30 @@ impl TempInstall {
         std::fs::rename(written, path).unwrap();
     }
 
+    /// Deploys `name` again as it is, replaced one member at a time: a new `deployed-at` and
+    /// `rolling = true` in its descriptor.
+    pub fn redeploy_rolling(&self, name: &str) {
+        let deployments = self.home().join("deployments");
+        let path = deployments.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let kept: String = text
+            .lines()
+            .filter(|line| !line.starts_with("deployed-at") && !line.starts_with("rolling"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let written = deployments.join(format!(".{name}.toml.new"));
+        std::fs::write(
+            &written,
+            format!("{kept}deployed-at = {now}\nrolling = true\n"),
+        )
+        .unwrap();
+        std::fs::rename(written, path).unwrap();
+    }
+
     /// Arguments for a clustered node `name` of `cluster` at `offset`, with a data dir of its own.
     pub fn clustered_args(&self, name: &str, offset: u16, cluster: &str) -> Vec<String> {
         vec![

@@ -2,10 +2,11 @@
 //! inherited Unix socket ([`connection`]), whose frames its [`session`] carries out, one handler
 //! per domain; its singletons run here while the engine's driver says this node holds their
 //! lease ([`singletons`]). A crash restarts it with backoff, and five crashes in a row mark it
-//! failed ([`supervisor`]).
+//! failed ([`supervisor`]). A rolling redeploy replaces it one member at a time ([`rolling`]).
 
 pub mod attach;
 mod connection;
+mod rolling;
 mod session;
 mod singletons;
 mod supervisor;
@@ -157,6 +158,7 @@ impl Deployment {
             pid: *lock(&self.pid),
             restarts: self.restarts.load(Ordering::Relaxed),
             artifact: descriptor.as_ref().map(|d| d.artifact.clone()),
+            deployed_at: descriptor.as_ref().and_then(|d| d.deployed_at),
             group: descriptor.as_ref().and_then(|d| d.group.clone()),
             root: descriptor.and_then(|d| d.root),
             daemons,
@@ -193,6 +195,11 @@ pub struct Apps {
     context: Arc<AppContext>,
     deployments: Mutex<BTreeMap<String, Arc<Deployment>>>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Running>>>>>,
+    /// How many changes of each app were asked for: a change still waiting (its rolling turn)
+    /// when a newer one comes is not made.
+    changes: Mutex<HashMap<String, u64>>,
+    /// Set once the node stops: no change waits any longer.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Apps {
@@ -201,7 +208,23 @@ impl Apps {
             context: Arc::new(context),
             deployments: Mutex::new(BTreeMap::new()),
             slots: Mutex::new(HashMap::new()),
+            changes: Mutex::new(HashMap::new()),
+            stopping: Default::default(),
         }
+    }
+
+    /// Counts a change of `name` asked for; its number.
+    fn change(&self, name: &str) -> u64 {
+        let mut changes = lock(&self.changes);
+        let count = changes.entry(name.to_string()).or_default();
+        *count += 1;
+        *count
+    }
+
+    /// Whether a change of `name` newer than the change `number` was asked for, or the node
+    /// stops.
+    fn superseded(&self, name: &str, number: u64) -> bool {
+        self.stopping.load(Ordering::Relaxed) || lock(&self.changes).get(name) != Some(&number)
     }
 
     fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Option<Running>>> {
@@ -223,8 +246,24 @@ impl Apps {
             .as_ref()
             .ok()
             .and_then(|descriptor| self.not_for_this_node(descriptor));
+        let change = self.change(&name);
         tokio::spawn(async move {
             let mut running = slot.lock().await;
+            if let (Ok(descriptor), Some(_), None) = (&parsed, running.as_ref(), &elsewhere)
+                && descriptor.rolling
+            {
+                let superseded = || apps.superseded(&name, change);
+                match rolling::wait_for_turn(&apps.context, descriptor, superseded).await {
+                    rolling::Turn::Go => {}
+                    rolling::Turn::Stop(reason) => {
+                        tracing::warn!(
+                            "The rolling redeploy of {name} stops before this node: {reason}; it keeps the build it runs"
+                        );
+                        return;
+                    }
+                    rolling::Turn::Superseded => return,
+                }
+            }
             let old = running.take();
             let overlap = old.is_some()
                 && apps.context.web.serving(&name)
@@ -331,6 +370,7 @@ impl Apps {
     /// Undeploys `name`: its web requests in flight finish, then its process is stopped
     /// gracefully (its daemons' stop runs).
     fn undeploy(self: &Arc<Self>, name: &str) {
+        self.change(name);
         let slot = self.slot(name);
         let apps = Arc::clone(self);
         let name = name.to_string();
@@ -347,6 +387,7 @@ impl Apps {
 
     /// Stops every app gracefully, all at once (at node shutdown).
     pub async fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
         let stops = slots.into_iter().map(|slot| async move {
             if let Some(running) = slot.lock().await.take() {
