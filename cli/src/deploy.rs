@@ -126,7 +126,11 @@ fn write_deployment(
     }
     let text = toml::to_string(&descriptor).context("cannot write the descriptor as TOML")?;
     write_atomically(&path, text.as_bytes(), 0o644)?;
-    prune_artifacts(deployments)?;
+    // The members a rolling redeploy has not reached yet still run the old build: its
+    // artifact goes at the next deploy or undeploy that is not rolling.
+    if !descriptor.rolling {
+        prune_artifacts(deployments)?;
+    }
     println!("Deployed {} to {}", descriptor.name, path.display());
     Ok(path)
 }

@@ -432,10 +432,14 @@ fn status_and_the_console_through_one_install_show_the_apps_and_queues_of_anothe
     for path in [
         "members/seen-a/metrics",
         "members/seen-a/deployments%2Fexample%2Fundeploy",
+        "members/seen-a/log%3Ftail=10",
     ] {
         let refused = immutant_e2e::get_text_at(9990 + b.offset, path);
         assert!(refused.contains("can be asked"), "{path}: {refused}");
     }
+    // A member's log only with the token, which `logs` gave above.
+    let log = immutant_e2e::get_text_at(9990 + b.offset, "members/seen-a/log");
+    assert!(log.contains("management token"), "{log}");
     assert_eq!(a.status("example").as_deref(), Some("running"));
 }
 

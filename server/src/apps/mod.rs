@@ -397,6 +397,16 @@ impl Apps {
         futures_util::future::join_all(stops).await;
     }
 
+    /// The artifacts this node's deployments run now (an old build waiting for its rolling
+    /// turn among them).
+    pub fn artifacts_in_use(&self) -> Vec<PathBuf> {
+        lock(&self.deployments)
+            .values()
+            .filter_map(|deployment| lock(&deployment.descriptor).clone())
+            .map(|descriptor| self.context.deployments_dir.join(descriptor.artifact))
+            .collect()
+    }
+
     /// What the management API shows of every deployment.
     pub fn reports(&self) -> Vec<DeploymentReport> {
         lock(&self.deployments)

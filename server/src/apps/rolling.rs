@@ -2,7 +2,9 @@
 //! about the same moment, but replaces the app it runs only in its turn. The members go in the
 //! order of their names; a member's turn comes once every earlier member that has the app runs
 //! the new build, ready (and, for a web app, serving with its balancers told). An earlier member
-//! whose new build failed stops the roll: the members after it keep the build they run.
+//! whose new build failed stops the roll: the members after it keep the build they run. A member
+//! that runs no earlier build of the app (it has none, runs another, or cannot run it) is not
+//! waited for; one that does not answer, or does not move on, is waited for two minutes at most.
 
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use crate::deploy::Descriptor;
 
 /// How often the earlier members are asked again.
 const ASK_EVERY: Duration = Duration::from_millis(500);
+/// How long one earlier member is waited for at most.
+const PATIENCE: Duration = Duration::from_secs(120);
 
 /// How a member's wait for its turn ended.
 pub enum Turn {
@@ -38,20 +42,24 @@ pub async fn wait_for_turn(
     ) else {
         return Turn::Go;
     };
-    let mut waiting_for = None;
+    // The member waited for, and since when.
+    let mut waiting_for: Option<(String, std::time::Instant)> = None;
+    // Members waited for as long as one is: gone past.
+    let mut passed: Vec<String> = Vec::new();
     loop {
-        if superseded() {
-            return Turn::Superseded;
-        }
         let earlier: Vec<String> = view
             .borrow()
             .members
             .iter()
             .filter(|member| !member.is_self && member.name < context.node_name)
+            .filter(|member| !passed.contains(&member.name))
             .map(|member| member.name.clone())
             .collect();
         let mut behind = None;
         for member in earlier {
+            if superseded() {
+                return Turn::Superseded;
+            }
             let answer = questions.ask(&member, "/status").await;
             let status = answer
                 .ok()
@@ -68,15 +76,30 @@ pub async fn wait_for_turn(
                 }
             }
         }
+        if superseded() {
+            return Turn::Superseded;
+        }
         let Some(member) = behind else {
             return Turn::Go;
         };
-        if waiting_for.as_ref() != Some(&member) {
-            tracing::info!(
-                "Redeploying {} one member at a time: waiting until {member} runs the new build",
-                descriptor.name
-            );
-            waiting_for = Some(member);
+        match &waiting_for {
+            Some((waited, since)) if *waited == member => {
+                if since.elapsed() > PATIENCE {
+                    tracing::warn!(
+                        "Redeploying {} one member at a time: {member} did not run the new build within {} s; going on without it",
+                        descriptor.name,
+                        PATIENCE.as_secs()
+                    );
+                    passed.push(member);
+                }
+            }
+            _ => {
+                tracing::info!(
+                    "Redeploying {} one member at a time: waiting until {member} runs the new build",
+                    descriptor.name
+                );
+                waiting_for = Some((member, std::time::Instant::now()));
+            }
         }
         tokio::time::sleep(ASK_EVERY).await;
     }
@@ -102,7 +125,14 @@ fn progress(status: &NodeStatus, descriptor: &Descriptor) -> Progress {
         return Progress::Done;
     };
     if app.deployed_at != descriptor.deployed_at {
-        return Progress::Behind;
+        // Behind only while it runs, or starts, an earlier build: one that runs none, or
+        // another, is not waited for.
+        let earlier = matches!((app.deployed_at, descriptor.deployed_at), (Some(its), Some(new)) if its < new);
+        let live = matches!(app.status, Status::Running | Status::Deploying);
+        return match earlier && live {
+            true => Progress::Behind,
+            false => Progress::Done,
+        };
     }
     match &app.status {
         Status::Failed(reason) => return Progress::Failed(reason.clone()),
@@ -110,12 +140,16 @@ fn progress(status: &NodeStatus, descriptor: &Descriptor) -> Progress {
         Status::Elsewhere(_) | Status::Stopped(_) => return Progress::Done,
         Status::Deploying => return Progress::Behind,
     }
-    // A web app: serving there, and every balancer told so.
-    let serving = status
+    // A web app: serving there, and every balancer the member speaks to told so.
+    let mut contexts = status
         .web
         .iter()
         .filter(|context| context.app == descriptor.name)
-        .all(|context| context.serving);
+        .peekable();
+    if contexts.peek().is_none() {
+        return Progress::Done;
+    }
+    let serving = contexts.all(|context| context.serving);
     let told = status.balancers.iter().all(|balancer| balancer.up_to_date);
     match serving && told {
         true => Progress::Done,
@@ -147,6 +181,9 @@ mod tests {
                 .unwrap();
         let at = |status, deployed_at| progress(&member_with(status, deployed_at), &descriptor);
         assert!(matches!(at(Status::Running, 8), Progress::Behind));
+        // Not waited for: a later build, a failed earlier one, none known.
+        assert!(matches!(at(Status::Running, 10), Progress::Done));
+        assert!(matches!(at(Status::Failed("x".into()), 8), Progress::Done));
         assert!(matches!(at(Status::Deploying, 9), Progress::Behind));
         assert!(matches!(at(Status::Running, 9), Progress::Done));
         assert!(matches!(

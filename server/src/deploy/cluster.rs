@@ -138,6 +138,9 @@ pub struct ClusterDeployments {
     said: HashMap<String, String>,
     /// Says a deployment this node cannot run is refused, to the apps.
     refuse: Box<dyn Fn(DeploymentEvent) + Send + Sync>,
+    /// The artifacts this node's apps run now (an old build waiting for its rolling turn
+    /// among them): never pruned.
+    in_use: Box<dyn Fn() -> Vec<PathBuf> + Send + Sync>,
 }
 
 impl ClusterDeployments {
@@ -147,6 +150,7 @@ impl ClusterDeployments {
         deployments: PathBuf,
         node: String,
         refuse: impl Fn(DeploymentEvent) + Send + Sync + 'static,
+        in_use: impl Fn() -> Vec<PathBuf> + Send + Sync + 'static,
     ) -> Self {
         ClusterDeployments {
             caches,
@@ -158,6 +162,7 @@ impl ClusterDeployments {
             local: HashSet::new(),
             said: HashMap::new(),
             refuse: Box::new(refuse),
+            in_use: Box::new(in_use),
         }
     }
 
@@ -452,17 +457,24 @@ impl ClusterDeployments {
         if !folder_is_older(&deployments, name, entry, seen) {
             return Ok(());
         }
+        let in_use = (self.in_use)();
         let Some(text) = &entry.descriptor else {
-            let (name, entry) = (name.to_string(), entry.clone());
-            return under_lock(&deployments, move |deployments| {
-                if folder_is_older(deployments, &name, &entry, seen) {
-                    std::fs::remove_file(descriptor::path(deployments, &name))?;
-                    tracing::info!("{name} was undeployed from the cluster");
-                    prune_artifacts(deployments);
+            let (owned, entry) = (name.to_string(), entry.clone());
+            let removed = under_lock(&deployments, move |deployments| {
+                if !folder_is_older(deployments, &owned, &entry, seen) {
+                    return Ok(false);
                 }
-                Ok(())
+                std::fs::remove_file(descriptor::path(deployments, &owned))?;
+                tracing::info!("{owned} was undeployed from the cluster");
+                prune_artifacts(deployments, &in_use);
+                Ok(true)
             })
-            .await;
+            .await?;
+            // The scanner sees it go next: not an undeploy of this install's to record.
+            if removed {
+                self.present.remove(name);
+            }
+            return Ok(());
         };
         if entry.target != this_target() {
             let reason = format!(
@@ -511,8 +523,9 @@ impl ClusterDeployments {
                 }
             }
         };
-        let (name, entry, text) = (name.to_string(), entry.clone(), text.clone());
-        under_lock(&deployments, move |deployments| {
+        let (owned, entry, written) = (name.to_string(), entry.clone(), text.clone());
+        let wrote = under_lock(&deployments, move |deployments| {
+            let name = owned;
             if let Some(arrived) = arrived {
                 std::fs::create_dir_all(deployments.join(ARTIFACTS))?;
                 std::fs::set_permissions(&arrived, std::fs::Permissions::from_mode(0o755))?;
@@ -521,7 +534,7 @@ impl ClusterDeployments {
             // A deploy or undeploy through this install may have come in meanwhile, and a
             // prune may have taken an artifact no descriptor named yet.
             if !folder_is_older(deployments, &name, &entry, seen) {
-                return Ok(());
+                return Ok(false);
             }
             if !in_place.is_file() {
                 let gone = format!(
@@ -531,12 +544,18 @@ impl ClusterDeployments {
                 return Err(std::io::Error::new(std::io::ErrorKind::NotFound, gone));
             }
             let permissions = std::fs::Permissions::from_mode(0o644);
-            operations::write_descriptor(deployments, &name, &text, permissions)?;
+            operations::write_descriptor(deployments, &name, &written, permissions)?;
             tracing::info!("{name} was deployed to the cluster by {}", entry.by);
-            prune_artifacts(deployments);
-            Ok(())
+            prune_artifacts(deployments, &in_use);
+            Ok(true)
         })
-        .await
+        .await?;
+        // What the folder has now, before the scanner says so: a removal from here on is an
+        // undeploy of this version.
+        if wrote {
+            self.present.insert(name.to_string(), text.clone());
+        }
+        Ok(())
     }
 
     /// Says `what` in the log about `name`, unless it was the last thing said of it.
@@ -586,13 +605,13 @@ fn version_of<'a>(name: &str, text: &'a str) -> (u64, &'a str) {
 }
 
 /// Removes the artifacts no descriptor of the folder names (older builds, fetched or written
-/// here), as `cargo immutant deploy` does; nothing if a descriptor cannot be read. Call it
-/// holding the folder's lock.
-fn prune_artifacts(deployments: &Path) {
+/// here), as `cargo immutant deploy` does, but those `in_use` by this node's apps; nothing if
+/// a descriptor cannot be read. Call it holding the folder's lock.
+fn prune_artifacts(deployments: &Path, in_use: &[PathBuf]) {
     if let Ok(descriptor::UnusedArtifacts::These(unused)) =
         descriptor::unused_artifacts(deployments)
     {
-        for path in unused {
+        for path in unused.iter().filter(|path| !in_use.contains(path)) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -624,16 +643,15 @@ async fn has_artifact(path: &Path, wanted: &ArtifactRef) -> bool {
 }
 
 /// Does `change` to the deployments folder holding its lock, which the CLI and the console
-/// take too.
-async fn under_lock(
+/// take too; what it answers.
+async fn under_lock<T: Send + 'static>(
     deployments: &Path,
-    change: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
-) -> Result<(), SyncError> {
+    change: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, SyncError> {
     let deployments = deployments.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+    tokio::task::spawn_blocking(move || -> Result<T, SyncError> {
         let _lock = operations::lock(&deployments)?;
-        change(&deployments)?;
-        Ok(())
+        Ok(change(&deployments)?)
     })
     .await
     .map_err(std::io::Error::other)?

@@ -130,7 +130,7 @@ fn whole_lines(bytes: &[u8], room: usize, lines: usize, last: bool) -> (Vec<Stri
         size += line.len() + 1;
         if size > room || taken.len() >= lines {
             // A line longer than an answer holds is given cut, so that a follow moves past it.
-            if taken.is_empty() && lines > 0 {
+            if !last && taken.is_empty() && lines > 0 {
                 let cut = line
                     .char_indices()
                     .map(|(at, _)| at)

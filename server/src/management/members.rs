@@ -77,6 +77,15 @@ pub async fn ask(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    // Exactly a question's name (a `?` decoded from `%3F` would carry a query past the checks).
+    if !QUESTIONS.contains(&question.as_str()) {
+        let asked = QUESTIONS.join(", ");
+        return (
+            StatusCode::NOT_FOUND,
+            format!("a member can be asked {asked}, not {question}\n"),
+        )
+            .into_response();
+    }
     // A member's log holds what its apps print: asked for with this node's token only.
     if question == "log" && !info.token.admits(&headers) {
         return (StatusCode::UNAUTHORIZED, info.token_needed()).into_response();
@@ -85,14 +94,6 @@ pub async fn ask(
         Some(query) => format!("/{question}?{query}"),
         None => format!("/{question}"),
     };
-    if question_of(&path).is_none() {
-        let asked = QUESTIONS.join(", ");
-        return (
-            StatusCode::NOT_FOUND,
-            format!("a member can be asked {asked}, not {question}\n"),
-        )
-            .into_response();
-    }
     let answered = match &info.engine.questions {
         _ if member == info.config.node_name => Ok(info.engine.answers.answer(path).await),
         Some(questions) => questions.ask(&member, &path).await,

@@ -223,13 +223,14 @@ fn follow_the_cluster(
     apps: &Arc<Apps>,
 ) -> Option<deploy::cluster::ClusterDeployments> {
     let artifacts = engine.artifacts.clone()?;
-    let refused = apps.clone();
+    let (refused, running) = (apps.clone(), apps.clone());
     Some(deploy::cluster::ClusterDeployments::new(
         engine.caches.clone(),
         artifacts,
         config.deployments.clone(),
         config.node_name.clone(),
         move |event| refused.apply(event),
+        move || running.artifacts_in_use(),
     ))
 }
 
