@@ -93,7 +93,8 @@ async fn tell(
     if let Some(context) = context {
         url.query_pairs_mut().append_pair("context", context);
     }
-    let response = client
+    let response = record
+        .client(client)
         .post(url)
         .bearer_auth(token)
         .send()

@@ -1,4 +1,5 @@
-//! The CLI's HTTP client, for downloads and for asking nodes how they are.
+//! The CLI's HTTP client, for downloads and for asking nodes how they are; and one that trusts
+//! a single certificate, for a node's management API beyond loopback.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,4 +25,93 @@ pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
         .build()
         .context("cannot start an async runtime")?;
     Ok(runtime.block_on(future))
+}
+
+/// A client that trusts one certificate, `pem`, and nothing else: a node's management API
+/// beyond loopback, whose certificate the node made for itself (the CLI reads it from the
+/// node's data dir). The certificate is compared whole, so the address it is reached at need
+/// not be one it names; the handshake's signatures are checked as usual.
+pub fn pinned_client(pem: &[u8], timeout: Option<Duration>) -> Result<reqwest::Client> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pinned = CertificateDer::from_pem_slice(pem)
+        .context("the node's management certificate is not a PEM certificate")?
+        .into_owned();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = std::sync::Arc::new(Pinned {
+        pinned,
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("cargo-immutant/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(config);
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder.build().context("cannot set up an HTTP client")
+}
+
+/// Trusts exactly one certificate.
+#[derive(Debug)]
+struct Pinned {
+    pinned: rustls::pki_types::CertificateDer<'static>,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match end_entity.as_ref() == self.pinned.as_ref() {
+            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            false => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

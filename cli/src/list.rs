@@ -195,11 +195,28 @@ impl NodeRecord {
     /// `GET` of `path` on the node's management API, with its token when this user can read
     /// it (a node whose management port is bound beyond loopback answers nothing without).
     pub(crate) fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::RequestBuilder {
-        let request = client.get(format!("{}{path}", self.management));
+        let request = self
+            .client(client)
+            .get(format!("{}{path}", self.management));
         match self.token() {
             Ok(token) => request.bearer_auth(token),
             Err(_) => request,
         }
+    }
+
+    /// What asks the node: `client` on loopback; beyond it (`https://`), a client that trusts
+    /// the node's own certificate, from its data dir, and nothing else (`client` if it cannot
+    /// be read: the node's answer is then refused, saying why).
+    pub(crate) fn client(&self, client: &reqwest::Client) -> reqwest::Client {
+        if !self.management.starts_with("https://") {
+            return client.clone();
+        }
+        std::fs::read(self.data_dir.join("management.crt"))
+            .map_err(anyhow::Error::from)
+            .and_then(|pem| {
+                crate::http::pinned_client(&pem, Some(std::time::Duration::from_secs(10)))
+            })
+            .unwrap_or_else(|_| client.clone())
     }
 }
 

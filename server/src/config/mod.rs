@@ -180,6 +180,21 @@ impl ServerConfig {
         SocketAddr::new(self.management_bind_address, self.management_port)
     }
 
+    /// Whether the management API speaks TLS: bound beyond loopback, it does (its token must
+    /// not cross the network in the clear); on loopback, plain HTTP.
+    pub fn management_tls(&self) -> bool {
+        !self.management_bind_address.is_loopback()
+    }
+
+    /// The management API's address as a URL (`http://` on loopback, `https://` beyond).
+    pub fn management_url(&self) -> String {
+        let scheme = match self.management_tls() {
+            true => "https",
+            false => "http",
+        };
+        format!("{scheme}://{}", self.management_address())
+    }
+
     /// Loads the config named `name` (a file in `<home>/config`, with or without `.toml`, or a
     /// path) and resolves it against `properties`. Also returns the property names it refers to.
     pub fn load(

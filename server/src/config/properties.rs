@@ -88,7 +88,19 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         name: "jboss.bind.address.management",
         kind: PropertyKind::Address,
         default: PropertyDefault::Value("127.0.0.1"),
-        help: "the address the management port binds; beyond loopback every request needs the node's management token",
+        help: "the address the management port binds; beyond loopback it speaks TLS only, and every request needs the node's management token",
+    },
+    KnownProperty {
+        name: "immutant.management.tls.cert-file",
+        kind: PropertyKind::Path,
+        default: PropertyDefault::Value(""),
+        help: "the management API's TLS certificate (PEM), when it binds beyond loopback; made in the data dir if not given",
+    },
+    KnownProperty {
+        name: "immutant.management.tls.key-file",
+        kind: PropertyKind::Path,
+        default: PropertyDefault::Value(""),
+        help: "the key of immutant.management.tls.cert-file (PEM)",
     },
     KnownProperty {
         name: "jboss.socket.binding.port-offset",

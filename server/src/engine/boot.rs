@@ -61,7 +61,7 @@ pub async fn start(
                 &config.node_name,
                 generation,
                 config.http_address(),
-                format!("http://{}", config.management_address()),
+                config.management_url(),
                 shutdown.clone(),
             )
             .await?,

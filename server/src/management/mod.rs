@@ -11,9 +11,11 @@ mod log;
 mod members;
 mod metrics;
 mod status;
+mod tls;
 
 pub use history::QueueHistory;
 pub use metrics::install as install_metrics;
+pub use tls::{TlsError, TlsFiles, server_config as tls_config};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

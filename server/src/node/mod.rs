@@ -42,6 +42,8 @@ pub enum NodeError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    ManagementTls(#[from] crate::management::TlsError),
 }
 
 /// How the node speaks to balancers, if it does: when it is clustered (and listens for their
@@ -179,7 +181,12 @@ pub async fn run(
     }
     let servers = [
         serve("HTTP", http, web::router(web), shutdown.clone()),
-        serve_guarded(management, management::router(info), shutdown.clone()),
+        serve_guarded(
+            management,
+            management::router(info),
+            management_tls(&config, properties)?,
+            shutdown.clone(),
+        ),
     ];
 
     say_started(&config, &engine, started);
@@ -238,6 +245,42 @@ fn follow_the_cluster(
 /// what its install's folder holds.
 const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// TLS for the management API bound beyond loopback: the certificate and key given with
+/// properties, or the data dir's (made at the first boot, for the management address, this
+/// host's name and `localhost`); none on loopback.
+fn management_tls(
+    config: &ServerConfig,
+    properties: &Properties,
+) -> Result<Option<Arc<rustls::ServerConfig>>, NodeError> {
+    if !config.management_tls() {
+        return Ok(None);
+    }
+    let file = |name: &str| properties.get(name).filter(|path| !path.is_empty());
+    let (cert, key) = (
+        "immutant.management.tls.cert-file",
+        "immutant.management.tls.key-file",
+    );
+    let given = match (file(cert), file(key)) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        (given, _) => {
+            let missing = if given.is_some() { key } else { cert };
+            return Err(NodeError::Config(ConfigError::InvalidProperty {
+                name: missing.to_string(),
+                value: String::new(),
+                expected: "a PEM file: the management API's certificate and its key are given together",
+            }));
+        }
+    };
+    let files = management::TlsFiles::new(&config.data_dir, given);
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !config.management_bind_address.is_unspecified() {
+        names.push(config.management_bind_address.to_string());
+    }
+    names.extend(gethostname::gethostname().into_string().ok());
+    Ok(Some(management::tls_config(&files, &names)?))
+}
+
 /// An error about the data dir's `path`.
 fn in_data_dir(path: PathBuf) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::DataDir { path, source }
@@ -281,13 +324,13 @@ fn say_started(config: &ServerConfig, engine: &Engine, started: Instant) {
         (None, _) => String::new(),
     };
     info!(
-        "Immutant {} node {} started in {} ms (config {}, http http://{}, management http://{}, data {}{clustering})",
+        "Immutant {} node {} started in {} ms (config {}, http http://{}, management {}, data {}{clustering})",
         crate::config::VERSION,
         config.node_name,
         started.elapsed().as_millis(),
         config.name,
         config.http_address(),
-        config.management_address(),
+        config.management_url(),
         config.data_dir.display(),
     );
 }

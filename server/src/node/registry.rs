@@ -33,7 +33,7 @@ impl Registration {
         let record = NodeRecord {
             name: &config.node_name,
             pid: std::process::id(),
-            management: format!("http://{}", config.management_address()),
+            management: config.management_url(),
             data_dir: &config.data_dir,
         };
         link_log(home, config);

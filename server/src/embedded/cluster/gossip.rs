@@ -71,7 +71,7 @@ impl Cluster {
             })),
             protocol_version: ProtocolVersion::V1,
         };
-        let management = format!("http://{}", node.management_address());
+        let management = node.management_url();
         let key = Arc::new(seal::ClusterKey::derive(
             config.secret.expose(),
             &config.name,
