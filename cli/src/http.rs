@@ -27,16 +27,27 @@ pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
     Ok(runtime.block_on(future))
 }
 
-/// A client that trusts one certificate, `pem`, and nothing else: a node's management API
-/// beyond loopback, whose certificate the node made for itself (the CLI reads it from the
-/// node's data dir). The certificate is compared whole, so the address it is reached at need
-/// not be one it names; the handshake's signatures are checked as usual.
-pub fn pinned_client(pem: &[u8], timeout: Option<Duration>) -> Result<reqwest::Client> {
+/// A client that trusts one certificate, the one in the file `pin` (PEM), and nothing else: a
+/// node's management API beyond loopback, which copies the certificate it serves into its data
+/// dir. The certificate is compared whole, so the address it is reached at need not be one it
+/// names; the handshake's signatures are checked as usual. If `pin` cannot be read, every
+/// handshake is refused, saying why.
+pub fn pinned_client(pin: &std::path::Path, timeout: Option<Duration>) -> Result<reqwest::Client> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let pinned = CertificateDer::from_pem_slice(pem)
-        .context("the node's management certificate is not a PEM certificate")?
-        .into_owned();
+    let pinned = std::fs::read(pin)
+        .map_err(|error| error.to_string())
+        .and_then(|pem| {
+            CertificateDer::from_pem_slice(&pem)
+                .map(CertificateDer::into_owned)
+                .map_err(|_| "it holds no PEM certificate".to_string())
+        })
+        .map_err(|why| {
+            format!(
+                "cannot read the node's certificate {} ({why}); run this as the user that runs the node",
+                pin.display()
+            )
+        });
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let verifier = std::sync::Arc::new(Pinned {
         pinned,
@@ -57,10 +68,10 @@ pub fn pinned_client(pem: &[u8], timeout: Option<Duration>) -> Result<reqwest::C
     builder.build().context("cannot set up an HTTP client")
 }
 
-/// Trusts exactly one certificate.
+/// Trusts exactly one certificate (or, if it could not be read, none, saying why).
 #[derive(Debug)]
 struct Pinned {
-    pinned: rustls::pki_types::CertificateDer<'static>,
+    pinned: Result<rustls::pki_types::CertificateDer<'static>, String>,
     provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -73,11 +84,14 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match end_entity.as_ref() == self.pinned.as_ref() {
-            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            false => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
+        match &self.pinned {
+            Ok(pinned) if end_entity.as_ref() == pinned.as_ref() => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Ok(_) => Err(rustls::Error::General(
+                "the node's certificate is not the one in its data dir".to_string(),
             )),
+            Err(why) => Err(rustls::Error::General(why.clone())),
         }
     }
 

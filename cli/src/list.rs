@@ -205,16 +205,21 @@ impl NodeRecord {
     }
 
     /// What asks the node: `client` on loopback; beyond it (`https://`), a client that trusts
-    /// the node's own certificate, from its data dir, and nothing else (`client` if it cannot
-    /// be read: the node's answer is then refused, saying why).
+    /// the certificate the node serves, as its data dir's `management.pin` has it, and nothing
+    /// else (none at all if that cannot be read: the answer is refused, saying why).
     pub(crate) fn client(&self, client: &reqwest::Client) -> reqwest::Client {
         if !self.management.starts_with("https://") {
             return client.clone();
         }
-        std::fs::read(self.data_dir.join("management.crt"))
-            .map_err(anyhow::Error::from)
-            .and_then(|pem| {
-                crate::http::pinned_client(&pem, Some(std::time::Duration::from_secs(10)))
+        let pin = self.data_dir.join("management.pin");
+        let timeout = Some(std::time::Duration::from_secs(10));
+        // Building one fails only where TLS cannot be set up at all: then a client that trusts
+        // no certificate, which refuses the node's too.
+        crate::http::pinned_client(&pin, timeout)
+            .or_else(|_| {
+                reqwest::Client::builder()
+                    .tls_certs_only(Vec::new())
+                    .build()
             })
             .unwrap_or_else(|_| client.clone())
     }

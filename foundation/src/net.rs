@@ -82,88 +82,69 @@ const MANAGEMENT_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Serves `router` on `listener` as a port for people and tools, not traffic: at most
-/// [`MAX_MANAGEMENT_CONNECTIONS`] connections at once, each request's head (and, with `tls`,
-/// the TLS handshake before it) within [`MANAGEMENT_HEAD_TIMEOUT`], backing off when accepting
-/// fails; until `shutdown`, then lets the requests in flight finish. Clients that hold
-/// connections without finishing a request (a slowloris: a head sent a byte at a time) cannot
-/// keep others out: at the bound, the connection that has waited longest for a head is closed
-/// to make room, and one whose head has come is never closed for another.
+/// [`MAX_MANAGEMENT_CONNECTIONS`] connections at once, each TLS handshake (with `tls`) and each
+/// request's head within [`MANAGEMENT_HEAD_TIMEOUT`], backing off when accepting fails; until
+/// `shutdown`, then lets the requests in flight finish. Clients that hold connections without
+/// finishing a handshake or a request (a slowloris: a head sent a byte at a time) cannot keep
+/// others out: at the bound, the connection that has waited longest for a head is closed to
+/// make room, and one whose head has come is never closed for another.
 pub fn serve_guarded(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<Result<(), NetError>> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     tokio::spawn(async move {
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_MANAGEMENT_CONNECTIONS));
         let connections = std::sync::Arc::new(Connections::default());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        // HTTP/1.1 only: telling HTTP/2 apart means waiting for bytes with no deadline.
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(MANAGEMENT_HEAD_TIMEOUT);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        // Connections whose TLS handshake is done, to serve: a handshake never holds up
-        // accepting.
-        let (handshaken, mut ready) = tokio::sync::mpsc::unbounded_channel();
         loop {
-            let (io, accepted): (Box<dyn ManagementIo>, Accepted) = tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else {
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    };
-                    let slot = match slots.clone().try_acquire_owned() {
-                        Ok(slot) => Ok(slot),
-                        Err(_) => {
-                            connections.close_longest_waiting();
-                            tokio::select! {
-                                slot = slots.clone().acquire_owned() => slot,
-                                _ = shutdown.cancelled() => break,
-                            }
-                        }
-                    };
-                    let Ok(slot) = slot else { break };
-                    let (id, closed) = connections.open();
-                    let accepted = Accepted { id, closed, _slot: slot };
-                    match &acceptor {
-                        None => (Box::new(stream), accepted),
-                        Some(acceptor) => {
-                            let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
-                            tokio::spawn(handshake(acceptor, stream, accepted, handshaken, connections.clone()));
-                            continue;
-                        }
-                    }
-                }
-                Some(ready) = ready.recv() => ready,
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
                 _ = shutdown.cancelled() => break,
             };
-            let Accepted { id, closed, _slot } = accepted;
-            let service = {
-                let (router, connections) = (router.clone(), connections.clone());
-                hyper::service::service_fn(move |request| {
-                    connections.in_request(id);
-                    let answered = tower::ServiceExt::oneshot(router.clone(), request);
-                    let connections = connections.clone();
-                    async move {
-                        let response = answered.await;
-                        connections.between_requests(id);
-                        response
-                    }
-                })
+            let Ok((stream, _)) = accepted else {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             };
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            let connection = graceful.watch(connection);
-            let connections = connections.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = connection => {}
-                    _ = closed.cancelled() => {}
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Ok(slot),
+                Err(_) => {
+                    connections.close_longest_waiting();
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot,
+                        _ = shutdown.cancelled() => break,
+                    }
                 }
-                connections.forget(id);
-                drop(_slot);
+            };
+            let Ok(slot) = slot else { break };
+            let (id, closed) = connections.open();
+            let guarded = Guarded {
+                id,
+                closed,
+                connections: connections.clone(),
+                watcher: Some(graceful.watcher()),
+                _slot: slot,
+            };
+            let (router, acceptor) = (router.clone(), acceptor.clone());
+            // Each connection's handshake and requests in a task of its own: none holds up
+            // accepting.
+            tokio::spawn(async move {
+                match acceptor {
+                    None => guarded.serve(stream, router).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(MANAGEMENT_HEAD_TIMEOUT, acceptor.accept(stream));
+                        let shaken = tokio::select! {
+                            shaken = handshake => shaken,
+                            _ = guarded.closed.cancelled() => return,
+                        };
+                        if let Ok(Ok(stream)) = shaken {
+                            guarded.serve(stream, router).await;
+                        }
+                    }
+                }
             });
         }
         graceful.shutdown().await;
@@ -171,38 +152,57 @@ pub fn serve_guarded(
     })
 }
 
-/// Takes `stream`'s TLS handshake, within a head's time, and hands the connection over to be
-/// served; forgets it if the handshake fails, or the port closes it meanwhile.
-async fn handshake(
-    acceptor: tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    accepted: Accepted,
-    handshaken: tokio::sync::mpsc::UnboundedSender<(Box<dyn ManagementIo>, Accepted)>,
+/// A connection the guarded port took: its number, what closes it, what lets it finish its
+/// request at shutdown, and its place among the connections served at once. Dropped, it is
+/// forgotten and its place given back, however it ended.
+struct Guarded {
+    id: u64,
+    closed: tokio_util::sync::CancellationToken,
     connections: std::sync::Arc<Connections>,
-) {
-    let handshake = tokio::time::timeout(MANAGEMENT_HEAD_TIMEOUT, acceptor.accept(stream));
-    let shaken = tokio::select! {
-        shaken = handshake => shaken,
-        _ = accepted.closed.cancelled() => return connections.forget(accepted.id),
-    };
-    match shaken {
-        Ok(Ok(stream)) => {
-            let _ = handshaken.send((Box::new(stream), accepted));
+    /// Taken when the connection is served.
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Guarded {
+    /// Serves `router`'s HTTP/1.1 on `io` (HTTP/2 is not offered: telling it apart means
+    /// waiting for bytes with no deadline), until the client goes or the port closes it.
+    async fn serve<I>(mut self, io: I, router: axum::Router)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        let (id, connections) = (self.id, self.connections.clone());
+        let service = hyper::service::service_fn(move |request| {
+            connections.in_request(id);
+            let answered = tower::ServiceExt::oneshot(router.clone(), request);
+            let connections = connections.clone();
+            async move {
+                let response = answered.await;
+                connections.between_requests(id);
+                response
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(MANAGEMENT_HEAD_TIMEOUT);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let Some(watcher) = self.watcher.take() else {
+            return;
+        };
+        let connection = watcher.watch(connection);
+        tokio::select! {
+            _ = connection => {}
+            _ = self.closed.cancelled() => {}
         }
-        _ => connections.forget(accepted.id),
     }
 }
 
-/// What a guarded port's connection is read and written through: the socket, or TLS over it.
-trait ManagementIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ManagementIo for T {}
-
-/// A connection the guarded port took: its number, what closes it, and its place among the
-/// connections served at once (given back when it is dropped).
-struct Accepted {
-    id: u64,
-    closed: tokio_util::sync::CancellationToken,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.connections.forget(self.id);
+    }
 }
 
 /// The guarded port's connections: since when each has waited for a request's head (none while

@@ -258,7 +258,7 @@ fn a_transfer_cut_off_by_kill_9_never_runs_a_partial_file_and_ends_from_another_
     let cluster = cluster_name();
     let installs = [Base::installed(), Base::installed(), Base::installed()];
     let deployments = |i: usize| installs[i].path().join("current").join("deployments");
-    let a = lan.node(&installs[0], 0, ("far-a", &cluster), &secret);
+    let _a = lan.node(&installs[0], 0, ("far-a", &cluster), &secret);
     let b = lan.node(&installs[1], 1, ("far-b", &cluster), &secret);
     b.wait_for("Cluster view: [far-a, far-b]", PATIENCE);
     let project = installs[0].new_project("example");
@@ -276,40 +276,50 @@ fn a_transfer_cut_off_by_kill_9_never_runs_a_partial_file_and_ends_from_another_
     let whole = artifacts(&deployments(0));
     assert_eq!(artifacts(&deployments(1)), whole);
 
-    // far-a now sends at 1 Mbit/s: the artifact (some 2 MB) takes seconds to reach far-c,
-    // which asks far-a first (it recorded the deployment).
-    let slow = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            lan.namespace(0),
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "eth0",
-        ])
-        .args([
-            "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "2s",
-        ])
-        .status()
-        .unwrap();
-    assert!(slow.success());
+    // far-a and far-b now send at 1 Mbit/s: the artifact (some 2 MB) takes seconds to reach
+    // far-c, from whichever of them it asks first (far-a recorded it; far-b may be the one
+    // far-c sees first).
+    let tc = |host: usize, change: &[&str]| {
+        let done = std::process::Command::new("ip")
+            .args(["netns", "exec", lan.namespace(host), "tc", "qdisc"])
+            .args(change)
+            .status()
+            .unwrap();
+        assert!(done.success(), "tc qdisc {change:?} on host {host}");
+    };
+    let slow = [
+        "add", "dev", "eth0", "root", "tbf", "rate", "1mbit", "burst", "32kbit",
+    ];
+    for host in [0, 1] {
+        tc(host, &[&slow[..], &["latency", "2s"]].concat());
+    }
     let c = lan.node(&installs[2], 2, ("far-c", &cluster), &secret);
-    eventually("part of the artifact reached far-c", PATIENCE, || {
-        arriving(&deployments(2)) > 200_000
-    });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while arriving(&deployments(2)) <= 200_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part of the artifact reached far-c within {PATIENCE:?}:\n{}",
+            c.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let part = arriving(&deployments(2));
     let size = whole[0].1.len() as u64;
     assert!(
         part < size,
-        "the whole artifact came before far-a was killed"
+        "the whole artifact came before its sender was killed"
     );
     assert!(artifacts(&deployments(2)).is_empty());
-    kill_9_pid(lan.within(0, || node_pid(0)));
-    drop(a);
+    // The one it takes it from is killed; the other sends at full speed again.
+    let first = c.wait_for("fetching the artifact", PATIENCE);
+    let (sender, other) = match first.contains("from far-a ") {
+        true => (0, ("far-b", 1)),
+        false => (1, ("far-a", 0)),
+    };
+    kill_9_pid(lan.within(sender, || node_pid(0)));
+    tc(other.1, &["del", "dev", "eth0", "root"]);
 
-    // far-c takes the rest from far-b, and only a whole, verified file takes its place.
+    // far-c takes the rest from the other, and only a whole, verified file takes its place.
     let mut seen = Vec::new();
     eventually("far-c runs example", BUILD_PATIENCE, || {
         let now = artifacts(&deployments(2));
@@ -318,15 +328,18 @@ fn a_transfer_cut_off_by_kill_9_never_runs_a_partial_file_and_ends_from_another_
         }
         c.text().contains("[example] received")
     });
-    assert_eq!(seen, whole, "far-c's artifact is far-a's, byte for byte");
-    let resumed = c.wait_for("from far-b (from byte", PATIENCE);
+    assert_eq!(
+        seen, whole,
+        "far-c's artifact is the one deployed, byte for byte"
+    );
+    let resumed = c.wait_for(&format!("from {} (from byte", other.0), PATIENCE);
     let from: u64 = resumed
         .split("(from byte ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|number| number.parse().ok())
         .unwrap();
-    assert!(from > 0, "far-c went on where far-a stopped: {resumed}");
+    assert!(from > 0, "far-c went on where it stopped: {resumed}");
     assert_eq!(artifacts(&deployments(2)), whole);
     assert_eq!(arriving(&deployments(2)), 0, "nothing left half way");
 }

@@ -19,8 +19,9 @@ use super::cluster::Cluster;
 use super::link::{self, LinkHeader};
 use crate::vocabulary::artifacts::{ArtifactError, ArtifactRef, Landing};
 
-/// The largest part of an artifact one frame carries.
-const PART: usize = 1 << 20;
+/// The largest part of an artifact one frame carries: small enough to arrive within
+/// [`PATIENCE`] on a slow link (some 2 s at 1 Mbit/s), so that a transfer moves on there too.
+const PART: usize = 256 << 10;
 /// How long a member may take to open the link, or to send a part, before the next is tried.
 const PATIENCE: Duration = Duration::from_secs(10);
 

@@ -15,7 +15,7 @@ mod tls;
 
 pub use history::QueueHistory;
 pub use metrics::install as install_metrics;
-pub use tls::{TlsError, TlsFiles, server_config as tls_config};
+pub use tls::{PIN_FILE, TlsError, TlsFiles, server_config as tls_config};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,9 +2,9 @@
 //! network in the clear: the node's certificate and key are given with
 //! `-Dimmutant.management.tls.cert-file` and `-Dimmutant.management.tls.key-file` (PEM), or made
 //! at its first boot into its data dir (`management.crt`, and `management.key` readable by the
-//! node's user alone), self-signed for the management address, `localhost` and the host's name.
-//! The CLI trusts that one certificate for that node (it reads it from the node's data dir) and
-//! nothing else.
+//! node's user alone), self-signed for the management address, the host's name, `localhost` and
+//! `127.0.0.1`. At every boot the node copies the certificate it serves to `management.pin` in
+//! its data dir: the CLI trusts that one certificate for that node, and nothing else.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,10 +13,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 
-/// The certificate's file name in the data dir.
-pub const CERT_FILE: &str = "management.crt";
-/// The key's file name in the data dir.
-const KEY_FILE: &str = "management.key";
+/// The file in the data dir holding the certificate the node serves, for the CLI to trust.
+pub const PIN_FILE: &str = "management.pin";
 
 /// Why the management API cannot speak TLS.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +29,13 @@ pub enum TlsError {
     },
     #[error("{path} holds no {what} in PEM; give one with -Dimmutant.management.tls.{what}-file")]
     Empty { path: PathBuf, what: &'static str },
-    #[error("cannot make the management API's certificate in {path}: {reason}")]
-    Make { path: PathBuf, reason: String },
-    #[error("the management API's certificate and key do not go together: {0}")]
+    #[error(
+        "cannot write the management API's certificate in {path}: {reason}; free the data dir's disk, or give a certificate with -Dimmutant.management.tls.cert-file and -Dimmutant.management.tls.key-file"
+    )]
+    Write { path: PathBuf, reason: String },
+    #[error(
+        "the management API's certificate and key do not go together ({0}); give a matching pair, or remove management.crt and management.key from the data dir to have a new pair made"
+    )]
     Mismatch(String),
 }
 
@@ -41,28 +43,38 @@ pub enum TlsError {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The data dir's own pair, made when it is not whole (given files are never made).
+    made_here: bool,
 }
 
 impl TlsFiles {
     /// The files given with properties, or else the data dir's.
     pub fn new(data_dir: &Path, given: Option<(PathBuf, PathBuf)>) -> TlsFiles {
         match given {
-            Some((cert, key)) => TlsFiles { cert, key },
+            Some((cert, key)) => TlsFiles {
+                cert,
+                key,
+                made_here: false,
+            },
             None => TlsFiles {
-                cert: data_dir.join(CERT_FILE),
-                key: data_dir.join(KEY_FILE),
+                cert: data_dir.join("management.crt"),
+                key: data_dir.join("management.key"),
+                made_here: true,
             },
         }
     }
 }
 
-/// The server side of TLS for the management API: from `files`, made first (for `names`, the
-/// addresses and host names it answers for) if neither is there.
+/// The server side of TLS for the management API, from `files` (the data dir's made first, for
+/// `names`, the addresses and host names it answers for, if its certificate is missing), and
+/// the certificate it serves copied to `pin`.
 pub fn server_config(
     files: &TlsFiles,
     names: &[String],
+    pin: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    if !files.cert.exists() && !files.key.exists() {
+    // The certificate is written last: without it the pair is not whole.
+    if files.made_here && !files.cert.exists() {
         make(files, names)?;
     }
     let cert_pem = read(&files.cert, "cert")?;
@@ -82,6 +94,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|error| TlsError::Mismatch(error.to_string()))?;
+    write_whole(pin, cert_pem.as_slice(), 0o644)?;
     Ok(Arc::new(config))
 }
 
@@ -102,7 +115,7 @@ fn empty(path: &Path, what: &'static str) -> TlsError {
 
 /// Makes a self-signed certificate for `names`, and its key (readable by this user alone).
 fn make(files: &TlsFiles, names: &[String]) -> Result<(), TlsError> {
-    let failed = |reason: String| TlsError::Make {
+    let failed = |reason: String| TlsError::Write {
         path: files.cert.clone(),
         reason,
     };
@@ -115,17 +128,31 @@ fn make(files: &TlsFiles, names: &[String]) -> Result<(), TlsError> {
     let certificate = params
         .self_signed(&key)
         .map_err(|error| failed(error.to_string()))?;
-    let write = |path: &Path, text: String, mode: u32| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
-            .map_err(|error| failed(format!("{}: {error}", path.display())))
+    write_whole(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_whole(&files.cert, certificate.pem().as_bytes(), 0o644)
+}
+
+/// Writes `content` to `path` whole or not at all (beside it, synced, then renamed), made with
+/// `mode` from the start.
+fn write_whole(path: &Path, content: &[u8], mode: u32) -> Result<(), TlsError> {
+    let failed = |error: std::io::Error| TlsError::Write {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
     };
-    write(&files.key, key.serialize_pem(), 0o600)?;
-    write(&files.cert, certificate.pem(), 0o644)
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let written = path.with_file_name(format!(".{name}.new"));
+    let _ = std::fs::remove_file(&written);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&written)
+        .and_then(|mut file| {
+            file.write_all(content)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&written, path))
+        .map_err(failed)
 }
 
 #[cfg(test)]
@@ -133,23 +160,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_certificate_is_made_once_and_read_back() {
+    fn a_certificate_is_made_once_whole_and_read_back_and_given_files_are_never_made() {
         let dir = tempfile::tempdir().unwrap();
         let files = TlsFiles::new(dir.path(), None);
+        let pin = dir.path().join(PIN_FILE);
         let names = vec!["10.0.0.1".to_string(), "localhost".to_string()];
-        server_config(&files, &names).unwrap();
+        server_config(&files, &names, &pin).unwrap();
         let first = std::fs::read(&files.cert).unwrap();
+        assert_eq!(
+            std::fs::read(&pin).unwrap(),
+            first,
+            "the pin is what is served"
+        );
         let mode = std::fs::metadata(&files.key).unwrap().permissions();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
         );
-        server_config(&files, &names).unwrap();
+        server_config(&files, &names, &pin).unwrap();
         assert_eq!(std::fs::read(&files.cert).unwrap(), first, "made once");
+        // A key without its certificate (cut off between the two): a new pair.
+        std::fs::remove_file(&files.cert).unwrap();
+        server_config(&files, &names, &pin).unwrap();
+        assert_ne!(std::fs::read(&files.cert).unwrap(), first);
         std::fs::write(&files.key, "not a key").unwrap();
         assert!(matches!(
-            server_config(&files, &names),
+            server_config(&files, &names, &pin),
             Err(TlsError::Empty { .. })
+        ));
+        let given = (dir.path().join("given.crt"), dir.path().join("given.key"));
+        let files = TlsFiles::new(dir.path(), Some(given));
+        assert!(matches!(
+            server_config(&files, &names, &pin),
+            Err(TlsError::Read { .. })
         ));
     }
 }

@@ -93,6 +93,8 @@ pub async fn run(
     stop: impl Future<Output = String>,
 ) -> Result<(), NodeError> {
     let lock = DataDirLock::acquire(&config.data_dir, &config.node_name)?;
+    // Before anything of the node is seen: a certificate it cannot have stops it here.
+    let management_tls = management_tls(&config, properties)?;
     let http = net::bind("HTTP", config.http_address()).await?;
     let management = net::bind("management", config.management_address()).await?;
 
@@ -184,7 +186,7 @@ pub async fn run(
         serve_guarded(
             management,
             management::router(info),
-            management_tls(&config, properties)?,
+            management_tls,
             shutdown.clone(),
         ),
     ];
@@ -247,7 +249,7 @@ const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10
 
 /// TLS for the management API bound beyond loopback: the certificate and key given with
 /// properties, or the data dir's (made at the first boot, for the management address, this
-/// host's name and `localhost`); none on loopback.
+/// host's name, `localhost` and `127.0.0.1`); none on loopback.
 fn management_tls(
     config: &ServerConfig,
     properties: &Properties,
@@ -277,8 +279,11 @@ fn management_tls(
     if !config.management_bind_address.is_unspecified() {
         names.push(config.management_bind_address.to_string());
     }
-    names.extend(gethostname::gethostname().into_string().ok());
-    Ok(Some(management::tls_config(&files, &names)?))
+    // A host name a certificate cannot carry is left out.
+    let host = gethostname::gethostname().into_string().ok();
+    names.extend(host.filter(|host| host.is_ascii() && !host.is_empty()));
+    let pin = config.data_dir.join(management::PIN_FILE);
+    Ok(Some(management::tls_config(&files, &names, &pin)?))
 }
 
 /// An error about the data dir's `path`.
