@@ -516,11 +516,18 @@ fn management_beyond_loopback_answers_only_with_the_token() {
     args.push(format!("-Djboss.bind.address.management={address}"));
     let node = Proc::spawn(lan.command(0, base.cli(args)));
     node.wait_for("started in", PATIENCE);
-    let url = format!("http://{address}:9990/");
+    // Beyond loopback it speaks TLS, with the certificate the node made (and copied to its pin).
+    let url = format!("https://{address}:9990/");
     let token = std::fs::read_to_string(base.data_dir("exposed").join("management.token")).unwrap();
+    let pin = std::fs::read(base.data_dir("exposed").join("management.pin")).unwrap();
     let (without, with) = lan.within(0, || {
         runtime().block_on(async {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let trusted = reqwest::Certificate::from_pem(&pin).unwrap();
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .tls_certs_only([trusted])
+                .build()
+                .unwrap();
             let without = client.get(&url).send().await.unwrap().status();
             let with = client
                 .get(&url)

@@ -11,6 +11,13 @@
 //! Versions are compared by when they were deployed (`deployed-at`), then by their text: two
 //! deploys of one name at once end with the same one everywhere, whichever member sees what
 //! first. The record is changed only by compare-and-set, so no change is lost to another.
+//! What the record says of a name is in `record`; how the folder compares with it, and is
+//! kept tidy, in `folder`.
+
+mod folder;
+mod record;
+
+pub use record::{DeploymentRecord, this_target};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -18,11 +25,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use immutant_contracts::descriptor::{self, ARTIFACTS, MAX_DESCRIPTOR_BYTES};
+use immutant_contracts::descriptor::{self, ARTIFACTS};
 use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_protocol::{CacheMode, CacheOp, CacheOptions, Open};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::operations::{self, OperationError};
@@ -30,6 +36,8 @@ use super::{DeploymentEvent, artifact_path, parse_descriptor};
 use crate::engine::{Artifacts, CacheService};
 use crate::vocabulary::artifacts::{ArtifactError, ArtifactRef};
 use crate::vocabulary::cache::CacheError;
+use folder::{clear_incoming, folder_is_older, has_artifact, prune_artifacts, version_of};
+use record::Record;
 
 /// The cache the cluster's record of deployments lives in.
 pub const RECORD_CACHE: &str = "immutant.deployments";
@@ -41,51 +49,6 @@ const FOLLOW: Duration = Duration::from_millis(500);
 const INCOMING: &str = ".incoming";
 /// How often a compare-and-set is tried again when others changed the record meanwhile.
 const CAS_TRIES: usize = 10;
-
-/// What the cluster has deployed under one name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct DeploymentRecord {
-    /// When it was deployed (or undeployed), in milliseconds since the Unix epoch.
-    pub deployed_at: u64,
-    /// The member that recorded it, which has its artifact.
-    pub by: String,
-    /// The descriptor's text; none once it is undeployed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub descriptor: Option<String>,
-    /// The binary it runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<ArtifactRef>,
-    /// What the binary was built for (`arch-os-env`): the recording member's target.
-    #[serde(default)]
-    pub target: String,
-}
-
-impl DeploymentRecord {
-    /// What orders two versions of a deployment: the later one, then the greater text.
-    fn version(&self) -> (u64, &str) {
-        (self.deployed_at, self.descriptor.as_deref().unwrap_or(""))
-    }
-}
-
-/// The record: every deployment the cluster knows, by name.
-type Record = BTreeMap<String, DeploymentRecord>;
-
-/// The target this node's binary was built for: artifacts built for another are not run here.
-pub fn this_target() -> String {
-    format!(
-        "{}-{}-{}",
-        std::env::consts::ARCH,
-        std::env::consts::OS,
-        if cfg!(target_env = "musl") {
-            "musl"
-        } else if cfg!(target_env = "gnu") {
-            "gnu"
-        } else {
-            "other"
-        }
-    )
-}
 
 /// Why the record could not be read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -567,81 +530,6 @@ impl ClusterDeployments {
     }
 }
 
-/// Whether what the folder has of `name` is older than the record's `entry`: an earlier
-/// version, or none while the entry is deployed, unless the scanner has `seen` one there (it
-/// is being undeployed through this install, and the undeploy is recorded next).
-fn folder_is_older(deployments: &Path, name: &str, entry: &DeploymentRecord, seen: bool) -> bool {
-    let path = descriptor::path(deployments, name);
-    let text = match std::fs::metadata(&path) {
-        Ok(metadata) if metadata.is_file() && metadata.len() <= MAX_DESCRIPTOR_BYTES => {
-            std::fs::read(&path)
-                .ok()
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        }
-        Ok(_) => return false,
-        Err(_) => None,
-    };
-    let Some(text) = text else {
-        return entry.descriptor.is_some() && !seen;
-    };
-    if entry.descriptor.as_deref() == Some(text.as_str()) {
-        return false;
-    }
-    // This install keeps it to itself.
-    if parse_descriptor(name, &text).is_ok_and(|descriptor| descriptor.local) {
-        return false;
-    }
-    version_of(name, &text) < entry.version()
-}
-
-/// What orders the descriptor `text` of `name` among versions: when it was deployed (never,
-/// for one that cannot be read), then its text.
-fn version_of<'a>(name: &str, text: &'a str) -> (u64, &'a str) {
-    let at = parse_descriptor(name, text)
-        .ok()
-        .and_then(|descriptor| descriptor.deployed_at)
-        .unwrap_or_default();
-    (at, text)
-}
-
-/// Removes the artifacts no descriptor of the folder names (older builds, fetched or written
-/// here), as `cargo immutant deploy` does, but those `in_use` by this node's apps; nothing if
-/// a descriptor cannot be read. Call it holding the folder's lock.
-fn prune_artifacts(deployments: &Path, in_use: &[PathBuf]) {
-    if let Ok(descriptor::UnusedArtifacts::These(unused)) =
-        descriptor::unused_artifacts(deployments)
-    {
-        for path in unused.iter().filter(|path| !in_use.contains(path)) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// Removes from `incoming` what arrived, whole or in part, for artifacts not `wanted` any more
-/// (a transfer the record moved past).
-fn clear_incoming(incoming: &Path, wanted: &HashSet<String>) {
-    for entry in std::fs::read_dir(incoming).into_iter().flatten().flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let sha256 = file.strip_suffix(".part").unwrap_or(&file);
-        // One another node of the install is writing is left to it.
-        let idle = std::fs::File::open(entry.path()).is_ok_and(|file| file.try_lock().is_ok());
-        if !wanted.contains(sha256) && idle {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Whether the artifact in place is the one wanted.
-async fn has_artifact(path: &Path, wanted: &ArtifactRef) -> bool {
-    let path = path.to_path_buf();
-    let sha256 = wanted.sha256.clone();
-    tokio::task::spawn_blocking(move || {
-        ArtifactRef::of_file(&path).is_ok_and(|found| found.sha256 == sha256)
-    })
-    .await
-    .unwrap_or(false)
-}
-
 /// Does `change` to the deployments folder holding its lock, which the CLI and the console
 /// take too; what it answers.
 async fn under_lock<T: Send + 'static>(
@@ -655,62 +543,4 @@ async fn under_lock<T: Send + 'static>(
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(deployed_at: u64, descriptor: Option<&str>) -> DeploymentRecord {
-        DeploymentRecord {
-            deployed_at,
-            by: "a".into(),
-            descriptor: descriptor.map(str::to_string),
-            artifact: None,
-            target: this_target(),
-        }
-    }
-
-    #[test]
-    fn the_folder_follows_only_a_later_record() {
-        let folder = tempfile::tempdir().unwrap();
-        let older = |entry: DeploymentRecord, seen: bool| {
-            folder_is_older(folder.path(), "app", &entry, seen)
-        };
-        let text = |at: u64| {
-            format!("name = \"app\"\nartifact = \".artifacts/app-1f\"\ndeployed-at = {at}\n")
-        };
-        // None in the folder: a deployed record is newer, an undeployed one is not; nor is a
-        // deployed one while the scanner still sees it there (it is being undeployed).
-        assert!(older(entry(5, Some(&text(5))), false));
-        assert!(!older(entry(5, None), false));
-        assert!(!older(entry(5, Some(&text(5))), true));
-        std::fs::write(descriptor::path(folder.path(), "app"), text(5)).unwrap();
-        assert!(!older(entry(5, Some(&text(5))), false));
-        assert!(older(entry(6, Some(&text(6))), false));
-        assert!(!older(entry(4, Some(&text(4))), false));
-        assert!(older(entry(6, None), false));
-        assert!(!older(entry(4, None), false));
-        // The same time: the greater text wins, everywhere alike.
-        let other = format!("{}context-path = \"/x\"\n", text(5));
-        assert_eq!(
-            older(entry(5, Some(&other)), false),
-            other.as_str() > text(5).as_str()
-        );
-        // Kept to this install: never replaced.
-        let local = format!("{}local = true\n", text(5));
-        std::fs::write(descriptor::path(folder.path(), "app"), local).unwrap();
-        assert!(!older(entry(9, Some(&text(9))), false));
-        assert!(!older(entry(9, None), false));
-    }
-
-    #[test]
-    fn a_record_reads_back_as_written() {
-        let mut record = Record::new();
-        record.insert("app".into(), entry(7, Some("name = \"app\"\n")));
-        record.insert("gone".into(), entry(8, None));
-        let bytes = serde_json::to_vec(&record).unwrap();
-        assert_eq!(serde_json::from_slice::<Record>(&bytes).unwrap(), record);
-        assert!(this_target().starts_with(std::env::consts::ARCH));
-    }
 }
