@@ -11,8 +11,8 @@ use immutant_e2e::browser::{Chromium, shoot, until};
 use immutant_e2e::nats::{NatsCluster, Release};
 use immutant_e2e::netns::Lan;
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered_with,
-    eventually, free_offset, get_json_at, kill_9_pid, node_pid,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
+    get_json_at, kill_9_pid, node_pid,
 };
 
 /// A secret file the installs share, private to this user, in `dir`.
@@ -82,17 +82,6 @@ impl Host {
     }
 }
 
-/// `cargo immutant deploy OPTIONS` of `project` through `host`'s install.
-fn deploy(host: &Host, project: &Path, options: &[&str]) -> std::process::Output {
-    host.base
-        .cli(["deploy"])
-        .args(options)
-        .arg(project)
-        .env("CARGO_TARGET_DIR", apps_target_dir())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_deploy_through_one_install_runs_on_every_member_and_an_undeploy_through_another_stops_it() {
     let shared = tempfile::tempdir().unwrap();
@@ -107,8 +96,7 @@ fn a_deploy_through_one_install_runs_on_every_member_and_an_undeploy_through_ano
 
     // Deployed through a's install alone: b's node runs it too, from the same artifact.
     let project = a.base.new_project("example");
-    let deployed = deploy(&a, &project, &[]);
-    assert!(deployed.status.success(), "{deployed:?}");
+    a.base.deploy_with(&project, &[]);
     node_b.wait_for(
         "example was deployed to the cluster by host-a",
         BUILD_PATIENCE,
@@ -174,7 +162,7 @@ fn two_deploys_of_one_name_at_once_from_two_installs_end_on_one_build_everywhere
     }
     let project = a.base.new_project("example");
     // Built once before the race, so both deploys only copy and write.
-    assert!(deploy(&a, &project, &["--local"]).status.success());
+    a.base.deploy_with(&project, &["--local"]);
     let undeployed = a.base.cli(["undeploy", "example"]).output().unwrap();
     assert!(undeployed.status.success());
 
@@ -183,11 +171,10 @@ fn two_deploys_of_one_name_at_once_from_two_installs_end_on_one_build_everywhere
         std::thread::scope(|scope| {
             let deploys = [(&a, &paths[0]), (&b, &paths[1])].map(|(host, path)| {
                 let project = &project;
-                scope.spawn(move || deploy(host, project, &["--context-path", path]))
+                scope.spawn(move || host.base.deploy_with(project, &["--context-path", path]))
             });
             for deploy in deploys {
-                let output = deploy.join().unwrap();
-                assert!(output.status.success(), "{output:?}");
+                deploy.join().unwrap();
             }
         });
         eventually(
@@ -262,13 +249,7 @@ fn a_transfer_cut_off_by_kill_9_never_runs_a_partial_file_and_ends_from_another_
     let b = lan.node(&installs[1], 1, ("far-b", &cluster), &secret);
     b.wait_for("Cluster view: [far-a, far-b]", PATIENCE);
     let project = installs[0].new_project("example");
-    let deployed = installs[0]
-        .cli(["deploy"])
-        .arg(&project)
-        .env("CARGO_TARGET_DIR", apps_target_dir())
-        .output()
-        .unwrap();
-    assert!(deployed.status.success(), "{deployed:?}");
+    installs[0].deploy_with(&project, &[]);
     b.wait_for(
         "example was deployed to the cluster by far-a",
         BUILD_PATIENCE,
@@ -358,7 +339,7 @@ fn status_and_the_console_through_one_install_show_the_apps_and_queues_of_anothe
     }
     // Kept to a's install: only seen-a runs it, so what b shows of it is seen-a's.
     let project = a.base.new_project("example");
-    assert!(deploy(&a, &project, &["--local"]).status.success());
+    a.base.deploy_with(&project, &["--local"]);
     node_a.wait_for("[example] received:", BUILD_PATIENCE);
     assert_eq!(b.status("example"), None);
 
@@ -469,7 +450,7 @@ fn on_nats_a_deploy_through_one_install_runs_on_a_member_of_another_from_the_obj
         node.wait_for("Cluster view: [jet-a, jet-b]", PATIENCE);
     }
     let project = a.base.new_project("example");
-    assert!(deploy(&a, &project, &[]).status.success());
+    a.base.deploy_with(&project, &[]);
     node_b.wait_for(
         "example was deployed to the cluster by jet-a",
         BUILD_PATIENCE,

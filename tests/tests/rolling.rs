@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use immutant_e2e::web::{Behind, Front, SteadyLoad, runtime};
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, Proc, apps_target_dir, cluster_name, clustered, eventually,
-    free_offset, get_json_at, webprobe,
+    BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered, eventually, free_offset,
+    get_json_at, webprobe,
 };
 
 /// When `node` wrote its last line that `matches`: the line's time, in UTC with microseconds
@@ -46,23 +46,11 @@ fn build_of(offset: u16, app: &str) -> (String, u64) {
     )
 }
 
-/// `cargo immutant deploy OPTIONS PROJECT` through `base`, which must succeed.
-fn deploy(base: &Base, project: &std::path::Path, options: &[&str]) {
-    let output = base
-        .cli(["deploy"])
-        .args(options)
-        .arg(project)
-        .env("CARGO_TARGET_DIR", apps_target_dir())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-}
-
 #[test]
 fn a_rolling_redeploy_replaces_one_member_at_a_time_and_a_build_that_fails_stops_it() {
     let base = Base::installed();
     let project = base.new_project("example");
-    deploy(&base, &project, &[]);
+    base.deploy_with(&project, &[]);
     let cluster = cluster_name();
     let offsets = [free_offset(), free_offset()];
     let one = clustered(&base, "one", offsets[0], &cluster);
@@ -83,7 +71,7 @@ fn a_rolling_redeploy_replaces_one_member_at_a_time_and_a_build_that_fails_stops
     );
     assert_ne!(slow, source);
     std::fs::write(&main, slow).unwrap();
-    deploy(&base, &project, &["--rolling"]);
+    base.deploy_with(&project, &["--rolling"]);
     eventually("both run the new build", BUILD_PATIENCE, || {
         count(&one, "Deployed \"example\"") == 2 && count(&two, "Deployed \"example\"") == 2
     });
@@ -107,7 +95,7 @@ fn a_rolling_redeploy_replaces_one_member_at_a_time_and_a_build_that_fails_stops
         "fn main() { eprintln!(\"broken on purpose\"); std::process::exit(3) }\n",
     )
     .unwrap();
-    deploy(&base, &broken, &["--name", "example", "--rolling"]);
+    base.deploy_with(&broken, &["--name", "example", "--rolling"]);
     let stopped = two.wait_for(
         "The rolling redeploy of example stops before this node",
         BUILD_PATIENCE,
@@ -138,7 +126,7 @@ fn a_rolling_redeploy_of_a_web_app_behind_the_balancer_fails_no_request() {
 
     let runtime = runtime();
     let load = SteadyLoad::start(&runtime, &front.url("/steady/slow?ms=20"), 8);
-    deploy(&base, &webprobe(), &["--name", "steady", "--rolling"]);
+    base.deploy_with(&webprobe(), &["--name", "steady", "--rolling"]);
     eventually("both nodes serve the new build", BUILD_PATIENCE, || {
         behind.offsets.iter().zip(before).all(|(offset, old)| {
             let (status, build) = build_of(*offset, "steady");
