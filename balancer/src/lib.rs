@@ -6,7 +6,9 @@
 //! ([`advertise`], in mod_cluster's [`vocabulary`]); nodes send it MCMP ([`mcmp`]): who they
 //! are, which contexts they serve, and how loaded they are; it keeps that in its [`table`] and
 //! proxies each client request to a node that serves it ([`proxy`]): sticky by the session's
-//! route, new sessions to the node with the most room. Its MCMP port takes
+//! route, new sessions to the node with the most room. Given certificates, it also serves
+//! HTTPS (HTTP/1.1 and HTTP/2, a certificate per host name chosen by SNI, reloaded when its
+//! files change), and may send plain HTTP clients there. Its MCMP port takes
 //! commands only from the addresses it is told (loopback by default), as httpd's `Require`
 //! did; it also serves a status page there (HTML at `/`, JSON at `/status.json`).
 
@@ -33,8 +35,12 @@ use serde::Serialize;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
+use immutant_foundation::edge::{EdgePort, serve_edge};
 use immutant_foundation::net::{self, NetError};
 use immutant_foundation::shutdown::Shutdown;
+use immutant_foundation::tls::{
+    CertificateError, CertificateFiles, CertificateReport, Certificates,
+};
 use table::Table;
 
 /// This balancer's version (the server's: they are built and installed together).
@@ -53,6 +59,31 @@ pub struct BalancerConfig {
     pub allow: Vec<(IpAddr, u8)>,
     /// Whether to advertise by multicast.
     pub advertise: bool,
+    /// HTTPS beside the plain port.
+    pub tls: Option<BalancerTls>,
+    /// HTTP/2 without TLS (prior knowledge) on the plain port.
+    pub h2c: bool,
+}
+
+/// How a balancer serves HTTPS.
+#[derive(Debug, Clone)]
+pub struct BalancerTls {
+    pub port: u16,
+    /// The certificates, the first served to clients that name no host another is for.
+    pub certificates: Vec<CertificateFiles>,
+    /// The plain port answers every request with a 308 to the same address over HTTPS.
+    pub redirect_http: bool,
+    /// Answers over HTTPS say `Strict-Transport-Security`.
+    pub hsts: bool,
+}
+
+/// Why a balancer cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
 }
 
 /// How often the balancer checks that it reaches each node (two checks missed in a row, and
@@ -66,6 +97,8 @@ pub struct Balancer {
     client: Client<Connector, Body>,
     /// When it started, in microseconds since the epoch: the `id` of its STATUS answers.
     started_us: u128,
+    /// What its HTTPS port serves, if it has one.
+    certificates: Option<Arc<Certificates>>,
 }
 
 impl Balancer {
@@ -144,8 +177,17 @@ fn connector() -> Connector {
 pub async fn run(
     config: BalancerConfig,
     stop: impl Future<Output = String>,
-) -> Result<(), NetError> {
+) -> Result<(), BalancerError> {
+    // Before any port is bound: a certificate that cannot be served stops the start here.
+    let certificates = match &config.tls {
+        Some(tls) => Some(Certificates::load(tls.certificates.clone())?),
+        None => None,
+    };
     let http = net::bind("HTTP", SocketAddr::new(config.bind, config.port)).await?;
+    let https = match &config.tls {
+        Some(tls) => Some(net::bind("HTTPS", SocketAddr::new(config.bind, tls.port)).await?),
+        None => None,
+    };
     let mcmp_address = SocketAddr::new(config.bind, config.mcmp_port);
     let mcmp = net::bind("MCMP", mcmp_address).await?;
     let balancer = Arc::new(Balancer {
@@ -155,6 +197,7 @@ pub async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros(),
+        certificates: certificates.clone(),
     });
     let shutdown = Shutdown::new();
     tokio::spawn(check_health(balancer.clone(), shutdown.clone()));
@@ -169,6 +212,15 @@ pub async fn run(
             },
         )
     };
+    let plain = match &config.tls {
+        Some(tls) if tls.redirect_http => {
+            let port = tls.port;
+            Router::new().fallback(move |request: Request| async move {
+                immutant_foundation::http::redirect_to_https(&request, port)
+            })
+        }
+        _ => proxying.clone(),
+    };
     let managing = {
         let (balancer, allow) = (balancer.clone(), Arc::new(config.allow.clone()));
         Router::new().fallback(
@@ -177,10 +229,33 @@ pub async fn run(
             },
         )
     };
-    let servers = [("HTTP", http, proxying), ("MCMP", mcmp, managing)]
-        .map(|(name, listener, router)| net::serve(name, listener, router, shutdown.clone()));
+    let plain_port = EdgePort {
+        h2c: config.h2c,
+        ..EdgePort::default()
+    };
+    let mut servers = vec![
+        serve_edge("HTTP", http, plain, plain_port, shutdown.clone()),
+        net::serve("MCMP", mcmp, managing, shutdown.clone()),
+    ];
+    let mut https_address = String::new();
+    if let (Some(listener), Some(certificates), Some(tls)) = (https, &certificates, &config.tls) {
+        let port = EdgePort {
+            tls: Some(certificates.server_config()?),
+            h2c: false,
+            hsts: tls.hsts,
+        };
+        servers.push(serve_edge(
+            "HTTPS",
+            listener,
+            proxying,
+            port,
+            shutdown.clone(),
+        ));
+        tokio::spawn(certificates.clone().keep_fresh(shutdown.clone()));
+        https_address = format!(", https https://{}:{}", config.bind, tls.port);
+    }
     info!(
-        "Immutant balancer {} started (http http://{}:{}, mcmp http://{mcmp_address}, advertising {})",
+        "Immutant balancer {} started (http http://{}:{}{https_address}, mcmp http://{mcmp_address}, advertising {})",
         crate::VERSION,
         config.bind,
         config.port,
@@ -193,7 +268,7 @@ pub async fn run(
     let reason = stop.await;
     info!("Stopping the balancer ({reason})");
     shutdown.cancel();
-    net::served(servers).await
+    Ok(net::served(servers).await?)
 }
 
 /// The MCMP port: commands from the allowed addresses, and the status page.
@@ -258,6 +333,8 @@ async fn manage(
 #[derive(Serialize)]
 struct Status {
     nodes: Vec<NodeStatus>,
+    /// What its HTTPS port serves.
+    certificates: Vec<CertificateReport>,
 }
 
 #[derive(Serialize)]
@@ -296,7 +373,15 @@ fn status(balancer: &Balancer) -> Status {
                 .collect(),
         })
         .collect();
-    Status { nodes }
+    let certificates = balancer
+        .certificates
+        .as_ref()
+        .map(|certificates| certificates.report())
+        .unwrap_or_default();
+    Status {
+        nodes,
+        certificates,
+    }
 }
 
 /// `/status.json`, or the page at any other path.
@@ -332,14 +417,41 @@ fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
             ));
         }
     }
+    let certificates = certificates_table(&status.certificates);
     let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Immutant balancer</title>\n<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{padding:4px 10px;text-align:left;border-bottom:1px solid #ddd}}tr.node{{background:#f4f4f4}}</style></head>\n<body><h1>Immutant balancer {}</h1>\n<table><tr><th>node</th><th>address / context</th><th>state</th><th>load factor</th><th>requests</th><th>in flight</th></tr>\n{rows}</table>\n<p><a href=\"/status.json\">as JSON</a></p></body></html>\n",
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Immutant balancer</title>\n<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{padding:4px 10px;text-align:left;border-bottom:1px solid #ddd}}tr.node{{background:#f4f4f4}}.soon{{color:#b00;font-weight:bold}}</style></head>\n<body><h1>Immutant balancer {}</h1>\n<table><tr><th>node</th><th>address / context</th><th>state</th><th>load factor</th><th>requests</th><th>in flight</th></tr>\n{rows}</table>\n{certificates}<p><a href=\"/status.json\">as JSON</a></p></body></html>\n",
         crate::VERSION
     );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .body(Body::from(html))
         .unwrap_or_default()
+}
+
+/// The certificates the HTTPS port serves, those expiring soon marked: none without HTTPS.
+fn certificates_table(certificates: &[CertificateReport]) -> String {
+    use immutant_foundation::http::escape;
+    if certificates.is_empty() {
+        return String::new();
+    }
+    let rows: String = certificates
+        .iter()
+        .map(|certificate| {
+            let expires = chrono::DateTime::from_timestamp(certificate.not_after, 0)
+                .map(|at| at.format("%Y-%m-%d").to_string())
+                .unwrap_or_default();
+            let class = if certificate.expires_soon() { " class=\"soon\"" } else { "" };
+            format!(
+                "<tr class=\"certificate\"><td>{}</td><td>{}</td><td{class}>{expires} (in {} days)</td></tr>\n",
+                escape(&certificate.names.join(", ")),
+                escape(&certificate.file),
+                certificate.days_left
+            )
+        })
+        .collect();
+    format!(
+        "<h2>HTTPS certificates</h2>\n<table><tr><th>names</th><th>file</th><th>expires</th></tr>\n{rows}</table>\n"
+    )
 }
 
 /// Checks every couple of seconds that each node's HTTP port takes connections: one that does

@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use immutant_contracts::status::CertificateReport;
+
 use crate::locations::Locations;
 use crate::run::{self, RunPlan};
 
@@ -16,6 +18,58 @@ pub struct BalancerOptions {
     pub mcmp_port: Option<u16>,
     /// Everything else, for the server's `balancer` (`--allow`, `--no-advertise`, `-b`, ...).
     pub args: Vec<String>,
+}
+
+/// How the balancer serves HTTPS, as `cargo immutant balancer` takes it.
+#[derive(Debug, Default, clap::Args)]
+pub struct HttpsFlags {
+    /// The HTTPS port [default: 8443, when certificates are given].
+    #[arg(long, value_name = "PORT")]
+    pub tls_port: Option<u16>,
+    /// A PEM certificate chain for HTTPS, with its --key; repeat both for one certificate per
+    /// host name (chosen by SNI; the first is served for every other name).
+    #[arg(long = "cert", value_name = "FILE")]
+    pub certs: Vec<std::path::PathBuf>,
+    /// The PEM private key of the --cert given in the same place (readable by you alone).
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<std::path::PathBuf>,
+    /// Answer plain HTTP with a redirect (308) to the same address over HTTPS.
+    #[arg(long)]
+    pub redirect_http: bool,
+    /// Say Strict-Transport-Security over HTTPS (browsers then use nothing else for a year).
+    #[arg(long)]
+    pub hsts: bool,
+    /// Speak HTTP/2 without TLS (prior knowledge) on the plain port too.
+    #[arg(long)]
+    pub h2c: bool,
+}
+
+impl HttpsFlags {
+    /// The server's arguments for these flags, files made absolute (the server may run
+    /// elsewhere).
+    pub fn to_args(&self) -> Result<Vec<String>> {
+        let mut args = Vec::new();
+        if let Some(port) = self.tls_port {
+            args.extend(["--tls-port".to_string(), port.to_string()]);
+        }
+        for (flag, files) in [("--cert", &self.certs), ("--key", &self.keys)] {
+            for file in files {
+                let file = std::path::absolute(file)
+                    .with_context(|| format!("{} is not a path", file.display()))?;
+                args.extend([flag.to_string(), file.display().to_string()]);
+            }
+        }
+        for (flag, given) in [
+            ("--redirect-http", self.redirect_http),
+            ("--hsts", self.hsts),
+            ("--h2c", self.h2c),
+        ] {
+            if given {
+                args.push(flag.to_string());
+            }
+        }
+        Ok(args)
+    }
 }
 
 /// The balancer's MCMP port when none is given (the one Immutant's docs used for httpd).
@@ -37,6 +91,9 @@ pub fn run(locations: &Locations, options: &BalancerOptions) -> Result<i32> {
 #[derive(Debug, Deserialize)]
 struct Status {
     nodes: Vec<Node>,
+    /// What its HTTPS port serves (none from a balancer without it, or an older one).
+    #[serde(default)]
+    certificates: Vec<CertificateReport>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,11 +155,32 @@ pub fn render_view(view: &serde_json::Value) -> Result<String> {
     Ok(render(&status))
 }
 
-fn render(status: &Status) -> String {
-    if status.nodes.is_empty() {
-        return "The balancer knows no node yet: nodes tell it about themselves when they run with --clustered (or list it in -Dimmutant.modcluster.proxies).\n".to_string();
+/// When a certificate expires, as people read it: the date and the days left, and a word to
+/// renew it when those are few.
+pub fn expiry(certificate: &CertificateReport) -> String {
+    let date = chrono::DateTime::from_timestamp(certificate.not_after, 0)
+        .map(|at| at.format("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    match certificate.expires_soon() {
+        true => format!("{date} (in {} days: renew it)", certificate.days_left),
+        false => format!("{date} (in {} days)", certificate.days_left),
     }
+}
+
+fn render(status: &Status) -> String {
     let mut out = String::new();
+    for certificate in &status.certificates {
+        out.push_str(&format!(
+            "HTTPS serves {} for {}: expires {}\n",
+            certificate.file,
+            certificate.names.join(", "),
+            expiry(certificate)
+        ));
+    }
+    if status.nodes.is_empty() {
+        out.push_str("The balancer knows no node yet: nodes tell it about themselves when they run with --clustered (or list it in -Dimmutant.modcluster.proxies).\n");
+        return out;
+    }
     for node in &status.nodes {
         let state = match node.state.as_str() {
             "up" => format!("up, load factor {}", node.load),

@@ -201,6 +201,8 @@ enum Command {
         /// How much it logs [default: INFO].
         #[arg(long, value_parser = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"], ignore_case = true)]
         log_level: Option<String>,
+        #[command(flatten)]
+        https: balancer::HttpsFlags,
     },
 }
 
@@ -398,6 +400,7 @@ fn execute(command: Command) -> Result<u8> {
             allow,
             no_advertise,
             log_level,
+            https,
         } => {
             let mut args = Vec::new();
             let bind = bind.map(|address| address.to_string());
@@ -413,6 +416,7 @@ fn execute(command: Command) -> Result<u8> {
             if no_advertise {
                 args.push("--no-advertise".to_string());
             }
+            args.extend(https.to_args()?);
             let options = balancer::BalancerOptions {
                 port: Some(port),
                 mcmp_port: Some(mcmp_port),

@@ -20,6 +20,8 @@ pub struct NodeStatus {
     pub uptime_ms: u64,
     pub bind_address: String,
     pub http: String,
+    /// Its HTTPS address, when it serves one.
+    pub https: Option<String>,
     pub management: String,
     /// Its resident memory, apps not included.
     pub memory_bytes: Option<u64>,
@@ -33,6 +35,8 @@ pub struct NodeStatus {
     pub caches: Vec<CacheStatus>,
     pub web: Vec<ContextReport>,
     pub balancers: Vec<BalancerReport>,
+    /// The certificates its HTTPS port serves.
+    pub certificates: Vec<CertificateReport>,
 }
 
 /// The cluster as a node sees it.
@@ -222,6 +226,27 @@ pub struct BalancerReport {
     pub up_to_date: bool,
 }
 
+/// A certificate a port serves to clients over TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CertificateReport {
+    /// The file it was read from.
+    pub file: String,
+    /// The host names it is chosen for (by SNI); the first certificate is served for the rest.
+    pub names: Vec<String>,
+    /// When it expires (unix seconds).
+    pub not_after: i64,
+    /// Whole days until it expires (negative once it has).
+    pub days_left: i64,
+}
+
+impl CertificateReport {
+    /// Whether it expires within the days people are warned before (14).
+    pub fn expires_soon(&self) -> bool {
+        self.days_left < 14
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,13 +297,13 @@ mod tests {
             json,
             concat!(
                 r#"{"name":"one","version":"0.1.0","pid":0,"started_ms":0,"uptime_ms":0,"#,
-                r#""bind_address":"","http":"","management":"","memory_bytes":null,"load":null,"#,
+                r#""bind_address":"","http":"","https":null,"management":"","memory_bytes":null,"load":null,"#,
                 r#""cluster":{"name":"demo","engine":{"kind":"nats","url":null,"connected":true,"server_version":null},"view":[]},"#,
                 r#""deployments":[],"singletons":[],"#,
                 r#""queues":[{"name":"/queue/q","kind":"queue","depth":2,"in_flight":0,"consumers":0,"published":0,"delivered":0,"redelivered":0,"dead_lettered":0,"expired":0,"rate_in":1.5,"rate_out":0.0}],"#,
                 r#""caches":[{"name":"c","mode":"local","owners":null,"persist":false,"entries":0,"hits":0,"misses":0,"held_by":["one"]}],"#,
                 r#""web":[{"app":"","context_path":"","hosts":[],"serving":false,"control":"disabled","in_flight":0}],"#,
-                r#""balancers":[]}"#
+                r#""balancers":[],"certificates":[]}"#
             )
         );
         assert_eq!(serde_json::from_str::<NodeStatus>(&json).unwrap(), status);

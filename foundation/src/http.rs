@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{Request, Response, StatusCode, Version};
+use axum::http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
+use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+
+use crate::edge::OverTls;
 
 /// Headers that belong to one connection, not to the request: never passed on.
 const HOP_BY_HOP: [&str; 8] = [
@@ -42,18 +45,33 @@ fn strip_port(host: &str) -> &str {
     }
     host.split(':').next().unwrap_or(host)
 }
+/// The client's side of an upgrade it asked for: a classic HTTP/1.1 `Upgrade`, or an HTTP/2
+/// extended CONNECT (RFC 8441), which is answered 200 where HTTP/1.1 says 101.
+pub struct ClientUpgrade {
+    on: OnUpgrade,
+    extended_connect: bool,
+}
+
 /// Makes a client's request ready to pass on as HTTP/1.1: its cookies in one header, the
 /// headers of its connection out, the `X-Forwarded-*` headers in (`prefix` is the context path
-/// taken off, if any), its `Host` kept. Returns the client's side of the upgrade it asks for.
+/// taken off, if any; the scheme `https` when it came over TLS), its `Host` kept; an HTTP/2
+/// extended CONNECT becomes the HTTP/1.1 upgrade it stands for. Returns the client's side of
+/// the upgrade it asks for.
 pub fn prepare(
     request: &mut Request<Body>,
     client: SocketAddr,
     prefix: &str,
     from_balancer: bool,
-) -> Option<OnUpgrade> {
-    let upgrade = is_upgrade(request.headers())
+) -> Option<ClientUpgrade> {
+    let extended_connect =
+        request.method() == Method::CONNECT && request.extensions().get::<Protocol>().is_some();
+    let upgrade = (extended_connect || is_upgrade(request.headers()))
         .then(|| request.extensions_mut().remove::<OnUpgrade>())
-        .flatten();
+        .flatten()
+        .map(|on| ClientUpgrade {
+            on,
+            extended_connect,
+        });
     let host = request.headers().get(header::HOST).cloned().or_else(|| {
         let authority = request.uri().authority()?;
         HeaderValue::from_str(authority.as_str()).ok()
@@ -61,11 +79,46 @@ pub fn prepare(
     if request.version() == Version::HTTP_2 {
         join_cookies(request.headers_mut());
     }
+    if extended_connect {
+        as_classic_upgrade(request);
+    }
+    let scheme = match request.extensions().get::<OverTls>() {
+        Some(_) => "https",
+        None => "http",
+    };
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     remove_hop_by_hop(headers, upgrade.is_some());
-    set_forwarded(headers, client, host, prefix, from_balancer);
+    set_forwarded(headers, client, host, prefix, scheme, from_balancer);
     upgrade
+}
+
+/// An extended CONNECT (`:protocol websocket`) as HTTP/1.1 asks for the same: a GET with
+/// `Upgrade`, and for a WebSocket the key its handshake needs (HTTP/2 has none).
+fn as_classic_upgrade(request: &mut Request<Body>) {
+    let protocol = request
+        .extensions_mut()
+        .remove::<Protocol>()
+        .and_then(|protocol| HeaderValue::from_str(protocol.as_str()).ok());
+    *request.method_mut() = Method::GET;
+    let headers = request.headers_mut();
+    if let Some(protocol) = protocol {
+        if protocol.as_bytes().eq_ignore_ascii_case(b"websocket") {
+            headers.insert("sec-websocket-key", websocket_key());
+        }
+        headers.insert(header::UPGRADE, protocol);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// A WebSocket handshake's key: 16 random bytes in base64 (RFC 6455, 4.1).
+fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut nonce = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
 }
 
 /// Passes a response back to the client: an upgrade becomes a tunnel between the client and
@@ -73,13 +126,20 @@ pub fn prepare(
 /// exchange (the response's body, or the tunnel).
 pub fn respond<G: Send + 'static>(
     mut response: Response<hyper::body::Incoming>,
-    upgrade: Option<OnUpgrade>,
+    upgrade: Option<ClientUpgrade>,
     guard: G,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_side) = upgrade {
-            let server_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_side, server_side, guard));
+        let Some(client_side) = upgrade else {
+            return response.map(|_| Body::empty());
+        };
+        let server_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_side.on, server_side, guard));
+        if client_side.extended_connect {
+            // HTTP/2 says yes to an extended CONNECT with 200, and has no connection headers.
+            *response.status_mut() = StatusCode::OK;
+            remove_hop_by_hop(response.headers_mut(), false);
+            response.headers_mut().remove("sec-websocket-accept");
         }
         return response.map(|_| Body::empty());
     }
@@ -157,8 +217,8 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there,
-/// whose earlier entries are only what the client says), the scheme, the host it asked for,
-/// and the context path taken off. The scheme and host a balancer of this node's says
+/// whose earlier entries are only what the client says), the scheme it came with, the host
+/// it asked for, and the context path taken off. The scheme and host a balancer of this node's says
 /// (`from_balancer`: one it speaks MCMP to) are kept: it saw the client. Other headers a
 /// client could use to pass itself off as someone else (`Forwarded`, `X-Real-IP`,
 /// `X-Forwarded-Port`) are dropped.
@@ -167,6 +227,7 @@ fn set_forwarded(
     client: SocketAddr,
     host: Option<HeaderValue>,
     context_path: &str,
+    scheme: &'static str,
     from_balancer: bool,
 ) {
     let for_ = match headers
@@ -196,7 +257,7 @@ fn set_forwarded(
     let said_proto = from_balancer && headers.contains_key("x-forwarded-proto");
     let said_host = from_balancer && headers.contains_key("x-forwarded-host");
     if !said_proto {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
     if let Some(host) = host {
         if !said_host {
@@ -215,6 +276,42 @@ fn set_forwarded(
         }
     }
 }
+/// A 308 to the same host and path over HTTPS, on `port`: what a plain HTTP port answers when
+/// it only redirects.
+pub fn redirect_to_https(request: &Request<Body>, port: u16) -> Response<Body> {
+    let host = request_host(request);
+    if host.is_empty() {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "This port only sends clients to HTTPS, and the request names no host to send it to.",
+        );
+    }
+    let port = match port {
+        443 => String::new(),
+        port => format!(":{port}"),
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let location = format!("https://{host}{port}{path}");
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request's host cannot be made an HTTPS address.",
+        );
+    };
+    let mut response = page(
+        StatusCode::PERMANENT_REDIRECT,
+        "Moved to HTTPS",
+        &format!("This is served at {location}."),
+    );
+    response.headers_mut().insert(header::LOCATION, value);
+    response
+}
+
 /// A small HTML page with a title and one paragraph.
 pub fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
     let html = format!(
@@ -275,7 +372,7 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let host = Some(HeaderValue::from_static("example.com:8080"));
-        set_forwarded(&mut headers, client, host, "/app", false);
+        set_forwarded(&mut headers, client, host, "/app", "http", false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(headers["x-forwarded-host"], "example.com:8080");
         assert_eq!(headers["x-forwarded-prefix"], "/app");
@@ -305,11 +402,11 @@ mod tests {
             headers
         };
         let mut from_client = claims();
-        set_forwarded(&mut from_client, client, None, "/", false);
+        set_forwarded(&mut from_client, client, None, "/", "http", false);
         assert_eq!(from_client["x-forwarded-proto"], "http");
         assert!(from_client.get("x-forwarded-host").is_none());
         let mut from_balancer = claims();
-        set_forwarded(&mut from_balancer, client, None, "/", true);
+        set_forwarded(&mut from_balancer, client, None, "/", "http", true);
         assert_eq!(from_balancer["x-forwarded-proto"], "https");
         assert_eq!(from_balancer["x-forwarded-host"], "shop.example");
     }

@@ -9,11 +9,14 @@
 //! - [`hash`]: a hash every member computes alike, whatever toolchain built it.
 //! - [`shutdown`]: the signals that ask a server to stop, and the token that passes it down.
 //! - [`net`]: ports bound and served, accept backoff, multicast sockets.
+//! - [`edge`]: the ports clients reach, HTTP/1.1, or HTTP/2 over TLS.
+//! - [`tls`]: the certificates those ports serve, chosen by SNI and reloaded.
 //! - [`http`]: a request passed on to another HTTP server and its answer passed back.
 //! - [`mcmp`]: mod_cluster's vocabulary, which the node and the balancer both speak.
 //! - [`logging`]: a server's log, on standard output and in a rotated file.
 
 pub mod clock;
+pub mod edge;
 pub mod hash;
 pub mod http;
 pub mod logging;
@@ -21,3 +24,4 @@ pub mod mcmp;
 pub mod net;
 pub mod shutdown;
 pub mod sync;
+pub mod tls;

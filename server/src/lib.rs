@@ -76,6 +76,8 @@ fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
         mcmp_port: args.mcmp_port,
         allow: args.allow,
         advertise: !args.no_advertise,
+        tls: args.https.tls().map_err(NodeError::Usage)?,
+        h2c: args.https.h2c,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(NodeError::Runtime)?;
     runtime.block_on(async {

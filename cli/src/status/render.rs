@@ -24,6 +24,7 @@ pub fn render(found: &ClusterStatus) -> String {
         caches::caches(&nodes),
         web::contexts(&nodes),
         web::balancers(&nodes),
+        web::certificates(&nodes),
     ];
     for rows in sections {
         section(&mut out, rows);

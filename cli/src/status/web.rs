@@ -49,6 +49,22 @@ pub(super) fn balancers(nodes: &[NodeStatus]) -> Rows {
     rows
 }
 
+/// A row for each certificate each node's HTTPS port serves, and when it expires.
+pub(super) fn certificates(nodes: &[NodeStatus]) -> Rows {
+    let mut rows = vec![row(["HTTPS CERTIFICATE", "NODE", "NAMES", "EXPIRES"])];
+    for node in nodes {
+        rows.extend(node.certificates.iter().map(|certificate| {
+            vec![
+                certificate.file.clone(),
+                node.name.clone(),
+                certificate.names.join(", "),
+                crate::balancer::expiry(certificate),
+            ]
+        }));
+    }
+    rows
+}
+
 /// What each balancer sees, indented under its address.
 pub(super) fn balancer_views(balancers: &[BalancerView]) -> String {
     let mut out = String::new();

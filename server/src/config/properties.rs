@@ -103,6 +103,42 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "the key of immutant.management.tls.cert-file (PEM)",
     },
     KnownProperty {
+        name: "immutant.http.tls.cert",
+        kind: PropertyKind::Path,
+        default: PropertyDefault::Value(""),
+        help: "a PEM certificate chain for the node's HTTPS port (comma-separated for one per virtual host, chosen by SNI; the first for the rest); HTTPS is off without it",
+    },
+    KnownProperty {
+        name: "immutant.http.tls.key",
+        kind: PropertyKind::Path,
+        default: PropertyDefault::Value(""),
+        help: "the PEM key of each immutant.http.tls.cert, in the same order (readable by the node's user alone)",
+    },
+    KnownProperty {
+        name: "immutant.http.tls.port",
+        kind: PropertyKind::Port,
+        default: PropertyDefault::Value("8443"),
+        help: "the HTTPS port, before the port offset",
+    },
+    KnownProperty {
+        name: "immutant.http.tls.redirect-http",
+        kind: PropertyKind::Flag,
+        default: PropertyDefault::Value("false"),
+        help: "the HTTP port answers clients (not balancers) with a redirect to HTTPS",
+    },
+    KnownProperty {
+        name: "immutant.http.tls.hsts",
+        kind: PropertyKind::Flag,
+        default: PropertyDefault::Value("false"),
+        help: "answers over HTTPS say Strict-Transport-Security (a year)",
+    },
+    KnownProperty {
+        name: "immutant.http.h2c",
+        kind: PropertyKind::Flag,
+        default: PropertyDefault::Value("false"),
+        help: "the HTTP port also speaks HTTP/2 without TLS (prior knowledge)",
+    },
+    KnownProperty {
         name: "jboss.socket.binding.port-offset",
         kind: PropertyKind::PortOffset,
         default: PropertyDefault::Value("0"),

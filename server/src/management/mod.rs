@@ -51,6 +51,14 @@ pub struct NodeInfo {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// What a change must carry.
     pub token: ManagementToken,
+    /// The node's HTTPS port, if it serves one.
+    pub https: Option<HttpsInfo>,
+}
+
+/// The node's HTTPS port: where it is, and what it serves.
+pub struct HttpsInfo {
+    pub address: std::net::SocketAddr,
+    pub certificates: Arc<immutant_foundation::tls::Certificates>,
 }
 
 /// The secret a change to the node must carry, kept in a file of the data dir that only the

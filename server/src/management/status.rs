@@ -108,6 +108,7 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         uptime_ms: u64::try_from(info.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         bind_address: config.bind_address.to_string(),
         http: config.http_address().to_string(),
+        https: info.https.as_ref().map(|https| https.address.to_string()),
         management: config.management_address().to_string(),
         memory_bytes: resident_memory(),
         load: load_averages(Path::new("/proc/loadavg")),
@@ -137,6 +138,11 @@ pub fn status(info: &NodeInfo, query: &StatusQuery) -> NodeStatus {
         caches,
         web: info.web.contexts(),
         balancers: info.web.balancer_reports(),
+        certificates: info
+            .https
+            .as_ref()
+            .map(|https| https.certificates.report())
+            .unwrap_or_default(),
     }
 }
 

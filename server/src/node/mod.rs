@@ -1,6 +1,7 @@
 //! A node's life: lock its data dir, bind its ports, serve until asked to stop, stop gracefully.
 
 mod data_dir;
+mod https;
 mod registry;
 
 use std::future::Future;
@@ -17,7 +18,8 @@ use crate::management::{self, NodeInfo};
 use crate::{deploy, web};
 pub use data_dir::DataDirLock;
 use immutant_contracts::status::EngineStatus;
-use immutant_foundation::net::{self, NetError, serve, serve_guarded, served};
+use immutant_foundation::edge::{EdgePort, serve_edge};
+use immutant_foundation::net::{self, NetError, serve_guarded, served};
 use immutant_foundation::shutdown::Shutdown;
 
 /// Why a node could not start or run.
@@ -38,6 +40,12 @@ pub enum NodeError {
     DataDirInUse { path: PathBuf, holder: String },
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Balancer(#[from] immutant_balancer::BalancerError),
+    #[error(transparent)]
+    Certificate(#[from] immutant_foundation::tls::CertificateError),
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot start the node's runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -95,7 +103,18 @@ pub async fn run(
     let lock = DataDirLock::acquire(&config.data_dir, &config.node_name)?;
     // Before anything of the node is seen: a certificate it cannot have stops it here.
     let management_tls = management_tls(&config, properties)?;
+    let https = https::https(&config, properties)?;
     let http = net::bind("HTTP", config.http_address()).await?;
+    let https_listener = match &https {
+        Some(https) => Some(
+            net::bind(
+                "HTTPS",
+                std::net::SocketAddr::new(config.bind_address, https.port),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let management = net::bind("management", config.management_address()).await?;
 
     let shutdown = Shutdown::new();
@@ -174,6 +193,10 @@ pub async fn run(
         metrics: management::install_metrics(&shutdown),
         token: crate::management::ManagementToken::create(&config.data_dir)
             .map_err(in_data_dir(config.data_dir.clone()))?,
+        https: https.as_ref().map(|https| management::HttpsInfo {
+            address: std::net::SocketAddr::new(config.bind_address, https.port),
+            certificates: https.certificates.clone(),
+        }),
     });
     engine.answers.open(management::answerer(info.clone()));
     if config.cluster.is_some() && properties.was_given("immutant.cluster.secret") {
@@ -181,8 +204,24 @@ pub async fn run(
             "the cluster secret was given on the command line, which other users of this host can read (ps, /proc); give it with -Dimmutant.cluster.secret-file=PATH instead"
         );
     }
-    let servers = [
-        serve("HTTP", http, web::router(web), shutdown.clone()),
+    let plain = EdgePort {
+        h2c: properties
+            .get("immutant.http.h2c")
+            .is_some_and(|value| value == "true"),
+        ..EdgePort::default()
+    };
+    let redirect = https
+        .as_ref()
+        .filter(|https| https.redirect_http)
+        .map(|https| https.port);
+    let mut servers = vec![
+        serve_edge(
+            "HTTP",
+            http,
+            web::router(web.clone(), redirect),
+            plain,
+            shutdown.clone(),
+        ),
         serve_guarded(
             management,
             management::router(info),
@@ -190,8 +229,29 @@ pub async fn run(
             shutdown.clone(),
         ),
     ];
+    if let (Some(https), Some(listener)) = (&https, https_listener) {
+        let port = EdgePort {
+            tls: Some(https.certificates.server_config()?),
+            h2c: false,
+            hsts: https.hsts,
+        };
+        let router = web::router(web, None);
+        servers.push(serve_edge(
+            "HTTPS",
+            listener,
+            router,
+            port,
+            shutdown.clone(),
+        ));
+        tokio::spawn(https.certificates.clone().keep_fresh(shutdown.clone()));
+    }
 
-    say_started(&config, &engine, started);
+    say_started(
+        &config,
+        &engine,
+        started,
+        https.as_ref().map(|https| https.port),
+    );
 
     let expelled = async { NodeError::from(engine.membership.expelled().await) };
     let (reason, failure) = tokio::select! {
@@ -317,7 +377,7 @@ fn attach(
 }
 
 /// The boot line: the node's name, version, boot time, config, addresses and cluster.
-fn say_started(config: &ServerConfig, engine: &Engine, started: Instant) {
+fn say_started(config: &ServerConfig, engine: &Engine, started: Instant, https: Option<u16>) {
     let clustering = match (&config.cluster, engine.membership.engine_status()) {
         (Some(cluster), Some(EngineStatus { url: Some(url), .. })) => {
             format!(", cluster {} on NATS at {url}", cluster.name)
@@ -328,8 +388,14 @@ fn say_started(config: &ServerConfig, engine: &Engine, started: Instant) {
         ),
         (None, _) => String::new(),
     };
+    let https = https
+        .map(|port| {
+            let address = std::net::SocketAddr::new(config.bind_address, port);
+            format!(", https https://{address}")
+        })
+        .unwrap_or_default();
     info!(
-        "Immutant {} node {} started in {} ms (config {}, http http://{}, management {}, data {}{clustering})",
+        "Immutant {} node {} started in {} ms (config {}, http http://{}{https}, management {}, data {}{clustering})",
         crate::config::VERSION,
         config.node_name,
         started.elapsed().as_millis(),

@@ -351,11 +351,23 @@ fn insert(routes: &mut Routes, mount: &Mount, target: Target) {
     routes.insert(route);
 }
 
-/// The HTTP port's routes: every request goes to the app mounted for it.
-pub fn router(web: Arc<Web>) -> Router {
+/// The HTTP port's routes: every request goes to the app mounted for it. With `https_redirect`
+/// (the HTTPS port), clients are sent there instead; the node's balancers, which reach it over
+/// plain HTTP by design, and their health checks are not.
+pub fn router(web: Arc<Web>, https_redirect: Option<u16>) -> Router {
     Router::new().fallback(
         move |ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request<Body>| {
-            proxy::handle(web.clone(), client, request)
+            let web = web.clone();
+            async move {
+                let health_check =
+                    request.method() == axum::http::Method::OPTIONS && request.uri() == "*";
+                match https_redirect {
+                    Some(port) if !health_check && !web.trusts(client.ip()) => {
+                        immutant_foundation::http::redirect_to_https(&request, port)
+                    }
+                    _ => proxy::handle(web, client, request).await,
+                }
+            }
         },
     )
 }

@@ -227,6 +227,16 @@ function draw(status) {
   fill(document.getElementById("balancers"), ["Balancer", "Up to date"],
     status.balancers.map((b) => el("tr", {}, cell(b.address), cell(b.up_to_date ? "yes" : "not yet", b.up_to_date ? "yes" : "no"))),
     "no balancer has heard of this node");
+
+  // Only a node serving HTTPS has certificates; one expiring within 14 days says so in red.
+  document.getElementById("certificates-section").hidden = (status.certificates || []).length === 0;
+  fill(document.getElementById("certificates"), ["Names", "File", "Expires"],
+    (status.certificates || []).map((c) => {
+      const soon = c.days_left < 14;
+      const date = new Date(c.not_after * 1000).toISOString().slice(0, 10);
+      return el("tr", { "data-certificate": c.file }, cell(c.names.join(", ")), cell(c.file),
+        cell(`${date} (in ${c.days_left} days${soon ? ": renew it" : ""})`, soon ? "no" : "yes"));
+    }), "no certificates");
 }
 
 // What each other member says of itself, asked through this node: its apps, queues and caches.

@@ -1,0 +1,86 @@
+//! The node's own HTTPS port, what JBoss's `https` socket binding (8443) was: on when
+//! `-Dimmutant.http.tls.cert` and `-Dimmutant.http.tls.key` give a certificate chain and its key
+//! (comma-separated for one certificate per virtual host, chosen by SNI), at
+//! `immutant.http.tls.port` plus the port offset. The plain HTTP port can send clients there
+//! (`immutant.http.tls.redirect-http`), but never the node's balancers, which reach it over
+//! plain HTTP by design.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use immutant_foundation::tls::{CertificateFiles, Certificates};
+
+use super::NodeError;
+use crate::config::{ConfigError, Properties, ServerConfig};
+
+/// How the node serves HTTPS.
+pub struct Https {
+    /// The port, offset applied.
+    pub port: u16,
+    pub certificates: Arc<Certificates>,
+    pub redirect_http: bool,
+    pub hsts: bool,
+}
+
+const CERT: &str = "immutant.http.tls.cert";
+const KEY: &str = "immutant.http.tls.key";
+
+/// HTTPS as the properties give it, its certificates read and checked; none without a
+/// certificate.
+pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Https>, NodeError> {
+    let list = |name: &str| -> Vec<PathBuf> {
+        properties
+            .get(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    };
+    let flag = |name: &str| properties.get(name).is_some_and(|value| value == "true");
+    let (certs, keys) = (list(CERT), list(KEY));
+    let invalid = |name: &str, expected: &'static str| {
+        NodeError::Config(ConfigError::InvalidProperty {
+            name: name.to_string(),
+            value: properties.get(name).unwrap_or_default(),
+            expected,
+        })
+    };
+    if certs.len() != keys.len() {
+        return Err(invalid(
+            KEY,
+            "one PEM key file for each certificate of -Dimmutant.http.tls.cert, in the same order",
+        ));
+    }
+    if certs.is_empty() {
+        return match flag("immutant.http.tls.redirect-http") {
+            true => Err(invalid(
+                CERT,
+                "a PEM certificate chain (with -Dimmutant.http.tls.key): redirecting to HTTPS needs HTTPS",
+            )),
+            false => Ok(None),
+        };
+    }
+    let port: u16 = properties
+        .get("immutant.http.tls.port")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(8443);
+    let port = port.checked_add(config.port_offset).ok_or_else(|| {
+        invalid(
+            "immutant.http.tls.port",
+            "a port that stays below 65536 with the port offset added",
+        )
+    })?;
+    let files = certs
+        .into_iter()
+        .zip(keys)
+        .map(|(cert, key)| CertificateFiles { cert, key })
+        .collect();
+    Ok(Some(Https {
+        port,
+        certificates: Certificates::load(files)?,
+        redirect_http: flag("immutant.http.tls.redirect-http"),
+        hsts: flag("immutant.http.tls.hsts"),
+    }))
+}
