@@ -52,12 +52,18 @@ pub struct Chromium {
 impl Chromium {
     /// Starts Chromium with its profile in `profile`, on a DevTools port it picks.
     pub fn launch(profile: &Path) -> Chromium {
+        Chromium::launch_with(profile, &[])
+    }
+
+    /// The same, with `extra` flags (a certificate authority to trust, host names to map).
+    pub fn launch_with(profile: &Path, extra: &[String]) -> Chromium {
         assert!(
             Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)"
         );
         let mut process = Command::new(CHROMIUM)
             .args(FLAGS)
+            .args(extra)
             .arg("--remote-debugging-address=127.0.0.1")
             .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.display()))

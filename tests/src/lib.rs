@@ -11,6 +11,7 @@ pub mod linearizability;
 pub mod nats;
 pub mod netns;
 pub mod singletons;
+pub mod tls;
 pub mod web;
 
 use std::collections::HashSet;

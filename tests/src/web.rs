@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::tls::Issued;
 use crate::{
     BUILD_PATIENCE, Base, PATIENCE, Proc, cluster_name, clustered_with, eventually, free_offset,
 };
@@ -134,6 +135,8 @@ pub struct Front {
     pub port: u16,
     /// Where nodes send MCMP, and the status page is.
     pub mcmp: u16,
+    /// Where clients send requests over HTTPS, if it serves it.
+    pub tls: Option<u16>,
 }
 
 impl Front {
@@ -152,7 +155,42 @@ impl Front {
         }
         let proc = Proc::spawn(base.cli(args));
         proc.wait_for("Immutant balancer", PATIENCE);
-        Front { proc, port, mcmp }
+        Front {
+            proc,
+            port,
+            mcmp,
+            tls: None,
+        }
+    }
+
+    /// Starts one that also serves HTTPS (at 8443 plus its offset) with `certificates` (the
+    /// first for every host name the others are not for), and `extra` flags.
+    pub fn start_https(base: &Base, certificates: &[&Issued], extra: &[&str]) -> Front {
+        let offset = free_offset();
+        let (port, mcmp, tls) = (8080 + offset, 9990 + offset, 8443 + offset);
+        let mut args: Vec<String> = ["balancer", "--no-advertise", "--port"]
+            .map(str::to_string)
+            .to_vec();
+        args.extend([
+            port.to_string(),
+            "--mcmp-port".to_string(),
+            mcmp.to_string(),
+            "--tls-port".to_string(),
+            tls.to_string(),
+        ]);
+        for issued in certificates {
+            args.extend(["--cert".to_string(), issued.cert.display().to_string()]);
+            args.extend(["--key".to_string(), issued.key.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|flag| flag.to_string()));
+        let proc = Proc::spawn(base.cli(args));
+        proc.wait_for("Immutant balancer", PATIENCE);
+        Front {
+            proc,
+            port,
+            mcmp,
+            tls: Some(tls),
+        }
     }
 
     /// What it knows, from its status page.
