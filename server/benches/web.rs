@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,11 +23,10 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use support::{TempInstall, build_app, free_offset};
-
-/// How long each throughput run lasts, and with how many connections.
-const DURATION: &str = "10s";
-const CONNECTIONS: &str = "64";
+use support::{
+    Nginx, TempInstall, WRK_CONNECTIONS, WRK_DURATION, build_app, free_offset, wait_until_answers,
+    wrk,
+};
 
 fn main() {
     let webprobe = build_app("webprobe");
@@ -54,12 +52,18 @@ fn main() {
         .find(|path| path.extension().is_some_and(|ext| ext == "sock"))
         .expect("the app's web socket");
     let nginx_port = 8080 + free_offset(offset + 100);
-    let nginx = Nginx::start(&install, nginx_port, &socket);
+    let nginx = Nginx::start(
+        &install.home().join("nginx"),
+        &format!(
+            "upstream app {{ server unix:{socket}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    location /bench/ {{\n      proxy_pass http://app/;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Forwarded-Proto http;\n      proxy_set_header X-Forwarded-Prefix /bench;\n    }}\n  }}",
+            socket = socket.display()
+        ),
+    );
     let through_nginx = format!("http://127.0.0.1:{nginx_port}/bench/");
     wait_until_answers(&through_nginx);
 
-    let node_numbers = wrk(&direct);
-    let nginx_numbers = wrk(&through_nginx);
+    let node_numbers = wrk(&direct, &[]);
+    let nginx_numbers = wrk(&through_nginx, &[]);
     drop(nginx);
     node.stop();
 
@@ -92,7 +96,7 @@ fn main() {
     let balanced = format!("http://127.0.0.1:{port}/bench/");
     wait_until_answers(&balanced);
     std::thread::sleep(Duration::from_secs(2));
-    let balancer_numbers = wrk(&balanced);
+    let balancer_numbers = wrk(&balanced, &[]);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let visits = format!("http://127.0.0.1:{port}/bench/visits");
@@ -125,7 +129,9 @@ fn main() {
     let victim = nodes[index_of(&sticky)].take().unwrap();
     let graceful = runtime.block_on(concurrent_through(&visits, &cookie, move || victim.stop()));
 
-    println!("\nthroughput ({CONNECTIONS} connections, {DURATION}, wrk on the same 2 cores):");
+    println!(
+        "\nthroughput ({WRK_CONNECTIONS} connections, {WRK_DURATION}, wrk on the same 2 cores):"
+    );
     println!("  node's HTTP port        {node_numbers}");
     println!("  nginx -> same app       {nginx_numbers}");
     println!("  balancer -> two nodes   {balancer_numbers}");
@@ -136,45 +142,6 @@ fn main() {
 
 fn index_of(node: &str) -> usize {
     if node == "one" { 0 } else { 1 }
-}
-
-/// Runs wrk against `url`; returns "N req/s, p99 X".
-fn wrk(url: &str) -> String {
-    let output = Command::new("wrk")
-        .args(["-t2", "-c", CONNECTIONS, "-d", DURATION, "--latency", url])
-        .output()
-        .expect("wrk runs (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rate = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Requests/sec:"))
-        .map(str::trim)
-        .unwrap_or("?");
-    let p99 = text
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("99%"))
-        .map(str::trim)
-        .unwrap_or("?");
-    let errors = text
-        .lines()
-        .find(|line| line.contains("Non-2xx") || line.contains("Socket errors"))
-        .map(|line| format!(" ({})", line.trim()))
-        .unwrap_or_default();
-    format!("{rate} req/s, p99 {p99}{errors}")
-}
-
-fn wait_until_answers(url: &str) {
-    for _ in 0..200 {
-        let answered = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", url])
-            .status()
-            .is_ok_and(|status| status.success());
-        if answered {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{url} never answered");
 }
 
 fn client() -> Client<HttpConnector, Body> {
@@ -299,38 +266,4 @@ async fn concurrent_through(
         failed.len(),
         sent.load(Ordering::Relaxed)
     )
-}
-
-/// nginx in the foreground, proxying `/bench/` to the app's socket with keep-alive.
-struct Nginx(std::process::Child);
-
-impl Nginx {
-    fn start(install: &TempInstall, port: u16, socket: &std::path::Path) -> Nginx {
-        let dir = install.home().join("nginx");
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let config = format!(
-            "daemon off;\nuser root;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  upstream app {{ server unix:{socket}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location /bench/ {{\n      proxy_pass http://app/;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Forwarded-Proto http;\n      proxy_set_header X-Forwarded-Prefix /bench;\n    }}\n  }}\n}}\n",
-            dir = dir.display(),
-            socket = socket.display()
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx starts (apt-get install nginx)");
-        Nginx(child)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
-        let _ = self.0.wait();
-    }
 }

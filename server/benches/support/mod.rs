@@ -306,6 +306,93 @@ pub fn free_offset(from: u16) -> u16 {
         .expect("a free port offset")
 }
 
+/// nginx (Debian's) in the foreground, its files in `dir`, serving `http` (upstreams and
+/// servers: what goes inside its `http {}`); stopped when dropped.
+pub struct Nginx(Child);
+
+impl Nginx {
+    pub fn start(dir: &Path, http: &str) -> Nginx {
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let config = format!(
+            "daemon off;\nuser root;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  {http}\n}}\n",
+            dir = dir.display(),
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx starts (apt-get install nginx)");
+        Nginx(child)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
+        let _ = self.0.wait();
+    }
+}
+
+/// How long each wrk run lasts, and with how many connections.
+pub const WRK_DURATION: &str = "10s";
+pub const WRK_CONNECTIONS: &str = "64";
+
+/// Runs wrk (two threads, [`WRK_CONNECTIONS`] connections, [`WRK_DURATION`]) against `url`,
+/// with `extra` arguments; returns "N req/s, p99 X".
+pub fn wrk(url: &str, extra: &[&str]) -> String {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c",
+            WRK_CONNECTIONS,
+            "-d",
+            WRK_DURATION,
+            "--latency",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rate = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .map(str::trim)
+        .unwrap_or("?");
+    let p99 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("99%"))
+        .map(str::trim)
+        .unwrap_or("?");
+    let errors = text
+        .lines()
+        .find(|line| line.contains("Non-2xx") || line.contains("Socket errors"))
+        .map(|line| format!(" ({})", line.trim()))
+        .unwrap_or_default();
+    format!("{rate} req/s, p99 {p99}{errors}")
+}
+
+/// Waits until `url` answers 2xx (any certificate taken), for 20 s at most.
+pub fn wait_until_answers(url: &str) {
+    for _ in 0..200 {
+        let answered = Command::new("curl")
+            .args(["-skf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|status| status.success());
+        if answered {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never answered");
+}
+
 /// Sorts `values` and returns the middle one.
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
