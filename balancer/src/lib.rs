@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Extension, Request};
 use axum::http::{Method, Response, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,7 +35,7 @@ use serde::Serialize;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
-use immutant_foundation::edge::{EdgePort, serve_edge};
+use immutant_foundation::edge::{EdgePort, Worker, Workers, serve_edge};
 use immutant_foundation::net::{self, NetError};
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::tls::{
@@ -93,8 +93,9 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// A running balancer.
 pub struct Balancer {
     table: Mutex<Table>,
-    /// The pool of connections to the nodes.
-    client: Client<Connector, Body>,
+    /// The pools of connections to the nodes, one for each worker serving clients (a
+    /// connection is used by the thread that made it).
+    clients: Vec<Client<Connector, Body>>,
     /// When it started, in microseconds since the epoch: the `id` of its STATUS answers.
     started_us: u128,
     /// What its HTTPS port serves, if it has one.
@@ -104,6 +105,11 @@ pub struct Balancer {
 impl Balancer {
     fn table(&self) -> MutexGuard<'_, Table> {
         immutant_foundation::sync::lock(&self.table)
+    }
+
+    /// The pool of connections to the nodes of `worker`.
+    fn client(&self, worker: Worker) -> &Client<Connector, Body> {
+        &self.clients[worker.0 % self.clients.len()]
     }
 }
 
@@ -190,9 +196,15 @@ pub async fn run(
     };
     let mcmp_address = SocketAddr::new(config.bind, config.mcmp_port);
     let mcmp = net::bind("MCMP", mcmp_address).await?;
+    let workers = Workers::per_core("balancer").map_err(|source| NetError::Serve {
+        name: "HTTP",
+        source,
+    })?;
     let balancer = Arc::new(Balancer {
         table: Mutex::new(Table::default()),
-        client: Client::builder(TokioExecutor::new()).build(connector()),
+        clients: (0..workers.count())
+            .map(|_| Client::builder(TokioExecutor::new()).build(connector()))
+            .collect(),
         started_us: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -207,8 +219,10 @@ pub async fn run(
     let proxying = {
         let balancer = balancer.clone();
         Router::new().fallback(
-            move |ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request| {
-                proxy::handle(balancer.clone(), client, request)
+            move |ConnectInfo(client): ConnectInfo<SocketAddr>,
+                  Extension(worker): Extension<Worker>,
+                  request: Request| {
+                proxy::handle(balancer.clone(), worker, client, request)
             },
         )
     };
@@ -231,6 +245,7 @@ pub async fn run(
     };
     let plain_port = EdgePort {
         h2c: config.h2c,
+        workers: Some(workers.clone()),
         ..EdgePort::default()
     };
     let mut servers = vec![
@@ -243,6 +258,7 @@ pub async fn run(
             tls: Some(certificates.server_config()?),
             h2c: false,
             hsts: tls.hsts,
+            workers: Some(workers.clone()),
         };
         servers.push(serve_edge(
             "HTTPS",

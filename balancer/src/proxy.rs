@@ -11,6 +11,7 @@ use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, Request, Response, StatusCode, Uri};
 
 use super::Balancer;
+use immutant_foundation::edge::Worker;
 use immutant_foundation::http::{page, prepare, request_host, respond};
 
 /// The session cookie and path parameter whose value ends with the node's route.
@@ -20,6 +21,7 @@ const SESSION_PARAMETER: &str = ";jsessionid=";
 /// Answers a client's request through the node that should serve it.
 pub async fn handle(
     balancer: Arc<Balancer>,
+    worker: Worker,
     client: SocketAddr,
     mut request: Request<Body>,
 ) -> Response<Body> {
@@ -61,7 +63,7 @@ pub async fn handle(
         }
         let mut target = target;
         let answer = tokio::select! {
-            answer = balancer.client.request(outgoing) => answer,
+            answer = balancer.client(worker).request(outgoing) => answer,
             // A node that stops answering (paused, or cut off) is found out by the health
             // checks; a request that may be sent again does not wait for it any longer.
             _ = target.lost.as_mut(), if retryable => {

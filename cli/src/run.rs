@@ -142,6 +142,9 @@ pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
         .collect();
     let forwarder = std::thread::spawn(move || {
         for signal in signals.forever() {
+            // A hang-up of our terminal stops the servers gracefully; SIGHUP to a server itself
+            // means "reload your certificates".
+            let signal = if signal == SIGHUP { SIGTERM } else { signal };
             for pid in &pids {
                 // SAFETY: kill has no memory-safety preconditions.
                 unsafe { libc::kill(*pid, signal) };

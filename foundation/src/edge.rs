@@ -2,12 +2,16 @@
 //! is served HTTP/1.1 (upgrades included) or, over TLS, HTTP/2 when the client's ALPN picks it
 //! (WebSockets over it by extended CONNECT, RFC 8441); HTTP/2 without TLS (h2c) only when asked
 //! for, since nothing in a browser speaks it and it is one more protocol for a stranger to
-//! try. Every request carries its client's address (`ConnectInfo<SocketAddr>`) and, when it
-//! came over TLS, [`OverTls`]; every answer over TLS says HSTS when asked to.
+//! try. Every request carries its client's address (`ConnectInfo<SocketAddr>`), the
+//! [`Worker`] serving it and, when it came over TLS, [`OverTls`]; every answer over TLS says
+//! HSTS when asked to. With [`Workers`], each connection is served whole on one thread of its
+//! own runtime, as nginx's workers serve theirs: its requests, and whatever they start there
+//! (a connection onward), never wait on another thread.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,11 +36,72 @@ pub struct EdgePort {
     pub h2c: bool,
     /// `Strict-Transport-Security` on every answer over TLS.
     pub hsts: bool,
+    /// The threads connections are served on (none: the runtime's own).
+    pub workers: Option<Arc<Workers>>,
 }
 
 /// Marks a request that came over TLS.
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
+
+/// Which of the [`Workers`] serves a request (0 without them): what a handler keeps per
+/// worker (a pool of connections onward) is found by it.
+#[derive(Debug, Clone, Copy)]
+pub struct Worker(pub usize);
+
+/// Threads that serve connections, each running a single-threaded runtime of its own; new
+/// connections are dealt to them in turn. They end when this is dropped.
+pub struct Workers {
+    runtimes: Vec<tokio::runtime::Handle>,
+    /// Dropped, they end their threads' runtimes.
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one), their threads named `name-N`.
+    pub fn start(name: &str, count: usize) -> std::io::Result<Arc<Workers>> {
+        let mut runtimes = Vec::new();
+        let mut stops = Vec::new();
+        for number in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtimes.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("{name}-{number}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    })
+                })?;
+        }
+        Ok(Arc::new(Workers {
+            runtimes,
+            _stops: stops,
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// As many workers as the machine has cores.
+    pub fn per_core(name: &str) -> std::io::Result<Arc<Workers>> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Workers::start(name, cores)
+    }
+
+    /// How many there are.
+    pub fn count(&self) -> usize {
+        self.runtimes.len()
+    }
+
+    /// The next worker in turn: its number and runtime.
+    fn deal(&self) -> (usize, &tokio::runtime::Handle) {
+        let number = self.next.fetch_add(1, Ordering::Relaxed) % self.runtimes.len();
+        (number, &self.runtimes[number])
+    }
+}
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,34 +142,47 @@ pub fn serve_edge(
                 }
             };
             let _ = stream.set_nodelay(true);
+            let (worker, runtime) = match &port.workers {
+                Some(workers) => {
+                    let (number, runtime) = workers.deal();
+                    (number, Some(runtime.clone()))
+                }
+                None => (0, None),
+            };
             let exchange = Exchange {
                 router: router.clone(),
                 peer,
+                worker: Worker(worker),
                 over_tls: acceptor.is_some(),
                 hsts: port.hsts && acceptor.is_some(),
             };
-            let shutdown = shutdown.clone();
-            let Some(acceptor) = acceptor.clone() else {
-                let protocols = match port.h2c {
-                    true => Protocols::Either,
-                    false => Protocols::Http1,
-                };
-                connections.spawn(serve_connection(stream, exchange, protocols, shutdown));
+            let (shutdown, acceptor) = (shutdown.clone(), acceptor.clone());
+            let protocols = match port.h2c {
+                true => Protocols::Either,
+                false => Protocols::Http1,
+            };
+            let serve = move |stream: tokio::net::TcpStream| async move {
+                match acceptor {
+                    None => serve_connection(stream, exchange, protocols, shutdown).await,
+                    Some(acceptor) => serve_tls(stream, acceptor, exchange, shutdown).await,
+                }
+            };
+            let Some(runtime) = runtime else {
+                connections.spawn(serve(stream));
                 continue;
             };
-            connections.spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                let shaken = tokio::select! {
-                    shaken = handshake => shaken,
-                    _ = shutdown.cancelled() => return,
-                };
-                let Ok(Ok(stream)) = shaken else { return };
-                let protocols = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => Protocols::Http2,
-                    _ => Protocols::Http1,
-                };
-                serve_connection(stream, exchange, protocols, shutdown).await;
-            });
+            // Handed over as a plain socket: it is registered with the runtime that serves it.
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            connections.spawn_on(
+                async move {
+                    if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                        serve(stream).await;
+                    }
+                },
+                &runtime,
+            );
         }
         connections.close();
         connections.wait().await;
@@ -112,11 +190,33 @@ pub fn serve_edge(
     })
 }
 
+/// Serves a connection over TLS: its handshake within [`HANDSHAKE_TIMEOUT`], then the protocol
+/// its ALPN picked.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    exchange: Exchange,
+    shutdown: Shutdown,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let shaken = tokio::select! {
+        shaken = handshake => shaken,
+        _ = shutdown.cancelled() => return,
+    };
+    let Ok(Ok(stream)) = shaken else { return };
+    let protocols = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocols::Http2,
+        _ => Protocols::Http1,
+    };
+    serve_connection(stream, exchange, protocols, shutdown).await;
+}
+
 /// What every request of one connection is served with.
 #[derive(Clone)]
 struct Exchange {
     router: axum::Router,
     peer: SocketAddr,
+    worker: Worker,
     over_tls: bool,
     hsts: bool,
 }
@@ -124,6 +224,7 @@ struct Exchange {
 impl Exchange {
     async fn answer(self, mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.extensions_mut().insert(self.worker);
         if self.over_tls {
             request.extensions_mut().insert(OverTls);
         }

@@ -79,7 +79,12 @@ fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
         tls: args.https.tls().map_err(NodeError::Usage)?,
         h2c: args.https.h2c,
     };
-    let runtime = tokio::runtime::Runtime::new().map_err(NodeError::Runtime)?;
+    // Its own work (MCMP, health checks, advertising) is light; clients are served on workers
+    // of their own, one per core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
     runtime.block_on(async {
         let mut signals = Signals::listen().map_err(NodeError::Runtime)?;
         immutant_balancer::run(config, async move { signals.recv().await.to_string() })

@@ -177,12 +177,11 @@ enum Refusal {
 
 impl Link {
     async fn run(self, shutdown: Shutdown) {
-        // Requests from a listed balancer come from its address (or addresses, for a name).
-        if self.listed
-            && let Ok(addresses) = tokio::net::lookup_host(self.proxy.as_str()).await
-        {
+        // Requests from a balancer come from its address (or addresses, for a name); a listed
+        // one's word on its clients' scheme and host is trusted too.
+        if let Ok(addresses) = tokio::net::lookup_host(self.proxy.as_str()).await {
             for address in addresses {
-                self.web.trust(address.ip());
+                self.web.tell(address.ip(), self.listed);
             }
         }
         let mut changes = self.web.changes();

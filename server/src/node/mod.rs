@@ -234,6 +234,7 @@ pub async fn run(
             tls: Some(https.certificates.server_config()?),
             h2c: false,
             hsts: https.hsts,
+            workers: None,
         };
         let router = web::router(web, None);
         servers.push(serve_edge(

@@ -38,9 +38,9 @@ pub struct Web {
     changes: watch::Sender<u64>,
     /// The change each balancer (by MCMP address) has been told of last.
     told: watch::Sender<BTreeMap<String, u64>>,
-    /// The addresses of the balancers this node speaks to: what they say of their clients'
-    /// scheme and host is kept.
-    balancers: RwLock<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// The addresses of the balancers this node speaks to, and whether what each says of its
+    /// clients' scheme and host is kept (only a listed one's is).
+    balancers: RwLock<BTreeMap<std::net::IpAddr, bool>>,
     /// What an operator said of each context for balancers (enable, disable, stop), by
     /// context path; enabled unless said otherwise.
     control: Mutex<BTreeMap<String, ContextState>>,
@@ -93,20 +93,31 @@ impl Web {
         self.changes.subscribe()
     }
 
-    /// Requests from `address` come from a balancer of this node's.
-    pub fn trust(&self, address: std::net::IpAddr) {
-        self.balancers
+    /// Requests from `address` come from a balancer this node tells about itself; `trusted`:
+    /// one it was told of, whose word on its clients' scheme and host is kept.
+    pub fn tell(&self, address: std::net::IpAddr, trusted: bool) {
+        let mut balancers = self
+            .balancers
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(address.to_canonical());
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let kept = balancers.entry(address.to_canonical()).or_default();
+        *kept |= trusted;
     }
 
-    /// Whether requests from `address` come from a balancer of this node's.
+    /// Whether requests from `address` come from a balancer this node was told of (its word
+    /// on its clients is kept).
     pub fn trusts(&self, address: std::net::IpAddr) -> bool {
+        self.balancer(address) == Some(true)
+    }
+
+    /// Whether `address` is a balancer's this node tells about itself (`Some`), and whether
+    /// its word is kept.
+    fn balancer(&self, address: std::net::IpAddr) -> Option<bool> {
         self.balancers
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&address.to_canonical())
+            .get(&address.to_canonical())
+            .copied()
     }
 
     /// The balancer at `proxy` has been told everything up to change `version`.
@@ -352,8 +363,8 @@ fn insert(routes: &mut Routes, mount: &Mount, target: Target) {
 }
 
 /// The HTTP port's routes: every request goes to the app mounted for it. With `https_redirect`
-/// (the HTTPS port), clients are sent there instead; the node's balancers, which reach it over
-/// plain HTTP by design, and their health checks are not.
+/// (the HTTPS port), clients are sent there instead; the balancers the node tells about itself
+/// (listed or advertised), which reach it over plain HTTP by design, and health checks are not.
 pub fn router(web: Arc<Web>, https_redirect: Option<u16>) -> Router {
     Router::new().fallback(
         move |ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request<Body>| {
@@ -362,7 +373,7 @@ pub fn router(web: Arc<Web>, https_redirect: Option<u16>) -> Router {
                 let health_check =
                     request.method() == axum::http::Method::OPTIONS && request.uri() == "*";
                 match https_redirect {
-                    Some(port) if !health_check && !web.trusts(client.ip()) => {
+                    Some(port) if !health_check && web.balancer(client.ip()).is_none() => {
                         immutant_foundation::http::redirect_to_https(&request, port)
                     }
                     _ => proxy::handle(web, client, request).await,
