@@ -13,6 +13,7 @@
 //! did; it also serves a status page there (HTML at `/`, JSON at `/status.json`).
 
 pub mod mcmp;
+mod pool;
 mod proxy;
 pub mod table;
 
@@ -28,11 +29,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Request};
 use axum::http::{Method, Response, StatusCode, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
-use tower::ServiceExt;
 use tracing::{info, warn};
 
 use immutant_foundation::edge::{EdgePort, Worker, Workers, serve_edge};
@@ -41,6 +38,7 @@ use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::tls::{
     CertificateError, CertificateFiles, CertificateReport, Certificates,
 };
+use pool::NodePool;
 use table::Table;
 
 /// This balancer's version (the server's: they are built and installed together).
@@ -95,7 +93,7 @@ pub struct Balancer {
     table: Mutex<Table>,
     /// The pools of connections to the nodes, one for each worker serving clients (a
     /// connection is used by the thread that made it).
-    clients: Vec<Client<Connector, Body>>,
+    pools: Vec<Arc<NodePool>>,
     /// When it started, in microseconds since the epoch: the `id` of its STATUS answers.
     started_us: u128,
     /// What its HTTPS port serves, if it has one.
@@ -108,8 +106,8 @@ impl Balancer {
     }
 
     /// The pool of connections to the nodes of `worker`.
-    fn client(&self, worker: Worker) -> &Client<Connector, Body> {
-        &self.clients[worker.0 % self.clients.len()]
+    fn pool(&self, worker: Worker) -> &Arc<NodePool> {
+        &self.pools[worker.0 % self.pools.len()]
     }
 }
 
@@ -156,31 +154,6 @@ fn allowed(allow: &[(IpAddr, u8)], peer: IpAddr) -> bool {
     })
 }
 
-/// How the balancer connects to nodes (see [`connector`]).
-type Connector = tower::util::BoxCloneSyncService<
-    hyper::Uri,
-    TokioIo<tokio::net::TcpStream>,
-    Box<dyn std::error::Error + Send + Sync>,
->;
-
-/// Connections to nodes: a node whose host is gone is passed over in a second, not in
-/// minutes; and a connection given up (its request sent elsewhere) is reset, not closed, so
-/// that a request it had not delivered yet is dropped rather than delivered late, after a
-/// partition heals, when another node has served it already.
-fn connector() -> Connector {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    // A request goes out in one write: nothing is gained by waiting to fill a segment.
-    connector.set_nodelay(true);
-    let resetting = connector
-        .map_response(|stream: TokioIo<tokio::net::TcpStream>| {
-            let _ = socket2::SockRef::from(stream.inner()).set_linger(Some(Duration::ZERO));
-            stream
-        })
-        .map_err(Into::into);
-    tower::util::BoxCloneSyncService::new(resetting)
-}
-
 /// Runs a balancer until `stop` resolves.
 pub async fn run(
     config: BalancerConfig,
@@ -204,9 +177,7 @@ pub async fn run(
     })?;
     let balancer = Arc::new(Balancer {
         table: Mutex::new(Table::default()),
-        clients: (0..workers.count())
-            .map(|_| Client::builder(TokioExecutor::new()).build(connector()))
-            .collect(),
+        pools: (0..workers.count()).map(|_| Arc::default()).collect(),
         started_us: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()

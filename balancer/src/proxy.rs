@@ -49,7 +49,7 @@ pub async fn handle(
                 true => unavailable(&path),
             };
         };
-        let Some(uri) = node_uri(&target.address, &parts.uri) else {
+        let Some(uri) = node_uri(&parts.uri) else {
             return page(
                 StatusCode::BAD_REQUEST,
                 "Bad request",
@@ -63,7 +63,7 @@ pub async fn handle(
         }
         let mut target = target;
         let answer = tokio::select! {
-            answer = balancer.client(worker).request(outgoing) => answer,
+            answer = balancer.pool(worker).send(&target.address, outgoing) => answer,
             // A node that stops answering (paused, or cut off) is found out by the health
             // checks; a request that may be sent again does not wait for it any longer.
             _ = target.lost.as_mut(), if retryable => {
@@ -131,10 +131,12 @@ fn is_idempotent(method: &Method) -> bool {
     [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
 }
 
-/// The request's target at the node: the same path and query.
-fn node_uri(address: &str, uri: &Uri) -> Option<Uri> {
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{address}{path_and_query}").parse().ok()
+/// The request's target at the node: the same path and query (the connection is the node's).
+fn node_uri(uri: &Uri) -> Option<Uri> {
+    uri.path_and_query()
+        .map_or("/", |path| path.as_str())
+        .parse()
+        .ok()
 }
 
 /// 503 for a path that nodes serve, when none of them can take the request now.
