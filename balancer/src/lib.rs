@@ -66,6 +66,7 @@ pub struct BalancerConfig {
 /// How a balancer serves HTTPS.
 #[derive(Debug, Clone)]
 pub struct BalancerTls {
+    /// Where clients send requests over HTTPS.
     pub port: u16,
     /// The certificates, the first served to clients that name no host another is for.
     pub certificates: Vec<CertificateFiles>,
@@ -172,7 +173,7 @@ pub async fn run(
     let mcmp_address = SocketAddr::new(config.bind, config.mcmp_port);
     let mcmp = net::bind("MCMP", mcmp_address).await?;
     let workers = Workers::per_core("balancer").map_err(|source| NetError::Serve {
-        name: "HTTP",
+        name: "client-serving threads of the",
         source,
     })?;
     let balancer = Arc::new(Balancer {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -21,11 +21,17 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most idle connections kept for one node.
 const MOST_IDLE: usize = 256;
+/// How long a connection is kept unused: less than a node gives a client to send its next
+/// request (hyper's 30 s).
+const IDLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Connections to one node that are free, each with when it was freed.
+type Free = Vec<(SendRequest<Body>, Instant)>;
 
 /// Connections to the nodes, kept by address.
 #[derive(Default)]
 pub struct NodePool {
-    idle: Mutex<HashMap<String, Vec<SendRequest<Body>>>>,
+    idle: Mutex<HashMap<String, Free>>,
 }
 
 /// Why a request did not reach its node.
@@ -54,9 +60,7 @@ impl NodePool {
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
-            let pooled = immutant_foundation::sync::lock(&self.idle)
-                .get_mut(address)
-                .and_then(Vec::pop);
+            let pooled = self.take(address);
             let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 None => (connect(address).await?, false),
@@ -73,7 +77,7 @@ impl NodePool {
                             let mut idle = immutant_foundation::sync::lock(&pool.idle);
                             let kept = idle.entry(address).or_default();
                             if kept.len() < MOST_IDLE {
-                                kept.push(sender);
+                                kept.push((sender, Instant::now()));
                             }
                         }
                     });
@@ -85,6 +89,17 @@ impl NodePool {
                 },
             }
         }
+    }
+}
+
+impl NodePool {
+    /// The connection to `address` freed last, if one was within [`IDLE_LIMIT`]; those
+    /// unused longer are let go.
+    fn take(&self, address: &str) -> Option<SendRequest<Body>> {
+        let mut idle = immutant_foundation::sync::lock(&self.idle);
+        let kept = idle.get_mut(address)?;
+        kept.retain(|(_, freed)| freed.elapsed() < IDLE_LIMIT);
+        kept.pop().map(|(sender, _)| sender)
     }
 }
 

@@ -161,9 +161,10 @@ pub fn expiry(certificate: &CertificateReport) -> String {
     let date = chrono::DateTime::from_timestamp(certificate.not_after, 0)
         .map(|at| at.format("%Y-%m-%d").to_string())
         .unwrap_or_default();
-    match certificate.expires_soon() {
-        true => format!("{date} (in {} days: renew it)", certificate.days_left),
-        false => format!("{date} (in {} days)", certificate.days_left),
+    match (certificate.days_left < 0, certificate.expires_soon()) {
+        (true, _) => format!("{date} (expired: renew it)"),
+        (false, true) => format!("{date} (in {} days: renew it)", certificate.days_left),
+        (false, false) => format!("{date} (in {} days)", certificate.days_left),
     }
 }
 

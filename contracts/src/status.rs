@@ -226,6 +226,10 @@ pub struct BalancerReport {
     pub up_to_date: bool,
 }
 
+/// Days before its expiry from which a certificate is warned about (in the log, `status` and
+/// the console).
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
 /// A certificate a port serves to clients over TLS.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -241,9 +245,9 @@ pub struct CertificateReport {
 }
 
 impl CertificateReport {
-    /// Whether it expires within the days people are warned before (14).
+    /// Whether it expires within the days people are warned before.
     pub fn expires_soon(&self) -> bool {
-        self.days_left < 14
+        self.days_left < EXPIRY_WARNING_DAYS
     }
 }
 

@@ -44,8 +44,8 @@ pub struct EdgePort {
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
 
-/// Which of the [`Workers`] serves a request (0 without them): what a handler keeps per
-/// worker (a pool of connections onward) is found by it.
+/// Which of the [`Workers`] serves a request (its number; 0 without them): what a handler
+/// keeps per worker (a pool of connections onward) is found by it.
 #[derive(Debug, Clone, Copy)]
 pub struct Worker(pub usize);
 
@@ -105,6 +105,14 @@ impl Workers {
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 connection may go without a request open before it is closed (an
+/// HTTP/1.1 connection has hyper's 30 s to send its next request's head).
+const HTTP2_IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// How often an HTTP/2 peer is pinged, and how long it has to answer.
+const HTTP2_PING: Duration = Duration::from_secs(20);
+/// How long a port, once stopping, waits for the requests in flight (and open tunnels) to end
+/// before it lets them go.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// What HSTS says: use HTTPS only, for a year.
 const HSTS: &str = "max-age=31536000";
 
@@ -155,6 +163,7 @@ pub fn serve_edge(
                 worker: Worker(worker),
                 over_tls: acceptor.is_some(),
                 hsts: port.hsts && acceptor.is_some(),
+                activity: Arc::default(),
             };
             let (shutdown, acceptor) = (shutdown.clone(), acceptor.clone());
             let protocols = match port.h2c {
@@ -185,7 +194,7 @@ pub fn serve_edge(
             );
         }
         connections.close();
-        connections.wait().await;
+        let _ = tokio::time::timeout(DRAIN_LIMIT, connections.wait()).await;
         Ok(())
     })
 }
@@ -211,7 +220,7 @@ async fn serve_tls(
     serve_connection(stream, exchange, protocols, shutdown).await;
 }
 
-/// What every request of one connection is served with.
+/// What every request of one connection is served with, and what the connection is doing.
 #[derive(Clone)]
 struct Exchange {
     router: axum::Router,
@@ -219,10 +228,51 @@ struct Exchange {
     worker: Worker,
     over_tls: bool,
     hsts: bool,
+    activity: Arc<Activity>,
+}
+
+/// The requests a connection has open now, and when it last had one.
+struct Activity {
+    open: AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            open: AtomicUsize::new(0),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    fn idle_for(&self) -> Option<Duration> {
+        (self.open.load(Ordering::Acquire) == 0).then(|| crate::sync::lock(&self.since).elapsed())
+    }
+}
+
+/// A request open on a connection, until its answer's head is given (or it is dropped, the
+/// client gone).
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn begin(activity: &Arc<Activity>) -> Open {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        *crate::sync::lock(&self.0.since) = tokio::time::Instant::now();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Exchange {
     async fn answer(self, mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let _open = Open::begin(&self.activity);
         request.extensions_mut().insert(ConnectInfo(self.peer));
         request.extensions_mut().insert(self.worker);
         if self.over_tls {
@@ -230,10 +280,11 @@ impl Exchange {
         }
         let mut response = tower::ServiceExt::oneshot(self.router, request.map(Body::new)).await?;
         if self.hsts {
-            response.headers_mut().insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static(HSTS),
-            );
+            // The app's own word, if it says one, stands.
+            response
+                .headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert(HeaderValue::from_static(HSTS));
         }
         Ok(response)
     }
@@ -246,6 +297,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
+    let activity = exchange.activity.clone();
     let service = hyper::service::service_fn(move |request| exchange.clone().answer(request));
     match protocols {
         Protocols::Http1 => {
@@ -253,16 +305,20 @@ where
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new());
             let connection = builder.serve_connection(io, service).with_upgrades();
-            until_done(connection, shutdown, |connection| {
+            until_done(connection, shutdown, None, |connection| {
                 connection.graceful_shutdown()
             })
             .await;
         }
         Protocols::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new()).enable_connect_protocol();
+            builder
+                .timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .keep_alive_interval(HTTP2_PING)
+                .keep_alive_timeout(HTTP2_PING);
             let connection = builder.serve_connection(io, service);
-            until_done(connection, shutdown, |connection| {
+            until_done(connection, shutdown, Some(activity), |connection| {
                 connection.graceful_shutdown()
             })
             .await;
@@ -270,9 +326,13 @@ where
         Protocols::Either => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new());
-            builder.http2().timer(TokioTimer::new());
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(HTTP2_PING)
+                .keep_alive_timeout(HTTP2_PING);
             let connection = builder.serve_connection_with_upgrades(io, service);
-            until_done(connection, shutdown, |connection| {
+            until_done(connection, shutdown, Some(activity), |connection| {
                 connection.graceful_shutdown()
             })
             .await;
@@ -280,17 +340,36 @@ where
     }
 }
 
-/// Drives `connection` to its end; once `shutdown` comes, asks it to finish what it has begun
-/// and take nothing new.
+/// Drives `connection` to its end; once `shutdown` comes, or it has had no request open for
+/// [`HTTP2_IDLE_LIMIT`] (with `activity`: one that says nothing, or nothing more, does not
+/// hold its socket and task for ever), asks it to finish what it has begun and take nothing
+/// new.
 async fn until_done<C: Future>(
     connection: C,
     shutdown: Shutdown,
+    activity: Option<Arc<Activity>>,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) {
     let mut connection = std::pin::pin!(connection);
+    let idle = async {
+        let Some(activity) = activity else {
+            return std::future::pending().await;
+        };
+        let mut looks = tokio::time::interval(HTTP2_IDLE_LIMIT / 6);
+        loop {
+            looks.tick().await;
+            if activity
+                .idle_for()
+                .is_some_and(|idle| idle >= HTTP2_IDLE_LIMIT)
+            {
+                return;
+            }
+        }
+    };
     tokio::select! {
         _ = connection.as_mut() => return,
         _ = shutdown.cancelled() => graceful(connection.as_mut()),
+        _ = idle => graceful(connection.as_mut()),
     }
     let _ = connection.await;
 }

@@ -63,8 +63,13 @@ pub fn prepare(
     prefix: &str,
     from_balancer: bool,
 ) -> Option<ClientUpgrade> {
-    let extended_connect =
-        request.method() == Method::CONNECT && request.extensions().get::<Protocol>().is_some();
+    // Only a WebSocket: any other protocol would open a tunnel to the app that nothing in
+    // between understands (h2c smuggling).
+    let extended_connect = request.method() == Method::CONNECT
+        && request
+            .extensions()
+            .get::<Protocol>()
+            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"));
     let upgrade = (extended_connect || is_upgrade(request.headers()))
         .then(|| request.extensions_mut().remove::<OnUpgrade>())
         .flatten()
@@ -93,32 +98,28 @@ pub fn prepare(
     upgrade
 }
 
-/// An extended CONNECT (`:protocol websocket`) as HTTP/1.1 asks for the same: a GET with
-/// `Upgrade`, and for a WebSocket the key its handshake needs (HTTP/2 has none).
+/// An extended CONNECT for a WebSocket as HTTP/1.1 asks for the same: a GET with `Upgrade`,
+/// and the key its handshake needs (HTTP/2 has none).
 fn as_classic_upgrade(request: &mut Request<Body>) {
-    let protocol = request
-        .extensions_mut()
-        .remove::<Protocol>()
-        .and_then(|protocol| HeaderValue::from_str(protocol.as_str()).ok());
+    request.extensions_mut().remove::<Protocol>();
     *request.method_mut() = Method::GET;
     let headers = request.headers_mut();
-    if let Some(protocol) = protocol {
-        if protocol.as_bytes().eq_ignore_ascii_case(b"websocket") {
-            headers.insert("sec-websocket-key", websocket_key());
-        }
-        headers.insert(header::UPGRADE, protocol);
+    if let Some(key) = websocket_key() {
+        headers.insert("sec-websocket-key", key);
     }
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// A WebSocket handshake's key: 16 random bytes in base64 (RFC 6455, 4.1).
-fn websocket_key() -> HeaderValue {
+/// A WebSocket handshake's key: 16 random bytes in base64 (RFC 6455, 4.1); none if the
+/// system gives no random bytes (the app then refuses the handshake).
+fn websocket_key() -> Option<HeaderValue> {
     use base64::Engine;
     use ring::rand::SecureRandom;
     let mut nonce = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+    ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-    HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
+    HeaderValue::from_str(&key).ok()
 }
 
 /// Passes a response back to the client: an upgrade becomes a tunnel between the client and
@@ -129,6 +130,17 @@ pub fn respond<G: Send + 'static>(
     upgrade: Option<ClientUpgrade>,
     guard: G,
 ) -> Response<Body> {
+    let extended_connect = upgrade
+        .as_ref()
+        .is_some_and(|upgrade| upgrade.extended_connect);
+    if extended_connect && response.status().is_success() {
+        // Over HTTP/2 a 2xx would open a tunnel the app never did.
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "No WebSocket",
+            "The app answered a WebSocket handshake without switching protocols.",
+        );
+    }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = upgrade else {
             return response.map(|_| Body::empty());
@@ -167,8 +179,20 @@ async fn tunnel<G>(client_side: OnUpgrade, server_side: OnUpgrade, _guard: G) {
     .await;
 }
 
+/// Whether a request asks for an upgrade the hop can carry: not to `h2c`, which would turn the
+/// connection to the app into one nothing in between understands (h2c smuggling).
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let upgrade = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    !upgrade.is_empty()
+        && !upgrade
+            .iter()
+            .any(|protocol| protocol.eq_ignore_ascii_case("h2c"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -200,6 +224,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         headers.remove(header::UPGRADE);
     }
 }
+
 /// HTTP/2 may split `Cookie` into one header per cookie; HTTP/1.1 wants them in one
 /// (RFC 9113, 8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {
@@ -280,11 +305,11 @@ fn set_forwarded(
 /// it only redirects.
 pub fn redirect_to_https(request: &Request<Body>, port: u16) -> Response<Body> {
     let host = request_host(request);
-    if host.is_empty() {
+    if !is_host_name(&host) {
         return page(
             StatusCode::BAD_REQUEST,
             "Bad request",
-            "This port only sends clients to HTTPS, and the request names no host to send it to.",
+            "This port only sends clients to HTTPS, and the request names no host (a DNS name or an address) to send it to.",
         );
     }
     let port = match port {
@@ -310,6 +335,19 @@ pub fn redirect_to_https(request: &Request<Body>, port: u16) -> Response<Body> {
     );
     response.headers_mut().insert(header::LOCATION, value);
     response
+}
+
+/// Whether `host` is a DNS name or an address (IPv6 in brackets), and nothing more: what goes
+/// into a `Location` can then not point anywhere else (`evil.example/`, `a@evil.example`).
+fn is_host_name(host: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    match host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
+        Some(address) => address.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.len() <= 253 && host.chars().all(allowed),
+    }
 }
 
 /// A small HTML page with a title and one paragraph.
@@ -416,6 +454,68 @@ mod tests {
         assert_eq!(strip_port("example.com:8080"), "example.com");
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn a_redirect_to_https_goes_to_the_same_host_and_path_and_nowhere_else() {
+        let redirect = |host: &str, port| {
+            let request = Request::get("/app/x?q=1")
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap();
+            redirect_to_https(&request, port)
+        };
+        let location = |response: Response<Body>| response.headers()[header::LOCATION].clone();
+        assert_eq!(
+            location(redirect("Shop.Example:8080", 8443)),
+            "https://shop.example:8443/app/x?q=1"
+        );
+        assert_eq!(
+            location(redirect("shop.example", 443)),
+            "https://shop.example/app/x?q=1"
+        );
+        assert_eq!(
+            location(redirect("[::1]:8080", 8443)),
+            "https://[::1]:8443/app/x?q=1"
+        );
+        for odd in [
+            "evil.example/",
+            "a@evil.example",
+            "evil.example\\.shop",
+            "",
+            "[::1",
+        ] {
+            assert_eq!(
+                redirect(odd, 8443).status(),
+                StatusCode::BAD_REQUEST,
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_http2_websocket_becomes_an_http1_upgrade_and_h2c_never_does() {
+        let mut request = Request::connect("/ws").body(Body::empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(Protocol::from_static("websocket"));
+        as_classic_upgrade(&mut request);
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.headers()[header::UPGRADE], "websocket");
+        assert_eq!(request.headers()[header::CONNECTION], "upgrade");
+        assert_eq!(request.headers()["sec-websocket-key"].len(), 24);
+        assert!(is_upgrade(request.headers()));
+
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut smuggled = Request::get("/")
+            .header(header::UPGRADE, "h2c")
+            .header(header::CONNECTION, "Upgrade, HTTP2-Settings")
+            .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+            .body(Body::empty())
+            .unwrap();
+        prepare(&mut smuggled, client, "/", false);
+        assert!(smuggled.headers().get(header::UPGRADE).is_none());
+        assert!(smuggled.headers().get("http2-settings").is_none());
     }
 
     #[test]

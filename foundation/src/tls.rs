@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use immutant_contracts::status::CertificateReport;
+pub use immutant_contracts::status::{CertificateReport, EXPIRY_WARNING_DAYS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -28,8 +28,6 @@ pub struct CertificateFiles {
     pub key: PathBuf,
 }
 
-/// Days before expiry from which a certificate is warned about, at start and every day.
-pub const EXPIRY_WARNING_DAYS: i64 = 14;
 /// How often the files are looked at for a change.
 const POLL: Duration = Duration::from_secs(2);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -66,17 +64,23 @@ pub enum CertificateError {
     )]
     UnusableKey { path: PathBuf, reason: String },
     #[error(
-        "the key file {path} can be read by other users of this host (mode {mode:o}); make it this user's alone: chmod 600 {path}"
+        "the key file {path} is open to other users of this host (mode {mode:o}); make it this user's alone: chmod 600 {path}"
     )]
     KeyExposed { path: PathBuf, mode: u32 },
+    #[error(
+        "the key file {path} belongs to another user (uid {owner}), who could change it: make it this server's user's (chown)"
+    )]
+    KeyOwned { path: PathBuf, owner: u32 },
     #[error("the TLS settings cannot be made: {0}")]
     Settings(String),
 }
 
-/// One certificate served: the files it came from, and what it says.
-#[derive(Debug)]
+/// One certificate served: the files it came from (and what they were then), and what it
+/// says.
+#[derive(Debug, Clone)]
 struct Served {
     files: CertificateFiles,
+    identity: Vec<Option<FileIdentity>>,
     key: Arc<CertifiedKey>,
     /// Its DNS names, lower case (`*.example.com` for a wildcard).
     names: Vec<String>,
@@ -138,21 +142,44 @@ impl Certificates {
             .collect()
     }
 
-    /// Reads the files again: the new certificates are served from the next connection on; a
-    /// file that fails its checks leaves the ones served before.
-    pub fn reload(&self) -> Result<(), CertificateError> {
-        let served = load_all(&self.files)?;
+    /// Reads again the pairs whose files have changed since they were read (every pair, with
+    /// `all`): each new certificate is served from the next connection on; a pair that fails
+    /// its checks keeps the certificate served before, the others go ahead. Answers the
+    /// certificates read anew, and why each pair that failed did.
+    pub fn reload(&self, all: bool) -> (Vec<String>, Vec<CertificateError>) {
+        let current = self.current();
+        let (mut read, mut failed) = (Vec::new(), Vec::new());
+        let served: Vec<Served> = self
+            .files
+            .iter()
+            .zip(current.iter())
+            .map(|(files, before)| {
+                if !all && fingerprint(std::slice::from_ref(files)) == before.identity {
+                    return before.clone();
+                }
+                match load_one(files) {
+                    Ok(served) => {
+                        read.extend(names_of(std::slice::from_ref(&served)));
+                        served
+                    }
+                    Err(error) => {
+                        failed.push(error);
+                        before.clone()
+                    }
+                }
+            })
+            .collect();
         warn_of_expiry(&served);
         *self
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(served);
-        Ok(())
+        (read, failed)
     }
 
-    /// Until `shutdown`: reloads the certificates when their files have changed (and stayed
-    /// so for a look, so that a certificate and key replaced one after the other are read
-    /// together) or on SIGHUP, and warns every day of those expiring soon.
+    /// Until `shutdown`: reloads the certificates whose files have changed (and stayed so for
+    /// a look, so that a certificate and key replaced one after the other are read together),
+    /// every one on SIGHUP, and warns every day of those expiring soon.
     pub async fn keep_fresh(self: Arc<Self>, shutdown: Shutdown) {
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -175,7 +202,14 @@ impl Certificates {
                     warn_of_expiry(&self.current());
                     continue;
                 }
-                _ = async { hangups.as_mut()?.recv().await }, if hangups.is_some() => true,
+                hangup = async { hangups.as_mut()?.recv().await }, if hangups.is_some() => {
+                    if hangup.is_none() {
+                        // No more signals will come.
+                        hangups = None;
+                        continue;
+                    }
+                    true
+                }
                 _ = shutdown.cancelled() => return,
             };
             let now = fingerprint(&self.files);
@@ -186,12 +220,12 @@ impl Certificates {
             }
             // Tried once per change: a bad file is not warned about every look.
             loaded = now;
-            match self.reload() {
-                Ok(()) => info!(
-                    "reloaded the certificates ({})",
-                    names_of(&self.current()).join(", ")
-                ),
-                Err(error) => warn!("kept the certificates served before: {error}"),
+            let (read, failed) = self.reload(asked);
+            if !read.is_empty() {
+                info!("reloaded the certificates ({})", read.join(", "));
+            }
+            for error in failed {
+                warn!("kept the certificate served before: {error}");
             }
         }
     }
@@ -237,13 +271,17 @@ fn warn_of_expiry(served: &[Served]) {
     let now = chrono::Utc::now().timestamp();
     for served in served {
         let days = (served.not_after - now).div_euclid(24 * 60 * 60);
-        if days < EXPIRY_WARNING_DAYS {
-            warn!(
-                "the certificate in {} expires on {} (in {days} days); renew it: the new file is served as soon as it is in place",
-                served.files.cert.display(),
-                date(served.not_after)
-            );
-        }
+        let when = match served.not_after < now {
+            true => format!("expired on {}", date(served.not_after)),
+            false if days < EXPIRY_WARNING_DAYS => {
+                format!("expires on {} (in {days} days)", date(served.not_after))
+            }
+            false => continue,
+        };
+        warn!(
+            "the certificate in {} {when}; renew it: the new file is served as soon as it is in place",
+            served.files.cert.display(),
+        );
     }
 }
 
@@ -276,6 +314,7 @@ fn load_all(files: &[CertificateFiles]) -> Result<Vec<Served>, CertificateError>
 /// Reads one pair and checks it: the key this user's alone, valid now, the key the
 /// certificate's.
 fn load_one(files: &CertificateFiles) -> Result<Served, CertificateError> {
+    let identity = fingerprint(std::slice::from_ref(files));
     let chain = read_chain(&files.cert)?;
     let (names, not_before, not_after) = inspect(&files.cert, &chain[0])?;
     let now = chrono::Utc::now().timestamp();
@@ -311,6 +350,7 @@ fn load_one(files: &CertificateFiles) -> Result<Served, CertificateError> {
     }
     Ok(Served {
         files: files.clone(),
+        identity,
         key: Arc::new(certified),
         names,
         not_after,
@@ -342,12 +382,16 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertificateEr
     Ok(chain)
 }
 
+/// Reads a key from the file it checked: this user's, and open to no one else.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertificateError> {
-    let meta = std::fs::metadata(path).map_err(|source| CertificateError::Unreadable {
+    use std::io::Read;
+    let unreadable = |source| CertificateError::Unreadable {
         what: "key",
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(CertificateError::KeyExposed {
@@ -355,7 +399,15 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertificateError> {
             mode,
         });
     }
-    let pem = read("key", path)?;
+    // SAFETY: geteuid has no preconditions.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return Err(CertificateError::KeyOwned {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+        });
+    }
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem).map_err(unreadable)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|_| CertificateError::Empty {
         what: "private key",
         path: path.to_path_buf(),
@@ -410,7 +462,7 @@ fn date(seconds: i64) -> String {
         .unwrap_or_else(|| seconds.to_string())
 }
 
-/// The names each certificate is chosen for, by file, for tests of [`choose`].
+/// The file of the certificate [`choose`] picks for `name`, if one names it.
 #[cfg(test)]
 fn chosen_for(certificates: &Certificates, name: &str) -> Option<PathBuf> {
     let current = certificates.current();
@@ -520,7 +572,10 @@ mod tests {
         ));
         std::fs::set_permissions(&good.key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let exposed = refused(good.clone()).to_string();
-        assert!(exposed.contains("chmod 600"), "{exposed}");
+        assert!(
+            exposed.contains("(mode 644)") && exposed.contains("chmod 600"),
+            "{exposed}"
+        );
         std::fs::set_permissions(&good.key, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&good.cert, "not a certificate").unwrap();
         assert!(matches!(refused(good), CertificateError::Empty { .. }));
@@ -532,10 +587,33 @@ mod tests {
         let files = write_pair(dir.path(), "site", &["old.example"], -1, 90);
         let certificates = Certificates::load(vec![files.clone()]).unwrap();
         std::fs::write(&files.cert, "broken").unwrap();
-        assert!(certificates.reload().is_err());
+        let (read, failed) = certificates.reload(false);
+        assert!(read.is_empty() && failed.len() == 1, "{failed:?}");
         assert_eq!(certificates.report()[0].names, ["old.example"]);
         write_pair(dir.path(), "site", &["new.example"], -1, 90);
-        certificates.reload().unwrap();
+        let (read, failed) = certificates.reload(false);
+        assert!(read == ["new.example"] && failed.is_empty(), "{failed:?}");
         assert_eq!(certificates.report()[0].names, ["new.example"]);
+        // Unchanged files are not read again.
+        let (read, failed) = certificates.reload(false);
+        assert!(read.is_empty() && failed.is_empty());
+    }
+
+    #[test]
+    fn a_pair_that_fails_keeps_its_certificate_and_the_others_go_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let shop = write_pair(dir.path(), "shop", &["shop.example"], -1, 90);
+        let blog = write_pair(dir.path(), "blog", &["blog.example"], -1, 90);
+        let certificates = Certificates::load(vec![shop.clone(), blog.clone()]).unwrap();
+        write_pair(dir.path(), "shop", &["new.shop.example"], -1, 90);
+        std::fs::write(&blog.cert, "broken").unwrap();
+        let (read, failed) = certificates.reload(false);
+        assert_eq!(read, ["new.shop.example"]);
+        assert!(
+            matches!(failed[..], [CertificateError::Empty { .. }]),
+            "{failed:?}"
+        );
+        let names: Vec<_> = certificates.report().into_iter().map(|c| c.names).collect();
+        assert_eq!(names, [["new.shop.example"], ["blog.example"]]);
     }
 }

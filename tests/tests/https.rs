@@ -303,7 +303,7 @@ fn a_certificate_replaced_on_disk_is_served_to_new_connections_while_open_ones_g
         std::fs::write(&second.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
         front
             .proc
-            .wait_for("kept the certificates served before", PATIENCE);
+            .wait_for("kept the certificate served before", PATIENCE);
         let fresh = ca.connect(tls, "shop.test", &[b"http/1.1"]).await;
         assert!(served(&fresh) == second.der);
         assert_eq!(ask(&mut sender).await, 404);
@@ -387,7 +387,7 @@ fn every_bad_certificate_stops_the_start_naming_the_file() {
         &good.cert,
         &good.key,
         &format!(
-            "the key file {} can be read by other users of this host (mode 644); make it this user's alone: chmod 600",
+            "the key file {} is open to other users of this host (mode 644); make it this user's alone: chmod 600",
             good.key.display()
         ),
     );
@@ -473,6 +473,19 @@ fn a_node_serves_https_itself_and_shows_its_certificate_expiring() {
         "{}",
         plain.headers
     );
+
+    // The plain port speaks HTTP/1.1 only: HTTP/2 without TLS was not asked for.
+    let h2c = runtime().block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}/probe/", 8080 + offset))
+            .send()
+            .await
+    });
+    assert!(h2c.is_err(), "h2c is refused: {h2c:?}");
 
     // `status` shows the certificate and that it needs renewing.
     let said = base.cli(["status"]).output().unwrap();

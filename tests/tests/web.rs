@@ -71,7 +71,8 @@ fn requests_go_to_the_app_of_their_host_and_longest_context_path() {
         ],
     );
     let offset = free_offset();
-    let node = start_node(&base, "webnode", offset, &[]);
+    // HTTP/2 without TLS is asked for (it is off by default: tests/tests/https.rs).
+    let node = start_node(&base, "webnode", offset, &["-Dimmutant.http.h2c=true"]);
     let http = format!("http://127.0.0.1:{}", 8080 + offset);
     wait_until_served(&format!("{http}/alpha/"), BUILD_PATIENCE);
     wait_until_served(&format!("{http}/alpha/deep/"), PATIENCE);

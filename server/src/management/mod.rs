@@ -57,7 +57,9 @@ pub struct NodeInfo {
 
 /// The node's HTTPS port: where it is, and what it serves.
 pub struct HttpsInfo {
+    /// Where the HTTPS port listens.
     pub address: std::net::SocketAddr,
+    /// What it serves.
     pub certificates: Arc<immutant_foundation::tls::Certificates>,
 }
 

@@ -17,8 +17,13 @@ use crate::config::{ConfigError, Properties, ServerConfig};
 pub struct Https {
     /// The port, offset applied.
     pub port: u16,
+    /// What it serves, kept fresh while the node runs.
     pub certificates: Arc<Certificates>,
+    /// Its TLS settings, serving those certificates.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The plain HTTP port sends clients (not balancers) here.
     pub redirect_http: bool,
+    /// Answers over HTTPS say `Strict-Transport-Security`.
     pub hsts: bool,
 }
 
@@ -54,10 +59,11 @@ pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Ht
         ));
     }
     if certs.is_empty() {
-        return match flag("immutant.http.tls.redirect-http") {
+        let needing = ["immutant.http.tls.redirect-http", "immutant.http.tls.hsts"];
+        return match needing.iter().any(|name| flag(name)) {
             true => Err(invalid(
                 CERT,
-                "a PEM certificate chain (with -Dimmutant.http.tls.key): redirecting to HTTPS needs HTTPS",
+                "a PEM certificate chain (with -Dimmutant.http.tls.key): redirecting to HTTPS, or HSTS, needs HTTPS",
             )),
             false => Ok(None),
         };
@@ -77,9 +83,11 @@ pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Ht
         .zip(keys)
         .map(|(cert, key)| CertificateFiles { cert, key })
         .collect();
+    let certificates = Certificates::load(files)?;
     Ok(Some(Https {
         port,
-        certificates: Certificates::load(files)?,
+        tls: certificates.server_config()?,
+        certificates,
         redirect_http: flag("immutant.http.tls.redirect-http"),
         hsts: flag("immutant.http.tls.hsts"),
     }))

@@ -231,7 +231,7 @@ pub async fn run(
     ];
     if let (Some(https), Some(listener)) = (&https, https_listener) {
         let port = EdgePort {
-            tls: Some(https.certificates.server_config()?),
+            tls: Some(https.tls.clone()),
             h2c: false,
             hsts: https.hsts,
             workers: None,

@@ -235,7 +235,7 @@ function draw(status) {
       const soon = c.days_left < 14;
       const date = new Date(c.not_after * 1000).toISOString().slice(0, 10);
       return el("tr", { "data-certificate": c.file }, cell(c.names.join(", ")), cell(c.file),
-        cell(`${date} (in ${c.days_left} days${soon ? ": renew it" : ""})`, soon ? "no" : "yes"));
+        cell(c.days_left < 0 ? `${date} (expired: renew it)` : `${date} (in ${c.days_left} days${soon ? ": renew it" : ""})`, soon ? "no" : "yes"));
     }), "no certificates");
 }
 
