@@ -249,6 +249,31 @@ fn the_web_template_over_https_keeps_its_session_when_its_node_dies() {
         assert_eq!(page.text_of("#node").await, other);
         shoot(&mut page, "https-visits.png").await;
     });
+    drop(browser);
+
+    // And over HTTP/1.1, with HTTP/2 turned off in the browser.
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Chromium::launch_with(
+        profile.path(),
+        &[
+            format!("--ignore-certificate-errors-spki-list={}", ca.spki_sha256),
+            "--host-resolver-rules=MAP shop.test 127.0.0.1".to_string(),
+            "--disable-http2".to_string(),
+        ],
+    );
+    runtime.block_on(async {
+        let mut page = browser.open(&shop_url("/visits/")).await;
+        until(
+            &mut page,
+            "the page shows a visit",
+            "document.querySelector('#visits')?.textContent === '1'",
+        )
+        .await;
+        let protocol = page
+            .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+            .await;
+        assert_eq!(protocol, "http/1.1");
+    });
 }
 
 /// One request on an open HTTP/1.1 connection: its status.
@@ -313,16 +338,25 @@ fn a_certificate_replaced_on_disk_is_served_to_new_connections_while_open_ones_g
 /// Runs `cargo immutant balancer` with `cert` and `key`: its exit status must be a failure,
 /// and what it said must contain `said`.
 fn refused(base: &Base, cert: &Path, key: &Path, said: &str) {
+    let files = [
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+    ];
+    refused_with(base, &files, said);
+}
+
+/// Runs `cargo immutant balancer` with `https` arguments: its exit status must be a failure,
+/// and what it said must contain `said`.
+fn refused_with(base: &Base, https: &[&std::ffi::OsStr], said: &str) {
     let offset = free_offset();
     let output = base
         .cli(["balancer", "--no-advertise"])
         .args(["--port", &(8080 + offset).to_string()])
         .args(["--mcmp-port", &(9990 + offset).to_string()])
         .args(["--tls-port", &(8443 + offset).to_string()])
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key)
+        .args(https)
         .output()
         .unwrap();
     let text = format!(
@@ -351,7 +385,45 @@ fn every_bad_certificate_stops_the_start_naming_the_file() {
         &good.key,
         &format!("cannot read the certificate file {}", missing.display()),
     );
-    refused(&base, dir.path(), &good.key, "Is a directory");
+    refused(
+        &base,
+        dir.path(),
+        &good.key,
+        &format!(
+            "cannot read the certificate file {}: Is a directory",
+            dir.path().display()
+        ),
+    );
+    let no_key = dir.path().join("missing.key");
+    refused(
+        &base,
+        &good.cert,
+        &no_key,
+        &format!("cannot read the key file {}", no_key.display()),
+    );
+    let not_a_key = dir.path().join("not.key");
+    std::fs::write(&not_a_key, "hello").unwrap();
+    std::fs::set_permissions(
+        &not_a_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    refused(
+        &base,
+        &good.cert,
+        &not_a_key,
+        &format!("{} holds no PEM private key", not_a_key.display()),
+    );
+    refused_with(
+        &base,
+        &["--cert".as_ref(), good.cert.as_os_str()],
+        "1 --cert but 0 --key given; give each certificate's key after it",
+    );
+    refused_with(
+        &base,
+        &["--hsts".as_ref()],
+        "--tls-port needs HTTPS: give its certificate and key with --cert FILE --key FILE",
+    );
     refused(
         &base,
         &good.cert,
