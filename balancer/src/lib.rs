@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, Request};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, Response, StatusCode, header};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -190,25 +190,17 @@ pub async fn run(
     if config.advertise {
         tokio::spawn(advertise(config.bind, mcmp_address, shutdown.clone()));
     }
-    let proxying = {
-        let balancer = balancer.clone();
-        Router::new().fallback(
-            move |ConnectInfo(client): ConnectInfo<SocketAddr>,
-                  Extension(worker): Extension<Worker>,
-                  request: Request| {
-                proxy::handle(balancer.clone(), worker, client, request)
-            },
-        )
-    };
-    let plain = match &config.tls {
-        Some(tls) if tls.redirect_http => {
+    let proxying = proxy::Proxying(balancer.clone());
+    let redirecting = config
+        .tls
+        .as_ref()
+        .filter(|tls| tls.redirect_http)
+        .map(|tls| {
             let port = tls.port;
             Router::new().fallback(move |request: Request| async move {
                 immutant_foundation::http::redirect_to_https(&request, port)
             })
-        }
-        _ => proxying.clone(),
-    };
+        });
     let managing = {
         let (balancer, allow) = (balancer.clone(), Arc::new(config.allow.clone()));
         Router::new().fallback(
@@ -222,10 +214,11 @@ pub async fn run(
         workers: Some(workers.clone()),
         ..EdgePort::default()
     };
-    let mut servers = vec![
-        serve_edge("HTTP", http, plain, plain_port, shutdown.clone()),
-        net::serve("MCMP", mcmp, managing, shutdown.clone()),
-    ];
+    let plain = match redirecting {
+        Some(router) => serve_edge("HTTP", http, router, plain_port, shutdown.clone()),
+        None => serve_edge("HTTP", http, proxying.clone(), plain_port, shutdown.clone()),
+    };
+    let mut servers = vec![plain, net::serve("MCMP", mcmp, managing, shutdown.clone())];
     let mut https_address = String::new();
     if let (Some(listener), Some(certificates), Some(tls)) = (https, &certificates, &config.tls) {
         let port = EdgePort {

@@ -11,12 +11,33 @@ use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, Request, Response, StatusCode, Uri};
 
 use super::Balancer;
-use immutant_foundation::edge::Worker;
+use axum::extract::ConnectInfo;
+use immutant_foundation::edge::{Answerer, Worker};
 use immutant_foundation::http::{page, prepare, request_host, respond};
 
 /// The session cookie and path parameter whose value ends with the node's route.
 const SESSION_COOKIE: &str = "JSESSIONID";
 const SESSION_PARAMETER: &str = ";jsessionid=";
+
+/// The balancer's client ports: every request goes to a node, with no routing in front.
+#[derive(Clone)]
+pub struct Proxying(pub Arc<Balancer>);
+
+impl Answerer for Proxying {
+    fn answer(&self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
+        // Both are set by the port for every request.
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
+        let worker = request
+            .extensions()
+            .get::<Worker>()
+            .copied()
+            .unwrap_or(Worker(0));
+        handle(self.0.clone(), worker, client, request)
+    }
+}
 
 /// Answers a client's request through the node that should serve it.
 pub async fn handle(

@@ -124,12 +124,30 @@ enum Protocols {
     Either,
 }
 
+/// What answers a port's requests: an axum `Router`, or a handler of its own (the balancer's
+/// proxy, which needs no routing in front of it).
+pub trait Answerer: Clone + Send + Sync + 'static {
+    fn answer(&self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Answerer for axum::Router {
+    fn answer(&self, request: Request<Body>) -> impl Future<Output = Response<Body>> + Send {
+        let answered = tower::ServiceExt::oneshot(self.clone(), request);
+        async move {
+            match answered.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
 /// Serves `router` to clients on `listener` (the port called `name`) as `port` says, until
 /// `shutdown`; then lets the requests in flight finish.
-pub fn serve_edge(
+pub fn serve_edge<A: Answerer>(
     name: &'static str,
     listener: TcpListener,
-    router: axum::Router,
+    router: A,
     port: EdgePort,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<Result<(), NetError>> {
@@ -201,10 +219,10 @@ pub fn serve_edge(
 
 /// Serves a connection over TLS: its handshake within [`HANDSHAKE_TIMEOUT`], then the protocol
 /// its ALPN picked.
-async fn serve_tls(
+async fn serve_tls<A: Answerer>(
     stream: tokio::net::TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
-    exchange: Exchange,
+    exchange: Exchange<A>,
     shutdown: Shutdown,
 ) {
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
@@ -222,8 +240,8 @@ async fn serve_tls(
 
 /// What every request of one connection is served with, and what the connection is doing.
 #[derive(Clone)]
-struct Exchange {
-    router: axum::Router,
+struct Exchange<A> {
+    router: A,
     peer: SocketAddr,
     worker: Worker,
     over_tls: bool,
@@ -270,7 +288,7 @@ impl Drop for Open {
     }
 }
 
-impl Exchange {
+impl<A: Answerer> Exchange<A> {
     async fn answer(self, mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let _open = Open::begin(&self.activity);
         request.extensions_mut().insert(ConnectInfo(self.peer));
@@ -278,7 +296,7 @@ impl Exchange {
         if self.over_tls {
             request.extensions_mut().insert(OverTls);
         }
-        let mut response = tower::ServiceExt::oneshot(self.router, request.map(Body::new)).await?;
+        let mut response = self.router.answer(request.map(Body::new)).await;
         if self.hsts {
             // The app's own word, if it says one, stands.
             response
@@ -292,9 +310,14 @@ impl Exchange {
 
 /// Serves one connection's requests in `protocols` until the client goes, or, after
 /// `shutdown`, until the requests in flight are answered.
-async fn serve_connection<I>(io: I, exchange: Exchange, protocols: Protocols, shutdown: Shutdown)
-where
+async fn serve_connection<I, A>(
+    io: I,
+    exchange: Exchange<A>,
+    protocols: Protocols,
+    shutdown: Shutdown,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: Answerer,
 {
     let io = TokioIo::new(io);
     let activity = exchange.activity.clone();

@@ -29,6 +29,8 @@ use support::{
 const SECONDS: u64 = 10;
 /// Clients making handshakes at once.
 const HANDSHAKERS: usize = 16;
+/// How many times each side is measured.
+const ROUNDS: usize = 2;
 
 fn main() {
     let webprobe = build_app("webprobe");
@@ -86,14 +88,24 @@ fn main() {
     wait_until_answers(&theirs);
     std::thread::sleep(Duration::from_secs(2));
 
-    let sides = [("balancer", &ours, tls), ("nginx", &theirs, nginx_port)];
+    // Two rounds, the sides taking turns: this machine's speed drifts within a run.
     let plain = format!("http://127.0.0.1:{port}/bench/");
-    let mut lines = vec![format!("  balancer  plain HTTP/1.1  {}", wrk(&plain, &[]))];
-    for (name, url, port) in sides {
-        lines.push(format!("  {name:<9} HTTP/1.1  {}", wrk(url, &[])));
-        lines.push(format!("  {name:<9} HTTP/2    {}", h2load(url)));
-        let handshakes = handshakes(port, &certificate);
-        lines.push(format!("  {name:<9} new TLS handshakes: {handshakes:.0}/s"));
+    let mut lines = Vec::new();
+    for round in 1..=ROUNDS {
+        let sides = [("balancer", &ours, tls), ("nginx", &theirs, nginx_port)];
+        lines.push(format!("  round {round}"));
+        lines.push(format!(
+            "    balancer  plain HTTP/1.1  {}",
+            wrk(&plain, &[])
+        ));
+        for (name, url, port) in sides {
+            lines.push(format!("    {name:<9} HTTP/1.1  {}", wrk(url, &[])));
+            lines.push(format!("    {name:<9} HTTP/2    {}", h2load(url)));
+            let handshakes = handshakes(port, &certificate);
+            lines.push(format!(
+                "    {name:<9} new TLS handshakes: {handshakes:.0}/s"
+            ));
+        }
     }
     println!(
         "\nHTTPS in front of two nodes ({WRK_CONNECTIONS} connections, {WRK_DURATION}; handshakes: {HANDSHAKERS} clients, {SECONDS} s; load on the same 2 cores):"
