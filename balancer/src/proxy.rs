@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, Request, Response, StatusCode, Uri};
 
-use super::Balancer;
+use super::{Balancer, pool};
 use axum::extract::ConnectInfo;
 use immutant_foundation::edge::{Answerer, Worker};
 use immutant_foundation::http::{page, prepare, request_host, respond};
@@ -84,7 +84,7 @@ pub async fn handle(
         }
         let mut target = target;
         let answer = tokio::select! {
-            answer = balancer.pool(worker).send(&target.address, outgoing) => answer,
+            answer = balancer.pool(worker).send(&target.address, outgoing, || pool::connect(&target.address)) => answer,
             // A node that stops answering (paused, or cut off) is found out by the health
             // checks; a request that may be sent again does not wait for it any longer.
             _ = target.lost.as_mut(), if retryable => {

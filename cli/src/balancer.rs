@@ -20,58 +20,6 @@ pub struct BalancerOptions {
     pub args: Vec<String>,
 }
 
-/// How the balancer serves HTTPS, as `cargo immutant balancer` takes it.
-#[derive(Debug, Default, clap::Args)]
-pub struct HttpsFlags {
-    /// The HTTPS port [default: 8443, when certificates are given].
-    #[arg(long, value_name = "PORT")]
-    pub tls_port: Option<u16>,
-    /// A PEM certificate chain for HTTPS, with its --key; repeat both for one certificate per
-    /// host name (chosen by SNI; the first is served for every other name).
-    #[arg(long = "cert", value_name = "FILE")]
-    pub certs: Vec<std::path::PathBuf>,
-    /// The PEM private key of the --cert given in the same place (readable by you alone).
-    #[arg(long = "key", value_name = "FILE")]
-    pub keys: Vec<std::path::PathBuf>,
-    /// Answer plain HTTP with a redirect (308) to the same address over HTTPS.
-    #[arg(long)]
-    pub redirect_http: bool,
-    /// Say Strict-Transport-Security over HTTPS (browsers then use nothing else for a year).
-    #[arg(long)]
-    pub hsts: bool,
-    /// Speak HTTP/2 without TLS (prior knowledge) on the plain port too.
-    #[arg(long)]
-    pub h2c: bool,
-}
-
-impl HttpsFlags {
-    /// The server's arguments for these flags, files made absolute (the server may run
-    /// elsewhere).
-    pub fn to_args(&self) -> Result<Vec<String>> {
-        let mut args = Vec::new();
-        if let Some(port) = self.tls_port {
-            args.extend(["--tls-port".to_string(), port.to_string()]);
-        }
-        for (flag, files) in [("--cert", &self.certs), ("--key", &self.keys)] {
-            for file in files {
-                let file = std::path::absolute(file)
-                    .with_context(|| format!("{} is not a path", file.display()))?;
-                args.extend([flag.to_string(), file.display().to_string()]);
-            }
-        }
-        for (flag, given) in [
-            ("--redirect-http", self.redirect_http),
-            ("--hsts", self.hsts),
-            ("--h2c", self.h2c),
-        ] {
-            if given {
-                args.push(flag.to_string());
-            }
-        }
-        Ok(args)
-    }
-}
-
 /// The balancer's MCMP port when none is given (the one Immutant's docs used for httpd).
 pub const DEFAULT_MCMP_PORT: u16 = 6666;
 

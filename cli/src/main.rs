@@ -202,7 +202,7 @@ enum Command {
         #[arg(long, value_parser = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"], ignore_case = true)]
         log_level: Option<String>,
         #[command(flatten)]
-        https: balancer::HttpsFlags,
+        https: immutant_contracts::https::HttpsFlags,
     },
 }
 
@@ -416,7 +416,9 @@ fn execute(command: Command) -> Result<u8> {
             if no_advertise {
                 args.push("--no-advertise".to_string());
             }
-            args.extend(https.to_args()?);
+            args.extend(https.to_args().map_err(|file| {
+                anyhow::anyhow!("{} is not a path the balancer can be given", file.display())
+            })?);
             let options = balancer::BalancerOptions {
                 port: Some(port),
                 mcmp_port: Some(mcmp_port),

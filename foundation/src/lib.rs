@@ -12,6 +12,7 @@
 //! - [`edge`]: the ports clients reach, HTTP/1.1, or HTTP/2 over TLS.
 //! - [`tls`]: the certificates those ports serve, chosen by SNI and reloaded.
 //! - [`http`]: a request passed on to another HTTP server and its answer passed back.
+//! - [`pool`]: the connections such requests go on, kept for the next.
 //! - [`mcmp`]: mod_cluster's vocabulary, which the node and the balancer both speak.
 //! - [`logging`]: a server's log, on standard output and in a rotated file.
 
@@ -22,6 +23,7 @@ pub mod http;
 pub mod logging;
 pub mod mcmp;
 pub mod net;
+pub mod pool;
 pub mod shutdown;
 pub mod sync;
 pub mod tls;

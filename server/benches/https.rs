@@ -1,6 +1,7 @@
 //! HTTPS at the edge, side by side in one run: our balancer terminating TLS in front of two
 //! clustered nodes, and nginx (Debian's, `ssl` + `http2`, keep-alive to the nodes) in front of
-//! the same two nodes' HTTP ports, both with the same ECDSA P-256 certificate:
+//! the same two nodes' HTTP ports, both with the same ECDSA P-256 certificate (issued by an
+//! authority made for the run):
 //!
 //! - requests/s and p99 of the web probe's `/` over TLS with keep-alive, HTTP/1.1 (`wrk`) and
 //!   HTTP/2 (`h2load`, its p99 from the per-request log);
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use immutant_e2e::tls::TestCa;
 use support::{
     Nginx, TempInstall, WRK_CONNECTIONS, WRK_DURATION, build_app, free_offset, wait_until_answers,
     wrk,
@@ -36,38 +38,29 @@ fn main() {
     let webprobe = build_app("webprobe");
     let install = TempInstall::new();
     install.deploy(&webprobe, "bench");
-    let certificate = Certificate::make(&install.home().join("tls"));
+    let ca = TestCa::new();
+    let tls_dir = install.home().join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let certificate = ca.issue(&tls_dir, "bench", &["localhost", "127.0.0.1"], -1, 90);
 
     // Two clustered nodes behind the balancer (which serves HTTPS).
     let lb = free_offset(2000);
     let (port, mcmp, tls) = (8080 + lb, 9990 + lb, 8443 + lb);
-    let _balancer = install.start(&[
-        "balancer".to_string(),
-        "--port".to_string(),
-        port.to_string(),
-        "--mcmp-port".to_string(),
-        mcmp.to_string(),
-        "--no-advertise".to_string(),
+    let https = [
         "--tls-port".to_string(),
         tls.to_string(),
         "--cert".to_string(),
         certificate.cert.display().to_string(),
         "--key".to_string(),
         certificate.key.display().to_string(),
-    ]);
+    ];
+    let _balancer = install.start_balancer(port, mcmp, &https);
     let cluster = format!("httpsbench-{}", std::process::id());
     let offsets = [free_offset(lb + 100), free_offset(lb + 200)];
     let _nodes: Vec<_> = ["one", "two"]
         .iter()
         .zip(offsets)
-        .map(|(name, offset)| {
-            let mut args = install.clustered_args(name, offset, &cluster);
-            args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
-            args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
-            let node = install.start(&args);
-            node.wait_for("Deployed \"bench\"");
-            node
-        })
+        .map(|(name, offset)| install.start_behind(name, offset, &cluster, mcmp))
         .collect();
     let ours = format!("https://127.0.0.1:{tls}/bench/");
     wait_until_answers(&ours);
@@ -101,7 +94,7 @@ fn main() {
         for (name, url, port) in sides {
             lines.push(format!("    {name:<9} HTTP/1.1  {}", wrk(url, &[])));
             lines.push(format!("    {name:<9} HTTP/2    {}", h2load(url)));
-            let handshakes = handshakes(port, &certificate);
+            let handshakes = handshakes(port, &ca);
             lines.push(format!(
                 "    {name:<9} new TLS handshakes: {handshakes:.0}/s"
             ));
@@ -112,36 +105,6 @@ fn main() {
     );
     for line in lines {
         println!("{line}");
-    }
-}
-
-/// A self-signed ECDSA P-256 certificate for `localhost` and 127.0.0.1, as files both servers
-/// read, and as a root a client trusts.
-struct Certificate {
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-    der: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl Certificate {
-    fn make(dir: &std::path::Path) -> Certificate {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let certificate = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let made = Certificate {
-            cert: dir.join("bench.pem"),
-            key: dir.join("bench.key"),
-            der: certificate.der().clone(),
-        };
-        std::fs::write(&made.cert, certificate.pem()).unwrap();
-        std::fs::write(&made.key, key.serialize_pem()).unwrap();
-        std::fs::set_permissions(&made.key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        made
     }
 }
 
@@ -192,15 +155,8 @@ fn h2load(url: &str) -> String {
 /// Full TLS handshakes per second against 127.0.0.1:`port`: [`HANDSHAKERS`] clients, each
 /// connecting, handshaking (resumption off, so each is a full one) and closing, for
 /// [`SECONDS`].
-fn handshakes(port: u16, certificate: &Certificate) -> f64 {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certificate.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+fn handshakes(port: u16, ca: &TestCa) -> f64 {
+    let mut config = ca.client_config(&[]);
     config.resumption = rustls::client::Resumption::disabled();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let runtime = tokio::runtime::Builder::new_multi_thread()

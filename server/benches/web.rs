@@ -70,27 +70,13 @@ fn main() {
     // Two clustered nodes behind the balancer.
     let lb = free_offset(offset + 200);
     let (port, mcmp) = (8080 + lb, 9990 + lb);
-    let _balancer = install.start(&[
-        "balancer".to_string(),
-        "--port".to_string(),
-        port.to_string(),
-        "--mcmp-port".to_string(),
-        mcmp.to_string(),
-        "--no-advertise".to_string(),
-    ]);
+    let _balancer = install.start_balancer(port, mcmp, &[]);
     let cluster = format!("webbench-{}", std::process::id());
     let offsets = [free_offset(lb + 100), free_offset(lb + 200)];
     let nodes: Vec<_> = ["one", "two"]
         .iter()
         .zip(offsets)
-        .map(|(name, offset)| {
-            let mut args = install.clustered_args(name, offset, &cluster);
-            args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
-            args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
-            let node = install.start(&args);
-            node.wait_for("Deployed \"bench\"");
-            Some(node)
-        })
+        .map(|(name, offset)| Some(install.start_behind(name, offset, &cluster, mcmp)))
         .collect();
     let mut nodes = nodes;
     let balanced = format!("http://127.0.0.1:{port}/bench/");
@@ -116,12 +102,7 @@ fn main() {
     // Restart the killed node, then a graceful stop of the session's node under load.
     let restarted = {
         let name = if sticky == "one" { "one" } else { "two" };
-        let mut args = install.clustered_args(name, offsets[index_of(&sticky)], &cluster);
-        args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
-        args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
-        let node = install.start(&args);
-        node.wait_for("Deployed \"bench\"");
-        node
+        install.start_behind(name, offsets[index_of(&sticky)], &cluster, mcmp)
     };
     nodes[index_of(&sticky)] = Some(restarted);
     std::thread::sleep(Duration::from_secs(3));

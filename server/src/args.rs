@@ -72,81 +72,30 @@ pub struct BalancerArgs {
     pub no_advertise: bool,
 
     #[command(flatten)]
-    pub https: HttpsArgs,
+    pub https: immutant_contracts::https::HttpsFlags,
 
     /// TRACE, DEBUG, INFO, WARN or ERROR.
     #[arg(long, default_value = "INFO", value_parser = parse_level)]
     pub log_level: tracing::Level,
 }
 
-/// How the balancer serves HTTPS.
-#[derive(Debug, Args)]
-pub struct HttpsArgs {
-    /// The HTTPS port [default: 8443, when certificates are given].
-    #[arg(long, value_name = "PORT")]
-    pub tls_port: Option<u16>,
-
-    /// A PEM certificate chain for HTTPS, with its --key; repeat both for one certificate per
-    /// host name (chosen by SNI; the first is served for every other name).
-    #[arg(long = "cert", value_name = "FILE")]
-    pub certs: Vec<std::path::PathBuf>,
-
-    /// The PEM private key of the --cert given in the same place (readable by this user alone).
-    #[arg(long = "key", value_name = "FILE")]
-    pub keys: Vec<std::path::PathBuf>,
-
-    /// Answer plain HTTP with a redirect (308) to the same address over HTTPS.
-    #[arg(long)]
-    pub redirect_http: bool,
-
-    /// Say Strict-Transport-Security over HTTPS (browsers then use nothing else for a year).
-    #[arg(long)]
-    pub hsts: bool,
-
-    /// Speak HTTP/2 without TLS (prior knowledge) on the plain port too.
-    #[arg(long)]
-    pub h2c: bool,
-}
-
-impl HttpsArgs {
-    /// HTTPS as given, if it is: every certificate with its key.
-    pub fn tls(&self) -> Result<Option<immutant_balancer::BalancerTls>, String> {
-        if self.certs.len() != self.keys.len() {
-            return Err(format!(
-                "{} --cert but {} --key given; give each certificate's key after it",
-                self.certs.len(),
-                self.keys.len()
-            ));
-        }
-        if self.certs.is_empty() {
-            let without = [
-                (self.tls_port.is_some(), "--tls-port"),
-                (self.redirect_http, "--redirect-http"),
-                (self.hsts, "--hsts"),
-            ];
-            return match without.iter().find(|(given, _)| *given) {
-                Some((_, flag)) => Err(format!(
-                    "{flag} needs HTTPS: give its certificate and key with --cert FILE --key FILE"
-                )),
-                None => Ok(None),
-            };
-        }
-        let certificates = self
-            .certs
-            .iter()
-            .zip(&self.keys)
-            .map(|(cert, key)| immutant_foundation::tls::CertificateFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            })
-            .collect();
-        Ok(Some(immutant_balancer::BalancerTls {
-            port: self.tls_port.unwrap_or(8443),
-            certificates,
-            redirect_http: self.redirect_http,
-            hsts: self.hsts,
-        }))
-    }
+/// HTTPS as the balancer's flags give it, if they do: every certificate with its key.
+pub fn balancer_tls(
+    flags: &immutant_contracts::https::HttpsFlags,
+) -> Result<Option<immutant_balancer::BalancerTls>, String> {
+    let Some((port, pairs)) = flags.pairs()? else {
+        return Ok(None);
+    };
+    let certificates = pairs
+        .into_iter()
+        .map(|(cert, key)| immutant_foundation::tls::CertificateFiles { cert, key })
+        .collect();
+    Ok(Some(immutant_balancer::BalancerTls {
+        port,
+        certificates,
+        redirect_http: flags.redirect_http,
+        hsts: flags.hsts,
+    }))
 }
 
 impl ServerArgs {

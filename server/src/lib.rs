@@ -76,7 +76,7 @@ fn start_balancer(args: args::BalancerArgs) -> Result<(), NodeError> {
         mcmp_port: args.mcmp_port,
         allow: args.allow,
         advertise: !args.no_advertise,
-        tls: args.https.tls().map_err(NodeError::Usage)?,
+        tls: args::balancer_tls(&args.https).map_err(NodeError::Usage)?,
         h2c: args.https.h2c,
     };
     // Its own work (MCMP, health checks, advertising) is light; clients are served on workers

@@ -84,8 +84,8 @@ impl TestCa {
         path
     }
 
-    /// A TLS client trusting this authority alone, offering `alpn`.
-    pub fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    /// The settings of a TLS client trusting this authority alone, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -95,7 +95,12 @@ impl TestCa {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        config
+    }
+
+    /// A TLS client trusting this authority alone, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(Arc::new(self.client_config(alpn)))
     }
 
     /// A TLS connection to 127.0.0.1:`port` asking for `name` by SNI.

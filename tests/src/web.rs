@@ -148,48 +148,53 @@ impl Front {
 
     /// Starts one at `port` and `mcmp`, advertising or not.
     pub fn start_at(base: &Base, port: u16, mcmp: u16, advertise: bool) -> Front {
-        let (port_text, mcmp_text) = (port.to_string(), mcmp.to_string());
-        let mut args = vec!["balancer", "--port", &port_text, "--mcmp-port", &mcmp_text];
-        if !advertise {
-            args.push("--no-advertise");
-        }
-        let proc = Proc::spawn(base.cli(args));
-        proc.wait_for("Immutant balancer", PATIENCE);
-        Front {
-            proc,
+        let quiet = (!advertise).then_some("--no-advertise");
+        Front::start_with(
+            base,
             port,
             mcmp,
-            tls: None,
-        }
+            None,
+            quiet.iter().map(|flag| flag.to_string()),
+        )
     }
 
-    /// Starts one that also serves HTTPS (at 8443 plus its offset) with `certificates` (the
-    /// first for every host name the others are not for), and `extra` flags.
+    /// Starts one that does not advertise and also serves HTTPS (at 8443 plus its offset)
+    /// with `certificates` (the first for every host name the others are not for), and
+    /// `extra` flags.
     pub fn start_https(base: &Base, certificates: &[&Issued], extra: &[&str]) -> Front {
         let offset = free_offset();
-        let (port, mcmp, tls) = (8080 + offset, 9990 + offset, 8443 + offset);
-        let mut args: Vec<String> = ["balancer", "--no-advertise", "--port"]
-            .map(str::to_string)
-            .to_vec();
-        args.extend([
-            port.to_string(),
-            "--mcmp-port".to_string(),
-            mcmp.to_string(),
-            "--tls-port".to_string(),
-            tls.to_string(),
-        ]);
+        let tls = 8443 + offset;
+        let mut args = vec!["--no-advertise".to_string()];
+        args.extend(["--tls-port".to_string(), tls.to_string()]);
         for issued in certificates {
             args.extend(["--cert".to_string(), issued.cert.display().to_string()]);
             args.extend(["--key".to_string(), issued.key.display().to_string()]);
         }
         args.extend(extra.iter().map(|flag| flag.to_string()));
+        Front::start_with(base, 8080 + offset, 9990 + offset, Some(tls), args)
+    }
+
+    fn start_with(
+        base: &Base,
+        port: u16,
+        mcmp: u16,
+        tls: Option<u16>,
+        flags: impl IntoIterator<Item = String>,
+    ) -> Front {
+        let mut args = vec![
+            "balancer".to_string(),
+            "--port".to_string(),
+            port.to_string(),
+        ];
+        args.extend(["--mcmp-port".to_string(), mcmp.to_string()]);
+        args.extend(flags);
         let proc = Proc::spawn(base.cli(args));
         proc.wait_for("Immutant balancer", PATIENCE);
         Front {
             proc,
             port,
             mcmp,
-            tls: Some(tls),
+            tls,
         }
     }
 

@@ -225,55 +225,36 @@ fn the_web_template_over_https_keeps_its_session_when_its_node_dies() {
     let after = curl(&["--http2"], &shop_url("/visits/api"));
     assert_eq!(visits(&after.body), (3, other.to_string()));
 
-    // Chromium, trusting the test's authority alone, loads the page over HTTP/2.
-    let profile = tempfile::tempdir().unwrap();
-    let browser = Chromium::launch_with(
-        profile.path(),
-        &[
+    // Chromium, trusting the test's authority alone, loads the page over HTTP/2, and over
+    // HTTP/1.1 with HTTP/2 turned off.
+    for (protocol, extra) in [("h2", None), ("http/1.1", Some("--disable-http2"))] {
+        let profile = tempfile::tempdir().unwrap();
+        let mut flags = vec![
             format!("--ignore-certificate-errors-spki-list={}", ca.spki_sha256),
             "--host-resolver-rules=MAP shop.test 127.0.0.1".to_string(),
-        ],
-    );
-    runtime.block_on(async {
-        let mut page = browser.open(&shop_url("/visits/")).await;
-        until(
-            &mut page,
-            "the page shows a visit",
-            "document.querySelector('#visits')?.textContent === '1'",
-        )
-        .await;
-        let protocol = page
-            .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        ];
+        flags.extend(extra.map(str::to_string));
+        let browser = Chromium::launch_with(profile.path(), &flags);
+        runtime.block_on(async {
+            let mut page = browser.open(&shop_url("/visits/")).await;
+            until(
+                &mut page,
+                "the page shows a visit",
+                "document.querySelector('#visits')?.textContent === '1'",
+            )
             .await;
-        assert_eq!(protocol, "h2");
-        assert_eq!(page.text_of("#node").await, other);
-        shoot(&mut page, "https-visits.png").await;
-    });
-    drop(browser);
-
-    // And over HTTP/1.1, with HTTP/2 turned off in the browser.
-    let profile = tempfile::tempdir().unwrap();
-    let browser = Chromium::launch_with(
-        profile.path(),
-        &[
-            format!("--ignore-certificate-errors-spki-list={}", ca.spki_sha256),
-            "--host-resolver-rules=MAP shop.test 127.0.0.1".to_string(),
-            "--disable-http2".to_string(),
-        ],
-    );
-    runtime.block_on(async {
-        let mut page = browser.open(&shop_url("/visits/")).await;
-        until(
-            &mut page,
-            "the page shows a visit",
-            "document.querySelector('#visits')?.textContent === '1'",
-        )
-        .await;
-        let protocol = page
-            .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+            let came_over = page
+                .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+                .await;
+            assert_eq!(came_over, protocol);
+            assert_eq!(page.text_of("#node").await, other);
+            shoot(
+                &mut page,
+                &format!("https-visits-{}.png", protocol.replace('/', "")),
+            )
             .await;
-        assert_eq!(protocol, "http/1.1");
-    });
+        });
+    }
 }
 
 /// One request on an open HTTP/1.1 connection: its status.

@@ -111,6 +111,27 @@ impl TempInstall {
         ]
     }
 
+    /// Starts a balancer of this install that does not advertise, clients' port `port` and
+    /// MCMP `mcmp`, with `extra` arguments.
+    pub fn start_balancer(&self, port: u16, mcmp: u16, extra: &[String]) -> Node {
+        let mut args = vec!["balancer".to_string(), "--no-advertise".to_string()];
+        args.extend(["--port".to_string(), port.to_string()]);
+        args.extend(["--mcmp-port".to_string(), mcmp.to_string()]);
+        args.extend_from_slice(extra);
+        self.start(&args)
+    }
+
+    /// Starts clustered node `name` of `cluster` at `offset`, telling the balancer whose MCMP
+    /// port is `mcmp` about itself every second; returns it once it has deployed `bench`.
+    pub fn start_behind(&self, name: &str, offset: u16, cluster: &str, mcmp: u16) -> Node {
+        let mut args = self.clustered_args(name, offset, cluster);
+        args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
+        args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
+        let node = self.start(&args);
+        node.wait_for("Deployed \"bench\"");
+        node
+    }
+
     /// Starts a node of this install with `args`.
     pub fn start(&self, args: &[String]) -> Node {
         let mut child = Command::new(self.server())

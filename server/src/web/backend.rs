@@ -1,19 +1,20 @@
 //! One app process's web server, as the node reaches it: a Unix socket of the node's making in
-//! a folder only the node's user can open, a pool of HTTP/1.1 connections to it (kept here:
-//! one connection per request at a time, given back when its response has been read), and a
-//! count of the requests in flight so that a redeploy or undeploy can let them finish.
+//! a folder only the node's user can open, a pool of HTTP/1.1 connections to it (one
+//! connection per request at a time, given back when its response has been read: see
+//! [`immutant_foundation::pool`]), and a count of the requests in flight so that a redeploy or
+//! undeploy can let them finish.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use immutant_foundation::pool::{ConnectionPool, SendError, handshake};
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
@@ -61,83 +62,33 @@ impl SocketDir {
 /// An app process's web server.
 pub struct Backend {
     path: PathBuf,
-    /// Connections to it that can take a request now.
-    idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// Connections to it.
+    pool: Arc<ConnectionPool<()>>,
     in_flight: AtomicUsize,
     idle_notify: Notify,
-}
-
-/// Why a request did not reach the app.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("cannot connect to the app's socket: {0}")]
-    Connect(std::io::Error),
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
-
-impl SendError {
-    /// Whether the app's socket refused the connection: its process is not there.
-    pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_))
-    }
 }
 
 impl Backend {
     fn new(path: PathBuf) -> Backend {
         Backend {
             path,
-            idle: Mutex::new(Vec::new()),
+            pool: Arc::default(),
             in_flight: AtomicUsize::new(0),
             idle_notify: Notify::new(),
         }
     }
 
-    /// Sends `request` to the app over a connection of the pool (a new one if none is free),
-    /// and gives the connection back once it can take the next request. A pooled connection
-    /// the app closed meanwhile is replaced, the request sent again on a new one.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
-        loop {
-            let pooled = immutant_foundation::sync::lock(&self.idle).pop();
-            let (mut sender, reused) = match pooled {
-                Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let pool = Arc::downgrade(self);
-                    // Ready again once the response has been read whole (never, after an
-                    // upgrade: that connection is the tunnel's now).
-                    tokio::spawn(async move {
-                        if sender.ready().await.is_ok()
-                            && let Some(pool) = pool.upgrade()
-                        {
-                            immutant_foundation::sync::lock(&pool.idle).push(sender);
-                        }
-                    });
-                    return Ok(response);
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(error.into_error().into()),
-                },
-            }
-        }
+    /// Sends `request` to the app over a connection of the pool (a new one if none is free).
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        self.pool.send(&(), request, || self.connect()).await
     }
 
-    /// A new connection to the app's socket, served by a task of its own.
-    async fn connect(&self) -> Result<http1::SendRequest<Body>, SendError> {
+    /// A new connection to the app's socket.
+    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
         let stream = UnixStream::connect(&self.path)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        Ok(sender)
+        handshake(stream).await
     }
 
     /// Counts a request in flight until the guard is dropped (its response sent, or its
