@@ -120,3 +120,87 @@ where
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1.1 server on loopback answering `ok`, and how many connections it took.
+    async fn server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Body::from("ok")))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (address, accepted)
+    }
+
+    impl<K: Hash + Eq> ConnectionPool<K> {
+        fn idle(&self, key: &K) -> usize {
+            crate::sync::lock(&self.idle).get(key).map_or(0, Vec::len)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_used_again_once_its_response_has_been_read() {
+        let (address, accepted) = server().await;
+        let pool: Arc<ConnectionPool<()>> = Arc::default();
+        let connect = || async {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(SendError::Connect)?;
+            handshake(stream).await
+        };
+        for round in 1..=3 {
+            let request = Request::get("/").body(Body::empty()).unwrap();
+            let response = pool.send(&(), request, connect).await.unwrap();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(&body[..], b"ok");
+            // Given back by a task of its own once the response is read.
+            let given_back = tokio::time::timeout(Duration::from_secs(5), async {
+                while pool.idle(&()) == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            assert!(
+                given_back.await.is_ok(),
+                "round {round}: the connection came back"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for all three"
+        );
+        let refused = pool
+            .send(
+                &(),
+                Request::get("/").body(Body::empty()).unwrap(),
+                || async {
+                    Err(SendError::Connect(
+                        std::io::ErrorKind::ConnectionRefused.into(),
+                    ))
+                },
+            )
+            .await;
+        assert!(
+            refused.is_ok(),
+            "a free connection is taken before a new one is made"
+        );
+    }
+}
