@@ -83,6 +83,8 @@ pub enum BalancerError {
     Net(#[from] NetError),
     #[error(transparent)]
     Certificate(#[from] CertificateError),
+    #[error("cannot start the threads that serve the balancer's clients: {0}")]
+    Workers(std::io::Error),
 }
 
 /// How often the balancer checks that it reaches each node (two checks missed in a row, and
@@ -166,16 +168,16 @@ pub async fn run(
         None => None,
     };
     let http = net::bind("HTTP", SocketAddr::new(config.bind, config.port)).await?;
-    let https = match &config.tls {
-        Some(tls) => Some(net::bind("HTTPS", SocketAddr::new(config.bind, tls.port)).await?),
-        None => None,
+    let https = match (&config.tls, &certificates) {
+        (Some(tls), Some(certificates)) => {
+            let address = SocketAddr::new(config.bind, tls.port);
+            Some((tls, certificates, net::bind("HTTPS", address).await?))
+        }
+        _ => None,
     };
     let mcmp_address = SocketAddr::new(config.bind, config.mcmp_port);
     let mcmp = net::bind("MCMP", mcmp_address).await?;
-    let workers = Workers::per_core("balancer").map_err(|source| NetError::Serve {
-        name: "client-serving threads of the",
-        source,
-    })?;
+    let workers = Workers::per_core("balancer").map_err(BalancerError::Workers)?;
     let balancer = Arc::new(Balancer {
         table: Mutex::new(Table::default()),
         pools: (0..workers.count()).map(|_| Arc::default()).collect(),
@@ -220,7 +222,7 @@ pub async fn run(
     };
     let mut servers = vec![plain, net::serve("MCMP", mcmp, managing, shutdown.clone())];
     let mut https_address = String::new();
-    if let (Some(listener), Some(certificates), Some(tls)) = (https, &certificates, &config.tls) {
+    if let Some((tls, certificates, listener)) = https {
         let port = EdgePort {
             tls: Some(certificates.server_config()?),
             h2c: false,

@@ -10,12 +10,19 @@ use anyhow::{Context, Result};
 pub fn client(timeout: Option<Duration>) -> Result<reqwest::Client> {
     // reqwest is built without a default TLS provider; this one serves https URLs.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
+    builder(timeout)
+        .build()
+        .context("cannot set up an HTTP client")
+}
+
+/// What every client of the CLI's starts from: its name, and `timeout` when given.
+fn builder(timeout: Option<Duration>) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .user_agent(concat!("cargo-immutant/", env!("CARGO_PKG_VERSION")));
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
+    match timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
     }
-    builder.build().context("cannot set up an HTTP client")
 }
 
 /// Runs `future` to completion on a runtime of its own (the CLI is otherwise synchronous).
@@ -51,7 +58,7 @@ pub fn pinned_client(pin: &std::path::Path, timeout: Option<Duration>) -> Result
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let verifier = std::sync::Arc::new(Pinned {
         pinned,
-        provider: provider.clone(),
+        algorithms: provider.signature_verification_algorithms,
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -59,20 +66,18 @@ pub fn pinned_client(pin: &std::path::Path, timeout: Option<Duration>) -> Result
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    let mut builder = reqwest::Client::builder()
-        .user_agent(concat!("cargo-immutant/", env!("CARGO_PKG_VERSION")))
-        .tls_backend_preconfigured(config);
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
-    }
-    builder.build().context("cannot set up an HTTP client")
+    builder(timeout)
+        .tls_backend_preconfigured(config)
+        .build()
+        .context("cannot set up an HTTP client")
 }
 
 /// Trusts exactly one certificate (or, if it could not be read, none, saying why).
 #[derive(Debug)]
 struct Pinned {
     pinned: Result<rustls::pki_types::CertificateDer<'static>, String>,
-    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    /// How the handshake's signatures are checked.
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 impl rustls::client::danger::ServerCertVerifier for Pinned {
@@ -101,12 +106,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -115,17 +115,10 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }

@@ -189,7 +189,7 @@ impl NodeRecord {
     }
 
     pub(crate) fn token_file(&self) -> std::path::PathBuf {
-        self.data_dir.join("management.token")
+        self.data_dir.join(immutant_contracts::data_dir::TOKEN_FILE)
     }
 
     /// `GET` of `path` on the node's management API, with its token when this user can read
@@ -211,7 +211,7 @@ impl NodeRecord {
         if !self.management.starts_with("https://") {
             return client.clone();
         }
-        let pin = self.data_dir.join("management.pin");
+        let pin = self.data_dir.join(immutant_contracts::data_dir::PIN_FILE);
         let timeout = Some(std::time::Duration::from_secs(10));
         // Building one fails only where TLS cannot be set up at all: then a client that trusts
         // no certificate, which refuses the node's too.

@@ -7,13 +7,15 @@
 //!   and every node of the install reads;
 //! - [`status`] and [`deployment`]: the management API's JSON (`GET /status`, `/deployments`,
 //!   `/web`), which the node serves and the CLI and the console read;
-//! - [`https`]: the balancer's HTTPS flags, which the CLI takes and passes on to the server.
+//! - [`https`]: the balancer's HTTPS flags, which the CLI takes and passes on to the server;
+//! - [`data_dir`]: the files of a node's data dir that the CLI reads.
 //!
 //! Only shapes live here (serde and clap, no runtime): what either side does with them stays on
 //! its side.
 //! The JSON types read what is missing as its default, so that a CLI reads a node of another
 //! version.
 
+pub mod data_dir;
 pub mod deployment;
 pub mod descriptor;
 pub mod https;

@@ -142,12 +142,12 @@ impl Answerer for axum::Router {
     }
 }
 
-/// Serves `router` to clients on `listener` (the port called `name`) as `port` says, until
+/// Serves `answerer` to clients on `listener` (the port called `name`) as `port` says, until
 /// `shutdown`; then lets the requests in flight finish.
 pub fn serve_edge<A: Answerer>(
     name: &'static str,
     listener: TcpListener,
-    router: A,
+    answerer: A,
     port: EdgePort,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<Result<(), NetError>> {
@@ -176,12 +176,12 @@ pub fn serve_edge<A: Answerer>(
                 None => (0, None),
             };
             let exchange = Exchange {
-                router: router.clone(),
+                answerer: answerer.clone(),
                 peer,
                 worker: Worker(worker),
                 over_tls: acceptor.is_some(),
                 hsts: port.hsts && acceptor.is_some(),
-                activity: Arc::default(),
+                activity: None,
             };
             let (shutdown, acceptor) = (shutdown.clone(), acceptor.clone());
             let protocols = match port.h2c {
@@ -238,15 +238,16 @@ async fn serve_tls<A: Answerer>(
     serve_connection(stream, exchange, protocols, shutdown).await;
 }
 
-/// What every request of one connection is served with, and what the connection is doing.
+/// What every request of one connection is served with, and (HTTP/2, where nothing else
+/// closes an idle connection) what the connection is doing.
 #[derive(Clone)]
 struct Exchange<A> {
-    router: A,
+    answerer: A,
     peer: SocketAddr,
     worker: Worker,
     over_tls: bool,
     hsts: bool,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
 }
 
 /// The requests a connection has open now, and when it last had one.
@@ -290,13 +291,13 @@ impl Drop for Open {
 
 impl<A: Answerer> Exchange<A> {
     async fn answer(self, mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        let _open = Open::begin(&self.activity);
+        let _open = self.activity.as_ref().map(Open::begin);
         request.extensions_mut().insert(ConnectInfo(self.peer));
         request.extensions_mut().insert(self.worker);
         if self.over_tls {
             request.extensions_mut().insert(OverTls);
         }
-        let mut response = self.router.answer(request.map(Body::new)).await;
+        let mut response = self.answerer.answer(request.map(Body::new)).await;
         if self.hsts {
             // The app's own word, if it says one, stands.
             response
@@ -312,7 +313,7 @@ impl<A: Answerer> Exchange<A> {
 /// `shutdown`, until the requests in flight are answered.
 async fn serve_connection<I, A>(
     io: I,
-    exchange: Exchange<A>,
+    mut exchange: Exchange<A>,
     protocols: Protocols,
     shutdown: Shutdown,
 ) where
@@ -320,7 +321,11 @@ async fn serve_connection<I, A>(
     A: Answerer,
 {
     let io = TokioIo::new(io);
-    let activity = exchange.activity.clone();
+    let activity = match protocols {
+        Protocols::Http1 => None,
+        Protocols::Http2 | Protocols::Either => Some(Arc::<Activity>::default()),
+    };
+    exchange.activity = activity.clone();
     let service = hyper::service::service_fn(move |request| exchange.clone().answer(request));
     match protocols {
         Protocols::Http1 => {
@@ -341,7 +346,7 @@ async fn serve_connection<I, A>(
                 .keep_alive_interval(HTTP2_PING)
                 .keep_alive_timeout(HTTP2_PING);
             let connection = builder.serve_connection(io, service);
-            until_done(connection, shutdown, Some(activity), |connection| {
+            until_done(connection, shutdown, activity, |connection| {
                 connection.graceful_shutdown()
             })
             .await;
@@ -355,7 +360,7 @@ async fn serve_connection<I, A>(
                 .keep_alive_interval(HTTP2_PING)
                 .keep_alive_timeout(HTTP2_PING);
             let connection = builder.serve_connection_with_upgrades(io, service);
-            until_done(connection, shutdown, Some(activity), |connection| {
+            until_done(connection, shutdown, activity, |connection| {
                 connection.graceful_shutdown()
             })
             .await;

@@ -124,15 +124,15 @@ pub fn serve_guarded(
                 id,
                 closed,
                 connections: connections.clone(),
-                watcher: Some(graceful.watcher()),
                 _slot: slot,
             };
+            let watcher = graceful.watcher();
             let (router, acceptor) = (router.clone(), acceptor.clone());
             // Each connection's handshake and requests in a task of its own: none holds up
             // accepting.
             tokio::spawn(async move {
                 match acceptor {
-                    None => guarded.serve(stream, router).await,
+                    None => guarded.serve(stream, router, watcher).await,
                     Some(acceptor) => {
                         let handshake =
                             tokio::time::timeout(MANAGEMENT_HEAD_TIMEOUT, acceptor.accept(stream));
@@ -141,7 +141,7 @@ pub fn serve_guarded(
                             _ = guarded.closed.cancelled() => return,
                         };
                         if let Ok(Ok(stream)) = shaken {
-                            guarded.serve(stream, router).await;
+                            guarded.serve(stream, router, watcher).await;
                         }
                     }
                 }
@@ -152,23 +152,26 @@ pub fn serve_guarded(
     })
 }
 
-/// A connection the guarded port took: its number, what closes it, what lets it finish its
-/// request at shutdown, and its place among the connections served at once. Dropped, it is
-/// forgotten and its place given back, however it ended.
+/// A connection the guarded port took: its number, what closes it, and its place among the
+/// connections served at once. Dropped, it is forgotten and its place given back, however it
+/// ended.
 struct Guarded {
     id: u64,
     closed: tokio_util::sync::CancellationToken,
     connections: std::sync::Arc<Connections>,
-    /// Taken when the connection is served.
-    watcher: Option<hyper_util::server::graceful::Watcher>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Guarded {
     /// Serves `router`'s HTTP/1.1 on `io` (HTTP/2 is not offered: telling it apart means
-    /// waiting for bytes with no deadline), until the client goes or the port closes it.
-    async fn serve<I>(mut self, io: I, router: axum::Router)
-    where
+    /// waiting for bytes with no deadline), until the client goes or the port closes it;
+    /// `watcher` lets its request finish at shutdown.
+    async fn serve<I>(
+        self,
+        io: I,
+        router: axum::Router,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         use hyper_util::rt::{TokioIo, TokioTimer};
@@ -187,11 +190,7 @@ impl Guarded {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(MANAGEMENT_HEAD_TIMEOUT);
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        let Some(watcher) = self.watcher.take() else {
-            return;
-        };
-        let connection = watcher.watch(connection);
+        let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
         tokio::select! {
             _ = connection => {}
             _ = self.closed.cancelled() => {}

@@ -137,7 +137,7 @@ impl Certificates {
                 file: served.files.cert.display().to_string(),
                 names: served.names.clone(),
                 not_after: served.not_after,
-                days_left: (served.not_after - now).div_euclid(24 * 60 * 60),
+                days_left: days_until(served.not_after, now),
             })
             .collect()
     }
@@ -267,10 +267,15 @@ fn names_of(served: &[Served]) -> Vec<String> {
         .collect()
 }
 
+/// Whole days from `now` until `moment` (unix seconds), negative once it is past.
+fn days_until(moment: i64, now: i64) -> i64 {
+    (moment - now).div_euclid(24 * 60 * 60)
+}
+
 fn warn_of_expiry(served: &[Served]) {
     let now = chrono::Utc::now().timestamp();
     for served in served {
-        let days = (served.not_after - now).div_euclid(24 * 60 * 60);
+        let days = days_until(served.not_after, now);
         let when = match served.not_after < now {
             true => format!("expired on {}", date(served.not_after)),
             false if days < EXPIRY_WARNING_DAYS => {

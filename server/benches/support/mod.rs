@@ -60,16 +60,11 @@ impl TempInstall {
         let executable =
             <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
         std::fs::set_permissions(deployments.join(&artifact), executable).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        let descriptor =
-            format!("name = \"{name}\"\nartifact = \"{artifact}\"\ndeployed-at = {now}\n");
-        let path = deployments.join(format!("{name}.toml"));
-        let written = deployments.join(format!(".{name}.toml.new"));
-        std::fs::write(&written, descriptor).unwrap();
-        std::fs::rename(written, path).unwrap();
+        let now = immutant_foundation::clock::now_ms();
+        self.write_descriptor(
+            name,
+            &format!("name = \"{name}\"\nartifact = \"{artifact}\"\ndeployed-at = {now}\n"),
+        );
     }
 
     /// Deploys `name` again as it is, replaced one member at a time: a new `deployed-at` and
@@ -78,22 +73,24 @@ impl TempInstall {
         let deployments = self.home().join("deployments");
         let path = deployments.join(format!("{name}.toml"));
         let text = std::fs::read_to_string(&path).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
+        let now = immutant_foundation::clock::now_ms();
         let kept: String = text
             .lines()
             .filter(|line| !line.starts_with("deployed-at") && !line.starts_with("rolling"))
             .map(|line| format!("{line}\n"))
             .collect();
+        self.write_descriptor(
+            name,
+            &format!("{kept}deployed-at = {now}\nrolling = true\n"),
+        );
+    }
+
+    /// Writes `name`'s descriptor whole (beside it, then renamed), as the CLI does.
+    fn write_descriptor(&self, name: &str, text: &str) {
+        let deployments = self.home().join("deployments");
         let written = deployments.join(format!(".{name}.toml.new"));
-        std::fs::write(
-            &written,
-            format!("{kept}deployed-at = {now}\nrolling = true\n"),
-        )
-        .unwrap();
-        std::fs::rename(written, path).unwrap();
+        std::fs::write(&written, text).unwrap();
+        std::fs::rename(written, deployments.join(format!("{name}.toml"))).unwrap();
     }
 
     /// Arguments for a clustered node `name` of `cluster` at `offset`, with a data dir of its own.

@@ -402,8 +402,14 @@ impl Apps {
     pub fn artifacts_in_use(&self) -> Vec<PathBuf> {
         lock(&self.deployments)
             .values()
-            .filter_map(|deployment| lock(&deployment.descriptor).clone())
-            .map(|descriptor| self.context.deployments_dir.join(descriptor.artifact))
+            .filter_map(|deployment| {
+                let descriptor = lock(&deployment.descriptor);
+                Some(
+                    self.context
+                        .deployments_dir
+                        .join(&descriptor.as_ref()?.artifact),
+                )
+            })
             .collect()
     }
 

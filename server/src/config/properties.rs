@@ -345,6 +345,11 @@ impl Properties {
         self.given.contains_key(name)
     }
 
+    /// Whether the flag property `name` is `true` (given, or by default).
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name).as_deref() == Some("true")
+    }
+
     pub fn get(&self, name: &str) -> Option<String> {
         if let Some(value) = self.given.get(name) {
             return Some(value.clone());

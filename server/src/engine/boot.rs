@@ -93,9 +93,7 @@ pub async fn start(
                 &config.node_name,
                 max_message_size,
             )?);
-            broker.set_quick_repair(
-                properties.get("immutant.messaging.quick-repair").as_deref() == Some("true"),
-            );
+            broker.set_quick_repair(properties.flag("immutant.messaging.quick-repair"));
             (Messaging::Embedded(broker.clone()), Some(broker))
         }
     };

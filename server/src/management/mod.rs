@@ -70,7 +70,7 @@ pub struct ManagementToken(String);
 
 impl ManagementToken {
     /// The token file's name in the data dir.
-    pub const FILE: &str = "management.token";
+    pub const FILE: &str = immutant_contracts::data_dir::TOKEN_FILE;
 
     /// Makes a fresh token and writes it to `<data_dir>/management.token` (mode 0600).
     pub fn create(data_dir: &std::path::Path) -> std::io::Result<ManagementToken> {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 
 /// The file in the data dir holding the certificate the node serves, for the CLI to trust.
-pub const PIN_FILE: &str = "management.pin";
+pub use immutant_contracts::data_dir::PIN_FILE;
 
 /// Why the management API cannot speak TLS.
 #[derive(Debug, thiserror::Error)]

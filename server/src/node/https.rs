@@ -5,9 +5,11 @@
 //! (`immutant.http.tls.redirect-http`), but never the node's balancers, which reach it over
 //! plain HTTP by design.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use immutant_contracts::https::DEFAULT_TLS_PORT;
 use immutant_foundation::tls::{CertificateFiles, Certificates};
 
 use super::NodeError;
@@ -15,8 +17,8 @@ use crate::config::{ConfigError, Properties, ServerConfig};
 
 /// How the node serves HTTPS.
 pub struct Https {
-    /// The port, offset applied.
-    pub port: u16,
+    /// Where it listens: the bind address, at the port with the offset applied.
+    pub address: SocketAddr,
     /// What it serves, kept fresh while the node runs.
     pub certificates: Arc<Certificates>,
     /// Its TLS settings, serving those certificates.
@@ -43,7 +45,6 @@ pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Ht
             .map(PathBuf::from)
             .collect()
     };
-    let flag = |name: &str| properties.get(name).is_some_and(|value| value == "true");
     let (certs, keys) = (list(CERT), list(KEY));
     let invalid = |name: &str, expected: &'static str| {
         NodeError::Config(ConfigError::InvalidProperty {
@@ -60,7 +61,7 @@ pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Ht
     }
     if certs.is_empty() {
         let needing = ["immutant.http.tls.redirect-http", "immutant.http.tls.hsts"];
-        return match needing.iter().any(|name| flag(name)) {
+        return match needing.iter().any(|name| properties.flag(name)) {
             true => Err(invalid(
                 CERT,
                 "a PEM certificate chain (with -Dimmutant.http.tls.key): redirecting to HTTPS, or HSTS, needs HTTPS",
@@ -71,7 +72,7 @@ pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Ht
     let port: u16 = properties
         .get("immutant.http.tls.port")
         .and_then(|port| port.parse().ok())
-        .unwrap_or(8443);
+        .unwrap_or(DEFAULT_TLS_PORT);
     let port = port.checked_add(config.port_offset).ok_or_else(|| {
         invalid(
             "immutant.http.tls.port",
@@ -85,10 +86,10 @@ pub fn https(config: &ServerConfig, properties: &Properties) -> Result<Option<Ht
         .collect();
     let certificates = Certificates::load(files)?;
     Ok(Some(Https {
-        port,
+        address: SocketAddr::new(config.bind_address, port),
         tls: certificates.server_config()?,
         certificates,
-        redirect_http: flag("immutant.http.tls.redirect-http"),
-        hsts: flag("immutant.http.tls.hsts"),
+        redirect_http: properties.flag("immutant.http.tls.redirect-http"),
+        hsts: properties.flag("immutant.http.tls.hsts"),
     }))
 }

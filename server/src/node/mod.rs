@@ -106,13 +106,7 @@ pub async fn run(
     let https = https::https(&config, properties)?;
     let http = net::bind("HTTP", config.http_address()).await?;
     let https_listener = match &https {
-        Some(https) => Some(
-            net::bind(
-                "HTTPS",
-                std::net::SocketAddr::new(config.bind_address, https.port),
-            )
-            .await?,
-        ),
+        Some(https) => Some(net::bind("HTTPS", https.address).await?),
         None => None,
     };
     let management = net::bind("management", config.management_address()).await?;
@@ -194,7 +188,7 @@ pub async fn run(
         token: crate::management::ManagementToken::create(&config.data_dir)
             .map_err(in_data_dir(config.data_dir.clone()))?,
         https: https.as_ref().map(|https| management::HttpsInfo {
-            address: std::net::SocketAddr::new(config.bind_address, https.port),
+            address: https.address,
             certificates: https.certificates.clone(),
         }),
     });
@@ -205,15 +199,13 @@ pub async fn run(
         );
     }
     let plain = EdgePort {
-        h2c: properties
-            .get("immutant.http.h2c")
-            .is_some_and(|value| value == "true"),
+        h2c: properties.flag("immutant.http.h2c"),
         ..EdgePort::default()
     };
     let redirect = https
         .as_ref()
         .filter(|https| https.redirect_http)
-        .map(|https| https.port);
+        .map(|https| https.address.port());
     let mut servers = vec![
         serve_edge(
             "HTTP",
@@ -251,7 +243,7 @@ pub async fn run(
         &config,
         &engine,
         started,
-        https.as_ref().map(|https| https.port),
+        https.as_ref().map(|https| https.address),
     );
 
     let expelled = async { NodeError::from(engine.membership.expelled().await) };
@@ -378,7 +370,12 @@ fn attach(
 }
 
 /// The boot line: the node's name, version, boot time, config, addresses and cluster.
-fn say_started(config: &ServerConfig, engine: &Engine, started: Instant, https: Option<u16>) {
+fn say_started(
+    config: &ServerConfig,
+    engine: &Engine,
+    started: Instant,
+    https: Option<std::net::SocketAddr>,
+) {
     let clustering = match (&config.cluster, engine.membership.engine_status()) {
         (Some(cluster), Some(EngineStatus { url: Some(url), .. })) => {
             format!(", cluster {} on NATS at {url}", cluster.name)
@@ -390,10 +387,7 @@ fn say_started(config: &ServerConfig, engine: &Engine, started: Instant, https: 
         (None, _) => String::new(),
     };
     let https = https
-        .map(|port| {
-            let address = std::net::SocketAddr::new(config.bind_address, port);
-            format!(", https https://{address}")
-        })
+        .map(|address| format!(", https https://{address}"))
         .unwrap_or_default();
     info!(
         "Immutant {} node {} started in {} ms (config {}, http http://{}{https}, management {}, data {}{clustering})",

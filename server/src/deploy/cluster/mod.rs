@@ -17,7 +17,7 @@
 mod folder;
 mod record;
 
-pub use record::{DeploymentRecord, this_target};
+use record::{DeploymentRecord, this_target};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -40,7 +40,7 @@ use folder::{clear_incoming, folder_is_older, has_artifact, prune_artifacts, ver
 use record::Record;
 
 /// The cache the cluster's record of deployments lives in.
-pub const RECORD_CACHE: &str = "immutant.deployments";
+const RECORD_CACHE: &str = "immutant.deployments";
 /// Its one key: the whole record, so that a change to it is one compare-and-set.
 const RECORD_KEY: &str = "deployments";
 /// How often a member looks at the record.
