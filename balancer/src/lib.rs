@@ -296,13 +296,22 @@ async fn manage(
             }));
         }
     };
-    let answer = mcmp::execute(
+    let execution = mcmp::execute(
         &mut balancer.table(),
         &method,
         wildcard,
         &body,
         balancer.started_us,
     );
+    let answer = match execution {
+        mcmp::Execution::Answered(answer) => answer,
+        mcmp::Execution::Check(check) => {
+            let reached = tokio::time::timeout(PROBE_TIMEOUT, answers(&check.address))
+                .await
+                .is_ok_and(|answered| answered);
+            check.finish(&mut balancer.table(), reached, balancer.started_us)
+        }
+    };
     if answer.is_ok() && !["STATUS", "PING", "INFO", "DUMP", "VERSION"].contains(&method.as_str()) {
         // Quoted: a node's words do not make lines of their own in the log.
         info!(
@@ -395,7 +404,7 @@ fn status_page(balancer: &Balancer, path: &str) -> Response<Body> {
             rows.push_str(&format!(
                 "<tr class=\"context\"><td></td><td>{} ({})</td><td>{}</td><td></td><td>{}</td><td>{}</td></tr>\n",
                 escape(&context.context.path),
-                escape(&context.context.aliases.join(", ")),
+                escape(&context.context.alias),
                 context.context.state.name(),
                 context.context.requests,
                 context.in_flight
@@ -459,7 +468,7 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
         let began = std::time::Instant::now();
         // Every node at once: a dead one costs its second, not everyone's.
         let checks = nodes.into_iter().map(|(route, address)| async move {
-            let reached = tokio::time::timeout(Duration::from_secs(1), answers(&address))
+            let reached = tokio::time::timeout(PROBE_TIMEOUT, answers(&address))
                 .await
                 .is_ok_and(|answered| answered);
             (route, address, reached)
@@ -496,6 +505,9 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
         }
     }
 }
+
+/// How long a node has to answer a health check, or the check a STATUS or PING makes.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether the node at `address` answers HTTP: `OPTIONS *`, which asks the server itself (a
 /// paused node takes the connection, but does not answer).

@@ -6,12 +6,18 @@
 //! refused for what it says changes nothing (one refused because the table is full may have
 //! done part of its work, as mod_manager's does).
 
+mod parameters;
+mod report;
+
 use std::fmt::Write;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 
-use super::table::{ContextState, NodeConfig, Refused, Table};
+use super::table::{
+    BalancerSettings, ContextState, Node, NodeConfig, NodeSettings, Refused, Table,
+};
+use parameters::{Parameters, atoi, boolean, duration_us};
 
 /// The protocol version `mod_manager` says it speaks.
 pub const VERSION: &str = "0.2.1";
@@ -30,12 +36,16 @@ pub const COMMANDS: [&str; 10] = [
     "VERSION",
 ];
 
-/// The longest value of each field, as `mod_manager` limits them.
-const MAX_ROUTE: usize = 64;
-const MAX_BALANCER: usize = 40;
-const MAX_HOST: usize = 64;
-const MAX_ALIAS: usize = 254;
-const MAX_CONTEXT: usize = 79;
+/// The longest value of each field, as `mod_manager` limits them (one less than these).
+const ROUTE_SIZE: usize = 64;
+const BALANCER_SIZE: usize = 40;
+const DOMAIN_SIZE: usize = 20;
+const HOST_SIZE: usize = 64;
+const PORT_SIZE: usize = 7;
+const TYPE_SIZE: usize = 16;
+const COOKIE_SIZE: usize = 30;
+const ALIAS_SIZE: usize = 255;
+const CONTEXT_SIZE: usize = 80;
 /// The most body `mod_manager` reads by default.
 pub const MAX_BODY: usize = 13_188;
 
@@ -54,92 +64,62 @@ fn syntax(message: impl Into<String>) -> McmpError {
     }
 }
 
-fn unknown_node(route: &str) -> McmpError {
+fn memory(message: String) -> McmpError {
     McmpError {
         kind: "MEM",
-        message: format!("MEM: Can't read node with \"{route}\" JVMRoute"),
+        message: format!("MEM: {message}"),
     }
 }
 
-/// A command's parameters: names lower-cased, values decoded.
-struct Parameters(Vec<(String, String)>);
-
-impl Parameters {
-    /// Parses a form body as `mod_manager` does: `&`-separated `name=value` pairs, `%XX`
-    /// decoded; characters that would let a value escape its place are refused.
-    fn parse(body: &[u8]) -> Result<Parameters, McmpError> {
-        let unparsable = || {
-            syntax(
-                "Can't parse MCMP message. It might have contained illegal symbols or unknown elements.",
-            )
-        };
-        let text = std::str::from_utf8(body).map_err(|_| unparsable())?;
-        let text = text.trim_end_matches(['\r', '\n']);
-        let mut pairs = Vec::new();
-        for pair in text.split('&').filter(|pair| !pair.is_empty()) {
-            let (name, value) = pair.split_once('=').ok_or_else(unparsable)?;
-            if !name.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
-                return Err(unparsable());
-            }
-            let value = decode(value).ok_or_else(unparsable)?;
-            if value.contains(['<', '>', '"', '\'', '\r', '\n']) {
-                return Err(unparsable());
-            }
-            pairs.push((name.to_ascii_lowercase(), value));
-        }
-        Ok(Parameters(pairs))
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    /// The node's route, which every node command needs.
-    fn route(&self) -> Result<&str, McmpError> {
-        match self.get("jvmroute") {
-            None | Some("") => Err(syntax("JVMRoute can't be empty")),
-            Some(route) if route.len() >= MAX_ROUTE => Err(syntax("JVMRoute field too big")),
-            Some(route) => Ok(route),
-        }
-    }
-
-    /// A comma-separated list.
-    fn list(&self, name: &str) -> Vec<String> {
-        self.get(name)
-            .map(|value| {
-                value
-                    .split(',')
-                    .map(|item| item.trim().to_string())
-                    .filter(|item| !item.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+fn unknown_node(route: &str) -> McmpError {
+    memory(format!("Can't read node with \"{route}\" JVMRoute"))
 }
 
-/// `%XX` decoding; `+` stays as it is, as `mod_manager` leaves it.
-fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// What a command answers: a body of text (empty for most), or a refusal.
+/// What a command answers: a body of text (empty for some), or a refusal.
 pub type Answer = Result<String, McmpError>;
+
+/// What carrying out a command came to: an answer, or a node to reach first (STATUS and PING
+/// answer whether the balancer can reach the node, as mod_manager does).
+pub enum Execution {
+    Answered(Answer),
+    Check(Check),
+}
+
+/// A STATUS or PING that waits on whether `address` answers.
+pub struct Check {
+    /// The node's address, `host:port`.
+    pub address: String,
+    route: Option<String>,
+    /// STATUS's load factor (None: PING, or a STATUS without one).
+    load: Option<i32>,
+    command: &'static str,
+}
+
+impl Check {
+    /// The answer once it is known whether the node answered: a STATUS's load factor is taken
+    /// only from a node that did.
+    pub fn finish(self, table: &mut Table, reached: bool, started_us: u128) -> Answer {
+        if let (true, Some(route), Some(load)) = (reached, &self.route, self.load) {
+            table.status(route, load);
+        }
+        Ok(answer_with_state(
+            self.command,
+            self.route.as_deref(),
+            reached,
+            started_us,
+        ))
+    }
+}
+
+/// `Type=STATUS-RSP&JVMRoute=...&State=OK&id=...`, as mod_manager words it.
+fn answer_with_state(command: &str, route: Option<&str>, up: bool, started_us: u128) -> String {
+    let route = route.map(|route| format!("&JVMRoute={route}"));
+    let state = if up { "OK" } else { "NOTOK" };
+    format!(
+        "Type={command}-RSP{}&State={state}&id={started_us}\n",
+        route.unwrap_or_default()
+    )
+}
 
 /// Carries out `command` (its method, upper-case) on the table. `wildcard` is the `/*` form of
 /// the app commands: every context of the node. `started_us` is when the balancer started,
@@ -150,48 +130,118 @@ pub fn execute(
     wildcard: bool,
     body: &[u8],
     started_us: u128,
-) -> Answer {
-    let parameters = Parameters::parse(body)?;
-    match command {
+) -> Execution {
+    let parameters = match Parameters::parse(body) {
+        Ok(parameters) => parameters,
+        Err(refusal) => return Execution::Answered(Err(refusal)),
+    };
+    let answer = match command {
         "CONFIG" => config(table, &parameters),
         "ENABLE-APP" => app(table, &parameters, wildcard, Some(ContextState::Enabled)),
         "DISABLE-APP" => app(table, &parameters, wildcard, Some(ContextState::Disabled)),
         "STOP-APP" => app(table, &parameters, wildcard, Some(ContextState::Stopped)),
         "REMOVE-APP" => app(table, &parameters, wildcard, None),
-        "STATUS" => status(table, &parameters, started_us),
-        "PING" => ping(table, &parameters, started_us),
-        "INFO" => Ok(info(table)),
-        "DUMP" => Ok(dump(table)),
+        "STATUS" => return status(table, &parameters, started_us),
+        "PING" => return ping(table, &parameters, started_us),
+        "INFO" => Ok(report::info(table)),
+        "DUMP" => Ok(report::dump(table)),
         "VERSION" => Ok(format!(
             "release: immutant-balancer/{}, protocol: {VERSION}\n",
             crate::VERSION
         )),
         _ => Err(syntax("Command is not supported")),
+    };
+    Execution::Answered(answer)
+}
+
+/// A field's value, refused if it is `size` long or longer.
+fn sized<'a>(value: &'a str, size: usize, field: &str) -> Result<&'a str, McmpError> {
+    match value.len() < size {
+        true => Ok(value),
+        false => Err(syntax(format!("{field} field too big"))),
+    }
+}
+
+/// The aliases (lower case) and contexts a command names, every `Alias` and `Context` given.
+fn aliases_and_contexts(parameters: &Parameters) -> Result<(Vec<String>, Vec<String>), McmpError> {
+    let (mut aliases, mut contexts) = (Vec::new(), Vec::new());
+    for (name, value) in &parameters.0 {
+        let value = value.as_deref().unwrap_or_default();
+        if name.eq_ignore_ascii_case("alias") {
+            let value = value.to_ascii_lowercase();
+            aliases.extend(parameters::list(&value, ALIAS_SIZE, "Alias")?);
+        } else if name.eq_ignore_ascii_case("context") {
+            contexts.extend(parameters::list(value, CONTEXT_SIZE, "Context")?);
+        }
+    }
+    match (aliases.is_empty(), contexts.is_empty()) {
+        (false, true) => Err(syntax("Alias without Context")),
+        (true, false) => Err(syntax("Context without Alias")),
+        _ => Ok((aliases, contexts)),
     }
 }
 
 fn config(table: &mut Table, parameters: &Parameters) -> Answer {
-    if parameters.0.iter().any(|(_, value)| value.is_empty()) || parameters.0.is_empty() {
-        return Err(syntax(
-            "Can't parse MCMP message. It might have contained illegal symbols or unknown elements.",
-        ));
+    if parameters
+        .0
+        .iter()
+        .any(|(_, value)| value.as_deref().is_none_or(str::is_empty))
+    {
+        return Err(syntax(parameters::UNPARSABLE));
     }
-    let route = parameters.route()?;
-    let balancer = parameters.get("balancer").unwrap_or("mycluster");
-    if balancer.len() >= MAX_BALANCER {
-        return Err(syntax("Balancer field too big"));
+    let mut balancer = BalancerSettings::new("mycluster");
+    let mut settings = NodeSettings::default();
+    let (mut route, mut domain, mut host, mut port, mut scheme) =
+        ("", "", "localhost", "8009", "ajp".to_string());
+    for (name, value) in &parameters.0 {
+        let value = value.as_deref().unwrap_or_default();
+        let bad = |field: &str| syntax(format!("{field} field has bad value"));
+        match name.to_ascii_lowercase().as_str() {
+            "balancer" => {
+                balancer.name = sized(value, BALANCER_SIZE, "Balancer")?.to_ascii_lowercase();
+            }
+            "stickysession" => balancer.sticky = boolean(value).unwrap_or(balancer.sticky),
+            "stickysessioncookie" => {
+                balancer.cookie = sized(value, COOKIE_SIZE, "A")?.to_string();
+            }
+            "stickysessionpath" => {
+                balancer.path_parameter = sized(value, COOKIE_SIZE, "A")?.to_string();
+            }
+            "stickysessionremove" => balancer.remove = boolean(value).unwrap_or(balancer.remove),
+            "stickysessionforce" => balancer.force = boolean(value).unwrap_or(balancer.force),
+            "waitworker" => balancer.wait_worker = atoi(value),
+            "maxattempts" => balancer.max_attempts = atoi(value),
+            "jvmroute" => route = sized(value, ROUTE_SIZE, "JVMRoute")?,
+            "domain" => domain = sized(value, DOMAIN_SIZE, "LBGroup")?,
+            // An IPv6 address may come with its zone (`[fe80::1%eth0]`), which goes.
+            "host" => host = sized(value, HOST_SIZE, "Host")?,
+            "port" => port = sized(value, PORT_SIZE, "Port")?,
+            "type" => scheme = sized(value, TYPE_SIZE, "Type")?.to_ascii_lowercase(),
+            "reversed" => settings.reversed = boolean(value).unwrap_or(settings.reversed),
+            "flushpackets" => {
+                settings.flush_packets = match boolean(value) {
+                    Some(on) => u8::from(on),
+                    None if value.eq_ignore_ascii_case("auto") => 2,
+                    None => settings.flush_packets,
+                }
+            }
+            "flushwait" => {
+                settings.flush_wait_us =
+                    duration_us(value, "ms").ok_or_else(|| bad("Flushwait"))?;
+            }
+            "ping" => settings.ping_us = duration_us(value, "s").ok_or_else(|| bad("Ping"))?,
+            "smax" => settings.smax = atoi(value),
+            "ttl" => settings.ttl_us = duration_us(value, "s").ok_or_else(|| bad("TTL"))?,
+            "timeout" => {
+                settings.timeout_us = duration_us(value, "s").ok_or_else(|| bad("Timeout"))?;
+            }
+            _ => {}
+        }
     }
-    let host = parameters.get("host").unwrap_or("localhost");
-    if host.len() >= MAX_HOST {
-        return Err(syntax("Host field too big"));
+    if route.is_empty() {
+        return Err(syntax("JVMRoute can't be empty"));
     }
-    let port = match parameters.get("port") {
-        None => 8009,
-        Some(port) => port
-            .parse::<u16>()
-            .map_err(|_| syntax("Port field too big"))?,
-    };
-    let scheme = parameters.get("type").unwrap_or("ajp").to_ascii_lowercase();
+    let (aliases, contexts) = aliases_and_contexts(parameters)?;
     if scheme != "http" {
         return Err(McmpError {
             kind: "GENERAL",
@@ -200,40 +250,41 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
             ),
         });
     }
-    let (aliases, contexts) = (parameters.list("alias"), parameters.list("context"));
-    match (aliases.is_empty(), contexts.is_empty()) {
-        (false, true) => return Err(syntax("Alias without Context")),
-        (true, false) => return Err(syntax("Context without Alias")),
-        _ => {}
-    }
-    check_contexts(&aliases, &contexts)?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| syntax(format!("Port field has bad value: {port} is not a port")))?;
+    let host = match host.split_once('%') {
+        Some((address, _)) if host.starts_with('[') => address,
+        _ => host,
+    };
     let configured = table.configure(NodeConfig {
         route: route.to_string(),
-        balancer: balancer.to_ascii_lowercase(),
-        domain: parameters.get("domain").unwrap_or_default().to_string(),
+        domain: domain.to_string(),
         host: host.trim_matches(['[', ']']).to_string(),
         port,
         scheme,
+        settings,
+        balancer,
     });
     match configured {
         Err(Refused::RouteTaken) => {
-            return Err(McmpError {
-                kind: "MEM",
-                message: format!("MEM: Node with \"{route}\" JVMRoute already exists"),
-            });
+            return Err(memory(format!(
+                "Node with \"{route}\" JVMRoute already exists"
+            )));
         }
         Err(Refused::Full) => {
-            return Err(McmpError {
-                kind: "MEM",
-                message: format!("MEM: Can't update or insert node with \"{route}\" JVMRoute"),
-            });
+            return Err(memory(format!(
+                "Can't update or insert node with \"{route}\" JVMRoute"
+            )));
         }
         Ok(()) => {}
     }
-    for context in &contexts {
-        table
-            .set_context(route, context, &aliases, ContextState::Stopped)
-            .ok_or_else(|| context_full(route))?;
+    for alias in &aliases {
+        for context in &contexts {
+            table
+                .set_context(route, alias, context, ContextState::Stopped)
+                .ok_or_else(|| context_full(route))?;
+        }
     }
     Ok(String::new())
 }
@@ -244,214 +295,178 @@ fn app(
     wildcard: bool,
     state: Option<ContextState>,
 ) -> Answer {
-    let route = parameters.route()?;
-    if wildcard {
-        let found = match state {
-            Some(state) => table.set_all_contexts(route, state).is_some(),
-            None => table.remove_node(route),
-        };
-        return match found {
-            true => Ok(String::new()),
-            false => Err(unknown_node(route)),
-        };
+    let route = match parameters.get("jvmroute") {
+        Some(route) => sized(route, ROUTE_SIZE, "JVMRoute")?,
+        None => "",
+    };
+    let (aliases, contexts) = aliases_and_contexts(parameters)?;
+    if route.is_empty() {
+        return Err(syntax("JVMRoute can't be empty"));
     }
-    let (aliases, contexts) = (parameters.list("alias"), parameters.list("context"));
-    match (aliases.is_empty(), contexts.is_empty()) {
-        (true, true) => return Err(syntax("No Context and Alias in APP command")),
-        (false, true) => return Err(syntax("Alias without Context")),
-        (true, false) => return Err(syntax("Context without Alias")),
-        _ => {}
+    if !wildcard && aliases.is_empty() {
+        return Err(syntax("No Context and Alias in APP command"));
     }
-    check_contexts(&aliases, &contexts)?;
     if table.node(route).is_none() {
         return Err(unknown_node(route));
     }
     table.heard(route);
-    let mut requests = 0;
-    for context in &contexts {
+    if wildcard {
         match state {
-            Some(state) => {
-                requests += table
-                    .set_context(route, context, &aliases, state)
-                    .ok_or_else(|| context_full(route))?;
-            }
-            None => {
-                table.remove_context(route, context, &aliases);
+            Some(state) => table.set_all_contexts(route, state),
+            None => table.remove_node(route),
+        };
+        return Ok(String::new());
+    }
+    let name = match state {
+        Some(ContextState::Enabled) => "ENABLE-APP",
+        Some(ContextState::Disabled) => "DISABLE-APP",
+        Some(ContextState::Stopped) => "STOP-APP",
+        None => "REMOVE-APP",
+    };
+    let mut answer = format!("Type={name}-RSP\nJvmRoute={route}");
+    // `Alias=*&Context=*`: every context of the node, which leaves (what some nodes send at
+    // shutdown; mod_manager answers it the same way).
+    if state.is_none() && aliases == ["*"] && contexts == ["*"] {
+        table.remove_node(route);
+        answer.push('\n');
+        return Ok(answer);
+    }
+    for alias in &aliases {
+        let mut done = Vec::new();
+        for context in &contexts {
+            let changed = match state {
+                Some(state) => table.set_context(route, alias, context, state).is_some(),
+                None => table.remove_context(route, alias, context),
+            };
+            if changed {
+                done.push(context.as_str());
             }
         }
+        if !done.is_empty() {
+            let _ = write!(answer, "\nAlias={alias} Contexts={}\n", done.join(","));
+        }
     }
-    // Old mod_manager's answer to STOP-APP, which nodes poll until no request is in flight.
-    Ok(match state {
-        Some(ContextState::Stopped) => format!(
-            "Type=STOP-APP-RSP&JvmRoute={route}&Alias={}&Context={}&Requests={requests}\n",
-            aliases.join(","),
-            contexts.join(",")
-        ),
-        _ => String::new(),
-    })
-}
-
-/// Aliases and contexts as `mod_manager` takes them: each short enough, contexts paths.
-fn check_contexts(aliases: &[String], contexts: &[String]) -> Result<(), McmpError> {
-    if aliases.iter().any(|alias| alias.len() > MAX_ALIAS) {
-        return Err(syntax("Alias field too big"));
-    }
-    if contexts.iter().any(|context| context.len() > MAX_CONTEXT) {
-        return Err(syntax("Context field too big"));
-    }
-    if contexts.iter().any(|context| !context.starts_with('/')) {
-        return Err(syntax("Context must be a path, starting with /"));
-    }
-    Ok(())
+    answer.push('\n');
+    Ok(answer)
 }
 
 fn context_full(route: &str) -> McmpError {
-    McmpError {
-        kind: "MEM",
-        message: format!("MEM: Can't update or insert context for node with \"{route}\" JVMRoute"),
-    }
-}
-
-fn status(table: &mut Table, parameters: &Parameters, started_us: u128) -> Answer {
-    if let Some((name, _)) = parameters
-        .0
-        .iter()
-        .find(|(name, _)| name != "jvmroute" && name != "load")
-    {
-        return Err(syntax(format!("Invalid field \"{name}\" in message")));
-    }
-    let route = parameters.route()?;
-    let load: i32 = match parameters.get("load") {
-        Some(load) => load
-            .parse()
-            .ok()
-            .filter(|load| (-1..=100).contains(load))
-            .ok_or_else(|| syntax("Bad value for Load"))?,
-        None => -2,
-    };
-    if load != -2 && !table.status(route, load) {
-        return Err(unknown_node(route));
-    }
-    let node = table.node(route).ok_or_else(|| unknown_node(route))?;
-    let state = if node.healthy { "OK" } else { "NOTOK" };
-    Ok(format!(
-        "Type=STATUS-RSP&JVMRoute={route}&State={state}&id={started_us}\n"
+    memory(format!(
+        "Can't update or insert context for node with \"{route}\" JVMRoute"
     ))
 }
 
-fn ping(table: &mut Table, parameters: &Parameters, started_us: u128) -> Answer {
-    if let Some((name, _)) = parameters
-        .0
-        .iter()
-        .find(|(name, _)| !["jvmroute", "scheme", "host", "port"].contains(&name.as_str()))
-    {
-        return Err(syntax(format!("Invalid field \"{name}\" in message")));
+fn status(table: &mut Table, parameters: &Parameters, started_us: u128) -> Execution {
+    let checked = || -> Result<Check, McmpError> {
+        let mut load = None;
+        for (name, value) in &parameters.0 {
+            let value = value.as_deref().unwrap_or_default();
+            if name.eq_ignore_ascii_case("jvmroute") {
+                sized(value, ROUTE_SIZE, "JVMRoute")?;
+            } else if name.eq_ignore_ascii_case("load") {
+                load = Some(
+                    leading_int(value)
+                        .filter(|load| (-1..=100).contains(load))
+                        .ok_or_else(|| syntax("Bad value for Load"))?,
+                );
+            } else {
+                return Err(syntax(format!("Invalid field \"{name}\" in message")));
+            }
+        }
+        let route = parameters.route()?;
+        let node = table.node(route).ok_or_else(|| unknown_node(route))?;
+        Ok(Check {
+            address: node.address(),
+            route: Some(route.to_string()),
+            load,
+            command: "STATUS",
+        })
+    };
+    match checked() {
+        Ok(check) => {
+            table.heard(check.route.as_deref().unwrap_or_default());
+            match check.load {
+                // A node that says it is broken is not looked at.
+                Some(-1) => Execution::Answered(check.finish(table, true, started_us)),
+                _ => Execution::Check(check),
+            }
+        }
+        Err(refusal) => Execution::Answered(Err(refusal)),
     }
-    match parameters.get("jvmroute") {
-        Some(route) => {
+}
+/// C's `sscanf("%d")`: the whole number a value starts with, if it starts with one.
+fn leading_int(value: &str) -> Option<i32> {
+    let text = value.trim_start();
+    let sign = usize::from(text.starts_with(['-', '+']));
+    let digits = text[sign..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .count();
+    (digits > 0).then(|| parameters::atoi(&text[..sign + digits]))
+}
+
+fn ping(table: &mut Table, parameters: &Parameters, started_us: u128) -> Execution {
+    let checked = || -> Result<Option<Check>, McmpError> {
+        let (mut route, mut scheme, mut host, mut port) = (None, None, None, None);
+        for (name, value) in &parameters.0 {
+            if name.is_empty() {
+                break;
+            }
+            let value = value.as_deref().unwrap_or_default();
+            match name.to_ascii_lowercase().as_str() {
+                "jvmroute" => route = Some(sized(value, ROUTE_SIZE, "JVMRoute")?),
+                "scheme" => {
+                    if !["ajp", "http", "https", "ws", "wss"]
+                        .contains(&value.to_ascii_lowercase().as_str())
+                    {
+                        return Err(syntax(format!("PING Unsupported scheme: {value}")));
+                    }
+                    scheme = Some(value);
+                }
+                "host" => host = Some(value),
+                "port" => port = Some(value),
+                _ => return Err(syntax(format!("Invalid field \"{name}\" in message"))),
+            }
+        }
+        let route = route.filter(|route| !route.is_empty());
+        if let Some(route) = route {
             let node = table.node(route).ok_or_else(|| unknown_node(route))?;
-            let state = if node.healthy { "OK" } else { "NOTOK" };
-            Ok(format!(
-                "Type=PING-RSP&JVMRoute={route}&State={state}&id={started_us}\n"
-            ))
+            return Ok(Some(Check {
+                address: node.address(),
+                route: Some(route.to_string()),
+                load: None,
+                command: "PING",
+            }));
         }
-        None => Ok(format!("Type=PING-RSP&State=OK&id={started_us}\n")),
-    }
-}
-
-/// INFO, as `mod_manager` prints it: nodes, then virtual hosts, then contexts.
-pub fn info(table: &Table) -> String {
-    let mut out = String::new();
-    for node in table.nodes() {
-        let _ = writeln!(
-            out,
-            "Node: [{}],Name: {},Balancer: {},LBGroup: {},Host: {},Port: {},Type: {},Flushpackets: Off,Flushwait: 10,Ping: 10,Smax: -1,Ttl: 60,Elected: {},Read: 0,Transfered: 0,Connected: {},Load: {}",
-            node.id,
-            node.route,
-            node.balancer,
-            node.domain,
-            node.host,
-            node.port,
-            node.scheme,
-            node.elected,
-            node.in_flight.load(std::sync::atomic::Ordering::SeqCst),
-            node.load
-        );
-    }
-    let contexts: Vec<_> = table.contexts().collect();
-    for (index, context) in contexts.iter().enumerate() {
-        let node = table.node(&context.route).map_or(0, |node| node.id);
-        for (alias_index, alias) in context.aliases.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "Vhost: [{node}:{}:{}], Alias: {alias}",
-                index + 1,
-                alias_index + 1
-            );
+        match (scheme, host, port) {
+            (None, None, None) => Ok(None),
+            (Some(scheme), Some(host), Some(port)) => {
+                // Only a node the balancer knows is looked at, as mod_proxy_cluster looks only
+                // at its workers: a PING cannot make the balancer connect anywhere else.
+                let known = table.nodes().find(|node| {
+                    node.host == host.trim_matches(['[', ']'])
+                        && node.port.to_string() == port
+                        && node.scheme == scheme.to_ascii_lowercase()
+                });
+                Ok(Some(Check {
+                    address: known.map(Node::address).unwrap_or_default(),
+                    route: None,
+                    load: None,
+                    command: "PING",
+                }))
+            }
+            _ => Err(syntax("Mandatory field(s) missing in message")),
         }
-    }
-    for (index, context) in contexts.iter().enumerate() {
-        let node = table.node(&context.route).map_or(0, |node| node.id);
-        let status = context.state.name().to_ascii_uppercase();
-        let _ = writeln!(
-            out,
-            "Context: [{node}:{}:{}], Context: {}, Status: {status}",
-            index + 1,
-            index + 1,
-            context.path
-        );
-    }
-    out
-}
-
-/// DUMP, as `mod_manager` prints it.
-fn dump(table: &Table) -> String {
-    let mut out = String::new();
-    let mut balancers: Vec<&str> = table.nodes().map(|node| node.balancer.as_str()).collect();
-    balancers.sort();
-    balancers.dedup();
-    for (index, balancer) in balancers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "balancer: [{}] Name: {balancer} Sticky: 1 [JSESSIONID]/[jsessionid] remove: 0 force: 0 Timeout: 0 maxAttempts: 1",
-            index + 1
-        );
-    }
-    for node in table.nodes() {
-        let _ = writeln!(
-            out,
-            "node: [{}:{}],Balancer: {},JVMRoute: {},LBGroup: [{}],Host: {},Port: {},Type: {},flushpackets: 0,flushwait: 10,ping: 10,smax: -1,ttl: 60,timeout: 0",
-            node.id,
-            node.id,
-            node.balancer,
-            node.route,
-            node.domain,
-            node.host,
-            node.port,
-            node.scheme
-        );
-    }
-    for (index, context) in table.contexts().enumerate() {
-        let node = table.node(&context.route).map_or(0, |node| node.id);
-        for alias in &context.aliases {
-            let _ = writeln!(
-                out,
-                "host: {} [{alias}] vhost: {} node: {node}",
-                index + 1,
-                index + 1
-            );
+    };
+    match checked() {
+        Ok(Some(check)) if check.address.is_empty() => {
+            Execution::Answered(check.finish(table, false, started_us))
         }
-        // mod_manager's numbers for the states.
-        let status = context.state as u8 + 1;
-        let _ = writeln!(
-            out,
-            "context: {} [{}] vhost: {} node: {node} status: {status}",
-            index + 1,
-            context.path,
-            index + 1
-        );
+        Ok(Some(check)) => Execution::Check(check),
+        // A bare PING: the balancer itself answers.
+        Ok(None) => Execution::Answered(Ok(answer_with_state("PING", None, true, started_us))),
+        Err(refusal) => Execution::Answered(Err(refusal)),
     }
-    out
 }
 
 /// The HTTP response for an answer.

@@ -10,14 +10,11 @@ use axum::body::Body;
 use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, Request, Response, StatusCode, Uri};
 
+use super::table::BalancerSettings;
 use super::{Balancer, pool};
 use axum::extract::ConnectInfo;
 use immutant_foundation::edge::{Answerer, Worker};
 use immutant_foundation::http::{page, prepare, request_host, respond};
-
-/// The session cookie and path parameter whose value ends with the node's route.
-const SESSION_COOKIE: &str = "JSESSIONID";
-const SESSION_PARAMETER: &str = ";jsessionid=";
 
 /// The balancer's client ports: every request goes to a node, with no routing in front.
 #[derive(Clone)]
@@ -48,7 +45,6 @@ pub async fn handle(
 ) -> Response<Body> {
     let host = request_host(&request);
     let path = request.uri().path().to_string();
-    let sticky = session_route(request.headers(), &path);
     // Only a request without a body, of a method that means the same sent twice, may go to a
     // second node when the first refuses it, fails with it or is lost.
     let retryable = is_idempotent(request.method())
@@ -61,7 +57,9 @@ pub async fn handle(
     loop {
         let (target, known) = {
             let mut table = balancer.table();
-            let target = table.choose(&host, &path, sticky.as_deref(), &tried);
+            let session =
+                |settings: &BalancerSettings| session_route(&parts.headers, &path, settings);
+            let target = table.choose(&host, &path, session, &tried);
             (target, table.covers(&path))
         };
         let Some(target) = target else {
@@ -122,19 +120,24 @@ pub async fn handle(
     }
 }
 
-/// The node's route a request's session names: the part after the first `.` of its
-/// `JSESSIONID` cookie, or of a `;jsessionid=` path parameter (a route may hold dots, as a
-/// host name does; an id never does).
-fn session_route(headers: &HeaderMap, path: &str) -> Option<String> {
+/// The node's route a request's session names: the part after the first `.` of its session
+/// cookie (`JSESSIONID` unless the balancer says otherwise), or of its session path parameter
+/// (`;jsessionid=`); a route may hold dots, as a host name does; an id never does.
+fn session_route(headers: &HeaderMap, path: &str, settings: &BalancerSettings) -> Option<String> {
     let from_cookie = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .find_map(|pair| {
+            pair.trim()
+                .strip_prefix(settings.cookie.as_str())?
+                .strip_prefix('=')
+        })
         .map(str::to_string);
     let from_path = || {
-        let start = path.find(SESSION_PARAMETER)? + SESSION_PARAMETER.len();
+        let parameter = format!(";{}=", settings.path_parameter);
+        let start = path.find(&parameter)? + parameter.len();
         let rest = &path[start..];
         Some(
             rest.split(['/', ';', '?'])
@@ -189,28 +192,46 @@ mod tests {
 
     #[test]
     fn the_session_names_its_node_in_the_cookie_or_the_path() {
+        let settings = BalancerSettings::new("mycluster");
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; JSESSIONID=abc.one"),
         );
-        assert_eq!(session_route(&headers, "/app").as_deref(), Some("one"));
+        assert_eq!(
+            session_route(&headers, "/app", &settings).as_deref(),
+            Some("one")
+        );
         let none = HeaderMap::new();
         assert_eq!(
-            session_route(&none, "/app/x;jsessionid=abc.two?q=1").as_deref(),
+            session_route(&none, "/app/x;jsessionid=abc.two?q=1", &settings).as_deref(),
             Some("two")
         );
-        assert_eq!(session_route(&none, "/app/x").as_deref(), None);
+        assert_eq!(session_route(&none, "/app/x", &settings).as_deref(), None);
         headers.insert(
             header::COOKIE,
             HeaderValue::from_static("JSESSIONID=abc.web1.example.com"),
         );
         assert_eq!(
-            session_route(&headers, "/app").as_deref(),
+            session_route(&headers, "/app", &settings).as_deref(),
             Some("web1.example.com")
         );
         headers.insert(header::COOKIE, HeaderValue::from_static("JSESSIONID=abc"));
-        assert_eq!(session_route(&headers, "/app").as_deref(), None);
+        assert_eq!(session_route(&headers, "/app", &settings).as_deref(), None);
+        let named = BalancerSettings {
+            cookie: "SID".to_string(),
+            path_parameter: "sid".to_string(),
+            ..settings
+        };
+        headers.insert(header::COOKIE, HeaderValue::from_static("SID=abc.three"));
+        assert_eq!(
+            session_route(&headers, "/app", &named).as_deref(),
+            Some("three")
+        );
+        assert_eq!(
+            session_route(&none, "/app;sid=abc.four", &named).as_deref(),
+            Some("four")
+        );
     }
 
     #[test]

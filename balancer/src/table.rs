@@ -24,6 +24,8 @@ pub struct Node {
     pub port: u16,
     /// `http` (`ajp` is not spoken here).
     pub scheme: String,
+    #[serde(skip)]
+    pub settings: NodeSettings,
     /// The load factor its last STATUS gave: 1-100 (room for more, the higher the more),
     /// 0 standby, -1 broken.
     pub load: i32,
@@ -45,12 +47,17 @@ pub struct Node {
     pub found_unreachable: Option<Instant>,
 }
 
+/// `host:port`, with an IPv6 address in brackets.
+fn address(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
 impl Node {
     pub fn address(&self) -> String {
-        match self.host.contains(':') {
-            true => format!("[{}]:{}", self.host, self.port),
-            false => format!("{}:{}", self.host, self.port),
-        }
+        address(&self.host, self.port)
     }
 
     /// How it is, in a word: `up`, `standby` (load factor 0), `broken` (-1), `silent` (no
@@ -83,14 +90,18 @@ pub const MAX_CONTEXTS: usize = 1000;
 /// How long a node may go without STATUS before it is passed over.
 pub const SILENCE: Duration = Duration::from_secs(30);
 
-/// A context of a node.
+/// A context of a node, in one of its virtual hosts. As in mod_manager 2.x, a node has a
+/// virtual host for each alias it names (numbered from 1 in the order they came), and each
+/// virtual host its own contexts, each with its own state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Context {
     pub route: String,
-    /// `/` or `/name`.
+    /// The node's number for the virtual host.
+    pub vhost: u32,
+    /// The virtual host's name (`Alias`), lower case.
+    pub alias: String,
+    /// `/` or `/name` (what a node says, unchecked: one not starting with `/` matches nothing).
     pub path: String,
-    /// The virtual hosts it answers (`Alias`), lower case.
-    pub aliases: Vec<String>,
     pub state: ContextState,
     /// Requests sent to it.
     pub requests: u64,
@@ -136,11 +147,85 @@ pub enum Refused {
     Full,
 }
 
+/// What mod_manager keeps of a node beyond its address (its `CONFIG`'s node part), shown in
+/// DUMP and INFO. The balancer shows them; its own timeouts and pools decide how it proxies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSettings {
+    /// `flushpackets`: 0 Off, 1 On, 2 Auto (mod_proxy's numbers).
+    pub flush_packets: u8,
+    /// `flushwait`, `ping`, `ttl`, `Timeout`: microseconds.
+    pub flush_wait_us: i64,
+    pub ping_us: i64,
+    pub ttl_us: i64,
+    pub timeout_us: i64,
+    /// `smax`: -1 lets the balancer choose.
+    pub smax: i32,
+    /// `Reversed`: the node opened the connections (not spoken here; kept as told).
+    pub reversed: bool,
+}
+
+impl Default for NodeSettings {
+    /// mod_manager's defaults.
+    fn default() -> NodeSettings {
+        NodeSettings {
+            flush_packets: 0,
+            flush_wait_us: 10_000,
+            ping_us: 10_000_000,
+            ttl_us: 60_000_000,
+            timeout_us: 0,
+            smax: -1,
+            reversed: false,
+        }
+    }
+}
+
+/// A balancer's sticky-session settings (its `CONFIG`'s balancer part). The last `CONFIG` that
+/// names a balancer sets all of them, defaults for what it leaves out, as mod_manager does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BalancerSettings {
+    pub name: String,
+    /// `StickySession`: requests of a session go to the node it names.
+    pub sticky: bool,
+    /// `StickySessionCookie` and `StickySessionPath`: where a request's session id is.
+    pub cookie: String,
+    pub path_parameter: String,
+    /// `StickySessionRemove` (kept as told; the session cookie is never removed here).
+    pub remove: bool,
+    /// `StickySessionForce`: a session whose node cannot take it gets 503, not another node.
+    pub force: bool,
+    /// `WaitWorker` in seconds and `Maxattempts` (kept as told; the balancer waits and tries
+    /// again as its own rules say).
+    pub wait_worker: i32,
+    pub max_attempts: i32,
+}
+
+impl BalancerSettings {
+    /// mod_manager's defaults for a balancer named `name`.
+    pub fn new(name: &str) -> BalancerSettings {
+        BalancerSettings {
+            name: name.to_string(),
+            sticky: true,
+            cookie: "JSESSIONID".to_string(),
+            path_parameter: "jsessionid".to_string(),
+            remove: false,
+            force: true,
+            wait_worker: 0,
+            max_attempts: 1,
+        }
+    }
+}
+
+/// The settings of a balancer no CONFIG named.
+static DEFAULT_SETTINGS: std::sync::LazyLock<BalancerSettings> =
+    std::sync::LazyLock::new(|| BalancerSettings::new("mycluster"));
+
 /// Every node and context the balancer knows.
 #[derive(Debug, Default)]
 pub struct Table {
     nodes: BTreeMap<String, Node>,
     contexts: Vec<Context>,
+    /// In the order they were first named.
+    balancers: Vec<BalancerSettings>,
     next_id: u64,
 }
 
@@ -148,19 +233,23 @@ pub struct Table {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub route: String,
-    pub balancer: String,
     pub domain: String,
     pub host: String,
     pub port: u16,
     pub scheme: String,
+    pub settings: NodeSettings,
+    /// The balancer it belongs to, with the settings this CONFIG gives it.
+    pub balancer: BalancerSettings,
 }
 
 impl Table {
-    /// CONFIG: a node is (again) what `config` says. Its contexts are forgotten: a node sends
-    /// ENABLE-APP for each of its contexts after CONFIG. Refused if another node that is alive
+    /// CONFIG: a node is (again) what `config` says, and its balancer what `config` says of
+    /// it. A node already known keeps its contexts (mod_manager's way: a node restarted sends
+    /// `REMOVE-APP /*` first if it wants them gone). Refused if another node that is alive
     /// (heard lately, at another address) has the route, or if the table is full.
     pub fn configure(&mut self, config: NodeConfig) -> Result<(), Refused> {
-        let id = match self.nodes.get(&config.route) {
+        let known = self.nodes.get(&config.route);
+        let id = match known {
             Some(node)
                 if (node.host != config.host || node.port != config.port)
                     && node.healthy
@@ -175,25 +264,43 @@ impl Table {
                 self.next_id
             }
         };
-        self.contexts
-            .retain(|context| context.route != config.route);
+        let moved = known.is_some_and(|node| node.address() != address(&config.host, config.port));
+        if moved {
+            // Another process at another address: what the old one served is not its.
+            self.contexts
+                .retain(|context| context.route != config.route);
+        }
+        let balancer = config.balancer;
+        match self.balancers.iter_mut().find(|b| b.name == balancer.name) {
+            Some(known) => *known = balancer.clone(),
+            None => self.balancers.push(balancer.clone()),
+        }
+        let previous = self.nodes.remove(&config.route);
+        if let Some(previous) = previous.as_ref().filter(|_| moved) {
+            previous.lost.notify_waiters();
+        }
         self.nodes.insert(
             config.route.clone(),
             Node {
                 route: config.route,
                 id,
-                balancer: config.balancer,
+                balancer: balancer.name,
                 domain: config.domain,
                 host: config.host,
                 port: config.port,
                 scheme: config.scheme,
+                settings: config.settings,
                 // Until its first STATUS: some room, as mod_cluster starts a node.
-                load: 1,
+                load: previous.as_ref().map_or(1, |node| node.load),
                 healthy: true,
-                elected: 0,
+                elected: previous.as_ref().map_or(0, |node| node.elected),
                 last_heard: Instant::now(),
-                in_flight: Arc::default(),
-                lost: Arc::default(),
+                in_flight: previous
+                    .as_ref()
+                    .map_or_else(Arc::default, |node| node.in_flight.clone()),
+                lost: previous
+                    .as_ref()
+                    .map_or_else(Arc::default, |node| node.lost.clone()),
                 found_unreachable: None,
             },
         );
@@ -210,6 +317,10 @@ impl Table {
 
     pub fn contexts(&self) -> impl Iterator<Item = &Context> {
         self.contexts.iter()
+    }
+
+    pub fn balancers(&self) -> impl Iterator<Item = &BalancerSettings> {
+        self.balancers.iter()
     }
 
     /// STATUS: the node's load factor now. False if the node is unknown.
@@ -235,68 +346,72 @@ impl Table {
         }
     }
 
-    /// ENABLE-APP, DISABLE-APP or STOP-APP for one context of a node (made if new), with its
-    /// aliases. Answers the requests in flight to it. None if the node is unknown or the table
-    /// is full.
+    /// The node's virtual host for `alias`, if it has one.
+    fn vhost(&self, route: &str, alias: &str) -> Option<u32> {
+        self.contexts
+            .iter()
+            .find(|c| c.route == route && c.alias == alias)
+            .map(|c| c.vhost)
+    }
+
+    /// ENABLE-APP, DISABLE-APP or STOP-APP for the context at `path` of the node's virtual
+    /// host `alias` (both made if new). Answers the requests in flight to it. None if the node
+    /// is unknown or the table is full.
     pub fn set_context(
         &mut self,
         route: &str,
+        alias: &str,
         path: &str,
-        aliases: &[String],
         state: ContextState,
     ) -> Option<usize> {
         self.nodes.get(route)?;
-        let known = self
+        let alias = alias.to_ascii_lowercase();
+        let vhost = self.vhost(route, &alias).unwrap_or_else(|| {
+            let last = self.contexts.iter().filter(|c| c.route == route);
+            last.map(|c| c.vhost).max().unwrap_or(0) + 1
+        });
+        let found = self
             .contexts
             .iter()
-            .any(|c| c.route == route && c.path == path);
-        if !known && self.contexts.len() >= MAX_CONTEXTS {
-            return None;
-        }
-        let aliases: Vec<String> = aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
-        let found = self.contexts.iter_mut().find(|c| {
-            c.route == route && c.path == path && (aliases.is_empty() || c.aliases == aliases)
-        });
-        let context = match found {
-            Some(context) => context,
+            .position(|c| c.route == route && c.vhost == vhost && c.path == path);
+        let index = match found {
+            Some(index) => index,
+            None if self.contexts.len() >= MAX_CONTEXTS => return None,
             None => {
                 self.contexts.push(Context {
                     route: route.to_string(),
+                    vhost,
+                    alias,
                     path: path.to_string(),
-                    aliases,
                     state,
                     requests: 0,
                     in_flight: Arc::default(),
                 });
-                self.contexts.last_mut()?
+                self.contexts.len() - 1
             }
         };
+        let context = &mut self.contexts[index];
         context.state = state;
         Some(context.in_flight.load(Ordering::SeqCst))
     }
 
-    /// The same for every context of a node (the `/*` forms). Answers the requests in flight
-    /// to them all. None if the node is unknown.
-    pub fn set_all_contexts(&mut self, route: &str, state: ContextState) -> Option<usize> {
-        self.nodes.get(route)?;
-        let mut in_flight = 0;
+    /// The same for every context of a node (the `/*` forms). False if the node is unknown.
+    pub fn set_all_contexts(&mut self, route: &str, state: ContextState) -> bool {
         for context in self.contexts.iter_mut().filter(|c| c.route == route) {
             context.state = state;
-            in_flight += context.in_flight.load(Ordering::SeqCst);
         }
-        Some(in_flight)
+        self.nodes.contains_key(route)
     }
 
-    /// REMOVE-APP for one context. False if the node is unknown.
-    pub fn remove_context(&mut self, route: &str, path: &str, aliases: &[String]) -> bool {
-        if !self.nodes.contains_key(route) {
+    /// REMOVE-APP for the context at `path` of the node's virtual host `alias`. False if the
+    /// node has no such virtual host (nothing to remove there).
+    pub fn remove_context(&mut self, route: &str, alias: &str, path: &str) -> bool {
+        let alias = alias.to_ascii_lowercase();
+        let Some(vhost) = self.vhost(route, &alias) else {
             return false;
-        }
-        // Two virtual hosts of a node may have the same path: the aliases say which goes.
-        let aliases: Vec<String> = aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
-        self.contexts.retain(|c| {
-            !(c.route == route && c.path == path && (aliases.is_empty() || c.aliases == aliases))
-        });
+        };
+        self.contexts
+            .retain(|c| !(c.route == route && c.vhost == vhost && c.path == path));
         true
     }
 
@@ -319,33 +434,42 @@ impl Table {
         }
     }
 
-    /// Where a request for `host` and `path` goes: to `sticky`'s node if it has the context
+    /// Where a request for `host` and `path` goes: to the node its session names (read by
+    /// `session` where the nodes' balancer says session ids are) if it has the context
     /// enabled or disabled (its sessions stay there), else to the node with the context
-    /// enabled that has the most room; never to one in `tried`.
+    /// enabled that has the most room; never to one in `tried`. None if no node can take it,
+    /// or if the session's node cannot and its balancer forces sticky sessions.
     pub fn choose(
         &mut self,
         host: &str,
         path: &str,
-        sticky: Option<&str>,
+        session: impl FnOnce(&BalancerSettings) -> Option<String>,
         tried: &[String],
     ) -> Option<Target> {
         // Contexts for the host: those that name it; if none does, those of the default host
         // (as JBoss nodes name it); if none is, all.
-        let scope = [host, DEFAULT_HOST].into_iter().find(|alias| {
-            self.contexts
-                .iter()
-                .any(|c| c.aliases.iter().any(|a| a == alias))
-        });
+        let scope = [host, DEFAULT_HOST]
+            .into_iter()
+            .find(|alias| self.contexts.iter().any(|c| c.alias == *alias));
+        let in_scope = |c: &Context| scope.is_none_or(|alias| c.alias == alias) && c.covers(path);
         let candidates: Vec<usize> = (0..self.contexts.len())
             .filter(|&i| {
                 let context = &self.contexts[i];
-                scope.is_none_or(|alias| context.aliases.iter().any(|a| a == alias))
-                    && context.covers(path)
+                in_scope(context)
                     && context.state != ContextState::Stopped
                     && !tried.contains(&context.route)
                     && self.nodes.get(&context.route).is_some_and(Node::usable)
             })
             .collect();
+        let settings = self
+            .contexts
+            .iter()
+            .find(|c| in_scope(c))
+            .and_then(|c| self.nodes.get(&c.route))
+            .and_then(|node| self.balancers.iter().find(|b| b.name == node.balancer));
+        let settings = settings.unwrap_or(&DEFAULT_SETTINGS);
+        let force = settings.force;
+        let sticky = settings.sticky.then(|| session(settings)).flatten();
         let longest = candidates
             .iter()
             .map(|&i| self.contexts[i].path.len())
@@ -354,12 +478,22 @@ impl Table {
             .into_iter()
             .filter(|&i| self.contexts[i].path.len() == longest)
             .collect();
-        let sticky_choice = sticky.and_then(|route| {
+        let sticky_choice = sticky.as_deref().and_then(|route| {
             candidates
                 .iter()
                 .copied()
                 .find(|&i| self.contexts[i].route == route)
         });
+        let forced_elsewhere = sticky_choice.is_none()
+            && force
+            && sticky.as_deref().is_some_and(|route| {
+                self.contexts
+                    .iter()
+                    .any(|c| c.route == route && in_scope(c))
+            });
+        if forced_elsewhere {
+            return None;
+        }
         let chosen = sticky_choice.or_else(|| {
             candidates
                 .iter()
@@ -404,20 +538,32 @@ mod tests {
     fn table(nodes: &[(&str, i32)]) -> Table {
         let mut table = Table::default();
         for (route, load) in nodes {
-            table
-                .configure(NodeConfig {
-                    route: route.to_string(),
-                    balancer: "mycluster".into(),
-                    domain: String::new(),
-                    host: "127.0.0.1".into(),
-                    port: 8080,
-                    scheme: "http".into(),
-                })
-                .unwrap();
+            table.configure(config(route, "127.0.0.1", false)).unwrap();
             table.status(route, *load);
-            table.set_context(route, "/app", &[], ContextState::Enabled);
+            table.set_context(route, "localhost", "/app", ContextState::Enabled);
         }
         table
+    }
+
+    fn config(route: &str, host: &str, force: bool) -> NodeConfig {
+        NodeConfig {
+            route: route.to_string(),
+            domain: String::new(),
+            host: host.into(),
+            port: 8080,
+            scheme: "http".into(),
+            settings: NodeSettings::default(),
+            balancer: BalancerSettings {
+                force,
+                ..BalancerSettings::new("mycluster")
+            },
+        }
+    }
+
+    /// A session naming `route`, as the proxy reads it.
+    fn session(route: Option<&str>) -> impl FnOnce(&BalancerSettings) -> Option<String> {
+        let route = route.map(str::to_string);
+        move |_| route
     }
 
     fn route(target: Option<Target>) -> Option<String> {
@@ -428,11 +574,11 @@ mod tests {
     fn a_session_stays_on_its_node_and_new_ones_go_where_there_is_room() {
         let mut table = table(&[("one", 10), ("two", 90)]);
         assert_eq!(
-            route(table.choose("h", "/app/x", None, &[])).as_deref(),
+            route(table.choose("h", "/app/x", session(None), &[])).as_deref(),
             Some("two")
         );
         assert_eq!(
-            route(table.choose("h", "/app/x", Some("one"), &[])).as_deref(),
+            route(table.choose("h", "/app/x", session(Some("one")), &[])).as_deref(),
             Some("one")
         );
     }
@@ -440,20 +586,20 @@ mod tests {
     #[test]
     fn disabled_takes_its_sessions_only_and_stopped_takes_nothing() {
         let mut table = table(&[("one", 50), ("two", 50)]);
-        table.set_context("one", "/app", &[], ContextState::Disabled);
+        table.set_context("one", "localhost", "/app", ContextState::Disabled);
         for _ in 0..5 {
             assert_eq!(
-                route(table.choose("h", "/app", None, &[])).as_deref(),
+                route(table.choose("h", "/app", session(None), &[])).as_deref(),
                 Some("two")
             );
         }
         assert_eq!(
-            route(table.choose("h", "/app", Some("one"), &[])).as_deref(),
+            route(table.choose("h", "/app", session(Some("one")), &[])).as_deref(),
             Some("one")
         );
-        table.set_context("one", "/app", &[], ContextState::Stopped);
+        table.set_context("one", "localhost", "/app", ContextState::Stopped);
         assert_eq!(
-            route(table.choose("h", "/app", Some("one"), &[])).as_deref(),
+            route(table.choose("h", "/app", session(Some("one")), &[])).as_deref(),
             Some("two")
         );
     }
@@ -463,13 +609,13 @@ mod tests {
         let mut table = table(&[("one", 50), ("two", 50)]);
         table.set_healthy("one", false);
         assert_eq!(
-            route(table.choose("h", "/app", Some("one"), &[])).as_deref(),
+            route(table.choose("h", "/app", session(Some("one")), &[])).as_deref(),
             Some("two")
         );
         table.set_healthy("one", true);
         let tried = ["two".to_string()];
         assert_eq!(
-            route(table.choose("h", "/app", Some("two"), &tried)).as_deref(),
+            route(table.choose("h", "/app", session(Some("two")), &tried)).as_deref(),
             Some("one")
         );
     }
@@ -477,23 +623,48 @@ mod tests {
     #[test]
     fn contexts_cover_whole_segments_and_aliases_pick_hosts() {
         let mut table = table(&[("one", 50)]);
-        assert!(table.choose("h", "/apple", None, &[]).is_none());
+        assert!(table.choose("h", "/apple", session(None), &[]).is_none());
         assert!(
             table
-                .choose("h", "/app;jsessionid=x.one", None, &[])
+                .choose("h", "/app;jsessionid=x.one", session(None), &[])
                 .is_some()
         );
-        table.set_context(
-            "one",
-            "/",
-            &["shop.test".to_string()],
-            ContextState::Enabled,
-        );
+        table.set_context("one", "shop.test", "/", ContextState::Enabled);
         assert!(
             table
-                .choose("shop.test", "/app", None, &[])
+                .choose("shop.test", "/app", session(None), &[])
                 .is_some_and(|t| t.route == "one")
         );
+    }
+
+    #[test]
+    fn a_forced_session_whose_node_cannot_take_it_goes_nowhere_else() {
+        let mut table = table(&[("one", 50), ("two", 50)]);
+        table.configure(config("one", "127.0.0.1", true)).unwrap();
+        table.set_healthy("one", false);
+        assert!(route(table.choose("h", "/app", session(Some("one")), &[])).is_none());
+        assert_eq!(
+            route(table.choose("h", "/app", session(Some("gone")), &[])).as_deref(),
+            Some("two"),
+            "a session naming no node of the context is balanced"
+        );
+        table.configure(config("one", "127.0.0.1", false)).unwrap();
+        table.set_healthy("one", false);
+        assert_eq!(
+            route(table.choose("h", "/app", session(Some("one")), &[])).as_deref(),
+            Some("two")
+        );
+    }
+
+    #[test]
+    fn a_node_configured_again_keeps_its_contexts_unless_it_moved() {
+        let mut table = table(&[("one", 50)]);
+        table.configure(config("one", "127.0.0.1", false)).unwrap();
+        assert_eq!(table.contexts().count(), 1);
+        table.status("one", 50);
+        table.set_healthy("one", false);
+        table.configure(config("one", "10.0.0.2", false)).unwrap();
+        assert_eq!(table.contexts().count(), 0);
     }
 
     #[test]
@@ -501,7 +672,7 @@ mod tests {
         let mut table = table(&[("one", 100), ("two", 99)]);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..4 {
-            seen.insert(route(table.choose("h", "/app", None, &[])).unwrap());
+            seen.insert(route(table.choose("h", "/app", session(None), &[])).unwrap());
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
     }
@@ -509,14 +680,7 @@ mod tests {
     #[test]
     fn a_live_node_keeps_its_route_from_another_address() {
         let mut table = table(&[("one", 50)]);
-        let impostor = NodeConfig {
-            route: "one".into(),
-            balancer: "mycluster".into(),
-            domain: String::new(),
-            host: "10.9.9.9".into(),
-            port: 8080,
-            scheme: "http".into(),
-        };
+        let impostor = config("one", "10.9.9.9", false);
         assert_eq!(table.configure(impostor), Err(Refused::RouteTaken));
         assert_eq!(table.node("one").unwrap().host, "127.0.0.1");
     }
@@ -524,14 +688,14 @@ mod tests {
     #[test]
     fn a_request_counts_in_flight_while_its_target_lives() {
         let mut table = table(&[("one", 50)]);
-        let target = table.choose("h", "/app", None, &[]).unwrap();
+        let target = table.choose("h", "/app", session(None), &[]).unwrap();
         assert_eq!(
-            table.set_context("one", "/app", &[], ContextState::Stopped),
+            table.set_context("one", "localhost", "/app", ContextState::Stopped),
             Some(1)
         );
         drop(target);
         assert_eq!(
-            table.set_context("one", "/app", &[], ContextState::Stopped),
+            table.set_context("one", "localhost", "/app", ContextState::Stopped),
             Some(0)
         );
     }
@@ -540,7 +704,7 @@ mod tests {
     fn a_node_that_leaves_takes_its_contexts() {
         let mut table = table(&[("one", 50)]);
         assert!(table.remove_node("one"));
-        assert!(table.choose("h", "/app", None, &[]).is_none());
+        assert!(table.choose("h", "/app", session(None), &[]).is_none());
         assert_eq!(table.contexts().count(), 0);
     }
 }

@@ -57,11 +57,21 @@ struct Node {
     contexts: Vec<NodeContext>,
 }
 
+/// A context in one of a node's virtual hosts.
 #[derive(Debug, Deserialize)]
 struct NodeContext {
     path: String,
-    aliases: Vec<String>,
+    alias: String,
     state: String,
+    requests: u64,
+    in_flight: usize,
+}
+
+/// One line of `balancer status`: a context of a node, in the virtual hosts listed.
+struct ContextLine<'a> {
+    path: &'a str,
+    state: &'a str,
+    aliases: Vec<&'a str>,
     requests: u64,
     in_flight: usize,
 }
@@ -139,14 +149,34 @@ fn render(status: &Status) -> String {
             "{} at {}:{} ({state}; {} requests, {} in flight)\n",
             node.route, node.host, node.port, node.elected, node.in_flight
         ));
+        // A context in the same state in several virtual hosts is one line, its hosts listed.
+        let mut lines: Vec<ContextLine> = Vec::new();
         for context in &node.contexts {
+            let same =
+                |line: &&mut ContextLine| line.path == context.path && line.state == context.state;
+            match lines.iter_mut().find(same) {
+                Some(line) => {
+                    line.aliases.push(&context.alias);
+                    line.requests += context.requests;
+                    line.in_flight += context.in_flight;
+                }
+                None => lines.push(ContextLine {
+                    path: &context.path,
+                    state: &context.state,
+                    aliases: vec![&context.alias],
+                    requests: context.requests,
+                    in_flight: context.in_flight,
+                }),
+            }
+        }
+        for line in lines {
             out.push_str(&format!(
                 "    {:<24} {:<9} on {} ({} requests, {} in flight)\n",
-                context.path,
-                context.state,
-                context.aliases.join(", "),
-                context.requests,
-                context.in_flight
+                line.path,
+                line.state,
+                line.aliases.join(", "),
+                line.requests,
+                line.in_flight
             ));
         }
     }
@@ -161,7 +191,8 @@ mod tests {
     fn status_shows_each_node_and_its_contexts() {
         let status: Status = serde_json::from_str(
             r#"{"nodes":[{"route":"one","host":"127.0.0.1","port":8080,"load":90,"state":"up","elected":3,"in_flight":1,
-            "contexts":[{"path":"/app","aliases":["default-host","localhost"],"state":"enabled","requests":3,"in_flight":1}]}]}"#,
+            "contexts":[{"path":"/app","alias":"default-host","state":"enabled","requests":2,"in_flight":1},
+                {"path":"/app","alias":"localhost","state":"enabled","requests":1,"in_flight":0}]}]}"#,
         )
         .unwrap();
         let text = render(&status);

@@ -1,7 +1,11 @@
 use super::*;
 
+/// Carries out a command; a node to look at is taken to answer.
 fn run(table: &mut Table, command: &str, wildcard: bool, body: &str) -> Answer {
-    execute(table, command, wildcard, body.as_bytes(), 42)
+    match execute(table, command, wildcard, body.as_bytes(), 42) {
+        Execution::Answered(answer) => answer,
+        Execution::Check(check) => check.finish(table, true, 42),
+    }
 }
 
 fn configured() -> Table {
@@ -29,41 +33,102 @@ fn a_live_node_keeps_its_route() {
 #[test]
 fn a_node_configures_enables_and_reports_its_load() {
     let mut table = configured();
-    let enable = "JVMRoute=one&Alias=default-host%2Clocalhost&Context=%2Fapp";
+    let enable = "JVMRoute=one&Alias=default-host%2CLocalhost&Context=%2Fapp";
     assert_eq!(
-        run(&mut table, "ENABLE-APP", false, enable),
-        Ok(String::new())
+        run(&mut table, "ENABLE-APP", false, enable).unwrap(),
+        "Type=ENABLE-APP-RSP\nJvmRoute=one\nAlias=default-host Contexts=/app\n\nAlias=localhost Contexts=/app\n\n"
     );
-    let context = table.contexts().next().unwrap();
+    let contexts: Vec<_> = table
+        .contexts()
+        .map(|c| (c.vhost, c.alias.as_str(), c.path.as_str(), c.state))
+        .collect();
     assert_eq!(
-        (context.path.as_str(), context.state),
-        ("/app", ContextState::Enabled)
+        contexts,
+        [
+            (1, "default-host", "/app", ContextState::Enabled),
+            (2, "localhost", "/app", ContextState::Enabled)
+        ]
     );
-    assert_eq!(context.aliases, ["default-host", "localhost"]);
     assert_eq!(
         run(&mut table, "STATUS", false, "JVMRoute=one&Load=80"),
         Ok("Type=STATUS-RSP&JVMRoute=one&State=OK&id=42\n".to_string())
     );
     assert_eq!(table.node("one").unwrap().load, 80);
-    let stop = run(&mut table, "STOP-APP", false, enable).unwrap();
+    let stop = "JVMRoute=one&Alias=localhost&Context=/app,/other";
     assert_eq!(
-        stop,
-        "Type=STOP-APP-RSP&JvmRoute=one&Alias=default-host,localhost&Context=/app&Requests=0\n"
+        run(&mut table, "STOP-APP", false, stop).unwrap(),
+        "Type=STOP-APP-RSP\nJvmRoute=one\nAlias=localhost Contexts=/app,/other\n\n"
     );
     let info = run(&mut table, "INFO", false, "").unwrap();
-    assert!(
-        info.starts_with("Node: [1],Name: one,Balancer: mycluster,"),
-        "{info}"
+    assert_eq!(
+        info,
+        "Node: [1],Name: one,Balancer: mycluster,LBGroup: ,Host: 127.0.0.1,Port: 8080,Type: http,Flushpackets: Off,Flushwait: 10,Ping: 10,Smax: -1,Ttl: 60,Elected: 0,Read: 0,Transfered: 0,Connected: 0,Load: 80\n\
+         Vhost: [1:1:0], Alias: default-host\n\
+         Vhost: [1:2:1], Alias: localhost\n\
+         Context: [1:1:0], Context: /app, Status: ENABLED\n\
+         Context: [1:2:1], Context: /app, Status: STOPPED\n\
+         Context: [1:2:2], Context: /other, Status: STOPPED\n"
     );
-    assert!(
-        info.contains("Context: [1:1:1], Context: /app, Status: STOPPED"),
-        "{info}"
+    let remove = "JVMRoute=one&Alias=localhost,nowhere&Context=/app";
+    assert_eq!(
+        run(&mut table, "REMOVE-APP", false, remove).unwrap(),
+        "Type=REMOVE-APP-RSP\nJvmRoute=one\nAlias=localhost Contexts=/app\n\n"
     );
+    assert_eq!(table.contexts().count(), 2);
     assert_eq!(
         run(&mut table, "REMOVE-APP", true, "JVMRoute=one"),
         Ok(String::new())
     );
     assert!(table.node("one").is_none());
+}
+
+#[test]
+fn config_settings_are_kept_and_dumped_as_mod_manager_dumps_them() {
+    let mut table = Table::default();
+    let body = "JVMRoute=one&Host=127.0.0.1&Port=8080&Type=http&Balancer=Shop&Domain=d1&StickySessionCookie=SID&StickySessionPath=sid&StickySessionRemove=Yes&WaitWorker=3&Maxattempts=2&flushpackets=auto&flushwait=20&ping=5&smax=7&ttl=2mi&Timeout=9&Alias=a.test&Context=/x";
+    assert_eq!(run(&mut table, "CONFIG", false, body), Ok(String::new()));
+    assert_eq!(
+        run(&mut table, "DUMP", false, "").unwrap(),
+        "balancer: [0] Name: shop Sticky: 1 [SID]/[sid] remove: 1 force: 1 Timeout: 3 maxAttempts: 2\n\
+         node: [0:1],Balancer: shop,JVMRoute: one,LBGroup: [d1],Host: 127.0.0.1,Port: 8080,Type: http,flushpackets: 2,flushwait: 20,ping: 5,smax: 7,ttl: 120,timeout: 9\n\
+         host: 0 [a.test] vhost: 1 node: 1\n\
+         context: 0 [/x] vhost: 1 node: 1 status: 3\n"
+    );
+    // A CONFIG again with no sticky settings brings the balancer's defaults back.
+    let again = "JVMRoute=one&Host=127.0.0.1&Port=8080&Type=http&Balancer=shop";
+    assert_eq!(run(&mut table, "CONFIG", false, again), Ok(String::new()));
+    let dump = run(&mut table, "DUMP", false, "").unwrap();
+    assert!(
+        dump.starts_with("balancer: [0] Name: shop Sticky: 1 [JSESSIONID]/[jsessionid] remove: 0 force: 1 Timeout: 0 maxAttempts: 1\n"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("context: 0 [/x] vhost: 1 node: 1 status: 3"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn removing_every_alias_and_context_removes_the_node() {
+    let mut table = configured();
+    run(
+        &mut table,
+        "ENABLE-APP",
+        false,
+        "JVMRoute=one&Alias=localhost&Context=/app",
+    )
+    .unwrap();
+    assert_eq!(
+        run(
+            &mut table,
+            "REMOVE-APP",
+            false,
+            "JVMRoute=one&Alias=*&Context=*"
+        ),
+        Ok("Type=REMOVE-APP-RSP\nJvmRoute=one\n".to_string())
+    );
+    assert!(table.node("one").is_none());
+    assert_eq!(table.contexts().count(), 0);
 }
 
 #[test]
@@ -77,6 +142,10 @@ fn malformed_commands_are_refused_as_mod_manager_refuses_them_and_change_nothing
     assert_eq!(
         refused(run(&mut table, "CONFIG", false, "Host=x")),
         "SYNTAX: JVMRoute can't be empty"
+    );
+    assert_eq!(
+        refused(run(&mut table, "CONFIG", false, "JVMRoute=two&ping=soon")),
+        "SYNTAX: Ping field has bad value"
     );
     assert_eq!(
         refused(run(&mut table, "ENABLE-APP", false, "JVMRoute=one")),
@@ -101,7 +170,11 @@ fn malformed_commands_are_refused_as_mod_manager_refuses_them_and_change_nothing
     );
     assert_eq!(
         refused(run(&mut table, "STATUS", false, "JVMRoute=one&Evil=1")),
-        "SYNTAX: Invalid field \"evil\" in message"
+        "SYNTAX: Invalid field \"Evil\" in message"
+    );
+    assert_eq!(
+        refused(run(&mut table, "PING", false, "Host=127.0.0.1")),
+        "SYNTAX: Mandatory field(s) missing in message"
     );
     assert!(
         refused(run(
@@ -118,6 +191,47 @@ fn malformed_commands_are_refused_as_mod_manager_refuses_them_and_change_nothing
     assert_eq!(table.contexts().count(), 0);
     assert!(table.node("two").is_none());
     assert_eq!(table.node("one").unwrap().load, 1);
+}
+
+#[test]
+fn status_and_ping_say_whether_the_node_answers() {
+    let mut table = configured();
+    let Execution::Check(check) = execute(&mut table, "STATUS", false, b"JVMRoute=one&Load=60", 42)
+    else {
+        panic!("a STATUS looks at the node");
+    };
+    assert_eq!(check.address, "127.0.0.1:8080");
+    assert_eq!(
+        check.finish(&mut table, false, 42),
+        Ok("Type=STATUS-RSP&JVMRoute=one&State=NOTOK&id=42\n".to_string())
+    );
+    assert_eq!(
+        table.node("one").unwrap().load,
+        1,
+        "the load of a node that does not answer is not taken"
+    );
+    // A PING for an address no node has is not looked at: it answers NOTOK at once.
+    let stranger = execute(
+        &mut table,
+        "PING",
+        false,
+        b"Scheme=http&Host=10.1.1.1&Port=22",
+        42,
+    );
+    let Execution::Answered(answer) = stranger else {
+        panic!("a PING to a stranger's address made the balancer connect there");
+    };
+    assert_eq!(answer, Ok("Type=PING-RSP&State=NOTOK&id=42\n".to_string()));
+    assert!(matches!(
+        execute(
+            &mut table,
+            "PING",
+            false,
+            b"Scheme=http&Host=127.0.0.1&Port=8080",
+            42
+        ),
+        Execution::Check(_)
+    ));
 }
 
 #[test]

@@ -188,6 +188,9 @@ impl Link {
         let mut ticker = tokio::time::interval(self.config.status_interval);
         // None: the balancer must be told everything (again).
         let mut told: Option<Told> = None;
+        // Whatever the balancer remembers of this route is an earlier process's (one killed,
+        // say): a balancer keeps a node's contexts across CONFIGs, so they go first.
+        let mut stale = true;
         // What went wrong last, said once until it is mended.
         let mut trouble: Option<String> = None;
         loop {
@@ -197,6 +200,12 @@ impl Link {
                 _ = shutdown.cancelled() => break,
             };
             let version = *changes.borrow_and_update();
+            if stale {
+                stale = !matches!(
+                    self.send("REMOVE-APP", true, self.route_body()).await,
+                    Ok(_) | Err(Refusal::Forgotten)
+                );
+            }
             let mut outcome = self.tell(&mut told, status_due).await;
             if matches!(outcome, Err(Refusal::Forgotten)) {
                 // It forgot this node: tell it everything, now.
@@ -211,7 +220,11 @@ impl Link {
                     }
                 }
                 Err(refusal) => {
-                    told = None;
+                    // A balancer out of reach keeps what it was told (one that restarted
+                    // meanwhile says it forgot this node, and is told everything).
+                    if !matches!(refusal, Refusal::Unreachable(_)) {
+                        told = None;
+                    }
                     let said = match refusal {
                         Refusal::Unreachable(error) => format!("cannot reach it ({error})"),
                         Refusal::Refused(why) => format!("it refuses this node: {why}"),
@@ -228,8 +241,7 @@ impl Link {
                 }
             }
         }
-        let route = format!("JVMRoute={}", encode(&self.config.identity.route));
-        let farewell = self.send("REMOVE-APP", true, route);
+        let farewell = self.send("REMOVE-APP", true, self.route_body());
         if tokio::time::timeout(Duration::from_secs(2), farewell)
             .await
             .is_err()
@@ -239,6 +251,11 @@ impl Link {
                 self.proxy
             );
         }
+    }
+
+    /// The body of a command about the whole node: its route.
+    fn route_body(&self) -> String {
+        format!("JVMRoute={}", encode(&self.config.identity.route))
     }
 
     /// Brings the balancer up to date: CONFIG if it knows nothing yet, then every context that

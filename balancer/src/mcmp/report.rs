@@ -1,0 +1,141 @@
+//! INFO and DUMP: what the balancer knows, line for line in `mod_manager`'s plain-text
+//! formats (balancers, nodes, virtual hosts, contexts). Ids are the balancer's own: a node's
+//! is the number it was given; hosts and contexts are numbered in the order they are listed.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use super::super::table::{Context, Node, Table};
+
+/// Seconds, as mod_manager prints durations kept in microseconds.
+fn seconds(microseconds: i64) -> i64 {
+    microseconds / 1_000_000
+}
+
+/// Each virtual host of each node once, `(node id, context)` of its first context, in order.
+fn hosts(table: &Table) -> Vec<(u64, &Context)> {
+    let mut seen: Vec<(u64, &Context)> = Vec::new();
+    for context in table.contexts() {
+        let node = node_id(table, context);
+        if !seen
+            .iter()
+            .any(|(id, c)| *id == node && c.vhost == context.vhost)
+        {
+            seen.push((node, context));
+        }
+    }
+    seen
+}
+
+fn node_id(table: &Table, context: &Context) -> u64 {
+    table.node(&context.route).map_or(0, |node| node.id)
+}
+
+/// INFO: nodes with their counts, then virtual hosts, then contexts.
+pub fn info(table: &Table) -> String {
+    let mut out = String::new();
+    for node in table.nodes() {
+        let settings = &node.settings;
+        let flush = ["Off", "On", "Auto"]
+            .get(usize::from(settings.flush_packets))
+            .unwrap_or(&"Off");
+        let _ = writeln!(
+            out,
+            "Node: [{}],Name: {},Balancer: {},LBGroup: {},Host: {},Port: {},Type: {},Flushpackets: {flush},Flushwait: {},Ping: {},Smax: {},Ttl: {},Elected: {},Read: 0,Transfered: 0,Connected: {},Load: {}",
+            node.id,
+            node.route,
+            node.balancer,
+            node.domain,
+            node.host,
+            node.port,
+            node.scheme,
+            settings.flush_wait_us / 1000,
+            seconds(settings.ping_us),
+            settings.smax,
+            seconds(settings.ttl_us),
+            node.elected,
+            node.in_flight.load(Ordering::SeqCst),
+            node.load
+        );
+    }
+    for (index, (node, context)) in hosts(table).into_iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "Vhost: [{node}:{}:{index}], Alias: {}",
+            context.vhost, context.alias
+        );
+    }
+    for (index, context) in table.contexts().enumerate() {
+        let _ = writeln!(
+            out,
+            "Context: [{}:{}:{index}], Context: {}, Status: {}",
+            node_id(table, context),
+            context.vhost,
+            context.path,
+            context.state.name().to_ascii_uppercase()
+        );
+    }
+    out
+}
+
+/// DUMP: balancers with their sticky-session settings, nodes with theirs, virtual hosts and
+/// contexts.
+pub fn dump(table: &Table) -> String {
+    let mut out = String::new();
+    for (index, balancer) in table.balancers().enumerate() {
+        let _ = writeln!(
+            out,
+            "balancer: [{index}] Name: {} Sticky: {} [{}]/[{}] remove: {} force: {} Timeout: {} maxAttempts: {}",
+            balancer.name,
+            u8::from(balancer.sticky),
+            balancer.cookie,
+            balancer.path_parameter,
+            u8::from(balancer.remove),
+            u8::from(balancer.force),
+            balancer.wait_worker,
+            balancer.max_attempts
+        );
+    }
+    for (index, node) in table.nodes().enumerate() {
+        let _ = writeln!(out, "node: [{index}:{}],{}", node.id, node_settings(node));
+    }
+    for (index, (node, context)) in hosts(table).into_iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "host: {index} [{}] vhost: {} node: {node}",
+            context.alias, context.vhost
+        );
+    }
+    for (index, context) in table.contexts().enumerate() {
+        // mod_manager's numbers for the states: 1 enabled, 2 disabled, 3 stopped.
+        let _ = writeln!(
+            out,
+            "context: {index} [{}] vhost: {} node: {} status: {}",
+            context.path,
+            context.vhost,
+            node_id(table, context),
+            context.state as u8 + 1
+        );
+    }
+    out
+}
+
+/// A node's part of its DUMP line.
+fn node_settings(node: &Node) -> String {
+    let settings = &node.settings;
+    format!(
+        "Balancer: {},JVMRoute: {},LBGroup: [{}],Host: {},Port: {},Type: {},flushpackets: {},flushwait: {},ping: {},smax: {},ttl: {},timeout: {}",
+        node.balancer,
+        node.route,
+        node.domain,
+        node.host,
+        node.port,
+        node.scheme,
+        settings.flush_packets,
+        settings.flush_wait_us / 1000,
+        seconds(settings.ping_us),
+        settings.smax,
+        seconds(settings.ttl_us),
+        seconds(settings.timeout_us)
+    )
+}
