@@ -154,11 +154,11 @@ pub fn execute(
     Execution::Answered(answer)
 }
 
-/// A field's value, refused if it is `size` long or longer.
-fn sized<'a>(value: &'a str, size: usize, field: &str) -> Result<&'a str, McmpError> {
+/// A field's value, refused with `refusal` if it is `size` long or longer.
+fn sized<'a>(value: &'a str, size: usize, refusal: &str) -> Result<&'a str, McmpError> {
     match value.len() < size {
         true => Ok(value),
-        false => Err(syntax(format!("{field} field too big"))),
+        false => Err(syntax(refusal)),
     }
 }
 
@@ -198,25 +198,27 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
         let bad = |field: &str| syntax(format!("{field} field has bad value"));
         match name.to_ascii_lowercase().as_str() {
             "balancer" => {
-                balancer.name = sized(value, BALANCER_SIZE, "Balancer")?.to_ascii_lowercase();
+                balancer.name =
+                    sized(value, BALANCER_SIZE, "Balancer field too big")?.to_ascii_lowercase();
             }
             "stickysession" => balancer.sticky = boolean(value).unwrap_or(balancer.sticky),
             "stickysessioncookie" => {
-                balancer.cookie = sized(value, COOKIE_SIZE, "A")?.to_string();
+                balancer.cookie = sized(value, COOKIE_SIZE, "A field is too big")?.to_string();
             }
             "stickysessionpath" => {
-                balancer.path_parameter = sized(value, COOKIE_SIZE, "A")?.to_string();
+                balancer.path_parameter =
+                    sized(value, COOKIE_SIZE, "A field is too big")?.to_string();
             }
             "stickysessionremove" => balancer.remove = boolean(value).unwrap_or(balancer.remove),
             "stickysessionforce" => balancer.force = boolean(value).unwrap_or(balancer.force),
             "waitworker" => balancer.wait_worker = atoi(value),
             "maxattempts" => balancer.max_attempts = atoi(value),
-            "jvmroute" => route = sized(value, ROUTE_SIZE, "JVMRoute")?,
-            "domain" => domain = sized(value, DOMAIN_SIZE, "LBGroup")?,
+            "jvmroute" => route = sized(value, ROUTE_SIZE, "JVMRoute field too big")?,
+            "domain" => domain = sized(value, DOMAIN_SIZE, "LBGroup field too big")?,
             // An IPv6 address may come with its zone (`[fe80::1%eth0]`), which goes.
-            "host" => host = sized(value, HOST_SIZE, "Host")?,
-            "port" => port = sized(value, PORT_SIZE, "Port")?,
-            "type" => scheme = sized(value, TYPE_SIZE, "Type")?.to_ascii_lowercase(),
+            "host" => host = sized(value, HOST_SIZE, "Host field too big")?,
+            "port" => port = sized(value, PORT_SIZE, "Port field too big")?,
+            "type" => scheme = sized(value, TYPE_SIZE, "Type field too big")?.to_ascii_lowercase(),
             "reversed" => settings.reversed = boolean(value).unwrap_or(settings.reversed),
             "flushpackets" => {
                 settings.flush_packets = match boolean(value) {
@@ -296,7 +298,7 @@ fn app(
     state: Option<ContextState>,
 ) -> Answer {
     let route = match parameters.get("jvmroute") {
-        Some(route) => sized(route, ROUTE_SIZE, "JVMRoute")?,
+        Some(route) => sized(route, ROUTE_SIZE, "JVMRoute field too big")?,
         None => "",
     };
     let (aliases, contexts) = aliases_and_contexts(parameters)?;
@@ -362,7 +364,7 @@ fn status(table: &mut Table, parameters: &Parameters, started_us: u128) -> Execu
         for (name, value) in &parameters.0 {
             let value = value.as_deref().unwrap_or_default();
             if name.eq_ignore_ascii_case("jvmroute") {
-                sized(value, ROUTE_SIZE, "JVMRoute")?;
+                sized(value, ROUTE_SIZE, "JVMRoute field too big")?;
             } else if name.eq_ignore_ascii_case("load") {
                 load = Some(
                     leading_int(value)
@@ -414,12 +416,16 @@ fn ping(table: &mut Table, parameters: &Parameters, started_us: u128) -> Executi
             }
             let value = value.as_deref().unwrap_or_default();
             match name.to_ascii_lowercase().as_str() {
-                "jvmroute" => route = Some(sized(value, ROUTE_SIZE, "JVMRoute")?),
+                "jvmroute" => route = Some(sized(value, ROUTE_SIZE, "JVMRoute field too big")?),
                 "scheme" => {
                     if !["ajp", "http", "https", "ws", "wss"]
                         .contains(&value.to_ascii_lowercase().as_str())
                     {
-                        return Err(syntax(format!("PING Unsupported scheme: {value}")));
+                        // mod_manager's words, without the kind before them.
+                        return Err(McmpError {
+                            kind: "SYNTAX",
+                            message: format!("PING Unsupported scheme: {value}"),
+                        });
                     }
                     scheme = Some(value);
                 }

@@ -290,8 +290,9 @@ impl Table {
                 port: config.port,
                 scheme: config.scheme,
                 settings: config.settings,
-                // Until its first STATUS: some room, as mod_cluster starts a node.
-                load: previous.as_ref().map_or(1, |node| node.load),
+                // Until its first STATUS none (a standby): mod_proxy_cluster's worker has no
+                // load factor before one either.
+                load: previous.as_ref().map_or(0, |node| node.load),
                 healthy: true,
                 elected: previous.as_ref().map_or(0, |node| node.elected),
                 last_heard: Instant::now(),

@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod cas;
 pub mod linearizability;
+pub mod mcmp;
 pub mod nats;
 pub mod netns;
 pub mod singletons;

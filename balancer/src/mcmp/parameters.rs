@@ -113,22 +113,25 @@ pub(super) fn atoi(value: &str) -> i32 {
     number.clamp(i32::MIN.into(), i32::MAX.into()) as i32
 }
 
-/// httpd's `ap_timeout_parameter_parse`: a whole number, then `ms`, `s`, `mi` (minutes) or
-/// `h`, or nothing for `default_unit`; microseconds. None for anything else, or below zero.
+/// httpd's `ap_timeout_parameter_parse`: a whole number (none reads as 0), then a unit told
+/// by its first letters, `ms`, `s`, `mi` (minutes) or `h`, or nothing for `default_unit`;
+/// microseconds. None for another unit, or below zero.
 pub(super) fn duration_us(value: &str, default_unit: &str) -> Option<i64> {
     let text = value.trim_start();
-    let end = text
-        .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
-        .map_or(text.len(), |(i, _)| i);
-    let number: i64 = text[..end].parse().ok()?;
+    let sign = usize::from(text.starts_with(['-', '+']));
+    let digits = text[sign..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .count();
+    let (number, unit): (i64, &str) = match digits {
+        // Nothing read: the unit is what was given, as `strtol` leaves it.
+        0 => (0, value),
+        _ => (text[..sign + digits].parse().ok()?, &text[sign + digits..]),
+    };
     if number < 0 {
         return None;
     }
-    let unit = match &text[end..] {
-        "" => default_unit,
-        unit => unit,
-    };
+    let unit = if unit.is_empty() { default_unit } else { unit };
     let microseconds = match unit.as_bytes() {
         [b's', ..] => 1_000_000,
         [b'h', ..] => 3_600_000_000,
@@ -168,7 +171,10 @@ mod tests {
         assert_eq!(duration_us("10", "ms"), Some(10_000));
         assert_eq!(duration_us("2mi", "s"), Some(120_000_000));
         assert_eq!(duration_us("1h", "ms"), Some(3_600_000_000));
+        assert_eq!(duration_us("5sx", "ms"), Some(5_000_000));
+        assert_eq!(duration_us("soon", "ms"), Some(0), "no number, and `s`");
         assert_eq!(duration_us("5x", "s"), None);
+        assert_eq!(duration_us("3mx", "s"), None);
         assert_eq!(duration_us("abc", "s"), None);
         assert_eq!(duration_us("-1", "s"), None);
     }

@@ -258,10 +258,10 @@ impl Link {
         format!("JVMRoute={}", encode(&self.config.identity.route))
     }
 
-    /// Brings the balancer up to date: CONFIG if it knows nothing yet, then every context that
-    /// changed; STATUS too if `status_due`. A context the balancer refuses is said in the log
+    /// Brings the balancer up to date: CONFIG and STATUS if it knows nothing yet, then every
+    /// context that changed; STATUS too if `status_due`. A context the balancer refuses is said in the log
     /// and not sent again until it changes; the others go on.
-    async fn tell(&self, told: &mut Option<Told>, status_due: bool) -> Result<(), Refusal> {
+    async fn tell(&self, told: &mut Option<Told>, mut status_due: bool) -> Result<(), Refusal> {
         let identity = &self.config.identity;
         let route = encode(&identity.route);
         if told.is_none() {
@@ -277,6 +277,10 @@ impl Link {
                 Err(Refusal::Forgotten) => return Err(Refusal::Refused("CONFIG".to_string())),
                 Err(refusal) => return Err(refusal),
             }
+            // The load factor before any context: a balancer sends a node nothing until it
+            // has one.
+            self.send_status().await?;
+            status_due = false;
             *told = Some(Told::new());
         }
         let Some(sent) = told.as_mut() else {
@@ -323,11 +327,16 @@ impl Link {
             sent.insert(key.clone(), *state);
         }
         if status_due {
-            let load = load::factor(self.web.in_flight());
-            self.send("STATUS", false, format!("JVMRoute={route}&Load={load}"))
-                .await?;
+            self.send_status().await?;
         }
         Ok(())
+    }
+
+    /// STATUS: the node's load factor now.
+    async fn send_status(&self) -> Result<String, Refusal> {
+        let load = load::factor(self.web.in_flight());
+        let body = format!("{}&Load={load}", self.route_body());
+        self.send("STATUS", false, body).await
     }
 
     /// A command's outcome, where a refusal of that command alone is only said in the log.
