@@ -503,8 +503,18 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
                 table.heard(&route);
             }
         }
+        for route in balancer.table().forget_unreachable(FORGET_AFTER) {
+            missed.remove(&route);
+            warn!(
+                "node {route} has neither answered nor spoken for {} minutes; forgotten",
+                FORGET_AFTER.as_secs() / 60
+            );
+        }
     }
 }
+
+/// How long a node may go unreachable and silent before the balancer forgets it.
+const FORGET_AFTER: Duration = Duration::from_secs(300);
 
 /// How long a node has to answer a health check, or the check a STATUS or PING makes.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

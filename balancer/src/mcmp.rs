@@ -15,7 +15,8 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 
 use super::table::{
-    BalancerSettings, ContextState, Node, NodeConfig, NodeSettings, Refused, Table,
+    BalancerSettings, ContextState, DEFAULT_BALANCER, MAX_CONTEXTS, Node, NodeConfig, NodeSettings,
+    Refused, Table,
 };
 use parameters::{Parameters, atoi, boolean, duration_us};
 
@@ -87,27 +88,44 @@ pub enum Execution {
 
 /// A STATUS or PING that waits on whether `address` answers.
 pub struct Check {
-    /// The node's address, `host:port`.
+    /// The address looked at, `host:port`.
     pub address: String,
-    route: Option<String>,
+    /// The node, by its route and the id the balancer gave it (None: a PING by address).
+    node: Option<(String, u64)>,
     /// STATUS's load factor (None: PING, or a STATUS without one).
     load: Option<i32>,
     command: &'static str,
 }
 
 impl Check {
-    /// The answer once it is known whether the node answered: a STATUS's load factor is taken
-    /// only from a node that did.
-    pub fn finish(self, table: &mut Table, reached: bool, started_us: u128) -> Answer {
-        if let (true, Some(route), Some(load)) = (reached, &self.route, self.load) {
-            table.status(route, load);
+    fn of(node: &Node, load: Option<i32>, command: &'static str) -> Check {
+        Check {
+            address: node.address(),
+            node: Some((node.route.clone(), node.id)),
+            load,
+            command,
         }
-        Ok(answer_with_state(
-            self.command,
-            self.route.as_deref(),
-            reached,
-            started_us,
-        ))
+    }
+
+    /// The answer once it is known whether the node answered. One that did takes the
+    /// STATUS's load factor; one that did not keeps its own unless the STATUS lowers it (its
+    /// health checks decide whether it takes requests). A node removed, or configured anew,
+    /// while it was looked at is answered as unknown, so that it tells everything again.
+    pub fn finish(self, table: &mut Table, reached: bool, started_us: u128) -> Answer {
+        let route = match &self.node {
+            Some((route, id)) => {
+                let node = table
+                    .node(route)
+                    .filter(|node| node.id == *id && node.address() == self.address)
+                    .ok_or_else(|| unknown_node(route))?;
+                if let Some(load) = self.load.filter(|load| reached || *load < node.load) {
+                    table.status(route, load);
+                }
+                Some(route.as_str())
+            }
+            None => None,
+        };
+        Ok(answer_with_state(self.command, route, reached, started_us))
     }
 }
 
@@ -174,10 +192,23 @@ fn aliases_and_contexts(parameters: &Parameters) -> Result<(Vec<String>, Vec<Str
             contexts.extend(parameters::list(value, CONTEXT_SIZE, "Context")?);
         }
     }
+    for list in [&mut aliases, &mut contexts] {
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|item| seen.insert(item.clone()));
+    }
     match (aliases.is_empty(), contexts.is_empty()) {
         (false, true) => Err(syntax("Alias without Context")),
         (true, false) => Err(syntax("Context without Alias")),
         _ => Ok((aliases, contexts)),
+    }
+}
+
+/// Refused if a command names more pairs of alias and context than the table holds: the work
+/// of one command stays bounded.
+fn within_bounds(route: &str, aliases: &[String], contexts: &[String]) -> Result<(), McmpError> {
+    match aliases.len() * contexts.len() <= MAX_CONTEXTS {
+        true => Ok(()),
+        false => Err(context_full(route)),
     }
 }
 
@@ -189,7 +220,7 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
     {
         return Err(syntax(parameters::UNPARSABLE));
     }
-    let mut balancer = BalancerSettings::new("mycluster");
+    let mut balancer = BalancerSettings::new(DEFAULT_BALANCER);
     let mut settings = NodeSettings::default();
     let (mut route, mut domain, mut host, mut port, mut scheme) =
         ("", "", "localhost", "8009", "ajp".to_string());
@@ -215,7 +246,6 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
             "maxattempts" => balancer.max_attempts = atoi(value),
             "jvmroute" => route = sized(value, ROUTE_SIZE, "JVMRoute field too big")?,
             "domain" => domain = sized(value, DOMAIN_SIZE, "LBGroup field too big")?,
-            // An IPv6 address may come with its zone (`[fe80::1%eth0]`), which goes.
             "host" => host = sized(value, HOST_SIZE, "Host field too big")?,
             "port" => port = sized(value, PORT_SIZE, "Port field too big")?,
             "type" => scheme = sized(value, TYPE_SIZE, "Type field too big")?.to_ascii_lowercase(),
@@ -244,6 +274,7 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
         return Err(syntax("JVMRoute can't be empty"));
     }
     let (aliases, contexts) = aliases_and_contexts(parameters)?;
+    within_bounds(route, &aliases, &contexts)?;
     if scheme != "http" {
         return Err(McmpError {
             kind: "GENERAL",
@@ -255,6 +286,7 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
     let port = port
         .parse::<u16>()
         .map_err(|_| syntax(format!("Port field has bad value: {port} is not a port")))?;
+    // An IPv6 address may come with its zone (`[fe80::1%eth0]`), which goes.
     let host = match host.split_once('%') {
         Some((address, _)) if host.starts_with('[') => address,
         _ => host,
@@ -283,9 +315,9 @@ fn config(table: &mut Table, parameters: &Parameters) -> Answer {
     }
     for alias in &aliases {
         for context in &contexts {
-            table
-                .set_context(route, alias, context, ContextState::Stopped)
-                .ok_or_else(|| context_full(route))?;
+            if !table.set_context(route, alias, context, ContextState::Stopped) {
+                return Err(context_full(route));
+            }
         }
     }
     Ok(String::new())
@@ -308,6 +340,7 @@ fn app(
     if !wildcard && aliases.is_empty() {
         return Err(syntax("No Context and Alias in APP command"));
     }
+    within_bounds(route, &aliases, &contexts)?;
     if table.node(route).is_none() {
         return Err(unknown_node(route));
     }
@@ -315,8 +348,10 @@ fn app(
     if wildcard {
         match state {
             Some(state) => table.set_all_contexts(route, state),
-            None => table.remove_node(route),
-        };
+            None => {
+                table.remove_node(route);
+            }
+        }
         return Ok(String::new());
     }
     let name = match state {
@@ -337,7 +372,7 @@ fn app(
         let mut done = Vec::new();
         for context in &contexts {
             let changed = match state {
-                Some(state) => table.set_context(route, alias, context, state).is_some(),
+                Some(state) => table.set_context(route, alias, context, state),
                 None => table.remove_context(route, alias, context),
             };
             if changed {
@@ -358,120 +393,100 @@ fn context_full(route: &str) -> McmpError {
     ))
 }
 
+/// STATUS: the node's load factor, taken once the node is found to answer (one that says it
+/// is broken, `-1`, is not looked at).
 fn status(table: &mut Table, parameters: &Parameters, started_us: u128) -> Execution {
-    let checked = || -> Result<Check, McmpError> {
-        let mut load = None;
-        for (name, value) in &parameters.0 {
-            let value = value.as_deref().unwrap_or_default();
-            if name.eq_ignore_ascii_case("jvmroute") {
-                sized(value, ROUTE_SIZE, "JVMRoute field too big")?;
-            } else if name.eq_ignore_ascii_case("load") {
-                load = Some(
-                    leading_int(value)
-                        .filter(|load| (-1..=100).contains(load))
-                        .ok_or_else(|| syntax("Bad value for Load"))?,
-                );
-            } else {
-                return Err(syntax(format!("Invalid field \"{name}\" in message")));
-            }
-        }
-        let route = parameters.route()?;
-        let node = table.node(route).ok_or_else(|| unknown_node(route))?;
-        Ok(Check {
-            address: node.address(),
-            route: Some(route.to_string()),
-            load,
-            command: "STATUS",
-        })
+    let check = match status_check(table, parameters) {
+        Ok(check) => check,
+        Err(refusal) => return Execution::Answered(Err(refusal)),
     };
-    match checked() {
-        Ok(check) => {
-            table.heard(check.route.as_deref().unwrap_or_default());
-            match check.load {
-                // A node that says it is broken is not looked at.
-                Some(-1) => Execution::Answered(check.finish(table, true, started_us)),
-                _ => Execution::Check(check),
-            }
-        }
-        Err(refusal) => Execution::Answered(Err(refusal)),
+    if let Some((route, _)) = &check.node {
+        table.heard(route);
+    }
+    match check.load {
+        Some(-1) => Execution::Answered(check.finish(table, true, started_us)),
+        _ => Execution::Check(check),
     }
 }
-/// C's `sscanf("%d")`: the whole number a value starts with, if it starts with one.
-fn leading_int(value: &str) -> Option<i32> {
-    let text = value.trim_start();
-    let sign = usize::from(text.starts_with(['-', '+']));
-    let digits = text[sign..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .count();
-    (digits > 0).then(|| parameters::atoi(&text[..sign + digits]))
+
+fn status_check(table: &Table, parameters: &Parameters) -> Result<Check, McmpError> {
+    let mut load = None;
+    for (name, value) in &parameters.0 {
+        let value = value.as_deref().unwrap_or_default();
+        if name.eq_ignore_ascii_case("jvmroute") {
+            sized(value, ROUTE_SIZE, "JVMRoute field too big")?;
+        } else if name.eq_ignore_ascii_case("load") {
+            let valid = parameters::leading_int(value).filter(|load| (-1..=100).contains(load));
+            load = Some(valid.ok_or_else(|| syntax("Bad value for Load"))?);
+        } else {
+            return Err(syntax(format!("Invalid field \"{name}\" in message")));
+        }
+    }
+    let route = parameters.route()?;
+    let node = table.node(route).ok_or_else(|| unknown_node(route))?;
+    Ok(Check::of(node, load, "STATUS"))
 }
 
+/// PING: of a node (its route), of an address (scheme, host and port: looked at only if one
+/// of the balancer's nodes has it, so that a PING cannot make the balancer connect anywhere
+/// else), or of the balancer itself (nothing given).
 fn ping(table: &mut Table, parameters: &Parameters, started_us: u128) -> Execution {
-    let checked = || -> Result<Option<Check>, McmpError> {
-        let (mut route, mut scheme, mut host, mut port) = (None, None, None, None);
-        for (name, value) in &parameters.0 {
-            if name.is_empty() {
-                break;
-            }
-            let value = value.as_deref().unwrap_or_default();
-            match name.to_ascii_lowercase().as_str() {
-                "jvmroute" => route = Some(sized(value, ROUTE_SIZE, "JVMRoute field too big")?),
-                "scheme" => {
-                    if !["ajp", "http", "https", "ws", "wss"]
-                        .contains(&value.to_ascii_lowercase().as_str())
-                    {
-                        // mod_manager's words, without the kind before them.
-                        return Err(McmpError {
-                            kind: "SYNTAX",
-                            message: format!("PING Unsupported scheme: {value}"),
-                        });
-                    }
-                    scheme = Some(value);
-                }
-                "host" => host = Some(value),
-                "port" => port = Some(value),
-                _ => return Err(syntax(format!("Invalid field \"{name}\" in message"))),
-            }
-        }
-        let route = route.filter(|route| !route.is_empty());
-        if let Some(route) = route {
-            let node = table.node(route).ok_or_else(|| unknown_node(route))?;
-            return Ok(Some(Check {
-                address: node.address(),
-                route: Some(route.to_string()),
-                load: None,
-                command: "PING",
-            }));
-        }
-        match (scheme, host, port) {
-            (None, None, None) => Ok(None),
-            (Some(scheme), Some(host), Some(port)) => {
-                // Only a node the balancer knows is looked at, as mod_proxy_cluster looks only
-                // at its workers: a PING cannot make the balancer connect anywhere else.
-                let known = table.nodes().find(|node| {
-                    node.host == host.trim_matches(['[', ']'])
-                        && node.port.to_string() == port
-                        && node.scheme == scheme.to_ascii_lowercase()
-                });
-                Ok(Some(Check {
-                    address: known.map(Node::address).unwrap_or_default(),
-                    route: None,
-                    load: None,
-                    command: "PING",
-                }))
-            }
-            _ => Err(syntax("Mandatory field(s) missing in message")),
-        }
-    };
-    match checked() {
+    match ping_check(table, parameters) {
         Ok(Some(check)) if check.address.is_empty() => {
             Execution::Answered(check.finish(table, false, started_us))
         }
         Ok(Some(check)) => Execution::Check(check),
-        // A bare PING: the balancer itself answers.
         Ok(None) => Execution::Answered(Ok(answer_with_state("PING", None, true, started_us))),
         Err(refusal) => Execution::Answered(Err(refusal)),
+    }
+}
+
+/// What a PING looks at: None for the balancer itself; a check with no address for an address
+/// no node has.
+fn ping_check(table: &Table, parameters: &Parameters) -> Result<Option<Check>, McmpError> {
+    let (mut route, mut scheme, mut host, mut port) = (None, None, None, None);
+    // mod_manager stops at the first empty name.
+    for (name, value) in parameters.0.iter().take_while(|(name, _)| !name.is_empty()) {
+        let value = value.as_deref().unwrap_or_default();
+        match name.to_ascii_lowercase().as_str() {
+            "jvmroute" => route = Some(sized(value, ROUTE_SIZE, "JVMRoute field too big")?),
+            "scheme" => {
+                if !["ajp", "http", "https", "ws", "wss"]
+                    .contains(&value.to_ascii_lowercase().as_str())
+                {
+                    // mod_manager's words, without the kind before them.
+                    return Err(McmpError {
+                        kind: "SYNTAX",
+                        message: format!("PING Unsupported scheme: {value}"),
+                    });
+                }
+                scheme = Some(value);
+            }
+            "host" => host = Some(value),
+            "port" => port = Some(value),
+            _ => return Err(syntax(format!("Invalid field \"{name}\" in message"))),
+        }
+    }
+    if let Some(route) = route.filter(|route| !route.is_empty()) {
+        let node = table.node(route).ok_or_else(|| unknown_node(route))?;
+        return Ok(Some(Check::of(node, None, "PING")));
+    }
+    match (scheme, host, port) {
+        (None, None, None) => Ok(None),
+        (Some(scheme), Some(host), Some(port)) => {
+            let known = table.nodes().find(|node| {
+                node.host == host.trim_matches(['[', ']'])
+                    && node.port.to_string() == port
+                    && node.scheme == scheme.to_ascii_lowercase()
+            });
+            Ok(Some(Check {
+                address: known.map(Node::address).unwrap_or_default(),
+                node: None,
+                load: None,
+                command: "PING",
+            }))
+        }
+        _ => Err(syntax("Mandatory field(s) missing in message")),
     }
 }
 

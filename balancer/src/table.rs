@@ -65,16 +65,27 @@ impl Node {
     pub fn state(&self) -> &'static str {
         match (self.healthy, self.load) {
             (false, _) => "unreachable",
-            _ if self.last_heard.elapsed() >= SILENCE => "silent",
+            _ if self.silent() => "silent",
             (true, -1) => "broken",
             (true, 0) => "standby",
             _ => "up",
         }
     }
 
-    /// Whether the node takes requests: reachable, heard from lately, not broken.
-    fn usable(&self) -> bool {
-        self.healthy && self.load > 0 && self.last_heard.elapsed() < SILENCE
+    /// Whether it has gone without STATUS (or an answer to a health check) for a while.
+    fn silent(&self) -> bool {
+        self.last_heard.elapsed() >= SILENCE
+    }
+
+    /// Whether the node takes requests: reachable, heard from lately, with room (`standby`
+    /// too: one with a load factor of 0, which takes requests only when no other can).
+    fn usable(&self, standby: bool) -> bool {
+        let room = if standby {
+            self.load == 0
+        } else {
+            self.load > 0
+        };
+        self.healthy && room && !self.silent()
     }
 }
 
@@ -110,16 +121,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether a request for `path` is this context's: whole path segments of it (an empty
+    /// context, which a node may name, is no one's).
     fn covers(&self, path: &str) -> bool {
         self.path == "/"
-            || path.strip_prefix(&self.path).is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with('/') || rest.starts_with(';')
-            })
+            || !self.path.is_empty()
+                && path.strip_prefix(&self.path).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || rest.starts_with(';')
+                })
     }
 }
 
-/// Where one request goes. It counts as in flight to its node and its context (what STOP-APP
-/// answers, and what the choice of a node weighs) until dropped.
+/// Where one request goes. It counts as in flight to its node and its context (shown on the
+/// status page, and weighed in the choice of a node) until dropped.
 #[derive(Debug)]
 pub struct Target {
     pub route: String,
@@ -215,9 +229,12 @@ impl BalancerSettings {
     }
 }
 
+/// The balancer a node belongs to when its CONFIG names none (mod_manager's default).
+pub const DEFAULT_BALANCER: &str = "mycluster";
+
 /// The settings of a balancer no CONFIG named.
 static DEFAULT_SETTINGS: std::sync::LazyLock<BalancerSettings> =
-    std::sync::LazyLock::new(|| BalancerSettings::new("mycluster"));
+    std::sync::LazyLock::new(|| BalancerSettings::new(DEFAULT_BALANCER));
 
 /// Every node and context the balancer knows.
 #[derive(Debug, Default)]
@@ -244,67 +261,67 @@ pub struct NodeConfig {
 
 impl Table {
     /// CONFIG: a node is (again) what `config` says, and its balancer what `config` says of
-    /// it. A node already known keeps its contexts (mod_manager's way: a node restarted sends
-    /// `REMOVE-APP /*` first if it wants them gone). Refused if another node that is alive
-    /// (heard lately, at another address) has the route, or if the table is full.
+    /// it. A node configured again from its address keeps its contexts and what the health
+    /// checks found of it (mod_manager's way: a node restarted sends `REMOVE-APP /*` first if
+    /// it wants them gone); one from another address is another process, and starts afresh.
+    /// Either way it takes nothing but as a standby until its next STATUS. Refused if another
+    /// node that is alive (heard lately, reachable, at another address) has the route, or if
+    /// the table is full.
     pub fn configure(&mut self, config: NodeConfig) -> Result<(), Refused> {
-        let known = self.nodes.get(&config.route);
-        let id = match known {
-            Some(node)
-                if (node.host != config.host || node.port != config.port)
-                    && node.healthy
-                    && node.last_heard.elapsed() < SILENCE =>
-            {
+        let at = address(&config.host, config.port);
+        let previous = match self.nodes.remove(&config.route) {
+            Some(node) if node.address() != at && node.healthy && !node.silent() => {
+                self.nodes.insert(config.route, node);
                 return Err(Refused::RouteTaken);
             }
-            Some(node) => node.id,
+            Some(node) if node.address() != at => {
+                // Another process at another address: what the old one served is not its.
+                self.contexts.retain(|c| c.route != config.route);
+                node.lost.notify_waiters();
+                None
+            }
+            Some(node) => Some(node),
             None if self.nodes.len() >= MAX_NODES => return Err(Refused::Full),
+            None => None,
+        };
+        let id = match &previous {
+            Some(node) => node.id,
             None => {
                 self.next_id += 1;
                 self.next_id
             }
         };
-        let moved = known.is_some_and(|node| node.address() != address(&config.host, config.port));
-        if moved {
-            // Another process at another address: what the old one served is not its.
-            self.contexts
-                .retain(|context| context.route != config.route);
-        }
         let balancer = config.balancer;
-        match self.balancers.iter_mut().find(|b| b.name == balancer.name) {
-            Some(known) => *known = balancer.clone(),
-            None => self.balancers.push(balancer.clone()),
-        }
-        let previous = self.nodes.remove(&config.route);
-        if let Some(previous) = previous.as_ref().filter(|_| moved) {
-            previous.lost.notify_waiters();
-        }
-        self.nodes.insert(
-            config.route.clone(),
-            Node {
-                route: config.route,
-                id,
-                balancer: balancer.name,
-                domain: config.domain,
-                host: config.host,
-                port: config.port,
-                scheme: config.scheme,
-                settings: config.settings,
-                // Until its first STATUS none (a standby): mod_proxy_cluster's worker has no
-                // load factor before one either.
-                load: previous.as_ref().map_or(0, |node| node.load),
-                healthy: true,
-                elected: previous.as_ref().map_or(0, |node| node.elected),
-                last_heard: Instant::now(),
-                in_flight: previous
-                    .as_ref()
-                    .map_or_else(Arc::default, |node| node.in_flight.clone()),
-                lost: previous
-                    .as_ref()
-                    .map_or_else(Arc::default, |node| node.lost.clone()),
-                found_unreachable: None,
-            },
-        );
+        let node = Node {
+            route: config.route.clone(),
+            id,
+            balancer: balancer.name.clone(),
+            domain: config.domain,
+            host: config.host,
+            port: config.port,
+            scheme: config.scheme,
+            settings: config.settings,
+            // A standby until its STATUS: mod_proxy_cluster's worker has no load factor
+            // before one either.
+            load: 0,
+            healthy: previous.as_ref().is_none_or(|node| node.healthy),
+            elected: previous.as_ref().map_or(0, |node| node.elected),
+            last_heard: Instant::now(),
+            in_flight: previous
+                .as_ref()
+                .map_or_else(Arc::default, |node| node.in_flight.clone()),
+            lost: previous
+                .as_ref()
+                .map_or_else(Arc::default, |node| node.lost.clone()),
+            found_unreachable: previous.and_then(|node| node.found_unreachable),
+        };
+        self.nodes.insert(config.route, node);
+        // A balancer's settings are the last CONFIG's that named it; those no node names any
+        // more go (so there are never more than nodes).
+        self.balancers.retain(|known| {
+            known.name != balancer.name && self.nodes.values().any(|n| n.balancer == known.name)
+        });
+        self.balancers.push(balancer);
         Ok(())
     }
 
@@ -356,52 +373,47 @@ impl Table {
     }
 
     /// ENABLE-APP, DISABLE-APP or STOP-APP for the context at `path` of the node's virtual
-    /// host `alias` (both made if new). Answers the requests in flight to it. None if the node
-    /// is unknown or the table is full.
+    /// host `alias` (both made if new). False if the node is unknown or the table is full.
     pub fn set_context(
         &mut self,
         route: &str,
         alias: &str,
         path: &str,
         state: ContextState,
-    ) -> Option<usize> {
-        self.nodes.get(route)?;
+    ) -> bool {
+        if !self.nodes.contains_key(route) {
+            return false;
+        }
         let alias = alias.to_ascii_lowercase();
         let vhost = self.vhost(route, &alias).unwrap_or_else(|| {
-            let last = self.contexts.iter().filter(|c| c.route == route);
-            last.map(|c| c.vhost).max().unwrap_or(0) + 1
+            let node_contexts = self.contexts.iter().filter(|c| c.route == route);
+            node_contexts.map(|c| c.vhost).max().unwrap_or(0) + 1
         });
         let found = self
             .contexts
             .iter()
             .position(|c| c.route == route && c.vhost == vhost && c.path == path);
-        let index = match found {
-            Some(index) => index,
-            None if self.contexts.len() >= MAX_CONTEXTS => return None,
-            None => {
-                self.contexts.push(Context {
-                    route: route.to_string(),
-                    vhost,
-                    alias,
-                    path: path.to_string(),
-                    state,
-                    requests: 0,
-                    in_flight: Arc::default(),
-                });
-                self.contexts.len() - 1
-            }
-        };
-        let context = &mut self.contexts[index];
-        context.state = state;
-        Some(context.in_flight.load(Ordering::SeqCst))
+        match found {
+            Some(index) => self.contexts[index].state = state,
+            None if self.contexts.len() >= MAX_CONTEXTS => return false,
+            None => self.contexts.push(Context {
+                route: route.to_string(),
+                vhost,
+                alias,
+                path: path.to_string(),
+                state,
+                requests: 0,
+                in_flight: Arc::default(),
+            }),
+        }
+        true
     }
 
-    /// The same for every context of a node (the `/*` forms). False if the node is unknown.
-    pub fn set_all_contexts(&mut self, route: &str, state: ContextState) -> bool {
+    /// The same for every context of a node (the `/*` forms).
+    pub fn set_all_contexts(&mut self, route: &str, state: ContextState) {
         for context in self.contexts.iter_mut().filter(|c| c.route == route) {
             context.state = state;
         }
-        self.nodes.contains_key(route)
     }
 
     /// REMOVE-APP for the context at `path` of the node's virtual host `alias`. False if the
@@ -426,6 +438,23 @@ impl Table {
             }
             None => false,
         }
+    }
+
+    /// Forgets the nodes that have neither answered nor spoken for `after` (mod_proxy_cluster
+    /// lets such a node go too), so that even forced sessions of theirs go elsewhere; a node
+    /// that speaks again is told it is unknown, and tells everything again. Answers their
+    /// routes.
+    pub fn forget_unreachable(&mut self, after: Duration) -> Vec<String> {
+        let lost: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|node| !node.healthy && node.last_heard.elapsed() >= after)
+            .map(|node| node.route.clone())
+            .collect();
+        for route in &lost {
+            self.remove_node(route);
+        }
+        lost
     }
 
     /// The node spoke or answered: it is not silent.
@@ -453,32 +482,38 @@ impl Table {
             .into_iter()
             .find(|alias| self.contexts.iter().any(|c| c.alias == *alias));
         let in_scope = |c: &Context| scope.is_none_or(|alias| c.alias == alias) && c.covers(path);
-        let candidates: Vec<usize> = (0..self.contexts.len())
-            .filter(|&i| {
-                let context = &self.contexts[i];
-                in_scope(context)
-                    && context.state != ContextState::Stopped
-                    && !tried.contains(&context.route)
-                    && self.nodes.get(&context.route).is_some_and(Node::usable)
-            })
-            .collect();
-        let settings = self
-            .contexts
-            .iter()
-            .find(|c| in_scope(c))
-            .and_then(|c| self.nodes.get(&c.route))
-            .and_then(|node| self.balancers.iter().find(|b| b.name == node.balancer));
-        let settings = settings.unwrap_or(&DEFAULT_SETTINGS);
-        let force = settings.force;
-        let sticky = settings.sticky.then(|| session(settings)).flatten();
+        let usable_contexts = |standby: bool| -> Vec<usize> {
+            (0..self.contexts.len())
+                .filter(|&i| {
+                    let context = &self.contexts[i];
+                    in_scope(context)
+                        && context.state != ContextState::Stopped
+                        && !tried.contains(&context.route)
+                        && self
+                            .nodes
+                            .get(&context.route)
+                            .is_some_and(|node| node.usable(standby))
+                })
+                .collect()
+        };
+        // Nodes on standby (a load factor of 0) only when no other can take it.
+        let mut candidates = usable_contexts(false);
+        if candidates.is_empty() {
+            candidates = usable_contexts(true);
+        }
         let longest = candidates
             .iter()
             .map(|&i| self.contexts[i].path.len())
             .max()?;
-        let candidates: Vec<usize> = candidates
-            .into_iter()
-            .filter(|&i| self.contexts[i].path.len() == longest)
-            .collect();
+        candidates.retain(|&i| self.contexts[i].path.len() == longest);
+        // The session is read where the balancer of the nodes chosen among says it is.
+        let settings = self
+            .nodes
+            .get(&self.contexts[candidates[0]].route)
+            .and_then(|node| self.balancers.iter().find(|b| b.name == node.balancer))
+            .unwrap_or(&DEFAULT_SETTINGS);
+        let force = settings.force;
+        let sticky = settings.sticky.then(|| session(settings)).flatten();
         let sticky_choice = sticky.as_deref().and_then(|route| {
             candidates
                 .iter()
@@ -689,16 +724,84 @@ mod tests {
     #[test]
     fn a_request_counts_in_flight_while_its_target_lives() {
         let mut table = table(&[("one", 50)]);
+        let in_flight = |table: &Table| {
+            let node = table.node("one").unwrap().in_flight.load(Ordering::SeqCst);
+            let context = table.contexts().next().unwrap();
+            (node, context.in_flight.load(Ordering::SeqCst))
+        };
         let target = table.choose("h", "/app", session(None), &[]).unwrap();
-        assert_eq!(
-            table.set_context("one", "localhost", "/app", ContextState::Stopped),
-            Some(1)
-        );
+        assert_eq!(in_flight(&table), (1, 1));
         drop(target);
+        assert_eq!(in_flight(&table), (0, 0));
+    }
+
+    #[test]
+    fn a_standby_node_takes_requests_only_when_no_other_can() {
+        let mut table = table(&[("one", 0), ("two", 50)]);
+        for _ in 0..3 {
+            assert_eq!(
+                route(table.choose("h", "/app", session(None), &[])).as_deref(),
+                Some("two")
+            );
+        }
+        table.set_healthy("two", false);
         assert_eq!(
-            table.set_context("one", "localhost", "/app", ContextState::Stopped),
-            Some(0)
+            route(table.choose("h", "/app", session(None), &[])).as_deref(),
+            Some("one")
         );
+    }
+
+    #[test]
+    fn the_session_is_read_where_the_balancer_of_the_chosen_nodes_says() {
+        let mut table = table(&[("one", 50)]);
+        let mut shop = config("two", "127.0.0.2", false);
+        shop.balancer.name = "shop".into();
+        shop.balancer.cookie = "SID".into();
+        table.configure(shop).unwrap();
+        table.status("two", 50);
+        table.set_context("two", "localhost", "/shop", ContextState::Enabled);
+        let mut asked = None;
+        table.choose(
+            "h",
+            "/shop/cart",
+            |settings: &BalancerSettings| {
+                asked = Some(settings.cookie.clone());
+                None
+            },
+            &[],
+        );
+        assert_eq!(asked.as_deref(), Some("SID"));
+    }
+
+    #[test]
+    fn a_command_cannot_make_more_balancers_than_nodes() {
+        let mut table = table(&[("one", 50)]);
+        for n in 0..50 {
+            let mut named = config("one", "127.0.0.1", false);
+            named.balancer.name = format!("b{n}");
+            table.configure(named).unwrap();
+        }
+        assert_eq!(table.balancers().count(), 1);
+    }
+
+    #[test]
+    fn a_node_configured_again_stays_as_the_health_checks_found_it() {
+        let mut table = table(&[("one", 50)]);
+        table.set_healthy("one", false);
+        table.configure(config("one", "127.0.0.1", false)).unwrap();
+        let node = table.node("one").unwrap();
+        assert!(!node.healthy && node.found_unreachable.is_some());
+        assert_eq!(node.load, 0, "a standby until its next STATUS");
+        assert!(table.choose("h", "/app", session(None), &[]).is_none());
+    }
+
+    #[test]
+    fn only_nodes_long_unreachable_are_forgotten() {
+        let mut table = table(&[("one", 50), ("two", 50)]);
+        table.set_healthy("one", false);
+        assert_eq!(table.forget_unreachable(Duration::ZERO), ["one"]);
+        assert!(table.node("one").is_none() && table.node("two").is_some());
+        assert_eq!(table.contexts().count(), 1);
     }
 
     #[test]

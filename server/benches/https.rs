@@ -60,7 +60,7 @@ fn main() {
     let _nodes: Vec<_> = ["one", "two"]
         .iter()
         .zip(offsets)
-        .map(|(name, offset)| install.start_behind(name, offset, &cluster, mcmp))
+        .map(|(name, offset)| install.start_behind(name, offset, &cluster, &[mcmp]))
         .collect();
     let ours = format!("https://127.0.0.1:{tls}/bench/");
     wait_until_answers(&ours);

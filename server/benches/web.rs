@@ -2,7 +2,9 @@
 //!
 //! - requests/s and p99 latency of a small handler (the web probe's `/`) through the node's
 //!   HTTP port; through nginx (Debian's package) proxying to the same app process over the same
-//!   Unix socket, with keep-alive; and through the balancer to two clustered nodes;
+//!   Unix socket, with keep-alive; through the balancer to two clustered nodes; and through
+//!   httpd with mod_proxy_cluster to the same two nodes, where its modules are built (the folder
+//!   `IMMUTANT_TEST_MOD_PROXY_CLUSTER` names, as for the tests: README, Quick start);
 //! - the failover gap: a client sending its session's requests one after another through the
 //!   balancer while the node the session sticks to is killed with SIGKILL (requests failed, and
 //!   the longest a request took), and the same with a graceful stop (SIGTERM) under load from
@@ -23,6 +25,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use immutant_e2e::mcmp::{Children, Httpd};
 use support::{
     Nginx, TempInstall, WRK_CONNECTIONS, WRK_DURATION, build_app, free_offset, wait_until_answers,
     wrk,
@@ -71,18 +74,31 @@ fn main() {
     let lb = free_offset(offset + 200);
     let (port, mcmp) = (8080 + lb, 9990 + lb);
     let _balancer = install.start_balancer(port, mcmp, &[]);
+    // httpd with mod_proxy_cluster beside it, told about the same nodes.
+    let httpd = Httpd::start(Children::Debian)
+        .inspect_err(|why| println!("httpd with mod_proxy_cluster is left out: {why}"))
+        .ok();
+    let balancers: Vec<u16> = [Some(mcmp), httpd.as_ref().map(|httpd| httpd.mcmp)]
+        .into_iter()
+        .flatten()
+        .collect();
     let cluster = format!("webbench-{}", std::process::id());
     let offsets = [free_offset(lb + 100), free_offset(lb + 200)];
     let nodes: Vec<_> = ["one", "two"]
         .iter()
         .zip(offsets)
-        .map(|(name, offset)| Some(install.start_behind(name, offset, &cluster, mcmp)))
+        .map(|(name, offset)| Some(install.start_behind(name, offset, &cluster, &balancers)))
         .collect();
     let mut nodes = nodes;
     let balanced = format!("http://127.0.0.1:{port}/bench/");
     wait_until_answers(&balanced);
     std::thread::sleep(Duration::from_secs(2));
     let balancer_numbers = wrk(&balanced, &[]);
+    let httpd_numbers = httpd.map(|httpd| {
+        let url = format!("http://127.0.0.1:{}/bench/", httpd.proxy);
+        wait_until_answers(&url);
+        wrk(&url, &[])
+    });
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let visits = format!("http://127.0.0.1:{port}/bench/visits");
@@ -102,7 +118,7 @@ fn main() {
     // Restart the killed node, then a graceful stop of the session's node under load.
     let restarted = {
         let name = if sticky == "one" { "one" } else { "two" };
-        install.start_behind(name, offsets[index_of(&sticky)], &cluster, mcmp)
+        install.start_behind(name, offsets[index_of(&sticky)], &cluster, &[mcmp])
     };
     nodes[index_of(&sticky)] = Some(restarted);
     std::thread::sleep(Duration::from_secs(3));
@@ -116,6 +132,9 @@ fn main() {
     println!("  node's HTTP port        {node_numbers}");
     println!("  nginx -> same app       {nginx_numbers}");
     println!("  balancer -> two nodes   {balancer_numbers}");
+    if let Some(httpd_numbers) = httpd_numbers {
+        println!("  httpd + mod_proxy_cluster -> the same two nodes   {httpd_numbers}");
+    }
     println!("failover through the balancer:");
     println!("  SIGKILL of the sticky node, sequential requests: {killed}");
     println!("  SIGTERM of the sticky node, 8 clients:          {graceful}");

@@ -137,17 +137,28 @@ impl Drop for Connector {
 /// README, Testing).
 pub const MODULES_VARIABLE: &str = "IMMUTANT_TEST_MOD_PROXY_CLUSTER";
 
-/// httpd 2.4 with mod_manager and mod_proxy_cluster, receiving MCMP on loopback, one child
-/// process (so that every command meets the same workers); stopped when dropped.
+/// How many processes and threads httpd serves with.
+#[derive(Clone, Copy)]
+pub enum Children {
+    /// One process: every command meets the same workers (each process keeps its own).
+    One,
+    /// Debian's `mpm_event.conf`, as a user of Debian's httpd has it.
+    Debian,
+}
+
+/// httpd 2.4 with mod_manager and mod_proxy_cluster (event MPM, `LogLevel warn`), receiving
+/// MCMP on loopback at `mcmp` and proxying what its nodes serve at `proxy`; stopped when
+/// dropped.
 pub struct Httpd {
     pub mcmp: u16,
+    pub proxy: u16,
     proc: Proc,
     _root: tempfile::TempDir,
 }
 
 impl Httpd {
     /// Starts one, or says why it cannot be started here.
-    pub fn start() -> Result<Httpd, String> {
+    pub fn start(children: Children) -> Result<Httpd, String> {
         let modules = std::env::var_os(MODULES_VARIABLE)
             .map(PathBuf::from)
             .ok_or_else(|| format!("{MODULES_VARIABLE} is not set"))?;
@@ -167,7 +178,16 @@ impl Httpd {
             .prefix("immutant-httpd-")
             .tempdir()
             .expect("a temp dir");
-        let mcmp = 7600 + free_offset();
+        let offset = free_offset();
+        let (mcmp, proxy) = (7600 + offset, 8080 + offset);
+        let processes = match children {
+            Children::One => {
+                "StartServers 1\nServerLimit 1\nMinSpareThreads 1\nMaxSpareThreads 25\nThreadsPerChild 25\nMaxRequestWorkers 25\n"
+            }
+            Children::Debian => {
+                "StartServers 2\nMinSpareThreads 25\nMaxSpareThreads 75\nThreadLimit 64\nThreadsPerChild 25\nMaxRequestWorkers 150\nMaxConnectionsPerChild 0\n"
+            }
+        };
         // httpd will not serve as root: its children run as nobody, who must reach its files.
         let user = match unsafe { libc::geteuid() } {
             0 => "User nobody\nGroup nogroup\n",
@@ -177,8 +197,7 @@ impl Httpd {
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let load = |name: &str, file: &Path| format!("LoadModule {name} {}\n", file.display());
         let mut config = format!(
-            "ServerRoot {root}\nPidFile {root}/httpd.pid\nErrorLog {root}/error.log\nDefaultRuntimeDir {root}\nServerName 127.0.0.1\n{user}Listen 127.0.0.1:{mcmp}\nLogLevel warn\n\
-             StartServers 1\nServerLimit 1\nMinSpareThreads 1\nMaxSpareThreads 25\nThreadsPerChild 25\nMaxRequestWorkers 25\n",
+            "ServerRoot {root}\nPidFile {root}/httpd.pid\nErrorLog {root}/error.log\nDefaultRuntimeDir {root}\nServerName 127.0.0.1\n{user}Listen 127.0.0.1:{mcmp}\nListen 127.0.0.1:{proxy}\nLogLevel warn\nKeepAlive On\nMaxKeepAliveRequests 100\nKeepAliveTimeout 5\n{processes}",
             root = root.path().display()
         );
         for module in [
@@ -212,6 +231,7 @@ impl Httpd {
         });
         Ok(Httpd {
             mcmp,
+            proxy,
             proc,
             _root: root,
         })

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use immutant_e2e::mcmp::{Connector, Httpd, MODULES_VARIABLE, Mcmp, Reply, without_ids};
+use immutant_e2e::mcmp::{Children, Connector, Httpd, MODULES_VARIABLE, Mcmp, Reply, without_ids};
 use immutant_e2e::web::{Front, client, runtime};
 use immutant_e2e::{Base, eventually};
 
@@ -104,7 +104,7 @@ enum Compare {
 
 #[test]
 fn the_balancer_answers_mcmp_as_httpd_mod_manager_does() {
-    let httpd = match Httpd::start() {
+    let httpd = match Httpd::start(Children::One) {
         Ok(httpd) => httpd,
         Err(why) => {
             eprintln!(

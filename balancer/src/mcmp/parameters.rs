@@ -101,33 +101,49 @@ pub(super) fn boolean(value: &str) -> Option<bool> {
     }
 }
 
-/// C's `atoi`: an optional sign and the digits that lead, after spaces; 0 without any.
-pub(super) fn atoi(value: &str) -> i32 {
+/// The whole number `value` starts with (after spaces, with its sign; saturated) and what
+/// follows it; None if it starts with none.
+fn leading_number(value: &str) -> Option<(i64, &str)> {
     let text = value.trim_start();
-    let (sign, digits) = match text.strip_prefix('-') {
-        Some(rest) => (-1i64, rest),
-        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    let sign = usize::from(text.starts_with(['-', '+']));
+    let digits = text[sign..].bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let end = sign + digits;
+    let magnitude = text[sign..end].bytes().fold(0i64, |number, digit| {
+        number
+            .saturating_mul(10)
+            .saturating_add(i64::from(digit - b'0'))
+    });
+    let number = if text.starts_with('-') {
+        -magnitude
+    } else {
+        magnitude
     };
-    let digits: String = digits.chars().take_while(char::is_ascii_digit).collect();
-    let number = digits.parse::<i64>().unwrap_or(0) * sign;
+    Some((number, &text[end..]))
+}
+
+fn to_i32(number: i64) -> i32 {
     number.clamp(i32::MIN.into(), i32::MAX.into()) as i32
+}
+
+/// C's `atoi`: the number a value starts with (saturated), 0 without one.
+pub(super) fn atoi(value: &str) -> i32 {
+    leading_number(value).map_or(0, |(number, _)| to_i32(number))
+}
+
+/// C's `sscanf("%d")`: the number a value starts with (saturated), if it starts with one.
+pub(super) fn leading_int(value: &str) -> Option<i32> {
+    leading_number(value).map(|(number, _)| to_i32(number))
 }
 
 /// httpd's `ap_timeout_parameter_parse`: a whole number (none reads as 0), then a unit told
 /// by its first letters, `ms`, `s`, `mi` (minutes) or `h`, or nothing for `default_unit`;
 /// microseconds. None for another unit, or below zero.
 pub(super) fn duration_us(value: &str, default_unit: &str) -> Option<i64> {
-    let text = value.trim_start();
-    let sign = usize::from(text.starts_with(['-', '+']));
-    let digits = text[sign..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .count();
-    let (number, unit): (i64, &str) = match digits {
-        // Nothing read: the unit is what was given, as `strtol` leaves it.
-        0 => (0, value),
-        _ => (text[..sign + digits].parse().ok()?, &text[sign + digits..]),
-    };
+    // With no number read, the unit is what was given, as `strtol` leaves it.
+    let (number, unit) = leading_number(value).unwrap_or((0, value));
     if number < 0 {
         return None;
     }
@@ -167,6 +183,9 @@ mod tests {
         assert_eq!(atoi(" 12abc"), 12);
         assert_eq!(atoi("-3"), -3);
         assert_eq!(atoi("x"), 0);
+        assert_eq!(atoi("99999999999999999999999"), i32::MAX);
+        assert_eq!(leading_int("+7 "), Some(7));
+        assert_eq!(leading_int(" x"), None);
         assert_eq!(duration_us("10", "s"), Some(10_000_000));
         assert_eq!(duration_us("10", "ms"), Some(10_000));
         assert_eq!(duration_us("2mi", "s"), Some(120_000_000));

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use super::super::table::{Context, Node, Table};
+use super::super::table::{Context, ContextState, Node, Table};
 
 /// Seconds, as mod_manager prints durations kept in microseconds.
 fn seconds(microseconds: i64) -> i64 {
@@ -107,17 +107,25 @@ pub fn dump(table: &Table) -> String {
         );
     }
     for (index, context) in table.contexts().enumerate() {
-        // mod_manager's numbers for the states: 1 enabled, 2 disabled, 3 stopped.
         let _ = writeln!(
             out,
             "context: {index} [{}] vhost: {} node: {} status: {}",
             context.path,
             context.vhost,
             node_id(table, context),
-            context.state as u8 + 1
+            status_number(context.state)
         );
     }
     out
+}
+
+/// mod_manager's number for a context's state.
+fn status_number(state: ContextState) -> u8 {
+    match state {
+        ContextState::Enabled => 1,
+        ContextState::Disabled => 2,
+        ContextState::Stopped => 3,
+    }
 }
 
 /// A node's part of its DUMP line.

@@ -118,11 +118,18 @@ impl TempInstall {
         self.start(&args)
     }
 
-    /// Starts clustered node `name` of `cluster` at `offset`, telling the balancer whose MCMP
-    /// port is `mcmp` about itself every second; returns it once it has deployed `bench`.
-    pub fn start_behind(&self, name: &str, offset: u16, cluster: &str, mcmp: u16) -> Node {
+    /// Starts clustered node `name` of `cluster` at `offset`, telling the balancers whose MCMP
+    /// ports are `mcmp` about itself every second; returns it once it has deployed `bench`.
+    pub fn start_behind(&self, name: &str, offset: u16, cluster: &str, mcmp: &[u16]) -> Node {
         let mut args = self.clustered_args(name, offset, cluster);
-        args.push(format!("-Dimmutant.modcluster.proxies=127.0.0.1:{mcmp}"));
+        let proxies: Vec<String> = mcmp
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        args.push(format!(
+            "-Dimmutant.modcluster.proxies={}",
+            proxies.join(",")
+        ));
         args.push("-Dimmutant.modcluster.status-interval=1000".to_string());
         let node = self.start(&args);
         node.wait_for("Deployed \"bench\"");

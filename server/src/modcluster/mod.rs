@@ -5,19 +5,24 @@
 //! a clustered node, those heard advertising on mod_cluster's group (224.0.1.105:23364)
 //! through the bind address's interface.
 //!
-//! To each balancer a node sends CONFIG (its route, the node's name, and its HTTP address),
-//! then ENABLE-APP for each context a process serves, and from then on what changes, at once:
+//! To each balancer a node sends CONFIG (its route, the node's name, and its HTTP address)
+//! and STATUS, then ENABLE-APP for each context a process serves, and from then on what
+//! changes, at once:
 //! STOP-APP for a context no process serves, DISABLE-APP and STOP-APP when an operator says so,
 //! REMOVE-APP for one unmounted; STATUS with its load factor every 10 s. A balancer that does
 //! not know the node (it restarted) gets CONFIG and every context again, at once; a command it
-//! refuses for itself (a context it cannot take) is said in the log, and the rest goes on. At a
-//! graceful stop the node sends REMOVE-APP for all of its contexts.
+//! refuses for itself (a context it cannot take) is said in the log, and the rest goes on; one
+//! out of reach keeps what it was told. Before its first CONFIG to a balancer, a node removes
+//! what the balancer remembers of an earlier process at its own address under its name (one
+//! killed, say: a balancer keeps a node's contexts across CONFIGs). At a graceful stop the node
+//! sends REMOVE-APP for all of its contexts.
 
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -86,10 +91,17 @@ pub fn start(
                 config: config.clone(),
                 client: client.clone(),
                 web: web.clone(),
+                earlier_forgotten: AtomicBool::new(false),
             };
             links.spawn(link.run(shutdown.clone()));
         };
+        // A balancer listed by name is known by its addresses too: heard advertising itself
+        // at one of them, it is the same balancer, not another to tell.
+        let mut listed_at = BTreeSet::new();
         for proxy in &config.proxies {
+            if let Ok(addresses) = tokio::net::lookup_host(proxy.as_str()).await {
+                listed_at.extend(addresses);
+            }
             link(proxy.clone(), true, &mut links);
         }
         let mut heard = match config.advertise_on {
@@ -105,6 +117,7 @@ pub fn start(
             };
             tokio::select! {
                 proxy = advertised => match proxy {
+                    Some(proxy) if listed_at.contains(&proxy) => {}
                     Some(proxy) => link(proxy.to_string(), false, &mut links),
                     None => heard = None,
                 },
@@ -162,6 +175,8 @@ struct Link {
     config: ModClusterConfig,
     client: Client<HttpConnector, Body>,
     web: Arc<Web>,
+    /// Whether what the balancer remembered of an earlier process of this node is gone.
+    earlier_forgotten: AtomicBool,
 }
 
 /// Why a command did not go through.
@@ -188,9 +203,6 @@ impl Link {
         let mut ticker = tokio::time::interval(self.config.status_interval);
         // None: the balancer must be told everything (again).
         let mut told: Option<Told> = None;
-        // Whatever the balancer remembers of this route is an earlier process's (one killed,
-        // say): a balancer keeps a node's contexts across CONFIGs, so they go first.
-        let mut stale = true;
         // What went wrong last, said once until it is mended.
         let mut trouble: Option<String> = None;
         loop {
@@ -200,12 +212,6 @@ impl Link {
                 _ = shutdown.cancelled() => break,
             };
             let version = *changes.borrow_and_update();
-            if stale {
-                stale = !matches!(
-                    self.send("REMOVE-APP", true, self.route_body()).await,
-                    Ok(_) | Err(Refusal::Forgotten)
-                );
-            }
             let mut outcome = self.tell(&mut told, status_due).await;
             if matches!(outcome, Err(Refusal::Forgotten)) {
                 // It forgot this node: tell it everything, now.
@@ -253,6 +259,26 @@ impl Link {
         }
     }
 
+    /// Removes what the balancer remembers of an earlier process of this node: the node of
+    /// this name at this node's own address (none other can hold that address now), found in
+    /// INFO. A node of this name elsewhere is left alone (the balancer refuses this one's
+    /// CONFIG while that one lives).
+    async fn forget_earlier_process(&self) -> Result<(), Refusal> {
+        let info = self.send("INFO", false, String::new()).await?;
+        let (host, port) = (self.host(), self.config.identity.http.port());
+        let remembered = info.lines().any(|line| {
+            line.contains(&format!(",Name: {},", self.config.identity.route))
+                && line.contains(&format!(",Host: {host},Port: {port},"))
+        });
+        if remembered {
+            match self.send("REMOVE-APP", true, self.route_body()).await {
+                Ok(_) | Err(Refusal::Forgotten) => {}
+                Err(refusal) => return Err(refusal),
+            }
+        }
+        Ok(())
+    }
+
     /// The body of a command about the whole node: its route.
     fn route_body(&self) -> String {
         format!("JVMRoute={}", encode(&self.config.identity.route))
@@ -265,6 +291,10 @@ impl Link {
         let identity = &self.config.identity;
         let route = encode(&identity.route);
         if told.is_none() {
+            if !self.earlier_forgotten.load(Ordering::SeqCst) {
+                self.forget_earlier_process().await?;
+                self.earlier_forgotten.store(true, Ordering::SeqCst);
+            }
             let body = format!(
                 "JVMRoute={route}&Balancer={}&Host={}&Port={}&StickySessionForce=No&Type=http",
                 encode(&identity.balancer),

@@ -133,11 +133,6 @@ pub async fn run(
     }));
     attach(&config, properties, &apps, &shutdown)?;
     let registration = registry::Registration::record(&properties.home(), &config);
-    // Balancers hear the node leave before it stops taking requests, so none is sent to it
-    // while it stops.
-    let leaving = Shutdown::new();
-    let balancers = modcluster_config(&config, properties)
-        .map(|settings| crate::modcluster::start(settings, web.clone(), leaving.clone()));
 
     // On a clustered node the folder first catches up with the cluster's record (for a while
     // at most), so that a member back from being down never starts what was undeployed
@@ -221,6 +216,12 @@ pub async fn run(
             shutdown.clone(),
         ),
     ];
+    // Balancers hear of the node once its HTTP port serves (they look at it before they send
+    // it anything), and hear it leave before it stops taking requests, so none is sent to it
+    // while it stops.
+    let leaving = Shutdown::new();
+    let balancers = modcluster_config(&config, properties)
+        .map(|settings| crate::modcluster::start(settings, web.clone(), leaving.clone()));
     if let (Some(https), Some(listener)) = (&https, https_listener) {
         let port = EdgePort {
             tls: Some(https.tls.clone()),
