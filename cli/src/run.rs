@@ -101,6 +101,9 @@ pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).context("cannot listen for signals")?;
     let handle = signals.handle();
     let mut children = Vec::new();
+    // Each relay of a node's output says when that output has ended.
+    let (relayed, relays_ended) = std::sync::mpsc::channel();
+    let mut relays = 0;
     match plan.nodes {
         None => {
             println!(
@@ -130,8 +133,9 @@ pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
                     prepare()?;
                 }
                 let mut child = spawn(&server, &args, true)?;
-                relay(name, child.stdout.take(), std::io::stdout);
-                relay(name, child.stderr.take(), std::io::stderr);
+                relay(name, child.stdout.take(), std::io::stdout, relayed.clone());
+                relay(name, child.stderr.take(), std::io::stderr, relayed.clone());
+                relays += 2;
                 children.push(child);
             }
         }
@@ -159,6 +163,15 @@ pub fn run(locations: &Locations, plan: &RunPlan) -> Result<i32> {
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         if code == 0 {
             code = exit;
+        }
+    }
+    // What the nodes said last (that they stopped) is shown before `run` returns: their
+    // output ends with them (a process one left holding it is not waited on past 2 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for _ in 0..relays {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if relays_ended.recv_timeout(left).is_err() {
+            break;
         }
     }
     handle.close();
@@ -189,17 +202,23 @@ fn spawn(server: &Path, args: &[String], piped: bool) -> Result<Child> {
         .with_context(|| format!("cannot start {}", server.display()))
 }
 
-/// Copies each line of a node's output to ours, with the node's name in front.
+/// Copies each line of a node's output to ours, with the node's name in front; says on
+/// `ended` when the output has ended.
 fn relay<W: Write + 'static>(
     name: &'static str,
     stream: Option<impl Read + Send + 'static>,
     out: fn() -> W,
+    ended: std::sync::mpsc::Sender<()>,
 ) {
-    let Some(stream) = stream else { return };
+    let Some(stream) = stream else {
+        let _ = ended.send(());
+        return;
+    };
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             let _ = writeln!(out(), "[{name}] {line}");
         }
+        let _ = ended.send(());
     });
 }
 

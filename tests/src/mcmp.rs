@@ -134,7 +134,7 @@ impl Drop for Connector {
 
 /// Where mod_proxy_cluster's modules are: `$IMMUTANT_TEST_MOD_PROXY_CLUSTER`, a folder with
 /// `mod_manager.so` and `mod_proxy_cluster.so` built for Debian's httpd (`apache2-dev`; see
-/// README, Testing).
+/// README, Quick start).
 pub const MODULES_VARIABLE: &str = "IMMUTANT_TEST_MOD_PROXY_CLUSTER";
 
 /// How many processes and threads httpd serves with.

@@ -1,13 +1,17 @@
-//! The balancer's MCMP port as any mod_cluster node sees it: a node speaking exactly as Java
-//! mod_cluster does is served and leaves at shutdown, and every command (wildcards and
-//! malformed ones too) is answered as httpd's mod_manager answers it, field by field, ids
-//! aside, where httpd with mod_proxy_cluster is installed to compare with.
+//! MCMP between mod_cluster's parts and ours. The balancer's MCMP port as any mod_cluster node
+//! sees it: a node speaking exactly as Java mod_cluster does is served and leaves at shutdown,
+//! and every command (wildcards and malformed ones too) is answered as httpd's mod_manager
+//! answers it, field by field, ids aside. And our node as httpd with mod_proxy_cluster sees it:
+//! killed and restarted, it leaves nothing stale there. The tests with httpd run where its
+//! modules are built (README, Quick start), and say they were skipped elsewhere.
 
 use std::time::{Duration, Instant};
 
 use immutant_e2e::mcmp::{Children, Connector, Httpd, MODULES_VARIABLE, Mcmp, Reply, without_ids};
 use immutant_e2e::web::{Front, client, runtime};
-use immutant_e2e::{Base, eventually};
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, eventually, free_offset, kill_9, start_node, webprobe,
+};
 
 /// A GET through the balancer: its status and body.
 fn get(front: &Front, path: &str, cookie: Option<&str>) -> (u16, String) {
@@ -102,18 +106,71 @@ enum Compare {
     Protocol,
 }
 
-#[test]
-fn the_balancer_answers_mcmp_as_httpd_mod_manager_does() {
-    let httpd = match Httpd::start(Children::One) {
-        Ok(httpd) => httpd,
-        Err(why) => {
+/// httpd with mod_proxy_cluster, one process, or None when it cannot be started here (said).
+fn httpd() -> Option<Httpd> {
+    Httpd::start(Children::One)
+        .inspect_err(|why| {
             eprintln!(
                 "skipped: httpd with mod_proxy_cluster cannot be started here ({why}); set \
-                 {MODULES_VARIABLE} to the folder of its modules (README, Testing)"
-            );
-            return;
-        }
+                 {MODULES_VARIABLE} to the folder of its modules (README, Quick start)"
+            )
+        })
+        .ok()
+}
+
+#[test]
+fn our_node_killed_and_restarted_leaves_httpd_nothing_stale() {
+    let Some(httpd) = httpd() else { return };
+    let base = Base::installed();
+    let pid = std::process::id();
+    let (kept, gone) = (format!("/kept{pid}"), format!("/gone{pid}"));
+    base.deploy_with(&webprobe(), &["--name", "kept", "--context-path", &kept]);
+    base.deploy_with(&webprobe(), &["--name", "gone", "--context-path", &gone]);
+    let offset = free_offset();
+    let proxies = format!("-Dimmutant.modcluster.proxies=127.0.0.1:{}", httpd.mcmp);
+    let args = [
+        proxies.as_str(),
+        "-Dimmutant.modcluster.status-interval=1000",
+    ];
+    let info = Mcmp::new(httpd.mcmp);
+    let enabled = |context: &str| {
+        info.send("INFO", "/", "")
+            .body
+            .contains(&format!("Context: {context}, Status: ENABLED"))
     };
+    let node = start_node(&base, "one", offset, &args);
+    eventually("httpd hears of both apps", BUILD_PATIENCE, || {
+        enabled(&kept) && enabled(&gone)
+    });
+    let through_httpd = format!("http://127.0.0.1:{}{kept}/", httpd.proxy);
+    eventually("an app served through httpd", PATIENCE, || {
+        runtime().block_on(async {
+            let response = client().get(&through_httpd).send().await;
+            response.is_ok_and(|response| response.status() == 200)
+        })
+    });
+
+    // Killed, it cannot say it leaves; restarted without one of its apps, it leaves httpd
+    // nothing of the app it no longer has (httpd keeps a node's contexts across CONFIGs).
+    kill_9(offset);
+    drop(node);
+    let undeployed = base.cli(["undeploy", "gone"]).output().unwrap();
+    assert!(undeployed.status.success(), "{undeployed:?}");
+    let _node = start_node(&base, "one", offset, &args);
+    eventually(
+        "httpd knows the restarted node's app alone",
+        BUILD_PATIENCE,
+        || {
+            let info = info.send("INFO", "/", "").body;
+            info.contains(&format!("Context: {kept}, Status: ENABLED"))
+                && !info.contains(&format!("Context: {gone},"))
+        },
+    );
+}
+
+#[test]
+fn the_balancer_answers_mcmp_as_httpd_mod_manager_does() {
+    let Some(httpd) = httpd() else { return };
     let base = Base::installed();
     let front = Front::start(&base);
     let (one, two) = (Connector::start("one"), Connector::start("two"));
