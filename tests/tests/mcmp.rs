@@ -159,7 +159,7 @@ fn our_node_killed_and_restarted_leaves_httpd_nothing_stale() {
     let _node = start_node(&base, "one", offset, &args);
     eventually(
         "httpd knows the restarted node's app alone",
-        BUILD_PATIENCE,
+        PATIENCE,
         || {
             let info = info.send("INFO", "/", "").body;
             info.contains(&format!("Context: {kept}, Status: ENABLED"))
