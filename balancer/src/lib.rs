@@ -460,21 +460,26 @@ async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let nodes: Vec<(String, String)> = balancer
+        let nodes: Vec<(String, u64, String)> = balancer
             .table()
             .nodes()
-            .map(|node| (node.route.clone(), node.address()))
+            .map(|node| (node.route.clone(), node.id, node.address()))
             .collect();
         let began = std::time::Instant::now();
         // Every node at once: a dead one costs its second, not everyone's.
-        let checks = nodes.into_iter().map(|(route, address)| async move {
+        let checks = nodes.into_iter().map(|(route, id, address)| async move {
             let reached = tokio::time::timeout(PROBE_TIMEOUT, answers(&address))
                 .await
                 .is_ok_and(|answered| answered);
-            (route, address, reached)
+            (route, id, address, reached)
         });
-        for (route, address, answered) in futures_util::future::join_all(checks).await {
+        for (route, id, address, answered) in futures_util::future::join_all(checks).await {
             let mut table = balancer.table();
+            // The route went to another process while the round was out: not the one looked at.
+            if table.node(&route).is_none_or(|node| node.id != id) {
+                missed.remove(&route);
+                continue;
+            }
             // A node a request found unreachable while this round was out stays so: the check
             // may have been answered just before it died.
             let answered = answered

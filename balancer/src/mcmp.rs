@@ -393,8 +393,8 @@ fn context_full(route: &str) -> McmpError {
     ))
 }
 
-/// STATUS: the node's load factor, taken once the node is found to answer (one that says it
-/// is broken, `-1`, is not looked at).
+/// STATUS: the node's load factor, taken once the node is found to answer (a lower one either
+/// way; one that says it is broken, `-1`, is not looked at).
 fn status(table: &mut Table, parameters: &Parameters, started_us: u128) -> Execution {
     let check = match status_check(table, parameters) {
         Ok(check) => check,

@@ -100,7 +100,14 @@ pub async fn handle(
                         "node {} refused a request ({error}); passing it over",
                         target.route
                     );
-                    balancer.table().set_healthy(&target.route, false);
+                    let mut table = balancer.table();
+                    // Only the process it was sent to: the route may be another's by now.
+                    if table
+                        .node(&target.route)
+                        .is_some_and(|node| node.id == target.node_id)
+                    {
+                        table.set_healthy(&target.route, false);
+                    }
                 }
                 // A request that means the same sent twice goes to another node, whether the
                 // node refused it or died while it had it.

@@ -27,7 +27,7 @@ pub struct Node {
     #[serde(skip)]
     pub settings: NodeSettings,
     /// The load factor its last STATUS gave: 1-100 (room for more, the higher the more),
-    /// 0 standby, -1 broken.
+    /// 0 standby (as before its first STATUS), -1 broken.
     pub load: i32,
     /// Whether the balancer can reach it.
     pub healthy: bool,
@@ -77,15 +77,11 @@ impl Node {
         self.last_heard.elapsed() >= SILENCE
     }
 
-    /// Whether the node takes requests: reachable, heard from lately, with room (`standby`
-    /// too: one with a load factor of 0, which takes requests only when no other can).
-    fn usable(&self, standby: bool) -> bool {
-        let room = if standby {
-            self.load == 0
-        } else {
-            self.load > 0
-        };
-        self.healthy && room && !self.silent()
+    /// Whether the node takes requests: reachable, heard from lately, not broken (one on
+    /// standby, with a load factor of 0, takes its sessions' and new ones only when no node
+    /// with room can).
+    fn usable(&self) -> bool {
+        self.healthy && self.load >= 0 && !self.silent()
     }
 }
 
@@ -137,6 +133,8 @@ impl Context {
 #[derive(Debug)]
 pub struct Target {
     pub route: String,
+    /// The id the balancer gave its node: another process with the route gets another.
+    pub node_id: u64,
     pub address: String,
     /// Resolves if the node is found unreachable, or leaves, while the request waits on it
     /// (waiting from the moment the node was chosen, so that nothing in between is missed).
@@ -467,8 +465,9 @@ impl Table {
     /// Where a request for `host` and `path` goes: to the node its session names (read by
     /// `session` where the nodes' balancer says session ids are) if it has the context
     /// enabled or disabled (its sessions stay there), else to the node with the context
-    /// enabled that has the most room; never to one in `tried`. None if no node can take it,
-    /// or if the session's node cannot and its balancer forces sticky sessions.
+    /// enabled that has the most room (one on standby only if none with room has it); never
+    /// to one in `tried`. None if no node can take it, or if the session's node cannot and its
+    /// balancer forces sticky sessions.
     pub fn choose(
         &mut self,
         host: &str,
@@ -482,25 +481,15 @@ impl Table {
             .into_iter()
             .find(|alias| self.contexts.iter().any(|c| c.alias == *alias));
         let in_scope = |c: &Context| scope.is_none_or(|alias| c.alias == alias) && c.covers(path);
-        let usable_contexts = |standby: bool| -> Vec<usize> {
-            (0..self.contexts.len())
-                .filter(|&i| {
-                    let context = &self.contexts[i];
-                    in_scope(context)
-                        && context.state != ContextState::Stopped
-                        && !tried.contains(&context.route)
-                        && self
-                            .nodes
-                            .get(&context.route)
-                            .is_some_and(|node| node.usable(standby))
-                })
-                .collect()
-        };
-        // Nodes on standby (a load factor of 0) only when no other can take it.
-        let mut candidates = usable_contexts(false);
-        if candidates.is_empty() {
-            candidates = usable_contexts(true);
-        }
+        let mut candidates: Vec<usize> = (0..self.contexts.len())
+            .filter(|&i| {
+                let context = &self.contexts[i];
+                in_scope(context)
+                    && context.state != ContextState::Stopped
+                    && !tried.contains(&context.route)
+                    && self.nodes.get(&context.route).is_some_and(Node::usable)
+            })
+            .collect();
         let longest = candidates
             .iter()
             .map(|&i| self.contexts[i].path.len())
@@ -530,31 +519,37 @@ impl Table {
         if forced_elsewhere {
             return None;
         }
-        let chosen = sticky_choice.or_else(|| {
+        // A new session: to an enabled context of a node with room, else of one on standby (a
+        // load factor of 0), the least busy for its room (requests in flight per point of load
+        // factor, in coarse steps, so that nodes with about the same room count as equal); of
+        // equals, the one sent the fewest requests.
+        let new_session = |standby: bool| {
             candidates
                 .iter()
                 .copied()
                 .filter(|&i| self.contexts[i].state == ContextState::Enabled)
-                // The least busy for its room (requests in flight per point of load factor, in
-                // coarse steps, so that nodes with about the same room count as equal); of
-                // equals, the one sent the fewest requests.
+                .filter(|&i| (self.nodes[&self.contexts[i].route].load == 0) == standby)
                 .min_by_key(|&i| {
                     let node = &self.nodes[&self.contexts[i].route];
                     let busy = node.in_flight.load(Ordering::SeqCst) as u64 + 1;
                     (busy * 100 / node.load.max(1) as u64, node.elected)
                 })
-        })?;
+        };
+        let chosen = sticky_choice
+            .or_else(|| new_session(false))
+            .or_else(|| new_session(true))?;
         let context = &mut self.contexts[chosen];
         context.requests += 1;
         let node = self.nodes.get_mut(&context.route)?;
         node.elected += 1;
-        // Counted while the table is held, so that a STOP-APP answered after this sees it.
+        // Counted while the table is held, so that a choice made after this one weighs it.
         let counters = [node.in_flight.clone(), context.in_flight.clone()];
         for counter in &counters {
             counter.fetch_add(1, Ordering::SeqCst);
         }
         Some(Target {
             route: node.route.clone(),
+            node_id: node.id,
             address: node.address(),
             lost: Box::pin(node.lost.clone().notified_owned()),
             counters,

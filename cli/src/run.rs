@@ -215,8 +215,16 @@ fn relay<W: Write + 'static>(
         return;
     };
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let _ = writeln!(out(), "[{name}] {line}");
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        // Line by line to the end, whatever bytes a line holds.
+        while reader
+            .read_until(b'\n', &mut line)
+            .is_ok_and(|read| read > 0)
+        {
+            let text = String::from_utf8_lossy(&line);
+            let _ = writeln!(out(), "[{name}] {}", text.trim_end_matches(['\r', '\n']));
+            line.clear();
         }
         let _ = ended.send(());
     });

@@ -181,6 +181,20 @@ fn a_standby_node_takes_requests_only_when_no_other_can() {
 }
 
 #[test]
+fn a_standby_node_keeps_its_sessions_and_takes_new_ones_that_no_other_node_takes() {
+    let mut table = table(&[("one", 0), ("two", 50)]);
+    assert_eq!(
+        route(table.choose("h", "/app", session(Some("one")), &[])).as_deref(),
+        Some("one")
+    );
+    table.set_context("two", "localhost", "/app", ContextState::Disabled);
+    assert_eq!(
+        route(table.choose("h", "/app", session(None), &[])).as_deref(),
+        Some("one")
+    );
+}
+
+#[test]
 fn the_session_is_read_where_the_balancer_of_the_chosen_nodes_says() {
     let mut table = table(&[("one", 50)]);
     let mut shop = config("two", "127.0.0.2", false);

@@ -261,10 +261,18 @@ impl Link {
 
     /// Removes what the balancer remembers of an earlier process of this node: the node of
     /// this name at this node's own address (none other can hold that address now), found in
-    /// INFO. A node of this name elsewhere is left alone (the balancer refuses this one's
-    /// CONFIG while that one lives).
+    /// INFO. A node of this name elsewhere is left alone (for the balancer to deal with: ours
+    /// refuses this one's CONFIG while that one lives).
     async fn forget_earlier_process(&self) -> Result<(), Refusal> {
-        let info = self.send("INFO", false, String::new()).await?;
+        let info = match self.send("INFO", false, String::new()).await {
+            Ok(info) => info,
+            // One that will not list its nodes has nothing of this one to forget here.
+            Err(Refusal::Refused(why)) => {
+                debug!("the balancer at {} refused INFO: {why}", self.proxy);
+                return Ok(());
+            }
+            Err(other) => return Err(other),
+        };
         let (host, port) = (self.host(), self.config.identity.http.port());
         let remembered = info.lines().any(|line| {
             line.contains(&format!(",Name: {},", self.config.identity.route))
@@ -307,8 +315,8 @@ impl Link {
                 Err(Refusal::Forgotten) => return Err(Refusal::Refused("CONFIG".to_string())),
                 Err(refusal) => return Err(refusal),
             }
-            // The load factor before any context: a balancer sends a node nothing until it
-            // has one.
+            // The load factor before any context: until it has one, a balancer takes a node
+            // for a standby.
             self.send_status().await?;
             status_due = false;
             *told = Some(Told::new());
