@@ -266,13 +266,16 @@ async fn manage(
     let method = request.method().as_str().to_ascii_uppercase();
     if !allowed(&allow, peer.ip()) {
         warn!("refused {method} from {peer}: not an allowed address");
-        let mut refusal = mcmp::response(Err(mcmp::McmpError {
-            kind: "GENERAL",
-            message: format!(
-                "GENERAL: {} may not manage this balancer; start it with --allow to let it",
-                peer.ip()
-            ),
-        }));
+        let mut refusal = mcmp::response(
+            Err(mcmp::McmpError {
+                kind: "GENERAL",
+                message: format!(
+                    "GENERAL: {} may not manage this balancer; start it with --allow to let it",
+                    peer.ip()
+                ),
+            }),
+            mcmp::Format::Text,
+        );
         *refusal.status_mut() = StatusCode::FORBIDDEN;
         return refusal;
     }
@@ -280,20 +283,28 @@ async fn manage(
         return status_page(&balancer, request.uri().path());
     }
     if !mcmp::COMMANDS.contains(&method.as_str()) {
-        return mcmp::response(Err(mcmp::McmpError {
-            kind: "SYNTAX",
-            message: "SYNTAX: Command is not supported".to_string(),
-        }));
+        return mcmp::response(
+            Err(mcmp::McmpError {
+                kind: "SYNTAX",
+                message: "SYNTAX: Command is not supported".to_string(),
+            }),
+            mcmp::Format::Text,
+        );
     }
     let path = request.uri().path().to_string();
     let wildcard = path == "*" || path.ends_with("/*");
+    let accept = request.headers().get(header::ACCEPT);
+    let format = mcmp::Format::of(&method, accept.and_then(|accept| accept.to_str().ok()));
     let body = match axum::body::to_bytes(request.into_body(), mcmp::MAX_BODY).await {
         Ok(body) => body,
         Err(_) => {
-            return mcmp::response(Err(mcmp::McmpError {
-                kind: "SYNTAX",
-                message: format!("SYNTAX: {method} can't read POST data"),
-            }));
+            return mcmp::response(
+                Err(mcmp::McmpError {
+                    kind: "SYNTAX",
+                    message: format!("SYNTAX: {method} can't read POST data"),
+                }),
+                mcmp::Format::Text,
+            );
         }
     };
     let execution = mcmp::execute(
@@ -302,6 +313,7 @@ async fn manage(
         wildcard,
         &body,
         balancer.started_us,
+        format,
     );
     let answer = match execution {
         mcmp::Execution::Answered(answer) => answer,
@@ -320,7 +332,7 @@ async fn manage(
             String::from_utf8_lossy(&body)
         );
     }
-    mcmp::response(answer)
+    mcmp::response(answer, format)
 }
 
 /// What the status page shows.

@@ -139,6 +139,25 @@ fn answer_with_state(command: &str, route: Option<&str>, up: bool, started_us: u
     )
 }
 
+/// How INFO, DUMP and VERSION are answered: plain text, or XML to a client whose `Accept`
+/// names `text/xml` (every other command answers plain text either way).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    Text,
+    Xml,
+}
+
+impl Format {
+    /// The format `command` is answered in, for a client that accepts `accept`.
+    pub fn of(command: &str, accept: Option<&str>) -> Format {
+        let listing = ["INFO", "DUMP", "VERSION"].contains(&command);
+        match listing && accept.is_some_and(|accept| accept.contains("text/xml")) {
+            true => Format::Xml,
+            false => Format::Text,
+        }
+    }
+}
+
 /// Carries out `command` (its method, upper-case) on the table. `wildcard` is the `/*` form of
 /// the app commands: every context of the node. `started_us` is when the balancer started,
 /// the `id` of STATUS and PING answers.
@@ -148,6 +167,7 @@ pub fn execute(
     wildcard: bool,
     body: &[u8],
     started_us: u128,
+    format: Format,
 ) -> Execution {
     let parameters = match Parameters::parse(body) {
         Ok(parameters) => parameters,
@@ -161,8 +181,14 @@ pub fn execute(
         "REMOVE-APP" => app(table, &parameters, wildcard, None),
         "STATUS" => return status(table, &parameters, started_us),
         "PING" => return ping(table, &parameters, started_us),
+        "INFO" if format == Format::Xml => Ok(report::info_xml(table)),
         "INFO" => Ok(report::info(table)),
+        "DUMP" if format == Format::Xml => Ok(report::dump_xml(table)),
         "DUMP" => Ok(report::dump(table)),
+        "VERSION" if format == Format::Xml => Ok(format!(
+            "<?xml version=\"1.0\" standalone=\"yes\" ?>\n<version><release>immutant-balancer/{}</release><protocol>{VERSION}</protocol></version>\n",
+            crate::VERSION
+        )),
         "VERSION" => Ok(format!(
             "release: immutant-balancer/{}, protocol: {VERSION}\n",
             crate::VERSION
@@ -491,13 +517,17 @@ fn ping_check(table: &Table, parameters: &Parameters) -> Result<Option<Check>, M
 }
 
 /// The HTTP response for an answer.
-pub fn response(answer: Answer) -> Response<Body> {
+pub fn response(answer: Answer, format: Format) -> Response<Body> {
     match answer {
         Ok(text) => {
             let mut response = Response::new(Body::from(text));
+            let kind = match format {
+                Format::Text => "text/plain",
+                Format::Xml => "text/xml",
+            };
             response
                 .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
             response
         }
         Err(error) => {

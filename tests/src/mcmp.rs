@@ -42,12 +42,18 @@ impl Mcmp {
     }
 
     pub fn send(&self, command: &str, path: &str, body: &str) -> Reply {
+        self.send_accepting(command, path, body, "*/*")
+    }
+
+    /// The same, saying the answer may be of the type `accept`.
+    pub fn send_accepting(&self, command: &str, path: &str, body: &str, accept: &str) -> Reply {
         let method = reqwest::Method::from_bytes(command.as_bytes()).expect("a method");
         let request = self
             .client
             .request(method, format!("http://127.0.0.1:{}{path}", self.port))
             .header("User-Agent", "ClusterListener/1.0")
             .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", accept)
             .body(body.to_string());
         self.runtime.block_on(async {
             let response = request.send().await.expect("the MCMP port answers");
@@ -340,4 +346,23 @@ pub fn without_ids(text: &str) -> Vec<String> {
         .collect();
     lines.sort();
     lines
+}
+
+/// An XML INFO or DUMP answer with the nodes' ids taken out (each side numbers its nodes in
+/// its own way; hosts and contexts are numbered alike while none has been removed).
+pub fn without_node_ids(xml: &str) -> String {
+    let mut out = xml.to_string();
+    for marker in ["<Node id=\"", "<Node>"] {
+        let mut rest = out.as_str();
+        let mut kept = String::new();
+        while let Some(at) = rest.find(marker) {
+            let after = &rest[at + marker.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            kept.push_str(&rest[..at + marker.len()]);
+            rest = &after[digits..];
+        }
+        kept.push_str(rest);
+        out = kept;
+    }
+    out
 }

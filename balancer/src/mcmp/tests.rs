@@ -2,7 +2,14 @@ use super::*;
 
 /// Carries out a command; a node to look at is taken to answer.
 fn run(table: &mut Table, command: &str, wildcard: bool, body: &str) -> Answer {
-    match execute(table, command, wildcard, body.as_bytes(), 42) {
+    match execute(
+        table,
+        command,
+        wildcard,
+        body.as_bytes(),
+        42,
+        Format::of(command, None),
+    ) {
         Execution::Answered(answer) => answer,
         Execution::Check(check) => check.finish(table, true, 42),
     }
@@ -196,8 +203,14 @@ fn malformed_commands_are_refused_as_mod_manager_refuses_them_and_change_nothing
 #[test]
 fn status_and_ping_say_whether_the_node_answers() {
     let mut table = configured();
-    let Execution::Check(check) = execute(&mut table, "STATUS", false, b"JVMRoute=one&Load=60", 42)
-    else {
+    let Execution::Check(check) = execute(
+        &mut table,
+        "STATUS",
+        false,
+        b"JVMRoute=one&Load=60",
+        42,
+        Format::Text,
+    ) else {
         panic!("a STATUS looks at the node");
     };
     assert_eq!(check.address, "127.0.0.1:8080");
@@ -217,6 +230,7 @@ fn status_and_ping_say_whether_the_node_answers() {
         false,
         b"Scheme=http&Host=10.1.1.1&Port=22",
         42,
+        Format::Text,
     );
     let Execution::Answered(answer) = stranger else {
         panic!("a PING to a stranger's address made the balancer connect there");
@@ -228,7 +242,8 @@ fn status_and_ping_say_whether_the_node_answers() {
             "PING",
             false,
             b"Scheme=http&Host=127.0.0.1&Port=8080",
-            42
+            42,
+            Format::Text,
         ),
         Execution::Check(_)
     ));
@@ -241,4 +256,33 @@ fn a_bare_ping_is_answered() {
         run(&mut table, "PING", false, ""),
         Ok("Type=PING-RSP&State=OK&id=42\n".to_string())
     );
+}
+
+#[test]
+fn info_and_dump_come_in_mod_managers_xml_to_a_client_that_accepts_it() {
+    let mut table = Table::default();
+    let config =
+        "JVMRoute=n1&Host=127.0.0.1&Port=18091&Type=http&Domain=d1&Alias=localhost&Context=/app";
+    assert_eq!(run(&mut table, "CONFIG", false, config), Ok(String::new()));
+    run(&mut table, "STATUS", false, "JVMRoute=n1&Load=40").unwrap();
+    let xml = Format::of("INFO", Some("text/xml"));
+    let Execution::Answered(info) = execute(&mut table, "INFO", false, b"", 42, xml) else {
+        panic!("INFO looks at no node");
+    };
+    // As httpd 2.4 with mod_proxy_cluster 2.0 answered the same commands (its node id 0).
+    assert_eq!(
+        info.unwrap(),
+        "<?xml version=\"1.0\" standalone=\"yes\" ?>\n<Info><Nodes><Node id=\"1\" name=\"n1\"><Balancer>mycluster</Balancer><LBGroup>d1</LBGroup><Host>127.0.0.1</Host><Port>18091</Port><Type>http</Type><Flushpackets>Off</Flushpackets><Flushwait>10</Flushwait><Ping>10</Ping><Smax>-1</Smax><Ttl>60</Ttl><Elected>0</Elected><Read>0</Read><Transfered>0</Transfered><Connected>0</Connected><Load>40</Load></Node></Nodes><Vhosts><Vhost id=\"1\" alias=\"localhost\"><Node id=\"1\"/></Vhost></Vhosts><Contexts><Context id=\"0\"><Status id=\"3\">STOPPED</Status><Context>/app</Context><Node id=\"1\"/><Vhost id=\"1\"/></Context></Contexts></Info>"
+    );
+    let Execution::Answered(dump) = execute(&mut table, "DUMP", false, b"", 42, xml) else {
+        panic!("DUMP looks at no node");
+    };
+    let (wide, narrow) = (" ".repeat(31), " ".repeat(27));
+    assert_eq!(
+        dump.unwrap(),
+        format!(
+            "<?xml version=\"1.0\" standalone=\"yes\" ?>\n<Dump><Balancers><Balancer id=\"0\" name=\"mycluster\"><StickySession><Enabled>1</Enabled><Cookie>JSESSIONID</Cookie><Path>jsessionid</Path><Remove>0</Remove><Force>1</Force></StickySession><Timeout>0</Timeout><MaxAttempts>1</MaxAttempts></Balancer></Balancers><Nodes><Node id=\"1\"><Balancer>mycluster</Balancer><JVMRoute>n1</JVMRoute><LBGroup>d1</LBGroup><Host>127.0.0.1</Host><Port>18091</Port><Type>http</Type><FlushPackets>0</FlushPackets><FlushWait>10</FlushWait><Ping>10</Ping><Smax>-1</Smax><Ttl>60</Ttl><Timeout>0</Timeout></Node></Nodes><Hosts><Host id=\"0\" alias=\"localhost\">{wide}<Vhost>1</Vhost>{wide}<Node>1</Node>{narrow}</Host></Hosts><Contexts><Context id=\"0\" path=\"/app\"><Vhost>1</Vhost><Node>1</Node><Status id=\"3\">STOPPED</Status></Context></Contexts></Dump>"
+        )
+    );
+    assert_eq!(Format::of("STATUS", Some("text/xml")), Format::Text);
 }
