@@ -12,6 +12,7 @@
 //! commands only from the addresses it is told (loopback by default), as httpd's `Require`
 //! did; it also serves a status page there (HTML at `/`, JSON at `/status.json`).
 
+mod health;
 pub mod mcmp;
 mod pool;
 mod proxy;
@@ -23,7 +24,6 @@ use immutant_foundation::mcmp as vocabulary;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -86,10 +86,6 @@ pub enum BalancerError {
     #[error("cannot start the threads that serve the balancer's clients: {0}")]
     Workers(std::io::Error),
 }
-
-/// How often the balancer checks that it reaches each node (two checks missed in a row, and
-/// the node is passed over).
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A running balancer.
 pub struct Balancer {
@@ -188,7 +184,7 @@ pub async fn run(
         certificates: certificates.clone(),
     });
     let shutdown = Shutdown::new();
-    tokio::spawn(check_health(balancer.clone(), shutdown.clone()));
+    tokio::spawn(health::check_health(balancer.clone(), shutdown.clone()));
     if config.advertise {
         tokio::spawn(advertise(config.bind, mcmp_address, shutdown.clone()));
     }
@@ -318,9 +314,7 @@ async fn manage(
     let answer = match execution {
         mcmp::Execution::Answered(answer) => answer,
         mcmp::Execution::Check(check) => {
-            let reached = tokio::time::timeout(PROBE_TIMEOUT, answers(&check.address))
-                .await
-                .is_ok_and(|answered| answered);
+            let reached = health::reaches(&check.address).await;
             check.finish(&mut balancer.table(), reached, balancer.started_us)
         }
     };
@@ -458,98 +452,6 @@ fn certificates_table(certificates: &[CertificateReport]) -> String {
     format!(
         "<h2>HTTPS certificates</h2>\n<table><tr><th>names</th><th>file</th><th>expires</th></tr>\n{rows}</table>\n"
     )
-}
-
-/// Checks every couple of seconds that each node's HTTP port takes connections: one that does
-/// not is passed over until it does again.
-async fn check_health(balancer: Arc<Balancer>, shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
-    // Checks each node has missed in a row: two make it unreachable (one late answer on a busy
-    // machine does not).
-    let mut missed: std::collections::HashMap<String, u32> = Default::default();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let nodes: Vec<(String, u64, String)> = balancer
-            .table()
-            .nodes()
-            .map(|node| (node.route.clone(), node.id, node.address()))
-            .collect();
-        let began = std::time::Instant::now();
-        // Every node at once: a dead one costs its second, not everyone's.
-        let checks = nodes.into_iter().map(|(route, id, address)| async move {
-            let reached = tokio::time::timeout(PROBE_TIMEOUT, answers(&address))
-                .await
-                .is_ok_and(|answered| answered);
-            (route, id, address, reached)
-        });
-        for (route, id, address, answered) in futures_util::future::join_all(checks).await {
-            let mut table = balancer.table();
-            // The route went to another process while the round was out: not the one looked at.
-            if table.node(&route).is_none_or(|node| node.id != id) {
-                missed.remove(&route);
-                continue;
-            }
-            // A node a request found unreachable while this round was out stays so: the check
-            // may have been answered just before it died.
-            let answered = answered
-                && table
-                    .node(&route)
-                    .and_then(|node| node.found_unreachable)
-                    .is_none_or(|found| found < began);
-            let misses = missed.entry(route.clone()).or_default();
-            *misses = if answered { 0 } else { *misses + 1 };
-            // Only an answer brings a node back (one a request found dead stays so); a node
-            // that answered is passed over after two misses in a row.
-            let was_healthy = table.node(&route).is_some_and(|node| node.healthy);
-            let reached = answered || (*misses < 2 && was_healthy);
-            if table
-                .node(&route)
-                .is_some_and(|node| node.healthy != reached)
-            {
-                match reached {
-                    true => info!("node {route} answers again"),
-                    false => warn!("node {route} does not answer at {address}; passing it over"),
-                }
-            }
-            table.set_healthy(&route, reached);
-            if answered {
-                // A node that answers is not silent, however seldom it sends STATUS.
-                table.heard(&route);
-            }
-        }
-        for route in balancer.table().forget_unreachable(FORGET_AFTER) {
-            missed.remove(&route);
-            warn!(
-                "node {route} has neither answered nor spoken for {} minutes; forgotten",
-                FORGET_AFTER.as_secs() / 60
-            );
-        }
-    }
-}
-
-/// How long a node may go unreachable and silent before the balancer forgets it.
-const FORGET_AFTER: Duration = Duration::from_secs(300);
-
-/// How long a node has to answer a health check, or the check a STATUS or PING makes.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Whether the node at `address` answers HTTP: `OPTIONS *`, which asks the server itself (a
-/// paused node takes the connection, but does not answer).
-async fn answers(address: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
-        return false;
-    };
-    let request = format!("OPTIONS * HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut status = [0u8; 12];
-    // Any answer will do: a server that does not take `OPTIONS *` still answers.
-    stream.read_exact(&mut status).await.is_ok() && status.starts_with(b"HTTP/1.")
 }
 
 /// Advertises the balancer's MCMP address on mod_cluster's group, through the bind address's

@@ -13,6 +13,13 @@ fn seconds(microseconds: i64) -> i64 {
     microseconds / 1_000_000
 }
 
+/// `flushpackets` as INFO names it.
+fn flush_name(flush_packets: u8) -> &'static str {
+    ["Off", "On", "Auto"]
+        .get(usize::from(flush_packets))
+        .unwrap_or(&"Off")
+}
+
 /// Each virtual host of each node once, `(node id, context)` of its first context, in order.
 fn hosts(table: &Table) -> Vec<(u64, &Context)> {
     let mut seen: Vec<(u64, &Context)> = Vec::new();
@@ -37,9 +44,7 @@ pub fn info(table: &Table) -> String {
     let mut out = String::new();
     for node in table.nodes() {
         let settings = &node.settings;
-        let flush = ["Off", "On", "Auto"]
-            .get(usize::from(settings.flush_packets))
-            .unwrap_or(&"Off");
+        let flush = flush_name(settings.flush_packets);
         let _ = writeln!(
             out,
             "Node: [{}],Name: {},Balancer: {},LBGroup: {},Host: {},Port: {},Type: {},Flushpackets: {flush},Flushwait: {},Ping: {},Smax: {},Ttl: {},Elected: {},Read: 0,Transfered: 0,Connected: {},Load: {}",
@@ -160,9 +165,7 @@ pub fn info_xml(table: &Table) -> String {
     let mut out = String::from("<?xml version=\"1.0\" standalone=\"yes\" ?>\n<Info><Nodes>");
     for node in table.nodes() {
         let settings = &node.settings;
-        let flush = ["Off", "On", "Auto"]
-            .get(usize::from(settings.flush_packets))
-            .unwrap_or(&"Off");
+        let flush = flush_name(settings.flush_packets);
         let _ = write!(
             out,
             "<Node id=\"{}\" name=\"{}\"><Balancer>{}</Balancer><LBGroup>{}</LBGroup><Host>{}</Host><Port>{}</Port><Type>{}</Type><Flushpackets>{flush}</Flushpackets><Flushwait>{}</Flushwait><Ping>{}</Ping><Smax>{}</Smax><Ttl>{}</Ttl><Elected>{}</Elected><Read>0</Read><Transfered>0</Transfered><Connected>{}</Connected><Load>{}</Load></Node>",
