@@ -224,6 +224,7 @@ pub async fn run(
             h2c: false,
             hsts: tls.hsts,
             workers: Some(workers.clone()),
+            claim: None,
         };
         servers.push(serve_edge(
             "HTTPS",

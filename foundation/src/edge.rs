@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::net::{ACCEPT_BACKOFF, NetError};
@@ -38,6 +38,18 @@ pub struct EdgePort {
     pub hsts: bool,
     /// The threads connections are served on (none: the runtime's own).
     pub workers: Option<Arc<Workers>>,
+    /// What may take a connection before it is served here (a port without TLS only).
+    pub claim: Option<Arc<dyn Claim>>,
+}
+
+/// What may take a client's connection off a port before the port serves it (a node hands a
+/// connection whole to the app its first request is for); it gives back what it does not take.
+pub trait Claim: Send + Sync + 'static {
+    fn claim(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<TcpStream>> + Send + '_>>;
 }
 
 /// Marks a request that came over TLS.
@@ -188,10 +200,16 @@ pub fn serve_edge<A: Answerer>(
                 true => Protocols::Either,
                 false => Protocols::Http1,
             };
-            let serve = move |stream: tokio::net::TcpStream| async move {
-                match acceptor {
-                    None => serve_connection(stream, exchange, protocols, shutdown).await,
-                    Some(acceptor) => serve_tls(stream, acceptor, exchange, shutdown).await,
+            let claim = port.claim.clone();
+            let serve = move |stream: TcpStream| async move {
+                match (acceptor, claim) {
+                    (None, None) => serve_connection(stream, exchange, protocols, shutdown).await,
+                    (None, Some(claim)) => {
+                        if let Some(stream) = claim.claim(stream, peer).await {
+                            serve_connection(stream, exchange, protocols, shutdown).await;
+                        }
+                    }
+                    (Some(acceptor), _) => serve_tls(stream, acceptor, exchange, shutdown).await,
                 }
             };
             let Some(runtime) = runtime else {
@@ -215,6 +233,81 @@ pub fn serve_edge<A: Answerer>(
         let _ = tokio::time::timeout(DRAIN_LIMIT, connections.wait()).await;
         Ok(())
     })
+}
+
+/// Serves HTTP/1.1 on a plain connection from `peer` that was taken off a port (see [`Claim`])
+/// and given back, of which `read` has been read already, until the client goes or, after
+/// `shutdown`, until its request in flight is answered.
+pub async fn serve_returned<A: Answerer>(
+    stream: TcpStream,
+    read: Vec<u8>,
+    peer: SocketAddr,
+    answerer: A,
+    shutdown: Shutdown,
+) {
+    let exchange = Exchange {
+        answerer,
+        peer,
+        worker: Worker(0),
+        over_tls: false,
+        hsts: false,
+        activity: None,
+    };
+    let stream = Prefixed {
+        read,
+        offset: 0,
+        stream,
+    };
+    serve_connection(stream, exchange, Protocols::Http1, shutdown).await;
+}
+
+/// A connection with bytes already read from it, which are read again first.
+struct Prefixed {
+    read: Vec<u8>,
+    offset: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.offset < this.read.len() {
+            let rest = &this.read[this.offset..];
+            let taken = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..taken]);
+            this.offset += taken;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Serves a connection over TLS: its handshake within [`HANDSHAKE_TIMEOUT`], then the protocol

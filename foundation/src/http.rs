@@ -13,6 +13,8 @@ use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use immutant_protocol::web::{host_name, set_forwarded};
+
 use crate::edge::OverTls;
 
 /// Headers that belong to one connection, not to the request: never passed on.
@@ -36,15 +38,9 @@ pub fn request_host(request: &Request<Body>) -> String {
         .and_then(|value| value.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
-    strip_port(host).to_ascii_lowercase()
+    host_name(host)
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.split(':').next().unwrap_or(host)
-}
 /// The client's side of an upgrade it asked for: a classic HTTP/1.1 `Upgrade`, or an HTTP/2
 /// extended CONNECT (RFC 8441), which is answered 200 where HTTP/1.1 says 101.
 pub struct ClientUpgrade {
@@ -94,7 +90,7 @@ pub fn prepare(
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     remove_hop_by_hop(headers, upgrade.is_some());
-    set_forwarded(headers, client, host, prefix, scheme, from_balancer);
+    set_forwarded(headers, client.ip(), host, prefix, scheme, from_balancer);
     upgrade
 }
 
@@ -241,66 +237,6 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there,
-/// whose earlier entries are only what the client says), the scheme it came with, the host
-/// it asked for, and the context path taken off. The scheme and host a balancer of this node's says
-/// (`from_balancer`: one it speaks MCMP to) are kept: it saw the client. Other headers a
-/// client could use to pass itself off as someone else (`Forwarded`, `X-Real-IP`,
-/// `X-Forwarded-Port`) are dropped.
-fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: SocketAddr,
-    host: Option<HeaderValue>,
-    context_path: &str,
-    scheme: &'static str,
-    from_balancer: bool,
-) {
-    let for_ = match headers
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(list) => format!("{list}, {}", client.ip()),
-        None => client.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&for_) {
-        headers.insert("x-forwarded-for", value);
-    }
-    for unsaid in ["forwarded", "x-real-ip", "x-forwarded-port"] {
-        headers.remove(unsaid);
-    }
-    // What the balancer said is the last of a list (a proxy adds to what came before it).
-    for name in ["x-forwarded-proto", "x-forwarded-host"] {
-        let last = headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|list| list.rsplit(',').next())
-            .and_then(|last| HeaderValue::from_str(last.trim()).ok());
-        if let Some(last) = last {
-            headers.insert(name, last);
-        }
-    }
-    let said_proto = from_balancer && headers.contains_key("x-forwarded-proto");
-    let said_host = from_balancer && headers.contains_key("x-forwarded-host");
-    if !said_proto {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    }
-    if let Some(host) = host {
-        if !said_host {
-            headers.insert("x-forwarded-host", host.clone());
-        }
-        headers.insert(header::HOST, host);
-    } else if !said_host {
-        headers.remove("x-forwarded-host");
-    }
-    match HeaderValue::from_str(context_path) {
-        Ok(prefix) if context_path != "/" => {
-            headers.insert("x-forwarded-prefix", prefix);
-        }
-        _ => {
-            headers.remove("x-forwarded-prefix");
-        }
-    }
-}
 /// A 308 to the same host and path over HTTPS, on `port`: what a plain HTTP port answers when
 /// it only redirects.
 pub fn redirect_to_https(request: &Request<Body>, port: u16) -> Response<Body> {
@@ -405,19 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_add_to_what_a_proxy_before_said() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let host = Some(HeaderValue::from_static("example.com:8080"));
-        set_forwarded(&mut headers, client, host, "/app", "http", false);
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(headers["x-forwarded-host"], "example.com:8080");
-        assert_eq!(headers["x-forwarded-prefix"], "/app");
-        assert_eq!(headers["x-forwarded-proto"], "http");
-    }
-
-    #[test]
     fn http2_cookie_headers_are_joined_into_one() {
         let mut headers = HeaderMap::new();
         headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
@@ -425,35 +348,6 @@ mod tests {
         join_cookies(&mut headers);
         assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(headers[header::COOKIE], "a=1; JSESSIONID=x.one");
-    }
-
-    #[test]
-    fn a_balancer_says_the_scheme_and_host_a_client_cannot() {
-        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let claims = || {
-            let mut headers = HeaderMap::new();
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-            headers.insert(
-                "x-forwarded-host",
-                HeaderValue::from_static("evil.example, shop.example"),
-            );
-            headers
-        };
-        let mut from_client = claims();
-        set_forwarded(&mut from_client, client, None, "/", "http", false);
-        assert_eq!(from_client["x-forwarded-proto"], "http");
-        assert!(from_client.get("x-forwarded-host").is_none());
-        let mut from_balancer = claims();
-        set_forwarded(&mut from_balancer, client, None, "/", "http", true);
-        assert_eq!(from_balancer["x-forwarded-proto"], "https");
-        assert_eq!(from_balancer["x-forwarded-host"], "shop.example");
-    }
-
-    #[test]
-    fn hosts_lose_their_ports() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("[::1]:8080"), "[::1]");
-        assert_eq!(strip_port("example.com"), "example.com");
     }
 
     #[test]

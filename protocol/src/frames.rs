@@ -169,8 +169,22 @@ pub enum Header {
         epoch: Option<u64>,
     },
     /// The app serves HTTP on its web socket (`IMMUTANT_WEB_FD`). Answered by `ok`; the node
-    /// routes requests for the app's context path to it once the app is `ready`.
-    Web { id: u64 },
+    /// routes requests for the app's context path to it once the app is `ready`. With
+    /// `handoff`, the app also serves client connections the node hands it whole (see
+    /// [`crate::handoff`]), and reports on them with `web-counts`.
+    Web {
+        id: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        handoff: bool,
+    },
+    /// What the app answered on the connections handed to it since its last report: how many
+    /// requests of each status, how many took each of [`crate::web::SECONDS_BUCKETS`] (the
+    /// last: longer) until their answer's head, and how many are in flight now.
+    WebCounts {
+        in_flight: u64,
+        statuses: Vec<(u16, u64)>,
+        seconds: Vec<u64>,
+    },
     /// The app has set itself up and runs.
     Ready {},
     /// The app has stopped everything after a `stop`, and exits.

@@ -21,10 +21,12 @@ mod cache;
 pub mod clock;
 mod codec;
 mod frames;
+pub mod handoff;
 mod jobs;
 pub mod names;
 mod outbox;
 pub mod secrets;
+pub mod web;
 
 pub use cache::{CacheMode, CacheOp, CacheOptions, CacheOutcome, Expiry, Open};
 pub use codec::{FrameCodec, ProtocolError};

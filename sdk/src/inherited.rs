@@ -34,6 +34,15 @@ pub static WEB: Inherited = Inherited {
     taken: AtomicBool::new(false),
 };
 
+/// The app's end of the socket pair the node hands it client connections over.
+#[cfg(feature = "web")]
+pub static WEB_HANDOFF: Inherited = Inherited {
+    var: immutant_protocol::handoff::WEB_HANDOFF_FD_VAR,
+    taken_by: "App::web",
+    instead: "merge your routers into one (Router::merge or Router::nest) and mount that",
+    taken: AtomicBool::new(false),
+};
+
 impl Inherited {
     /// The variable that names the descriptor.
     pub fn var(&self) -> &'static str {

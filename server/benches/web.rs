@@ -2,7 +2,8 @@
 //!
 //! - requests/s and p99 latency of a small handler (the web probe's `/`) through the node's
 //!   HTTP port; through nginx (Debian's package) proxying to the same app process over the same
-//!   Unix socket, with keep-alive; through the balancer to two clustered nodes; and through
+//!   Unix socket, with keep-alive; from the same app process serving the handler on a port of
+//!   its own (what the app itself can answer: no node in between); through the balancer to two clustered nodes; and through
 //!   httpd with mod_proxy_cluster to the same two nodes, where its modules are built (the folder
 //!   `IMMUTANT_TEST_MOD_PROXY_CLUSTER` names, as for the tests: README, Quick start);
 //! - the failover gap: a client sending its session's requests one after another through the
@@ -36,8 +37,9 @@ fn main() {
     let install = TempInstall::new();
     install.deploy(&webprobe, "bench");
 
-    // One standalone node.
+    // One standalone node; its app also serves the same handler on a port of its own.
     let offset = free_offset(2000);
+    let app_port = 8080 + free_offset(offset + 50);
     let node = install.start(&[
         format!("-Djboss.socket.binding.port-offset={offset}"),
         format!(
@@ -45,9 +47,11 @@ fn main() {
             install.home().join("solo").display()
         ),
         "-Djboss.node.name=solo".to_string(),
+        format!("-Dwebprobe.direct-port={app_port}"),
     ]);
     node.wait_for("Deployed \"bench\"");
-    let direct = format!("http://127.0.0.1:{}/bench/", 8080 + offset);
+    let through_node = format!("http://127.0.0.1:{}/bench/", 8080 + offset);
+    let to_app = format!("http://127.0.0.1:{app_port}/");
     let socket = std::fs::read_dir(install.home().join("solo/web"))
         .unwrap()
         .flatten()
@@ -65,8 +69,9 @@ fn main() {
     let through_nginx = format!("http://127.0.0.1:{nginx_port}/bench/");
     wait_until_answers(&through_nginx);
 
-    let node_numbers = wrk(&direct, &[]);
+    let node_numbers = wrk(&through_node, &[]);
     let nginx_numbers = wrk(&through_nginx, &[]);
+    let app_numbers = wrk(&to_app, &[]);
     drop(nginx);
     node.stop();
 
@@ -131,6 +136,7 @@ fn main() {
     );
     println!("  node's HTTP port        {node_numbers}");
     println!("  nginx -> same app       {nginx_numbers}");
+    println!("  the app on its own port {app_numbers}");
     println!("  balancer -> two nodes   {balancer_numbers}");
     if let Some(httpd_numbers) = httpd_numbers {
         println!("  httpd + mod_proxy_cluster -> the same two nodes   {httpd_numbers}");

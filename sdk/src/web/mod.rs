@@ -15,8 +15,10 @@
 //! reaches the app of `/example` as `/hi`); [`ContextPath`], in every request's extensions,
 //! and the `X-Forwarded-Prefix` header say what was taken off, for links. The node passes
 //! `X-Forwarded-For`, `-Proto` and `-Host` too. Bodies stream both ways and WebSocket upgrades
-//! pass through. The node reaches the app over a Unix socket it made for this process alone:
-//! no TCP port is opened.
+//! pass through. The node hands the app each client connection whose first request is the
+//! app's, and the app serves its requests itself; requests the node passes on (from balancers,
+//! over HTTPS) come over a Unix socket the node made for this process alone: the app opens no
+//! port.
 //!
 //! When the node stops the app, the web server stops taking connections and lets the requests
 //! in flight finish (within the stop's limit) before daemons are stopped.
@@ -24,6 +26,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use immutant_protocol::handoff::HandoffChannel;
 use immutant_protocol::{Frame, Header};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,6 +37,7 @@ use crate::inherited;
 
 pub use axum;
 
+mod handoff;
 pub mod sessions;
 
 /// The context path the app is mounted at (`/` or `/name`), in every request's extensions:
@@ -44,11 +48,14 @@ pub struct ContextPath(pub String);
 /// The app's web server, while it runs.
 pub(crate) struct WebServer {
     stop: watch::Sender<bool>,
-    done: JoinHandle<()>,
+    /// The server on the web socket, and (if the node hands it connections) the one serving
+    /// those and its reports.
+    done: Vec<JoinHandle<()>>,
 }
 
 impl WebServer {
-    /// Serves `router` on the socket the node handed down, and tells the node.
+    /// Serves `router` on the socket the node handed down, and the client connections the
+    /// node hands over if it does (see [`handoff`]), and tells the node.
     pub(crate) async fn start(connection: &Connection, router: Router) -> Result<WebServer> {
         let fd = inherited::WEB
             .take()?
@@ -56,10 +63,27 @@ impl WebServer {
         let listener = std::os::unix::net::UnixListener::from(fd);
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        let context_path = ContextPath(connection.welcome().context_path.clone());
+        let welcome = connection.welcome();
+        let context_path = ContextPath(welcome.context_path.clone());
         let router = router.layer(axum::Extension(context_path));
-        let (stop, mut stopped) = watch::channel(false);
-        let done = tokio::spawn(async move {
+        let (stop, stopped) = watch::channel(false);
+        let mut done = Vec::new();
+        let handoff = match inherited::WEB_HANDOFF.take()? {
+            Some(end) => Some(HandoffChannel::new(end)?),
+            None => None,
+        };
+        if let Some(channel) = handoff {
+            let app = &welcome.app;
+            let served = handoff::Served::new(app, &welcome.context_path, router.clone(), channel);
+            done.push(tokio::spawn(handoff::serve(
+                served.clone(),
+                stopped.clone(),
+            )));
+            let report = handoff::report(served, connection.clone(), stopped.clone());
+            done.push(tokio::spawn(report));
+        }
+        let mut stopped = stopped;
+        done.push(tokio::spawn(async move {
             let stopped = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
@@ -69,16 +93,20 @@ impl WebServer {
             if let Err(error) = serving {
                 eprintln!("immutant: the web server failed: {error}");
             }
-        });
+        }));
         let id = connection.next_id();
-        connection.call(id, Frame::new(Header::Web { id })).await?;
+        let handoff = done.len() > 1;
+        connection
+            .call(id, Frame::new(Header::Web { id, handoff }))
+            .await?;
         Ok(WebServer { stop, done })
     }
 
     /// Stops taking requests and waits, up to `limit`, for those in flight to finish.
     pub(crate) async fn stop(self, limit: Duration) {
         self.stop.send_replace(true);
-        if tokio::time::timeout(limit, self.done).await.is_err() {
+        let all = futures_util::future::join_all(self.done);
+        if tokio::time::timeout(limit, all).await.is_err() {
             eprintln!("immutant: web requests still running after {limit:?}; stopping anyway");
         }
     }

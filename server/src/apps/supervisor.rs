@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use immutant_protocol::handoff::WEB_HANDOFF_FD_VAR;
 use immutant_protocol::{APP_VAR, Frame, Header, NODE_VAR, SOCKET_FD_VAR, WEB_FD_VAR};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -29,12 +30,14 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const APP_SOCKET_FD: i32 = 3;
 /// The descriptor the app's web socket (listening) has in the app.
 const APP_WEB_FD: i32 = 4;
+/// The descriptor the app's end of its hand-off socket pair has in the app.
+const APP_WEB_HANDOFF_FD: i32 = 5;
 /// What a web page says of a failed app: the reason itself, with the app's last stderr lines,
 /// is for the node's log and the management API, not for whoever asks over HTTP.
 pub const FAILED_PAGE: &str =
     "it failed: it crashed again and again (the node's log and `cargo immutant list` say why)";
 /// Descriptors at or above this are free in a child about to exec: where its inherited
-/// sockets wait before they move to 3 and 4.
+/// sockets wait before they move to 3, 4 and 5.
 const SPARE_FD: i32 = 10;
 
 /// Runs the deployment until `stop` fires.
@@ -117,7 +120,7 @@ pub async fn supervise(
 }
 
 /// Starts the app's process with its end of a fresh socket pair as descriptor 3 and its web
-/// socket as 4; also returns the task reading its stderr, which ends when the process does.
+/// socket as 4, its end of the hand-off pair as 5; also returns the task reading its stderr, which ends when the process does.
 fn spawn(
     deployment: &Arc<Deployment>,
     descriptor: &Descriptor,
@@ -126,9 +129,10 @@ fn spawn(
     let artifact = artifact_path(descriptor, &context.deployments_dir)?;
     let (node_end, app_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot make its socket: {e}"))?;
-    let (web_listener, backend) = context.web.sockets.listen()?;
+    let (web_listener, handoff_end, backend) = context.web.sockets.listen()?;
     let app_fd = app_end.as_raw_fd();
     let web_fd = web_listener.as_raw_fd();
+    let handoff_fd = handoff_end.as_raw_fd();
     let workdir = descriptor
         .root
         .clone()
@@ -138,6 +142,7 @@ fn spawn(
     command
         .env(SOCKET_FD_VAR, APP_SOCKET_FD.to_string())
         .env(WEB_FD_VAR, APP_WEB_FD.to_string())
+        .env(WEB_HANDOFF_FD_VAR, APP_WEB_HANDOFF_FD.to_string())
         .env(APP_VAR, &deployment.name)
         .env(NODE_VAR, &context.node_name)
         .current_dir(workdir)
@@ -152,11 +157,13 @@ fn spawn(
     unsafe {
         command.pre_exec(move || {
             // Out of the way first (closed at exec), so that neither lands on the other's place.
-            let spare = [app_fd, web_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, SPARE_FD));
+            let spare = [app_fd, web_fd, handoff_fd]
+                .map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, SPARE_FD));
             if spare.contains(&-1) {
                 return Err(std::io::Error::last_os_error());
             }
-            for (from, to) in spare.into_iter().zip([APP_SOCKET_FD, APP_WEB_FD]) {
+            let places = [APP_SOCKET_FD, APP_WEB_FD, APP_WEB_HANDOFF_FD];
+            for (from, to) in spare.into_iter().zip(places) {
                 if libc::dup2(from, to) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -169,6 +176,7 @@ fn spawn(
         .map_err(|error| format!("cannot run {}: {error}", artifact.display()))?;
     drop(app_end);
     drop(web_listener);
+    drop(handoff_end);
     *lock(&deployment.backend) = Some(backend);
     *lock(&deployment.pid) = child.id();
     if let Some(stdout) = child.stdout.take() {

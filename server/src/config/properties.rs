@@ -139,6 +139,12 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
         help: "the HTTP port also speaks HTTP/2 without TLS (prior knowledge)",
     },
     KnownProperty {
+        name: "immutant.http.handoff",
+        kind: PropertyKind::Flag,
+        default: PropertyDefault::Value("true"),
+        help: "the HTTP port hands each client's connection to the app its first request is for, which serves it itself (false: the node passes every request on)",
+    },
+    KnownProperty {
         name: "jboss.socket.binding.port-offset",
         kind: PropertyKind::PortOffset,
         default: PropertyDefault::Value("0"),

@@ -12,12 +12,7 @@ use metrics_util::MetricKindMask;
 
 use super::NodeInfo;
 use immutant_foundation::shutdown::Shutdown;
-
-/// The buckets of every `_seconds` histogram: from half a millisecond to a minute.
-const SECONDS_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+use immutant_protocol::web::SECONDS_BUCKETS;
 
 /// What each series is, as `# HELP` says it.
 const COUNTERS: [(&str, &str); 14] = [

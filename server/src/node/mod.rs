@@ -193,14 +193,17 @@ pub async fn run(
             "the cluster secret was given on the command line, which other users of this host can read (ps, /proc); give it with -Dimmutant.cluster.secret-file=PATH instead"
         );
     }
-    let plain = EdgePort {
-        h2c: properties.flag("immutant.http.h2c"),
-        ..EdgePort::default()
-    };
     let redirect = https
         .as_ref()
         .filter(|https| https.redirect_http)
         .map(|https| https.address.port());
+    // A port that sends its clients to HTTPS has nothing to hand to an app.
+    let hand_off = properties.flag("immutant.http.handoff") && redirect.is_none();
+    let plain = EdgePort {
+        h2c: properties.flag("immutant.http.h2c"),
+        claim: hand_off.then(|| web.hand_off_connections(shutdown.clone())),
+        ..EdgePort::default()
+    };
     let mut servers = vec![
         serve_edge(
             "HTTP",
@@ -228,6 +231,7 @@ pub async fn run(
             h2c: false,
             hsts: https.hsts,
             workers: None,
+            claim: None,
         };
         let router = web::router(web, None);
         servers.push(serve_edge(

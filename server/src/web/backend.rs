@@ -1,13 +1,16 @@
 //! One app process's web server, as the node reaches it: a Unix socket of the node's making in
 //! a folder only the node's user can open, a pool of HTTP/1.1 connections to it (one
 //! connection per request at a time, given back when its response has been read: see
-//! [`immutant_foundation::pool`]), and a count of the requests in flight so that a redeploy or
-//! undeploy can let them finish.
+//! [`immutant_foundation::pool`]), a count of the requests in flight so that a redeploy or
+//! undeploy can let them finish, and the socket pair client connections are handed to the
+//! process over (see [`super::handoff`]).
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use immutant_foundation::pool::{ConnectionPool, SendError, handshake};
+use immutant_protocol::handoff::HandoffChannel;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
@@ -43,8 +47,9 @@ impl SocketDir {
         })
     }
 
-    /// A new listening socket for an app process, and the backend that reaches it.
-    pub fn listen(&self) -> Result<(std::os::unix::net::UnixListener, Arc<Backend>), String> {
+    /// A new listening socket for an app process, the process's end of its hand-off pair (see
+    /// [`immutant_protocol::handoff`]), and the backend that reaches it.
+    pub fn listen(&self) -> Result<(UnixListener, OwnedFd, Arc<Backend>), String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{n}.sock"));
         if path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -53,9 +58,11 @@ impl SocketDir {
                 path.display()
             ));
         }
-        let listener = std::os::unix::net::UnixListener::bind(&path)
+        let listener = UnixListener::bind(&path)
             .map_err(|error| format!("cannot make its web socket {}: {error}", path.display()))?;
-        Ok((listener, Arc::new(Backend::new(path))))
+        let (node_end, app_end) = HandoffChannel::pair()
+            .map_err(|error| format!("cannot make its hand-off socket pair: {error}"))?;
+        Ok((listener, app_end, Arc::new(Backend::new(path, node_end))))
     }
 }
 
@@ -64,18 +71,48 @@ pub struct Backend {
     path: PathBuf,
     /// Connections to it.
     pool: Arc<ConnectionPool<()>>,
+    /// The requests the node passes on to it now.
     in_flight: AtomicUsize,
     idle_notify: Notify,
+    /// The node's end of the process's hand-off pair, until the app says it serves the
+    /// connections it is handed; then the channel over it.
+    handoff_end: Mutex<Option<OwnedFd>>,
+    handoff: OnceLock<Arc<HandoffChannel>>,
+    /// The requests in flight on the connections the app serves itself, as it last said.
+    reported_in_flight: AtomicUsize,
 }
 
 impl Backend {
-    fn new(path: PathBuf) -> Backend {
+    fn new(path: PathBuf, handoff_end: OwnedFd) -> Backend {
         Backend {
             path,
             pool: Arc::default(),
             in_flight: AtomicUsize::new(0),
             idle_notify: Notify::new(),
+            handoff_end: Mutex::new(Some(handoff_end)),
+            handoff: OnceLock::new(),
+            reported_in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// The app serves the connections it is handed: the channel to hand them over, the first
+    /// time (it is opened on the current runtime); `None` after, or if it cannot be opened.
+    pub(super) fn open_handoff(&self) -> Option<Arc<HandoffChannel>> {
+        let end = immutant_foundation::sync::lock(&self.handoff_end).take()?;
+        let channel = Arc::new(HandoffChannel::new(end).ok()?);
+        self.handoff.set(channel.clone()).ok()?;
+        Some(channel)
+    }
+
+    /// The channel client connections are handed to the app over, if it takes them.
+    pub(super) fn handoff(&self) -> Option<&Arc<HandoffChannel>> {
+        self.handoff.get()
+    }
+
+    /// What the app says is in flight on the connections it serves itself.
+    pub fn report_in_flight(&self, in_flight: u64) {
+        let in_flight = usize::try_from(in_flight).unwrap_or(usize::MAX);
+        self.reported_in_flight.store(in_flight, Ordering::SeqCst);
     }
 
     /// Sends `request` to the app over a connection of the pool (a new one if none is free).
@@ -98,17 +135,24 @@ impl Backend {
         InFlight(self.clone())
     }
 
-    /// The requests in flight now.
+    /// The requests in flight now: those the node passes on, and those on the connections
+    /// the app serves itself (as it last said).
     pub fn in_flight(&self) -> usize {
+        self.passing_on() + self.reported_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The requests the node passes on to the app now.
+    pub fn passing_on(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Waits until no request is in flight, or `limit` passes; true if drained.
+    /// Waits until no request the node passes on is in flight, or `limit` passes; true if
+    /// drained. (The app lets the requests on its own connections finish when it stops.)
     pub async fn drained(&self, limit: Duration) -> bool {
         let wait = async {
             loop {
                 let idle = self.idle_notify.notified();
-                if self.in_flight() == 0 {
+                if self.passing_on() == 0 {
                     return;
                 }
                 idle.await;

@@ -9,13 +9,14 @@
 //! is stopped once the requests it was serving have finished (within the stop limit).
 
 mod backend;
+mod handoff;
 pub(crate) mod proxy;
 mod routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
 
@@ -23,11 +24,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use immutant_contracts::status::{BalancerReport, ContextReport};
+use immutant_foundation::edge::Claim;
 use immutant_foundation::mcmp::{ContextState, DEFAULT_HOST};
+use immutant_foundation::shutdown::Shutdown;
+use immutant_protocol::web::Mounted;
 use tracing::warn;
 
 pub use backend::{Backend, SocketDir};
-pub use routes::{Route, Routes, Target, normalize_context_path};
+pub use immutant_protocol::web::normalize_context_path;
+pub use routes::{Route, Routes, Target};
 
 /// The web tier of a node: its routes, and where its apps' sockets are made.
 pub struct Web {
@@ -44,6 +49,8 @@ pub struct Web {
     /// What an operator said of each context for balancers (enable, disable, stop), by
     /// context path; enabled unless said otherwise.
     control: Mutex<BTreeMap<String, ContextState>>,
+    /// Whether client connections are handed to the apps they are for, and until when.
+    handing_off: OnceLock<Shutdown>,
 }
 
 /// A context as balancers are told of it.
@@ -67,6 +74,7 @@ impl Web {
             told: watch::channel(BTreeMap::new()).0,
             balancers: RwLock::default(),
             control: Mutex::new(BTreeMap::new()),
+            handing_off: OnceLock::new(),
         })
     }
 
@@ -85,6 +93,25 @@ impl Web {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
             changes: &self.changes,
+        }
+    }
+
+    /// From now until `shutdown`, the HTTP port's connections are handed to the apps their
+    /// first requests are for (see [`handoff`]), when their processes take them: what takes
+    /// them off the port.
+    pub fn hand_off_connections(self: &Arc<Self>, shutdown: Shutdown) -> Arc<dyn Claim> {
+        let _ = self.handing_off.set(shutdown);
+        Arc::new(handoff::HandOff { web: self.clone() })
+    }
+
+    /// The app's process behind `backend` serves the client connections it is handed: it is
+    /// told where apps are mounted, and handed connections from now on (if the node hands any).
+    pub fn takes_connections(self: &Arc<Self>, backend: &Backend) {
+        let Some(shutdown) = self.handing_off.get() else {
+            return;
+        };
+        if let Some(channel) = backend.open_handoff() {
+            tokio::spawn(handoff::follow(self.clone(), channel, shutdown.clone()));
         }
     }
 
@@ -293,6 +320,13 @@ impl Web {
         self.routes_mut().remove(app);
     }
 
+    /// The context path `app` is mounted at, if it is.
+    pub fn context_path(&self, app: &str) -> Option<String> {
+        self.routes()
+            .get(app)
+            .map(|route| route.context_path.clone())
+    }
+
     /// The context path and hosts `app` is mounted at, if it is.
     pub fn mounted_at(&self, app: &str) -> Option<String> {
         self.routes().get(app).map(|route| route.describe())
@@ -341,14 +375,16 @@ pub struct Mount {
 /// requests to `target`; warns when another app is mounted at the same place.
 fn insert(routes: &mut Routes, mount: &Mount, target: Target) {
     let route = Route {
-        app: mount.app.clone(),
+        mounted: Mounted {
+            app: mount.app.clone(),
+            context_path: normalize_context_path(&mount.context_path),
+            hosts: mount
+                .hosts
+                .iter()
+                .map(|host| host.to_ascii_lowercase())
+                .collect(),
+        },
         serial: mount.serial,
-        context_path: normalize_context_path(&mount.context_path),
-        hosts: mount
-            .hosts
-            .iter()
-            .map(|host| host.to_ascii_lowercase())
-            .collect(),
         target,
     };
     if let Some(other) = routes.clash(&route) {

@@ -9,10 +9,16 @@ use axum::body::Body;
 use axum::http::header::{self, HeaderValue};
 use axum::http::{Request, Response, StatusCode, Uri};
 use immutant_foundation::http::{page, prepare, request_host, respond};
+use immutant_protocol::web::SECONDS_BUCKETS;
 
 use super::Web;
 use super::backend::InFlight;
 use super::routes::{Route, Target};
+
+/// The requests answered, by context and status.
+const REQUESTS: &str = "immutant_http_requests_total";
+/// How long requests took until their answer's head, by context.
+const SECONDS: &str = "immutant_http_request_seconds";
 
 /// Seconds a client is told to wait before it retries an app that is down.
 const RETRY_AFTER_SECONDS: &str = "2";
@@ -51,12 +57,32 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
     };
     // Until the response's head: its body streams on after.
     let context = route.context_path.clone();
-    metrics::histogram!("immutant_http_request_seconds", "context" => context.clone())
+    metrics::histogram!(SECONDS, "context" => context.clone())
         .record(started.elapsed().as_secs_f64());
     let status = response.status().as_u16().to_string();
-    metrics::counter!("immutant_http_requests_total", "context" => context, "status" => status)
-        .increment(1);
+    metrics::counter!(REQUESTS, "context" => context, "status" => status).increment(1);
     response
+}
+
+/// Counts what an app answered on the connections it serves itself, as it reported it (see
+/// [`immutant_protocol::Header::WebCounts`]): each time as the upper bound of its bucket.
+pub fn record_answered(context_path: &str, statuses: &[(u16, u64)], seconds: &[u64]) {
+    let context = context_path.to_string();
+    for (status, count) in statuses {
+        metrics::counter!(REQUESTS, "context" => context.clone(), "status" => status.to_string())
+            .increment(*count);
+    }
+    let histogram = metrics::histogram!(SECONDS, "context" => context);
+    let longest = SECONDS_BUCKETS[SECONDS_BUCKETS.len() - 1];
+    for (bucket, count) in seconds.iter().enumerate() {
+        let upper = SECONDS_BUCKETS
+            .get(bucket)
+            .copied()
+            .unwrap_or(2.0 * longest);
+        if *count > 0 {
+            histogram.record_many(upper, usize::try_from(*count).unwrap_or(usize::MAX));
+        }
+    }
 }
 
 async fn forward(

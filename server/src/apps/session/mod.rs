@@ -94,7 +94,12 @@ impl Session {
                 call,
                 epoch,
             } => self.cache_call(id, cache, call, epoch, body),
-            Header::Web { id } => self.web(id),
+            Header::Web { id, handoff } => self.web(id, handoff),
+            Header::WebCounts {
+                in_flight,
+                statuses,
+                seconds,
+            } => self.web_counts(in_flight, &statuses, &seconds),
             Header::Ready {} => self.ready(),
             _ => {}
         }

@@ -29,9 +29,20 @@ async fn main() -> immutant::Result<()> {
         .route("/visits", get(visits))
         .route("/login", get(login))
         .layer(app.sessions().layer().await?);
+    if let Some(port) = app.property("webprobe.direct-port").and_then(|port| port.parse().ok()) {
+        serve_directly(port, router.clone()).await?;
+    }
     app.web(router).await?;
     println!("web mounted at {}", app.context_path());
     app.run().await
+}
+
+/// For the web benchmark: the same handler, served by this process alone on 127.0.0.1:`port`,
+/// as fast as the app itself answers (no node in between).
+async fn serve_directly(port: u16, router: Router) -> immutant::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(())
 }
 
 /// What the app saw of the request: its path, the context path, and the proxy headers.
