@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::http::header::{self, HeaderValue};
 use axum::http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use immutant_protocol::handoff::{Handoff, HandoffChannel, MAX_READ};
 use immutant_protocol::web::{Mounted, SECONDS_BUCKETS, find, host_name, set_forwarded};
 use immutant_protocol::{Frame, Header};
@@ -31,6 +31,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::Connection;
 
+/// How long a connection may send nothing while it has nothing to be answered; it is closed
+/// after one to two of these.
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// How often the app tells the node what it answered, when it answered anything.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
@@ -176,17 +179,30 @@ async fn serve_connection(
             answer(served.clone(), state.clone(), peer, request)
         })
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
+    // No timer for hyper: one armed for every request's head costs more than the request.
+    let builder = hyper::server::conn::http1::Builder::new();
     let mut connection = Box::pin(
         builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades(),
     );
-    let give_back = tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = state.giving_back.notified() => true,
-        _ = stop.wait_for(|stop| *stop) => state.idle(),
+    let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + IDLE_LIMIT, IDLE_LIMIT);
+    let mut begun = 0;
+    let give_back = loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = state.giving_back.notified() => break true,
+            _ = stop.wait_for(|stop| *stop) => break state.idle(),
+            _ = looks.tick() => {
+                // No request's head for a whole look, with nothing to answer: closed, as hyper
+                // closes a connection that does not send its next request's head in time.
+                let now = state.begun.load(Ordering::Acquire);
+                if now == begun && state.answering.load(Ordering::Acquire) == 0 {
+                    break false;
+                }
+                begun = now;
+            }
+        }
     };
     let read = give_back.then(|| state.read_since_answer()).flatten();
     let Some(read) = read else {
@@ -209,6 +225,7 @@ async fn answer(
     peer: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    state.begun.fetch_add(1, Ordering::Relaxed);
     let host = request.headers().get(header::HOST).cloned();
     let name = host
         .as_ref()
@@ -283,6 +300,8 @@ struct ConnectionState {
     waiting: AtomicBool,
     /// Requests whose answers are not all written yet.
     answering: AtomicUsize,
+    /// Requests whose heads came, ever.
+    begun: AtomicU64,
     /// A request is another app's: the connection goes back to the node.
     giving_back: Notify,
 }
@@ -436,7 +455,6 @@ impl Answering {
     fn begin(served: &Arc<Served>, state: &Arc<ConnectionState>) -> Answering {
         state.answering.fetch_add(1, Ordering::AcqRel);
         served.counts.in_flight.fetch_add(1, Ordering::AcqRel);
-        served.counts.changed.store(true, Ordering::Release);
         Answering {
             served: served.clone(),
             state: state.clone(),
@@ -449,7 +467,6 @@ impl Drop for Answering {
         self.state.answering.fetch_sub(1, Ordering::AcqRel);
         let counts = &self.served.counts;
         counts.in_flight.fetch_sub(1, Ordering::AcqRel);
-        counts.changed.store(true, Ordering::Release);
     }
 }
 
@@ -489,7 +506,8 @@ struct Counts {
     statuses: [AtomicU64; STATUSES],
     /// By [`SECONDS_BUCKETS`], and one more for longer.
     seconds: [AtomicU64; SECONDS_BUCKETS.len() + 1],
-    changed: AtomicBool,
+    /// What the node was told last of the requests in flight.
+    told_in_flight: AtomicU64,
 }
 
 impl Default for Counts {
@@ -498,7 +516,7 @@ impl Default for Counts {
             in_flight: AtomicU64::new(0),
             statuses: std::array::from_fn(|_| AtomicU64::new(0)),
             seconds: std::array::from_fn(|_| AtomicU64::new(0)),
-            changed: AtomicBool::new(false),
+            told_in_flight: AtomicU64::new(0),
         }
     }
 }
@@ -518,30 +536,31 @@ impl Counts {
             .position(|upper| took <= *upper)
             .unwrap_or(SECONDS_BUCKETS.len());
         self.seconds[bucket].fetch_add(1, Ordering::Relaxed);
-        self.changed.store(true, Ordering::Release);
     }
 
     /// What to tell the node, if anything changed since it was last told.
     fn take(&self) -> Option<Header> {
-        if !self.changed.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        let statuses = self
+        let statuses: Vec<(u16, u64)> = self
             .statuses
             .iter()
-            .enumerate()
-            .filter_map(|(index, count)| {
+            .zip(100..)
+            .filter_map(|(count, status)| {
                 let count = count.swap(0, Ordering::Relaxed);
-                (count > 0).then(|| (100 + index as u16, count))
+                (count > 0).then_some((status, count))
             })
             .collect();
-        let seconds = self
+        let seconds: Vec<u64> = self
             .seconds
             .iter()
             .map(|count| count.swap(0, Ordering::Relaxed))
             .collect();
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let told = self.told_in_flight.swap(in_flight, Ordering::AcqRel);
+        if statuses.is_empty() && in_flight == told {
+            return None;
+        }
         Some(Header::WebCounts {
-            in_flight: self.in_flight.load(Ordering::Acquire),
+            in_flight,
             statuses,
             seconds,
         })

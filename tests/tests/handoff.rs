@@ -1,0 +1,142 @@
+//! Client connections the node hands to the apps they are for: the app serves a handed
+//! connection's requests itself (the node paused, it still answers), a request for another app
+//! on the same connection goes back to the node and reaches that app, and an idle connection
+//! outlives a redeploy: the next request on it reaches the new process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use immutant_e2e::{
+    BUILD_PATIENCE, Base, PATIENCE, eventually, free_offset, get_json_at, get_text_at, start_node,
+    webprobe,
+};
+
+/// One request on a kept connection: its status and body.
+fn get(stream: &mut TcpStream, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {status:?}"));
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    assert!(reader.buffer().is_empty(), "nothing after the answer");
+    (code, String::from_utf8(body).unwrap())
+}
+
+/// The pid of the process of `app`, as the node's management API says.
+fn app_pid(management: u16, app: &str) -> Option<String> {
+    let deployments = get_json_at(management, "deployments");
+    let pid = deployments.as_array()?.iter().find(|d| d["name"] == app)?["pid"].as_i64()?;
+    Some(pid.to_string())
+}
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+#[test]
+fn a_handed_connection_is_served_by_its_app_and_another_apps_request_goes_back() {
+    let base = Base::installed();
+    let project = webprobe();
+    base.deploy(&project, Some("one"));
+    base.deploy(&project, Some("two"));
+    let offset = free_offset();
+    let node = start_node(&base, "handing", offset, &[]);
+    node.wait_for("Deployed \"one\"", BUILD_PATIENCE);
+    node.wait_for("Deployed \"two\"", BUILD_PATIENCE);
+    let (http, management) = (8080 + offset, 9990 + offset);
+    let (one, two) = (
+        app_pid(management, "one").unwrap(),
+        app_pid(management, "two").unwrap(),
+    );
+
+    // The app sees what it would through the node: its path, and the forwarded headers.
+    let mut kept = connect(http);
+    let (status, seen) = get(&mut kept, "/one/request?q=1");
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["path"], "/request");
+    assert_eq!(seen["query"], "q=1");
+    assert_eq!(seen["context-path"], "/one");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["headers"]["x-forwarded-prefix"], "/one");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "127.0.0.1");
+    assert_eq!(get(&mut kept, "/one/pid"), (200, one.clone()));
+
+    // With the node paused, the app still answers on the connection it was handed.
+    node.signal(libc::SIGSTOP);
+    let answered = get(&mut kept, "/one/pid");
+    node.signal(libc::SIGCONT);
+    assert_eq!(
+        answered,
+        (200, one.clone()),
+        "the app serves the connection itself"
+    );
+
+    // Another app's request goes back to the node with the connection, and on to that app;
+    // the node serves the connection from then on.
+    assert_eq!(get(&mut kept, "/two/pid"), (200, two));
+    assert_eq!(get(&mut kept, "/one/pid"), (200, one));
+    let (status, _) = get(&mut kept, "/nowhere");
+    assert_eq!(status, 404, "the node's page for no app");
+
+    // What the app answered on its own connection is counted at the node, with what the node
+    // passed on: three and one.
+    eventually("the app's answers in the node's metrics", PATIENCE, || {
+        get_text_at(management, "metrics").lines().any(|line| {
+            line.starts_with("immutant_http_requests_total{")
+                && line.contains("context=\"/one\"")
+                && line.contains("status=\"200\"")
+                && line.ends_with(" 4")
+        })
+    });
+}
+
+#[test]
+fn an_idle_handed_connection_outlives_a_redeploy() {
+    let base = Base::installed();
+    let project = webprobe();
+    base.deploy(&project, Some("steady"));
+    let offset = free_offset();
+    let node = start_node(&base, "redeploying", offset, &[]);
+    node.wait_for("Deployed \"steady\"", BUILD_PATIENCE);
+    let (http, management) = (8080 + offset, 9990 + offset);
+    let first = app_pid(management, "steady").unwrap();
+
+    let mut kept = connect(http);
+    assert_eq!(get(&mut kept, "/steady/pid"), (200, first.clone()));
+    base.deploy(&project, Some("steady"));
+    eventually("the new process serving", PATIENCE, || {
+        app_pid(management, "steady").is_some_and(|pid| pid != first)
+    });
+    let second = app_pid(management, "steady").unwrap();
+    eventually("the old process gone", PATIENCE, || {
+        !std::path::Path::new(&format!("/proc/{first}")).exists()
+    });
+    // The old process gave its idle connection back as it stopped: the next request on it is
+    // the new process's.
+    assert_eq!(get(&mut kept, "/steady/pid"), (200, second));
+}
