@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use immutant_e2e::{
     BUILD_PATIENCE, Base, PATIENCE, eventually, free_offset, get_json_at, get_text_at, start_node,
