@@ -253,61 +253,8 @@ pub async fn serve_returned<A: Answerer>(
         hsts: false,
         activity: None,
     };
-    let stream = Prefixed {
-        read,
-        offset: 0,
-        stream,
-    };
+    let stream = immutant_protocol::handoff::Prefixed::new(read, stream);
     serve_connection(stream, exchange, Protocols::Http1, shutdown).await;
-}
-
-/// A connection with bytes already read from it, which are read again first.
-struct Prefixed {
-    read: Vec<u8>,
-    offset: usize,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.offset < this.read.len() {
-            let rest = &this.read[this.offset..];
-            let taken = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..taken]);
-            this.offset += taken;
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 /// Serves a connection over TLS: its handshake within [`HANDSHAKE_TIMEOUT`], then the protocol

@@ -6,28 +6,16 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use immutant_protocol::web::{host_name, set_forwarded};
+use immutant_protocol::web::{host_name, is_upgrade, remove_hop_by_hop, set_forwarded};
 
 use crate::edge::OverTls;
-
-/// Headers that belong to one connection, not to the request: never passed on.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
 
 /// The request's host, lower case and without a port: its `Host` header, or the authority of
 /// its URI (HTTP/2).
@@ -173,52 +161,6 @@ async fn tunnel<G>(client_side: OnUpgrade, server_side: OnUpgrade, _guard: G) {
         &mut TokioIo::new(server_side),
     )
     .await;
-}
-
-/// Whether a request asks for an upgrade the hop can carry: not to `h2c`, which would turn the
-/// connection to the app into one nothing in between understands (h2c smuggling).
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    let upgrade = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    !upgrade.is_empty()
-        && !upgrade
-            .iter()
-            .any(|protocol| protocol.eq_ignore_ascii_case("h2c"))
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Takes out the headers that belong to one connection (and those the `Connection` header
-/// names); an upgrade keeps `Connection: upgrade` and `Upgrade`.
-fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !(upgrading && name == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if upgrading {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
 }
 
 /// HTTP/2 may split `Cookie` into one header per cookie; HTTP/1.1 wants them in one

@@ -1,10 +1,11 @@
 //! Handing a client's connection between the node and an app's process, so that the app
 //! serves the connection's requests itself rather than the node passing each one on over a
-//! second connection. The node routes a connection's first request, then sends the
-//! connection (its descriptor, `SCM_RIGHTS`) over a socket pair it made for the app's
-//! process (`IMMUTANT_WEB_HANDOFF_FD`), with the routes of every app on the node; the app
-//! serves the requests that are its own and hands the connection back, with whatever it has
-//! read of it, when one is not (or when it stops while the connection is idle).
+//! second connection. The node tells the app where every app of the node is mounted (and again
+//! whenever that changes), routes a connection's first request, then sends the connection (its
+//! descriptor, `SCM_RIGHTS`) over a socket pair it made for the app's process
+//! (`IMMUTANT_WEB_HANDOFF_FD`); the app serves the requests that are its own and gives the
+//! connection back, with whatever it has read of it, when one is not (or when it stops while
+//! the connection is idle).
 //!
 //! Each message is one datagram of the sequenced-packet pair: a kind byte, then the kind's
 //! body: `C` a connection (the descriptor beside it; the body is what was read of it already),
@@ -15,20 +16,24 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use tokio::io::Interest;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::web::Mounted;
 
 /// The environment variable holding the number of the app's end of its hand-off socket pair.
 pub const WEB_HANDOFF_FD_VAR: &str = "IMMUTANT_WEB_HANDOFF_FD";
 
-/// The most a message holds: what was read of a connection is bounded well below it by
-/// [`MAX_READ`], the routes of a node by its apps.
-pub const MAX_MESSAGE: usize = 256 * 1024;
+/// The most a message holds (below what a Unix socket takes in one datagram by default): what
+/// was read of a connection is bounded well below it by [`MAX_READ`], the routes of a node by
+/// its apps.
+pub const MAX_MESSAGE: usize = 128 * 1024;
 /// The most of a connection one side may have read and hand on with it.
 pub const MAX_READ: usize = 64 * 1024;
 
@@ -41,6 +46,107 @@ pub enum Handoff {
     Connection { read: Vec<u8>, stream: OwnedFd },
     /// The apps mounted on the node now.
     Routes(Vec<Mounted>),
+    /// A connection was sent, but its descriptor did not come: this process had no room for
+    /// one more (see [`raise_open_files_limit`]).
+    Lost,
+}
+
+/// Raises this process's limit of open descriptors to the most it may have: every client
+/// connection a process serves holds one.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}
+
+/// Marks `fd` (one inherited from the node) closed at exec, so that a process the app starts
+/// does not inherit it.
+pub fn close_on_exec(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let flags = rustix::io::fcntl_getfd(fd)?;
+    Ok(rustix::io::fcntl_setfd(
+        fd,
+        flags | rustix::io::FdFlags::CLOEXEC,
+    )?)
+}
+
+/// A connection with bytes already read from it, which are read again first.
+pub struct Prefixed<S> {
+    read: Vec<u8>,
+    offset: usize,
+    stream: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `stream`, of which `read` was read already.
+    pub fn new(read: Vec<u8>, stream: S) -> Prefixed<S> {
+        Prefixed {
+            read,
+            offset: 0,
+            stream,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.offset < this.read.len() {
+            let rest = &this.read[this.offset..];
+            let taken = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..taken]);
+            this.offset += taken;
+            if this.offset == this.read.len() {
+                this.read = Vec::new();
+                this.offset = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// One end of a hand-off socket pair.
@@ -148,14 +254,19 @@ impl HandoffChannel {
                         fds.extend(received);
                     }
                 }
-                Ok((message.bytes, fds))
+                // Its descriptor did not come (this process had no room for one more).
+                let truncated = message.flags.contains(ReturnFlags::CTRUNC);
+                Ok((message.bytes, fds, truncated))
             });
-            let (length, mut fds) = match received {
+            let (length, mut fds, truncated) = match received {
                 Ok(received) => received?,
                 Err(_would_block) => continue,
             };
-            if length == 0 && fds.is_empty() {
+            if length == 0 && fds.is_empty() && !truncated {
                 return Ok(None);
+            }
+            if truncated {
+                return Ok(Some(Handoff::Lost));
             }
             let message = &buffer[..length.min(buffer.len())];
             match (message.split_first(), fds.pop()) {

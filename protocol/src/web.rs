@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 /// The buckets of every `_seconds` histogram a node keeps: from half a millisecond to a minute.
@@ -172,6 +172,64 @@ pub fn set_forwarded(
         _ => {
             headers.remove("x-forwarded-prefix");
         }
+    }
+}
+
+/// Headers that belong to one connection, not to the request: never passed on.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether a request asks for an upgrade the hop can carry: not to `h2c`, which would turn the
+/// connection to the app into one nothing in between understands (h2c smuggling).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    !upgrade.is_empty()
+        && !upgrade
+            .iter()
+            .any(|protocol| protocol.eq_ignore_ascii_case("h2c"))
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Takes out the headers that belong to one connection (and those the `Connection` header
+/// names); an upgrade keeps `Connection: upgrade` and `Upgrade`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !(upgrading && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
     }
 }
 

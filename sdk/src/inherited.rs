@@ -1,7 +1,7 @@
 //! Descriptors the node hands down to the app's process (its socket, its web listener): each
 //! is taken at most once, since two owners of one descriptor would close it under each other.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use immutant_protocol::SOCKET_FD_VAR;
@@ -34,12 +34,13 @@ pub static WEB: Inherited = Inherited {
     taken: AtomicBool::new(false),
 };
 
-/// The app's end of the socket pair the node hands it client connections over.
+/// The app's end of the socket pair the node hands it client connections over (taken with
+/// the web listener: see [`WEB`]).
 #[cfg(feature = "web")]
 pub static WEB_HANDOFF: Inherited = Inherited {
     var: immutant_protocol::handoff::WEB_HANDOFF_FD_VAR,
     taken_by: "App::web",
-    instead: "merge your routers into one (Router::merge or Router::nest) and mount that",
+    instead: "mount one router, once (Router::merge or Router::nest make one of many)",
     taken: AtomicBool::new(false),
 };
 
@@ -67,7 +68,10 @@ impl Inherited {
         }
         // SAFETY: the node started this process with this descriptor open for the app, and
         // nothing else in the process owns it: `taken` lets only this first call take it.
-        Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A process the app starts does not inherit it.
+        immutant_protocol::handoff::close_on_exec(fd.as_fd())?;
+        Ok(Some(fd))
     }
 }
 

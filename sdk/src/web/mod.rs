@@ -72,14 +72,19 @@ impl WebServer {
             Some(end) => Some(HandoffChannel::new(end)?),
             None => None,
         };
+        let handed = handoff.is_some();
         if let Some(channel) = handoff {
             let app = &welcome.app;
             let served = handoff::Served::new(app, &welcome.context_path, router.clone(), channel);
-            done.push(tokio::spawn(handoff::serve(
-                served.clone(),
-                stopped.clone(),
-            )));
-            let report = handoff::report(served, connection.clone(), stopped.clone());
+            let (finished, done_serving) = tokio::sync::oneshot::channel::<()>();
+            let serving = handoff::serve(served.clone(), stopped.clone());
+            done.push(tokio::spawn(async move {
+                serving.await;
+                drop(finished);
+            }));
+            let report = handoff::report(served, connection.clone(), async move {
+                let _ = done_serving.await;
+            });
             done.push(tokio::spawn(report));
         }
         let mut stopped = stopped;
@@ -95,10 +100,11 @@ impl WebServer {
             }
         }));
         let id = connection.next_id();
-        let handoff = done.len() > 1;
-        connection
-            .call(id, Frame::new(Header::Web { id, handoff }))
-            .await?;
+        let header = Header::Web {
+            id,
+            handoff: handed,
+        };
+        connection.call(id, Frame::new(header)).await?;
         Ok(WebServer { stop, done })
     }
 

@@ -219,7 +219,7 @@ async fn drain(deployment: &Deployment, context: &AppContext) {
         warn!(
             "{} still had {} web requests in flight after {} s; stopping it anyway",
             deployment.name,
-            backend.in_flight(),
+            backend.passing_on(),
             limit.as_secs()
         );
     }

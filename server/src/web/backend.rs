@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -75,9 +75,10 @@ pub struct Backend {
     in_flight: AtomicUsize,
     idle_notify: Notify,
     /// The node's end of the process's hand-off pair, until the app says it serves the
-    /// connections it is handed; then the channel over it.
+    /// connections it is handed; then the channel over it, while the node hands connections
+    /// over it (see [`super::handoff::follow`]).
     handoff_end: Mutex<Option<OwnedFd>>,
-    handoff: OnceLock<Arc<HandoffChannel>>,
+    handoff: Mutex<Option<Arc<HandoffChannel>>>,
     /// The requests in flight on the connections the app serves itself, as it last said.
     reported_in_flight: AtomicUsize,
 }
@@ -90,7 +91,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             idle_notify: Notify::new(),
             handoff_end: Mutex::new(Some(handoff_end)),
-            handoff: OnceLock::new(),
+            handoff: Mutex::new(None),
             reported_in_flight: AtomicUsize::new(0),
         }
     }
@@ -99,14 +100,17 @@ impl Backend {
     /// time (it is opened on the current runtime); `None` after, or if it cannot be opened.
     pub(super) fn open_handoff(&self) -> Option<Arc<HandoffChannel>> {
         let end = immutant_foundation::sync::lock(&self.handoff_end).take()?;
-        let channel = Arc::new(HandoffChannel::new(end).ok()?);
-        self.handoff.set(channel.clone()).ok()?;
-        Some(channel)
+        Some(Arc::new(HandoffChannel::new(end).ok()?))
     }
 
-    /// The channel client connections are handed to the app over, if it takes them.
-    pub(super) fn handoff(&self) -> Option<&Arc<HandoffChannel>> {
-        self.handoff.get()
+    /// Connections are handed over `channel` from now on (`None`: no more).
+    pub(super) fn hand_over(&self, channel: Option<Arc<HandoffChannel>>) {
+        *immutant_foundation::sync::lock(&self.handoff) = channel;
+    }
+
+    /// The channel client connections are handed to the app over, if they are.
+    pub(super) fn handoff(&self) -> Option<Arc<HandoffChannel>> {
+        immutant_foundation::sync::lock(&self.handoff).clone()
     }
 
     /// What the app says is in flight on the connections it serves itself.

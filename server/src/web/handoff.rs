@@ -23,7 +23,7 @@ use immutant_protocol::handoff::{Handoff, HandoffChannel};
 use immutant_protocol::web::host_name;
 use tokio::net::TcpStream;
 
-use super::backend::Backend;
+use super::backend::{Backend, InFlight};
 use super::routes::Target;
 use super::{Web, router};
 
@@ -33,6 +33,9 @@ const HEAD_LOOKED_AT: usize = 4096;
 const FIRST_REQUEST_LIMIT: Duration = Duration::from_secs(30);
 /// Headers a first request may have to be looked at.
 const MAX_HEADERS: usize = 64;
+/// How long handing a connection over may take before it is served here instead (the app's
+/// process is not taking them in).
+const HANDING_LIMIT: Duration = Duration::from_secs(1);
 
 /// Takes connections off the node's HTTP port for the apps they are for.
 pub struct HandOff {
@@ -61,24 +64,34 @@ async fn claim(web: &Web, stream: TcpStream, peer: SocketAddr) -> Option<TcpStre
         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
         Ok(Ok(looked)) => looked,
     };
-    let Some(backend) = backend_for(web, &head[..looked]) else {
+    // Counted in flight until it is handed: a drain of the app waits for it, so the app is
+    // not asked to stop before it has it.
+    let Some(in_flight) = routed(web, &head[..looked]) else {
         return Some(stream);
     };
-    let channel = backend.handoff()?.clone();
-    match channel.send_connection(&[], stream.as_fd()).await {
+    let Some(channel) = in_flight.backend().handoff() else {
+        return Some(stream);
+    };
+    let handed = channel.send_connection(&[], stream.as_fd());
+    match tokio::time::timeout(HANDING_LIMIT, handed).await {
         // The app has its own descriptor of the connection; this one closes.
-        Ok(()) => None,
-        Err(error) => {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => {
             tracing::debug!("a connection could not be handed to its app: {error}");
+            Some(stream)
+        }
+        Err(_) => {
+            tracing::debug!("a connection could not be handed to its app: it takes none now");
             Some(stream)
         }
     }
 }
 
-/// The process a connection whose first bytes are `head` is handed to: the one serving the
-/// app its first request is for, if the whole head is there, the app's process takes
-/// connections, and nothing in the request needs the node (see the module's doc).
-fn backend_for(web: &Web, head: &[u8]) -> Option<Arc<Backend>> {
+/// A request in flight to the process a connection whose first bytes are `head` is handed
+/// to: the one serving the app its first request is for, if the whole head is there, the
+/// app's process takes connections, and nothing in the request needs the node (see the
+/// module's doc).
+fn routed(web: &Web, head: &[u8]) -> Option<InFlight> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(_)) = request.parse(head) else {
@@ -86,11 +99,14 @@ fn backend_for(web: &Web, head: &[u8]) -> Option<Arc<Backend>> {
     };
     // Origin form only: `OPTIONS *` and absolute targets are the node's to answer.
     let target = request.path.filter(|target| target.starts_with('/'))?;
-    let mut host = "";
+    let mut host = None;
     for header in request.headers.iter() {
         let value = std::str::from_utf8(header.value).ok()?;
         if header.name.eq_ignore_ascii_case("host") {
-            host = value;
+            // Two hosts: which one is meant is the node's to say (hyper refuses it).
+            if host.replace(value).is_some() {
+                return None;
+            }
         }
         // Only a WebSocket is upgraded to, as when the node passes requests on.
         if header.name.eq_ignore_ascii_case("upgrade")
@@ -101,44 +117,60 @@ fn backend_for(web: &Web, head: &[u8]) -> Option<Arc<Backend>> {
     }
     let path = target.split('?').next().unwrap_or(target);
     let routes = web.routes();
-    let route = routes.find(&host_name(host), path)?;
+    let route = routes.find(&host_name(host.unwrap_or("")), path)?;
     match &route.target {
-        Target::Up(backend) if backend.handoff().is_some() => Some(backend.clone()),
+        Target::Up(backend) => Some(backend.begin()),
         _ => None,
     }
 }
 
-/// Follows an app's process that takes connections over `channel`: tells
-/// it where every app is mounted, at once and whenever that changes, and serves the
-/// connections it gives back, until the process closes its end or the node stops.
-pub(super) async fn follow(web: Arc<Web>, channel: Arc<HandoffChannel>, shutdown: Shutdown) {
+/// Follows the app's process behind `backend`, which takes connections over `channel`: tells
+/// it where every app is mounted, then hands it connections, and tells it again whenever that
+/// changes; serves the connections it gives back; until the process closes its end. Then (or
+/// if it cannot be told the routes) no more connections are handed to it.
+pub(super) async fn follow(
+    web: Arc<Web>,
+    backend: Arc<Backend>,
+    channel: Arc<HandoffChannel>,
+    shutdown: Shutdown,
+) {
     let mut changes = web.changes();
     let mut buffer = Vec::new();
     let mut told = None;
     loop {
         let mounted = web.routes().mounted();
         if told.as_ref() != Some(&mounted) {
-            if channel.send_routes(&mounted).await.is_err() {
-                return;
+            if let Err(error) = channel.send_routes(&mounted).await {
+                tracing::warn!(
+                    "cannot tell an app's process where apps are mounted ({error}); the node passes its requests on"
+                );
+                break;
+            }
+            if told.is_none() {
+                backend.hand_over(Some(channel.clone()));
             }
             told = Some(mounted);
         }
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
+            changed = changes.changed() => if changed.is_err() { break },
             received = channel.recv(&mut buffer) => match received {
                 Ok(Some(Handoff::Connection { read, stream })) => {
                     serve_given_back(&web, read, stream, &shutdown);
+                }
+                Ok(Some(Handoff::Lost)) => {
+                    tracing::warn!("a connection an app gave back was lost: the node has no descriptor left for it");
                 }
                 // Where apps are mounted is the node's to say.
                 Ok(Some(Handoff::Routes(_))) => {}
                 Ok(None) | Err(_) => break,
             },
-            _ = shutdown.cancelled() => break,
         }
     }
+    backend.hand_over(None);
 }
 
-/// Serves a connection an app gave back, of which it read `read`, as the node serves its own.
+/// Serves a connection an app gave back, of which it read `read`, as the node serves its own
+/// (a port that hands connections over never redirects to HTTPS).
 fn serve_given_back(
     web: &Arc<Web>,
     read: Vec<u8>,

@@ -98,7 +98,8 @@ impl Web {
 
     /// From now until `shutdown`, the HTTP port's connections are handed to the apps their
     /// first requests are for (see [`handoff`]), when their processes take them: what takes
-    /// them off the port.
+    /// them off the port. Only for a port that serves its clients (one that redirects them to
+    /// HTTPS has nothing to hand over): connections given back are served so.
     pub fn hand_off_connections(self: &Arc<Self>, shutdown: Shutdown) -> Arc<dyn Claim> {
         let _ = self.handing_off.set(shutdown);
         Arc::new(handoff::HandOff { web: self.clone() })
@@ -106,12 +107,13 @@ impl Web {
 
     /// The app's process behind `backend` serves the client connections it is handed: it is
     /// told where apps are mounted, and handed connections from now on (if the node hands any).
-    pub fn takes_connections(self: &Arc<Self>, backend: &Backend) {
+    pub fn takes_connections(self: &Arc<Self>, backend: &Arc<Backend>) {
         let Some(shutdown) = self.handing_off.get() else {
             return;
         };
         if let Some(channel) = backend.open_handoff() {
-            tokio::spawn(handoff::follow(self.clone(), channel, shutdown.clone()));
+            let follow = handoff::follow(self.clone(), backend.clone(), channel, shutdown.clone());
+            tokio::spawn(follow);
         }
     }
 

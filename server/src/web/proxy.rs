@@ -65,7 +65,8 @@ pub async fn handle(web: Arc<Web>, client: SocketAddr, request: Request<Body>) -
 }
 
 /// Counts what an app answered on the connections it serves itself, as it reported it (see
-/// [`immutant_protocol::Header::WebCounts`]): each time as the upper bound of its bucket.
+/// [`immutant_protocol::Header::WebCounts`]): each time as the upper bound of its bucket, and
+/// one longer than the longest bucket as twice that (only `+Inf` counts it).
 pub fn record_answered(context_path: &str, statuses: &[(u16, u64)], seconds: &[u64]) {
     let context = context_path.to_string();
     for (status, count) in statuses {

@@ -1,0 +1,360 @@
+//! One handed connection as the app sees it: what was read of it since its last answer (to give
+//! it back to the node with), whether it waits for a request, and the signals that reach the
+//! task serving it (a request to give back, the app stopping, a look for silence). Each is kept
+//! per connection, so that serving a request touches nothing another thread touches.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::http::Request;
+use futures_util::task::AtomicWaker;
+use immutant_protocol::handoff::{MAX_READ, Prefixed};
+use immutant_protocol::web::Mounted;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::Served;
+
+/// A request of this connection is another app's: give the connection back.
+pub(super) const GIVE_BACK: u8 = 1;
+/// The app stops.
+pub(super) const STOP: u8 = 2;
+/// Time to see whether the connection said anything since the last look.
+pub(super) const LOOK: u8 = 4;
+
+/// The most headers a request given back may have (as the node looks at a first request).
+const MAX_HEADERS: usize = 64;
+
+/// What one handed connection is doing.
+pub(super) struct ConnectionState {
+    pub(super) served: Arc<Served>,
+    /// Every byte read since the last answer was written: the request being read (or, from a
+    /// client that does not wait for answers, more).
+    read: Mutex<Read>,
+    /// An answer was written since the last read.
+    wrote: AtomicBool,
+    /// Part of an answer is not written yet (the client reads slowly).
+    unwritten: AtomicBool,
+    /// The last thing the connection did was wait for the client to send something.
+    waiting: AtomicBool,
+    /// A request's body was not read to its end: where the next request begins in what was
+    /// read is not known, so the connection cannot go back to the node.
+    tainted: AtomicBool,
+    /// Requests whose answers are not all given yet.
+    pub(super) answering: AtomicUsize,
+    /// Requests whose heads came, ever.
+    pub(super) begun: AtomicU64,
+    /// Signals for the task serving the connection, and its waker.
+    signals: AtomicU8,
+    waker: AtomicWaker,
+    /// The request going back, with what was read of it, and who hears whether it went.
+    giving_back: Mutex<Option<(Vec<u8>, oneshot::Sender<bool>)>>,
+    /// The routes this connection's requests were last routed by, and their version.
+    routes: Mutex<(u64, Option<Arc<Vec<Mounted>>>)>,
+}
+
+#[derive(Default)]
+struct Read {
+    bytes: Vec<u8>,
+    /// More than a hand-off carries was read since the last answer.
+    overflowed: bool,
+}
+
+impl ConnectionState {
+    pub(super) fn new(served: Arc<Served>) -> ConnectionState {
+        ConnectionState {
+            served,
+            read: Mutex::default(),
+            wrote: AtomicBool::new(false),
+            unwritten: AtomicBool::new(false),
+            // Nothing read yet: the connection waits for its first request.
+            waiting: AtomicBool::new(true),
+            tainted: AtomicBool::new(false),
+            answering: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+            giving_back: Mutex::new(None),
+            routes: Mutex::new((u64::MAX, None)),
+        }
+    }
+
+    /// Tells the task serving the connection.
+    pub(super) fn signal(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The signals since the last call, if any; wakes `cx` at the next.
+    pub(super) fn poll_signals(&self, cx: &mut Context<'_>) -> Option<u8> {
+        self.waker.register(cx.waker());
+        let signals = self.signals.swap(0, Ordering::AcqRel);
+        (signals != 0).then_some(signals)
+    }
+
+    /// Whether a request for `host` and `path` is this app's, by the routes the node said
+    /// last (until it has said any: whether it is under the app's context path).
+    pub(super) fn serves(&self, host: &str, path: &str) -> bool {
+        let served = &self.served;
+        let mut routes = lock(&self.routes);
+        let version = served.routes_version.load(Ordering::Acquire);
+        if routes.0 != version {
+            *routes = (version, served.routes());
+        }
+        match &routes.1 {
+            None => served.mounted.covers(path),
+            Some(mounts) => immutant_protocol::web::find(mounts, host, path).is_some_and(|mount| {
+                mount.app == served.mounted.app && mount.context_path == served.mounted.context_path
+            }),
+        }
+    }
+
+    fn recorded(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut read = lock(&self.read);
+        if self.wrote.swap(false, Ordering::AcqRel) {
+            read.bytes.clear();
+            read.overflowed = false;
+        }
+        if read.overflowed || read.bytes.len() + bytes.len() > MAX_READ {
+            read.overflowed = true;
+            read.bytes = Vec::new();
+        } else {
+            read.bytes.extend_from_slice(bytes);
+        }
+    }
+
+    /// What was read since the last answer, if a hand-off can carry it and it is all there
+    /// is: nothing of an answer waits to be written, and no earlier body was left unread.
+    fn read_since_answer(&self) -> Option<Vec<u8>> {
+        if self.tainted.load(Ordering::Acquire) || self.unwritten.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.wrote.load(Ordering::Acquire) {
+            return Some(Vec::new());
+        }
+        let read = lock(&self.read);
+        (!read.overflowed).then(|| read.bytes.clone())
+    }
+
+    /// Keeps `request` (another app's) to give back, with what was read of it, if that is
+    /// exactly where it begins (its head, as the node will read it, then no more than its
+    /// body); the receiver hears whether it went.
+    pub(super) fn give_back<B>(&self, request: &Request<B>) -> Option<oneshot::Receiver<bool>> {
+        let read = self.read_since_answer()?;
+        if !begins_with(&read, request) {
+            return None;
+        }
+        let (told, hears) = oneshot::channel();
+        *lock(&self.giving_back) = Some((read, told));
+        self.signal(GIVE_BACK);
+        Some(hears)
+    }
+
+    /// The request kept to give back, if any.
+    pub(super) fn taken_back(&self) -> Option<(Vec<u8>, oneshot::Sender<bool>)> {
+        lock(&self.giving_back).take()
+    }
+
+    /// What to give back with the connection now if it is idle: no request being answered,
+    /// waiting for the next, of which only part of the head (or nothing) has come.
+    pub(super) fn idle(&self) -> Option<Vec<u8>> {
+        if self.answering.load(Ordering::Acquire) != 0 || !self.waiting.load(Ordering::Acquire) {
+            return None;
+        }
+        let read = self.read_since_answer()?;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let partial = read.is_empty()
+            || matches!(
+                httparse::Request::new(&mut headers).parse(&read),
+                Ok(httparse::Status::Partial)
+            );
+        partial.then_some(read)
+    }
+
+    /// Whether the connection may still go back to the node: where its requests begin in
+    /// what is read of it is known.
+    pub(super) fn can_go_back(&self) -> bool {
+        !self.tainted.load(Ordering::Acquire)
+    }
+
+    /// A request's answer is all given; `body_read`: its body was read to its end.
+    pub(super) fn answered(&self, body_read: bool) {
+        if !body_read {
+            self.tainted.store(true, Ordering::Release);
+        }
+        self.answering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether `read` is `request`'s head (method, target and host as hyper read them), then no
+/// more than its body.
+fn begins_with<B>(read: &[u8], request: &Request<B>) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(length)) = head.parse(read) else {
+        return false;
+    };
+    let target = request.uri().path_and_query().map(|target| target.as_str());
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .map(|host| host.as_bytes());
+    let header = |name: &str| {
+        head.headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| header.value)
+    };
+    if head.method != Some(request.method().as_str())
+        || head.path != target
+        || header("host") != host
+    {
+        return false;
+    }
+    let after = read.len() - length;
+    if header("transfer-encoding").is_some() {
+        return after == 0;
+    }
+    let body = header("content-length")
+        .and_then(|length| {
+            std::str::from_utf8(length)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0);
+    after <= body
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A handed connection: what the node read of it first, then the socket; every read recorded
+/// and every write marked in its [`ConnectionState`].
+pub(super) struct Recorded {
+    stream: Prefixed<TcpStream>,
+    state: Arc<ConnectionState>,
+}
+
+impl Recorded {
+    pub(super) fn new(read: Vec<u8>, stream: TcpStream, state: Arc<ConnectionState>) -> Recorded {
+        Recorded {
+            stream: Prefixed::new(read, stream),
+            state,
+        }
+    }
+
+    /// A write of `wanted` bytes gave `written`.
+    fn wrote(&self, wanted: usize, written: &Poll<std::io::Result<usize>>) {
+        let state = &self.state;
+        state.waiting.store(false, Ordering::Release);
+        state.wrote.store(true, Ordering::Release);
+        let all = matches!(written, Poll::Ready(Ok(written)) if *written == wanted);
+        state.unwritten.store(!all, Ordering::Release);
+    }
+}
+
+impl AsyncRead for Recorded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let state = &self.state;
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                state.waiting.store(false, Ordering::Release);
+                state.recorded(&buf.filled()[before..]);
+            }
+            Poll::Pending => state.waiting.store(true, Ordering::Release),
+            Poll::Ready(Err(_)) => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(buf.len(), &written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(bufs.iter().map(|buf| buf.len()).sum(), &written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(target: &str) -> Request<()> {
+        Request::get(target)
+            .header("host", "127.0.0.1")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_request_read_from_its_beginning_goes_back() {
+        let head = b"GET /other?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        assert!(begins_with(head, &get("/other?x=1")));
+        assert!(!begins_with(head, &get("/other")), "another target");
+        assert!(
+            !begins_with(&head[..20], &get("/other?x=1")),
+            "not all of it"
+        );
+        let mut smuggled = head.to_vec();
+        smuggled.extend_from_slice(b"GET /evil HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        assert!(
+            !begins_with(&smuggled, &get("/other?x=1")),
+            "more than the request"
+        );
+        let tail = b"tail of a body GET /other?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        assert!(
+            !begins_with(tail, &get("/other?x=1")),
+            "what came before it"
+        );
+        let post = b"POST /other HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\nab";
+        let request = Request::post("/other")
+            .header("host", "127.0.0.1")
+            .body(())
+            .unwrap();
+        assert!(begins_with(post, &request), "its body begun");
+    }
+}
