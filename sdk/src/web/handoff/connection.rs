@@ -38,8 +38,6 @@ pub(super) struct ConnectionState {
     wrote: AtomicBool,
     /// Part of an answer is not written yet (the client reads slowly).
     unwritten: AtomicBool,
-    /// The last thing the connection did was wait for the client to send something.
-    waiting: AtomicBool,
     /// A request's body was not read to its end: where the next request begins in what was
     /// read is not known, so the connection cannot go back to the node.
     tainted: AtomicBool,
@@ -70,8 +68,6 @@ impl ConnectionState {
             read: Mutex::default(),
             wrote: AtomicBool::new(false),
             unwritten: AtomicBool::new(false),
-            // Nothing read yet: the connection waits for its first request.
-            waiting: AtomicBool::new(true),
             tainted: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
             begun: AtomicU64::new(0),
@@ -161,10 +157,11 @@ impl ConnectionState {
         lock(&self.giving_back).take()
     }
 
-    /// What to give back with the connection now if it is idle: no request being answered,
-    /// waiting for the next, of which only part of the head (or nothing) has come.
+    /// What to give back with the connection now if it is idle: no request being answered
+    /// (hyper hands a request over in the same poll that reads the end of its head, and this is
+    /// never asked during one), and of the next only part of the head (or nothing) read.
     pub(super) fn idle(&self) -> Option<Vec<u8>> {
-        if self.answering.load(Ordering::Acquire) != 0 || !self.waiting.load(Ordering::Acquire) {
+        if self.answering.load(Ordering::Acquire) != 0 {
             return None;
         }
         let read = self.read_since_answer()?;
@@ -257,7 +254,6 @@ impl Recorded {
     /// A write of `wanted` bytes gave `written`.
     fn wrote(&self, wanted: usize, written: &Poll<std::io::Result<usize>>) {
         let state = &self.state;
-        state.waiting.store(false, Ordering::Release);
         state.wrote.store(true, Ordering::Release);
         let all = matches!(written, Poll::Ready(Ok(written)) if *written == wanted);
         state.unwritten.store(!all, Ordering::Release);
@@ -272,14 +268,8 @@ impl AsyncRead for Recorded {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        let state = &self.state;
-        match &polled {
-            Poll::Ready(Ok(())) => {
-                state.waiting.store(false, Ordering::Release);
-                state.recorded(&buf.filled()[before..]);
-            }
-            Poll::Pending => state.waiting.store(true, Ordering::Release),
-            Poll::Ready(Err(_)) => {}
+        if let Poll::Ready(Ok(())) = &polled {
+            self.state.recorded(&buf.filled()[before..]);
         }
         polled
     }

@@ -207,7 +207,10 @@ async fn serve_connection(served: Arc<Served>, read: Vec<u8>, stream: OwnedFd) {
     let io = Recorded::new(read, stream, state.clone());
     let service = {
         let state = state.clone();
-        hyper::service::service_fn(move |request| answer(state.clone(), peer, request))
+        // Counted as it is handed over, before its answer is first polled.
+        hyper::service::service_fn(move |request| {
+            answer(state.clone(), Answering::begin(&state), peer, request)
+        })
     };
     // No timer for hyper (one armed for every request's head costs more than the request):
     // a look for silence every IDLE_LIMIT (from `serve`) closes a silent connection.
@@ -324,6 +327,7 @@ impl Drop for Registered<'_> {
 /// Answers one request of a handed connection: this app's, or back to the node with it.
 async fn answer(
     state: Arc<ConnectionState>,
+    mut answering: Answering,
     peer: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -343,7 +347,7 @@ async fn answer(
         }
         let again = ask_again(request.uri());
         state.served.counts.answered(again.status(), Duration::ZERO);
-        return Ok(again);
+        return Ok(again.map(|body| Body::new(Guarded::new(body, answering))));
     }
     let served = &state.served;
     let relative = served.mounted.relative(request.uri().path());
@@ -359,7 +363,6 @@ async fn answer(
     remove_hop_by_hop(headers, upgrading);
     let context_path = &served.mounted.context_path;
     set_forwarded(headers, peer.ip(), host, context_path, "http", false);
-    let mut answering = Answering::begin(&state);
     let request = match hyper::body::Body::is_end_stream(request.body()) {
         true => request.map(Body::new),
         false => request.map(|body| answering.watch(Body::new(body))),
