@@ -13,6 +13,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
@@ -73,80 +74,6 @@ pub fn close_on_exec(fd: BorrowedFd<'_>) -> std::io::Result<()> {
         fd,
         flags | rustix::io::FdFlags::CLOEXEC,
     )?)
-}
-
-/// A connection with bytes already read from it, which are read again first.
-pub struct Prefixed<S> {
-    read: Vec<u8>,
-    offset: usize,
-    stream: S,
-}
-
-impl<S> Prefixed<S> {
-    /// `stream`, of which `read` was read already.
-    pub fn new(read: Vec<u8>, stream: S) -> Prefixed<S> {
-        Prefixed {
-            read,
-            offset: 0,
-            stream,
-        }
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.stream
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.offset < this.read.len() {
-            let rest = &this.read[this.offset..];
-            let taken = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..taken]);
-            this.offset += taken;
-            if this.offset == this.read.len() {
-                this.read = Vec::new();
-                this.offset = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 /// One end of a hand-off socket pair.
@@ -285,6 +212,116 @@ impl HandoffChannel {
                 _ => {}
             }
         }
+    }
+}
+
+/// A connection handed over (its descriptor), as a tokio stream, and its client's address.
+pub fn tcp_stream(stream: OwnedFd) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    let stream = std::net::TcpStream::from(stream);
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::TcpStream::from_std(stream)?;
+    let peer = stream.peer_addr()?;
+    Ok((stream, peer))
+}
+
+/// What a [`Prefixed`] connection tells of its reads and writes (nothing, by default).
+pub trait Observer: Unpin {
+    /// `bytes` were read.
+    fn read(&self, _bytes: &[u8]) {}
+    /// A write of `wanted` bytes gave `written`.
+    fn wrote(&self, _wanted: usize, _written: &Poll<std::io::Result<usize>>) {}
+}
+
+impl Observer for () {}
+
+/// A connection with bytes already read from it, which are read again first; what is read and
+/// written is told to its [`Observer`].
+pub struct Prefixed<S, O: Observer = ()> {
+    read: Vec<u8>,
+    offset: usize,
+    stream: S,
+    observer: O,
+}
+
+impl<S> Prefixed<S> {
+    /// `stream`, of which `read` was read already.
+    pub fn new(read: Vec<u8>, stream: S) -> Prefixed<S> {
+        Prefixed::observed(read, stream, ())
+    }
+}
+
+impl<S, O: Observer> Prefixed<S, O> {
+    /// `stream`, of which `read` was read already, its reads and writes told to `observer`.
+    pub fn observed(read: Vec<u8>, stream: S, observer: O) -> Prefixed<S, O> {
+        Prefixed {
+            read,
+            offset: 0,
+            stream,
+            observer,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin, O: Observer> AsyncRead for Prefixed<S, O> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        if this.offset < this.read.len() {
+            let rest = &this.read[this.offset..];
+            let taken = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..taken]);
+            this.offset += taken;
+            if this.offset == this.read.len() {
+                this.read = Vec::new();
+                this.offset = 0;
+            }
+            this.observer.read(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &polled {
+            this.observer.read(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin, O: Observer> AsyncWrite for Prefixed<S, O> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.observer.wrote(buf.len(), &written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        let wanted = bufs.iter().map(|buf| buf.len()).sum();
+        self.observer.wrote(wanted, &written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

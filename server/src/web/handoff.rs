@@ -177,12 +177,9 @@ fn serve_given_back(
     stream: std::os::fd::OwnedFd,
     shutdown: &Shutdown,
 ) {
-    let stream = std::net::TcpStream::from(stream);
-    let stream = stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream));
-    let Ok(stream) = stream else { return };
-    let Ok(peer) = stream.peer_addr() else { return };
+    let Ok((stream, peer)) = immutant_protocol::handoff::tcp_stream(stream) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let answerer = router(web.clone(), None);
     tokio::spawn(serve_returned(

@@ -3,16 +3,14 @@
 //! task serving it (a request to give back, the app stopping, a look for silence). Each is kept
 //! per connection, so that serving a request touches nothing another thread touches.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::http::Request;
 use futures_util::task::AtomicWaker;
-use immutant_protocol::handoff::{MAX_READ, Prefixed};
+use immutant_protocol::handoff::{MAX_READ, Observer, Prefixed};
 use immutant_protocol::web::Mounted;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -238,74 +236,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A handed connection: what the node read of it first, then the socket; every read recorded
 /// and every write marked in its [`ConnectionState`].
-pub(super) struct Recorded {
-    stream: Prefixed<TcpStream>,
-    state: Arc<ConnectionState>,
-}
+pub(super) type Recorded = Prefixed<TcpStream, Recording>;
 
-impl Recorded {
-    pub(super) fn new(read: Vec<u8>, stream: TcpStream, state: Arc<ConnectionState>) -> Recorded {
-        Recorded {
-            stream: Prefixed::new(read, stream),
-            state,
-        }
+/// Records a handed connection's reads and writes in its [`ConnectionState`].
+pub(super) struct Recording(pub(super) Arc<ConnectionState>);
+
+impl Observer for Recording {
+    fn read(&self, bytes: &[u8]) {
+        self.0.recorded(bytes);
     }
 
-    /// A write of `wanted` bytes gave `written`.
     fn wrote(&self, wanted: usize, written: &Poll<std::io::Result<usize>>) {
-        let state = &self.state;
-        state.wrote.store(true, Ordering::Release);
+        self.0.wrote.store(true, Ordering::Release);
         let all = matches!(written, Poll::Ready(Ok(written)) if *written == wanted);
-        state.unwritten.store(!all, Ordering::Release);
-    }
-}
-
-impl AsyncRead for Recorded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &polled {
-            self.state.recorded(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Recorded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.wrote(buf.len(), &written);
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.wrote(bufs.iter().map(|buf| buf.len()).sum(), &written);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        self.0.unwritten.store(!all, Ordering::Release);
     }
 }
 

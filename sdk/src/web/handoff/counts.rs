@@ -137,7 +137,11 @@ impl Answering {
     pub(super) fn watch(&mut self, body: Body) -> Body {
         let read = Arc::new(AtomicBool::new(false));
         self.body_read = Some(read.clone());
-        Body::new(Watched { body, read })
+        Body::new(Tracked {
+            body,
+            read: Some(read),
+            _answering: None,
+        })
     }
 }
 
@@ -153,28 +157,26 @@ impl Drop for Answering {
     }
 }
 
-/// An answer's body, holding its request's [`Answering`] until it is all given.
-pub(super) struct Guarded {
+/// A body passed on as it is: a request's, telling when it has been read to its end, or an
+/// answer's, holding its request's [`Answering`] until it is all given.
+pub(super) struct Tracked {
     body: Body,
-    _answering: Answering,
+    read: Option<Arc<AtomicBool>>,
+    _answering: Option<Answering>,
 }
 
-impl Guarded {
-    pub(super) fn new(body: Body, answering: Answering) -> Guarded {
-        Guarded {
+impl Tracked {
+    /// An answer's `body`, its request `answering` until it is all given.
+    pub(super) fn answer(body: Body, answering: Answering) -> Body {
+        Body::new(Tracked {
             body,
-            _answering: answering,
-        }
+            read: None,
+            _answering: Some(answering),
+        })
     }
 }
 
-/// A request's body, telling when it has been read to its end.
-struct Watched {
-    body: Body,
-    read: Arc<AtomicBool>,
-}
-
-impl http_body::Body for Watched {
+impl http_body::Body for Tracked {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -183,30 +185,12 @@ impl http_body::Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
-            self.read.store(true, Ordering::Release);
+        if let Some(read) = &self.read
+            && (matches!(polled, Poll::Ready(None)) || self.body.is_end_stream())
+        {
+            read.store(true, Ordering::Release);
         }
         polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl http_body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -27,13 +27,12 @@ use hyper_util::rt::TokioIo;
 use immutant_protocol::Frame;
 use immutant_protocol::handoff::{Handoff, HandoffChannel};
 use immutant_protocol::web::{Mounted, host_name, is_upgrade, remove_hop_by_hop, set_forwarded};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::Connection;
-use connection::{ConnectionState, GIVE_BACK, LOOK, Recorded, STOP};
-use counts::{Answering, Counts, Guarded};
+use connection::{ConnectionState, GIVE_BACK, LOOK, Recorded, Recording, STOP};
+use counts::{Answering, Counts, Tracked};
 
 /// How long a connection may go without a request's head while it has nothing to be answered;
 /// it is closed after one to two of these (as hyper closes one that sends no head in time).
@@ -194,17 +193,14 @@ enum Event {
 /// or a request is another app's, or the app stops (the connection goes back to the node once
 /// it is idle).
 async fn serve_connection(served: Arc<Served>, read: Vec<u8>, stream: OwnedFd) {
-    let stream = std::net::TcpStream::from(stream);
-    let stream = stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream));
-    let Ok(stream) = stream else { return };
-    let Ok(peer) = stream.peer_addr() else { return };
+    let Ok((stream, peer)) = immutant_protocol::handoff::tcp_stream(stream) else {
+        return;
+    };
     let fd = stream.as_raw_fd();
     let state = Arc::new(ConnectionState::new(served.clone()));
     let number = served.next_connection.fetch_add(1, Ordering::Relaxed);
     let registered = Registered::new(&served, number, &state);
-    let io = Recorded::new(read, stream, state.clone());
+    let io = Recorded::observed(read, stream, Recording(state.clone()));
     let service = {
         let state = state.clone();
         // Counted as it is handed over, before its answer is first polled.
@@ -347,7 +343,7 @@ async fn answer(
         }
         let again = ask_again(request.uri());
         state.served.counts.answered(again.status(), Duration::ZERO);
-        return Ok(again.map(|body| Body::new(Guarded::new(body, answering))));
+        return Ok(again.map(|body| Tracked::answer(body, answering)));
     }
     let served = &state.served;
     let relative = served.mounted.relative(request.uri().path());
@@ -374,7 +370,7 @@ async fn answer(
         Err(never) => match never {},
     };
     served.counts.answered(response.status(), started.elapsed());
-    Ok(response.map(|body| Body::new(Guarded::new(body, answering))))
+    Ok(response.map(|body| Tracked::answer(body, answering)))
 }
 
 /// The answer to a request for another app that cannot go back to the node with its
