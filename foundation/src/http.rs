@@ -26,7 +26,7 @@ pub fn request_host(request: &Request<Body>) -> String {
         .and_then(|value| value.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
-    host_name(host)
+    host_name(host).into_owned()
 }
 
 /// The client's side of an upgrade it asked for: a classic HTTP/1.1 `Upgrade`, or an HTTP/2

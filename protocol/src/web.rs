@@ -105,13 +105,17 @@ pub fn normalize_context_path(path: &str) -> String {
     format!("/{trimmed}")
 }
 
-/// A request's host as routes name it: lower case, without its port.
-pub fn host_name(host: &str) -> String {
+/// A request's host as routes name it: lower case, without its port (borrowed when it is
+/// lower case already, as nearly every client sends it).
+pub fn host_name(host: &str) -> std::borrow::Cow<'_, str> {
     let name = match host.starts_with('[') {
         true => host.split_inclusive(']').next().unwrap_or(host),
         false => host.split(':').next().unwrap_or(host),
     };
-    name.to_ascii_lowercase()
+    match name.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(name),
+    }
 }
 
 /// Sets the `X-Forwarded-*` headers: the client's address (added to any list already there,
@@ -128,63 +132,80 @@ pub fn set_forwarded(
     scheme: &'static str,
     from_balancer: bool,
 ) {
+    // Room for what is set below, at once.
+    headers.reserve(4);
+    // Most requests say none of these: then only what is set below is done.
+    let said = headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-") || name == header::FORWARDED);
     let for_ = match headers
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|value| value.to_str().ok())
     {
         Some(list) => format!("{list}, {client}"),
         None => client.to_string(),
     };
-    if let Ok(value) = HeaderValue::from_str(&for_) {
-        headers.insert("x-forwarded-for", value);
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(for_)) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    for unsaid in ["forwarded", "x-real-ip", "x-forwarded-port"] {
-        headers.remove(unsaid);
-    }
-    // What the balancer said is the last of a list (a proxy adds to what came before it).
-    for name in ["x-forwarded-proto", "x-forwarded-host"] {
-        let last = headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|list| list.rsplit(',').next())
-            .and_then(|last| HeaderValue::from_str(last.trim()).ok());
-        if let Some(last) = last {
-            headers.insert(name, last);
+    let (mut said_proto, mut said_host) = (false, false);
+    if said {
+        for unsaid in [header::FORWARDED, X_REAL_IP, X_FORWARDED_PORT] {
+            headers.remove(unsaid);
         }
+        // What the balancer said is the last of a list (a proxy adds to what came before it).
+        for name in [X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+            let last = headers
+                .get(&name)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|list| list.rsplit(',').next())
+                .and_then(|last| HeaderValue::from_str(last.trim()).ok());
+            if let Some(last) = last {
+                headers.insert(name, last);
+            }
+        }
+        said_proto = from_balancer && headers.contains_key(X_FORWARDED_PROTO);
+        said_host = from_balancer && headers.contains_key(X_FORWARDED_HOST);
     }
-    let said_proto = from_balancer && headers.contains_key("x-forwarded-proto");
-    let said_host = from_balancer && headers.contains_key("x-forwarded-host");
     if !said_proto {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
     if let Some(host) = host {
         if !said_host {
-            headers.insert("x-forwarded-host", host.clone());
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
         headers.insert(header::HOST, host);
-    } else if !said_host {
-        headers.remove("x-forwarded-host");
+    } else if !said_host && said {
+        headers.remove(X_FORWARDED_HOST);
     }
     match HeaderValue::from_str(context_path) {
         Ok(prefix) if context_path != "/" => {
-            headers.insert("x-forwarded-prefix", prefix);
+            headers.insert(X_FORWARDED_PREFIX, prefix);
         }
-        _ => {
-            headers.remove("x-forwarded-prefix");
+        _ if said => {
+            headers.remove(X_FORWARDED_PREFIX);
         }
+        _ => {}
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Headers that belong to one connection, not to the request: never passed on.
-pub const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Whether a request asks for an upgrade the hop can carry: not to `h2c`, which would turn the
@@ -212,6 +233,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Takes out the headers that belong to one connection (and those the `Connection` header
 /// names); an upgrade keeps `Connection: upgrade` and `Upgrade`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most requests have none: then there is nothing to take out.
+    let hop_by_hop = HOP_BY_HOP;
+    let any = headers
+        .keys()
+        .any(|name| hop_by_hop.contains(name) || name == header::UPGRADE);
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -223,7 +252,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in hop_by_hop {
         headers.remove(name);
     }
     if upgrading {
@@ -331,6 +360,21 @@ mod tests {
         set_forwarded(&mut from_balancer, client, None, "/", "http", true);
         assert_eq!(from_balancer["x-forwarded-proto"], "https");
         assert_eq!(from_balancer["x-forwarded-host"], "shop.example");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        remove_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1, "nothing to take out");
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut headers, false);
+        let left: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(left, ["host"]);
     }
 
     #[test]

@@ -329,11 +329,8 @@ async fn answer(
 ) -> Result<Response<Body>, Infallible> {
     state.begun.fetch_add(1, Ordering::Relaxed);
     let host = request.headers().get(header::HOST).cloned();
-    let name = host
-        .as_ref()
-        .and_then(|host| host.to_str().ok())
-        .map(host_name)
-        .unwrap_or_default();
+    let name = host.as_ref().and_then(|host| host.to_str().ok());
+    let name = host_name(name.unwrap_or(""));
     if !state.serves(&name, request.uri().path()) {
         if let Some(went) = state.give_back(&request)
             && !matches!(went.await, Ok(false))
@@ -347,12 +344,14 @@ async fn answer(
     }
     let served = &state.served;
     let relative = served.mounted.relative(request.uri().path());
-    let uri = match request.uri().query() {
-        Some(query) => format!("{relative}?{query}"),
-        None => relative.to_string(),
-    };
-    if let Ok(uri) = uri.parse() {
-        *request.uri_mut() = uri;
+    if relative.len() != request.uri().path().len() {
+        let uri = match request.uri().query() {
+            Some(query) => format!("{relative}?{query}"),
+            None => relative.to_string(),
+        };
+        if let Ok(uri) = Uri::from_maybe_shared(bytes::Bytes::from(uri)) {
+            *request.uri_mut() = uri;
+        }
     }
     let headers = request.headers_mut();
     let upgrading = is_upgrade(headers);
