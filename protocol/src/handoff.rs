@@ -48,7 +48,7 @@ pub enum Handoff {
     /// The apps mounted on the node now.
     Routes(Vec<Mounted>),
     /// A connection was sent, but its descriptor did not come: this process had no room for
-    /// one more (see [`raise_open_files_limit`]).
+    /// one more (both sides raise their limit: [`raise_open_files_limit`]).
     Lost,
 }
 

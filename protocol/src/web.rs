@@ -17,6 +17,7 @@ pub const SECONDS_BUCKETS: [f64; 16] = [
 
 /// Where an app's web handler is mounted on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Mounted {
     pub app: String,
     /// `/` or `/name`, never with a slash at the end (see [`normalize_context_path`]).

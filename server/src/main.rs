@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     // alone: files 0600, folders 0700. Its apps inherit the same.
     // SAFETY: umask only sets this process's file mode creation mask.
     unsafe { libc::umask(0o077) };
+    // Every client connection, and every one an app gives back, holds a descriptor.
+    immutant_protocol::handoff::raise_open_files_limit();
     let args = ServerArgs::from_env();
     match immutant_server::start(args, started) {
         Ok(()) => ExitCode::SUCCESS,

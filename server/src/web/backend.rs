@@ -71,7 +71,7 @@ pub struct Backend {
     path: PathBuf,
     /// Connections to it.
     pool: Arc<ConnectionPool<()>>,
-    /// The requests the node passes on to it now.
+    /// The requests the node passes on to it now, and the connections being handed to it.
     in_flight: AtomicUsize,
     idle_notify: Notify,
     /// The node's end of the process's hand-off pair, until the app says it serves the
@@ -145,7 +145,7 @@ impl Backend {
         self.passing_on() + self.reported_in_flight.load(Ordering::SeqCst)
     }
 
-    /// The requests the node passes on to the app now.
+    /// The requests the node passes on to the app now (and connections being handed to it).
     pub fn passing_on(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }

@@ -3,8 +3,8 @@
 //! looks at the connection's first request without reading it (`MSG_PEEK`), routes it as it
 //! would pass it on, and sends the connection to that app's process when the process takes
 //! connections. Anything else is served here as before: a connection from a balancer (its
-//! requests are for every app), a first request that has not fully arrived in its first
-//! packet, one for no app, or for one that is starting or down (the node's pages), and
+//! requests are for every app), a first request whose head is not whole in the first look
+//! (up to 4 KiB), one for no app, or for one that is starting or down (the node's pages), and
 //! `OPTIONS *`.
 //!
 //! The app routes each later request of the connection by the same rules, with the routes the
@@ -53,7 +53,7 @@ impl Claim for HandOff {
 }
 
 /// Hands `stream` to the app its first request is for, or gives it back to be served here;
-/// `None` when it was handed, or closed before it said anything.
+/// `None` when it was handed, or closed (or silent for 30 s) before it said anything.
 async fn claim(web: &Web, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
     if web.balancer(peer.ip()).is_some() {
         return Some(stream);
@@ -103,7 +103,7 @@ fn routed(web: &Web, head: &[u8]) -> Option<InFlight> {
     for header in request.headers.iter() {
         let value = std::str::from_utf8(header.value).ok()?;
         if header.name.eq_ignore_ascii_case("host") {
-            // Two hosts: which one is meant is the node's to say (hyper refuses it).
+            // Two hosts: which one is meant is the node's to say.
             if host.replace(value).is_some() {
                 return None;
             }
@@ -140,14 +140,21 @@ pub(super) async fn follow(
     loop {
         let mounted = web.routes().mounted();
         if told.as_ref() != Some(&mounted) {
-            if let Err(error) = channel.send_routes(&mounted).await {
-                tracing::warn!(
-                    "cannot tell an app's process where apps are mounted ({error}); the node passes its requests on"
-                );
-                break;
-            }
-            if told.is_none() {
-                backend.hand_over(Some(channel.clone()));
+            let telling = channel.send_routes(&mounted);
+            match tokio::time::timeout(HANDING_LIMIT, telling).await {
+                Ok(Ok(())) if told.is_none() => backend.hand_over(Some(channel.clone())),
+                Ok(Ok(())) => {}
+                // No more connections for it; what it gives back is still served.
+                failed => {
+                    let why = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "it does not read them".to_string(),
+                    };
+                    tracing::warn!(
+                        "cannot tell an app's process where apps are mounted ({why}); the node passes its requests on"
+                    );
+                    backend.hand_over(None);
+                }
             }
             told = Some(mounted);
         }

@@ -29,8 +29,8 @@ const MAX_HEADERS: usize = 64;
 /// What one handed connection is doing.
 pub(super) struct ConnectionState {
     pub(super) served: Arc<Served>,
-    /// Every byte read since the last answer was written: the request being read (or, from a
-    /// client that does not wait for answers, more).
+    /// What was read from the first read after the last answer was written: the request being
+    /// answered (checked as hyper hands it over), then what comes of the next.
     read: Mutex<Read>,
     /// An answer was written since the last read.
     wrote: AtomicBool,
@@ -57,6 +57,8 @@ struct Read {
     bytes: Vec<u8>,
     /// More than a hand-off carries was read since the last answer.
     overflowed: bool,
+    /// How many of the bytes the request being answered spans (its head and body).
+    extent: Option<usize>,
 }
 
 impl ConnectionState {
@@ -112,8 +114,8 @@ impl ConnectionState {
         }
         let mut read = lock(&self.read);
         if self.wrote.swap(false, Ordering::AcqRel) {
-            read.bytes.clear();
-            read.overflowed = false;
+            self.check_overrun(&read);
+            *read = Read::default();
         }
         if read.overflowed || read.bytes.len() + bytes.len() > MAX_READ {
             read.overflowed = true;
@@ -123,27 +125,53 @@ impl ConnectionState {
         }
     }
 
-    /// What was read since the last answer, if a hand-off can carry it and it is all there
-    /// is: nothing of an answer waits to be written, and no earlier body was left unread.
-    fn read_since_answer(&self) -> Option<Vec<u8>> {
-        if self.tainted.load(Ordering::Acquire) || self.unwritten.load(Ordering::Acquire) {
-            return None;
+    /// Taints the connection if more was read than the request being answered spans: the
+    /// client sent its next request before this answer, and hyper holds part of it.
+    fn check_overrun(&self, read: &Read) {
+        if read.extent.is_some_and(|extent| read.bytes.len() > extent) {
+            self.tainted.store(true, Ordering::Release);
         }
-        if self.wrote.load(Ordering::Acquire) {
-            return Some(Vec::new());
-        }
-        let read = lock(&self.read);
-        (!read.overflowed).then(|| read.bytes.clone())
     }
 
-    /// Keeps `request` (another app's) to give back, with what was read of it, if that is
-    /// exactly where it begins (its head, as the node will read it, then no more than its
-    /// body); the receiver hears whether it went.
-    pub(super) fn give_back<B>(&self, request: &Request<B>) -> Option<oneshot::Receiver<bool>> {
-        let read = self.read_since_answer()?;
-        if !begins_with(&read, request) {
+    /// hyper hands `request` over: what was read since the last answer must be where it
+    /// begins and no more than it spans, or where later requests begin is not known (a client
+    /// that sends ahead, a body of unknown length, more than a hand-off carries).
+    pub(super) fn dispatched<B>(&self, request: &Request<B>) {
+        let mut read = lock(&self.read);
+        let extent = match self.wrote.load(Ordering::Acquire) || read.overflowed {
+            true => None,
+            false => extent(&read.bytes, request),
+        };
+        match extent {
+            Some(extent) if read.bytes.len() <= extent => read.extent = Some(extent),
+            _ => self.tainted.store(true, Ordering::Release),
+        }
+    }
+
+    /// What was read since the last answer, if a hand-off can carry it and it is all there
+    /// is: nothing of an answer waits to be written, and where requests begin is known.
+    fn read_since_answer(&self) -> Option<Vec<u8>> {
+        if self.unwritten.load(Ordering::Acquire) {
             return None;
         }
+        let read = lock(&self.read);
+        if self.wrote.load(Ordering::Acquire) {
+            self.check_overrun(&read);
+        }
+        if self.tainted.load(Ordering::Acquire) || read.overflowed {
+            return None;
+        }
+        match self.wrote.load(Ordering::Acquire) {
+            true => Some(Vec::new()),
+            false => Some(read.bytes.clone()),
+        }
+    }
+
+    /// Keeps the request being answered (another app's) to give back, with what was read of
+    /// it (exactly its head and no more than its body: see [`ConnectionState::dispatched`]);
+    /// the receiver hears whether it went.
+    pub(super) fn give_back(&self) -> Option<oneshot::Receiver<bool>> {
+        let read = self.read_since_answer()?;
         let (told, hears) = oneshot::channel();
         *lock(&self.giving_back) = Some((read, told));
         self.signal(GIVE_BACK);
@@ -187,13 +215,13 @@ impl ConnectionState {
     }
 }
 
-/// Whether `read` is `request`'s head (method, target and host as hyper read them), then no
-/// more than its body.
-fn begins_with<B>(read: &[u8], request: &Request<B>) -> bool {
+/// How many bytes `request` spans in `read` if `read` begins with its head (method, target and
+/// host as hyper read them) and its body's length is said (`Content-Length`, or none).
+fn extent<B>(read: &[u8], request: &Request<B>) -> Option<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(length)) = head.parse(read) else {
-        return false;
+        return None;
     };
     let target = request.uri().path_and_query().map(|target| target.as_str());
     let host = request
@@ -206,26 +234,21 @@ fn begins_with<B>(read: &[u8], request: &Request<B>) -> bool {
             .find(|header| header.name.eq_ignore_ascii_case(name))
             .map(|header| header.value)
     };
-    if head.method != Some(request.method().as_str())
-        || head.path != target
-        || header("host") != host
-    {
-        return false;
+    let same = head.method == Some(request.method().as_str())
+        && head.path == target
+        && header("host") == host;
+    if !same || header("transfer-encoding").is_some() {
+        return None;
     }
-    let after = read.len() - length;
-    if header("transfer-encoding").is_some() {
-        return after == 0;
-    }
-    let body = header("content-length")
-        .and_then(|length| {
-            std::str::from_utf8(length)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .unwrap_or(0);
-    after <= body
+    let body = match header("content-length") {
+        None => 0,
+        Some(length) => std::str::from_utf8(length)
+            .ok()?
+            .trim()
+            .parse::<usize>()
+            .ok()?,
+    };
+    length.checked_add(body)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -267,21 +290,17 @@ mod tests {
     #[test]
     fn only_a_request_read_from_its_beginning_goes_back() {
         let head = b"GET /other?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        assert!(begins_with(head, &get("/other?x=1")));
-        assert!(!begins_with(head, &get("/other")), "another target");
-        assert!(
-            !begins_with(&head[..20], &get("/other?x=1")),
+        assert_eq!(extent(head, &get("/other?x=1")), Some(head.len()));
+        assert_eq!(extent(head, &get("/other")), None, "another target");
+        assert_eq!(
+            extent(&head[..20], &get("/other?x=1")),
+            None,
             "not all of it"
         );
-        let mut smuggled = head.to_vec();
-        smuggled.extend_from_slice(b"GET /evil HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-        assert!(
-            !begins_with(&smuggled, &get("/other?x=1")),
-            "more than the request"
-        );
         let tail = b"tail of a body GET /other?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        assert!(
-            !begins_with(tail, &get("/other?x=1")),
+        assert_eq!(
+            extent(tail, &get("/other?x=1")),
+            None,
             "what came before it"
         );
         let post = b"POST /other HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\nab";
@@ -289,6 +308,40 @@ mod tests {
             .header("host", "127.0.0.1")
             .body(())
             .unwrap();
-        assert!(begins_with(post, &request), "its body begun");
+        assert_eq!(
+            extent(post, &request),
+            Some(post.len() + 2),
+            "its body counted"
+        );
+    }
+
+    fn state() -> ConnectionState {
+        let (_, end) = immutant_protocol::handoff::HandoffChannel::pair().unwrap();
+        let channel = immutant_protocol::handoff::HandoffChannel::new(end).unwrap();
+        let served = Served::new("app", "/app", axum::Router::new(), channel);
+        ConnectionState::new(served)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_ahead_can_no_longer_go_back() {
+        let state = state();
+        let first = b"GET /app/a HTTP/1.1\r\nHost: h\r\n\r\n";
+        state.recorded(first);
+        let request = Request::get("/app/a").header("host", "h").body(()).unwrap();
+        state.dispatched(&request);
+        assert_eq!(
+            state.read_since_answer(),
+            Some(first.to_vec()),
+            "its own request"
+        );
+        // The next request came before this answer was written.
+        state.recorded(b"GET /other HTTP/1.1\r\n");
+        state.wrote.store(true, Ordering::Release);
+        assert_eq!(
+            state.read_since_answer(),
+            None,
+            "where the next begins is hyper's"
+        );
+        assert!(!state.can_go_back());
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -56,6 +56,8 @@ pub(crate) struct Served {
     /// The connections being served, to signal.
     connections: Mutex<HashMap<u64, Weak<ConnectionState>>>,
     next_connection: AtomicU64,
+    /// The app stops: a connection that begins now is told at once.
+    stopping: AtomicBool,
 }
 
 impl Served {
@@ -79,6 +81,7 @@ impl Served {
             channel,
             connections: Mutex::default(),
             next_connection: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -98,12 +101,15 @@ impl Served {
         self.routes_version.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Signals every connection being served.
+    /// Signals every connection being served; STOP also those that begin after.
     fn signal_all(&self, signal: u8) {
         let connections = self
             .connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if signal & STOP != 0 {
+            self.stopping.store(true, Ordering::Release);
+        }
         for connection in connections.values().filter_map(Weak::upgrade) {
             connection.signal(signal);
         }
@@ -144,7 +150,7 @@ pub(crate) async fn serve(served: Arc<Served>, mut stop: watch::Receiver<bool>) 
             biased;
             received = served.channel.recv(&mut buffer) => match received {
                 Ok(Some(Handoff::Connection { read, stream })) => {
-                    let _ = served.channel.send_connection(&read, stream.as_fd()).await;
+                    give_back(&served, &read, stream.as_fd()).await;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return finished.await,
@@ -187,6 +193,9 @@ enum Event {
     Signals(u8),
     /// The app stops and the connection is idle: what was read of its next request.
     Idle(Vec<u8>),
+    /// The app stops, nothing is being answered, and the connection cannot go back (where its
+    /// next request begins is not known): it ends.
+    Unplaceable,
 }
 
 /// Serves one connection the node handed over, of which it read `read`: until the client goes,
@@ -205,6 +214,7 @@ async fn serve_connection(served: Arc<Served>, read: Vec<u8>, stream: OwnedFd) {
         let state = state.clone();
         // Counted as it is handed over, before its answer is first polled.
         hyper::service::service_fn(move |request| {
+            state.dispatched(&request);
             answer(state.clone(), Answering::begin(&state), peer, request)
         })
     };
@@ -216,7 +226,8 @@ async fn serve_connection(served: Arc<Served>, read: Vec<u8>, stream: OwnedFd) {
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades(),
     );
-    let (mut stopping, mut begun) = (false, 0);
+    // Not silent before the first look has seen it.
+    let (mut stopping, mut begun) = (false, u64::MAX);
     loop {
         // The signals first: a request to give back is never left for a graceful end.
         let event = std::future::poll_fn(|cx| {
@@ -226,15 +237,26 @@ async fn serve_connection(served: Arc<Served>, read: Vec<u8>, stream: OwnedFd) {
             if connection.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Done);
             }
-            match stopping.then(|| state.idle()).flatten() {
-                Some(read) => Poll::Ready(Event::Idle(read)),
-                None => Poll::Pending,
+            if !stopping {
+                return Poll::Pending;
+            }
+            if let Some(read) = state.idle() {
+                return Poll::Ready(Event::Idle(read));
+            }
+            match state.can_go_back() || state.answering.load(Ordering::Acquire) != 0 {
+                true => Poll::Pending,
+                false => Poll::Ready(Event::Unplaceable),
             }
         })
         .await;
         let read = match event {
             Event::Done => return,
             Event::Idle(read) => read,
+            Event::Unplaceable => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(IDLE_LIMIT, connection).await;
+                break;
+            }
             Event::Signals(signals) if signals & GIVE_BACK != 0 => {
                 let Some((read, told)) = state.taken_back() else {
                     continue;
@@ -305,6 +327,10 @@ impl<'a> Registered<'a> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         connections.insert(number, Arc::downgrade(state));
+        // Under the same lock as the stop is told: this connection hears it either way.
+        if served.stopping.load(Ordering::Acquire) {
+            state.signal(STOP);
+        }
         Registered { served, number }
     }
 }
@@ -332,7 +358,7 @@ async fn answer(
     let name = host.as_ref().and_then(|host| host.to_str().ok());
     let name = host_name(name.unwrap_or(""));
     if !state.serves(&name, request.uri().path()) {
-        if let Some(went) = state.give_back(&request)
+        if let Some(went) = state.give_back()
             && !matches!(went.await, Ok(false))
         {
             // The connection went back to the node, and this request with it.
@@ -344,7 +370,8 @@ async fn answer(
     }
     let served = &state.served;
     let relative = served.mounted.relative(request.uri().path());
-    if relative.len() != request.uri().path().len() {
+    // The path relative to the context, and always in origin form, as through the node.
+    if relative.len() != request.uri().path().len() || request.uri().authority().is_some() {
         let uri = match request.uri().query() {
             Some(query) => format!("{relative}?{query}"),
             None => relative.to_string(),
@@ -377,8 +404,9 @@ async fn answer(
 /// which the node routes.
 fn ask_again(uri: &Uri) -> Response<Body> {
     let target = uri.path_and_query().map_or("/", |target| target.as_str());
-    // One slash in front: `//host/x` would send the client to another host.
-    let target = format!("/{}", target.trim_start_matches('/'));
+    // One slash in front: `//host/x` (or `/\\host/x`, to a browser) would send the client to
+    // another host.
+    let target = format!("/{}", target.trim_start_matches(['/', '\\']));
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
     if let Ok(location) = HeaderValue::from_str(&target) {
