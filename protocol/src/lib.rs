@@ -16,6 +16,10 @@
 //!
 //! Requests from the app carry an `id`; the node answers each with a frame carrying the same id.
 //! Either side may write many frames before reading any answer: that is how publishes batch.
+//!
+//! Beside the frames: [`handoff`], the socket pair over which the node hands an app's process
+//! the client connections it serves itself, and [`web`], the routing and forwarding rules the
+//! node and the app both follow for web requests.
 
 mod cache;
 pub mod clock;
