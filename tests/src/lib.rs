@@ -608,6 +608,15 @@ pub fn node_pid(offset: u16) -> i32 {
     get_json(9990 + offset)["pid"].as_i64().unwrap() as i32
 }
 
+/// The process id of the app `app` on the node whose management port is `management`, as its
+/// management API says (none while it has no process).
+pub fn app_pid(management: u16, app: &str) -> Option<i32> {
+    let deployments = get_json_at(management, "deployments");
+    deployments.as_array()?.iter().find(|d| d["name"] == app)?["pid"]
+        .as_i64()
+        .map(|pid| pid as i32)
+}
+
 /// Kills the process `pid` with SIGKILL.
 pub fn kill_9_pid(pid: i32) {
     // SAFETY: kill has no memory-safety preconditions.

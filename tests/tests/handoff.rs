@@ -58,11 +58,9 @@ fn answer(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, Str
     (code, headers, String::from_utf8(body).unwrap())
 }
 
-/// The pid of the process of `app`, as the node's management API says.
+/// The pid of the process of `app` (from the management API), as `/pid` answers it.
 fn app_pid(management: u16, app: &str) -> Option<String> {
-    let deployments = get_json_at(management, "deployments");
-    let pid = deployments.as_array()?.iter().find(|d| d["name"] == app)?["pid"].as_i64()?;
-    Some(pid.to_string())
+    immutant_e2e::app_pid(management, app).map(|pid| pid.to_string())
 }
 
 fn connect(port: u16) -> TcpStream {

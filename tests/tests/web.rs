@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use immutant_e2e::web::{SteadyLoad, client, pair, runtime, visit};
 use immutant_e2e::{
-    BUILD_PATIENCE, Base, PATIENCE, cluster_name, clustered, eventually, free_offset, get_json,
-    get_json_at, kill_9, start_node, webprobe,
+    BUILD_PATIENCE, Base, PATIENCE, app_pid, cluster_name, clustered, eventually, free_offset,
+    get_json, get_json_at, kill_9, start_node, webprobe,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -30,14 +30,6 @@ fn wait_until_served(url: &str, timeout: Duration) {
             response.is_ok_and(|response| response.status() == 200)
         })
     });
-}
-
-/// The pid of the process of `app`, as the node's management API says.
-fn app_pid(management: u16, app: &str) -> Option<i32> {
-    let deployments = get_json_at(management, "deployments");
-    deployments.as_array()?.iter().find(|d| d["name"] == app)?["pid"]
-        .as_i64()
-        .map(|pid| pid as i32)
 }
 
 /// The most memory (resident, in KiB) the process `pid` has held.

@@ -38,11 +38,11 @@ const MAX_HEADERS: usize = 64;
 const HANDING_LIMIT: Duration = Duration::from_secs(1);
 
 /// Takes connections off the node's HTTP port for the apps they are for.
-pub struct HandOff {
+pub struct AppClaim {
     pub(super) web: Arc<Web>,
 }
 
-impl Claim for HandOff {
+impl Claim for AppClaim {
     fn claim(
         &self,
         stream: TcpStream,

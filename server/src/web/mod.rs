@@ -102,7 +102,7 @@ impl Web {
     /// HTTPS has nothing to hand over): connections given back are served so.
     pub fn hand_off_connections(self: &Arc<Self>, shutdown: Shutdown) -> Arc<dyn Claim> {
         let _ = self.handing_off.set(shutdown);
-        Arc::new(handoff::HandOff { web: self.clone() })
+        Arc::new(handoff::AppClaim { web: self.clone() })
     }
 
     /// The app's process behind `backend` serves the client connections it is handed: it is
