@@ -18,10 +18,12 @@
 //! up a cache, joining it where the cluster has it), [`ops`] (a call on a cache from an app of
 //! this node: carried out here, or sent to the cache's primary), [`primary`] (holding the
 //! cache's lease, taking it over, and applying writes as its primary), [`serve`] (answering
-//! other members' requests), [`placement`] (which members hold a cache, lead it and own a key)
-//! and [`rebalance`] (following a new primary, moving entries when members come or go).
+//! other members' requests), [`placement`] (which members hold a cache, lead it and own a
+//! key), [`rebalance`] (following a new primary, moving entries when members come or go) and
+//! [`heal`] (what one side of a healed partition wrote, handed to the primary of the other).
 
 mod applied;
+mod heal;
 mod open;
 mod ops;
 pub mod peer;
@@ -82,6 +84,9 @@ struct Cache {
     persistence: Option<Persistence>,
     /// Held from a write to its save, so that the disk sees writes in their order.
     saving: tokio::sync::Mutex<()>,
+    /// The writes this node answered as the primary of its side of a partition, to hand to the
+    /// primary of the side whose state it took in at the heal (see [`heal`]).
+    side_writes: Mutex<Vec<(String, store::Entry)>>,
     /// Held while this node joins the cache's primary: one join at a time.
     following: tokio::sync::Mutex<()>,
     /// Set once the cache has taken in the cluster's entries: until then it takes copies from

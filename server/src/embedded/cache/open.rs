@@ -119,6 +119,7 @@ impl Caches {
             term: Mutex::default(),
             pending: Default::default(),
             applied: Default::default(),
+            side_writes: Mutex::default(),
             persistence,
             saving: tokio::sync::Mutex::new(()),
             following: tokio::sync::Mutex::new(()),
@@ -237,8 +238,16 @@ impl Caches {
     async fn adopt(&self, cache: &Cache, primary: HolderState) {
         let epoch = primary.state.synced;
         let _saving = cache.saving.lock().await;
-        let replaced = {
+        let (replaced, side_writes) = {
             let mut store = lock(&cache.store);
+            // This node led a side of its own (a partition) under the state it holds: what it
+            // answered there goes to the new primary (see `heal`).
+            let led = cache.led(store.synced);
+            let side_writes = if led && store.synced < epoch && epoch >= store.fenced() {
+                store.side_writes(&primary.state.entries, self.writer)
+            } else {
+                Vec::new()
+            };
             let replaced = store.adopt(primary.state.entries, epoch, now_ms());
             if store.synced == epoch {
                 cache.applied.forget_before(epoch);
@@ -246,9 +255,13 @@ impl Caches {
                     cache.applied.record(record);
                 }
             }
-            replaced
+            (replaced, side_writes)
         };
         cache.save_replaced(replaced).await;
+        if !side_writes.is_empty() {
+            lock(&cache.side_writes).extend(side_writes);
+            self.hand_side_writes(cache).await;
+        }
     }
 
     fn persistence(&self) -> Result<Persistence, CacheError> {

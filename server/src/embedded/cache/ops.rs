@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::applied::{self, Turn};
 use super::peer::{self, PeerAnswer, PeerRequest, Record, pack};
 use super::rebalance::pages;
-use super::store::{Entry, Store, Writer};
+use super::store::{Entry, Executed, Store, Version, Writer};
 use super::{Cache, Caches, ROUTE_PATIENCE, ROUTE_RETRY};
 use crate::vocabulary::cache::CacheError;
 use immutant_foundation::clock::now_ms;
@@ -243,15 +243,32 @@ impl Caches {
         }
     }
 
-    /// Applies a write as the cache's primary, copies what changed to the owners with this
-    /// primary's epoch (and the request's outcome, for retries at a later primary), and
-    /// answers only if the lease still holds once they have it. Also says what the write did
-    /// to the store, if it changed it (whatever the answer).
+    /// Applies `op` as the cache's primary (see [`Caches::apply_as_primary`]).
     async fn write_as_primary(
         &self,
         cache: &Cache,
         op: &CacheOp,
         body: Bytes,
+        request: Option<&str>,
+    ) -> (
+        Result<(CacheOutcome, Bytes), CacheError>,
+        Option<CacheOutcome>,
+    ) {
+        let expiry = cache.options.expiry;
+        let apply = |store: &mut Store, writer| store.execute(op, body, expiry, writer, now_ms());
+        self.apply_as_primary(cache, apply, op.key(), request).await
+    }
+
+    /// Applies a write (`apply`) as the cache's primary, copies what changed to the owners
+    /// with this primary's epoch (and the request's outcome, for retries at a later primary),
+    /// and answers only if the lease still holds once they have it. A write that changes
+    /// nothing answers once the writes to `key` before it are copied. Also says what the write
+    /// did to the store, if it changed it (whatever the answer).
+    pub(super) async fn apply_as_primary(
+        &self,
+        cache: &Cache,
+        apply: impl FnOnce(&mut Store, Writer) -> Executed,
+        key: Option<&str>,
         request: Option<&str>,
     ) -> (
         Result<(CacheOutcome, Bytes), CacheError>,
@@ -274,7 +291,8 @@ impl Caches {
                 epoch,
                 id: self.writer,
             };
-            let executed = store.execute(op, body, cache.options.expiry, writer, now_ms());
+            let executed = apply(&mut store, writer);
+            store.doubt(&executed.changes);
             if let Some(id) = request
                 && !executed.changes.is_empty()
             {
@@ -289,12 +307,17 @@ impl Caches {
         if executed.changes.is_empty() {
             drop((saving, in_flight));
             // The answer rests on the key's value: on the writes to it still being copied.
-            if let Some(key) = op.key() {
+            if let Some(key) = key {
                 cache.pending.settled(key, mark).await;
             }
             return (self.answered(cache, epoch, answer), None);
         }
         let applied = Some(answer.0);
+        let written: Vec<(String, Version)> = executed
+            .changes
+            .iter()
+            .map(|(key, entry)| (key.clone(), entry.version))
+            .collect();
         if let Some(persistence) = &cache.persistence
             && let Err(error) = persistence
                 .save(&cache.name, executed.changes.clone())
@@ -315,7 +338,11 @@ impl Caches {
             return (Err(error), applied);
         }
         drop(in_flight);
-        (self.answered(cache, epoch, answer), applied)
+        let answered = self.answered(cache, epoch, answer);
+        if answered.is_ok() {
+            lock(&cache.store).confirm(&written);
+        }
+        (answered, applied)
     }
 
     /// The epoch this node applies the cache's writes under, or why it does not (it did not

@@ -110,6 +110,10 @@ pub enum PeerRequest {
     },
     /// Drop these keys: they were written elsewhere (an invalidated cache).
     Invalidate { keys: Vec<String> },
+    /// Writes the caller answered as the primary of its side of a partition, which this
+    /// node's side never saw: apply, as the cache's primary, each written later than what
+    /// this node holds of its key (the body holds their values).
+    SideWrites { entries: Vec<WireEntry> },
     /// The caller holds the cache and follows this node as its primary: include it in writes
     /// from now on, and answer with the entries held here, a page at a time: those whose keys
     /// come after `after`.

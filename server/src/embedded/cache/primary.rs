@@ -167,6 +167,11 @@ impl Cache {
         }
     }
 
+    /// Whether this node holds, or last held, the lease of `epoch`.
+    pub(super) fn led(&self, epoch: u64) -> bool {
+        lock(&self.primacy).epoch == epoch
+    }
+
     /// Whether this node still holds the lease of `epoch` (taken over or not).
     fn holds(&self, epoch: u64) -> bool {
         let primacy = lock(&self.primacy);

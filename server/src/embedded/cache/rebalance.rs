@@ -56,6 +56,7 @@ impl Caches {
                 let Some(synced) = self.follow_new_primary(&cache).await else {
                     continue;
                 };
+                self.hand_side_writes(&cache).await;
                 if cache.options.mode != CacheMode::Distributed {
                     continue;
                 }

@@ -127,6 +127,13 @@ impl Caches {
                 Ok(()) => done(CacheOutcome::default()),
                 Err(fenced) => (PeerAnswer::Stale { fenced }, Bytes::new()),
             },
+            PeerRequest::SideWrites { entries } => match unpack(entries, body, now_ms()) {
+                Some(writes) => peer::answer(&self.take_side_writes(&cache, writes).await),
+                None => {
+                    let reason = format!("side writes to cache '{name}' were cut short");
+                    (PeerAnswer::Failed { reason }, Bytes::new())
+                }
+            },
             PeerRequest::Invalidate { keys } => {
                 let _saving = cache.saving.lock().await;
                 {

@@ -40,6 +40,13 @@ impl Version {
             writer,
         }
     }
+
+    /// Whether a write of this version was made later than one of `other`, by when they were
+    /// written (the counter never runs below the clock): for two writes neither of which saw
+    /// the other, on the two sides of a partition.
+    pub fn written_after(&self, other: &Version) -> bool {
+        (self.counter, self.writer) > (other.counter, other.writer)
+    }
 }
 
 /// Who writes: the epoch of the primary (0 for a cache without one) and this node's writer id.
@@ -98,6 +105,10 @@ pub struct Store {
     pub behind: bool,
     /// The keys copies were merged into since a join began ([`Store::track`]).
     tracked: Option<HashSet<String>>,
+    /// The writes this node applied as the primary whose answers did not go out (yet), by key
+    /// with the version written: a write its holders may never have had, never handed on as a
+    /// write of its side ([`Store::side_writes`]).
+    unconfirmed: HashMap<String, Version>,
 }
 
 /// A holder's entries, as a join or a new primary gathers them: the epoch of the primary whose
@@ -305,6 +316,7 @@ impl Store {
         self.fenced = self.fenced.max(epoch);
         self.synced = epoch;
         self.behind = false;
+        self.unconfirmed.clear();
         replaced
     }
 
@@ -355,7 +367,79 @@ impl Store {
         }
         self.fenced = self.fenced.max(epoch);
         self.synced = epoch;
+        self.unconfirmed.clear();
         replaced
+    }
+
+    /// Notes the writes of `changes`, just applied as the primary, as not answered yet.
+    pub fn doubt(&mut self, changes: &[(String, Entry)]) {
+        for (key, entry) in changes {
+            self.unconfirmed.insert(key.clone(), entry.version);
+        }
+    }
+
+    /// Notes the writes `written` (keys and versions) as answered: their holders have them.
+    pub fn confirm(&mut self, written: &[(String, Version)]) {
+        for (key, version) in written {
+            if self.unconfirmed.get(key) == Some(version) {
+                self.unconfirmed.remove(key);
+            }
+        }
+    }
+
+    /// The writes of this node's side of a partition that the primary of another side, whose
+    /// state (`theirs`) this store is about to take in, never saw: those this node answered as
+    /// the primary (`writer`) of the state it holds, later than what `theirs` holds of their
+    /// keys. Only a primary's own answered writes count: a write whose answer never went out
+    /// (its lease lapsed while it was paused) may never have happened.
+    pub fn side_writes(&self, theirs: &[(String, Entry)], writer: u64) -> Vec<(String, Entry)> {
+        let theirs: HashMap<&str, Version> = theirs
+            .iter()
+            .map(|(key, entry)| (key.as_str(), entry.version))
+            .collect();
+        self.entries
+            .iter()
+            .filter(|(key, mine)| {
+                mine.version.epoch == self.synced
+                    && mine.version.writer == writer
+                    && !self.unconfirmed.contains_key(*key)
+                    && theirs
+                        .get(key.as_str())
+                        .is_none_or(|version| mine.version.written_after(version))
+            })
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .collect()
+    }
+
+    /// Applies, as the primary (`writer`), the writes another side of a partition made while
+    /// the two could not see each other ([`Store::side_writes`]): each that was written later
+    /// than this store's entry for its key, as a new write past both.
+    pub fn take_side_writes(
+        &mut self,
+        writes: Vec<(String, Entry)>,
+        writer: Writer,
+        now: u64,
+    ) -> Executed {
+        let mut changes = Vec::new();
+        for (key, mut entry) in writes {
+            let mine = self.entries.get(&key).map(|entry| entry.version);
+            if mine.is_some_and(|mine| !entry.version.written_after(&mine)) {
+                continue;
+            }
+            let at = now.max(entry.version.counter);
+            entry.version = Version::after(mine, writer.epoch, writer.id, at);
+            entry.touched_ms = now;
+            self.entries.insert(key.clone(), entry.clone());
+            changes.push((key, entry));
+        }
+        Executed {
+            outcome: CacheOutcome {
+                found: !changes.is_empty(),
+                applied: !changes.is_empty(),
+            },
+            value: Bytes::new(),
+            changes,
+        }
     }
 
     /// Drops `key` whatever its version (an invalidation from another node).
@@ -398,199 +482,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(key: &str, value: &str) -> (CacheOp, Bytes) {
-        let op = CacheOp::Put {
-            key: key.to_string(),
-            expiry: None,
-        };
-        (op, Bytes::copy_from_slice(value.as_bytes()))
-    }
-
-    fn writer(epoch: u64, id: u64) -> Writer {
-        Writer { epoch, id }
-    }
-
-    fn run(store: &mut Store, (op, body): (CacheOp, Bytes), now: u64) -> Executed {
-        store.execute(&op, body, Expiry::default(), writer(0, 1), now)
-    }
-
-    #[test]
-    fn compare_and_swap_applies_only_on_the_expected_value() {
-        let mut store = Store::default();
-        run(&mut store, put("k", "1"), 0);
-        let replace = |expected: &str, new: &str| {
-            let op = CacheOp::Replace {
-                key: "k".to_string(),
-                expected_len: expected.len() as u64,
-                expiry: None,
-            };
-            (op, Bytes::from(format!("{expected}{new}")))
-        };
-        assert!(!run(&mut store, replace("0", "2"), 1).outcome.applied);
-        let swapped = run(&mut store, replace("1", "2"), 2);
-        assert!(swapped.outcome.applied);
-        assert_eq!(swapped.value, "1");
-        assert_eq!(store.get("k", 3).unwrap(), "2");
-    }
-
-    #[test]
-    fn put_if_absent_answers_the_existing_value() {
-        let mut store = Store::default();
-        let absent = CacheOp::PutIfAbsent {
-            key: "k".to_string(),
-            expiry: None,
-        };
-        assert!(
-            run(&mut store, (absent.clone(), Bytes::from("a")), 0)
-                .outcome
-                .applied
-        );
-        let again = run(&mut store, (absent, Bytes::from("b")), 1);
-        assert!(!again.outcome.applied && again.outcome.found);
-        assert_eq!(again.value, "a");
-    }
-
-    #[test]
-    fn ttl_and_idle_expire_entries() {
-        let mut store = Store::default();
-        let expiring = |key: &str, expiry| CacheOp::Put {
-            key: key.to_string(),
-            expiry: Some(expiry),
-        };
-        let ttl = Expiry {
-            ttl_ms: Some(100),
-            idle_ms: None,
-        };
-        let idle = Expiry {
-            ttl_ms: None,
-            idle_ms: Some(100),
-        };
-        run(&mut store, (expiring("ttl", ttl), Bytes::from("v")), 0);
-        run(&mut store, (expiring("idle", idle), Bytes::from("v")), 0);
-        assert!(store.get("ttl", 50).is_some());
-        assert!(store.get("idle", 90).is_some());
-        // Read at 90, so idle until 190; the ttl ran out at 100.
-        assert!(store.get("ttl", 150).is_none());
-        assert!(store.get("idle", 150).is_some());
-        assert!(store.get("idle", 300).is_none());
-        assert_eq!(store.sweep(300).len(), 2);
-    }
-
-    #[test]
-    fn copies_converge_on_the_newest_version_and_removals_stay_removed() {
-        let mut store = Store::default();
-        let older = run(&mut store, put("k", "1"), 0).changes.remove(0).1;
-        let removal = store.execute(
-            &CacheOp::Remove {
-                key: "k".to_string(),
-            },
-            Bytes::new(),
-            Expiry::default(),
-            writer(0, 2),
-            1,
-        );
-        assert!(removal.outcome.applied);
-        // The put arriving late from elsewhere does not bring the key back.
-        assert!(!store.merge("k".to_string(), older, 2));
-        assert!(store.get("k", 3).is_none());
-        assert_eq!((store.hits, store.misses), (0, 1));
-    }
-
-    fn value(store: &mut Store, key: &str) -> Option<Bytes> {
-        store.get(key, 0)
-    }
-
-    fn write(store: &mut Store, key: &str, text: &str, epoch: u64) -> (String, Entry) {
-        let (op, body) = put(key, text);
-        store
-            .execute(&op, body, Expiry::default(), writer(epoch, 9), 0)
-            .changes
-            .remove(0)
-    }
-
-    #[test]
-    fn a_newer_primarys_write_beats_any_count_of_older_ones() {
-        let mut old = Store::default();
-        for n in 0..5 {
-            write(&mut old, "k", &n.to_string(), 10);
-        }
-        let mut new = Store::default();
-        let newer = write(&mut new, "k", "new", 11);
-        let stale = write(&mut old, "k", "stale", 10);
-        assert!(old.merge(newer.0.clone(), newer.1.clone(), 0));
-        assert!(!old.merge(stale.0, stale.1, 0), "an older epoch never wins");
-        assert_eq!(value(&mut old, "k").unwrap(), "new");
-        assert!(old.fence(11));
-        assert!(!old.fence(10), "fenced by the newer primary");
-    }
-
-    #[test]
-    fn a_holder_adopting_a_new_primary_drops_what_that_primary_never_had() {
-        let mut primary = Store::default();
-        let kept = write(&mut primary, "kept", "1", 10);
-        let mut holder = Store::default();
-        holder.merge(kept.0.clone(), kept.1.clone(), 0);
-        // A write the old primary applied here but never had confirmed, and a copy of the new
-        // primary's that arrived during the join.
-        write(&mut holder, "kept", "unconfirmed", 10);
-        write(&mut holder, "orphan", "unconfirmed", 10);
-        holder.track();
-        let fresh = write(&mut Store::default(), "fresh", "2", 12);
-        holder.merge(fresh.0.clone(), fresh.1.clone(), 0);
-        let replaced = holder.adopt(primary.snapshot(), 12, 0);
-        assert_eq!(value(&mut holder, "kept").unwrap(), "1");
-        assert_eq!(value(&mut holder, "orphan"), None);
-        assert_eq!(value(&mut holder, "fresh").unwrap(), fresh.1.value.unwrap());
-        assert_eq!(replaced.forgotten, vec!["orphan".to_string()]);
-        assert_eq!((holder.synced, holder.fenced()), (12, 12));
-    }
-
-    #[test]
-    fn a_new_primary_starts_from_the_newest_state_and_ignores_a_deposed_copy() {
-        // Two holders took in the state of the primary of epoch 10 and got its writes; a third
-        // is a primary of epoch 5 that was cut off and went on alone.
-        let mut current = Store {
-            synced: 10,
-            ..Store::default()
-        };
-        let written = write(&mut current, "k", "acknowledged", 10);
-        let mut behind = Store {
-            synced: 10,
-            ..Store::default()
-        };
-        behind.merge(
-            "other".into(),
-            write(&mut Store::default(), "other", "o", 10).1,
-            0,
-        );
-        let mut deposed = Store {
-            synced: 5,
-            ..Store::default()
-        };
-        for n in 0..20 {
-            write(&mut deposed, "k", &format!("split-{n}"), 5);
-        }
-        let mut primary = Store::default();
-        let gathered = vec![
-            Gathered {
-                synced: 10,
-                entries: vec![written],
-            },
-            Gathered {
-                synced: 10,
-                entries: behind.snapshot(),
-            },
-            Gathered {
-                synced: 5,
-                entries: deposed.snapshot(),
-            },
-        ];
-        primary.take_over(gathered, 12, 0);
-        assert_eq!(value(&mut primary, "k").unwrap(), "acknowledged");
-        assert_eq!(value(&mut primary, "other").unwrap(), "o");
-        assert_eq!(primary.synced, 12);
-    }
-}
+mod tests;
