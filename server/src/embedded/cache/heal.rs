@@ -1,11 +1,18 @@
 //! After a partition heals, the writes that one side answered while the sides could not see
-//! each other. With a quorum of 1 each side of a clean partition is a cluster of its own, with
-//! a primary of its own; once healed, the primary with the newer lease leads the cache and the
-//! other takes its state in. So that what clients wrote on that other side is not lost with it,
-//! its primary first notes the writes it answered there (its side writes) and hands them to the
-//! new primary, which applies each one written later than what it holds of its key: the last
-//! writer wins, by when each was written. A session written on the side the balancer kept
-//! sending to survives the heal, whichever side's lease is the newer.
+//! each other. Under a quorum of half the cluster or less (1, by default) each side of a clean
+//! partition is a cluster of its own, with a primary of its own; once healed, the primary with
+//! the newer lease leads the cache and the other takes its state in. So that what clients wrote
+//! on that other side is not lost with it, its primary first notes the writes it answered there
+//! (its side writes) and hands them to the new primary, which applies each one written later
+//! than what it holds of its key: the last writer wins, by when each was written. A session
+//! written on the side the balancer kept sending to survives the heal, whichever side's lease
+//! is the newer.
+//!
+//! A primary that was paused rather than cut off hands nothing new: what it answered reached
+//! the holders the next primary gathered, so every such write is there, or was written over or
+//! removed since (and a removal is later than the write it removed, even once forgotten: see
+//! `Store::apply_side_writes`). Under a majority quorum no two sides answer at once, and nothing
+//! is handed.
 
 use bytes::Bytes;
 use immutant_protocol::CacheOutcome;
@@ -28,6 +35,8 @@ impl Caches {
         if writes.is_empty() {
             return;
         }
+        // A page that fails puts every write back, those taken included: handed again, they
+        // are not later than what the primary made of them (`Store::apply_side_writes`).
         let handed = match self.primary(cache) {
             Some((primary, Some(_))) if primary == self.node => {
                 self.take_side_writes(cache, writes.clone()).await.is_ok()
@@ -73,7 +82,16 @@ impl Caches {
         cache: &Cache,
         writes: Vec<(String, Entry)>,
     ) -> Result<(CacheOutcome, Bytes), CacheError> {
-        let apply = |store: &mut Store, writer| store.take_side_writes(writes, writer, now_ms());
+        let apply = |store: &mut Store, writer| store.apply_side_writes(writes, writer, now_ms());
         self.apply_as_primary(cache, apply, None, None).await.0
+    }
+
+    /// Whether two sides of the cluster can each have a primary at once: the quorum is half
+    /// the members in the view, or fewer.
+    pub(super) fn sides_may_split(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|cluster| {
+            let members = cluster.view().borrow().members.len();
+            2 * cluster.singleton_quorum() as usize <= members
+        })
     }
 }

@@ -241,13 +241,16 @@ impl Caches {
         let (replaced, side_writes) = {
             let mut store = lock(&cache.store);
             // This node led a side of its own (a partition) under the state it holds: what it
-            // answered there goes to the new primary (see `heal`).
-            let led = cache.led(store.synced);
-            let side_writes = if led && store.synced < epoch && epoch >= store.fenced() {
-                store.side_writes(&primary.state.entries, self.writer)
-            } else {
-                Vec::new()
-            };
+            // answered there goes to the new primary (see `heal`). Not if the store refuses
+            // the state (a newer primary fenced it since).
+            let led = store.synced > 0 && cache.led(store.synced);
+            let side_writes =
+                if led && store.synced < epoch && epoch >= store.fenced() && self.sides_may_split()
+                {
+                    store.side_writes(&primary.state.entries, self.writer)
+                } else {
+                    Vec::new()
+                };
             let replaced = store.adopt(primary.state.entries, epoch, now_ms());
             if store.synced == epoch {
                 cache.applied.forget_before(epoch);
@@ -258,10 +261,9 @@ impl Caches {
             (replaced, side_writes)
         };
         cache.save_replaced(replaced).await;
-        if !side_writes.is_empty() {
-            lock(&cache.side_writes).extend(side_writes);
-            self.hand_side_writes(cache).await;
-        }
+        // Handed by the rebalance that follows (not here: the primary's copies of them wait
+        // for this node's save lock, held until this join ends).
+        lock(&cache.side_writes).extend(side_writes);
     }
 
     fn persistence(&self) -> Result<Persistence, CacheError> {

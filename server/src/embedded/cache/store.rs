@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// How long a removed key's tombstone is kept.
 const TOMBSTONE_MS: u64 = 60_000;
+/// How far ahead of this node's clock a version from another side may run.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// An entry's version: the epoch of the primary that wrote it (a write under a newer primary
 /// comes after every write under an older one), the count of writes to its key, then the
@@ -33,7 +35,9 @@ impl Version {
     /// `previous`: past it, and never below the time, so that a key written again after its
     /// entry was swept away (expired, or a tombstone forgotten) still beats copies elsewhere.
     pub fn after(previous: Option<Version>, epoch: u64, writer: u64, now: u64) -> Version {
-        let counter = previous.map_or(0, |version| version.counter) + 1;
+        let counter = previous
+            .map_or(0, |version| version.counter)
+            .saturating_add(1);
         Version {
             epoch,
             counter: counter.max(now),
@@ -42,8 +46,9 @@ impl Version {
     }
 
     /// Whether a write of this version was made later than one of `other`, by when they were
-    /// written (the counter never runs below the clock): for two writes neither of which saw
-    /// the other, on the two sides of a partition.
+    /// written (a counter is at least its writer's clock, and past the version it replaced):
+    /// for two writes neither of which saw the other, on the two sides of a partition, whose
+    /// epochs say nothing of which came first.
     pub fn written_after(&self, other: &Version) -> bool {
         (self.counter, self.writer) > (other.counter, other.writer)
     }
@@ -109,6 +114,9 @@ pub struct Store {
     /// with the version written: a write its holders may never have had, never handed on as a
     /// write of its side ([`Store::side_writes`]).
     unconfirmed: HashMap<String, Version>,
+    /// The newest removal (its version's counter) whose tombstone was swept away: a key
+    /// missing here may have been removed until then.
+    removals_forgotten_through: u64,
 }
 
 /// A holder's entries, as a join or a new primary gathers them: the epoch of the primary whose
@@ -413,8 +421,10 @@ impl Store {
 
     /// Applies, as the primary (`writer`), the writes another side of a partition made while
     /// the two could not see each other ([`Store::side_writes`]): each that was written later
-    /// than this store's entry for its key, as a new write past both.
-    pub fn take_side_writes(
+    /// than this store's entry for its key, as a new write past both. A key this store lacks
+    /// is taken only if written after every removal whose tombstone was swept away here: it
+    /// may have been one of them.
+    pub fn apply_side_writes(
         &mut self,
         writes: Vec<(String, Entry)>,
         writer: Writer,
@@ -423,19 +433,29 @@ impl Store {
         let mut changes = Vec::new();
         for (key, mut entry) in writes {
             let mine = self.entries.get(&key).map(|entry| entry.version);
-            if mine.is_some_and(|mine| !entry.version.written_after(&mine)) {
+            let later = match mine {
+                Some(mine) => entry.version.written_after(&mine),
+                None => entry.version.counter > self.removals_forgotten_through,
+            };
+            if !later {
                 continue;
             }
-            let at = now.max(entry.version.counter);
+            // Past the side's version too, so that the same write handed again (a page sent
+            // twice) is not later than this one. A counter from a peer is kept within a day
+            // of this clock.
+            let side = entry.version.counter.min(now.saturating_add(DAY_MS));
+            let at = now.max(side.saturating_add(1));
             entry.version = Version::after(mine, writer.epoch, writer.id, at);
             entry.touched_ms = now;
             self.entries.insert(key.clone(), entry.clone());
             changes.push((key, entry));
         }
+        // Answered as a write with no value to give back: whether any was taken.
+        let taken = !changes.is_empty();
         Executed {
             outcome: CacheOutcome {
-                found: !changes.is_empty(),
-                applied: !changes.is_empty(),
+                found: taken,
+                applied: taken,
             },
             value: Bytes::new(),
             changes,
@@ -462,7 +482,12 @@ impl Store {
             let keep = if entry.value.is_some() {
                 entry.live(now).is_some()
             } else {
-                now < entry.touched_ms.saturating_add(TOMBSTONE_MS)
+                let keep = now < entry.touched_ms.saturating_add(TOMBSTONE_MS);
+                if !keep {
+                    let forgotten = &mut self.removals_forgotten_through;
+                    *forgotten = (*forgotten).max(entry.version.counter);
+                }
+                keep
             };
             if !keep {
                 gone.push(key.clone());

@@ -195,8 +195,8 @@ fn a_new_primary_starts_from_the_newest_state_and_ignores_a_deposed_copy() {
     assert_eq!(primary.synced, 12);
 }
 
-/// A store that led a side of its own under `epoch` as writer 1.
-fn led(epoch: u64) -> Store {
+/// A store that took the cache over under `epoch` (as writer 1, in the tests below).
+fn taken_over(epoch: u64) -> Store {
     let mut store = Store::default();
     store.take_over(Vec::new(), epoch, 0);
     store
@@ -221,14 +221,14 @@ fn answered(store: &mut Store, executed: &Executed) {
 
 #[test]
 fn a_side_hands_on_only_the_writes_it_answered_later_than_the_other_side() {
-    let mut ours = led(5);
+    let mut ours = taken_over(5);
     let session = write_unanswered(&mut ours, "session", "5 visits", 5, 100);
     answered(&mut ours, &session);
     let shared = write_unanswered(&mut ours, "shared", "ours", 5, 100);
     answered(&mut ours, &shared);
     // Its answer never went out (the lease lapsed while the primary was paused).
     write_unanswered(&mut ours, "doubtful", "x", 5, 100);
-    let mut theirs = led(7);
+    let mut theirs = taken_over(7);
     let (op, body) = put("session", "3 visits");
     theirs.execute(&op, body, Expiry::default(), writer(3, 2), 50);
     let (op, body) = put("shared", "theirs");
@@ -241,26 +241,49 @@ fn a_side_hands_on_only_the_writes_it_answered_later_than_the_other_side() {
         ["session"],
         "not the doubtful write, nor one written earlier"
     );
-    assert!(led(6).side_writes(&theirs.snapshot(), 1).is_empty());
+    assert!(taken_over(6).side_writes(&theirs.snapshot(), 1).is_empty());
     assert!(
         ours.side_writes(&theirs.snapshot(), 2).is_empty(),
         "only this primary's own"
     );
 
-    let taken = theirs.take_side_writes(handed.clone(), writer(7, 2), 120);
+    let taken = theirs.apply_side_writes(handed.clone(), writer(7, 2), 120);
     assert_eq!(taken.changes.len(), 1);
     let version = theirs.version_of("session").unwrap();
     assert_eq!(version.epoch, 7, "a write of the primary that took it");
     assert!(version.written_after(&handed[0].1.version));
     assert_eq!(theirs.get("session", 130).unwrap(), "5 visits");
-    let again = theirs.take_side_writes(handed, writer(7, 2), 140);
+    let again = theirs.apply_side_writes(handed, writer(7, 2), 140);
     assert!(again.changes.is_empty(), "taken once");
     let older = vec![("shared".to_string(), shared.changes[0].1.clone())];
     assert!(
         theirs
-            .take_side_writes(older, writer(7, 2), 160)
+            .apply_side_writes(older, writer(7, 2), 160)
             .changes
             .is_empty()
     );
     assert_eq!(theirs.get("shared", 170).unwrap(), "theirs");
+}
+
+#[test]
+fn a_key_removed_and_forgotten_is_not_brought_back_by_an_older_side_write() {
+    let mut ours = taken_over(5);
+    let gone = write_unanswered(&mut ours, "gone", "v", 5, 100);
+    answered(&mut ours, &gone);
+    // The next primary had the write, removed the key, and swept its tombstone away.
+    let mut theirs = taken_over(7);
+    theirs.merge("gone".to_string(), gone.changes[0].1.clone(), 100);
+    let remove = CacheOp::Remove {
+        key: "gone".to_string(),
+    };
+    theirs.execute(&remove, Bytes::new(), Expiry::default(), writer(7, 2), 150);
+    assert_eq!(theirs.sweep(150 + TOMBSTONE_MS), ["gone"]);
+    let fresh = write_unanswered(&mut ours, "fresh", "v", 5, 400);
+    answered(&mut ours, &fresh);
+
+    let handed = ours.side_writes(&theirs.snapshot(), 1);
+    assert_eq!(handed.len(), 2, "both are missing there");
+    let taken = theirs.apply_side_writes(handed, writer(7, 2), 500);
+    let keys: Vec<&str> = taken.changes.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["fresh"], "written after every removal forgotten");
 }
