@@ -290,25 +290,12 @@ struct Exchange<A> {
     activity: Option<Arc<Activity>>,
 }
 
-/// The requests a connection has open now, and when it last had one.
+/// The requests a connection has open now, and how many it has answered (no clock is read per
+/// request: the idle watch notes when that count last moved).
+#[derive(Default)]
 struct Activity {
     open: AtomicUsize,
-    since: std::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            open: AtomicUsize::new(0),
-            since: std::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-}
-
-impl Activity {
-    fn idle_for(&self) -> Option<Duration> {
-        (self.open.load(Ordering::Acquire) == 0).then(|| crate::sync::lock(&self.since).elapsed())
-    }
+    answered: AtomicUsize,
 }
 
 /// A request open on a connection, until its answer's head is given (or it is dropped, the
@@ -324,7 +311,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        *crate::sync::lock(&self.0.since) = tokio::time::Instant::now();
+        self.0.answered.fetch_add(1, Ordering::AcqRel);
         self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -424,12 +411,14 @@ async fn until_done<C: Future>(
             return std::future::pending().await;
         };
         let mut looks = tokio::time::interval(HTTP2_IDLE_LIMIT / 6);
+        // How many requests it had answered when that count last moved, and since when.
+        let (mut answered, mut quiet_since) = (0, tokio::time::Instant::now());
         loop {
             looks.tick().await;
-            if activity
-                .idle_for()
-                .is_some_and(|idle| idle >= HTTP2_IDLE_LIMIT)
-            {
+            let now_answered = activity.answered.load(Ordering::Acquire);
+            if activity.open.load(Ordering::Acquire) != 0 || now_answered != answered {
+                (answered, quiet_since) = (now_answered, tokio::time::Instant::now());
+            } else if quiet_since.elapsed() >= HTTP2_IDLE_LIMIT {
                 return;
             }
         }

@@ -104,7 +104,10 @@ impl<K: Hash + Eq + Clone + Send + 'static> ConnectionPool<K> {
     fn take(&self, key: &K) -> Option<SendRequest<Body>> {
         let mut idle = crate::sync::lock(&self.idle);
         let kept = idle.get_mut(key)?;
-        kept.retain(|(_, freed)| freed.elapsed() < IDLE_LIMIT);
+        // Kept in the order they were freed: those unused too long are at the front.
+        let now = Instant::now();
+        let stale = kept.partition_point(|(_, freed)| now.duration_since(*freed) >= IDLE_LIMIT);
+        kept.drain(..stale);
         kept.pop().map(|(sender, _)| sender)
     }
 }
