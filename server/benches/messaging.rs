@@ -1,62 +1,123 @@
-//! Durable queue throughput and latency on one node.
+//! Durable queue throughput and latency on one node and on two, against RabbitMQ.
 //!
 //! `cargo bench -p immutant-server --bench messaging` builds the loadgen app
 //! (tests/apps/loadgen), deploys it twice into a throwaway install of the release server: as
-//! `consumer` (a listener with concurrency 4 on /queue/bench) and then as `producer` (8
-//! concurrent publishers of 1 KB persistent messages, each waiting for its confirm). Every
-//! message is on disk (group commit) before its publish returns. Three runs of 20,000 messages;
-//! the medians are reported. Then the same on a cluster of two nodes: the publishers on one, a
-//! listener on each, so that about half the messages are forwarded (stored on both nodes in
-//! turn). `LOADGEN_MESSAGES` and `LOADGEN_PUBLISHERS` change the load.
+//! `consumer` (a listener with concurrency 4 on /queue/bench) and then as `producer` (8, then
+//! 64, concurrent publishers of 1 KB persistent messages, each waiting for its confirm). Every
+//! message is on disk (group commit) before its publish returns. Three runs of 20,000 messages
+//! each; the medians are reported. Then the same on a cluster of two nodes: the publishers on
+//! one, a listener on each, so that about half the messages are forwarded (stored on both nodes
+//! in turn). Then RabbitMQ (Debian's package, started by the benchmark on 127.0.0.1; skipped
+//! where it is missing) under the same load from tests/apps/rabbitload through lapin: 8
+//! publishers each awaiting its confirm, and its best of 4 or 8 publishers with 256 confirms
+//! outstanding each (prefetch 256, manual acks); and the ratios. `LOADGEN_MESSAGES` and
+//! `LOADGEN_PUBLISHERS` (one number) change the load.
 
 mod support;
 
 use std::path::Path;
 
+use support::rabbitmq::RabbitMq;
 use support::{TempInstall, build_app, free_offset, median, run_clustered};
 
 const RUNS: usize = 3;
+/// The two shapes of the targets: publishers each awaiting its own confirm, and many.
+const PUBLISHERS: [usize; 2] = [8, 64];
+/// RabbitMQ's best shape: publishers with this many confirms outstanding each.
+const RABBIT_WINDOW: usize = 256;
+
+/// Medians of three runs: throughput, p50 and p99.
+type Figures = (f64, f64, f64);
 
 fn main() {
     let loadgen = build_app("loadgen");
     let messages = std::env::var("LOADGEN_MESSAGES").unwrap_or_else(|_| "20000".into());
-    let publishers = std::env::var("LOADGEN_PUBLISHERS").unwrap_or_else(|_| "8".into());
-    let mut rates = Vec::new();
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for run in 1..=RUNS {
-        let line = run_once(&loadgen, &messages, &publishers);
-        println!("run {run}: {line}");
-        let numbers: Vec<f64> = line
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter_map(|word| word.parse().ok())
-            .collect();
-        // "consumed N messages in S s: R msg/s; ... p50 A ms, p99 B ms"
-        rates.push(numbers[2]);
-        p50s.push(numbers[4]);
-        p99s.push(numbers[6]);
+    let shapes: Vec<usize> = match std::env::var("LOADGEN_PUBLISHERS") {
+        Ok(publishers) => vec![publishers.parse().expect("LOADGEN_PUBLISHERS is a number")],
+        Err(_) => PUBLISHERS.to_vec(),
+    };
+    let mut ours = Vec::new();
+    for &publishers in &shapes {
+        let one = medians(|run| {
+            let line = run_once(&loadgen, &messages, &publishers.to_string());
+            println!("{publishers} publishers, run {run}: {line}");
+            // "consumed N messages in S s: R msg/s; ... p50 A ms, p99 B ms"
+            let numbers: Vec<f64> = line
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|word| word.parse().ok())
+                .collect();
+            (numbers[2], numbers[4], numbers[6])
+        });
+        println!(
+            "durable queue, 1 KB persistent, {publishers} publishers, listener concurrency 4: {}",
+            shown(one)
+        );
+        let two = medians(|run| {
+            let figures = run_clustered(&loadgen, &messages, &publishers.to_string(), run, &[]);
+            println!(
+                "{publishers} publishers, clustered run {run}: {}",
+                shown(figures)
+            );
+            figures
+        });
+        println!(
+            "clustered, two nodes, {publishers} publishers on one, a listener on each: {} (the slower node's latency), {:.0}% of one node",
+            shown(two),
+            100.0 * two.0 / one.0
+        );
+        ours.push((publishers, one));
     }
-    println!(
-        "durable queue, 1 KB persistent, {publishers} publishers, listener concurrency 4: median {:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms",
-        median(&mut rates),
-        median(&mut p50s),
-        median(&mut p99s)
-    );
+    against_rabbitmq(&messages, &ours);
+}
 
+/// The medians of [`RUNS`] runs of `run`.
+fn medians(mut run: impl FnMut(usize) -> Figures) -> Figures {
     let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 1..=RUNS {
-        let (rate, p50, p99) = run_clustered(&loadgen, &messages, &publishers, run, &[]);
-        println!("clustered run {run}: {rate:.0} msg/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
+    for number in 1..=RUNS {
+        let (rate, p50, p99) = run(number);
         rates.push(rate);
         p50s.push(p50);
         p99s.push(p99);
     }
-    println!(
-        "clustered, two nodes, publishers on one, a listener on each: median {:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms (the slower node's)",
-        median(&mut rates),
-        median(&mut p50s),
-        median(&mut p99s)
-    );
+    (median(&mut rates), median(&mut p50s), median(&mut p99s))
+}
+
+fn shown((rate, p50, p99): Figures) -> String {
+    format!("{rate:.0} msg/s, p50 {p50:.2} ms, p99 {p99:.2} ms")
+}
+
+/// RabbitMQ under the same load, and our one-node figures (`ours`, by publishers) against it.
+fn against_rabbitmq(messages: &str, ours: &[(usize, Figures)]) {
+    let Some(broker) = RabbitMq::start() else {
+        return;
+    };
+    let rabbitload = build_app("rabbitload");
+    let run = |publishers: usize, window: usize| {
+        let figures = medians(|_| broker.load(&rabbitload, messages, publishers, window));
+        println!(
+            "RabbitMQ, {publishers} publishers, {window} unconfirmed each: {}",
+            shown(figures)
+        );
+        figures
+    };
+    let awaiting = run(8, 1);
+    let best = [run(4, RABBIT_WINDOW), run(8, RABBIT_WINDOW)]
+        .into_iter()
+        .fold((0.0, 0.0, 0.0), |best, figures| {
+            if figures.0 > best.0 { figures } else { best }
+        });
+    for (publishers, figures) in ours {
+        let (against, shape) = match publishers {
+            8 => (awaiting, "its 8 publishers each awaiting its confirm"),
+            _ => (best, "its best (4 or 8 publishers, 256 unconfirmed each)"),
+        };
+        println!(
+            "ours at {publishers} publishers against RabbitMQ at {shape}: {:.2}x its msg/s; p99 {:.2} ms against {:.2} ms",
+            figures.0 / against.0,
+            figures.2,
+            against.2
+        );
+    }
 }
 
 /// One node, one consumer, one producer; returns the consumer's report.

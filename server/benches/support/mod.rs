@@ -4,6 +4,8 @@
 // Each benchmark compiles this module and uses the part it needs.
 #![allow(dead_code)]
 
+pub mod rabbitmq;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

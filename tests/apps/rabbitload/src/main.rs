@@ -1,12 +1,14 @@
 //! rabbitload: the load of loadgen (tests/apps/loadgen), against RabbitMQ, so that the two can be
 //! compared on one machine: a durable queue, 1 KB persistent messages from 8 publishers, each
-//! waiting for its publisher confirm before the next; a consumer with prefetch 4 and manual
-//! acks. Reports throughput (first publish to last handler) and publish-to-handler latency.
+//! waiting for its publisher confirm before the next (or with up to `LOADGEN_WINDOW` unconfirmed
+//! at once); a consumer with manual acks and a prefetch of `RABBITLOAD_PREFETCH` (256). Reports
+//! throughput (first publish to last handler) and publish-to-handler latency.
 //!
 //! `cargo run --release --manifest-path tests/apps/rabbitload/Cargo.toml` with a RabbitMQ on
 //! 127.0.0.1:5672 (`AMQP_ADDR` to change it); `LOADGEN_MESSAGES`, `LOADGEN_PUBLISHERS` as for
-//! loadgen.
+//! loadgen. The messaging benchmark starts a RabbitMQ of its own and runs this against it.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -25,6 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("AMQP_ADDR").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into());
     let messages: usize = env_number("LOADGEN_MESSAGES", 20_000);
     let publishers: usize = env_number("LOADGEN_PUBLISHERS", 8);
+    let window: usize = env_number("LOADGEN_WINDOW", 1).max(1);
+    let prefetch: u16 = env_number("RABBITLOAD_PREFETCH", 256).try_into()?;
     let connection = Connection::connect(&addr, ConnectionProperties::default()).await?;
 
     let setup = connection.create_channel().await?;
@@ -40,7 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     let consuming = connection.create_channel().await?;
-    consuming.basic_qos(4, BasicQosOptions::default()).await?;
+    consuming
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
     let mut consumer = consuming
         .basic_consume(
             QUEUE.into(),
@@ -71,7 +77,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let count = messages / publishers + usize::from(p < messages % publishers);
         tasks.push(tokio::spawn(async move {
             let persistent = BasicProperties::default().with_delivery_mode(2);
+            let mut unconfirmed = VecDeque::with_capacity(window);
             for _ in 0..count {
+                if unconfirmed.len() == window
+                    && let Some(oldest) = unconfirmed.pop_front()
+                {
+                    let _ = oldest.await;
+                }
                 let mut body = vec![0u8; PAYLOAD];
                 body[..16].copy_from_slice(&now_nanos().to_be_bytes());
                 let confirm = channel
@@ -84,8 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     )
                     .await;
                 if let Ok(confirm) = confirm {
-                    let _ = confirm.await;
+                    unconfirmed.push_back(confirm);
                 }
+            }
+            for confirm in unconfirmed {
+                let _ = confirm.await;
             }
         }));
     }
