@@ -8,11 +8,13 @@
 //! written on the side the balancer kept sending to survives the heal, whichever side's lease
 //! is the newer.
 //!
-//! A primary that was paused rather than cut off hands nothing new: what it answered reached
-//! the holders the next primary gathered, so every such write is there, or was written over or
-//! removed since (and a removal is later than the write it removed, even once forgotten: see
-//! `Store::apply_side_writes`). Under a majority quorum no two sides answer at once, and nothing
-//! is handed.
+//! A primary that was paused rather than cut off may hand writes too, but none is taken that
+//! the next primary already had: what it answered reached the holders the next primary
+//! gathered, so each such write is there, or was written over since (a later version), or
+//! removed or expired since and maybe forgotten (then it is older than the store's
+//! `removals_forgotten_through`, which a removal's version is always past, or expired on
+//! both sides: see `Store::apply_side_writes`). Under a majority quorum no two sides answer at
+//! once, and nothing is handed.
 
 use bytes::Bytes;
 use immutant_protocol::CacheOutcome;
@@ -35,8 +37,8 @@ impl Caches {
         if writes.is_empty() {
             return;
         }
-        // A page that fails puts every write back, those taken included: handed again, they
-        // are not later than what the primary made of them (`Store::apply_side_writes`).
+        // A page that fails puts every write back, those taken included: handed again, each
+        // is not later than what the primary made of it (`Store::apply_side_writes`).
         let handed = match self.primary(cache) {
             Some((primary, Some(_))) if primary == self.node => {
                 self.take_side_writes(cache, writes.clone()).await.is_ok()

@@ -112,7 +112,7 @@ impl Caches {
         let cache = Arc::new(Cache {
             name: name.to_string(),
             options: options.clone(),
-            store: Mutex::new(Store::default()),
+            store: Mutex::new(Store::opened(now_ms())),
             joined: Mutex::new(BTreeSet::new()),
             missed: Mutex::default(),
             primacy: Mutex::default(),
@@ -247,7 +247,7 @@ impl Caches {
             let side_writes =
                 if led && store.synced < epoch && epoch >= store.fenced() && self.sides_may_split()
                 {
-                    store.side_writes(&primary.state.entries, self.writer)
+                    store.side_writes(&primary.state.entries, self.writer, now_ms())
                 } else {
                     Vec::new()
                 };
@@ -261,8 +261,8 @@ impl Caches {
             (replaced, side_writes)
         };
         cache.save_replaced(replaced).await;
-        // Handed by the rebalance that follows (not here: the primary's copies of them wait
-        // for this node's save lock, held until this join ends).
+        // Handed by the rebalance that follows, not here: the primary's copies of them to a
+        // persisted cache wait for this node's save lock, held until this join ends.
         lock(&cache.side_writes).extend(side_writes);
     }
 

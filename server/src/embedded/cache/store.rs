@@ -114,8 +114,9 @@ pub struct Store {
     /// with the version written: a write its holders may never have had, never handed on as a
     /// write of its side ([`Store::side_writes`]).
     unconfirmed: HashMap<String, Version>,
-    /// The newest removal (its version's counter) whose tombstone was swept away: a key
-    /// missing here may have been removed until then.
+    /// Until when (a version's counter) a key missing here may have been removed, or may have
+    /// expired, without a trace: the store's opening, the newest removal whose tombstone was
+    /// swept away, the moment a takeover or join dropped keys the new state lacks.
     removals_forgotten_through: u64,
 }
 
@@ -135,6 +136,14 @@ pub struct Replaced {
 }
 
 impl Store {
+    /// An empty store opened at `now`: what was removed before, elsewhere, it cannot know.
+    pub fn opened(now: u64) -> Store {
+        Store {
+            removals_forgotten_through: now,
+            ..Store::default()
+        }
+    }
+
     /// Carries out `op` (with its `body`) as the cache's primary (or, for a local or invalidated
     /// cache, its only writer): `defaults` is the cache's expiry.
     pub fn execute(
@@ -309,6 +318,9 @@ impl Store {
             }
             keep
         });
+        if !replaced.forgotten.is_empty() {
+            self.removals_forgotten_through = self.removals_forgotten_through.max(now);
+        }
         for (key, mut entry) in theirs {
             let take = self.entries.get(&key).is_none_or(|mine| {
                 !tracked.contains(&key)
@@ -366,6 +378,9 @@ impl Store {
             }
             keep
         });
+        if !replaced.forgotten.is_empty() {
+            self.removals_forgotten_through = self.removals_forgotten_through.max(now);
+        }
         for (key, mut entry) in newest {
             if self.entries.get(&key).map(|mine| mine.version) != Some(entry.version) {
                 entry.touched_ms = now;
@@ -398,9 +413,15 @@ impl Store {
     /// The writes of this node's side of a partition that the primary of another side, whose
     /// state (`theirs`) this store is about to take in, never saw: those this node answered as
     /// the primary (`writer`) of the state it holds, later than what `theirs` holds of their
-    /// keys. Only a primary's own answered writes count: a write whose answer never went out
-    /// (its lease lapsed while it was paused) may never have happened.
-    pub fn side_writes(&self, theirs: &[(String, Entry)], writer: u64) -> Vec<(String, Entry)> {
+    /// keys, and not expired at `now`. Only a primary's own answered writes count: a write
+    /// whose answer never went out (its lease lapsed while it was paused) may never have
+    /// happened.
+    pub fn side_writes(
+        &self,
+        theirs: &[(String, Entry)],
+        writer: u64,
+        now: u64,
+    ) -> Vec<(String, Entry)> {
         let theirs: HashMap<&str, Version> = theirs
             .iter()
             .map(|(key, entry)| (key.as_str(), entry.version))
@@ -410,6 +431,7 @@ impl Store {
             .filter(|(key, mine)| {
                 mine.version.epoch == self.synced
                     && mine.version.writer == writer
+                    && (mine.value.is_none() || mine.live(now).is_some())
                     && !self.unconfirmed.contains_key(*key)
                     && theirs
                         .get(key.as_str())
@@ -421,9 +443,10 @@ impl Store {
 
     /// Applies, as the primary (`writer`), the writes another side of a partition made while
     /// the two could not see each other ([`Store::side_writes`]): each that was written later
-    /// than this store's entry for its key, as a new write past both. A key this store lacks
-    /// is taken only if written after every removal whose tombstone was swept away here: it
-    /// may have been one of them.
+    /// than this store's entry for its key, as a new write past both, its expiry as the side
+    /// had it. A key this store lacks is taken only if written after it may have been removed
+    /// here without a trace ([`Store::removals_forgotten_through`]). A version more than a day
+    /// ahead of this clock is refused.
     pub fn apply_side_writes(
         &mut self,
         writes: Vec<(String, Entry)>,
@@ -437,16 +460,14 @@ impl Store {
                 Some(mine) => entry.version.written_after(&mine),
                 None => entry.version.counter > self.removals_forgotten_through,
             };
-            if !later {
+            let expired = entry.value.is_some() && entry.live(now).is_none();
+            if !later || expired || entry.version.counter > now.saturating_add(DAY_MS) {
                 continue;
             }
             // Past the side's version too, so that the same write handed again (a page sent
-            // twice) is not later than this one. A counter from a peer is kept within a day
-            // of this clock.
-            let side = entry.version.counter.min(now.saturating_add(DAY_MS));
-            let at = now.max(side.saturating_add(1));
+            // twice) is not later than this one.
+            let at = now.max(entry.version.counter.saturating_add(1));
             entry.version = Version::after(mine, writer.epoch, writer.id, at);
-            entry.touched_ms = now;
             self.entries.insert(key.clone(), entry.clone());
             changes.push((key, entry));
         }
@@ -485,7 +506,7 @@ impl Store {
                 let keep = now < entry.touched_ms.saturating_add(TOMBSTONE_MS);
                 if !keep {
                     let forgotten = &mut self.removals_forgotten_through;
-                    *forgotten = (*forgotten).max(entry.version.counter);
+                    *forgotten = (*forgotten).max(entry.version.counter.min(now));
                 }
                 keep
             };

@@ -233,7 +233,7 @@ fn a_side_hands_on_only_the_writes_it_answered_later_than_the_other_side() {
     theirs.execute(&op, body, Expiry::default(), writer(3, 2), 50);
     let (op, body) = put("shared", "theirs");
     theirs.execute(&op, body, Expiry::default(), writer(7, 2), 150);
-    let mut handed = ours.side_writes(&theirs.snapshot(), 1);
+    let mut handed = ours.side_writes(&theirs.snapshot(), 1, 200);
     handed.sort_by(|a, b| a.0.cmp(&b.0));
     let keys: Vec<&str> = handed.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(
@@ -241,9 +241,13 @@ fn a_side_hands_on_only_the_writes_it_answered_later_than_the_other_side() {
         ["session"],
         "not the doubtful write, nor one written earlier"
     );
-    assert!(taken_over(6).side_writes(&theirs.snapshot(), 1).is_empty());
     assert!(
-        ours.side_writes(&theirs.snapshot(), 2).is_empty(),
+        taken_over(6)
+            .side_writes(&theirs.snapshot(), 1, 200)
+            .is_empty()
+    );
+    assert!(
+        ours.side_writes(&theirs.snapshot(), 2, 200).is_empty(),
         "only this primary's own"
     );
 
@@ -281,7 +285,7 @@ fn a_key_removed_and_forgotten_is_not_brought_back_by_an_older_side_write() {
     let fresh = write_unanswered(&mut ours, "fresh", "v", 5, 400);
     answered(&mut ours, &fresh);
 
-    let handed = ours.side_writes(&theirs.snapshot(), 1);
+    let handed = ours.side_writes(&theirs.snapshot(), 1, 200);
     assert_eq!(handed.len(), 2, "both are missing there");
     let taken = theirs.apply_side_writes(handed, writer(7, 2), 500);
     let keys: Vec<&str> = taken.changes.iter().map(|(key, _)| key.as_str()).collect();
