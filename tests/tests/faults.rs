@@ -141,6 +141,35 @@ fn items_after(lines: &[String], marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Where the probe notes each message it takes (`-Dprobe.taken-file`): its printed line goes
+/// through the node, and a kill -9 right after the acknowledgement may lose that line.
+struct TakenNotes {
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+}
+
+impl TakenNotes {
+    fn new() -> TakenNotes {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("taken");
+        TakenNotes { _dir: dir, file }
+    }
+
+    /// The property that points the probe at the file.
+    fn property(&self) -> String {
+        format!("-Dprobe.taken-file={}", self.file.display())
+    }
+
+    /// Every item taken so far, once per time it was taken.
+    fn taken(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 #[test]
 fn a_durable_subscriber_on_another_node_gets_every_persistent_message_across_kill_9_of_either() {
     durable_subscriber_across_kills(&[]);
@@ -159,8 +188,9 @@ fn durable_subscriber_across_kills(engine: &[String]) {
     base.deploy(&probe(), Some("wire"));
     let cluster = cluster_name();
     let offsets = [free_offset(), free_offset()];
+    let notes = TakenNotes::new();
     let start = |name: &str, offset: u16, role: &str| {
-        let mut extra = vec![format!("-Dprobe.role={role}")];
+        let mut extra = vec![format!("-Dprobe.role={role}"), notes.property()];
         extra.extend_from_slice(engine);
         clustered_with(&base, name, offset, &cluster, &extra)
     };
@@ -198,17 +228,11 @@ fn durable_subscriber_across_kills(engine: &[String]) {
     publishers.push(start("one", offsets[0], "publisher"));
     subscribers.push(start("two", offsets[1], "subscriber"));
 
-    let received = |procs: &[Proc]| -> Vec<String> {
-        procs
-            .iter()
-            .flat_map(|node| items_after(&node.lines(), "[wire] got: "))
-            .collect()
-    };
     // Everything published reaches the subscriber, but the newest few, which may be on their way.
     let deadline = std::time::Instant::now() + PATIENCE;
     let (sent, got) = loop {
         let sent = published(&publishers);
-        let got = received(&subscribers);
+        let got = notes.taken();
         let lost: Vec<&String> = sent[..sent.len() - 3]
             .iter()
             .filter(|item| !got.contains(item))
@@ -311,7 +335,10 @@ fn publish_load_across_kills(engine: &[String]) {
     base.deploy(&probe(), Some("loadq"));
     let cluster = cluster_name();
     let offsets = [free_offset(), free_offset()];
-    let start = |name: &str, offset: u16| clustered_with(&base, name, offset, &cluster, engine);
+    let notes = TakenNotes::new();
+    let mut extra = engine.to_vec();
+    extra.push(notes.property());
+    let start = |name: &str, offset: u16| clustered_with(&base, name, offset, &cluster, &extra);
     let mut nodes = vec![start("one", offsets[0]), start("two", offsets[1])];
     for node in &nodes {
         node.wait_for("[loadq] took: ", BUILD_PATIENCE);
@@ -336,7 +363,7 @@ fn publish_load_across_kills(engine: &[String]) {
     let deadline = std::time::Instant::now() + PATIENCE;
     let (loaded, taken) = loop {
         let loaded = items(&nodes, "[loadq] loaded: ");
-        let taken = items(&nodes, "[loadq] took: ");
+        let taken = notes.taken();
         let seen: std::collections::HashSet<&String> = taken.iter().collect();
         let lost: Vec<&String> = loaded[..loaded.len().saturating_sub(50)]
             .iter()

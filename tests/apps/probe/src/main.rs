@@ -153,11 +153,30 @@ impl Daemon for Worker {
     }
 }
 
+/// Notes `item` as taken in the file `-Dprobe.taken-file` names, if any, before its handler
+/// returns: the line the handler prints goes through its node, and a kill -9 of the node right
+/// after the message's acknowledgement can lose it; the file keeps what was written to it.
+fn note_taken(file: Option<&str>, item: &str) {
+    let Some(file) = file else { return };
+    let noted = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut notes| {
+            std::io::Write::write_all(&mut notes, format!("{item}\n").as_bytes())
+        });
+    if let Err(error) = noted {
+        eprintln!("cannot note {item} in {file}: {error}");
+    }
+}
+
 /// A persistent topic across nodes, as its node's `-Dprobe.role` says: `publisher` publishes
 /// `<pid>-<n>` to /topic/wire every 50 ms and prints `wired: <pid>-<n>` once each publish
-/// returned; `subscriber` subscribes durably and prints `got: <item>`.
+/// returned; `subscriber` subscribes durably and prints `got: <item>` (and notes it: see
+/// [`note_taken`]).
 async fn wire(app: &App) -> immutant::Result<()> {
     let topic = app.topic("/topic/wire").await?;
+    let taken_file = app.property("probe.taken-file").map(str::to_string);
     match app.property("probe.role") {
         Some("publisher") => {
             tokio::spawn(async move {
@@ -172,9 +191,13 @@ async fn wire(app: &App) -> immutant::Result<()> {
         }
         Some("subscriber") => {
             topic
-                .subscribe_durable("wire", |item: String| async move {
-                    println!("got: {item}");
-                    Ok(())
+                .subscribe_durable("wire", move |item: String| {
+                    let taken_file = taken_file.clone();
+                    async move {
+                        println!("got: {item}");
+                        note_taken(taken_file.as_deref(), &item);
+                        Ok(())
+                    }
                 })
                 .await?;
         }
@@ -185,13 +208,18 @@ async fn wire(app: &App) -> immutant::Result<()> {
 
 /// Load on one queue from every node: publishes `<node>-<pid>-<n>` to /queue/load as fast as
 /// each publish returns (printing `loaded: <item>` once it has), and takes what comes
-/// (`took: <item>`).
+/// (`took: <item>`, and noted: see [`note_taken`]).
 async fn load_queue(app: &App) -> immutant::Result<()> {
     let queue = app.queue("/queue/load").await?;
+    let taken_file = app.property("probe.taken-file").map(str::to_string);
     queue
-        .listen(|item: String| async move {
-            println!("took: {item}");
-            Ok(())
+        .listen(move |item: String| {
+            let taken_file = taken_file.clone();
+            async move {
+                println!("took: {item}");
+                note_taken(taken_file.as_deref(), &item);
+                Ok(())
+            }
         })
         .concurrency(4)
         .await?;
