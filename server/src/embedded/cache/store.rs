@@ -114,9 +114,10 @@ pub struct Store {
     /// with the version written: a write its holders may never have had, never handed on as a
     /// write of its side ([`Store::side_writes`]).
     unconfirmed: HashMap<String, Version>,
-    /// Until when (a version's counter) a key missing here may have been removed, or may have
-    /// expired, without a trace: the store's opening, the newest removal whose tombstone was
-    /// swept away, the moment a takeover or join dropped keys the new state lacks.
+    /// Until when (a version's counter) a key missing here may have been removed without a
+    /// trace: the store's opening, the newest removal whose tombstone was swept away, the
+    /// moment a takeover or join dropped keys the new state lacks. (Expired entries need no
+    /// mark: a side hands on only what has not expired.)
     removals_forgotten_through: u64,
 }
 
