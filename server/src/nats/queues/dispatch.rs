@@ -4,11 +4,13 @@
 //! what is in flight is kept alive in JetStream until the app answers, and a failed one is
 //! redelivered at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,25 +26,32 @@ use immutant_foundation::clock::now_ms;
 use immutant_foundation::shutdown::Shutdown;
 use immutant_foundation::sync::lock;
 
-/// Takes all the room a puller has left, besides the place it waited for: how many messages it
-/// asks for, its concurrency less what it has in flight.
-pub(super) fn take_room(room: &Semaphore) -> usize {
-    let mut wanted = 1;
-    while let Ok(more) = room.try_acquire() {
-        more.forget();
-        wanted += 1;
-    }
-    wanted
-}
-
 /// Whether a message whose delivery failed `failures` times goes to the dead letter queue
 /// rather than back in line.
 pub(super) fn dead_letters(failures: u32) -> bool {
     failures >= MAX_DELIVERIES
 }
 
+/// How many more messages a puller asks for: room for `concurrency` at the app and as many
+/// again `ahead` (pulled, waiting for room), less the `waiting` and `in_flight` ones it has;
+/// none until at least half of that is free, unless none wait (one pull per few messages,
+/// and the next one out before the waiting ones run out).
+pub(super) fn to_ask(concurrency: usize, ahead: usize, waiting: usize, in_flight: usize) -> usize {
+    let most = concurrency + ahead;
+    let free = most.saturating_sub(waiting + in_flight);
+    if waiting == 0 || free >= most.div_ceil(2) {
+        free
+    } else {
+        0
+    }
+}
+
 impl Queues {
-    /// Pulls messages for one listener or receiver while it has room, until it is stopped.
+    /// Pulls messages for one listener or receiver until it is stopped (a receiver: until it
+    /// took one, or its time is up). A listener keeps as many pulled ahead as it may have in
+    /// flight, so that an answer's room is filled at once rather than after a pull's round
+    /// trip; those waiting are kept alive in JetStream as deliveries in flight are, and given
+    /// back (for other consumers at once) when it stops.
     pub(super) async fn pull(
         self: Arc<Self>,
         key: ConsumerKey,
@@ -52,93 +61,127 @@ impl Queues {
         stop: Shutdown,
         pulling: Pulling,
     ) {
+        let concurrency = room.available_permits();
+        let ahead = match pulling {
+            Pulling::Listen => concurrency,
+            Pulling::Receive { .. } => 0,
+        };
+        let mut waiting: VecDeque<jetstream::Message> = VecDeque::new();
+        let mut batch: Option<Batch> = None;
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + PROGRESS_INTERVAL,
+            PROGRESS_INTERVAL,
+        );
         let mut failing = false;
         loop {
-            let permit = tokio::select! {
-                permit = room.clone().acquire_many_owned(1) => permit,
-                _ = stop.cancelled() => return,
-                _ = self.shutdown.cancelled() => return,
-            };
-            let Ok(permit) = permit else { return };
-            permit.forget();
-            let wanted = take_room(&room);
-            let Some(expires) = pulling.expires(tokio::time::Instant::now()) else {
-                self.end_receive(key, None);
-                return;
-            };
-            let batch = consumer
-                .batch()
-                .max_messages(wanted)
-                .expires(expires)
-                .messages()
-                .await;
-            let (mut taken, mut failed) = (0, None);
-            match batch {
-                Ok(mut batch) => loop {
-                    let next = tokio::select! {
-                        next = batch.next() => next,
-                        _ = stop.cancelled() => None,
-                    };
-                    let message = match next {
-                        Some(Ok(message)) => message,
-                        Some(Err(error)) => {
-                            failed = Some(error.to_string());
-                            break;
-                        }
-                        None => break,
-                    };
-                    let room = match pulling {
-                        Pulling::Listen => Some(room.clone()),
-                        Pulling::Receive { .. } => None,
-                    };
-                    if self.deliver(key, &destination, message, room, pulling) {
-                        taken += 1;
-                    }
-                },
-                Err(error) => failed = Some(error.to_string()),
+            let in_flight = concurrency.saturating_sub(room.available_permits());
+            let wanted = to_ask(concurrency, ahead, waiting.len(), in_flight);
+            let mut failed = None;
+            if batch.is_none() && wanted > 0 {
+                let Some(expires) = pulling.expires(tokio::time::Instant::now()) else {
+                    self.end_receive(key, None);
+                    return;
+                };
+                let asked = consumer.batch().max_messages(wanted).expires(expires);
+                match asked.messages().await {
+                    Ok(opened) => batch = Some(opened),
+                    Err(error) => failed = Some(error.to_string()),
+                }
             }
-            room.add_permits(wanted - taken.min(wanted));
+            if failed.is_none() {
+                tokio::select! {
+                    next = next_message(&mut batch) => match next {
+                        Some(Ok(message)) => {
+                            if failing {
+                                info!("Pulling from {destination} in NATS again");
+                                failing = false;
+                            }
+                            waiting.push_back(message);
+                        }
+                        Some(Err(error)) => failed = Some(error.to_string()),
+                        None => batch = None,
+                    },
+                    permit = room.clone().acquire_owned(), if !waiting.is_empty() => {
+                        let (Ok(permit), Some(message)) = (permit, waiting.pop_front()) else {
+                            return;
+                        };
+                        permit.forget();
+                        let room = match pulling {
+                            Pulling::Listen => Some(room.clone()),
+                            Pulling::Receive { .. } => None,
+                        };
+                        if !self.deliver(key, &destination, message, room.clone(), pulling) {
+                            // Not handed to the app (expired, or dead-lettered): room for another.
+                            if let Some(room) = room {
+                                room.add_permits(1);
+                            }
+                        } else if matches!(pulling, Pulling::Receive { .. }) {
+                            give_back(waiting);
+                            return;
+                        }
+                    }
+                    _ = progress.tick(), if !waiting.is_empty() => {
+                        for message in &waiting {
+                            let _ = message.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                    _ = stop.cancelled() => {
+                        give_back(waiting);
+                        return;
+                    }
+                    _ = self.shutdown.cancelled() => {
+                        give_back(waiting);
+                        return;
+                    }
+                }
+            }
             if let Some(error) = failed {
-                // The consumer may be gone (an ephemeral one forgotten while this node was cut
-                // off, or lost with its server): made again after a pause.
-                if !failing {
-                    warn!("Cannot pull from {destination} in NATS ({error}); trying again");
+                batch = None;
+                let named = (destination.as_str(), client_id.as_deref(), pulling);
+                match self.pull_again(key, named, &stop, error, failing).await {
+                    Some(again) => consumer = again.unwrap_or(consumer),
+                    None => {
+                        give_back(waiting);
+                        return;
+                    }
                 }
                 failing = true;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.cancelled() => return,
-                }
-                // Made again patiently, but no longer than the pull may last.
-                let lapsed = async {
-                    match pulling {
-                        Pulling::Receive {
-                            deadline: Some(deadline),
-                        } => tokio::time::sleep_until(deadline).await,
-                        _ => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    again = self.consumer(key, &destination, client_id.as_deref()) => {
-                        if let Ok(again) = again {
-                            consumer = again;
-                        }
-                    }
-                    _ = lapsed => {}
-                    _ = stop.cancelled() => return,
-                }
-                continue;
             }
-            if failing {
-                info!("Pulling from {destination} in NATS again");
-                failing = false;
+        }
+    }
+
+    /// After a pull failed (`error`): said once (`failing`: already said), then, after a pause,
+    /// the consumer made again (the old one may be gone: an ephemeral one forgotten while this
+    /// node was cut off, or lost with its server), patiently but no longer than a receive may
+    /// last. None when the puller is stopped meanwhile; Some(None) when the consumer could not
+    /// be made again (the old one is tried again).
+    async fn pull_again(
+        &self,
+        key: ConsumerKey,
+        (destination, client_id, pulling): (&str, Option<&str>, Pulling),
+        stop: &Shutdown,
+        error: String,
+        failing: bool,
+    ) -> Option<Option<PullConsumer>> {
+        if !failing {
+            warn!("Cannot pull from {destination} in NATS ({error}); trying again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return None,
+        }
+        let lapsed = async {
+            match pulling {
+                Pulling::Receive {
+                    deadline: Some(deadline),
+                } => tokio::time::sleep_until(deadline).await,
+                _ => std::future::pending().await,
             }
-            if matches!(pulling, Pulling::Receive { .. }) && taken > 0 {
-                return;
-            }
-            if stop.is_cancelled() {
-                return;
-            }
+        };
+        tokio::select! {
+            again = self.consumer(key, destination, client_id) => Some(again.ok()),
+            _ = lapsed => Some(None),
+            _ = stop.cancelled() => None,
         }
     }
 
@@ -285,4 +328,26 @@ impl Queues {
             }
         }
     }
+}
+
+/// The next message of the pull under way; never, while none is.
+async fn next_message(
+    batch: &mut Option<Batch>,
+) -> Option<Result<jetstream::Message, async_nats::Error>> {
+    match batch {
+        Some(batch) => batch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Gives messages pulled but not handed out back to JetStream, for another consumer at once.
+fn give_back(waiting: VecDeque<jetstream::Message>) {
+    if waiting.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for message in waiting {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+    });
 }

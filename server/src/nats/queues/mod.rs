@@ -2,8 +2,9 @@
 //!
 //! - A queue is a stream with work-queue retention and file storage; every listener on every
 //!   node pulls from one durable consumer of it (`workers`), so JetStream balances the
-//!   messages across nodes. A listener asks for no more than its concurrency less what it has
-//!   in flight.
+//!   messages across nodes. A listener keeps as many messages pulled ahead as its concurrency
+//!   (waiting for room at the app, kept alive like those in flight), so that room is filled
+//!   without a pull's round trip.
 //! - A topic is a stream that keeps a message while a subscriber still has to take it
 //!   (interest retention): a durable subscriber (with a client id) is a durable consumer that
 //!   outlives it, any other an ephemeral consumer that starts at new messages.

@@ -15,7 +15,7 @@ use immutant_protocol::{DestinationKind, Header, PublishOptions};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::dispatch::{dead_letters, take_room};
+use super::dispatch::{dead_letters, to_ask};
 use super::message::{Carried, carried, headers, message_header};
 use super::state::{Counts, InFlight, Known, Listener, Pulling, State};
 use super::streams::{
@@ -248,25 +248,40 @@ fn sequence(in_flight: &InFlight) -> u64 {
     in_flight.message.info().unwrap().stream_sequence
 }
 
+#[test]
+fn a_listener_pulls_ahead_as_many_as_it_may_have_in_flight_and_no_more() {
+    // Concurrency 4, as many ahead: nothing held, eight asked for.
+    assert_eq!(to_ask(4, 4, 0, 0), 8);
+    // Four at the app, four waiting: nothing.
+    assert_eq!(to_ask(4, 4, 4, 4), 0);
+    // One answered: one free, not worth a pull while three wait.
+    assert_eq!(to_ask(4, 4, 3, 4), 0);
+    // Half free: asked for.
+    assert_eq!(to_ask(4, 4, 1, 3), 4);
+    // None waiting: whatever is free, at once.
+    assert_eq!(to_ask(4, 4, 0, 4), 4);
+    // A receive: one, and only while it holds none.
+    assert_eq!(to_ask(1, 0, 0, 0), 1);
+    assert_eq!(to_ask(1, 0, 1, 0), 0);
+}
+
 #[tokio::test]
-async fn a_listener_pulls_its_concurrency_less_what_it_has_in_flight() {
+async fn a_delivery_gives_its_listener_room_back_once_answered() {
     let context = offline().await;
     let room = Arc::new(Semaphore::new(4));
-    // The pull waits for one place, then takes the others left: all four came, in flight.
-    room.try_acquire().unwrap().forget();
-    assert_eq!(take_room(&room), 4, "nothing in flight: its concurrency");
     let pulled: Vec<InFlight> = (1..=4)
-        .map(|sequence| in_flight(&context, 1, sequence, Some(&room)))
+        .map(|sequence| {
+            room.try_acquire().unwrap().forget();
+            in_flight(&context, 1, sequence, Some(&room))
+        })
         .collect();
-    assert_eq!(room.available_permits(), 0, "no room: no pull");
-    // Two answered: room for two.
+    assert_eq!(room.available_permits(), 0, "four at the app: no room");
     pulled[0].give_room_back();
     pulled[1].give_room_back();
-    room.try_acquire().unwrap().forget();
-    assert_eq!(take_room(&room), 2);
+    assert_eq!(room.available_permits(), 2);
     // A receive's delivery takes no listener's room.
     in_flight(&context, 1, 4, None).give_room_back();
-    assert_eq!(room.available_permits(), 0);
+    assert_eq!(room.available_permits(), 2);
 }
 
 #[tokio::test]
