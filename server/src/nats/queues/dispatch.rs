@@ -1,5 +1,6 @@
-//! Handing messages out: each listener or receiver pulls from its JetStream consumer while it
-//! has room (its concurrency less what it has in flight), and what comes is handed to its app,
+//! Handing messages out: each listener or receiver pulls from its JetStream consumer (a
+//! listener as many ahead as its concurrency, waiting for room at the app), and what is handed
+//! to its app is handed as room frees,
 //! or dropped if it expired, or moved to the dead letter queue if it failed its tenth delivery;
 //! what is in flight is kept alive in JetStream until the app answers, and a failed one is
 //! redelivered at once.
@@ -13,7 +14,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use immutant_protocol::{DestinationKind, Frame, Header, MessageHeader};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -32,14 +33,13 @@ pub(super) fn dead_letters(failures: u32) -> bool {
     failures >= MAX_DELIVERIES
 }
 
-/// How many more messages a puller asks for: room for `concurrency` at the app and as many
-/// again `ahead` (pulled, waiting for room), less the `waiting` and `in_flight` ones it has;
-/// none until at least half of that is free, unless none wait (one pull per few messages,
-/// and the next one out before the waiting ones run out).
+/// How many more messages a puller asks for: room for `concurrency` at the app and `ahead`
+/// more pulled and waiting for room, less the `waiting` and `in_flight` ones it has; none while
+/// less than half of `ahead` is free and some wait (one pull for a few messages, and the next
+/// one out before the waiting ones run out).
 pub(super) fn to_ask(concurrency: usize, ahead: usize, waiting: usize, in_flight: usize) -> usize {
-    let most = concurrency + ahead;
-    let free = most.saturating_sub(waiting + in_flight);
-    if waiting == 0 || free >= most.div_ceil(2) {
+    let free = (concurrency + ahead).saturating_sub(waiting + in_flight);
+    if waiting == 0 || free >= ahead.div_ceil(2).max(1) {
         free
     } else {
         0
@@ -68,10 +68,11 @@ impl Queues {
         };
         let mut waiting: VecDeque<jetstream::Message> = VecDeque::new();
         let mut batch: Option<Batch> = None;
-        let mut progress = tokio::time::interval_at(
-            tokio::time::Instant::now() + PROGRESS_INTERVAL,
-            PROGRESS_INTERVAL,
-        );
+        // Twice as often as deliveries in flight: a message may wait almost a tick before
+        // it is delivered, and its first tick in flight comes up to a tick after that.
+        let every = PROGRESS_INTERVAL / 2;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
             let in_flight = concurrency.saturating_sub(room.available_permits());
@@ -92,62 +93,79 @@ impl Queues {
                 tokio::select! {
                     next = next_message(&mut batch) => match next {
                         Some(Ok(message)) => {
-                            if failing {
-                                info!("Pulling from {destination} in NATS again");
-                                failing = false;
-                            }
                             waiting.push_back(message);
+                            self.pulling_again(&destination, &mut failing);
                         }
                         Some(Err(error)) => failed = Some(error.to_string()),
-                        None => batch = None,
+                        None => {
+                            batch = None;
+                            self.pulling_again(&destination, &mut failing);
+                        }
                     },
                     permit = room.clone().acquire_owned(), if !waiting.is_empty() => {
                         let (Ok(permit), Some(message)) = (permit, waiting.pop_front()) else {
+                            give_back(waiting, batch);
                             return;
                         };
                         permit.forget();
-                        let room = match pulling {
+                        let listener_room = match pulling {
                             Pulling::Listen => Some(room.clone()),
                             Pulling::Receive { .. } => None,
                         };
-                        if !self.deliver(key, &destination, message, room.clone(), pulling) {
+                        if !self.deliver(key, &destination, message, listener_room, pulling) {
                             // Not handed to the app (expired, or dead-lettered): room for another.
-                            if let Some(room) = room {
-                                room.add_permits(1);
-                            }
+                            room.add_permits(1);
                         } else if matches!(pulling, Pulling::Receive { .. }) {
-                            give_back(waiting);
+                            give_back(waiting, batch);
                             return;
                         }
                     }
                     _ = progress.tick(), if !waiting.is_empty() => {
-                        for message in &waiting {
-                            let _ = message.ack_with(AckKind::Progress).await;
-                        }
+                        self.keep_alive(waiting.iter());
                     }
                     _ = stop.cancelled() => {
-                        give_back(waiting);
+                        give_back(waiting, batch);
                         return;
                     }
                     _ = self.shutdown.cancelled() => {
-                        give_back(waiting);
+                        give_back(waiting, batch);
                         return;
                     }
                 }
             }
             if let Some(error) = failed {
-                batch = None;
+                // What waits is given back now: its acks could not be sent to a consumer made
+                // again, and it would not be kept alive meanwhile.
+                give_back(std::mem::take(&mut waiting), batch.take());
                 let named = (destination.as_str(), client_id.as_deref(), pulling);
                 match self.pull_again(key, named, &stop, error, failing).await {
                     Some(again) => consumer = again.unwrap_or(consumer),
-                    None => {
-                        give_back(waiting);
-                        return;
-                    }
+                    None => return,
                 }
                 failing = true;
             }
         }
+    }
+
+    /// A pull answered after pulls failed (`failing`): said, and no longer failing.
+    fn pulling_again(&self, destination: &str, failing: &mut bool) {
+        if std::mem::take(failing) {
+            info!("Pulling from {destination} in NATS again");
+        }
+    }
+
+    /// Tells JetStream each of `messages` is being worked on (sent from a task of its own, so
+    /// that a slow connection holds no puller up).
+    fn keep_alive<'a>(&self, messages: impl Iterator<Item = &'a jetstream::Message>) {
+        let replies: Vec<_> = messages
+            .filter_map(|message| message.reply.clone())
+            .collect();
+        let client = self.nats.client.clone();
+        tokio::spawn(async move {
+            for reply in replies {
+                let _ = client.publish(reply, Bytes::from_static(b"+WPI")).await;
+            }
+        });
     }
 
     /// After a pull failed (`error`): said once (`failing`: already said), then, after a pause,
@@ -314,18 +332,8 @@ impl Queues {
                 _ = ticks.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let replies: Vec<_> = lock(&self.state)
-                .in_flight
-                .values()
-                .filter_map(|in_flight| in_flight.message.reply.clone())
-                .collect();
-            for reply in replies {
-                let _ = self
-                    .nats
-                    .client
-                    .publish(reply, Bytes::from_static(b"+WPI"))
-                    .await;
-            }
+            let state = lock(&self.state);
+            self.keep_alive(state.in_flight.values().map(|in_flight| &in_flight.message));
         }
     }
 }
@@ -340,8 +348,14 @@ async fn next_message(
     }
 }
 
-/// Gives messages pulled but not handed out back to JetStream, for another consumer at once.
-fn give_back(waiting: VecDeque<jetstream::Message>) {
+/// Gives messages pulled but not handed out back to JetStream, for another consumer at once:
+/// those `waiting`, and those the pull under way (`batch`) has already received.
+fn give_back(mut waiting: VecDeque<jetstream::Message>, batch: Option<Batch>) {
+    if let Some(mut batch) = batch {
+        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+            waiting.push_back(message);
+        }
+    }
     if waiting.is_empty() {
         return;
     }

@@ -362,6 +362,7 @@ impl Queues {
         lock(&self.state).stats()
     }
 
+    /// Sends what this node still has for NATS, waiting [`STOP_PATIENCE`] at most: NATS out of
     /// reach does not keep it from stopping.
     pub async fn close(&self) {
         let _ = tokio::time::timeout(STOP_PATIENCE, self.nats.client.flush()).await;

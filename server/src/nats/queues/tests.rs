@@ -254,15 +254,17 @@ fn a_listener_pulls_ahead_as_many_as_it_may_have_in_flight_and_no_more() {
     assert_eq!(to_ask(4, 4, 0, 0), 8);
     // Four at the app, four waiting: nothing.
     assert_eq!(to_ask(4, 4, 4, 4), 0);
-    // One answered: one free, not worth a pull while three wait.
+    // One place free while three wait: not worth a pull yet.
     assert_eq!(to_ask(4, 4, 3, 4), 0);
-    // Half free: asked for.
+    // Half of those ahead free: asked for before the waiting ones run out.
+    assert_eq!(to_ask(4, 4, 2, 4), 2);
     assert_eq!(to_ask(4, 4, 1, 3), 4);
     // None waiting: whatever is free, at once.
     assert_eq!(to_ask(4, 4, 0, 4), 4);
     // A receive: one, and only while it holds none.
     assert_eq!(to_ask(1, 0, 0, 0), 1);
     assert_eq!(to_ask(1, 0, 1, 0), 0);
+    assert_eq!(to_ask(1, 0, 0, 1), 0);
 }
 
 #[tokio::test]
