@@ -10,12 +10,12 @@
 //! `NATS_URL` (comma-separated servers); `LOADGEN_MESSAGES`, `LOADGEN_PUBLISHERS` as for
 //! loadgen. The engines benchmark runs this against its own servers.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
+use loadstats::{env_number, report, stamped_body};
 
-const PAYLOAD: usize = 1024;
 const STREAM: &str = "NATSLOAD";
 const SUBJECT: &str = "natsload";
 
@@ -50,25 +50,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .await?;
 
-    let (handled, mut counts) = tokio::sync::mpsc::unbounded_channel();
+    let (took, mut counts) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..consumers {
         let stream = jetstream::new(async_nats::connect(servers.clone()).await?)
             .get_stream(STREAM)
             .await?;
         let consumer: consumer::PullConsumer = stream.get_consumer("workers").await?;
         let mut incoming = consumer.messages().await?;
-        let handled = handled.clone();
+        let took = took.clone();
         tokio::spawn(async move {
             while let Some(Ok(message)) = incoming.next().await {
-                let sent =
-                    u128::from_be_bytes(message.payload[..16].try_into().unwrap_or_default());
-                if message.ack().await.is_err() || handled.send((sent, now_nanos())).is_err() {
+                let handled = loadstats::handled(&message.payload);
+                if message.ack().await.is_err() || took.send(handled).is_err() {
                     break;
                 }
             }
         });
     }
-    drop(handled);
+    drop(took);
 
     let tasks: Vec<_> = (0..publishers)
         .map(|p| {
@@ -76,8 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let count = messages / publishers + usize::from(p < messages % publishers);
             tokio::spawn(async move {
                 for _ in 0..count {
-                    let mut body = vec![0u8; PAYLOAD];
-                    body[..16].copy_from_slice(&now_nanos().to_be_bytes());
+                    let body = stamped_body();
                     publishing.publish(SUBJECT, body.into()).await?.await?;
                 }
                 Ok::<_, async_nats::Error>(())
@@ -89,29 +87,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 
     // Each message once; a run that stalls for ten seconds ends with what came.
-    let mut latencies = Vec::with_capacity(messages);
-    while latencies.len() < messages {
+    let mut handled = Vec::with_capacity(messages);
+    while handled.len() < messages {
         match tokio::time::timeout(Duration::from_secs(10), counts.recv()).await {
-            Ok(Some(handled)) => latencies.push(handled),
+            Ok(Some(one)) => handled.push(one),
             _ => break,
         }
     }
-    if latencies.len() < messages {
-        return Err(format!("{} of {messages} messages came", latencies.len()).into());
+    if handled.len() < messages {
+        return Err(format!("{} of {messages} messages came", handled.len()).into());
     }
-    let first_sent = latencies.iter().map(|(sent, _)| *sent).min().unwrap_or(0);
-    let last = latencies.iter().map(|(_, at)| *at).max().unwrap_or(0);
-    let seconds = Duration::from_nanos((last - first_sent) as u64).as_secs_f64();
-    let mut latencies: Vec<u128> = latencies.iter().map(|(sent, at)| at - sent).collect();
-    latencies.sort();
-    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize] as f64 / 1e6;
-    println!(
-        "async-nats: consumed {} messages in {seconds:.2} s: {:.0} msg/s; publish-to-handler latency p50 {:.2} ms, p99 {:.2} ms",
-        latencies.len(),
-        latencies.len() as f64 / seconds,
-        percentile(0.50),
-        percentile(0.99)
-    );
+    report("async-nats", &handled);
     let _ = publishing.delete_stream(STREAM).await;
     Ok(())
 }
@@ -124,17 +110,4 @@ fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::Error> 
             address => Ok(format!("nats://{address}").parse()?),
         })
         .collect()
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos())
 }

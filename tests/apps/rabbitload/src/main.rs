@@ -9,7 +9,6 @@
 //! loadgen. The messaging benchmark starts a RabbitMQ of its own and runs this against it.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -18,8 +17,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use loadstats::{env_number, report, stamped_body};
 
-const PAYLOAD: usize = 1024;
 const QUEUE: &str = "rabbitload";
 
 #[tokio::main]
@@ -56,16 +55,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     let received = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(messages);
-        while latencies.len() < messages {
+        let mut handled = Vec::with_capacity(messages);
+        while handled.len() < messages {
             let Some(Ok(delivery)) = consumer.next().await else {
                 break;
             };
-            let sent = u128::from_be_bytes(delivery.data[..16].try_into().unwrap_or_default());
-            latencies.push((sent, now_nanos().saturating_sub(sent)));
+            handled.push(loadstats::handled(&delivery.data));
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
-        latencies
+        handled
     });
 
     let mut tasks = Vec::new();
@@ -84,8 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 {
                     let _ = oldest.await;
                 }
-                let mut body = vec![0u8; PAYLOAD];
-                body[..16].copy_from_slice(&now_nanos().to_be_bytes());
+                let body = stamped_body();
                 let confirm = channel
                     .basic_publish(
                         "".into(),
@@ -107,35 +104,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for task in tasks {
         task.await?;
     }
-    let mut latencies = received.await?;
-    let first_sent = latencies.iter().map(|(sent, _)| *sent).min().unwrap_or(0);
-    let last = latencies
-        .iter()
-        .map(|(sent, latency)| sent + latency)
-        .max()
-        .unwrap_or(0);
-    let seconds = Duration::from_nanos((last - first_sent) as u64).as_secs_f64();
-    latencies.sort_by_key(|(_, latency)| *latency);
-    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].1 as f64 / 1e6;
-    println!(
-        "RabbitMQ: consumed {} messages in {seconds:.2} s: {:.0} msg/s; publish-to-handler latency p50 {:.2} ms, p99 {:.2} ms",
-        latencies.len(),
-        latencies.len() as f64 / seconds,
-        percentile(0.50),
-        percentile(0.99)
-    );
+    report("RabbitMQ", &received.await?);
     Ok(())
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos())
 }
