@@ -261,6 +261,24 @@ fn a_message_that_always_fails_goes_to_the_dead_letter_queue_on_nats() {
 }
 
 #[test]
+fn requests_and_receives_on_nats_pass_over_an_expired_message() {
+    let nats = NatsCluster::start(1, Release::Debian);
+    let base = Base::installed();
+    base.deploy(&probe(), Some("reqrep"));
+    let node = clustered_with(
+        &base,
+        "solo",
+        free_offset(),
+        &cluster_name(),
+        &nats.engine_args(),
+    );
+    node.wait_for("[reqrep] reply: echo: hello", BUILD_PATIENCE);
+    // The queue holds only a message past its time to live: the receive is answered with none.
+    node.wait_for("[reqrep] receive on an empty queue: None", PATIENCE);
+    node.wait_for("[reqrep] receive: Some(\"parcel\")", PATIENCE);
+}
+
+#[test]
 fn a_nats_server_that_cannot_serialize_replicated_writes_is_refused_copies() {
     let nats = NatsCluster::start(1, Release::Debian);
     let base = Base::installed();

@@ -378,6 +378,13 @@ async fn request_reply(app: &App) -> immutant::Result<()> {
     let reply: String = echo.request(&"hello", Duration::from_secs(10)).await?;
     println!("reply: {reply}");
     let inbox = app.queue("/queue/inbox").await?;
+    // Only a message past its time to live: the receive gets none, once its time is up.
+    let expired = PublishOptions {
+        ttl_ms: Some(1),
+        ..PublishOptions::default()
+    };
+    inbox.publish_with(&"expired", expired).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let nothing: Option<String> = inbox.receive(Some(Duration::from_millis(200))).await?;
     println!("receive on an empty queue: {nothing:?}");
     inbox.publish(&"parcel").await?;
