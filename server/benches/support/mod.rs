@@ -246,7 +246,7 @@ pub fn run_clustered(
     publishers: &str,
     run: usize,
     engine: &[String],
-) -> (f64, f64, f64) {
+) -> Figures {
     let install = TempInstall::new();
     let cluster = format!("bench-messaging-{}-{run}", std::process::id());
     let first_offset = free_offset(1000);

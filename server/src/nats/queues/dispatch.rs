@@ -51,7 +51,7 @@ impl Queues {
     /// took one, or its time is up). A listener keeps as many pulled ahead as it may have in
     /// flight, so that an answer's room is filled at once rather than after a pull's round
     /// trip; those waiting are kept alive in JetStream as deliveries in flight are, and given
-    /// back (for other consumers at once) when it stops.
+    /// back (for other consumers at once) when it stops or a pull fails.
     pub(super) async fn pull(
         self: Arc<Self>,
         key: ConsumerKey,
