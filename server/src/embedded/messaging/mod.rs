@@ -19,8 +19,8 @@
 //! - `state.rs`: the state under the lock (queues, topics, consumers, in-flight deliveries, the
 //!   apps' connections), how a destination resolves to queues, and its restore from the journal.
 //! - `queue.rs`: one queue (its messages by priority then age, its consumers' turns, its
-//!   counters, its paging); `message.rs`: a message and its journal record; `journal.rs`: the
-//!   journal on disk; `bridge.rs`: messaging across the cluster (another node's consumers are a
+//!   counters, its paging); `message.rs`: a message and its journal record; `journal/`: the
+//!   journal on disk (a write-ahead log, and the database behind it); `bridge.rs`: messaging across the cluster (another node's consumers are a
 //!   bridge here, one more consumer in the round robin).
 //!
 //! # A message's life
