@@ -243,8 +243,8 @@ pub const KNOWN_PROPERTIES: &[KnownProperty] = &[
     KnownProperty {
         name: "immutant.messaging.quick-repair",
         kind: PropertyKind::Flag,
-        default: PropertyDefault::Value("false"),
-        help: "whether each journal commit also saves what makes reopening it after a crash quick (at about half the publish rate)",
+        default: PropertyDefault::Value("true"),
+        help: "whether each checkpoint of the journal's database also saves what makes reopening it after a crash quick (checkpoints are off the publish path)",
     },
     KnownProperty {
         name: "immutant.jobs.misfire-threshold",

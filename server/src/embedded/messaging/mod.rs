@@ -20,8 +20,9 @@
 //!   apps' connections), how a destination resolves to queues, and its restore from the journal.
 //! - `queue.rs`: one queue (its messages by priority then age, its consumers' turns, its
 //!   counters, its paging); `message.rs`: a message and its journal record; `journal/`: the
-//!   journal on disk (a write-ahead log, and the database behind it); `bridge.rs`: messaging across the cluster (another node's consumers are a
-//!   bridge here, one more consumer in the round robin).
+//!   journal on disk (a write-ahead log, and the database behind it); `bridge.rs`: messaging
+//!   across the cluster (another node's consumers are a bridge here, one more consumer in the
+//!   round robin).
 //!
 //! # A message's life
 //!

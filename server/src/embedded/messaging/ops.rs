@@ -62,7 +62,7 @@ impl Broker {
         })
     }
 
-    /// Whether each journal commit also makes reopening it after a crash quick (see
+    /// Whether each checkpoint of the journal also makes reopening it after a crash quick (see
     /// [`Journal::set_quick_repair`]).
     pub fn set_quick_repair(&self, quick: bool) {
         self.journal.set_quick_repair(quick);

@@ -36,11 +36,17 @@ pub fn open(path: &Path) -> Result<Database, JournalError> {
             path: path.display().to_string(),
             source: source.into(),
         })?;
-    // Make sure the tables exist, so an empty journal reads back as empty.
-    let setup = database.begin_write().map_err(redb::Error::from)?;
-    setup.open_table(MESSAGES).map_err(redb::Error::from)?;
-    setup.open_table(META).map_err(redb::Error::from)?;
-    setup.commit().map_err(redb::Error::from)?;
+    // Make sure the tables exist, so an empty journal reads back as empty: once, since a
+    // commit here would be the last before a crash, and one without quick repair makes the
+    // next opening walk the whole file.
+    let read = database.begin_read().map_err(redb::Error::from)?;
+    if read.open_table(MESSAGES).is_err() || read.open_table(META).is_err() {
+        drop(read);
+        let setup = database.begin_write().map_err(redb::Error::from)?;
+        setup.open_table(MESSAGES).map_err(redb::Error::from)?;
+        setup.open_table(META).map_err(redb::Error::from)?;
+        setup.commit().map_err(redb::Error::from)?;
+    }
     Ok(database)
 }
 

@@ -16,15 +16,16 @@
 //! ([`PAGE_MESSAGES`] or [`PAGE_BYTES`]), and the broker reads the rest with [`Journal::read`]
 //! as its queues drain, so a deep queue stays on disk rather than in memory.
 
+mod applier;
 mod database;
 mod wal;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::Database;
@@ -39,13 +40,6 @@ pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How many log records the database may be behind the log before commits wait for it (so
 /// that what is not yet taken in stays bounded in memory).
 const RECORDS_AHEAD: usize = 64;
-/// How much of the log is taken in again per transaction when the journal opens.
-const REPLAY_BYTES: usize = 16 << 20;
-/// How long the database waits for more records after one arrives, to take them in together
-/// (a page read waits as long at most).
-const GATHER: Duration = Duration::from_millis(4);
-/// How long the database waits with nothing to take in before it saves what it has durably.
-const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// What can go wrong with the journal.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +48,8 @@ pub enum JournalError {
         "the journal {path} cannot be opened: {source}; if another node uses this data dir, give this one its own with -Djboss.server.data.dir"
     )]
     Open { path: String, source: redb::Error },
-    #[error(
-        "the journal's log {path} cannot be opened or read: {source}; check that the data dir is writable by this user and its disk has room"
-    )]
-    Log {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("the journal's log {path} cannot be opened or read: {source}")]
+    Log { path: String, source: wal::LogError },
     #[error("the journal failed: {0}")]
     Storage(String),
     #[error("the journal has stopped")]
@@ -178,17 +167,32 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Stops the journal: every commit and read from now on fails with `why`.
+    fn fail(&self, why: &str) {
+        self.advance(|progress| {
+            progress.failed.get_or_insert_with(|| why.to_string());
+        });
+    }
+
+    /// A guard that stops the journal if the thread holding it panics, so that nobody waits
+    /// for that thread forever.
+    fn fails_if_this_panics(&self, thread: &'static str) -> FailsOnPanic<'_> {
+        FailsOnPanic(self, thread)
+    }
+
     fn database(&self) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
         self.database.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Saves what the database has taken in durably, if it has not yet, unless it has failed.
+    /// Saves what the database has taken in durably, if it has not yet, unless the journal
+    /// has failed (then the log keeps what the database may have missed).
     fn checkpoint(&self, database: &Database) -> Result<(), redb::Error> {
-        let (applied, checkpointed) = {
+        let (applied, checkpointed, failed) = {
             let progress = self.progress();
-            (progress.applied, progress.checkpointed)
+            let failed = progress.failed.is_some();
+            (progress.applied, progress.checkpointed, failed)
         };
-        if applied > checkpointed {
+        if applied > checkpointed && !failed {
             let quick = self.quick_repair.load(Ordering::Relaxed);
             database::checkpoint(database, applied, quick)?;
             self.advance(|progress| progress.checkpointed = applied);
@@ -197,12 +201,25 @@ impl Shared {
     }
 }
 
-/// What the log's thread sends the database's.
+struct FailsOnPanic<'a>(&'a Shared, &'static str);
+
+impl Drop for FailsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail(&format!("the journal's {} thread stopped", self.1));
+        }
+    }
+}
+
+/// What the database's thread is sent.
 enum ToDatabase {
     /// A record on disk in the log: its number and its changes.
     Record(u64, Vec<JournalOp>),
     /// Save everything sent before durably (the log is about to need the file it is in).
     Checkpoint,
+    /// Take in what has arrived without waiting for more: a read waits for it.
+    Hurry,
 }
 
 /// The handle to the journal's writer, and to read pages back. Cheap to clone; the writer stops
@@ -210,6 +227,8 @@ enum ToDatabase {
 #[derive(Clone)]
 pub struct Journal {
     batches: mpsc::Sender<Batch>,
+    /// To hurry the database's thread along when a read waits for it.
+    hurry: mpsc::SyncSender<ToDatabase>,
     shared: Arc<Shared>,
     /// Whether a message was submitted (not waited for) since the last flush.
     unflushed: Arc<AtomicBool>,
@@ -227,56 +246,48 @@ impl Journal {
         let database = database::open(path)?;
         let (checkpointed, mut highest) = database::checkpointed(&database)?;
         let paths = wal::paths(path);
-        let (log, logged, newest) =
-            WriteAheadLog::open(&paths, log_bytes, checkpointed).map_err(|source| {
-                JournalError::Log {
-                    path: paths[0].display().to_string(),
-                    source,
-                }
-            })?;
+        let (log, logged, newest) = WriteAheadLog::open(&paths, log_bytes, checkpointed)
+            .map_err(|error| applier::log_error(&paths[0], error))?;
         // What was committed after the last checkpoint is taken in again and saved, and the
         // log goes on past anything it holds.
-        take_in_again(&database, &log, &logged, &mut highest).map_err(|source| {
-            JournalError::Log {
-                path: paths[0].display().to_string(),
-                source,
-            }
-        })?;
-        let last = checkpointed.max(newest);
-        if last > checkpointed {
-            database::checkpoint(&database, last, false)?;
+        applier::take_in_again(&database, (&log, &paths[0]), &logged, &mut highest)?;
+        if newest > checkpointed {
+            database::checkpoint(&database, newest, true)?;
         }
         let recovered = database::recover(&database)?;
         let shared = Arc::new(Shared {
             progress: Mutex::new(Progress {
-                synced: last,
-                applied: last,
-                checkpointed: last,
+                synced: newest,
+                applied: newest,
+                checkpointed: newest,
                 failed: None,
             }),
             changed: Condvar::new(),
             database: RwLock::new(Some(database)),
-            quick_repair: AtomicBool::new(false),
+            quick_repair: AtomicBool::new(true),
         });
         let (batches, incoming) = mpsc::channel();
         let (records, taken) = mpsc::sync_channel(RECORDS_AHEAD);
-        let writer = shared.clone();
+        let (writer, hurry) = (shared.clone(), records.clone());
         spawn("journal", move || {
-            write_log(log, incoming, records, &writer, last);
+            writer::write_log(log, incoming, records, &writer, newest);
         })?;
         let taker = shared.clone();
-        spawn("journal-db", move || take_in(taken, &taker, highest))?;
+        spawn("journal-db", move || {
+            applier::take_in(taken, &taker, highest);
+        })?;
         let journal = Journal {
             batches,
+            hurry,
             shared,
             unflushed: Default::default(),
         };
         Ok((journal, recovered))
     }
 
-    /// Whether each checkpoint from now on also saves the allocator's state, so that opening
-    /// the journal after a crash is quick; without, it walks the whole database (seconds per
-    /// gigabyte). Checkpoints take about twice as long.
+    /// Whether each checkpoint from now on also saves the allocator's state (the default), so
+    /// that opening the journal after a crash is quick; without, it walks the whole database
+    /// (seconds per gigabyte). Checkpoints take about twice as long, off the commits' path.
     pub fn set_quick_repair(&self, quick: bool) {
         self.shared.quick_repair.store(quick, Ordering::Relaxed);
     }
@@ -284,9 +295,13 @@ impl Journal {
     /// Up to a page of `queue`'s records from sequence number `from` on, and below `below`, as
     /// committed now (blocking until the database has taken in every commit that returned).
     pub fn read(&self, queue: &str, from: u64, below: u64) -> Result<PageRead, JournalError> {
+        let target = self.shared.progress().synced;
+        if self.shared.progress().applied < target {
+            let _ = self.hurry.try_send(ToDatabase::Hurry);
+        }
         let progress = self
             .shared
-            .wait_until(|progress| progress.applied >= progress.synced);
+            .wait_until(|progress| progress.applied >= target);
         if let Some(failed) = &progress.failed {
             return Err(JournalError::Storage(failed.clone()));
         }
@@ -305,7 +320,8 @@ impl Journal {
         }
         let shared = self.shared.clone();
         let closed = tokio::task::spawn_blocking(move || {
-            drop(shared.wait_until(|progress| progress.applied >= progress.synced));
+            let target = shared.progress().synced;
+            drop(shared.wait_until(|progress| progress.applied >= target));
             let mut database = shared
                 .database
                 .write()
@@ -314,9 +330,7 @@ impl Journal {
                 Some(open) => shared.checkpoint(open),
                 None => Ok(()),
             };
-            shared.advance(|progress| {
-                progress.failed = Some(JournalError::Stopped.to_string());
-            });
+            shared.fail(&JournalError::Stopped.to_string());
             database.take();
             saved
         })
@@ -385,189 +399,12 @@ impl Journal {
     }
 }
 
-/// Takes the log's records `logged` into the database, in transactions of about
-/// [`REPLAY_BYTES`] each (a few large ones are much quicker than one per record).
-fn take_in_again(
-    database: &Database,
-    log: &WriteAheadLog,
-    logged: &[wal::Located],
-    highest: &mut u64,
-) -> std::io::Result<()> {
-    let mut chunk = Vec::new();
-    let mut bytes = 0;
-    for record in logged {
-        let Some(ops) = log.read(record)? else {
-            tracing::warn!("the journal's log has a record it cannot read past: {record:?}");
-            break;
-        };
-        bytes += ops.iter().map(op_bytes).sum::<usize>();
-        chunk.push(ops);
-        if bytes >= REPLAY_BYTES {
-            database::apply(database, chunk.iter().flatten(), highest)
-                .map_err(std::io::Error::other)?;
-            (chunk, bytes) = (Vec::new(), 0);
-        }
-    }
-    database::apply(database, chunk.iter().flatten(), highest).map_err(std::io::Error::other)?;
-    if !logged.is_empty() {
-        tracing::info!("took in {} records from the journal's log", logged.len());
-    }
-    Ok(())
-}
-
-fn op_bytes(op: &JournalOp) -> usize {
-    match op {
-        JournalOp::Put { record, .. } => record.len(),
-        JournalOp::Delete { .. } => 0,
-        JournalOp::PutMeta { value, .. } => value.len(),
-    }
-}
-
 fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), JournalError> {
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(run)
         .map(drop)
         .map_err(|error| JournalError::Storage(error.to_string()))
-}
-
-/// The log's thread: takes every batch waiting, writes them as one record (after `last`) and
-/// syncs it, tells each waiter, and passes the record on to the database.
-fn write_log(
-    mut log: WriteAheadLog,
-    incoming: mpsc::Receiver<Batch>,
-    records: mpsc::SyncSender<ToDatabase>,
-    shared: &Shared,
-    mut last: u64,
-) {
-    while let Ok(first) = incoming.recv() {
-        let mut batches = vec![first];
-        batches.extend(incoming.try_iter());
-        let ops: Vec<JournalOp> = batches
-            .iter_mut()
-            .flat_map(|batch| std::mem::take(&mut batch.ops))
-            .collect();
-        let outcome = match &shared.progress().failed {
-            Some(failed) => Err(failed.clone()),
-            None => Ok(()),
-        };
-        // With no changes there is nothing to write: every batch before is on disk already.
-        let outcome = outcome.and_then(|()| match ops.is_empty() {
-            true => Ok(None),
-            false => append(&mut log, &ops, (&records, shared), last + 1).map(Some),
-        });
-        for batch in batches {
-            match batch.done {
-                Waiter::Nobody => {}
-                Waiter::Task(done) => {
-                    let _ = done.send(outcome.clone().map(|_| ()));
-                }
-                Waiter::Thread(done) => {
-                    let _ = done.send(outcome.clone().map(|_| ()));
-                }
-            }
-        }
-        if let Ok(Some(seq)) = outcome {
-            last = seq;
-            // Blocks while the database is RECORDS_AHEAD behind.
-            let _ = records.send(ToDatabase::Record(seq, ops));
-        }
-    }
-}
-
-/// Writes `ops` to the log as record `seq` and syncs it, moving on to the log's other file
-/// when this one is full (once the database holds what that one has durably).
-fn append(
-    log: &mut WriteAheadLog,
-    ops: &[JournalOp],
-    (records, shared): (&mpsc::SyncSender<ToDatabase>, &Shared),
-    seq: u64,
-) -> Result<u64, String> {
-    let started = std::time::Instant::now();
-    log.prepare(seq, ops.iter());
-    if !log.fits() {
-        let _ = records.send(ToDatabase::Checkpoint);
-        let over = log.last_in_next();
-        if let Some(failed) = &shared
-            .wait_until(|progress| progress.checkpointed >= over)
-            .failed
-        {
-            return Err(failed.clone());
-        }
-        log.switch();
-    }
-    log.write(seq).map_err(|error| {
-        tracing::error!("the journal cannot write its log: {error}");
-        format!("the journal cannot write its log: {error}")
-    })?;
-    metrics::histogram!("immutant_journal_commit_seconds").record(started.elapsed().as_secs_f64());
-    shared.advance(|progress| progress.synced = seq);
-    Ok(seq)
-}
-
-/// The database's thread: takes in each record the log sends (those waiting together in one
-/// transaction, keeping `highest`, the highest sequence number journaled), and checkpoints
-/// when asked, when idle, and when the log's thread is gone.
-fn take_in(records: mpsc::Receiver<ToDatabase>, shared: &Shared, mut highest: u64) {
-    loop {
-        let first = match records.recv_timeout(IDLE_CHECKPOINT) {
-            Ok(first) => first,
-            Err(RecvTimeoutError::Timeout) => {
-                checkpoint(shared);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        // Records arriving within GATHER of the first go in with it: fewer, larger
-        // transactions, and a message acknowledged meanwhile is never written to the database.
-        let until = Instant::now() + GATHER;
-        let mut items = vec![first];
-        while items.len() < RECORDS_AHEAD {
-            match records.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(item) => items.push(item),
-                Err(_) => break,
-            }
-        }
-        let (mut taken, mut last, mut asked) = (Vec::new(), None, false);
-        for item in items {
-            match item {
-                ToDatabase::Record(seq, ops) => {
-                    taken.push(ops);
-                    last = Some(seq);
-                }
-                ToDatabase::Checkpoint => asked = true,
-            }
-        }
-        let database = shared.database();
-        let outcome = match (database.as_ref(), last) {
-            (None, _) => Err(JournalError::Stopped.to_string()),
-            (Some(_), None) => Ok(()),
-            (Some(open), Some(seq)) => database::apply(open, taken.iter().flatten(), &mut highest)
-                .map(|()| shared.advance(|progress| progress.applied = seq))
-                .map_err(|error| error.to_string()),
-        };
-        let outcome = outcome.and_then(|()| match (database.as_ref(), asked) {
-            (Some(open), true) => shared.checkpoint(open).map_err(|error| error.to_string()),
-            _ => Ok(()),
-        });
-        drop(database);
-        if let Err(error) = outcome {
-            tracing::error!("the journal's database cannot take in its log: {error}");
-            shared.advance(|progress| progress.failed = Some(error));
-        }
-    }
-    checkpoint(shared);
-}
-
-/// Saves what the database has taken in durably, if it is open.
-fn checkpoint(shared: &Shared) {
-    if let Some(database) = shared.database().as_ref()
-        && let Err(error) = shared.checkpoint(database)
-    {
-        tracing::warn!(
-            "the journal's database cannot save what it took in: {error}; the log keeps it"
-        );
-    }
 }
 
 #[cfg(test)]

@@ -205,3 +205,45 @@ async fn commits_read_back_at_once_and_survive_the_log_going_round_its_files() {
     assert_eq!(recovered.pages["/queue/r"].records.len(), 100);
     assert_eq!(recovered.max_seq, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sees_what_was_committed_before_it_while_commits_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.redb");
+    let (journal, _) = Journal::open(&path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let committers: Vec<_> = (0..16u64)
+        .map(|committer| {
+            let (journal, stop) = (journal.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seq = committer << 32;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    journal
+                        .commit(vec![put("/queue/busy", seq, "x")])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for seq in 1..=20u64 {
+        journal
+            .commit(vec![put("/queue/read", seq, "r")])
+            .await
+            .unwrap();
+        let reader = journal.clone();
+        let read = tokio::task::spawn_blocking(move || reader.read("/queue/read", seq, u64::MAX));
+        // It waits only for what was committed before it, not for the commits going on.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("a read waits for the commits before it only")
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.records.len(), 1);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for committer in committers {
+        committer.await.unwrap();
+    }
+}

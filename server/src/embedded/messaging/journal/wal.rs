@@ -5,12 +5,16 @@
 //! written over only once everything in it is checkpointed.
 //!
 //! A record is a header (magic, sequence number, length, CRC-32 of the payload) and the payload:
-//! the changes of one group commit. Reading back stops at the first record that is torn or not
-//! there; records from before the last checkpoint are skipped.
+//! the changes of one group commit. Records are numbered one after another, and a record is
+//! written only once the one before it is on disk: reading a file back stops at the first record
+//! that is torn, not there, or not the next number (the rest of the file is from its earlier
+//! round); records up to the last checkpoint are skipped. A write or sync that fails stops the
+//! log for good (the journal then refuses commits until the node restarts), since what a failed
+//! `fdatasync` left on disk cannot be known.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, BufMut, Bytes};
@@ -22,7 +26,7 @@ pub const FILE_BYTES: u64 = 32 << 20;
 /// "IMWL": where a record starts.
 const MAGIC: u32 = 0x494d_574c;
 /// Magic, sequence number, payload length, payload CRC.
-const HEADER: usize = 4 + 8 + 4 + 4;
+const HEADER: usize = 4 + 8 + 8 + 4;
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -38,6 +42,21 @@ pub struct WriteAheadLog {
     last_in: [u64; 2],
     /// The record being written (kept to reuse its allocation).
     buffer: Vec<u8>,
+    /// Why the log stopped: a write or sync failed.
+    failed: Option<String>,
+}
+
+/// What can be wrong with the log when it is opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A record past the checkpoint that cannot be taken in: the files were damaged or mixed
+    /// with others (a crash alone never leaves this).
+    #[error(
+        "record {seq} is {problem}, and what follows it cannot be trusted; to start anyway, move the journal's files (journal.redb, journal.wal0, journal.wal1) out of the data dir together, knowing that the messages they hold are not delivered"
+    )]
+    Damaged { seq: u64, problem: &'static str },
 }
 
 /// Where a record is in the log: its sequence number, file, and payload.
@@ -46,7 +65,7 @@ pub struct Located {
     pub seq: u64,
     file: usize,
     offset: u64,
-    length: u32,
+    length: u64,
 }
 
 /// The paths of the log's files beside the database at `database`.
@@ -63,7 +82,7 @@ impl WriteAheadLog {
         paths: &[PathBuf; 2],
         size: u64,
         after: u64,
-    ) -> io::Result<(Self, Vec<Located>, u64)> {
+    ) -> Result<(Self, Vec<Located>, u64), LogError> {
         let mut located = Vec::new();
         let mut files = Vec::with_capacity(2);
         for (index, path) in paths.iter().enumerate() {
@@ -74,26 +93,35 @@ impl WriteAheadLog {
                 .truncate(false)
                 .mode(0o600)
                 .open(path)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             if file.metadata()?.len() < size {
-                // Allocated up front, so that a sync has no file size to save.
-                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)?;
-                file.sync_all()?;
+                allocate(&file, path, size)?;
             }
             located.extend(find_records(&file, index, after)?);
             files.push(file);
         }
         located.sort_by_key(|record| record.seq);
-        located.dedup_by_key(|record| record.seq);
-        let newest = located.last().map_or(after, |record| record.seq);
-        // Only an unbroken run after the checkpoint: a record is written only once the one
-        // before it is on disk, so anything past a gap is from a file's earlier round.
-        let unbroken = located
+        if let Some(record) = located.windows(2).find(|pair| pair[0].seq == pair[1].seq) {
+            let seq = record[0].seq;
+            return Err(LogError::Damaged {
+                seq,
+                problem: "in both of the log's files",
+            });
+        }
+        // A crash leaves the log's end torn at most; a record missing before others is damage.
+        if let Some(expected) = located
             .iter()
             .zip(after + 1..)
-            .take_while(|(record, expected)| record.seq == *expected)
-            .count();
-        located.truncate(unbroken);
-        let files = <[File; 2]>::try_from(files).map_err(|_| io::ErrorKind::InvalidData)?;
+            .find_map(|(record, expected)| (record.seq != expected).then_some(expected))
+        {
+            return Err(LogError::Damaged {
+                seq: expected,
+                problem: "missing",
+            });
+        }
+        let newest = located.last().map_or(after, |record| record.seq);
+        let files = <[File; 2]>::try_from(files)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         let log = WriteAheadLog {
             files,
             size,
@@ -101,20 +129,23 @@ impl WriteAheadLog {
             offset: 0,
             last_in: [0, 0],
             buffer: Vec::new(),
+            failed: None,
         };
         Ok((log, located, newest))
     }
 
-    /// The changes of a record found by [`WriteAheadLog::open`]; `None` if they are not ones
-    /// this module wrote.
-    pub fn read(&self, record: &Located) -> io::Result<Option<Vec<JournalOp>>> {
+    /// The changes of a record found by [`WriteAheadLog::open`].
+    pub fn read(&self, record: &Located) -> Result<Vec<JournalOp>, LogError> {
         let mut payload = vec![0; record.length as usize];
         self.files[record.file].read_exact_at(&mut payload, record.offset)?;
-        Ok(decode(Bytes::from(payload)))
+        decode(Bytes::from(payload)).ok_or(LogError::Damaged {
+            seq: record.seq,
+            problem: "not one this version of the journal wrote",
+        })
     }
 
-    /// Makes record `seq` of `ops` ready to write: how many bytes it takes.
-    pub fn prepare<'a>(&mut self, seq: u64, ops: impl Iterator<Item = &'a JournalOp>) -> u64 {
+    /// Makes record `seq` of `ops` ready to write.
+    pub fn prepare<'a>(&mut self, seq: u64, ops: impl Iterator<Item = &'a JournalOp>) {
         self.buffer.clear();
         self.buffer.resize(HEADER, 0);
         for op in ops {
@@ -125,9 +156,8 @@ impl WriteAheadLog {
         let mut header = &mut self.buffer[..HEADER];
         header.put_u32(MAGIC);
         header.put_u64(seq);
-        header.put_u32(u32::try_from(payload).unwrap_or(u32::MAX));
+        header.put_u64(payload as u64);
         header.put_u32(crc);
-        self.buffer.len() as u64
     }
 
     /// Whether the record prepared fits in what is left of the current file.
@@ -147,38 +177,65 @@ impl WriteAheadLog {
         self.offset = 0;
     }
 
-    /// Writes the record prepared as sequence number `seq` and syncs it. On an error nothing
-    /// moves on: the next record is written where this one was.
-    pub fn write(&mut self, seq: u64) -> io::Result<()> {
+    /// Writes the record prepared as sequence number `seq` and syncs it. After an error,
+    /// this and every later write fail.
+    pub fn write(&mut self, seq: u64) -> Result<(), String> {
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
+        }
         let file = &self.files[self.current];
-        file.write_all_at(&self.buffer, self.offset)?;
-        file.sync_data()?;
+        let written = file
+            .write_all_at(&self.buffer, self.offset)
+            .and_then(|()| file.sync_data());
+        if let Err(error) = written {
+            let failed = format!(
+                "the journal cannot write its log ({error}); it takes no more messages until the node restarts"
+            );
+            self.failed = Some(failed.clone());
+            return Err(failed);
+        }
         self.offset += self.buffer.len() as u64;
         self.last_in[self.current] = seq;
         Ok(())
     }
 }
 
-/// Where the valid records of the log's file `index` after sequence number `after` are, from
-/// its start to the first that is torn or not a record.
+/// Gives `file` its `size` up front, so that a sync has no file size to save, and makes its
+/// entry in the data dir durable.
+fn allocate(file: &File, path: &Path, size: u64) -> io::Result<()> {
+    if rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size).is_err() {
+        // A file system without fallocate: a sparse file does too, a little slower.
+        file.set_len(size)?;
+    }
+    file.sync_all()?;
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Where the valid records of the log's file `index` after sequence number `after` are: from
+/// its start to the first that is torn, not a record, or not the next number.
 fn find_records(file: &File, index: usize, after: u64) -> io::Result<Vec<Located>> {
     let length = file.metadata()?.len();
     let mut located = Vec::new();
     let mut offset = 0u64;
     let mut header = [0u8; HEADER];
     let mut payload = Vec::new();
+    let mut previous = None;
     while offset + HEADER as u64 <= length {
         file.read_exact_at(&mut header, offset)?;
         let mut fields = &header[..];
         let (magic, seq, payload_length, crc) = (
             fields.get_u32(),
             fields.get_u64(),
-            fields.get_u32(),
+            fields.get_u64(),
             fields.get_u32(),
         );
         let start = offset + HEADER as u64;
-        let end = start + u64::from(payload_length);
-        if magic != MAGIC || end > length {
+        let end = start.saturating_add(payload_length);
+        let next = previous.is_none_or(|previous: u64| seq == previous + 1);
+        if magic != MAGIC || end > length || !next {
             break;
         }
         payload.resize(payload_length as usize, 0);
@@ -194,6 +251,7 @@ fn find_records(file: &File, index: usize, after: u64) -> io::Result<Vec<Located
                 length: payload_length,
             });
         }
+        previous = Some(seq);
         offset = end;
     }
     Ok(located)
@@ -312,7 +370,7 @@ mod tests {
         let (log, logged, newest) = WriteAheadLog::open(&paths, 1024, 0).unwrap();
         assert_eq!(seqs(&logged), (1..=12).collect::<Vec<_>>());
         assert_eq!(newest, 12);
-        let first = log.read(&logged[0]).unwrap().unwrap();
+        let first = log.read(&logged[0]).unwrap();
         assert_eq!(format!("{first:?}"), format!("{ops:?}"));
         let (_, logged, _) = WriteAheadLog::open(&paths, 1024, 5).unwrap();
         assert_eq!(seqs(&logged), (6..=12).collect::<Vec<_>>());
@@ -342,8 +400,25 @@ mod tests {
     }
 
     #[test]
+    fn a_record_missing_before_others_is_damage_that_stops_the_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(&dir.path().join("journal.redb"));
+        {
+            let (mut log, _, _) = WriteAheadLog::open(&paths, 1024, 0).unwrap();
+            write(&mut log, 1..=3);
+            log.switch();
+            write(&mut log, 5..=6);
+        }
+        let error = WriteAheadLog::open(&paths, 1024, 0).err().unwrap();
+        assert!(matches!(error, LogError::Damaged { seq: 4, .. }), "{error}");
+        assert!(error.to_string().contains("move the journal's files"));
+        // Past the checkpoint of 1 to 4 it is whole again.
+        let (_, logged, newest) = WriteAheadLog::open(&paths, 1024, 4).unwrap();
+        assert_eq!((seqs(&logged), newest), (vec![5, 6], 6));
+    }
+
+    #[test]
     fn the_files_are_allocated_and_private() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(&dir.path().join("journal.redb"));
         WriteAheadLog::open(&paths, 4096, 0).unwrap();
