@@ -40,8 +40,8 @@ pub(super) fn take_in(records: mpsc::Receiver<ToDatabase>, shared: &Shared, mut 
         }
         let database = shared.database();
         let outcome = match (database.as_ref(), last) {
-            (None, _) => Err(super::JournalError::Stopped.to_string()),
-            (Some(_), None) => Ok(()),
+            // Closed: what came after its last checkpoint stays in the log for the next opening.
+            (None, _) | (Some(_), None) => Ok(()),
             (Some(open), Some(seq)) => database::apply(open, taken.iter().flatten(), &mut highest)
                 .map(|()| shared.advance(|progress| progress.applied = seq))
                 .map_err(|error| error.to_string()),
