@@ -126,9 +126,10 @@ async fn a_deep_queue_stays_in_the_journal_and_is_delivered_whole_and_in_order()
 }
 
 impl Broker {
-    /// Opens the broker of `data_dir` again, once the last journal writer let go of the file.
+    /// Opens the broker of `data_dir` again, once the last journal's threads let go of the
+    /// file (its database's thread saves what it took in first: a while on a busy machine).
     pub(crate) fn reopen(data_dir: &Path, node_name: &str) -> Broker {
-        for _ in 0..100 {
+        for _ in 0..1000 {
             if let Ok(broker) = Broker::open(data_dir, node_name, 1024) {
                 return broker;
             }

@@ -102,7 +102,8 @@ fn checkpoint(shared: &Shared) {
 /// [`REPLAY_BYTES`] each (a few large ones are much quicker than one per record).
 pub(super) fn take_in_again(
     database: &Database,
-    (log, path): (&WriteAheadLog, &Path),
+    log: &WriteAheadLog,
+    path: &Path,
     logged: &[wal::Located],
     highest: &mut u64,
 ) -> Result<(), super::JournalError> {

@@ -130,7 +130,8 @@ struct Progress {
     applied: u64,
     /// The last record the database holds durably.
     checkpointed: u64,
-    /// Why the journal takes no more changes (the database failed, or it was closed).
+    /// Why the journal takes no more changes (a log write or the database failed, or it was
+    /// closed).
     failed: Option<String>,
 }
 
@@ -246,11 +247,14 @@ impl Journal {
         let database = database::open(path)?;
         let (checkpointed, mut highest) = database::checkpointed(&database)?;
         let paths = wal::paths(path);
+        // Both files, for messages.
+        let log_files = path.with_extension("wal*");
         let (log, logged, newest) = WriteAheadLog::open(&paths, log_bytes, checkpointed)
-            .map_err(|error| applier::log_error(&paths[0], error))?;
+            .map_err(|error| applier::log_error(&log_files, error))?;
         // What was committed after the last checkpoint is taken in again and saved, and the
         // log goes on past anything it holds.
-        applier::take_in_again(&database, (&log, &paths[0]), &logged, &mut highest)?;
+        applier::take_in_again(&database, &log, &log_files, &logged, &mut highest)?;
+        // Before anything is written: the log starts again at its first file.
         if newest > checkpointed {
             database::checkpoint(&database, newest, true)?;
         }

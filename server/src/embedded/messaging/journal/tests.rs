@@ -122,9 +122,10 @@ async fn a_deep_queue_is_read_back_a_page_at_a_time() {
     assert_eq!((queue.as_str(), count), ("/queue/deep", beyond));
 }
 
-/// Opens the journal again, waiting for the last writer thread to let go of the file.
+/// Opens the journal again, waiting for the last handle's threads to let go of the file (the
+/// database's thread saves what it took in first: a while on a busy machine).
 fn reopen(path: &Path) -> (Journal, Recovered) {
-    for _ in 0..100 {
+    for _ in 0..1000 {
         if let Ok(opened) = Journal::open(path) {
             return opened;
         }

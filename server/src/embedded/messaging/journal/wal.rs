@@ -4,7 +4,8 @@
 //! the commit's path, and saves what it took durably now and then (a checkpoint); a file is
 //! written over only once everything in it is checkpointed.
 //!
-//! A record is a header (magic, sequence number, length, CRC-32 of the payload) and the payload:
+//! A record is a header (magic, sequence number, length, and a CRC-32 of the number, length and
+//! payload, so that a header torn over an older record's never passes) and the payload:
 //! the changes of one group commit. Records are numbered one after another, and a record is
 //! written only once the one before it is on disk: reading a file back stops at the first record
 //! that is torn, not there, or not the next number (the rest of the file is from its earlier
@@ -25,7 +26,7 @@ use super::JournalOp;
 pub const FILE_BYTES: u64 = 32 << 20;
 /// "IMWL": where a record starts.
 const MAGIC: u32 = 0x494d_574c;
-/// Magic, sequence number, payload length, payload CRC.
+/// Magic, sequence number, payload length, CRC (of the number, the length and the payload).
 const HEADER: usize = 4 + 8 + 8 + 4;
 
 const PUT: u8 = 1;
@@ -54,7 +55,7 @@ pub enum LogError {
     /// A record past the checkpoint that cannot be taken in: the files were damaged or mixed
     /// with others (a crash alone never leaves this).
     #[error(
-        "record {seq} is {problem}, and what follows it cannot be trusted; to start anyway, move the journal's files (journal.redb, journal.wal0, journal.wal1) out of the data dir together, knowing that the messages they hold are not delivered"
+        "record {seq} is {problem}, and what follows it cannot be trusted; to start anyway, move journal.wal0 and journal.wal1 out of the data dir (keep them for inspection): the node then starts from the journal's last checkpoint, without the changes committed after it"
     )]
     Damaged { seq: u64, problem: &'static str },
 }
@@ -76,8 +77,9 @@ pub fn paths(database: &Path) -> [PathBuf; 2] {
 impl WriteAheadLog {
     /// Opens the log's files at `paths` (creating them, `size` bytes each, readable by this
     /// user alone) and finds, in order, the records after sequence number `after` (read each
-    /// with [`WriteAheadLog::read`]); and the highest sequence number of any record the files
-    /// hold (the log must go on past it).
+    /// with [`WriteAheadLog::read`]); and the number of the last of them (`after` if none). The
+    /// log then writes from the start of its first file: the caller must have everything found
+    /// checkpointed before it writes.
     pub fn open(
         paths: &[PathBuf; 2],
         size: u64,
@@ -152,7 +154,7 @@ impl WriteAheadLog {
             encode(&mut self.buffer, op);
         }
         let payload = self.buffer.len() - HEADER;
-        let crc = crc32fast::hash(&self.buffer[HEADER..]);
+        let crc = checksum(seq, payload as u64, &self.buffer[HEADER..]);
         let mut header = &mut self.buffer[..HEADER];
         header.put_u32(MAGIC);
         header.put_u64(seq);
@@ -200,12 +202,23 @@ impl WriteAheadLog {
     }
 }
 
+/// The CRC-32 of a record's number, length and payload.
+fn checksum(seq: u64, length: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_be_bytes());
+    hasher.update(&length.to_be_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
 /// Gives `file` its `size` up front, so that a sync has no file size to save, and makes its
 /// entry in the data dir durable.
 fn allocate(file: &File, path: &Path, size: u64) -> io::Result<()> {
-    if rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size).is_err() {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => {}
         // A file system without fallocate: a sparse file does too, a little slower.
-        file.set_len(size)?;
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => file.set_len(size)?,
+        Err(error) => return Err(error.into()),
     }
     file.sync_all()?;
     match path.parent() {
@@ -240,7 +253,7 @@ fn find_records(file: &File, index: usize, after: u64) -> io::Result<Vec<Located
         }
         payload.resize(payload_length as usize, 0);
         file.read_exact_at(&mut payload, start)?;
-        if crc32fast::hash(&payload) != crc {
+        if checksum(seq, payload_length, &payload) != crc {
             break;
         }
         if seq > after {
@@ -400,6 +413,27 @@ mod tests {
     }
 
     #[test]
+    fn a_header_torn_over_an_older_record_is_not_read_as_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(&dir.path().join("journal.redb"));
+        let (mut log, _, _) = WriteAheadLog::open(&paths, 1024, 0).unwrap();
+        write(&mut log, 1..=6);
+        log.switch();
+        log.switch();
+        write(&mut log, 7..=7);
+        // Record 8 torn after its magic and number, over record 2 of the same size: what
+        // follows is 2's length, checksum and payload.
+        let op = put(8);
+        log.prepare(8, std::iter::once(&op));
+        log.files[0]
+            .write_all_at(&log.buffer[..12], log.offset)
+            .unwrap();
+        drop(log);
+        let (_, logged, _) = WriteAheadLog::open(&paths, 1024, 6).unwrap();
+        assert_eq!(seqs(&logged), [7]);
+    }
+
+    #[test]
     fn a_record_missing_before_others_is_damage_that_stops_the_opening() {
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(&dir.path().join("journal.redb"));
@@ -411,7 +445,11 @@ mod tests {
         }
         let error = WriteAheadLog::open(&paths, 1024, 0).err().unwrap();
         assert!(matches!(error, LogError::Damaged { seq: 4, .. }), "{error}");
-        assert!(error.to_string().contains("move the journal's files"));
+        assert!(
+            error
+                .to_string()
+                .contains("move journal.wal0 and journal.wal1")
+        );
         // Past the checkpoint of 1 to 4 it is whole again.
         let (_, logged, newest) = WriteAheadLog::open(&paths, 1024, 4).unwrap();
         assert_eq!((seqs(&logged), newest), (vec![5, 6], 6));

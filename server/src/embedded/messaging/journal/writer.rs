@@ -30,8 +30,14 @@ pub(super) fn write_log(
         // With no changes there is nothing to write: every batch before is on disk already.
         let outcome = outcome.and_then(|()| match ops.is_empty() {
             true => Ok(None),
-            false => append(&mut log, &ops, (&records, shared), last + 1).map(Some),
+            false => append(&mut log, &ops, &records, shared, last + 1).map(Some),
         });
+        if let Ok(Some(seq)) = outcome {
+            last = seq;
+            // Passed on before anyone is answered, so that a read made right after finds it on
+            // its way. Blocks while the database is RECORDS_AHEAD behind.
+            let _ = records.send(ToDatabase::Record(seq, ops));
+        }
         for batch in batches {
             let answer = outcome.clone().map(|_| ());
             match batch.done {
@@ -44,21 +50,18 @@ pub(super) fn write_log(
                 }
             }
         }
-        if let Ok(Some(seq)) = outcome {
-            last = seq;
-            // Blocks while the database is RECORDS_AHEAD behind.
-            let _ = records.send(ToDatabase::Record(seq, ops));
-        }
     }
 }
 
 /// Writes `ops` to the log as record `seq` and syncs it, moving on to the log's other file
-/// when this one is full (once the database holds what that one has durably). A failure
-/// stops the journal.
+/// when this one is full. The other file is written over once the database holds what it has
+/// durably: the checkpoint for it was asked for when the log left it, a whole file ago, so
+/// this rarely waits. A failure stops the journal.
 fn append(
     log: &mut WriteAheadLog,
     ops: &[JournalOp],
-    (records, shared): (&mpsc::SyncSender<ToDatabase>, &Shared),
+    records: &mpsc::SyncSender<ToDatabase>,
+    shared: &Shared,
     seq: u64,
 ) -> Result<u64, String> {
     let started = std::time::Instant::now();
