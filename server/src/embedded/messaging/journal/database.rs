@@ -50,9 +50,10 @@ pub fn open(path: &Path) -> Result<Database, JournalError> {
     Ok(database)
 }
 
-fn be_u64(value: Option<redb::AccessGuard<'_, &'static [u8]>>) -> u64 {
+/// A number kept in META (big-endian), 0 if it is not there.
+fn be_u64(value: Option<&[u8]>) -> u64 {
     value
-        .and_then(|value| Some(u64::from_be_bytes(value.value().try_into().ok()?)))
+        .and_then(|value| Some(u64::from_be_bytes(value.try_into().ok()?)))
         .unwrap_or(0)
 }
 
@@ -61,8 +62,8 @@ pub fn checkpointed(database: &Database) -> Result<(u64, u64), redb::Error> {
     let read = database.begin_read()?;
     let meta = read.open_table(META)?;
     Ok((
-        be_u64(meta.get(CHECKPOINT)?),
-        be_u64(meta.get(HIGHEST_SEQ)?),
+        be_u64(meta.get(CHECKPOINT)?.as_ref().map(|value| value.value())),
+        be_u64(meta.get(HIGHEST_SEQ)?.as_ref().map(|value| value.value())),
     ))
 }
 
@@ -184,10 +185,7 @@ pub fn recover(database: &Database) -> Result<Recovered, redb::Error> {
             Bytes::copy_from_slice(value.value()),
         );
     }
-    let mut max_seq = meta
-        .get(HIGHEST_SEQ)
-        .and_then(|value| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?)))
-        .unwrap_or(0);
+    let mut max_seq = be_u64(meta.get(HIGHEST_SEQ).map(Bytes::as_ref));
     let messages = read.open_table(MESSAGES)?;
     // Queue by queue: its first page, and its last record (for the highest sequence number),
     // then on to the first record past its last.

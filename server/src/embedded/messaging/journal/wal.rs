@@ -356,6 +356,17 @@ mod tests {
         }
     }
 
+    /// A log of 1 KB files whose first file holds 1 to 6, then, back at its start (as after a
+    /// checkpoint of 1 to 6), 7 over 1.
+    fn written_over(paths: &[PathBuf; 2]) -> WriteAheadLog {
+        let (mut log, _, _) = WriteAheadLog::open(paths, 1024, 0).unwrap();
+        write(&mut log, 1..=6);
+        log.switch();
+        log.switch();
+        write(&mut log, 7..=7);
+        log
+    }
+
     #[test]
     fn records_read_back_in_order_across_both_files_and_past_the_checkpoint_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -394,12 +405,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(&dir.path().join("journal.redb"));
         {
-            let (mut log, _, _) = WriteAheadLog::open(&paths, 1024, 0).unwrap();
-            write(&mut log, 1..=6);
-            // Back to the first file, as after a checkpoint of 1 to 6: 7 and 8 over 1 and 2.
-            log.switch();
-            log.switch();
-            write(&mut log, 7..=8);
+            let mut log = written_over(&paths);
+            write(&mut log, 8..=8);
         }
         let (_, logged, _) = WriteAheadLog::open(&paths, 1024, 6).unwrap();
         assert_eq!(seqs(&logged), [7, 8]);
@@ -416,11 +423,7 @@ mod tests {
     fn a_header_torn_over_an_older_record_is_not_read_as_that_record() {
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(&dir.path().join("journal.redb"));
-        let (mut log, _, _) = WriteAheadLog::open(&paths, 1024, 0).unwrap();
-        write(&mut log, 1..=6);
-        log.switch();
-        log.switch();
-        write(&mut log, 7..=7);
+        let mut log = written_over(&paths);
         // Record 8 torn after its magic and number, over record 2 of the same size: what
         // follows is 2's length, checksum and payload.
         let op = put(8);
