@@ -28,9 +28,10 @@ pub const FILE_BYTES: u64 = 32 << 20;
 const MAGIC: u32 = 0x494d_574c;
 /// Magic, sequence number, payload length, CRC (of the number, the length and the payload).
 const HEADER: usize = 4 + 8 + 8 + 4;
-/// How far ahead of its records a file's first round is written with zeros: a sync that finds
-/// blocks never written (allocated only) must also commit the file system's record of them, at
-/// almost twice the cost, so this is done once per stretch rather than at every sync.
+/// How far ahead of its records a file's first round is written with zeros. Blocks that were
+/// only allocated (fallocate) are converted to written ones by the file system when first
+/// written, and a sync after that must also commit the conversion, at almost twice the cost:
+/// with zeros ahead that happens once per 64 KiB of records instead of at every sync.
 const ZEROS_AHEAD: usize = 64 << 10;
 static ZEROS: [u8; ZEROS_AHEAD] = [0; ZEROS_AHEAD];
 
@@ -44,7 +45,8 @@ pub struct WriteAheadLog {
     size: u64,
     current: usize,
     offset: u64,
-    /// How far each file has been written at least once (beyond, its blocks are only allocated).
+    /// How far each file has been written at least once (beyond, its blocks may be only
+    /// allocated).
     written: [u64; 2],
     /// The sequence number of the last record written to each file since it was opened.
     last_in: [u64; 2],
@@ -197,14 +199,19 @@ impl WriteAheadLog {
         }
         let file = &self.files[self.current];
         let end = self.offset + self.buffer.len() as u64;
+        // Past the record, this file holds only what is checkpointed (see `open` and
+        // `switch`): zeros there lose nothing. They are only an optimisation: if they cannot
+        // be written (a full disk where the file is sparse), the next record tries again.
         let zeros = match end > self.written[self.current] {
-            true => (self.size.saturating_sub(end) as usize).min(ZEROS_AHEAD),
+            true => self.size.saturating_sub(end).min(ZEROS_AHEAD as u64) as usize,
             false => 0,
         };
-        let written = file
-            .write_all_at(&self.buffer, self.offset)
-            .and_then(|()| file.write_all_at(&ZEROS[..zeros], end))
-            .and_then(|()| file.sync_data());
+        let written = file.write_all_at(&self.buffer, self.offset).and_then(|()| {
+            if file.write_all_at(&ZEROS[..zeros], end).is_ok() {
+                self.written[self.current] = self.written[self.current].max(end + zeros as u64);
+            }
+            file.sync_data()
+        });
         if let Err(error) = written {
             let failed = format!(
                 "the journal cannot write its log ({error}); it takes no more messages until the node restarts"
@@ -213,7 +220,6 @@ impl WriteAheadLog {
             return Err(failed);
         }
         self.offset = end;
-        self.written[self.current] = self.written[self.current].max(end + zeros as u64);
         self.last_in[self.current] = seq;
         Ok(())
     }
@@ -244,8 +250,9 @@ fn allocate(file: &File, path: &Path, size: u64) -> io::Result<()> {
     }
 }
 
-/// How far `file` has been written at least once: up to its first hole (blocks only allocated
-/// count as one), or nowhere if that cannot be told.
+/// How far `file` has been written at least once: up to its first hole (where blocks were only
+/// allocated, the file system reports a hole), or nowhere if that cannot be told (a file
+/// system that reports no holes at all says everywhere: then no zeros are written ahead).
 fn written_up_to(file: &File) -> u64 {
     rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(0)).unwrap_or(0)
 }
@@ -467,21 +474,28 @@ mod tests {
         let paths = paths(&dir.path().join("journal.redb"));
         let size = 4 * ZEROS_AHEAD as u64;
         let (mut log, _, _) = WriteAheadLog::open(&paths, size, 0).unwrap();
+        // Files just allocated read as holes (on Linux's local file systems and tmpfs).
         assert_eq!(log.written, [0, 0]);
         write(&mut log, 1..=1);
         assert_eq!(log.written[0], (RECORD + ZEROS_AHEAD) as u64);
         write(&mut log, 2..=2);
         assert_eq!(log.written[0], (RECORD + ZEROS_AHEAD) as u64);
         drop(log);
-        // Opened again, each file counts as written as far as it was (blocks only allocated
-        // read as a hole).
-        let (log, _, _) = WriteAheadLog::open(&paths, size, 0).unwrap();
+        // Opened again: the records before the zeros read back, and each file counts as
+        // written as far as it was, rounded up to the file system's block (or further, where
+        // pages read back are cached), the other file still a hole.
+        let (mut log, logged, _) = WriteAheadLog::open(&paths, size, 0).unwrap();
+        assert_eq!(seqs(&logged), [1, 2]);
         assert!(
             log.written[0] >= (RECORD + ZEROS_AHEAD) as u64,
             "{:?}",
             log.written
         );
         assert!(log.written[1] < size, "{:?}", log.written);
+        // Written over from its start (its second round): no zeros ahead.
+        let before = log.written[0];
+        write(&mut log, 3..=3);
+        assert_eq!(log.written[0], before);
     }
 
     #[test]
